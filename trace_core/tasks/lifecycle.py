@@ -1,0 +1,303 @@
+"""Task lifecycle on Postgres state, with strict attempt fencing.
+
+Every function takes a connection and runs inside the caller's transaction, so durable intent
+and its outbox row (or a completion and the dataset version it commits) land atomically.
+Lease decisions use the database clock (``now()``), never the worker's.
+
+States: ``queued -> running -> succeeded | dead``; a failed or expired attempt goes back to
+``queued`` (attempt kept, bumped on the next claim) until ``max_attempts`` is reached.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from psycopg import Connection
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from trace_core.db.queries import q
+from trace_core.errors import LeaseConflict, StaleAttempt, UnknownTask
+from trace_core.outbox import enqueue_wakeup
+from trace_core.tasks.retry import RetryPolicy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Proof that one attempt holds a task. Every completion must present it."""
+
+    task_id: uuid.UUID
+    attempt: int
+    lease_token: uuid.UUID
+    lease_expires_at: datetime
+    operator: str
+    payload: dict[str, Any] = field(default_factory=dict)
+    max_attempts: int = 3
+
+
+def create_task(
+    conn: Connection[Any],
+    *,
+    task_id: uuid.UUID,
+    operator: str,
+    payload: dict[str, Any],
+    max_attempts: int = 3,
+    job_id: uuid.UUID | None = None,
+    paused: bool = False,
+) -> bool:
+    """Insert a task and its first wake-up (outbox) row; a repeat with the same id is a no-op.
+
+    Returns True when the task was new. Raises ``InvalidPayload``-free: payload equality of a
+    repeat is the caller's contract (deterministic ids imply identical payloads).
+    """
+    row = conn.execute(
+        q("tasks", "insert_task"),
+        {
+            "task_id": task_id,
+            "operator": operator,
+            "payload": Jsonb(payload),
+            "max_attempts": max_attempts,
+            "job_id": job_id,
+            "paused": paused,
+        },
+    ).fetchone()
+    if row is None:
+        return False
+    if not paused:
+        enqueue_wakeup(conn, task_id=task_id, generation=1)
+    return True
+
+
+def claim(conn: Connection[Any], task_id: uuid.UUID, *, lease_seconds: float) -> Lease:
+    """Grant a lease to a new attempt (attempt + 1).
+
+    Raises ``UnknownTask``, or ``LeaseConflict`` when the task is leased and unexpired,
+    finished, paused, waiting out a retry backoff, or out of attempts.
+    """
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(q("tasks", "lock_task"), {"task_id": task_id}).fetchone()
+        if row is None:
+            raise UnknownTask(task_id)
+        status = row["status"]
+        if status in ("succeeded", "dead"):
+            raise LeaseConflict(task_id, status)
+        if row["paused"] and status == "queued":
+            raise LeaseConflict(task_id, "paused")
+        if status == "running" and not row["lease_expired"]:
+            raise LeaseConflict(task_id, "leased")
+        if status == "queued":
+            due = cur.execute(
+                "SELECT next_run_at <= now() AS due FROM state.tasks WHERE task_id = %s", (task_id,)
+            ).fetchone()
+            if due is not None and not due["due"]:
+                raise LeaseConflict(task_id, "backoff")
+        if row["attempt"] >= row["max_attempts"]:
+            # an expired last attempt: nothing left to grant
+            _mark_expired(conn, task_id, row["attempt"])
+            conn.execute(
+                q("tasks", "finish_dead"),
+                {"task_id": task_id, "attempt": row["attempt"], "error": "lease expired", "kind": "expired"},
+            )
+            raise LeaseConflict(task_id, "attempts exhausted")
+        if status == "running":
+            _mark_expired(conn, task_id, row["attempt"])
+        token = uuid.uuid4()
+        granted = cur.execute(
+            q("tasks", "grant_lease"),
+            {"task_id": task_id, "lease_token": token, "lease_seconds": float(lease_seconds)},
+        ).fetchone()
+        assert granted is not None
+        cur.execute(q("tasks", "insert_attempt"), {"task_id": task_id, "attempt": granted["attempt"]})
+    return Lease(
+        task_id=task_id,
+        attempt=granted["attempt"],
+        lease_token=token,
+        lease_expires_at=granted["lease_expires_at"],
+        operator=row["operator"],
+        payload=row["payload"],
+        max_attempts=row["max_attempts"],
+    )
+
+
+def _mark_expired(conn: Connection[Any], task_id: uuid.UUID, attempt: int) -> None:
+    conn.execute(
+        q("tasks", "record_attempt_outcome"),
+        {"task_id": task_id, "attempt": attempt, "outcome": "expired", "error": "lease expired"},
+    )
+
+
+def heartbeat(conn: Connection[Any], lease: Lease, *, lease_seconds: float) -> datetime:
+    """Extend the lease of the current attempt. Raises ``StaleAttempt`` for any other attempt."""
+    row = conn.execute(
+        q("tasks", "heartbeat"),
+        {
+            "task_id": lease.task_id,
+            "attempt": lease.attempt,
+            "lease_token": lease.lease_token,
+            "lease_seconds": float(lease_seconds),
+        },
+    ).fetchone()
+    if row is None:
+        raise StaleAttempt(lease.task_id, lease.attempt, "heartbeat rejected")
+    expires: datetime = row[0]
+    return expires
+
+
+def fence(conn: Connection[Any], lease: Lease) -> None:
+    """Lock the task row and require that ``lease`` is the current attempt's.
+
+    Call first inside the transaction that commits an attempt's effects. Raises
+    ``UnknownTask`` or ``StaleAttempt``; the caller's transaction must then roll back.
+    """
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(q("tasks", "lock_task"), {"task_id": lease.task_id}).fetchone()
+    if row is None:
+        raise UnknownTask(lease.task_id)
+    if (
+        row["status"] != "running"
+        or row["attempt"] != lease.attempt
+        or row["lease_token"] != lease.lease_token
+    ):
+        raise StaleAttempt(
+            lease.task_id, lease.attempt, f"task is {row['status']} at attempt {row['attempt']}"
+        )
+
+
+def finish_succeeded(
+    conn: Connection[Any], lease: Lease, outputs: dict[str, Any] | None = None
+) -> None:
+    """Mark the fenced attempt succeeded (caller already called ``fence`` in this transaction)."""
+    cur = conn.execute(
+        q("tasks", "finish_succeeded"),
+        {
+            "task_id": lease.task_id,
+            "attempt": lease.attempt,
+            "lease_token": lease.lease_token,
+            "outputs": Jsonb(outputs) if outputs is not None else None,
+        },
+    )
+    if cur.rowcount != 1:
+        raise StaleAttempt(lease.task_id, lease.attempt, "completion rejected")
+    conn.execute(
+        q("tasks", "record_attempt_outcome"),
+        {"task_id": lease.task_id, "attempt": lease.attempt, "outcome": "succeeded", "error": None},
+    )
+
+
+def complete_success(
+    conn: Connection[Any], lease: Lease, outputs: dict[str, Any] | None = None
+) -> None:
+    """Fence and complete in the caller's transaction. Raises ``StaleAttempt`` if stale."""
+    fence(conn, lease)
+    finish_succeeded(conn, lease, outputs)
+
+
+def complete_failure(
+    conn: Connection[Any],
+    lease: Lease,
+    *,
+    error: str,
+    fatal: bool,
+    policy: RetryPolicy,
+    kind: str | None = None,
+) -> str:
+    """Record a failed attempt; retry through the outbox with backoff, or end the task dead.
+
+    Returns ``"retry"`` or ``"dead"``. Raises ``StaleAttempt`` if ``lease`` is not current.
+    """
+    fence(conn, lease)
+    error = error[:2000]
+    conn.execute(
+        q("tasks", "record_attempt_outcome"),
+        {
+            "task_id": lease.task_id,
+            "attempt": lease.attempt,
+            "outcome": "fatal" if fatal else "retryable",
+            "error": error,
+        },
+    )
+    decision, delay = policy.decide(fatal=fatal, attempt=lease.attempt, max_attempts=lease.max_attempts)
+    kind = kind or ("fatal" if fatal else "retryable")
+    if decision == "dead":
+        conn.execute(
+            q("tasks", "finish_dead"),
+            {"task_id": lease.task_id, "attempt": lease.attempt, "error": error, "kind": kind},
+        )
+        log.warning("task dead", extra={"task_id": str(lease.task_id), "attempt": lease.attempt})
+        return "dead"
+    _requeue(conn, lease.task_id, lease.attempt, error=error, kind=kind, delay=delay)
+    return "retry"
+
+
+def _requeue(
+    conn: Connection[Any], task_id: uuid.UUID, attempt: int, *, error: str, kind: str, delay: float
+) -> None:
+    row = conn.execute(
+        q("tasks", "requeue"),
+        {"task_id": task_id, "attempt": attempt, "error": error, "kind": kind, "delay": float(delay)},
+    ).fetchone()
+    assert row is not None
+    gen = conn.execute(q("tasks", "bump_wakeups"), {"task_id": task_id}).fetchone()
+    assert gen is not None
+    enqueue_wakeup(conn, task_id=task_id, generation=gen[0], available_at=row[0])
+
+
+@dataclass(frozen=True)
+class ReapResult:
+    retried: int = 0
+    dead: int = 0
+    rewoken: int = 0
+
+
+def reap(
+    conn: Connection[Any],
+    *,
+    policy: RetryPolicy,
+    rewake_after_seconds: float,
+    limit: int = 200,
+) -> ReapResult:
+    """Turn expired leases into retries (or final failures), and re-wake queued tasks that
+    nobody claimed for ``rewake_after_seconds`` (a wake-up whose run never started)."""
+    retried = dead = rewoken = 0
+    expired = conn.execute(q("tasks", "expired_leases"), {"limit": limit}).fetchall()
+    for task_id, attempt, max_attempts in expired:
+        _mark_expired(conn, task_id, attempt)
+        decision, delay = policy.decide(fatal=False, attempt=attempt, max_attempts=max_attempts)
+        if decision == "dead":
+            conn.execute(
+                q("tasks", "finish_dead"),
+                {"task_id": task_id, "attempt": attempt, "error": "lease expired", "kind": "expired"},
+            )
+            dead += 1
+        else:
+            _requeue(conn, task_id, attempt, error="lease expired", kind="expired", delay=delay)
+            retried += 1
+    stale = conn.execute(
+        q("tasks", "unclaimed_queued"),
+        {"after_seconds": float(rewake_after_seconds), "limit": limit},
+    ).fetchall()
+    for task_id, _attempt, _wakeups in stale:
+        gen = conn.execute(q("tasks", "bump_wakeups"), {"task_id": task_id}).fetchone()
+        assert gen is not None
+        enqueue_wakeup(conn, task_id=task_id, generation=gen[0])
+        rewoken += 1
+    return ReapResult(retried=retried, dead=dead, rewoken=rewoken)
+
+
+def set_job_paused(conn: Connection[Any], job_id: uuid.UUID, paused: bool) -> int:
+    """Pause or resume a job's queued tasks; resuming re-wakes them through the outbox."""
+    rows = conn.execute(
+        q("tasks", "set_paused_for_job"), {"job_id": job_id, "paused": paused}
+    ).fetchall()
+    if not paused:
+        for task_id, _attempt, _wakeups in rows:
+            gen = conn.execute(q("tasks", "bump_wakeups"), {"task_id": task_id}).fetchone()
+            assert gen is not None
+            enqueue_wakeup(conn, task_id=task_id, generation=gen[0])
+    return len(rows)
