@@ -1,0 +1,197 @@
+"""``trace-lite`` commands that need no Dagster: migrate, apply, status, pause/resume, query,
+token, query-service, gc, dlq. Errors print one clear line and exit non-zero."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from trace_core.errors import ConfigError, TraceError
+from trace_core.runtime import Runtime
+from trace_core.settings import load_settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+console = Console()
+err_console = Console(stderr=True)
+
+
+def handle_errors(fn: F) -> F:
+    """Turn Trace errors into one line on stderr and an exit code (2 for bad input)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ConfigError as exc:
+            err_console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+            sys.exit(2)
+        except TraceError as exc:
+            err_console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+            sys.exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def runtime() -> Runtime:
+    return Runtime(load_settings())
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Log at INFO level to stderr")
+def cli(verbose: bool) -> None:
+    """Trace Lite: EVM chain data into versioned Parquet, on Dagster."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@cli.command()
+@handle_errors
+def migrate() -> None:
+    """Apply state and data migrations (idempotent, safe to run concurrently)."""
+    from trace_core.db.migrate import migrate as run_migrate
+
+    rt = runtime()
+    applied = run_migrate(rt.dbs)
+    for which, ids in applied.items():
+        console.print(f"{which}: {len(ids)} migration(s) applied" + (f" ({', '.join(ids)})" if ids else ""))
+
+
+def _ensure_migrated(rt: Runtime) -> None:
+    from trace_core.db.migrate import migrate as run_migrate
+
+    run_migrate(rt.dbs)
+
+
+@cli.command()
+@click.option("--file", "file_", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--strict", is_flag=True, help="Also require every rpc_pool's TRACE_RPC_POOL_<POOL>_URL")
+@handle_errors
+def apply(file_: Path, strict: bool) -> None:
+    """Apply a chain_sync YAML job (idempotent; an edit keeps cursors and the paused flag)."""
+    from trace_core.chain_sync import store
+    from trace_core.chain_sync.yamlload import load_job_file
+
+    spec, raw = load_job_file(file_, require_pools=strict)
+    rt = runtime()
+    _ensure_migrated(rt)
+    with rt.state() as conn:
+        result = store.apply_job(conn, rt.settings.org_id, spec, raw, str(file_))
+    verb = "created" if result.created else ("updated" if result.changed else "unchanged")
+    console.print(f"job_id={result.job_id} name={spec.name} {verb}")
+
+
+def _render_status(jobs: list[dict[str, Any]], queue: dict[str, Any] | None) -> None:
+    for job in jobs:
+        state = "paused" if not job.get("enabled", True) else "enabled"
+        console.print(
+            f"[bold]{job['name']}[/bold] ({job['job_id']}) chain {job['chain_id']} "
+            f"{job['mode']} [{state}]",
+            highlight=False,
+        )
+        table = Table(show_header=True, header_style="bold")
+        for col in ("stream", "cursor", "sched", "run", "done", "dead", "%", "blk/s", "eta", "blocked"):
+            table.add_column(col)
+        for s in job.get("streams", []):
+            pct = s.get("percent_done")
+            eta = s.get("eta_seconds")
+            table.add_row(
+                s["dataset_key"],
+                str(s.get("next_block")),
+                str(s.get("scheduled", 0)),
+                str(s.get("running", 0)),
+                str(s.get("completed", 0)),
+                str(s.get("dead", 0)),
+                "" if pct is None else f"{pct:.1f}",
+                "" if not s.get("throughput_blocks_per_s") else f"{s['throughput_blocks_per_s']:.0f}",
+                "" if eta is None else f"{eta:.0f}s",
+                s.get("blocked_reason") or "",
+            )
+        console.print(table)
+    if queue:
+        console.print(
+            "queue: depth={depth} in_flight={in_flight} oldest_age={oldest_age_seconds} "
+            "dead_letters={dead} outbox_pending={outbox_pending}".format(**queue),
+            highlight=False,
+        )
+
+
+def queue_overview(rt: Runtime) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    from trace_core import outbox
+    from trace_core.queue.base import BUFFER_QUEUE, TASK_WAKEUP
+
+    wake = asdict(rt.queue.stats(TASK_WAKEUP))
+    buf = rt.queue.stats(BUFFER_QUEUE)
+    with rt.state() as conn:
+        _, pending = outbox.pending_counts(conn)
+    wake["dead"] = int(wake["dead"]) + buf.dead
+    wake["outbox_pending"] = pending
+    if wake.get("oldest_age_seconds") is not None:
+        wake["oldest_age_seconds"] = round(float(wake["oldest_age_seconds"]), 1)
+    return wake
+
+
+@cli.command()
+@click.option("--job", default=None, help="Job name or id (default: all jobs)")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON")
+@handle_errors
+def status(job: str | None, as_json: bool) -> None:
+    """Per-stream progress, throughput, ETA and blocked reasons, plus queue health."""
+    from trace_core.chain_sync import status as status_mod
+
+    rt = runtime()
+    _ensure_migrated(rt)
+    with rt.state() as conn:
+        jobs = status_mod.job_status(conn, rt.settings.org_id, job)
+    queue = queue_overview(rt)
+    if as_json:
+        click.echo(json.dumps({"jobs": jobs, "queue": queue}, indent=2, default=str))
+    else:
+        if not jobs:
+            console.print("no chain_sync jobs applied yet (trace-lite apply --file ...)")
+        _render_status(jobs, queue)
+
+
+def _set_enabled(job: str, enabled: bool) -> None:
+    from trace_core.chain_sync import store
+
+    rt = runtime()
+    with rt.state() as conn:
+        job_id = store.set_enabled(conn, rt.settings.org_id, job, enabled)
+    console.print(f"job_id={job_id} {'resumed' if enabled else 'paused'}")
+
+
+@cli.command()
+@click.option("--job", required=True, help="Job name or id")
+@handle_errors
+def pause(job: str) -> None:
+    """Stop scheduling and claiming new work for a job (running tasks finish)."""
+    _set_enabled(job, False)
+
+
+@cli.command()
+@click.option("--job", required=True, help="Job name or id")
+@handle_errors
+def resume(job: str) -> None:
+    """Resume a paused job."""
+    _set_enabled(job, True)
+
+
+def main() -> None:
+    cli(prog_name="trace-lite")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""One dispatcher tick: observe heads, plan ranges, reap leases, drain the outbox.
+
+Each step is bounded so a tick stays well inside a Dagster sensor's time budget. The
+Dagster dispatcher sensor and ``trace-lite run`` both call ``dispatch_tick``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from trace_core import outbox
+from trace_core.runtime import Runtime
+from trace_core.tasks import lifecycle
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PlannedPartition:
+    """A newly planned range, as the UI shows it: a partition of a stream's asset."""
+
+    job_name: str
+    dataset_key: str
+    partition_key: str
+
+
+@dataclass
+class TickReport:
+    planned: list[PlannedPartition] = field(default_factory=list)
+    published: int = 0
+    retried: int = 0
+    dead: int = 0
+    rewoken: int = 0
+    heads_observed: int = 0
+
+    @property
+    def did_work(self) -> bool:
+        return bool(self.planned or self.published or self.retried or self.dead or self.rewoken)
+
+    def summary(self) -> str:
+        return (
+            f"planned={len(self.planned)} published={self.published} retried={self.retried} "
+            f"dead={self.dead} rewoken={self.rewoken} heads={self.heads_observed}"
+        )
+
+
+def dispatch_tick(rt: Runtime) -> TickReport:
+    from trace_core.chain_sync import head, planner
+
+    report = TickReport()
+    s = rt.settings
+    with rt.state() as conn:
+        report.heads_observed = len(head.observe_heads(conn, s.org_id))
+        result = planner.plan_tick(conn, org_id=s.org_id, limit=s.dispatch_batch_size)
+        report.planned = [
+            PlannedPartition(p.job_name, p.dataset_key, planner.range_partition_key(p.range_start, p.range_end))
+            for p in result.planned
+        ]
+        with conn.transaction():
+            reaped = lifecycle.reap(
+                conn, policy=rt.retry_policy, rewake_after_seconds=s.rewake_after_seconds
+            )
+        report.retried, report.dead, report.rewoken = reaped.retried, reaped.dead, reaped.rewoken
+        report.published = outbox.drain_all(conn, rt.queue, batch_size=s.outbox_batch_size)
+    if report.did_work:
+        log.info("dispatcher tick", extra={"summary": report.summary()})
+    return report

@@ -1,0 +1,63 @@
+"""The wiring of one Trace process: settings plus lazily built adapters.
+
+Constructing a ``Runtime`` has no side effects; databases, queue driver and object store are
+created on first use and closed by ``close()``. Dagster resources and the CLI each build one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from trace_core.db.connection import Databases, connect, resolve_databases
+from trace_core.settings import Settings
+from trace_core.tasks.retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from trace_core.queue.base import QueueDriver
+    from trace_core.storage.base import ObjectStore
+
+
+class Runtime:
+    def __init__(self, settings: Settings, dbs: Databases | None = None) -> None:
+        self.settings = settings
+        self._dbs = dbs
+
+    @functools.cached_property
+    def dbs(self) -> Databases:
+        return self._dbs or resolve_databases(self.settings)
+
+    @functools.cached_property
+    def queue(self) -> QueueDriver:
+        from trace_core.queue.factory import make_queue_driver
+
+        return make_queue_driver(self.settings, self.dbs.state_url)
+
+    @functools.cached_property
+    def store(self) -> ObjectStore:
+        from trace_core.storage.factory import make_object_store
+
+        return make_object_store(self.settings)
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(self.settings.retry_base_seconds, self.settings.retry_max_seconds)
+
+    @contextlib.contextmanager
+    def state(self) -> Iterator[psycopg.Connection[Any]]:
+        """A state-database connection (not in autocommit; use ``conn.transaction()``)."""
+        with connect(self.dbs.state_url, autocommit=True) as conn:
+            yield conn
+
+    @contextlib.contextmanager
+    def data(self) -> Iterator[psycopg.Connection[Any]]:
+        with connect(self.dbs.data_url, autocommit=True) as conn:
+            yield conn
+
+    def close(self) -> None:
+        if "queue" in self.__dict__:
+            self.queue.close()

@@ -1,0 +1,286 @@
+"""Executing tasks: receive wake-ups, claim, heartbeat, run the operator, complete with fencing.
+
+Wake-ups are hints; the claim in Postgres state is the authority. A duplicate wake-up or a
+duplicate run finds the task leased or finished and returns ``skipped`` without side effects.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from psycopg import Connection
+from psycopg.rows import dict_row
+
+from trace_core.errors import (
+    FatalError,
+    InvalidPayload,
+    LeaseConflict,
+    StaleAttempt,
+    TraceError,
+    UnknownTask,
+)
+from trace_core.queue.base import TASK_WAKEUP, Message
+from trace_core.runtime import Runtime
+from trace_core.tasks import lifecycle
+from trace_core.tasks.lifecycle import Lease
+
+log = logging.getLogger(__name__)
+
+OutcomeStatus = Literal["succeeded", "retry", "dead", "skipped", "stale"]
+
+
+@dataclass(frozen=True)
+class Wakeup:
+    task_id: uuid.UUID
+    generation: int
+    message: Message
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """What the worker sensor needs to label a run (read from state, not from the message)."""
+
+    task_id: uuid.UUID
+    operator: str
+    status: str
+    attempt: int
+    payload: dict[str, Any]
+
+
+@dataclass
+class Completion:
+    """What an operator returns on success.
+
+    ``commit`` runs inside the completion transaction and must fence and finish the task
+    (for example ``commit_dataset_version``); without it the worker calls ``complete_success``.
+    """
+
+    outputs: dict[str, Any] = field(default_factory=dict)
+    commit: Callable[[Connection[Any]], dict[str, Any]] | None = None
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    task_id: uuid.UUID
+    status: OutcomeStatus
+    attempt: int | None = None
+    operator: str | None = None
+    payload: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+class OperatorContext:
+    """Handed to an operator: the runtime, the lease, and a liveness check."""
+
+    def __init__(self, runtime: Runtime, lease: Lease, lost: threading.Event) -> None:
+        self.runtime = runtime
+        self.lease = lease
+        self._lost = lost
+
+    @property
+    def lost(self) -> bool:
+        return self._lost.is_set()
+
+    def check_lease(self) -> None:
+        """Raise ``StaleAttempt`` if a heartbeat found the lease gone."""
+        if self._lost.is_set():
+            raise StaleAttempt(self.lease.task_id, self.lease.attempt, "lease lost during execution")
+
+
+Operator = Callable[[OperatorContext], Completion]
+# Hooks run inside the completion transaction, after the task row is finished.
+SuccessHook = Callable[[Connection[Any], Lease, dict[str, Any]], None]
+DeadHook = Callable[[Connection[Any], Lease], None]
+
+
+def _noop(ctx: OperatorContext) -> Completion:
+    return Completion(outputs={"noop": True})
+
+
+def _fail(ctx: OperatorContext) -> Completion:
+    """Test operator: fails as its payload says (``fatal``: bool, ``message``)."""
+    payload = ctx.lease.payload
+    if payload.get("fatal"):
+        raise FatalError(str(payload.get("message", "fatal failure")))
+    raise TraceError(str(payload.get("message", "retryable failure")))
+
+
+class OperatorRegistry:
+    """Operator name -> implementation, plus per-operator completion hooks."""
+
+    def __init__(self) -> None:
+        self._ops: dict[str, Operator] = {}
+        self._on_success: dict[str, list[SuccessHook]] = {}
+        self._on_dead: dict[str, list[DeadHook]] = {}
+
+    def register(
+        self,
+        name: str,
+        op: Operator,
+        *,
+        on_success: SuccessHook | None = None,
+        on_dead: DeadHook | None = None,
+    ) -> None:
+        self._ops[name] = op
+        if on_success:
+            self._on_success.setdefault(name, []).append(on_success)
+        if on_dead:
+            self._on_dead.setdefault(name, []).append(on_dead)
+
+    def get(self, name: str) -> Operator:
+        try:
+            return self._ops[name]
+        except KeyError:
+            raise InvalidPayload(f"unknown operator {name!r}") from None
+
+    def success_hooks(self, name: str) -> list[SuccessHook]:
+        return self._on_success.get(name, [])
+
+    def dead_hooks(self, name: str) -> list[DeadHook]:
+        return self._on_dead.get(name, [])
+
+
+def default_registry() -> OperatorRegistry:
+    """The built-in operators. Imports are local so a missing optional part fails late."""
+    reg = OperatorRegistry()
+    reg.register("noop", _noop)
+    reg.register("fail", _fail)
+    from trace_core.builtin_operators import register_builtin
+
+    register_builtin(reg)
+    return reg
+
+
+# --- wake-ups ---------------------------------------------------------------------------
+
+
+def receive_wakeups(rt: Runtime, max_messages: int) -> list[Wakeup]:
+    """Receive up to ``max_messages`` wake-ups; malformed ones are acked and dropped."""
+    messages = rt.queue.receive(
+        TASK_WAKEUP, max_messages, visibility_timeout=rt.settings.visibility_timeout_seconds
+    )
+    wakeups: list[Wakeup] = []
+    bad: list[Message] = []
+    for msg in messages:
+        try:
+            wakeups.append(
+                Wakeup(uuid.UUID(str(msg.payload["task_id"])), int(msg.payload.get("wakeup", 0)), msg)
+            )
+        except (KeyError, ValueError, TypeError):
+            log.warning("dropping malformed wake-up", extra={"message_id": msg.message_id})
+            bad.append(msg)
+    if bad:
+        rt.queue.ack_batch(bad)
+    return wakeups
+
+
+def ack_wakeups(rt: Runtime, wakeups: list[Wakeup]) -> None:
+    if wakeups:
+        rt.queue.ack_batch([w.message for w in wakeups])
+
+
+def task_infos(rt: Runtime, task_ids: list[uuid.UUID]) -> dict[uuid.UUID, TaskInfo]:
+    if not task_ids:
+        return {}
+    with rt.state() as conn, conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            "SELECT task_id, operator, status, attempt, payload FROM state.tasks WHERE task_id = ANY(%s)",
+            (task_ids,),
+        ).fetchall()
+    return {r["task_id"]: TaskInfo(**r) for r in rows}
+
+
+# --- execution --------------------------------------------------------------------------
+
+
+def _heartbeat_loop(rt: Runtime, lease: Lease, stop: threading.Event, lost: threading.Event) -> None:
+    interval = rt.settings.heartbeat_seconds
+    while not stop.wait(interval):
+        try:
+            with rt.state() as conn, conn.transaction():
+                lifecycle.heartbeat(conn, lease, lease_seconds=rt.settings.lease_seconds)
+        except StaleAttempt:
+            log.warning("lease lost", extra={"task_id": str(lease.task_id), "attempt": lease.attempt})
+            lost.set()
+            return
+        except TraceError as exc:  # database blip: keep trying until the lease would lapse
+            log.warning("heartbeat failed", extra={"task_id": str(lease.task_id), "error": str(exc)})
+
+
+def execute_task(
+    rt: Runtime, task_id: uuid.UUID, registry: OperatorRegistry | None = None
+) -> TaskOutcome:
+    """Claim ``task_id`` and run its operator to a fenced completion.
+
+    Never raises for task-level failures: they become a ``retry``/``dead`` outcome recorded
+    in state. A task that is not claimable yields ``skipped``; a lease lost mid-run ``stale``.
+    """
+    registry = registry or default_registry()
+    try:
+        with rt.state() as conn, conn.transaction():
+            lease = lifecycle.claim(conn, task_id, lease_seconds=rt.settings.lease_seconds)
+    except (LeaseConflict, UnknownTask) as exc:
+        return TaskOutcome(task_id, "skipped", error=str(exc))
+    fields = {"task_id": str(task_id), "attempt": lease.attempt, "operator": lease.operator}
+    log.info("task claimed", extra=fields)
+    stop, lost = threading.Event(), threading.Event()
+    hb = threading.Thread(target=_heartbeat_loop, args=(rt, lease, stop, lost), daemon=True)
+    hb.start()
+    try:
+        try:
+            completion = registry.get(lease.operator)(OperatorContext(rt, lease, lost))
+            if lost.is_set():
+                raise StaleAttempt(task_id, lease.attempt, "lease lost during execution")
+        finally:
+            stop.set()
+            hb.join()
+        with rt.state() as conn, conn.transaction():
+            if completion.commit is not None:
+                outputs = completion.commit(conn)
+            else:
+                lifecycle.complete_success(conn, lease, completion.outputs)
+                outputs = completion.outputs
+            for hook in registry.success_hooks(lease.operator):
+                hook(conn, lease, outputs)
+        log.info("task succeeded", extra=fields)
+        return TaskOutcome(task_id, "succeeded", lease.attempt, lease.operator, lease.payload, outputs)
+    except StaleAttempt as exc:
+        log.warning("stale attempt: result discarded", extra=fields)
+        return TaskOutcome(task_id, "stale", lease.attempt, lease.operator, lease.payload, error=str(exc))
+    except TraceError as exc:
+        return _fail(rt, registry, lease, exc)
+    except Exception as exc:  # an operator bug: recorded as a retryable failure, never swallowed silently
+        log.exception("operator crashed", extra=fields)
+        return _fail(rt, registry, lease, exc)
+
+
+def _fail(rt: Runtime, registry: OperatorRegistry, lease: Lease, exc: BaseException) -> TaskOutcome:
+    fatal = isinstance(exc, FatalError)
+    message = f"{type(exc).__name__}: {exc}"
+    try:
+        with rt.state() as conn, conn.transaction():
+            decision = lifecycle.complete_failure(
+                conn,
+                lease,
+                error=message,
+                fatal=fatal,
+                policy=rt.retry_policy,
+                kind=getattr(exc, "code", None),
+            )
+            if decision == "dead":
+                for hook in registry.dead_hooks(lease.operator):
+                    hook(conn, lease)
+    except StaleAttempt as stale:
+        return TaskOutcome(lease.task_id, "stale", lease.attempt, lease.operator, lease.payload, error=str(stale))
+    status: OutcomeStatus = "dead" if decision == "dead" else "retry"
+    log.warning(
+        "task failed",
+        extra={"task_id": str(lease.task_id), "attempt": lease.attempt, "decision": decision},
+    )
+    return TaskOutcome(lease.task_id, status, lease.attempt, lease.operator, lease.payload, error=message)

@@ -1,0 +1,1 @@
+"""The Dagster shell around trace_core: resources, sensors, jobs and Definitions."""

@@ -1,0 +1,26 @@
+"""Everything Dagster loads (workspace.yaml points here): ``defs``."""
+
+from __future__ import annotations
+
+from dagster import Definitions
+
+from trace_core.runtime import Runtime
+from trace_core.settings import load_settings
+from trace_dagster.jobs import trace_worker
+from trace_dagster.partitions import stream_asset_specs
+from trace_dagster.resources import TraceResource
+from trace_dagster.sensors import dispatcher_sensor, worker_sensor
+
+
+def build_definitions(runtime: Runtime | None = None) -> Definitions:
+    """Definitions for a runtime (default: from the environment). Stream assets come from state."""
+    rt = runtime or Runtime(load_settings())
+    return Definitions(
+        assets=stream_asset_specs(rt),
+        jobs=[trace_worker],
+        sensors=[dispatcher_sensor, worker_sensor],
+        resources={"trace": TraceResource()},
+    )
+
+
+defs = build_definitions()

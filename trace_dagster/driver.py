@@ -1,0 +1,117 @@
+"""Drive the Dagster definitions in the foreground until the work is done.
+
+``trace-lite run --until-idle`` and the tests use this: it evaluates the same sensors the
+daemon would, applies their dynamic-partition requests, and executes the requested runs in
+process against a real Dagster instance, so runs and materializations land in Dagster's
+storage exactly as they do under ``dagster dev``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from dagster import (
+    DagsterInstance,
+    Definitions,
+    RunRequest,
+    SensorResult,
+    SkipReason,
+    build_sensor_context,
+)
+
+from trace_core.runtime import Runtime
+from trace_dagster.jobs import WORKER_JOB
+
+
+@dataclass
+class DriveReport:
+    ticks: int = 0
+    runs: int = 0
+    failed_runs: int = 0
+    planned: int = 0
+    idle: bool = False
+    timed_out: bool = False
+    dead_tasks: int = 0
+    run_ids: list[str] = field(default_factory=list)
+
+
+def _evaluate(defs: Definitions, instance: DagsterInstance, name: str) -> SensorResult | SkipReason | None:
+    sensor_def = defs.get_sensor_def(name)
+    with build_sensor_context(instance=instance, definitions=defs, sensor_name=name) as ctx:
+        result = sensor_def(ctx)
+    if isinstance(result, SensorResult | SkipReason):
+        return result
+    return None
+
+
+def _apply_partitions(instance: DagsterInstance, result: SensorResult | SkipReason | None) -> int:
+    if not isinstance(result, SensorResult):
+        return 0
+    added = 0
+    for req in result.dynamic_partitions_requests or []:
+        keys = list(req.partition_keys or [])
+        name = getattr(req, "partitions_def_name", None)
+        if name and keys:
+            instance.add_dynamic_partitions(name, keys)
+            added += len(keys)
+    return added
+
+
+def active_work(rt: Runtime) -> tuple[int, int, int]:
+    """(queued-or-running tasks not paused, pending outbox rows, dead tasks)."""
+    with rt.state() as conn:
+        row = conn.execute(
+            """SELECT count(*) FILTER (WHERE status IN ('queued', 'running') AND NOT paused),
+                      count(*) FILTER (WHERE status = 'dead')
+               FROM state.tasks"""
+        ).fetchone()
+        pending = conn.execute("SELECT count(*) FROM state.outbox WHERE status = 'pending'").fetchone()
+    assert row is not None and pending is not None
+    return int(row[0]), int(pending[0]), int(row[1])
+
+
+def drive_until_idle(
+    rt: Runtime,
+    defs: Definitions,
+    instance: DagsterInstance,
+    *,
+    timeout: float = 600.0,
+    poll_seconds: float = 0.5,
+    on_tick: Callable[[DriveReport], None] | None = None,
+) -> DriveReport:
+    """Tick the dispatcher and worker sensors and execute runs until nothing is queued or running."""
+    report = DriveReport()
+    job_def = defs.get_job_def(WORKER_JOB)
+    deadline = time.monotonic() + timeout
+    while True:
+        report.ticks += 1
+        report.planned += _apply_partitions(instance, _evaluate(defs, instance, "trace_dispatcher"))
+        worker = _evaluate(defs, instance, "trace_worker_wakeups")
+        requests: list[RunRequest] = (
+            list(worker.run_requests or []) if isinstance(worker, SensorResult) else []
+        )
+        for req in requests:
+            result = job_def.execute_in_process(
+                run_config=req.run_config,
+                instance=instance,
+                tags=dict(req.tags),
+                raise_on_error=False,
+            )
+            report.runs += 1
+            report.run_ids.append(result.run_id)
+            if not result.success:
+                report.failed_runs += 1
+        if on_tick:
+            on_tick(report)
+        active, pending, dead = active_work(rt)
+        report.dead_tasks = dead
+        if not requests and active == 0 and pending == 0:
+            report.idle = True
+            return report
+        if time.monotonic() > deadline:
+            report.timed_out = True
+            return report
+        if not requests:
+            time.sleep(poll_seconds)

@@ -1,0 +1,68 @@
+"""The worker job: one run executes a batch of Trace tasks (claim, run, fenced completion)."""
+
+from __future__ import annotations
+
+import uuid
+
+from dagster import AssetMaterialization, Config, Failure, MetadataValue, OpExecutionContext, job, op
+from pydantic import Field
+
+from trace_core.worker import TaskOutcome, execute_task
+from trace_dagster.partitions import stream_asset_key
+from trace_dagster.resources import TraceResource
+
+WORKER_JOB = "trace_worker"
+
+
+class TaskBatchConfig(Config):
+    task_ids: list[str] = Field(description="Trace task ids to execute, in order")
+
+
+def materialization_for(outcome: TaskOutcome) -> AssetMaterialization | None:
+    """A committed chain_sync range as a materialized partition of its stream asset."""
+    p, out = outcome.payload, outcome.outputs
+    if outcome.status != "succeeded" or "job_name" not in p or "dataset_key" not in p:
+        return None
+    from trace_core.chain_sync.planner import range_partition_key
+
+    start, end = int(p["range_start"]), int(p["range_end"])
+    meta = {
+        "block_range": f"[{start}, {end})",
+        "task_id": str(outcome.task_id),
+        "attempt": outcome.attempt or 0,
+    }
+    for name in ("dataset_version", "manifest_key", "storage_prefix"):
+        if name in out:
+            meta[name] = str(out[name])
+    for name in ("row_count", "bytes", "file_count"):
+        if name in out:
+            meta[name] = int(out[name])
+    return AssetMaterialization(
+        asset_key=stream_asset_key(str(p["job_name"]), str(p["dataset_key"])),
+        partition=range_partition_key(start, end),
+        metadata={k: MetadataValue.text(v) if isinstance(v, str) else v for k, v in meta.items()},
+    )
+
+
+@op(description="Claim and execute each task; committed ranges are reported as materializations")
+def execute_tasks(context: OpExecutionContext, config: TaskBatchConfig, trace: TraceResource) -> None:
+    rt = trace.get_client()
+    failures: list[str] = []
+    for raw in config.task_ids:
+        outcome = execute_task(rt, uuid.UUID(raw))
+        context.log.info(
+            f"task {outcome.task_id} attempt {outcome.attempt}: {outcome.status}"
+            + (f" ({outcome.error})" if outcome.error else "")
+        )
+        mat = materialization_for(outcome)
+        if mat is not None:
+            context.log_event(mat)
+        if outcome.status in ("retry", "dead"):
+            failures.append(f"task {outcome.task_id} attempt {outcome.attempt} -> {outcome.status}: {outcome.error}")
+    if failures:
+        raise Failure(description="; ".join(failures))
+
+
+@job(name=WORKER_JOB, description="Executes Trace tasks woken by the queue (see the trace_worker sensor)")
+def trace_worker() -> None:
+    execute_tasks()

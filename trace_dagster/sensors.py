@@ -1,0 +1,112 @@
+"""Sensors: the dispatcher (plan, reap, publish) and the worker (wake-ups -> runs)."""
+
+from __future__ import annotations
+
+import hashlib
+
+from dagster import (
+    AddDynamicPartitionsRequest,
+    DefaultSensorStatus,
+    RunRequest,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    sensor,
+)
+
+from trace_core.dispatcher import dispatch_tick
+from trace_core.runtime import Runtime
+from trace_core.worker import TaskInfo, Wakeup, ack_wakeups, receive_wakeups, task_infos
+from trace_dagster.jobs import trace_worker
+from trace_dagster.partitions import partitions_def_name
+from trace_dagster.resources import TraceResource
+
+MAX_RUNS_PER_TICK = 10
+
+
+def dispatcher_result(rt: Runtime) -> SensorResult | SkipReason:
+    report = dispatch_tick(rt)
+    by_def: dict[str, list[str]] = {}
+    for p in report.planned:
+        by_def.setdefault(partitions_def_name(p.job_name, p.dataset_key), []).append(p.partition_key)
+    if not report.did_work:
+        return SkipReason("nothing to plan, reap or publish")
+    return SensorResult(
+        dynamic_partitions_requests=[
+            AddDynamicPartitionsRequest(partitions_def_name=name, partition_keys=keys)
+            for name, keys in by_def.items()
+        ]
+    )
+
+
+def run_tags(infos: list[TaskInfo]) -> dict[str, str]:
+    """Run tags naming job, stream, range, task and attempt (first task's, plus a count)."""
+    first = infos[0]
+    p = first.payload
+    tags = {
+        "trace/operator": first.operator,
+        "trace/task_id": str(first.task_id),
+        "trace/attempt": str(first.attempt + 1),
+        "trace/batch_size": str(len(infos)),
+    }
+    if "job_name" in p:
+        tags["trace/job"] = str(p["job_name"])
+    if "dataset_key" in p:
+        tags["trace/stream"] = str(p["dataset_key"])
+    if "range_start" in p and "range_end" in p:
+        tags["trace/range"] = f"{p['range_start']}-{p['range_end']}"
+    return tags
+
+
+def worker_requests(rt: Runtime, max_runs: int = MAX_RUNS_PER_TICK) -> list[RunRequest]:
+    """Turn wake-ups into run requests, ``worker_batch_size`` tasks per run, then ack them.
+
+    Acking here is safe: if a requested run never starts, the reaper re-wakes the task.
+    """
+    batch = rt.settings.worker_batch_size
+    wakeups: list[Wakeup] = receive_wakeups(rt, batch * max_runs)
+    infos = task_infos(rt, list({w.task_id for w in wakeups}))
+    runnable: dict[str, tuple[TaskInfo, int]] = {}
+    for w in wakeups:
+        info = infos.get(w.task_id)
+        if info is None or info.status in ("succeeded", "dead"):
+            continue
+        runnable[str(w.task_id)] = (info, max(w.generation, runnable.get(str(w.task_id), (info, 0))[1]))
+    items = sorted(runnable.items())
+    requests: list[RunRequest] = []
+    for i in range(0, len(items), batch):
+        chunk = items[i : i + batch]
+        key_src = ",".join(f"{tid}:{gen}" for tid, (_, gen) in chunk)
+        requests.append(
+            RunRequest(
+                run_key=hashlib.sha256(key_src.encode()).hexdigest()[:32],
+                run_config={"ops": {"execute_tasks": {"config": {"task_ids": [tid for tid, _ in chunk]}}}},
+                tags=run_tags([info for _, (info, _) in chunk]),
+            )
+        )
+    ack_wakeups(rt, wakeups)
+    return requests
+
+
+@sensor(
+    name="trace_dispatcher",
+    minimum_interval_seconds=5,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Plans chain_sync ranges, reaps expired leases and publishes the outbox",
+)
+def dispatcher_sensor(context: SensorEvaluationContext, trace: TraceResource) -> SensorResult | SkipReason:
+    return dispatcher_result(trace.get_client())
+
+
+@sensor(
+    name="trace_worker_wakeups",
+    job=trace_worker,
+    minimum_interval_seconds=5,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Receives task wake-ups from the queue and launches trace_worker runs",
+)
+def worker_sensor(context: SensorEvaluationContext, trace: TraceResource) -> SensorResult | SkipReason:
+    requests = worker_requests(trace.get_client())
+    if not requests:
+        return SkipReason("no wake-ups")
+    return SensorResult(run_requests=requests)
