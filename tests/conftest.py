@@ -84,6 +84,23 @@ def dbs(pg_server_url: str, template_dbs: Databases) -> Iterator[Databases]:
     drop_databases(pg_server_url, clone)
 
 
+@pytest.fixture(scope="session")
+def moto_server_url() -> Iterator[str]:
+    """moto's S3/SQS server over real HTTP on 127.0.0.1 (free port), with dummy credentials.
+
+    Shared by the session: tests isolate themselves with unique bucket/queue names.
+    """
+    from moto.server import ThreadedMotoServer
+
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        os.environ.setdefault(key, "testing")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
 @pytest.fixture
 def trace_home(tmp_path: Path) -> Path:
     home = tmp_path / "home"

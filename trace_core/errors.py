@@ -65,6 +65,33 @@ class ConfigError(FatalError):
         self.field = field
 
 
+class InvalidJobFile(ConfigError):
+    """A job file with one or more problems.
+
+    ``problems`` holds each as a ``ConfigError`` (in file order); this error's own file, line
+    and field are the first problem's, and ``str()`` lists every problem on its own line.
+    """
+
+    code = "invalid_job_file"
+
+    def __init__(self, problems: list[ConfigError]) -> None:
+        first = problems[0]
+        super().__init__("", file=first.file, line=first.line, field=first.field)
+        self.problems = list(problems)
+        self.message = "\n".join(str(p) for p in self.problems)
+        self.args = (self.message,)
+
+
+class ChainSyncJobNotFound(FatalError):
+    """No chain_sync job has this name or id (in this org)."""
+
+    code = "chain_sync_job_not_found"
+
+    def __init__(self, ref: object) -> None:
+        super().__init__(f"chain_sync job not found: {ref}", job=str(ref))
+        self.ref = ref
+
+
 class InvalidPayload(FatalError):
     """A task or message payload that does not match its contract."""
 
@@ -138,6 +165,36 @@ class ObjectNotFound(StorageError):
     code = "object_not_found"
 
 
+class InvalidObjectKey(FatalError):
+    """An object key with '..', a leading '/', a backslash or an empty segment."""
+
+    code = "invalid_object_key"
+
+
+class ObjectTooLarge(FatalError):
+    """An object read with ``max_bytes`` turned out larger (a manifest past its cap, ...)."""
+
+    code = "object_too_large"
+
+
+class UnknownCryoDataset(FatalError):
+    """A dataset name cryo_ingest cannot extract (unknown, an alias, or needs extra inputs)."""
+
+    code = "unknown_cryo_dataset"
+
+
+class CryoFailed(RetryableError):
+    """cryo raised or reported errored chunks after the RPC answered its probe."""
+
+    code = "cryo_failed"
+
+
+class ArtifactInvalid(FatalError):
+    """Extracted files that break their contract (unreadable Parquet, mixed schemas)."""
+
+    code = "artifact_invalid"
+
+
 class DatasetConflict(FatalError):
     """A second registration of a range that differs from the committed one."""
 
@@ -155,4 +212,83 @@ class CoverageError(RetryableError):
 
 
 class RpcError(RetryableError):
+    """A JSON-RPC call failed (unreachable, timeout, HTTP or RPC error). Never names the URL."""
+
     code = "rpc_error"
+
+
+# --- query service -----------------------------------------------------------------------
+
+
+class QueryError(FatalError):
+    """A query the Query Service refuses or cannot answer; ``code`` is the API error code."""
+
+    code = "query_error"
+
+    def __init__(self, message: str, *, code: str | None = None, **fields: Any) -> None:
+        super().__init__(message, **fields)
+        if code is not None:
+            self.code = code
+
+
+class SqlRejected(QueryError):
+    """The SQL gate refused the statement; ``code`` names the rule (``sql_*``)."""
+
+    code = "sql_rejected"
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message, code=code)
+
+
+class TokenInvalid(QueryError):
+    """A missing, malformed, expired or wrongly signed bearer token."""
+
+    code = "token_invalid"
+
+
+class AccessDenied(QueryError):
+    """A valid token that does not grant the request (dataset grant, stale task attempt)."""
+
+    code = "access_denied"
+
+
+class ManifestInvalid(QueryError):
+    """A dataset manifest that violates its contract (schema, ids, keys, caps)."""
+
+    code = "manifest_invalid"
+
+
+class TooLarge(QueryError):
+    """An input or resource over its cap (SQL, manifest, memory)."""
+
+    code = "too_large"
+
+
+class QueryTimeout(QueryError):
+    code = "query_timeout"
+
+
+class QueryFailed(QueryError):
+    """The engine could not run a gated query (bad column, type error, ...)."""
+
+    code = "query_failed"
+
+
+# --- hot path ----------------------------------------------------------------------------
+
+
+class ReorgTooDeep(FatalError):
+    """A reorg deeper than the follower may repair (past its limit or into compacted blocks)."""
+
+    code = "reorg_too_deep"
+
+    def __init__(self, chain_id: int, *, depth: int, detail: str) -> None:
+        super().__init__(f"chain {chain_id}: reorg of depth >= {depth}: {detail}", chain_id=chain_id, depth=depth)
+        self.chain_id = chain_id
+        self.depth = depth
+
+
+class ChainMismatch(FatalError):
+    """The RPC endpoint serves another chain than the one being followed."""
+
+    code = "chain_mismatch"

@@ -59,9 +59,28 @@ class Settings(BaseSettings):
     worker_batch_size: int = Field(8, gt=0, description="Tasks carried by one Dagster run")
     dispatch_batch_size: int = Field(200, gt=0, description="Max ranges planned per stream per tick")
 
+    finality_depth: int = Field(64, ge=0, description="Hot path: blocks behind the head before a block is final (compactable), unless set per chain")
+    finality_depths: dict[int, int] = Field(default_factory=dict, description='Hot path: per-chain finality depth, JSON {"chain_id": depth}')
+    hot_max_reorg_depth: int = Field(1024, gt=0, description="Hot path: deepest reorg the block follower repairs before failing")
+    hot_compact_range_size: int = Field(1000, gt=0, description="Hot path: blocks per compacted cold version (ranges align to multiples)")
+
     query_host: str = Field("127.0.0.1", description="Query Service bind host")
     query_port: int = Field(8090, description="Query Service port")
     query_url: str | None = Field(None, description="Query Service base URL for clients; default http://host:port")
+    query_timeout_seconds: float = Field(30.0, gt=0, description="Wall-clock limit of one query; over it the query is interrupted (HTTP 408)")
+    query_memory_limit: str = Field("2GB", description="DuckDB memory_limit per query")
+    query_threads: int = Field(2, gt=0, description="DuckDB threads per query")
+    query_inline_max_rows: int = Field(10_000, gt=0, description="Largest result returned inline; bigger results are exported as Parquet")
+    query_inline_max_bytes: int = Field(10 * 1024 * 1024, gt=0, description="Largest inline result in bytes; bigger results are exported as Parquet")
+    query_manifest_max_bytes: int = Field(1024 * 1024, gt=0, description="Largest dataset manifest the Query Service reads (HTTP 413 over it)")
+    query_manifest_max_files: int = Field(1024, gt=0, description="Most Parquet files one dataset version manifest may list")
+    query_presign_seconds: int = Field(3600, gt=0, description="Lifetime of presigned URLs for exported results")
+    jwt_key_file: Path | None = Field(None, description="JSON file of JWT signing keys {kid: secret}; default $TRACE_HOME/keys.json, created on first use")
+    jwt_kid: str = Field("k1", description="Key id that signs new tokens (generated into the key file if missing)")
+    jwt_next_kid: str | None = Field(None, description="A second key id also accepted, for rotation overlap")
+    jwt_issuer: str = Field("trace-lite", description="iss of tokens Trace issues and accepts")
+    user_token_ttl_seconds: int = Field(3600, gt=0, description="Lifetime of user query tokens")
+    task_token_ttl_seconds: int = Field(900, gt=0, description="Default lifetime of task capability tokens")
 
     def resolved_home(self) -> Path:
         return self.home.expanduser().resolve()

@@ -1,0 +1,31 @@
+# Trace Lite: `make demo` runs the demo on the embedded default, `make test` runs the tests.
+# Both set everything up themselves (venv, pip, npm for anvil).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint clean
+
+$(STAMP): pyproject.toml package.json
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	npm ci --no-audit --no-fund --silent || npm install --no-audit --no-fund --silent
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(BIN)/trace-lite demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check trace_core trace_dagster tests benchmarks
+	$(BIN)/ruff format --check trace_core trace_dagster tests benchmarks
+	$(BIN)/mypy trace_core trace_dagster
+
+clean:
+	rm -rf $(VENV) node_modules .trace

@@ -1,0 +1,479 @@
+"""The chain_sync planner: turn stream cursors into scheduled ranges, each with its task.
+
+One tick walks every enabled job's active streams. Each stream is planned in its own
+transaction that locks the cursor row (serializing planners), so a range row, its task and the
+task's outbox wake-up are written together, and the cursor advances with them. Task ids are
+deterministic (``range_task_id``), so a replayed tick re-creates nothing.
+
+Decisions are pure functions (``eligible_end``, ``plan_ranges``); the database supplies the
+clock (head ages come from ``now()``).
+
+Slot accounting: ``max_inflight`` caps ranges in state ``scheduled`` (queued, running or
+retrying). A ``dead`` range does not hold a slot, but it stops its stream from planning more
+(status shows it) until it is revived with ``revive_range``: a stream never leaves a hole
+behind its cursor silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from psycopg import Connection
+from psycopg.rows import dict_row
+
+from trace_core.db.queries import q
+from trace_core.errors import DatasetConflict, InvalidPayload, UnknownTask
+from trace_core.tasks.lifecycle import Lease, create_task
+
+log = logging.getLogger(__name__)
+
+TASK_NAMESPACE = uuid.UUID("906c0c0c-342d-472f-97a1-2c9b3d4eaab1")
+OPERATOR = "cryo_ingest"
+DEFAULT_MAX_ATTEMPTS = 3
+PARTITION_KEY_DIGITS = 12
+ERROR_MESSAGE_LIMIT = 1024
+
+# Blocked kinds the planner owns: it sets them on the job and clears them once resolved.
+MISSING_HEAD = "MissingHeadObservation"
+STALE_HEAD = "StaleHeadObservation"
+DEAD_RANGES = "DeadRanges"
+PLANNER_ERROR_KINDS = (MISSING_HEAD, STALE_HEAD, DEAD_RANGES)
+
+
+def range_task_id(job_id: uuid.UUID | str, dataset_key: str, start: int, end: int) -> uuid.UUID:
+    """Deterministic task id of a range (digest 6.4)."""
+    return uuid.uuid5(TASK_NAMESPACE, f"chain_sync:{job_id}:{dataset_key}:{start}:{end}")
+
+
+def range_partition_key(start: int, end: int) -> str:
+    """Dagster partition key of an end-exclusive range: ``000000000000-000000001000``.
+
+    Zero-padded so keys sort by block; no commas (Dagster forbids them).
+    """
+    return f"{start:0{PARTITION_KEY_DIGITS}d}-{end:0{PARTITION_KEY_DIGITS}d}"
+
+
+def parse_partition_key(key: str) -> tuple[int, int]:
+    """Inverse of ``range_partition_key``. Raises ``ValueError`` on anything else."""
+    start, sep, end = key.partition("-")
+    if not sep or not start.isdigit() or not end.isdigit():
+        raise ValueError(f"not a range partition key: {key!r}")
+    return int(start), int(end)
+
+
+# --- pure decisions ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Eligibility:
+    """How far a stream may be planned (exclusive end), or why it may not be planned at all."""
+
+    end: int | None
+    blocked_kind: str | None = None
+    blocked_message: str | None = None
+
+
+def eligible_end(
+    *,
+    mode: str,
+    from_block: int,
+    to_block: int | None,
+    tail_lag: int | None,
+    max_head_age_seconds: int | None,
+    head_block: int | None,
+    head_age_seconds: float | None,
+) -> Eligibility:
+    """The exclusive end up to which ranges may be planned.
+
+    fixed_target: ``to_block``. follow_head: ``max(from_block, head + 1 - tail_lag)`` from a
+    head observation no older than ``max_head_age_seconds``; a missing or stale observation
+    blocks planning (fail closed, never guess).
+    """
+    if mode == "fixed_target":
+        assert to_block is not None, "fixed_target jobs always have to_block"
+        return Eligibility(to_block)
+    assert tail_lag is not None and max_head_age_seconds is not None
+    if head_block is None or head_age_seconds is None:
+        return Eligibility(None, MISSING_HEAD, "no head observation yet for this chain and pool")
+    if head_age_seconds > max_head_age_seconds:
+        return Eligibility(
+            None,
+            STALE_HEAD,
+            f"newest head observation ({head_block}) is {head_age_seconds:.0f}s old, "
+            f"over max_head_age_seconds={max_head_age_seconds}",
+        )
+    return Eligibility(max(from_block, head_block + 1 - tail_lag))
+
+
+def plan_ranges(
+    *, cursor: int, end: int, chunk_size: int, slots: int, limit: int
+) -> list[tuple[int, int]]:
+    """Up to ``min(slots, limit)`` consecutive ranges ``[cursor, min(end, cursor+chunk))``.
+
+    Ranges are aligned to the cursor; the last one is cut at ``end`` (follow_head), and the
+    next tick continues from there.
+    """
+    ranges: list[tuple[int, int]] = []
+    start = cursor
+    while len(ranges) < min(slots, limit) and start < end:
+        stop = min(end, start + chunk_size)
+        ranges.append((start, stop))
+        start = stop
+    return ranges
+
+
+# --- results ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlannedRange:
+    job_id: uuid.UUID
+    job_name: str
+    dataset_key: str
+    dataset_uuid: uuid.UUID
+    range_start: int
+    range_end: int
+    task_id: uuid.UUID
+
+    @property
+    def partition_key(self) -> str:
+        return range_partition_key(self.range_start, self.range_end)
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    """What one stream's planning transaction did (or why it did nothing)."""
+
+    job_id: uuid.UUID
+    job_name: str
+    dataset_key: str
+    next_block: int
+    eligible_end: int | None
+    inflight: int
+    planned: tuple[PlannedRange, ...] = ()
+    blocked_kind: str | None = None
+    blocked_message: str | None = None
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    streams: tuple[StreamPlan, ...] = field(default_factory=tuple)
+
+    @property
+    def planned(self) -> list[PlannedRange]:
+        """Every range planned by this tick, in planning order."""
+        return [r for s in self.streams for r in s.planned]
+
+
+# --- the tick ---------------------------------------------------------------------------
+
+
+def plan_tick(
+    conn: Connection[Any],
+    *,
+    org_id: str | uuid.UUID | None = None,
+    limit: int = 200,
+    total_limit: int | None = None,
+) -> PlanResult:
+    """Plan every enabled job's active streams (of one org, or all orgs).
+
+    ``limit`` caps ranges per stream per tick, ``total_limit`` ranges per tick overall, so a
+    tick stays small. ``conn`` must not be inside a transaction: each stream commits its own.
+    """
+    with conn.transaction():
+        targets = conn.execute(q("chain_sync", "plannable_streams"), {"org_id": org_id}).fetchall()
+    plans: list[StreamPlan] = []
+    budget = total_limit
+    blocked_by_job: dict[uuid.UUID, StreamPlan | None] = {}
+    for job_id, dataset_key in targets:
+        if budget is not None and budget <= 0:
+            break
+        plan = plan_stream(
+            conn, job_id, dataset_key, limit=limit if budget is None else min(limit, budget)
+        )
+        if plan is None:
+            continue
+        plans.append(plan)
+        if budget is not None:
+            budget -= len(plan.planned)
+        if blocked_by_job.get(job_id) is None:
+            blocked_by_job[job_id] = plan if plan.blocked_kind else None
+    for job_id, blocked in blocked_by_job.items():
+        _record_job_error(conn, job_id, blocked)
+    return PlanResult(tuple(plans))
+
+
+def plan_stream(
+    conn: Connection[Any], job_id: uuid.UUID, dataset_key: str, *, limit: int
+) -> StreamPlan | None:
+    """Plan one stream in one transaction; None if the job is paused or the stream inactive."""
+    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        job = cur.execute(q("chain_sync", "share_lock_job"), {"job_id": job_id}).fetchone()
+        if job is None:
+            return None
+        stream = cur.execute(
+            q("chain_sync", "lock_stream_cursor"), {"job_id": job_id, "dataset_key": dataset_key}
+        ).fetchone()
+        if stream is None:
+            return None
+        head: dict[str, Any] | None = None
+        if job["mode"] == "follow_head":
+            head = cur.execute(
+                q("chain_sync", "head_for_pool"),
+                {
+                    "org_id": job["org_id"],
+                    "chain_id": job["chain_id"],
+                    "rpc_pool": stream["rpc_pool"],
+                },
+            ).fetchone()
+        elig = eligible_end(
+            mode=job["mode"],
+            from_block=job["from_block"],
+            to_block=job["to_block"],
+            tail_lag=job["tail_lag"],
+            max_head_age_seconds=job["max_head_age_seconds"],
+            head_block=head["head_block"] if head else None,
+            head_age_seconds=head["age_seconds"] if head else None,
+        )
+        cursor = stream["next_block"]
+        counts = cur.execute(
+            q("chain_sync", "stream_range_counts"), {"job_id": job_id, "dataset_key": dataset_key}
+        ).fetchone()
+        assert counts is not None
+        inflight = counts["inflight"]
+        base = {
+            "job_id": job_id,
+            "job_name": job["name"],
+            "dataset_key": dataset_key,
+            "eligible_end": elig.end,
+            "inflight": inflight,
+        }
+        if elig.end is None:
+            return StreamPlan(
+                next_block=cursor,
+                blocked_kind=elig.blocked_kind,
+                blocked_message=elig.blocked_message,
+                **base,
+            )
+        if counts["dead"]:
+            return StreamPlan(
+                next_block=cursor,
+                blocked_kind=DEAD_RANGES,
+                blocked_message=f"{counts['dead']} dead range(s) in stream {dataset_key}; "
+                "planning stops until they are revived",
+                **base,
+            )
+        ranges = plan_ranges(
+            cursor=cursor,
+            end=elig.end,
+            chunk_size=stream["chunk_size"],
+            slots=stream["max_inflight"] - inflight,
+            limit=limit,
+        )
+        planned = [_schedule(conn, job, stream, start, end) for start, end in ranges]
+        if ranges:
+            conn.execute(
+                q("chain_sync", "advance_cursor"),
+                {"job_id": job_id, "dataset_key": dataset_key, "next_block": ranges[-1][1]},
+            )
+            cursor = ranges[-1][1]
+    done = tuple(p for p in planned if p is not None)
+    if done:
+        log.info(
+            "planned ranges",
+            extra={
+                "job_id": str(job_id),
+                "dataset_key": dataset_key,
+                "ranges": len(done),
+                "next_block": cursor,
+            },
+        )
+    return StreamPlan(next_block=cursor, planned=done, **{**base, "inflight": inflight + len(done)})
+
+
+def task_payload(
+    job: dict[str, Any], stream: dict[str, Any], start: int, end: int
+) -> dict[str, Any]:
+    """The ``cryo_ingest`` task payload of a planned range (JSON-ready)."""
+    return {
+        "operator": OPERATOR,
+        "chain_id": job["chain_id"],
+        "job_id": str(job["job_id"]),
+        "job_name": job["name"],
+        "dataset_key": stream["dataset_key"],
+        "dataset_uuid": str(stream["dataset_uuid"]),
+        "cryo_dataset_name": stream["cryo_dataset_name"],
+        "rpc_pool": stream["rpc_pool"],
+        "range_start": start,
+        "range_end": end,
+        "config_hash": stream["config_hash"],
+        "cryo_options": stream["cryo_options"] or {},
+    }
+
+
+def _schedule(
+    conn: Connection[Any], job: dict[str, Any], stream: dict[str, Any], start: int, end: int
+) -> PlannedRange | None:
+    task_id = range_task_id(job["job_id"], stream["dataset_key"], start, end)
+    inserted = conn.execute(
+        q("chain_sync", "insert_range"),
+        {
+            "job_id": job["job_id"],
+            "dataset_key": stream["dataset_key"],
+            "range_start": start,
+            "range_end": end,
+            "task_id": task_id,
+        },
+    ).fetchone()
+    if inserted is None:
+        return None  # already planned by an earlier tick; the cursor still moves past it
+    payload = task_payload(job, stream, start, end)
+    created = create_task(
+        conn,
+        task_id=task_id,
+        operator=OPERATOR,
+        payload=payload,
+        max_attempts=job["max_attempts"] or DEFAULT_MAX_ATTEMPTS,
+        job_id=job["job_id"],
+    )
+    if not created:
+        row = conn.execute(q("tasks", "task_payload"), {"task_id": task_id}).fetchone()
+        if row is None or row[0] != OPERATOR or row[1] != payload:
+            raise InvalidPayload(
+                f"task payload mismatch for existing task {task_id}", task_id=str(task_id)
+            )
+    return PlannedRange(
+        job_id=job["job_id"],
+        job_name=job["name"],
+        dataset_key=stream["dataset_key"],
+        dataset_uuid=stream["dataset_uuid"],
+        range_start=start,
+        range_end=end,
+        task_id=task_id,
+    )
+
+
+def _record_job_error(conn: Connection[Any], job_id: uuid.UUID, blocked: StreamPlan | None) -> None:
+    with conn.transaction():
+        if blocked is None:
+            conn.execute(
+                q("chain_sync", "clear_job_error"),
+                {"job_id": job_id, "kinds": list(PLANNER_ERROR_KINDS)},
+            )
+            return
+        message = f"{blocked.dataset_key}: {blocked.blocked_message}"
+        cur = conn.execute(
+            q("chain_sync", "set_job_error"),
+            {
+                "job_id": job_id,
+                "kind": blocked.blocked_kind,
+                "message": message[:ERROR_MESSAGE_LIMIT],
+            },
+        )
+        if cur.rowcount:
+            log.warning(
+                "chain_sync stream blocked",
+                extra={"job_id": str(job_id), "kind": blocked.blocked_kind, "detail": message},
+            )
+
+
+# --- completion hooks -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScheduledRange:
+    job_id: uuid.UUID
+    org_id: uuid.UUID
+    job_name: str
+    chain_id: int
+    dataset_key: str
+    range_start: int
+    range_end: int
+    task_id: uuid.UUID
+    status: str
+    dataset_version: uuid.UUID | None
+    dataset_uuid: uuid.UUID
+    config_hash: str
+
+
+def range_for_task(conn: Connection[Any], task_id: uuid.UUID) -> ScheduledRange | None:
+    """The planned range a task belongs to, or None for a task chain_sync did not plan."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(q("chain_sync", "range_for_task"), {"task_id": task_id}).fetchone()
+    return ScheduledRange(**row) if row else None
+
+
+def mark_range_completed(
+    conn: Connection[Any], task_id: uuid.UUID, dataset_version: uuid.UUID
+) -> bool:
+    """Record that the task's range committed ``dataset_version``; frees its inflight slot.
+
+    Call inside the transaction that completes the task (after fencing). Returns False if the
+    range was already completed with this version (a replay). Raises ``UnknownTask`` if no range
+    has this task, ``DatasetConflict`` if it completed earlier with another version.
+    """
+    dataset_version = uuid.UUID(str(dataset_version))
+    row = conn.execute(
+        q("chain_sync", "complete_range"), {"task_id": task_id, "dataset_version": dataset_version}
+    ).fetchone()
+    if row is not None:
+        return True
+    state = conn.execute(q("chain_sync", "range_state"), {"task_id": task_id}).fetchone()
+    if state is None:
+        raise UnknownTask(task_id)
+    if state[1] != dataset_version:
+        raise DatasetConflict(
+            f"range of task {task_id} already completed with dataset version {state[1]}, not {dataset_version}",
+            task_id=str(task_id),
+        )
+    return False
+
+
+def mark_range_dead(conn: Connection[Any], task_id: uuid.UUID) -> bool:
+    """Record that the task's range ended dead (its stream stops planning; status shows it).
+
+    Call inside the transaction that ends the task dead. Returns False if it was not
+    ``scheduled``. Raises ``UnknownTask`` if no range has this task.
+    """
+    if conn.execute(q("chain_sync", "kill_range"), {"task_id": task_id}).fetchone() is not None:
+        log.warning("chain_sync range dead", extra={"task_id": str(task_id)})
+        return True
+    if conn.execute(q("chain_sync", "range_state"), {"task_id": task_id}).fetchone() is None:
+        raise UnknownTask(task_id)
+    return False
+
+
+def revive_range(conn: Connection[Any], task_id: uuid.UUID) -> bool:
+    """Put a dead range back to ``scheduled`` (call in the transaction that requeues its task).
+
+    Returns False if it was not dead. Raises ``UnknownTask`` if no range has this task.
+    """
+    if conn.execute(q("chain_sync", "revive_range"), {"task_id": task_id}).fetchone() is not None:
+        return True
+    if conn.execute(q("chain_sync", "range_state"), {"task_id": task_id}).fetchone() is None:
+        raise UnknownTask(task_id)
+    return False
+
+
+def on_task_succeeded(conn: Connection[Any], lease: Lease, outputs: dict[str, Any]) -> None:
+    """Worker success hook for ``cryo_ingest``: complete the range, if chain_sync planned it.
+
+    ``outputs`` must carry the committed ``dataset_version``.
+    """
+    if range_for_task(conn, lease.task_id) is None:
+        return
+    version = outputs.get("dataset_version")
+    if version is None:
+        raise InvalidPayload(
+            f"task {lease.task_id} succeeded without a dataset_version", task_id=str(lease.task_id)
+        )
+    mark_range_completed(conn, lease.task_id, uuid.UUID(str(version)))
+
+
+def on_task_dead(conn: Connection[Any], lease: Lease) -> None:
+    """Worker dead hook for ``cryo_ingest``: mark the range dead, if chain_sync planned it."""
+    if range_for_task(conn, lease.task_id) is not None:
+        mark_range_dead(conn, lease.task_id)

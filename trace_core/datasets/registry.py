@@ -1,0 +1,115 @@
+"""Read side of the dataset registry (``state.datasets`` / ``state.dataset_versions``).
+
+Only registered versions exist for readers: an object prefix without a registry row (a commit
+that rolled back) is invisible here, whatever its contents.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from psycopg import Connection
+from psycopg.rows import dict_row
+
+from trace_core.db.queries import q
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    """One committed dataset version (a row of ``state.dataset_versions`` plus its dataset)."""
+
+    dataset_version: uuid.UUID
+    dataset_uuid: uuid.UUID
+    org_id: uuid.UUID
+    dataset_key: str
+    chain_id: int
+    range_start: int
+    range_end: int
+    config_hash: str
+    schema_hash: str
+    storage_prefix: str
+    manifest_key: str
+    row_count: int
+    bytes: int
+    file_count: int
+    task_id: uuid.UUID | None
+    attempt: int | None
+    created_at: datetime
+
+    def as_json(self) -> dict[str, Any]:
+        """JSON-ready fields (ids and timestamps as strings)."""
+        out = asdict(self)
+        for name in ("dataset_version", "dataset_uuid", "org_id", "task_id"):
+            out[name] = str(out[name]) if out[name] is not None else None
+        out["created_at"] = self.created_at.isoformat()
+        return out
+
+
+def _rows(conn: Connection[Any], query: str, params: dict[str, Any]) -> list[VersionRecord]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        return [VersionRecord(**row) for row in cur.execute(query, params).fetchall()]
+
+
+def get_version(conn: Connection[Any], dataset_version: uuid.UUID) -> VersionRecord | None:
+    """The registered version, or None."""
+    rows = _rows(conn, q("datasets", "get_version"), {"dataset_version": dataset_version})
+    return rows[0] if rows else None
+
+
+def versions_of_dataset(conn: Connection[Any], dataset_uuid: uuid.UUID) -> list[VersionRecord]:
+    """Every registered version of a dataset, by range then newest first."""
+    return _rows(conn, q("datasets", "versions_of_dataset"), {"dataset_uuid": dataset_uuid})
+
+
+def latest_covering(records: list[VersionRecord]) -> list[VersionRecord]:
+    """The newest non-overlapping versions, sorted by range.
+
+    Versions are taken newest first (``created_at``, then wider ranges); one overlapping an
+    already taken version is superseded. A compacted version registered after the ranges it
+    covers therefore replaces them, and a lone range stays visible.
+    """
+    taken: list[VersionRecord] = []
+    ordered = sorted(
+        records,
+        key=lambda r: (r.created_at, r.range_end - r.range_start, str(r.dataset_version)),
+        reverse=True,
+    )
+    for rec in ordered:
+        if all(rec.range_end <= t.range_start or rec.range_start >= t.range_end for t in taken):
+            taken.append(rec)
+    return sorted(taken, key=lambda r: (r.range_start, r.range_end))
+
+
+def latest_versions(conn: Connection[Any], dataset_uuid: uuid.UUID) -> list[VersionRecord]:
+    """The versions a reader should see for a dataset: ``latest_covering`` of all versions."""
+    return latest_covering(versions_of_dataset(conn, dataset_uuid))
+
+
+def versions_for_stream(
+    conn: Connection[Any], org_id: str | uuid.UUID, chain_id: int, dataset_key: str
+) -> list[VersionRecord]:
+    """``latest_versions`` of the dataset named by ``(org_id, chain_id, dataset_key)``."""
+    records = _rows(
+        conn,
+        q("datasets", "versions_for_stream"),
+        {"org_id": uuid.UUID(str(org_id)), "chain_id": chain_id, "dataset_key": dataset_key},
+    )
+    return latest_covering(records)
+
+
+def missing_ranges(records: list[VersionRecord], start: int, end: int) -> list[tuple[int, int]]:
+    """Sub-ranges of ``[start, end)`` that no record covers (end-exclusive pairs)."""
+    gaps: list[tuple[int, int]] = []
+    cursor = start
+    for rec in sorted(records, key=lambda r: r.range_start):
+        if rec.range_end <= cursor or rec.range_start >= end:
+            continue
+        if rec.range_start > cursor:
+            gaps.append((cursor, rec.range_start))
+        cursor = max(cursor, rec.range_end)
+    if cursor < end:
+        gaps.append((cursor, end))
+    return gaps

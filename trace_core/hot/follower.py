@@ -1,0 +1,521 @@
+"""The block follower: keep ``data.hot_*`` equal to the canonical chain near its head.
+
+``follow_once`` is one bounded step (a Dagster sensor tick or a loop iteration calls it
+repeatedly). Per step, under a per-chain advisory lock:
+
+1. the tip to continue from is the highest stored hot block (else the state cursor);
+2. if the chain no longer has that tip's hash, walk back to the common ancestor, delete the
+   orphaned hot rows and record a ``data_invalidations`` row (one data transaction);
+3. fetch the next blocks (full transactions + receipts), each checked against its parent's
+   hash, write them in one data transaction, then advance the state cursor with a
+   ``dataset_events`` outbox row in one state transaction.
+
+Data commits before state. A crash between the two leaves hot rows above the cursor; the next
+step verifies them against the chain like any tip and adopts them (emitting the event it
+missed), so a crash loses and duplicates nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import httpx
+from psycopg import Connection
+
+from trace_core import outbox
+from trace_core.db.connection import Databases, connect
+from trace_core.db.queries import q
+from trace_core.errors import ChainMismatch, RpcError
+from trace_core.hot import reorg
+from trace_core.hot.tables import (
+    HOT_DATASETS,
+    HotBlock,
+    hex_int,
+    hot_low,
+    hot_tip,
+    rows_from_rpc,
+    stored_hashes,
+    write_hot_block,
+)
+from trace_core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DATASET_EVENTS = "dataset_events"
+DEFAULT_BATCH_SIZE = 25
+MAX_REORG_ROUNDS = 8
+
+
+# --- JSON-RPC ----------------------------------------------------------------------------
+
+
+class BlockSource(Protocol):
+    """What the follower needs from a node. ``get_block`` returns None past the head."""
+
+    def chain_id(self) -> int: ...
+
+    def block_number(self) -> int: ...
+
+    def block_hash(self, number: int) -> bytes | None: ...
+
+    def get_block(
+        self, number: int
+    ) -> tuple[Mapping[str, Any], list[Mapping[str, Any]]] | None: ...
+
+    def close(self) -> None: ...
+
+
+class RpcBlockSource:
+    """``BlockSource`` over HTTP JSON-RPC (httpx, bounded timeouts).
+
+    Receipts come from ``eth_getBlockReceipts`` (one request per block, batched with the
+    block itself); nodes without it fall back to ``eth_getTransactionReceipt`` per tx.
+    The URL is a secret: errors name the method, never the URL.
+    """
+
+    def __init__(self, url: str, *, timeout: float = 10.0) -> None:
+        self._client = httpx.Client(timeout=httpx.Timeout(timeout, connect=5.0))
+        self._url = url
+        self._has_block_receipts = True
+        self._next_id = 0
+
+    def _post(self, body: Any) -> Any:
+        try:
+            resp = self._client.post(self._url, json=body)
+            resp.raise_for_status()
+            return resp.json()
+        except httpx.HTTPError as exc:
+            raise RpcError(f"JSON-RPC transport error: {type(exc).__name__}") from exc
+        except ValueError as exc:
+            raise RpcError("JSON-RPC reply is not JSON") from exc
+
+    def _request(self, method: str, params: Sequence[Any]) -> dict[str, Any]:
+        self._next_id += 1
+        return {"jsonrpc": "2.0", "id": self._next_id, "method": method, "params": list(params)}
+
+    @staticmethod
+    def _result(reply: Any, method: str) -> Any:
+        if not isinstance(reply, dict):
+            raise RpcError(f"{method}: malformed JSON-RPC reply")
+        if "error" in reply:
+            err = reply["error"] or {}
+            raise RpcError(
+                f"{method}: {err.get('message', err)}", rpc_code=err.get("code"), method=method
+            )
+        return reply.get("result")
+
+    def call(self, method: str, *params: Any) -> Any:
+        return self._result(self._post(self._request(method, params)), method)
+
+    def batch(self, calls: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
+        """Several calls in one HTTP request; replies are matched by id. Raises on any error."""
+        reqs = [self._request(m, p) for m, p in calls]
+        replies = self._post(reqs)
+        if not isinstance(replies, list):
+            replies = [replies]
+        by_id = {r.get("id"): r for r in replies if isinstance(r, dict)}
+        return [self._result(by_id.get(req["id"]), req["method"]) for req in reqs]
+
+    def chain_id(self) -> int:
+        return int(self.call("eth_chainId"), 16)
+
+    def block_number(self) -> int:
+        return int(self.call("eth_blockNumber"), 16)
+
+    def block_hash(self, number: int) -> bytes | None:
+        block = self.call("eth_getBlockByNumber", hex(number), False)
+        return None if block is None else bytes.fromhex(block["hash"][2:])
+
+    def get_block(self, number: int) -> tuple[Mapping[str, Any], list[Mapping[str, Any]]] | None:
+        if self._has_block_receipts:
+            try:
+                block, receipts = self.batch(
+                    [
+                        ("eth_getBlockByNumber", [hex(number), True]),
+                        ("eth_getBlockReceipts", [hex(number)]),
+                    ]
+                )
+            except RpcError as exc:
+                if exc.fields.get("rpc_code") != -32601:
+                    raise
+                self._has_block_receipts = False
+            else:
+                if block is None:
+                    return None
+                return block, list(receipts or [])
+        block = self.call("eth_getBlockByNumber", hex(number), True)
+        if block is None:
+            return None
+        txs = block.get("transactions") or []
+        receipts = (
+            self.batch([("eth_getTransactionReceipt", [t["hash"]]) for t in txs]) if txs else []
+        )
+        return block, [r for r in receipts if r is not None]
+
+    def close(self) -> None:
+        self._client.close()
+
+
+# --- state: cursor, lock, events ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """The last block whose rows are committed and announced. ``hash`` None = unknown."""
+
+    first_block: int
+    number: int
+    hash: bytes | None
+
+
+@dataclass(frozen=True)
+class FollowResult:
+    """Outcome of one ``follow_once`` step.
+
+    ``ingested``: blocks written; ``reorged_depth``: depth of the deepest reorg repaired
+    (0 = none); ``head``: the chain head last observed; ``cursor``: last committed block;
+    ``skipped``: another follower held the chain's lock, nothing was done.
+    """
+
+    chain_id: int
+    ingested: int
+    reorged_depth: int
+    head: int | None
+    cursor: int | None
+    skipped: bool = False
+
+
+def load_cursor(conn: Connection[Any], chain_id: int) -> Cursor | None:
+    row = conn.execute(q("hot", "get_cursor"), {"chain_id": chain_id}).fetchone()
+    if row is None:
+        return None
+    return Cursor(int(row[0]), int(row[1]), None if row[2] is None else bytes(row[2]))
+
+
+def _lock_key(chain_id: int) -> int:
+    digest = hashlib.sha256(f"trace.hot_follower:{chain_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+@contextmanager
+def follower_lock(conn: Connection[Any], chain_id: int) -> Iterator[bool]:
+    """Session advisory lock for one chain's follower; yields False if another holds it."""
+    key = _lock_key(chain_id)
+    row = conn.execute(q("hot", "try_follower_lock"), {"key": key}).fetchone()
+    got = bool(row and row[0])
+    try:
+        yield got
+    finally:
+        if got and not conn.closed:
+            conn.execute(q("hot", "release_follower_lock"), {"key": key})
+
+
+def commit_cursor(
+    conn: Connection[Any],
+    *,
+    chain_id: int,
+    old: Cursor | None,
+    first_block: int,
+    number: int,
+    block_hash: bytes | None,
+    reorg_depth: int = 0,
+) -> Cursor:
+    """Move the cursor and announce the change on ``dataset_events``, in one state transaction.
+
+    Forward: a ``hot_range_committed`` event for the new blocks. Backward (a reorg rolled
+    back blocks the cursor had announced): a ``hot_range_invalidated`` event. Event rows
+    are deduplicated by chain, range and block hash, so a repeated commit adds none.
+    """
+    events: list[tuple[str, dict[str, Any]]] = []
+    base = {"chain_id": chain_id, "datasets": list(HOT_DATASETS)}
+    old_number = first_block - 1 if old is None else old.number
+    if old is not None and (
+        number < old.number or (number == old.number and block_hash != old.hash)
+    ):
+        start = number + 1 if number < old.number else number
+        payload = {
+            **base,
+            "event": "hot_range_invalidated",
+            "range_start": start,
+            "range_end": old.number + 1,
+            "reason": "reorg",
+            "depth": reorg_depth or old.number - number,
+        }
+        events.append(
+            (f"hot_invalidated:{chain_id}:{start}:{old.number + 1}:{_hex(old.hash)}", payload)
+        )
+        old_number = start - 1
+    if number > old_number:
+        payload = {
+            **base,
+            "event": "hot_range_committed",
+            "range_start": old_number + 1,
+            "range_end": number + 1,
+            "block_hash": _hex(block_hash),
+        }
+        events.append(
+            (f"hot_committed:{chain_id}:{old_number + 1}:{number + 1}:{_hex(block_hash)}", payload)
+        )
+    with conn.transaction():
+        conn.execute(
+            q("hot", "upsert_cursor"),
+            {
+                "chain_id": chain_id,
+                "first_block": first_block,
+                "block_number": number,
+                "block_hash": block_hash,
+            },
+        )
+        for name, payload in events:
+            outbox.enqueue(conn, topic=DATASET_EVENTS, payload=payload, dedupe_name=name)
+    first = first_block if old is None else min(old.first_block, first_block)
+    return Cursor(first, number, block_hash)
+
+
+def _hex(value: bytes | None) -> str | None:
+    return None if value is None else "0x" + value.hex()
+
+
+# --- the step ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Tip:
+    number: int
+    hash: bytes | None
+
+
+class _Follower:
+    def __init__(
+        self,
+        *,
+        state: Connection[Any],
+        data: Connection[Any],
+        source: BlockSource,
+        chain_id: int,
+        batch_size: int,
+        max_reorg_depth: int,
+    ) -> None:
+        self.state, self.data, self.source = state, data, source
+        self.chain_id = chain_id
+        self.batch_size = batch_size
+        self.max_reorg_depth = max_reorg_depth
+
+    def run(self, max_blocks: int, start_block: int | None) -> FollowResult:
+        served = self.source.chain_id()
+        if served != self.chain_id:
+            raise ChainMismatch(
+                f"RPC serves chain {served}, expected chain {self.chain_id}", chain_id=self.chain_id
+            )
+        cursor = load_cursor(self.state, self.chain_id)
+        tip = self._stored_tip(cursor)
+        ingested = depth = reorg_rounds = stalls = 0
+        head = self.source.block_number()
+        while ingested < max_blocks and stalls <= 2:
+            if tip is not None and not self._is_canonical(tip, head):
+                if reorg_rounds >= MAX_REORG_ROUNDS:
+                    log.warning(
+                        "chain keeps reorganising; ending this step",
+                        extra={"chain_id": self.chain_id},
+                    )
+                    break
+                reorg_rounds += 1
+                tip, d = self._repair(tip, cursor)
+                depth = max(depth, d)
+                cursor = self._commit(cursor, tip, reorg_depth=d)
+                head = self.source.block_number()
+                continue
+            if tip is not None and (
+                cursor is None or (cursor.number, cursor.hash) != (tip.number, tip.hash)
+            ):
+                cursor = self._commit(cursor, tip)  # adopt (or rewind to) what the data DB holds
+            next_block = (
+                tip.number + 1
+                if tip is not None
+                else (head if start_block is None else start_block)
+            )
+            if next_block > head:
+                break
+            last = min(head, next_block + min(self.batch_size, max_blocks - ingested) - 1)
+            blocks, complete = self._fetch(next_block, last, None if tip is None else tip.hash)
+            if blocks:
+                with self.data.transaction():
+                    for hb in blocks:
+                        write_hot_block(self.data, self.chain_id, hb)
+                tip = _Tip(blocks[-1].number, blocks[-1].hash)
+                cursor = self._commit(cursor, tip, first=blocks[0].number)
+                ingested += len(blocks)
+            stalls = 0 if blocks else stalls + 1
+            if complete and last < head:
+                continue
+            head = self.source.block_number()  # caught up, or the chain changed under the batch
+        return FollowResult(
+            self.chain_id, ingested, depth, head, None if cursor is None else cursor.number
+        )
+
+    def _stored_tip(self, cursor: Cursor | None) -> _Tip | None:
+        stored = hot_tip(self.data, self.chain_id)
+        if stored is not None:
+            return _Tip(stored.number, stored.hash)
+        return None if cursor is None else _Tip(cursor.number, cursor.hash)
+
+    def _is_canonical(self, tip: _Tip, head: int) -> bool:
+        if tip.hash is None:
+            return True
+        if tip.number > head:
+            return False
+        return self.source.block_hash(tip.number) == tip.hash
+
+    def _repair(self, tip: _Tip, cursor: Cursor | None) -> tuple[_Tip, int]:
+        """Roll the hot tables back to the common ancestor; returns (new tip, depth)."""
+        lo = max(0, tip.number - self.max_reorg_depth - 1)
+        stored = stored_hashes(self.data, self.chain_id, lo, tip.number + 1)
+        if tip.hash is not None:
+            stored.setdefault(tip.number, tip.hash)
+        low = hot_low(self.data, self.chain_id)
+        lowest = min(low if low is not None else tip.number, tip.number)
+        row = self.state.execute(q("hot", "compacted_end"), {"chain_id": self.chain_id}).fetchone()
+        finalized_below = int(row[0]) if row and row[0] is not None else 0
+        ancestor = reorg.find_common_ancestor(
+            tip=tip.number,
+            stored_hash=stored.get,
+            canonical_hash=self.source.block_hash,
+            lowest_stored=lowest,
+            max_depth=self.max_reorg_depth,
+            chain_id=self.chain_id,
+            finalized_below=finalized_below,
+        )
+        depth = tip.number - ancestor.number
+        reorg.rollback_to(
+            self.data,
+            chain_id=self.chain_id,
+            ancestor=ancestor.number,
+            old_tip=tip.number,
+            details={
+                "old_tip": tip.number,
+                "old_tip_hash": _hex(tip.hash),
+                "ancestor_hash": _hex(ancestor.hash),
+                "depth": depth,
+                "cursor": None if cursor is None else cursor.number,
+            },
+        )
+        return _Tip(ancestor.number, ancestor.hash), depth
+
+    def _fetch(self, first: int, last: int, parent: bytes | None) -> tuple[list[HotBlock], bool]:
+        """Blocks ``first..last`` chained by parent hash; stops early at a break in the chain.
+
+        Returns (blocks, complete). A parent-hash break drops the whole batch (its blocks may
+        be orphaned). An RPC failure after some blocks were fetched returns those (they are
+        consistent); the failure recurs, and is raised, on the next fetch.
+        """
+        out: list[HotBlock] = []
+        for n in range(first, last + 1):
+            try:
+                got = self.source.get_block(n)
+            except RpcError:
+                if not out:
+                    raise
+                log.warning(
+                    "RPC failed mid-batch; committing the blocks fetched",
+                    extra={"chain_id": self.chain_id, "block": n},
+                )
+                return out, False
+            if got is None:
+                return out, False
+            block, receipts = got
+            if hex_int(block.get("number")) != n:
+                raise RpcError(f"asked for block {n}, node returned {block.get('number')}")
+            hb = rows_from_rpc(self.chain_id, block, receipts)
+            if parent is not None and hb.parent_hash != parent:
+                # the block before this one is orphaned: drop the batch, the next round repairs
+                log.info(
+                    "parent hash mismatch: reorg under way",
+                    extra={"chain_id": self.chain_id, "block": n},
+                )
+                return [], False
+            out.append(hb)
+            parent = hb.hash
+        return out, True
+
+    def _commit(
+        self, cursor: Cursor | None, tip: _Tip, *, reorg_depth: int = 0, first: int | None = None
+    ) -> Cursor:
+        if cursor is not None:
+            first_block = cursor.first_block
+        else:
+            low = hot_low(self.data, self.chain_id) if first is None else first
+            first_block = tip.number + 1 if low is None else low
+        return commit_cursor(
+            self.state,
+            chain_id=self.chain_id,
+            old=cursor,
+            first_block=min(first_block, tip.number + 1),
+            number=tip.number,
+            block_hash=tip.hash,
+            reorg_depth=reorg_depth,
+        )
+
+
+def follow_once(
+    settings: Settings,
+    dbs: Databases,
+    chain_id: int,
+    rpc_url: str | None,
+    max_blocks: int = 100,
+    *,
+    start_block: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    max_reorg_depth: int | None = None,
+    source: BlockSource | None = None,
+) -> FollowResult:
+    """One bounded follower step for ``chain_id``: repair reorgs, ingest up to ``max_blocks``.
+
+    ``start_block`` is where a chain with no cursor and no hot rows starts (default: the
+    current head; history below it is cryo_ingest's job). ``source`` replaces the HTTP
+    client (``rpc_url`` may then be None). Raises ``RpcError`` (retryable), ``ChainMismatch``
+    and ``ReorgTooDeep`` (fatal); committed progress is kept either way. Concurrent calls for
+    one chain are safe: all but one return ``skipped=True``.
+    """
+    if max_blocks <= 0 or batch_size <= 0:
+        raise ValueError("max_blocks and batch_size must be > 0")
+    if source is None and not rpc_url:
+        raise ValueError("follow_once needs rpc_url or source")
+    own_source = source is None
+    src: BlockSource = source if source is not None else RpcBlockSource(str(rpc_url))
+    try:
+        with (
+            connect(dbs.state_url, autocommit=True) as state,
+            connect(dbs.data_url, autocommit=True) as data,
+            follower_lock(state, chain_id) as got,
+        ):
+            if not got:
+                return FollowResult(chain_id, 0, 0, None, None, skipped=True)
+            follower = _Follower(
+                state=state,
+                data=data,
+                source=src,
+                chain_id=chain_id,
+                batch_size=batch_size,
+                max_reorg_depth=max_reorg_depth or settings.hot_max_reorg_depth,
+            )
+            result = follower.run(max_blocks, start_block)
+    finally:
+        if own_source:
+            src.close()
+    if result.ingested or result.reorged_depth:
+        log.info(
+            "block follower step",
+            extra={
+                "chain_id": chain_id,
+                "ingested": result.ingested,
+                "reorged_depth": result.reorged_depth,
+                "head": result.head,
+                "cursor": result.cursor,
+            },
+        )
+    return result

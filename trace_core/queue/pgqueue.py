@@ -1,0 +1,339 @@
+"""pgqueue: the QueueDriver on Postgres state (``state.queue_messages`` / ``state.queue_dead``).
+
+Semantics follow SQS and pgmq: ``receive`` is one statement that locks due rows with
+``FOR UPDATE SKIP LOCKED``, hands out a fresh random receipt per receive and hides the row
+until ``now() + visibility_timeout`` (database clock). ``ack``/``extend``/``nack`` match on
+``(message_id, receipt)``, so a receipt superseded by a redelivery, or one whose message is
+gone, raises ``StaleReceipt`` and changes nothing, from any process. A message already received
+``max_receive_count`` times is moved to ``state.queue_dead`` (reason ``max_receive_count``,
+last error from its nacks) when it becomes due again, or at once when nacked at the limit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from trace_core.db.connection import redact_url
+from trace_core.db.queries import q
+from trace_core.errors import QueueError, StaleReceipt
+from trace_core.queue.base import DeadMessage, Message, QueueStats
+
+log = logging.getLogger(__name__)
+
+# Queue statements must walk the (queue_name, available_at) index in order; a bitmap scan of a
+# fresh table with stale statistics sorts the whole backlog on every receive.
+_DURABLE_OPTIONS = "-c enable_bitmapscan=off"
+_CONSUME_OPTIONS = "-c enable_bitmapscan=off -c synchronous_commit=off"
+_POLL_FIRST_SECONDS = 0.01
+_POLL_MAX_SECONDS = 0.2
+_CONNECT_TIMEOUT_SECONDS = 10.0
+
+
+class PgQueue:
+    """QueueDriver on the state database through a pool of ``pool_size`` connections.
+
+    ``open()`` (called by the first operation, or explicitly) opens the pool; ``close()``
+    closes it. Thread-safe: every call borrows one pooled connection in autocommit mode.
+    """
+
+    def __init__(self, state_url: str, *, max_receive_count: int, pool_size: int = 4) -> None:
+        if max_receive_count < 1:
+            raise ValueError("max_receive_count must be >= 1")
+        if pool_size < 1:
+            raise ValueError("pool_size must be >= 1")
+        self.max_receive_count = max_receive_count
+        self._where = redact_url(state_url)
+        # Publishes commit durably; consumer-side changes (receipts, acks, visibility) commit
+        # with synchronous_commit=off: losing one in a crash only causes a redelivery.
+        self._pool = _make_pool(state_url, "pgqueue-publish", pool_size, _DURABLE_OPTIONS)
+        self._consume_pool = _make_pool(state_url, "pgqueue-consume", pool_size, _CONSUME_OPTIONS)
+        self._opened = False
+        self._open_lock = threading.Lock()
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Open the pool and wait for its connections. Raises ``QueueError`` if unreachable."""
+        with self._open_lock:
+            if self._opened:
+                return
+            try:
+                self._pool.open(wait=True, timeout=_CONNECT_TIMEOUT_SECONDS)
+                self._consume_pool.open(wait=True, timeout=_CONNECT_TIMEOUT_SECONDS)
+            except PoolTimeout as exc:
+                self._pool.close()
+                self._consume_pool.close()
+                raise QueueError(f"pgqueue cannot connect to {self._where}") from exc
+            self._opened = True
+
+    def close(self) -> None:
+        """Close both pools (idempotent)."""
+        self._pool.close()
+        self._consume_pool.close()
+        self._opened = False
+
+    def __enter__(self) -> PgQueue:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _conn(self, *, consume: bool = False) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled autocommit connection; psycopg and pool errors become ``QueueError``."""
+        if not self._opened:
+            self.open()
+        pool = self._consume_pool if consume else self._pool
+        try:
+            with pool.connection() as conn:
+                yield conn
+        except PoolTimeout as exc:
+            raise QueueError(f"pgqueue: no free connection to {self._where}") from exc
+        except psycopg.Error as exc:
+            raise QueueError(f"pgqueue on {self._where}: {type(exc).__name__}: {exc}") from exc
+
+    # --- publishing -------------------------------------------------------------------
+
+    def publish(self, queue: str, payload: Mapping[str, Any], *, delay_seconds: float = 0) -> str:
+        """Enqueue one message, receivable after ``delay_seconds``; returns its id."""
+        with self._conn() as conn:
+            row = conn.execute(
+                q("pgqueue", "publish"),
+                {"queue": queue, "payload": _dumps(payload), "delay": float(delay_seconds)},
+            ).fetchone()
+        assert row is not None
+        return str(row[0])
+
+    def publish_batch(
+        self, queue: str, payloads: Sequence[Mapping[str, Any]], *, delay_seconds: float = 0
+    ) -> list[str]:
+        """Enqueue many messages in one statement; ids are returned in payload order."""
+        if not payloads:
+            return []
+        with self._conn() as conn:
+            rows = conn.execute(
+                q("pgqueue", "publish_batch"),
+                {
+                    "queue": queue,
+                    "payloads": [_dumps(p) for p in payloads],
+                    "delay": float(delay_seconds),
+                },
+            ).fetchall()
+        return [str(i) for i in sorted(r[0] for r in rows)]
+
+    # --- consuming --------------------------------------------------------------------
+
+    def receive(
+        self,
+        queue: str,
+        max_messages: int = 1,
+        *,
+        visibility_timeout: float,
+        wait_seconds: float = 0,
+    ) -> list[Message]:
+        """Receive up to ``max_messages`` due messages, each hidden for ``visibility_timeout``.
+
+        With ``wait_seconds`` > 0, polls (short sleeps, backing off to 0.2 s) until a message
+        arrives or the wait elapses. Never returns a message at its receive limit: such rows
+        are moved to the dead store instead.
+        """
+        if max_messages < 1:
+            raise ValueError("max_messages must be >= 1")
+        deadline = time.monotonic() + max(0.0, wait_seconds)
+        pause = _POLL_FIRST_SECONDS
+        while True:
+            got = self._receive_once(queue, max_messages, visibility_timeout)
+            if got:
+                return got
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return []
+            time.sleep(min(pause, remaining))
+            pause = min(pause * 2, _POLL_MAX_SECONDS)
+
+    def _receive_once(self, queue: str, limit: int, visibility: float) -> list[Message]:
+        params = {
+            "queue": queue,
+            "limit": limit,
+            "visibility": float(visibility),
+            "max_receive_count": self.max_receive_count,
+        }
+        messages: list[Message] = []
+        with self._conn(consume=True) as conn:
+            # Buried rows take slots of the batch; go again while that left it short.
+            for _ in range(8):
+                rows = conn.execute(q("pgqueue", "receive"), params).fetchall()
+                buried = 0
+                for message_id, receipt, payload, count in rows:
+                    if receipt is None:
+                        buried += 1
+                        continue
+                    messages.append(
+                        Message(queue, str(message_id), str(receipt), payload, count)
+                    )
+                if buried:
+                    log.warning("dead-lettered", extra={"queue": queue, "count": buried})
+                if not buried or len(messages) >= limit:
+                    break
+                params["limit"] = limit - len(messages)
+        return messages
+
+    def ack(self, message: Message) -> None:
+        """Delete the message. Raises ``StaleReceipt`` if ``message.receipt`` is not current."""
+        message_id, receipt = _key(message)
+        with self._conn(consume=True) as conn:
+            cur = conn.execute(q("pgqueue", "ack"), {"message_id": message_id, "receipt": receipt})
+        if cur.rowcount != 1:
+            raise StaleReceipt(
+                f"stale receipt for message {message.message_id} on {message.queue}",
+                message_id=message.message_id,
+            )
+
+    def ack_batch(self, messages: Sequence[Message]) -> list[Message]:
+        """Delete messages whose receipts are current; returns the stale ones (left untouched)."""
+        keyed = [(m, _try_key(m)) for m in messages]
+        valid = [(m, k) for m, k in keyed if k is not None]
+        stale = [m for m, k in keyed if k is None]
+        if valid:
+            with self._conn(consume=True) as conn:
+                rows = conn.execute(
+                    q("pgqueue", "ack_batch"),
+                    {
+                        "message_ids": [k[0] for _, k in valid],
+                        "receipts": [k[1] for _, k in valid],
+                    },
+                ).fetchall()
+            deleted = {r[0] for r in rows}
+            stale.extend(m for m, k in valid if k[0] not in deleted)
+        if stale:
+            log.info("ack_batch skipped stale receipts", extra={"count": len(stale)})
+        return stale
+
+    def extend(self, message: Message, visibility_timeout: float) -> None:
+        """Hide the message for ``visibility_timeout`` from now. Raises ``StaleReceipt``."""
+        message_id, receipt = _key(message)
+        with self._conn(consume=True) as conn:
+            cur = conn.execute(
+                q("pgqueue", "extend"),
+                {"message_id": message_id, "receipt": receipt, "visibility": float(visibility_timeout)},
+            )
+        if cur.rowcount != 1:
+            raise StaleReceipt(
+                f"stale receipt for message {message.message_id} on {message.queue}",
+                message_id=message.message_id,
+            )
+
+    def nack(self, message: Message, *, delay_seconds: float = 0, error: str | None = None) -> None:
+        """Give the message back: receivable again after ``delay_seconds``, or dead-lettered
+        at once when it has used its ``max_receive_count`` receives. Raises ``StaleReceipt``."""
+        message_id, receipt = _key(message)
+        with self._conn(consume=True) as conn:
+            row = conn.execute(
+                q("pgqueue", "nack"),
+                {
+                    "message_id": message_id,
+                    "receipt": receipt,
+                    "delay": float(delay_seconds),
+                    "error": error[:2000] if error is not None else None,
+                    "max_receive_count": self.max_receive_count,
+                },
+            ).fetchone()
+        if row is None or row[0] != 1:
+            raise StaleReceipt(
+                f"stale receipt for message {message.message_id} on {message.queue}",
+                message_id=message.message_id,
+            )
+
+    # --- inspection and dead letters --------------------------------------------------
+
+    def stats(self, queue: str) -> QueueStats:
+        with self._conn() as conn:
+            row = conn.execute(q("pgqueue", "stats"), {"queue": queue}).fetchone()
+        assert row is not None
+        depth, in_flight, oldest, dead = row
+        return QueueStats(
+            depth=int(depth),
+            in_flight=int(in_flight),
+            oldest_age_seconds=None if oldest is None else max(0.0, float(oldest)),
+            dead=int(dead),
+        )
+
+    def list_dead(self, queue: str, limit: int = 100) -> list[DeadMessage]:
+        with self._conn() as conn:
+            rows = conn.execute(q("pgqueue", "list_dead"), {"queue": queue, "limit": limit}).fetchall()
+        return [
+            DeadMessage(queue, str(mid), payload, count, reason, last_error)
+            for mid, payload, count, reason, last_error in rows
+        ]
+
+    def replay_dead(self, queue: str, message_ids: Sequence[str] | None = None) -> int:
+        """Move dead messages (all, or the given ids) back to the live queue, receive count 0."""
+        with self._conn() as conn:
+            cur = conn.execute(
+                q("pgqueue", "replay_dead"), {"queue": queue, "message_ids": _ids(message_ids)}
+            )
+        return cur.rowcount
+
+    def purge_dead(self, queue: str, message_ids: Sequence[str] | None = None) -> int:
+        """Delete dead messages (all, or the given ids); returns how many."""
+        with self._conn() as conn:
+            cur = conn.execute(
+                q("pgqueue", "purge_dead"), {"queue": queue, "message_ids": _ids(message_ids)}
+            )
+        return cur.rowcount
+
+
+def _make_pool(url: str, name: str, size: int, options: str) -> ConnectionPool[Any]:
+    return ConnectionPool(
+        url,
+        min_size=1,
+        max_size=size,
+        kwargs={"autocommit": True, "prepare_threshold": 0, "options": options},
+        open=False,
+        name=name,
+        timeout=30.0,
+    )
+
+
+def _dumps(payload: Mapping[str, Any]) -> str:
+    return json.dumps(payload, separators=(",", ":"))
+
+
+def _ids(message_ids: Sequence[str] | None) -> list[int] | None:
+    if message_ids is None:
+        return None
+    out = []
+    for mid in message_ids:
+        try:
+            out.append(int(mid))
+        except ValueError:
+            continue  # not a pgqueue id: matches nothing
+    return out
+
+
+def _try_key(message: Message) -> tuple[int, uuid.UUID] | None:
+    """``(message_id, receipt)`` as stored, or None when malformed (stale by definition)."""
+    try:
+        return int(message.message_id), uuid.UUID(message.receipt)
+    except ValueError:
+        return None
+
+
+def _key(message: Message) -> tuple[int, uuid.UUID]:
+    key = _try_key(message)
+    if key is None:
+        raise StaleReceipt(
+            f"malformed receipt for message {message.message_id!r}", message_id=message.message_id
+        )
+    return key

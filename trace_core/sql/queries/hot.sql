@@ -1,0 +1,89 @@
+-- Hot path queries (data DB: data.hot_*, data.data_invalidations; state DB: follower cursors,
+-- partition_versions). Ranges are end-exclusive [range_start, range_end).
+
+-- name: delete_other_blocks
+DELETE FROM data.hot_blocks
+WHERE chain_id = %(chain_id)s AND block_number = %(block_number)s AND block_hash <> %(block_hash)s
+
+-- name: delete_other_transactions
+DELETE FROM data.hot_transactions
+WHERE chain_id = %(chain_id)s AND block_number = %(block_number)s AND block_hash <> %(block_hash)s
+
+-- name: delete_other_logs
+DELETE FROM data.hot_logs
+WHERE chain_id = %(chain_id)s AND block_number = %(block_number)s AND block_hash <> %(block_hash)s
+
+-- name: hot_tip
+SELECT block_number, block_hash FROM data.hot_blocks
+WHERE chain_id = %(chain_id)s ORDER BY block_number DESC LIMIT 1
+
+-- name: hot_low
+SELECT min(block_number) FROM data.hot_blocks WHERE chain_id = %(chain_id)s
+
+-- name: stored_hashes
+SELECT block_number, block_hash FROM data.hot_blocks
+WHERE chain_id = %(chain_id)s AND block_number >= %(range_start)s AND block_number < %(range_end)s
+
+-- name: delete_blocks_above
+DELETE FROM data.hot_blocks WHERE chain_id = %(chain_id)s AND block_number > %(block_number)s
+
+-- name: delete_transactions_above
+DELETE FROM data.hot_transactions WHERE chain_id = %(chain_id)s AND block_number > %(block_number)s
+
+-- name: delete_logs_above
+DELETE FROM data.hot_logs WHERE chain_id = %(chain_id)s AND block_number > %(block_number)s
+
+-- name: insert_invalidation
+INSERT INTO data.data_invalidations (chain_id, range_start, range_end, reason, details)
+VALUES (%(chain_id)s, %(range_start)s, %(range_end)s, %(reason)s, %(details)s)
+RETURNING invalidation_id
+
+-- name: get_cursor
+SELECT first_block, block_number, block_hash FROM state.hot_follower_cursors
+WHERE chain_id = %(chain_id)s
+
+-- name: upsert_cursor
+INSERT INTO state.hot_follower_cursors (chain_id, first_block, block_number, block_hash)
+VALUES (%(chain_id)s, %(first_block)s, %(block_number)s, %(block_hash)s)
+ON CONFLICT (chain_id) DO UPDATE
+SET first_block = LEAST(state.hot_follower_cursors.first_block, EXCLUDED.first_block),
+    block_number = EXCLUDED.block_number,
+    block_hash = EXCLUDED.block_hash,
+    updated_at = now()
+
+-- name: chain_sync_finality_depth
+SELECT max(finality_depth) FROM state.chain_sync_jobs
+WHERE org_id = %(org_id)s AND chain_id = %(chain_id)s AND enabled AND finality_depth IS NOT NULL
+
+-- name: insert_partition_version
+INSERT INTO state.partition_versions
+    (dataset_uuid, dataset_version, partition_key, chain_id, dataset_key, range_start, range_end,
+     row_count)
+VALUES (%(dataset_uuid)s, %(dataset_version)s, %(partition_key)s, %(chain_id)s, %(dataset_key)s,
+        %(range_start)s, %(range_end)s, %(row_count)s)
+ON CONFLICT DO NOTHING
+
+-- name: pending_hot_deletes
+SELECT dataset_version, range_start, range_end FROM state.partition_versions
+WHERE chain_id = %(chain_id)s AND dataset_key = %(dataset_key)s AND hot_deleted_at IS NULL
+ORDER BY range_start
+
+-- name: mark_hot_deleted
+UPDATE state.partition_versions SET hot_deleted_at = now()
+WHERE chain_id = %(chain_id)s AND dataset_key = %(dataset_key)s
+  AND range_start = %(range_start)s AND range_end = %(range_end)s AND hot_deleted_at IS NULL
+
+-- name: compacted_ranges
+SELECT range_start, range_end, dataset_version, row_count, hot_deleted_at
+FROM state.partition_versions
+WHERE chain_id = %(chain_id)s AND dataset_key = %(dataset_key)s
+ORDER BY range_start
+
+-- name: try_follower_lock
+SELECT pg_try_advisory_lock(%(key)s)
+
+-- name: release_follower_lock
+SELECT pg_advisory_unlock(%(key)s)
+
+-- name: compacted_end
+SELECT max(range_end) FROM state.partition_versions WHERE chain_id = %(chain_id)s
