@@ -66,3 +66,17 @@ def dispatch_tick(rt: Runtime) -> TickReport:
     if report.did_work:
         log.info("dispatcher tick", extra={"summary": report.summary()})
     return report
+
+
+def all_partitions(rt: Runtime) -> list[PlannedPartition]:
+    """Every planned range of every job, so a fresh Dagster instance can rebuild partitions."""
+    from trace_core.chain_sync import planner, store
+
+    with rt.state() as conn:
+        out: list[PlannedPartition] = []
+        for job in store.list_jobs(conn, rt.settings.org_id):
+            out.extend(
+                PlannedPartition(r.job_name, r.dataset_key, planner.range_partition_key(r.range_start, r.range_end))
+                for r in store.list_ranges(conn, job.job_id)
+            )
+    return out

@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     max_parquet_files_per_range: int = Field(256, gt=0, description="Artifact cap: files per range")
     max_parquet_bytes_per_file: int = Field(512 * 1024 * 1024, gt=0, description="Artifact cap: bytes per file")
     max_total_parquet_bytes_per_range: int = Field(2 * 1024 * 1024 * 1024, gt=0, description="Artifact cap: bytes per range")
+    verify_log_receipts: bool = Field(False, description="Cross-check each logs range's row count against eth_getBlockReceipts (one call per busy block; cheap on a local node)")
+    rpc_timeout_seconds: float = Field(30.0, gt=0, description="Timeout of Trace's own JSON-RPC calls (probes, receipt checks)")
 
     worker_batch_size: int = Field(8, gt=0, description="Tasks carried by one Dagster run")
     dispatch_batch_size: int = Field(200, gt=0, description="Max ranges planned per stream per tick")

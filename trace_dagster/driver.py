@@ -37,10 +37,16 @@ class DriveReport:
     run_ids: list[str] = field(default_factory=list)
 
 
-def _evaluate(defs: Definitions, instance: DagsterInstance, name: str) -> SensorResult | SkipReason | None:
+def _evaluate(
+    defs: Definitions, instance: DagsterInstance, name: str, cursors: dict[str, str | None]
+) -> SensorResult | SkipReason | None:
     sensor_def = defs.get_sensor_def(name)
-    with build_sensor_context(instance=instance, definitions=defs, sensor_name=name) as ctx:
+    with build_sensor_context(
+        instance=instance, definitions=defs, sensor_name=name, cursor=cursors.get(name)
+    ) as ctx:
         result = sensor_def(ctx)
+    if isinstance(result, SensorResult) and result.cursor is not None:
+        cursors[name] = result.cursor
     if isinstance(result, SensorResult | SkipReason):
         return result
     return None
@@ -85,10 +91,11 @@ def drive_until_idle(
     report = DriveReport()
     job_def = defs.get_job_def(WORKER_JOB)
     deadline = time.monotonic() + timeout
+    cursors: dict[str, str | None] = {}
     while True:
         report.ticks += 1
-        report.planned += _apply_partitions(instance, _evaluate(defs, instance, "trace_dispatcher"))
-        worker = _evaluate(defs, instance, "trace_worker_wakeups")
+        report.planned += _apply_partitions(instance, _evaluate(defs, instance, "trace_dispatcher", cursors))
+        worker = _evaluate(defs, instance, "trace_worker_wakeups", cursors)
         requests: list[RunRequest] = (
             list(worker.run_requests or []) if isinstance(worker, SensorResult) else []
         )

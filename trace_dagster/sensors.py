@@ -14,7 +14,7 @@ from dagster import (
     sensor,
 )
 
-from trace_core.dispatcher import dispatch_tick
+from trace_core.dispatcher import all_partitions, dispatch_tick
 from trace_core.runtime import Runtime
 from trace_core.worker import TaskInfo, Wakeup, ack_wakeups, receive_wakeups, task_infos
 from trace_dagster.jobs import trace_worker
@@ -24,18 +24,30 @@ from trace_dagster.resources import TraceResource
 MAX_RUNS_PER_TICK = 10
 
 
-def dispatcher_result(rt: Runtime) -> SensorResult | SkipReason:
+PARTITIONS_SYNCED = "partitions-synced"
+
+
+def dispatcher_result(rt: Runtime, cursor: str | None) -> SensorResult | SkipReason:
+    """One dispatcher tick as a sensor result.
+
+    The first tick (no cursor) re-adds every planned range as a partition, so partitions
+    survive a crash between planning and the daemon applying this tick's requests.
+    """
     report = dispatch_tick(rt)
+    partitions = list(report.planned)
+    if cursor != PARTITIONS_SYNCED:
+        partitions = all_partitions(rt)
     by_def: dict[str, list[str]] = {}
-    for p in report.planned:
+    for p in partitions:
         by_def.setdefault(partitions_def_name(p.job_name, p.dataset_key), []).append(p.partition_key)
-    if not report.did_work:
+    if not report.did_work and not by_def:
         return SkipReason("nothing to plan, reap or publish")
     return SensorResult(
         dynamic_partitions_requests=[
             AddDynamicPartitionsRequest(partitions_def_name=name, partition_keys=keys)
             for name, keys in by_def.items()
-        ]
+        ],
+        cursor=PARTITIONS_SYNCED,
     )
 
 
@@ -95,7 +107,7 @@ def worker_requests(rt: Runtime, max_runs: int = MAX_RUNS_PER_TICK) -> list[RunR
     description="Plans chain_sync ranges, reaps expired leases and publishes the outbox",
 )
 def dispatcher_sensor(context: SensorEvaluationContext, trace: TraceResource) -> SensorResult | SkipReason:
-    return dispatcher_result(trace.get_client())
+    return dispatcher_result(trace.get_client(), context.cursor)
 
 
 @sensor(

@@ -14,12 +14,15 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import boto3
 import psycopg
 import pytest
 
+from tests.conftest import clone_databases, drop_databases
+from trace_core.db.connection import Databases
 from trace_core.errors import StaleReceipt
 from trace_core.queue.base import Message, QueueDriver
 from trace_core.queue.factory import make_queue_driver
@@ -83,7 +86,9 @@ def open_harness(kind: str, request: pytest.FixtureRequest) -> Iterator[Harness]
     """A driver of ``kind`` with its test hooks; closes every driver it made."""
     made: list[QueueDriver] = []
     if kind == "pgqueue":
-        state_url = request.getfixturevalue("dbs").state_url
+        state_url = request.getfixturevalue("queue_state_url")
+        with psycopg.connect(state_url, autocommit=True) as conn:
+            conn.execute("TRUNCATE state.queue_messages, state.queue_dead")
 
         def new_driver() -> QueueDriver:
             made.append(PgQueue(state_url, max_receive_count=MAX_RECEIVES, pool_size=2))
@@ -108,6 +113,14 @@ def open_harness(kind: str, request: pytest.FixtureRequest) -> Iterator[Harness]
     finally:
         for driver in made:
             driver.close()
+
+
+@pytest.fixture(scope="module")
+def queue_state_url(pg_server_url: str, template_dbs: Databases) -> Iterator[str]:
+    """One migrated state database per module; harnesses truncate the queue tables."""
+    dbs = clone_databases(pg_server_url)
+    yield dbs.state_url
+    drop_databases(pg_server_url, dbs)
 
 
 @pytest.fixture(params=KINDS)
@@ -283,20 +296,20 @@ def test_crashing_consumer_dead_letters_on_next_receive(qh: Harness) -> None:
 
 def test_delay_and_extend_hide_messages(qh: Harness) -> None:
     d = qh.driver
-    held_id = d.publish("q", {"k": "held"})
-    held = _receive_one(qh)
-    assert held.message_id == held_id
-    d.extend(held, VIS)  # extend before the 1 s visibility below would matter
-    d.publish("q", {"k": "late"}, delay_seconds=1)
+    d.publish("q", {"k": "held"})
+    (held,) = d.receive("q", 1, visibility_timeout=1)
+    d.extend(held, VIS)
+    d.publish("q", {"k": "late"}, delay_seconds=1)  # due after held's original 1 s is over
     assert d.receive("q", 10, visibility_timeout=VIS) == []
-    assert d.stats("q").depth == 1  # delayed messages count as depth
+    stats = d.stats("q")
+    assert (stats.depth, stats.in_flight) == (1, 1)  # delayed messages count as depth
     t0 = time.monotonic()
-    got = d.receive("q", 10, visibility_timeout=1, wait_seconds=5)
+    got = d.receive("q", 10, visibility_timeout=VIS, wait_seconds=5)
     assert [m.payload for m in got] == [{"k": "late"}]
     assert time.monotonic() - t0 > 0.5
-    d.extend(got[0], VIS)
-    # both would be visible again within ~1 s without their extends
-    assert d.receive("q", 10, visibility_timeout=VIS, wait_seconds=2) == []
+    qh.settle()
+    # held's first visibility has ended by now; only the extend keeps it hidden
+    assert d.receive("q", 10, visibility_timeout=VIS) == []
     assert d.stats("q").in_flight == 2
 
 
@@ -380,14 +393,14 @@ def test_dead_letters_replay_and_purge(qh: Harness) -> None:
 
 
 def test_factory_picks_the_configured_driver(
-    settings: Settings, moto_server_url: str, request: pytest.FixtureRequest
+    queue_state_url: str, moto_server_url: str, tmp_path: Path
 ) -> None:
-    state_url = settings.state_url.get_secret_value() if settings.state_url else ""
-    pg = make_queue_driver(settings, state_url)
+    settings = Settings(home=tmp_path, max_receive_count=4)
+    pg = make_queue_driver(settings, queue_state_url)
     try:
-        assert isinstance(pg, PgQueue) and pg.max_receive_count == settings.max_receive_count
-        pg.publish("f", {"ok": True})
-        assert pg.stats("f").depth == 1
+        assert isinstance(pg, PgQueue) and pg.max_receive_count == 4
+        pg.publish("factory", {"ok": True})
+        assert pg.stats("factory").depth == 1
     finally:
         pg.close()
     sqs_settings = settings.model_copy(
@@ -397,11 +410,11 @@ def test_factory_picks_the_configured_driver(
             "sqs_queue_prefix": f"f{uuid.uuid4().hex[:6]}-",
         }
     )
-    sqs = make_queue_driver(sqs_settings, state_url)
+    sqs = make_queue_driver(sqs_settings, queue_state_url)
     try:
-        assert isinstance(sqs, SqsQueue)
-        sqs.publish("f", {"ok": True})
-        assert sqs.queue_url("f").endswith(f"{sqs_settings.sqs_queue_prefix}f")
-        assert sqs.stats("f").depth == 1
+        assert isinstance(sqs, SqsQueue) and sqs.max_receive_count == 4
+        sqs.publish("factory", {"ok": True})
+        assert sqs.queue_url("factory").endswith(f"{sqs_settings.sqs_queue_prefix}factory")
+        assert sqs.stats("factory").depth == 1
     finally:
         sqs.close()

@@ -81,14 +81,27 @@ def test_tampered_and_foreign_tokens_are_refused(cfg: Settings) -> None:
     token = issue_user_token(cfg, sub="user:alice", datasets=["blocks"])
     header, body, sig = token.split(".")
     forged_body = jwt.utils.base64url_encode(
-        json.dumps({**jwt.decode(token, options={"verify_signature": False}), "datasets": "all"}).encode()
+        json.dumps(
+            {**jwt.decode(token, options={"verify_signature": False}), "datasets": "all"}
+        ).encode()
     ).decode()
     for bad in (
         f"{header}.{forged_body}.{sig}",
         token[:-2] + ("AA" if not token.endswith("AA") else "BB"),
-        jwt.encode({"sub": "user:x", "org_id": cfg.org_id, "datasets": "all", "exp": time.time() + 60,
-                    "iat": time.time(), "iss": cfg.jwt_issuer, "aud": "trace.user"},
-                   "wrong-secret-wrong-secret-wrong-secret", algorithm="HS256", headers={"kid": "k1"}),
+        jwt.encode(
+            {
+                "sub": "user:x",
+                "org_id": cfg.org_id,
+                "datasets": "all",
+                "exp": time.time() + 60,
+                "iat": time.time(),
+                "iss": cfg.jwt_issuer,
+                "aud": "trace.user",
+            },
+            "wrong-secret-wrong-secret-wrong-secret",
+            algorithm="HS256",
+            headers={"kid": "k1"},
+        ),
         jwt.encode({"sub": "user:x"}, "", algorithm="none"),
         "not-a-jwt",
         "",
@@ -126,9 +139,20 @@ def test_task_token_with_inconsistent_subject_is_refused(cfg: Settings) -> None:
     secret = load_keys(cfg)["k1"]
     now = int(time.time())
     forged = jwt.encode(
-        {"sub": "task:someone-else", "org_id": cfg.org_id, "task_id": str(TASK_ID), "attempt": 1,
-         "datasets": [], "exp": now + 60, "iat": now, "iss": cfg.jwt_issuer, "aud": "trace.task"},
-        secret, algorithm="HS256", headers={"kid": "k1"},
+        {
+            "sub": "task:someone-else",
+            "org_id": cfg.org_id,
+            "task_id": str(TASK_ID),
+            "attempt": 1,
+            "datasets": [],
+            "exp": now + 60,
+            "iat": now,
+            "iss": cfg.jwt_issuer,
+            "aud": "trace.task",
+        },
+        secret,
+        algorithm="HS256",
+        headers={"kid": "k1"},
     )
     with pytest.raises(TokenInvalid):
         verify_task_token(cfg, forged)

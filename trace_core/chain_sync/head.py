@@ -65,8 +65,17 @@ def observe_heads(
     http = client or httpx.Client(timeout=timeout)
     polls: list[HeadPoll] = []
     try:
-        for chain_id, pool, _poll_seconds in due:
+        for chain_id, pool, _poll_seconds, previous_error in due:
             poll = _poll(http, chain_id, pool, rpc_url_resolver(pool))
+            if poll.error_kind is not None:
+                # warn when a pool starts failing (or fails differently), not on every poll
+                level = logging.WARNING if poll.error_kind != previous_error else logging.DEBUG
+                log.log(
+                    level,
+                    "head observer: %s",
+                    poll.error_kind,
+                    extra={"chain_id": chain_id, "rpc_pool": pool, "error": poll.error_message},
+                )
             with conn.transaction():
                 if poll.head_block is not None:
                     record_head_observation(
@@ -96,24 +105,17 @@ def observe_heads(
 
 
 def _poll(http: httpx.Client, chain_id: int, pool: str, url: str | None) -> HeadPoll:
-    fields = {"chain_id": chain_id, "rpc_pool": pool}
     if url is None:
-        message = f"{rpc_pool_env_var(pool)} is not set"
-        log.warning(
-            "head observer: missing rpc url", extra={**fields, "env_var": rpc_pool_env_var(pool)}
+        return HeadPoll(
+            chain_id, pool, None, MISSING_RPC_URL, f"{rpc_pool_env_var(pool)} is not set"
         )
-        return HeadPoll(chain_id, pool, None, MISSING_RPC_URL, message)
     try:
         served = _hex_quantity(json_rpc(http, url, "eth_chainId"))
         if served != chain_id:
             message = f"pool {pool} serves chain {served}, not {chain_id}"
-            log.warning(
-                "head observer: chain id mismatch", extra={**fields, "served_chain_id": served}
-            )
             return HeadPoll(chain_id, pool, None, CHAIN_ID_MISMATCH, message)
         head = _hex_quantity(json_rpc(http, url, "eth_blockNumber"))
     except RpcError as exc:
-        log.warning("head observer: rpc failed", extra={**fields, "error": exc.message})
         return HeadPoll(chain_id, pool, None, RPC_UNAVAILABLE, exc.message)
     return HeadPoll(chain_id, pool, head)
 

@@ -186,7 +186,7 @@ def apply_job(
         _apply_streams(cur, org_id, job_id, spec)
     log.info(
         "chain_sync job applied",
-        extra={"job_id": str(job_id), "job_name": spec.name, "created": created},
+        extra={"job_id": str(job_id), "job_name": spec.name, "job_created": created},
     )
     return ApplyResult(job_id, created=created, changed=True)
 

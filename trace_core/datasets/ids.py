@@ -28,7 +28,9 @@ _CONFIG_HASH = re.compile(r"^cryo_ingest\.([a-z0-9_]{1,64}):v[0-9]+(?::[0-9a-f]{
 
 def _check_chain(chain_id: int) -> None:
     if isinstance(chain_id, bool) or not isinstance(chain_id, int) or chain_id <= 0:
-        raise InvalidPayload(f"chain_id must be a positive integer, got {chain_id!r}", field="chain_id")
+        raise InvalidPayload(
+            f"chain_id must be a positive integer, got {chain_id!r}", field="chain_id"
+        )
 
 
 def _check_slug(value: str, field: str) -> None:
@@ -42,7 +44,9 @@ def _check_slug(value: str, field: str) -> None:
 def _check_range(range_start: int, range_end: int) -> None:
     for name, value in (("range_start", range_start), ("range_end", range_end)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise InvalidPayload(f"{name} must be a non-negative integer, got {value!r}", field=name)
+            raise InvalidPayload(
+                f"{name} must be a non-negative integer, got {value!r}", field=name
+            )
     if range_end <= range_start:
         raise InvalidPayload(
             f"range_end ({range_end}) must be greater than range_start ({range_start})",

@@ -209,7 +209,9 @@ def _file(value: Any, prefix: str | None) -> ManifestFile:
     return ManifestFile(key, _count(value, "size"), sha, _count(value, "rows"))
 
 
-def load_manifest(store: ObjectStore, manifest_key: str, *, prefix: str | None = None) -> DatasetManifest:
+def load_manifest(
+    store: ObjectStore, manifest_key: str, *, prefix: str | None = None
+) -> DatasetManifest:
     """Read and parse a manifest from the store under the size cap.
 
     Raises ``ObjectNotFound`` or ``ManifestInvalid`` (an oversized object included).
@@ -217,5 +219,7 @@ def load_manifest(store: ObjectStore, manifest_key: str, *, prefix: str | None =
     try:
         data = store.get_bytes(manifest_key, max_bytes=MAX_MANIFEST_BYTES)
     except ObjectTooLarge as exc:
-        raise ManifestInvalid(f"manifest {manifest_key!r} is larger than {MAX_MANIFEST_BYTES} bytes") from exc
+        raise ManifestInvalid(
+            f"manifest {manifest_key!r} is larger than {MAX_MANIFEST_BYTES} bytes"
+        ) from exc
     return parse_manifest(data, prefix=prefix)

@@ -79,8 +79,7 @@ _EXPRESSION_CLASSES = frozenset(
 # the environment, the catalog or the session (current_setting, getvariable, current_query,
 # pg_*/has_*_privilege, *_description, in_search_path, inet_*), sequences (nextval), sleeps,
 # logging, and json_serialize_plan/json_serialize_sql (they plan or parse a query in a string).
-ALLOWED_FUNCTIONS = frozenset(
-    """
+_ALLOWED_FUNCTION_NAMES = """
     !__postfix !~~ !~~* % & && * ** + - ->> / // <-> << <=> <@ >> @ @> ^ ^@ | || ~ ~~ ~~* ~~~
     abs acos acosh add age ago any_value approx_count_distinct approx_quantile approx_top_k
     arbitrary arg_max arg_max_null arg_max_nulls_last arg_min arg_min_null arg_min_nulls_last
@@ -151,8 +150,8 @@ ALLOWED_FUNCTIONS = frozenset(
     unhex unicode union_extract union_tag union_value unnest upper url_decode url_encode uuid
     uuid_extract_timestamp uuid_extract_version uuidv4 uuidv7 var_pop var_samp variance wavg
     week weekday weekofyear weighted_avg xor year yearweek
-    """.split()
-)
+"""
+ALLOWED_FUNCTIONS = frozenset(_ALLOWED_FUNCTION_NAMES.split())
 
 
 @dataclass(frozen=True)
@@ -266,9 +265,7 @@ def _check_quoted_function_names(raw: bytes, tokens: list[tuple[int, Any]]) -> N
             and raw[pos : pos + 1] == b'"'
             and raw[next_pos : next_pos + 1] == b"("
         ):
-            raise SqlRejected(
-                "sql_quoted_function", "quoted function names are not allowed"
-            )
+            raise SqlRejected("sql_quoted_function", "quoted function names are not allowed")
 
 
 def _check_sizes(statement: Any) -> None:
@@ -312,7 +309,9 @@ class _Walker:
             elif isinstance(node, dict):
                 stack.extend(self._visit(node, visible))
 
-    def _visit(self, node: dict[str, Any], visible: frozenset[str]) -> list[tuple[Any, frozenset[str]]]:
+    def _visit(
+        self, node: dict[str, Any], visible: frozenset[str]
+    ) -> list[tuple[Any, frozenset[str]]]:
         cls = node.get("class")
         if cls is not None:
             self._expression(node, cls)

@@ -196,7 +196,13 @@ def _sign(
     settings: Settings, audience: str, body: dict[str, Any], ttl: int, now: float | None
 ) -> str:
     issued = int(time.time() if now is None else now)
-    claims = {**body, "iss": settings.jwt_issuer, "aud": audience, "iat": issued, "exp": issued + ttl}
+    claims = {
+        **body,
+        "iss": settings.jwt_issuer,
+        "aud": audience,
+        "iat": issued,
+        "exp": issued + ttl,
+    }
     kid = settings.jwt_kid
     secret = load_keys(settings)[kid]
     return jwt.encode(claims, secret, algorithm=ALGORITHM, headers={"kid": kid})

@@ -44,9 +44,7 @@ def validate_key(key: str) -> str:
         )
     for segment in key.split("/"):
         if segment in ("", ".", ".."):
-            raise InvalidObjectKey(
-                f"object key {key!r} has an empty, '.' or '..' segment", key=key
-            )
+            raise InvalidObjectKey(f"object key {key!r} has an empty, '.' or '..' segment", key=key)
     return key
 
 

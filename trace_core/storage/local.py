@@ -44,7 +44,9 @@ class LocalStore:
         """The file that holds ``key`` (validated; never outside ``root``)."""
         validate_key(key)
         if key.split("/", 1)[0] == TMP_DIR:
-            raise InvalidObjectKey(f"object key {key!r} uses the reserved {TMP_DIR}/ prefix", key=key)
+            raise InvalidObjectKey(
+                f"object key {key!r} uses the reserved {TMP_DIR}/ prefix", key=key
+            )
         return self.root / key
 
     def _tmp_path(self) -> Path:
@@ -82,7 +84,9 @@ class LocalStore:
         except FileNotFoundError as exc:
             raise ObjectNotFound(f"no object {key!r} in {self.url}", key=key) from exc
         except OSError as exc:
-            raise StorageError(f"{what} {key!r} in {self.url} failed: {exc.strerror or exc}", key=key) from exc
+            raise StorageError(
+                f"{what} {key!r} in {self.url} failed: {exc.strerror or exc}", key=key
+            ) from exc
 
     # --- writes --------------------------------------------------------------------------
 

@@ -25,7 +25,9 @@ log = logging.getLogger(__name__)
 
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
 _DELETE_BATCH = 1000
-_TRANSFER = TransferConfig(multipart_threshold=64 * 1024 * 1024, multipart_chunksize=64 * 1024 * 1024)
+_TRANSFER = TransferConfig(
+    multipart_threshold=64 * 1024 * 1024, multipart_chunksize=64 * 1024 * 1024
+)
 
 
 class S3Store:
@@ -86,7 +88,9 @@ class S3Store:
             code = str(exc.response.get("Error", {}).get("Code", ""))
             if code in _NOT_FOUND:
                 raise ObjectNotFound(f"no object {key!r} in {self.url}", key=key) from exc
-            raise StorageError(f"{what} {key!r} in {self.url} failed: {code or exc}", key=key) from exc
+            raise StorageError(
+                f"{what} {key!r} in {self.url} failed: {code or exc}", key=key
+            ) from exc
         except (botocore.exceptions.BotoCoreError, OSError) as exc:
             raise StorageError(
                 f"{what} {key!r} in {self.url} failed: {type(exc).__name__}", key=key
@@ -104,23 +108,27 @@ class S3Store:
             kwargs: dict[str, Any] = {"Bucket": self.bucket}
             if self.region != "us-east-1":
                 kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
-            try:
+            with contextlib.suppress(self.client.exceptions.BucketAlreadyOwnedByYou):
                 self.client.create_bucket(**kwargs)
-            except self.client.exceptions.BucketAlreadyOwnedByYou:
-                pass
 
     # --- writes --------------------------------------------------------------------------
 
     def put_bytes(self, key: str, data: bytes, content_type: str = OCTET_STREAM) -> None:
         full = self._full(key)
         with self._errors("put", key):
-            self.client.put_object(Bucket=self.bucket, Key=full, Body=data, ContentType=content_type)
+            self.client.put_object(
+                Bucket=self.bucket, Key=full, Body=data, ContentType=content_type
+            )
 
     def put_file(self, key: str, path: Path, content_type: str = OCTET_STREAM) -> None:
         full = self._full(key)
         with self._errors("put", key):
             self.client.upload_file(
-                str(path), self.bucket, full, ExtraArgs={"ContentType": content_type}, Config=_TRANSFER
+                str(path),
+                self.bucket,
+                full,
+                ExtraArgs={"ContentType": content_type},
+                Config=_TRANSFER,
             )
 
     def copy(self, src: str, dst: str) -> None:
@@ -165,7 +173,9 @@ class S3Store:
             try:
                 if max_bytes is not None and int(reply.get("ContentLength", 0)) > max_bytes:
                     raise ObjectTooLarge(
-                        f"object {key!r} is larger than {max_bytes} bytes", key=key, max_bytes=max_bytes
+                        f"object {key!r} is larger than {max_bytes} bytes",
+                        key=key,
+                        max_bytes=max_bytes,
                     )
                 data: bytes = body.read() if max_bytes is None else body.read(max_bytes + 1)
             finally:
@@ -205,7 +215,9 @@ class S3Store:
             )
             for page in pages:
                 for obj in page.get("Contents", []):
-                    out.append(ObjectInfo(self._rel(obj["Key"]), int(obj["Size"]), obj["LastModified"]))
+                    out.append(
+                        ObjectInfo(self._rel(obj["Key"]), int(obj["Size"]), obj["LastModified"])
+                    )
         out.sort(key=lambda info: info.key)
         return out
 
@@ -216,6 +228,8 @@ class S3Store:
         full = self._full(key)
         with self._errors("presign", key):
             url: str = self.client.generate_presigned_url(
-                "get_object", Params={"Bucket": self.bucket, "Key": full}, ExpiresIn=int(expires_seconds)
+                "get_object",
+                Params={"Bucket": self.bucket, "Key": full},
+                ExpiresIn=int(expires_seconds),
             )
         return url

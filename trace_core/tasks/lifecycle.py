@@ -87,7 +87,7 @@ def claim(conn: Connection[Any], task_id: uuid.UUID, *, lease_seconds: float) ->
         status = row["status"]
         if status in ("succeeded", "dead"):
             raise LeaseConflict(task_id, status)
-        if row["paused"] and status == "queued":
+        if row["paused"]:
             raise LeaseConflict(task_id, "paused")
         if status == "running" and not row["lease_expired"]:
             raise LeaseConflict(task_id, "leased")
@@ -291,12 +291,18 @@ def reap(
 
 
 def set_job_paused(conn: Connection[Any], job_id: uuid.UUID, paused: bool) -> int:
-    """Pause or resume a job's queued tasks; resuming re-wakes them through the outbox."""
+    """Pause or resume a job's unfinished tasks; resuming re-wakes the queued ones.
+
+    A running task keeps its lease when paused, but if it is requeued (retry) it stays
+    paused and is not claimed until the job resumes.
+    """
     rows = conn.execute(
         q("tasks", "set_paused_for_job"), {"job_id": job_id, "paused": paused}
     ).fetchall()
     if not paused:
-        for task_id, _attempt, _wakeups in rows:
+        for task_id, status in rows:
+            if status != "queued":
+                continue
             gen = conn.execute(q("tasks", "bump_wakeups"), {"task_id": task_id}).fetchone()
             assert gen is not None
             enqueue_wakeup(conn, task_id=task_id, generation=gen[0])

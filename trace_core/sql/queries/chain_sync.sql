@@ -203,7 +203,7 @@ RETURNING task_id
 -- Pools due for a poll: enabled follow_head jobs' active streams, grouped by (chain, pool),
 -- polled at the fastest interval any of their jobs asks for.
 -- name: due_head_pools
-SELECT g.chain_id, g.rpc_pool, g.poll_seconds
+SELECT g.chain_id, g.rpc_pool, g.poll_seconds, o.last_error_kind
 FROM (
     SELECT j.chain_id, s.rpc_pool, MIN(j.head_poll_interval_seconds) AS poll_seconds
     FROM state.chain_sync_jobs j

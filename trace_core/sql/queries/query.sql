@@ -1,31 +1,34 @@
 -- Query Service: dataset resolution (state database) and the audit (data database).
+-- Version rows carry the columns of trace_core.datasets.registry.VersionRecord.
 
 -- name: org_versions
 -- Every committed version of every dataset of an org; the caller picks per range.
-SELECT d.dataset_key, v.dataset_uuid, v.dataset_version, v.chain_id, v.range_start,
-       v.range_end, v.storage_prefix, v.manifest_key, v.created_at
+SELECT v.dataset_version, v.dataset_uuid, d.org_id, d.dataset_key, v.chain_id, v.range_start,
+       v.range_end, v.config_hash, v.schema_hash, v.storage_prefix, v.manifest_key, v.row_count,
+       v.bytes, v.file_count, v.task_id, v.attempt, v.created_at
 FROM state.datasets d
 JOIN state.dataset_versions v ON v.dataset_uuid = d.dataset_uuid
 WHERE d.org_id = %(org_id)s
-ORDER BY d.dataset_key, v.dataset_uuid, v.range_start, v.created_at DESC
 
 -- name: job_exists
 SELECT job_id FROM state.chain_sync_jobs WHERE org_id = %(org_id)s AND name = %(job)s
 
 -- name: job_versions
 -- Committed versions of the streams of one chain_sync job (relation name = stream key).
-SELECT s.dataset_key, v.dataset_uuid, v.dataset_version, v.chain_id, v.range_start,
-       v.range_end, v.storage_prefix, v.manifest_key, v.created_at
+SELECT v.dataset_version, v.dataset_uuid, d.org_id, d.dataset_key, v.chain_id, v.range_start,
+       v.range_end, v.config_hash, v.schema_hash, v.storage_prefix, v.manifest_key, v.row_count,
+       v.bytes, v.file_count, v.task_id, v.attempt, v.created_at
 FROM state.chain_sync_jobs j
 JOIN state.chain_sync_streams s ON s.job_id = j.job_id
-JOIN state.dataset_versions v ON v.dataset_uuid = s.dataset_uuid
+JOIN state.datasets d ON d.dataset_uuid = s.dataset_uuid AND d.org_id = j.org_id
+JOIN state.dataset_versions v ON v.dataset_uuid = d.dataset_uuid
 WHERE j.org_id = %(org_id)s AND j.name = %(job)s
-ORDER BY s.dataset_key, v.dataset_uuid, v.range_start, v.created_at DESC
 
 -- name: pinned_versions
--- The versions a task token pins, with their owning org, for the grant check.
-SELECT d.org_id, d.dataset_key, v.dataset_uuid, v.dataset_version, v.chain_id,
-       v.range_start, v.range_end, v.storage_prefix, v.manifest_key, v.created_at
+-- The versions a task token pins; the caller checks org, dataset and manifest key.
+SELECT v.dataset_version, v.dataset_uuid, d.org_id, d.dataset_key, v.chain_id, v.range_start,
+       v.range_end, v.config_hash, v.schema_hash, v.storage_prefix, v.manifest_key, v.row_count,
+       v.bytes, v.file_count, v.task_id, v.attempt, v.created_at
 FROM state.dataset_versions v
 JOIN state.datasets d ON d.dataset_uuid = v.dataset_uuid
 WHERE v.dataset_version = ANY(%(versions)s)

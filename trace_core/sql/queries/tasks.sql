@@ -78,5 +78,5 @@ WHERE task_id = %(task_id)s RETURNING wakeups
 
 -- name: set_paused_for_job
 UPDATE state.tasks SET paused = %(paused)s, updated_at = now()
-WHERE job_id = %(job_id)s AND status = 'queued' AND paused <> %(paused)s
-RETURNING task_id, attempt, wakeups
+WHERE job_id = %(job_id)s AND status IN ('queued', 'running') AND paused <> %(paused)s
+RETURNING task_id, status

@@ -1,0 +1,348 @@
+"""The commit protocol: staged Parquet becomes visible only through a registered version.
+
+1. The worker stages: Parquet files are uploaded under ``staging/{task_id}/{attempt}/``
+   (``stage_parquet_files``). Nothing reads staging.
+2. ``commit_dataset_version`` runs in ONE state transaction: ``fence`` (a stale attempt stops
+   here and promotes nothing), a per-version advisory lock, then - unless the version is
+   already registered - the staged objects are moved under the version prefix
+   ``cryo/{chain}/{dataset_uuid}/{start}_{end}/{version}/``, ``_manifest.json`` is written
+   last, the version is registered, and the task is finished.
+
+Crash safety: objects move before the transaction commits. If it rolls back, the prefix holds
+files (maybe a manifest) but no registry row, so no reader resolves it; the retry of the range
+maps to the same version id and prefix and rewrites identical content. Once a version is
+registered its objects are never written again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from psycopg import Connection
+
+from trace_core.datasets import ids
+from trace_core.datasets.manifest import Column, DatasetManifest, ManifestFile
+from trace_core.datasets.registry import VersionRecord, get_version
+from trace_core.db.queries import q
+from trace_core.errors import ArtifactInvalid, DatasetConflict, StaleAttempt
+from trace_core.storage.base import JSON, ObjectStore
+from trace_core.tasks.lifecycle import Lease, fence, finish_succeeded
+
+log = logging.getLogger(__name__)
+
+# Registry fields that must be identical when a version is registered a second time.
+_IDENTITY_FIELDS = (
+    "dataset_uuid",
+    "chain_id",
+    "range_start",
+    "range_end",
+    "config_hash",
+    "schema_hash",
+    "storage_prefix",
+    "manifest_key",
+    "row_count",
+    "bytes",
+    "file_count",
+)
+
+
+@dataclass(frozen=True)
+class ParquetInfo:
+    schema: tuple[Column, ...]
+    rows: int
+
+
+def describe_parquet(path: Path) -> ParquetInfo:
+    """Schema and row count from a Parquet footer. Raises ``ArtifactInvalid`` if unreadable."""
+    try:
+        meta = pq.read_metadata(path)
+        schema = meta.schema.to_arrow_schema()
+    except (OSError, pa.ArrowException) as exc:
+        raise ArtifactInvalid(
+            f"{path.name} is not readable Parquet: {exc}", path=str(path)
+        ) from exc
+    return ParquetInfo(tuple(Column(f.name, str(f.type)) for f in schema), meta.num_rows)
+
+
+@dataclass(frozen=True)
+class StagedFile:
+    name: str  # file name under the version prefix (no '/')
+    staging_key: str
+    size: int
+    sha256: str
+    rows: int
+
+
+@dataclass(frozen=True)
+class StagedOutput:
+    """One attempt's uploaded output for one range, ready to commit."""
+
+    task_id: uuid.UUID
+    attempt: int
+    org_id: str
+    dataset_uuid: uuid.UUID
+    dataset_key: str
+    chain_id: int
+    range_start: int
+    range_end: int
+    config_hash: str
+    schema: tuple[Column, ...]
+    files: tuple[StagedFile, ...]
+
+    @property
+    def dataset_version(self) -> uuid.UUID:
+        return ids.dataset_version(
+            self.dataset_uuid, self.config_hash, self.chain_id, self.range_start, self.range_end
+        )
+
+    @property
+    def prefix(self) -> str:
+        return ids.version_prefix(
+            self.chain_id, self.dataset_uuid, self.range_start, self.range_end, self.dataset_version
+        )
+
+    def manifest(self) -> DatasetManifest:
+        prefix = self.prefix
+        return DatasetManifest(
+            dataset_uuid=self.dataset_uuid,
+            dataset_version=self.dataset_version,
+            chain_id=self.chain_id,
+            dataset_key=self.dataset_key,
+            range_start=self.range_start,
+            range_end=self.range_end,
+            config_hash=self.config_hash,
+            schema=self.schema,
+            files=tuple(
+                sorted(
+                    (ManifestFile(prefix + f.name, f.size, f.sha256, f.rows) for f in self.files),
+                    key=lambda f: f.key,
+                )
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class CommittedVersion:
+    """The registered version; ``newly_registered`` is False when it already existed."""
+
+    record: VersionRecord
+    newly_registered: bool
+
+    def outputs(self) -> dict[str, Any]:
+        """Task outputs (JSON-ready) describing the version."""
+        rec = self.record
+        return {
+            "dataset_uuid": str(rec.dataset_uuid),
+            "dataset_version": str(rec.dataset_version),
+            "dataset_key": rec.dataset_key,
+            "chain_id": rec.chain_id,
+            "range_start": rec.range_start,
+            "range_end": rec.range_end,
+            "config_hash": rec.config_hash,
+            "schema_hash": rec.schema_hash,
+            "storage_prefix": rec.storage_prefix,
+            "manifest_key": rec.manifest_key,
+            "row_count": rec.row_count,
+            "bytes": rec.bytes,
+            "file_count": rec.file_count,
+            "newly_registered": self.newly_registered,
+        }
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def stage_parquet_files(
+    store: ObjectStore, task_id: uuid.UUID, attempt: int, paths: Sequence[Path]
+) -> tuple[tuple[Column, ...], tuple[StagedFile, ...]]:
+    """Upload Parquet files under the attempt's staging prefix (streaming ``put_file``).
+
+    Returns the common schema and the staged files sorted by name. Raises ``ArtifactInvalid``
+    for no files, duplicate names, unreadable Parquet or files whose schemas differ.
+    """
+    if not paths:
+        raise ArtifactInvalid("no Parquet files to stage")
+    names = [p.name for p in paths]
+    if len(set(names)) != len(names):
+        raise ArtifactInvalid("two staged files share a name")
+    prefix = ids.staging_prefix(task_id, attempt)
+    schema: tuple[Column, ...] | None = None
+    staged: list[StagedFile] = []
+    for path in sorted(paths, key=lambda p: p.name):
+        info = describe_parquet(path)
+        if schema is None:
+            schema = info.schema
+        elif info.schema != schema:
+            raise ArtifactInvalid(
+                f"{path.name} has a different schema than its siblings", path=str(path)
+            )
+        key = prefix + path.name
+        store.put_file(key, path)
+        staged.append(StagedFile(path.name, key, path.stat().st_size, _sha256(path), info.rows))
+    assert schema is not None
+    return schema, tuple(staged)
+
+
+def _lock_version(conn: Connection[Any], dataset_version: uuid.UUID) -> None:
+    conn.execute(q("datasets", "lock_version"), {"dataset_version": dataset_version})
+
+
+def _ensure_dataset(conn: Connection[Any], manifest: DatasetManifest, org_id: str) -> None:
+    params = {
+        "dataset_uuid": manifest.dataset_uuid,
+        "org_id": uuid.UUID(str(org_id)),
+        "chain_id": manifest.chain_id,
+        "dataset_key": manifest.dataset_key,
+    }
+    conn.execute(q("datasets", "insert_dataset"), params)
+    row = conn.execute(
+        q("datasets", "get_dataset"), {"dataset_uuid": manifest.dataset_uuid}
+    ).fetchone()
+    if row is None:
+        raise DatasetConflict(
+            f"dataset {manifest.dataset_key!r} on chain {manifest.chain_id} is registered under "
+            f"another dataset_uuid than {manifest.dataset_uuid}",
+            dataset_uuid=str(manifest.dataset_uuid),
+        )
+    existing = (row[1], row[2], row[3])
+    if existing != (params["org_id"], params["chain_id"], params["dataset_key"]):
+        raise DatasetConflict(
+            f"dataset {manifest.dataset_uuid} is registered as {existing[2]!r} on chain "
+            f"{existing[1]}, not {manifest.dataset_key!r} on chain {manifest.chain_id}",
+            dataset_uuid=str(manifest.dataset_uuid),
+        )
+
+
+def register_version(
+    conn: Connection[Any],
+    manifest: DatasetManifest,
+    *,
+    org_id: str,
+    storage_prefix: str,
+    manifest_key: str,
+    task_id: uuid.UUID | None = None,
+    attempt: int | None = None,
+) -> CommittedVersion:
+    """Register a version whose objects (manifest last) are already in the store.
+
+    Idempotent: a second registration with identical fields returns the existing row
+    (``newly_registered=False``); any difference raises ``DatasetConflict`` and the caller's
+    transaction must roll back. Call inside the transaction that also completes the task.
+    """
+    _lock_version(conn, manifest.dataset_version)
+    _ensure_dataset(conn, manifest, org_id)
+    params = {
+        "dataset_version": manifest.dataset_version,
+        "dataset_uuid": manifest.dataset_uuid,
+        "chain_id": manifest.chain_id,
+        "range_start": manifest.range_start,
+        "range_end": manifest.range_end,
+        "config_hash": manifest.config_hash,
+        "schema_hash": manifest.schema_hash,
+        "storage_prefix": storage_prefix,
+        "manifest_key": manifest_key,
+        "row_count": manifest.row_count,
+        "bytes": manifest.total_bytes,
+        "file_count": len(manifest.files),
+        "task_id": task_id,
+        "attempt": attempt,
+    }
+    inserted = conn.execute(q("datasets", "insert_version"), params).fetchone()
+    record = get_version(conn, manifest.dataset_version)
+    if record is None:
+        raise DatasetConflict(
+            f"range [{manifest.range_start}, {manifest.range_end}) of dataset "
+            f"{manifest.dataset_uuid} with config {manifest.config_hash!r} is registered under "
+            f"another version than {manifest.dataset_version}",
+            dataset_version=str(manifest.dataset_version),
+        )
+    if inserted is None:
+        _require_identical(record, params)
+    return CommittedVersion(record, newly_registered=inserted is not None)
+
+
+def _require_identical(record: VersionRecord, params: dict[str, Any]) -> None:
+    differing = [f for f in _IDENTITY_FIELDS if getattr(record, f) != params[f]]
+    if differing:
+        raise DatasetConflict(
+            f"dataset version {record.dataset_version} is already registered with different "
+            f"{', '.join(differing)}",
+            dataset_version=str(record.dataset_version),
+            fields=differing,
+        )
+
+
+def publish_objects(store: ObjectStore, staged: StagedOutput, manifest: DatasetManifest) -> None:
+    """Move staged files under the version prefix and write the manifest last.
+
+    Anything else already under the prefix (left by a rolled-back commit) is removed first.
+    The caller holds the version lock and has checked that the version is not registered.
+    """
+    prefix = staged.prefix
+    manifest_key = ids.manifest_key(prefix)
+    wanted = {prefix + f.name for f in staged.files}
+    store.delete(manifest_key)
+    for info in store.list(prefix):
+        if info.key not in wanted:
+            store.delete(info.key)
+    for f in staged.files:
+        store.move(f.staging_key, prefix + f.name)
+    store.put_bytes(manifest_key, manifest.to_json(), content_type=JSON)
+
+
+def commit_dataset_version(
+    conn: Connection[Any], store: ObjectStore, lease: Lease, staged: StagedOutput
+) -> CommittedVersion:
+    """Fence, publish, register and finish the task in one transaction on ``conn``.
+
+    Raises ``StaleAttempt`` (nothing promoted) when ``lease`` is not the current attempt or
+    ``staged`` belongs to another attempt, ``DatasetConflict`` when the range is registered
+    with different content, ``StorageError`` when a move fails (retryable; the prefix stays
+    unregistered).
+    """
+    if (staged.task_id, staged.attempt) != (lease.task_id, lease.attempt):
+        raise StaleAttempt(
+            lease.task_id, lease.attempt, f"staged output belongs to attempt {staged.attempt}"
+        )
+    manifest = staged.manifest()
+    prefix = staged.prefix
+    with conn.transaction():
+        fence(conn, lease)
+        _lock_version(conn, manifest.dataset_version)
+        existing = get_version(conn, manifest.dataset_version)
+        if existing is None:
+            publish_objects(store, staged, manifest)
+        committed = register_version(
+            conn,
+            manifest,
+            org_id=staged.org_id,
+            storage_prefix=prefix,
+            manifest_key=ids.manifest_key(prefix),
+            task_id=lease.task_id,
+            attempt=lease.attempt,
+        )
+        if existing is not None:
+            # an earlier task committed this range: its objects stay untouched
+            store.delete_prefix(ids.staging_prefix(lease.task_id, lease.attempt))
+        finish_succeeded(conn, lease, committed.outputs())
+    log.info(
+        "dataset version committed",
+        extra={
+            "task_id": str(lease.task_id),
+            "attempt": lease.attempt,
+            "dataset_version": str(manifest.dataset_version),
+            "range": f"{staged.range_start}:{staged.range_end}",
+            "new": committed.newly_registered,
+        },
+    )
+    return committed

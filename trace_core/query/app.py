@@ -1,0 +1,464 @@
+"""The Query Service: a Starlette app answering sandboxed SQL over committed datasets.
+
+``POST /v1/query`` (bearer user token) and ``POST /v1/task-query`` (bearer task capability
+token) take ``{"sql", "datasets"?, "max_rows"?, "job"?}`` and answer
+``{"columns", "rows", "row_count", "truncated", "export", "query_id"}``. Errors are
+``{"error": {"code", "message"}}``: 400 rejected or failing SQL, 401 bad token, 403 grant
+missing or stale task attempt, 404 unknown job, 408 timeout, 413 too large, 422 bad manifest,
+503 storage unavailable.
+
+Order of checks: token -> (task attempt current in state) -> grants in the registry -> SQL
+gate -> manifests -> sandboxed engine -> export. Every query that got past the grants is
+audited in ``data.query_audit`` whatever its outcome; refused tokens and grants are not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import anyio
+import httpx
+from psycopg_pool import ConnectionPool
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from trace_core.db.connection import Databases
+from trace_core.db.queries import q
+from trace_core.errors import (
+    AccessDenied,
+    ManifestInvalid,
+    QueryError,
+    QueryFailed,
+    QueryTimeout,
+    SqlRejected,
+    StorageError,
+    TokenInvalid,
+    TooLarge,
+    TraceError,
+)
+from trace_core.query.attach import (
+    HotSourceResolver,
+    ManifestCache,
+    Versions,
+    attach,
+    audit_datasets,
+    data_hot_sources,
+    task_versions,
+    user_versions,
+)
+from trace_core.query.audit import AuditRecord, Outcome, write_audit
+from trace_core.query.engine import EngineConfig, ResultLimits, S3Access, Workdir, execute
+from trace_core.query.export import export_result, json_rows
+from trace_core.query.gate import GateDecision, sql_fingerprint, validate_sql
+from trace_core.query.tokens import (
+    UserClaims,
+    issue_user_token,
+    verify_task_token,
+    verify_user_token,
+)
+from trace_core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1024 * 1024
+LOCAL_USER = "user:local"
+
+_STATUS: list[tuple[type[Exception], int]] = [
+    (TokenInvalid, 401),
+    (AccessDenied, 403),
+    (QueryTimeout, 408),
+    (TooLarge, 413),
+    (ManifestInvalid, 422),
+    (SqlRejected, 400),
+    (QueryFailed, 400),
+    (StorageError, 503),
+]
+_CODE_STATUS = {"sql_too_large": 413, "job_not_found": 404, "storage_unavailable": 503}
+
+
+class QueryRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sql: str
+    datasets: list[str] | None = None
+    max_rows: int | None = Field(None, ge=1)
+    job: str | None = None
+
+
+def status_of(exc: TraceError) -> int:
+    """HTTP status of a refused or failed query (400 when nothing more specific fits)."""
+    if exc.code in _CODE_STATUS:
+        return _CODE_STATUS[exc.code]
+    for cls, status in _STATUS:
+        if isinstance(exc, cls):
+            return status
+    return 400
+
+
+def error_body(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+@dataclass
+class _Caller:
+    org_id: uuid.UUID
+    versions: Versions
+    user: UserClaims | None = None
+    task_id: uuid.UUID | None = None
+    attempt: int | None = None
+
+
+class QueryService:
+    """The request pipeline, independent of HTTP. Call ``open()`` before use."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        dbs: Databases,
+        store: Any,
+        *,
+        hot_sources: HotSourceResolver | Literal["data"] | None = "data",
+        gate: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.gate = gate
+        self.state = ConnectionPool(
+            dbs.state_url, min_size=1, max_size=8, open=False, kwargs={"autocommit": True}
+        )
+        self.data = ConnectionPool(
+            dbs.data_url, min_size=1, max_size=8, open=False, kwargs={"autocommit": True}
+        )
+        self.hot = (
+            data_hot_sources(self.data, dbs.data_url) if hot_sources == "data" else hot_sources
+        )
+        self.cache = ManifestCache()
+        s3 = (
+            S3Access.from_settings(settings)
+            if str(getattr(store, "url", "")).startswith("s3://")
+            else None
+        )
+        self.engine = EngineConfig.from_settings(settings, s3)
+
+    def open(self) -> None:
+        self.state.open(wait=True)
+        self.data.open(wait=True)
+
+    def close(self) -> None:
+        self.state.close()
+        self.data.close()
+
+    def healthy(self) -> bool:
+        with self.state.connection(timeout=5) as conn:
+            return conn.execute("SELECT 1").fetchone() == (1,)
+
+    # --- pipeline --------------------------------------------------------------------
+
+    def handle(
+        self, kind: Literal["user", "task"], authorization: str | None, body: bytes
+    ) -> dict[str, Any]:
+        """Answer one request or raise a ``TraceError`` (see ``status_of``)."""
+        started = time.monotonic()
+        token = _bearer(authorization)
+        caller = self._user(token) if kind == "user" else self._task(token)
+        request = _parse(body)
+        caller.versions = self._resolve(caller, request)
+        query_id = uuid.uuid4()
+        sha = sql_fingerprint(request.sql)
+        record = dict(
+            query_id=query_id,
+            org_id=caller.org_id,
+            sql_sha256=sha,
+            user_sub=caller.user.sub if caller.user else None,
+            task_id=caller.task_id,
+            attempt=caller.attempt,
+        )
+        relations: list[Any] = []
+        executed = False
+        try:
+            if self.gate:
+                decision = validate_sql(request.sql, caller.versions)
+            else:
+                decision = GateDecision(sha, frozenset(caller.versions))
+            relations = attach(
+                self.store,
+                caller.versions,
+                decision.relations,
+                max_manifest_bytes=self.settings.query_manifest_max_bytes,
+                max_files=self.settings.query_manifest_max_files,
+                cache=self.cache,
+                hot=self.hot if caller.user else None,
+            )
+            limits = ResultLimits(
+                self.settings.query_inline_max_rows,
+                self.settings.query_inline_max_bytes,
+                request.max_rows,
+            )
+            workdir = Workdir(self.engine.work_root)
+            try:
+                executed = True
+                result = execute(request.sql, relations, self.engine, limits, workdir.path)
+                export = None
+                if result.spool is not None:
+                    export = export_result(
+                        self.store,
+                        query_id,
+                        result.spool,
+                        result.row_count,
+                        presign_seconds=self.settings.query_presign_seconds,
+                    )
+                rows = [] if export else json_rows(result.batches, result.columns)
+            finally:
+                workdir.cleanup()
+        except BaseException as exc:
+            code = exc.code if isinstance(exc, TraceError) else "internal"
+            outcome: Outcome = "failed" if executed else "rejected"
+            self._audit(
+                AuditRecord(
+                    **record,
+                    datasets=audit_datasets(relations),
+                    duration_ms=_ms(started),
+                    outcome=outcome,
+                    error_code=code,
+                )
+            )
+            log.info(
+                "query refused",
+                extra={
+                    "query_id": str(query_id),
+                    "sql_sha256": sha,
+                    "outcome": outcome,
+                    "code": code,
+                },
+            )
+            raise
+        self._audit(
+            AuditRecord(
+                **record,
+                datasets=audit_datasets(relations),
+                duration_ms=_ms(started),
+                outcome="ok",
+                rows=result.row_count,
+                bytes=result.bytes,
+                export_key=export.key if export else None,
+            )
+        )
+        log.info(
+            "query answered",
+            extra={
+                "query_id": str(query_id),
+                "sql_sha256": sha,
+                "outcome": "ok",
+                "rows": result.row_count,
+                "exported": export is not None,
+                "duration_ms": _ms(started),
+            },
+        )
+        return {
+            "columns": result.columns,
+            "rows": rows,
+            "row_count": result.row_count,
+            "truncated": result.truncated,
+            "export": export.as_json() if export else None,
+            "query_id": str(query_id),
+        }
+
+    def _user(self, token: str) -> _Caller:
+        claims = verify_user_token(self.settings, token)
+        return _Caller(claims.org_id, {}, user=claims)
+
+    def _task(self, token: str) -> _Caller:
+        claims = verify_task_token(self.settings, token)
+        with self.state.connection() as conn:
+            row = conn.execute(q("query", "task_attempt"), {"task_id": claims.task_id}).fetchone()
+            if row is None or row[0] != "running" or row[1] != claims.attempt:
+                raise AccessDenied("the task attempt is not current", code="stale_attempt")
+            versions = task_versions(conn, claims)
+        return _Caller(claims.org_id, versions, task_id=claims.task_id, attempt=claims.attempt)
+
+    def _resolve(self, caller: _Caller, request: QueryRequest) -> Versions:
+        """Relations the request may read (403 for names outside the grant)."""
+        if caller.user is not None:
+            with self.state.connection() as conn:
+                return user_versions(conn, caller.user, requested=request.datasets, job=request.job)
+        if request.job is not None:
+            raise QueryError("job is not valid for task queries", code="bad_request")
+        if request.datasets is None:
+            return caller.versions
+        missing = set(request.datasets) - set(caller.versions)
+        if missing:
+            raise AccessDenied(f"dataset {sorted(missing)[0]!r} is not granted")
+        return {name: caller.versions[name] for name in request.datasets}
+
+    def _audit(self, record: AuditRecord) -> None:
+        with self.data.connection() as conn:
+            write_audit(conn, record)
+
+
+def _bearer(authorization: str | None) -> str:
+    if not authorization:
+        raise TokenInvalid("missing bearer token")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise TokenInvalid("authorization must be 'Bearer <token>'")
+    return token.strip()
+
+
+def _parse(body: bytes) -> QueryRequest:
+    try:
+        return QueryRequest.model_validate_json(body)
+    except ValidationError as exc:
+        fields = sorted({".".join(str(p) for p in err["loc"]) or "<body>" for err in exc.errors()})
+        raise QueryError(
+            f"invalid request (fields: {', '.join(fields)})", code="bad_request"
+        ) from exc
+
+
+def _ms(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)
+
+
+# --- HTTP --------------------------------------------------------------------------------
+
+
+def create_app(
+    settings: Settings,
+    dbs: Databases,
+    store: Any,
+    *,
+    hot_sources: HotSourceResolver | Literal["data"] | None = "data",
+    gate: bool = True,
+) -> Starlette:
+    """The Query Service app. ``store`` is a ``trace_core.storage`` ObjectStore;
+    ``hot_sources`` defaults to the block follower's ``data.hot_*`` tables (None: cold only);
+    ``gate=False`` exists only to test the sandbox on its own."""
+    service = QueryService(settings, dbs, store, hot_sources=hot_sources, gate=gate)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await anyio.to_thread.run_sync(service.open)
+        try:
+            yield
+        finally:
+            await anyio.to_thread.run_sync(service.close)
+
+    async def user_query(request: Request) -> JSONResponse:
+        return await _answer(service, "user", request)
+
+    async def task_query(request: Request) -> JSONResponse:
+        return await _answer(service, "task", request)
+
+    async def healthz(request: Request) -> JSONResponse:
+        try:
+            ok = await anyio.to_thread.run_sync(service.healthy)
+        except TraceError as exc:
+            return JSONResponse(error_body(exc.code, "state database unavailable"), status_code=503)
+        return JSONResponse({"status": "ok" if ok else "degraded"}, status_code=200 if ok else 503)
+
+    app = Starlette(
+        routes=[
+            Route("/v1/query", user_query, methods=["POST"]),
+            Route("/v1/task-query", task_query, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    return app
+
+
+async def _answer(
+    service: QueryService, kind: Literal["user", "task"], request: Request
+) -> JSONResponse:
+    try:
+        body = await _read_body(request)
+        payload = await anyio.to_thread.run_sync(
+            service.handle, kind, request.headers.get("authorization"), body
+        )
+    except TraceError as exc:
+        return JSONResponse(error_body(exc.code, exc.message), status_code=status_of(exc))
+    except Exception:  # translated into a 500; details go to the log, never to the client
+        log.exception("query service internal error")
+        return JSONResponse(error_body("internal", "internal error"), status_code=500)
+    return JSONResponse(payload)
+
+
+async def _read_body(request: Request) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise TooLarge(f"request body is larger than {MAX_BODY_BYTES} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise TooLarge(f"request body is larger than {MAX_BODY_BYTES} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def serve(settings: Settings) -> None:
+    """Run the Query Service with uvicorn on ``settings.query_host:query_port`` (blocks)."""
+    import uvicorn
+
+    from trace_core.db.connection import resolve_databases
+    from trace_core.storage.factory import make_object_store
+
+    app = create_app(settings, resolve_databases(settings), make_object_store(settings))
+    uvicorn.run(app, host=settings.query_host, port=settings.query_port, log_level="info")
+
+
+# --- client ------------------------------------------------------------------------------
+
+
+def local_user_token(settings: Settings) -> str:
+    """A token for the local operator: every dataset of the settings' org."""
+    return issue_user_token(settings, sub=LOCAL_USER, datasets="all")
+
+
+def query_http(
+    settings: Settings,
+    sql: str,
+    job: str | None = None,
+    *,
+    max_rows: int | None = None,
+    token: str | None = None,
+) -> dict[str, Any]:
+    """POST ``sql`` to the Query Service at ``settings.resolved_query_url()``.
+
+    Returns the response JSON; raises ``QueryError`` carrying the service's error code (and
+    ``status``), or ``QueryError(code='service_unreachable')``.
+    """
+    body: dict[str, Any] = {"sql": sql}
+    if job is not None:
+        body["job"] = job
+    if max_rows is not None:
+        body["max_rows"] = max_rows
+    url = settings.resolved_query_url().rstrip("/") + "/v1/query"
+    headers = {"Authorization": f"Bearer {token or local_user_token(settings)}"}
+    try:
+        response = httpx.post(
+            url, json=body, headers=headers, timeout=settings.query_timeout_seconds + 30
+        )
+    except httpx.TransportError as exc:
+        raise QueryError(
+            f"cannot reach the Query Service at {url}: {exc}", code="service_unreachable"
+        ) from exc
+    if response.status_code == 200:
+        result: dict[str, Any] = response.json()
+        return result
+    try:
+        error = response.json()["error"]
+        code, message = str(error["code"]), str(error["message"])
+    except (ValueError, KeyError, TypeError):
+        code, message = "http_error", f"HTTP {response.status_code}"
+    raise QueryError(message, code=code, status=response.status_code)
