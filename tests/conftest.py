@@ -9,6 +9,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 import pytest
@@ -17,6 +18,9 @@ from psycopg import sql
 from trace_core.db.connection import Databases, with_database
 from trace_core.db.migrate import migrate
 from trace_core.settings import Settings
+
+if TYPE_CHECKING:
+    from trace_core.devchain import DevChain
 
 TEMPLATE_STATE = "trace_tmpl_state"
 TEMPLATE_DATA = "trace_tmpl_data"
@@ -99,6 +103,22 @@ def moto_server_url() -> Iterator[str]:
     host, port = server.get_host_and_port()
     yield f"http://{host}:{port}"
     server.stop()
+
+
+ANVIL_CHAIN_BLOCKS = 2500
+
+
+@pytest.fixture(scope="session")
+def anvil_chain() -> Iterator[DevChain]:
+    """A seeded anvil chain of ``ANVIL_CHAIN_BLOCKS`` blocks with transfers and events.
+
+    Shared by the session and treated as read-only: do not mine or reorg it (start your own
+    ``DevChain`` for that). About 2 s to build.
+    """
+    from trace_core.devchain import DevChain
+
+    with DevChain.start(blocks=ANVIL_CHAIN_BLOCKS, seed=7) as chain:
+        yield chain
 
 
 @pytest.fixture

@@ -23,4 +23,11 @@ def build_definitions(runtime: Runtime | None = None) -> Definitions:
     )
 
 
-defs = build_definitions()
+def __getattr__(name: str) -> Definitions:
+    """``defs`` is built on first access (workspace.yaml loads it), not at import time,
+    so importing this module in tests or tools never touches a database."""
+    if name == "defs":
+        built = build_definitions()
+        globals()["defs"] = built
+        return built
+    raise AttributeError(name)

@@ -40,9 +40,13 @@ class DriveReport:
 def _evaluate(
     defs: Definitions, instance: DagsterInstance, name: str, cursors: dict[str, str | None]
 ) -> SensorResult | SkipReason | None:
-    sensor_def = defs.get_sensor_def(name)
+    sensor_def = defs.resolve_sensor_def(name)
     with build_sensor_context(
-        instance=instance, definitions=defs, sensor_name=name, cursor=cursors.get(name)
+        instance=instance,
+        definitions=defs,
+        sensor_name=name,
+        cursor=cursors.get(name),
+        resources=dict(defs.resources or {}),
     ) as ctx:
         result = sensor_def(ctx)
     if isinstance(result, SensorResult) and result.cursor is not None:
@@ -89,7 +93,7 @@ def drive_until_idle(
 ) -> DriveReport:
     """Tick the dispatcher and worker sensors and execute runs until nothing is queued or running."""
     report = DriveReport()
-    job_def = defs.get_job_def(WORKER_JOB)
+    job_def = defs.resolve_job_def(WORKER_JOB)
     deadline = time.monotonic() + timeout
     cursors: dict[str, str | None] = {}
     while True:

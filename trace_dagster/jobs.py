@@ -1,7 +1,6 @@
 """The worker job: one run executes a batch of Trace tasks (claim, run, fenced completion)."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: Dagster resolves op/sensor annotations at runtime.
 import uuid
 
 from dagster import AssetMaterialization, Config, Failure, MetadataValue, OpExecutionContext, job, op

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import re
 
+import psycopg
+
 from dagster import AssetKey, AssetSpec, DynamicPartitionsDefinition
 
 from trace_core.errors import TraceError
@@ -26,11 +28,13 @@ def stream_asset_key(job_name: str, dataset_key: str) -> AssetKey:
 def stream_asset_specs(rt: Runtime) -> list[AssetSpec]:
     """Asset specs for every applied stream; empty (with a log line) if state is unreachable."""
     from trace_core.chain_sync import store
+    from trace_core.db.migrate import migrate
 
     try:
+        migrate(rt.dbs)  # idempotent: `dagster dev` on a fresh checkout just works
         with rt.state() as conn:
             streams = store.list_streams(conn, rt.settings.org_id)
-    except TraceError as exc:
+    except (TraceError, psycopg.Error) as exc:
         log.warning("no stream assets: state unavailable (%s)", exc)
         return []
     return [

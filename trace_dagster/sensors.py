@@ -1,7 +1,6 @@
 """Sensors: the dispatcher (plan, reap, publish) and the worker (wake-ups -> runs)."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: Dagster resolves op/sensor annotations at runtime.
 import hashlib
 
 from dagster import (

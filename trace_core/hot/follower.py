@@ -206,13 +206,13 @@ def _lock_key(chain_id: int) -> int:
 def follower_lock(conn: Connection[Any], chain_id: int) -> Iterator[bool]:
     """Session advisory lock for one chain's follower; yields False if another holds it."""
     key = _lock_key(chain_id)
-    row = conn.execute(q("hot", "try_follower_lock"), {"key": key}).fetchone()
+    row = conn.execute(q("hot", "try_advisory_lock"), {"key": key}).fetchone()
     got = bool(row and row[0])
     try:
         yield got
     finally:
         if got and not conn.closed:
-            conn.execute(q("hot", "release_follower_lock"), {"key": key})
+            conn.execute(q("hot", "release_advisory_lock"), {"key": key})
 
 
 def commit_cursor(

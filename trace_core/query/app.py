@@ -19,7 +19,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import anyio
@@ -48,6 +48,7 @@ from trace_core.errors import (
 from trace_core.query.attach import (
     HotSourceResolver,
     ManifestCache,
+    Relation,
     Versions,
     attach,
     audit_datasets,
@@ -58,7 +59,7 @@ from trace_core.query.attach import (
 from trace_core.query.audit import AuditRecord, Outcome, write_audit
 from trace_core.query.engine import EngineConfig, ResultLimits, S3Access, Workdir, execute
 from trace_core.query.export import export_result, json_rows
-from trace_core.query.gate import GateDecision, sql_fingerprint, validate_sql
+from trace_core.query.gate import sql_fingerprint, validate_sql
 from trace_core.query.tokens import (
     UserClaims,
     issue_user_token,
@@ -106,6 +107,20 @@ def status_of(exc: TraceError) -> int:
 
 def error_body(code: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": message}}
+
+
+@dataclass
+class _Run:
+    """What one query did, for the audit."""
+
+    query_id: uuid.UUID
+    sql_sha256: str
+    relations: list[Relation] = field(default_factory=list)
+    executed: bool = False
+    rows: int | None = None
+    bytes: int | None = None
+    export_key: str | None = None
+    error_code: str | None = None
 
 
 @dataclass
@@ -172,105 +187,96 @@ class QueryService:
         caller = self._user(token) if kind == "user" else self._task(token)
         request = _parse(body)
         caller.versions = self._resolve(caller, request)
-        query_id = uuid.uuid4()
-        sha = sql_fingerprint(request.sql)
-        record = dict(
-            query_id=query_id,
-            org_id=caller.org_id,
-            sql_sha256=sha,
-            user_sub=caller.user.sub if caller.user else None,
-            task_id=caller.task_id,
-            attempt=caller.attempt,
-        )
-        relations: list[Any] = []
-        executed = False
+        run = _Run(uuid.uuid4(), sql_fingerprint(request.sql))
         try:
-            if self.gate:
-                decision = validate_sql(request.sql, caller.versions)
-            else:
-                decision = GateDecision(sha, frozenset(caller.versions))
-            relations = attach(
-                self.store,
-                caller.versions,
-                decision.relations,
-                max_manifest_bytes=self.settings.query_manifest_max_bytes,
-                max_files=self.settings.query_manifest_max_files,
-                cache=self.cache,
-                hot=self.hot if caller.user else None,
-            )
-            limits = ResultLimits(
-                self.settings.query_inline_max_rows,
-                self.settings.query_inline_max_bytes,
-                request.max_rows,
-            )
-            workdir = Workdir(self.engine.work_root)
-            try:
-                executed = True
-                result = execute(request.sql, relations, self.engine, limits, workdir.path)
-                export = None
-                if result.spool is not None:
-                    export = export_result(
-                        self.store,
-                        query_id,
-                        result.spool,
-                        result.row_count,
-                        presign_seconds=self.settings.query_presign_seconds,
-                    )
-                rows = [] if export else json_rows(result.batches, result.columns)
-            finally:
-                workdir.cleanup()
+            response = self._run(caller, request, run)
         except BaseException as exc:
-            code = exc.code if isinstance(exc, TraceError) else "internal"
-            outcome: Outcome = "failed" if executed else "rejected"
-            self._audit(
-                AuditRecord(
-                    **record,
-                    datasets=audit_datasets(relations),
-                    duration_ms=_ms(started),
-                    outcome=outcome,
-                    error_code=code,
-                )
-            )
-            log.info(
-                "query refused",
-                extra={
-                    "query_id": str(query_id),
-                    "sql_sha256": sha,
-                    "outcome": outcome,
-                    "code": code,
-                },
-            )
+            run.error_code = exc.code if isinstance(exc, TraceError) else "internal"
+            self._finish(caller, run, started)
             raise
-        self._audit(
-            AuditRecord(
-                **record,
-                datasets=audit_datasets(relations),
-                duration_ms=_ms(started),
-                outcome="ok",
-                rows=result.row_count,
-                bytes=result.bytes,
-                export_key=export.key if export else None,
-            )
+        self._finish(caller, run, started)
+        return response
+
+    def _run(self, caller: _Caller, request: QueryRequest, run: _Run) -> dict[str, Any]:
+        if self.gate:
+            relations = validate_sql(request.sql, caller.versions).relations
+        else:
+            relations = frozenset(caller.versions)
+        run.relations = attach(
+            self.store,
+            caller.versions,
+            relations,
+            max_manifest_bytes=self.settings.query_manifest_max_bytes,
+            max_files=self.settings.query_manifest_max_files,
+            cache=self.cache,
+            hot=self.hot if caller.user else None,
         )
-        log.info(
-            "query answered",
-            extra={
-                "query_id": str(query_id),
-                "sql_sha256": sha,
-                "outcome": "ok",
-                "rows": result.row_count,
-                "exported": export is not None,
-                "duration_ms": _ms(started),
-            },
+        limits = ResultLimits(
+            self.settings.query_inline_max_rows,
+            self.settings.query_inline_max_bytes,
+            request.max_rows,
         )
+        workdir = Workdir(self.engine.work_root)
+        try:
+            run.executed = True
+            result = execute(request.sql, run.relations, self.engine, limits, workdir.path)
+            run.rows, run.bytes = result.row_count, result.bytes
+            export = None
+            if result.spool is not None:
+                export = export_result(
+                    self.store,
+                    run.query_id,
+                    result.spool,
+                    result.row_count,
+                    presign_seconds=self.settings.query_presign_seconds,
+                )
+                run.export_key = export.key
+        finally:
+            workdir.cleanup()
         return {
             "columns": result.columns,
-            "rows": rows,
+            "rows": [] if export else json_rows(result.batches, result.columns),
             "row_count": result.row_count,
             "truncated": result.truncated,
             "export": export.as_json() if export else None,
-            "query_id": str(query_id),
+            "query_id": str(run.query_id),
         }
+
+    def _finish(self, caller: _Caller, run: _Run, started: float) -> None:
+        outcome: Outcome = "ok"
+        if run.error_code is not None:
+            outcome = "failed" if run.executed else "rejected"
+        duration_ms = int((time.monotonic() - started) * 1000)
+        self._audit(
+            AuditRecord(
+                query_id=run.query_id,
+                org_id=caller.org_id,
+                sql_sha256=run.sql_sha256,
+                duration_ms=duration_ms,
+                outcome=outcome,
+                user_sub=caller.user.sub if caller.user else None,
+                task_id=caller.task_id,
+                attempt=caller.attempt,
+                datasets=audit_datasets(run.relations),
+                rows=run.rows,
+                bytes=run.bytes,
+                error_code=run.error_code,
+                export_key=run.export_key,
+            )
+        )
+        log.info(
+            "query %s",
+            outcome,
+            extra={
+                "query_id": str(run.query_id),
+                "sql_sha256": run.sql_sha256,
+                "outcome": outcome,
+                "error_code": run.error_code,
+                "rows": run.rows,
+                "exported": run.export_key is not None,
+                "duration_ms": duration_ms,
+            },
+        )
 
     def _user(self, token: str) -> _Caller:
         claims = verify_user_token(self.settings, token)
@@ -321,10 +327,6 @@ def _parse(body: bytes) -> QueryRequest:
         raise QueryError(
             f"invalid request (fields: {', '.join(fields)})", code="bad_request"
         ) from exc
-
-
-def _ms(started: float) -> int:
-    return int((time.monotonic() - started) * 1000)
 
 
 # --- HTTP --------------------------------------------------------------------------------

@@ -79,10 +79,10 @@ FROM state.partition_versions
 WHERE chain_id = %(chain_id)s AND dataset_key = %(dataset_key)s
 ORDER BY range_start
 
--- name: try_follower_lock
+-- name: try_advisory_lock
 SELECT pg_try_advisory_lock(%(key)s)
 
--- name: release_follower_lock
+-- name: release_advisory_lock
 SELECT pg_advisory_unlock(%(key)s)
 
 -- name: compacted_end

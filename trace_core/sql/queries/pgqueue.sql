@@ -23,7 +23,7 @@ WITH due AS (
     FOR UPDATE SKIP LOCKED
 ), dead AS (
     DELETE FROM state.queue_messages m USING due
-    WHERE due.receive_count >= %(max_receive_count)s AND m.ctid = due.ctid
+    WHERE due.receive_count > %(max_receive_count)s AND m.ctid = due.ctid
     RETURNING m.message_id, m.queue_name, m.payload, m.receive_count, m.last_error, m.created_at
 ), buried AS (
     INSERT INTO state.queue_dead
@@ -42,7 +42,7 @@ WITH due AS (
         invisible_until = now() + make_interval(secs => %(visibility)s),
         first_received_at = COALESCE(m.first_received_at, now())
     FROM due
-    WHERE due.receive_count < %(max_receive_count)s AND m.ctid = due.ctid
+    WHERE due.receive_count <= %(max_receive_count)s AND m.ctid = due.ctid
     RETURNING m.message_id, m.receipt, m.payload, m.receive_count
 )
 SELECT message_id, receipt, payload, receive_count FROM got

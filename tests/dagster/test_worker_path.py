@@ -1,0 +1,90 @@
+"""The worker path through Dagster's harness: wake-ups -> sensor -> runs -> fenced completion."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from dagster import DagsterInstance, DagsterRunStatus, RunsFilter, build_sensor_context
+
+from trace_core.runtime import Runtime
+from trace_core.tasks import create_task
+from trace_dagster.definitions import build_definitions
+from trace_dagster.driver import drive_until_idle
+
+
+def _create(rt: Runtime, operator: str, n: int, payload: dict | None = None) -> list[uuid.UUID]:
+    ids = [uuid.uuid4() for _ in range(n)]
+    with rt.state() as conn, conn.transaction():
+        for tid in ids:
+            create_task(conn, task_id=tid, operator=operator, payload=payload or {}, max_attempts=2)
+    return ids
+
+
+def _statuses(rt: Runtime, ids: list[uuid.UUID]) -> dict[str, int]:
+    with rt.state() as conn:
+        rows = conn.execute(
+            "SELECT status, count(*) FROM state.tasks WHERE task_id = ANY(%s) GROUP BY status", (ids,)
+        ).fetchall()
+    return {s: n for s, n in rows}
+
+
+def test_definitions_load(trace_env: Runtime) -> None:
+    defs = build_definitions(trace_env)
+    assert defs.resolve_job_def("trace_worker") is not None
+    assert {s.name for s in defs.sensors} == {"trace_dispatcher", "trace_worker_wakeups"}
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_noop_tasks_complete_through_runs(
+    trace_env: Runtime, dagster_instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch, batch: int
+) -> None:
+    monkeypatch.setenv("TRACE_WORKER_BATCH_SIZE", str(batch))
+    rt = Runtime(trace_env.settings.model_copy(update={"worker_batch_size": batch}))
+    ids = _create(rt, "noop", 6)
+    report = drive_until_idle(rt, build_definitions(rt), dagster_instance, timeout=120)
+    assert report.idle and report.dead_tasks == 0
+    assert _statuses(rt, ids) == {"succeeded": 6}
+    runs = dagster_instance.get_runs(RunsFilter(job_name="trace_worker"))
+    assert len(runs) == report.runs == -(-6 // batch)
+    assert all(r.status == DagsterRunStatus.SUCCESS for r in runs)
+    assert all("trace/task_id" in r.tags and "trace/attempt" in r.tags for r in runs)
+
+
+def test_failing_task_shows_failed_runs_and_ends_dead(
+    trace_env: Runtime, dagster_instance: DagsterInstance
+) -> None:
+    ids = _create(trace_env, "fail", 1, {"message": "boom"})
+    report = drive_until_idle(trace_env, build_definitions(trace_env), dagster_instance, timeout=120)
+    assert report.dead_tasks == 1 and report.failed_runs == 2  # max_attempts=2
+    assert _statuses(trace_env, ids) == {"dead": 1}
+    failed = dagster_instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.FAILURE]))
+    assert len(failed) == 2
+
+
+def test_duplicate_wakeups_yield_one_run_and_one_execution(
+    trace_env: Runtime, dagster_instance: DagsterInstance
+) -> None:
+    from trace_core import outbox
+
+    (tid,) = _create(trace_env, "noop", 1)
+    with trace_env.state() as conn:
+        outbox.drain_all(conn, trace_env.queue)
+    # a duplicate wake-up for the same generation (at-least-once delivery)
+    trace_env.queue.publish("task_wakeup", {"task_id": str(tid), "wakeup": 1})
+    defs = build_definitions(trace_env)
+    sensor = defs.resolve_sensor_def("trace_worker_wakeups")
+    with build_sensor_context(
+        instance=dagster_instance, definitions=defs, resources=dict(defs.resources or {})
+    ) as ctx:
+        result = sensor(ctx)
+    assert len(result.run_requests) == 1
+    job = defs.resolve_job_def("trace_worker")
+    for _ in range(2):  # the same run requested twice (e.g. a retried launch) is harmless
+        assert job.execute_in_process(run_config=result.run_requests[0].run_config, instance=dagster_instance).success
+    with trace_env.state() as conn:
+        attempts = conn.execute(
+            "SELECT count(*) FROM state.task_attempts WHERE task_id = %s", (tid,)
+        ).fetchone()
+    assert attempts == (1,)
+    assert _statuses(trace_env, [tid]) == {"succeeded": 1}

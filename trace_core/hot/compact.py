@@ -1,0 +1,454 @@
+"""Compaction: finalized hot ranges become cold dataset versions; federation's boundary.
+
+``compact_once`` cuts the final part of the hot span into grid-aligned ranges ``[a, b)``
+(``b <= head - finality_depth + 1``), writes each dataset's rows as Parquet with cryo's exact
+columns, and commits each as a dataset version through the datasets commit protocol (staged
+objects moved under the version prefix, manifest last, registry row in one state
+transaction). Version ids are deterministic (``config_hash = hot_compact.{dataset}:v1``), so a
+re-run registers nothing new. Each compacted range is recorded in ``state.partition_versions``
+in the same transaction. Hot rows are deleted only afterwards (``delete_compacted``), and only
+for ranges the current cold selection covers.
+
+Readers (``federated_sources``) take the registry's newest non-overlapping versions as cold,
+``boundary`` = the end of the highest one, and hot rows with ``block_number >= boundary`` plus
+any hot rows in ranges no cold version covers: every block counted exactly once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+from psycopg import Connection, sql
+
+from trace_core.datasets import ids
+from trace_core.datasets.commit import (
+    CommittedVersion,
+    StagedOutput,
+    publish_objects,
+    register_version,
+    stage_parquet_files,
+)
+from trace_core.datasets.manifest import load_manifest
+from trace_core.datasets.registry import (
+    VersionRecord,
+    get_version,
+    missing_ranges,
+    versions_for_stream,
+)
+from trace_core.db.connection import Databases, connect
+from trace_core.db.queries import q
+from trace_core.errors import CoverageError
+from trace_core.hot.finality import final_end, finality_depth, plan_ranges
+from trace_core.hot.follower import load_cursor
+from trace_core.hot.tables import (
+    CRYO_COLUMNS,
+    HOT_DATASETS,
+    HOT_SCHEMA,
+    check_dataset,
+    count_rows,
+    hot_table,
+    read_range,
+)
+from trace_core.settings import DEFAULT_ORG_ID, Settings
+from trace_core.storage.base import ObjectStore
+
+log = logging.getLogger(__name__)
+
+CONFIG_VERSION = "v1"
+
+
+def compact_config_hash(dataset_key: str) -> str:
+    """``hot_compact.{dataset}:v1``: the config of every version compaction writes."""
+    check_dataset(dataset_key)
+    return f"hot_compact.{dataset_key}:{CONFIG_VERSION}"
+
+
+def parquet_name(chain_id: int, dataset_key: str, range_start: int, range_end: int) -> str:
+    """cryo's file naming: ``network_{chain}__{dataset}__{start:08}_to_{end_inclusive:08}``."""
+    return f"network_{chain_id}__{dataset_key}__{range_start:08}_to_{range_end - 1:08}.parquet"
+
+
+# --- boundary and federation -------------------------------------------------------------
+
+
+def cold_selection(
+    conn: Connection[Any], chain_id: int, dataset_key: str, *, org_id: str = DEFAULT_ORG_ID
+) -> list[VersionRecord]:
+    """The cold versions readers use: the registry's newest non-overlapping versions."""
+    return versions_for_stream(conn, org_id, chain_id, dataset_key)
+
+
+def hot_boundary(
+    conn: Connection[Any], chain_id: int, dataset_key: str, *, org_id: str = DEFAULT_ORG_ID
+) -> int:
+    """First block above every cold version of the dataset (0 when there is none).
+
+    Hot rows with ``block_number >= hot_boundary`` are never covered by cold versions. When
+    the cold versions have gaps below it, ``federated_sources`` lists them (``hot_gaps``).
+    ``conn`` is a state-database connection.
+    """
+    selection = cold_selection(conn, chain_id, dataset_key, org_id=org_id)
+    return max((v.range_end for v in selection), default=0)
+
+
+@dataclass(frozen=True)
+class FederatedSources:
+    """What a federated read of one hot dataset unions, with nothing counted twice.
+
+    ``cold_version_files``: DuckDB-readable URIs (local paths or s3://) of every file of the
+    selected cold versions; ``hot_table``: ``data.hot_{dataset}`` in the data database;
+    ``boundary``: hot rows with ``block_number >= boundary`` belong to the result, and so do
+    hot rows inside ``hot_gaps`` (ranges below the boundary no cold version covers, usually
+    none). Always filter the hot table on ``chain_id``.
+    """
+
+    cold_version_files: list[str]
+    hot_table: str
+    boundary: int
+    chain_id: int
+    dataset_key: str
+    hot_gaps: list[tuple[int, int]] = field(default_factory=list)
+    cold_versions: list[VersionRecord] = field(default_factory=list)
+
+    @property
+    def columns(self) -> list[str]:
+        """cryo's column names, in its Parquet order."""
+        return [c.name for c in CRYO_COLUMNS[self.dataset_key]]
+
+    def hot_predicate(self) -> str:
+        """SQL condition (Postgres or DuckDB) selecting exactly the hot rows to union."""
+        parts = [f"block_number >= {int(self.boundary)}"]
+        parts += [
+            f"(block_number >= {int(a)} AND block_number < {int(b)})" for a, b in self.hot_gaps
+        ]
+        return f"chain_id = {int(self.chain_id)} AND ({' OR '.join(parts)})"
+
+    def duckdb_hot_select(self, catalog: str) -> str:
+        """DuckDB SELECT over an attached Postgres catalog, cast to cryo's Parquet types."""
+        schema, _, table = self.hot_table.partition(".")
+        cols = ", ".join(
+            f'CAST("{c.name}" AS {c.duckdb}) AS "{c.name}"' for c in CRYO_COLUMNS[self.dataset_key]
+        )
+        return f'SELECT {cols} FROM "{catalog}"."{schema}"."{table}" WHERE {self.hot_predicate()}'
+
+
+def federated_sources(
+    settings: Settings,
+    dbs: Databases,
+    chain_id: int,
+    dataset_key: str,
+    *,
+    store: ObjectStore | None = None,
+) -> FederatedSources:
+    """Cold files, hot table and boundary for a federated read of ``dataset_key`` on a chain.
+
+    Manifests are read from the store and validated against the version prefix. Raises
+    ``ManifestInvalid`` / ``ObjectNotFound`` for a broken committed version.
+    """
+    check_dataset(dataset_key)
+    store = store or _store(settings)
+    with connect(dbs.state_url) as conn:
+        selection = cold_selection(conn, chain_id, dataset_key, org_id=settings.org_id)
+    files: list[str] = []
+    for rec in selection:
+        manifest = load_manifest(store, rec.manifest_key, prefix=rec.storage_prefix)
+        files.extend(store.duckdb_uri(key) for key in manifest.parquet_keys)
+    boundary = max((v.range_end for v in selection), default=0)
+    return FederatedSources(
+        cold_version_files=files,
+        hot_table=f"{HOT_SCHEMA}.{hot_table(dataset_key)}",
+        boundary=boundary,
+        chain_id=chain_id,
+        dataset_key=dataset_key,
+        hot_gaps=missing_ranges(selection, 0, boundary),
+        cold_versions=selection,
+    )
+
+
+def _store(settings: Settings) -> ObjectStore:
+    from trace_core.storage.factory import make_object_store
+
+    return make_object_store(settings)
+
+
+# --- compaction --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CompactedRange:
+    dataset_key: str
+    range_start: int
+    range_end: int
+    dataset_version: uuid.UUID
+    row_count: int
+    newly_registered: bool
+
+
+@dataclass
+class CompactResult:
+    """``committed``: versions this call registered or found registered; ``deleted_rows``:
+    hot rows removed per dataset; ``skipped``: another compaction held the chain's lock."""
+
+    chain_id: int
+    committed: list[CompactedRange] = field(default_factory=list)
+    deleted_rows: dict[str, int] = field(default_factory=dict)
+    final_end: int | None = None
+    skipped: bool = False
+
+
+def _lock_key(chain_id: int) -> int:
+    digest = hashlib.sha256(f"trace.hot_compact:{chain_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def compact_once(
+    settings: Settings,
+    dbs: Databases,
+    chain_id: int,
+    *,
+    store: ObjectStore | None = None,
+    datasets: tuple[str, ...] = HOT_DATASETS,
+    range_size: int | None = None,
+    finality_depth_override: int | None = None,
+    delete_hot: bool = False,
+    max_ranges: int = 10,
+) -> CompactResult:
+    """Commit up to ``max_ranges`` final hot ranges per dataset as cold versions.
+
+    Ranges start at ``max(hot_boundary, follower's first block)`` and align to multiples of
+    ``range_size`` (default ``settings.hot_compact_range_size``); only complete ranges that
+    end at or before ``final_end(cursor, finality_depth)`` are taken. With ``delete_hot``,
+    ``delete_compacted`` runs after the commits. Raises ``CoverageError`` if the hot blocks
+    of a final range are incomplete (the follower's no-gap invariant is broken).
+    """
+    for ds in datasets:
+        check_dataset(ds)
+    size = range_size or settings.hot_compact_range_size
+    store = store or _store(settings)
+    result = CompactResult(chain_id)
+    with (
+        connect(dbs.state_url, autocommit=True) as state,
+        connect(dbs.data_url, autocommit=True) as data,
+    ):
+        row = state.execute(q("hot", "try_advisory_lock"), {"key": _lock_key(chain_id)}).fetchone()
+        if not (row and row[0]):
+            result.skipped = True
+            return result
+        try:
+            cursor = load_cursor(state, chain_id)
+            if cursor is None:
+                return result
+            depth = finality_depth(
+                settings, chain_id, state_conn=state, override=finality_depth_override
+            )
+            end = final_end(cursor.number, depth)
+            result.final_end = end
+            for ds in datasets:
+                boundary = hot_boundary(state, chain_id, ds, org_id=settings.org_id)
+                start = max(boundary, cursor.first_block)
+                for a, b in plan_ranges(start, end, size, limit=max_ranges):
+                    result.committed.append(
+                        _compact_range(settings, state, data, store, chain_id, ds, a, b)
+                    )
+            if delete_hot:
+                result.deleted_rows = _delete_compacted(settings, state, data, chain_id, datasets)
+        finally:
+            state.execute(q("hot", "release_advisory_lock"), {"key": _lock_key(chain_id)})
+    return result
+
+
+def compact_range(
+    settings: Settings,
+    dbs: Databases,
+    chain_id: int,
+    dataset_key: str,
+    range_start: int,
+    range_end: int,
+    *,
+    store: ObjectStore | None = None,
+) -> CompactedRange:
+    """Commit hot ``[range_start, range_end)`` of one dataset as a cold version (idempotent).
+
+    The caller vouches that the range is final; a registered version is returned as is
+    (``newly_registered=False``) without reading hot rows. Raises ``CoverageError`` when the
+    hot blocks of the range are incomplete.
+    """
+    check_dataset(dataset_key)
+    store = store or _store(settings)
+    with (
+        connect(dbs.state_url, autocommit=True) as state,
+        connect(dbs.data_url, autocommit=True) as data,
+    ):
+        return _compact_range(
+            settings, state, data, store, chain_id, dataset_key, range_start, range_end
+        )
+
+
+def _compact_range(
+    settings: Settings,
+    state: Connection[Any],
+    data: Connection[Any],
+    store: ObjectStore,
+    chain_id: int,
+    dataset_key: str,
+    a: int,
+    b: int,
+) -> CompactedRange:
+    dataset_uuid = ids.dataset_uuid(settings.org_id, chain_id, dataset_key)
+    config = compact_config_hash(dataset_key)
+    version = ids.dataset_version(dataset_uuid, config, chain_id, a, b)
+    existing = get_version(state, version)
+    if existing is not None:
+        _record_partition(state, existing)
+        return CompactedRange(dataset_key, a, b, version, existing.row_count, False)
+    blocks = count_rows(data, chain_id, "blocks", a, b)
+    if dataset_key == "blocks" and blocks != b - a:
+        raise CoverageError(
+            f"chain {chain_id}: hot blocks [{a}, {b}) hold {blocks} of {b - a} blocks",
+            chain_id=chain_id,
+            range_start=a,
+            range_end=b,
+        )
+    staging_task = uuid.uuid4()  # staging is throwaway; the version id is what is deterministic
+    with tempfile.TemporaryDirectory(prefix="hot_compact_") as tmp:
+        path = Path(tmp) / parquet_name(chain_id, dataset_key, a, b)
+        with data.transaction():
+            table = read_range(data, chain_id, dataset_key, a, b)
+        pq.write_table(table, path, compression="lz4")
+        schema, files = stage_parquet_files(store, staging_task, 1, [path])
+    staged = StagedOutput(
+        task_id=staging_task,
+        attempt=1,
+        org_id=settings.org_id,
+        dataset_uuid=dataset_uuid,
+        dataset_key=dataset_key,
+        chain_id=chain_id,
+        range_start=a,
+        range_end=b,
+        config_hash=config,
+        schema=schema,
+        files=files,
+    )
+    committed = _commit(state, store, staged)
+    if not committed.newly_registered:
+        store.delete_prefix(ids.staging_prefix(staging_task, 1))
+    log.info(
+        "hot range compacted",
+        extra={
+            "chain_id": chain_id,
+            "dataset": dataset_key,
+            "range": f"{a}:{b}",
+            "rows": committed.record.row_count,
+            "dataset_version": str(version),
+        },
+    )
+    return CompactedRange(
+        dataset_key, a, b, version, committed.record.row_count, committed.newly_registered
+    )
+
+
+def _commit(state: Connection[Any], store: ObjectStore, staged: StagedOutput) -> CommittedVersion:
+    """The commit protocol without a task: lock, publish unless registered, register, record."""
+    manifest = staged.manifest()
+    prefix = staged.prefix
+    with state.transaction():
+        state.execute(q("datasets", "lock_version"), {"dataset_version": manifest.dataset_version})
+        if get_version(state, manifest.dataset_version) is None:
+            publish_objects(store, staged, manifest)
+        committed = register_version(
+            state,
+            manifest,
+            org_id=staged.org_id,
+            storage_prefix=prefix,
+            manifest_key=ids.manifest_key(prefix),
+        )
+        _record_partition(state, committed.record)
+    return committed
+
+
+def _record_partition(state: Connection[Any], rec: VersionRecord) -> None:
+    state.execute(
+        q("hot", "insert_partition_version"),
+        {
+            "dataset_uuid": rec.dataset_uuid,
+            "dataset_version": rec.dataset_version,
+            "partition_key": f"{rec.range_start}-{rec.range_end}",
+            "chain_id": rec.chain_id,
+            "dataset_key": rec.dataset_key,
+            "range_start": rec.range_start,
+            "range_end": rec.range_end,
+            "row_count": rec.row_count,
+        },
+    )
+
+
+def delete_compacted(
+    settings: Settings,
+    dbs: Databases,
+    chain_id: int,
+    *,
+    datasets: tuple[str, ...] = HOT_DATASETS,
+) -> dict[str, int]:
+    """Delete hot rows of compacted ranges that the cold selection now serves.
+
+    A range's rows go only when its range is fully covered by the registry's current cold
+    selection and lies below ``hot_boundary``; it is then marked ``hot_deleted_at``. A crash
+    between the delete and the mark re-deletes nothing next time. Returns rows deleted per
+    dataset.
+    """
+    for ds in datasets:
+        check_dataset(ds)
+    with (
+        connect(dbs.state_url, autocommit=True) as state,
+        connect(dbs.data_url, autocommit=True) as data,
+    ):
+        return _delete_compacted(settings, state, data, chain_id, datasets)
+
+
+def _delete_compacted(
+    settings: Settings,
+    state: Connection[Any],
+    data: Connection[Any],
+    chain_id: int,
+    datasets: tuple[str, ...],
+) -> dict[str, int]:
+    deleted: dict[str, int] = {}
+    cursor = load_cursor(state, chain_id)
+    for ds in datasets:
+        selection = cold_selection(state, chain_id, ds, org_id=settings.org_id)
+        boundary = max((v.range_end for v in selection), default=0)
+        pending = state.execute(
+            q("hot", "pending_hot_deletes"), {"chain_id": chain_id, "dataset_key": ds}
+        ).fetchall()
+        total = 0
+        for _version, a, b in pending:
+            if b > boundary or missing_ranges(selection, a, b):
+                continue
+            if cursor is not None and b > cursor.number:
+                continue  # the follower's tip always stays hot
+            total += _delete_range(data, chain_id, ds, a, b)
+            state.execute(
+                q("hot", "mark_hot_deleted"),
+                {"chain_id": chain_id, "dataset_key": ds, "range_start": a, "range_end": b},
+            )
+        deleted[ds] = total
+    return deleted
+
+
+def _delete_range(data: Connection[Any], chain_id: int, dataset_key: str, a: int, b: int) -> int:
+    with data.transaction():
+        cur = data.execute(
+            sql.SQL(
+                "DELETE FROM {}.{} WHERE chain_id = %(chain_id)s"
+                " AND block_number >= %(range_start)s AND block_number < %(range_end)s"
+            ).format(sql.Identifier(HOT_SCHEMA), sql.Identifier(hot_table(dataset_key))),
+            {"chain_id": chain_id, "range_start": a, "range_end": b},
+        )
+    return cur.rowcount
