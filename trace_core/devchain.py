@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Any
 
 from trace_core.errors import ConfigError, RpcError
 from trace_core.rpc import RpcClient, hex_int
@@ -220,6 +220,17 @@ class DevChain:
         if n > 0:
             self.rpc.call("anvil_mine", [hex(n)])
 
+    def wait_receipt(self, tx_hash: str, timeout: float = 10.0) -> dict[str, Any]:
+        """The receipt of ``tx_hash``, polled until mined. Raises ``RpcError`` on timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            receipt = self.rpc.get_transaction_receipt(tx_hash)
+            if receipt is not None:
+                return receipt
+            if time.monotonic() > deadline:
+                raise RpcError(f"devchain: transaction {tx_hash} not mined within {timeout:g}s")
+            time.sleep(0.01)
+
     def seed(
         self, blocks: int, seed: int, *, activity_every: int = 10, max_txs_per_block: int = 6
     ) -> SeedSummary:
@@ -233,8 +244,8 @@ class DevChain:
             "eth_sendTransaction",
             [{"from": accounts[0], "data": "0x" + EMITTER_INITCODE.hex(), "gas": hex(300_000)}],
         )
-        receipt = self.rpc.get_transaction_receipt(deploy)
-        if not receipt or hex_int(receipt["status"]) != 1:
+        receipt = self.wait_receipt(deploy)
+        if hex_int(receipt["status"]) != 1:
             raise RpcError("devchain: emitter deployment failed")
         emitter = receipt["contractAddress"]
         summary.emitter = emitter

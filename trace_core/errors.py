@@ -283,12 +283,14 @@ class ReorgTooDeep(FatalError):
     code = "reorg_too_deep"
 
     def __init__(self, chain_id: int, *, depth: int, detail: str) -> None:
-        super().__init__(f"chain {chain_id}: reorg of depth >= {depth}: {detail}", chain_id=chain_id, depth=depth)
+        super().__init__(
+            f"chain {chain_id}: reorg of depth >= {depth}: {detail}", chain_id=chain_id, depth=depth
+        )
         self.chain_id = chain_id
         self.depth = depth
 
 
 class ChainMismatch(FatalError):
-    """The RPC endpoint serves another chain than the one being followed."""
+    """The RPC endpoint serves another chain than the one expected."""
 
     code = "chain_mismatch"

@@ -28,7 +28,7 @@ from trace_core.queue.base import Message, QueueDriver
 from trace_core.queue.factory import make_queue_driver
 from trace_core.queue.pgqueue import PgQueue
 from trace_core.queue.sqs import SqsQueue
-from trace_core.settings import Settings
+from trace_core.settings import load_settings
 
 MAX_RECEIVES = 3
 VIS = 60
@@ -82,7 +82,9 @@ def _sqs_expire(driver: SqsQueue, endpoint: str) -> Callable[[Message], None]:
 
 
 @contextmanager
-def open_harness(kind: str, request: pytest.FixtureRequest) -> Iterator[Harness]:
+def open_harness(
+    kind: str, request: pytest.FixtureRequest, *, max_receive_count: int = MAX_RECEIVES
+) -> Iterator[Harness]:
     """A driver of ``kind`` with its test hooks; closes every driver it made."""
     made: list[QueueDriver] = []
     if kind == "pgqueue":
@@ -91,7 +93,7 @@ def open_harness(kind: str, request: pytest.FixtureRequest) -> Iterator[Harness]
             conn.execute("TRUNCATE state.queue_messages, state.queue_dead")
 
         def new_driver() -> QueueDriver:
-            made.append(PgQueue(state_url, max_receive_count=MAX_RECEIVES, pool_size=2))
+            made.append(PgQueue(state_url, max_receive_count=max_receive_count, pool_size=2))
             return made[-1]
 
         harness = Harness(kind, new_driver(), _pg_expire(state_url), lambda: None, new_driver)
@@ -101,7 +103,9 @@ def open_harness(kind: str, request: pytest.FixtureRequest) -> Iterator[Harness]
 
         def new_driver() -> QueueDriver:
             made.append(
-                SqsQueue(max_receive_count=MAX_RECEIVES, queue_prefix=prefix, endpoint_url=endpoint)
+                SqsQueue(
+                    max_receive_count=max_receive_count, queue_prefix=prefix, endpoint_url=endpoint
+                )
             )
             return made[-1]
 
@@ -238,7 +242,7 @@ def test_ack_batch_skips_and_reports_stale(qh: Harness) -> None:
     assert d.ack_batch([a, b, c]) == [b]
     stats = d.stats("q")
     assert (stats.depth, stats.in_flight) == (0, 1)
-    assert d.ack_batch([b2]) == []
+    assert d.ack_batch([b, b2]) == [b]  # same message, old and current receipt
     assert d.stats("q").in_flight == 0
 
 
@@ -266,7 +270,11 @@ def test_poison_message_is_dead_lettered_with_reason_and_error(qh: Harness) -> N
     qh.settle()
     assert d.receive("q", 10, visibility_timeout=VIS) == []
     (dead,) = d.list_dead("q")
-    assert (dead.message_id, dead.payload, dead.reason) == (mid, {"poison": True}, "max_receive_count")
+    assert (dead.message_id, dead.payload, dead.reason) == (
+        mid,
+        {"poison": True},
+        "max_receive_count",
+    )
     assert dead.last_error == f"boom {MAX_RECEIVES}"
     assert dead.receive_count == MAX_RECEIVES
     stats = d.stats("q")
@@ -288,7 +296,11 @@ def test_crashing_consumer_dead_letters_on_next_receive(qh: Harness) -> None:
     qh.expire(m)
     assert d.receive("q", 10, visibility_timeout=VIS) == []
     (dead,) = d.list_dead("q")
-    assert (dead.message_id, dead.reason, dead.receive_count) == (mid, "max_receive_count", MAX_RECEIVES)
+    assert (dead.message_id, dead.reason, dead.receive_count) == (
+        mid,
+        "max_receive_count",
+        MAX_RECEIVES,
+    )
     assert dead.last_error == ("first failure" if qh.keeps_error_on_redrive else None)
     with pytest.raises(StaleReceipt):
         d.ack(m)
@@ -395,7 +407,7 @@ def test_dead_letters_replay_and_purge(qh: Harness) -> None:
 def test_factory_picks_the_configured_driver(
     queue_state_url: str, moto_server_url: str, tmp_path: Path
 ) -> None:
-    settings = Settings(home=tmp_path, max_receive_count=4)
+    settings = load_settings(home=tmp_path, max_receive_count=4)
     pg = make_queue_driver(settings, queue_state_url)
     try:
         assert isinstance(pg, PgQueue) and pg.max_receive_count == 4

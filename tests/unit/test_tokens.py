@@ -62,6 +62,8 @@ def test_task_token_round_trip(cfg: Settings) -> None:
     claims = verify_task_token(cfg, token)
     assert (claims.task_id, claims.attempt, claims.datasets) == (TASK_ID, 3, (PIN,))
     assert claims.expires_at - int(time.time()) <= 60
+    as_mapping = issue_task_token(cfg, TASK_ID, 3, [PIN.model_dump(mode="json")])
+    assert verify_task_token(cfg, as_mapping).datasets == (PIN,)
 
 
 def test_audiences_do_not_mix(cfg: Settings) -> None:

@@ -193,7 +193,8 @@ def stage_parquet_files(
     return schema, tuple(staged)
 
 
-def _lock_version(conn: Connection[Any], dataset_version: uuid.UUID) -> None:
+def lock_version(conn: Connection[Any], dataset_version: uuid.UUID) -> None:
+    """Serialise writers of one version until the caller's transaction ends (advisory lock)."""
     conn.execute(q("datasets", "lock_version"), {"dataset_version": dataset_version})
 
 
@@ -239,7 +240,7 @@ def register_version(
     (``newly_registered=False``); any difference raises ``DatasetConflict`` and the caller's
     transaction must roll back. Call inside the transaction that also completes the task.
     """
-    _lock_version(conn, manifest.dataset_version)
+    lock_version(conn, manifest.dataset_version)
     _ensure_dataset(conn, manifest, org_id)
     params = {
         "dataset_version": manifest.dataset_version,
@@ -318,7 +319,7 @@ def commit_dataset_version(
     prefix = staged.prefix
     with conn.transaction():
         fence(conn, lease)
-        _lock_version(conn, manifest.dataset_version)
+        lock_version(conn, manifest.dataset_version)
         existing = get_version(conn, manifest.dataset_version)
         if existing is None:
             publish_objects(store, staged, manifest)

@@ -24,7 +24,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import httpx
 from psycopg import Connection
 
 from trace_core import outbox
@@ -40,14 +39,15 @@ from trace_core.hot.tables import (
     hot_tip,
     rows_from_rpc,
     stored_hashes,
-    write_hot_block,
+    write_blocks,
 )
+from trace_core.rpc import RpcClient
 from trace_core.settings import Settings
 
 log = logging.getLogger(__name__)
 
 DATASET_EVENTS = "dataset_events"
-DEFAULT_BATCH_SIZE = 25
+DEFAULT_BATCH_SIZE = 50
 MAX_REORG_ROUNDS = 8
 
 
@@ -55,7 +55,11 @@ MAX_REORG_ROUNDS = 8
 
 
 class BlockSource(Protocol):
-    """What the follower needs from a node. ``get_block`` returns None past the head."""
+    """What the follower needs from a node.
+
+    ``get_blocks(first, last)`` returns ``(block with full txs, receipts)`` pairs for
+    consecutive blocks from ``first``, stopping before the first block the node lacks.
+    """
 
     def chain_id(self) -> int: ...
 
@@ -63,102 +67,73 @@ class BlockSource(Protocol):
 
     def block_hash(self, number: int) -> bytes | None: ...
 
-    def get_block(
-        self, number: int
-    ) -> tuple[Mapping[str, Any], list[Mapping[str, Any]]] | None: ...
+    def get_blocks(
+        self, first: int, last: int
+    ) -> list[tuple[Mapping[str, Any], list[Mapping[str, Any]]]]: ...
 
     def close(self) -> None: ...
 
 
 class RpcBlockSource:
-    """``BlockSource`` over HTTP JSON-RPC (httpx, bounded timeouts).
+    """``BlockSource`` over ``trace_core.rpc.RpcClient`` (httpx, bounded timeouts).
 
-    Receipts come from ``eth_getBlockReceipts`` (one request per block, batched with the
-    block itself); nodes without it fall back to ``eth_getTransactionReceipt`` per tx.
-    The URL is a secret: errors name the method, never the URL.
+    A batch of blocks is one JSON-RPC batch request: ``eth_getBlockByNumber(n, true)`` and
+    ``eth_getBlockReceipts(n)`` per block. Nodes without ``eth_getBlockReceipts`` fall back to
+    ``eth_getTransactionReceipt`` per transaction. The URL never appears in errors.
     """
 
-    def __init__(self, url: str, *, timeout: float = 10.0) -> None:
-        self._client = httpx.Client(timeout=httpx.Timeout(timeout, connect=5.0))
-        self._url = url
+    def __init__(self, url: str, *, label: str = "block_follower", timeout: float = 10.0) -> None:
+        self.rpc = RpcClient(url, label=label, timeout=timeout)
         self._has_block_receipts = True
-        self._next_id = 0
-
-    def _post(self, body: Any) -> Any:
-        try:
-            resp = self._client.post(self._url, json=body)
-            resp.raise_for_status()
-            return resp.json()
-        except httpx.HTTPError as exc:
-            raise RpcError(f"JSON-RPC transport error: {type(exc).__name__}") from exc
-        except ValueError as exc:
-            raise RpcError("JSON-RPC reply is not JSON") from exc
-
-    def _request(self, method: str, params: Sequence[Any]) -> dict[str, Any]:
-        self._next_id += 1
-        return {"jsonrpc": "2.0", "id": self._next_id, "method": method, "params": list(params)}
-
-    @staticmethod
-    def _result(reply: Any, method: str) -> Any:
-        if not isinstance(reply, dict):
-            raise RpcError(f"{method}: malformed JSON-RPC reply")
-        if "error" in reply:
-            err = reply["error"] or {}
-            raise RpcError(
-                f"{method}: {err.get('message', err)}", rpc_code=err.get("code"), method=method
-            )
-        return reply.get("result")
-
-    def call(self, method: str, *params: Any) -> Any:
-        return self._result(self._post(self._request(method, params)), method)
-
-    def batch(self, calls: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
-        """Several calls in one HTTP request; replies are matched by id. Raises on any error."""
-        reqs = [self._request(m, p) for m, p in calls]
-        replies = self._post(reqs)
-        if not isinstance(replies, list):
-            replies = [replies]
-        by_id = {r.get("id"): r for r in replies if isinstance(r, dict)}
-        return [self._result(by_id.get(req["id"]), req["method"]) for req in reqs]
 
     def chain_id(self) -> int:
-        return int(self.call("eth_chainId"), 16)
+        return self.rpc.chain_id()
 
     def block_number(self) -> int:
-        return int(self.call("eth_blockNumber"), 16)
+        return self.rpc.block_number()
 
     def block_hash(self, number: int) -> bytes | None:
-        block = self.call("eth_getBlockByNumber", hex(number), False)
-        return None if block is None else bytes.fromhex(block["hash"][2:])
+        block = self.rpc.get_block_by_number(number, False)
+        return None if block is None else bytes.fromhex(str(block["hash"])[2:])
 
-    def get_block(self, number: int) -> tuple[Mapping[str, Any], list[Mapping[str, Any]]] | None:
+    def get_blocks(
+        self, first: int, last: int
+    ) -> list[tuple[Mapping[str, Any], list[Mapping[str, Any]]]]:
+        numbers = range(first, last + 1)
         if self._has_block_receipts:
+            calls: list[tuple[str, Sequence[Any]]] = []
+            for n in numbers:
+                calls += [
+                    ("eth_getBlockByNumber", [hex(n), True]),
+                    ("eth_getBlockReceipts", [hex(n)]),
+                ]
             try:
-                block, receipts = self.batch(
-                    [
-                        ("eth_getBlockByNumber", [hex(number), True]),
-                        ("eth_getBlockReceipts", [hex(number)]),
-                    ]
-                )
+                replies = self.rpc.batch(calls)
             except RpcError as exc:
                 if exc.fields.get("rpc_code") != -32601:
                     raise
+                log.info("node lacks eth_getBlockReceipts; using per-transaction receipts")
                 self._has_block_receipts = False
             else:
-                if block is None:
-                    return None
-                return block, list(receipts or [])
-        block = self.call("eth_getBlockByNumber", hex(number), True)
-        if block is None:
-            return None
-        txs = block.get("transactions") or []
-        receipts = (
-            self.batch([("eth_getTransactionReceipt", [t["hash"]]) for t in txs]) if txs else []
-        )
-        return block, [r for r in receipts if r is not None]
+                out = []
+                for block, receipts in zip(replies[0::2], replies[1::2], strict=True):
+                    if block is None:
+                        break
+                    out.append((block, list(receipts or [])))
+                return out
+        out = []
+        for n in numbers:
+            block = self.rpc.get_block_by_number(n, True)
+            if block is None:
+                break
+            txs = block.get("transactions") or []
+            calls = [("eth_getTransactionReceipt", [t["hash"]]) for t in txs]
+            receipts = self.rpc.batch(calls) if calls else []
+            out.append((block, [r for r in receipts if r is not None]))
+        return out
 
     def close(self) -> None:
-        self._client.close()
+        self.rpc.close()
 
 
 # --- state: cursor, lock, events ---------------------------------------------------------
@@ -344,9 +319,7 @@ class _Follower:
             last = min(head, next_block + min(self.batch_size, max_blocks - ingested) - 1)
             blocks, complete = self._fetch(next_block, last, None if tip is None else tip.hash)
             if blocks:
-                with self.data.transaction():
-                    for hb in blocks:
-                        write_hot_block(self.data, self.chain_id, hb)
+                write_blocks(self.data, self.chain_id, blocks)
                 tip = _Tip(blocks[-1].number, blocks[-1].hash)
                 cursor = self._commit(cursor, tip, first=blocks[0].number)
                 ingested += len(blocks)
@@ -407,32 +380,18 @@ class _Follower:
         return _Tip(ancestor.number, ancestor.hash), depth
 
     def _fetch(self, first: int, last: int, parent: bytes | None) -> tuple[list[HotBlock], bool]:
-        """Blocks ``first..last`` chained by parent hash; stops early at a break in the chain.
+        """Blocks ``first..last`` chained by parent hash. Returns (blocks, complete).
 
-        Returns (blocks, complete). A parent-hash break drops the whole batch (its blocks may
-        be orphaned). An RPC failure after some blocks were fetched returns those (they are
-        consistent); the failure recurs, and is raised, on the next fetch.
+        Fewer blocks than asked (the node lacks the rest) is ``complete=False``. A parent-hash
+        break drops the whole batch (its blocks may be orphaned); the next round repairs.
         """
         out: list[HotBlock] = []
-        for n in range(first, last + 1):
-            try:
-                got = self.source.get_block(n)
-            except RpcError:
-                if not out:
-                    raise
-                log.warning(
-                    "RPC failed mid-batch; committing the blocks fetched",
-                    extra={"chain_id": self.chain_id, "block": n},
-                )
-                return out, False
-            if got is None:
-                return out, False
-            block, receipts = got
+        for block, receipts in self.source.get_blocks(first, last):
+            n = first + len(out)
             if hex_int(block.get("number")) != n:
                 raise RpcError(f"asked for block {n}, node returned {block.get('number')}")
             hb = rows_from_rpc(self.chain_id, block, receipts)
             if parent is not None and hb.parent_hash != parent:
-                # the block before this one is orphaned: drop the batch, the next round repairs
                 log.info(
                     "parent hash mismatch: reorg under way",
                     extra={"chain_id": self.chain_id, "block": n},
@@ -440,7 +399,7 @@ class _Follower:
                 return [], False
             out.append(hb)
             parent = hb.hash
-        return out, True
+        return out, len(out) == last - first + 1
 
     def _commit(
         self, cursor: Cursor | None, tip: _Tip, *, reorg_depth: int = 0, first: int | None = None

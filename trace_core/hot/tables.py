@@ -312,26 +312,46 @@ def write_block(
     re-delivered block changes nothing. Rows of a *different* block at the same height (left
     by a reorg) are deleted first. Returns True when rows were inserted or replaced.
     """
-    number = int(block["block_number"])
-    params = {"chain_id": chain_id, "block_number": number, "block_hash": block["block_hash"]}
-    with conn.transaction():
-        replaced = 0
+    hb = HotBlock(dict(block), [dict(t) for t in txs], [dict(lg) for lg in logs])
+    return write_blocks(conn, chain_id, [hb]) > 0
+
+
+def write_blocks(conn: Connection[Any], chain_id: int, blocks: Sequence[HotBlock]) -> int:
+    """``write_block`` for many blocks in one transaction with a few statements.
+
+    Returns the number of rows deleted (replaced) plus block rows inserted; 0 means nothing
+    changed.
+    """
+    if not blocks:
+        return 0
+    heights = {
+        "chain_id": chain_id,
+        "numbers": [hb.number for hb in blocks],
+        "hashes": [hb.hash for hb in blocks],
+    }
+    changed = 0
+    with conn.transaction(), conn.cursor() as cur:
         for dataset in HOT_DATASETS:
-            cur = conn.execute(q("hot", f"delete_other_{dataset}"), params)
-            replaced += cur.rowcount
-        cur = conn.execute(_INSERTS["blocks"], {**block, "chain_id": chain_id})
-        inserted = cur.rowcount
-        with conn.cursor() as c:
-            if txs:
-                c.executemany(_INSERTS["transactions"], [{**t, "chain_id": chain_id} for t in txs])
-            if logs:
-                c.executemany(_INSERTS["logs"], [{**lg, "chain_id": chain_id} for lg in logs])
-    return bool(replaced or inserted)
+            cur.execute(q("hot", f"delete_other_{dataset}"), heights)
+            changed += cur.rowcount
+        for dataset, rows in (
+            ("blocks", [hb.block for hb in blocks]),
+            ("transactions", [t for hb in blocks for t in hb.txs]),
+            ("logs", [lg for hb in blocks for lg in hb.logs]),
+        ):
+            if not rows:
+                continue
+            cur.executemany(
+                _INSERTS[dataset], [{**r, "chain_id": chain_id} for r in rows], returning=False
+            )
+            if dataset == "blocks":
+                changed += max(cur.rowcount, 0)
+    return changed
 
 
 def write_hot_block(conn: Connection[Any], chain_id: int, hb: HotBlock) -> bool:
     """``write_block`` for a ``HotBlock``."""
-    return write_block(conn, chain_id, hb.block, hb.txs, hb.logs)
+    return write_blocks(conn, chain_id, [hb]) > 0
 
 
 # --- reads -------------------------------------------------------------------------------

@@ -12,6 +12,8 @@ StaleAttempt (nothing committed).
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import hashlib
 import logging
 import re
@@ -99,8 +101,10 @@ CRYO_OPTIONS: frozenset[str] = frozenset(
     }
 )  # fmt: skip
 DEFAULT_CHUNK_SIZE = 1000
+# cryo names files {network}__{dataset}__{first:08}_to_{last:08}.parquet (network: "ethereum"
+# for chain 1, "network_{chain_id}" for chains it does not know).
 _FILE_RANGE = re.compile(
-    r"^network_(?P<net>[^_]+)__(?P<ds>[a-z0-9_]+)__(?P<a>\d+)_to_(?P<b>\d+)\.parquet$"
+    r"^(?P<net>[a-z0-9_]+?)__(?P<ds>[a-z0-9_]+)__(?P<a>\d+)_to_(?P<b>\d+)\.parquet$"
 )
 
 
@@ -302,14 +306,27 @@ def _chunks(start: int, end: int, size: int) -> list[tuple[int, int]]:
     return [(a, min(a + size, end)) for a in range(start, end, size)]
 
 
+def freeze(dataset: str, **kwargs: Any) -> dict[str, Any] | None:
+    """``cryo.freeze`` without its leak: run ``cryo.async_freeze`` on a private event loop in
+    a private thread (safe inside a caller's running loop) and close the loop afterwards.
+
+    ``cryo.freeze`` leaves one unclosed event loop (and its socket pair) per call.
+    """
+    import cryo
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="cryo") as pool:
+        result: dict[str, Any] | None = pool.submit(
+            asyncio.run, cryo.async_freeze(dataset, **kwargs)
+        ).result()
+    return result
+
+
 def extract_real(p: CryoIngestPayload, url: str, out_dir: Path, settings: Settings) -> None:
     """Probe the RPC, then ``cryo.freeze`` the range into ``out_dir``.
 
     Raises ``RpcError`` (unreachable), ``ChainMismatch``, ``CoverageError`` (range past the
     head) or ``CryoFailed`` (cryo raised or reported errored chunks).
     """
-    import cryo
-
     label = f"pool {p.rpc_pool}"
     with RpcClient(url, label=label, timeout=settings.rpc_timeout_seconds) as rpc:
         served = rpc.chain_id()
@@ -321,7 +338,7 @@ def extract_real(p: CryoIngestPayload, url: str, out_dir: Path, settings: Settin
             f"range [{p.range_start}, {p.range_end}) ends past the head {head} of {label}"
         )
     try:
-        summary = cryo.freeze(
+        summary = freeze(
             p.cryo_dataset_name,
             blocks=[f"{p.range_start}:{p.range_end}"],
             rpc=url,
@@ -329,9 +346,7 @@ def extract_real(p: CryoIngestPayload, url: str, out_dir: Path, settings: Settin
             verbose=False,  # cryo's parse_cli_args turns verbose into no_verbose
             **{"chunk_size": p.chunk_size, **p.cryo_options},
         )
-    except (
-        Exception
-    ) as exc:  # the binding raises bare TypeError('failed'); its text never has the URL
+    except Exception as exc:  # the binding raises a bare TypeError('failed'); never the URL
         raise CryoFailed(
             f"cryo {p.cryo_dataset_name} failed on {label}: {type(exc).__name__}"
         ) from exc

@@ -22,11 +22,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import anyio
 import httpx
-from psycopg_pool import ConnectionPool
+import psycopg
+from psycopg_pool import ConnectionPool, PoolTimeout
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -39,6 +40,7 @@ from trace_core.errors import (
     QueryError,
     QueryFailed,
     QueryTimeout,
+    RetryableError,
     SqlRejected,
     StorageError,
     TokenInvalid,
@@ -57,7 +59,14 @@ from trace_core.query.attach import (
     user_versions,
 )
 from trace_core.query.audit import AuditRecord, Outcome, write_audit
-from trace_core.query.engine import EngineConfig, ResultLimits, S3Access, Workdir, execute
+from trace_core.query.engine import (
+    EngineConfig,
+    ResultLimits,
+    S3Access,
+    SandboxPool,
+    Workdir,
+    execute,
+)
 from trace_core.query.export import export_result, json_rows
 from trace_core.query.gate import sql_fingerprint, validate_sql
 from trace_core.query.tokens import (
@@ -67,6 +76,7 @@ from trace_core.query.tokens import (
     verify_user_token,
 )
 from trace_core.settings import Settings
+from trace_core.storage.base import ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +93,12 @@ _STATUS: list[tuple[type[Exception], int]] = [
     (QueryFailed, 400),
     (StorageError, 503),
 ]
-_CODE_STATUS = {"sql_too_large": 413, "job_not_found": 404, "storage_unavailable": 503}
+_CODE_STATUS = {
+    "sql_too_large": 413,
+    "job_not_found": 404,
+    "storage_unavailable": 503,
+    "execution_failed": 500,
+}
 
 
 class QueryRequest(BaseModel):
@@ -96,13 +111,16 @@ class QueryRequest(BaseModel):
 
 
 def status_of(exc: TraceError) -> int:
-    """HTTP status of a refused or failed query (400 when nothing more specific fits)."""
+    """HTTP status of a refused or failed query: a ``QueryError`` is the client's (4xx) unless
+    its code says otherwise; any other Trace error is the service's (503 retryable, else 500)."""
     if exc.code in _CODE_STATUS:
         return _CODE_STATUS[exc.code]
     for cls, status in _STATUS:
         if isinstance(exc, cls):
             return status
-    return 400
+    if isinstance(exc, QueryError):
+        return 400
+    return 503 if isinstance(exc, RetryableError) else 500
 
 
 def error_body(code: str, message: str) -> dict[str, Any]:
@@ -139,7 +157,7 @@ class QueryService:
         self,
         settings: Settings,
         dbs: Databases,
-        store: Any,
+        store: ObjectStore,
         *,
         hot_sources: HotSourceResolver | Literal["data"] | None = "data",
         gate: bool = True,
@@ -163,12 +181,15 @@ class QueryService:
             else None
         )
         self.engine = EngineConfig.from_settings(settings, s3)
+        self.sandboxes = SandboxPool(self.engine)
 
     def open(self) -> None:
         self.state.open(wait=True)
         self.data.open(wait=True)
+        self.sandboxes.start()
 
     def close(self) -> None:
+        self.sandboxes.stop()
         self.state.close()
         self.data.close()
 
@@ -219,7 +240,9 @@ class QueryService:
         workdir = Workdir(self.engine.work_root)
         try:
             run.executed = True
-            result = execute(request.sql, run.relations, self.engine, limits, workdir.path)
+            result = execute(
+                request.sql, run.relations, self.engine, limits, workdir, self.sandboxes
+            )
             run.rows, run.bytes = result.row_count, result.bytes
             export = None
             if result.spool is not None:
@@ -335,7 +358,7 @@ def _parse(body: bytes) -> QueryRequest:
 def create_app(
     settings: Settings,
     dbs: Databases,
-    store: Any,
+    store: ObjectStore,
     *,
     hot_sources: HotSourceResolver | Literal["data"] | None = "data",
     gate: bool = True,
@@ -347,11 +370,11 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await anyio.to_thread.run_sync(service.open)
+        await run_in_threadpool(service.open)
         try:
             yield
         finally:
-            await anyio.to_thread.run_sync(service.close)
+            await run_in_threadpool(service.close)
 
     async def user_query(request: Request) -> JSONResponse:
         return await _answer(service, "user", request)
@@ -361,9 +384,10 @@ def create_app(
 
     async def healthz(request: Request) -> JSONResponse:
         try:
-            ok = await anyio.to_thread.run_sync(service.healthy)
-        except TraceError as exc:
-            return JSONResponse(error_body(exc.code, "state database unavailable"), status_code=503)
+            ok = await run_in_threadpool(service.healthy)
+        except (TraceError, psycopg.Error, PoolTimeout):
+            body = error_body("state_unavailable", "state database unavailable")
+            return JSONResponse(body, status_code=503)
         return JSONResponse({"status": "ok" if ok else "degraded"}, status_code=200 if ok else 503)
 
     app = Starlette(
@@ -383,11 +407,15 @@ async def _answer(
 ) -> JSONResponse:
     try:
         body = await _read_body(request)
-        payload = await anyio.to_thread.run_sync(
+        payload = await run_in_threadpool(
             service.handle, kind, request.headers.get("authorization"), body
         )
     except TraceError as exc:
-        return JSONResponse(error_body(exc.code, exc.message), status_code=status_of(exc))
+        status = status_of(exc)
+        if not isinstance(exc, QueryError | StorageError):
+            log.error("query service error", extra={"error_code": exc.code, "status": status})
+        message = exc.message if isinstance(exc, QueryError) else "service unavailable"
+        return JSONResponse(error_body(exc.code, message), status_code=status)
     except Exception:  # translated into a 500; details go to the log, never to the client
         log.exception("query service internal error")
         return JSONResponse(error_body("internal", "internal error"), status_code=500)

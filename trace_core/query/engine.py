@@ -13,17 +13,20 @@ Trusted code builds everything before untrusted SQL runs:
 5. ``allowed_paths`` = those files, ``enable_external_access=false``,
    ``lock_configuration=true``.
 
-Only then does the user SQL run, under a wall-clock timer that interrupts it
+Only then does the user SQL run, under a wall-clock watchdog that interrupts it
 (``QueryTimeout``). With the gate switched off the sandbox alone still refuses other files,
 URLs, ATTACH, COPY, INSTALL/LOAD and SET. SQL is never logged.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import queue
 import shutil
-import tempfile
 import threading
+import time
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,14 +136,20 @@ class QueryResult:
 
 
 class Workdir:
-    """A private (0700) per-query directory for spills and spooled results."""
+    """Per-query paths under a private (0700) root: a spill directory DuckDB creates only if
+    it spills, and a spool file written only for exported results."""
 
     def __init__(self, root: Path) -> None:
-        root.mkdir(parents=True, exist_ok=True)
-        self.path = Path(tempfile.mkdtemp(prefix="q-", dir=root))
+        if not root.is_dir():
+            root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        name = uuid.uuid4().hex
+        self.spill = root / name
+        self.spool = root / f"{name}.parquet"
 
     def cleanup(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
+        if self.spill.exists():
+            shutil.rmtree(self.spill, ignore_errors=True)
+        self.spool.unlink(missing_ok=True)
 
 
 # --- extensions --------------------------------------------------------------------------
@@ -151,7 +160,8 @@ _ext_ready: set[tuple[str, Path]] = set()
 
 def ensure_extension(name: str, extension_dir: Path) -> None:
     """Install ``name`` from its wheel into ``extension_dir`` and verify its signature by a
-    signed LOAD, once per process. Per-query loads then skip the (slow) signature check."""
+    signed LOAD, once per process. Sandboxes then load it without the slow signature check
+    (``allow_unsigned_extensions``); LOAD is impossible for user SQL once they are locked."""
     import duckdb_extensions
 
     with _ext_lock:
@@ -176,50 +186,115 @@ def _base_config(extension_dir: Path) -> dict[str, Any]:
     }
 
 
-# --- the sandbox -------------------------------------------------------------------------
-
-
-def open_sandbox(
-    relations: Sequence[Relation], config: EngineConfig, workdir: Path
-) -> duckdb.DuckDBPyConnection:
-    """A locked-down connection where exactly ``relations`` exist as views."""
-    files = [uri for rel in relations for uri in rel.files]
-    needs_s3 = any(uri.startswith("s3://") for uri in files)
-    needs_pg = any(rel.hot and rel.files for rel in relations)
-    extensions = (["httpfs"] if needs_s3 else []) + (["postgres_scanner"] if needs_pg else [])
-    for name in extensions:
-        ensure_extension(name, config.extension_dir)
-    spill = workdir / "spill"
-    spill.mkdir(mode=0o700, exist_ok=True)
+def new_instance(config: EngineConfig) -> duckdb.DuckDBPyConnection:
+    """A fresh in-memory DuckDB with the sandbox's resource limits (not yet locked)."""
+    if config.s3 is not None:
+        ensure_extension("httpfs", config.extension_dir)
     con = duckdb.connect(
         ":memory:",
         config={
             **_base_config(config.extension_dir),
-            "allow_unsigned_extensions": bool(extensions),
+            "allow_unsigned_extensions": True,
             "memory_limit": config.memory_limit,
             "threads": config.threads,
-            "temp_directory": str(spill),
         },
     )
-    try:
-        for name in extensions:
-            con.execute(f"LOAD {name}")
-        if needs_s3:
-            _create_s3_secret(con, config.s3)
-        hot_tables = _copy_hot_rows(con, relations) if needs_pg else {}
-        for rel in relations:
-            if not rel.files:
-                continue
-            parts = [f"SELECT * FROM read_parquet({_list(rel.files)})"]
-            parts += [f"SELECT * FROM {_ident(t)}" for t in hot_tables.get(rel.name, [])]
-            con.execute(f"CREATE TEMP VIEW {_ident(rel.name)} AS " + " UNION ALL ".join(parts))
-        con.execute(f"SET allowed_paths = {_list(files)}")
-        con.execute("SET enable_external_access = false")
-        con.execute("SET lock_configuration = true")
-    except BaseException:
-        con.close()
-        raise
+    if config.s3 is not None:
+        con.execute("LOAD httpfs")
     return con
+
+
+class SandboxPool:
+    """Fresh, never-used DuckDB instances made ahead of time, and closed afterwards, on a
+    background thread: creating one costs ~10 ms that a query should not wait for. Every
+    instance serves exactly one query."""
+
+    def __init__(self, config: EngineConfig, spare: int = 2) -> None:
+        self.config = config
+        self._ready: queue.Queue[duckdb.DuckDBPyConnection] = queue.Queue(maxsize=spare)
+        self._done: queue.Queue[duckdb.DuckDBPyConnection] = queue.Queue()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="duckdb-sandbox-pool", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+        for q in (self._ready, self._done):
+            while not q.empty():
+                q.get_nowait().close()
+
+    def take(self) -> duckdb.DuckDBPyConnection:
+        """A prepared instance, or a new one when none is ready."""
+        try:
+            return self._ready.get_nowait()
+        except queue.Empty:
+            return new_instance(self.config)
+
+    def discard(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Close a used instance off the request path, then refill (refilling while a query
+        runs would take CPU from it)."""
+        if self._thread is None:
+            con.close()
+            return
+        self._done.put(con)
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            while not self._done.empty():
+                self._done.get_nowait().close()
+            if self._ready.full():
+                self._wake.wait(timeout=1.0)
+                self._wake.clear()
+                continue
+            try:
+                self._ready.put_nowait(new_instance(self.config))
+            except duckdb.Error:
+                log.exception("could not prepare a DuckDB sandbox")
+                self._stop.wait(timeout=1.0)
+
+
+# --- the sandbox -------------------------------------------------------------------------
+
+
+def open_sandbox(
+    con: duckdb.DuckDBPyConnection,
+    relations: Sequence[Relation],
+    config: EngineConfig,
+    workdir: Workdir,
+) -> None:
+    """Make ``con`` (a fresh instance) a locked sandbox where exactly ``relations`` exist."""
+    files = [uri for rel in relations for uri in rel.files]
+    needs_s3 = any(uri.startswith("s3://") for uri in files)
+    needs_pg = any(rel.hot and rel.files for rel in relations)
+    if needs_s3:
+        ensure_extension("httpfs", config.extension_dir)
+        con.execute("LOAD httpfs")
+        _create_s3_secret(con, config.s3)
+    hot_tables: dict[str, list[str]] = {}
+    if needs_pg:
+        ensure_extension("postgres_scanner", config.extension_dir)
+        con.execute("LOAD postgres_scanner")
+        hot_tables = _copy_hot_rows(con, relations)
+    for rel in relations:
+        if not rel.files:
+            continue
+        parts = [f"SELECT * FROM read_parquet({_list(rel.files)})"]
+        parts += [f"SELECT * FROM {_ident(t)}" for t in hot_tables.get(rel.name, [])]
+        con.execute(f"CREATE TEMP VIEW {_ident(rel.name)} AS " + " UNION ALL ".join(parts))
+    con.execute(f"SET temp_directory = {_lit(str(workdir.spill))}")
+    con.execute(f"SET allowed_paths = {_list(files)}")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
 
 
 def _create_s3_secret(con: duckdb.DuckDBPyConnection, s3: S3Access | None) -> None:
@@ -238,7 +313,7 @@ def _create_s3_secret(con: duckdb.DuckDBPyConnection, s3: S3Access | None) -> No
         opts += [f"KEY_ID {_lit(s3.key_id)}", f"SECRET {_lit(s3.secret)}"]
     if s3.session_token:
         opts.append(f"SESSION_TOKEN {_lit(s3.session_token)}")
-    con.execute(f"CREATE TEMP SECRET trace_s3 (TYPE s3, {', '.join(opts)})")
+    con.execute(f"CREATE TEMPORARY SECRET trace_s3 (TYPE s3, {', '.join(opts)})")
 
 
 def _copy_hot_rows(
@@ -304,35 +379,82 @@ def _list(items: Sequence[str]) -> str:
 # --- running -----------------------------------------------------------------------------
 
 
+class _Watchdog:
+    """One daemon thread that interrupts connections past their deadline (a Timer per query
+    would start a thread per query)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._watched: dict[int, tuple[float, duckdb.DuckDBPyConnection]] = {}
+        self._ids = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, con: duckdb.DuckDBPyConnection, seconds: float) -> int:
+        with self._cond:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._loop, name="duckdb-watchdog", daemon=True
+                )
+                self._thread.start()
+            ident = next(self._ids)
+            self._watched[ident] = (time.monotonic() + seconds, con)
+            self._cond.notify()
+            return ident
+
+    def cancel(self, ident: int) -> None:
+        with self._cond:
+            self._watched.pop(ident, None)
+
+    def _loop(self) -> None:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                for ident, (deadline, con) in list(self._watched.items()):
+                    if deadline <= now:
+                        del self._watched[ident]
+                        try:
+                            con.interrupt()
+                        except duckdb.Error:  # closed meanwhile: nothing left to stop
+                            log.debug("interrupt of a finished query skipped")
+                nearest = min((d for d, _ in self._watched.values()), default=now + 60)
+                self._cond.wait(timeout=max(0.0, nearest - now))
+
+
+_watchdog = _Watchdog()
+
+
 def execute(
     sql: str,
     relations: Sequence[Relation],
     config: EngineConfig,
     limits: ResultLimits,
-    workdir: Path,
+    workdir: Workdir,
+    pool: SandboxPool | None = None,
 ) -> QueryResult:
     """Run already-gated SQL over ``relations`` in a fresh sandbox.
 
     Raises ``QueryTimeout`` (wall clock), ``TooLarge`` (memory limit), ``AccessDenied`` (the
     sandbox refused a read) or ``QueryFailed`` (the SQL is wrong for the data).
     """
-    con = open_sandbox(relations, config, workdir)
-    timer = threading.Timer(config.timeout_seconds, con.interrupt)
-    timer.daemon = True
-    timer.start()
+    con = pool.take() if pool else new_instance(config)
+    watch = _watchdog.watch(con, config.timeout_seconds)
     try:
+        open_sandbox(con, relations, config, workdir)
         return _collect(con, sql, limits, workdir)
     except duckdb.InterruptException as exc:
         raise QueryTimeout(f"query exceeded {config.timeout_seconds:g} s") from exc
     except duckdb.Error as exc:
         raise _translate(exc) from exc
     finally:
-        timer.cancel()
-        con.close()
+        _watchdog.cancel(watch)
+        if pool:
+            pool.discard(con)
+        else:
+            con.close()
 
 
 def _collect(
-    con: duckdb.DuckDBPyConnection, sql: str, limits: ResultLimits, workdir: Path
+    con: duckdb.DuckDBPyConnection, sql: str, limits: ResultLimits, workdir: Workdir
 ) -> QueryResult:
     cursor = con.execute(sql)
     if cursor.description is None:
@@ -351,7 +473,7 @@ def _collect(
             if writer is None and (
                 result.row_count > limits.inline_rows or result.bytes > limits.inline_bytes
             ):
-                result.spool = workdir / "result.parquet"
+                result.spool = workdir.spool
                 writer = pq.ParquetWriter(result.spool, reader.schema)
                 for held in result.batches:
                     writer.write_batch(held)
@@ -384,6 +506,9 @@ def _translate(exc: duckdb.Error) -> QueryError:
         return AccessDenied(
             "the query tried to reach data outside its grant", code="sandbox_refused"
         )
+    if isinstance(exc, duckdb.IOException):
+        log.warning("engine could not read its input", extra={"duckdb_error": type(exc).__name__})
+        return QueryError("dataset storage could not be read", code="storage_unavailable")
     if isinstance(exc, _USER_ERRORS):
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return QueryFailed(first[:300])

@@ -230,9 +230,11 @@ def _parse(sql: str) -> dict[str, Any]:
     if not isinstance(tree, dict):
         raise SqlRejected("sql_parse_error", "SQL could not be parsed")
     if tree.get("error"):
-        if "Only SELECT statements" in str(tree.get("error_message", "")):
+        detail = str(tree.get("error_message", "")).strip()
+        if "Only SELECT statements" in detail:
             raise SqlRejected("sql_not_select", "only a read-only SELECT query is allowed")
-        raise SqlRejected("sql_parse_error", "SQL could not be parsed")
+        first = detail.splitlines()[0][:200] if detail else ""
+        raise SqlRejected("sql_parse_error", f"SQL could not be parsed: {first}".rstrip(": "))
     return tree
 
 

@@ -23,7 +23,7 @@ import os
 import secrets
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -50,6 +50,15 @@ class DatasetPin(BaseModel):
     dataset_uuid: uuid.UUID
     dataset_version: uuid.UUID
     manifest_key: str
+
+    @classmethod
+    def of(cls, version: Any) -> DatasetPin:
+        """The pin of a registered version (e.g. a ``datasets.registry.VersionRecord``)."""
+        return cls(
+            dataset_uuid=version.dataset_uuid,
+            dataset_version=version.dataset_version,
+            manifest_key=version.manifest_key,
+        )
 
 
 @dataclass(frozen=True)
@@ -112,7 +121,21 @@ def load_keys(settings: Settings) -> dict[str, str]:
     return {kid: stored[kid] for kid in wanted}
 
 
+_cache: dict[Path, tuple[tuple[int, int], dict[str, str]]] = {}
+
+
 def _read_key_file(path: Path) -> dict[str, str]:
+    """The key file's contents, re-read only when its mtime or size changed."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read key file: {exc.strerror}", file=str(path)) from exc
+    stamp = (st.st_mtime_ns, st.st_size)
+    cached = _cache.get(path)
+    if cached is not None and cached[0] == stamp:
+        return dict(cached[1])
     try:
         text = path.read_text()
     except FileNotFoundError:
@@ -127,6 +150,7 @@ def _read_key_file(path: Path) -> dict[str, str]:
         isinstance(k, str) and isinstance(v, str) and v for k, v in data.items()
     ):
         raise ConfigError("key file must be a JSON object of {kid: secret}", file=str(path))
+    _cache[path] = (stamp, dict(data))
     return data
 
 
@@ -175,19 +199,20 @@ def issue_task_token(
     settings: Settings,
     task_id: uuid.UUID,
     attempt: int,
-    grants: Iterable[DatasetPin],
+    grants: Iterable[DatasetPin | Mapping[str, Any]],
     ttl: int | None = None,
     *,
     org_id: uuid.UUID | str | None = None,
     now: float | None = None,
 ) -> str:
-    """A capability token for one attempt of one task, pinned to ``grants``."""
+    """A capability token for one attempt of one task, pinned to ``grants`` (pins or
+    ``{dataset_uuid, dataset_version, manifest_key}`` mappings; ``DatasetPin.of(record)``)."""
     body = {
         "sub": f"task:{task_id}",
         "org_id": str(org_id or settings.org_id),
         "task_id": str(task_id),
         "attempt": attempt,
-        "datasets": [pin.model_dump(mode="json") for pin in grants],
+        "datasets": [DatasetPin.model_validate(pin).model_dump(mode="json") for pin in grants],
     }
     return _sign(settings, TASK_AUDIENCE, body, ttl or settings.task_token_ttl_seconds, now)
 

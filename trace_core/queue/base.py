@@ -5,6 +5,10 @@ Semantics (SQS-like): at-least-once, unordered. ``receive`` hides each returned 
 the current receipt, and a stale one (the message was redelivered since) raises
 ``StaleReceipt`` and changes nothing. A message received ``max_receive_count`` times and not
 acked is moved to the dead-letter store instead of being delivered again.
+
+Fencing strength differs: pgqueue checks receipts in the database (any process is fenced);
+SQS checks them only within one driver instance (see ``trace_core.queue.sqs``). Messages are
+wake-ups, so the task lease in Postgres, not the receipt, is what protects the work.
 """
 
 from __future__ import annotations
@@ -46,7 +50,9 @@ class QueueStats:
 
 @runtime_checkable
 class QueueDriver(Protocol):
-    def publish(self, queue: str, payload: Mapping[str, Any], *, delay_seconds: float = 0) -> str: ...
+    def publish(
+        self, queue: str, payload: Mapping[str, Any], *, delay_seconds: float = 0
+    ) -> str: ...
 
     def publish_batch(
         self, queue: str, payloads: Sequence[Mapping[str, Any]], *, delay_seconds: float = 0
@@ -69,7 +75,9 @@ class QueueDriver(Protocol):
 
     def extend(self, message: Message, visibility_timeout: float) -> None: ...
 
-    def nack(self, message: Message, *, delay_seconds: float = 0, error: str | None = None) -> None: ...
+    def nack(
+        self, message: Message, *, delay_seconds: float = 0, error: str | None = None
+    ) -> None: ...
 
     def stats(self, queue: str) -> QueueStats: ...
 

@@ -7,6 +7,10 @@ until ``now() + visibility_timeout`` (database clock). ``ack``/``extend``/``nack
 gone, raises ``StaleReceipt`` and changes nothing, from any process. A message already received
 ``max_receive_count`` times is moved to ``state.queue_dead`` (reason ``max_receive_count``,
 last error from its nacks) when it becomes due again, or at once when nacked at the limit.
+
+Durability: publishes and dead-letter admin commit durably. Consumer-side changes (receipts,
+acks, extends, nacks) commit with ``synchronous_commit=off``: a server crash may forget the
+last few, which only redelivers messages (at-least-once holds) and halves their cost.
 """
 
 from __future__ import annotations
@@ -25,25 +29,29 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from trace_core.db.connection import redact_url
 from trace_core.db.queries import q
-from trace_core.errors import QueueError, StaleReceipt
+from trace_core.errors import InvalidPayload, QueueError, StaleReceipt
 from trace_core.queue.base import DeadMessage, Message, QueueStats
 
 log = logging.getLogger(__name__)
 
-# Queue statements must walk the (queue_name, available_at) index in order; a bitmap scan of a
-# fresh table with stale statistics sorts the whole backlog on every receive.
-_DURABLE_OPTIONS = "-c enable_bitmapscan=off"
-_CONSUME_OPTIONS = "-c enable_bitmapscan=off -c synchronous_commit=off"
+# A queue table's statistics are always stale (it churns), and a prepared statement keeps the
+# generic plan made when the table was small: a sequential or bitmap scan that then sorts the
+# whole backlog on every receive. Queue statements always have an index path; force it.
+_PLANNER_OPTIONS = "-c enable_seqscan=off -c enable_bitmapscan=off"
+_DURABLE_OPTIONS = _PLANNER_OPTIONS
+_CONSUME_OPTIONS = f"{_PLANNER_OPTIONS} -c synchronous_commit=off"
 _POLL_FIRST_SECONDS = 0.01
 _POLL_MAX_SECONDS = 0.2
 _CONNECT_TIMEOUT_SECONDS = 10.0
 
 
 class PgQueue:
-    """QueueDriver on the state database through a pool of ``pool_size`` connections.
+    """QueueDriver on the state database.
 
-    ``open()`` (called by the first operation, or explicitly) opens the pool; ``close()``
-    closes it. Thread-safe: every call borrows one pooled connection in autocommit mode.
+    Two connection pools of up to ``pool_size`` each (publishing/admin, and consuming with
+    asynchronous commit). ``open()`` (called by the first operation, or explicitly) opens
+    them; ``close()`` closes them for good. Thread-safe: every call borrows one pooled
+    autocommit connection.
     """
 
     def __init__(self, state_url: str, *, max_receive_count: int, pool_size: int = 4) -> None:
@@ -70,7 +78,7 @@ class PgQueue:
             try:
                 self._pool.open(wait=True, timeout=_CONNECT_TIMEOUT_SECONDS)
                 self._consume_pool.open(wait=True, timeout=_CONNECT_TIMEOUT_SECONDS)
-            except PoolTimeout as exc:
+            except (PoolTimeout, psycopg.OperationalError) as exc:
                 self._pool.close()
                 self._consume_pool.close()
                 raise QueueError(f"pgqueue cannot connect to {self._where}") from exc
@@ -148,8 +156,8 @@ class PgQueue:
         arrives or the wait elapses. Never returns a message at its receive limit: such rows
         are moved to the dead store instead.
         """
-        if max_messages < 1:
-            raise ValueError("max_messages must be >= 1")
+        if max_messages < 1 or visibility_timeout < 0:
+            raise ValueError("max_messages must be >= 1 and visibility_timeout >= 0")
         deadline = time.monotonic() + max(0.0, wait_seconds)
         pause = _POLL_FIRST_SECONDS
         while True:
@@ -171,20 +179,25 @@ class PgQueue:
         }
         messages: list[Message] = []
         with self._conn(consume=True) as conn:
-            # Buried rows take slots of the batch; go again while that left it short.
+            # Rows at the receive limit take slots of the batch; bury them and go again.
             for _ in range(8):
                 rows = conn.execute(q("pgqueue", "receive"), params).fetchall()
-                buried = 0
+                spent = []
                 for message_id, receipt, payload, count in rows:
                     if receipt is None:
-                        buried += 1
-                        continue
-                    messages.append(
-                        Message(queue, str(message_id), str(receipt), payload, count)
-                    )
-                if buried:
-                    log.warning("dead-lettered", extra={"queue": queue, "count": buried})
-                if not buried or len(messages) >= limit:
+                        spent.append(message_id)
+                    else:
+                        messages.append(
+                            Message(queue, str(message_id), str(receipt), payload, count)
+                        )
+                if not spent:
+                    break
+                buried = conn.execute(
+                    q("pgqueue", "bury_due"),
+                    {"message_ids": spent, "max_receive_count": self.max_receive_count},
+                ).rowcount
+                log.warning("dead-lettered", extra={"queue": queue, "count": buried})
+                if len(messages) >= limit:
                     break
                 params["limit"] = limit - len(messages)
         return messages
@@ -214,8 +227,8 @@ class PgQueue:
                         "receipts": [k[1] for _, k in valid],
                     },
                 ).fetchall()
-            deleted = {r[0] for r in rows}
-            stale.extend(m for m, k in valid if k[0] not in deleted)
+            deleted = {(r[0], r[1]) for r in rows}
+            stale.extend(m for m, k in valid if k not in deleted)
         if stale:
             log.info("ack_batch skipped stale receipts", extra={"count": len(stale)})
         return stale
@@ -226,7 +239,11 @@ class PgQueue:
         with self._conn(consume=True) as conn:
             cur = conn.execute(
                 q("pgqueue", "extend"),
-                {"message_id": message_id, "receipt": receipt, "visibility": float(visibility_timeout)},
+                {
+                    "message_id": message_id,
+                    "receipt": receipt,
+                    "visibility": float(visibility_timeout),
+                },
             )
         if cur.rowcount != 1:
             raise StaleReceipt(
@@ -271,7 +288,9 @@ class PgQueue:
 
     def list_dead(self, queue: str, limit: int = 100) -> list[DeadMessage]:
         with self._conn() as conn:
-            rows = conn.execute(q("pgqueue", "list_dead"), {"queue": queue, "limit": limit}).fetchall()
+            rows = conn.execute(
+                q("pgqueue", "list_dead"), {"queue": queue, "limit": limit}
+            ).fetchall()
         return [
             DeadMessage(queue, str(mid), payload, count, reason, last_error)
             for mid, payload, count, reason, last_error in rows
@@ -307,7 +326,11 @@ def _make_pool(url: str, name: str, size: int, options: str) -> ConnectionPool[A
 
 
 def _dumps(payload: Mapping[str, Any]) -> str:
-    return json.dumps(payload, separators=(",", ":"))
+    """JSON text of a payload; raises ``InvalidPayload`` for anything JSON cannot carry."""
+    try:
+        return json.dumps(payload, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidPayload(f"queue payload is not JSON: {exc}") from exc
 
 
 def _ids(message_ids: Sequence[str] | None) -> list[int] | None:

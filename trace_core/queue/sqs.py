@@ -42,7 +42,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from trace_core.errors import ConfigError, QueueError, StaleReceipt
+from trace_core.errors import ConfigError, InvalidPayload, QueueError, StaleReceipt
 from trace_core.queue.base import DeadMessage, Message, QueueStats
 
 log = logging.getLogger(__name__)
@@ -80,16 +80,18 @@ class _ReceiptGuard:
         self._lock = threading.Lock()
 
     def received(self, message: Message) -> None:
+        self._remember(message, live=True)
+
+    def finished(self, message: Message) -> None:
+        """The receipt was spent (acked or nacked): every receipt of the message is stale."""
+        self._remember(message, live=False)
+
+    def _remember(self, message: Message, *, live: bool) -> None:
         with self._lock:
-            self._latest[message.message_id] = (message.receipt, True)
+            self._latest[message.message_id] = (message.receipt, live)
             self._latest.move_to_end(message.message_id)
             while len(self._latest) > self._capacity:
                 self._latest.popitem(last=False)
-
-    def finished(self, message: Message) -> None:
-        with self._lock:
-            self._latest[message.message_id] = (message.receipt, False)
-            self._latest.move_to_end(message.message_id)
 
     def is_stale(self, message: Message) -> bool:
         with self._lock:
@@ -317,7 +319,9 @@ class SqsQueue:
                 out = self._call(
                     "DeleteMessageBatch",
                     QueueUrl=url,
-                    Entries=[{"Id": str(i), "ReceiptHandle": m.receipt} for i, m in enumerate(chunk)],
+                    Entries=[
+                        {"Id": str(i), "ReceiptHandle": m.receipt} for i, m in enumerate(chunk)
+                    ],
                 )
                 failed = {f["Id"]: f for f in out.get("Failed") or []}
                 for i, m in enumerate(chunk):
@@ -555,7 +559,11 @@ def _seconds(value: float, cap: int) -> int:
 
 
 def _dumps(payload: Mapping[str, Any]) -> str:
-    return json.dumps(payload, separators=(",", ":"))
+    """JSON text of a payload; raises ``InvalidPayload`` for anything JSON cannot carry."""
+    try:
+        return json.dumps(payload, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidPayload(f"queue payload is not JSON: {exc}") from exc
 
 
 def _snake(operation: str) -> str:

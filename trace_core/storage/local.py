@@ -8,6 +8,7 @@ works. Directories left empty by a delete or move are pruned.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import errno
 import logging
@@ -211,10 +212,10 @@ class LocalStore:
 
     # --- maintenance ---------------------------------------------------------------------
 
-    def remove_stale_tmp(self, older_than_seconds: float, now: float) -> list[str]:
+    def remove_stale_tmp(self, older_than_seconds: float, now: float) -> builtins.list[str]:
         """Delete temp files of crashed writers older than the threshold; return their names."""
         tmp_root = self.root / TMP_DIR
-        removed: list[str] = []
+        removed: builtins.list[str] = []
         if not tmp_root.is_dir():
             return removed
         for entry in tmp_root.iterdir():

@@ -2,16 +2,22 @@
 -- partition_versions). Ranges are end-exclusive [range_start, range_end).
 
 -- name: delete_other_blocks
-DELETE FROM data.hot_blocks
-WHERE chain_id = %(chain_id)s AND block_number = %(block_number)s AND block_hash <> %(block_hash)s
+-- Rows at the given heights that belong to another block (a reorg's leftovers).
+DELETE FROM data.hot_blocks h
+USING unnest(%(numbers)s::bigint[], %(hashes)s::bytea[]) AS b(block_number, block_hash)
+WHERE h.chain_id = %(chain_id)s AND h.block_number = b.block_number AND h.block_hash <> b.block_hash
 
 -- name: delete_other_transactions
-DELETE FROM data.hot_transactions
-WHERE chain_id = %(chain_id)s AND block_number = %(block_number)s AND block_hash <> %(block_hash)s
+-- Rows at the given heights that belong to another block (a reorg's leftovers).
+DELETE FROM data.hot_transactions h
+USING unnest(%(numbers)s::bigint[], %(hashes)s::bytea[]) AS b(block_number, block_hash)
+WHERE h.chain_id = %(chain_id)s AND h.block_number = b.block_number AND h.block_hash <> b.block_hash
 
 -- name: delete_other_logs
-DELETE FROM data.hot_logs
-WHERE chain_id = %(chain_id)s AND block_number = %(block_number)s AND block_hash <> %(block_hash)s
+-- Rows at the given heights that belong to another block (a reorg's leftovers).
+DELETE FROM data.hot_logs h
+USING unnest(%(numbers)s::bigint[], %(hashes)s::bytea[]) AS b(block_number, block_hash)
+WHERE h.chain_id = %(chain_id)s AND h.block_number = b.block_number AND h.block_hash <> b.block_hash
 
 -- name: hot_tip
 SELECT block_number, block_hash FROM data.hot_blocks

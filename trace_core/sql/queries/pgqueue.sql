@@ -12,42 +12,43 @@ ORDER BY i
 RETURNING message_id
 
 -- name: receive
--- One statement: lock up to `limit` due rows, bury those already received
--- `max_receive_count` times, hand out the rest with a fresh receipt. Buried rows come back
--- with a NULL receipt so the caller knows the batch was short because of them.
-WITH due AS (
-    SELECT ctid, receive_count FROM state.queue_messages
+-- One statement: lock up to `limit` due rows (SKIP LOCKED) and hand out those below the
+-- receive limit with a fresh receipt. Rows already at the limit are only stripped of their
+-- receipt and come back with a NULL one: the caller buries them (bury_due) instead of
+-- delivering them. A plain UPDATE costs a third less than the same work as CTEs.
+UPDATE state.queue_messages m
+SET receipt = CASE WHEN m.receive_count < %(max_receive_count)s THEN gen_random_uuid() END,
+    receive_count = m.receive_count
+        + CASE WHEN m.receive_count < %(max_receive_count)s THEN 1 ELSE 0 END,
+    available_at = CASE WHEN m.receive_count < %(max_receive_count)s
+        THEN now() + make_interval(secs => %(visibility)s) ELSE m.available_at END,
+    invisible_until = CASE WHEN m.receive_count < %(max_receive_count)s
+        THEN now() + make_interval(secs => %(visibility)s) END,
+    first_received_at = COALESCE(m.first_received_at, now())
+WHERE m.ctid = ANY (ARRAY(
+    SELECT ctid FROM state.queue_messages
     WHERE queue_name = %(queue)s AND available_at <= now()
     ORDER BY available_at
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
-), dead AS (
-    DELETE FROM state.queue_messages m USING due
-    WHERE due.receive_count > %(max_receive_count)s AND m.ctid = due.ctid
-    RETURNING m.message_id, m.queue_name, m.payload, m.receive_count, m.last_error, m.created_at
-), buried AS (
-    INSERT INTO state.queue_dead
-        (message_id, queue_name, payload, receive_count, reason, last_error, created_at)
-    SELECT message_id, queue_name, payload, receive_count, 'max_receive_count', last_error, created_at
-    FROM dead
-    ON CONFLICT (message_id) DO UPDATE
-    SET payload = EXCLUDED.payload, receive_count = EXCLUDED.receive_count,
-        reason = EXCLUDED.reason, last_error = EXCLUDED.last_error, dead_at = now()
-    RETURNING message_id
-), got AS (
-    UPDATE state.queue_messages m
-    SET receipt = gen_random_uuid(),
-        receive_count = m.receive_count + 1,
-        available_at = now() + make_interval(secs => %(visibility)s),
-        invisible_until = now() + make_interval(secs => %(visibility)s),
-        first_received_at = COALESCE(m.first_received_at, now())
-    FROM due
-    WHERE due.receive_count <= %(max_receive_count)s AND m.ctid = due.ctid
-    RETURNING m.message_id, m.receipt, m.payload, m.receive_count
+))
+RETURNING m.message_id, m.receipt, m.payload, m.receive_count
+
+-- name: bury_due
+-- Move due rows that used up their receives to the dead store (same id, last nack error).
+WITH dead AS (
+    DELETE FROM state.queue_messages
+    WHERE message_id = ANY (%(message_ids)s::bigint[])
+      AND receive_count >= %(max_receive_count)s AND available_at <= now()
+    RETURNING message_id, queue_name, payload, receive_count, last_error, created_at
 )
-SELECT message_id, receipt, payload, receive_count FROM got
-UNION ALL
-SELECT message_id, NULL, NULL, NULL FROM buried
+INSERT INTO state.queue_dead
+    (message_id, queue_name, payload, receive_count, reason, last_error, created_at)
+SELECT message_id, queue_name, payload, receive_count, 'max_receive_count', last_error, created_at
+FROM dead
+ON CONFLICT (message_id) DO UPDATE
+SET payload = EXCLUDED.payload, receive_count = EXCLUDED.receive_count,
+    reason = EXCLUDED.reason, last_error = EXCLUDED.last_error, dead_at = now()
 
 -- name: ack
 DELETE FROM state.queue_messages
@@ -57,7 +58,7 @@ WHERE message_id = %(message_id)s AND receipt = %(receipt)s
 DELETE FROM state.queue_messages m
 USING unnest(%(message_ids)b::bigint[], %(receipts)b::uuid[]) AS a (message_id, receipt)
 WHERE m.message_id = a.message_id AND m.receipt = a.receipt
-RETURNING m.message_id
+RETURNING m.message_id, m.receipt
 
 -- name: extend
 UPDATE state.queue_messages

@@ -1,0 +1,120 @@
+"""The parquet_compact operator: final hot ranges -> committed cold versions.
+
+Payload ``{"chain_id", "datasets"?, "range_size"?, "finality_depth"?, "delete_hot"?,
+"max_ranges"?}`` runs ``compact_once``; adding ``"dataset_key", "range_start", "range_end"``
+compacts exactly that range (``compact_range``; the caller vouches it is final). Both are
+idempotent: a range maps to one deterministic version, so a retried task registers nothing
+new. A Dagster sensor may call ``compact_chain`` directly instead of going through a task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from trace_core.errors import InvalidPayload
+from trace_core.hot.compact import CompactedRange, CompactResult, compact_once, compact_range
+from trace_core.hot.tables import HOT_DATASETS
+
+if TYPE_CHECKING:
+    from trace_core.runtime import Runtime
+    from trace_core.worker import Completion, OperatorContext, OperatorRegistry
+
+OPERATOR = "parquet_compact"
+
+
+def compact_chain(
+    rt: Runtime,
+    chain_id: int,
+    *,
+    datasets: tuple[str, ...] = HOT_DATASETS,
+    range_size: int | None = None,
+    finality_depth: int | None = None,
+    delete_hot: bool = False,
+    max_ranges: int = 10,
+) -> CompactResult:
+    """``compact_once`` with the runtime's settings, databases and object store."""
+    return compact_once(
+        rt.settings,
+        rt.dbs,
+        chain_id,
+        store=rt.store,
+        datasets=datasets,
+        range_size=range_size,
+        finality_depth_override=finality_depth,
+        delete_hot=delete_hot,
+        max_ranges=max_ranges,
+    )
+
+
+def _range_json(c: CompactedRange) -> dict[str, Any]:
+    return {
+        "dataset_key": c.dataset_key,
+        "range_start": c.range_start,
+        "range_end": c.range_end,
+        "dataset_version": str(c.dataset_version),
+        "row_count": c.row_count,
+        "newly_registered": c.newly_registered,
+    }
+
+
+def _opt_int(payload: Mapping[str, Any], name: str, minimum: int) -> int | None:
+    value = payload.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InvalidPayload(f"{name} must be an integer >= {minimum}, got {value!r}", field=name)
+    return value
+
+
+def parquet_compact_operator(ctx: OperatorContext) -> Completion:
+    """Worker entry point. Raises ``InvalidPayload`` for a malformed payload."""
+    from trace_core.worker import Completion
+
+    p = ctx.lease.payload
+    chain_id = _opt_int(p, "chain_id", 1)
+    if chain_id is None:
+        raise InvalidPayload("parquet_compact needs chain_id", field="chain_id")
+    rt = ctx.runtime
+    if "dataset_key" in p:
+        start, end = _opt_int(p, "range_start", 0), _opt_int(p, "range_end", 1)
+        if start is None or end is None or end <= start:
+            raise InvalidPayload(
+                "range_start/range_end must form a non-empty range", field="range_end"
+            )
+        try:
+            c = compact_range(
+                rt.settings, rt.dbs, chain_id, str(p["dataset_key"]), start, end, store=rt.store
+            )
+        except ValueError as exc:
+            raise InvalidPayload(str(exc), field="dataset_key") from exc
+        ctx.check_lease()
+        return Completion(outputs={"committed": [_range_json(c)]})
+    datasets = p.get("datasets", list(HOT_DATASETS))
+    if not isinstance(datasets, list) or not all(d in HOT_DATASETS for d in datasets):
+        raise InvalidPayload(
+            f"datasets must be a list drawn from {list(HOT_DATASETS)}", field="datasets"
+        )
+    result = compact_chain(
+        rt,
+        chain_id,
+        datasets=tuple(datasets),
+        range_size=_opt_int(p, "range_size", 1),
+        finality_depth=_opt_int(p, "finality_depth", 0),
+        delete_hot=bool(p.get("delete_hot", False)),
+        max_ranges=_opt_int(p, "max_ranges", 1) or 10,
+    )
+    ctx.check_lease()
+    return Completion(
+        outputs={
+            "committed": [_range_json(c) for c in result.committed],
+            "deleted_rows": result.deleted_rows,
+            "final_end": result.final_end,
+            "skipped": result.skipped,
+        }
+    )
+
+
+def register(registry: OperatorRegistry) -> None:
+    """Add ``parquet_compact`` to a worker registry."""
+    registry.register(OPERATOR, parquet_compact_operator)
