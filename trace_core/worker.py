@@ -103,7 +103,7 @@ def _noop(ctx: OperatorContext) -> Completion:
     return Completion(outputs={"noop": True})
 
 
-def _fail(ctx: OperatorContext) -> Completion:
+def _failing_operator(ctx: OperatorContext) -> Completion:
     """Test operator: fails as its payload says (``fatal``: bool, ``message``)."""
     payload = ctx.lease.payload
     if payload.get("fatal"):
@@ -150,7 +150,7 @@ def default_registry() -> OperatorRegistry:
     """The built-in operators. Imports are local so a missing optional part fails late."""
     reg = OperatorRegistry()
     reg.register("noop", _noop)
-    reg.register("fail", _fail)
+    reg.register("fail", _failing_operator)
     from trace_core.builtin_operators import register_builtin
 
     register_builtin(reg)
