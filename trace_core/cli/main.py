@@ -189,6 +189,61 @@ def resume(job: str) -> None:
     _set_enabled(job, True)
 
 
+@cli.command()
+@click.option("--sql", required=True, help="One read-only SELECT/WITH statement")
+@click.option("--job", default=None, help="Restrict relations to one chain_sync job")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON response")
+@handle_errors
+def query(sql: str, job: str | None, as_json: bool) -> None:
+    """Run SQL through the Query Service (signs a local user token in Lite)."""
+    from trace_core.query.app import query_http
+
+    resp = query_http(load_settings(), sql, job)
+    if as_json:
+        click.echo(json.dumps(resp, indent=2, default=str))
+        return
+    table = Table(show_header=True, header_style="bold")
+    for col in resp["columns"]:
+        table.add_column(str(col["name"] if isinstance(col, dict) else col))
+    for row in resp["rows"]:
+        table.add_row(*("" if v is None else str(v) for v in row))
+    console.print(table)
+    console.print(f"{resp['row_count']} row(s)" + (" (truncated)" if resp.get("truncated") else ""))
+
+
+@cli.command()
+@handle_errors
+def token() -> None:
+    """Print a local user token for other HTTP clients of the Query Service."""
+    from trace_core.query.app import local_user_token
+
+    click.echo(local_user_token(load_settings()))
+
+
+@cli.command("query-service")
+@handle_errors
+def query_service() -> None:
+    """Run the Query Service in the foreground."""
+    from trace_core.query.app import serve
+
+    rt = runtime()
+    _ensure_migrated(rt)
+    serve(rt.settings)
+
+
+@cli.command()
+@click.option("--older-than", default=86400.0, show_default=True, help="Seconds")
+@handle_errors
+def gc(older_than: float) -> None:
+    """Remove abandoned staging output older than a threshold and report it."""
+    from trace_core.datasets.gc import gc_staging
+
+    rt = runtime()
+    with rt.state() as conn:
+        report = gc_staging(rt.settings, rt.store, older_than, conn=conn)
+    console.print(str(report), highlight=False)
+
+
 def main() -> None:
     cli(prog_name="trace-lite")
 
