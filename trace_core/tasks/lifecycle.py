@@ -91,12 +91,8 @@ def claim(conn: Connection[Any], task_id: uuid.UUID, *, lease_seconds: float) ->
             raise LeaseConflict(task_id, "paused")
         if status == "running" and not row["lease_expired"]:
             raise LeaseConflict(task_id, "leased")
-        if status == "queued":
-            due = cur.execute(
-                "SELECT next_run_at <= now() AS due FROM state.tasks WHERE task_id = %s", (task_id,)
-            ).fetchone()
-            if due is not None and not due["due"]:
-                raise LeaseConflict(task_id, "backoff")
+        if status == "queued" and not row["due"]:
+            raise LeaseConflict(task_id, "backoff")
         if row["attempt"] >= row["max_attempts"]:
             # an expired last attempt: nothing left to grant
             _mark_expired(conn, task_id, row["attempt"])

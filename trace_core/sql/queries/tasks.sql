@@ -9,7 +9,8 @@ SELECT operator, payload FROM state.tasks WHERE task_id = %(task_id)s
 
 -- name: lock_task
 SELECT task_id, operator, status, attempt, max_attempts, paused, lease_token,
-       lease_expires_at, lease_expires_at <= now() AS lease_expired, payload
+       lease_expires_at, lease_expires_at <= now() AS lease_expired,
+       next_run_at <= now() AS due, payload
 FROM state.tasks WHERE task_id = %(task_id)s FOR UPDATE
 
 -- name: grant_lease
