@@ -76,11 +76,19 @@ class TaskOutcome:
 
 
 class OperatorContext:
-    """Handed to an operator: the runtime, the lease, and a liveness check."""
+    """Handed to an operator: the runtime, the lease, its capability token and a liveness check.
 
-    def __init__(self, runtime: Runtime, lease: Lease, lost: threading.Event) -> None:
+    ``capability_token`` is issued at claim for this attempt only, pinned to the dataset
+    versions in the payload's ``grants`` (``{dataset_uuid, dataset_version, manifest_key}``
+    each); a task without grants gets a token that reads nothing.
+    """
+
+    def __init__(
+        self, runtime: Runtime, lease: Lease, lost: threading.Event, capability_token: str = ""
+    ) -> None:
         self.runtime = runtime
         self.lease = lease
+        self.capability_token = capability_token
         self._lost = lost
 
     @property
@@ -90,7 +98,9 @@ class OperatorContext:
     def check_lease(self) -> None:
         """Raise ``StaleAttempt`` if a heartbeat found the lease gone."""
         if self._lost.is_set():
-            raise StaleAttempt(self.lease.task_id, self.lease.attempt, "lease lost during execution")
+            raise StaleAttempt(
+                self.lease.task_id, self.lease.attempt, "lease lost during execution"
+            )
 
 
 Operator = Callable[[OperatorContext], Completion]
@@ -170,7 +180,9 @@ def receive_wakeups(rt: Runtime, max_messages: int) -> list[Wakeup]:
     for msg in messages:
         try:
             wakeups.append(
-                Wakeup(uuid.UUID(str(msg.payload["task_id"])), int(msg.payload.get("wakeup", 0)), msg)
+                Wakeup(
+                    uuid.UUID(str(msg.payload["task_id"])), int(msg.payload.get("wakeup", 0)), msg
+                )
             )
         except (KeyError, ValueError, TypeError):
             log.warning("dropping malformed wake-up", extra={"message_id": msg.message_id})
@@ -199,18 +211,40 @@ def task_infos(rt: Runtime, task_ids: list[uuid.UUID]) -> dict[uuid.UUID, TaskIn
 # --- execution --------------------------------------------------------------------------
 
 
-def _heartbeat_loop(rt: Runtime, lease: Lease, stop: threading.Event, lost: threading.Event) -> None:
+def _heartbeat_loop(
+    rt: Runtime, lease: Lease, stop: threading.Event, lost: threading.Event
+) -> None:
     interval = rt.settings.heartbeat_seconds
     while not stop.wait(interval):
         try:
             with rt.state() as conn, conn.transaction():
                 lifecycle.heartbeat(conn, lease, lease_seconds=rt.settings.lease_seconds)
         except StaleAttempt:
-            log.warning("lease lost", extra={"task_id": str(lease.task_id), "attempt": lease.attempt})
+            log.warning(
+                "lease lost", extra={"task_id": str(lease.task_id), "attempt": lease.attempt}
+            )
             lost.set()
             return
         except TraceError as exc:  # database blip: keep trying until the lease would lapse
-            log.warning("heartbeat failed", extra={"task_id": str(lease.task_id), "error": str(exc)})
+            log.warning(
+                "heartbeat failed", extra={"task_id": str(lease.task_id), "error": str(exc)}
+            )
+
+
+def capability_token_for(rt: Runtime, lease: Lease) -> str:
+    """The attempt's token, pinned to the payload's ``grants``; ``InvalidPayload`` if malformed."""
+    from pydantic import ValidationError
+
+    from trace_core.query.tokens import DatasetPin, issue_task_token
+
+    raw = lease.payload.get("grants", [])
+    try:
+        if not isinstance(raw, list):
+            raise TypeError("grants must be a list")
+        pins = [DatasetPin.model_validate(g) for g in raw]
+    except (TypeError, ValidationError) as exc:
+        raise InvalidPayload(f"grants: {exc}", field="grants") from None
+    return issue_task_token(rt.settings, lease.task_id, lease.attempt, pins)
 
 
 def execute_task(
@@ -229,12 +263,16 @@ def execute_task(
         return TaskOutcome(task_id, "skipped", error=str(exc))
     fields = {"task_id": str(task_id), "attempt": lease.attempt, "operator": lease.operator}
     log.info("task claimed", extra=fields)
+    try:
+        token = capability_token_for(rt, lease)
+    except InvalidPayload as exc:
+        return _fail(rt, registry, lease, exc)
     stop, lost = threading.Event(), threading.Event()
     hb = threading.Thread(target=_heartbeat_loop, args=(rt, lease, stop, lost), daemon=True)
     hb.start()
     try:
         try:
-            completion = registry.get(lease.operator)(OperatorContext(rt, lease, lost))
+            completion = registry.get(lease.operator)(OperatorContext(rt, lease, lost, token))
             if lost.is_set():
                 raise StaleAttempt(task_id, lease.attempt, "lease lost during execution")
         finally:
@@ -249,13 +287,19 @@ def execute_task(
             for hook in registry.success_hooks(lease.operator):
                 hook(conn, lease, outputs)
         log.info("task succeeded", extra=fields)
-        return TaskOutcome(task_id, "succeeded", lease.attempt, lease.operator, lease.payload, outputs)
+        return TaskOutcome(
+            task_id, "succeeded", lease.attempt, lease.operator, lease.payload, outputs
+        )
     except StaleAttempt as exc:
         log.warning("stale attempt: result discarded", extra=fields)
-        return TaskOutcome(task_id, "stale", lease.attempt, lease.operator, lease.payload, error=str(exc))
+        return TaskOutcome(
+            task_id, "stale", lease.attempt, lease.operator, lease.payload, error=str(exc)
+        )
     except TraceError as exc:
         return _fail(rt, registry, lease, exc)
-    except Exception as exc:  # an operator bug: recorded as a retryable failure, never swallowed silently
+    except (
+        Exception
+    ) as exc:  # an operator bug: recorded as a retryable failure, never swallowed silently
         log.exception("operator crashed", extra=fields)
         return _fail(rt, registry, lease, exc)
 
@@ -277,10 +321,14 @@ def _fail(rt: Runtime, registry: OperatorRegistry, lease: Lease, exc: BaseExcept
                 for hook in registry.dead_hooks(lease.operator):
                     hook(conn, lease)
     except StaleAttempt as stale:
-        return TaskOutcome(lease.task_id, "stale", lease.attempt, lease.operator, lease.payload, error=str(stale))
+        return TaskOutcome(
+            lease.task_id, "stale", lease.attempt, lease.operator, lease.payload, error=str(stale)
+        )
     status: OutcomeStatus = "dead" if decision == "dead" else "retry"
     log.warning(
         "task failed",
         extra={"task_id": str(lease.task_id), "attempt": lease.attempt, "decision": decision},
     )
-    return TaskOutcome(lease.task_id, status, lease.attempt, lease.operator, lease.payload, error=message)
+    return TaskOutcome(
+        lease.task_id, status, lease.attempt, lease.operator, lease.payload, error=message
+    )

@@ -31,7 +31,7 @@ from trace_core.datasets.commit import describe_parquet, register_version
 from trace_core.datasets.manifest import DatasetManifest, ManifestFile
 from trace_core.datasets.registry import VersionRecord
 from trace_core.db.connection import Databases
-from trace_core.errors import QueryError
+from trace_core.errors import QueryError, RetryableError
 from trace_core.query.app import create_app, local_user_token, query_http
 from trace_core.query.attach import HotSource
 from trace_core.query.tokens import DatasetPin, issue_task_token, issue_user_token
@@ -731,3 +731,52 @@ def test_serve_runs_the_configured_service(settings: Settings, blocks: VersionRe
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_worker_issues_per_task_tokens_at_claim(
+    client: httpx.Client, settings: Settings, dbs: Databases, blocks: VersionRecord
+) -> None:
+    """Each claimed attempt gets its own token, pinned to its payload's grants only."""
+    from trace_core.runtime import Runtime
+    from trace_core.worker import Completion, OperatorContext, OperatorRegistry, execute_task
+
+    tokens: list[str] = []
+
+    def reader(ctx: OperatorContext) -> Completion:
+        tokens.append(ctx.capability_token)
+        resp = post(
+            client, ctx.capability_token, {"sql": "SELECT count(*) FROM blocks"}, "/v1/task-query"
+        )
+        if ctx.lease.attempt == 1 and ctx.lease.payload.get("grants"):
+            raise RetryableError("first attempt fails on purpose")
+        return Completion(outputs={"status": resp.status_code, "rows": resp.json().get("rows")})
+
+    registry = OperatorRegistry()
+    registry.register("reader", reader)
+    rt = Runtime(settings, dbs)
+    granted, ungranted = uuid.uuid4(), uuid.uuid4()
+    with rt.state() as conn, conn.transaction():
+        grant = pin(blocks).model_dump(mode="json")
+        create_task(conn, task_id=granted, operator="reader", payload={"grants": [grant]})
+        create_task(conn, task_id=ungranted, operator="reader", payload={})
+        conn.execute("UPDATE state.tasks SET next_run_at = now() - interval '1 hour'")
+
+    assert execute_task(rt, granted, registry).status == "retry"
+    with rt.state() as conn:
+        conn.execute("UPDATE state.tasks SET next_run_at = now() WHERE task_id = %s", (granted,))
+    second = execute_task(rt, granted, registry)
+    assert second.outputs == {"status": 200, "rows": [[100]]}
+    # attempt 1's token is stale once attempt 2 holds the task
+    stale = post(client, tokens[0], {"sql": "SELECT 1 FROM blocks"}, "/v1/task-query")
+    assert stale.status_code == 403
+
+    # a task without grants is claimed with a token that reads nothing
+    assert execute_task(rt, ungranted, registry).outputs == {"status": 400, "rows": None}
+
+    bad = uuid.uuid4()
+    with rt.state() as conn, conn.transaction():
+        create_task(
+            conn, task_id=bad, operator="reader", payload={"grants": [{"dataset_uuid": "x"}]}
+        )
+    outcome = execute_task(rt, bad, registry)
+    assert outcome.status == "dead" and "grants" in (outcome.error or "")
