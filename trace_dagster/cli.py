@@ -25,7 +25,9 @@ def ensure_dagster_home() -> Path:
 
 
 @cli.command()
-@click.option("--until-idle", is_flag=True, required=True, help="Run until nothing is queued or running")
+@click.option(
+    "--until-idle", is_flag=True, required=True, help="Run until nothing is queued or running"
+)
 @click.option("--timeout", default=900.0, show_default=True, help="Give up after this many seconds")
 @handle_errors
 def run(until_idle: bool, timeout: float) -> None:

@@ -21,8 +21,13 @@ from dagster import (
     build_sensor_context,
 )
 
+from trace_core.queue.base import BUFFER_QUEUE
 from trace_core.runtime import Runtime
-from trace_dagster.jobs import WORKER_JOB
+
+DISPATCHER_SENSOR = "trace_dispatcher"
+# Queues whose messages are work the driver must see consumed before it reports idle
+# (task wake-ups are covered by the task table itself).
+IDLE_QUEUES: tuple[str, ...] = (BUFFER_QUEUE,)
 
 
 @dataclass
@@ -69,17 +74,29 @@ def _apply_partitions(instance: DagsterInstance, result: SensorResult | SkipReas
     return added
 
 
+def _job_name(defs: Definitions, sensor_name: str) -> str:
+    sensor_def = defs.resolve_sensor_def(sensor_name)
+    return sensor_def.job_name if sensor_def.has_jobs else ""
+
+
 def active_work(rt: Runtime) -> tuple[int, int, int]:
-    """(queued-or-running tasks not paused, pending outbox rows, dead tasks)."""
+    """(queued-or-running tasks not paused, pending outbox rows plus messages waiting on the
+    ``IDLE_QUEUES``, dead tasks)."""
     with rt.state() as conn:
         row = conn.execute(
             """SELECT count(*) FILTER (WHERE status IN ('queued', 'running') AND NOT paused),
                       count(*) FILTER (WHERE status = 'dead')
                FROM state.tasks"""
         ).fetchone()
-        pending = conn.execute("SELECT count(*) FROM state.outbox WHERE status = 'pending'").fetchone()
+        pending = conn.execute(
+            "SELECT count(*) FROM state.outbox WHERE status = 'pending'"
+        ).fetchone()
     assert row is not None and pending is not None
-    return int(row[0]), int(pending[0]), int(row[1])
+    queued = 0
+    for name in IDLE_QUEUES:
+        stats = rt.queue.stats(name)
+        queued += stats.depth + stats.in_flight
+    return int(row[0]), int(pending[0]) + queued, int(row[1])
 
 
 def drive_until_idle(
@@ -91,20 +108,24 @@ def drive_until_idle(
     poll_seconds: float = 0.5,
     on_tick: Callable[[DriveReport], None] | None = None,
 ) -> DriveReport:
-    """Tick the dispatcher and worker sensors and execute runs until nothing is queued or running."""
+    """Tick every sensor (the dispatcher first) and execute the runs they request, until
+    nothing is queued or running."""
     report = DriveReport()
-    job_def = defs.resolve_job_def(WORKER_JOB)
+    names = [s.name for s in defs.get_repository_def().sensor_defs]
+    names.sort(key=lambda n: (n != DISPATCHER_SENSOR, n))
     deadline = time.monotonic() + timeout
     cursors: dict[str, str | None] = {}
     while True:
         report.ticks += 1
-        report.planned += _apply_partitions(instance, _evaluate(defs, instance, "trace_dispatcher", cursors))
-        worker = _evaluate(defs, instance, "trace_worker_wakeups", cursors)
-        requests: list[RunRequest] = (
-            list(worker.run_requests or []) if isinstance(worker, SensorResult) else []
-        )
-        for req in requests:
-            result = job_def.execute_in_process(
+        requests: list[tuple[str, RunRequest]] = []
+        for name in names:
+            result = _evaluate(defs, instance, name, cursors)
+            report.planned += _apply_partitions(instance, result)
+            if isinstance(result, SensorResult):
+                job_name = _job_name(defs, name)
+                requests += [(req.job_name or job_name, req) for req in result.run_requests or []]
+        for job_name, req in requests:
+            result = defs.resolve_job_def(job_name).execute_in_process(
                 run_config=req.run_config,
                 instance=instance,
                 tags=dict(req.tags),

@@ -3,7 +3,15 @@
 # No `from __future__ import annotations` here: Dagster resolves op/sensor annotations at runtime.
 import uuid
 
-from dagster import AssetMaterialization, Config, Failure, MetadataValue, OpExecutionContext, job, op
+from dagster import (
+    AssetMaterialization,
+    Config,
+    Failure,
+    MetadataValue,
+    OpExecutionContext,
+    job,
+    op,
+)
 from pydantic import Field
 
 from trace_core.worker import TaskOutcome, execute_task
@@ -44,7 +52,9 @@ def materialization_for(outcome: TaskOutcome) -> AssetMaterialization | None:
 
 
 @op(description="Claim and execute each task; committed ranges are reported as materializations")
-def execute_tasks(context: OpExecutionContext, config: TaskBatchConfig, trace: TraceResource) -> None:
+def execute_tasks(
+    context: OpExecutionContext, config: TaskBatchConfig, trace: TraceResource
+) -> None:
     rt = trace.get_client()
     failures: list[str] = []
     for raw in config.task_ids:
@@ -57,11 +67,16 @@ def execute_tasks(context: OpExecutionContext, config: TaskBatchConfig, trace: T
         if mat is not None:
             context.log_event(mat)
         if outcome.status in ("retry", "dead"):
-            failures.append(f"task {outcome.task_id} attempt {outcome.attempt} -> {outcome.status}: {outcome.error}")
+            failures.append(
+                f"task {outcome.task_id} attempt {outcome.attempt} -> {outcome.status}: {outcome.error}"
+            )
     if failures:
         raise Failure(description="; ".join(failures))
 
 
-@job(name=WORKER_JOB, description="Executes Trace tasks woken by the queue (see the trace_worker sensor)")
+@job(
+    name=WORKER_JOB,
+    description="Executes Trace tasks woken by the queue (see the trace_worker sensor)",
+)
 def trace_worker() -> None:
     execute_tasks()

@@ -6,7 +6,6 @@ import logging
 import re
 
 import psycopg
-
 from dagster import AssetKey, AssetSpec, DynamicPartitionsDefinition
 
 from trace_core.errors import TraceError

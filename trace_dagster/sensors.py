@@ -38,7 +38,9 @@ def dispatcher_result(rt: Runtime, cursor: str | None) -> SensorResult | SkipRea
         partitions = all_partitions(rt)
     by_def: dict[str, list[str]] = {}
     for p in partitions:
-        by_def.setdefault(partitions_def_name(p.job_name, p.dataset_key), []).append(p.partition_key)
+        by_def.setdefault(partitions_def_name(p.job_name, p.dataset_key), []).append(
+            p.partition_key
+        )
     if not report.did_work and not by_def:
         return SkipReason("nothing to plan, reap or publish")
     return SensorResult(
@@ -82,7 +84,10 @@ def worker_requests(rt: Runtime, max_runs: int = MAX_RUNS_PER_TICK) -> list[RunR
         info = infos.get(w.task_id)
         if info is None or info.status in ("succeeded", "dead"):
             continue
-        runnable[str(w.task_id)] = (info, max(w.generation, runnable.get(str(w.task_id), (info, 0))[1]))
+        runnable[str(w.task_id)] = (
+            info,
+            max(w.generation, runnable.get(str(w.task_id), (info, 0))[1]),
+        )
     items = sorted(runnable.items())
     requests: list[RunRequest] = []
     for i in range(0, len(items), batch):
@@ -91,7 +96,9 @@ def worker_requests(rt: Runtime, max_runs: int = MAX_RUNS_PER_TICK) -> list[RunR
         requests.append(
             RunRequest(
                 run_key=hashlib.sha256(key_src.encode()).hexdigest()[:32],
-                run_config={"ops": {"execute_tasks": {"config": {"task_ids": [tid for tid, _ in chunk]}}}},
+                run_config={
+                    "ops": {"execute_tasks": {"config": {"task_ids": [tid for tid, _ in chunk]}}}
+                },
                 tags=run_tags([info for _, (info, _) in chunk]),
             )
         )
@@ -105,7 +112,9 @@ def worker_requests(rt: Runtime, max_runs: int = MAX_RUNS_PER_TICK) -> list[RunR
     default_status=DefaultSensorStatus.RUNNING,
     description="Plans chain_sync ranges, reaps expired leases and publishes the outbox",
 )
-def dispatcher_sensor(context: SensorEvaluationContext, trace: TraceResource) -> SensorResult | SkipReason:
+def dispatcher_sensor(
+    context: SensorEvaluationContext, trace: TraceResource
+) -> SensorResult | SkipReason:
     return dispatcher_result(trace.get_client(), context.cursor)
 
 
@@ -116,7 +125,9 @@ def dispatcher_sensor(context: SensorEvaluationContext, trace: TraceResource) ->
     default_status=DefaultSensorStatus.RUNNING,
     description="Receives task wake-ups from the queue and launches trace_worker runs",
 )
-def worker_sensor(context: SensorEvaluationContext, trace: TraceResource) -> SensorResult | SkipReason:
+def worker_sensor(
+    context: SensorEvaluationContext, trace: TraceResource
+) -> SensorResult | SkipReason:
     requests = worker_requests(trace.get_client())
     if not requests:
         return SkipReason("no wake-ups")
