@@ -144,15 +144,20 @@ class DevChain:
         activity_every: int = 10,
         max_txs_per_block: int = 6,
         archive: bool = False,
+        genesis_timestamp: int | None = None,
     ) -> DevChain:
         """Start anvil and mine ``blocks`` blocks (block numbers ``0 .. blocks-1``).
 
         Every ``activity_every`` blocks on average a block carries 1..``max_txs_per_block``
-        transactions (transfers and emitter calls). Raises ``ConfigError`` without anvil,
+        transactions (transfers and emitter calls). With ``genesis_timestamp`` every block is
+        one second after its parent, so the same arguments give the same chain, hashes
+        included (the demo relies on it to resume). Raises ``ConfigError`` without anvil,
         ``RpcError`` if it does not come up.
         """
-        chain = cls._launch(chain_id, archive)
+        chain = cls._launch(chain_id, archive, genesis_timestamp)
         try:
+            if genesis_timestamp is not None:
+                chain.rpc.call("anvil_setBlockTimestampInterval", [1])
             chain.seed(
                 blocks, seed, activity_every=activity_every, max_txs_per_block=max_txs_per_block
             )
@@ -162,7 +167,7 @@ class DevChain:
         return chain
 
     @classmethod
-    def _launch(cls, chain_id: int, archive: bool) -> DevChain:
+    def _launch(cls, chain_id: int, archive: bool, genesis_timestamp: int | None = None) -> DevChain:
         binary = anvil_binary()
         last_error: Exception | None = None
         for _ in range(3):
@@ -177,6 +182,8 @@ class DevChain:
             ]  # fmt: skip
             if not archive:
                 argv.append("--prune-history")
+            if genesis_timestamp is not None:
+                argv += ["--timestamp", str(genesis_timestamp)]
             stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed by stop()
             process = subprocess.Popen(
                 argv,

