@@ -1,0 +1,78 @@
+"""The ``trace_sink`` sensor writes buffered batches inside its tick; idle ticks skip."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from dagster import DagsterInstance, SensorResult, SkipReason, build_sensor_context
+
+from trace_core import outbox
+from trace_core.queue.base import BUFFER_QUEUE
+from trace_core.runtime import Runtime
+from trace_core.sinks.publish import publish_batch, stage_batch
+from trace_core.tasks import claim, complete_success, create_task
+from trace_dagster.definitions import build_definitions
+from trace_dagster.driver import drive_until_idle
+from trace_dagster.resources import TraceResource
+from trace_dagster.sinks import sink_sensor
+
+
+def _publish(rt: Runtime, keys: list[str]) -> None:
+    rows: list[dict[str, Any]] = [
+        {
+            "dedupe_key": key,
+            "alert_name": "sensor_test",
+            "severity": "info",
+            "chain_id": 1,
+            "block_number": i,
+            "block_hash": None,
+            "tx_hash": None,
+            "event_time": "2026-11-23T12:00:00Z",
+            "payload": {},
+        }
+        for i, key in enumerate(keys)
+    ]
+    task_id = uuid.uuid4()
+    with rt.state() as conn:
+        with conn.transaction():
+            create_task(conn, task_id=task_id, operator="alert_evaluate", payload={})
+            lease = claim(conn, task_id, lease_seconds=30)
+        ref = stage_batch(
+            rt.store, destination="alert_events", task_id=task_id, attempt=lease.attempt, rows=rows
+        )
+        with conn.transaction():
+            complete_success(conn, lease)
+            publish_batch(conn, ref, task_id=task_id, attempt=lease.attempt)
+        outbox.drain_all(conn, rt.queue)
+
+
+def _keys(rt: Runtime) -> list[str]:
+    with rt.data() as conn:
+        return [r[0] for r in conn.execute("SELECT dedupe_key FROM data.alert_events ORDER BY 1")]
+
+
+def test_sink_sensor_skips_when_idle_and_writes_in_the_tick(trace_env: Runtime) -> None:
+    resource = TraceResource()
+    with build_sensor_context(resources={"trace": resource}) as ctx:
+        assert isinstance(sink_sensor(ctx), SkipReason)
+    _publish(trace_env, ["a", "b"])
+    _publish(trace_env, ["b", "c"])
+    with build_sensor_context(resources={"trace": resource}) as ctx:
+        result = sink_sensor(ctx)
+    assert isinstance(result, SensorResult) and not result.run_requests
+    assert _keys(trace_env) == ["a", "b", "c"]
+    assert trace_env.queue.stats(BUFFER_QUEUE).depth == 0
+    with build_sensor_context(resources={"trace": resource}) as ctx:
+        assert isinstance(sink_sensor(ctx), SkipReason)
+
+
+def test_driver_runs_the_sink_until_the_buffer_is_empty(
+    trace_env: Runtime, dagster_instance: DagsterInstance
+) -> None:
+    defs = build_definitions(trace_env)
+    assert defs.resolve_sensor_def("trace_sink").minimum_interval_seconds == 5
+    _publish(trace_env, ["x", "y"])
+    report = drive_until_idle(trace_env, defs, dagster_instance, timeout=60, poll_seconds=0.1)
+    assert report.idle and report.dead_tasks == 0
+    assert _keys(trace_env) == ["x", "y"]

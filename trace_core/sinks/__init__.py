@@ -1,0 +1,1 @@
+"""Buffered sinks: operators stage JSONL batches and publish pointers; the sink writes them."""
