@@ -9,7 +9,9 @@ A job file looks like::
     streams:
       blocks: {cryo_dataset_name: blocks, rpc_pool: standard, chunk_size: 5000, max_inflight: 20}
 
-Unknown fields are rejected at every level and types are strict (``"5"`` is not an int, ``true``
+An optional ``hot: {rpc_pool: ..., max_blocks_per_tick: 200, compact: ...}`` block also follows
+the chain tip into Postgres hot tables (docs/hot_path.md). Unknown fields are rejected at every
+level and types are strict (``"5"`` is not an int, ``true``
 is not 1). Every problem is reported as ``file:line: field.path: message``. RPC URLs never
 appear in YAML: a stream names a pool, resolved at runtime from ``TRACE_RPC_POOL_<POOL>_URL``.
 """
@@ -223,6 +225,49 @@ class StreamSpec(_Model):
     cryo_options: CryoOptions = CryoOptions()
 
 
+class HotSpec(_Model):
+    """Follow the chain tip into the hot tables (``trace_hot_follower``), optionally compacting
+    final hot ranges into cold versions (``trace_hot_compactor``).
+
+    ``compact`` defaults to true for fixed_target jobs and must stay false for follow_head jobs,
+    whose cold versions chain_sync keeps writing (see ``compacts``).
+    """
+
+    rpc_pool: Annotated[str, AfterValidator(_pool)]
+    max_blocks_per_tick: Annotated[int, Field(gt=0, le=10_000)] = 200
+    compact: bool | None = None
+
+
+def compacts(mode_kind: str, compact: bool | None) -> bool:
+    """Whether a hot block compacts: its ``compact``, else true for fixed_target only.
+
+    A follow_head job's chain_sync keeps committing ranges cut at the moving head; compacted
+    versions would overlap them, and the registry's newest-wins rule would hide one of the two.
+    """
+    return (mode_kind == "fixed_target") if compact is None else compact
+
+
+def hot_start_block(
+    mode_kind: str,
+    *,
+    from_block: int,
+    to_block: int | None,
+    tail_lag: int | None,
+    observed_head: int | None,
+) -> int | None:
+    """Where the follower starts a chain it has never followed (docs/hot_path.md).
+
+    fixed_target: ``to_block`` (hot continues where the bounded sync ends). follow_head:
+    ``max(from_block, head + 1 - tail_lag)``, the planner's eligible end, so hot covers the
+    tail chain_sync has not planned yet; None until a head has been observed.
+    """
+    if mode_kind == "fixed_target":
+        return to_block
+    if observed_head is None or tail_lag is None:
+        return None
+    return max(from_block, observed_head + 1 - tail_lag)
+
+
 class ChainSyncSpec(_Model):
     """A chain_sync job: identity ``(org_id, name)``, a mode and at least one stream."""
 
@@ -233,6 +278,21 @@ class ChainSyncSpec(_Model):
     streams: Annotated[dict[Slug, StreamSpec], Field(min_length=1)]
     finality_depth: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
     max_attempts: Annotated[int, Field(gt=0, le=100)] | None = None
+    hot: HotSpec | None = None
+
+    @field_validator("hot")
+    @classmethod
+    def _no_compaction_while_following(
+        cls, value: HotSpec | None, info: ValidationInfo
+    ) -> HotSpec | None:
+        mode = info.data.get("mode")
+        if value is not None and value.compact and isinstance(mode, FollowHead):
+            raise PydanticCustomError(
+                "hot_compact",
+                "compact: true is not allowed with follow_head: chain_sync already commits the "
+                "ranges behind the head; leave compact unset (false) for follow_head jobs",
+            )
+        return value
 
     @property
     def pools(self) -> list[str]:
@@ -261,11 +321,7 @@ def validate_job(
     try:
         spec = ChainSyncSpec.model_validate(doc.data)
     except ValidationError as exc:
-        problems = [
-            _problem(doc, err) for err in exc.errors(include_url=False, include_input=False)
-        ]
-        problems.sort(key=lambda p: p.line or 0)
-        raise InvalidJobFile(problems) from None
+        raise InvalidJobFile(validation_problems(doc, exc)) from None
     if require_pools:
         missing = missing_pool_vars(spec, environ)
         problems = [
@@ -278,6 +334,16 @@ def validate_job(
             for key, s in spec.streams.items()
             if s.rpc_pool in missing
         ]
+        if spec.hot is not None and rpc_pool_url(spec.hot.rpc_pool, environ) is None:
+            problems.append(
+                ConfigError(
+                    f"rpc pool {spec.hot.rpc_pool!r} has no URL: set "
+                    f"{rpc_pool_env_var(spec.hot.rpc_pool)}",
+                    file=doc.source,
+                    line=doc.line_of(("hot", "rpc_pool")),
+                    field="hot.rpc_pool",
+                )
+            )
         if problems:
             raise InvalidJobFile(problems)
     return spec
@@ -288,6 +354,14 @@ _MESSAGES = {
     "missing": "field required",
     "union_tag_not_found": "field 'kind' required (fixed_target or follow_head)",
 }
+
+
+def validation_problems(doc: LoadedYaml, exc: ValidationError) -> list[ConfigError]:
+    """Each error of ``exc`` as a ``ConfigError`` at its file line and field path, in file
+    order (shared by every YAML kind validated with pydantic)."""
+    problems = [_problem(doc, err) for err in exc.errors(include_url=False, include_input=False)]
+    problems.sort(key=lambda p: p.line or 0)
+    return problems
 
 
 def _problem(doc: LoadedYaml, err: Any) -> ConfigError:

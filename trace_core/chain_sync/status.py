@@ -6,7 +6,9 @@ lease), ``retrying`` (among those, waiting to run again after a failed attempt),
 and ``dead``. Throughput is blocks of ranges completed in the last ``window_seconds`` divided by
 the time since the earliest of them was planned (at most the window). Every time is the
 database's ``now()``. Blocked reasons name the missing ``TRACE_RPC_POOL_<POOL>_URL`` variable,
-never a URL.
+never a URL. A job with a ``hot:`` block also reports its follower (``hot``: cursor, observed
+head, lag, where it starts, and why it is not following); ``hot_blocked`` is the rule the
+``trace_hot_follower`` sensor applies too.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from psycopg.rows import dict_row
 
 from trace_core.chain_sync import store
 from trace_core.chain_sync.head import MISSING_RPC_URL
-from trace_core.chain_sync.planner import DEAD_RANGES, eligible_end
+from trace_core.chain_sync.planner import DEAD_RANGES, MISSING_HEAD, eligible_end
 from trace_core.db.queries import q
 from trace_core.settings import rpc_pool_env_var, rpc_pool_url
 
@@ -72,6 +74,60 @@ class StreamStatus:
 
 
 @dataclass(frozen=True)
+class HotStatus:
+    """The hot follower of a job's chain (the cursor is per chain, shared by its jobs)."""
+
+    rpc_pool: str
+    rpc_url_env: str
+    max_blocks_per_tick: int
+    compact: bool
+    start_block: int | None
+    first_block: int | None
+    cursor: int | None
+    observed_head: int | None
+    lag_blocks: int | None
+    blocked: list[Blocked] = field(default_factory=list)
+
+    @property
+    def blocked_reason(self) -> str | None:
+        """All blocked reasons as one line, or None."""
+        return "; ".join(f"{b.kind}: {b.message}" for b in self.blocked) or None
+
+
+def hot_blocked(job: store.HotJob, environ: Mapping[str, str] | None = None) -> list[Blocked]:
+    """Why the follower does not follow ``job``'s chain for it (empty: it follows)."""
+    reasons: list[Blocked] = []
+    if not job.enabled:
+        reasons.append(Blocked(PAUSED, f"job is paused (trace-lite resume --job {job.name})"))
+    if rpc_pool_url(job.hot.rpc_pool, environ) is None:
+        reasons.append(Blocked(MISSING_RPC_URL, f"{rpc_pool_env_var(job.hot.rpc_pool)} is not set"))
+    if job.hot_cursor is None and job.start_block is None:
+        reasons.append(
+            Blocked(
+                MISSING_HEAD,
+                "no head observation yet; the follower starts at max(from_block, head + 1 - tail_lag)",
+            )
+        )
+    return reasons
+
+
+def hot_status(job: store.HotJob, environ: Mapping[str, str] | None = None) -> HotStatus:
+    """The follower part of a job's status (``environ`` defaults to the process environment)."""
+    return HotStatus(
+        rpc_pool=job.hot.rpc_pool,
+        rpc_url_env=rpc_pool_env_var(job.hot.rpc_pool),
+        max_blocks_per_tick=job.hot.max_blocks_per_tick,
+        compact=job.compact,
+        start_block=job.start_block,
+        first_block=job.hot_first_block,
+        cursor=job.hot_cursor,
+        observed_head=job.observed_head,
+        lag_blocks=job.lag_blocks,
+        blocked=hot_blocked(job, environ),
+    )
+
+
+@dataclass(frozen=True)
 class JobStatus:
     job_id: str
     org_id: str
@@ -92,12 +148,16 @@ class JobStatus:
     updated_at: str
     done: bool
     streams: list[StreamStatus]
+    hot: HotStatus | None = None
 
     def as_json(self, queue: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """A JSON-ready dict (streams carry ``blocked_reason`` too); ``queue`` is attached as is."""
+        """A JSON-ready dict (streams and hot carry ``blocked_reason`` too); ``queue`` is
+        attached as is."""
         out = dataclasses.asdict(self)
         for s_out, s in zip(out["streams"], self.streams, strict=True):
             s_out["blocked_reason"] = s.blocked_reason
+        if self.hot is not None:
+            out["hot"]["blocked_reason"] = self.hot.blocked_reason
         if queue is not None:
             out["queue"] = dict(queue)
         return out
@@ -133,6 +193,7 @@ def collect_status(
 ) -> list[JobStatus]:
     """Like ``job_status`` but as dataclasses."""
     jobs = [store.get_job(conn, org_id, job)] if job is not None else store.list_jobs(conn, org_id)
+    hot = {h.job_id: hot_status(h, environ) for h in store.list_hot_jobs(conn, org_id, job)}
     out: list[JobStatus] = []
     with conn.cursor(row_factory=dict_row) as cur:
         for j in jobs:
@@ -141,11 +202,13 @@ def collect_status(
                 {"job_id": j.job_id, "window_seconds": float(window_seconds)},
             ).fetchall()
             streams = [_stream_status(j, r, environ) for r in rows]
-            out.append(_job_status(j, streams))
+            out.append(_job_status(j, streams, hot.get(j.job_id)))
     return out
 
 
-def _job_status(j: store.JobRow, streams: list[StreamStatus]) -> JobStatus:
+def _job_status(
+    j: store.JobRow, streams: list[StreamStatus], hot: HotStatus | None = None
+) -> JobStatus:
     return JobStatus(
         job_id=str(j.job_id),
         org_id=str(j.org_id),
@@ -166,6 +229,7 @@ def _job_status(j: store.JobRow, streams: list[StreamStatus]) -> JobStatus:
         updated_at=_iso(j.updated_at),
         done=bool(streams) and all(s.done for s in streams),
         streams=streams,
+        hot=hot,
     )
 
 

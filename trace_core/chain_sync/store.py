@@ -22,7 +22,13 @@ from psycopg import Connection
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from trace_core.chain_sync.spec import ChainSyncSpec, FixedTarget
+from trace_core.chain_sync.spec import (
+    ChainSyncSpec,
+    FixedTarget,
+    HotSpec,
+    compacts,
+    hot_start_block,
+)
 from trace_core.chain_sync.yamlload import load_job_file, load_yaml
 from trace_core.datasets import ids
 from trace_core.db.queries import q
@@ -388,3 +394,69 @@ def list_ranges(
             {"job_id": job_id, "dataset_key": dataset_key, "status": status},
         ).fetchall()
     return [RangeRow(**r) for r in rows]
+
+
+@dataclass(frozen=True)
+class HotJob:
+    """A job with a ``hot:`` block, as the hot sensors and ``status`` see it.
+
+    ``observed_head``: newest head any pool reported for the chain (head observer or
+    follower); ``hot_cursor``/``hot_first_block``: the chain's follower cursor (shared by every
+    job on the chain), None before the first committed step.
+    """
+
+    job_id: uuid.UUID
+    name: str
+    chain_id: int
+    enabled: bool
+    mode: str
+    from_block: int
+    to_block: int | None
+    tail_lag: int | None
+    hot: HotSpec
+    observed_head: int | None
+    hot_first_block: int | None
+    hot_cursor: int | None
+
+    @property
+    def compact(self) -> bool:
+        """Whether the compactor compacts this job's chain (``spec.compacts``)."""
+        return compacts(self.mode, self.hot.compact)
+
+    @property
+    def start_block(self) -> int | None:
+        """Where the follower starts the chain if it has no cursor (``spec.hot_start_block``)."""
+        return hot_start_block(
+            self.mode,
+            from_block=self.from_block,
+            to_block=self.to_block,
+            tail_lag=self.tail_lag,
+            observed_head=self.observed_head,
+        )
+
+    @property
+    def lag_blocks(self) -> int | None:
+        """Blocks between the observed head and the follower's cursor (None if either unknown)."""
+        if self.observed_head is None or self.hot_cursor is None:
+            return None
+        return max(0, self.observed_head - self.hot_cursor)
+
+
+def list_hot_jobs(
+    conn: Connection[Any],
+    org_id: str | uuid.UUID,
+    job: str | uuid.UUID | None = None,
+    *,
+    enabled_only: bool = False,
+) -> list[HotJob]:
+    """Jobs of the org (or one job) that have a ``hot:`` block, by chain then name.
+
+    Raises ``ChainSyncJobNotFound`` for an unknown ``job``.
+    """
+    job_id = resolve_job(conn, org_id, job) if job is not None else None
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            q("chain_sync", "hot_jobs"),
+            {"org_id": org_id, "job_id": job_id, "enabled_only": enabled_only},
+        ).fetchall()
+    return [HotJob(**{**r, "hot": HotSpec.model_validate(r["hot"])}) for r in rows]

@@ -48,6 +48,7 @@ from trace_core.errors import (
     TraceError,
 )
 from trace_core.query.attach import (
+    HOT_TABLES,
     HotSourceResolver,
     ManifestCache,
     Relation,
@@ -55,6 +56,7 @@ from trace_core.query.attach import (
     attach,
     audit_datasets,
     data_hot_sources,
+    followed_chains,
     task_versions,
     user_versions,
 )
@@ -148,6 +150,7 @@ class _Caller:
     user: UserClaims | None = None
     task_id: uuid.UUID | None = None
     attempt: int | None = None
+    hot_chains: list[int] = field(default_factory=list)
 
 
 class QueryService:
@@ -171,6 +174,9 @@ class QueryService:
         self.data = ConnectionPool(
             dbs.data_url, min_size=1, max_size=8, open=False, kwargs={"autocommit": True}
         )
+        # "data": the follower's hot tables, including chains the org follows that have no
+        # cold version yet (resolved per request, see _hot_for)
+        self._hot_url = dbs.data_url if hot_sources == "data" else None
         self.hot = (
             data_hot_sources(self.data, dbs.data_url) if hot_sources == "data" else hot_sources
         )
@@ -230,7 +236,7 @@ class QueryService:
             max_manifest_bytes=self.settings.query_manifest_max_bytes,
             max_files=self.settings.query_manifest_max_files,
             cache=self.cache,
-            hot=self.hot if caller.user else None,
+            hot=self._hot_for(caller),
         )
         limits = ResultLimits(
             self.settings.query_inline_max_rows,
@@ -264,6 +270,14 @@ class QueryService:
             "export": export.as_json() if export else None,
             "query_id": str(run.query_id),
         }
+
+    def _hot_for(self, caller: _Caller) -> HotSourceResolver | None:
+        """Hot rows serve user queries only (a task reads exactly its pinned versions)."""
+        if caller.user is None:
+            return None
+        if self._hot_url is not None and caller.hot_chains:
+            return data_hot_sources(self.data, self._hot_url, caller.hot_chains)
+        return self.hot
 
     def _finish(self, caller: _Caller, run: _Run, started: float) -> None:
         outcome: Outcome = "ok"
@@ -318,7 +332,15 @@ class QueryService:
         """Relations the request may read (403 for names outside the grant)."""
         if caller.user is not None:
             with self.state.connection() as conn:
-                return user_versions(conn, caller.user, requested=request.datasets, job=request.job)
+                if self._hot_url is not None:
+                    caller.hot_chains = followed_chains(conn, caller.org_id, request.job)
+                return user_versions(
+                    conn,
+                    caller.user,
+                    requested=request.datasets,
+                    job=request.job,
+                    hot_relations=HOT_TABLES if caller.hot_chains else (),
+                )
         if request.job is not None:
             raise QueryError("job is not valid for task queries", code="bad_request")
         if request.datasets is None:

@@ -12,7 +12,10 @@ Untrusted SQL never names a file. This module decides which objects a query may 
    row (ids, chain, range, config and schema hashes) and a file-count cap; local files must
    resolve inside the prefix directory and are made read-only -> ``ManifestInvalid`` (422).
 3. relations: the union of a name's versions' files, plus optional hot Postgres rows beyond
-   the last cold block (``HotSource``, from a ``HotSourceResolver`` hook).
+   the last cold block (``HotSource``, from a ``HotSourceResolver`` hook). ``blocks``,
+   ``transactions`` and ``logs`` also exist for chains the org follows into the hot tables
+   (a chain_sync job with a ``hot:`` block) before any cold version does: such a hot-only
+   relation has no files and takes cryo's column shape (``Relation.columns``).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import stat
 import threading
 import uuid
 from collections import OrderedDict, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -44,6 +47,7 @@ from trace_core.errors import (
     QueryError,
     TooLarge,
 )
+from trace_core.hot.tables import CRYO_COLUMNS
 from trace_core.query.tokens import TaskClaims, UserClaims
 
 log = logging.getLogger(__name__)
@@ -75,12 +79,17 @@ HotSourceResolver = Callable[[str, Sequence[VersionRecord]], Sequence[HotSource]
 
 @dataclass(frozen=True)
 class Relation:
-    """What one relation name reads: exact file URIs and optional hot sources."""
+    """What one relation name reads: exact file URIs and optional hot sources.
+
+    ``columns`` (DuckDB ``(name, type)`` pairs) shapes a relation that has no files: its hot
+    rows are cast to it, and with no hot rows it is an empty relation of that shape.
+    """
 
     name: str
     files: tuple[str, ...]
     versions: tuple[VersionRecord, ...]
     hot: tuple[HotSource, ...] = ()
+    columns: tuple[tuple[str, str], ...] = ()
 
 
 # --- grants -> versions ----------------------------------------------------------------
@@ -114,12 +123,15 @@ def user_versions(
     *,
     requested: Sequence[str] | None = None,
     job: str | None = None,
+    hot_relations: Iterable[str] = (),
 ) -> Versions:
     """Relations a user query may read, by name.
 
-    Without ``requested``: every granted relation of the org (or of ``job``). Raises
-    ``AccessDenied`` for a requested name the token does not grant or the registry does not
-    hold, and ``QueryError(code='job_not_found')`` for an unknown job.
+    Without ``requested``: every granted relation of the org (or of ``job``).
+    ``hot_relations`` exist even without a registered version (served from hot rows; an
+    empty version list). Raises ``AccessDenied`` for a requested name the token does not
+    grant or that neither the registry nor ``hot_relations`` holds, and
+    ``QueryError(code='job_not_found')`` for an unknown job.
     """
     params = {"org_id": claims.org_id, "job": job}
     if job is not None:
@@ -128,6 +140,8 @@ def user_versions(
         registered = default_relations(_records(conn, "job_versions", params))
     else:
         registered = default_relations(_records(conn, "org_versions", params))
+    for name in hot_relations:
+        registered.setdefault(name, [])
     if requested is None:
         return {name: recs for name, recs in registered.items() if claims.grants(name)}
     out: Versions = {}
@@ -289,7 +303,8 @@ def attach(
                     cache.put(rec, checked)
             files.extend(checked)
         sources = tuple(hot(name, recs)) if hot else ()
-        out.append(Relation(name, tuple(files), tuple(recs), sources))
+        columns = tuple((c.name, c.duckdb) for c in CRYO_COLUMNS.get(name, ()))
+        out.append(Relation(name, tuple(files), tuple(recs), sources, columns))
     return out
 
 
@@ -315,15 +330,26 @@ _HOT_ROWS_BEYOND = sql.SQL(
 )
 
 
-def data_hot_sources(pool: ConnectionPool[Any], url: str) -> HotSourceResolver:
+def followed_chains(
+    conn: Connection[Any], org_id: str | uuid.UUID, job: str | None = None
+) -> list[int]:
+    """Chains the org's chain_sync jobs (or the job named ``job``) follow into the hot tables."""
+    rows = conn.execute(q("query", "hot_followed_chains"), {"org_id": org_id, "job": job})
+    return [int(r[0]) for r in rows.fetchall()]
+
+
+def data_hot_sources(
+    pool: ConnectionPool[Any], url: str, followed: Collection[int] = ()
+) -> HotSourceResolver:
     """Resolver over the block follower's ``data.hot_*`` tables: per chain, the hot rows at or
-    beyond the end of the newest cold range, offered only when there are any."""
+    beyond the end of the newest cold range, offered only when there are any. A ``followed``
+    chain without cold versions contributes all its hot rows (boundary 0)."""
 
     def resolve(relation: str, recs: Sequence[VersionRecord]) -> list[HotSource]:
         table = HOT_TABLES.get(relation)
-        if table is None or not recs:
+        if table is None or not (recs or followed):
             return []
-        cold_end: dict[int, int] = {}
+        cold_end: dict[int, int] = dict.fromkeys(followed, 0)
         for rec in recs:
             cold_end[rec.chain_id] = max(cold_end.get(rec.chain_id, 0), rec.range_end)
         sources = []

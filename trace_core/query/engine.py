@@ -9,7 +9,8 @@ Trusted code builds everything before untrusted SQL runs:
    ``duckdb_extensions`` and signature-checked once, then loaded per query;
 3. hot rows (``HotSource``) copied into temp tables through a READ_ONLY Postgres attach that is
    detached again, so the query itself has no route to Postgres;
-4. one view per relation over exactly its granted Parquet files (plus its hot rows);
+4. one view per relation over exactly its granted Parquet files (plus its hot rows; a
+   relation without files is its hot rows alone, shaped by ``Relation.columns``);
 5. ``allowed_paths`` = those files, ``enable_external_access=false``,
    ``lock_configuration=true``.
 
@@ -275,7 +276,7 @@ def open_sandbox(
     """Make ``con`` (a fresh instance) a locked sandbox where exactly ``relations`` exist."""
     files = [uri for rel in relations for uri in rel.files]
     needs_s3 = any(uri.startswith("s3://") for uri in files)
-    needs_pg = any(rel.hot and rel.files for rel in relations)
+    needs_pg = any(rel.hot and _shaped(rel) for rel in relations)
     if needs_s3:
         ensure_extension("httpfs", config.extension_dir)
         con.execute("LOAD httpfs")
@@ -286,15 +287,23 @@ def open_sandbox(
         con.execute("LOAD postgres_scanner")
         hot_tables = _copy_hot_rows(con, relations)
     for rel in relations:
-        if not rel.files:
+        if not _shaped(rel):
             continue
-        parts = [f"SELECT * FROM read_parquet({_list(rel.files)})"]
+        parts = [f"SELECT * FROM read_parquet({_list(rel.files)})"] if rel.files else []
         parts += [f"SELECT * FROM {_ident(t)}" for t in hot_tables.get(rel.name, [])]
+        if not parts:  # no files and no hot rows yet: an empty relation of the right shape
+            cols = ", ".join(f"CAST(NULL AS {t}) AS {_ident(n)}" for n, t in rel.columns)
+            parts = [f"SELECT {cols} WHERE false"]
         con.execute(f"CREATE TEMP VIEW {_ident(rel.name)} AS " + " UNION ALL ".join(parts))
     con.execute(f"SET temp_directory = {_lit(str(workdir.spill))}")
     con.execute(f"SET allowed_paths = {_list(files)}")
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
+
+
+def _shaped(rel: Relation) -> bool:
+    """A relation gets a view when its shape is known: from its files, else its columns."""
+    return bool(rel.files or rel.columns)
 
 
 def _create_s3_secret(con: duckdb.DuckDBPyConnection, s3: S3Access | None) -> None:
@@ -322,22 +331,26 @@ def _copy_hot_rows(
     """Copy hot rows into temp tables shaped like the relation's Parquet (same columns, same
     types, same order), then detach Postgres. Returns temp table names per relation."""
     out: dict[str, list[str]] = {}
-    urls = sorted({src.url for rel in relations if rel.files for src in rel.hot})
+    urls = sorted({src.url for rel in relations if _shaped(rel) for src in rel.hot})
     aliases = {url: f"{_HOT_ALIAS}{i}" for i, url in enumerate(urls)}
     for url, alias in aliases.items():
         con.execute(f"ATTACH {_lit(url)} AS {alias} (TYPE postgres, READ_ONLY)")
     try:
         for rel in relations:
-            if not rel.files:
+            if not rel.hot or not _shaped(rel):
                 continue
-            cold = con.execute(
-                f"DESCRIBE SELECT * FROM read_parquet({_list(rel.files)})"
-            ).fetchall()
+            if rel.files:
+                described = con.execute(
+                    f"DESCRIBE SELECT * FROM read_parquet({_list(rel.files)})"
+                ).fetchall()
+                shape = [(str(c[0]), str(c[1])) for c in described]
+            else:
+                shape = list(rel.columns)
             for i, src in enumerate(rel.hot):
                 table = f"__hot_{rel.name}_{i}"
                 con.execute(
                     f"CREATE TEMP TABLE {_ident(table)} AS "
-                    + _hot_select(con, aliases[src.url], src, [(c[0], c[1]) for c in cold])
+                    + _hot_select(con, aliases[src.url], src, shape)
                 )
                 out.setdefault(rel.name, []).append(table)
     finally:

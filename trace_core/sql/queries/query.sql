@@ -43,3 +43,10 @@ INSERT INTO data.query_audit (query_id, org_id, user_sub, task_id, attempt, data
 VALUES (%(query_id)s, %(org_id)s, %(user_sub)s, %(task_id)s, %(attempt)s, %(datasets)s,
         %(sql_sha256)s, %(rows)s, %(bytes)s, %(duration_ms)s, %(outcome)s, %(error_code)s,
         %(export_key)s)
+
+-- name: hot_followed_chains
+-- Chains the org's chain_sync jobs (or the named job) follow into data.hot_* (a `hot:` block).
+SELECT DISTINCT chain_id FROM state.chain_sync_jobs
+WHERE org_id = %(org_id)s AND jsonb_typeof(spec -> 'hot') = 'object'
+  AND (%(job)s::text IS NULL OR name = %(job)s)
+ORDER BY chain_id

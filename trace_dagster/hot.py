@@ -1,0 +1,230 @@
+"""Hot-path sensors: follow each hot chain's tip and compact its final ranges (docs/hot_path.md).
+
+``trace_hot_follower`` (every few seconds) runs one bounded ``follow_pool`` step per chain an
+enabled chain_sync job follows (its ``hot:`` block) and records the head it saw;
+``trace_hot_compactor`` (every 30 s) runs ``compact_chain`` for the chains whose jobs compact,
+deleting compacted hot rows only after their cold versions are committed. Neither launches
+runs: the tick is the work. The follower reports each tick as its skip reason (no runs were
+requested); the compactor reports committed ranges as an observation of asset
+``hot/chain_<id>``. A retryable failure of one chain is reported and retried next tick; a
+fatal one fails the tick after the other chains had their turn.
+"""
+
+# No `from __future__ import annotations` here: Dagster resolves sensor annotations at runtime.
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from dagster import (
+    AssetKey,
+    AssetObservation,
+    DefaultSensorStatus,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    sensor,
+)
+
+from trace_core.chain_sync.head import record_head_observation
+from trace_core.chain_sync.status import hot_blocked
+from trace_core.chain_sync.store import HotJob, list_hot_jobs
+from trace_core.errors import RetryableError, TraceError
+from trace_core.hot.follower import FollowResult
+from trace_core.operators.block_follower import follow_pool
+from trace_core.operators.parquet_compact import compact_chain
+from trace_core.runtime import Runtime
+from trace_dagster.resources import TraceResource
+
+FOLLOWER_INTERVAL_SECONDS = 3
+COMPACTOR_INTERVAL_SECONDS = 30
+# No chain is started past this point of a tick (Dagster times a sensor tick out at 60 s);
+# the sensor cursor rotates the starting chain so a slow chain cannot starve the others.
+TICK_BUDGET_SECONDS = 40.0
+HEAD_SOURCE = "hot_follower"
+
+
+def hot_asset_key(chain_id: int) -> AssetKey:
+    """``hot/chain_<id>``: the asset the compactor's observations are reported on."""
+    return AssetKey(["hot", f"chain_{chain_id}"])
+
+
+def _hot_jobs(rt: Runtime) -> dict[int, list[HotJob]]:
+    """Enabled jobs with a ``hot:`` block, by chain (jobs on one chain share its follower)."""
+    with rt.state() as conn:
+        jobs = list_hot_jobs(conn, rt.settings.org_id, enabled_only=True)
+    by_chain: dict[int, list[HotJob]] = {}
+    for job in jobs:
+        by_chain.setdefault(job.chain_id, []).append(job)
+    return by_chain
+
+
+def _rotated(chains: list[int], cursor: str | None) -> list[int]:
+    """``chains`` (sorted) starting after the chain the previous tick handled last."""
+    last = int(cursor) if cursor and cursor.isdigit() else None
+    if last is None:
+        return chains
+    return [c for c in chains if c > last] + [c for c in chains if c <= last]
+
+
+class _Failures:
+    """Per-chain failures of one tick: retryable ones become a line, fatal ones are kept."""
+
+    def __init__(self, log: logging.Logger) -> None:
+        self.log = log
+        self.lines: list[str] = []
+        self.fatal: TraceError | None = None
+
+    @contextmanager
+    def guard(self, chain_id: int, what: str) -> Iterator[None]:
+        try:
+            yield
+        except RetryableError as exc:
+            self.log.warning(f"{what} on chain {chain_id}: {exc.code}: {exc.message}")
+            self.lines.append(f"chain {chain_id}: {exc.code}: {exc.message} (next tick retries)")
+        except TraceError as exc:
+            self.log.error(f"{what} on chain {chain_id} failed: {exc.code}: {exc.message}")
+            self.lines.append(f"chain {chain_id}: {exc.code}: {exc.message}")
+            self.fatal = self.fatal or exc
+
+    def raise_fatal(self) -> None:
+        if self.fatal is not None:
+            raise self.fatal
+
+
+def _follow_line(chain_id: int, job: HotJob, r: FollowResult) -> str:
+    if r.skipped:
+        return f"chain {chain_id}: another follower step holds the chain"
+    line = (
+        f"chain {chain_id} (job {job.name}): +{r.ingested} blocks, cursor {r.cursor}, head {r.head}"
+    )
+    if r.reorged_depth:
+        line += f", repaired a reorg of depth {r.reorged_depth}"
+    return line
+
+
+def follower_tick(
+    rt: Runtime, cursor: str | None, log: logging.Logger
+) -> SensorResult | SkipReason:
+    """One follower step per followed chain, each bounded by its job's ``max_blocks_per_tick``.
+
+    A chain whose jobs are all blocked (paused, ``TRACE_RPC_POOL_<POOL>_URL`` unset, no head
+    observed yet for follow_head) is skipped with the reason; ``trace-lite status`` shows the
+    same reasons (``chain_sync.status.hot_blocked``). Returns a ``SkipReason`` when no chain
+    could be followed, else a ``SensorResult`` whose skip reason summarises each chain (no
+    runs are requested) and whose cursor rotates the starting chain. Raises the first fatal
+    error (``ChainMismatch``, ``ReorgTooDeep``) after every chain had its turn.
+    """
+    by_chain = _hot_jobs(rt)
+    if not by_chain:
+        return SkipReason("no enabled chain_sync job has a hot: block")
+    deadline = time.monotonic() + TICK_BUDGET_SECONDS
+    failures = _Failures(log)
+    lines: list[str] = []
+    last: int | None = None
+    followed = 0
+    for chain_id in _rotated(sorted(by_chain), cursor):
+        if time.monotonic() > deadline:
+            lines.append(f"chain {chain_id}: deferred to the next tick")
+            continue
+        last = chain_id
+        jobs = by_chain[chain_id]
+        runnable = [j for j in jobs if not hot_blocked(j)]
+        if not runnable:
+            reasons = "; ".join(f"{b.kind}: {b.message}" for b in hot_blocked(jobs[0]))
+            lines.append(f"chain {chain_id} (job {jobs[0].name}): blocked: {reasons}")
+            continue
+        job = runnable[0]
+        followed += 1
+        with failures.guard(chain_id, "hot follower"):
+            result = follow_pool(
+                rt,
+                chain_id,
+                job.hot.rpc_pool,
+                max_blocks=job.hot.max_blocks_per_tick,
+                start_block=job.start_block,
+            )
+            if result.head is not None and not result.skipped:
+                with rt.state() as conn:
+                    record_head_observation(
+                        conn,
+                        org_id=rt.settings.org_id,
+                        chain_id=chain_id,
+                        rpc_pool=job.hot.rpc_pool,
+                        head_block=result.head,
+                        source=HEAD_SOURCE,
+                    )
+            lines.append(_follow_line(chain_id, job, result))
+    failures.raise_fatal()
+    summary = " | ".join(lines + failures.lines)
+    if followed == 0:
+        return SkipReason(summary)
+    return SensorResult(skip_reason=summary, cursor=None if last is None else str(last))
+
+
+def compactor_tick(rt: Runtime, log: logging.Logger) -> SensorResult | SkipReason:
+    """``compact_chain(..., delete_hot=True)`` for every hot chain whose enabled jobs all compact.
+
+    Reports an ``AssetObservation`` of ``hot/chain_<id>`` for each chain where ranges were
+    committed or hot rows deleted. Raises the first fatal error after every chain had its turn.
+    """
+    chains = sorted(c for c, jobs in _hot_jobs(rt).items() if all(j.compact for j in jobs))
+    if not chains:
+        return SkipReason("no enabled chain_sync job compacts a hot chain")
+    deadline = time.monotonic() + TICK_BUDGET_SECONDS
+    failures = _Failures(log)
+    events: list[AssetObservation] = []
+    lines: list[str] = []
+    for chain_id in chains:
+        if time.monotonic() > deadline:
+            break
+        with failures.guard(chain_id, "hot compaction"):
+            result = compact_chain(rt, chain_id, delete_hot=True)
+            new = [c for c in result.committed if c.newly_registered]
+            deleted = sum(result.deleted_rows.values())
+            lines.append(
+                f"chain {chain_id}: {len(new)} range(s) committed, {deleted} hot rows deleted, "
+                f"final below {result.final_end}"
+            )
+            if new or deleted:
+                metadata: dict[str, Any] = {
+                    "chain_id": chain_id,
+                    "final_end": result.final_end,
+                    "committed": [
+                        f"{c.dataset_key} [{c.range_start}, {c.range_end}) rows={c.row_count}"
+                        for c in new
+                    ],
+                    "deleted_hot_rows": dict(result.deleted_rows),
+                }
+                events.append(
+                    AssetObservation(asset_key=hot_asset_key(chain_id), metadata=metadata)
+                )
+    failures.raise_fatal()
+    if events:
+        return SensorResult(asset_events=events)
+    return SkipReason(" | ".join(lines + failures.lines) or "nothing final to compact")
+
+
+@sensor(
+    name="trace_hot_follower",
+    minimum_interval_seconds=FOLLOWER_INTERVAL_SECONDS,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Follows the tip of every chain a chain_sync job's hot: block names into the hot tables",
+)
+def hot_follower_sensor(
+    context: SensorEvaluationContext, trace: TraceResource
+) -> SensorResult | SkipReason:
+    return follower_tick(trace.get_client(), context.cursor, context.log)
+
+
+@sensor(
+    name="trace_hot_compactor",
+    minimum_interval_seconds=COMPACTOR_INTERVAL_SECONDS,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Compacts final hot ranges into cold dataset versions, then deletes those hot rows",
+)
+def hot_compactor_sensor(
+    context: SensorEvaluationContext, trace: TraceResource
+) -> SensorResult | SkipReason:
+    return compactor_tick(trace.get_client(), context.log)
