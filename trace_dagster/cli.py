@@ -6,6 +6,8 @@ Dagster is imported inside the commands that need it, so ``trace-lite status`` s
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -18,10 +20,25 @@ DEFAULT_DAGSTER_HOME = REPO_ROOT / "dagster_home"
 
 
 def ensure_dagster_home() -> Path:
-    """DAGSTER_HOME defaults to the checkout's dagster_home/ (sqlite storage, Lite)."""
-    home = Path(os.environ.setdefault("DAGSTER_HOME", str(DEFAULT_DAGSTER_HOME)))
+    """DAGSTER_HOME defaults to the checkout's dagster_home/ (sqlite storage, Lite). A home
+    without a dagster.yaml gets the checkout's (queued runs, at most two at once, no telemetry)."""
+    home = Path(os.environ.setdefault("DAGSTER_HOME", str(DEFAULT_DAGSTER_HOME))).resolve()
     home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        shutil.copyfile(DEFAULT_DAGSTER_HOME / "dagster.yaml", config)
     return home
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def interrupt_on_signals() -> None:
+    """SIGINT and SIGTERM both unwind as KeyboardInterrupt, so every ``finally`` that stops a
+    service runs (SIGINT included when a shell started us with it ignored)."""
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
 
 
 @cli.command()
@@ -85,6 +102,7 @@ def demo(exit_after: bool, job_file: Path | None, port: int, timeout: float) -> 
     from trace_core.settings import load_settings
     from trace_dagster.demo import DEMO_FILE, run_demo
 
+    interrupt_on_signals()
     try:
         run_demo(
             load_settings(),

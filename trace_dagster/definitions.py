@@ -6,10 +6,13 @@ from dagster import Definitions
 
 from trace_core.runtime import Runtime
 from trace_core.settings import load_settings
+from trace_dagster.alerts import alert_delivery_sensor
+from trace_dagster.hot import hot_compactor_sensor, hot_follower_sensor
 from trace_dagster.jobs import trace_worker
 from trace_dagster.partitions import stream_asset_specs
 from trace_dagster.resources import TraceResource
 from trace_dagster.sensors import dispatcher_sensor, worker_sensor
+from trace_dagster.sinks import sink_sensor
 
 
 def build_definitions(runtime: Runtime | None = None) -> Definitions:
@@ -18,7 +21,14 @@ def build_definitions(runtime: Runtime | None = None) -> Definitions:
     return Definitions(
         assets=stream_asset_specs(rt),
         jobs=[trace_worker],
-        sensors=[dispatcher_sensor, worker_sensor],
+        sensors=[
+            dispatcher_sensor,
+            worker_sensor,
+            sink_sensor,
+            hot_follower_sensor,
+            hot_compactor_sensor,
+            alert_delivery_sensor,
+        ],
         resources={"trace": TraceResource()},
     )
 

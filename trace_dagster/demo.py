@@ -31,7 +31,7 @@ from trace_core.devchain import DevChain
 from trace_core.errors import TraceError
 from trace_core.runtime import Runtime
 from trace_core.settings import REPO_ROOT, Settings, rpc_pool_url
-from trace_dagster.stack import LocalStack
+from trace_dagster.stack import LocalStack, free_port, port_free
 
 DEMO_FILE = REPO_ROOT / "examples" / "chain_sync.demo.yaml"
 DEMO_POOL = "demo"
@@ -150,6 +150,7 @@ def run_demo(
     from trace_core.chain_sync.yamlload import load_job_file
     from trace_core.db.migrate import migrate
 
+    settings, dagster_port = _pick_ports(console, settings, dagster_port)
     spec, _ = load_job_file(job_file)
     mode = spec.mode
     if mode.kind != "fixed_target":
@@ -177,7 +178,7 @@ def run_demo(
             f"applied {job_file.name}: job {spec.name!r} "
             + ("(new or changed)" if applied.changed else "(unchanged, resuming)")
         )
-        _apply_demo_alerts(console, rt)
+        _apply_demo_alerts(console, rt, spec.name)
         stack = LocalStack(
             settings, dagster_home=dagster_home, dagster_port=dagster_port, extra_env=extra_env
         )
@@ -201,16 +202,31 @@ def run_demo(
         _shutdown(console, stack, chain)
 
 
-def _apply_demo_alerts(console: Console, rt: Runtime) -> None:
-    """Apply examples/alerts/*.yaml when the alerts module ships with this checkout."""
-    try:
-        from trace_core.alerts import store as alert_store  # type: ignore[attr-defined]
-    except ImportError:
-        return
+def _pick_ports(console: Console, settings: Settings, dagster_port: int) -> tuple[Settings, int]:
+    """The configured ports, or free ones (said aloud) when something else holds them."""
+    if not port_free(settings.query_host, settings.query_port):
+        port = free_port(settings.query_host)
+        console.print(f"port {settings.query_port} is busy; the Query Service uses {port}")
+        settings = settings.model_copy(update={"query_port": port, "query_url": None})
+    if not port_free("127.0.0.1", dagster_port):
+        port = free_port("127.0.0.1")
+        console.print(f"port {dagster_port} is busy; the Dagster UI uses {port}")
+        dagster_port = port
+    return settings, dagster_port
+
+
+def _apply_demo_alerts(console: Console, rt: Runtime, job: str) -> None:
+    """Apply the examples/alerts/*.yaml written for ``job``."""
+    from trace_core.alerts.spec import load_alert_file
+    from trace_core.alerts.store import apply_alert
+
     for path in sorted((REPO_ROOT / "examples" / "alerts").glob("*.yaml")):
+        loaded = load_alert_file(path)
+        if loaded.spec.job != job:
+            continue
         with rt.state() as conn, conn.transaction():
-            alert_store.apply_alert_file(conn, rt.settings.org_id, path)
-        console.print(f"applied alert {path.name}")
+            apply_alert(conn, rt.settings.org_id, loaded, str(path))
+        console.print(f"applied alert {loaded.spec.name!r} ({path.name})")
 
 
 def _show_results(
@@ -222,13 +238,11 @@ def _show_results(
     deadline: float,
 ) -> None:
     result.tip = _query(settings, TIP_SQL, result.job)
-    _print_response(
-        console, "Tip: the newest blocks (hot rows at the tip, cold Parquet below)", result.tip
-    )
+    _print_response(console, "Tip: newest blocks (hot + cold)", result.tip)
     result.backfill = _query(settings, backfill_sql(result.from_block, result.to_block), result.job)
     _print_response(
         console,
-        f"Backfill: blocks [{result.from_block}, {result.to_block}) from Parquet",
+        f"Backfill: blocks [{result.from_block}, {result.to_block})",
         result.backfill,
     )
     if chain is not None:

@@ -27,7 +27,7 @@ from trace_core.runtime import Runtime
 DISPATCHER_SENSOR = "trace_dispatcher"
 # Queues whose messages are work the driver must see consumed before it reports idle
 # (task wake-ups are covered by the task table itself).
-IDLE_QUEUES: tuple[str, ...] = (BUFFER_QUEUE,)
+IDLE_QUEUES: tuple[str, ...] = (BUFFER_QUEUE, "dataset_events")
 
 
 @dataclass
@@ -76,12 +76,13 @@ def _apply_partitions(instance: DagsterInstance, result: SensorResult | SkipReas
 
 def _job_name(defs: Definitions, sensor_name: str) -> str:
     sensor_def = defs.resolve_sensor_def(sensor_name)
-    return sensor_def.job_name if sensor_def.has_jobs else ""
+    return (sensor_def.job_name or "") if sensor_def.has_jobs else ""
 
 
 def active_work(rt: Runtime) -> tuple[int, int, int]:
     """(queued-or-running tasks not paused, pending outbox rows plus messages waiting on the
-    ``IDLE_QUEUES``, dead tasks)."""
+    ``IDLE_QUEUES`` plus alert deliveries due now, dead tasks)."""
+    from trace_core.alerts.delivery import delivery_backlog
     with rt.state() as conn:
         row = conn.execute(
             """SELECT count(*) FILTER (WHERE status IN ('queued', 'running') AND NOT paused),
@@ -96,7 +97,7 @@ def active_work(rt: Runtime) -> tuple[int, int, int]:
     for name in IDLE_QUEUES:
         stats = rt.queue.stats(name)
         queued += stats.depth + stats.in_flight
-    return int(row[0]), int(pending[0]) + queued, int(row[1])
+    return int(row[0]), int(pending[0]) + queued + delivery_backlog(rt), int(row[1])
 
 
 def drive_until_idle(
@@ -125,15 +126,15 @@ def drive_until_idle(
                 job_name = _job_name(defs, name)
                 requests += [(req.job_name or job_name, req) for req in result.run_requests or []]
         for job_name, req in requests:
-            result = defs.resolve_job_def(job_name).execute_in_process(
+            run = defs.resolve_job_def(job_name).execute_in_process(
                 run_config=req.run_config,
                 instance=instance,
                 tags=dict(req.tags),
                 raise_on_error=False,
             )
             report.runs += 1
-            report.run_ids.append(result.run_id)
-            if not result.success:
+            report.run_ids.append(run.run_id)
+            if not run.success:
                 report.failed_runs += 1
         if on_tick:
             on_tick(report)

@@ -33,7 +33,7 @@ def materialization_for(outcome: TaskOutcome) -> AssetMaterialization | None:
     from trace_core.chain_sync.planner import range_partition_key
 
     start, end = int(p["range_start"]), int(p["range_end"])
-    meta = {
+    meta: dict[str, str | int] = {
         "block_range": f"[{start}, {end})",
         "task_id": str(outcome.task_id),
         "attempt": outcome.attempt or 0,

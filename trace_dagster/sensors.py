@@ -2,9 +2,12 @@
 
 # No `from __future__ import annotations` here: Dagster resolves op/sensor annotations at runtime.
 import hashlib
+import time
 
 from dagster import (
     AddDynamicPartitionsRequest,
+    DagsterInstance,
+    DagsterInvariantViolationError,
     DefaultSensorStatus,
     RunRequest,
     SensorEvaluationContext,
@@ -24,31 +27,61 @@ MAX_RUNS_PER_TICK = 10
 
 
 PARTITIONS_SYNCED = "partitions-synced"
+# How often the dispatcher re-checks that every planned range is a partition in the instance.
+PARTITIONS_RESYNC_SECONDS = 300.0
 
 
-def dispatcher_result(rt: Runtime, cursor: str | None) -> SensorResult | SkipReason:
-    """One dispatcher tick as a sensor result.
+def _synced_at(cursor: str | None) -> float | None:
+    """Epoch seconds of the last full partition sync recorded in the cursor, if any."""
+    prefix, sep, stamp = (cursor or "").partition(":")
+    if prefix != PARTITIONS_SYNCED or not sep:
+        return None
+    try:
+        return float(stamp)
+    except ValueError:
+        return None
 
-    The first tick (no cursor) re-adds every planned range as a partition, so partitions
-    survive a crash between planning and the daemon applying this tick's requests.
+
+def dispatcher_result(
+    rt: Runtime,
+    cursor: str | None,
+    instance: DagsterInstance | None = None,
+    now: float | None = None,
+) -> SensorResult | SkipReason:
+    """One dispatcher tick as a sensor result: partitions for the ranges it planned.
+
+    On the first tick and then every ``PARTITIONS_RESYNC_SECONDS`` it also requests every
+    planned range missing from ``instance`` (all of them without an instance). A tick whose
+    result never reached the daemon (the process died, or the sensor raised after planning,
+    e.g. while the queue was down) leaves the cursor as it was, so the daemon's persisted
+    cursor alone cannot heal it; the periodic sync does.
     """
+    now = time.time() if now is None else now
     report = dispatch_tick(rt)
-    partitions = list(report.planned)
-    if cursor != PARTITIONS_SYNCED:
-        partitions = all_partitions(rt)
+    synced_at = _synced_at(cursor)
+    resync = synced_at is None or now - synced_at >= PARTITIONS_RESYNC_SECONDS
+    partitions = all_partitions(rt) if resync else list(report.planned)
     by_def: dict[str, list[str]] = {}
     for p in partitions:
         by_def.setdefault(partitions_def_name(p.job_name, p.dataset_key), []).append(
             p.partition_key
         )
+    if resync and instance is not None:
+        for name in list(by_def):
+            known = set(instance.get_dynamic_partitions(name))
+            by_def[name] = [k for k in by_def[name] if k not in known]
+        by_def = {name: keys for name, keys in by_def.items() if keys}
+    next_cursor = f"{PARTITIONS_SYNCED}:{now:.0f}" if resync else cursor
     if not report.did_work and not by_def:
-        return SkipReason("nothing to plan, reap or publish")
+        if next_cursor == cursor:
+            return SkipReason("nothing to plan, reap or publish")
+        return SensorResult(skip_reason="partitions in sync; nothing to plan", cursor=next_cursor)
     return SensorResult(
         dynamic_partitions_requests=[
             AddDynamicPartitionsRequest(partitions_def_name=name, partition_keys=keys)
             for name, keys in by_def.items()
         ],
-        cursor=PARTITIONS_SYNCED,
+        cursor=next_cursor,
     )
 
 
@@ -115,7 +148,11 @@ def worker_requests(rt: Runtime, max_runs: int = MAX_RUNS_PER_TICK) -> list[RunR
 def dispatcher_sensor(
     context: SensorEvaluationContext, trace: TraceResource
 ) -> SensorResult | SkipReason:
-    return dispatcher_result(trace.get_client(), context.cursor)
+    try:
+        instance: DagsterInstance | None = context.instance
+    except DagsterInvariantViolationError:  # a context built in a test without an instance
+        instance = None
+    return dispatcher_result(trace.get_client(), context.cursor, instance)
 
 
 @sensor(

