@@ -30,6 +30,7 @@ class Settings(BaseSettings):
     database_url: SecretStr | None = Field(None, description="Postgres server URL; state and data databases are created on it (trace_state, trace_data)")
     state_url: SecretStr | None = Field(None, description="Postgres URL of the state database (overrides TRACE_DATABASE_URL)")
     data_url: SecretStr | None = Field(None, description="Postgres URL of the data database (overrides TRACE_DATABASE_URL)")
+    log_format: Literal["text", "json"] = Field("text", description="CLI and service logs: text with key=value fields, or one JSON object per line")
     org_id: str = Field(DEFAULT_ORG_ID, description="Organisation id stamped on jobs, datasets and tokens")
 
     object_store_url: str | None = Field(None, description="file:///path or s3://bucket/prefix; default file://$TRACE_HOME/objects")
@@ -41,6 +42,8 @@ class Settings(BaseSettings):
     sqs_queue_prefix: str = Field("trace-", description="Prefix of SQS queue names")
     visibility_timeout_seconds: int = Field(60, gt=0, description="Queue visibility timeout for received messages")
     max_receive_count: int = Field(5, gt=0, description="Receives before a message is dead-lettered")
+    sink_max_batch_bytes: int = Field(16 * 1024 * 1024, gt=0, description="Sink: largest buffered batch object it reads; bigger ones are dead-lettered")
+    sink_retry_delay_seconds: float = Field(0.2, ge=0, description="Sink: delay before a failed buffer message is received again")
 
     lease_seconds: int = Field(30, gt=0, description="Task lease length; a dead worker is detected within this")
     heartbeat_seconds: float = Field(7.5, gt=0, description="Heartbeat interval while an operator runs")
@@ -83,6 +86,12 @@ class Settings(BaseSettings):
     jwt_issuer: str = Field("trace-lite", description="iss of tokens Trace issues and accepts")
     user_token_ttl_seconds: int = Field(3600, gt=0, description="Lifetime of user query tokens")
     task_token_ttl_seconds: int = Field(900, gt=0, description="Default lifetime of task capability tokens")
+
+    alert_delivery_max_attempts: int = Field(8, gt=0, description="Alerts: send attempts per event and channel before the delivery fails for good")
+    alert_delivery_backoff_base_seconds: float = Field(5.0, ge=0, description="Alerts: delivery retry backoff base (doubles per attempt)")
+    alert_delivery_backoff_max_seconds: float = Field(1800.0, ge=0, description="Alerts: delivery retry backoff cap")
+    alert_delivery_max_age_seconds: int = Field(7 * 86400, gt=0, description="Alerts: events older than this get no deliveries planned")
+    alert_webhook_allow_private: bool = Field(True, description="Alerts: allow webhooks to loopback/private addresses (Lite); link-local and metadata addresses are always refused")
 
     def resolved_home(self) -> Path:
         return self.home.expanduser().resolve()

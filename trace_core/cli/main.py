@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from trace_core.cli.alerts import alerts
+from trace_core.cli.dlq import dlq
 from trace_core.errors import ConfigError, TraceError
 from trace_core.runtime import Runtime
 from trace_core.settings import load_settings
@@ -49,10 +52,14 @@ def runtime() -> Runtime:
 @click.option("-v", "--verbose", is_flag=True, help="Log at INFO level to stderr")
 def cli(verbose: bool) -> None:
     """Trace Lite: EVM chain data into versioned Parquet, on Dagster."""
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from trace_core.logs import configure_logging
+
+    fmt = "json" if os.environ.get("TRACE_LOG_FORMAT", "").lower() == "json" else "text"
+    configure_logging(logging.INFO if verbose else logging.WARNING, fmt)
+
+
+cli.add_command(dlq)
+cli.add_command(alerts)
 
 
 @cli.command()
@@ -64,7 +71,9 @@ def migrate() -> None:
     rt = runtime()
     applied = run_migrate(rt.dbs)
     for which, ids in applied.items():
-        console.print(f"{which}: {len(ids)} migration(s) applied" + (f" ({', '.join(ids)})" if ids else ""))
+        console.print(
+            f"{which}: {len(ids)} migration(s) applied" + (f" ({', '.join(ids)})" if ids else "")
+        )
 
 
 def _ensure_migrated(rt: Runtime) -> None:
@@ -75,7 +84,9 @@ def _ensure_migrated(rt: Runtime) -> None:
 
 @cli.command()
 @click.option("--file", "file_", required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--strict", is_flag=True, help="Also require every rpc_pool's TRACE_RPC_POOL_<POOL>_URL")
+@click.option(
+    "--strict", is_flag=True, help="Also require every rpc_pool's TRACE_RPC_POOL_<POOL>_URL"
+)
 @handle_errors
 def apply(file_: Path, strict: bool) -> None:
     """Apply a chain_sync YAML job (idempotent; an edit keeps cursors and the paused flag)."""
@@ -100,7 +111,18 @@ def _render_status(jobs: list[dict[str, Any]], queue: dict[str, Any] | None) -> 
             highlight=False,
         )
         table = Table(show_header=True, header_style="bold")
-        for col in ("stream", "cursor", "sched", "run", "done", "dead", "%", "blk/s", "eta", "blocked"):
+        for col in (
+            "stream",
+            "cursor",
+            "sched",
+            "run",
+            "done",
+            "dead",
+            "%",
+            "blk/s",
+            "eta",
+            "blocked",
+        ):
             table.add_column(col)
         for s in job.get("streams", []):
             pct = s.get("percent_done")
@@ -113,17 +135,36 @@ def _render_status(jobs: list[dict[str, Any]], queue: dict[str, Any] | None) -> 
                 str(s.get("completed", 0)),
                 str(s.get("dead", 0)),
                 "" if pct is None else f"{pct:.1f}",
-                "" if not s.get("throughput_blocks_per_s") else f"{s['throughput_blocks_per_s']:.0f}",
+                ""
+                if not s.get("throughput_blocks_per_s")
+                else f"{s['throughput_blocks_per_s']:.0f}",
                 "" if eta is None else f"{eta:.0f}s",
                 s.get("blocked_reason") or "",
             )
         console.print(table)
+        hot = job.get("hot")
+        if hot:
+            console.print(
+                f"hot: pool {hot['rpc_pool']} cursor {hot['cursor']} head {hot['observed_head']} "
+                f"lag {hot['lag_blocks']} starts at {hot['start_block']} "
+                f"compact {'on' if hot['compact'] else 'off'}"
+                + (f" blocked: {hot['blocked_reason']}" if hot.get("blocked_reason") else ""),
+                highlight=False,
+                soft_wrap=True,
+            )
     if queue:
         console.print(
             "queue: depth={depth} in_flight={in_flight} oldest_age={oldest_age_seconds} "
             "dead_letters={dead} outbox_pending={outbox_pending}".format(**queue),
             highlight=False,
         )
+        buf = queue.get("buffer")
+        if buf:
+            console.print(
+                "buffer: depth={depth} in_flight={in_flight} dead_letters={dead}"
+                " (trace-lite dlq list)".format(**buf),
+                highlight=False,
+            )
 
 
 def queue_overview(rt: Runtime) -> dict[str, Any]:
@@ -138,6 +179,7 @@ def queue_overview(rt: Runtime) -> dict[str, Any]:
         _, pending = outbox.pending_counts(conn)
     wake["dead"] = int(wake["dead"]) + buf.dead
     wake["outbox_pending"] = pending
+    wake["buffer"] = {"depth": buf.depth, "in_flight": buf.in_flight, "dead": buf.dead}
     if wake.get("oldest_age_seconds") is not None:
         wake["oldest_age_seconds"] = round(float(wake["oldest_age_seconds"]), 1)
     return wake
