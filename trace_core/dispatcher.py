@@ -33,19 +33,29 @@ class TickReport:
     dead: int = 0
     rewoken: int = 0
     heads_observed: int = 0
+    evaluations: int = 0
 
     @property
     def did_work(self) -> bool:
-        return bool(self.planned or self.published or self.retried or self.dead or self.rewoken)
+        return bool(
+            self.planned
+            or self.published
+            or self.retried
+            or self.dead
+            or self.rewoken
+            or self.evaluations
+        )
 
     def summary(self) -> str:
         return (
             f"planned={len(self.planned)} published={self.published} retried={self.retried} "
-            f"dead={self.dead} rewoken={self.rewoken} heads={self.heads_observed}"
+            f"dead={self.dead} rewoken={self.rewoken} heads={self.heads_observed} "
+            f"evaluations={self.evaluations}"
         )
 
 
 def dispatch_tick(rt: Runtime) -> TickReport:
+    from trace_core.alerts import routing
     from trace_core.chain_sync import head, planner
 
     report = TickReport()
@@ -63,6 +73,14 @@ def dispatch_tick(rt: Runtime) -> TickReport:
             )
         report.retried, report.dead, report.rewoken = reaped.retried, reaped.dead, reaped.rewoken
         report.published = outbox.drain_all(conn, rt.queue, batch_size=s.outbox_batch_size)
+        # downstream wake-ups: route the dataset events just published, then publish the
+        # evaluation tasks they (and due alert schedules) created
+        report.evaluations = routing.route_dataset_events(rt)
+        report.evaluations += routing.schedule_due_alerts(
+            conn, s.org_id, max_attempts=s.max_attempts
+        )
+        if report.evaluations:
+            report.published += outbox.drain_all(conn, rt.queue, batch_size=s.outbox_batch_size)
     if report.did_work:
         log.info("dispatcher tick", extra={"summary": report.summary()})
     return report

@@ -98,6 +98,41 @@ class InvalidPayload(FatalError):
     code = "invalid_payload"
 
 
+class InvalidBatch(FatalError):
+    """A buffered sink batch that breaks its destination's schema.
+
+    Names where: ``row`` (0-based index, when staging) or ``line`` (1-based, in the JSONL
+    object), and the ``field`` path. Never carries row contents.
+    """
+
+    code = "invalid_batch"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        destination: str | None = None,
+        key: str | None = None,
+        row: int | None = None,
+        line: int | None = None,
+        field: str | None = None,
+    ) -> None:
+        where = [w for w in (destination, key) if w]
+        if row is not None:
+            where.append(f"row {row}")
+        if line is not None:
+            where.append(f"line {line}")
+        parts = [" ".join(where)] if where else []
+        parts += [field] if field else []
+        full = ": ".join([*parts, message])
+        super().__init__(full, destination=destination, key=key, row=row, line=line, field=field)
+        self.destination = destination
+        self.key = key
+        self.row = row
+        self.line = line
+        self.field = field
+
+
 # --- database ----------------------------------------------------------------------------
 
 
@@ -294,3 +329,25 @@ class ChainMismatch(FatalError):
     """The RPC endpoint serves another chain than the one expected."""
 
     code = "chain_mismatch"
+
+
+# --- alerts ------------------------------------------------------------------------------
+
+
+class AlertNotFound(FatalError):
+    """No alert definition has this name or id (in this org)."""
+
+    code = "alert_not_found"
+
+
+class AlertResultInvalid(FatalError):
+    """An alert condition's result rows cannot become events (a dedupe_key column missing or
+    NULL, no block_number, too many rows). Retrying the same data cannot help."""
+
+    code = "alert_result_invalid"
+
+
+class QueryServiceUnavailable(RetryableError):
+    """The Query Service could not be reached or answered 5xx/timeout: try again later."""
+
+    code = "query_service_unavailable"

@@ -259,6 +259,57 @@ def _show_results(
             else "[red]differs from the chain[/red]"
         )
         console.print(f"chain over JSON-RPC: {result.chain_counts}: {verdict}")
+    result.alerts = _settled_alerts(rt, deadline)
+    table = Table(title="Alerts fired", title_justify="left", header_style="bold")
+    for col in ("alert", "severity", "block", "transaction", "delivery"):
+        table.add_column(col)
+    for ev in result.alerts:
+        table.add_row(
+            ev["alert_name"],
+            ev["severity"],
+            str(ev["block_number"]),
+            ev["tx_hash"] or "",
+            ev["delivery"],
+        )
+    console.print(table)
+
+
+ALERTS_SQL = """
+SELECT e.alert_name, e.severity, e.block_number, e.tx_hash,
+       coalesce(string_agg(d.channel_kind || ' ' || d.status, ', ' ORDER BY d.channel_key), 'planned') AS delivery
+FROM data.alert_events e LEFT JOIN data.alert_deliveries d USING (dedupe_key)
+GROUP BY e.dedupe_key, e.alert_name, e.severity, e.block_number, e.tx_hash
+ORDER BY e.block_number, e.dedupe_key
+"""
+
+
+def _alerts_settled(rt: Runtime) -> bool:
+    """No evaluation queued or running, no batch waiting for the sink, no delivery due."""
+    from trace_core.alerts.delivery import delivery_backlog
+    from trace_core.queue.base import BUFFER_QUEUE
+
+    with rt.state() as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM state.tasks WHERE operator = 'alert_evaluate' AND status IN ('queued', 'running')"
+        ).fetchone()
+        pending = conn.execute(
+            "SELECT count(*) FROM state.outbox WHERE status = 'pending' AND topic <> 'dataset_events'"
+        ).fetchone()
+    buffer = rt.queue.stats(BUFFER_QUEUE)
+    busy = (row[0] if row else 1) + (pending[0] if pending else 1) + buffer.depth + buffer.in_flight
+    return busy == 0 and delivery_backlog(rt) == 0
+
+
+def _settled_alerts(rt: Runtime, deadline: float) -> list[dict[str, Any]]:
+    """The alert events with their delivery state, once evaluation and delivery have settled."""
+    from psycopg.rows import dict_row
+
+    while not _alerts_settled(rt):
+        if time.monotonic() > deadline:
+            raise DemoError("alerts did not settle in time; see `trace-lite alerts deliveries`")
+        time.sleep(1.0)
+    with rt.data() as conn, conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(ALERTS_SQL).fetchall()
 
 
 @contextlib.contextmanager

@@ -54,8 +54,8 @@ def cli(verbose: bool) -> None:
     """Trace Lite: EVM chain data into versioned Parquet, on Dagster."""
     from trace_core.logs import configure_logging
 
-    fmt = "json" if os.environ.get("TRACE_LOG_FORMAT", "").lower() == "json" else "text"
-    configure_logging(logging.INFO if verbose else logging.WARNING, fmt)
+    json_logs = os.environ.get("TRACE_LOG_FORMAT", "").lower() == "json"
+    configure_logging(logging.INFO if verbose else logging.WARNING, "json" if json_logs else "text")
 
 
 cli.add_command(dlq)

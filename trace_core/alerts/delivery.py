@@ -1,0 +1,538 @@
+"""Alert delivery: send each new alert event once per channel, with retries and rate limits.
+
+``deliver_once`` is one bounded step (the ``trace_alert_delivery`` sensor calls it each tick):
+
+1. Plan: every recent event (``alert_delivery_max_age_seconds``) of a defined alert that has
+   no delivery yet gets one ``data.alert_deliveries`` row per channel of its alert
+   (``delivery_id = uuid5(dedupe_key, channel_key)``, ``ON CONFLICT DO NOTHING``).
+2. Claim: due rows (``pending`` past ``next_attempt_at``, or ``sending`` whose lease expired
+   because a sender died) are locked ``FOR UPDATE SKIP LOCKED``; each channel gets at most
+   ``rate_limit_per_minute`` attempts per rolling minute; claimed rows become ``sending``.
+3. Send outside any transaction: webhooks get one JSON POST with ``Idempotency-Key:
+   <delivery_id>``, the channel's timeout and no redirects followed; the log channel writes
+   one structured line. 2xx -> ``delivered`` (never sent again); 408/425/429/5xx and network
+   errors -> retry with exponential backoff (``Retry-After`` honoured up to the cap); other
+   statuses -> ``failed``; after ``max_attempts`` -> ``failed``.
+4. Record: each attempt is a ``data.alert_delivery_attempts`` row (outcome, HTTP status,
+   short error). Errors never carry the URL (tokens live in paths and queries), request or
+   response bodies, or headers; the outcome update is fenced by the claimed attempt number.
+
+A sender that dies mid-request leaves the row ``sending`` until its lease expires, then it is
+sent again with the same ``Idempotency-Key``: delivery is at-least-once, deduplicable by the
+receiver. Webhook destinations resolving to link-local/metadata, multicast or reserved
+addresses are refused; loopback/private ones only when ``alert_webhook_allow_private``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import ipaddress
+import json
+import logging
+import socket
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import httpx
+from psycopg import Connection
+from psycopg.rows import dict_row
+
+from trace_core.alerts.spec import AlertSpec, Channel, WebhookChannel, redact_url
+from trace_core.alerts.store import list_alerts
+from trace_core.db.queries import q
+from trace_core.runtime import Runtime
+from trace_core.tasks.retry import RetryPolicy
+
+log = logging.getLogger(__name__)
+
+DELIVERY_NAMESPACE = uuid.UUID("0e9c7b1d-5a43-4f6e-8d2b-c4a1f7e3b985")
+LEASE_SECONDS = 90  # > the longest channel timeout (30 s) plus connect and bookkeeping
+MAX_SENDERS = 8
+MAX_ERROR_CHARS = 300
+USER_AGENT = "trace-lite-alerts/1"
+_RETRY_STATUS = frozenset({408, 425, 429})
+
+Outcome = Literal["delivered", "retry", "failed"]
+_OUTCOME_OF_STATUS: dict[str, Outcome] = {
+    "delivered": "delivered",
+    "pending": "retry",
+    "failed": "failed",
+}
+
+
+def delivery_id(dedupe_key: str, channel_key: str) -> uuid.UUID:
+    """Deterministic id of one event's delivery on one channel (the Idempotency-Key)."""
+    return uuid.uuid5(DELIVERY_NAMESPACE, f"{dedupe_key}\x1f{channel_key}")
+
+
+@dataclass
+class DeliveryReport:
+    planned: int = 0
+    attempted: int = 0
+    delivered: int = 0
+    retried: int = 0
+    failed: int = 0
+    rate_limited: int = 0
+
+    @property
+    def did_work(self) -> bool:
+        return bool(self.planned or self.attempted or self.failed)
+
+    def summary(self) -> str:
+        return (
+            f"planned={self.planned} attempted={self.attempted} delivered={self.delivered} "
+            f"retried={self.retried} failed={self.failed} rate_limited={self.rate_limited}"
+        )
+
+
+@dataclass(frozen=True)
+class SendResult:
+    outcome: Outcome
+    status_code: int | None = None
+    error: str | None = None
+    retry_after: float | None = None
+
+
+@dataclass
+class _Job:
+    """One claimed delivery and what is needed to send it."""
+
+    delivery_id: uuid.UUID
+    dedupe_key: str
+    alert_name: str
+    channel_key: str
+    attempt: int
+    max_attempts: int
+    started_at: datetime
+    channel: Channel | None = None
+    event: dict[str, Any] = field(default_factory=dict)
+    result: SendResult | None = None
+    duration_ms: int = 0
+
+
+# --- pure decisions -----------------------------------------------------------------------
+
+
+def classify_status(status: int) -> Outcome:
+    """What an HTTP status means for a delivery (redirects are not followed: permanent)."""
+    if 200 <= status < 300:
+        return "delivered"
+    if status >= 500 or status in _RETRY_STATUS:
+        return "retry"
+    return "failed"
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header in delta-seconds form (dates are ignored)."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 else None
+
+
+def next_step(
+    result: SendResult, *, attempt: int, max_attempts: int, policy: RetryPolicy
+) -> tuple[Literal["delivered", "pending", "failed"], float]:
+    """The delivery's next status and, for a retry, its delay in seconds."""
+    if result.outcome == "delivered":
+        return "delivered", 0.0
+    if result.outcome == "failed" or attempt >= max_attempts:
+        return "failed", 0.0
+    delay = policy.delay(attempt)
+    if result.retry_after is not None:
+        delay = max(delay, min(result.retry_after, policy.max_seconds))
+    return "pending", delay
+
+
+def webhook_body(delivery: uuid.UUID, event: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON a webhook receives (identical on every attempt of the same delivery)."""
+    return {
+        "delivery_id": str(delivery),
+        "alert": event["alert_name"],
+        "severity": event["severity"],
+        "dedupe_key": event["dedupe_key"],
+        "chain_id": event["chain_id"],
+        "block_number": event["block_number"],
+        "block_hash": event["block_hash"],
+        "tx_hash": event["tx_hash"],
+        "event_time": event["event_time"].isoformat(),
+        "payload": event["payload"],
+    }
+
+
+# --- sending ------------------------------------------------------------------------------
+
+
+class DestinationRefused(Exception):
+    """A webhook host resolving to an address deliveries must never reach."""
+
+
+def check_destination(url: str, *, allow_private: bool) -> None:
+    """Resolve the webhook host and refuse link-local (cloud metadata), multicast, reserved
+    and unspecified addresses, and loopback/private ones unless ``allow_private``.
+
+    Raises ``DestinationRefused``; resolution failures raise ``OSError`` (retryable).
+    Best effort: the HTTP client resolves again when it connects.
+    """
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+        ip = ipaddress.ip_address(info[4][0])
+        if ip.is_link_local or ip.is_multicast or ip.is_reserved or ip.is_unspecified:
+            raise DestinationRefused(f"destination address {ip} is not allowed")
+        if not allow_private and (ip.is_loopback or ip.is_private):
+            raise DestinationRefused(f"destination address {ip} is private (not allowed)")
+
+
+def _clean(message: str, url: str) -> str:
+    """An error text without the URL (which may carry a token), bounded."""
+    return message.replace(url, redact_url(url))[:MAX_ERROR_CHARS]
+
+
+def send_webhook(
+    transport: httpx.BaseTransport,
+    channel: WebhookChannel,
+    delivery: uuid.UUID,
+    event: Mapping[str, Any],
+    *,
+    attempt: int,
+    allow_private: bool,
+) -> SendResult:
+    """POST one event; never raises for network or HTTP failures (they become results).
+
+    Sent through the bare transport, not an ``httpx.Client``: the client logs every request
+    URL at INFO, and webhook URLs carry tokens. A transport never follows redirects.
+    """
+    url = channel.url
+    try:
+        check_destination(url, allow_private=allow_private)
+    except DestinationRefused as exc:
+        return SendResult("failed", error=str(exc))
+    except OSError as exc:
+        return SendResult("retry", error=_clean(f"cannot resolve host: {exc.strerror or exc}", url))
+    body = json.dumps(webhook_body(delivery, event), separators=(",", ":"), default=str)
+    request = httpx.Request(
+        "POST",
+        url,
+        content=body.encode(),
+        headers={
+            "Content-Type": "application/json",
+            "Idempotency-Key": str(delivery),
+            "X-Trace-Delivery-Attempt": str(attempt),
+            "User-Agent": USER_AGENT,
+        },
+        extensions={"timeout": httpx.Timeout(channel.timeout_seconds).as_dict()},
+    )
+    try:
+        response = transport.handle_request(request)
+        try:
+            # only the status and Retry-After matter: the body is never read, nor logged
+            status = response.status_code
+            retry_after = parse_retry_after(response.headers.get("retry-after"))
+        finally:
+            response.close()
+    except httpx.TimeoutException as exc:
+        return SendResult("retry", error=f"timeout ({type(exc).__name__})")
+    except httpx.TransportError as exc:
+        return SendResult("retry", error=_clean(f"{type(exc).__name__}: {exc}", url))
+    outcome = classify_status(status)
+    error = None
+    if outcome != "delivered":
+        error = f"HTTP {status}" + (" (redirects are not followed)" if 300 <= status < 400 else "")
+    return SendResult(outcome, status_code=status, error=error, retry_after=retry_after)
+
+
+def log_event(delivery: uuid.UUID, event: Mapping[str, Any]) -> SendResult:
+    """The log channel: one structured line per event."""
+    log.warning(
+        "alert %s: %s",
+        event["alert_name"],
+        event["dedupe_key"],
+        extra={
+            "alert": event["alert_name"],
+            "severity": event["severity"],
+            "dedupe_key": event["dedupe_key"],
+            "chain_id": event["chain_id"],
+            "block_number": event["block_number"],
+            "tx_hash": event["tx_hash"],
+            "delivery_id": str(delivery),
+        },
+    )
+    return SendResult("delivered")
+
+
+# --- the step -----------------------------------------------------------------------------
+
+
+def _definitions(rt: Runtime) -> dict[str, AlertSpec]:
+    with rt.state() as conn:
+        return {row.name: row.model() for row in list_alerts(conn, rt.settings.org_id)}
+
+
+def plan_deliveries(
+    conn: Connection[Any],
+    specs: Mapping[str, AlertSpec],
+    *,
+    max_attempts: int,
+    max_age_seconds: int,
+    limit: int,
+) -> int:
+    """Create the delivery rows of up to ``limit`` unplanned events (one per channel), in one
+    transaction on the data database. Returns the rows created."""
+    if not specs:
+        return 0
+    created = 0
+    with conn.transaction():
+        events = conn.execute(
+            q("alerts", "events_to_plan"),
+            {"names": sorted(specs), "max_age_seconds": max_age_seconds, "limit": limit},
+        ).fetchall()
+        for dedupe_key, alert_name in events:
+            for channel in specs[alert_name].channels:
+                cur = conn.execute(
+                    q("alerts", "insert_delivery"),
+                    {
+                        "delivery_id": delivery_id(dedupe_key, channel.key),
+                        "dedupe_key": dedupe_key,
+                        "alert_name": alert_name,
+                        "channel_key": channel.key,
+                        "channel_kind": channel.kind,
+                        "max_attempts": max_attempts,
+                    },
+                )
+                created += cur.rowcount
+    return created
+
+
+def _record(
+    conn: Connection[Any], job: _Job, result: SendResult, status: str, delay: float
+) -> bool:
+    """Write the attempt row and the delivery's outcome (fenced by attempt). False if stale."""
+    outcome = _OUTCOME_OF_STATUS[status]
+    with conn.transaction():
+        conn.execute(
+            q("alerts", "insert_attempt"),
+            {
+                "delivery_id": job.delivery_id,
+                "attempt": job.attempt,
+                "channel_key": job.channel_key,
+                "started_at": job.started_at,
+                "outcome": outcome,
+                "status_code": result.status_code,
+                "error": result.error,
+                "duration_ms": job.duration_ms,
+            },
+        )
+        cur = conn.execute(
+            q("alerts", "finish_delivery"),
+            {
+                "delivery_id": job.delivery_id,
+                "attempt": job.attempt,
+                "status": status,
+                "delay_seconds": float(delay),
+                "status_code": result.status_code,
+                "error": result.error,
+            },
+        )
+    return cur.rowcount == 1
+
+
+def _claim(
+    conn: Connection[Any], specs: Mapping[str, AlertSpec], *, limit: int, report: DeliveryReport
+) -> list[_Job]:
+    """Lease up to ``limit`` due deliveries within each channel's rate limit."""
+    jobs: list[_Job] = []
+    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        due = cur.execute(q("alerts", "lock_due_deliveries"), {"limit": limit * 4}).fetchall()
+        if not due:
+            return []
+        keys = sorted({r["channel_key"] for r in due})
+        used = dict(
+            conn.execute(
+                q("alerts", "recent_attempts_per_channel"), {"channel_keys": keys}
+            ).fetchall()
+        )
+        for row in due:
+            if len(jobs) >= limit:
+                break
+            spec = specs.get(row["alert_name"])
+            channel = spec.channel(row["channel_key"]) if spec else None
+            if row["status"] == "sending":
+                # the previous sender died mid-request: its attempt has no known outcome
+                cur.execute(
+                    q("alerts", "insert_attempt"),
+                    {
+                        "delivery_id": row["delivery_id"],
+                        "attempt": row["attempts"],
+                        "channel_key": row["channel_key"],
+                        "started_at": row["last_attempt_at"],
+                        "outcome": "retry",
+                        "status_code": None,
+                        "error": "no outcome recorded before the send lease expired",
+                        "duration_ms": 0,
+                    },
+                )
+                if row["attempts"] >= row["max_attempts"]:
+                    cur.execute(
+                        q("alerts", "finish_delivery"),
+                        {
+                            "delivery_id": row["delivery_id"],
+                            "attempt": row["attempts"],
+                            "status": "failed",
+                            "delay_seconds": 0.0,
+                            "status_code": None,
+                            "error": "attempts exhausted (last send had no recorded outcome)",
+                        },
+                    )
+                    report.failed += 1
+                    continue
+            if channel is not None and channel.webhook is not None:
+                limit_per_minute = channel.webhook.rate_limit_per_minute
+                if used.get(row["channel_key"], 0) >= limit_per_minute:
+                    report.rate_limited += 1
+                    continue
+                used[row["channel_key"]] = used.get(row["channel_key"], 0) + 1
+            leased = cur.execute(
+                q("alerts", "lease_delivery"),
+                {"delivery_id": row["delivery_id"], "lease_seconds": LEASE_SECONDS},
+            ).fetchone()
+            assert leased is not None
+            jobs.append(
+                _Job(
+                    delivery_id=row["delivery_id"],
+                    dedupe_key=row["dedupe_key"],
+                    alert_name=row["alert_name"],
+                    channel_key=row["channel_key"],
+                    attempt=leased["attempts"],
+                    max_attempts=row["max_attempts"],
+                    started_at=leased["last_attempt_at"],
+                    channel=channel,
+                )
+            )
+    return jobs
+
+
+def _send(job: _Job, transport: httpx.BaseTransport, allow_private: bool) -> None:
+    t0 = time.monotonic()
+    if job.channel is None:
+        job.result = SendResult("failed", error="the channel is no longer configured on the alert")
+    elif job.channel.webhook is not None:
+        job.result = send_webhook(
+            transport,
+            job.channel.webhook,
+            job.delivery_id,
+            job.event,
+            attempt=job.attempt,
+            allow_private=allow_private,
+        )
+    else:
+        job.result = log_event(job.delivery_id, job.event)
+    job.duration_ms = int((time.monotonic() - t0) * 1000)
+
+
+def deliver_once(rt: Runtime, *, max_events: int = 50) -> DeliveryReport:
+    """Plan new deliveries, then send up to ``max_events`` due ones (see the module doc)."""
+    s = rt.settings
+    report = DeliveryReport()
+    specs = _definitions(rt)
+    policy = RetryPolicy(
+        s.alert_delivery_backoff_base_seconds, s.alert_delivery_backoff_max_seconds
+    )
+    with rt.data() as conn:
+        report.planned = plan_deliveries(
+            conn,
+            specs,
+            max_attempts=s.alert_delivery_max_attempts,
+            max_age_seconds=s.alert_delivery_max_age_seconds,
+            limit=max_events * 4,
+        )
+        jobs = _claim(conn, specs, limit=max_events, report=report)
+        if not jobs:
+            return report
+        with conn.cursor(row_factory=dict_row) as cur:
+            events = {
+                r["dedupe_key"]: r
+                for r in cur.execute(
+                    q("alerts", "events_by_key"), {"keys": [j.dedupe_key for j in jobs]}
+                ).fetchall()
+            }
+        for job in jobs:
+            job.event = events[job.dedupe_key]
+        with (
+            httpx.HTTPTransport(retries=0) as transport,
+            concurrent.futures.ThreadPoolExecutor(min(MAX_SENDERS, len(jobs))) as pool,
+        ):
+            list(pool.map(lambda j: _send(j, transport, s.alert_webhook_allow_private), jobs))
+        for job in jobs:
+            assert job.result is not None
+            status, delay = next_step(
+                job.result, attempt=job.attempt, max_attempts=job.max_attempts, policy=policy
+            )
+            report.attempted += 1
+            if not _record(conn, job, job.result, status, delay):
+                log.warning(
+                    "delivery outcome not recorded: re-leased meanwhile",
+                    extra={"delivery_id": str(job.delivery_id), "attempt": job.attempt},
+                )
+                continue
+            if status == "delivered":
+                report.delivered += 1
+            elif status == "pending":
+                report.retried += 1
+            else:
+                report.failed += 1
+            fields = {
+                "delivery_id": str(job.delivery_id),
+                "alert": job.alert_name,
+                "channel": job.channel.describe() if job.channel else job.channel_key,
+                "attempt": job.attempt,
+                "status": status,
+                "status_code": job.result.status_code,
+                "error": job.result.error,
+            }
+            if status == "delivered":
+                log.info("alert delivered", extra=fields)
+            else:
+                log.warning("alert delivery %s", status, extra=fields)
+    return report
+
+
+def delivery_backlog(rt: Runtime) -> int:
+    """Deliveries due now or in flight, plus recent events with none planned yet (what a
+    foreground driver should wait for before calling the system idle)."""
+    specs = _definitions(rt)
+    with rt.data() as conn:
+        row = conn.execute(q("alerts", "delivery_backlog")).fetchone()
+        unplanned = (
+            conn.execute(
+                q("alerts", "events_to_plan"),
+                {
+                    "names": sorted(specs),
+                    "max_age_seconds": rt.settings.alert_delivery_max_age_seconds,
+                    "limit": 1000,
+                },
+            ).fetchall()
+            if specs
+            else []
+        )
+    assert row is not None
+    return int(row[0]) + len(unplanned)
+
+
+def list_deliveries(
+    conn: Connection[Any], *, alert_name: str | None = None, limit: int = 100
+) -> list[dict[str, Any]]:
+    """Recent deliveries (newest first), for the CLI and tests."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            q("alerts", "list_deliveries"), {"alert_name": alert_name, "limit": limit}
+        ).fetchall()

@@ -1,0 +1,299 @@
+"""Downstream wake-ups: committed dataset versions become ``alert_evaluate`` tasks.
+
+1. ``announce_version_committed`` (a cryo_ingest success hook, inside the completion
+   transaction) writes a ``dataset_version_committed`` event on the outbox topic
+   ``dataset_events``; its outbox id is derived from the version, so a replay adds nothing.
+2. ``route_dataset_events`` (each dispatcher tick) receives those events and, for every
+   enabled ``on_commit`` alert reading that stream, creates an evaluation task (and its
+   wake-up) in one state transaction, then acks. The task id is ``uuid5(alert_id, version)``:
+   a duplicated event, or a redelivery after a crash before the ack, creates nothing twice.
+   Other events (``hot_range_committed`` from the block follower, ...) are acked and ignored.
+3. ``schedule_due_alerts`` creates evaluations of ``schedule_seconds`` alerts, one per
+   schedule slot, over the newest committed versions of the streams they read.
+
+An evaluation's grants pin exactly the versions it may read. An alert reading several
+streams is evaluated once every stream covers the committed range (the commit that completes
+the coverage creates the task); events are deduplicated by ``dedupe_key`` in any case.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from psycopg import Connection
+
+from trace_core import outbox
+from trace_core.datasets import registry
+from trace_core.db.queries import q
+from trace_core.errors import InvalidPayload, TraceError
+from trace_core.hot.follower import DATASET_EVENTS
+from trace_core.queue.base import Message
+from trace_core.runtime import Runtime
+from trace_core.tasks.lifecycle import Lease, create_task
+
+log = logging.getLogger(__name__)
+
+VERSION_COMMITTED = "dataset_version_committed"
+EVALUATE_OPERATOR = "alert_evaluate"
+EVALUATION_NAMESPACE = uuid.UUID("b5f1e2a4-7d0c-4b8e-9a61-2f4c8d3e5a17")
+# Pins travel inside the capability token (an HTTP header): keep a scheduled evaluation's
+# grant list well under the server's header limits.
+MAX_SCHEDULE_PINS = 64
+ROUTE_BATCH = 100
+_EVENT_FIELDS = (
+    "job_name",
+    "dataset_key",
+    "chain_id",
+    "dataset_uuid",
+    "dataset_version",
+    "manifest_key",
+    "range_start",
+    "range_end",
+)
+
+
+def evaluation_task_id(alert_id: uuid.UUID, trigger_key: str) -> uuid.UUID:
+    """Deterministic id of one evaluation: ``trigger_key`` is the dataset version that
+    triggered it, or ``schedule:{slot}``."""
+    return uuid.uuid5(EVALUATION_NAMESPACE, f"alert_evaluate:{alert_id}:{trigger_key}")
+
+
+# --- producing events ----------------------------------------------------------------------
+
+
+def version_committed_event(
+    payload: Mapping[str, Any], outputs: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The ``dataset_version_committed`` event of a chain_sync range (task payload + the
+    committed version in ``outputs``)."""
+    return {
+        "event": VERSION_COMMITTED,
+        "job_name": str(payload["job_name"]),
+        "dataset_key": str(outputs["dataset_key"]),
+        "chain_id": int(outputs["chain_id"]),
+        "dataset_uuid": str(outputs["dataset_uuid"]),
+        "dataset_version": str(outputs["dataset_version"]),
+        "manifest_key": str(outputs["manifest_key"]),
+        "range_start": int(outputs["range_start"]),
+        "range_end": int(outputs["range_end"]),
+    }
+
+
+def announce_version_committed(
+    conn: Connection[Any], lease: Lease, outputs: dict[str, Any]
+) -> None:
+    """Worker success hook for ``cryo_ingest``: enqueue the version's event (in the completion
+    transaction). Tasks chain_sync did not plan (no ``job_name``) announce nothing."""
+    if "job_name" not in lease.payload or "dataset_version" not in outputs:
+        return
+    event = version_committed_event(lease.payload, outputs)
+    outbox.enqueue(
+        conn,
+        topic=DATASET_EVENTS,
+        payload=event,
+        dedupe_name=f"{VERSION_COMMITTED}:{event['dataset_version']}",
+    )
+
+
+# --- routing -------------------------------------------------------------------------------
+
+
+def _pin(rec: registry.VersionRecord) -> dict[str, str]:
+    return {
+        "dataset_uuid": str(rec.dataset_uuid),
+        "dataset_version": str(rec.dataset_version),
+        "manifest_key": rec.manifest_key,
+    }
+
+
+def _evaluation_payload(
+    alert: Mapping[str, Any],
+    chain_id: int,
+    trigger: str,
+    source: dict[str, Any],
+    grants: list[dict[str, str]],
+) -> dict[str, Any]:
+    """The task payload: a snapshot of what evaluation needs (never the channels: webhook
+    URLs stay out of task payloads), so every attempt evaluates the same definition."""
+    spec = alert["spec"]
+    return {
+        "alert_id": str(alert["alert_id"]),
+        "alert_name": alert["name"],
+        "severity": spec["severity"],
+        "condition": spec["condition"],
+        "dedupe_key": spec["dedupe_key"],
+        "chain_id": chain_id,
+        "trigger": trigger,
+        "source": source,
+        "grants": grants,
+    }
+
+
+def _parse_event(payload: Mapping[str, Any]) -> dict[str, Any]:
+    missing = [f for f in _EVENT_FIELDS if f not in payload]
+    if missing:
+        raise InvalidPayload(f"{VERSION_COMMITTED} event lacks {', '.join(missing)}")
+    try:
+        return {
+            "job_name": str(payload["job_name"]),
+            "dataset_key": str(payload["dataset_key"]),
+            "chain_id": int(payload["chain_id"]),
+            "dataset_uuid": str(uuid.UUID(str(payload["dataset_uuid"]))),
+            "dataset_version": str(uuid.UUID(str(payload["dataset_version"]))),
+            "manifest_key": str(payload["manifest_key"]),
+            "range_start": int(payload["range_start"]),
+            "range_end": int(payload["range_end"]),
+        }
+    except (TypeError, ValueError) as exc:
+        raise InvalidPayload(f"malformed {VERSION_COMMITTED} event: {exc}") from None
+
+
+def route_event(
+    conn: Connection[Any], org_id: str | uuid.UUID, payload: Mapping[str, Any], *, max_attempts: int
+) -> int:
+    """Create the evaluations one event triggers, in the caller's transaction; returns how many
+    were new. Events other than ``dataset_version_committed`` trigger nothing. Raises
+    ``InvalidPayload`` for a malformed version event."""
+    if payload.get("event") != VERSION_COMMITTED:
+        return 0
+    ev = _parse_event(payload)
+    alerts = conn.execute(
+        q("alerts", "on_commit_alerts"),
+        {
+            "org_id": uuid.UUID(str(org_id)),
+            "job_name": ev["job_name"],
+            "dataset_key": ev["dataset_key"],
+        },
+    ).fetchall()
+    created = 0
+    for aid, name, reads, spec in alerts:
+        grants = [{k: ev[k] for k in ("dataset_uuid", "dataset_version", "manifest_key")}]
+        covered = True
+        for key in reads:
+            if key == ev["dataset_key"]:
+                continue
+            recs = [
+                r
+                for r in registry.versions_for_stream(conn, org_id, ev["chain_id"], key)
+                if r.range_end > ev["range_start"] and r.range_start < ev["range_end"]
+            ]
+            if registry.missing_ranges(recs, ev["range_start"], ev["range_end"]):
+                covered = False  # the commit that completes the coverage routes it
+                break
+            grants.extend(_pin(r) for r in recs)
+        if not covered:
+            continue
+        source = {
+            k: ev[k]
+            for k in ("job_name", "dataset_key", "dataset_version", "range_start", "range_end")
+        }
+        alert = {"alert_id": aid, "name": name, "spec": spec}
+        task_id = evaluation_task_id(aid, ev["dataset_version"])
+        if create_task(
+            conn,
+            task_id=task_id,
+            operator=EVALUATE_OPERATOR,
+            payload=_evaluation_payload(alert, ev["chain_id"], "on_commit", source, grants),
+            max_attempts=max_attempts,
+        ):
+            created += 1
+            log.info(
+                "alert evaluation created",
+                extra={
+                    "alert": name,
+                    "task_id": str(task_id),
+                    "dataset_version": ev["dataset_version"],
+                },
+            )
+    return created
+
+
+def route_dataset_events(rt: Runtime, *, max_messages: int = ROUTE_BATCH) -> int:
+    """Receive up to ``max_messages`` dataset events and route each in its own state
+    transaction, acking after it commits. Returns the evaluations created.
+
+    A malformed event is logged and acked (it can never route); a database failure leaves
+    the message unacked, so it is redelivered (and dead-lettered after its receives).
+    """
+    messages = rt.queue.receive(
+        DATASET_EVENTS, max_messages, visibility_timeout=rt.settings.visibility_timeout_seconds
+    )
+    created = 0
+    done: list[Message] = []
+    for msg in messages:
+        try:
+            with rt.state() as conn, conn.transaction():
+                created += route_event(
+                    conn, rt.settings.org_id, msg.payload, max_attempts=rt.settings.max_attempts
+                )
+        except InvalidPayload as exc:
+            log.warning(
+                "dropping malformed dataset event",
+                extra={"message_id": msg.message_id, "error": str(exc)},
+            )
+        except TraceError as exc:
+            log.warning(
+                "routing a dataset event failed; it will be redelivered",
+                extra={"message_id": msg.message_id, "error": str(exc)},
+            )
+            continue
+        done.append(msg)
+    if done:
+        rt.queue.ack_batch(done)
+    return created
+
+
+# --- schedules -----------------------------------------------------------------------------
+
+
+def _schedule_grants(
+    conn: Connection[Any], org_id: str | uuid.UUID, chain_id: int, reads: list[str]
+) -> list[dict[str, str]] | None:
+    """Pins of the newest committed versions of each stream (None if one has none yet)."""
+    per_stream = max(1, MAX_SCHEDULE_PINS // len(reads))
+    grants: list[dict[str, str]] = []
+    for key in reads:
+        recs = registry.versions_for_stream(conn, org_id, chain_id, key)
+        if not recs:
+            return None
+        grants.extend(_pin(r) for r in recs[-per_stream:])
+    return grants
+
+
+def schedule_due_alerts(
+    conn: Connection[Any], org_id: str | uuid.UUID, *, max_attempts: int, limit: int = 50
+) -> int:
+    """Create one evaluation per due ``schedule_seconds`` alert (task id from the schedule
+    slot) and move its next due time; one transaction on ``conn``. Returns tasks created."""
+    from trace_core.chain_sync import store as chain_sync_store
+
+    created = 0
+    with conn.transaction():
+        due = conn.execute(
+            q("alerts", "claim_due_schedules"), {"org_id": uuid.UUID(str(org_id)), "limit": limit}
+        ).fetchall()
+        for aid, name, job_name, reads, spec, _seconds, slot in due:
+            conn.execute(q("alerts", "advance_schedule"), {"alert_id": aid})
+            try:
+                job = chain_sync_store.get_job(conn, org_id, job_name)
+            except TraceError as exc:
+                log.warning("scheduled alert skipped", extra={"alert": name, "error": str(exc)})
+                continue
+            grants = _schedule_grants(conn, org_id, job.chain_id, list(reads))
+            if grants is None:
+                log.info("scheduled alert skipped: a stream has no data yet", extra={"alert": name})
+                continue
+            alert = {"alert_id": aid, "name": name, "spec": spec}
+            source = {"job_name": job_name, "slot": int(slot)}
+            if create_task(
+                conn,
+                task_id=evaluation_task_id(aid, f"schedule:{slot}"),
+                operator=EVALUATE_OPERATOR,
+                payload=_evaluation_payload(alert, job.chain_id, "schedule", source, grants),
+                max_attempts=max_attempts,
+            ):
+                created += 1
+    return created

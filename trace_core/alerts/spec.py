@@ -1,0 +1,326 @@
+"""The alert definition model and its strict YAML validation.
+
+An alert file looks like::
+
+    kind: alert
+    name: large_transfer
+    job: demo                      # the chain_sync job whose streams it reads
+    reads: [transactions]          # stream keys; each is a relation of the condition
+    condition: |                   # one gated SELECT; every result row is an event
+      SELECT block_number, transaction_hash, value_f64 FROM transactions
+      WHERE value_f64 > 1e18
+    trigger: {on_commit: true}     # and/or schedule_seconds: 300
+    dedupe_key: "large_transfer:{transaction_hash}"
+    severity: warning              # info | warning | critical
+    channels:
+      - webhook: {url: "https://hooks.example.com/T0/abc", rate_limit_per_minute: 30}
+      - log: {}
+
+Loading reuses ``chain_sync.yamlload`` (no tags, anchors, aliases or merge keys, duplicate
+keys and oversized files refused). Every problem is reported as ``file:line: field: message``.
+``condition`` must pass the Query Service's SQL gate over ``reads``; ``dedupe_key`` must
+start with ``<name>:`` (so two alerts never suppress each other's events in the shared
+``alert_events`` table) and reference at least one result column. Webhook URLs may carry
+secrets: they are never echoed in errors and are redacted wherever they are shown.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import string
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, NamedTuple
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from trace_core.chain_sync.spec import validation_problems
+from trace_core.chain_sync.yamlload import LoadedYaml, load_yaml, read_capped
+from trace_core.errors import AlertResultInvalid, ConfigError, InvalidJobFile, SqlRejected
+from trace_core.query.gate import MAX_SQL_BYTES, validate_sql
+
+MAX_DEDUPE_KEY_CHARS = 512
+MAX_URL_CHARS = 2048
+MAX_CHANNELS = 16
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+_SLUG = re.compile(r"^[a-z0-9_]{1,64}$")
+_COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+Severity = Literal["info", "warning", "critical"]
+
+
+def _name(value: str) -> str:
+    if not _NAME.match(value):
+        raise PydanticCustomError(
+            "name",
+            "must be 1-64 characters of lowercase letters, digits, '_' and '-', starting with a letter or digit",
+        )
+    return value
+
+
+def _slug(value: str) -> str:
+    if not _SLUG.match(value):
+        raise PydanticCustomError(
+            "slug", "must be 1-64 characters of lowercase letters, digits and '_'"
+        )
+    return value
+
+
+def _webhook_url(value: str) -> str:
+    # never echo the value: webhook URLs carry tokens
+    if len(value) > MAX_URL_CHARS:
+        raise PydanticCustomError("url", "must be at most {n} characters", {"n": MAX_URL_CHARS})
+    if any(c.isspace() for c in value):
+        raise PydanticCustomError("url", "must not contain whitespace")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise PydanticCustomError("url", "must be an http:// or https:// URL with a host")
+    if parts.username is not None or parts.password is not None:
+        raise PydanticCustomError("url", "must not carry user:password@; put a token in the path")
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        raise PydanticCustomError("url", "has an invalid port") from None
+    return value
+
+
+class TemplateError(ValueError):
+    """A malformed ``dedupe_key`` template."""
+
+
+def template_columns(template: str) -> tuple[str, ...]:
+    """Column names a ``dedupe_key`` template references, in order (repeats kept).
+
+    Placeholders are plain column names (``{transaction_hash}``); conversions, format specs,
+    attribute and index access are refused. Raises ``TemplateError``.
+    """
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise TemplateError(f"is not a valid template: {exc}") from None
+    columns: list[str] = []
+    for _literal, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if not _COLUMN.match(name):
+            raise TemplateError(
+                f"placeholder {{{name}}} must be a plain column name like {{transaction_hash}}"
+            )
+        if spec or conversion:
+            raise TemplateError(f"placeholder {{{name}}} must not have a conversion or format spec")
+        columns.append(name)
+    return tuple(columns)
+
+
+def render_template(template: str, row: Mapping[str, Any]) -> str:
+    """The dedupe key of one result row. Raises ``AlertResultInvalid`` for a column the row lacks or
+    holds NULL in, or a key longer than ``MAX_DEDUPE_KEY_CHARS``: retrying cannot fix those."""
+    out: list[str] = []
+    for literal, name, _spec, _conversion in string.Formatter().parse(template):
+        out.append(literal)
+        if name is None:
+            continue
+        if name not in row:
+            raise AlertResultInvalid(
+                f"dedupe_key references column {name!r}, which the condition does not return "
+                f"(columns: {', '.join(sorted(row))})",
+                field="dedupe_key",
+            )
+        value = row[name]
+        if value is None:
+            raise AlertResultInvalid(
+                f"dedupe_key column {name!r} is NULL in a result row", field="dedupe_key"
+            )
+        out.append(value if isinstance(value, str) else json.dumps(value, sort_keys=True))
+    key = "".join(out)
+    if len(key) > MAX_DEDUPE_KEY_CHARS:
+        raise AlertResultInvalid(
+            f"dedupe_key is {len(key)} characters, over {MAX_DEDUPE_KEY_CHARS}", field="dedupe_key"
+        )
+    return key
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class WebhookChannel(_Model):
+    """POST each new event as JSON to ``url`` (no redirects followed)."""
+
+    url: Annotated[str, AfterValidator(_webhook_url)]
+    rate_limit_per_minute: Annotated[int, Field(gt=0, le=10_000)] = 60
+    timeout_seconds: Annotated[float, Field(gt=0, le=30)] = 5.0
+
+    def redacted_url(self) -> str:
+        return redact_url(self.url)
+
+
+class LogChannel(_Model):
+    """Write each new event as one structured log line (counts as delivered)."""
+
+
+class Channel(_Model):
+    """Exactly one of ``webhook`` or ``log``."""
+
+    webhook: WebhookChannel | None = None
+    log: LogChannel | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Channel:
+        if (self.webhook is None) == (self.log is None):
+            raise PydanticCustomError("channel", "a channel is exactly one of 'webhook' or 'log'")
+        return self
+
+    @property
+    def kind(self) -> Literal["webhook", "log"]:
+        return "webhook" if self.webhook is not None else "log"
+
+    @property
+    def key(self) -> str:
+        """Stable identity of the channel within its alert: ``log``, or ``webhook:`` plus a
+        digest of the URL (so a rate-limit edit keeps pending deliveries, a new URL does not)."""
+        if self.webhook is None:
+            return "log"
+        return "webhook:" + hashlib.sha256(self.webhook.url.encode()).hexdigest()[:16]
+
+    def describe(self) -> str:
+        """A display form without secrets."""
+        return "log" if self.webhook is None else f"webhook {self.webhook.redacted_url()}"
+
+
+class Trigger(_Model):
+    """When the alert is evaluated: on each committed version and/or every N seconds."""
+
+    on_commit: bool = False
+    schedule_seconds: Annotated[int, Field(ge=10, le=7 * 86_400)] | None = None
+
+    @model_validator(mode="after")
+    def _some_trigger(self) -> Trigger:
+        if not self.on_commit and self.schedule_seconds is None:
+            raise PydanticCustomError("trigger", "set on_commit: true and/or schedule_seconds: N")
+        return self
+
+
+class AlertSpec(_Model):
+    """A validated alert definition; identity ``(org_id, name)``."""
+
+    kind: Literal["alert"]
+    name: Annotated[str, AfterValidator(_name)]
+    job: Annotated[str, AfterValidator(_name)]
+    reads: Annotated[
+        list[Annotated[str, AfterValidator(_slug)]], Field(min_length=1, max_length=16)
+    ]
+    condition: Annotated[str, Field(min_length=1, max_length=MAX_SQL_BYTES)]
+    trigger: Trigger
+    dedupe_key: Annotated[str, Field(min_length=1, max_length=MAX_DEDUPE_KEY_CHARS)]
+    severity: Severity
+    channels: Annotated[list[Channel], Field(min_length=1, max_length=MAX_CHANNELS)]
+    enabled: bool = True
+
+    @field_validator("reads")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise PydanticCustomError("reads", "stream keys must be distinct")
+        return value
+
+    @field_validator("condition")
+    @classmethod
+    def _gated(cls, value: str, info: ValidationInfo) -> str:
+        reads = info.data.get("reads")
+        if reads is None:
+            return value  # reads itself is invalid and reported
+        try:
+            validate_sql(value, reads)
+        except SqlRejected as exc:
+            raise PydanticCustomError(
+                "sql",
+                "rejected by the SQL gate ({code}): {message}",
+                {"code": exc.code, "message": exc.message},
+            ) from None
+        return value
+
+    @field_validator("dedupe_key")
+    @classmethod
+    def _template(cls, value: str, info: ValidationInfo) -> str:
+        try:
+            columns = template_columns(value)
+        except TemplateError as exc:
+            raise PydanticCustomError("dedupe_key", "{message}", {"message": str(exc)}) from None
+        if not columns:
+            raise PydanticCustomError(
+                "dedupe_key", "must reference at least one result column, e.g. {transaction_hash}"
+            )
+        name = info.data.get("name")
+        if name is not None and not value.startswith(f"{name}:"):
+            raise PydanticCustomError(
+                "dedupe_key",
+                "must start with '{name}:' so alerts never suppress each other's events",
+                {"name": name},
+            )
+        return value
+
+    @field_validator("channels")
+    @classmethod
+    def _distinct_channels(cls, value: list[Channel]) -> list[Channel]:
+        keys = [c.key for c in value]
+        if len(set(keys)) != len(keys):
+            raise PydanticCustomError("channels", "the same channel is listed twice")
+        return value
+
+    def channel(self, key: str) -> Channel | None:
+        return next((c for c in self.channels if c.key == key), None)
+
+
+def redact_url(url: str) -> str:
+    """``scheme://host[:port]/...``: enough to recognise a webhook, no path or query tokens."""
+    parts = urlsplit(url)
+    host = parts.hostname or "?"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}/..."
+
+
+class LoadedAlert(NamedTuple):
+    """A validated alert, the exact bytes it came from, and where each key sits."""
+
+    spec: AlertSpec
+    raw: bytes
+    doc: LoadedYaml
+
+
+def validate_alert(doc: LoadedYaml) -> AlertSpec:
+    """Validate a loaded document. Raises ``InvalidJobFile`` listing every problem with its line."""
+    if not isinstance(doc.data, dict):
+        raise ConfigError(
+            "the top level must be a mapping (kind: alert, ...)", file=doc.source, line=1
+        )
+    try:
+        return AlertSpec.model_validate(doc.data)
+    except ValidationError as exc:
+        raise InvalidJobFile(validation_problems(doc, exc)) from None
+
+
+def parse_alert(raw: str | bytes, *, source: str = "<string>") -> LoadedAlert:
+    """Parse and validate an alert document. Raises ``ConfigError``/``InvalidJobFile``."""
+    data = raw.encode() if isinstance(raw, str) else bytes(raw)
+    doc = load_yaml(data, source=source)
+    return LoadedAlert(validate_alert(doc), data, doc)
+
+
+def load_alert_file(path: str | Path) -> LoadedAlert:
+    """Read, parse and validate an alert file."""
+    p = Path(path)
+    return parse_alert(read_capped(p), source=str(p))

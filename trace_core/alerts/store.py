@@ -1,0 +1,185 @@
+"""Alert definitions in Postgres state: apply (idempotent), list, look up.
+
+``apply_alert`` checks what YAML validation cannot: the chain_sync job exists in the org and
+every stream in ``reads`` is one of its active streams. An unchanged file is a no-op; an edit
+updates the row in place (same ``alert_id``), so its pending deliveries and events remain.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from psycopg import Connection
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from trace_core.alerts.spec import AlertSpec, LoadedAlert, load_alert_file
+from trace_core.chain_sync import store as chain_sync_store
+from trace_core.db.queries import q
+from trace_core.errors import AlertNotFound, ChainSyncJobNotFound, ConfigError, InvalidJobFile
+
+ALERT_NAMESPACE = uuid.UUID("3f0d8a52-61c4-4c57-9a0e-6a3c2b51e7d4")
+
+
+def alert_id(org_id: str | uuid.UUID, name: str) -> uuid.UUID:
+    """Deterministic id of an alert: its identity is ``(org_id, name)``."""
+    return uuid.uuid5(ALERT_NAMESPACE, f"alert:{org_id}:{name}")
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    alert_id: uuid.UUID
+    created: bool
+    changed: bool
+
+
+@dataclass(frozen=True)
+class AlertRow:
+    alert_id: uuid.UUID
+    org_id: uuid.UUID
+    name: str
+    job_name: str
+    reads: list[str]
+    on_commit: bool
+    schedule_seconds: int | None
+    severity: str
+    enabled: bool
+    spec: dict[str, Any]
+    yaml_hash: str
+    source_file: str | None
+    next_scheduled_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+    def model(self) -> AlertSpec:
+        """The stored definition as a validated model (it was validated at apply)."""
+        return AlertSpec.model_validate(self.spec, strict=False)
+
+    def as_json(self, *, redact: bool = True) -> dict[str, Any]:
+        """JSON-ready fields; webhook URLs redacted unless ``redact=False``."""
+        spec = self.model()
+        return {
+            "alert_id": str(self.alert_id),
+            "name": self.name,
+            "job": self.job_name,
+            "reads": list(self.reads),
+            "trigger": spec.trigger.model_dump(exclude_none=True),
+            "severity": self.severity,
+            "enabled": self.enabled,
+            "dedupe_key": spec.dedupe_key,
+            "channels": [
+                c.describe() if redact else c.model_dump(exclude_none=True) for c in spec.channels
+            ],
+            "source_file": self.source_file,
+            "next_scheduled_at": self.next_scheduled_at.isoformat()
+            if self.next_scheduled_at
+            else None,
+            "updated_at": self.updated_at.isoformat(),
+        }
+
+
+def _check_job(conn: Connection[Any], org_id: str | uuid.UUID, loaded: LoadedAlert) -> None:
+    spec, doc = loaded.spec, loaded.doc
+    try:
+        job = chain_sync_store.get_job(conn, org_id, spec.job)
+    except ChainSyncJobNotFound:
+        raise ConfigError(
+            f"chain_sync job {spec.job!r} is not applied (trace-lite apply --file ...)",
+            file=doc.source,
+            line=doc.line_of(("job",)),
+            field="job",
+        ) from None
+    streams = {s.dataset_key for s in chain_sync_store.list_streams(conn, org_id, job.job_id)}
+    problems = [
+        ConfigError(
+            f"job {spec.job!r} has no active stream {key!r} (streams: {', '.join(sorted(streams))})",
+            file=doc.source,
+            line=doc.line_of(("reads", i)),
+            field=f"reads[{i}]",
+        )
+        for i, key in enumerate(spec.reads)
+        if key not in streams
+    ]
+    if problems:
+        raise InvalidJobFile(problems)
+
+
+def apply_alert(
+    conn: Connection[Any],
+    org_id: str | uuid.UUID,
+    loaded: LoadedAlert,
+    source_file: str | None = None,
+) -> ApplyResult:
+    """Create or update the alert named in ``loaded`` (idempotent).
+
+    Raises ``ConfigError``/``InvalidJobFile`` naming the file line when the job or a stream is
+    unknown. Runs in its own transaction on ``conn``.
+    """
+    spec = loaded.spec
+    aid = alert_id(org_id, spec.name)
+    with conn.transaction():
+        _check_job(conn, org_id, loaded)
+        row = conn.execute(
+            q("alerts", "upsert_definition"),
+            {
+                "alert_id": aid,
+                "org_id": uuid.UUID(str(org_id)),
+                "name": spec.name,
+                "job_name": spec.job,
+                "reads": list(spec.reads),
+                "on_commit": spec.trigger.on_commit,
+                "schedule_seconds": spec.trigger.schedule_seconds,
+                "severity": spec.severity,
+                "enabled": spec.enabled,
+                "spec": Jsonb(spec.model_dump(mode="json")),
+                "yaml_hash": chain_sync_store.yaml_hash(loaded.raw),
+                "source_file": source_file,
+            },
+        ).fetchone()
+    if row is None:
+        return ApplyResult(aid, created=False, changed=False)
+    return ApplyResult(aid, created=bool(row[0]), changed=True)
+
+
+def list_alerts(
+    conn: Connection[Any],
+    org_id: str | uuid.UUID,
+    *,
+    name: str | None = None,
+    alert: uuid.UUID | None = None,
+) -> list[AlertRow]:
+    """Alert definitions of the org (optionally one, by name or id), by name."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            q("alerts", "list_definitions"),
+            {"org_id": uuid.UUID(str(org_id)), "name": name, "alert_id": alert},
+        ).fetchall()
+    return [AlertRow(**r) for r in rows]
+
+
+def get_alert(conn: Connection[Any], org_id: str | uuid.UUID, ref: str | uuid.UUID) -> AlertRow:
+    """One alert by name or id. Raises ``AlertNotFound``."""
+    as_id: uuid.UUID | None
+    try:
+        as_id = ref if isinstance(ref, uuid.UUID) else uuid.UUID(ref)
+    except ValueError:
+        as_id = None
+    rows = (
+        list_alerts(conn, org_id, alert=as_id)
+        if as_id is not None
+        else list_alerts(conn, org_id, name=str(ref))
+    )
+    if not rows:
+        raise AlertNotFound(f"alert not found: {ref}", alert=str(ref))
+    return rows[0]
+
+
+def apply_alert_file(
+    conn: Connection[Any], org_id: str | uuid.UUID, path: str | Path
+) -> ApplyResult:
+    """Load, validate and apply an alert file (``apply_alert`` of ``load_alert_file``)."""
+    return apply_alert(conn, org_id, load_alert_file(path), str(path))

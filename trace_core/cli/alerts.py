@@ -1,0 +1,144 @@
+"""``trace-lite alerts``: apply alert YAML, list definitions, inspect deliveries.
+
+Webhook URLs are shown redacted (scheme, host and port only). Bad files exit 2 with
+``file:line: field: message`` per problem; other errors exit 1.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from trace_core.errors import ConfigError, TraceError
+from trace_core.runtime import Runtime
+from trace_core.settings import load_settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _errors(fn: F) -> F:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except TraceError as exc:
+            err_console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+            sys.exit(2 if isinstance(exc, ConfigError) else 1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _runtime() -> Runtime:
+    from trace_core.db.migrate import migrate
+
+    rt = Runtime(load_settings())
+    migrate(rt.dbs)
+    return rt
+
+
+@click.group()
+def alerts() -> None:
+    """Alert definitions (YAML) and their deliveries."""
+
+
+@alerts.command("apply")
+@click.option("--file", "file_", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@_errors
+def apply_cmd(file_: Path) -> None:
+    """Apply an alert YAML file (idempotent; an edit updates the alert in place)."""
+    from trace_core.alerts.spec import load_alert_file
+    from trace_core.alerts.store import apply_alert
+
+    loaded = load_alert_file(file_)
+    rt = _runtime()
+    try:
+        with rt.state() as conn:
+            result = apply_alert(conn, rt.settings.org_id, loaded, str(file_))
+    finally:
+        rt.close()
+    verb = "created" if result.created else ("updated" if result.changed else "unchanged")
+    console.print(f"alert_id={result.alert_id} name={loaded.spec.name} {verb}", highlight=False)
+
+
+@alerts.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON")
+@_errors
+def list_cmd(as_json: bool) -> None:
+    """Alert definitions of the org (webhook URLs redacted)."""
+    from trace_core.alerts.store import list_alerts
+
+    rt = _runtime()
+    try:
+        with rt.state() as conn:
+            rows = [row.as_json() for row in list_alerts(conn, rt.settings.org_id)]
+    finally:
+        rt.close()
+    if as_json:
+        click.echo(json.dumps({"alerts": rows}, indent=2))
+        return
+    if not rows:
+        console.print("no alerts applied yet (trace-lite alerts apply --file ...)")
+        return
+    table = Table(show_header=True, header_style="bold")
+    for col in ("name", "job", "reads", "trigger", "severity", "enabled", "channels"):
+        table.add_column(col)
+    for row in rows:
+        trigger = row["trigger"]
+        when = ", ".join(
+            (["on_commit"] if trigger.get("on_commit") else [])
+            + ([f"every {trigger['schedule_seconds']}s"] if trigger.get("schedule_seconds") else [])
+        )
+        table.add_row(
+            row["name"],
+            row["job"],
+            ", ".join(row["reads"]),
+            when,
+            row["severity"],
+            "yes" if row["enabled"] else "no",
+            "; ".join(row["channels"]),
+        )
+    console.print(table)
+
+
+@alerts.command("deliveries")
+@click.option("--alert", "alert_name", default=None, help="Only this alert's deliveries")
+@click.option("--limit", default=50, show_default=True, help="Newest N deliveries")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON")
+@_errors
+def deliveries_cmd(alert_name: str | None, limit: int, as_json: bool) -> None:
+    """Recent deliveries: status, attempts, last HTTP status and error."""
+    from trace_core.alerts.delivery import list_deliveries
+
+    rt = _runtime()
+    try:
+        with rt.data() as conn:
+            rows = list_deliveries(conn, alert_name=alert_name, limit=limit)
+    finally:
+        rt.close()
+    if as_json:
+        click.echo(json.dumps({"deliveries": rows}, indent=2, default=str))
+        return
+    table = Table(show_header=True, header_style="bold")
+    for col in ("alert", "dedupe_key", "channel", "status", "attempts", "http", "error"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r["alert_name"],
+            r["dedupe_key"],
+            r["channel_key"],
+            r["status"],
+            f"{r['attempts']}/{r['max_attempts']}",
+            "" if r["last_status_code"] is None else str(r["last_status_code"]),
+            r["last_error"] or "",
+        )
+    console.print(table)
