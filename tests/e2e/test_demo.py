@@ -3,7 +3,8 @@ Postgres, anvil, ``dagster dev`` (daemon sensors launching real runs) and the Qu
 
 One test, in the order a user lives it: start the demo, Ctrl-C it mid-sync, check nothing is
 left running, run it again with ``--exit``, then check the MVP-6 invariants in the stores it
-left behind and compare the Parquet with an identical chain (the demo chain is deterministic).
+left behind and compare the Parquet and the alerts fired (examples/alerts/large_transfer.yaml:
+transfers above 9.9e14 wei) with an identical chain (the demo chain is deterministic).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ CHUNK = 100
 STREAMS = ("blocks", "transactions", "logs")
 JOB_YAML = f"""
 kind: chain_sync
-name: demo_small
+name: demo
 chain_id: 31337
 mode: {{kind: fixed_target, from_block: 0, to_block: {TO_BLOCK}}}
 streams:
@@ -75,7 +76,7 @@ def _wait_for(path: Path, text: str, proc: subprocess.Popen[bytes], timeout: flo
 @pytest.mark.timeout(600)
 def test_demo_interrupted_then_resumed_leaves_correct_data(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    job = tmp_path / "demo_small.yaml"
+    job = tmp_path / "demo.yaml"
     job.write_text(JOB_YAML)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TRACE_", "DAGSTER_"))}
     env |= {
@@ -122,6 +123,9 @@ def test_demo_interrupted_then_resumed_leaves_correct_data(tmp_path: Path) -> No
             # only the live follower's newest dataset_events may wait for the next tick
             assert set(pending) <= {("dataset_events",)}, pending
             assert conn.execute("SELECT count(*) FROM state.queue_dead").fetchone() == (0,)
+            # one evaluation per committed transactions range (the alert reads transactions)
+            evaluations = "SELECT count(*) FROM state.tasks WHERE operator = 'alert_evaluate'"
+            assert conn.execute(evaluations).fetchone() == (TO_BLOCK // CHUNK,)
             versions = conn.execute(
                 """SELECT d.dataset_key, v.range_start, v.range_end, v.storage_prefix
                    FROM state.dataset_versions v JOIN state.datasets d USING (dataset_uuid)
@@ -141,6 +145,11 @@ def test_demo_interrupted_then_resumed_leaves_correct_data(tmp_path: Path) -> No
             s: con.sql(f"SELECT count(*) FROM read_parquet({files[s]})").fetchone()[0]
             for s in STREAMS
         }  # type: ignore[index]
+        with psycopg.connect(dbs.data_url) as conn:
+            alerts = conn.execute(
+                """SELECT e.tx_hash, d.status FROM data.alert_events e
+                   JOIN data.alert_deliveries d USING (dedupe_key) ORDER BY e.block_number"""
+            ).fetchall()
         hashes = dict(
             con.sql(
                 f"SELECT block_number, '0x' || lower(hex(block_hash)) FROM read_parquet({files['blocks']})"
@@ -159,3 +168,12 @@ def test_demo_interrupted_then_resumed_leaves_correct_data(tmp_path: Path) -> No
         }
         for n in (0, 1, TO_BLOCK // 2, TO_BLOCK - 1):
             assert hashes[n] == chain.rpc.call("eth_getBlockByNumber", [hex(n), False])["hash"]
+        blocks = chain.rpc.batch(
+            [("eth_getBlockByNumber", [hex(n), True]) for n in range(TO_BLOCK)]
+        )
+        large = [
+            tx["hash"] for b in blocks for tx in b["transactions"] if int(tx["value"], 16) > 9.9e14
+        ]
+    assert large, "the seeded chain should carry a large transfer below TO_BLOCK"
+    # exactly one event per large transfer, each delivered once to its log channel
+    assert alerts == [(h, "delivered") for h in large]
