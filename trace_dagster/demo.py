@@ -44,7 +44,8 @@ MINE_INTERVAL_SECONDS = 2
 TIP_SQL = """
 SELECT b.block_number, count(t.transaction_hash) AS txs
 FROM blocks AS b LEFT JOIN transactions AS t ON t.block_number = b.block_number
-GROUP BY b.block_number ORDER BY b.block_number DESC LIMIT 5
+GROUP BY b.block_number HAVING count(t.transaction_hash) > 0
+ORDER BY b.block_number DESC LIMIT 5
 """
 
 
@@ -121,7 +122,8 @@ def _progress(console: Console, rt: Runtime, job: str, deadline: float) -> None:
 
 
 def _print_response(console: Console, title: str, resp: dict[str, Any]) -> None:
-    table = Table(title=title, title_justify="left", header_style="bold")
+    console.print(f"\n[bold]{title}[/bold]")
+    table = Table(header_style="bold")
     for col in resp["columns"]:
         table.add_column(str(col["name"] if isinstance(col, dict) else col))
     for row in resp["rows"]:
@@ -238,7 +240,12 @@ def _show_results(
     deadline: float,
 ) -> None:
     result.tip = _query(settings, TIP_SQL, result.job)
-    _print_response(console, "Tip: newest blocks (hot + cold)", result.tip)
+    _print_response(
+        console,
+        f"Tip: the newest blocks with transactions (hot rows from block {result.to_block} on, "
+        "cold Parquet below)",
+        result.tip,
+    )
     result.backfill = _query(settings, backfill_sql(result.from_block, result.to_block), result.job)
     _print_response(
         console,
@@ -260,7 +267,8 @@ def _show_results(
         )
         console.print(f"chain over JSON-RPC: {result.chain_counts}: {verdict}")
     result.alerts = _settled_alerts(rt, deadline)
-    table = Table(title="Alerts fired", title_justify="left", header_style="bold")
+    console.print("\n[bold]Alerts fired (examples/alerts/)[/bold]")
+    table = Table(header_style="bold")
     for col in ("alert", "severity", "block", "transaction", "delivery"):
         table.add_column(col)
     for ev in result.alerts:
