@@ -79,19 +79,24 @@ def _job_name(defs: Definitions, sensor_name: str) -> str:
     return (sensor_def.job_name or "") if sensor_def.has_jobs else ""
 
 
+# The hot follower announces every step on dataset_events; those announcements are not work
+# a run still owes, so a chain that keeps producing blocks does not keep the driver busy.
+PENDING_OUTBOX = """SELECT count(*) FROM state.outbox WHERE status = 'pending'
+    AND NOT (topic = 'dataset_events' AND payload->>'event' LIKE 'hot\\_%')"""
+
+
 def active_work(rt: Runtime) -> tuple[int, int, int]:
     """(queued-or-running tasks not paused, pending outbox rows plus messages waiting on the
     ``IDLE_QUEUES`` plus alert deliveries due now, dead tasks)."""
     from trace_core.alerts.delivery import delivery_backlog
+
     with rt.state() as conn:
         row = conn.execute(
             """SELECT count(*) FILTER (WHERE status IN ('queued', 'running') AND NOT paused),
                       count(*) FILTER (WHERE status = 'dead')
                FROM state.tasks"""
         ).fetchone()
-        pending = conn.execute(
-            "SELECT count(*) FROM state.outbox WHERE status = 'pending'"
-        ).fetchone()
+        pending = conn.execute(PENDING_OUTBOX).fetchone()
     assert row is not None and pending is not None
     queued = 0
     for name in IDLE_QUEUES:

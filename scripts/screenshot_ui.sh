@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Screenshot of the Dagster UI showing the demo job's block ranges as materialized partitions.
+#
+# Usage: scripts/screenshot_ui.sh [OUT.png]        (default ./ui-screenshot.png)
+# Env:   SCREENSHOT_TRACE_HOME   Trace home of the demo run (default /tmp/trace-screenshot)
+#        SCREENSHOT_TIMEOUT      seconds to wait for the demo to finish syncing (default 900)
+#
+# Runs `trace-lite demo` (not --exit) in the background on its own Trace home and in its own
+# session (a Ctrl-C here reaches it once, through the trap), waits for it to finish the sync and
+# for Dagster to report every partition of chain_sync/demo/blocks materialized, screenshots the
+# asset's partitions page (the last range's details open) with headless Chromium (installed from Debian's packages when
+# missing), then stops the demo with SIGINT and waits for it to exit. A trap does the same on
+# every exit path, so nothing is left running.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+out=$(realpath -m "${1:-./ui-screenshot.png}")
+trace_home=$(realpath -m "${SCREENSHOT_TRACE_HOME:-/tmp/trace-screenshot}")
+timeout_s=${SCREENSHOT_TIMEOUT:-900}
+asset_key=chain_sync/demo/blocks
+log=$trace_home/demo.log
+demo_pid=
+
+log_tail() {
+  echo "--- last lines of $log ---" >&2
+  tail -n 30 "$log" >&2 || true
+}
+
+# SIGINT the demo (it stops dagster, the Query Service, anvil and Postgres), then wait for it;
+# SIGTERM (handled the same way) if it ignores SIGINT for too long.
+stop_demo() {
+  [[ -n $demo_pid ]] || return 0
+  local pid=$demo_pid signal waited
+  demo_pid=
+  for signal in INT TERM; do
+    kill -s "$signal" "$pid" 2>/dev/null || break
+    for ((waited = 0; waited < 120; waited++)); do
+      kill -0 "$pid" 2>/dev/null || break 2
+      sleep 1
+    done
+    echo "the demo (pid $pid) did not stop after SIG$signal" >&2
+  done
+  wait "$pid" 2>/dev/null || true
+}
+trap stop_demo EXIT
+trap 'exit 130' INT TERM HUP
+
+find_chromium() {
+  command -v chromium || command -v chromium-browser || true
+}
+
+chromium_bin=$(find_chromium)
+if [[ -z $chromium_bin ]]; then
+  sudo=()
+  [[ $EUID -eq 0 ]] || sudo=(sudo)
+  echo "installing chromium from Debian's packages..."
+  if ! "${sudo[@]}" apt-get install -y --no-install-recommends chromium; then
+    "${sudo[@]}" apt-get update
+    "${sudo[@]}" apt-get install -y --no-install-recommends chromium
+  fi
+  chromium_bin=$(find_chromium)
+  [[ -n $chromium_bin ]] || { echo "chromium is still not on PATH" >&2; exit 1; }
+fi
+
+mkdir -p "$trace_home"
+echo "starting trace-lite demo (TRACE_HOME=$trace_home, log $log)..."
+(
+  cd "$repo"
+  export TRACE_HOME=$trace_home DAGSTER_HOME=$trace_home/dagster COLUMNS=200 PYTHONUNBUFFERED=1
+  # This subshell leads no process group, so setsid execs in place: $! is the demo itself.
+  exec setsid .venv/bin/trace-lite demo
+) >"$log" 2>&1 &
+demo_pid=$!
+
+deadline=$((SECONDS + timeout_s))
+until grep -q "running; press Ctrl-C" "$log"; do
+  if ! kill -0 "$demo_pid" 2>/dev/null; then
+    echo "the demo exited before finishing" >&2
+    log_tail
+    exit 1
+  fi
+  if ((SECONDS > deadline)); then
+    echo "the demo did not finish within ${timeout_s}s" >&2
+    log_tail
+    exit 1
+  fi
+  sleep 2
+done
+
+ui=$(grep -o 'Dagster UI: http://[0-9.]*:[0-9]*' "$log" | tail -n 1 | cut -d' ' -f3)
+[[ -n $ui ]] || { echo "no Dagster UI URL in $log" >&2; log_tail; exit 1; }
+echo "demo synced; Dagster UI at $ui"
+
+partition=$("$repo/.venv/bin/python" "$repo/scripts/dagster_partitions.py" "$ui" "$asset_key" --timeout 120)
+
+url="$ui/assets/$asset_key?view=partitions&partition=$partition"
+rm -f "$out"
+timeout 180 "$chromium_bin" --headless=new --no-sandbox --disable-gpu --hide-scrollbars \
+  --user-data-dir="$trace_home/chromium" --window-size=1600,1000 \
+  --virtual-time-budget=15000 --screenshot="$out" "$url" 2>"$trace_home/chromium.log" || {
+  echo "chromium failed; see $trace_home/chromium.log" >&2
+  exit 1
+}
+[[ -s $out ]] || { echo "chromium wrote no screenshot to $out" >&2; exit 1; }
+
+echo "stopping the demo..."
+stop_demo
+echo "$out"
