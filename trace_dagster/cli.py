@@ -13,7 +13,8 @@ from pathlib import Path
 
 import click
 
-from trace_core.cli.main import cli, console, handle_errors, runtime
+from trace_core.cli.common import console, handle_errors, runtime
+from trace_core.cli.main import cli
 from trace_core.settings import REPO_ROOT
 
 DEFAULT_DAGSTER_HOME = REPO_ROOT / "dagster_home"

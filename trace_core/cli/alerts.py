@@ -6,36 +6,15 @@ Webhook URLs are shown redacted (scheme, host and port only). Bad files exit 2 w
 
 from __future__ import annotations
 
-import functools
 import json
-import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
 
 import click
-from rich.console import Console
 from rich.table import Table
 
-from trace_core.errors import ConfigError, TraceError
+from trace_core.cli.common import console, handle_errors
 from trace_core.runtime import Runtime
 from trace_core.settings import load_settings
-
-F = TypeVar("F", bound=Callable[..., Any])
-console = Console()
-err_console = Console(stderr=True)
-
-
-def _errors(fn: F) -> F:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except TraceError as exc:
-            err_console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
-            sys.exit(2 if isinstance(exc, ConfigError) else 1)
-
-    return wrapper  # type: ignore[return-value]
 
 
 def _runtime() -> Runtime:
@@ -53,7 +32,7 @@ def alerts() -> None:
 
 @alerts.command("apply")
 @click.option("--file", "file_", required=True, type=click.Path(dir_okay=False, path_type=Path))
-@_errors
+@handle_errors
 def apply_cmd(file_: Path) -> None:
     """Apply an alert YAML file (idempotent; an edit updates the alert in place)."""
     from trace_core.alerts.spec import load_alert_file
@@ -72,7 +51,7 @@ def apply_cmd(file_: Path) -> None:
 
 @alerts.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON")
-@_errors
+@handle_errors
 def list_cmd(as_json: bool) -> None:
     """Alert definitions of the org (webhook URLs redacted)."""
     from trace_core.alerts.store import list_alerts
@@ -114,7 +93,7 @@ def list_cmd(as_json: bool) -> None:
 @click.option("--alert", "alert_name", default=None, help="Only this alert's deliveries")
 @click.option("--limit", default=50, show_default=True, help="Newest N deliveries")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON")
-@_errors
+@handle_errors
 def deliveries_cmd(alert_name: str | None, limit: int, as_json: bool) -> None:
     """Recent deliveries: status, attempts, last HTTP status and error."""
     from trace_core.alerts.delivery import list_deliveries

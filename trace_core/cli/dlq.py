@@ -11,16 +11,14 @@ import functools
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
-from trace_core.errors import TraceError
+from trace_core.cli.common import handle_errors
 from trace_core.queue.base import BUFFER_QUEUE, DeadMessage
 from trace_core.runtime import Runtime
 from trace_core.settings import load_settings
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 # Every dead letter is looked up before replay/purge/show; a DLQ bigger than this is a
 # backlog to purge or replay with --all, not to page through by id.
@@ -30,19 +28,6 @@ _ERROR_WIDTH = 100
 queue_option = click.option(
     "--queue", default=BUFFER_QUEUE, show_default=True, help="Queue whose dead letters to manage"
 )
-
-
-def _errors(fn: F) -> F:
-    """Trace errors become ``Error: ...`` on stderr and exit 1."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except TraceError as exc:
-            raise click.ClickException(str(exc)) from exc
-
-    return wrapper  # type: ignore[return-value]
 
 
 def _with_runtime(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -89,7 +74,7 @@ def _targets(ids: tuple[str, ...], all_: bool) -> None:
 @queue_option
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON")
-@_errors
+@handle_errors
 @_with_runtime
 def list_(rt: Runtime, queue: str, limit: int, as_json: bool) -> None:
     """Dead letters of a queue, oldest first."""
@@ -116,7 +101,7 @@ def list_(rt: Runtime, queue: str, limit: int, as_json: bool) -> None:
 @dlq.command()
 @click.argument("message_id")
 @queue_option
-@_errors
+@handle_errors
 @_with_runtime
 def show(rt: Runtime, message_id: str, queue: str) -> None:
     """One dead letter as JSON: its pointer payload, receives, reason and last error."""
@@ -128,7 +113,7 @@ def show(rt: Runtime, message_id: str, queue: str) -> None:
 @click.argument("message_ids", nargs=-1)
 @click.option("--all", "all_", is_flag=True, help="Replay every dead letter of the queue")
 @queue_option
-@_errors
+@handle_errors
 @_with_runtime
 def replay(rt: Runtime, message_ids: tuple[str, ...], all_: bool, queue: str) -> None:
     """Send dead letters back to the live queue (receive count reset). Fix the cause first."""
@@ -146,7 +131,7 @@ def replay(rt: Runtime, message_ids: tuple[str, ...], all_: bool, queue: str) ->
 @click.option("--all", "all_", is_flag=True, help="Purge every dead letter of the queue")
 @click.option("--yes", is_flag=True, help="Confirm: purged messages are gone for good")
 @queue_option
-@_errors
+@handle_errors
 @_with_runtime
 def purge(rt: Runtime, message_ids: tuple[str, ...], all_: bool, yes: bool, queue: str) -> None:
     """Delete dead letters for good (requires --yes)."""

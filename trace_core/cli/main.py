@@ -3,49 +3,20 @@ token, query-service, gc, dlq. Errors print one clear line and exit non-zero."""
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
-import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from trace_core.cli.alerts import alerts
+from trace_core.cli.common import console, handle_errors, runtime
 from trace_core.cli.dlq import dlq
-from trace_core.errors import ConfigError, TraceError
 from trace_core.runtime import Runtime
 from trace_core.settings import load_settings
-
-F = TypeVar("F", bound=Callable[..., Any])
-console = Console()
-err_console = Console(stderr=True)
-
-
-def handle_errors(fn: F) -> F:
-    """Turn Trace errors into one line on stderr and an exit code (2 for bad input)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except ConfigError as exc:
-            err_console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
-            sys.exit(2)
-        except TraceError as exc:
-            err_console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
-            sys.exit(1)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def runtime() -> Runtime:
-    return Runtime(load_settings())
 
 
 @click.group()
