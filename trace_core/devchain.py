@@ -167,7 +167,9 @@ class DevChain:
         return chain
 
     @classmethod
-    def _launch(cls, chain_id: int, archive: bool, genesis_timestamp: int | None = None) -> DevChain:
+    def _launch(
+        cls, chain_id: int, archive: bool, genesis_timestamp: int | None = None
+    ) -> DevChain:
         binary = anvil_binary()
         last_error: Exception | None = None
         for _ in range(3):

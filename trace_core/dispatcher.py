@@ -64,7 +64,9 @@ def dispatch_tick(rt: Runtime) -> TickReport:
         report.heads_observed = len(head.observe_heads(conn, s.org_id))
         result = planner.plan_tick(conn, org_id=s.org_id, limit=s.dispatch_batch_size)
         report.planned = [
-            PlannedPartition(p.job_name, p.dataset_key, planner.range_partition_key(p.range_start, p.range_end))
+            PlannedPartition(
+                p.job_name, p.dataset_key, planner.range_partition_key(p.range_start, p.range_end)
+            )
             for p in result.planned
         ]
         with conn.transaction():
@@ -94,7 +96,11 @@ def all_partitions(rt: Runtime) -> list[PlannedPartition]:
         out: list[PlannedPartition] = []
         for job in store.list_jobs(conn, rt.settings.org_id):
             out.extend(
-                PlannedPartition(r.job_name, r.dataset_key, planner.range_partition_key(r.range_start, r.range_end))
+                PlannedPartition(
+                    r.job_name,
+                    r.dataset_key,
+                    planner.range_partition_key(r.range_start, r.range_end),
+                )
                 for r in store.list_ranges(conn, job.job_id)
             )
     return out

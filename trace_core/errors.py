@@ -159,7 +159,9 @@ class LeaseConflict(TraceError):
     code = "lease_conflict"
 
     def __init__(self, task_id: object, reason: str) -> None:
-        super().__init__(f"task {task_id} not claimable: {reason}", task_id=str(task_id), reason=reason)
+        super().__init__(
+            f"task {task_id} not claimable: {reason}", task_id=str(task_id), reason=reason
+        )
         self.task_id = task_id
         self.reason = reason
 
@@ -171,7 +173,9 @@ class StaleAttempt(TraceError):
 
     def __init__(self, task_id: object, attempt: int, detail: str = "") -> None:
         msg = f"stale attempt {attempt} for task {task_id}"
-        super().__init__(msg + (f": {detail}" if detail else ""), task_id=str(task_id), attempt=attempt)
+        super().__init__(
+            msg + (f": {detail}" if detail else ""), task_id=str(task_id), attempt=attempt
+        )
         self.task_id = task_id
         self.attempt = attempt
 

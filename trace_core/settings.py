@@ -26,72 +26,184 @@ class Settings(BaseSettings):
         env_prefix="TRACE_", env_file=".env", extra="ignore", frozen=True
     )
 
-    home: Path = Field(REPO_ROOT / ".trace", description="Trace home: embedded Postgres, local object store, keys")
-    database_url: SecretStr | None = Field(None, description="Postgres server URL; state and data databases are created on it (trace_state, trace_data)")
-    state_url: SecretStr | None = Field(None, description="Postgres URL of the state database (overrides TRACE_DATABASE_URL)")
-    data_url: SecretStr | None = Field(None, description="Postgres URL of the data database (overrides TRACE_DATABASE_URL)")
-    log_format: Literal["text", "json"] = Field("text", description="CLI and service logs: text with key=value fields, or one JSON object per line")
-    org_id: str = Field(DEFAULT_ORG_ID, description="Organisation id stamped on jobs, datasets and tokens")
+    home: Path = Field(
+        REPO_ROOT / ".trace", description="Trace home: embedded Postgres, local object store, keys"
+    )
+    database_url: SecretStr | None = Field(
+        None,
+        description="Postgres server URL; state and data databases are created on it (trace_state, trace_data)",
+    )
+    state_url: SecretStr | None = Field(
+        None, description="Postgres URL of the state database (overrides TRACE_DATABASE_URL)"
+    )
+    data_url: SecretStr | None = Field(
+        None, description="Postgres URL of the data database (overrides TRACE_DATABASE_URL)"
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="CLI and service logs: text with key=value fields, or one JSON object per line",
+    )
+    org_id: str = Field(
+        DEFAULT_ORG_ID, description="Organisation id stamped on jobs, datasets and tokens"
+    )
 
-    object_store_url: str | None = Field(None, description="file:///path or s3://bucket/prefix; default file://$TRACE_HOME/objects")
-    s3_endpoint_url: str | None = Field(None, description="S3 endpoint for MinIO/moto (path-style addressing)")
+    object_store_url: str | None = Field(
+        None, description="file:///path or s3://bucket/prefix; default file://$TRACE_HOME/objects"
+    )
+    s3_endpoint_url: str | None = Field(
+        None, description="S3 endpoint for MinIO/moto (path-style addressing)"
+    )
     aws_region: str = Field("us-east-1", description="AWS region for S3 and SQS")
 
-    queue_driver: Literal["pgqueue", "sqs"] = Field("pgqueue", description="Queue driver for wake-ups and buffers")
-    sqs_endpoint_url: str | None = Field(None, description="SQS endpoint (moto/localstack); default AWS")
+    queue_driver: Literal["pgqueue", "sqs"] = Field(
+        "pgqueue", description="Queue driver for wake-ups and buffers"
+    )
+    sqs_endpoint_url: str | None = Field(
+        None, description="SQS endpoint (moto/localstack); default AWS"
+    )
     sqs_queue_prefix: str = Field("trace-", description="Prefix of SQS queue names")
-    visibility_timeout_seconds: int = Field(60, gt=0, description="Queue visibility timeout for received messages")
-    max_receive_count: int = Field(5, gt=0, description="Receives before a message is dead-lettered")
-    sink_max_batch_bytes: int = Field(16 * 1024 * 1024, gt=0, description="Sink: largest buffered batch object it reads; bigger ones are dead-lettered")
-    sink_retry_delay_seconds: float = Field(0.2, ge=0, description="Sink: delay before a failed buffer message is received again")
+    visibility_timeout_seconds: int = Field(
+        60, gt=0, description="Queue visibility timeout for received messages"
+    )
+    max_receive_count: int = Field(
+        5, gt=0, description="Receives before a message is dead-lettered"
+    )
+    sink_max_batch_bytes: int = Field(
+        16 * 1024 * 1024,
+        gt=0,
+        description="Sink: largest buffered batch object it reads; bigger ones are dead-lettered",
+    )
+    sink_retry_delay_seconds: float = Field(
+        0.2, ge=0, description="Sink: delay before a failed buffer message is received again"
+    )
 
-    lease_seconds: int = Field(30, gt=0, description="Task lease length; a dead worker is detected within this")
-    heartbeat_seconds: float = Field(7.5, gt=0, description="Heartbeat interval while an operator runs")
+    lease_seconds: int = Field(
+        30, gt=0, description="Task lease length; a dead worker is detected within this"
+    )
+    heartbeat_seconds: float = Field(
+        7.5, gt=0, description="Heartbeat interval while an operator runs"
+    )
     max_attempts: int = Field(3, gt=0, description="Attempts before a retryable task ends dead")
-    retry_base_seconds: float = Field(5.0, ge=0, description="Backoff base for retries (doubles per attempt)")
+    retry_base_seconds: float = Field(
+        5.0, ge=0, description="Backoff base for retries (doubles per attempt)"
+    )
     retry_max_seconds: float = Field(300.0, ge=0, description="Backoff cap")
-    rewake_after_seconds: int = Field(120, gt=0, description="Re-publish a wake-up for a queued task nobody claimed for this long")
+    rewake_after_seconds: int = Field(
+        120, gt=0, description="Re-publish a wake-up for a queued task nobody claimed for this long"
+    )
     outbox_batch_size: int = Field(500, gt=0, description="Outbox rows published per drain batch")
 
-    cryo_mode: Literal["auto", "real", "fake"] = Field("auto", description="auto = real when the pool URL is set, else fake")
-    cryo_staging_dir: Path | None = Field(None, description="Local staging root for cryo output; default $TRACE_HOME/staging")
+    cryo_mode: Literal["auto", "real", "fake"] = Field(
+        "auto", description="auto = real when the pool URL is set, else fake"
+    )
+    cryo_staging_dir: Path | None = Field(
+        None, description="Local staging root for cryo output; default $TRACE_HOME/staging"
+    )
     max_parquet_files_per_range: int = Field(256, gt=0, description="Artifact cap: files per range")
-    max_parquet_bytes_per_file: int = Field(512 * 1024 * 1024, gt=0, description="Artifact cap: bytes per file")
-    max_total_parquet_bytes_per_range: int = Field(2 * 1024 * 1024 * 1024, gt=0, description="Artifact cap: bytes per range")
-    verify_log_receipts: bool = Field(False, description="Cross-check each logs range's row count against eth_getBlockReceipts (one call per busy block; cheap on a local node)")
-    rpc_timeout_seconds: float = Field(30.0, gt=0, description="Timeout of Trace's own JSON-RPC calls (probes, receipt checks)")
+    max_parquet_bytes_per_file: int = Field(
+        512 * 1024 * 1024, gt=0, description="Artifact cap: bytes per file"
+    )
+    max_total_parquet_bytes_per_range: int = Field(
+        2 * 1024 * 1024 * 1024, gt=0, description="Artifact cap: bytes per range"
+    )
+    verify_log_receipts: bool = Field(
+        False,
+        description="Cross-check each logs range's row count against eth_getBlockReceipts (one call per busy block; cheap on a local node)",
+    )
+    rpc_timeout_seconds: float = Field(
+        30.0, gt=0, description="Timeout of Trace's own JSON-RPC calls (probes, receipt checks)"
+    )
 
     worker_batch_size: int = Field(8, gt=0, description="Tasks carried by one Dagster run")
-    dispatch_batch_size: int = Field(200, gt=0, description="Max ranges planned per stream per tick")
+    dispatch_batch_size: int = Field(
+        200, gt=0, description="Max ranges planned per stream per tick"
+    )
 
-    finality_depth: int = Field(64, ge=0, description="Hot path: blocks behind the head before a block is final (compactable), unless set per chain")
-    finality_depths: dict[int, int] = Field(default_factory=dict, description='Hot path: per-chain finality depth, JSON {"chain_id": depth}')
-    hot_max_reorg_depth: int = Field(1024, gt=0, description="Hot path: deepest reorg the block follower repairs before failing")
-    hot_compact_range_size: int = Field(1000, gt=0, description="Hot path: blocks per compacted cold version (ranges align to multiples)")
+    finality_depth: int = Field(
+        64,
+        ge=0,
+        description="Hot path: blocks behind the head before a block is final (compactable), unless set per chain",
+    )
+    finality_depths: dict[int, int] = Field(
+        default_factory=dict,
+        description='Hot path: per-chain finality depth, JSON {"chain_id": depth}',
+    )
+    hot_max_reorg_depth: int = Field(
+        1024, gt=0, description="Hot path: deepest reorg the block follower repairs before failing"
+    )
+    hot_compact_range_size: int = Field(
+        1000,
+        gt=0,
+        description="Hot path: blocks per compacted cold version (ranges align to multiples)",
+    )
 
     query_host: str = Field("127.0.0.1", description="Query Service bind host")
     query_port: int = Field(8090, description="Query Service port")
-    query_url: str | None = Field(None, description="Query Service base URL for clients; default http://host:port")
-    query_timeout_seconds: float = Field(30.0, gt=0, description="Wall-clock limit of one query; over it the query is interrupted (HTTP 408)")
+    query_url: str | None = Field(
+        None, description="Query Service base URL for clients; default http://host:port"
+    )
+    query_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="Wall-clock limit of one query; over it the query is interrupted (HTTP 408)",
+    )
     query_memory_limit: str = Field("2GB", description="DuckDB memory_limit per query")
     query_threads: int = Field(2, gt=0, description="DuckDB threads per query")
-    query_inline_max_rows: int = Field(10_000, gt=0, description="Largest result returned inline; bigger results are exported as Parquet")
-    query_inline_max_bytes: int = Field(10 * 1024 * 1024, gt=0, description="Largest inline result in bytes; bigger results are exported as Parquet")
-    query_manifest_max_bytes: int = Field(1024 * 1024, gt=0, description="Largest dataset manifest the Query Service reads (HTTP 413 over it)")
-    query_manifest_max_files: int = Field(1024, gt=0, description="Most Parquet files one dataset version manifest may list")
-    query_presign_seconds: int = Field(3600, gt=0, description="Lifetime of presigned URLs for exported results")
-    jwt_key_file: Path | None = Field(None, description="JSON file of JWT signing keys {kid: secret}; default $TRACE_HOME/keys.json, created on first use")
-    jwt_kid: str = Field("k1", description="Key id that signs new tokens (generated into the key file if missing)")
-    jwt_next_kid: str | None = Field(None, description="A second key id also accepted, for rotation overlap")
+    query_inline_max_rows: int = Field(
+        10_000,
+        gt=0,
+        description="Largest result returned inline; bigger results are exported as Parquet",
+    )
+    query_inline_max_bytes: int = Field(
+        10 * 1024 * 1024,
+        gt=0,
+        description="Largest inline result in bytes; bigger results are exported as Parquet",
+    )
+    query_manifest_max_bytes: int = Field(
+        1024 * 1024,
+        gt=0,
+        description="Largest dataset manifest the Query Service reads (HTTP 413 over it)",
+    )
+    query_manifest_max_files: int = Field(
+        1024, gt=0, description="Most Parquet files one dataset version manifest may list"
+    )
+    query_presign_seconds: int = Field(
+        3600, gt=0, description="Lifetime of presigned URLs for exported results"
+    )
+    jwt_key_file: Path | None = Field(
+        None,
+        description="JSON file of JWT signing keys {kid: secret}; default $TRACE_HOME/keys.json, created on first use",
+    )
+    jwt_kid: str = Field(
+        "k1", description="Key id that signs new tokens (generated into the key file if missing)"
+    )
+    jwt_next_kid: str | None = Field(
+        None, description="A second key id also accepted, for rotation overlap"
+    )
     jwt_issuer: str = Field("trace-lite", description="iss of tokens Trace issues and accepts")
     user_token_ttl_seconds: int = Field(3600, gt=0, description="Lifetime of user query tokens")
-    task_token_ttl_seconds: int = Field(900, gt=0, description="Default lifetime of task capability tokens")
+    task_token_ttl_seconds: int = Field(
+        900, gt=0, description="Default lifetime of task capability tokens"
+    )
 
-    alert_delivery_max_attempts: int = Field(8, gt=0, description="Alerts: send attempts per event and channel before the delivery fails for good")
-    alert_delivery_backoff_base_seconds: float = Field(5.0, ge=0, description="Alerts: delivery retry backoff base (doubles per attempt)")
-    alert_delivery_backoff_max_seconds: float = Field(1800.0, ge=0, description="Alerts: delivery retry backoff cap")
-    alert_delivery_max_age_seconds: int = Field(7 * 86400, gt=0, description="Alerts: events older than this get no deliveries planned")
-    alert_webhook_allow_private: bool = Field(True, description="Alerts: allow webhooks to loopback/private addresses (Lite); link-local and metadata addresses are always refused")
+    alert_delivery_max_attempts: int = Field(
+        8,
+        gt=0,
+        description="Alerts: send attempts per event and channel before the delivery fails for good",
+    )
+    alert_delivery_backoff_base_seconds: float = Field(
+        5.0, ge=0, description="Alerts: delivery retry backoff base (doubles per attempt)"
+    )
+    alert_delivery_backoff_max_seconds: float = Field(
+        1800.0, ge=0, description="Alerts: delivery retry backoff cap"
+    )
+    alert_delivery_max_age_seconds: int = Field(
+        7 * 86400, gt=0, description="Alerts: events older than this get no deliveries planned"
+    )
+    alert_webhook_allow_private: bool = Field(
+        True,
+        description="Alerts: allow webhooks to loopback/private addresses (Lite); link-local and metadata addresses are always refused",
+    )
 
     def resolved_home(self) -> Path:
         return self.home.expanduser().resolve()

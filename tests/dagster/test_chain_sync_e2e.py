@@ -56,7 +56,9 @@ def test_fixed_target_job_syncs_through_dagster(
         assert sorted((r.dataset_key, r.range_start, r.status) for r in ranges) == sorted(
             (k, s, "completed") for k in ("blocks", "transactions") for s in (0, 400, 800)
         )
-        versions = registry.versions_for_stream(conn, rt.settings.org_id, anvil_chain.chain_id, "blocks")
+        versions = registry.versions_for_stream(
+            conn, rt.settings.org_id, anvil_chain.chain_id, "blocks"
+        )
         tx_versions = registry.versions_for_stream(
             conn, rt.settings.org_id, anvil_chain.chain_id, "transactions"
         )
@@ -70,7 +72,9 @@ def test_fixed_target_job_syncs_through_dagster(
         for f in rt.store.list(v.storage_prefix):
             if f.key.endswith(".parquet"):
                 nums = pq.read_table(rt.store.duckdb_uri(f.key), columns=["block_number"]).column(0)
-                assert min(nums.to_pylist()) >= v.range_start and max(nums.to_pylist()) < v.range_end
+                assert (
+                    min(nums.to_pylist()) >= v.range_start and max(nums.to_pylist()) < v.range_end
+                )
 
     # the UI view: every range is a materialized partition of its stream asset
     for key in ("blocks", "transactions"):
@@ -83,4 +87,11 @@ def test_fixed_target_job_syncs_through_dagster(
     again_report = drive_until_idle(rt, build_definitions(rt), dagster_instance, timeout=60)
     assert again_report.runs == 0
     with rt.state() as conn:
-        assert len(registry.versions_for_stream(conn, rt.settings.org_id, anvil_chain.chain_id, "blocks")) == 3
+        assert (
+            len(
+                registry.versions_for_stream(
+                    conn, rt.settings.org_id, anvil_chain.chain_id, "blocks"
+                )
+            )
+            == 3
+        )

@@ -29,5 +29,9 @@ def test_every_setting_is_documented_with_its_default_and_meaning() -> None:
         var = f"TRACE_{name.upper()}"
         assert var in rows, f"README configuration table lacks {var}"
         default, meaning = rows[var]
-        assert default == _default(name), f"{var}: README default {default!r}, code {_default(name)!r}"
-        assert meaning == (field.description or ""), f"{var}: README meaning differs from the field description"
+        assert default == _default(name), (
+            f"{var}: README default {default!r}, code {_default(name)!r}"
+        )
+        assert meaning == (field.description or ""), (
+            f"{var}: README meaning differs from the field description"
+        )

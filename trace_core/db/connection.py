@@ -61,7 +61,9 @@ def connect(url: str, *, autocommit: bool = False, **kwargs: Any) -> psycopg.Con
     try:
         return psycopg.connect(url, autocommit=autocommit, connect_timeout=10, **kwargs)
     except psycopg.OperationalError as exc:
-        raise DatabaseUnreachable(f"cannot connect to {redact_url(url)}: {_first_line(exc)}") from exc
+        raise DatabaseUnreachable(
+            f"cannot connect to {redact_url(url)}: {_first_line(exc)}"
+        ) from exc
 
 
 def _first_line(exc: BaseException) -> str:

@@ -98,7 +98,12 @@ def claim(conn: Connection[Any], task_id: uuid.UUID, *, lease_seconds: float) ->
             _mark_expired(conn, task_id, row["attempt"])
             conn.execute(
                 q("tasks", "finish_dead"),
-                {"task_id": task_id, "attempt": row["attempt"], "error": "lease expired", "kind": "expired"},
+                {
+                    "task_id": task_id,
+                    "attempt": row["attempt"],
+                    "error": "lease expired",
+                    "kind": "expired",
+                },
             )
             raise LeaseConflict(task_id, "attempts exhausted")
         if status == "running":
@@ -109,7 +114,9 @@ def claim(conn: Connection[Any], task_id: uuid.UUID, *, lease_seconds: float) ->
             {"task_id": task_id, "lease_token": token, "lease_seconds": float(lease_seconds)},
         ).fetchone()
         assert granted is not None
-        cur.execute(q("tasks", "insert_attempt"), {"task_id": task_id, "attempt": granted["attempt"]})
+        cur.execute(
+            q("tasks", "insert_attempt"), {"task_id": task_id, "attempt": granted["attempt"]}
+        )
     return Lease(
         task_id=task_id,
         attempt=granted["attempt"],
@@ -218,7 +225,9 @@ def complete_failure(
             "error": error,
         },
     )
-    decision, delay = policy.decide(fatal=fatal, attempt=lease.attempt, max_attempts=lease.max_attempts)
+    decision, delay = policy.decide(
+        fatal=fatal, attempt=lease.attempt, max_attempts=lease.max_attempts
+    )
     kind = kind or ("fatal" if fatal else "retryable")
     if decision == "dead":
         conn.execute(
@@ -236,7 +245,13 @@ def _requeue(
 ) -> None:
     row = conn.execute(
         q("tasks", "requeue"),
-        {"task_id": task_id, "attempt": attempt, "error": error, "kind": kind, "delay": float(delay)},
+        {
+            "task_id": task_id,
+            "attempt": attempt,
+            "error": error,
+            "kind": kind,
+            "delay": float(delay),
+        },
     ).fetchone()
     assert row is not None
     gen = conn.execute(q("tasks", "bump_wakeups"), {"task_id": task_id}).fetchone()
@@ -268,7 +283,12 @@ def reap(
         if decision == "dead":
             conn.execute(
                 q("tasks", "finish_dead"),
-                {"task_id": task_id, "attempt": attempt, "error": "lease expired", "kind": "expired"},
+                {
+                    "task_id": task_id,
+                    "attempt": attempt,
+                    "error": "lease expired",
+                    "kind": "expired",
+                },
             )
             dead += 1
         else:
