@@ -16,8 +16,11 @@ $(STAMP): pyproject.toml package.json
 
 setup: $(STAMP)
 
+# `make demo DEMO_ARGS=` keeps the stack up (UI, Query Service) until Ctrl-C.
+DEMO_ARGS ?= --exit
+
 demo: setup
-	$(BIN)/trace-lite demo
+	$(BIN)/trace-lite demo $(DEMO_ARGS)
 
 test: setup
 	$(BIN)/python -m pytest -q
