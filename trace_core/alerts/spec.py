@@ -47,7 +47,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from trace_core.chain_sync.spec import validation_problems
+from trace_core.chain_sync.spec import Name, Slug, validation_problems
 from trace_core.chain_sync.yamlload import LoadedYaml, load_yaml, read_capped
 from trace_core.errors import AlertResultInvalid, ConfigError, InvalidJobFile, SqlRejected
 from trace_core.query.gate import MAX_SQL_BYTES, validate_sql
@@ -55,28 +55,9 @@ from trace_core.query.gate import MAX_SQL_BYTES, validate_sql
 MAX_DEDUPE_KEY_CHARS = 512
 MAX_URL_CHARS = 2048
 MAX_CHANNELS = 16
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-_SLUG = re.compile(r"^[a-z0-9_]{1,64}$")
 _COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 Severity = Literal["info", "warning", "critical"]
-
-
-def _name(value: str) -> str:
-    if not _NAME.match(value):
-        raise PydanticCustomError(
-            "name",
-            "must be 1-64 characters of lowercase letters, digits, '_' and '-', starting with a letter or digit",
-        )
-    return value
-
-
-def _slug(value: str) -> str:
-    if not _SLUG.match(value):
-        raise PydanticCustomError(
-            "slug", "must be 1-64 characters of lowercase letters, digits and '_'"
-        )
-    return value
 
 
 def _webhook_url(value: str) -> str:
@@ -218,11 +199,9 @@ class AlertSpec(_Model):
     """A validated alert definition; identity ``(org_id, name)``."""
 
     kind: Literal["alert"]
-    name: Annotated[str, AfterValidator(_name)]
-    job: Annotated[str, AfterValidator(_name)]
-    reads: Annotated[
-        list[Annotated[str, AfterValidator(_slug)]], Field(min_length=1, max_length=16)
-    ]
+    name: Name
+    job: Name
+    reads: Annotated[list[Slug], Field(min_length=1, max_length=16)]
     condition: Annotated[str, Field(min_length=1, max_length=MAX_SQL_BYTES)]
     trigger: Trigger
     dedupe_key: Annotated[str, Field(min_length=1, max_length=MAX_DEDUPE_KEY_CHARS)]

@@ -137,6 +137,8 @@ def _hex(value: str) -> str:
 
 
 Slug = Annotated[str, AfterValidator(_slug)]
+# A job or alert name: what users type on the command line and see in the Dagster UI.
+Name = Annotated[str, AfterValidator(_job_name)]
 BlockNumber = Annotated[int, Field(ge=0, lt=MAX_BLOCK)]
 HexString = Annotated[str, AfterValidator(_hex)]
 PositiveCount = Annotated[int, Field(gt=0, le=1_000_000)]
@@ -272,7 +274,7 @@ class ChainSyncSpec(_Model):
     """A chain_sync job: identity ``(org_id, name)``, a mode and at least one stream."""
 
     kind: Literal["chain_sync"]
-    name: Annotated[str, AfterValidator(_job_name)]
+    name: Name
     chain_id: Annotated[int, Field(gt=0, lt=2**63)]
     mode: Annotated[FixedTarget | FollowHead, Field(discriminator="kind")]
     streams: Annotated[dict[Slug, StreamSpec], Field(min_length=1)]
