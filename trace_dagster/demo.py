@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -192,7 +193,7 @@ def run_demo(
             f"Dagster UI: [link]{stack.dagster_url}[/link]  (asset group chain_sync/{spec.name})"
         )
         _progress(console, rt, spec.name, deadline)
-        _show_results(console, settings, rt, result, chain, deadline)
+        _show_results(console, settings, rt, result, chain, spec.chain_id, deadline)
         console.print(f"\nDagster UI: {stack.dagster_url}   Query Service: {stack.query_url}")
         if not exit_after:
             console.print("running; press Ctrl-C to stop everything")
@@ -237,6 +238,7 @@ def _show_results(
     rt: Runtime,
     result: DemoResult,
     chain: DevChain | None,
+    chain_id: int,
     deadline: float,
 ) -> None:
     result.tip = _query(settings, TIP_SQL, result.job)
@@ -266,7 +268,7 @@ def _show_results(
             else "[red]differs from the chain[/red]"
         )
         console.print(f"chain over JSON-RPC: {result.chain_counts}: {verdict}")
-    result.alerts = _settled_alerts(rt, deadline)
+    result.alerts = _settled_alerts(rt, result, chain_id, deadline)
     console.print("\n[bold]Alerts fired (examples/alerts/)[/bold]")
     table = Table(header_style="bold")
     for col in ("alert", "severity", "block", "transaction", "delivery"):
@@ -291,28 +293,53 @@ ORDER BY e.block_number, e.dedupe_key
 """
 
 
-def _alerts_settled(rt: Runtime) -> bool:
-    """No evaluation queued or running, no batch waiting for the sink, no delivery due."""
+def _expected_evaluations(rt: Runtime, result: DemoResult, chain_id: int) -> set[uuid.UUID]:
+    """Evaluation task ids the job's committed ranges must have produced: one per committed
+    version of the stream each single-stream on_commit alert of the job reads (ids are
+    deterministic, see ``alerts.routing.evaluation_task_id``)."""
+    from trace_core.alerts.routing import evaluation_task_id
+    from trace_core.alerts.store import list_alerts
+    from trace_core.datasets.registry import versions_for_stream
+
+    expected: set[uuid.UUID] = set()
+    with rt.state() as conn:
+        for alert in list_alerts(conn, rt.settings.org_id):
+            if alert.job_name != result.job or not alert.on_commit or len(alert.reads) != 1:
+                continue
+            for v in versions_for_stream(conn, rt.settings.org_id, chain_id, alert.reads[0]):
+                if result.from_block <= v.range_start and v.range_end <= result.to_block:
+                    expected.add(evaluation_task_id(alert.alert_id, str(v.dataset_version)))
+    return expected
+
+
+def _alerts_settled(rt: Runtime, expected: set[uuid.UUID]) -> bool:
+    """Every expected evaluation finished, no batch waiting for the sink, no delivery due."""
     from trace_core.alerts.delivery import delivery_backlog
     from trace_core.queue.base import BUFFER_QUEUE
 
     with rt.state() as conn:
         row = conn.execute(
-            "SELECT count(*) FROM state.tasks WHERE operator = 'alert_evaluate' AND status IN ('queued', 'running')"
+            "SELECT count(*) FROM state.tasks WHERE task_id = ANY(%s) AND status IN ('succeeded', 'dead')",
+            (list(expected),),
         ).fetchone()
         pending = conn.execute(
-            "SELECT count(*) FROM state.outbox WHERE status = 'pending' AND topic <> 'dataset_events'"
+            "SELECT count(*) FROM state.outbox WHERE status = 'pending' AND topic = %s",
+            (BUFFER_QUEUE,),
         ).fetchone()
     buffer = rt.queue.stats(BUFFER_QUEUE)
-    busy = (row[0] if row else 1) + (pending[0] if pending else 1) + buffer.depth + buffer.in_flight
-    return busy == 0 and delivery_backlog(rt) == 0
+    finished = row[0] if row else 0
+    waiting = (pending[0] if pending else 1) + buffer.depth + buffer.in_flight
+    return finished == len(expected) and waiting == 0 and delivery_backlog(rt) == 0
 
 
-def _settled_alerts(rt: Runtime, deadline: float) -> list[dict[str, Any]]:
+def _settled_alerts(
+    rt: Runtime, result: DemoResult, chain_id: int, deadline: float
+) -> list[dict[str, Any]]:
     """The alert events with their delivery state, once evaluation and delivery have settled."""
     from psycopg.rows import dict_row
 
-    while not _alerts_settled(rt):
+    expected = _expected_evaluations(rt, result, chain_id)
+    while not _alerts_settled(rt, expected):
         if time.monotonic() > deadline:
             raise DemoError("alerts did not settle in time; see `trace-lite alerts deliveries`")
         time.sleep(1.0)

@@ -177,3 +177,4 @@ def test_demo_interrupted_then_resumed_leaves_correct_data(tmp_path: Path) -> No
     assert large, "the seeded chain should carry a large transfer below TO_BLOCK"
     # exactly one event per large transfer, each delivered once to its log channel
     assert alerts == [(h, "delivered") for h in large]
+    assert text.count("large_transfer │ warning") == len(large), text  # and the demo printed them
