@@ -431,9 +431,9 @@ def federated_count(settings: Settings, dbs: Databases, dataset: str) -> tuple[i
 
     fs = federated_sources(settings, dbs, CHAIN_ID, dataset)
     cold = 0
-    if fs.cold_version_files:
-        files = ", ".join(f"'{f}'" for f in fs.cold_version_files)
-        row = duckdb.sql(f"SELECT count(*) FROM read_parquet([{files}])").fetchone()
+    select = fs.duckdb_cold_select()
+    if select:
+        row = duckdb.sql(f"SELECT count(*) FROM ({select})").fetchone()
         cold = int(row[0]) if row else 0
     with connect(dbs.data_url) as conn:
         row = conn.execute(
@@ -565,9 +565,8 @@ def test_duckdb_union_of_cold_parquet_and_hot_postgres_rows(
     duckdb_extensions.import_extension("postgres_scanner", con=con)
     con.execute("LOAD postgres_scanner")
     con.execute(f"ATTACH '{dbs.data_url}' AS hot (TYPE postgres, READ_ONLY)")
-    files = ", ".join(f"'{f}'" for f in fs.cold_version_files)
     row = con.execute(
-        f"SELECT count(*), sum(gas_used), sum(n_input_bytes) FROM (SELECT * FROM read_parquet([{files}]) UNION ALL BY NAME {fs.duckdb_hot_select('hot')})"
+        f"SELECT count(*), sum(gas_used), sum(n_input_bytes) FROM ({fs.duckdb_cold_select()} UNION ALL BY NAME {fs.duckdb_hot_select('hot')})"
     ).fetchone()
     con.close()
     assert row is not None and expected is not None

@@ -780,3 +780,27 @@ def test_worker_issues_per_task_tokens_at_claim(
         )
     outcome = execute_task(rt, bad, registry)
     assert outcome.status == "dead" and "grants" in (outcome.error or "")
+
+
+def test_newer_narrower_version_replaces_only_its_own_blocks(
+    client: httpx.Client, settings: Settings, store: RecordingStore, tmp_path: Path
+) -> None:
+    """An older version over [0, 300) and a newer one over [100, 200): every block is served
+    once, the middle from the newer version, the rest from the older (no hole, no double)."""
+    publish(settings, store, tmp_path, blocks_table(0, 300, gas=1), start=0, end=300)
+    publish(
+        settings, store, tmp_path, blocks_table(100, 200, gas=1_000_000),
+        start=100, end=200, config="cryo_ingest.blocks:v2",
+    )  # fmt: skip
+    sql = {
+        "sql": "SELECT count(*), count(DISTINCT block_number), min(block_number), max(block_number), "
+        "count(*) FILTER (WHERE gas_used >= 1000000) FROM blocks"
+    }
+    resp = post(client, local_user_token(settings), sql)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["rows"] == [[300, 300, 0, 299, 100]]
+    # the same files stay the only readable ones: a path outside the grant is still refused
+    outside = post(
+        client, local_user_token(settings), {"sql": "SELECT * FROM read_parquet('/etc/passwd')"}
+    )
+    assert outside.status_code == 400

@@ -16,7 +16,12 @@ from trace_core.datasets.manifest import (
     ManifestFile,
     parse_manifest,
 )
-from trace_core.datasets.registry import VersionRecord, latest_covering, missing_ranges
+from trace_core.datasets.registry import (
+    VersionRecord,
+    latest_covering,
+    missing_ranges,
+    visible_parts,
+)
 from trace_core.errors import InvalidPayload, ManifestInvalid
 
 ORG = "00000000-0000-0000-0000-000000000001"
@@ -173,7 +178,21 @@ def test_latest_covering_prefers_newer_versions() -> None:
     compacted = _rec(0, 2000, 10)
     assert latest_covering([a, b, c, compacted]) == [compacted, c]
     older_wide = _rec(0, 3000, 0)
-    assert latest_covering([older_wide, b]) == [b]
+    assert latest_covering([older_wide, b]) == [older_wide, b]  # b hides only its own blocks
+
+
+def test_visible_parts_serve_every_block_once_from_the_newest_version() -> None:
+    older_wide, b = _rec(0, 3000, 0), _rec(1000, 2000, 2)
+    parts = [(p.record, p.start, p.end, p.whole) for p in visible_parts([b, older_wide])]
+    assert parts == [
+        (older_wide, 0, 1000, False),
+        (b, 1000, 2000, True),
+        (older_wide, 2000, 3000, False),
+    ]
+    # a version that newer ones cover entirely serves nothing
+    a, c, compacted = _rec(0, 1000, 1), _rec(1000, 3000, 3), _rec(0, 2000, 10)
+    parts = [(p.record, p.start, p.end) for p in visible_parts([a, c, compacted])]
+    assert parts == [(compacted, 0, 2000), (c, 2000, 3000)]
 
 
 def test_missing_ranges() -> None:

@@ -64,23 +64,45 @@ def versions_of_dataset(conn: Connection[Any], dataset_uuid: uuid.UUID) -> list[
     return _rows(conn, q("datasets", "versions_of_dataset"), {"dataset_uuid": dataset_uuid})
 
 
-def latest_covering(records: list[VersionRecord]) -> list[VersionRecord]:
-    """The newest non-overlapping versions, sorted by range.
+@dataclass(frozen=True)
+class VisiblePart:
+    """Blocks ``[start, end)`` a reader takes from ``record`` (a sub-range of its range)."""
 
-    Versions are taken newest first (``created_at``, then wider ranges); one overlapping an
-    already taken version is superseded. A compacted version registered after the ranges it
-    covers therefore replaces them, and a lone range stays visible.
+    record: VersionRecord
+    start: int
+    end: int
+
+    @property
+    def whole(self) -> bool:
+        return (self.start, self.end) == (self.record.range_start, self.record.range_end)
+
+
+def visible_parts(records: list[VersionRecord]) -> list[VisiblePart]:
+    """Which version serves each block: newest first (``created_at``, then wider ranges), a
+    version serves the blocks of its range that no newer version serves. A compacted version
+    registered after the ranges it covers replaces them; a newer, narrower version replaces
+    only its own blocks of an older, wider one, which keeps serving the rest. Sorted by range.
     """
-    taken: list[VersionRecord] = []
     ordered = sorted(
         records,
         key=lambda r: (r.created_at, r.range_end - r.range_start, str(r.dataset_version)),
         reverse=True,
     )
+    taken: list[tuple[int, int]] = []
+    parts: list[VisiblePart] = []
     for rec in ordered:
-        if all(rec.range_end <= t.range_start or rec.range_start >= t.range_end for t in taken):
-            taken.append(rec)
-    return sorted(taken, key=lambda r: (r.range_start, r.range_end))
+        for a, b in gaps(taken, rec.range_start, rec.range_end):
+            parts.append(VisiblePart(rec, a, b))
+        taken.append((rec.range_start, rec.range_end))
+    return sorted(parts, key=lambda p: (p.start, p.end))
+
+
+def latest_covering(records: list[VersionRecord]) -> list[VersionRecord]:
+    """The versions that serve at least one block (``visible_parts``), sorted by range."""
+    serving: dict[uuid.UUID, VersionRecord] = {}
+    for part in visible_parts(records):
+        serving.setdefault(part.record.dataset_version, part.record)
+    return sorted(serving.values(), key=lambda r: (r.range_start, r.range_end))
 
 
 def latest_versions(conn: Connection[Any], dataset_uuid: uuid.UUID) -> list[VersionRecord]:
@@ -102,14 +124,19 @@ def versions_for_stream(
 
 def missing_ranges(records: list[VersionRecord], start: int, end: int) -> list[tuple[int, int]]:
     """Sub-ranges of ``[start, end)`` that no record covers (end-exclusive pairs)."""
-    gaps: list[tuple[int, int]] = []
+    return gaps([(r.range_start, r.range_end) for r in records], start, end)
+
+
+def gaps(intervals: list[tuple[int, int]], start: int, end: int) -> list[tuple[int, int]]:
+    """Sub-ranges of ``[start, end)`` that no end-exclusive interval covers."""
+    out: list[tuple[int, int]] = []
     cursor = start
-    for rec in sorted(records, key=lambda r: r.range_start):
-        if rec.range_end <= cursor or rec.range_start >= end:
+    for a, b in sorted(intervals):
+        if b <= cursor or a >= end:
             continue
-        if rec.range_start > cursor:
-            gaps.append((cursor, rec.range_start))
-        cursor = max(cursor, rec.range_end)
+        if a > cursor:
+            out.append((cursor, a))
+        cursor = max(cursor, b)
     if cursor < end:
-        gaps.append((cursor, end))
-    return gaps
+        out.append((cursor, end))
+    return out

@@ -9,7 +9,7 @@ re-run registers nothing new. Each compacted range is recorded in ``state.partit
 in the same transaction. Hot rows are deleted only afterwards (``delete_compacted``), and only
 for ranges the current cold selection covers.
 
-Readers (``federated_sources``) take the registry's newest non-overlapping versions as cold,
+Readers (``federated_sources``) take as cold, per block, the newest version covering it,
 ``boundary`` = the end of the highest one, and hot rows with ``block_number >= boundary`` plus
 any hot rows in ranges no cold version covers: every block counted exactly once.
 """
@@ -38,9 +38,11 @@ from trace_core.datasets.commit import (
 from trace_core.datasets.manifest import load_manifest
 from trace_core.datasets.registry import (
     VersionRecord,
+    VisiblePart,
     get_version,
     missing_ranges,
     versions_for_stream,
+    visible_parts,
 )
 from trace_core.db.connection import Databases, connect
 from trace_core.db.queries import q
@@ -102,8 +104,10 @@ def hot_boundary(
 class FederatedSources:
     """What a federated read of one hot dataset unions, with nothing counted twice.
 
-    ``cold_version_files``: DuckDB-readable URIs (local paths or s3://) of every file of the
-    selected cold versions; ``hot_table``: ``data.hot_{dataset}`` in the data database;
+    ``cold_version_files``: DuckDB-readable URIs (local paths or s3://) of the files of the
+    selected cold versions that serve their whole range; ``cold_clipped``: files of versions
+    that serve only ``[start, end)`` (a newer version serves the rest), read with that filter
+    (``duckdb_cold_select`` does both); ``hot_table``: ``data.hot_{dataset}`` in the data database;
     ``boundary``: hot rows with ``block_number >= boundary`` belong to the result, and so do
     hot rows inside ``hot_gaps`` (ranges below the boundary no cold version covers, usually
     none). Always filter the hot table on ``chain_id``.
@@ -116,6 +120,22 @@ class FederatedSources:
     dataset_key: str
     hot_gaps: list[tuple[int, int]] = field(default_factory=list)
     cold_versions: list[VersionRecord] = field(default_factory=list)
+    cold_clipped: list[tuple[list[str], int, int]] = field(default_factory=list)
+
+    def duckdb_cold_select(self) -> str | None:
+        """DuckDB SELECT of every cold row, each block once; None without cold files."""
+
+        def files(uris: list[str]) -> str:
+            return "[" + ", ".join("'" + u.replace("'", "''") + "'" for u in uris) + "]"
+
+        parts = [f"SELECT * FROM read_parquet({files(self.cold_version_files)})"]
+        parts = parts if self.cold_version_files else []
+        parts += [
+            f"SELECT * FROM read_parquet({files(uris)}) "
+            f"WHERE block_number >= {int(a)} AND block_number < {int(b)}"
+            for uris, a, b in self.cold_clipped
+        ]
+        return " UNION ALL ".join(parts) or None
 
     @property
     def columns(self) -> list[str]:
@@ -157,9 +177,18 @@ def federated_sources(
     with connect(dbs.state_url) as conn:
         selection = cold_selection(conn, chain_id, dataset_key, org_id=settings.org_id)
     files: list[str] = []
+    clipped: list[tuple[list[str], int, int]] = []
+    parts: dict[uuid.UUID, list[VisiblePart]] = {}
+    for part in visible_parts(selection):
+        parts.setdefault(part.record.dataset_version, []).append(part)
     for rec in selection:
         manifest = load_manifest(store, rec.manifest_key, prefix=rec.storage_prefix)
-        files.extend(store.duckdb_uri(key) for key in manifest.parquet_keys)
+        uris = [store.duckdb_uri(key) for key in manifest.parquet_keys]
+        visible = parts.get(rec.dataset_version, [])
+        if len(visible) == 1 and visible[0].whole:
+            files.extend(uris)
+        else:
+            clipped += [(uris, p.start, p.end) for p in visible]
     boundary = max((v.range_end for v in selection), default=0)
     return FederatedSources(
         cold_version_files=files,
@@ -169,6 +198,7 @@ def federated_sources(
         dataset_key=dataset_key,
         hot_gaps=missing_ranges(selection, 0, boundary),
         cold_versions=selection,
+        cold_clipped=clipped,
     )
 
 

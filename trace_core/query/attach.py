@@ -2,8 +2,9 @@
 
 Untrusted SQL never names a file. This module decides which objects a query may read:
 
-1. grants -> versions, from Postgres state only. A user token sees, per dataset, the newest
-   non-overlapping committed versions (``registry.latest_covering``) of its org, one relation
+1. grants -> versions, from Postgres state only. A user token sees, per dataset, the
+   committed versions of its org that serve some block (``registry.visible_parts``: the
+   newest version of each block wins), one relation
    per dataset key; ``job`` restricts to that job's streams. A task token sees exactly the
    versions it pins. A grant the registry does not hold -> ``AccessDenied`` (403).
 2. versions -> manifests, fetched with a size cap (``TooLarge``, 413) and parsed by the
@@ -11,7 +12,9 @@ Untrusted SQL never names a file. This module decides which objects a query may 
    directly under the version prefix, ``.parquet`` only), then checked against the registry
    row (ids, chain, range, config and schema hashes) and a file-count cap; local files must
    resolve inside the prefix directory and are made read-only -> ``ManifestInvalid`` (422).
-3. relations: the union of a name's versions' files, plus optional hot Postgres rows beyond
+3. relations: the union of a name's versions' files (a version that serves only part of its
+   range, because a newer one replaced the rest, is read with that block filter), plus
+   optional hot Postgres rows beyond
    the last cold block (``HotSource``, from a ``HotSourceResolver`` hook). ``blocks``,
    ``transactions`` and ``logs`` also exist for chains the org follows into the hot tables
    (a chain_sync job with a ``hot:`` block) before any cold version does: such a hot-only
@@ -36,7 +39,12 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from trace_core.datasets.manifest import DatasetManifest, parse_manifest
-from trace_core.datasets.registry import VersionRecord, latest_covering
+from trace_core.datasets.registry import (
+    VersionRecord,
+    VisiblePart,
+    latest_covering,
+    visible_parts,
+)
 from trace_core.db.queries import q
 from trace_core.errors import (
     AccessDenied,
@@ -78,11 +86,22 @@ HotSourceResolver = Callable[[str, Sequence[VersionRecord]], Sequence[HotSource]
 
 
 @dataclass(frozen=True)
+class ClippedFiles:
+    """Files of a version that serves only blocks ``[start, end)`` of its range (a newer
+    version serves the rest; ``registry.visible_parts``)."""
+
+    files: tuple[str, ...]
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
 class Relation:
     """What one relation name reads: exact file URIs and optional hot sources.
 
-    ``columns`` (DuckDB ``(name, type)`` pairs) shapes a relation that has no files: its hot
-    rows are cast to it, and with no hot rows it is an empty relation of that shape.
+    ``files`` are read whole; ``clipped`` only within their block bounds. ``columns`` (DuckDB
+    ``(name, type)`` pairs) shapes a relation that has no files: its hot rows are cast to it,
+    and with no hot rows it is an empty relation of that shape.
     """
 
     name: str
@@ -90,6 +109,11 @@ class Relation:
     versions: tuple[VersionRecord, ...]
     hot: tuple[HotSource, ...] = ()
     columns: tuple[tuple[str, str], ...] = ()
+    clipped: tuple[ClippedFiles, ...] = ()
+
+    @property
+    def all_files(self) -> tuple[str, ...]:
+        return self.files + tuple(uri for c in self.clipped for uri in c.files)
 
 
 # --- grants -> versions ----------------------------------------------------------------
@@ -101,8 +125,9 @@ def _records(conn: Connection[Any], name: str, params: dict[str, Any]) -> list[V
 
 
 def default_relations(records: Iterable[VersionRecord]) -> Versions:
-    """Group versions into relations named by dataset key, keeping per dataset the newest
-    non-overlapping versions. The one place the default-visibility policy lives."""
+    """Group versions into relations named by dataset key, keeping per dataset the versions
+    that serve some block (``registry.latest_covering``). The one place the
+    default-visibility policy lives."""
     by_dataset: dict[uuid.UUID, list[VersionRecord]] = defaultdict(list)
     for rec in records:
         by_dataset[rec.dataset_uuid].append(rec)
@@ -293,18 +318,38 @@ def attach(
     out: list[Relation] = []
     for name in sorted(set(names)):
         recs = versions[name]
+        parts = _parts_by_version(recs)
         files: list[str] = []
+        clipped: list[ClippedFiles] = []
         for rec in recs:
+            if not parts.get(rec.dataset_version):
+                continue  # newer versions of its dataset serve all of its blocks
             checked = cache.get(rec) if cache else None
             if checked is None:
                 manifest = load_manifest(store, rec, max_bytes=max_manifest_bytes)
                 checked = manifest_files(store, rec, manifest, max_files=max_files)
                 if cache:
                     cache.put(rec, checked)
-            files.extend(checked)
+            visible = parts[rec.dataset_version]
+            if len(visible) == 1 and visible[0].whole:
+                files.extend(checked)
+            else:
+                clipped += [ClippedFiles(checked, p.start, p.end) for p in visible]
         sources = tuple(hot(name, recs)) if hot else ()
         columns = tuple((c.name, c.duckdb) for c in CRYO_COLUMNS.get(name, ()))
-        out.append(Relation(name, tuple(files), tuple(recs), sources, columns))
+        out.append(Relation(name, tuple(files), tuple(recs), sources, columns, tuple(clipped)))
+    return out
+
+
+def _parts_by_version(recs: Sequence[VersionRecord]) -> dict[uuid.UUID, list[VisiblePart]]:
+    """The blocks each version serves, deciding per dataset which version wins a block."""
+    by_dataset: dict[uuid.UUID, list[VersionRecord]] = defaultdict(list)
+    for rec in recs:
+        by_dataset[rec.dataset_uuid].append(rec)
+    out: dict[uuid.UUID, list[VisiblePart]] = defaultdict(list)
+    for group in by_dataset.values():
+        for part in visible_parts(group):
+            out[part.record.dataset_version].append(part)
     return out
 
 

@@ -274,7 +274,7 @@ def open_sandbox(
     workdir: Workdir,
 ) -> None:
     """Make ``con`` (a fresh instance) a locked sandbox where exactly ``relations`` exist."""
-    files = [uri for rel in relations for uri in rel.files]
+    files = [uri for rel in relations for uri in rel.all_files]
     needs_s3 = any(uri.startswith("s3://") for uri in files)
     needs_pg = any(rel.hot and _shaped(rel) for rel in relations)
     if needs_s3:
@@ -290,6 +290,11 @@ def open_sandbox(
         if not _shaped(rel):
             continue
         parts = [f"SELECT * FROM read_parquet({_list(rel.files)})"] if rel.files else []
+        parts += [
+            f"SELECT * FROM read_parquet({_list(c.files)}) "
+            f"WHERE block_number >= {int(c.start)} AND block_number < {int(c.end)}"
+            for c in rel.clipped
+        ]
         parts += [f"SELECT * FROM {_ident(t)}" for t in hot_tables.get(rel.name, [])]
         if not parts:  # no files and no hot rows yet: an empty relation of the right shape
             cols = ", ".join(f"CAST(NULL AS {t}) AS {_ident(n)}" for n, t in rel.columns)
@@ -303,7 +308,7 @@ def open_sandbox(
 
 def _shaped(rel: Relation) -> bool:
     """A relation gets a view when its shape is known: from its files, else its columns."""
-    return bool(rel.files or rel.columns)
+    return bool(rel.all_files or rel.columns)
 
 
 def _create_s3_secret(con: duckdb.DuckDBPyConnection, s3: S3Access | None) -> None:
@@ -339,9 +344,9 @@ def _copy_hot_rows(
         for rel in relations:
             if not rel.hot or not _shaped(rel):
                 continue
-            if rel.files:
+            if rel.all_files:
                 described = con.execute(
-                    f"DESCRIBE SELECT * FROM read_parquet({_list(rel.files)})"
+                    f"DESCRIBE SELECT * FROM read_parquet({_list(rel.all_files)})"
                 ).fetchall()
                 shape = [(str(c[0]), str(c[1])) for c in described]
             else:
