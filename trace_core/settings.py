@@ -142,6 +142,13 @@ class Settings(BaseSettings):
     query_url: str | None = Field(
         None, description="Query Service base URL for clients; default http://host:port"
     )
+    query_s3_role_arn: str | None = Field(
+        None,
+        description="Role the Query Service assumes per query (STS, S3 or MinIO) with a session policy allowing reads of the granted version prefixes only; unset: its own credentials",
+    )
+    query_s3_credentials_ttl_seconds: int = Field(
+        900, ge=900, le=43200, description="Lifetime of the per-query scoped S3 credentials"
+    )
     query_timeout_seconds: float = Field(
         30.0,
         gt=0,

@@ -804,3 +804,58 @@ def test_newer_narrower_version_replaces_only_its_own_blocks(
         client, local_user_token(settings), {"sql": "SELECT * FROM read_parquet('/etc/passwd')"}
     )
     assert outside.status_code == 400
+
+
+def test_s3_reads_use_short_lived_credentials_scoped_to_the_granted_prefixes(
+    settings: Settings, dbs: Databases, moto_server_url: str, tmp_path: Path
+) -> None:
+    """With a role configured, each query's DuckDB secret holds STS credentials whose session
+    policy allows GetObject under the granted version prefixes only (moto records the policy;
+    it does not enforce it, AWS and MinIO do)."""
+    from moto.sts.models import sts_backends
+
+    bucket = f"qs-{uuid.uuid4().hex[:12]}"
+    s3 = S3Store(bucket, "trace", endpoint_url=moto_server_url)
+    s3.ensure_bucket()
+    role = "arn:aws:iam::123456789012:role/trace-query-reader"
+    cfg = settings.model_copy(
+        update={"s3_endpoint_url": moto_server_url, "query_s3_role_arn": role}
+    )
+    rec = publish(cfg, s3, tmp_path, blocks_table(0, 50), end=50)
+    publish(cfg, s3, tmp_path, blocks_table(0, 5), key="logs", config="cryo_ingest.logs:v1", end=5)
+    backend = sts_backends["123456789012"]["global"]
+    before = len(backend.assumed_roles)
+    token = local_user_token(cfg)
+    with serving(create_app(cfg, dbs, s3, hot_sources=None, gate=False)) as c:
+        body = {"sql": "SELECT secret_string FROM duckdb_secrets()", "datasets": ["blocks"]}
+        resp = post(c, token, body)
+        assert resp.status_code == 200, resp.text
+        # the same grant again: served from the credential cache, no second AssumeRole
+        assert post(c, token, body).status_code == 200
+    assumed = backend.assumed_roles[before:]
+    assert len(assumed) == 1 and assumed[0].role_arn == role
+    policy = json.loads(assumed[0].policy)
+    (statement,) = policy["Statement"]
+    assert statement["Action"] == ["s3:GetObject"]
+    assert statement["Resource"] == [f"arn:aws:s3:::{bucket}/trace/{rec.storage_prefix}*"]
+    secret = resp.json()["rows"][0][0]
+    assert f"key_id={assumed[0].access_key_id}" in secret  # DuckDB holds the scoped keys
+
+
+def test_scope_policy_widens_when_the_prefixes_do_not_fit() -> None:
+    from trace_core.query.s3scope import MAX_POLICY_CHARS, scope_policy
+
+    def uri(n: int) -> str:
+        return f"s3://b/p/cryo/1/{uuid.UUID(int=n % 3)}/{n}_{n + 1}/{uuid.UUID(int=n)}/x.parquet"
+
+    few = scope_policy([uri(1), uri(2)])["Statement"][0]["Resource"]
+    assert few == sorted(
+        f"arn:aws:s3:::b/{uri(n)[5:].split('/', 1)[1].rsplit('/', 1)[0]}/*" for n in (1, 2)
+    )
+    many = scope_policy([uri(n) for n in range(200)])
+    assert len(json.dumps(many, separators=(",", ":"))) <= MAX_POLICY_CHARS
+    assert many["Statement"][0]["Resource"] == sorted(
+        f"arn:aws:s3:::b/p/cryo/1/{uuid.UUID(int=k)}/*" for k in range(3)
+    )
+    with pytest.raises(ValueError):
+        scope_policy(["/local/file.parquet"])

@@ -186,7 +186,12 @@ class QueryService:
             if str(getattr(store, "url", "")).startswith("s3://")
             else None
         )
-        self.engine = EngineConfig.from_settings(settings, s3)
+        scoper = None
+        if s3 is not None and settings.query_s3_role_arn:
+            from trace_core.query.s3scope import ScopedCredentials
+
+            scoper = ScopedCredentials(settings, s3).for_files
+        self.engine = EngineConfig.from_settings(settings, s3, scoper)
         self.sandboxes = SandboxPool(self.engine)
 
     def open(self) -> None:

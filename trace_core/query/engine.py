@@ -28,7 +28,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,9 +101,16 @@ class EngineConfig:
     extension_dir: Path
     work_root: Path
     s3: S3Access | None = None
+    # per-query credentials scoped to the files a query may read (``s3scope``), if set
+    s3_scoper: Callable[[Sequence[str]], S3Access] | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings, s3: S3Access | None = None) -> EngineConfig:
+    def from_settings(
+        cls,
+        settings: Settings,
+        s3: S3Access | None = None,
+        s3_scoper: Callable[[Sequence[str]], S3Access] | None = None,
+    ) -> EngineConfig:
         home = settings.resolved_home()
         return cls(
             timeout_seconds=settings.query_timeout_seconds,
@@ -112,6 +119,7 @@ class EngineConfig:
             extension_dir=home / "duckdb" / "extensions",
             work_root=home / "query",
             s3=s3,
+            s3_scoper=s3_scoper,
         )
 
 
@@ -280,7 +288,8 @@ def open_sandbox(
     if needs_s3:
         ensure_extension("httpfs", config.extension_dir)
         con.execute("LOAD httpfs")
-        _create_s3_secret(con, config.s3)
+        s3_files = [uri for uri in files if uri.startswith("s3://")]
+        _create_s3_secret(con, config.s3_scoper(s3_files) if config.s3_scoper else config.s3)
     hot_tables: dict[str, list[str]] = {}
     if needs_pg:
         ensure_extension("postgres_scanner", config.extension_dir)
