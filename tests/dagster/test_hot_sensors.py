@@ -4,16 +4,13 @@ Query Service, blocked reasons in the tick and in ``trace-lite status``."""
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import httpx
 import psycopg
 import pytest
-import uvicorn
 from click.testing import CliRunner
 from dagster import (
     AssetObservation,
@@ -26,6 +23,7 @@ from dagster import (
     build_sensor_context,
 )
 
+from tests.integration.test_query_service import serving
 from trace_core.chain_sync import store
 from trace_core.chain_sync.head import record_head_observation
 from trace_core.chain_sync.status import collect_status
@@ -126,35 +124,18 @@ def service(trace_env: Runtime) -> Iterator[Callable[..., list[Any]]]:
     """The Query Service (default hot sources) under a real uvicorn on a loopback port."""
     rt = Runtime(load_settings())
     token = local_user_token(rt.settings)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(rt.settings, rt.dbs, rt.store), log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "query service did not start"
-        time.sleep(0.02)
-    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    try:
-        with httpx.Client(base_url=base, timeout=60) as client:
+    with serving(create_app(rt.settings, rt.dbs, rt.store)) as client:
 
-            def rows(sql: str, **body: Any) -> list[Any]:
-                response = client.post(
-                    "/v1/query",
-                    json={"sql": sql, **body},
-                    headers={"Authorization": f"Bearer {token}"},
-                )
-                assert response.status_code == 200, response.text
-                return list(response.json()["rows"])
+        def rows(sql: str, **body: Any) -> list[Any]:
+            response = client.post(
+                "/v1/query",
+                json={"sql": sql, **body},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            assert response.status_code == 200, response.text
+            return list(response.json()["rows"])
 
-            yield rows
-    finally:
-        server.should_exit = True
-        thread.join(timeout=20)
-        sock.close()
+        yield rows
 
 
 COUNTS = (
