@@ -17,7 +17,8 @@ from psycopg import sql
 
 from trace_core.db.connection import Databases, with_database
 from trace_core.db.migrate import migrate
-from trace_core.settings import Settings
+from trace_core.runtime import Runtime
+from trace_core.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     from trace_core.devchain import DevChain
@@ -140,3 +141,15 @@ def settings(dbs: Databases, trace_home: Path) -> Settings:
         lease_seconds=30,
         retry_base_seconds=0,
     )
+
+
+@pytest.fixture
+def trace_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Runtime:
+    """Point TRACE_* at this test's databases and home; return a Runtime built from env."""
+    assert settings.state_url and settings.data_url
+    monkeypatch.setenv("TRACE_HOME", str(settings.home))
+    monkeypatch.setenv("TRACE_STATE_URL", settings.state_url.get_secret_value())
+    monkeypatch.setenv("TRACE_DATA_URL", settings.data_url.get_secret_value())
+    monkeypatch.setenv("TRACE_RETRY_BASE_SECONDS", "0")
+    monkeypatch.setenv("TRACE_HEARTBEAT_SECONDS", "1")
+    return Runtime(load_settings())

@@ -85,13 +85,8 @@ def dying_first_attempts(
 
 
 @pytest.fixture
-def trace_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    """TRACE_* pointing at this test's databases and home (the worker runs read them)."""
-    assert settings.state_url and settings.data_url
-    monkeypatch.setenv("TRACE_HOME", str(settings.home))
-    monkeypatch.setenv("TRACE_STATE_URL", settings.state_url.get_secret_value())
-    monkeypatch.setenv("TRACE_DATA_URL", settings.data_url.get_secret_value())
-    monkeypatch.setenv("TRACE_RETRY_BASE_SECONDS", "0")
+def alert_env(trace_env: Runtime, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """``trace_env`` plus short leases, so an abandoned attempt expires within the test."""
     monkeypatch.setenv("TRACE_HEARTBEAT_SECONDS", "0.5")
     monkeypatch.setenv("TRACE_LEASE_SECONDS", "2")
     monkeypatch.setenv("TRACE_ALERT_DELIVERY_BACKOFF_BASE_SECONDS", "0")
@@ -105,7 +100,7 @@ def dagster_instance() -> Iterator[DagsterInstance]:
 
 
 def test_one_transfer_one_event_one_delivery_despite_kills_and_duplicates(
-    trace_env: Settings,
+    alert_env: Settings,
     dagster_instance: DagsterInstance,
     receiver: Receiver,  # noqa: F811 - the imported fixture
     monkeypatch: pytest.MonkeyPatch,
