@@ -31,6 +31,7 @@ from trace_core.chain_sync.head import record_head_observation
 from trace_core.chain_sync.status import hot_blocked
 from trace_core.chain_sync.store import HotJob, list_hot_jobs
 from trace_core.errors import RetryableError, TraceError
+from trace_core.hot.compact import prune_served
 from trace_core.hot.follower import FollowResult
 from trace_core.operators.block_follower import follow_pool
 from trace_core.operators.parquet_compact import compact_chain
@@ -164,18 +165,35 @@ def follower_tick(
 
 
 def compactor_tick(rt: Runtime, log: logging.Logger) -> SensorResult | SkipReason:
-    """``compact_chain(..., delete_hot=True)`` for every hot chain whose enabled jobs all compact.
+    """``compact_chain(..., delete_hot=True)`` for every hot chain whose enabled jobs all compact;
+    ``prune_served`` for the other hot chains (follow_head: chain_sync's ranges go cold).
 
     Reports an ``AssetObservation`` of ``hot/chain_<id>`` for each chain where ranges were
     committed or hot rows deleted. Raises the first fatal error after every chain had its turn.
     """
-    chains = sorted(c for c, jobs in _hot_jobs(rt).items() if all(j.compact for j in jobs))
-    if not chains:
-        return SkipReason("no enabled chain_sync job compacts a hot chain")
+    hot_jobs = _hot_jobs(rt)
+    chains = sorted(c for c, jobs in hot_jobs.items() if all(j.compact for j in jobs))
+    pruned = sorted(set(hot_jobs) - set(chains))
+    if not hot_jobs:
+        return SkipReason("no enabled chain_sync job follows a hot chain")
     deadline = time.monotonic() + TICK_BUDGET_SECONDS
     failures = _Failures(log)
     events: list[AssetObservation] = []
     lines: list[str] = []
+    for chain_id in pruned:
+        # chain_sync's own ranges become cold behind the tip: drop the hot rows they serve
+        with failures.guard(chain_id, "hot pruning"):
+            deleted_rows = prune_served(rt.settings, rt.dbs, chain_id)
+            lines.append(
+                f"chain {chain_id}: {sum(deleted_rows.values())} hot rows served by cold pruned"
+            )
+            if any(deleted_rows.values()):
+                events.append(
+                    AssetObservation(
+                        asset_key=hot_asset_key(chain_id),
+                        metadata={"chain_id": chain_id, "pruned_hot_rows": dict(deleted_rows)},
+                    )
+                )
     for chain_id in chains:
         if time.monotonic() > deadline:
             break

@@ -276,6 +276,81 @@ def test_compactor_sensor_moves_final_ranges_to_cold_and_counts_hold(
         assert service(COUNTS) == [totals]
 
 
+def _stream_cursors(rt: Runtime, job: str) -> set[int]:
+    with rt.state() as conn:
+        (status,) = collect_status(conn, rt.settings.org_id, job)
+    return {s.next_block for s in status.streams}
+
+
+def _hot_block_numbers(rt: Runtime) -> list[int]:
+    with psycopg.connect(rt.dbs.data_url) as conn:
+        rows = conn.execute(
+            "SELECT block_number FROM data.hot_blocks WHERE chain_id = %s ORDER BY 1", (CHAIN_ID,)
+        ).fetchall()
+    return [int(r[0]) for r in rows]
+
+
+def test_follow_head_hot_rows_that_cold_serves_are_pruned(
+    trace_env: Runtime,
+    dagster_instance: DagsterInstance,
+    monkeypatch: pytest.MonkeyPatch,
+    service: Callable[..., list[Any]],
+) -> None:
+    """follow_head does not compact; once chain_sync's ranges go cold behind the tip, the
+    compactor sensor deletes the hot rows they serve. Query totals hold before and after."""
+    with DevChain.start(blocks=60, seed=11) as chain:
+        monkeypatch.setenv("TRACE_RPC_POOL_FH_URL", chain.rpc_url)
+        rt = Runtime(load_settings())
+        streams = "".join(
+            f"  {ds}: {{cryo_dataset_name: {ds}, rpc_pool: fh, chunk_size: 10, max_inflight: 4}}\n"
+            for ds in ("blocks", "transactions", "logs")
+        )
+        apply(
+            rt,
+            f"kind: chain_sync\nname: fh\nchain_id: {CHAIN_ID}\n"
+            "mode: {kind: follow_head, from_block: 0, tail_lag: 5, head_poll_interval_seconds: 1,"
+            " max_head_age_seconds: 600}\n"
+            f"streams:\n{streams}hot: {{rpc_pool: fh}}\nfinality_depth: 3\n",
+        )
+        cold_defs = Definitions(
+            jobs=[trace_worker],
+            sensors=[dispatcher_sensor, worker_sensor],
+            resources={"trace": TraceResource()},
+        )
+
+        def sync_cold_to(end: int) -> None:
+            deadline = time.monotonic() + 120
+            while _stream_cursors(rt, "fh") != {end}:
+                assert time.monotonic() < deadline, _stream_cursors(rt, "fh")
+                report = drive_until_idle(rt, cold_defs, dagster_instance, timeout=60)
+                assert report.dead_tasks == 0 and report.failed_runs == 0
+
+        sync_cold_to(55)  # head 59, tail_lag 5
+        follow_until(rt, dagster_instance, lambda: hot_cursor(rt) == 59)
+        assert _hot_block_numbers(rt) == list(range(55, 60))  # hot starts at the eligible end
+
+        chain.seed(100, 12)  # the chain grows to 100 blocks with activity
+        follow_until(rt, dagster_instance, lambda: hot_cursor(rt) == 99)
+        sync_cold_to(95)
+        totals = [100, chain.count_transactions(0, 100), chain.count_logs(0, 100), 0, 99]
+        assert totals[1] > 0 and totals[2] > 0
+        assert service(COUNTS) == [totals]
+        assert _hot_block_numbers(rt) == list(range(55, 100))  # rows below 95 are cold's now
+
+        result = tick(hot_compactor_sensor, dagster_instance)
+        assert isinstance(result, SensorResult), result
+        (event,) = result.asset_events
+        assert isinstance(event, AssetObservation)
+        pruned = event.metadata["pruned_hot_rows"].value
+        assert isinstance(pruned, dict) and pruned["blocks"] == 40
+        # below min(cold boundary 95, final end 97, cursor 99): gone; the tip stays hot
+        assert _hot_block_numbers(rt) == list(range(95, 100))
+        assert service(COUNTS) == [totals]
+        with rt.state() as conn:
+            ranges = registry.versions_for_stream(conn, rt.settings.org_id, CHAIN_ID, "blocks")
+        assert ranges[-1].range_end == 95 and all(r.config_hash.startswith("cryo") for r in ranges)
+
+
 def test_missing_pool_url_is_a_skip_reason_and_a_status_blocked_reason(
     trace_env: Runtime, dagster_instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -83,7 +83,7 @@ def parquet_name(chain_id: int, dataset_key: str, range_start: int, range_end: i
 def cold_selection(
     conn: Connection[Any], chain_id: int, dataset_key: str, *, org_id: str = DEFAULT_ORG_ID
 ) -> list[VersionRecord]:
-    """The cold versions readers use: the registry's newest non-overlapping versions."""
+    """The cold versions readers use: those serving some block (``registry.visible_parts``)."""
     return versions_for_stream(conn, org_id, chain_id, dataset_key)
 
 
@@ -469,6 +469,61 @@ def _delete_compacted(
                 {"chain_id": chain_id, "dataset_key": ds, "range_start": a, "range_end": b},
             )
         deleted[ds] = total
+    return deleted
+
+
+def prune_served(
+    settings: Settings,
+    dbs: Databases,
+    chain_id: int,
+    *,
+    datasets: tuple[str, ...] = HOT_DATASETS,
+    finality_depth_override: int | None = None,
+) -> dict[str, int]:
+    """Delete hot rows that cold versions serve, for chains that do not compact (follow_head:
+    chain_sync's own ranges become cold behind the tip).
+
+    A hot row goes when its block is below the dataset's ``hot_boundary``, inside a range the
+    cold selection covers (rows in ``hot_gaps`` stay: readers take them from hot), final
+    (below ``cursor - finality_depth``) and below the follower's cursor. Queries are unchanged
+    by construction: readers never take hot rows from where a cold version serves the block.
+    One DELETE per dataset; returns rows deleted per dataset.
+    """
+    for ds in datasets:
+        check_dataset(ds)
+    deleted: dict[str, int] = {}
+    with (
+        connect(dbs.state_url, autocommit=True) as state,
+        connect(dbs.data_url, autocommit=True) as data,
+    ):
+        cursor = load_cursor(state, chain_id)
+        if cursor is None:
+            return {ds: 0 for ds in datasets}
+        depth = finality_depth(
+            settings, chain_id, state_conn=state, override=finality_depth_override
+        )
+        limit = min(final_end(cursor.number, depth), cursor.number)
+        for ds in datasets:
+            selection = cold_selection(state, chain_id, ds, org_id=settings.org_id)
+            boundary = min(max((v.range_end for v in selection), default=0), limit)
+            keep = missing_ranges(selection, 0, boundary)
+            if boundary <= 0:
+                deleted[ds] = 0
+                continue
+            condition = sql.SQL(" AND ").join(
+                [sql.SQL("chain_id = %s"), sql.SQL("block_number < %s")]
+                + [sql.SQL("NOT (block_number >= %s AND block_number < %s)") for _ in keep]
+            )
+            params: list[int] = [chain_id, boundary] + [x for a, b in keep for x in (a, b)]
+            with data.transaction():
+                cur = data.execute(
+                    sql.SQL("DELETE FROM {}.{} WHERE ").format(
+                        sql.Identifier(HOT_SCHEMA), sql.Identifier(hot_table(ds))
+                    )
+                    + condition,
+                    params,
+                )
+            deleted[ds] = cur.rowcount
     return deleted
 
 
