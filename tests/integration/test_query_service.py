@@ -859,3 +859,28 @@ def test_scope_policy_widens_when_the_prefixes_do_not_fit() -> None:
     )
     with pytest.raises(ValueError):
         scope_policy(["/local/file.parquet"])
+
+
+def test_hot_rows_fill_holes_below_the_cold_boundary(
+    settings: Settings, dbs: Databases, store: RecordingStore, tmp_path: Path
+) -> None:
+    """Cold [0, 100) and [200, 300); hot rows for 90..309: the query serves cold where cold
+    covers a block and hot everywhere else, each block once, no hole."""
+    publish(settings, store, tmp_path, blocks_table(0, 100), start=0, end=100)
+    publish(settings, store, tmp_path, blocks_table(200, 300), start=200, end=300)
+    with psycopg.connect(dbs.data_url) as conn:
+        for n in range(90, 310):
+            conn.execute(
+                "INSERT INTO data.hot_blocks (chain_id, block_number, block_hash, parent_hash, gas_used) "
+                "VALUES (%s, %s, %s, %s, %s)",
+                (CHAIN, n, n.to_bytes(32, "big"), (n - 1).to_bytes(32, "big"), 1),
+            )
+    sql = {
+        "sql": "SELECT count(*), count(DISTINCT block_number), min(block_number), max(block_number), "
+        "count(*) FILTER (WHERE gas_used = 1) FROM blocks"
+    }
+    with serving(create_app(settings, dbs, store)) as c:
+        resp = post(c, local_user_token(settings), sql)
+    assert resp.status_code == 200, resp.text
+    # 310 blocks; hot serves 100..199 and 300..309 (gas 1), cold the rest
+    assert resp.json()["rows"] == [[310, 310, 0, 309, 110]]

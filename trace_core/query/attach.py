@@ -43,6 +43,7 @@ from trace_core.datasets.registry import (
     VersionRecord,
     VisiblePart,
     latest_covering,
+    missing_ranges,
     visible_parts,
 )
 from trace_core.db.queries import q
@@ -73,13 +74,24 @@ class ObjectReader(Protocol):
 
 @dataclass(frozen=True)
 class HotSource:
-    """Rows of the Postgres table ``schema.table`` with ``block_number >= min_block`` (and
-    ``chain_id`` equal, when set). ``url`` is a libpq URL: a secret, kept out of repr/logs."""
+    """Rows of the Postgres table ``schema.table`` with ``block_number >= min_block`` or inside
+    one of ``gaps`` (end-exclusive ranges below it that no cold version covers), and
+    ``chain_id`` equal, when set. ``url`` is a libpq URL: a secret, kept out of repr/logs."""
 
     url: str = field(repr=False)
     table: str
     min_block: int
     chain_id: int | None = None
+    gaps: tuple[tuple[int, int], ...] = ()
+
+    def block_predicate(self) -> str:
+        """SQL (Postgres or DuckDB) selecting the rows this source serves; integers only."""
+        parts = [f"block_number >= {int(self.min_block)}"]
+        parts += [f"(block_number >= {int(a)} AND block_number < {int(b)})" for a, b in self.gaps]
+        where = "(" + " OR ".join(parts) + ")"
+        if self.chain_id is not None:
+            where += f" AND chain_id = {int(self.chain_id)}"
+        return where
 
 
 HotSourceResolver = Callable[[str, Sequence[VersionRecord]], Sequence[HotSource]]
@@ -369,10 +381,6 @@ def audit_datasets(relations: Iterable[Relation]) -> list[dict[str, str]]:
 # --- hot tables --------------------------------------------------------------------------
 
 HOT_TABLES = {"blocks": "hot_blocks", "transactions": "hot_transactions", "logs": "hot_logs"}
-_HOT_ROWS_BEYOND = sql.SQL(
-    "SELECT EXISTS (SELECT 1 FROM data.{} "
-    "WHERE chain_id = %(chain_id)s AND block_number >= %(min_block)s)"
-)
 
 
 def followed_chains(
@@ -387,25 +395,34 @@ def data_hot_sources(
     pool: ConnectionPool[Any], url: str, followed: Collection[int] = ()
 ) -> HotSourceResolver:
     """Resolver over the block follower's ``data.hot_*`` tables: per chain, the hot rows at or
-    beyond the end of the newest cold range, offered only when there are any. A ``followed``
-    chain without cold versions contributes all its hot rows (boundary 0)."""
+    beyond the end of the newest cold range, plus those in ranges below it that no cold
+    version covers, offered only when there are any. A ``followed`` chain without cold
+    versions contributes all its hot rows (boundary 0)."""
 
     def resolve(relation: str, recs: Sequence[VersionRecord]) -> list[HotSource]:
         table = HOT_TABLES.get(relation)
         if table is None or not (recs or followed):
             return []
-        cold_end: dict[int, int] = dict.fromkeys(followed, 0)
+        by_chain: dict[int, list[VersionRecord]] = {c: [] for c in followed}
         for rec in recs:
-            cold_end[rec.chain_id] = max(cold_end.get(rec.chain_id, 0), rec.range_end)
+            by_chain.setdefault(rec.chain_id, []).append(rec)
         sources = []
         with pool.connection() as conn:
-            for chain_id, end in sorted(cold_end.items()):
-                row = conn.execute(
-                    _HOT_ROWS_BEYOND.format(sql.Identifier(table)),
-                    {"chain_id": chain_id, "min_block": end},
-                ).fetchone()
+            for chain_id, chain_recs in sorted(by_chain.items()):
+                end = max((r.range_end for r in chain_recs), default=0)
+                src = HotSource(
+                    url,
+                    f"data.{table}",
+                    end,
+                    chain_id,
+                    tuple(missing_ranges(chain_recs, 0, end)),
+                )
+                query = sql.SQL("SELECT EXISTS (SELECT 1 FROM data.{} WHERE {})").format(
+                    sql.Identifier(table), sql.SQL(src.block_predicate())
+                )
+                row = conn.execute(query).fetchone()
                 if row and row[0]:
-                    sources.append(HotSource(url, f"data.{table}", end, chain_id))
+                    sources.append(src)
         return sources
 
     return resolve

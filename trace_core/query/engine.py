@@ -385,10 +385,7 @@ def _hot_select(
         else f"CAST(NULL AS {ctype}) AS {_ident(name)}"
         for name, ctype in cold
     )
-    where = f"block_number >= {int(src.min_block)}"
-    if src.chain_id is not None:
-        where += f" AND chain_id = {int(src.chain_id)}"
-    return f"SELECT {projection} FROM {qualified} WHERE {where}"
+    return f"SELECT {projection} FROM {qualified} WHERE {src.block_predicate()}"
 
 
 def _lit(text: str) -> str:
