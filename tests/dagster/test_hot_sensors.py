@@ -24,6 +24,8 @@ from dagster import (
 )
 
 from tests.integration.test_query_service import serving
+from trace_core.alerts.spec import parse_alert
+from trace_core.alerts.store import apply_alert
 from trace_core.chain_sync import store
 from trace_core.chain_sync.head import record_head_observation
 from trace_core.chain_sync.status import collect_status
@@ -31,6 +33,7 @@ from trace_core.chain_sync.yamlload import parse_job
 from trace_core.cli.main import cli
 from trace_core.datasets import registry
 from trace_core.devchain import DevChain
+from trace_core.dispatcher import dispatch_tick
 from trace_core.errors import InvalidJobFile
 from trace_core.query.app import create_app, local_user_token
 from trace_core.runtime import Runtime
@@ -249,6 +252,19 @@ def test_compactor_sensor_moves_final_ranges_to_cold_and_counts_hold(
         ]
         assert service(COUNTS) == [totals]  # cold [0, 40) + hot [40, head]
 
+        # an alert on blocks, applied now: only compaction commits can wake it
+        with rt.state() as conn:
+            apply_alert(
+                conn,
+                rt.settings.org_id,
+                parse_alert(
+                    "kind: alert\nname: tall\njob: fed\nreads: [blocks]\n"
+                    "condition: SELECT block_number FROM blocks WHERE gas_used > 1e12\n"
+                    "trigger: {on_commit: true}\ndedupe_key: 'tall:{block_number}'\n"
+                    "severity: info\nchannels: [{log: {}}]\n",
+                    source="alert.yaml",
+                ),
+            )
         result = tick(hot_compactor_sensor, dagster_instance)
         assert isinstance(result, SensorResult), skip_text(result)
         (event,) = result.asset_events
@@ -274,6 +290,20 @@ def test_compactor_sensor_moves_final_ranges_to_cold_and_counts_hold(
         again = tick(hot_compactor_sensor, dagster_instance)
         assert isinstance(again, SkipReason) and "0 range(s) committed" in skip_text(again)
         assert service(COUNTS) == [totals]
+
+        # each compacted blocks version woke the alert reading blocks (downstream wake-ups)
+        dispatch_tick(rt)
+        with rt.state() as conn:
+            woken = conn.execute(
+                "SELECT payload->'source'->>'dataset_version' FROM state.tasks "
+                "WHERE operator = 'alert_evaluate'"
+            ).fetchall()
+            compacted = [
+                str(v.dataset_version)
+                for v in registry.versions_for_stream(conn, rt.settings.org_id, CHAIN_ID, "blocks")
+                if v.range_start >= 40
+            ]
+        assert compacted and sorted(r[0] for r in woken) == sorted(compacted)
 
 
 def _stream_cursors(rt: Runtime, job: str) -> set[int]:

@@ -98,6 +98,38 @@ def announce_version_committed(
     )
 
 
+def announce_compacted_version(
+    conn: Connection[Any], org_id: str | uuid.UUID, rec: registry.VersionRecord
+) -> int:
+    """Enqueue the event of a version the hot compactor committed, once per enabled job with a
+    ``hot:`` block on its chain (alerts are routed by job and stream), in the caller's
+    transaction. Returns how many events were enqueued."""
+    from trace_core.chain_sync.store import list_hot_jobs
+
+    jobs = [
+        j for j in list_hot_jobs(conn, org_id, enabled_only=True) if j.chain_id == rec.chain_id
+    ]
+    for job in jobs:
+        event = {
+            "event": VERSION_COMMITTED,
+            "job_name": job.name,
+            "dataset_key": rec.dataset_key,
+            "chain_id": rec.chain_id,
+            "dataset_uuid": str(rec.dataset_uuid),
+            "dataset_version": str(rec.dataset_version),
+            "manifest_key": rec.manifest_key,
+            "range_start": rec.range_start,
+            "range_end": rec.range_end,
+        }
+        outbox.enqueue(
+            conn,
+            topic=DATASET_EVENTS,
+            payload=event,
+            dedupe_name=f"{VERSION_COMMITTED}:{rec.dataset_version}:{job.name}",
+        )
+    return len(jobs)
+
+
 # --- routing -------------------------------------------------------------------------------
 
 

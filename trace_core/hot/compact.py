@@ -400,6 +400,11 @@ def _commit(state: Connection[Any], store: ObjectStore, staged: StagedOutput) ->
             manifest_key=ids.manifest_key(prefix),
         )
         _record_partition(state, committed.record)
+        if committed.newly_registered:
+            # downstream wake-ups: alerts reading this stream evaluate hot data going cold too
+            from trace_core.alerts.routing import announce_compacted_version
+
+            announce_compacted_version(state, staged.org_id, committed.record)
     return committed
 
 
