@@ -31,7 +31,7 @@ from trace_core.chain_sync.store import apply_job_file
 from trace_core.devchain import DevChain
 from trace_core.errors import TraceError
 from trace_core.runtime import Runtime
-from trace_core.settings import REPO_ROOT, Settings, rpc_pool_url
+from trace_core.settings import REPO_ROOT, Settings, rpc_pool_env_var, rpc_pool_url
 from trace_dagster.stack import LocalStack, free_port, port_free
 
 DEMO_FILE = REPO_ROOT / "examples" / "chain_sync.demo.yaml"
@@ -172,7 +172,7 @@ def run_demo(
         pools = spec.pools
         if any(rpc_pool_url(p) is None for p in pools):
             chain = _start_chain(console, mode.to_block + TIP_BLOCKS)
-            extra_env = {f"TRACE_RPC_POOL_{p.upper()}_URL": chain.rpc_url for p in pools}
+            extra_env = {rpc_pool_env_var(p): chain.rpc_url for p in pools}
         else:
             console.print(f"using the configured RPC pool(s) {', '.join(pools)}")
         with rt.state() as conn, conn.transaction():
