@@ -36,6 +36,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from _scratch import scratch_databases
 from dagster import (
     BetaWarning,
     DagsterInstance,
@@ -46,9 +47,7 @@ from dagster import (
     build_sensor_context,
 )
 
-from trace_core.db.connection import Databases, ensure_database, with_database
-from trace_core.db.embedded import embedded_server_uri
-from trace_core.db.migrate import migrate
+from trace_core.db.connection import Databases
 from trace_core.runtime import Runtime
 from trace_core.settings import REPO_ROOT, load_settings
 from trace_core.tasks import create_task
@@ -231,11 +230,7 @@ def _setup() -> Databases:
     home = Path(tempfile.mkdtemp(prefix="trace-bench-dagster-"))
     # atexit runs last-in first-out: the server (registered next) stops before this removal
     atexit.register(shutil.rmtree, home, ignore_errors=True)
-    server = embedded_server_uri(home, persistent=False)
-    ensure_database(server, "bench_state")
-    ensure_database(server, "bench_data")
-    dbs = Databases(with_database(server, "bench_state"), with_database(server, "bench_data"))
-    migrate(dbs)
+    dbs = scratch_databases(home, "bench_dagster")
     os.environ.update(
         TRACE_HOME=str(home),
         TRACE_STATE_URL=dbs.state_url,

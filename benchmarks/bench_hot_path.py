@@ -29,10 +29,9 @@ from pathlib import Path
 
 import cryo
 import psycopg
-from psycopg import sql
+from _scratch import scratch_databases
 
-from trace_core.db.connection import Databases, ensure_database, with_database
-from trace_core.db.migrate import migrate
+from trace_core.db.connection import Databases
 from trace_core.devchain import DevChain
 from trace_core.hot.compact import compact_once
 from trace_core.hot.follower import follow_once
@@ -49,25 +48,7 @@ RESET_COLD = ["TRUNCATE state.partition_versions", "DELETE FROM state.dataset_ve
 @contextlib.contextmanager
 def databases(home: Path) -> Iterator[Databases]:
     """Fresh migrated databases on TRACE_DATABASE_URL or a private embedded server."""
-    server = os.environ.get("TRACE_DATABASE_URL")
-    if not server:
-        from trace_core.db.embedded import embedded_server_uri
-
-        server = embedded_server_uri(home, persistent=False)
-    suffix = uuid.uuid4().hex[:8]
-    names = (f"bench_hot_{suffix}_state", f"bench_hot_{suffix}_data")
-    for name in names:
-        ensure_database(server, name)
-    dbs = Databases(with_database(server, names[0]), with_database(server, names[1]))
-    migrate(dbs)
-    try:
-        yield dbs
-    finally:
-        with psycopg.connect(server, autocommit=True) as conn:
-            for name in names:
-                conn.execute(
-                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-                )
+    yield scratch_databases(home, "bench_hot")
 
 
 def reset(dbs: Databases) -> None:

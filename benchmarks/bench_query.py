@@ -31,13 +31,12 @@ import duckdb
 import httpx
 import psycopg
 import uvicorn
+from _scratch import scratch_databases
 
 from trace_core.datasets import ids
 from trace_core.datasets.commit import describe_parquet, register_version
 from trace_core.datasets.manifest import DatasetManifest, ManifestFile
-from trace_core.db.connection import Databases, ensure_database, with_database
-from trace_core.db.embedded import embedded_server_uri
-from trace_core.db.migrate import migrate
+from trace_core.db.connection import Databases
 from trace_core.query.app import QueryService, create_app, local_user_token
 from trace_core.settings import Settings
 from trace_core.storage.local import LocalStore
@@ -182,11 +181,7 @@ def main() -> None:
         tmp = Path(tmp_dir)
         home = tmp / "home"
         home.mkdir()
-        server = embedded_server_uri(home, persistent=False)
-        for name in ("bench_state", "bench_data"):
-            ensure_database(server, name)
-        dbs = Databases(with_database(server, "bench_state"), with_database(server, "bench_data"))
-        migrate(dbs)
+        dbs = scratch_databases(home, "bench_query")
         settings = Settings(home=home, state_url=dbs.state_url, data_url=dbs.data_url)  # type: ignore[arg-type]
         store = LocalStore(home / "objects")
         files = publish(settings, store, tmp, args.rows)

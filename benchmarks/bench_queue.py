@@ -35,11 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+from _scratch import scratch_databases
 
 from trace_core import outbox
-from trace_core.db.connection import Databases, connect, ensure_database, with_database
-from trace_core.db.embedded import embedded_server_uri
-from trace_core.db.migrate import migrate
+from trace_core.db.connection import connect
 from trace_core.errors import LeaseConflict
 from trace_core.queue.base import TASK_WAKEUP
 from trace_core.queue.pgqueue import PgQueue
@@ -305,11 +304,7 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="trace-bench-queue-"))
     # atexit runs last-in first-out: the server (registered next) stops before this removal
     atexit.register(shutil.rmtree, home, ignore_errors=True)
-    server = embedded_server_uri(home, persistent=False)
-    ensure_database(server, "bench_state")
-    ensure_database(server, "bench_data")
-    dbs = Databases(with_database(server, "bench_state"), with_database(server, "bench_data"))
-    migrate(dbs)
+    dbs = scratch_databases(home, "bench_queue")
 
     load_before = os.getloadavg()[0]
     runs: list[Result] = []
