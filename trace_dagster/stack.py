@@ -198,7 +198,6 @@ class LocalStack:
             ],
             self.dagster_url,
         )  # fmt: skip
-        self.record.save(self.record_path)
 
     def _spawn(self, name: str, argv: list[str], url: str) -> None:
         log_path = self.logs / f"{name}.log"
@@ -215,6 +214,7 @@ class LocalStack:
         )
         self.processes[name] = proc
         self.record.services.append(Service(name, proc.pid, url, str(log_path)))
+        self.record.save(self.record_path)  # at once: a killed parent leaves `down` a record
         log.info("started %s (pid %s), log %s", name, proc.pid, log_path)
 
     def wait_ready(self, timeout: float = READY_TIMEOUT_SECONDS) -> None:
