@@ -27,6 +27,7 @@ from trace_core.errors import (
 from trace_core.queue.base import TASK_WAKEUP, Message
 from trace_core.runtime import Runtime
 from trace_core.tasks import lifecycle
+from trace_core.tasks.keepalive import LeaseHeartbeat, lease_heartbeat
 from trace_core.tasks.lifecycle import Lease
 
 log = logging.getLogger(__name__)
@@ -211,26 +212,6 @@ def task_infos(rt: Runtime, task_ids: list[uuid.UUID]) -> dict[uuid.UUID, TaskIn
 # --- execution --------------------------------------------------------------------------
 
 
-def _heartbeat_loop(
-    rt: Runtime, lease: Lease, stop: threading.Event, lost: threading.Event
-) -> None:
-    interval = rt.settings.heartbeat_seconds
-    while not stop.wait(interval):
-        try:
-            with rt.state() as conn, conn.transaction():
-                lifecycle.heartbeat(conn, lease, lease_seconds=rt.settings.lease_seconds)
-        except StaleAttempt:
-            log.warning(
-                "lease lost", extra={"task_id": str(lease.task_id), "attempt": lease.attempt}
-            )
-            lost.set()
-            return
-        except TraceError as exc:  # database blip: keep trying until the lease would lapse
-            log.warning(
-                "heartbeat failed", extra={"task_id": str(lease.task_id), "error": str(exc)}
-            )
-
-
 def capability_token_for(rt: Runtime, lease: Lease) -> str:
     """The attempt's token, pinned to the payload's ``grants``; ``InvalidPayload`` if malformed."""
     from pydantic import ValidationError
@@ -267,17 +248,14 @@ def execute_task(
         token = capability_token_for(rt, lease)
     except InvalidPayload as exc:
         return _fail(rt, registry, lease, exc)
-    stop, lost = threading.Event(), threading.Event()
-    hb = threading.Thread(target=_heartbeat_loop, args=(rt, lease, stop, lost), daemon=True)
-    hb.start()
+    hb = LeaseHeartbeat(
+        lease_heartbeat(rt.settings, lease, rt.state), rt.settings.heartbeat_seconds, lease
+    )
     try:
-        try:
-            completion = registry.get(lease.operator)(OperatorContext(rt, lease, lost, token))
-            if lost.is_set():
+        with hb.running():
+            completion = registry.get(lease.operator)(OperatorContext(rt, lease, hb.lost, token))
+            if hb.lost.is_set():
                 raise StaleAttempt(task_id, lease.attempt, "lease lost during execution")
-        finally:
-            stop.set()
-            hb.join()
         with rt.state() as conn, conn.transaction():
             if completion.commit is not None:
                 outputs = completion.commit(conn)

@@ -106,9 +106,7 @@ def announce_compacted_version(
     transaction. Returns how many events were enqueued."""
     from trace_core.chain_sync.store import list_hot_jobs
 
-    jobs = [
-        j for j in list_hot_jobs(conn, org_id, enabled_only=True) if j.chain_id == rec.chain_id
-    ]
+    jobs = [j for j in list_hot_jobs(conn, org_id, enabled_only=True) if j.chain_id == rec.chain_id]
     for job in jobs:
         event = {
             "event": VERSION_COMMITTED,

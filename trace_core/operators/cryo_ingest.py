@@ -18,11 +18,10 @@ import hashlib
 import logging
 import re
 import shutil
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -47,14 +46,12 @@ from trace_core.errors import (
     CoverageError,
     CryoFailed,
     InvalidPayload,
-    StaleAttempt,
-    TraceError,
     UnknownCryoDataset,
 )
 from trace_core.rpc import RpcClient
 from trace_core.settings import Settings, rpc_pool_env_var, rpc_pool_url
 from trace_core.storage.base import ObjectStore
-from trace_core.tasks import lifecycle
+from trace_core.tasks.keepalive import LeaseHeartbeat, StateConnect, lease_heartbeat
 from trace_core.tasks.lifecycle import Lease
 
 if TYPE_CHECKING:
@@ -64,7 +61,6 @@ log = logging.getLogger(__name__)
 
 OPERATOR = "cryo_ingest"
 Mode = Literal["real", "fake"]
-StateConnect = Callable[[], AbstractContextManager[Connection[Any]]]
 
 # cryo 0.3.2 datasets that need only a block range and write one kind of file (each name was
 # run against anvil). Aliases and multi-dataset names are refused so a stream maps to files.
@@ -232,70 +228,6 @@ def choose_mode(
         field = rpc_pool_env_var(rpc_pool) if rpc_pool else "rpc_pool"
         raise ConfigError("TRACE_CRYO_MODE=real needs the pool's RPC URL", field=field)
     return "real", url
-
-
-# --- heartbeat -----------------------------------------------------------------------------
-
-
-class _Heartbeat:
-    """Calls ``beat`` every ``interval`` seconds on a thread until stopped.
-
-    ``StaleAttempt`` from ``beat`` marks the lease lost and ends the thread; other Trace errors
-    (a database blip) are logged and retried on the next tick.
-    """
-
-    def __init__(self, beat: Callable[[], None], interval: float, lease: Lease) -> None:
-        self._beat = beat
-        self._interval = interval
-        self._lease = lease
-        self._stop = threading.Event()
-        self.lost = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, name=f"heartbeat-{lease.task_id}", daemon=True
-        )
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            try:
-                self._beat()
-            except StaleAttempt:
-                log.warning(
-                    "lease lost",
-                    extra={"task_id": str(self._lease.task_id), "attempt": self._lease.attempt},
-                )
-                self.lost.set()
-                return
-            except TraceError as exc:
-                log.warning(
-                    "heartbeat failed",
-                    extra={"task_id": str(self._lease.task_id), "error": str(exc)},
-                )
-
-    def check(self) -> None:
-        """Raise ``StaleAttempt`` if a heartbeat found the lease gone."""
-        if self.lost.is_set():
-            raise StaleAttempt(
-                self._lease.task_id, self._lease.attempt, "lease lost during extraction"
-            )
-
-    @contextmanager
-    def running(self) -> Iterator[_Heartbeat]:
-        self._thread.start()
-        try:
-            yield self
-        finally:
-            self._stop.set()
-            self._thread.join()
-
-
-def lease_heartbeat(settings: Settings, lease: Lease, state: StateConnect) -> Callable[[], None]:
-    """A heartbeat callback extending ``lease`` in its own short transaction."""
-
-    def beat() -> None:
-        with state() as conn, conn.transaction():
-            lifecycle.heartbeat(conn, lease, lease_seconds=settings.lease_seconds)
-
-    return beat
 
 
 # --- extraction ----------------------------------------------------------------------------
@@ -565,14 +497,17 @@ def extract_and_stage(
     *,
     org_id: str | None = None,
     heartbeat: Callable[[], None] | None = None,
+    check: Callable[[], None] | None = None,
     environ: Mapping[str, str] | None = None,
     timings: dict[str, float] | None = None,
 ) -> tuple[StagedOutput, Mode]:
     """Everything before the commit: extract, verify, upload to the staging prefix.
 
     ``heartbeat`` runs every ``settings.heartbeat_seconds`` meanwhile; if it raises
-    ``StaleAttempt`` this raises ``StaleAttempt`` and nothing is staged further. The local
-    staging dir is removed on success and left for ``gc_staging`` on failure.
+    ``StaleAttempt`` this raises ``StaleAttempt`` and nothing is staged further. Under a
+    caller that already heartbeats (the worker), pass its ``check`` instead: it is called
+    between phases and raises ``StaleAttempt`` once the lease is lost. The local staging dir
+    is removed on success and left for ``gc_staging`` on failure.
     """
     timings = {} if timings is None else timings
     p = CryoIngestPayload.parse(lease.payload, org_id=org_id or settings.org_id)
@@ -590,15 +525,16 @@ def extract_and_stage(
     log.info(
         "cryo_ingest extracting", extra={**fields, "dataset": p.cryo_dataset_name, "mode": mode}
     )
-    hb = _Heartbeat(heartbeat or (lambda: None), settings.heartbeat_seconds, lease)
-    with hb.running():
+    hb = LeaseHeartbeat(heartbeat or (lambda: None), settings.heartbeat_seconds, lease)
+    with hb.running() if heartbeat else nullcontext(hb):
+        checkpoint = check or hb.check
         t0 = time.perf_counter()
         if mode == "real":
             assert url is not None
             extract_real(p, url, out_dir, settings)
         else:
             extract_fake(p, out_dir)
-        hb.check()
+        checkpoint()
         t1 = time.perf_counter()
         files = collect_files(out_dir)
         check_caps(files, settings)
@@ -606,10 +542,10 @@ def extract_and_stage(
         if mode == "real" and p.cryo_dataset_name == "logs" and settings.verify_log_receipts:
             assert url is not None
             check_log_receipts(p, url, rows, settings)
-        hb.check()
+        checkpoint()
         t2 = time.perf_counter()
         schema, staged_files = stage_parquet_files(store, lease.task_id, lease.attempt, files)
-        hb.check()
+        checkpoint()
         t3 = time.perf_counter()
     timings.update(extract=t1 - t0, verify=t2 - t1, stage=t3 - t2)
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -669,7 +605,7 @@ def cryo_ingest_operator(ctx: OperatorContext) -> Completion:
 
     rt = ctx.runtime
     store = rt.store
-    staged, mode = extract_and_stage(rt.settings, store, ctx.lease, heartbeat=ctx.check_lease)
+    staged, mode = extract_and_stage(rt.settings, store, ctx.lease, check=ctx.check_lease)
 
     def commit(conn: Connection[Any]) -> dict[str, Any]:
         return {**commit_dataset_version(conn, store, ctx.lease, staged).outputs(), "mode": mode}
