@@ -38,9 +38,9 @@ from trace_core.errors import (
     TraceError,
     UnknownCryoDataset,
 )
+from trace_core.hot.tables import arrow_schema
 from trace_core.operators import cryo_ingest
 from trace_core.operators.cryo_ingest import (
-    FAKE_SCHEMAS,
     CryoIngestPayload,
     IngestResult,
     attempt_staging_dir,
@@ -406,7 +406,7 @@ def test_fake_mode_writes_the_real_columns(
         fake_manifest = load_manifest(store, faked.committed.record.manifest_key)
         assert fake_manifest.schema == real_manifest.schema
         assert [(c.name, c.type) for c in real_manifest.schema] == [
-            (f.name, str(f.type)) for f in FAKE_SCHEMAS[dataset]
+            (f.name, str(f.type)) for f in arrow_schema(dataset)
         ]
         assert faked.committed.record.row_count > 0
     again = _ingest(fake, store, dbs, env, _payload("logs", 0, 300, dataset_key="fake_logs"))

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import hashlib
 import logging
 import re
 import shutil
@@ -48,6 +47,7 @@ from trace_core.errors import (
     InvalidPayload,
     UnknownCryoDataset,
 )
+from trace_core.operators.cryo_fake import extract_fake
 from trace_core.rpc import RpcClient
 from trace_core.settings import Settings, rpc_pool_env_var, rpc_pool_url
 from trace_core.storage.base import ObjectStore
@@ -233,11 +233,6 @@ def choose_mode(
 # --- extraction ----------------------------------------------------------------------------
 
 
-def _chunks(start: int, end: int, size: int) -> list[tuple[int, int]]:
-    """cryo's chunking: ``[start, end)`` cut into ``size``-block chunks from ``start``."""
-    return [(a, min(a + size, end)) for a in range(start, end, size)]
-
-
 def freeze(dataset: str, **kwargs: Any) -> dict[str, Any] | None:
     """``cryo.freeze`` without its leak: run ``cryo.async_freeze`` on a private event loop in
     a private thread (safe inside a caller's running loop) and close the loop afterwards.
@@ -285,92 +280,6 @@ def extract_real(p: CryoIngestPayload, url: str, out_dir: Path, settings: Settin
     errored = int((summary or {}).get("n_errored", 0))
     if errored:
         raise CryoFailed(f"cryo {p.cryo_dataset_name} reported {errored} errored chunks on {label}")
-
-
-def extract_fake(p: CryoIngestPayload, out_dir: Path) -> None:
-    """Write deterministic Parquet for the range, named and chunked as cryo names its files.
-
-    blocks/transactions/logs use cryo 0.3.2's exact schemas; other datasets get a stub with
-    ``block_number`` and ``chain_id``.
-    """
-    for a, b in _chunks(p.range_start, p.range_end, p.chunk_size):
-        table = _fake_table(p.cryo_dataset_name, p.chain_id, a, b)
-        name = f"network_{p.chain_id}__{p.cryo_dataset_name}__{a:08d}_to_{b - 1:08d}.parquet"
-        pq.write_table(table, out_dir / name, compression="lz4")
-
-
-def _h(*parts: object) -> bytes:
-    return hashlib.sha256(":".join(str(x) for x in parts).encode()).digest()
-
-
-U32, U64, BIN, STR = pa.uint32(), pa.uint64(), pa.large_binary(), pa.large_string()
-# Schemas of cryo 0.3.2's Parquet (read from a real run against anvil), column order kept.
-FAKE_SCHEMAS: Mapping[str, pa.Schema] = {
-    "blocks": pa.schema(
-        [("block_hash", BIN), ("author", BIN), ("block_number", U32), ("gas_used", U64),
-         ("extra_data", BIN), ("timestamp", U32), ("base_fee_per_gas", U64), ("chain_id", U64)]
-    ),
-    "transactions": pa.schema(
-        [("block_number", U32), ("transaction_index", U64), ("transaction_hash", BIN),
-         ("nonce", U64), ("from_address", BIN), ("to_address", BIN), ("value_binary", BIN),
-         ("value_string", STR), ("value_f64", pa.float64()), ("input", BIN), ("gas_limit", U64),
-         ("gas_used", U64), ("gas_price", U64), ("transaction_type", U32),
-         ("max_priority_fee_per_gas", U64), ("max_fee_per_gas", U64), ("success", pa.bool_()),
-         ("n_input_bytes", U32), ("n_input_zero_bytes", U32), ("n_input_nonzero_bytes", U32),
-         ("chain_id", U64)]
-    ),
-    "logs": pa.schema(
-        [("block_number", U32), ("transaction_index", U32), ("log_index", U32),
-         ("transaction_hash", BIN), ("address", BIN), ("topic0", BIN), ("topic1", BIN),
-         ("topic2", BIN), ("topic3", BIN), ("data", BIN), ("chain_id", U64)]
-    ),
-}  # fmt: skip
-STUB_SCHEMA = pa.schema([("block_number", U32), ("chain_id", U64)])
-
-
-def _fake_txs(chain_id: int, n: int) -> int:
-    return _h("fake-block", chain_id, n)[0] % 4
-
-
-def _fake_table(dataset: str, chain_id: int, start: int, end: int) -> pa.Table:
-    rows: list[dict[str, Any]] = []
-    for n in range(start, end):
-        ntx = _fake_txs(chain_id, n)
-        if dataset == "blocks":
-            rows.append(
-                {"block_hash": _h("fake-block", chain_id, n), "author": b"\0" * 20, "block_number": n,
-                 "gas_used": 21_000 * ntx, "extra_data": b"", "timestamp": 1_700_000_000 + 2 * n,
-                 "base_fee_per_gas": 1_000_000_000, "chain_id": chain_id}
-            )  # fmt: skip
-        elif dataset in ("transactions", "logs"):
-            log_index = 0
-            for i in range(ntx):
-                tx_hash = _h("fake-tx", chain_id, n, i)
-                if dataset == "transactions":
-                    value = int.from_bytes(tx_hash[:6], "big")
-                    rows.append(
-                        {"block_number": n, "transaction_index": i, "transaction_hash": tx_hash,
-                         "nonce": i, "from_address": tx_hash[:20], "to_address": tx_hash[12:],
-                         "value_binary": value.to_bytes(32, "big"), "value_string": str(value),
-                         "value_f64": float(value), "input": b"", "gas_limit": 21_000,
-                         "gas_used": 21_000, "gas_price": 1_000_000_000, "transaction_type": 2,
-                         "max_priority_fee_per_gas": 1_000_000_000, "max_fee_per_gas": 2_000_000_000,
-                         "success": True, "n_input_bytes": 0, "n_input_zero_bytes": 0,
-                         "n_input_nonzero_bytes": 0, "chain_id": chain_id}
-                    )  # fmt: skip
-                    continue
-                for _ in range(tx_hash[0] % 3):
-                    rows.append(
-                        {"block_number": n, "transaction_index": i, "log_index": log_index,
-                         "transaction_hash": tx_hash, "address": tx_hash[:20],
-                         "topic0": _h("fake-topic", log_index), "topic1": tx_hash, "topic2": None,
-                         "topic3": None, "data": tx_hash, "chain_id": chain_id}
-                    )  # fmt: skip
-                    log_index += 1
-        else:
-            rows.append({"block_number": n, "chain_id": chain_id})
-    schema = FAKE_SCHEMAS.get(dataset, STUB_SCHEMA)
-    return pa.Table.from_pylist(rows, schema=schema)
 
 
 # --- verification --------------------------------------------------------------------------
