@@ -108,17 +108,7 @@ def announce_compacted_version(
 
     jobs = [j for j in list_hot_jobs(conn, org_id, enabled_only=True) if j.chain_id == rec.chain_id]
     for job in jobs:
-        event = {
-            "event": VERSION_COMMITTED,
-            "job_name": job.name,
-            "dataset_key": rec.dataset_key,
-            "chain_id": rec.chain_id,
-            "dataset_uuid": str(rec.dataset_uuid),
-            "dataset_version": str(rec.dataset_version),
-            "manifest_key": rec.manifest_key,
-            "range_start": rec.range_start,
-            "range_end": rec.range_end,
-        }
+        event = version_committed_event({"job_name": job.name}, rec.as_json())
         outbox.enqueue(
             conn,
             topic=DATASET_EVENTS,

@@ -35,6 +35,7 @@ from trace_core.datasets.commit import (
     register_version,
     stage_parquet_files,
 )
+from trace_core.datasets.duckdb_sql import parquet_select
 from trace_core.datasets.manifest import load_manifest
 from trace_core.datasets.registry import (
     VersionRecord,
@@ -55,6 +56,7 @@ from trace_core.hot.tables import (
     HOT_SCHEMA,
     check_dataset,
     count_rows,
+    hot_rows_predicate,
     hot_table,
     read_range,
 )
@@ -124,17 +126,8 @@ class FederatedSources:
 
     def duckdb_cold_select(self) -> str | None:
         """DuckDB SELECT of every cold row, each block once; None without cold files."""
-
-        def files(uris: list[str]) -> str:
-            return "[" + ", ".join("'" + u.replace("'", "''") + "'" for u in uris) + "]"
-
-        parts = [f"SELECT * FROM read_parquet({files(self.cold_version_files)})"]
-        parts = parts if self.cold_version_files else []
-        parts += [
-            f"SELECT * FROM read_parquet({files(uris)}) "
-            f"WHERE block_number >= {int(a)} AND block_number < {int(b)}"
-            for uris, a, b in self.cold_clipped
-        ]
+        parts = [parquet_select(self.cold_version_files)] if self.cold_version_files else []
+        parts += [parquet_select(uris, a, b) for uris, a, b in self.cold_clipped]
         return " UNION ALL ".join(parts) or None
 
     @property
@@ -144,11 +137,7 @@ class FederatedSources:
 
     def hot_predicate(self) -> str:
         """SQL condition (Postgres or DuckDB) selecting exactly the hot rows to union."""
-        parts = [f"block_number >= {int(self.boundary)}"]
-        parts += [
-            f"(block_number >= {int(a)} AND block_number < {int(b)})" for a, b in self.hot_gaps
-        ]
-        return f"chain_id = {int(self.chain_id)} AND ({' OR '.join(parts)})"
+        return hot_rows_predicate(self.boundary, self.hot_gaps, self.chain_id)
 
     def duckdb_hot_select(self, catalog: str) -> str:
         """DuckDB SELECT over an attached Postgres catalog, cast to cryo's Parquet types."""

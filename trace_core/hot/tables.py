@@ -123,6 +123,18 @@ def check_dataset(dataset: str) -> None:
         raise ValueError(f"hot path has no dataset {dataset!r} (known: {', '.join(HOT_DATASETS)})")
 
 
+def hot_rows_predicate(
+    min_block: int, gaps: Sequence[tuple[int, int]] = (), chain_id: int | None = None
+) -> str:
+    """SQL (Postgres or DuckDB) for the hot rows a federated read takes: blocks at or beyond
+    ``min_block`` (the cold boundary) or inside ``gaps`` (end-exclusive ranges below it that
+    no cold version covers), of ``chain_id`` when given. Integers only."""
+    parts = [f"block_number >= {int(min_block)}"]
+    parts += [f"(block_number >= {int(a)} AND block_number < {int(b)})" for a, b in gaps]
+    where = "(" + " OR ".join(parts) + ")"
+    return where if chain_id is None else f"chain_id = {int(chain_id)} AND {where}"
+
+
 def arrow_schema(dataset: str) -> pa.Schema:
     """The Arrow schema of cryo's Parquet for ``dataset`` (column order included)."""
     check_dataset(dataset)

@@ -56,7 +56,7 @@ from trace_core.errors import (
     QueryError,
     TooLarge,
 )
-from trace_core.hot.tables import CRYO_COLUMNS
+from trace_core.hot.tables import CRYO_COLUMNS, hot_rows_predicate
 from trace_core.query.tokens import TaskClaims, UserClaims
 
 log = logging.getLogger(__name__)
@@ -86,12 +86,7 @@ class HotSource:
 
     def block_predicate(self) -> str:
         """SQL (Postgres or DuckDB) selecting the rows this source serves; integers only."""
-        parts = [f"block_number >= {int(self.min_block)}"]
-        parts += [f"(block_number >= {int(a)} AND block_number < {int(b)})" for a, b in self.gaps]
-        where = "(" + " OR ".join(parts) + ")"
-        if self.chain_id is not None:
-            where += f" AND chain_id = {int(self.chain_id)}"
-        return where
+        return hot_rows_predicate(self.min_block, self.gaps, self.chain_id)
 
 
 HotSourceResolver = Callable[[str, Sequence[VersionRecord]], Sequence[HotSource]]

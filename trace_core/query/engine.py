@@ -38,6 +38,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from trace_core.datasets.duckdb_sql import parquet_select, sql_list, sql_literal
 from trace_core.errors import AccessDenied, QueryError, QueryFailed, QueryTimeout, TooLarge
 from trace_core.query.attach import HotSource, Relation
 from trace_core.settings import Settings
@@ -298,19 +299,15 @@ def open_sandbox(
     for rel in relations:
         if not _shaped(rel):
             continue
-        parts = [f"SELECT * FROM read_parquet({_list(rel.files)})"] if rel.files else []
-        parts += [
-            f"SELECT * FROM read_parquet({_list(c.files)}) "
-            f"WHERE block_number >= {int(c.start)} AND block_number < {int(c.end)}"
-            for c in rel.clipped
-        ]
+        parts = [parquet_select(rel.files)] if rel.files else []
+        parts += [parquet_select(c.files, c.start, c.end) for c in rel.clipped]
         parts += [f"SELECT * FROM {_ident(t)}" for t in hot_tables.get(rel.name, [])]
         if not parts:  # no files and no hot rows yet: an empty relation of the right shape
             cols = ", ".join(f"CAST(NULL AS {t}) AS {_ident(n)}" for n, t in rel.columns)
             parts = [f"SELECT {cols} WHERE false"]
         con.execute(f"CREATE TEMP VIEW {_ident(rel.name)} AS " + " UNION ALL ".join(parts))
-    con.execute(f"SET temp_directory = {_lit(str(workdir.spill))}")
-    con.execute(f"SET allowed_paths = {_list(files)}")
+    con.execute(f"SET temp_directory = {sql_literal(str(workdir.spill))}")
+    con.execute(f"SET allowed_paths = {sql_list(files)}")
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
 
@@ -326,16 +323,16 @@ def _create_s3_secret(con: duckdb.DuckDBPyConnection, s3: S3Access | None) -> No
             "dataset files are on S3 but no S3 access is configured", code="storage_unavailable"
         )
     opts = [
-        f"REGION {_lit(s3.region)}",
-        f"URL_STYLE {_lit(s3.url_style)}",
+        f"REGION {sql_literal(s3.region)}",
+        f"URL_STYLE {sql_literal(s3.url_style)}",
         f"USE_SSL {str(s3.use_ssl).lower()}",
     ]
     if s3.endpoint:
-        opts.append(f"ENDPOINT {_lit(s3.endpoint)}")
+        opts.append(f"ENDPOINT {sql_literal(s3.endpoint)}")
     if s3.key_id and s3.secret:
-        opts += [f"KEY_ID {_lit(s3.key_id)}", f"SECRET {_lit(s3.secret)}"]
+        opts += [f"KEY_ID {sql_literal(s3.key_id)}", f"SECRET {sql_literal(s3.secret)}"]
     if s3.session_token:
-        opts.append(f"SESSION_TOKEN {_lit(s3.session_token)}")
+        opts.append(f"SESSION_TOKEN {sql_literal(s3.session_token)}")
     con.execute(f"CREATE TEMPORARY SECRET trace_s3 (TYPE s3, {', '.join(opts)})")
 
 
@@ -348,15 +345,13 @@ def _copy_hot_rows(
     urls = sorted({src.url for rel in relations if _shaped(rel) for src in rel.hot})
     aliases = {url: f"{_HOT_ALIAS}{i}" for i, url in enumerate(urls)}
     for url, alias in aliases.items():
-        con.execute(f"ATTACH {_lit(url)} AS {alias} (TYPE postgres, READ_ONLY)")
+        con.execute(f"ATTACH {sql_literal(url)} AS {alias} (TYPE postgres, READ_ONLY)")
     try:
         for rel in relations:
             if not rel.hot or not _shaped(rel):
                 continue
             if rel.all_files:
-                described = con.execute(
-                    f"DESCRIBE SELECT * FROM read_parquet({_list(rel.all_files)})"
-                ).fetchall()
+                described = con.execute(f"DESCRIBE {parquet_select(rel.all_files)}").fetchall()
                 shape = [(str(c[0]), str(c[1])) for c in described]
             else:
                 shape = list(rel.columns)
@@ -388,16 +383,8 @@ def _hot_select(
     return f"SELECT {projection} FROM {qualified} WHERE {src.block_predicate()}"
 
 
-def _lit(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
 def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
-
-
-def _list(items: Sequence[str]) -> str:
-    return "[" + ", ".join(_lit(item) for item in items) + "]"
 
 
 # --- running -----------------------------------------------------------------------------
