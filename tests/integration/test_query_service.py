@@ -174,6 +174,20 @@ def blocks(settings: Settings, store: RecordingStore, tmp_path: Path) -> Version
     return publish(settings, store, tmp_path, blocks_table(0, 100))
 
 
+@pytest.fixture
+def logs(settings: Settings, store: RecordingStore, tmp_path: Path) -> VersionRecord:
+    """A ten-row ``logs`` dataset next to ``blocks``."""
+    return publish(
+        settings,
+        store,
+        tmp_path,
+        blocks_table(0, 10),
+        key="logs",
+        config="cryo_ingest.logs:v1",
+        end=10,
+    )
+
+
 def test_health_and_auth(
     client: httpx.Client, settings: Settings, dbs: Databases, blocks: VersionRecord
 ) -> None:
@@ -256,16 +270,8 @@ def test_grants_and_registry(
     store: RecordingStore,
     tmp_path: Path,
     blocks: VersionRecord,
+    logs: VersionRecord,
 ) -> None:
-    publish(
-        settings,
-        store,
-        tmp_path,
-        blocks_table(0, 10),
-        key="logs",
-        config="cryo_ingest.logs:v1",
-        end=10,
-    )
     only_logs = issue_user_token(settings, sub="user:alice", datasets=["logs"])
     assert post(client, only_logs, {"sql": "SELECT count(*) FROM logs"}).json()["rows"] == [[10]]
     denied = post(client, only_logs, {"sql": "SELECT 1", "datasets": ["blocks"]})
@@ -648,16 +654,8 @@ def test_job_restricts_relations(
     store: RecordingStore,
     tmp_path: Path,
     blocks: VersionRecord,
+    logs: VersionRecord,
 ) -> None:
-    publish(
-        settings,
-        store,
-        tmp_path,
-        blocks_table(0, 10),
-        key="logs",
-        config="cryo_ingest.logs:v1",
-        end=10,
-    )
     job_id = uuid.uuid4()
     with psycopg.connect(settings.state_url.get_secret_value()) as conn:  # type: ignore[union-attr]
         conn.execute(
