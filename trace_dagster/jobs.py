@@ -14,7 +14,7 @@ from dagster import (
 )
 from pydantic import Field
 
-from trace_core.worker import TaskOutcome, execute_task
+from trace_core.worker import TaskOutcome, execute_batch
 from trace_dagster.partitions import stream_asset_key
 from trace_dagster.resources import TraceResource
 
@@ -51,14 +51,17 @@ def materialization_for(outcome: TaskOutcome) -> AssetMaterialization | None:
     )
 
 
-@op(description="Claim and execute each task; committed ranges are reported as materializations")
+@op(
+    description="Claim every task of the batch, execute them TRACE_WORKER_CONCURRENCY at a time; "
+    "committed ranges are reported as materializations"
+)
 def execute_tasks(
     context: OpExecutionContext, config: TaskBatchConfig, trace: TraceResource
 ) -> None:
     rt = trace.get_client()
     failures: list[str] = []
-    for raw in config.task_ids:
-        outcome = execute_task(rt, uuid.UUID(raw))
+    task_ids = [uuid.UUID(raw) for raw in config.task_ids]
+    for outcome in execute_batch(rt, task_ids, concurrency=rt.settings.worker_concurrency):
         context.log.info(
             f"task {outcome.task_id} attempt {outcome.attempt}: {outcome.status}"
             + (f" ({outcome.error})" if outcome.error else "")

@@ -279,7 +279,7 @@ def reap(
     expired = conn.execute(q("tasks", "expired_leases"), {"limit": limit}).fetchall()
     for task_id, attempt, max_attempts in expired:
         _mark_expired(conn, task_id, attempt)
-        decision, delay = policy.decide(fatal=False, attempt=attempt, max_attempts=max_attempts)
+        decision, _delay = policy.decide(fatal=False, attempt=attempt, max_attempts=max_attempts)
         if decision == "dead":
             conn.execute(
                 q("tasks", "finish_dead"),
@@ -292,7 +292,9 @@ def reap(
             )
             dead += 1
         else:
-            _requeue(conn, task_id, attempt, error="lease expired", kind="expired", delay=delay)
+            # no backoff: the attempt's worker died, the task did not fail; it runs again
+            # within one lease of the crash (attempts still bound a task that kills workers)
+            _requeue(conn, task_id, attempt, error="lease expired", kind="expired", delay=0.0)
             retried += 1
     stale = conn.execute(
         q("tasks", "unclaimed_queued"),

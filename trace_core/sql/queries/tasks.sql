@@ -81,3 +81,36 @@ WHERE task_id = %(task_id)s RETURNING wakeups
 UPDATE state.tasks SET paused = %(paused)s, updated_at = now()
 WHERE job_id = %(job_id)s AND status IN ('queued', 'running') AND paused <> %(paused)s
 RETURNING task_id, status
+
+-- name: record_worker_run
+INSERT INTO state.worker_runs (run_key, task_ids) VALUES (%(run_key)s, %(task_ids)s)
+ON CONFLICT (run_key) DO NOTHING
+
+-- name: open_worker_runs
+-- Unsettled runs requested at least grace_seconds ago, with the tasks still waiting on them:
+-- queued, not paused, and unchanged since the request (nobody claimed or re-woke them).
+SELECT r.run_key,
+       COALESCE(array_agg(t.task_id ORDER BY t.task_id)
+                FILTER (WHERE t.task_id IS NOT NULL), '{}') AS waiting
+FROM state.worker_runs r
+LEFT JOIN state.tasks t
+  ON t.task_id = ANY (r.task_ids) AND t.status = 'queued' AND NOT t.paused
+     AND t.updated_at <= r.requested_at
+WHERE r.settled_at IS NULL
+  AND r.requested_at <= now() - make_interval(secs => %(grace_seconds)s)
+GROUP BY r.run_key, r.requested_at
+ORDER BY r.requested_at
+LIMIT %(limit)s
+
+-- name: settle_worker_run
+UPDATE state.worker_runs SET settled_at = now(), rewoken = %(rewoken)s
+WHERE run_key = %(run_key)s AND settled_at IS NULL
+
+-- name: lock_waiting_task
+SELECT task_id FROM state.tasks
+WHERE task_id = %(task_id)s AND status = 'queued' AND NOT paused
+  AND updated_at <= (SELECT requested_at FROM state.worker_runs WHERE run_key = %(run_key)s)
+FOR UPDATE SKIP LOCKED
+
+-- name: prune_settled_worker_runs
+DELETE FROM state.worker_runs WHERE settled_at < now() - interval '1 day'
