@@ -18,7 +18,7 @@ from pydantic import Field
 from trace_core.worker import TaskOutcome, execute_task
 from trace_dagster.partitions import stream_asset_key
 from trace_dagster.resources import TraceResource
-from trace_dagster.retry import revive_for_reexecution
+from trace_dagster.retry import is_manual_reexecution, revive_for_reexecution
 
 WORKER_JOB = "trace_worker"
 
@@ -82,7 +82,7 @@ def execute_tasks(
     context: OpExecutionContext, config: TaskBatchConfig, trace: TraceResource
 ) -> None:
     rt = trace.get_client()
-    if context.dagster_run.parent_run_id:  # a re-execution from the UI: revive its dead tasks
+    if is_manual_reexecution(context.dagster_run):  # e.g. from the UI: revive its dead tasks
         revive_for_reexecution(context, rt, config.task_ids)
     failures: list[str] = []
     for raw in config.task_ids:

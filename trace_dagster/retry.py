@@ -3,10 +3,20 @@
 # No `from __future__ import annotations` here: Dagster resolves op annotations at runtime.
 import uuid
 
-from dagster import OpExecutionContext
+from dagster import DagsterRun, OpExecutionContext
 
 from trace_core.runtime import Runtime
 from trace_core.tasks.revive import SOURCE_RERUN, prepare_rerun
+
+# Dagster's automatic run retries (run_retries in dagster.yaml) carry this tag; a re-execution a
+# person asks for (UI, `dagster job reexecute`, execute_job) does not.
+AUTO_RETRY_TAG = "dagster/retry_number"
+
+
+def is_manual_reexecution(run: DagsterRun) -> bool:
+    """A re-execution (``parent_run_id`` set) that is not an automatic run retry: reviving is a
+    person's decision, so a first run or an automatic retry never revives a dead task."""
+    return run.parent_run_id is not None and AUTO_RETRY_TAG not in run.tags
 
 
 def revive_for_reexecution(context: OpExecutionContext, rt: Runtime, task_ids: list[str]) -> None:
