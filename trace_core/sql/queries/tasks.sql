@@ -8,7 +8,7 @@ RETURNING task_id
 SELECT operator, payload FROM state.tasks WHERE task_id = %(task_id)s
 
 -- name: lock_task
-SELECT task_id, operator, status, attempt, max_attempts, paused, lease_token,
+SELECT task_id, operator, status, attempt, attempt_base, max_attempts, paused, lease_token,
        lease_expires_at, lease_expires_at <= now() AS lease_expired,
        next_run_at <= now() AS due, payload
 FROM state.tasks WHERE task_id = %(task_id)s FOR UPDATE
@@ -58,7 +58,7 @@ UPDATE state.task_attempts SET finished_at = now(), outcome = %(outcome)s, error
 WHERE task_id = %(task_id)s AND attempt = %(attempt)s
 
 -- name: expired_leases
-SELECT task_id, attempt, max_attempts FROM state.tasks
+SELECT task_id, attempt, attempt_base, max_attempts FROM state.tasks
 WHERE status = 'running' AND lease_expires_at <= now()
 ORDER BY lease_expires_at
 LIMIT %(limit)s
@@ -114,3 +114,36 @@ FOR UPDATE SKIP LOCKED
 
 -- name: prune_settled_worker_runs
 DELETE FROM state.worker_runs WHERE settled_at < now() - interval '1 day'
+
+-- ---------------------------------------------------------------- revive (tasks/revive.py)
+
+-- name: lock_for_revive
+SELECT task_id, operator, status, attempt, attempt_base, max_attempts, paused, job_id,
+       last_error_kind, last_error, payload, revives
+FROM state.tasks WHERE task_id = ANY(%(task_ids)s::uuid[])
+ORDER BY task_id
+FOR UPDATE
+
+-- A revived task is queued and due now with a fresh budget (attempt_base = attempt); it is
+-- paused when its chain_sync job is paused, so it runs only after `resume`.
+-- name: revive_task
+UPDATE state.tasks t
+SET status = 'queued', attempt_base = t.attempt, revives = t.revives + 1, revived_at = now(),
+    next_run_at = now(), wakeups = t.wakeups + 1, lease_token = NULL, lease_expires_at = NULL,
+    finished_at = NULL, updated_at = now(),
+    paused = COALESCE((SELECT NOT j.enabled FROM state.chain_sync_jobs j WHERE j.job_id = t.job_id),
+                      t.paused)
+WHERE t.task_id = %(task_id)s AND t.status = 'dead'
+RETURNING t.wakeups, t.paused, t.revives,
+          now() + make_interval(secs => %(wake_delay_seconds)s) AS wake_at
+
+-- name: insert_revival
+INSERT INTO state.task_revivals (task_id, revive, attempt, last_error, source, detail)
+VALUES (%(task_id)s, %(revive)s, %(attempt)s, %(last_error)s, %(source)s, %(detail)s)
+
+-- A queued task waiting out a retry backoff becomes due now (a run that is about to claim it).
+-- name: expedite_queued
+UPDATE state.tasks SET next_run_at = now(), updated_at = now()
+WHERE task_id = ANY(%(task_ids)s::uuid[]) AND status = 'queued' AND NOT paused
+  AND next_run_at > now()
+RETURNING task_id
