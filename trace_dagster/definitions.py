@@ -8,6 +8,7 @@ from trace_core.runtime import Runtime
 from trace_core.settings import load_settings
 from trace_dagster.alerts import alert_delivery_sensor, alert_events_spec
 from trace_dagster.hot import hot_compactor_sensor, hot_follower_sensor
+from trace_dagster.integrity import integrity_sensor, stream_integrity_checks
 from trace_dagster.jobs import trace_worker
 from trace_dagster.partitions import stream_asset_specs
 from trace_dagster.resources import TraceResource
@@ -20,6 +21,7 @@ def build_definitions(runtime: Runtime | None = None) -> Definitions:
     rt = runtime or Runtime(load_settings())
     return Definitions(
         assets=[*stream_asset_specs(rt), alert_events_spec],
+        asset_checks=stream_integrity_checks(rt),
         jobs=[trace_worker],
         sensors=[
             dispatcher_sensor,
@@ -28,6 +30,7 @@ def build_definitions(runtime: Runtime | None = None) -> Definitions:
             hot_follower_sensor,
             hot_compactor_sensor,
             alert_delivery_sensor,
+            integrity_sensor(),
         ],
         resources={"trace": TraceResource()},
     )

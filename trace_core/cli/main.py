@@ -15,6 +15,7 @@ from rich.table import Table
 from trace_core.cli.alerts import alerts
 from trace_core.cli.common import console, handle_errors, runtime
 from trace_core.cli.dlq import dlq
+from trace_core.cli.verify import verify
 from trace_core.runtime import Runtime
 from trace_core.settings import load_settings
 
@@ -31,6 +32,7 @@ def cli(verbose: bool) -> None:
 
 cli.add_command(dlq)
 cli.add_command(alerts)
+cli.add_command(verify)
 
 
 @cli.command()
