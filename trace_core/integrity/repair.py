@@ -80,9 +80,13 @@ def plan_repair(
     end: int,
     *,
     reasons: tuple[str, ...] = (),
+    key: str | None = None,
 ) -> PlannedRepair:
     """Create (once) the cryo_ingest task that re-syncs ``[start, end)`` of stream ``s`` as a
-    new version, with its wake-up, in the caller's transaction."""
+    new version, with its wake-up, in the caller's transaction.
+
+    ``key`` (say, an invalidation id) makes the task id independent of the generation, so a
+    caller replaying after a crash finds the task it created before."""
     job = store.get_job(conn, org_id, s.job_id)
     row = conn.execute(
         q("integrity", "count_range_versions"),
@@ -104,7 +108,11 @@ def plan_repair(
         end,
     )
     payload["repair"] = {"generation": generation, "reasons": list(reasons)}
-    task_id = repair_task_id(s.dataset_uuid, start, end, generation)
+    task_id = (
+        uuid.uuid5(REPAIR_NS, f"repair:{s.dataset_uuid}:{start}:{end}:{key}")
+        if key is not None
+        else repair_task_id(s.dataset_uuid, start, end, generation)
+    )
     created = create_task(
         conn,
         task_id=task_id,

@@ -43,3 +43,9 @@ RETURNING dedupe_key
 -- name: mark_consumed
 UPDATE data.data_invalidations SET consumed_at = now(), consumed = %(consumed)s
 WHERE invalidation_id = %(invalidation_id)s AND consumed_at IS NULL
+
+-- name: revalidate_alert_events
+-- The sink wrote these keys again (an evaluation re-produced them): no longer stale.
+UPDATE data.alert_events
+SET stale_at = NULL, stale_reason = NULL, revalidated_at = now()
+WHERE dedupe_key = ANY (%(keys)s::text[])
