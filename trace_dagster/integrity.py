@@ -9,7 +9,6 @@ import time
 from dagster import (
     AssetCheckEvaluation,
     AssetCheckExecutionContext,
-    AssetCheckResult,
     AssetChecksDefinition,
     AssetCheckSeverity,
     AssetCheckSpec,
@@ -17,6 +16,7 @@ from dagster import (
     DagsterInvariantViolationError,
     DefaultSensorStatus,
     DynamicPartitionsDefinition,
+    Failure,
     SensorDefinition,
     SensorEvaluationContext,
     SensorResult,
@@ -25,7 +25,6 @@ from dagster import (
     sensor,
 )
 
-from trace_core.chain_sync.planner import parse_partition_key
 from trace_core.integrity.verify import RangeResult, integrity_tick, select_streams, verify_stream
 from trace_core.runtime import Runtime
 from trace_dagster.partitions import partitions_def_name, stream_asset_key
@@ -124,33 +123,40 @@ def integrity_sensor() -> SensorDefinition:
 
 def _stream_check(job_name: str, dataset_key: str) -> AssetChecksDefinition:
     key = stream_asset_key(job_name, dataset_key)
+    partitions = partitions_def_name(job_name, dataset_key)
     spec = AssetCheckSpec(
         CHECK_NAME,
         asset=key,
-        partitions_def=DynamicPartitionsDefinition(name=partitions_def_name(job_name, dataset_key)),
+        partitions_def=DynamicPartitionsDefinition(name=partitions),
         description="Files match the manifest (sha256, rows); blocks contiguous; hashes and "
         "tx/log counts match the chain. `trace-lite verify --repair` re-syncs a failing range.",
     )
 
-    @multi_asset_check(
-        specs=[spec], name=f"integrity__{partitions_def_name(job_name, dataset_key)}"
-    )
+    # can_subset: the run yields no whole-check result. Dagster 1.13 cannot run a partitioned
+    # check of an external asset in a partitioned run (no job shares the partitions), so each
+    # range's verdict is reported on its partition as a run-less evaluation instead.
+    @multi_asset_check(specs=[spec], name=f"integrity__{partitions}", can_subset=True)
     def _check(context: AssetCheckExecutionContext, trace: TraceResource):  # type: ignore[no-untyped-def]
+        """Run from the UI: verify every committed range now; each range's verdict lands on its
+        partition; the run fails when any range is broken."""
         rt = trace.get_client()
-        start, end = parse_partition_key(context.partition_key)
         stream = next(s for s in select_streams(rt, job_name) if s.dataset_key == dataset_key)
-        report = verify_stream(rt, stream, start=start, end=end)
-        for r in report.ranges or []:
-            if (r.range_start, r.range_end) == (start, end):
-                yield AssetCheckResult(
-                    check_name=CHECK_NAME, passed=r.passed, metadata=check_metadata(r)
-                )
-                return
-        yield AssetCheckResult(
-            check_name=CHECK_NAME,
-            passed=False,
-            metadata={"details": f"no committed version of [{start}, {end})"},
-        )
+        report = verify_stream(rt, stream)
+        known = set(context.instance.get_dynamic_partitions(partitions))
+        for r in report.ranges:
+            if r.partition_key in known:
+                context.instance.report_runless_asset_event(check_evaluation(r))
+        for note in report.notes:
+            context.log.warning(note)
+        context.log.info(f"integrity: {len(report.ranges)} ranges, {len(report.findings)} findings")
+        if not report.passed:
+            lines = [f.line() for f in report.findings]
+            raise Failure(
+                description=f"{len(lines)} integrity finding(s); `trace-lite verify --job "
+                f"{job_name} --stream {dataset_key} --repair` re-syncs them",
+                metadata={"details": "\n".join(lines[:MAX_FINDINGS_SHOWN])},
+            )
+        return iter(())
 
     return _check
 
