@@ -65,7 +65,7 @@ def integrity_result(
     cursor: str | None,
     instance: DagsterInstance | None,
     now: float | None = None,
-) -> SensorResult | SkipReason:
+) -> SensorResult:
     """One sensor tick: a bounded step of the current pass, or a skip until the next pass.
 
     The cursor is JSON ``{"pos": <trace_core cursor>, "next_pass_at": epoch}``; the first

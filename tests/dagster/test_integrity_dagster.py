@@ -94,7 +94,7 @@ def test_scheduled_sensor_checks_every_partition_in_bounded_steps(
     )
 
     _tamper(rt, 20)
-    cursor = json.dumps({"pos": "", "next_pass_at": 0})
+    cursor: str | None = json.dumps({"pos": "", "next_pass_at": 0})
     seen = []
     for _ in range(4):  # 5 ranges, 2 per tick -> 3 steps, then the pass completes
         result = integrity_result(rt, cursor, dagster_instance, now=5000.0)
@@ -105,6 +105,7 @@ def test_scheduled_sensor_checks_every_partition_in_bounded_steps(
         seen += [ev.partition for ev in events]
         cursor = result.cursor
     assert seen == KEYS
+    assert cursor is not None
     state = json.loads(cursor)
     assert (
         state["pos"] == ""

@@ -147,7 +147,7 @@ def test_tampered_truncated_deleted_and_foreign_files_are_found_and_repaired(
                 partitions_def_name("integ", key),
                 [f"{s:012d}-{s + 200:012d}" for s in (0, 200, 400)],
             )
-        cursor = json.dumps({"pos": "", "next_pass_at": 0})
+        cursor: str | None = json.dumps({"pos": "", "next_pass_at": 0})
         for _ in range(5):
             result = integrity_result(rt, cursor, instance, now=1.0)
             for ev in getattr(result, "asset_events", []) or []:

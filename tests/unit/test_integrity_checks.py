@@ -88,9 +88,9 @@ def test_counts_compare_rows_per_block_with_the_chain() -> None:
 
 def test_ranges_and_repair_spans() -> None:
     assert parse_range("100-200") == (100, 200)
-    for bad in ("200-100", "5", "a-b", "3-3"):
+    for text in ("200-100", "5", "a-b", "3-3"):
         with pytest.raises(InvalidPayload, match="--range"):
-            parse_range(bad)
+            parse_range(text)
     assert repair_config_hash("cryo_ingest.blocks:v1", 1) == "cryo_ingest.blocks:v1:repair-1"
     assert (
         repair_config_hash("cryo_ingest.blocks:v1:repair-1", 2) == "cryo_ingest.blocks:v1:repair-2"
