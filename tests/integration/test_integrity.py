@@ -7,7 +7,6 @@ import json
 import uuid
 from pathlib import Path
 
-import psycopg
 import pytest
 from click.testing import CliRunner
 from dagster import AssetCheckKey, instance_for_test
@@ -242,4 +241,60 @@ def test_rows_that_disagree_with_the_chain_are_found(synced: Runtime) -> None:
         assert conn.execute(
             "SELECT count(*) FROM state.tasks WHERE status = 'queued'"
         ).fetchone() == (0,)
-    assert isinstance(uuid.uuid4(), uuid.UUID) and psycopg  # imports used
+
+
+S3_JOB = """kind: chain_sync
+name: integ_s3
+chain_id: {chain_id}
+mode: {{kind: fixed_target, from_block: 0, to_block: 400}}
+streams:
+  blocks: {{cryo_dataset_name: blocks, rpc_pool: integ, chunk_size: 200, max_inflight: 2}}
+"""
+
+
+def test_same_checks_and_repair_on_s3(
+    trace_env: Runtime,
+    anvil_chain: DevChain,
+    moto_server_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """The checks use only the ObjectStore API: on S3 (moto's server) a tampered object and a
+    foreign one are found, and the repair commits new versions there."""
+    from trace_core.storage.s3 import S3Store
+
+    bucket = f"integ-{uuid.uuid4().hex[:12]}"
+    monkeypatch.setenv("TRACE_OBJECT_STORE_URL", f"s3://{bucket}/trace")
+    monkeypatch.setenv("TRACE_S3_ENDPOINT_URL", moto_server_url)
+    monkeypatch.setenv("TRACE_RPC_POOL_INTEG_URL", anvil_chain.rpc_url)
+    rt = Runtime(load_settings())
+    assert isinstance(rt.store, S3Store)
+    rt.store.ensure_bucket()
+    migrate(rt.dbs)
+    job_file = tmp_path / "s3.yaml"
+    job_file.write_text(S3_JOB.format(chain_id=anvil_chain.chain_id))
+    spec, raw = load_job_file(job_file)
+    with rt.state() as conn:
+        store.apply_job(conn, rt.settings.org_id, spec, raw, str(job_file))
+    assert run_until_idle(rt) == 2
+    with rt.state() as conn:
+        first, second = registry.versions_for_stream(conn, rt.settings.org_id, 31337, "blocks")
+    key = _parquet(rt, first)
+    data = bytearray(rt.store.get_bytes(key))
+    data[-100] ^= 0x10
+    rt.store.put_bytes(key, bytes(data))
+    rt.store.put_bytes(second.storage_prefix + "notes.txt", b"left by someone")
+
+    [report] = verify.verify(rt, job="integ_s3")
+    assert {(f.kind, f.range_start, f.file) for f in report.findings} == {
+        ("tampered", 0, key),
+        ("foreign_file", 200, second.storage_prefix + "notes.txt"),
+    }
+    out = CliRunner().invoke(cli, ["verify", "--job", "integ_s3", "--repair"])
+    assert out.exit_code == 0 and "repair planned" in out.stdout, out.output
+    assert run_until_idle(rt) == 2
+    [after] = verify.verify(rt, job="integ_s3")
+    assert after.passed and after.rpc_checked, after.as_json()
+    assert {r.dataset_version for r in after.ranges}.isdisjoint(
+        {str(first.dataset_version), str(second.dataset_version)}
+    )
