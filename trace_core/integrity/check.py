@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from trace_core.datasets.manifest import load_manifest
 from trace_core.datasets.registry import VersionRecord, VisiblePart
 from trace_core.errors import ManifestInvalid, ObjectNotFound
+from trace_core.storage.base import ObjectStore
 
 # Kinds of findings. File kinds make the version unreadable as committed; data kinds mean the
 # committed rows disagree with themselves, their neighbours or the chain.
@@ -119,7 +120,9 @@ def _finding(rec: VersionRecord, kind: str, detail: str, file: str | None = None
     return Finding(kind, rec.range_start, rec.range_end, detail, str(rec.dataset_version), file)
 
 
-def check_version_files(store: Any, rec: VersionRecord, columns: Sequence[str]) -> VersionData:
+def check_version_files(
+    store: ObjectStore, rec: VersionRecord, columns: Sequence[str]
+) -> VersionData:
     """Re-read a version's manifest and every file it lists; list the prefix for extras.
 
     Never raises for a broken version: each problem is a finding. Storage errors other than
