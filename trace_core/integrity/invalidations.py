@@ -9,9 +9,13 @@ tick):
 1. ``reorg`` / ``manual``: every committed version of the chain's datasets over the
    invalidated blocks that was registered before the invalidation was detected holds blocks of
    the abandoned fork, so each is re-synced as a new version (``repair.plan_repair``, task id
-   keyed by the invalidation). A ``correction`` already has its repair task.
-2. Alert events over the invalidated blocks, produced before the invalidation, are marked stale
-   with the reason (``stale_at``, ``stale_reason``); a stale event gets no new deliveries.
+   keyed by the invalidation). A reorg at block F orphans every block above F, not only the
+   ones the hot follower had seen (its old tip ends the recorded range), so for ``reorg`` the
+   range is open-ended: a cold range committed past the follower's tip is re-synced too. A
+   ``correction`` already has its repair task.
+2. Alert events over the invalidated blocks (open-ended for ``reorg``), produced before the
+   invalidation, are marked stale with the reason (``stale_at``, ``stale_reason``); a stale
+   event gets no new deliveries.
 3. The replacement versions' commits wake ``alert_evaluate`` like any commit (one task per
    alert and version); an event it produces again is fresh again (the sink's
    ``revalidate_alert_events``), a new one is new. So the live alert set (``stale_at IS
@@ -41,6 +45,7 @@ from trace_core.runtime import Runtime
 log = logging.getLogger(__name__)
 
 REPLAN_REASONS = frozenset({"reorg", "manual"})
+OPEN_ENDED_REASONS = frozenset({"reorg"})
 DEFAULT_LIMIT = 20
 
 
@@ -55,6 +60,11 @@ class ConsumeReport:
         return bool(self.consumed)
 
 
+def _affected_end(inv: dict[str, Any]) -> int | None:
+    """End of the affected blocks: None (unbounded) for a reorg, else the recorded end."""
+    return None if inv["reason"] in OPEN_ENDED_REASONS else int(inv["range_end"])
+
+
 def _plan_replacements(rt: Runtime, inv: dict[str, Any]) -> list[PlannedRepair]:
     """Repair tasks for the versions over an invalidated range (one state transaction)."""
     org = rt.settings.org_id
@@ -66,7 +76,7 @@ def _plan_replacements(rt: Runtime, inv: dict[str, Any]) -> list[PlannedRepair]:
                     "org_id": uuid.UUID(str(org)),
                     "chain_id": inv["chain_id"],
                     "range_start": inv["range_start"],
-                    "range_end": inv["range_end"],
+                    "range_end": _affected_end(inv),
                     "detected_at": inv["detected_at"],
                 },
             ).fetchall()
@@ -104,16 +114,17 @@ def consume_invalidations(rt: Runtime, *, limit: int = DEFAULT_LIMIT) -> Consume
             ).fetchall()
         for inv in pending:
             repairs = _plan_replacements(rt, inv) if inv["reason"] in REPLAN_REASONS else []
+            end = _affected_end(inv)
             reason = (
                 f"{inv['reason']} (invalidation {inv['invalidation_id']}): blocks "
-                f"[{inv['range_start']}, {inv['range_end']}) were replaced"
+                f"[{inv['range_start']}, {'...' if end is None else end}) were replaced"
             )
             staled = data.execute(
                 q("integrity", "stale_alert_events"),
                 {
                     "chain_id": inv["chain_id"],
                     "range_start": inv["range_start"],
-                    "range_end": inv["range_end"],
+                    "range_end": end,
                     "detected_at": inv["detected_at"],
                     "reason": reason,
                 },

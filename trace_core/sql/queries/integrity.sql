@@ -20,22 +20,25 @@ LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED
 
 -- name: versions_overlapping
--- Committed versions of a chain's chain_sync datasets over [range_start, range_end) that were
--- registered before the invalidation was detected (later ones already hold the new data).
+-- Committed versions of a chain's datasets over [range_start, range_end) (range_end NULL:
+-- every block from range_start up) that were registered before the invalidation was detected
+-- (later ones already hold the new data).
 SELECT v.dataset_version, v.dataset_uuid, d.dataset_key, v.range_start, v.range_end,
        v.config_hash, v.created_at
 FROM state.dataset_versions v JOIN state.datasets d USING (dataset_uuid)
 WHERE d.org_id = %(org_id)s AND v.chain_id = %(chain_id)s
-  AND v.range_start < %(range_end)s AND v.range_end > %(range_start)s
+  AND (%(range_end)s::bigint IS NULL OR v.range_start < %(range_end)s)
+  AND v.range_end > %(range_start)s
   AND v.created_at < %(detected_at)s
 ORDER BY d.dataset_key, v.range_start
 
 -- name: stale_alert_events
--- Events over invalidated blocks that no evaluation has re-produced since the invalidation.
+-- Events over invalidated blocks (range_end NULL: from range_start up) that no evaluation has
+-- re-produced since the invalidation.
 UPDATE data.alert_events
 SET stale_at = now(), stale_reason = %(reason)s
 WHERE chain_id = %(chain_id)s AND block_number >= %(range_start)s
-  AND block_number < %(range_end)s AND stale_at IS NULL
+  AND (%(range_end)s::bigint IS NULL OR block_number < %(range_end)s) AND stale_at IS NULL
   AND (revalidated_at IS NULL OR revalidated_at < %(detected_at)s)
   AND created_at < %(detected_at)s
 RETURNING dedupe_key
