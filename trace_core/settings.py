@@ -146,6 +146,16 @@ class Settings(BaseSettings):
     hot_max_reorg_depth: int = Field(
         1024, gt=0, description="Hot path: deepest reorg the block follower repairs before failing"
     )
+    integrity_interval_seconds: int = Field(
+        3600,
+        ge=30,
+        description="Integrity: seconds between scheduled integrity checks (the trace_integrity sensor)",
+    )
+    integrity_ranges_per_tick: int = Field(
+        20,
+        gt=0,
+        description="Integrity: committed ranges one scheduled check verifies (round robin over streams)",
+    )
     hot_compact_range_size: int = Field(
         1000,
         gt=0,

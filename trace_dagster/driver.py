@@ -79,6 +79,8 @@ def _apply_partitions(instance: DagsterInstance, result: SensorResult | SkipReas
         if name and keys:
             instance.add_dynamic_partitions(name, keys)
             added += len(keys)
+    for event in result.asset_events or []:  # e.g. the integrity sensor's check evaluations
+        instance.report_runless_asset_event(event)
     return added
 
 
