@@ -75,6 +75,7 @@ def test_independent_hosts_sync_one_job_exactly(
     moto_server_url: str,
     anvil_chain: DevChain,
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     pg = shared_postgres
     run_id = uuid.uuid4().hex[:8]
@@ -119,8 +120,14 @@ def test_independent_hosts_sync_one_job_exactly(
             _trace_lite(*args), env=admin, capture_output=True, text=True, timeout=120
         )
         assert done.returncode == 0, done.stdout + done.stderr
-    os.environ.update({k: admin[k] for k in ("DAGSTER_PG_URL", "DAGSTER_MAX_CONCURRENT_RUNS")})
-    os.environ.setdefault("DAGSTER_COMPUTE_LOGS_BUCKET", bucket)
+    for name in (
+        "DAGSTER_PG_URL",
+        "DAGSTER_MAX_CONCURRENT_RUNS",
+        "DAGSTER_COMPUTE_LOGS_BUCKET",
+        "AWS_ENDPOINT_URL",
+        "AWS_DEFAULT_REGION",
+    ):
+        monkeypatch.setenv(name, admin[name])  # this process opens the same instance below
     with DagsterInstance.from_config(admin["DAGSTER_HOME"]) as instance:
         instance.get_runs(limit=1)  # creates dagster-postgres's schema once, as a deploy step
 
@@ -212,6 +219,15 @@ def test_independent_hosts_sync_one_job_exactly(
         assert n == rows[key], key
         if key == "blocks":
             assert distinct == TO_BLOCK - FROM_BLOCK
+
+    # Nothing was dead-lettered on any SQS queue.
+    sqs = boto3.client("sqs", **boto_kw)
+    queues = sqs.list_queues(QueueNamePrefix=f"multi-{run_id}-").get("QueueUrls", [])
+    dead = [q for q in queues if q.endswith("-dlq")]
+    assert dead, queues
+    for url in dead:
+        attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+        assert attrs["ApproximateNumberOfMessages"] == "0", url
 
     # Dagster's shared storage: one materialization per range partition, whoever ran it.
     with DagsterInstance.from_config(admin["DAGSTER_HOME"]) as instance:
