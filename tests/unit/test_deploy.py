@@ -71,3 +71,16 @@ def test_task_definition_provides_what_dagster_yaml_reads() -> None:
 def test_the_image_carries_the_aws_instance_config() -> None:
     dockerfile = (REPO_ROOT / "Dockerfile").read_text()
     assert "COPY deploy/dagster.yaml /opt/dagster/aws/dagster.yaml" in dockerfile
+
+
+def test_shipped_dagster_postgres_urls_name_psycopg2() -> None:
+    """SQLAlchemy 2.1 maps postgresql:// to psycopg 3, on which dagster-postgres's NOTIFY fails
+    (seen in tests/e2e/test_multi_machine.py before the URL named psycopg2)."""
+    compose = yaml.safe_load((REPO_ROOT / "compose.yaml").read_text())
+    envs = [compose["x-trace-env"]] + [
+        svc["environment"]
+        for svc in compose["services"].values()
+        if isinstance(svc.get("environment"), dict)
+    ]
+    urls = [str(env["DAGSTER_PG_URL"]) for env in envs if "DAGSTER_PG_URL" in env]
+    assert urls and all(u.startswith("postgresql+psycopg2://") for u in urls), urls
