@@ -206,6 +206,10 @@ class Settings(BaseSettings):
         None,
         description="JSON file of JWT signing keys {kid: secret}; default $TRACE_HOME/keys.json, created on first use",
     )
+    jwt_keys: SecretStr | None = Field(
+        None,
+        description="JWT signing keys as JSON {kid: secret}, used instead of the key file (hosts that share tokens, e.g. from a secrets manager); never generated",
+    )
     jwt_kid: str = Field(
         "k1", description="Key id that signs new tokens (generated into the key file if missing)"
     )
