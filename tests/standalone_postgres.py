@@ -88,6 +88,10 @@ class StandalonePostgres:
             **self._run_as,
         )
         pwfile.unlink()
+        self._launch(timeout)
+
+    def _launch(self, timeout: float) -> None:
+        """Start the server on the initialized data directory and wait until it answers."""
         log = open(self.root / "postgres.log", "ab")  # noqa: SIM115 - kept open for the server
         self._proc = subprocess.Popen(
             [
@@ -127,6 +131,13 @@ class StandalonePostgres:
         with psycopg.connect(self.url, autocommit=True) as conn:
             conn.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(name)))
         return self.database_url(name)
+
+    def restart(self, down_seconds: float = 1.0, timeout: float = 60.0) -> None:
+        """Fast shutdown (every session is cut off), stay down ``down_seconds``, start again on
+        the same data and port: what clients see of an RDS reboot or failover."""
+        self.stop()
+        time.sleep(down_seconds)
+        self._launch(timeout)
 
     def stop(self) -> None:
         """Fast shutdown (SIGINT: roll back sessions, checkpoint, exit); SIGKILL after 20 s."""

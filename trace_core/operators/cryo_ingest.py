@@ -45,6 +45,7 @@ from trace_core.errors import (
     CoverageError,
     CryoFailed,
     InvalidPayload,
+    StagingFull,
     UnknownCryoDataset,
 )
 from trace_core.operators.cryo_fake import extract_fake
@@ -292,12 +293,31 @@ def extract_real(
             **cryo_kwargs(p, rate_share),
         )
     except Exception as exc:  # the binding raises a bare TypeError('failed'); never the URL
+        _raise_if_staging_full(p, label, out_dir, exc)
         raise CryoFailed(
             f"cryo {p.cryo_dataset_name} failed on {label}: {type(exc).__name__}"
         ) from exc
     errored = int((summary or {}).get("n_errored", 0))
     if errored:
+        _raise_if_staging_full(p, label, out_dir, None)
         raise CryoFailed(f"cryo {p.cryo_dataset_name} reported {errored} errored chunks on {label}")
+
+
+# Below this much free space on the staging filesystem, a cryo failure is reported as
+# StagingFull: cryo's binding says only TypeError('failed') when a write hits ENOSPC.
+STAGING_MIN_FREE_BYTES = 1024 * 1024
+
+
+def _raise_if_staging_full(
+    p: CryoIngestPayload, label: str, out_dir: Path, cause: BaseException | None
+) -> None:
+    free = shutil.disk_usage(out_dir).free
+    if free < STAGING_MIN_FREE_BYTES:
+        raise StagingFull(
+            f"cryo {p.cryo_dataset_name} failed on {label}: No space left on device in the "
+            f"staging directory {out_dir.parent.parent} ({free} bytes free); free space or "
+            "set TRACE_CRYO_STAGING_DIR"
+        ) from cause
 
 
 # --- verification --------------------------------------------------------------------------
