@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from psycopg import Connection
 from psycopg.rows import dict_row
 
-from trace_core import outbox
+from trace_core import builtin_operators, outbox
+from trace_core.chain_sync import retry as chain_sync_retry
 from trace_core.errors import (
     FatalError,
     InvalidPayload,
@@ -26,6 +25,14 @@ from trace_core.errors import (
     TraceError,
     UnknownTask,
 )
+from trace_core.operators.base import (  # re-exported: the contract lives in operators.base
+    Completion,
+    DeadHook,
+    Operator,
+    OperatorContext,
+    OperatorRegistry,
+    SuccessHook,
+)
 from trace_core.queue.base import TASK_WAKEUP, Message
 from trace_core.runtime import Runtime
 from trace_core.tasks import lifecycle, recovery
@@ -33,6 +40,18 @@ from trace_core.tasks.keepalive import LeaseHeartbeat, lease_heartbeat
 from trace_core.tasks.lifecycle import Lease
 
 log = logging.getLogger(__name__)
+
+__all__ = [
+    "Completion",
+    "DeadHook",
+    "Operator",
+    "OperatorContext",
+    "OperatorRegistry",
+    "SuccessHook",
+    "TaskOutcome",
+    "execute_batch",
+    "execute_task",
+]
 
 OutcomeStatus = Literal["succeeded", "retry", "dead", "skipped", "stale"]
 
@@ -55,18 +74,6 @@ class TaskInfo:
     payload: dict[str, Any]
 
 
-@dataclass
-class Completion:
-    """What an operator returns on success.
-
-    ``commit`` runs inside the completion transaction and must fence and finish the task
-    (for example ``commit_dataset_version``); without it the worker calls ``complete_success``.
-    """
-
-    outputs: dict[str, Any] = field(default_factory=dict)
-    commit: Callable[[Connection[Any]], dict[str, Any]] | None = None
-
-
 @dataclass(frozen=True)
 class TaskOutcome:
     task_id: uuid.UUID
@@ -76,98 +83,6 @@ class TaskOutcome:
     payload: dict[str, Any] = field(default_factory=dict)
     outputs: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
-
-
-class OperatorContext:
-    """Handed to an operator: the runtime, the lease, its capability token and a liveness check.
-
-    ``capability_token`` is issued at claim for this attempt only, pinned to the dataset
-    versions in the payload's ``grants`` (``{dataset_uuid, dataset_version, manifest_key}``
-    each); a task without grants gets a token that reads nothing.
-    """
-
-    def __init__(
-        self, runtime: Runtime, lease: Lease, lost: threading.Event, capability_token: str = ""
-    ) -> None:
-        self.runtime = runtime
-        self.lease = lease
-        self.capability_token = capability_token
-        self._lost = lost
-
-    @property
-    def lost(self) -> bool:
-        return self._lost.is_set()
-
-    def check_lease(self) -> None:
-        """Raise ``StaleAttempt`` if a heartbeat found the lease gone."""
-        if self._lost.is_set():
-            raise StaleAttempt(
-                self.lease.task_id, self.lease.attempt, "lease lost during execution"
-            )
-
-
-Operator = Callable[[OperatorContext], Completion]
-# Hooks run inside the completion transaction, after the task row is finished.
-SuccessHook = Callable[[Connection[Any], Lease, dict[str, Any]], None]
-DeadHook = Callable[[Connection[Any], Lease], None]
-
-
-def _noop(ctx: OperatorContext) -> Completion:
-    return Completion(outputs={"noop": True})
-
-
-def _failing_operator(ctx: OperatorContext) -> Completion:
-    """Test operator: fails as its payload says (``fatal``: bool, ``message``)."""
-    payload = ctx.lease.payload
-    if payload.get("fatal"):
-        raise FatalError(str(payload.get("message", "fatal failure")))
-    raise TraceError(str(payload.get("message", "retryable failure")))
-
-
-class OperatorRegistry:
-    """Operator name -> implementation, plus per-operator completion hooks."""
-
-    def __init__(self) -> None:
-        self._ops: dict[str, Operator] = {}
-        self._on_success: dict[str, list[SuccessHook]] = {}
-        self._on_dead: dict[str, list[DeadHook]] = {}
-
-    def register(
-        self,
-        name: str,
-        op: Operator,
-        *,
-        on_success: SuccessHook | None = None,
-        on_dead: DeadHook | None = None,
-    ) -> None:
-        self._ops[name] = op
-        if on_success:
-            self._on_success.setdefault(name, []).append(on_success)
-        if on_dead:
-            self._on_dead.setdefault(name, []).append(on_dead)
-
-    def get(self, name: str) -> Operator:
-        try:
-            return self._ops[name]
-        except KeyError:
-            raise InvalidPayload(f"unknown operator {name!r}") from None
-
-    def success_hooks(self, name: str) -> list[SuccessHook]:
-        return self._on_success.get(name, [])
-
-    def dead_hooks(self, name: str) -> list[DeadHook]:
-        return self._on_dead.get(name, [])
-
-
-def default_registry() -> OperatorRegistry:
-    """The built-in operators. Imports are local so a missing optional part fails late."""
-    reg = OperatorRegistry()
-    reg.register("noop", _noop)
-    reg.register("fail", _failing_operator)
-    from trace_core.builtin_operators import register_builtin
-
-    register_builtin(reg)
-    return reg
 
 
 # --- wake-ups ---------------------------------------------------------------------------
@@ -293,7 +208,9 @@ def execute_task(
     claimed = claim_task(rt, task_id)
     if isinstance(claimed, TaskOutcome):
         return claimed
-    return run_claimed(rt, claimed, registry or default_registry(), start_heartbeat(rt, claimed))
+    return run_claimed(
+        rt, claimed, registry or builtin_operators.default_registry(), start_heartbeat(rt, claimed)
+    )
 
 
 def execute_batch(
@@ -310,7 +227,7 @@ def execute_batch(
     (``TRACE_LEASE_SECONDS``), whether or not its turn had come. Yields each outcome as it
     completes (skipped ones first); each task keeps its own lease, heartbeat and fencing.
     """
-    registry = registry or default_registry()
+    registry = registry or builtin_operators.default_registry()
     _ = rt.dbs, rt.store  # built once, before threads share the runtime
     claimed: list[tuple[Lease, LeaseHeartbeat]] = []
     try:
@@ -406,3 +323,47 @@ def _fail(rt: Runtime, registry: OperatorRegistry, lease: Lease, exc: BaseExcept
     return TaskOutcome(
         lease.task_id, status, lease.attempt, lease.operator, lease.payload, error=message
     )
+
+
+# --- one range on request ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RangeRun:
+    """A range executed on request (the stream asset's partition): the task's outcome, whether
+    the range was revived first, and whether it had already committed (nothing ran)."""
+
+    outcome: TaskOutcome
+    revived: bool = False
+    already_committed: bool = False
+
+
+def run_range(
+    rt: Runtime,
+    job_name: str,
+    dataset_key: str,
+    partition_key: str,
+    *,
+    detail: str | None = None,
+    registry: OperatorRegistry | None = None,
+) -> RangeRun:
+    """Execute the range behind a stream partition now: revive its task if dead, claim and run
+    it in this process. A committed range is reported as is. Raises ``ChainSyncJobNotFound``/
+    ``UnknownStream``/``UnknownRange`` for a partition that is no planned range; task failures
+    come back in the outcome, never raised."""
+    prepared = chain_sync_retry.prepare_range(
+        rt, job_name, dataset_key, partition_key, detail=detail
+    )
+    if prepared.committed is not None:
+        row = prepared.committed
+        done = TaskOutcome(
+            row["task_id"],
+            "succeeded",
+            row["attempt"],
+            "cryo_ingest",
+            row["payload"] or {},
+            row["outputs"] or {},
+        )
+        return RangeRun(done, already_committed=True)
+    outcome = execute_task(rt, prepared.task_id, registry)
+    return RangeRun(outcome, revived=prepared.revived)

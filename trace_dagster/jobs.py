@@ -15,6 +15,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from trace_core import builtin_operators
 from trace_core.worker import TaskOutcome, execute_batch
 from trace_dagster.partitions import stream_asset_key
 from trace_dagster.resources import TraceResource
@@ -89,7 +90,10 @@ def execute_tasks(
         revive_for_reexecution(context, rt, config.task_ids)
     failures: list[str] = []
     task_ids = [uuid.UUID(raw) for raw in config.task_ids]
-    for outcome in execute_batch(rt, task_ids, concurrency=rt.settings.worker_concurrency):
+    registry = builtin_operators.default_registry()  # once per run
+    for outcome in execute_batch(
+        rt, task_ids, concurrency=rt.settings.worker_concurrency, registry=registry
+    ):
         context.log.info(
             f"task {outcome.task_id} attempt {outcome.attempt}: {outcome.status}"
             + (f" ({outcome.error})" if outcome.error else "")

@@ -2,7 +2,7 @@
 
 Each asset is materializable: launching a partition (UI, ``materialize``, a backfill) revives
 that range's task if it is dead, or runs it now if it is queued, in that run
-(``trace_core.chain_sync.retry.run_range``), and reports the committed version like the worker
+(``trace_core.worker.run_range``), and reports the committed version like the worker
 does. The worker's own runs keep reporting ranges they commit as materializations of the same
 partitions.
 """
@@ -44,7 +44,7 @@ def materialize_range(
     context: AssetExecutionContext, rt: Runtime, job_name: str, dataset_key: str
 ) -> MaterializeResult:
     """The stream asset's body: run the partition's range now (reviving it if dead)."""
-    from trace_core.chain_sync.retry import run_range
+    from trace_core.worker import run_range
     from trace_dagster.jobs import materialization_for
 
     key = context.partition_key

@@ -5,8 +5,8 @@ import uuid
 
 from dagster import DagsterRun, OpExecutionContext
 
+from trace_core.chain_sync.revive import SOURCE_RERUN, prepare_rerun
 from trace_core.runtime import Runtime
-from trace_core.tasks.revive import SOURCE_RERUN, prepare_rerun
 
 # Dagster's automatic run retries (run_retries in dagster.yaml) carry this tag; a re-execution a
 # person asks for (UI, `dagster job reexecute`, execute_job) does not.

@@ -18,7 +18,7 @@ from psycopg.rows import dict_row
 
 from tests.integration.test_alerts_delivery import Receiver, receiver  # noqa: F401 - fixture
 from tests.integration.test_query_service import serving
-from trace_core import worker
+from trace_core import builtin_operators
 from trace_core.alerts import routing
 from trace_core.alerts.evaluate import OPERATOR
 from trace_core.alerts.spec import load_alert_file
@@ -30,11 +30,11 @@ from trace_core.db.migrate import migrate
 from trace_core.devchain import DevChain
 from trace_core.errors import StaleAttempt
 from trace_core.hot.follower import DATASET_EVENTS
+from trace_core.operators.base import Completion, OperatorContext, OperatorRegistry
 from trace_core.query.app import create_app
 from trace_core.queue.base import BUFFER_QUEUE, TASK_WAKEUP
 from trace_core.runtime import Runtime
 from trace_core.settings import Settings, load_settings
-from trace_core.worker import Completion, OperatorContext, OperatorRegistry
 from trace_dagster.definitions import build_definitions
 from trace_dagster.driver import DriveReport, drive_until_idle
 
@@ -129,7 +129,9 @@ def test_one_transfer_one_event_one_delivery_despite_kills_and_duplicates(
 
         died: list[tuple[str, int]] = []
         monkeypatch.setattr(
-            worker, "default_registry", dying_first_attempts(worker.default_registry, died)
+            builtin_operators,
+            "default_registry",
+            dying_first_attempts(builtin_operators.default_registry, died),
         )
         duplicated: set[str] = set()
 

@@ -19,6 +19,7 @@ from tests.integration.test_planner import ORG, apply, complete, fixed_job
 from trace_core import outbox
 from trace_core.chain_sync import planner, status
 from trace_core.chain_sync import retry as chain_retry
+from trace_core.chain_sync.revive import SOURCE_CLI, prepare_rerun, revive_tasks
 from trace_core.chain_sync.store import set_enabled
 from trace_core.cli.main import cli
 from trace_core.db.connection import Databases, connect
@@ -27,7 +28,6 @@ from trace_core.queue.base import TASK_WAKEUP
 from trace_core.queue.pgqueue import PgQueue
 from trace_core.runtime import Runtime
 from trace_core.tasks import RetryPolicy, claim, complete_failure, create_task, reap
-from trace_core.tasks.revive import SOURCE_CLI, prepare_rerun, revive_tasks
 
 NO_BACKOFF = RetryPolicy(base_seconds=0)
 # Everything a revive may touch; "nothing changed" compares these before and after.

@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 from psycopg import Connection
@@ -34,11 +34,9 @@ from trace_core.errors import (
     QueryServiceUnavailable,
     StaleAttempt,
 )
+from trace_core.operators.base import Completion, OperatorContext
 from trace_core.settings import Settings
 from trace_core.tasks import lifecycle
-
-if TYPE_CHECKING:
-    from trace_core.worker import Completion, OperatorContext
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +240,6 @@ def alert_evaluate_operator(ctx: OperatorContext) -> Completion:
     """Worker entry point: query and stage under the worker's heartbeat; publish the batch
     and finish the task in the fenced completion transaction."""
     from trace_core.sinks.publish import publish_batch, stage_batch
-    from trace_core.worker import Completion
 
     lease = ctx.lease
     p = EvaluationPayload.parse(lease.payload)

@@ -25,18 +25,17 @@ from typing import Any
 
 from psycopg import Connection
 
-from trace_core import outbox
-from trace_core.datasets import registry
+from trace_core.chain_sync import store as chain_sync_store
+from trace_core.datasets import events, registry
+from trace_core.datasets.events import DATASET_EVENTS, VERSION_COMMITTED
 from trace_core.db.queries import q
 from trace_core.errors import InvalidPayload, TraceError
-from trace_core.hot.follower import DATASET_EVENTS
 from trace_core.queue.base import Message
 from trace_core.runtime import Runtime
 from trace_core.tasks.lifecycle import Lease, create_task
 
 log = logging.getLogger(__name__)
 
-VERSION_COMMITTED = "dataset_version_committed"
 EVALUATE_OPERATOR = "alert_evaluate"
 EVALUATION_NAMESPACE = uuid.UUID("b5f1e2a4-7d0c-4b8e-9a61-2f4c8d3e5a17")
 # Pins travel inside the capability token (an HTTP header): keep a scheduled evaluation's
@@ -44,7 +43,6 @@ EVALUATION_NAMESPACE = uuid.UUID("b5f1e2a4-7d0c-4b8e-9a61-2f4c8d3e5a17")
 MAX_SCHEDULE_PINS = 64
 ROUTE_BATCH = 100
 _EVENT_FIELDS = (
-    "job_name",
     "dataset_key",
     "chain_id",
     "dataset_uuid",
@@ -69,17 +67,7 @@ def version_committed_event(
 ) -> dict[str, Any]:
     """The ``dataset_version_committed`` event of a chain_sync range (task payload + the
     committed version in ``outputs``)."""
-    return {
-        "event": VERSION_COMMITTED,
-        "job_name": str(payload["job_name"]),
-        "dataset_key": str(outputs["dataset_key"]),
-        "chain_id": int(outputs["chain_id"]),
-        "dataset_uuid": str(outputs["dataset_uuid"]),
-        "dataset_version": str(outputs["dataset_version"]),
-        "manifest_key": str(outputs["manifest_key"]),
-        "range_start": int(outputs["range_start"]),
-        "range_end": int(outputs["range_end"]),
-    }
+    return events.version_committed_event(outputs, job_name=str(payload["job_name"]))
 
 
 def announce_version_committed(
@@ -89,33 +77,7 @@ def announce_version_committed(
     transaction). Tasks chain_sync did not plan (no ``job_name``) announce nothing."""
     if "job_name" not in lease.payload or "dataset_version" not in outputs:
         return
-    event = version_committed_event(lease.payload, outputs)
-    outbox.enqueue(
-        conn,
-        topic=DATASET_EVENTS,
-        payload=event,
-        dedupe_name=f"{VERSION_COMMITTED}:{event['dataset_version']}",
-    )
-
-
-def announce_compacted_version(
-    conn: Connection[Any], org_id: str | uuid.UUID, rec: registry.VersionRecord
-) -> int:
-    """Enqueue the event of a version the hot compactor committed, once per enabled job with a
-    ``hot:`` block on its chain (alerts are routed by job and stream), in the caller's
-    transaction. Returns how many events were enqueued."""
-    from trace_core.chain_sync.store import list_hot_jobs
-
-    jobs = [j for j in list_hot_jobs(conn, org_id, enabled_only=True) if j.chain_id == rec.chain_id]
-    for job in jobs:
-        event = version_committed_event({"job_name": job.name}, rec.as_json())
-        outbox.enqueue(
-            conn,
-            topic=DATASET_EVENTS,
-            payload=event,
-            dedupe_name=f"{VERSION_COMMITTED}:{rec.dataset_version}:{job.name}",
-        )
-    return len(jobs)
+    events.announce_version_committed(conn, outputs, job_name=str(lease.payload["job_name"]))
 
 
 # --- routing -------------------------------------------------------------------------------
@@ -157,8 +119,9 @@ def _parse_event(payload: Mapping[str, Any]) -> dict[str, Any]:
     if missing:
         raise InvalidPayload(f"{VERSION_COMMITTED} event lacks {', '.join(missing)}")
     try:
+        job_name = payload.get("job_name")
         return {
-            "job_name": str(payload["job_name"]),
+            "job_name": None if job_name is None else str(job_name),
             "dataset_key": str(payload["dataset_key"]),
             "chain_id": int(payload["chain_id"]),
             "dataset_uuid": str(uuid.UUID(str(payload["dataset_uuid"]))),
@@ -175,11 +138,25 @@ def route_event(
     conn: Connection[Any], org_id: str | uuid.UUID, payload: Mapping[str, Any], *, max_attempts: int
 ) -> int:
     """Create the evaluations one event triggers, in the caller's transaction; returns how many
-    were new. Events other than ``dataset_version_committed`` trigger nothing. Raises
-    ``InvalidPayload`` for a malformed version event."""
+    were new. Events other than ``dataset_version_committed`` trigger nothing. An event without
+    a job (a version the hot compactor committed) is routed for every enabled job with a
+    ``hot:`` block on its chain. Raises ``InvalidPayload`` for a malformed version event."""
     if payload.get("event") != VERSION_COMMITTED:
         return 0
     ev = _parse_event(payload)
+    if ev["job_name"] is not None:
+        return _route_for_job(conn, org_id, ev, max_attempts=max_attempts)
+    jobs = chain_sync_store.list_hot_jobs(conn, org_id, enabled_only=True)
+    return sum(
+        _route_for_job(conn, org_id, {**ev, "job_name": job.name}, max_attempts=max_attempts)
+        for job in jobs
+        if job.chain_id == ev["chain_id"]
+    )
+
+
+def _route_for_job(
+    conn: Connection[Any], org_id: str | uuid.UUID, ev: dict[str, Any], *, max_attempts: int
+) -> int:
     alerts = conn.execute(
         q("alerts", "on_commit_alerts"),
         {
@@ -288,8 +265,6 @@ def schedule_due_alerts(
 ) -> int:
     """Create one evaluation per due ``schedule_seconds`` alert (task id from the schedule
     slot) and move its next due time; one transaction on ``conn``. Returns tasks created."""
-    from trace_core.chain_sync import store as chain_sync_store
-
     created = 0
     with conn.transaction():
         due = conn.execute(

@@ -16,7 +16,7 @@ An alert file looks like::
       - webhook: {url: "https://hooks.example.com/T0/abc", rate_limit_per_minute: 30}
       - log: {}
 
-Loading reuses ``chain_sync.yamlload`` (no tags, anchors, aliases or merge keys, duplicate
+Loading reuses ``trace_core.yamlfile`` (no tags, anchors, aliases or merge keys, duplicate
 keys and oversized files refused). Every problem is reported as ``file:line: field: message``.
 ``condition`` must pass the Query Service's SQL gate over ``reads``; ``dedupe_key`` must
 start with ``<name>:`` (so two alerts never suppress each other's events in the shared
@@ -48,9 +48,9 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from trace_core.chain_sync.spec import Name, Slug, validation_problems
-from trace_core.chain_sync.yamlload import LoadedYaml, load_yaml, read_capped
 from trace_core.errors import AlertResultInvalid, ConfigError, InvalidJobFile, SqlRejected
 from trace_core.query.gate import MAX_SQL_BYTES, validate_sql
+from trace_core.yamlfile import LoadedYaml, load_yaml, read_capped
 
 MAX_DEDUPE_KEY_CHARS = 512
 MAX_URL_CHARS = 2048

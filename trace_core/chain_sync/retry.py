@@ -2,7 +2,7 @@
 
 Selection names a job (name or id), optionally one stream and one exact block range; tasks are
 named by id. Anything unknown raises an error naming it before anything changes. The revive
-itself is ``trace_core.tasks.revive`` (fresh attempt budget, range back to ``scheduled``,
+itself is ``trace_core.chain_sync.revive`` (fresh attempt budget, range back to ``scheduled``,
 wake-up through the outbox).
 """
 
@@ -18,19 +18,18 @@ from psycopg.rows import dict_row
 
 from trace_core.chain_sync import store
 from trace_core.chain_sync.planner import parse_partition_key
-from trace_core.db.queries import q
-from trace_core.errors import ConfigError, UnknownRange, UnknownStream
-from trace_core.tasks.revive import (
+from trace_core.chain_sync.revive import (
     SOURCE_CLI,
     SOURCE_PARTITION,
     ReviveOutcome,
     prepare_rerun,
     revive_tasks,
 )
+from trace_core.db.queries import q
+from trace_core.errors import ConfigError, UnknownRange, UnknownStream
 
 if TYPE_CHECKING:
     from trace_core.runtime import Runtime
-    from trace_core.worker import OperatorRegistry, TaskOutcome
 
 DEAD_RANGES_SHOWN = 20  # per stream, in status
 
@@ -198,30 +197,27 @@ def dead_ranges(
 
 
 @dataclass(frozen=True)
-class RangeRun:
-    """A range executed on request (the stream asset's partition): the task's outcome, whether
-    the range was revived first, and whether it had already committed (nothing ran)."""
+class PreparedRange:
+    """A range about to run on request (the stream asset's partition): its task, whether it
+    was revived first, and its row if it had already committed (then nothing is to run)."""
 
-    outcome: TaskOutcome
+    task_id: uuid.UUID
     revived: bool = False
-    already_committed: bool = False
+    committed: dict[str, Any] | None = None
 
 
-def run_range(
+def prepare_range(
     rt: Runtime,
     job_name: str,
     dataset_key: str,
     partition_key: str,
     *,
     detail: str | None = None,
-    registry: OperatorRegistry | None = None,
-) -> RangeRun:
-    """Execute the range behind a stream partition now: revive its task if dead (its queued
-    retry made due now), claim and run it in this process. A committed range is reported
-    as is. Raises ``ChainSyncJobNotFound``/``UnknownStream``/``UnknownRange`` for a partition
-    that is no planned range; task failures come back in the outcome, never raised."""
-    from trace_core.worker import TaskOutcome, execute_task
-
+) -> PreparedRange:
+    """Make the range behind a stream partition runnable now: revive its task if dead (its
+    queued retry made due now). A committed range is reported as is. Raises
+    ``ChainSyncJobNotFound``/``UnknownStream``/``UnknownRange`` for a partition that is no
+    planned range. The caller executes the task (``trace_core.worker.run_range``)."""
     try:
         block_range = parse_partition_key(partition_key)
     except ValueError:
@@ -234,15 +230,7 @@ def run_range(
             raise UnknownRange(job_name, dataset_key, f"[{block_range[0]}, {block_range[1]})")
         row = rows[0]
         if row["status"] == "completed":
-            done = TaskOutcome(
-                row["task_id"],
-                "succeeded",
-                row["attempt"],
-                "cryo_ingest",
-                row["payload"] or {},
-                row["outputs"] or {},
-            )
-            return RangeRun(done, already_committed=True)
+            return PreparedRange(row["task_id"], committed=dict(row))
         prep = prepare_rerun(
             conn,
             [row["task_id"]],
@@ -250,5 +238,4 @@ def run_range(
             detail=detail,
             wake_delay_seconds=rt.settings.lease_seconds,
         )
-    outcome = execute_task(rt, row["task_id"], registry)
-    return RangeRun(outcome, revived=bool(prep.revived))
+    return PreparedRange(row["task_id"], revived=bool(prep.revived))

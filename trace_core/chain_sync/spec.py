@@ -33,9 +33,9 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from trace_core.chain_sync.yamlload import LoadedYaml, YamlPath, dotted_path
 from trace_core.errors import ConfigError, InvalidJobFile
 from trace_core.settings import rpc_pool_env_var, rpc_pool_url
+from trace_core.yamlfile import LoadedYaml, YamlPath, dotted_path
 
 # Every dataset cryo 0.3.2 can extract (its crates/freeze/src/datasets/*.rs, read from the
 # installed wheel). A name outside this list makes cryo fail with an opaque TypeError.

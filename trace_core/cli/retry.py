@@ -6,8 +6,8 @@ import json
 
 import click
 
+from trace_core.chain_sync.revive import ReviveOutcome
 from trace_core.cli.common import console, handle_errors, runtime
-from trace_core.tasks.revive import ReviveOutcome
 
 
 def _describe(o: ReviveOutcome) -> str:
@@ -56,8 +56,8 @@ def retry(
     """
     from trace_core.chain_sync.retry import parse_block_range
     from trace_core.chain_sync.retry import retry as do_retry
+    from trace_core.chain_sync.revive import parse_task_id
     from trace_core.db.migrate import migrate
-    from trace_core.tasks.revive import parse_task_id
 
     if not tasks and job is None:
         raise click.UsageError(

@@ -27,7 +27,7 @@ from typing import Any
 import pyarrow.parquet as pq
 from psycopg import Connection, sql
 
-from trace_core.datasets import ids
+from trace_core.datasets import events, ids
 from trace_core.datasets.commit import (
     CommittedVersion,
     StagedOutput,
@@ -390,10 +390,8 @@ def _commit(state: Connection[Any], store: ObjectStore, staged: StagedOutput) ->
         )
         _record_partition(state, committed.record)
         if committed.newly_registered:
-            # downstream wake-ups: alerts reading this stream evaluate hot data going cold too
-            from trace_core.alerts.routing import announce_compacted_version
-
-            announce_compacted_version(state, staged.org_id, committed.record)
+            # downstream wake-ups (alerts reading this stream evaluate hot data going cold too)
+            events.announce_version_committed(state, committed.record.as_json())
     return committed
 
 

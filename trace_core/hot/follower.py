@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from psycopg import Connection
 
 from trace_core import outbox
+from trace_core.datasets.events import DATASET_EVENTS
 from trace_core.db.connection import Databases, connect
 from trace_core.db.queries import q
 from trace_core.errors import ChainMismatch, RpcError
@@ -46,7 +47,6 @@ from trace_core.settings import Settings
 
 log = logging.getLogger(__name__)
 
-DATASET_EVENTS = "dataset_events"
 DEFAULT_BATCH_SIZE = 50
 MAX_REORG_ROUNDS = 8
 

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from trace_core.errors import ConfigError, InvalidPayload
 from trace_core.hot.follower import FollowResult, follow_once
+from trace_core.operators.base import Completion, OperatorContext, OperatorRegistry
+from trace_core.runtime import Runtime
 from trace_core.settings import rpc_pool_env_var, rpc_pool_url
-
-if TYPE_CHECKING:
-    from trace_core.runtime import Runtime
-    from trace_core.worker import Completion, OperatorContext, OperatorRegistry
 
 OPERATOR = "block_follower"
 DEFAULT_MAX_BLOCKS = 200
@@ -55,7 +53,6 @@ def _int(payload: Mapping[str, Any], name: str, *, default: int | None, minimum:
 
 def block_follower_operator(ctx: OperatorContext) -> Completion:
     """Worker entry point. Raises ``InvalidPayload`` for a malformed payload."""
-    from trace_core.worker import Completion
 
     p = ctx.lease.payload
     chain_id = _int(p, "chain_id", default=None, minimum=1)

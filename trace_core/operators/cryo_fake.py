@@ -6,15 +6,12 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from trace_core.hot.tables import CRYO_COLUMNS, arrow_schema
-
-if TYPE_CHECKING:
-    from trace_core.operators.cryo_ingest import CryoIngestPayload
 
 
 def _chunks(start: int, end: int, size: int) -> list[tuple[int, int]]:
@@ -22,15 +19,24 @@ def _chunks(start: int, end: int, size: int) -> list[tuple[int, int]]:
     return [(a, min(a + size, end)) for a in range(start, end, size)]
 
 
-def extract_fake(p: CryoIngestPayload, out_dir: Path) -> None:
-    """Write deterministic Parquet for the range, named and chunked as cryo names its files.
+def extract_fake(
+    *,
+    chain_id: int,
+    cryo_dataset_name: str,
+    range_start: int,
+    range_end: int,
+    chunk_size: int,
+    out_dir: Path,
+) -> None:
+    """Write deterministic Parquet for ``[range_start, range_end)``, named and chunked as cryo
+    names its files.
 
     blocks/transactions/logs use cryo 0.3.2's exact schemas; other datasets get a stub with
     ``block_number`` and ``chain_id``.
     """
-    for a, b in _chunks(p.range_start, p.range_end, p.chunk_size):
-        table = _fake_table(p.cryo_dataset_name, p.chain_id, a, b)
-        name = f"network_{p.chain_id}__{p.cryo_dataset_name}__{a:08d}_to_{b - 1:08d}.parquet"
+    for a, b in _chunks(range_start, range_end, chunk_size):
+        table = _fake_table(cryo_dataset_name, chain_id, a, b)
+        name = f"network_{chain_id}__{cryo_dataset_name}__{a:08d}_to_{b - 1:08d}.parquet"
         pq.write_table(table, out_dir / name, compression="lz4")
 
 

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -48,6 +48,7 @@ from trace_core.errors import (
     StagingFull,
     UnknownCryoDataset,
 )
+from trace_core.operators.base import Completion, OperatorContext
 from trace_core.operators.cryo_fake import extract_fake
 from trace_core.rpc import RpcClient
 from trace_core.rpc_limits import PoolLimits, extraction_slot, pool_limits
@@ -55,9 +56,6 @@ from trace_core.settings import Settings, rpc_pool_env_var, rpc_pool_url
 from trace_core.storage.base import ObjectStore
 from trace_core.tasks.keepalive import LeaseHeartbeat, StateConnect, lease_heartbeat
 from trace_core.tasks.lifecycle import Lease
-
-if TYPE_CHECKING:
-    from trace_core.worker import Completion, OperatorContext
 
 log = logging.getLogger(__name__)
 
@@ -490,7 +488,14 @@ def extract_and_stage(
             with slot:
                 extract_real(p, url, out_dir, settings, limits.share_per_extraction)
         else:
-            extract_fake(p, out_dir)
+            extract_fake(
+                chain_id=p.chain_id,
+                cryo_dataset_name=p.cryo_dataset_name,
+                range_start=p.range_start,
+                range_end=p.range_end,
+                chunk_size=p.chunk_size,
+                out_dir=out_dir,
+            )
         checkpoint()
         t1 = time.perf_counter()
         files = collect_files(out_dir)
@@ -565,7 +570,6 @@ def run_cryo_ingest(
 
 def cryo_ingest_operator(ctx: OperatorContext) -> Completion:
     """Worker entry point: stage under the worker's heartbeat, commit in its completion tx."""
-    from trace_core.worker import Completion
 
     rt = ctx.runtime
     store = rt.store

@@ -10,15 +10,13 @@ new. A Dagster sensor may call ``compact_chain`` directly instead of going throu
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from trace_core.errors import InvalidPayload
 from trace_core.hot.compact import CompactedRange, CompactResult, compact_once, compact_range
 from trace_core.hot.tables import HOT_DATASETS
-
-if TYPE_CHECKING:
-    from trace_core.runtime import Runtime
-    from trace_core.worker import Completion, OperatorContext, OperatorRegistry
+from trace_core.operators.base import Completion, OperatorContext, OperatorRegistry
+from trace_core.runtime import Runtime
 
 OPERATOR = "parquet_compact"
 
@@ -69,7 +67,6 @@ def _opt_int(payload: Mapping[str, Any], name: str, minimum: int) -> int | None:
 
 def parquet_compact_operator(ctx: OperatorContext) -> Completion:
     """Worker entry point. Raises ``InvalidPayload`` for a malformed payload."""
-    from trace_core.worker import Completion
 
     p = ctx.lease.payload
     chain_id = _opt_int(p, "chain_id", 1)

@@ -6,7 +6,7 @@ Lease decisions use the database clock (``now()``), never the worker's.
 
 States: ``queued -> running -> succeeded | dead``; a failed or expired attempt goes back to
 ``queued`` (attempt kept, bumped on the next claim) until ``max_attempts`` is reached. A revive
-(``trace_core.tasks.revive``) turns ``dead`` back into ``queued`` with a fresh budget: attempt
+(``trace_core.chain_sync.revive``) turns ``dead`` back into ``queued`` with a fresh budget: attempt
 numbers keep counting up, and ``attempt_base`` (attempts spent before the latest revive) is
 subtracted wherever the budget and the backoff are decided.
 """

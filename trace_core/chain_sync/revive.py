@@ -22,6 +22,7 @@ from typing import Any
 from psycopg import Connection
 from psycopg.rows import dict_row
 
+from trace_core.chain_sync import planner
 from trace_core.db.queries import q
 from trace_core.errors import UnknownTask
 from trace_core.outbox import enqueue_wakeup
@@ -100,7 +101,6 @@ def revive_tasks(
     wake-up is only a backstop). Raises ``UnknownTask`` naming every unknown id before changing
     anything, unless ``missing_ok`` (then unknown ids are left out of the result).
     """
-    from trace_core.chain_sync import planner
 
     ids = list(dict.fromkeys(task_ids))
     with conn.cursor(row_factory=dict_row) as cur:
