@@ -17,7 +17,6 @@ from dagster import (
     AssetCheckSpec,
     DagsterInstance,
     DagsterInvariantViolationError,
-    DagsterRunStatus,
     DefaultSensorStatus,
     DynamicPartitionsDefinition,
     Failure,
@@ -39,7 +38,7 @@ from trace_core.integrity.verify import RangeResult, integrity_tick, select_stre
 from trace_core.runtime import Runtime
 from trace_dagster.partitions import partitions_def_name, stream_asset_key
 from trace_dagster.resources import TraceResource
-from trace_dagster.service_runs import KIND_TAG
+from trace_dagster.service_runs import IN_PROGRESS, KIND_TAG
 
 CHECK_NAME = "integrity"
 SENSOR_NAME = "trace_integrity"
@@ -48,13 +47,6 @@ INTEGRITY_JOB = "trace_integrity_pass"
 # TRACE_INTEGRITY_INTERVAL_SECONDS, as a run of INTEGRITY_JOB.
 TICK_SECONDS = 30
 MAX_FINDINGS_SHOWN = 20
-_IN_PROGRESS = [
-    DagsterRunStatus.QUEUED,
-    DagsterRunStatus.NOT_STARTED,
-    DagsterRunStatus.STARTING,
-    DagsterRunStatus.STARTED,
-    DagsterRunStatus.CANCELING,
-]
 
 
 def check_metadata(result: RangeResult) -> dict[str, str | int]:
@@ -170,7 +162,7 @@ def integrity_request(
             skip_reason=f"next integrity pass in {next_pass_at - now:.0f}s", cursor=keep
         )
     if instance is not None and instance.get_run_records(
-        filters=RunsFilter(job_name=INTEGRITY_JOB, statuses=_IN_PROGRESS), limit=1
+        filters=RunsFilter(job_name=INTEGRITY_JOB, statuses=IN_PROGRESS), limit=1
     ):
         return SensorResult(skip_reason="an integrity pass is still running", cursor=keep)
     return SensorResult(
