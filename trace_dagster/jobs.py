@@ -16,6 +16,8 @@ from dagster import (
 from pydantic import Field
 
 from trace_core import builtin_operators
+from trace_core.chain_sync.planner import range_partition_key
+from trace_core.operators.payload import RangeLabel
 from trace_core.worker import TaskOutcome, execute_batch
 from trace_dagster.partitions import stream_asset_key
 from trace_dagster.resources import TraceResource
@@ -30,12 +32,10 @@ class TaskBatchConfig(Config):
 
 def materialization_for(outcome: TaskOutcome) -> AssetMaterialization | None:
     """A committed chain_sync range as a materialized partition of its stream asset."""
-    p, out = outcome.payload, outcome.outputs
-    if outcome.status != "succeeded" or "job_name" not in p or "dataset_key" not in p:
+    label, out = RangeLabel.of(outcome.payload), outcome.outputs
+    if outcome.status != "succeeded" or not label.is_chain_sync_range or not label.block_range:
         return None
-    from trace_core.chain_sync.planner import range_partition_key
-
-    start, end = int(p["range_start"]), int(p["range_end"])
+    start, end = label.block_range
     meta: dict[str, str | int] = {
         "block_range": f"[{start}, {end})",
         "task_id": str(outcome.task_id),
@@ -48,7 +48,7 @@ def materialization_for(outcome: TaskOutcome) -> AssetMaterialization | None:
         if name in out:
             meta[name] = int(out[name])
     return AssetMaterialization(
-        asset_key=stream_asset_key(str(p["job_name"]), str(p["dataset_key"])),
+        asset_key=stream_asset_key(str(label.job_name), str(label.dataset_key)),
         partition=range_partition_key(start, end),
         metadata={k: MetadataValue.text(v) if isinstance(v, str) else v for k, v in meta.items()},
     )
@@ -57,14 +57,12 @@ def materialization_for(outcome: TaskOutcome) -> AssetMaterialization | None:
 def dead_range_observation(outcome: TaskOutcome) -> AssetObservation | None:
     """A chain_sync range that ended dead, as an observation of its stream partition carrying
     the last error and how to revive it (the UI shows it in the asset's events)."""
-    p = outcome.payload
-    if outcome.status != "dead" or "job_name" not in p or "dataset_key" not in p:
+    label = RangeLabel.of(outcome.payload)
+    if outcome.status != "dead" or not label.is_chain_sync_range or not label.block_range:
         return None
-    from trace_core.chain_sync.planner import range_partition_key
-
     return AssetObservation(
-        asset_key=stream_asset_key(str(p["job_name"]), str(p["dataset_key"])),
-        partition=range_partition_key(int(p["range_start"]), int(p["range_end"])),
+        asset_key=stream_asset_key(str(label.job_name), str(label.dataset_key)),
+        partition=range_partition_key(*label.block_range),
         metadata={
             "status": "dead",
             "task_id": str(outcome.task_id),

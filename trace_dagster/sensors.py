@@ -20,6 +20,7 @@ from dagster import (
 )
 
 from trace_core.dispatcher import all_partitions, dispatch_tick
+from trace_core.operators.payload import RangeLabel
 from trace_core.runtime import Runtime
 from trace_core.worker import (
     TaskInfo,
@@ -115,19 +116,19 @@ def dispatcher_result(
 def run_tags(infos: list[TaskInfo]) -> dict[str, str]:
     """Run tags naming job, stream, range, task and attempt (first task's, plus a count)."""
     first = infos[0]
-    p = first.payload
+    label = RangeLabel.of(first.payload)
     tags = {
         "trace/operator": first.operator,
         "trace/task_id": str(first.task_id),
         "trace/attempt": str(first.attempt + 1),
         "trace/batch_size": str(len(infos)),
     }
-    if "job_name" in p:
-        tags["trace/job"] = str(p["job_name"])
-    if "dataset_key" in p:
-        tags["trace/stream"] = str(p["dataset_key"])
-    if "range_start" in p and "range_end" in p:
-        tags["trace/range"] = f"{p['range_start']}-{p['range_end']}"
+    if label.job_name is not None:
+        tags["trace/job"] = label.job_name
+    if label.dataset_key is not None:
+        tags["trace/stream"] = label.dataset_key
+    if label.block_range is not None:
+        tags["trace/range"] = f"{label.range_start}-{label.range_end}"
     return tags
 
 

@@ -19,22 +19,22 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
 from psycopg import Connection
+from pydantic import BeforeValidator, Field, Strict
 
 from trace_core.alerts.spec import render_template
 from trace_core.errors import (
     AlertResultInvalid,
-    InvalidPayload,
     QueryError,
     QueryServiceUnavailable,
     StaleAttempt,
 )
 from trace_core.operators.base import Completion, OperatorContext
+from trace_core.operators.payload import TaskPayload
 from trace_core.settings import Settings
 from trace_core.tasks import lifecycle
 
@@ -50,51 +50,25 @@ TIME_COLUMNS = ("event_time", "timestamp", "block_timestamp")
 _RETRYABLE_STATUS = frozenset({401, 408, 429})
 
 
-@dataclass(frozen=True)
-class EvaluationPayload:
-    """An ``alert_evaluate`` task payload (a snapshot of the definition; see ``routing``)."""
+NonEmpty = Annotated[str, Strict(), Field(min_length=1)]
+
+
+class EvaluationPayload(TaskPayload):
+    """An ``alert_evaluate`` task payload (a snapshot of the definition, built by ``routing``;
+    never the channels: webhook URLs stay out of task payloads). ``grants`` pin exactly the
+    dataset versions the evaluation may read."""
 
     alert_id: uuid.UUID
-    alert_name: str
-    severity: str
-    condition: str
-    dedupe_key: str
-    chain_id: int
-    trigger: str
-    source: Mapping[str, Any]
-
-    @classmethod
-    def parse(cls, payload: Mapping[str, Any]) -> EvaluationPayload:
-        """Raises ``InvalidPayload`` naming the first missing or mistyped field."""
-        try:
-            return cls(
-                alert_id=uuid.UUID(str(payload["alert_id"])),
-                alert_name=_text(payload, "alert_name"),
-                severity=_text(payload, "severity"),
-                condition=_text(payload, "condition"),
-                dedupe_key=_text(payload, "dedupe_key"),
-                chain_id=_int(payload, "chain_id"),
-                trigger=_text(payload, "trigger"),
-                source=dict(payload.get("source") or {}),
-            )
-        except KeyError as exc:
-            raise InvalidPayload(f"alert_evaluate payload lacks {exc.args[0]!r}") from None
-        except (TypeError, ValueError) as exc:
-            raise InvalidPayload(f"alert_evaluate payload: {exc}") from None
-
-
-def _text(payload: Mapping[str, Any], name: str) -> str:
-    value = payload[name]
-    if not isinstance(value, str) or not value:
-        raise TypeError(f"{name} must be a non-empty string")
-    return value
-
-
-def _int(payload: Mapping[str, Any], name: str) -> int:
-    value = payload[name]
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an integer")
-    return value
+    alert_name: NonEmpty
+    severity: NonEmpty
+    condition: NonEmpty
+    dedupe_key: NonEmpty
+    chain_id: Annotated[int, Strict()]
+    trigger: NonEmpty
+    source: Annotated[dict[str, Any], BeforeValidator(lambda v: v or {})] = Field(
+        default_factory=dict
+    )
+    grants: list[dict[str, str]] = Field(default_factory=list)
 
 
 # --- the query ---------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from typing import Any
 
 from psycopg import Connection
 
+from trace_core.alerts.evaluate import EvaluationPayload
 from trace_core.chain_sync import store as chain_sync_store
 from trace_core.datasets import events, registry
 from trace_core.datasets.events import DATASET_EVENTS, VERSION_COMMITTED
@@ -101,17 +102,17 @@ def _evaluation_payload(
     """The task payload: a snapshot of what evaluation needs (never the channels: webhook
     URLs stay out of task payloads), so every attempt evaluates the same definition."""
     spec = alert["spec"]
-    return {
-        "alert_id": str(alert["alert_id"]),
-        "alert_name": alert["name"],
-        "severity": spec["severity"],
-        "condition": spec["condition"],
-        "dedupe_key": spec["dedupe_key"],
-        "chain_id": chain_id,
-        "trigger": trigger,
-        "source": source,
-        "grants": grants,
-    }
+    return EvaluationPayload(
+        alert_id=alert["alert_id"],
+        alert_name=alert["name"],
+        severity=spec["severity"],
+        condition=spec["condition"],
+        dedupe_key=spec["dedupe_key"],
+        chain_id=chain_id,
+        trigger=trigger,
+        source=source,
+        grants=grants,
+    ).to_json()
 
 
 def _parse_event(payload: Mapping[str, Any]) -> dict[str, Any]:

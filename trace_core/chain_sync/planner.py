@@ -26,6 +26,7 @@ from psycopg.rows import dict_row
 
 from trace_core.db.queries import q
 from trace_core.errors import DatasetConflict, InvalidPayload, UnknownTask
+from trace_core.operators.cryo_ingest import CryoIngestTask
 from trace_core.tasks.lifecycle import Lease, create_task
 
 log = logging.getLogger(__name__)
@@ -298,20 +299,20 @@ def task_payload(
     job: dict[str, Any], stream: dict[str, Any], start: int, end: int
 ) -> dict[str, Any]:
     """The ``cryo_ingest`` task payload of a planned range (JSON-ready)."""
-    return {
-        "operator": OPERATOR,
-        "chain_id": job["chain_id"],
-        "job_id": str(job["job_id"]),
-        "job_name": job["name"],
-        "dataset_key": stream["dataset_key"],
-        "dataset_uuid": str(stream["dataset_uuid"]),
-        "cryo_dataset_name": stream["cryo_dataset_name"],
-        "rpc_pool": stream["rpc_pool"],
-        "range_start": start,
-        "range_end": end,
-        "config_hash": stream["config_hash"],
-        "cryo_options": stream["cryo_options"] or {},
-    }
+    return CryoIngestTask(
+        operator=OPERATOR,
+        chain_id=job["chain_id"],
+        job_id=str(job["job_id"]),
+        job_name=job["name"],
+        dataset_key=stream["dataset_key"],
+        dataset_uuid=str(stream["dataset_uuid"]),
+        cryo_dataset_name=stream["cryo_dataset_name"],
+        rpc_pool=stream["rpc_pool"],
+        range_start=start,
+        range_end=end,
+        config_hash=stream["config_hash"],
+        cryo_options=stream["cryo_options"] or {},
+    ).to_json()
 
 
 def _schedule(

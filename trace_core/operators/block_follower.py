@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict
-from typing import Any
+from typing import Annotated, Any
 
-from trace_core.errors import ConfigError, InvalidPayload
+from pydantic import Field, Strict
+
+from trace_core.errors import ConfigError
 from trace_core.hot.follower import FollowResult, follow_once
 from trace_core.operators.base import Completion, OperatorContext, OperatorRegistry
+from trace_core.operators.payload import NonNegativeInt, PositiveInt, TaskPayload
 from trace_core.runtime import Runtime
 from trace_core.settings import rpc_pool_env_var, rpc_pool_url
 
@@ -42,31 +45,27 @@ def follow_pool(
     return follow_once(rt.settings, rt.dbs, chain_id, url, max_blocks, **kwargs)
 
 
-def _int(payload: Mapping[str, Any], name: str, *, default: int | None, minimum: int) -> int | None:
-    value = payload.get(name, default)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InvalidPayload(f"{name} must be an integer >= {minimum}, got {value!r}", field=name)
-    return value
+class BlockFollowerPayload(TaskPayload):
+    """A ``block_follower`` task payload: one bounded step for a chain and RPC pool."""
+
+    chain_id: PositiveInt
+    rpc_pool: Annotated[str, Strict(), Field(min_length=1)]
+    max_blocks: PositiveInt | None = None
+    start_block: NonNegativeInt | None = None
+    batch_size: PositiveInt | None = None
 
 
 def block_follower_operator(ctx: OperatorContext) -> Completion:
     """Worker entry point. Raises ``InvalidPayload`` for a malformed payload."""
 
-    p = ctx.lease.payload
-    chain_id = _int(p, "chain_id", default=None, minimum=1)
-    pool = p.get("rpc_pool")
-    if chain_id is None or not isinstance(pool, str) or not pool:
-        raise InvalidPayload("block_follower needs chain_id and rpc_pool", field="rpc_pool")
+    p = BlockFollowerPayload.parse(ctx.lease.payload)
     result = follow_pool(
         ctx.runtime,
-        chain_id,
-        pool,
-        max_blocks=_int(p, "max_blocks", default=DEFAULT_MAX_BLOCKS, minimum=1)
-        or DEFAULT_MAX_BLOCKS,
-        start_block=_int(p, "start_block", default=None, minimum=0),
-        batch_size=_int(p, "batch_size", default=None, minimum=1),
+        p.chain_id,
+        p.rpc_pool,
+        max_blocks=p.max_blocks or DEFAULT_MAX_BLOCKS,
+        start_block=p.start_block,
+        batch_size=p.batch_size,
     )
     ctx.check_lease()
     return Completion(outputs=asdict(result))

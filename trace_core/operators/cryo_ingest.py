@@ -50,6 +50,7 @@ from trace_core.errors import (
 )
 from trace_core.operators.base import Completion, OperatorContext
 from trace_core.operators.cryo_fake import extract_fake
+from trace_core.operators.payload import NonNegativeInt, PositiveInt, StrictText, TaskPayload
 from trace_core.rpc import RpcClient
 from trace_core.rpc_limits import PoolLimits, extraction_slot, pool_limits
 from trace_core.settings import Settings, rpc_pool_env_var, rpc_pool_url
@@ -107,11 +108,22 @@ _FILE_RANGE = re.compile(
 # --- payload -------------------------------------------------------------------------------
 
 
-def _int_field(payload: Mapping[str, Any], name: str, *, minimum: int) -> int:
-    value = payload.get(name)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InvalidPayload(f"payload field {name!r} must be an integer >= {minimum}", field=name)
-    return value
+class CryoIngestTask(TaskPayload):
+    """The ``cryo_ingest`` task payload as stored: what the planner builds for one range
+    (``[range_start, range_end)``). ``CryoIngestPayload.parse`` resolves the rest."""
+
+    chain_id: PositiveInt
+    range_start: NonNegativeInt
+    range_end: PositiveInt
+    dataset_key: StrictText
+    operator: str = "cryo_ingest"
+    job_id: str | None = None
+    job_name: str | None = None
+    dataset_uuid: str | None = None
+    cryo_dataset_name: str | None = None
+    rpc_pool: str | None = None
+    config_hash: Any = None  # checked in ``CryoIngestPayload.parse`` (names the field)
+    cryo_options: Any = None
 
 
 def validate_dataset_name(name: str) -> str:
@@ -147,18 +159,16 @@ class CryoIngestPayload:
     def parse(cls, payload: Mapping[str, Any], *, org_id: str) -> CryoIngestPayload:
         """Validate a payload. Raises ``InvalidPayload`` naming the field, or
         ``UnknownCryoDataset`` for a dataset cryo_ingest cannot extract."""
-        chain_id = _int_field(payload, "chain_id", minimum=1)
-        start = _int_field(payload, "range_start", minimum=0)
-        end = _int_field(payload, "range_end", minimum=1)
+        task = CryoIngestTask.parse(
+            {k: payload[k] for k in ("chain_id", "range_start", "range_end", "dataset_key")
+             if k in payload}
+        )  # fmt: skip
+        chain_id, start, end = task.chain_id, task.range_start, task.range_end
         if end <= start:
             raise InvalidPayload(
                 "payload range_end must be greater than range_start", field="range_end"
             )
-        dataset_key = payload.get("dataset_key")
-        if not isinstance(dataset_key, str):
-            raise InvalidPayload(
-                "payload field 'dataset_key' must be a string", field="dataset_key"
-            )
+        dataset_key = task.dataset_key
         config_hash = payload.get("config_hash")
         name = payload.get("cryo_dataset_name") or (
             ids.dataset_name_from_config_hash(config_hash) if isinstance(config_hash, str) else None

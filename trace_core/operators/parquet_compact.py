@@ -9,13 +9,13 @@ new. A Dagster sensor may call ``compact_chain`` directly instead of going throu
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from trace_core.errors import InvalidPayload
 from trace_core.hot.compact import CompactedRange, CompactResult, compact_once, compact_range
 from trace_core.hot.tables import HOT_DATASETS
 from trace_core.operators.base import Completion, OperatorContext, OperatorRegistry
+from trace_core.operators.payload import NonNegativeInt, PositiveInt, TaskPayload
 from trace_core.runtime import Runtime
 
 OPERATOR = "parquet_compact"
@@ -56,50 +56,53 @@ def _range_json(c: CompactedRange) -> dict[str, Any]:
     }
 
 
-def _opt_int(payload: Mapping[str, Any], name: str, minimum: int) -> int | None:
-    value = payload.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InvalidPayload(f"{name} must be an integer >= {minimum}, got {value!r}", field=name)
-    return value
+class ParquetCompactPayload(TaskPayload):
+    """A ``parquet_compact`` task payload: compact a chain's final hot ranges, or exactly one
+    range when ``dataset_key`` is given (with ``range_start``/``range_end``)."""
+
+    chain_id: PositiveInt
+    dataset_key: str | None = None
+    range_start: NonNegativeInt | None = None
+    range_end: PositiveInt | None = None
+    datasets: list[str] | None = None
+    range_size: PositiveInt | None = None
+    finality_depth: NonNegativeInt | None = None
+    delete_hot: Any = False
+    max_ranges: PositiveInt | None = None
 
 
 def parquet_compact_operator(ctx: OperatorContext) -> Completion:
     """Worker entry point. Raises ``InvalidPayload`` for a malformed payload."""
 
-    p = ctx.lease.payload
-    chain_id = _opt_int(p, "chain_id", 1)
-    if chain_id is None:
-        raise InvalidPayload("parquet_compact needs chain_id", field="chain_id")
+    p = ParquetCompactPayload.parse(ctx.lease.payload)
     rt = ctx.runtime
-    if "dataset_key" in p:
-        start, end = _opt_int(p, "range_start", 0), _opt_int(p, "range_end", 1)
+    if p.dataset_key is not None:
+        start, end = p.range_start, p.range_end
         if start is None or end is None or end <= start:
             raise InvalidPayload(
                 "range_start/range_end must form a non-empty range", field="range_end"
             )
         try:
             c = compact_range(
-                rt.settings, rt.dbs, chain_id, str(p["dataset_key"]), start, end, store=rt.store
+                rt.settings, rt.dbs, p.chain_id, p.dataset_key, start, end, store=rt.store
             )
         except ValueError as exc:
             raise InvalidPayload(str(exc), field="dataset_key") from exc
         ctx.check_lease()
         return Completion(outputs={"committed": [_range_json(c)]})
-    datasets = p.get("datasets", list(HOT_DATASETS))
-    if not isinstance(datasets, list) or not all(d in HOT_DATASETS for d in datasets):
+    datasets = list(HOT_DATASETS) if p.datasets is None else p.datasets
+    if not all(d in HOT_DATASETS for d in datasets):
         raise InvalidPayload(
             f"datasets must be a list drawn from {list(HOT_DATASETS)}", field="datasets"
         )
     result = compact_chain(
         rt,
-        chain_id,
+        p.chain_id,
         datasets=tuple(datasets),
-        range_size=_opt_int(p, "range_size", 1),
-        finality_depth=_opt_int(p, "finality_depth", 0),
-        delete_hot=bool(p.get("delete_hot", False)),
-        max_ranges=_opt_int(p, "max_ranges", 1) or 10,
+        range_size=p.range_size,
+        finality_depth=p.finality_depth,
+        delete_hot=bool(p.delete_hot),
+        max_ranges=p.max_ranges or 10,
     )
     ctx.check_lease()
     return Completion(
