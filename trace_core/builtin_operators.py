@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from trace_core.alerts import evaluate, routing
+from trace_core.alerts import evaluate
 from trace_core.chain_sync import planner
 from trace_core.errors import FatalError, TraceError
 from trace_core.operators import block_follower, parquet_compact
@@ -26,13 +26,13 @@ def _failing_operator(ctx: OperatorContext) -> Completion:
 
 
 def register_builtin(registry: OperatorRegistry) -> None:
-    """Register cryo_ingest (with chain_sync range hooks and its dataset event), block_follower,
+    """Register cryo_ingest (with chain_sync range hooks), block_follower,
     parquet_compact and alert_evaluate."""
     registry.register(
         "cryo_ingest",
         cryo_ingest_operator,
-        # complete the range, then the committed version's downstream wake-up
-        on_success=[planner.on_task_succeeded, routing.announce_version_committed],
+        # its commit announces the version (``datasets.commit.commit_version``)
+        on_success=[planner.on_task_succeeded],
         on_dead=[planner.on_task_dead],
     )
     block_follower.register(registry)

@@ -168,6 +168,13 @@ class DatabaseUnreachable(RetryableError):
     code = "database_unreachable"
 
 
+class DatabaseError(RetryableError):
+    """Postgres refused a statement (``sqlstate`` names why); translated from the driver's
+    error, which stays as the cause (``trace_core.db.errors``)."""
+
+    code = "database_error"
+
+
 # --- task lifecycle ----------------------------------------------------------------------
 
 

@@ -34,10 +34,11 @@ from trace_core.alerts.store import alert_id, apply_alert, get_alert, list_alert
 from trace_core.chain_sync import store as chain_sync_store
 from trace_core.chain_sync.yamlload import parse_job
 from trace_core.cli.main import cli
+from trace_core.datasets import events
+from trace_core.datasets.events import DATASET_EVENTS
 from trace_core.datasets.registry import VersionRecord
 from trace_core.db.connection import Databases
 from trace_core.errors import ConfigError, InvalidJobFile, QueryError, StaleAttempt
-from trace_core.hot.follower import DATASET_EVENTS
 from trace_core.query.app import create_app
 from trace_core.queue.base import BUFFER_QUEUE
 from trace_core.runtime import Runtime
@@ -45,7 +46,6 @@ from trace_core.settings import Settings
 from trace_core.sinks.consumer import sink_once
 from trace_core.storage.local import LocalStore
 from trace_core.tasks import lifecycle
-from trace_core.tasks.lifecycle import Lease
 from trace_core.worker import OperatorContext, capability_token_for, execute_task
 
 THRESHOLD = 10**18
@@ -126,14 +126,12 @@ def commit_event(rec: VersionRecord) -> dict[str, Any]:
 
 
 def announce(rt: Runtime, rec: VersionRecord) -> None:
-    """What the cryo_ingest success hook does in its completion transaction, then drain."""
-    lease = Lease(
-        uuid.uuid4(), 1, uuid.uuid4(), datetime.now(UTC), "cryo_ingest", {"job_name": "demo"}
-    )
+    """What a chain_sync range's commit writes in its transaction (``commit_version``), then
+    drain."""
     with rt.state() as conn:
         with conn.transaction():
-            routing.announce_version_committed(conn, lease, rec.as_json())
-            routing.announce_version_committed(conn, lease, rec.as_json())  # a replayed hook
+            events.announce_version_committed(conn, rec.as_json(), job_name="demo")
+            events.announce_version_committed(conn, rec.as_json(), job_name="demo")  # a replay
         outbox.drain_all(conn, rt.queue)
 
 

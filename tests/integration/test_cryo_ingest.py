@@ -21,6 +21,7 @@ import pytest
 
 from tests.conftest import ANVIL_CHAIN_BLOCKS
 from trace_core.datasets import ids, registry
+from trace_core.datasets.cryo_schemas import arrow_schema
 from trace_core.datasets.manifest import load_manifest
 from trace_core.db.connection import Databases
 from trace_core.devchain import DevChain
@@ -38,7 +39,6 @@ from trace_core.errors import (
     TraceError,
     UnknownCryoDataset,
 )
-from trace_core.hot.tables import arrow_schema
 from trace_core.operators import cryo_ingest
 from trace_core.operators.cryo_ingest import (
     CryoIngestPayload,

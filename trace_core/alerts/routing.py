@@ -1,8 +1,9 @@
 """Downstream wake-ups: committed dataset versions become ``alert_evaluate`` tasks.
 
-1. ``announce_version_committed`` (a cryo_ingest success hook, inside the completion
-   transaction) writes a ``dataset_version_committed`` event on the outbox topic
-   ``dataset_events``; its outbox id is derived from the version, so a replay adds nothing.
+1. The commit (``datasets.commit.commit_version``, inside the completion transaction) writes a
+   ``dataset_version_committed`` event on the outbox topic ``dataset_events``; its outbox id is
+   derived from the version, so a replay adds nothing. A chain_sync range's event names its
+   job; the hot compactor's names none, and routing finds the jobs with a ``hot:`` block.
 2. ``route_dataset_events`` (each dispatcher tick) receives those events and, for every
    enabled ``on_commit`` alert reading that stream, creates an evaluation task (and its
    wake-up) in one state transaction, then acks. The task id is ``uuid5(alert_id, version)``:
@@ -33,7 +34,7 @@ from trace_core.db.queries import q
 from trace_core.errors import InvalidPayload, TraceError
 from trace_core.queue.base import Message
 from trace_core.runtime import Runtime
-from trace_core.tasks.lifecycle import Lease, create_task
+from trace_core.tasks.lifecycle import create_task
 
 log = logging.getLogger(__name__)
 
@@ -69,16 +70,6 @@ def version_committed_event(
     """The ``dataset_version_committed`` event of a chain_sync range (task payload + the
     committed version in ``outputs``)."""
     return events.version_committed_event(outputs, job_name=str(payload["job_name"]))
-
-
-def announce_version_committed(
-    conn: Connection[Any], lease: Lease, outputs: dict[str, Any]
-) -> None:
-    """Worker success hook for ``cryo_ingest``: enqueue the version's event (in the completion
-    transaction). Tasks chain_sync did not plan (no ``job_name``) announce nothing."""
-    if "job_name" not in lease.payload or "dataset_version" not in outputs:
-        return
-    events.announce_version_committed(conn, outputs, job_name=str(lease.payload["job_name"]))
 
 
 # --- routing -------------------------------------------------------------------------------

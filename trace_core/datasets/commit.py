@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from psycopg import Connection
 
-from trace_core.datasets import ids
+from trace_core.datasets import events, ids
 from trace_core.datasets.manifest import Column, DatasetManifest, ManifestFile
 from trace_core.datasets.registry import VersionRecord, get_version
 from trace_core.db.queries import q
@@ -301,24 +301,39 @@ def publish_objects(store: ObjectStore, staged: StagedOutput, manifest: DatasetM
     store.put_bytes(manifest_key, manifest.to_json(), content_type=JSON)
 
 
-def commit_dataset_version(
-    conn: Connection[Any], store: ObjectStore, lease: Lease, staged: StagedOutput
+def commit_version(
+    conn: Connection[Any],
+    store: ObjectStore,
+    staged: StagedOutput,
+    *,
+    lease: Lease | None = None,
+    announce: bool = False,
+    job_name: str | None = None,
+    on_registered: Callable[[Connection[Any], CommittedVersion], None] | None = None,
 ) -> CommittedVersion:
-    """Fence, publish, register and finish the task in one transaction on ``conn``.
+    """The commit protocol, in one transaction on ``conn``: (fence) -> lock the version ->
+    publish the staged objects unless the version is registered -> register -> (finish).
+
+    With ``lease`` (a task's output) the attempt is fenced first, the version names the task,
+    and the task is finished succeeded; without (the hot compactor) no task is involved.
+    ``announce`` writes the version's ``dataset_version_committed`` event (naming ``job_name``
+    when given; once per version); ``on_registered`` runs last in the transaction.
+    A version already registered keeps its objects; this attempt's staging is deleted.
 
     Raises ``StaleAttempt`` (nothing promoted) when ``lease`` is not the current attempt or
     ``staged`` belongs to another attempt, ``DatasetConflict`` when the range is registered
     with different content, ``StorageError`` when a move fails (retryable; the prefix stays
     unregistered).
     """
-    if (staged.task_id, staged.attempt) != (lease.task_id, lease.attempt):
+    if lease is not None and (staged.task_id, staged.attempt) != (lease.task_id, lease.attempt):
         raise StaleAttempt(
             lease.task_id, lease.attempt, f"staged output belongs to attempt {staged.attempt}"
         )
     manifest = staged.manifest()
     prefix = staged.prefix
     with conn.transaction():
-        fence(conn, lease)
+        if lease is not None:
+            fence(conn, lease)
         lock_version(conn, manifest.dataset_version)
         existing = get_version(conn, manifest.dataset_version)
         if existing is None:
@@ -329,21 +344,33 @@ def commit_dataset_version(
             org_id=staged.org_id,
             storage_prefix=prefix,
             manifest_key=ids.manifest_key(prefix),
-            task_id=lease.task_id,
-            attempt=lease.attempt,
+            task_id=None if lease is None else lease.task_id,
+            attempt=None if lease is None else lease.attempt,
         )
         if existing is not None:
-            # an earlier task committed this range: its objects stay untouched
-            store.delete_prefix(ids.staging_prefix(lease.task_id, lease.attempt))
-        finish_succeeded(conn, lease, committed.outputs())
+            # an earlier commit registered this range: its objects stay untouched
+            store.delete_prefix(ids.staging_prefix(staged.task_id, staged.attempt))
+        if announce:  # idempotent: the event's outbox id derives from the version
+            events.announce_version_committed(conn, committed.record.as_json(), job_name=job_name)
+        if on_registered is not None:
+            on_registered(conn, committed)
+        if lease is not None:
+            finish_succeeded(conn, lease, committed.outputs())
     log.info(
         "dataset version committed",
         extra={
-            "task_id": str(lease.task_id),
-            "attempt": lease.attempt,
+            "task_id": str(staged.task_id),
+            "attempt": staged.attempt,
             "dataset_version": str(manifest.dataset_version),
             "range": f"{staged.range_start}:{staged.range_end}",
             "new": committed.newly_registered,
         },
     )
     return committed
+
+
+def commit_dataset_version(
+    conn: Connection[Any], store: ObjectStore, lease: Lease, staged: StagedOutput
+) -> CommittedVersion:
+    """``commit_version`` of a task's output: fence, publish, register and finish the task."""
+    return commit_version(conn, store, staged, lease=lease)

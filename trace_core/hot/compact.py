@@ -27,14 +27,13 @@ from typing import Any
 import pyarrow.parquet as pq
 from psycopg import Connection, sql
 
-from trace_core.datasets import events, ids
+from trace_core.datasets import ids
 from trace_core.datasets.commit import (
-    CommittedVersion,
     StagedOutput,
-    publish_objects,
-    register_version,
+    commit_version,
     stage_parquet_files,
 )
+from trace_core.datasets.cryo_schemas import CRYO_COLUMNS
 from trace_core.datasets.duckdb_sql import parquet_select
 from trace_core.datasets.manifest import load_manifest
 from trace_core.datasets.registry import (
@@ -51,7 +50,6 @@ from trace_core.errors import CoverageError
 from trace_core.hot.finality import final_end, finality_depth, plan_ranges
 from trace_core.hot.follower import load_cursor
 from trace_core.hot.tables import (
-    CRYO_COLUMNS,
     HOT_DATASETS,
     HOT_SCHEMA,
     check_dataset,
@@ -355,9 +353,15 @@ def _compact_range(
         schema=schema,
         files=files,
     )
-    committed = _commit(state, store, staged)
-    if not committed.newly_registered:
-        store.delete_prefix(ids.staging_prefix(staging_task, 1))
+    # no task: lock, publish unless registered, register, record the partition, announce the
+    # version (alerts reading this stream evaluate hot data going cold too)
+    committed = commit_version(
+        state,
+        store,
+        staged,
+        announce=True,
+        on_registered=lambda conn, c: _record_partition(conn, c.record),
+    )
     log.info(
         "hot range compacted",
         extra={
@@ -371,28 +375,6 @@ def _compact_range(
     return CompactedRange(
         dataset_key, a, b, version, committed.record.row_count, committed.newly_registered
     )
-
-
-def _commit(state: Connection[Any], store: ObjectStore, staged: StagedOutput) -> CommittedVersion:
-    """The commit protocol without a task: lock, publish unless registered, register, record."""
-    manifest = staged.manifest()
-    prefix = staged.prefix
-    with state.transaction():
-        state.execute(q("datasets", "lock_version"), {"dataset_version": manifest.dataset_version})
-        if get_version(state, manifest.dataset_version) is None:
-            publish_objects(store, staged, manifest)
-        committed = register_version(
-            state,
-            manifest,
-            org_id=staged.org_id,
-            storage_prefix=prefix,
-            manifest_key=ids.manifest_key(prefix),
-        )
-        _record_partition(state, committed.record)
-        if committed.newly_registered:
-            # downstream wake-ups (alerts reading this stream evaluate hot data going cold too)
-            events.announce_version_committed(state, committed.record.as_json())
-    return committed
 
 
 def _record_partition(state: Connection[Any], rec: VersionRecord) -> None:

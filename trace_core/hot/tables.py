@@ -16,6 +16,8 @@ from typing import Any
 import pyarrow as pa
 from psycopg import Connection, sql
 
+from trace_core.datasets.cryo_schemas import CRYO_COLUMNS
+from trace_core.datasets.cryo_schemas import arrow_schema as cryo_arrow_schema
 from trace_core.db.queries import q
 from trace_core.errors import RpcError
 
@@ -23,80 +25,6 @@ HOT_DATASETS: tuple[str, ...] = ("blocks", "transactions", "logs")
 HOT_SCHEMA = "data"
 
 
-@dataclass(frozen=True)
-class Column:
-    """One cryo column: its Arrow type in cryo's Parquet and its DuckDB spelling."""
-
-    name: str
-    arrow: pa.DataType
-    duckdb: str
-
-
-def _c(name: str, arrow: pa.DataType) -> Column:
-    duck = {
-        pa.large_binary(): "BLOB",
-        pa.uint32(): "UINTEGER",
-        pa.uint64(): "UBIGINT",
-        pa.large_string(): "VARCHAR",
-        pa.float64(): "DOUBLE",
-        pa.bool_(): "BOOLEAN",
-    }[arrow]
-    return Column(name, arrow, duck)
-
-
-_BIN, _U32, _U64 = pa.large_binary(), pa.uint32(), pa.uint64()
-
-# Column order and types exactly as cryo 0.3.2 writes them (read from real cryo.freeze output).
-CRYO_COLUMNS: dict[str, tuple[Column, ...]] = {
-    "blocks": (
-        _c("block_hash", _BIN),
-        _c("author", _BIN),
-        _c("block_number", _U32),
-        _c("gas_used", _U64),
-        _c("extra_data", _BIN),
-        _c("timestamp", _U32),
-        _c("base_fee_per_gas", _U64),
-        _c("chain_id", _U64),
-    ),
-    "transactions": (
-        _c("block_number", _U32),
-        _c("transaction_index", _U64),
-        _c("transaction_hash", _BIN),
-        _c("nonce", _U64),
-        _c("from_address", _BIN),
-        _c("to_address", _BIN),
-        _c("value_binary", _BIN),
-        _c("value_string", pa.large_string()),
-        _c("value_f64", pa.float64()),
-        _c("input", _BIN),
-        _c("gas_limit", _U64),
-        _c("gas_used", _U64),
-        _c("gas_price", _U64),
-        _c("transaction_type", _U32),
-        _c("max_priority_fee_per_gas", _U64),
-        _c("max_fee_per_gas", _U64),
-        _c("success", pa.bool_()),
-        _c("n_input_bytes", _U32),
-        _c("n_input_zero_bytes", _U32),
-        _c("n_input_nonzero_bytes", _U32),
-        _c("chain_id", _U64),
-    ),
-    "logs": (
-        _c("block_number", _U32),
-        _c("transaction_index", _U32),
-        _c("log_index", _U32),
-        _c("transaction_hash", _BIN),
-        _c("address", _BIN),
-        _c("topic0", _BIN),
-        _c("topic1", _BIN),
-        _c("topic2", _BIN),
-        _c("topic3", _BIN),
-        _c("data", _BIN),
-        _c("chain_id", _U64),
-    ),
-}
-
-# Natural key (after chain_id) and sort order of each dataset, as cryo sorts its output.
 SORT_KEYS: dict[str, tuple[str, ...]] = {
     "blocks": ("block_number",),
     "transactions": ("block_number", "transaction_index"),
@@ -136,9 +64,9 @@ def hot_rows_predicate(
 
 
 def arrow_schema(dataset: str) -> pa.Schema:
-    """The Arrow schema of cryo's Parquet for ``dataset`` (column order included)."""
+    """The Arrow schema of cryo's Parquet for a hot ``dataset`` (column order included)."""
     check_dataset(dataset)
-    return pa.schema([pa.field(c.name, c.arrow) for c in CRYO_COLUMNS[dataset]])
+    return cryo_arrow_schema(dataset)
 
 
 # --- JSON-RPC -> rows (pure) -------------------------------------------------------------

@@ -11,7 +11,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from trace_core.hot.tables import CRYO_COLUMNS, arrow_schema
+from trace_core.datasets.cryo_schemas import CRYO_COLUMNS, arrow_schema
 
 
 def _chunks(start: int, end: int, size: int) -> list[tuple[int, int]]:

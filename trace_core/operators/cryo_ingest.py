@@ -3,7 +3,7 @@
 Flow (the caller holds the lease): parse the payload -> extract into a private local staging
 dir ``{staging_dir}/{task_id}/{attempt}/`` (real cryo, or fake Parquet with cryo's exact
 schemas) while a background thread heartbeats -> check artifact caps and coverage -> upload
-to the store's staging prefix -> ``commit_dataset_version`` (fence first; one transaction).
+to the store's staging prefix -> ``commit_version`` (fence first; one transaction).
 
 Error classes: bad payload, unknown dataset, wrong chain, caps, mixed schemas -> FatalError;
 unreachable RPC, cryo failures, missing blocks or rows -> RetryableError; a lost lease ->
@@ -35,6 +35,7 @@ from trace_core.datasets.commit import (
     CommittedVersion,
     StagedOutput,
     commit_dataset_version,
+    commit_version,
     stage_parquet_files,
 )
 from trace_core.errors import (
@@ -50,7 +51,13 @@ from trace_core.errors import (
 )
 from trace_core.operators.base import Completion, OperatorContext
 from trace_core.operators.cryo_fake import extract_fake
-from trace_core.operators.payload import NonNegativeInt, PositiveInt, StrictText, TaskPayload
+from trace_core.operators.payload import (
+    NonNegativeInt,
+    PositiveInt,
+    RangeLabel,
+    StrictText,
+    TaskPayload,
+)
 from trace_core.rpc import RpcClient
 from trace_core.rpc_limits import PoolLimits, extraction_slot, pool_limits
 from trace_core.settings import Settings, rpc_pool_env_var, rpc_pool_url
@@ -587,7 +594,13 @@ def cryo_ingest_operator(ctx: OperatorContext) -> Completion:
         rt.settings, store, ctx.lease, check=ctx.check_lease, state=rt.state
     )
 
+    job_name = RangeLabel.of(ctx.lease.payload).job_name
+
     def commit(conn: Connection[Any]) -> dict[str, Any]:
-        return {**commit_dataset_version(conn, store, ctx.lease, staged).outputs(), "mode": mode}
+        # a range a chain_sync job planned announces its version (alerts route it by job)
+        committed = commit_version(
+            conn, store, staged, lease=ctx.lease, announce=job_name is not None, job_name=job_name
+        )
+        return {**committed.outputs(), "mode": mode}
 
     return Completion(outputs={}, commit=commit)

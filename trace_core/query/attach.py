@@ -38,6 +38,7 @@ from psycopg import Connection, sql
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
+from trace_core.datasets.cryo_schemas import CRYO_COLUMNS
 from trace_core.datasets.manifest import DatasetManifest, parse_manifest
 from trace_core.datasets.registry import (
     VersionRecord,
@@ -56,7 +57,7 @@ from trace_core.errors import (
     QueryError,
     TooLarge,
 )
-from trace_core.hot.tables import CRYO_COLUMNS, hot_rows_predicate
+from trace_core.hot.tables import hot_rows_predicate
 from trace_core.query.tokens import TaskClaims, UserClaims
 
 log = logging.getLogger(__name__)
