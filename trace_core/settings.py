@@ -156,6 +156,34 @@ class Settings(BaseSettings):
     )
     query_memory_limit: str = Field("2GB", description="DuckDB memory_limit per query")
     query_threads: int = Field(2, gt=0, description="DuckDB threads per query")
+    query_workers: int = Field(
+        4,
+        ge=0,
+        description="DuckDB worker processes of the Query Service (pre-forked; one query each at a time; a crashed one is replaced); 0 runs DuckDB inside the service, without isolation",
+    )
+    query_worker_address_space_bytes: int = Field(
+        4 * 1024**3,
+        ge=0,
+        description="Address-space limit (RLIMIT_AS) of each query worker; allocations past it fail as out of memory (HTTP 413). Keep above query_memory_limit + ~1.5 GB of mappings; 0 = unlimited",
+    )
+    query_cpu_seconds: int = Field(
+        120,
+        ge=0,
+        description="CPU time (all threads) one query may use (RLIMIT_CPU); past it its worker is killed and the query gets HTTP 408 cpu_limit; 0 = unlimited",
+    )
+    query_worker_stack_bytes: int = Field(
+        8 * 1024**2,
+        ge=0,
+        description="Stack limit (RLIMIT_STACK) of each query worker's query thread; recursion past it kills only that worker (HTTP 500 engine_crashed); 0 = inherited",
+    )
+    query_max_sql_bytes: int = Field(
+        100 * 1024, gt=0, description="Largest SQL text accepted, checked before parsing (HTTP 413)"
+    )
+    query_max_nesting_depth: int = Field(
+        100,
+        gt=0,
+        description="Deepest nesting of brackets and CASE in a query, checked before parsing (HTTP 400 sql_too_deep)",
+    )
     query_inline_max_rows: int = Field(
         10_000,
         gt=0,
