@@ -1,10 +1,10 @@
 """DuckDB in worker processes: a query that crashes or hangs the engine costs only itself.
 
-``EngineWorkers`` keeps ``size`` pre-forked worker processes (``forkserver`` start method,
-with the engine modules preloaded, so replacing one costs milliseconds rather than a Python
-start). Each worker runs one query at a time on its main thread, through the same
-``engine.execute`` the service used in process (same sandbox: exact ``allowed_paths``,
-``enable_external_access=false``, ``lock_configuration``), under OS limits set once at start:
+``EngineWorkers`` keeps ``size`` pre-started worker processes (``python -m
+trace_core.query.workers``, talking over a socketpair). Each worker runs one query at a time
+on its main thread, through the same ``engine.execute`` the service used in process (same
+sandbox: exact ``allowed_paths``, ``enable_external_access=false``, ``lock_configuration``),
+under OS limits set once at start:
 
 - ``RLIMIT_AS`` (address space): allocations past it fail, which DuckDB reports as out of
   memory (HTTP 413) instead of growing until the kernel's OOM killer picks a victim;
@@ -13,29 +13,37 @@ start). Each worker runs one query at a time on its main thread, through the sam
   (soft limit, all threads); past it the kernel sends SIGXCPU, which kills the worker;
 - ``RLIMIT_CORE`` 0: a crash writes no core file.
 
-The parent waits for the reply or the worker's death, and past the wall-clock limit plus a
-grace period (the worker's own watchdog should have interrupted DuckDB by then) it kills the
-worker. A dead worker is classified by its signal into a clear ``QueryError`` for that query
-only, and replaced in the background; other queries run in other workers meanwhile.
+The parent waits for the reply or the worker's end of the socket closing, and past the
+wall-clock limit plus a grace period (the worker's own watchdog should have interrupted DuckDB
+by then) it kills the worker. A dead worker is classified by its signal into a clear
+``QueryError`` for that query only and replaced in the background; other queries run in other
+workers meanwhile. Jobs go to a worker pickled (trusted direction); replies come back as a
+JSON header plus an Arrow IPC stream, never a pickle, so a subverted engine process cannot
+make the service unpickle anything.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
-import multiprocessing
-import multiprocessing.connection
 import os
+import pickle
 import queue
 import resource
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
+
+import pyarrow as pa
 
 from trace_core.errors import (
     AccessDenied,
@@ -120,41 +128,85 @@ def _arm_cpu(seconds: int) -> None:
     resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
 
 
-def serve_worker(conn: Connection, config: EngineConfig, limits: WorkerLimits) -> None:
-    """Worker process main: apply ``limits``, then answer jobs from ``conn`` until EOF/None.
-
-    Replies ``("ok", QueryResult)`` or ``("error", class name, code, message)``.
-    """
+def serve_worker(conn: Connection) -> None:
+    """Worker process main: read ``(EngineConfig, WorkerLimits)``, apply the limits, then
+    answer pickled ``_Job``s from ``conn`` until EOF or ``None`` (see ``_encode``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops workers, not Ctrl-C
+    config, limits = pickle.loads(conn.recv_bytes())
     _apply_limits(limits)
     sandboxes = SandboxPool(config, spare=1)
     sandboxes.start()
-    conn.send(("ready", os.getpid()))
+    conn.send_bytes(json.dumps({"status": "ready", "pid": os.getpid()}).encode())
     try:
         while True:
             try:
-                job = conn.recv()
+                job = pickle.loads(conn.recv_bytes())
             except EOFError:
                 return
             if job is None:
                 return
-            conn.send(_run(job, sandboxes, limits))
+            for part in _encode(_run(job, sandboxes, limits)):
+                conn.send_bytes(part)
     finally:
         sandboxes.stop()
 
 
-def _run(job: _Job, sandboxes: SandboxPool, limits: WorkerLimits) -> tuple[Any, ...]:
+def _run(job: _Job, sandboxes: SandboxPool, limits: WorkerLimits) -> QueryResult | QueryError:
     _arm_cpu(limits.cpu_seconds)
     try:
-        result = execute(job.sql, job.relations, job.config, job.limits, job.workdir, sandboxes)
+        return execute(job.sql, job.relations, job.config, job.limits, job.workdir, sandboxes)
     except QueryError as exc:
-        return ("error", type(exc).__name__, exc.code, exc.message)
+        return exc
     except MemoryError:
-        return ("error", "TooLarge", "memory_limit", "query exceeded the memory limit")
+        return TooLarge("query exceeded the memory limit", code="memory_limit")
     except Exception:  # a process boundary: the parent gets a clear error, the log the detail
         log.exception("query worker failed")
-        return ("error", "QueryFailed", "execution_failed", "query execution failed")
-    return ("ok", result)
+        return QueryFailed("query execution failed", code="execution_failed")
+
+
+def _encode(outcome: QueryResult | QueryError) -> tuple[bytes, bytes]:
+    """A reply as (JSON header, Arrow IPC stream of the inline batches or b"")."""
+    if isinstance(outcome, QueryError):
+        error = {
+            "status": "error",
+            "error": type(outcome).__name__,
+            "code": outcome.code,
+            "message": outcome.message,
+        }
+        return json.dumps(error).encode(), b""
+    header: dict[str, Any] = {
+        "status": "ok",
+        "columns": outcome.columns,
+        "row_count": outcome.row_count,
+        "bytes": outcome.bytes,
+        "truncated": outcome.truncated,
+        "spooled": outcome.spool is not None,
+    }
+    body = b""
+    if outcome.batches:
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, outcome.batches[0].schema) as writer:
+            for batch in outcome.batches:
+                writer.write_batch(batch)
+        body = sink.getvalue().to_pybytes()
+    return json.dumps(header).encode(), body
+
+
+def _decode(header_bytes: bytes, body: bytes, workdir: Workdir) -> QueryResult:
+    """The parent's side of ``_encode``: a result, or raise the error it carries."""
+    header = json.loads(header_bytes)
+    if header["status"] != "ok":
+        cls = _ERRORS.get(str(header["error"]), QueryFailed)
+        raise cls(str(header["message"]), code=str(header["code"]))
+    batches = list(pa.ipc.open_stream(body)) if body else []
+    return QueryResult(
+        columns=[{"name": str(c["name"]), "type": str(c["type"])} for c in header["columns"]],
+        batches=batches,
+        row_count=int(header["row_count"]),
+        bytes=int(header["bytes"]),
+        truncated=bool(header["truncated"]),
+        spool=workdir.spool if header["spooled"] else None,
+    )
 
 
 # --- the parent side ---------------------------------------------------------------------
@@ -162,9 +214,12 @@ def _run(job: _Job, sandboxes: SandboxPool, limits: WorkerLimits) -> tuple[Any, 
 
 @dataclass
 class _Worker:
-    process: Any  # multiprocessing's Process of the forkserver context
+    process: subprocess.Popen[bytes]
     conn: Connection
-    pid: int
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
 
 
 class EngineWorkers:
@@ -186,8 +241,6 @@ class EngineWorkers:
         self.size = size
         self.limits = limits
         self.kill_grace_seconds = kill_grace_seconds
-        self._ctx = multiprocessing.get_context("forkserver")
-        self._ctx.set_forkserver_preload(["trace_core.query.workers"])
         self._idle: queue.Queue[_Worker] = queue.Queue()
         self._lock = threading.Lock()
         self._all: dict[int, _Worker] = {}
@@ -197,10 +250,12 @@ class EngineWorkers:
     # --- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start every worker and wait until each is ready. Raises ``QueryError``."""
+        """Start every worker (in parallel) and wait until each is ready. Raises
+        ``QueryError(code='engine_unavailable')``."""
         self._closed.clear()
-        for _ in range(self.size):
-            self._idle.put(self._spawn())
+        launched = [self._launch() for _ in range(self.size)]
+        for worker in launched:
+            self._idle.put(self._ready(worker))
 
     def stop(self) -> None:
         self._closed.set()
@@ -209,13 +264,14 @@ class EngineWorkers:
             self._all.clear()
         for worker in workers:
             with contextlib.suppress(OSError):
-                worker.conn.send(None)
+                worker.conn.send_bytes(pickle.dumps(None))
         deadline = time.monotonic() + 5
         for worker in workers:
-            worker.process.join(timeout=max(0.0, deadline - time.monotonic()))
-            if worker.process.is_alive():
+            try:
+                worker.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
                 worker.process.kill()
-                worker.process.join(timeout=5)
+                worker.process.wait(timeout=5)
             worker.conn.close()
         while not self._idle.empty():
             self._idle.get_nowait()
@@ -225,52 +281,53 @@ class EngineWorkers:
         with self._lock:
             return sorted(self._all)
 
-    def _spawn(self) -> _Worker:
-        parent, child = self._ctx.Pipe()
-        process = self._ctx.Process(
-            target=serve_worker,
-            args=(child, self.config, self.limits),
-            name="trace-query-engine",
-            daemon=True,
-        )
-        process.start()
-        child.close()
-        if not parent.poll(START_TIMEOUT_SECONDS):
-            process.kill()
-            raise QueryError("a query engine worker did not start", code="engine_unavailable")
-        try:
-            _ready, pid = parent.recv()
-        except EOFError as exc:
-            raise QueryError(
-                f"a query engine worker died at start (exit {process.exitcode})",
-                code="engine_unavailable",
-            ) from exc
-        worker = _Worker(process, parent, pid)
+    def _launch(self) -> _Worker:
+        ours, theirs = socket.socketpair()
+        with theirs:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "trace_core.query.workers", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+            )
+        conn = Connection(ours.detach())
+        conn.send_bytes(pickle.dumps((self.config, self.limits)))
+        worker = _Worker(process, conn)
         with self._lock:
-            self._all[pid] = worker
+            self._all[worker.pid] = worker
         return worker
 
-    def _retire(self, worker: _Worker) -> None:
+    def _ready(self, worker: _Worker) -> _Worker:
+        try:
+            if not worker.conn.poll(START_TIMEOUT_SECONDS):
+                raise EOFError
+            json.loads(worker.conn.recv_bytes())
+        except (EOFError, OSError, ValueError) as exc:
+            self._retire(worker, replace=False)
+            raise QueryError(
+                f"a query engine worker did not start (exit {worker.process.returncode})",
+                code="engine_unavailable",
+            ) from exc
+        return worker
+
+    def _retire(self, worker: _Worker, *, replace: bool = True) -> None:
         """Kill ``worker`` (if still alive) and start its replacement in the background."""
-        if worker.process.is_alive():
+        if worker.process.poll() is None:
             worker.process.kill()
-        worker.process.join(timeout=5)
+        worker.process.wait(timeout=5)
         worker.conn.close()
         with self._lock:
             self._all.pop(worker.pid, None)
-        if self._closed.is_set():
-            return
-        threading.Thread(target=self._replace, name="query-engine-respawn", daemon=True).start()
+        if replace and not self._closed.is_set():
+            threading.Thread(target=self._replace, name="query-engine-respawn", daemon=True).start()
 
     def _replace(self) -> None:
         try:
-            fresh = self._spawn()
+            fresh = self._ready(self._launch())
         except QueryError:
             log.exception("could not replace a query engine worker")
             return
         if self._closed.is_set():
-            fresh.conn.send(None)
-            fresh.process.join(timeout=5)
+            self._retire(fresh, replace=False)
             return
         self.replaced += 1
         self._idle.put(fresh)
@@ -288,19 +345,16 @@ class EngineWorkers:
         ``QueryTimeout`` (code ``cpu_limit``) and ``EngineCrashed`` when the worker dies, and
         ``QueryError(code='engine_busy')`` when no worker frees up within the time limit."""
         job = _Job(sql, tuple(relations), self._job_config(relations), limits, workdir)
+        payload = pickle.dumps(job)
         worker = self._take()
         try:
-            worker.conn.send(job)
-            reply = self._await(worker)
+            worker.conn.send_bytes(payload)
+            header, body = self._await(worker)
         except BaseException:
             self._retire(worker)
             raise
         self._idle.put(worker)
-        if reply[0] == "ok":
-            result: QueryResult = reply[1]
-            return result
-        _kind, name, code, message = reply
-        raise _ERRORS.get(name, QueryFailed)(message, code=code)
+        return _decode(header, body, workdir)
 
     def _job_config(self, relations: Sequence[Relation]) -> EngineConfig:
         if self._scoper is None:
@@ -318,28 +372,25 @@ class EngineWorkers:
                 "every query engine is busy; try again shortly", code="engine_busy"
             ) from None
 
-    def _await(self, worker: _Worker) -> tuple[Any, ...]:
+    def _await(self, worker: _Worker) -> tuple[bytes, bytes]:
         """The worker's reply; raises a ``QueryError`` if it dies or overruns the deadline."""
         deadline = self.config.timeout_seconds + self.kill_grace_seconds
-        ready = multiprocessing.connection.wait([worker.conn, worker.process.sentinel], deadline)
-        if worker.conn in ready:
-            try:
-                reply: tuple[Any, ...] = worker.conn.recv()
-                return reply
-            except (EOFError, OSError):
-                pass  # died while answering: classified below
-        if not ready:
+        if not worker.conn.poll(deadline):
             log.warning("query engine worker overran its deadline; killed", extra=_pid(worker))
             raise QueryTimeout(
                 f"query exceeded {self.config.timeout_seconds:g} s and its engine did not stop;"
                 " the engine process was replaced",
                 code="query_timeout",
             )
-        worker.process.join(timeout=5)
+        try:
+            return worker.conn.recv_bytes(), worker.conn.recv_bytes()
+        except (EOFError, OSError):
+            pass  # the worker's end closed: it died; classified below
+        worker.process.wait(timeout=5)
         raise self._death(worker)
 
     def _death(self, worker: _Worker) -> QueryError:
-        code = worker.process.exitcode
+        code = worker.process.returncode
         signum = -code if code is not None and code < 0 else None
         name = signal.Signals(signum).name if signum else f"exit {code}"
         log.warning("query engine worker died (%s)", name, extra=_pid(worker))
@@ -356,3 +407,7 @@ class EngineWorkers:
 
 def _pid(worker: _Worker) -> dict[str, Any]:
     return {"worker_pid": worker.pid}
+
+
+if __name__ == "__main__":
+    serve_worker(Connection(int(sys.argv[1])))
