@@ -33,6 +33,8 @@ class Faults:
     head: int | None = None  # eth_blockNumber answers this instead (a stale node)
     max_log_span: int | None = None  # eth_getLogs over more blocks is refused (-32005)
     missing_methods: set[str] = field(default_factory=set)  # answered -32601
+    # drop/rate_limit/truncate only requests carrying one of these methods (None: any)
+    fault_methods: set[str] | None = None
 
 
 class FaultProxy:
@@ -44,7 +46,9 @@ class FaultProxy:
         self.hits: Counter[str] = Counter()
         self.methods: Counter[str] = Counter()
         self._lock = threading.Lock()
-        self._http = httpx.Client(timeout=60)
+        self._http = httpx.Client(
+            timeout=60, limits=httpx.Limits(max_connections=256, max_keepalive_connections=64)
+        )
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -54,8 +58,11 @@ class FaultProxy:
             def log_message(self, format: str, *args: Any) -> None:
                 return
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
+        class Server(ThreadingHTTPServer):
+            request_queue_size = 256  # cryo opens many connections at once
+            daemon_threads = True
+
+        self._server = Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -76,8 +83,11 @@ class FaultProxy:
 
     # --- one request -----------------------------------------------------------------
 
-    def _take(self, name: str) -> bool:
-        """Consume one count of a counted fault."""
+    def _take(self, name: str, methods: set[str] | None = None) -> bool:
+        """Consume one count of a counted fault (if the request is one it applies to)."""
+        only = self.faults.fault_methods
+        if only is not None and methods is not None and not only & methods:
+            return False
         with self._lock:
             left = getattr(self.faults, name)
             if left <= 0:
@@ -94,21 +104,22 @@ class FaultProxy:
         length = int(handler.headers.get("content-length") or 0)
         body = json.loads(handler.rfile.read(length) or b"null")
         calls = body if isinstance(body, list) else [body]
+        names = {str(c.get("method")) for c in calls}
         with self._lock:
             for c in calls:
                 self.methods[str(c.get("method"))] += 1
-        if self._take("drop"):
+        if self._take("drop", names):
             handler.connection.shutdown(socket.SHUT_RDWR)
             handler.close_connection = True
             return
-        if self._take("rate_limit"):
+        if self._take("rate_limit", names):
             self._send(
                 handler, 429, b"rate limited", {"Retry-After": f"{self.faults.retry_after:g}"}
             )
             return
         replies = [self._answer(c) for c in calls]
         out = json.dumps(replies if isinstance(body, list) else replies[0]).encode()
-        if self._take("truncate"):
+        if self._take("truncate", names):
             out = out[: len(out) // 2]
         self._send(handler, 200, out, {"Content-Type": "application/json"})
 

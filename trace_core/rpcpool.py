@@ -250,9 +250,8 @@ class RpcPool(JsonRpc):
         else:
             return  # the endpoint answered with a JSON-RPC error: it is up
         with self._lock:
-            endpoint.cooling_until = max(
-                endpoint.cooling_until, self._clock() + min(pause, self.max_retry_after)
-            )
+            # honoured in full: a wait past max_retry_after fails the call in _pick instead
+            endpoint.cooling_until = max(endpoint.cooling_until, self._clock() + pause)
 
     def _pick(self, tried: set[int], what: str) -> int:
         """The first endpoint not cooling (untried ones first); waits for the earliest to

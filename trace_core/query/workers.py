@@ -241,7 +241,8 @@ class EngineWorkers:
         self.size = size
         self.limits = limits
         self.kill_grace_seconds = kill_grace_seconds
-        self._idle: queue.Queue[_Worker] = queue.Queue()
+        # LIFO: the most recently used worker (warm caches) takes the next query
+        self._idle: queue.LifoQueue[_Worker] = queue.LifoQueue()
         self._lock = threading.Lock()
         self._all: dict[int, _Worker] = {}
         self._closed = threading.Event()
