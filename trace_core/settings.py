@@ -136,6 +136,11 @@ class Settings(BaseSettings):
         ge=0,
         description="An endpoint whose head trails the pool's best by more blocks is stale: skipped for ranges it cannot serve and reported",
     )
+    rpc_capability_ttl_seconds: int = Field(
+        3600,
+        gt=0,
+        description="How long a pool's capability probe (methods and tracers served per chain) holds before the dispatcher probes again",
+    )
     cryo_max_retries: int = Field(
         2,
         ge=0,

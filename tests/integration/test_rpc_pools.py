@@ -7,6 +7,7 @@ Each fault is shown to be retried (failover), split (adaptive log ranges), block
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -238,3 +239,45 @@ def test_every_endpoint_down_is_retryable_and_names_no_url(
     assert "no endpoint answered" in info.value.message
     assert "k1" not in info.value.message and "k2" not in info.value.message
     _nothing_committed(dbs, store)
+
+
+def test_a_stream_needing_a_method_the_pool_lacks_is_blocked_with_the_reason(
+    settings: Settings, dbs: Databases, proxies: tuple[FaultProxy, FaultProxy]
+) -> None:
+    from tests.integration.test_planner import ORG, apply, fixed_job
+    from trace_core.chain_sync import capabilities, planner, status
+    from trace_core.db.connection import connect
+
+    a, _b = proxies
+    a.faults.missing_methods = {"debug_traceBlockByNumber"}
+    env = {"TRACE_RPC_POOL_DEMO_URL": a.url}
+    with connect(dbs.state_url, autocommit=True) as conn:
+        apply(conn, fixed_job(to_block=2000, streams=("blocks", "geth_calls")))
+        assert capabilities.probe_due(conn, ORG, settings, env) == 1
+        assert capabilities.probe_due(conn, ORG, settings, env) == 0  # fresh until the TTL
+        assert a.hits["missing_method"] == 2  # callTracer and prestateTracer probes
+
+        planned = planner.plan_tick(conn, org_id=ORG).planned
+        assert {p.dataset_key for p in planned} == {"blocks"}
+        (job,) = status.job_status(conn, ORG, "job", environ=env)
+        streams = {s["dataset_key"]: s for s in job["streams"]}
+        assert streams["blocks"]["blocked"] == []
+        (reason,) = streams["geth_calls"]["blocked"]
+        assert reason["kind"] == "MissingRpcMethod"
+        assert (
+            "pool demo does not serve debug_traceBlockByNumber with callTracer"
+            in (reason["message"])
+        )
+        assert a.url not in json.dumps(job)
+        assert job["last_error_kind"] == "MissingRpcMethod"
+
+        # the provider adds the method: the next probe (after the TTL) unblocks the stream
+        a.faults.missing_methods = set()
+        conn.execute(
+            "UPDATE state.rpc_pool_capabilities SET probed_at = now() - interval '2 hours'"
+        )
+        assert capabilities.probe_due(conn, ORG, settings, env) == 1
+        planned = planner.plan_tick(conn, org_id=ORG).planned
+        assert {p.dataset_key for p in planned} == {"geth_calls"}
+        (job,) = status.job_status(conn, ORG, "job", environ=env)
+        assert all(s["blocked"] == [] for s in job["streams"])
