@@ -52,7 +52,6 @@ from trace_core.errors import (
     QueryTimeout,
     TooLarge,
 )
-from trace_core.query.attach import Relation
 from trace_core.query.engine import (
     EngineConfig,
     QueryResult,
@@ -61,6 +60,7 @@ from trace_core.query.engine import (
     Workdir,
     execute,
 )
+from trace_core.query.relations import Relation
 
 log = logging.getLogger(__name__)
 
@@ -345,7 +345,10 @@ class EngineWorkers:
         """Run already-gated SQL in a worker; same errors as ``engine.execute`` plus
         ``QueryTimeout`` (code ``cpu_limit``) and ``EngineCrashed`` when the worker dies, and
         ``QueryError(code='engine_busy')`` when no worker frees up within the time limit."""
-        job = _Job(sql, tuple(relations), self._job_config(relations), limits, workdir)
+        # versions stay here: the engine reads files and hot sources, and the worker then
+        # needs no registry (nor Postgres driver) to unpickle the job
+        shipped = tuple(dataclasses.replace(rel, versions=()) for rel in relations)
+        job = _Job(sql, shipped, self._job_config(relations), limits, workdir)
         payload = pickle.dumps(job)
         worker = self._take()
         try:
