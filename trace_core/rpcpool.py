@@ -2,7 +2,7 @@
 
 A pool's endpoints come from the environment only (``TRACE_RPC_POOL_<POOL>_URL`` first, then
 the comma-separated ``..._URLS``; ``settings.rpc_pool_urls``), with an optional per-endpoint
-rate limit (``TRACE_RPC_POOL_<POOL>_RPS`` or ``settings.rpc_requests_per_second``).
+rate limit (``TRACE_RPC_POOL_<POOL>_ENDPOINT_RPS`` or ``settings.rpc_endpoint_requests_per_second``).
 
 ``RpcPool`` has the typed methods of ``RpcClient``; each call goes to the first endpoint that
 is not cooling down and fails over to the next on a transport error, a timeout, an HTTP error
@@ -138,7 +138,7 @@ class RpcPool(JsonRpc):
             pool,
             urls,
             timeout=timeout or settings.rpc_timeout_seconds,
-            rates=rpc_pool_rps(pool, environ) or [settings.rpc_requests_per_second],
+            rates=rpc_pool_rps(pool, environ) or [settings.rpc_endpoint_requests_per_second],
             max_attempts=settings.rpc_max_attempts,
             max_retry_after=settings.rpc_max_retry_after_seconds,
             max_head_lag=settings.rpc_max_head_lag_blocks,

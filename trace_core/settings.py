@@ -116,10 +116,10 @@ class Settings(BaseSettings):
     rpc_timeout_seconds: float = Field(
         30.0, gt=0, description="Timeout of Trace's own JSON-RPC calls (probes, receipt checks)"
     )
-    rpc_requests_per_second: float = Field(
+    rpc_endpoint_requests_per_second: float = Field(
         0.0,
         ge=0,
-        description="Default rate limit per RPC endpoint for Trace's own calls and cryo (requests/s; 0 = none); TRACE_RPC_POOL_<POOL>_RPS overrides it per pool",
+        description="Default rate limit per RPC endpoint for Trace's own calls and cryo (requests/s; 0 = none); TRACE_RPC_POOL_<POOL>_ENDPOINT_RPS overrides it per pool",
     )
     rpc_max_attempts: int = Field(
         4,
@@ -156,6 +156,21 @@ class Settings(BaseSettings):
     )
 
     worker_batch_size: int = Field(8, gt=0, description="Tasks carried by one Dagster run")
+    worker_concurrency: int = Field(
+        4,
+        gt=0,
+        description="Tasks of one run executed at once (a bounded pool; each task keeps its own lease and fencing)",
+    )
+    service_run_seconds: int = Field(
+        600,
+        gt=0,
+        description="Lifetime of a long-lived service run (hot follower, compactor, sink, alert delivery) before its sensor starts a fresh one",
+    )
+    service_idle_exit_seconds: int = Field(
+        60,
+        gt=0,
+        description="A sink or alert-delivery service run ends after this long without work; its sensor restarts it when work appears",
+    )
     dispatch_batch_size: int = Field(
         200, gt=0, description="Max ranges planned per stream per tick"
     )
@@ -200,7 +215,7 @@ class Settings(BaseSettings):
     query_workers: int = Field(
         4,
         ge=0,
-        description="DuckDB worker processes of the Query Service (pre-forked; one query each at a time; a crashed one is replaced); 0 runs DuckDB inside the service, without isolation",
+        description="DuckDB worker processes of the Query Service (started with it; one query each at a time; a crashed one is replaced); 0 runs DuckDB inside the service, without isolation",
     )
     query_worker_address_space_bytes: int = Field(
         4 * 1024**3,
@@ -328,13 +343,13 @@ def rpc_pool_urls(pool: str, environ: Mapping[str, str] | None = None) -> list[s
 
 
 def rpc_pool_rps(pool: str, environ: Mapping[str, str] | None = None) -> list[float] | None:
-    """``TRACE_RPC_POOL_<POOL>_RPS``: one rate limit (requests/s) for every endpoint, or a
+    """``TRACE_RPC_POOL_<POOL>_ENDPOINT_RPS``: one rate limit (requests/s) for every endpoint, or a
     comma list matched to the endpoints in order (the last applies to the rest). None: unset.
 
     Raises ``ConfigError`` naming the variable for a value that is not a number >= 0.
     """
     env = os.environ if environ is None else environ
-    name = rpc_pool_env_var(pool).removesuffix("_URL") + "_RPS"
+    name = rpc_pool_env_var(pool).removesuffix("_URL") + "_ENDPOINT_RPS"
     raw = env.get(name, "").strip()
     if not raw:
         return None

@@ -75,9 +75,9 @@ def test_pool_urls_come_from_env_only_and_the_old_variable_still_works() -> None
     assert rpc_pool_urls("anvil", {URLS_VAR: "http://b,http://c"}) == ["http://b", "http://c"]
     assert rpc_pool_url("anvil", {ENV_VAR: "http://a"}) == "http://a"
     assert rpc_pool_urls("anvil", {}) == []
-    assert rpc_pool_rps("anvil", {"TRACE_RPC_POOL_ANVIL_RPS": "5, 2"}) == [5.0, 2.0]
-    with pytest.raises(ConfigError, match="TRACE_RPC_POOL_ANVIL_RPS"):
-        rpc_pool_rps("anvil", {"TRACE_RPC_POOL_ANVIL_RPS": "fast"})
+    assert rpc_pool_rps("anvil", {"TRACE_RPC_POOL_ANVIL_ENDPOINT_RPS": "5, 2"}) == [5.0, 2.0]
+    with pytest.raises(ConfigError, match="TRACE_RPC_POOL_ANVIL_ENDPOINT_RPS"):
+        rpc_pool_rps("anvil", {"TRACE_RPC_POOL_ANVIL_ENDPOINT_RPS": "fast"})
 
 
 def test_rate_limiter_spaces_requests() -> None:

@@ -7,7 +7,10 @@ and ``dead``. Throughput is blocks of ranges completed in the last ``window_seco
 the time since the earliest of them was planned (at most the window). Every time is the
 database's ``now()``. Blocked reasons name the missing ``TRACE_RPC_POOL_<POOL>_URL`` variable,
 never a URL, and the RPC methods/tracers a stream's dataset needs that the capability probe
-found missing from its pool (``MissingRpcMethod``). A job with a ``hot:`` block also reports its follower (``hot``: cursor, observed
+found missing from its pool (``MissingRpcMethod``). Each stream lists its dead ranges
+(``dead_ranges``: range, task, last error, attempts, when it died; the first
+``DEAD_RANGES_SHOWN`` by block) until they are revived with ``trace-lite retry``. A job with a
+``hot:`` block also reports its follower (``hot``: cursor, observed
 head, lag, where it starts, and why it is not following); ``hot_blocked`` is the rule the
 ``trace_hot_follower`` sensor applies too.
 """
@@ -27,6 +30,7 @@ from psycopg.rows import dict_row
 from trace_core.chain_sync import capabilities, store
 from trace_core.chain_sync.head import MISSING_RPC_URL
 from trace_core.chain_sync.planner import DEAD_RANGES, MISSING_HEAD, eligible_end
+from trace_core.chain_sync.retry import DeadRange, dead_ranges
 from trace_core.db.queries import q
 from trace_core.settings import rpc_pool_env_var, rpc_pool_url
 
@@ -67,6 +71,7 @@ class StreamStatus:
     lag_blocks: int | None
     done: bool
     blocked: list[Blocked] = field(default_factory=list)
+    dead_ranges: list[DeadRange] = field(default_factory=list)
 
     @property
     def blocked_reason(self) -> str | None:
@@ -203,8 +208,15 @@ def collect_status(
                 q("chain_sync", "status_streams"),
                 {"job_id": j.job_id, "window_seconds": float(window_seconds)},
             ).fetchall()
+            dead = dead_ranges(conn, j.job_id) if any(r["dead"] for r in rows) else {}
             streams = [
-                _stream_status(j, r, environ, missing.get((j.chain_id, r["rpc_pool"])))
+                _stream_status(
+                    j,
+                    r,
+                    environ,
+                    dead.get(r["dataset_key"], []),
+                    missing.get((j.chain_id, r["rpc_pool"])),
+                )
                 for r in rows
             ]
             out.append(_job_status(j, streams, hot.get(j.job_id)))
@@ -246,6 +258,7 @@ def _stream_status(
     j: store.JobRow,
     r: dict[str, Any],
     environ: Mapping[str, str] | None,
+    dead: list[DeadRange] | None = None,
     missing: Mapping[str, str | None] | None = None,
 ) -> StreamStatus:
     fixed = j.mode == "fixed_target"
@@ -272,8 +285,11 @@ def _stream_status(
         eta = 0.0 if remaining == 0 else (remaining / throughput if throughput else None)
     inflight = int(r["scheduled"]) + int(r["running"])
     done = fixed and r["next_block"] >= (j.to_block or 0) and inflight == 0 and r["dead"] == 0
+    dead = dead or []
     blocked = (
-        [] if done else _blocked(j, r, elig.blocked_kind, elig.blocked_message, environ, missing)
+        []
+        if done
+        else _blocked(j, r, elig.blocked_kind, elig.blocked_message, environ, dead, missing)
     )
     return StreamStatus(
         dataset_key=r["dataset_key"],
@@ -301,7 +317,13 @@ def _stream_status(
         lag_blocks=None if fixed or elig.end is None else max(0, elig.end - r["next_block"]),
         done=done,
         blocked=blocked,
+        dead_ranges=dead,
     )
+
+
+def _short(text: str, limit: int = 200) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def _blocked(
@@ -310,6 +332,7 @@ def _blocked(
     head_kind: str | None,
     head_message: str | None,
     environ: Mapping[str, str] | None,
+    dead: list[DeadRange],
     missing: Mapping[str, str | None] | None = None,
 ) -> list[Blocked]:
     reasons: list[Blocked] = []
@@ -329,11 +352,14 @@ def _blocked(
     if j.mode == "follow_head" and observer_kind and observer_kind not in {b.kind for b in reasons}:
         reasons.append(Blocked(observer_kind, r["head_error_message"] or ""))
     if r["dead"]:
+        first = dead[0] if dead else None
+        error = f" ({_short(first.last_error)})" if first and first.last_error else ""
         reasons.append(
             Blocked(
                 DEAD_RANGES,
                 f"{r['dead']} dead range(s), first [{r['first_dead_start']}, {r['first_dead_end']}) "
-                f"task {r['first_dead_task']}; planning stopped until revived",
+                f"task {r['first_dead_task']}{error}; planning stopped until revived "
+                f"(trace-lite retry --job {j.name} --stream {r['dataset_key']})",
             )
         )
     return reasons

@@ -18,7 +18,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -46,6 +46,7 @@ from trace_core.errors import (
 from trace_core.operators.cryo_fake import extract_fake
 from trace_core.operators.cryo_real import extract_real
 from trace_core.rpc import JsonRpc
+from trace_core.rpc_limits import PoolLimits, extraction_slot, pool_limits
 from trace_core.rpcpool import RpcPool
 from trace_core.settings import Settings, rpc_pool_env_var, rpc_pool_url
 from trace_core.storage.base import ObjectStore
@@ -240,6 +241,16 @@ def open_pool(
     return RpcPool.from_env(p.rpc_pool, settings, environ)
 
 
+def cryo_kwargs(p: CryoIngestPayload, rate_share: float | None) -> dict[str, Any]:
+    """The stream's cryo options, with ``requests_per_second`` capped at the pool's share."""
+    options: dict[str, Any] = {"chunk_size": p.chunk_size, **p.cryo_options}
+    if rate_share is not None:
+        share = max(1, int(rate_share))
+        own = options.get("requests_per_second")
+        options["requests_per_second"] = share if own is None else min(int(own), share)
+    return options
+
+
 # --- verification --------------------------------------------------------------------------
 
 
@@ -367,6 +378,7 @@ def extract_and_stage(
     check: Callable[[], None] | None = None,
     environ: Mapping[str, str] | None = None,
     timings: dict[str, float] | None = None,
+    state: StateConnect | None = None,
 ) -> tuple[StagedOutput, Mode]:
     """Everything before the commit: extract, verify, upload to the staging prefix.
 
@@ -374,7 +386,9 @@ def extract_and_stage(
     ``StaleAttempt`` this raises ``StaleAttempt`` and nothing is staged further. Under a
     caller that already heartbeats (the worker), pass its ``check`` instead: it is called
     between phases and raises ``StaleAttempt`` once the lease is lost. The local staging dir
-    is removed on success and left for ``gc_staging`` on failure.
+    is removed on success and left for ``gc_staging`` on failure. With ``state``, a real
+    extraction first takes a slot of its pool (``rpc_limits``: the pool's concurrency and
+    request-rate limits, which hold across runs and machines); without it, none is taken.
     """
     timings = {} if timings is None else timings
     p = CryoIngestPayload.parse(lease.payload, org_id=org_id or settings.org_id)
@@ -399,7 +413,14 @@ def extract_and_stage(
         pool = open_pool(p, settings, environ) if mode == "real" else None
         try:
             if pool is not None:
-                extract_real(p, pool, out_dir, settings)
+                limits = pool_limits(p.rpc_pool, environ) if p.rpc_pool else PoolLimits()
+                slot: AbstractContextManager[int | None] = (
+                    extraction_slot(state, p.rpc_pool, lease, limits, check=checkpoint)
+                    if state is not None and p.rpc_pool
+                    else nullcontext(None)
+                )
+                with slot:
+                    extract_real(p, pool, out_dir, settings, limits.share_per_extraction)
             else:
                 extract_fake(p, out_dir)
             checkpoint()
@@ -455,7 +476,14 @@ def run_cryo_ingest(
     timings: dict[str, float] = {}
     beat = heartbeat or lease_heartbeat(settings, lease, state)
     staged, mode = extract_and_stage(
-        settings, store, lease, org_id=org_id, heartbeat=beat, environ=environ, timings=timings
+        settings,
+        store,
+        lease,
+        org_id=org_id,
+        heartbeat=beat,
+        environ=environ,
+        timings=timings,
+        state=state,
     )
     t0 = time.perf_counter()
     with state() as conn:
@@ -475,7 +503,9 @@ def cryo_ingest_operator(ctx: OperatorContext) -> Completion:
 
     rt = ctx.runtime
     store = rt.store
-    staged, mode = extract_and_stage(rt.settings, store, ctx.lease, check=ctx.check_lease)
+    staged, mode = extract_and_stage(
+        rt.settings, store, ctx.lease, check=ctx.check_lease, state=rt.state
+    )
 
     def commit(conn: Connection[Any]) -> dict[str, Any]:
         return {**commit_dataset_version(conn, store, ctx.lease, staged).outputs(), "mode": mode}

@@ -62,9 +62,15 @@ class ExtractReport:
 
 
 def extract_real(
-    p: CryoIngestPayload, pool: RpcPool, out_dir: Path, settings: Settings
+    p: CryoIngestPayload,
+    pool: RpcPool,
+    out_dir: Path,
+    settings: Settings,
+    rate_share: float | None = None,
 ) -> ExtractReport:
-    """Check the pool, then extract ``[range_start, range_end)`` into ``out_dir``.
+    """Check the pool, then extract ``[range_start, range_end)`` into ``out_dir``, at most
+    ``rate_share`` requests per second (this extraction's share of the pool's rate,
+    ``rpc_limits``) and at most the endpoint's own rate limit.
 
     Raises ``RpcError`` (no endpoint answers), ``ChainMismatch`` (every endpoint serves
     another chain), ``CoverageError`` (no endpoint has the range's last block yet) or
@@ -74,7 +80,7 @@ def extract_real(
     inner: int | None = None
     if p.cryo_dataset_name in LOG_DATASETS:
         inner = int(p.cryo_options.get("inner_request_size") or 1)
-    run = _Run(p, usable.endpoints, out_dir, settings)
+    run = _Run(p, usable.endpoints, out_dir, settings, rate_share)
     run.extract(p.range_start, p.range_end, inner)
     run.report.inner_request_size = run.smallest_inner
     if run.report.splits or run.report.failovers:
@@ -93,9 +99,15 @@ def extract_real(
 
 class _Run:
     def __init__(
-        self, p: CryoIngestPayload, endpoints: list[Endpoint], out_dir: Path, settings: Settings
+        self,
+        p: CryoIngestPayload,
+        endpoints: list[Endpoint],
+        out_dir: Path,
+        settings: Settings,
+        rate_share: float | None,
     ) -> None:
         self.p = p
+        self.rate_share = rate_share
         self.endpoints = endpoints
         self.current = 0
         self.out_dir = out_dir
@@ -150,17 +162,19 @@ class _Run:
             )
         self.report.calls += 1
         part = self.out_dir / f"part_{start:012}_{end:012}_{self.report.calls}"
+        from trace_core.operators.cryo_ingest import cryo_kwargs
+
+        share = self.rate_share
+        if self.endpoint.rps:
+            share = self.endpoint.rps if share is None else min(share, self.endpoint.rps)
         kwargs: dict[str, Any] = {
-            "chunk_size": self.p.chunk_size,
             "max_retries": self.settings.cryo_max_retries,
             "initial_backoff": self.settings.cryo_initial_backoff_ms,
-            **self.p.cryo_options,
+            **cryo_kwargs(self.p, share),
         }
         if inner is not None:
             kwargs["inner_request_size"] = inner
             self.smallest_inner = min(inner, self.smallest_inner or inner)
-        if self.endpoint.rps and "requests_per_second" not in self.p.cryo_options:
-            kwargs["requests_per_second"] = max(1, int(self.endpoint.rps))
         try:
             summary = freeze(
                 self.p.cryo_dataset_name,
