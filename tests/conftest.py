@@ -149,6 +149,7 @@ def settings(dbs: Databases, trace_home: Path) -> Settings:
         data_url=dbs.data_url,  # type: ignore[arg-type]
         lease_seconds=30,
         retry_base_seconds=0,
+        query_workers=1,  # each Query Service a test starts forks one engine process, not four
     )
 
 
@@ -161,4 +162,5 @@ def trace_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Runtime:
     monkeypatch.setenv("TRACE_DATA_URL", settings.data_url.get_secret_value())
     monkeypatch.setenv("TRACE_RETRY_BASE_SECONDS", "0")
     monkeypatch.setenv("TRACE_HEARTBEAT_SECONDS", "1")
+    monkeypatch.setenv("TRACE_QUERY_WORKERS", "1")
     return Runtime(load_settings())

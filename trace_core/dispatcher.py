@@ -58,13 +58,14 @@ class TickReport:
 
 def dispatch_tick(rt: Runtime) -> TickReport:
     from trace_core.alerts import routing
-    from trace_core.chain_sync import head, planner
+    from trace_core.chain_sync import capabilities, head, planner
     from trace_core.integrity.invalidations import consume_invalidations
 
     report = TickReport()
     s = rt.settings
     with rt.state() as conn:
         report.heads_observed = len(head.observe_heads(conn, s.org_id))
+        capabilities.probe_due(conn, s.org_id, s)  # once per pool and TTL: what it serves
         result = planner.plan_tick(conn, org_id=s.org_id, limit=s.dispatch_batch_size)
         report.planned = [
             PlannedPartition(

@@ -16,7 +16,8 @@ in ``SAME_LAYER`` order, and any lower layer; never a higher one:
 - ``tasks``: the task state machine (create, claim, heartbeat, complete, reap).
 - ``runtime``: settings + databases + queue + store, handed to everything above.
 - ``datasets``: versions, manifests, the commit protocol, cryo's column schemas.
-- ``rpc``, ``rpc_limits``: the JSON-RPC client and its per-pool limits.
+- ``rpc``, ``rpcpool``, ``rpc_limits``: the JSON-RPC client, pools of endpoints, per-pool
+  limits.
 - ``hot``: the block follower's Postgres tables, finality, reorgs, compaction.
 - ``operators``: the operator contract (``operators.base``) and the operators themselves.
 - ``chain_sync``: job specs, the planner (builds operator payloads), status, retry, revive.
@@ -46,7 +47,7 @@ LAYERS: list[set[str]] = [
     {"tasks"},
     {"runtime"},
     {"datasets"},
-    {"rpc", "rpc_limits"},
+    {"rpc", "rpcpool", "rpc_limits"},
     {"hot"},
     {"operators"},
     {"chain_sync"},
@@ -62,7 +63,7 @@ LAYERS: list[set[str]] = [
 SAME_LAYER: list[list[str]] = [
     ["errors", "settings", "logs", "yamlfile"],
     ["queue", "storage"],
-    ["rpc", "rpc_limits"],
+    ["rpc", "rpcpool", "rpc_limits"],
     ["devchain", "worker", "dispatcher", "services"],
 ]
 

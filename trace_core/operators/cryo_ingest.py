@@ -12,16 +12,13 @@ StaleAttempt (nothing committed).
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import logging
 import re
 import shutil
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,7 +27,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from psycopg import Connection
 
-from trace_core.datasets import ids
 from trace_core.datasets.commit import (
     CommittedVersion,
     StagedOutput,
@@ -41,25 +37,21 @@ from trace_core.datasets.commit import (
 from trace_core.errors import (
     ArtifactCapExceeded,
     ArtifactInvalid,
-    ChainMismatch,
     ConfigError,
     CoverageError,
-    CryoFailed,
-    InvalidPayload,
-    StagingFull,
-    UnknownCryoDataset,
 )
 from trace_core.operators.base import Completion, OperatorContext
 from trace_core.operators.cryo_fake import extract_fake
-from trace_core.operators.payload import (
-    NonNegativeInt,
-    PositiveInt,
-    RangeLabel,
-    StrictText,
-    TaskPayload,
+from trace_core.operators.cryo_payload import (
+    CryoIngestPayload,
 )
-from trace_core.rpc import RpcClient
+from trace_core.operators.cryo_real import extract_real
+from trace_core.operators.payload import (
+    RangeLabel,
+)
+from trace_core.rpc import JsonRpc
 from trace_core.rpc_limits import PoolLimits, extraction_slot, pool_limits
+from trace_core.rpcpool import RpcPool
 from trace_core.settings import Settings, rpc_pool_env_var, rpc_pool_url
 from trace_core.storage.base import ObjectStore
 from trace_core.tasks.keepalive import LeaseHeartbeat, StateConnect, lease_heartbeat
@@ -70,165 +62,11 @@ log = logging.getLogger(__name__)
 OPERATOR = "cryo_ingest"
 Mode = Literal["real", "fake"]
 
-# cryo 0.3.2 datasets that need only a block range and write one kind of file (each name was
-# run against anvil). Aliases and multi-dataset names are refused so a stream maps to files.
-CRYO_DATASETS: frozenset[str] = frozenset(
-    {
-        "address_appearances", "balance_diffs", "balance_reads", "blocks", "code_diffs",
-        "code_reads", "contracts", "erc20_transfers", "erc721_transfers", "four_byte_counts",
-        "geth_balance_diffs", "geth_calls", "geth_code_diffs", "geth_nonce_diffs", "geth_opcodes",
-        "geth_storage_diffs", "logs", "native_transfers", "nonce_diffs", "nonce_reads",
-        "storage_diffs", "storage_reads", "traces", "transactions", "vm_traces",
-    }
-)  # fmt: skip
-# Valid cryo datasets that need per-address/per-call inputs cryo_ingest does not pass.
-CRYO_DATASETS_NEEDING_INPUTS: frozenset[str] = frozenset(
-    {
-        "balances", "codes", "erc20_balances", "erc20_metadata", "erc20_supplies",
-        "erc721_metadata", "eth_calls", "javascript_traces", "nonces", "slots", "storages",
-        "trace_calls",
-    }
-)  # fmt: skip
-CRYO_ALIASES: Mapping[str, str] = {
-    "txs": "transactions",
-    "events": "logs",
-    "slot_diffs": "storage_diffs",
-    "opcode_traces": "vm_traces",
-}
-# cryo.freeze options a payload may set; blocks, rpc and output are Trace's.
-CRYO_OPTIONS: frozenset[str] = frozenset(
-    {
-        "include_columns", "exclude_columns", "columns", "sort", "hex", "requests_per_second",
-        "max_concurrent_requests", "max_concurrent_chunks", "inner_request_size",
-        "row_group_size", "n_row_groups", "no_stats", "compression", "chunk_size", "contract",
-        "topic0", "topic1", "topic2", "topic3",
-    }
-)  # fmt: skip
-DEFAULT_CHUNK_SIZE = 1000
 # cryo names files {network}__{dataset}__{first:08}_to_{last:08}.parquet (network: "ethereum"
 # for chain 1, "network_{chain_id}" for chains it does not know).
 _FILE_RANGE = re.compile(
     r"^(?P<net>[a-z0-9_]+?)__(?P<ds>[a-z0-9_]+)__(?P<a>\d+)_to_(?P<b>\d+)\.parquet$"
 )
-
-
-# --- payload -------------------------------------------------------------------------------
-
-
-class CryoIngestTask(TaskPayload):
-    """The ``cryo_ingest`` task payload as stored: what the planner builds for one range
-    (``[range_start, range_end)``). ``CryoIngestPayload.parse`` resolves the rest."""
-
-    chain_id: PositiveInt
-    range_start: NonNegativeInt
-    range_end: PositiveInt
-    dataset_key: StrictText
-    operator: str = "cryo_ingest"
-    job_id: str | None = None
-    job_name: str | None = None
-    dataset_uuid: str | None = None
-    cryo_dataset_name: str | None = None
-    rpc_pool: str | None = None
-    config_hash: Any = None  # checked in ``CryoIngestPayload.parse`` (names the field)
-    cryo_options: Any = None
-
-
-def validate_dataset_name(name: str) -> str:
-    """Return ``name`` if cryo_ingest can extract it; else raise ``UnknownCryoDataset``."""
-    if name in CRYO_DATASETS:
-        return name
-    if name in CRYO_ALIASES:
-        raise UnknownCryoDataset(f"cryo dataset {name!r} is an alias; use {CRYO_ALIASES[name]!r}")
-    if name in CRYO_DATASETS_NEEDING_INPUTS:
-        raise UnknownCryoDataset(
-            f"cryo dataset {name!r} needs per-address inputs that cryo_ingest does not pass"
-        )
-    raise UnknownCryoDataset(
-        f"unknown cryo dataset {name!r}; known: {', '.join(sorted(CRYO_DATASETS))}"
-    )
-
-
-@dataclass(frozen=True)
-class CryoIngestPayload:
-    """A ``cryo_ingest`` task payload. Ranges are end-exclusive ``[range_start, range_end)``."""
-
-    chain_id: int
-    dataset_key: str
-    cryo_dataset_name: str
-    range_start: int
-    range_end: int
-    dataset_uuid: uuid.UUID
-    config_hash: str
-    rpc_pool: str | None = None
-    cryo_options: Mapping[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def parse(cls, payload: Mapping[str, Any], *, org_id: str) -> CryoIngestPayload:
-        """Validate a payload. Raises ``InvalidPayload`` naming the field, or
-        ``UnknownCryoDataset`` for a dataset cryo_ingest cannot extract."""
-        task = CryoIngestTask.parse(
-            {k: payload[k] for k in ("chain_id", "range_start", "range_end", "dataset_key")
-             if k in payload}
-        )  # fmt: skip
-        chain_id, start, end = task.chain_id, task.range_start, task.range_end
-        if end <= start:
-            raise InvalidPayload(
-                "payload range_end must be greater than range_start", field="range_end"
-            )
-        dataset_key = task.dataset_key
-        config_hash = payload.get("config_hash")
-        name = payload.get("cryo_dataset_name") or (
-            ids.dataset_name_from_config_hash(config_hash) if isinstance(config_hash, str) else None
-        )
-        if not isinstance(name, str):
-            raise InvalidPayload("payload names no cryo_dataset_name", field="cryo_dataset_name")
-        validate_dataset_name(name)
-        options = payload.get("cryo_options", payload.get("config")) or {}
-        if not isinstance(options, Mapping):
-            raise InvalidPayload(
-                "payload field 'cryo_options' must be an object", field="cryo_options"
-            )
-        bad = sorted(set(options) - CRYO_OPTIONS)
-        if bad:
-            raise InvalidPayload(
-                f"unsupported cryo options: {', '.join(bad)}", field="cryo_options"
-            )
-        options = {k: v for k, v in options.items() if v is not None}
-        raw_uuid = payload.get("dataset_uuid")
-        try:
-            dataset_uuid = (
-                uuid.UUID(str(raw_uuid))
-                if raw_uuid
-                else ids.dataset_uuid(org_id, chain_id, dataset_key)
-            )
-        except ValueError:
-            raise InvalidPayload(
-                "payload field 'dataset_uuid' is not a UUID", field="dataset_uuid"
-            ) from None
-        if config_hash is not None and (not isinstance(config_hash, str) or not config_hash):
-            raise InvalidPayload(
-                "payload field 'config_hash' must be a non-empty string", field="config_hash"
-            )
-        pool = payload.get("rpc_pool")
-        if pool is not None and (not isinstance(pool, str) or "://" in pool):
-            raise InvalidPayload(
-                "payload field 'rpc_pool' must name a pool, not a URL", field="rpc_pool"
-            )
-        return cls(
-            chain_id=chain_id,
-            dataset_key=dataset_key,
-            cryo_dataset_name=name,
-            range_start=start,
-            range_end=end,
-            dataset_uuid=dataset_uuid,
-            config_hash=config_hash or ids.config_hash(name, options),
-            rpc_pool=pool,
-            cryo_options=dict(options),
-        )
-
-    @property
-    def chunk_size(self) -> int:
-        return int(self.cryo_options.get("chunk_size") or DEFAULT_CHUNK_SIZE)
 
 
 def choose_mode(
@@ -250,89 +88,13 @@ def choose_mode(
 # --- extraction ----------------------------------------------------------------------------
 
 
-def freeze(dataset: str, **kwargs: Any) -> dict[str, Any] | None:
-    """``cryo.freeze`` without its leak: run ``cryo.async_freeze`` on a private event loop in
-    a private thread (safe inside a caller's running loop) and close the loop afterwards.
-
-    ``cryo.freeze`` leaves one unclosed event loop (and its socket pair) per call.
-    """
-    import cryo
-
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="cryo") as pool:
-        result: dict[str, Any] | None = pool.submit(
-            asyncio.run, cryo.async_freeze(dataset, **kwargs)
-        ).result()
-    return result
-
-
-def cryo_kwargs(p: CryoIngestPayload, rate_share: float | None) -> dict[str, Any]:
-    """The stream's cryo options, with ``requests_per_second`` capped at the pool's share."""
-    options: dict[str, Any] = {"chunk_size": p.chunk_size, **p.cryo_options}
-    if rate_share is not None:
-        share = max(1, int(rate_share))
-        own = options.get("requests_per_second")
-        options["requests_per_second"] = share if own is None else min(int(own), share)
-    return options
-
-
-def extract_real(
-    p: CryoIngestPayload,
-    url: str,
-    out_dir: Path,
-    settings: Settings,
-    rate_share: float | None = None,
-) -> None:
-    """Probe the RPC, then ``cryo.freeze`` the range into ``out_dir`` (at most
-    ``rate_share`` requests per second: this extraction's share of its pool's rate).
-
-    Raises ``RpcError`` (unreachable), ``ChainMismatch``, ``CoverageError`` (range past the
-    head) or ``CryoFailed`` (cryo raised or reported errored chunks).
-    """
-    label = f"pool {p.rpc_pool}"
-    with RpcClient(url, label=label, timeout=settings.rpc_timeout_seconds) as rpc:
-        served = rpc.chain_id()
-        if served != p.chain_id:
-            raise ChainMismatch(f"{label} serves chain {served}, the task wants chain {p.chain_id}")
-        head = rpc.block_number()
-    if p.range_end - 1 > head:
-        raise CoverageError(
-            f"range [{p.range_start}, {p.range_end}) ends past the head {head} of {label}"
-        )
-    try:
-        summary = freeze(
-            p.cryo_dataset_name,
-            blocks=[f"{p.range_start}:{p.range_end}"],
-            rpc=url,
-            output_dir=str(out_dir),
-            verbose=False,  # cryo's parse_cli_args turns verbose into no_verbose
-            **cryo_kwargs(p, rate_share),
-        )
-    except Exception as exc:  # the binding raises a bare TypeError('failed'); never the URL
-        _raise_if_staging_full(p, label, out_dir, exc)
-        raise CryoFailed(
-            f"cryo {p.cryo_dataset_name} failed on {label}: {type(exc).__name__}"
-        ) from exc
-    errored = int((summary or {}).get("n_errored", 0))
-    if errored:
-        _raise_if_staging_full(p, label, out_dir, None)
-        raise CryoFailed(f"cryo {p.cryo_dataset_name} reported {errored} errored chunks on {label}")
-
-
-# Below this much free space on the staging filesystem, a cryo failure is reported as
-# StagingFull: cryo's binding says only TypeError('failed') when a write hits ENOSPC.
-STAGING_MIN_FREE_BYTES = 1024 * 1024
-
-
-def _raise_if_staging_full(
-    p: CryoIngestPayload, label: str, out_dir: Path, cause: BaseException | None
-) -> None:
-    free = shutil.disk_usage(out_dir).free
-    if free < STAGING_MIN_FREE_BYTES:
-        raise StagingFull(
-            f"cryo {p.cryo_dataset_name} failed on {label}: No space left on device in the "
-            f"staging directory {out_dir.parent.parent} ({free} bytes free); free space or "
-            "set TRACE_CRYO_STAGING_DIR"
-        ) from cause
+def open_pool(
+    p: CryoIngestPayload, settings: Settings, environ: Mapping[str, str] | None
+) -> RpcPool:
+    """The task's RPC pool from the environment. Raises ``ConfigError`` naming the variable."""
+    if p.rpc_pool is None:
+        raise ConfigError("real cryo mode needs the payload's rpc_pool", field="rpc_pool")
+    return RpcPool.from_env(p.rpc_pool, settings, environ)
 
 
 # --- verification --------------------------------------------------------------------------
@@ -423,10 +185,10 @@ def check_coverage(p: CryoIngestPayload, files: list[Path]) -> int:
     return rows
 
 
-def check_log_receipts(p: CryoIngestPayload, url: str, rows: int, settings: Settings) -> None:
-    """Compare a logs range's row count with receipts; a mismatch is a ``CoverageError``."""
-    with RpcClient(url, label=f"pool {p.rpc_pool}", timeout=settings.rpc_timeout_seconds) as rpc:
-        expected = rpc.log_count(p.range_start, p.range_end)
+def check_log_receipts(p: CryoIngestPayload, rpc: JsonRpc, rows: int) -> None:
+    """Compare a logs range's row count with receipts (``eth_getBlockReceipts``): a node can
+    answer ``eth_getLogs`` without some logs. A mismatch is a ``CoverageError`` (retryable)."""
+    expected = rpc.log_count(p.range_start, p.range_end)
     if rows != expected:
         raise CoverageError(
             f"logs output has {rows} rows, receipts of [{p.range_start}, {p.range_end}) hold {expected}"
@@ -476,7 +238,7 @@ def extract_and_stage(
     """
     timings = {} if timings is None else timings
     p = CryoIngestPayload.parse(lease.payload, org_id=org_id or settings.org_id)
-    mode, url = choose_mode(settings, p.rpc_pool, environ)
+    mode, _url = choose_mode(settings, p.rpc_pool, environ)
     out_dir = attempt_staging_dir(settings, lease)
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -494,33 +256,36 @@ def extract_and_stage(
     with hb.running() if heartbeat else nullcontext(hb):
         checkpoint = check or hb.check
         t0 = time.perf_counter()
-        if mode == "real":
-            assert url is not None
-            limits = pool_limits(p.rpc_pool, environ) if p.rpc_pool else PoolLimits()
-            slot: AbstractContextManager[int | None] = (
-                extraction_slot(state, p.rpc_pool, lease, limits, check=checkpoint)
-                if state is not None and p.rpc_pool
-                else nullcontext(None)
-            )
-            with slot:
-                extract_real(p, url, out_dir, settings, limits.share_per_extraction)
-        else:
-            extract_fake(
-                chain_id=p.chain_id,
-                cryo_dataset_name=p.cryo_dataset_name,
-                range_start=p.range_start,
-                range_end=p.range_end,
-                chunk_size=p.chunk_size,
-                out_dir=out_dir,
-            )
-        checkpoint()
-        t1 = time.perf_counter()
-        files = collect_files(out_dir)
-        check_caps(files, settings)
-        rows = check_coverage(p, files)
-        if mode == "real" and p.cryo_dataset_name == "logs" and settings.verify_log_receipts:
-            assert url is not None
-            check_log_receipts(p, url, rows, settings)
+        pool = open_pool(p, settings, environ) if mode == "real" else None
+        try:
+            if pool is not None:
+                limits = pool_limits(p.rpc_pool, environ) if p.rpc_pool else PoolLimits()
+                slot: AbstractContextManager[int | None] = (
+                    extraction_slot(state, p.rpc_pool, lease, limits, check=checkpoint)
+                    if state is not None and p.rpc_pool
+                    else nullcontext(None)
+                )
+                with slot:
+                    extract_real(p, pool, out_dir, settings, limits.share_per_extraction)
+            else:
+                extract_fake(
+                    chain_id=p.chain_id,
+                    cryo_dataset_name=p.cryo_dataset_name,
+                    range_start=p.range_start,
+                    range_end=p.range_end,
+                    chunk_size=p.chunk_size,
+                    out_dir=out_dir,
+                )
+            checkpoint()
+            t1 = time.perf_counter()
+            files = collect_files(out_dir)
+            check_caps(files, settings)
+            rows = check_coverage(p, files)
+            if pool is not None and p.cryo_dataset_name == "logs" and settings.verify_log_receipts:
+                check_log_receipts(p, pool, rows)
+        finally:
+            if pool is not None:
+                pool.close()
         checkpoint()
         t2 = time.perf_counter()
         schema, staged_files = stage_parquet_files(store, lease.task_id, lease.attempt, files)
