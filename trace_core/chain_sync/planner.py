@@ -25,6 +25,7 @@ from psycopg import Connection
 from psycopg.rows import dict_row
 
 from trace_core.chain_sync import capabilities
+from trace_core.db.errors import translates_db_errors
 from trace_core.db.queries import q
 from trace_core.errors import DatasetConflict, InvalidPayload, UnknownTask
 from trace_core.operators.cryo_payload import CryoIngestTask
@@ -174,6 +175,7 @@ class PlanResult:
 # --- the tick ---------------------------------------------------------------------------
 
 
+@translates_db_errors("chain_sync plan_tick")
 def plan_tick(
     conn: Connection[Any],
     *,
@@ -209,6 +211,7 @@ def plan_tick(
     return PlanResult(tuple(plans))
 
 
+@translates_db_errors("chain_sync plan_stream")
 def plan_stream(
     conn: Connection[Any], job_id: uuid.UUID, dataset_key: str, *, limit: int
 ) -> StreamPlan | None:
@@ -424,6 +427,7 @@ class ScheduledRange:
     config_hash: str
 
 
+@translates_db_errors("chain_sync range_for_task")
 def range_for_task(conn: Connection[Any], task_id: uuid.UUID) -> ScheduledRange | None:
     """The planned range a task belongs to, or None for a task chain_sync did not plan."""
     with conn.cursor(row_factory=dict_row) as cur:
@@ -431,6 +435,7 @@ def range_for_task(conn: Connection[Any], task_id: uuid.UUID) -> ScheduledRange 
     return ScheduledRange(**row) if row else None
 
 
+@translates_db_errors("chain_sync mark_range_completed")
 def mark_range_completed(
     conn: Connection[Any], task_id: uuid.UUID, dataset_version: uuid.UUID
 ) -> bool:
@@ -457,6 +462,7 @@ def mark_range_completed(
     return False
 
 
+@translates_db_errors("chain_sync mark_range_dead")
 def mark_range_dead(conn: Connection[Any], task_id: uuid.UUID) -> bool:
     """Record that the task's range ended dead (its stream stops planning; status shows it).
 
@@ -471,6 +477,7 @@ def mark_range_dead(conn: Connection[Any], task_id: uuid.UUID) -> bool:
     return False
 
 
+@translates_db_errors("chain_sync revive_range")
 def revive_range(conn: Connection[Any], task_id: uuid.UUID) -> bool:
     """Put a dead range back to ``scheduled`` (call in the transaction that requeues its task).
 
@@ -483,6 +490,7 @@ def revive_range(conn: Connection[Any], task_id: uuid.UUID) -> bool:
     return False
 
 
+@translates_db_errors("chain_sync on_task_succeeded")
 def on_task_succeeded(conn: Connection[Any], lease: Lease, outputs: dict[str, Any]) -> None:
     """Worker success hook for ``cryo_ingest``: complete the range, if chain_sync planned it.
 
@@ -498,6 +506,7 @@ def on_task_succeeded(conn: Connection[Any], lease: Lease, outputs: dict[str, An
     mark_range_completed(conn, lease.task_id, uuid.UUID(str(version)))
 
 
+@translates_db_errors("chain_sync on_task_dead")
 def on_task_dead(conn: Connection[Any], lease: Lease) -> None:
     """Worker dead hook for ``cryo_ingest``: mark the range dead, if chain_sync planned it."""
     if range_for_task(conn, lease.task_id) is not None:

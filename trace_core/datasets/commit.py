@@ -31,6 +31,7 @@ from psycopg import Connection
 from trace_core.datasets import events, ids
 from trace_core.datasets.manifest import Column, DatasetManifest, ManifestFile
 from trace_core.datasets.registry import VersionRecord, get_version
+from trace_core.db.errors import translates_db_errors
 from trace_core.db.queries import q
 from trace_core.errors import ArtifactInvalid, DatasetConflict, StaleAttempt
 from trace_core.storage.base import JSON, ObjectStore
@@ -224,6 +225,7 @@ def _ensure_dataset(conn: Connection[Any], manifest: DatasetManifest, org_id: st
         )
 
 
+@translates_db_errors("dataset register_version")
 def register_version(
     conn: Connection[Any],
     manifest: DatasetManifest,
@@ -301,6 +303,7 @@ def publish_objects(store: ObjectStore, staged: StagedOutput, manifest: DatasetM
     store.put_bytes(manifest_key, manifest.to_json(), content_type=JSON)
 
 
+@translates_db_errors("dataset commit_version")
 def commit_version(
     conn: Connection[Any],
     store: ObjectStore,

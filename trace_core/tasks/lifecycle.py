@@ -23,6 +23,7 @@ from psycopg import Connection
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from trace_core.db.errors import translates_db_errors
 from trace_core.db.queries import q
 from trace_core.errors import LeaseConflict, StaleAttempt, UnknownTask
 from trace_core.outbox import enqueue_wakeup
@@ -50,6 +51,7 @@ class Lease:
         return self.attempt - self.attempt_base
 
 
+@translates_db_errors("task create_task")
 def create_task(
     conn: Connection[Any],
     *,
@@ -83,6 +85,7 @@ def create_task(
     return True
 
 
+@translates_db_errors("task claim")
 def claim(conn: Connection[Any], task_id: uuid.UUID, *, lease_seconds: float) -> Lease:
     """Grant a lease to a new attempt (attempt + 1).
 
@@ -145,6 +148,7 @@ def _mark_expired(conn: Connection[Any], task_id: uuid.UUID, attempt: int) -> No
     )
 
 
+@translates_db_errors("task heartbeat")
 def heartbeat(conn: Connection[Any], lease: Lease, *, lease_seconds: float) -> datetime:
     """Extend the lease of the current attempt. Raises ``StaleAttempt`` for any other attempt."""
     row = conn.execute(
@@ -162,6 +166,7 @@ def heartbeat(conn: Connection[Any], lease: Lease, *, lease_seconds: float) -> d
     return expires
 
 
+@translates_db_errors("task fence")
 def fence(conn: Connection[Any], lease: Lease) -> None:
     """Lock the task row and require that ``lease`` is the current attempt's.
 
@@ -182,6 +187,7 @@ def fence(conn: Connection[Any], lease: Lease) -> None:
         )
 
 
+@translates_db_errors("task finish_succeeded")
 def finish_succeeded(
     conn: Connection[Any], lease: Lease, outputs: dict[str, Any] | None = None
 ) -> None:
@@ -203,6 +209,7 @@ def finish_succeeded(
     )
 
 
+@translates_db_errors("task complete_success")
 def complete_success(
     conn: Connection[Any], lease: Lease, outputs: dict[str, Any] | None = None
 ) -> None:
@@ -211,6 +218,7 @@ def complete_success(
     finish_succeeded(conn, lease, outputs)
 
 
+@translates_db_errors("task complete_failure")
 def complete_failure(
     conn: Connection[Any],
     lease: Lease,
@@ -276,6 +284,7 @@ class ReapResult:
     rewoken: int = 0
 
 
+@translates_db_errors("task reap")
 def reap(
     conn: Connection[Any],
     *,
@@ -320,6 +329,7 @@ def reap(
     return ReapResult(retried=retried, dead=dead, rewoken=rewoken)
 
 
+@translates_db_errors("task set_job_paused")
 def set_job_paused(conn: Connection[Any], job_id: uuid.UUID, paused: bool) -> int:
     """Pause or resume a job's unfinished tasks; resuming re-wakes the queued ones.
 
