@@ -7,6 +7,7 @@ from dagster import Definitions
 from trace_core.runtime import Runtime
 from trace_core.settings import load_settings
 from trace_dagster.alerts import alert_delivery_sensor, alert_events_spec
+from trace_dagster.analytics import analytics_assets, duckdb_resource
 from trace_dagster.hot import hot_compactor_sensor, hot_follower_sensor
 from trace_dagster.jobs import trace_worker
 from trace_dagster.partitions import stream_asset_specs
@@ -19,7 +20,7 @@ def build_definitions(runtime: Runtime | None = None) -> Definitions:
     """Definitions for a runtime (default: from the environment). Stream assets come from state."""
     rt = runtime or Runtime(load_settings())
     return Definitions(
-        assets=[*stream_asset_specs(rt), alert_events_spec],
+        assets=[*stream_asset_specs(rt), alert_events_spec, *analytics_assets(rt)],
         jobs=[trace_worker],
         sensors=[
             dispatcher_sensor,
@@ -29,7 +30,7 @@ def build_definitions(runtime: Runtime | None = None) -> Definitions:
             hot_compactor_sensor,
             alert_delivery_sensor,
         ],
-        resources={"trace": TraceResource()},
+        resources={"trace": TraceResource(), "duckdb": duckdb_resource(rt)},
     )
 
 
