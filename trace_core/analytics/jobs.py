@@ -63,8 +63,9 @@ def load_analytics_jobs(
         for row in rows.fetchall():
             spec = AnalyticsSpec.model_validate(row["analytics"], strict=False)
             streams = {k: v["cryo_dataset_name"] for k, v in row["streams"].items()}
+            pools = {k: v["rpc_pool"] for k, v in row["streams"].items()}
             out.append(
-                AnalyticsJob(row["name"], row["chain_id"], spec, streams, row["source_file"])
+                AnalyticsJob(row["name"], row["chain_id"], spec, streams, row["source_file"], pools)
             )
     return out
 
