@@ -18,6 +18,7 @@ Outputs are committed dataset versions (``analytics_<name>``); the op bodies cal
 """
 
 # No `from __future__ import annotations` here: Dagster resolves annotations at runtime.
+import json
 import logging
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -30,18 +31,30 @@ from dagster import (
     AssetExecutionContext,
     AssetKey,
     AssetsDefinition,
+    AssetSelection,
     AssetSpec,
+    DagsterInstance,
+    DagsterInvariantViolationError,
+    DefaultSensorStatus,
     DynamicPartitionsDefinition,
     Failure,
     MaterializeResult,
     MetadataValue,
+    RunRequest,
+    SensorDefinition,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    define_asset_job,
     multi_asset,
+    sensor,
 )
+from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 from dagster_duckdb import DuckDBResource
 
 from trace_core.analytics import checks, compute
 from trace_core.analytics.jobs import AnalyticsJob, load_analytics_jobs
-from trace_core.chain_sync.planner import parse_partition_key
+from trace_core.chain_sync.planner import parse_partition_key, range_partition_key
 from trace_core.errors import TraceError
 from trace_core.runtime import Runtime
 from trace_dagster.partitions import partitions_def_name, stream_asset_key
@@ -312,12 +325,125 @@ def job_assets(job: AnalyticsJob) -> list[AssetsDefinition]:
     return out
 
 
-def analytics_assets(rt: Runtime) -> list[AssetsDefinition]:
-    """Assets for every applied job with analytics; empty (with a log line) if state is down."""
+# --- automation: a sensor requests due work (trace_core.analytics.plan) ---------------------
+
+SENSOR = "trace_analytics"
+MAX_REQUESTS_PER_TICK = 20
+CURSOR_KEYS = 1000
+_KIND_ASSETS = {
+    "balance_range": ("balance_changes", "supply_deltas"),
+    "balance_rollups": ("native_supply", "top_accounts", "top_account_history"),
+    "staking_range": ("staking_events",),
+    "staking_rollups": ("validator_stake", "staking_concentration"),
+}
+
+
+def job_name(job: str, kind: str) -> str:
+    return f"analytics__{_UNSAFE.sub('_', job)}__{kind}"
+
+
+def analytics_jobs(jobs: Sequence[AnalyticsJob]) -> list[UnresolvedAssetJobDefinition]:
+    """One asset job per (analytics job, kind) the sensor can request."""
+    out = []
+    for job in jobs:
+        kinds = []
+        if job.spec.balance_diffs is not None:
+            kinds += ["balance_range", "balance_rollups"]
+        if job.spec.staking is not None:
+            kinds += ["staking_range", "staking_rollups"]
+        for kind in kinds:
+            keys = [analytics_asset_key(job.job, n) for n in _KIND_ASSETS[kind]]
+            out.append(
+                define_asset_job(
+                    job_name(job.job, kind),
+                    selection=AssetSelection.assets(*keys),
+                    description=f"analytics {kind} of job {job.job}",
+                )
+            )
+    return out
+
+
+def due_requests(
+    rt: Runtime, instance: DagsterInstance | None, done: Sequence[str]
+) -> tuple[list[RunRequest], list[str]]:
+    """Run requests for due analytics work not requested before (``done`` run keys)."""
+    from trace_core.analytics.plan import plan
+
+    seen = set(done)
+    requests: list[RunRequest] = []
+    with rt.state() as conn:
+        for job in load_analytics_jobs(conn, rt.settings.org_id):
+            for run in plan(conn, rt.settings.org_id, job):
+                if run.run_key in seen or len(requests) >= MAX_REQUESTS_PER_TICK:
+                    continue
+                partition = None
+                if run.kind.endswith("_range"):
+                    assert run.start is not None and run.end is not None
+                    partition = range_partition_key(run.start, run.end)
+                    stream = (
+                        job.spec.balance_diffs
+                        if run.kind == "balance_range"
+                        else job.spec.staking.logs  # type: ignore[union-attr]
+                    )
+                    name = partitions_def_name(job.job, str(stream))
+                    if instance is not None and not instance.has_dynamic_partition(name, partition):
+                        continue  # not a chain_sync range (e.g. a compacted hot range)
+                requests.append(
+                    RunRequest(
+                        run_key=run.run_key,
+                        job_name=job_name(job.job, run.kind),
+                        partition_key=partition,
+                        tags={
+                            "trace/job": job.job,
+                            "trace/analytics": run.kind,
+                        },
+                    )
+                )
+                seen.add(run.run_key)
+    return requests, [*done, *(r.run_key for r in requests if r.run_key)][-CURSOR_KEYS:]
+
+
+def analytics_sensor(jobs: Sequence[UnresolvedAssetJobDefinition]) -> SensorDefinition:
+    """``trace_analytics``: each tick, requests the analytics runs that committed input
+    ranges make due (per range first, then the roll-ups), each run key once."""
+
+    @sensor(
+        name=SENSOR,
+        jobs=list(jobs) or None,
+        minimum_interval_seconds=10,
+        default_status=DefaultSensorStatus.RUNNING,
+        description="Materializes analytics partitions for newly committed ranges, then roll-ups",
+    )
+    def _sensor(
+        context: SensorEvaluationContext, trace: TraceResource
+    ) -> SensorResult | SkipReason:
+        if not jobs:
+            return SkipReason("no chain_sync job has an analytics: block")
+        done = json.loads(context.cursor) if context.cursor else []
+        try:
+            instance: DagsterInstance | None = context.instance
+        except DagsterInvariantViolationError:
+            instance = None
+        try:
+            requests, cursor = due_requests(trace.get_client(), instance, done)
+        except (TraceError, psycopg.Error) as exc:
+            return SkipReason(f"analytics planning failed: {exc}")
+        if not requests:
+            return SkipReason("no analytics work is due")
+        return SensorResult(run_requests=requests, cursor=json.dumps(cursor))
+
+    return _sensor
+
+
+def analytics_definitions(
+    rt: Runtime,
+) -> tuple[list[AssetsDefinition], list[Any], SensorDefinition]:
+    """Assets, asset jobs and the sensor for every applied job with analytics."""
     try:
         with rt.state() as conn:
             jobs = load_analytics_jobs(conn, rt.settings.org_id)
     except (TraceError, psycopg.Error) as exc:
         log.warning("no analytics assets: state unavailable (%s)", exc)
-        return []
-    return [a for job in jobs for a in job_assets(job)]
+        jobs = []
+    asset_jobs = analytics_jobs(jobs)
+    return [a for job in jobs for a in job_assets(job)], asset_jobs, analytics_sensor(asset_jobs)

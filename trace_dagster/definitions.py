@@ -7,7 +7,7 @@ from dagster import Definitions
 from trace_core.runtime import Runtime
 from trace_core.settings import load_settings
 from trace_dagster.alerts import alert_delivery_sensor, alert_events_spec
-from trace_dagster.analytics import analytics_assets, duckdb_resource
+from trace_dagster.analytics import analytics_definitions, duckdb_resource
 from trace_dagster.hot import hot_compactor_sensor, hot_follower_sensor
 from trace_dagster.jobs import trace_worker
 from trace_dagster.partitions import stream_asset_specs
@@ -19,9 +19,10 @@ from trace_dagster.sinks import sink_sensor
 def build_definitions(runtime: Runtime | None = None) -> Definitions:
     """Definitions for a runtime (default: from the environment). Stream assets come from state."""
     rt = runtime or Runtime(load_settings())
+    analytics, analytics_jobs, analytics_sensor = analytics_definitions(rt)
     return Definitions(
-        assets=[*stream_asset_specs(rt), alert_events_spec, *analytics_assets(rt)],
-        jobs=[trace_worker],
+        assets=[*stream_asset_specs(rt), alert_events_spec, *analytics],
+        jobs=[trace_worker, *analytics_jobs],
         sensors=[
             dispatcher_sensor,
             worker_sensor,
@@ -29,6 +30,7 @@ def build_definitions(runtime: Runtime | None = None) -> Definitions:
             hot_follower_sensor,
             hot_compactor_sensor,
             alert_delivery_sensor,
+            analytics_sensor,
         ],
         resources={"trace": TraceResource(), "duckdb": duckdb_resource(rt)},
     )

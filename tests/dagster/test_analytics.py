@@ -94,7 +94,17 @@ def synced(
             store.apply_job(conn, rt.settings.org_id, spec, raw, str(job_file))
         defs = build_definitions(rt)
         report = drive_until_idle(rt, defs, instance, timeout=300)
-        assert report.idle and report.dead_tasks == 0, report
+        assert report.idle and report.dead_tasks == 0 and report.failed_runs == 0, report
+        # the trace_analytics sensor materialized every range and the roll-ups on its own
+        with rt.state() as conn:
+            for name in ("native_supply", "top_accounts", "staking_concentration"):
+                (version,) = registry.versions_for_stream(
+                    conn, rt.settings.org_id, chain.chain_id, f"analytics_{name}"
+                )
+                assert (version.range_start, version.range_end) == (0, BLOCKS)
+        for name in ("balance_changes", "staking_events"):
+            mats = instance.get_materialized_partitions(analytics_asset_key("ana", name))
+            assert mats == {range_partition_key(a, a + CHUNK) for a in range(0, BLOCKS, CHUNK)}
         try:
             yield Synced(rt, chain, activity, instance, defs)
         finally:
@@ -134,7 +144,9 @@ def _read(s: Synced, dataset: str) -> list[dict[str, Any]]:
     from trace_core.analytics.inputs import stream_input
 
     with s.rt.state() as conn:
-        versions = registry.versions_for_stream(conn, s.rt.settings.org_id, s.chain.chain_id, dataset)
+        versions = registry.versions_for_stream(
+            conn, s.rt.settings.org_id, s.chain.chain_id, dataset
+        )
         end = max(v.range_end for v in versions)
         inp = stream_input(
             conn, s.rt.store, org_id=s.rt.settings.org_id, job="ana", stream=dataset,
@@ -155,7 +167,9 @@ def test_supply_top_accounts_and_staking_match_the_chain(synced: Synced) -> None
     supply = {r["block_number"]: int(r["supply"]) for r in _read(s, "analytics_native_supply")}
     assert sorted(supply) == list(range(BLOCKS - 250, BLOCKS))
     changes = _read(s, "analytics_balance_changes")
-    accounts = sorted({r["address"] for r in changes} | {a.lower() for a in chain.rpc.call("eth_accounts")})
+    accounts = sorted(
+        {r["address"] for r in changes} | {a.lower() for a in chain.rpc.call("eth_accounts")}
+    )
     for block in (BLOCKS - 250, 450, BLOCKS - 1):
         assert supply[block] == sum(_balance(chain, a, block) for a in accounts), block
     genesis = sum(_balance(chain, a, 0) for a in accounts)
@@ -174,13 +188,24 @@ def test_supply_top_accounts_and_staking_match_the_chain(synced: Synced) -> None
 
     # demo 4: stake per validator from the precompile's logs, decoded independently
     logs = chain.rpc.call(
-        "eth_getLogs", [{"fromBlock": "0x0", "toBlock": hex(BLOCKS - 1), "address": s.activity.address}]
+        "eth_getLogs",
+        [{"fromBlock": "0x0", "toBlock": hex(BLOCKS - 1), "address": s.activity.address}],
     )
     stake: dict[tuple[int, str], int] = {}
     for log in logs:
-        topic0, v, who = log["topics"][0][2:], int(log["topics"][1], 16), "0x" + log["topics"][2][-40:]
-        words = [int(log["data"][2 + 64 * i : 66 + 64 * i], 16) for i in range(len(log["data"][2:]) // 64)]
-        sign = {compute.STAKING_TOPICS["delegate"]: (1, 0), compute.STAKING_TOPICS["undelegate"]: (-1, 1)}
+        topic0, v, who = (
+            log["topics"][0][2:],
+            int(log["topics"][1], 16),
+            "0x" + log["topics"][2][-40:],
+        )
+        words = [
+            int(log["data"][2 + 64 * i : 66 + 64 * i], 16)
+            for i in range(len(log["data"][2:]) // 64)
+        ]
+        sign = {
+            compute.STAKING_TOPICS["delegate"]: (1, 0),
+            compute.STAKING_TOPICS["undelegate"]: (-1, 1),
+        }
         if topic0 in sign:
             k, idx = sign[topic0]
             stake[(v, who)] = stake.get((v, who), 0) + k * words[idx]
@@ -191,7 +216,11 @@ def test_supply_top_accounts_and_staking_match_the_chain(synced: Synced) -> None
             per_validator[v] = per_validator.get(v, 0) + amount
             delegators[v] = delegators.get(v, 0) + 1
     last = max(r["block_number"] for r in _read(s, "analytics_validator_stake"))
-    got = {r["validator_id"]: (int(r["stake"]), r["delegators"]) for r in _read(s, "analytics_validator_stake") if r["block_number"] == last}
+    got = {
+        r["validator_id"]: (int(r["stake"]), r["delegators"])
+        for r in _read(s, "analytics_validator_stake")
+        if r["block_number"] == last
+    }
     assert got == {v: (per_validator[v], delegators[v]) for v in per_validator}
     conc = _read(s, "analytics_staking_concentration")[-1]
     total = sum(per_validator.values())
@@ -200,8 +229,19 @@ def test_supply_top_accounts_and_staking_match_the_chain(synced: Synced) -> None
 
     from trace_core.analytics.metrics import to_decimal
 
-    assert conc["hhi"] == to_decimal(Fraction(sum(x * x for x in per_validator.values()), total * total))
+    assert conc["hhi"] == to_decimal(
+        Fraction(sum(x * x for x in per_validator.values()), total * total)
+    )
     assert conc["top1_share"] == to_decimal(Fraction(max(per_validator.values()), total))
+
+    # the Query Service reads the outputs like any dataset, exact decimals included
+    from tests.integration.test_query_service import post, serving
+    from trace_core.query.app import create_app, local_user_token
+
+    sql = "SELECT block_number, supply FROM analytics_native_supply ORDER BY block_number DESC LIMIT 1"
+    with serving(create_app(s.rt.settings, s.rt.dbs, s.rt.store, hot_sources=None)) as client:
+        body = post(client, local_user_token(s.rt.settings), {"sql": sql}).json()
+    assert [int(v) for v in body["rows"][0]] == [BLOCKS - 1, supply[BLOCKS - 1]]
 
     # the asset checks ran and passed (chain cross-checks)
     for asset, check in (
@@ -237,15 +277,20 @@ def test_a_range_that_is_not_synced_is_named(synced: Synced) -> None:
     with s.rt.state() as conn, duckdb.connect() as con:
         job = get_analytics_job(conn, s.rt.settings.org_id, "ana")
         ctx = compute.Context(s.rt.settings, s.rt.store, conn)
-        with pytest.raises(DatasetNotSynced, match=r"stream 'geth_balance_diffs' is not synced for blocks \[600, 800\)"):
+        with pytest.raises(
+            DatasetNotSynced,
+            match=r"stream 'geth_balance_diffs' is not synced for blocks \[600, 800\)",
+        ):
             compute.balance_range(ctx, con, job, 600, 800)
 
 
 def test_a_missing_staking_address_is_named(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
-    path.write_text(JOB.format(chain_id=1, blocks=10, chunk=5).replace(
-        '    address: "0x0000000000000000000000000000000000001000"\n', ""
-    ))
+    path.write_text(
+        JOB.format(chain_id=1, blocks=10, chunk=5).replace(
+            '    address: "0x0000000000000000000000000000000000001000"\n', ""
+        )
+    )
     with pytest.raises(InvalidJobFile) as err:
         load_job_file(path)
     assert "analytics.staking.address" in str(err.value) and "field required" in str(err.value)

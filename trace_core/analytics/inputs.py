@@ -72,8 +72,29 @@ class StreamInput:
 
     def fingerprint(self) -> str:
         """Hash of the versions and bounds read: equal inputs give equal output versions."""
-        text = ";".join(f"{p.dataset_version}:{p.start}:{p.end}" for p in self.parts)
-        return hashlib.sha256(f"{self.start}:{self.end}|{text}".encode()).hexdigest()[:16]
+        return parts_fingerprint(
+            self.start, self.end, [(p.dataset_version, p.start, p.end) for p in self.parts]
+        )
+
+
+def parts_fingerprint(start: int, end: int, parts: Sequence[tuple[uuid.UUID, int, int]]) -> str:
+    """16 hex identifying which version serves which blocks of ``[start, end)``."""
+    text = ";".join(f"{v}:{a}:{b}" for v, a, b in parts)
+    return hashlib.sha256(f"{start}:{end}|{text}".encode()).hexdigest()[:16]
+
+
+def registry_fingerprint(records: Sequence[VersionRecord], start: int, end: int) -> str:
+    """``StreamInput.fingerprint`` of ``[start, end)`` from registry rows alone (no manifest
+    reads), for planners that must stay cheap."""
+    return parts_fingerprint(
+        start,
+        end,
+        [
+            (p.record.dataset_version, p.start, p.end)
+            for p in visible_parts(list(records))
+            if p.end > start and p.start < end
+        ],
+    )
 
 
 def committed_versions(
