@@ -4,7 +4,6 @@ assets materialized with dagster-duckdb, checked against eth_getBalance and eth_
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path

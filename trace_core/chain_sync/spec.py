@@ -302,13 +302,13 @@ class ChainSyncSpec(_Model):
             if stream is None:
                 raise PydanticCustomError(
                     "analytics_stream",
-                    "analytics.{name} names stream {key!r}, which this job does not have",
+                    "{name} names stream '{key}', which this job does not have",
                     {"name": name, "key": key},
                 )
             if stream.cryo_dataset_name not in datasets:
                 raise PydanticCustomError(
                     "analytics_dataset",
-                    "analytics.{name}: stream {key!r} is cryo {got!r}, needs one of {want}",
+                    "{name}: stream '{key}' is cryo '{got}', needs one of {want}",
                     {
                         "name": name,
                         "key": key,
@@ -320,7 +320,7 @@ class ChainSyncSpec(_Model):
         if value.balance_diffs is not None and mode is not None and mode.from_block != 0:
             raise PydanticCustomError(
                 "analytics_from_block",
-                "analytics.balance_diffs needs mode.from_block 0: balances accumulate from genesis",
+                "balance_diffs needs mode.from_block 0: balances accumulate from genesis",
             )
         return value
 
