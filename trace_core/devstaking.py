@@ -90,10 +90,12 @@ def drive(
     validators: int = 4,
     actions: int = 30,
     address: str = MONAD_STAKING_ADDRESS,
+    max_gap_blocks: int = 0,
 ) -> StakingActivity:
     """Install the emitter, create ``validators`` validators (self-stake from dev accounts),
     then ``actions`` deterministic delegations/undelegations, one transaction per block
-    (anvil automines). Returns what was emitted; needs automine on."""
+    (anvil automines), with up to ``max_gap_blocks`` empty blocks mined before each action so
+    the stake moves over a longer span. Returns what was emitted; needs automine on."""
     install(chain, address)
     rng = random.Random(seed)
     accounts: list[str] = [str(a).lower() for a in chain.rpc.call("eth_accounts")]
@@ -112,6 +114,8 @@ def drive(
         activity.events.append(("delegate", v, auth, amount))
         stake[(v, auth)] = amount
     for _ in range(actions):
+        if max_gap_blocks:
+            chain.mine(rng.randint(0, max_gap_blocks))
         held = [(k, s) for k, s in stake.items() if s > 0]
         if held and rng.random() < 0.3:
             (v, who), have = held[rng.randrange(len(held))]

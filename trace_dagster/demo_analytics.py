@@ -34,7 +34,8 @@ TOP_SQL = (
     "SELECT rank, address, balance, last_changed_block FROM analytics_top_accounts ORDER BY rank"
 )
 HISTORY_SQL = """
-SELECT address, list(balance ORDER BY block_number) AS balance_at_range_ends
+SELECT address,
+       string_agg(CAST(balance AS VARCHAR), ' -> ' ORDER BY block_number) AS balance_at_range_ends
 FROM analytics_top_account_history GROUP BY address, rank ORDER BY rank
 """
 CONCENTRATION_SQL = "SELECT * FROM analytics_staking_concentration ORDER BY block_number"
@@ -51,7 +52,9 @@ def start_chain(console: Console, blocks: int, seed: int, genesis: int) -> DevCh
         chain = DevChain._launch(31337, True, genesis)
         try:
             chain.rpc.call("anvil_setBlockTimestampInterval", [1])
-            activity = devstaking.drive(chain, seed=seed, validators=5, actions=40)
+            activity = devstaking.drive(
+                chain, seed=seed, validators=5, actions=40, max_gap_blocks=40
+            )
             chain.seed(blocks, seed)
         except BaseException:
             chain.stop()

@@ -4,6 +4,8 @@ Per-range work is due for every committed input range whose output for exactly t
 versions is not registered (a re-synced range has new versions, hence a new fingerprint).
 A roll-up is due once no per-range work of its input is pending; its run key names the
 per-range outputs it would read, so the same state never asks for the same roll-up twice.
+Run keys also carry the input's registration time: Dagster keeps run keys forever, and a
+Trace state rebuilt from scratch (same deterministic version ids) must not look done.
 """
 
 from __future__ import annotations
@@ -51,7 +53,9 @@ def _range_work(
             fp = fingerprint(fp, *salt)
         target = OutputTarget(org_id, job.chain_id, last_output, a, b, fp)
         if get_version(conn, target.dataset_version) is None:
-            out.append(PlannedRun(job.job, kind, f"{job.job}:{kind}:{a}-{b}:{fp}", a, b))
+            # created_at: a state rebuilt from scratch (same ids) still gets fresh run keys
+            stamp = int(rec.created_at.timestamp() * 1e6)
+            out.append(PlannedRun(job.job, kind, f"{job.job}:{kind}:{a}-{b}:{fp}:{stamp}", a, b))
     return out
 
 
@@ -63,7 +67,8 @@ def _rollup(
     if end == 0:
         return []
     fp = registry_fingerprint(records, 0, end)
-    return [PlannedRun(job.job, kind, f"{job.job}:{kind}:0-{end}:{fp}", 0, end)]
+    stamp = int(max(r.created_at for r in records).timestamp() * 1e6)
+    return [PlannedRun(job.job, kind, f"{job.job}:{kind}:0-{end}:{fp}:{stamp}", 0, end)]
 
 
 def plan(conn: Connection[Any], org_id: str, job: AnalyticsJob) -> list[PlannedRun]:
