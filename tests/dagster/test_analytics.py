@@ -294,3 +294,31 @@ def test_a_missing_staking_address_is_named(tmp_path: Path) -> None:
         load_job_file(path)
     assert "analytics.staking.address" in str(err.value) and "field required" in str(err.value)
     assert f"{path}:" in str(err.value)
+
+
+def test_geth_balance_diffs_needs_state_history(anvil_chain: DevChain, tmp_path: Path) -> None:
+    """The session chain is pruned (no state at old blocks): cryo's debug_trace call fails
+    there, and cryo_ingest reports it as a retryable CryoFailed instead of committing."""
+    from trace_core.errors import CryoFailed
+    from trace_core.operators.cryo_ingest import CryoIngestPayload, extract_real
+    from trace_core.settings import Settings
+
+    payload = CryoIngestPayload.parse(
+        {
+            "chain_id": anvil_chain.chain_id,
+            "dataset_key": "geth_balance_diffs",
+            "cryo_dataset_name": "geth_balance_diffs",
+            "range_start": 0,
+            "range_end": 100,
+            "rpc_pool": "ana",
+        },
+        org_id="00000000-0000-0000-0000-000000000001",
+    )
+    with pytest.raises(CryoFailed, match="geth_balance_diffs reported 1 errored chunks"):
+        extract_real(payload, anvil_chain.rpc_url, tmp_path, Settings(home=tmp_path))
+
+
+def test_staking_topics_are_the_keccak_of_the_signatures(synced: Synced) -> None:
+    for name, signature in compute.STAKING_SIGNATURES.items():
+        digest = synced.chain.rpc.call("web3_sha3", ["0x" + signature.encode().hex()])
+        assert digest == "0x" + compute.STAKING_TOPICS[name], name

@@ -88,3 +88,17 @@ def test_genesis_alloc_parsing() -> None:
         parse_alloc({"0x" + "ab" * 20: 1, "0xzz": 2}, source="g.json")
     with pytest.raises(ConfigError, match="must be an integer"):
         parse_alloc({"0x" + "ab" * 20: 1.5}, source="g.json")
+
+
+def test_example_jobs_with_analytics_validate() -> None:
+    from trace_core.chain_sync.yamlload import load_job_file
+    from trace_core.settings import REPO_ROOT
+
+    for name, logs in (
+        ("chain_sync.monad_mainnet_analytics.yaml", "staking_logs"),
+        ("chain_sync.demo_analytics.yaml", "logs"),
+    ):
+        spec, _ = load_job_file(REPO_ROOT / "examples" / name)
+        assert spec.analytics is not None and spec.analytics.staking is not None
+        assert spec.analytics.staking.logs == logs
+        assert spec.analytics.staking.address == "0x" + "0" * 36 + "1000"

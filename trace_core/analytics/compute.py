@@ -246,7 +246,7 @@ def _genesis_table(con: duckdb.DuckDBPyConnection, alloc: Mapping[str, int]) -> 
     try:
         con.execute(
             "CREATE OR REPLACE TEMP TABLE genesis AS SELECT address, "
-            "CAST(balance AS DECIMAL(38,0)) AS balance FROM genesis_alloc_arrow"
+            "CAST(CAST(balance AS HUGEINT) AS DECIMAL(38,0)) AS balance FROM genesis_alloc_arrow"
         )
     finally:
         con.unregister("genesis_alloc_arrow")
