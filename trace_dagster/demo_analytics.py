@@ -49,9 +49,8 @@ ORDER BY stake DESC
 def start_chain(console: Console, blocks: int, seed: int, genesis: int) -> DevChain:
     """An archive anvil with staking activity, then transfers up to ``blocks`` blocks."""
     with console.status(f"mining a local archive anvil chain ({blocks} blocks, staking events)..."):
-        chain = DevChain._launch(31337, True, genesis)
+        chain = DevChain.start(3, seed, chain_id=31337, archive=True, genesis_timestamp=genesis)
         try:
-            chain.rpc.call("anvil_setBlockTimestampInterval", [1])
             activity = devstaking.drive(
                 chain, seed=seed, validators=5, actions=40, max_gap_blocks=40
             )
