@@ -115,6 +115,21 @@ class Settings(BaseSettings):
     )
 
     worker_batch_size: int = Field(8, gt=0, description="Tasks carried by one Dagster run")
+    worker_concurrency: int = Field(
+        4,
+        gt=0,
+        description="Tasks of one run executed at once (a bounded pool; each task keeps its own lease and fencing)",
+    )
+    service_run_seconds: int = Field(
+        600,
+        gt=0,
+        description="Lifetime of a long-lived service run (hot follower, compactor, sink, alert delivery) before its sensor starts a fresh one",
+    )
+    service_idle_exit_seconds: int = Field(
+        60,
+        gt=0,
+        description="A sink or alert-delivery service run ends after this long without work; its sensor restarts it when work appears",
+    )
     dispatch_batch_size: int = Field(
         200, gt=0, description="Max ranges planned per stream per tick"
     )
@@ -130,6 +145,16 @@ class Settings(BaseSettings):
     )
     hot_max_reorg_depth: int = Field(
         1024, gt=0, description="Hot path: deepest reorg the block follower repairs before failing"
+    )
+    integrity_interval_seconds: int = Field(
+        3600,
+        ge=30,
+        description="Integrity: seconds between scheduled integrity checks (the trace_integrity sensor)",
+    )
+    integrity_ranges_per_tick: int = Field(
+        20,
+        gt=0,
+        description="Integrity: committed ranges one scheduled check verifies (round robin over streams)",
     )
     hot_compact_range_size: int = Field(
         1000,
@@ -180,6 +205,10 @@ class Settings(BaseSettings):
     jwt_key_file: Path | None = Field(
         None,
         description="JSON file of JWT signing keys {kid: secret}; default $TRACE_HOME/keys.json, created on first use",
+    )
+    jwt_keys: SecretStr | None = Field(
+        None,
+        description="JWT signing keys as JSON {kid: secret}, used instead of the key file (hosts that share tokens, e.g. from a secrets manager); never generated",
     )
     jwt_kid: str = Field(
         "k1", description="Key id that signs new tokens (generated into the key file if missing)"

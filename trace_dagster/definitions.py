@@ -6,14 +6,20 @@ from dagster import Definitions
 
 from trace_core.runtime import Runtime
 from trace_core.settings import load_settings
-from trace_dagster.alerts import alert_delivery_sensor, alert_events_spec
+from trace_dagster.alerts import alert_delivery_job, alert_delivery_sensor, alert_events_spec
 from trace_dagster.analytics import analytics_definitions, duckdb_resource
-from trace_dagster.hot import hot_compactor_sensor, hot_follower_sensor
+from trace_dagster.hot import (
+    hot_compactor_job,
+    hot_compactor_sensor,
+    hot_follower_job,
+    hot_follower_sensor,
+)
+from trace_dagster.integrity import integrity_job, integrity_sensor, stream_integrity_checks
 from trace_dagster.jobs import trace_worker
-from trace_dagster.partitions import stream_asset_specs
+from trace_dagster.partitions import stream_assets
 from trace_dagster.resources import TraceResource
 from trace_dagster.sensors import dispatcher_sensor, worker_sensor
-from trace_dagster.sinks import sink_sensor
+from trace_dagster.sinks import sink_job, sink_sensor
 
 
 def build_definitions(runtime: Runtime | None = None) -> Definitions:
@@ -21,8 +27,17 @@ def build_definitions(runtime: Runtime | None = None) -> Definitions:
     rt = runtime or Runtime(load_settings())
     analytics, analytics_jobs, analytics_sensor = analytics_definitions(rt)
     return Definitions(
-        assets=[*stream_asset_specs(rt), alert_events_spec, *analytics],
-        jobs=[trace_worker, *analytics_jobs],
+        assets=[*stream_assets(rt), alert_events_spec, *analytics],
+        jobs=[
+            trace_worker,
+            hot_follower_job,
+            hot_compactor_job,
+            sink_job,
+            alert_delivery_job,
+            integrity_job,
+            *analytics_jobs,
+        ],
+        asset_checks=stream_integrity_checks(rt),
         sensors=[
             dispatcher_sensor,
             worker_sensor,
@@ -30,6 +45,7 @@ def build_definitions(runtime: Runtime | None = None) -> Definitions:
             hot_follower_sensor,
             hot_compactor_sensor,
             alert_delivery_sensor,
+            integrity_sensor(),
             analytics_sensor,
         ],
         resources={"trace": TraceResource(), "duckdb": duckdb_resource(rt)},
