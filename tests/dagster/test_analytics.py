@@ -322,3 +322,27 @@ def test_staking_topics_are_the_keccak_of_the_signatures(synced: Synced) -> None
     for name, signature in compute.STAKING_SIGNATURES.items():
         digest = synced.chain.rpc.call("web3_sha3", ["0x" + signature.encode().hex()])
         assert digest == "0x" + compute.STAKING_TOPICS[name], name
+
+
+def test_plan_asks_only_for_the_range_whose_output_is_missing(synced: Synced) -> None:
+    from trace_core.analytics.plan import plan
+
+    s = synced
+    with s.rt.state() as conn:
+        job = get_analytics_job(conn, s.rt.settings.org_id, "ana")
+        done = plan(conn, s.rt.settings.org_id, job)
+        # everything is materialized: only the (idempotent) roll-ups are candidates
+        assert sorted(r.kind for r in done) == ["balance_rollups", "staking_rollups"]
+        assert all((r.start, r.end) == (0, BLOCKS) for r in done)
+        with conn.transaction(force_rollback=True):
+            conn.execute(
+                "DELETE FROM state.dataset_versions v USING state.datasets d "
+                "WHERE v.dataset_uuid = d.dataset_uuid AND d.dataset_key = 'analytics_supply_deltas' "
+                "AND v.range_start = 200"
+            )
+            due = plan(conn, s.rt.settings.org_id, job)
+        # one partition to redo, and no balance roll-up until it is back
+        assert [(r.kind, r.start, r.end) for r in due] == [
+            ("balance_range", 200, 400),
+            ("staking_rollups", 0, BLOCKS),
+        ]
