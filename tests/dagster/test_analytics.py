@@ -300,7 +300,9 @@ def test_geth_balance_diffs_needs_state_history(anvil_chain: DevChain, tmp_path:
     """The session chain is pruned (no state at old blocks): cryo's debug_trace call fails
     there, and cryo_ingest reports it as a retryable CryoFailed instead of committing."""
     from trace_core.errors import CryoFailed
-    from trace_core.operators.cryo_ingest import CryoIngestPayload, extract_real
+    from trace_core.operators.cryo_ingest import CryoIngestPayload
+    from trace_core.operators.cryo_real import extract_real
+    from trace_core.rpcpool import RpcPool
     from trace_core.settings import Settings
 
     payload = CryoIngestPayload.parse(
@@ -314,8 +316,10 @@ def test_geth_balance_diffs_needs_state_history(anvil_chain: DevChain, tmp_path:
         },
         org_id="00000000-0000-0000-0000-000000000001",
     )
-    with pytest.raises(CryoFailed, match="geth_balance_diffs reported 1 errored chunks"):
-        extract_real(payload, anvil_chain.rpc_url, tmp_path, Settings(home=tmp_path))
+    settings = Settings(home=tmp_path, cryo_min_split_blocks=100)  # no splitting: one call
+    pool = RpcPool.from_env("ana", settings, {"TRACE_RPC_POOL_ANA_URL": anvil_chain.rpc_url})
+    with pytest.raises(CryoFailed, match="geth_balance_diffs failed on pool ana: .* refused"):
+        extract_real(payload, pool, tmp_path, settings)
 
 
 def test_staking_topics_are_the_keccak_of_the_signatures(synced: Synced) -> None:
