@@ -394,3 +394,20 @@ class QueryServiceUnavailable(RetryableError):
     """The Query Service could not be reached or answered 5xx/timeout: try again later."""
 
     code = "query_service_unavailable"
+
+
+# --- analytics -----------------------------------------------------------------------------
+
+
+class DatasetNotSynced(FatalError):
+    """An analytics input has no committed version for (part of) the blocks it needs.
+
+    Names the job, the stream and the missing end-exclusive ranges."""
+
+    code = "dataset_not_synced"
+
+
+class AnalyticsFailed(FatalError):
+    """An analytics computation met data it cannot compute exactly (e.g. a value past 2**127)."""
+
+    code = "analytics_failed"

@@ -98,22 +98,31 @@ def run(until_idle: bool, timeout: float) -> None:
 )
 @click.option("--port", default=3000, show_default=True, help="Dagster webserver port")
 @click.option("--timeout", default=900.0, show_default=True, help="Give up after this many seconds")
+@click.option(
+    "--analytics",
+    is_flag=True,
+    help="The analytics demos (native supply, top accounts, staking concentration) instead",
+)
 @handle_errors
-def demo(exit_after: bool, job_file: Path | None, port: int, timeout: float) -> None:
+def demo(
+    exit_after: bool, job_file: Path | None, port: int, timeout: float, analytics: bool
+) -> None:
     """Run Trace Lite end to end on a local chain and print result tables."""
     from trace_core.settings import load_settings
     from trace_dagster.demo import DEMO_FILE, run_demo
+    from trace_dagster.demo_analytics import DEMO_ANALYTICS_FILE
 
     interrupt_on_signals()
     try:
         run_demo(
             load_settings(),
             console,
-            job_file=job_file or DEMO_FILE,
+            job_file=job_file or (DEMO_ANALYTICS_FILE if analytics else DEMO_FILE),
             dagster_home=ensure_dagster_home(),
             dagster_port=port,
             exit_after=exit_after,
             timeout=timeout,
+            analytics=analytics,
         )
     except KeyboardInterrupt:
         console.print("stopped")

@@ -7,6 +7,7 @@ from dagster import Definitions
 from trace_core.runtime import Runtime
 from trace_core.settings import load_settings
 from trace_dagster.alerts import alert_delivery_job, alert_delivery_sensor, alert_events_spec
+from trace_dagster.analytics import analytics_definitions, duckdb_resource
 from trace_dagster.hot import (
     hot_compactor_job,
     hot_compactor_sensor,
@@ -24,8 +25,9 @@ from trace_dagster.sinks import sink_job, sink_sensor
 def build_definitions(runtime: Runtime | None = None) -> Definitions:
     """Definitions for a runtime (default: from the environment). Stream assets come from state."""
     rt = runtime or Runtime(load_settings())
+    analytics, analytics_jobs, analytics_sensor = analytics_definitions(rt)
     return Definitions(
-        assets=[*stream_assets(rt), alert_events_spec],
+        assets=[*stream_assets(rt), alert_events_spec, *analytics],
         jobs=[
             trace_worker,
             hot_follower_job,
@@ -33,6 +35,7 @@ def build_definitions(runtime: Runtime | None = None) -> Definitions:
             sink_job,
             alert_delivery_job,
             integrity_job,
+            *analytics_jobs,
         ],
         asset_checks=stream_integrity_checks(rt),
         sensors=[
@@ -43,8 +46,9 @@ def build_definitions(runtime: Runtime | None = None) -> Definitions:
             hot_compactor_sensor,
             alert_delivery_sensor,
             integrity_sensor(),
+            analytics_sensor,
         ],
-        resources={"trace": TraceResource()},
+        resources={"trace": TraceResource(), "duckdb": duckdb_resource(rt)},
     )
 
 

@@ -75,6 +75,7 @@ class DemoResult:
     chain_counts: dict[str, int] = field(default_factory=dict)
     alerts: list[dict[str, Any]] = field(default_factory=list)
     dagster_url: str = ""
+    analytics: dict[str, Any] = field(default_factory=dict)
 
 
 def _start_chain(console: Console, blocks: int) -> DevChain:
@@ -147,11 +148,14 @@ def run_demo(
     dagster_port: int = 3000,
     exit_after: bool = False,
     timeout: float = 900.0,
+    analytics: bool = False,
 ) -> DemoResult:
     """Run the demo; returns what it printed. Stops everything it started before returning
-    (with ``exit_after``) or on Ctrl-C."""
+    (with ``exit_after``) or on Ctrl-C. ``analytics``: the Monad demos 2-4 instead
+    (``trace_dagster.demo_analytics``; default job ``examples/chain_sync.demo_analytics.yaml``)."""
     from trace_core.chain_sync.yamlload import load_job_file
     from trace_core.db.migrate import migrate
+    from trace_dagster import demo_analytics
 
     settings, dagster_port = _pick_ports(console, settings, dagster_port)
     spec, _ = load_job_file(job_file)
@@ -171,7 +175,13 @@ def run_demo(
             migrate(rt.dbs)
         pools = spec.pools
         if any(rpc_pool_url(p) is None for p in pools):
-            chain = _start_chain(console, mode.to_block + TIP_BLOCKS)
+            chain = (
+                demo_analytics.start_chain(
+                    console, mode.to_block + TIP_BLOCKS, DEMO_SEED, DEMO_GENESIS
+                )
+                if analytics
+                else _start_chain(console, mode.to_block + TIP_BLOCKS)
+            )
             extra_env = {rpc_pool_env_var(p): chain.rpc_url for p in pools}
         else:
             console.print(f"using the configured RPC pool(s) {', '.join(pools)}")
@@ -193,7 +203,12 @@ def run_demo(
             f"Dagster UI: [link]{stack.dagster_url}[/link]  (asset group chain_sync/{spec.name})"
         )
         _progress(console, rt, spec.name, deadline)
-        _show_results(console, settings, rt, result, chain, spec.chain_id, deadline)
+        if analytics:
+            result.analytics = demo_analytics.show(
+                console, settings, rt, chain, spec.chain_id, mode.to_block, deadline
+            )
+        else:
+            _show_results(console, settings, rt, result, chain, spec.chain_id, deadline)
         console.print(f"\nDagster UI: {stack.dagster_url}   Query Service: {stack.query_url}")
         if not exit_after:
             console.print("running; press Ctrl-C to stop everything")

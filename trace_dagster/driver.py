@@ -86,7 +86,9 @@ def _apply_partitions(instance: DagsterInstance, result: SensorResult | SkipReas
 
 def _job_name(defs: Definitions, sensor_name: str) -> str:
     sensor_def = defs.resolve_sensor_def(sensor_name)
-    return (sensor_def.job_name or "") if sensor_def.has_jobs else ""
+    if not sensor_def.has_jobs or len(sensor_def.jobs) != 1:
+        return ""  # a multi-job sensor names the job in each request
+    return sensor_def.job_name or ""
 
 
 # The hot follower announces every step on dataset_events; those announcements are not work
@@ -160,6 +162,7 @@ def drive_until_idle(
                 ),
                 instance=instance,
                 tags=tags,
+                partition_key=req.partition_key,
                 raise_on_error=False,
             )
             report.runs += 1

@@ -24,9 +24,12 @@ in ``SAME_LAYER`` order, and any lower layer; never a higher one:
 - ``query``: the SQL gate, attach, engine, tokens, HTTP app.
 - ``sinks``: consumer queues fed from committed data.
 - ``alerts``: alert specs, routing of dataset events, evaluation (an operator), delivery.
+- ``analytics``: derived datasets computed over committed versions (their YAML block is
+  ``chain_sync.analytics_spec``, part of a job's spec).
 - ``integrity``: verification and repair over chain_sync's ranges.
 - ``builtin_operators``: the registry of every built-in operator with its hooks.
-- ``worker``, ``dispatcher``, ``services``, ``devchain``: the loops that run it all.
+- ``worker``, ``dispatcher``, ``services``, ``devchain``, ``devstaking``: the loops that run
+  it all, and the local dev chain.
 - ``cli``: the command line, on top.
 """
 
@@ -54,9 +57,10 @@ LAYERS: list[set[str]] = [
     {"query"},
     {"sinks"},
     {"alerts"},
+    {"analytics"},
     {"integrity"},
     {"builtin_operators"},
-    {"worker", "dispatcher", "services", "devchain"},
+    {"worker", "dispatcher", "services", "devchain", "devstaking"},
     {"cli"},
 ]
 # Within one layer, a package may import only the packages listed before it here.
@@ -64,7 +68,7 @@ SAME_LAYER: list[list[str]] = [
     ["errors", "settings", "logs", "yamlfile"],
     ["queue", "storage"],
     ["rpc", "rpcpool", "rpc_limits"],
-    ["devchain", "worker", "dispatcher", "services"],
+    ["devchain", "devstaking", "worker", "dispatcher", "services"],
 ]
 
 

@@ -33,6 +33,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from trace_core.chain_sync.analytics_spec import BALANCE_DIFF_DATASETS, LOG_DATASETS, AnalyticsSpec
 from trace_core.errors import ConfigError, InvalidJobFile
 from trace_core.settings import rpc_pool_env_var, rpc_pool_url
 from trace_core.yamlfile import LoadedYaml, YamlPath, dotted_path
@@ -281,6 +282,47 @@ class ChainSyncSpec(_Model):
     finality_depth: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
     max_attempts: Annotated[int, Field(gt=0, le=100)] | None = None
     hot: HotSpec | None = None
+    analytics: AnalyticsSpec | None = None
+
+    @field_validator("analytics")
+    @classmethod
+    def _analytics_streams(
+        cls, value: AnalyticsSpec | None, info: ValidationInfo
+    ) -> AnalyticsSpec | None:
+        if value is None:
+            return value
+        streams = info.data.get("streams") or {}
+        wanted = [("balance_diffs", value.balance_diffs, BALANCE_DIFF_DATASETS)]
+        if value.staking is not None:
+            wanted.append(("staking.logs", value.staking.logs, LOG_DATASETS))
+        for name, key, datasets in wanted:
+            if key is None:
+                continue
+            stream = streams.get(key)
+            if stream is None:
+                raise PydanticCustomError(
+                    "analytics_stream",
+                    "{name} names stream '{key}', which this job does not have",
+                    {"name": name, "key": key},
+                )
+            if stream.cryo_dataset_name not in datasets:
+                raise PydanticCustomError(
+                    "analytics_dataset",
+                    "{name}: stream '{key}' is cryo '{got}', needs one of {want}",
+                    {
+                        "name": name,
+                        "key": key,
+                        "got": stream.cryo_dataset_name,
+                        "want": ", ".join(sorted(datasets)),
+                    },
+                )
+        mode = info.data.get("mode")
+        if value.balance_diffs is not None and mode is not None and mode.from_block != 0:
+            raise PydanticCustomError(
+                "analytics_from_block",
+                "balance_diffs needs mode.from_block 0: balances accumulate from genesis",
+            )
+        return value
 
     @field_validator("hot")
     @classmethod

@@ -1,0 +1,352 @@
+"""Analytics (Monad demos 2-4) end to end: a real archive anvil chain with staking events,
+chain_sync through Dagster with real cryo (geth_balance_diffs, logs), then the analytics
+assets materialized with dagster-duckdb, checked against eth_getBalance and eth_getLogs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+from dagster import AssetsDefinition, DagsterInstance, Definitions, instance_for_test, materialize
+
+from tests.conftest import clone_databases, drop_databases
+from trace_core import devstaking
+from trace_core.analytics import compute
+from trace_core.analytics.jobs import get_analytics_job
+from trace_core.chain_sync import store
+from trace_core.chain_sync.planner import range_partition_key
+from trace_core.chain_sync.yamlload import load_job_file
+from trace_core.datasets import registry
+from trace_core.devchain import DevChain
+from trace_core.errors import DatasetNotSynced, InvalidJobFile
+from trace_core.rpc import hex_int
+from trace_core.runtime import Runtime
+from trace_core.settings import load_settings
+from trace_dagster.analytics import analytics_asset_key
+from trace_dagster.definitions import build_definitions
+from trace_dagster.driver import drive_until_idle
+
+BLOCKS = 600
+CHUNK = 200
+JOB = """kind: chain_sync
+name: ana
+chain_id: {chain_id}
+mode: {{kind: fixed_target, from_block: 0, to_block: {blocks}}}
+streams:
+  geth_balance_diffs: {{cryo_dataset_name: geth_balance_diffs, rpc_pool: ana, chunk_size: {chunk}, max_inflight: 3}}
+  logs: {{cryo_dataset_name: logs, rpc_pool: ana, chunk_size: {chunk}, max_inflight: 3}}
+analytics:
+  balance_diffs: geth_balance_diffs
+  genesis: {{rpc_accounts: ana}}
+  top_n: 5
+  supply_window_blocks: 250
+  staking:
+    logs: logs
+    address: "0x0000000000000000000000000000000000001000"
+    top_k: [1, 3]
+"""
+ENV = {"TRACE_RETRY_BASE_SECONDS": "0", "TRACE_HEARTBEAT_SECONDS": "1"}
+
+
+@dataclass
+class Synced:
+    rt: Runtime
+    chain: DevChain
+    activity: devstaking.StakingActivity
+    instance: DagsterInstance
+    defs: Definitions
+
+
+@pytest.fixture(scope="module")
+def synced(
+    pg_server_url: str, template_dbs: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Synced]:
+    dbs = clone_databases(pg_server_url)
+    home = tmp_path_factory.mktemp("ana_home")
+    with (
+        pytest.MonkeyPatch.context() as mp,
+        DevChain.start(blocks=300, seed=3, archive=True) as chain,
+        instance_for_test() as instance,
+    ):
+        activity = devstaking.drive(chain, validators=4, actions=24)
+        chain.seed(BLOCKS, seed=5)  # more transfers after the staking activity
+        for k, v in {
+            **ENV,
+            "TRACE_HOME": str(home),
+            "TRACE_STATE_URL": dbs.state_url,
+            "TRACE_DATA_URL": dbs.data_url,
+            "TRACE_RPC_POOL_ANA_URL": chain.rpc_url,
+        }.items():
+            mp.setenv(k, v)
+        rt = Runtime(load_settings())
+        job_file = home / "ana.yaml"
+        job_file.write_text(JOB.format(chain_id=chain.chain_id, blocks=BLOCKS, chunk=CHUNK))
+        spec, raw = load_job_file(job_file)
+        from trace_core.db.migrate import migrate
+
+        migrate(rt.dbs)
+        with rt.state() as conn:
+            store.apply_job(conn, rt.settings.org_id, spec, raw, str(job_file))
+        defs = build_definitions(rt)
+        report = drive_until_idle(rt, defs, instance, timeout=300)
+        assert report.idle and report.dead_tasks == 0 and report.failed_runs == 0, report
+        # the trace_analytics sensor materialized every range and the roll-ups on its own
+        with rt.state() as conn:
+            for name in ("native_supply", "top_accounts", "staking_concentration"):
+                (version,) = registry.versions_for_stream(
+                    conn, rt.settings.org_id, chain.chain_id, f"analytics_{name}"
+                )
+                assert (version.range_start, version.range_end) == (0, BLOCKS)
+        for name in ("balance_changes", "staking_events"):
+            mats = instance.get_materialized_partitions(analytics_asset_key("ana", name))
+            assert mats == {range_partition_key(a, a + CHUNK) for a in range(0, BLOCKS, CHUNK)}
+        try:
+            yield Synced(rt, chain, activity, instance, defs)
+        finally:
+            rt.close()
+    drop_databases(pg_server_url, dbs)
+
+
+def _assets(s: Synced) -> list[AssetsDefinition]:
+    return [a for a in s.defs.assets or [] if isinstance(a, AssetsDefinition)]
+
+
+def _materialize(s: Synced, name: str, partition: str | None = None) -> Any:
+    key = analytics_asset_key("ana", name)
+    assets = [a for a in _assets(s) if key in a.keys]
+    assert assets, f"no asset {key}"
+    res = materialize(
+        assets,
+        instance=s.instance,
+        partition_key=partition,
+        resources=dict(s.defs.resources or {}),
+    )
+    assert res.success
+    return res
+
+
+def _materialize_all(s: Synced) -> None:
+    for start in range(0, BLOCKS, CHUNK):
+        key = range_partition_key(start, start + CHUNK)
+        _materialize(s, "balance_changes", key)
+        _materialize(s, "staking_events", key)
+    for name in ("native_supply", "top_accounts", "staking_concentration"):
+        _materialize(s, name)
+
+
+def _read(s: Synced, dataset: str) -> list[dict[str, Any]]:
+    """Rows of the newest committed version(s) of an analytics output, via its manifest."""
+    from trace_core.analytics.inputs import stream_input
+
+    with s.rt.state() as conn:
+        versions = registry.versions_for_stream(
+            conn, s.rt.settings.org_id, s.chain.chain_id, dataset
+        )
+        end = max(v.range_end for v in versions)
+        inp = stream_input(
+            conn, s.rt.store, org_id=s.rt.settings.org_id, job="ana", stream=dataset,
+            chain_id=s.chain.chain_id, start=0, end=end,
+        )  # fmt: skip
+    return duckdb.sql(inp.select_sql()).arrow().read_all().to_pylist()
+
+
+def _balance(chain: DevChain, address: str, block: int) -> int:
+    return hex_int(chain.rpc.call("eth_getBalance", [address, hex(block)]))
+
+
+def test_supply_top_accounts_and_staking_match_the_chain(synced: Synced) -> None:
+    s, chain = synced, synced.chain
+    _materialize_all(s)
+
+    # demo 2: supply at every block of the window = sum of eth_getBalance over all accounts
+    supply = {r["block_number"]: int(r["supply"]) for r in _read(s, "analytics_native_supply")}
+    assert sorted(supply) == list(range(BLOCKS - 250, BLOCKS))
+    changes = _read(s, "analytics_balance_changes")
+    accounts = sorted(
+        {r["address"] for r in changes} | {a.lower() for a in chain.rpc.call("eth_accounts")}
+    )
+    for block in (BLOCKS - 250, 450, BLOCKS - 1):
+        assert supply[block] == sum(_balance(chain, a, block) for a in accounts), block
+    genesis = sum(_balance(chain, a, 0) for a in accounts)
+    assert supply[BLOCKS - 1] < genesis  # fees were burnt; exact integers, not floats
+
+    # demo 3: top 5 accounts now, and each one's balance at every range end
+    top = _read(s, "analytics_top_accounts")
+    assert [r["rank"] for r in top] == [1, 2, 3, 4, 5]
+    now = {a: _balance(chain, a, BLOCKS - 1) for a in accounts}
+    expected = sorted(now.items(), key=lambda kv: (-kv[1], kv[0]))[:5]
+    assert [(r["address"], int(r["balance"])) for r in top] == expected
+    history = _read(s, "analytics_top_account_history")
+    assert sorted({r["block_number"] for r in history}) == [199, 399, 599]
+    for r in history:
+        assert int(r["balance"]) == _balance(chain, r["address"], r["block_number"])
+
+    # demo 4: stake per validator from the precompile's logs, decoded independently
+    logs = chain.rpc.call(
+        "eth_getLogs",
+        [{"fromBlock": "0x0", "toBlock": hex(BLOCKS - 1), "address": s.activity.address}],
+    )
+    stake: dict[tuple[int, str], int] = {}
+    for log in logs:
+        topic0, v, who = (
+            log["topics"][0][2:],
+            int(log["topics"][1], 16),
+            "0x" + log["topics"][2][-40:],
+        )
+        words = [
+            int(log["data"][2 + 64 * i : 66 + 64 * i], 16)
+            for i in range(len(log["data"][2:]) // 64)
+        ]
+        sign = {
+            compute.STAKING_TOPICS["delegate"]: (1, 0),
+            compute.STAKING_TOPICS["undelegate"]: (-1, 1),
+        }
+        if topic0 in sign:
+            k, idx = sign[topic0]
+            stake[(v, who)] = stake.get((v, who), 0) + k * words[idx]
+    per_validator: dict[int, int] = {}
+    delegators: dict[int, int] = {}
+    for (v, _), amount in stake.items():
+        if amount > 0:
+            per_validator[v] = per_validator.get(v, 0) + amount
+            delegators[v] = delegators.get(v, 0) + 1
+    last = max(r["block_number"] for r in _read(s, "analytics_validator_stake"))
+    got = {
+        r["validator_id"]: (int(r["stake"]), r["delegators"])
+        for r in _read(s, "analytics_validator_stake")
+        if r["block_number"] == last
+    }
+    assert got == {v: (per_validator[v], delegators[v]) for v in per_validator}
+    conc = _read(s, "analytics_staking_concentration")[-1]
+    total = sum(per_validator.values())
+    assert int(conc["total_stake"]) == total
+    from fractions import Fraction
+
+    from trace_core.analytics.metrics import to_decimal
+
+    assert conc["hhi"] == to_decimal(
+        Fraction(sum(x * x for x in per_validator.values()), total * total)
+    )
+    assert conc["top1_share"] == to_decimal(Fraction(max(per_validator.values()), total))
+
+    # the Query Service reads the outputs like any dataset, exact decimals included
+    from tests.integration.test_query_service import post, serving
+    from trace_core.query.app import create_app, local_user_token
+
+    sql = "SELECT block_number, supply FROM analytics_native_supply ORDER BY block_number DESC LIMIT 1"
+    with serving(create_app(s.rt.settings, s.rt.dbs, s.rt.store, hot_sources=None)) as client:
+        body = post(client, local_user_token(s.rt.settings), {"sql": sql}).json()
+    assert [int(v) for v in body["rows"][0]] == [BLOCKS - 1, supply[BLOCKS - 1]]
+
+    # the asset checks ran and passed (chain cross-checks)
+    for asset, check in (
+        ("native_supply", "supply_matches_chain"),
+        ("top_account_history", "top_accounts_match_chain"),
+        ("staking_concentration", "stake_is_consistent"),
+    ):
+        rec = s.instance.event_log_storage.get_latest_asset_check_execution_by_key(  # type: ignore[attr-defined]
+            [__import__("dagster").AssetCheckKey(analytics_asset_key("ana", asset), check)]
+        )
+        (execution,) = rec.values()
+        assert execution.status.value == "SUCCEEDED", (asset, check)
+
+
+def test_rematerializing_is_idempotent_and_lineage_points_at_streams(synced: Synced) -> None:
+    s = synced
+    _materialize_all(s)
+    with s.rt.state() as conn:
+        before = conn.execute("SELECT count(*) FROM state.dataset_versions").fetchone()
+    _materialize_all(s)
+    with s.rt.state() as conn:
+        after = conn.execute("SELECT count(*) FROM state.dataset_versions").fetchone()
+    assert before == after
+    graph = s.defs.resolve_asset_graph()
+    deps = graph.get(analytics_asset_key("ana", "balance_changes")).parent_keys
+    assert [k.path for k in deps] == [["chain_sync", "ana", "geth_balance_diffs"]]
+    deps = graph.get(analytics_asset_key("ana", "staking_events")).parent_keys
+    assert [k.path for k in deps] == [["chain_sync", "ana", "logs"]]
+
+
+def test_a_range_that_is_not_synced_is_named(synced: Synced) -> None:
+    s = synced
+    with s.rt.state() as conn, duckdb.connect() as con:
+        job = get_analytics_job(conn, s.rt.settings.org_id, "ana")
+        ctx = compute.Context(s.rt.settings, s.rt.store, conn)
+        with pytest.raises(
+            DatasetNotSynced,
+            match=r"stream 'geth_balance_diffs' is not synced for blocks \[600, 800\)",
+        ):
+            compute.balance_range(ctx, con, job, 600, 800)
+
+
+def test_a_missing_staking_address_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        JOB.format(chain_id=1, blocks=10, chunk=5).replace(
+            '    address: "0x0000000000000000000000000000000000001000"\n', ""
+        )
+    )
+    with pytest.raises(InvalidJobFile) as err:
+        load_job_file(path)
+    assert "analytics.staking.address" in str(err.value) and "field required" in str(err.value)
+    assert f"{path}:" in str(err.value)
+
+
+def test_geth_balance_diffs_needs_state_history(anvil_chain: DevChain, tmp_path: Path) -> None:
+    """The session chain is pruned (no state at old blocks): cryo's debug_trace call fails
+    there, and cryo_ingest reports it as a retryable CryoFailed instead of committing."""
+    from trace_core.errors import CryoFailed
+    from trace_core.operators.cryo_ingest import CryoIngestPayload
+    from trace_core.operators.cryo_real import extract_real
+    from trace_core.rpcpool import RpcPool
+    from trace_core.settings import Settings
+
+    payload = CryoIngestPayload.parse(
+        {
+            "chain_id": anvil_chain.chain_id,
+            "dataset_key": "geth_balance_diffs",
+            "cryo_dataset_name": "geth_balance_diffs",
+            "range_start": 0,
+            "range_end": 100,
+            "rpc_pool": "ana",
+        },
+        org_id="00000000-0000-0000-0000-000000000001",
+    )
+    settings = Settings(home=tmp_path, cryo_min_split_blocks=100)  # no splitting: one call
+    pool = RpcPool.from_env("ana", settings, {"TRACE_RPC_POOL_ANA_URL": anvil_chain.rpc_url})
+    with pytest.raises(CryoFailed, match="geth_balance_diffs failed on pool ana: .* refused"):
+        extract_real(payload, pool, tmp_path, settings)
+
+
+def test_staking_topics_are_the_keccak_of_the_signatures(synced: Synced) -> None:
+    for name, signature in compute.STAKING_SIGNATURES.items():
+        digest = synced.chain.rpc.call("web3_sha3", ["0x" + signature.encode().hex()])
+        assert digest == "0x" + compute.STAKING_TOPICS[name], name
+
+
+def test_plan_asks_only_for_the_range_whose_output_is_missing(synced: Synced) -> None:
+    from trace_core.analytics.plan import plan
+
+    s = synced
+    with s.rt.state() as conn:
+        job = get_analytics_job(conn, s.rt.settings.org_id, "ana")
+        done = plan(conn, s.rt.settings.org_id, job)
+        # everything is materialized: only the (idempotent) roll-ups are candidates
+        assert sorted(r.kind for r in done) == ["balance_rollups", "staking_rollups"]
+        assert all((r.start, r.end) == (0, BLOCKS) for r in done)
+        with conn.transaction(force_rollback=True):
+            conn.execute(
+                "DELETE FROM state.dataset_versions v USING state.datasets d "
+                "WHERE v.dataset_uuid = d.dataset_uuid AND d.dataset_key = 'analytics_supply_deltas' "
+                "AND v.range_start = 200"
+            )
+            due = plan(conn, s.rt.settings.org_id, job)
+        # one partition to redo, and no balance roll-up until it is back
+        assert [(r.kind, r.start, r.end) for r in due] == [
+            ("balance_range", 200, 400),
+            ("staking_rollups", 0, BLOCKS),
+        ]

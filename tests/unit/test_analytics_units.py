@@ -1,0 +1,104 @@
+"""Analytics pure parts: concentration metrics, the analytics: block's validation, genesis."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from fractions import Fraction
+
+import pytest
+
+from trace_core.analytics.genesis import parse_alloc
+from trace_core.analytics.metrics import concentration_rows, hhi, nakamoto, to_decimal, top_share
+from trace_core.chain_sync.yamlload import parse_job
+from trace_core.errors import ConfigError, InvalidJobFile
+
+BASE = """kind: chain_sync
+name: j
+chain_id: 143
+mode: {kind: fixed_target, from_block: 0, to_block: 100}
+streams:
+  diffs: {cryo_dataset_name: geth_balance_diffs, rpc_pool: p, chunk_size: 10, max_inflight: 1}
+  logs: {cryo_dataset_name: logs, rpc_pool: p, chunk_size: 10, max_inflight: 1}
+"""
+
+
+def test_metrics_are_exact() -> None:
+    stakes = [5 * 10**27, 3 * 10**27, 2 * 10**27, 1]
+    total = sum(stakes)
+    assert hhi(stakes) == Fraction(sum(s * s for s in stakes), total * total)
+    assert nakamoto(stakes) == 1  # 5e27 of ~1e28 is more than a third
+    assert nakamoto([1, 1, 1]) == 2  # exactly a third is not more than a third
+    assert nakamoto([]) == 0 and hhi([]) == 0 and top_share([], 3) == 0
+    assert top_share(stakes, 2) == Fraction(8 * 10**27, total)
+    assert to_decimal(Fraction(1, 3)) == Decimal("0.333333333333333333")
+    assert to_decimal(Fraction(2, 3)) == Decimal("0.666666666666666667")
+    table = concentration_rows({9: {1: 10, 2: 30, 3: 0}, 4: {1: 1}}, [1, 2])
+    rows = table.to_pylist()
+    assert [r["block_number"] for r in rows] == [4, 9]
+    assert rows[1]["validators"] == 2 and rows[1]["total_stake"] == Decimal(40)
+    assert rows[1]["hhi"] == to_decimal(Fraction(100 + 900, 1600))
+    assert rows[1]["top1_share"] == Decimal("0.750000000000000000")
+    assert rows[1]["top2_share"] == Decimal("1.000000000000000000")
+    assert str(table.schema.field("hhi").type) == "decimal128(38, 18)"
+
+
+def _parse(extra: str) -> object:
+    spec, _ = parse_job((BASE + extra).encode(), source="job.yaml")
+    return spec
+
+
+def test_analytics_block_validates_streams_and_names_problems() -> None:
+    spec = _parse(
+        "analytics:\n  balance_diffs: diffs\n  genesis: {zero: true}\n"
+        "  staking: {logs: logs, address: '0x0000000000000000000000000000000000001000'}\n"
+    )
+    assert spec.analytics.staking.address == "0x" + "0" * 36 + "1000"  # type: ignore[attr-defined]
+    cases = {
+        "analytics:\n  balance_diffs: diffs\n  genesis: {zero: true}\n  staking: {logs: logs}\n": (
+            "job.yaml:11: analytics.staking.address: field required"
+        ),
+        "analytics:\n  balance_diffs: nope\n  genesis: {zero: true}\n": "which this job does not have",
+        "analytics:\n  balance_diffs: logs\n  genesis: {zero: true}\n": "is cryo 'logs', needs one of",
+        "analytics:\n  balance_diffs: diffs\n": "balance_diffs needs genesis",
+        "analytics:\n  balance_diffs: diffs\n  genesis: {zero: true, rpc_accounts: p}\n": (
+            "set exactly one of"
+        ),
+        "analytics:\n  staking: {logs: logs, address: '0x12'}\n": "20-byte hex address",
+    }
+    for extra, message in cases.items():
+        with pytest.raises(InvalidJobFile) as err:
+            _parse(extra)
+        assert message in str(err.value), (extra, str(err.value))
+    with pytest.raises(InvalidJobFile, match="from_block 0"):
+        parse_job(
+            (BASE + "analytics:\n  balance_diffs: diffs\n  genesis: {zero: true}\n")
+            .replace("from_block: 0", "from_block: 5")
+            .encode(),
+            source="job.yaml",
+        )
+
+
+def test_genesis_alloc_parsing() -> None:
+    alloc = parse_alloc(
+        {"alloc": {"AB" * 20: {"balance": "0x10"}, "0x" + "cd" * 20: "10000000000000000000000"}},
+        source="g.json",
+    )
+    assert alloc == {"0x" + "ab" * 20: 16, "0x" + "cd" * 20: 10**22}
+    with pytest.raises(ConfigError, match="g.json: '0xzz' is not a 20-byte hex address"):
+        parse_alloc({"0x" + "ab" * 20: 1, "0xzz": 2}, source="g.json")
+    with pytest.raises(ConfigError, match="must be an integer"):
+        parse_alloc({"0x" + "ab" * 20: 1.5}, source="g.json")
+
+
+def test_example_jobs_with_analytics_validate() -> None:
+    from trace_core.chain_sync.yamlload import load_job_file
+    from trace_core.settings import REPO_ROOT
+
+    for name, logs in (
+        ("chain_sync.monad_mainnet_analytics.yaml", "staking_logs"),
+        ("chain_sync.demo_analytics.yaml", "logs"),
+    ):
+        spec, _ = load_job_file(REPO_ROOT / "examples" / name)
+        assert spec.analytics is not None and spec.analytics.staking is not None
+        assert spec.analytics.staking.logs == logs
+        assert spec.analytics.staking.address == "0x" + "0" * 36 + "1000"

@@ -1,0 +1,387 @@
+"""The analytics computations: inputs (committed versions) -> DuckDB SQL -> committed outputs.
+
+Per block range (incremental, one call per input range, idempotent):
+  ``balance_range``: ``analytics_balance_changes`` (per block and account: balance after the
+  block, net change) and ``analytics_supply_deltas`` (per block: net supply change, minted,
+  burned), from a balance-diffs stream.
+  ``staking_range``: ``analytics_staking_events`` (decoded staking precompile events), from a
+  logs stream.
+Roll-ups over everything committed so far, contiguous from block 0 (recomputed when a range
+is added; their inputs are the small per-range outputs):
+  ``native_supply``: ``analytics_native_supply`` (supply at each block of the window).
+  ``top_accounts``: ``analytics_top_accounts`` and ``analytics_top_account_history``.
+  ``staking_concentration``: ``analytics_validator_stake`` and
+  ``analytics_staking_concentration`` (HHI, Nakamoto coefficient, top-k shares).
+
+Every function takes a DuckDB connection (the Dagster asset passes dagster-duckdb's) and a
+state connection; it raises ``DatasetNotSynced`` naming the stream when an input is missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+from psycopg import Connection
+
+from trace_core.analytics import output
+from trace_core.analytics.genesis import load_genesis
+from trace_core.analytics.inputs import (
+    StreamInput,
+    committed_versions,
+    covered_end,
+    stream_input,
+)
+from trace_core.analytics.jobs import AnalyticsJob
+from trace_core.analytics.metrics import concentration_rows
+from trace_core.analytics.output import OutputTarget, commit_query, fingerprint
+from trace_core.datasets.commit import CommittedVersion
+from trace_core.db.queries import q
+from trace_core.errors import DatasetNotSynced
+from trace_core.settings import Settings
+from trace_core.storage.base import ObjectStore
+
+# keccak256 of the IMonadStaking event signatures (checked against anvil's web3_sha3 in tests).
+STAKING_TOPICS: Mapping[str, str] = {
+    "delegate": "e4d4df1e1827dd28252fd5c3cd7ebccd3da6e0aa31f74c828f3c8542af49d840",
+    "undelegate": "3e53c8b91747e1b72a44894db10f2a45fa632b161fdcdd3a17bd6be5482bac62",
+    "withdraw": "63030e4238e1146c63f38f4ac81b2b23c8be28882e68b03f0887e50d0e9bb18f",
+    "claim_rewards": "cb607e6b63c89c95f6ae24ece9fe0e38a7971aa5ed956254f1df47490921727b",
+    "validator_created": "6f8045cd38e512b8f12f6f02947c632e5f25af03aad132890ecf50015d97c1b2",
+}
+STAKING_SIGNATURES: Mapping[str, str] = {
+    "delegate": "Delegate(uint64,address,uint256,uint64)",
+    "undelegate": "Undelegate(uint64,address,uint8,uint256,uint64)",
+    "withdraw": "Withdraw(uint64,address,uint8,uint256,uint64)",
+    "claim_rewards": "ClaimRewards(uint64,address,uint256,uint64)",
+    "validator_created": "ValidatorCreated(uint64,address,uint256)",
+}
+# Most points in time the staking roll-up evaluates (evenly thinned range ends, last kept).
+MAX_CONCENTRATION_POINTS = 500
+MAX_HISTORY_POINTS = 2000
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every computation needs: settings (org, RPC timeouts), store, state connection."""
+
+    settings: Settings
+    store: ObjectStore
+    state: Connection[Any]
+    environ: Mapping[str, str] | None = None
+
+    @property
+    def org_id(self) -> str:
+        return self.settings.org_id
+
+
+@dataclass
+class Result:
+    """Committed outputs by name, plus numbers worth showing (rows, a summary)."""
+
+    outputs: dict[str, CommittedVersion] = field(default_factory=dict)
+    input_rows: int = 0
+    start: int = 0
+    end: int = 0
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def prepare(con: duckdb.DuckDBPyConnection) -> None:
+    """Create the analytics macros on ``con`` (idempotent)."""
+    con.execute(q("analytics_duckdb", "macros"))
+
+
+def view(con: duckdb.DuckDBPyConnection, name: str, select_sql: str) -> None:
+    con.execute(f'CREATE OR REPLACE TEMP VIEW "{name}" AS {select_sql}')
+
+
+def ready(ctx: Context, con: duckdb.DuckDBPyConnection, *inputs: StreamInput) -> None:
+    """Macros, and store access for the inputs' files."""
+    prepare(con)
+    for inp in inputs:
+        for part in inp.parts:
+            for uri in part.uris[:1]:
+                enable_object_store(con, ctx.settings, uri)
+                return
+
+
+def output_input(ctx: Context, job: AnalyticsJob, name: str, start: int, end: int) -> StreamInput:
+    """Committed analytics output ``name`` over ``[start, end)`` as an input."""
+    return stream_input(
+        ctx.state,
+        ctx.store,
+        org_id=ctx.org_id,
+        job=job.job,
+        stream=output.output_key(name),
+        chain_id=job.chain_id,
+        start=start,
+        end=end,
+    )
+
+
+# --- per range -----------------------------------------------------------------------------
+
+
+def balance_range(
+    ctx: Context, con: duckdb.DuckDBPyConnection, job: AnalyticsJob, start: int, end: int
+) -> Result:
+    """Commit ``balance_changes`` and ``supply_deltas`` for ``[start, end)`` of the job's
+    balance-diffs stream. Raises ``DatasetNotSynced`` when the range is not committed."""
+    stream = job.require_balances()
+    inp = stream_input(
+        ctx.state,
+        ctx.store,
+        org_id=ctx.org_id,
+        job=job.job,
+        stream=stream,
+        chain_id=job.chain_id,
+        start=start,
+        end=end,
+    )
+    ready(ctx, con, inp)
+    fp = inp.fingerprint()
+    changes = OutputTarget(ctx.org_id, job.chain_id, "balance_changes", start, end, fp)
+    deltas = OutputTarget(ctx.org_id, job.chain_id, "supply_deltas", start, end, fp)
+    result = Result(input_rows=inp.rows, start=start, end=end)
+    have_changes = output.registered(ctx.state, changes)
+    have_deltas = output.registered(ctx.state, deltas)
+    if have_changes is not None and have_deltas is not None:
+        result.outputs = {"balance_changes": have_changes, "supply_deltas": have_deltas}
+        return result
+    view(con, "diffs", inp.select_sql())
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE balance_changes AS "
+        + q("analytics_duckdb", "balance_changes")
+    )
+    try:
+        result.outputs["balance_changes"] = commit_query(
+            ctx.state, ctx.store, con, changes, "SELECT * FROM balance_changes"
+        )
+        result.outputs["supply_deltas"] = commit_query(
+            ctx.state, ctx.store, con, deltas, q("analytics_duckdb", "supply_deltas")
+        )
+    finally:
+        con.execute("DROP TABLE IF EXISTS balance_changes")
+    return result
+
+
+def staking_range(
+    ctx: Context, con: duckdb.DuckDBPyConnection, job: AnalyticsJob, start: int, end: int
+) -> Result:
+    """Commit ``staking_events`` for ``[start, end)`` of the job's staking logs stream."""
+    stream, address = job.require_staking()
+    inp = stream_input(
+        ctx.state,
+        ctx.store,
+        org_id=ctx.org_id,
+        job=job.job,
+        stream=stream,
+        chain_id=job.chain_id,
+        start=start,
+        end=end,
+    )
+    ready(ctx, con, inp)
+    target = OutputTarget(
+        ctx.org_id,
+        job.chain_id,
+        "staking_events",
+        start,
+        end,
+        fingerprint(inp.fingerprint(), address),
+    )
+    result = Result(input_rows=inp.rows, start=start, end=end)
+    view(con, "logs", inp.select_sql())
+    params = {"address": address[2:], **STAKING_TOPICS}
+    result.outputs["staking_events"] = commit_query(
+        ctx.state, ctx.store, con, target, q("analytics_duckdb", "staking_events"), params
+    )
+    return result
+
+
+# --- roll-ups ------------------------------------------------------------------------------
+
+
+def synced_end(ctx: Context, job: AnalyticsJob, name: str) -> int:
+    """End of the span of output ``name`` committed contiguously from block 0.
+
+    Raises ``DatasetNotSynced`` naming the input stream when nothing is committed yet."""
+    records = committed_versions(ctx.state, ctx.org_id, job.chain_id, output.output_key(name))
+    end = covered_end(records, 0)
+    if end == 0:
+        raise DatasetNotSynced(
+            f"job {job.job!r}: no range of {output.output_key(name)} from block 0 is committed "
+            "yet; materialize the per-range analytics of the synced ranges first",
+            job=job.job,
+            stream=output.output_key(name),
+        )
+    return end
+
+
+def _range_ends(inp: StreamInput) -> list[int]:
+    """The last block of every committed input part (the per-range points in time)."""
+    return sorted({p.end - 1 for p in inp.parts})
+
+
+def _thin(points: Sequence[int], limit: int) -> list[int]:
+    """At most ``limit`` points, evenly spaced, always keeping the last."""
+    if len(points) <= limit:
+        return list(points)
+    step = len(points) / limit
+    picked = {points[min(len(points) - 1, int(i * step))] for i in range(limit - 1)}
+    picked.add(points[-1])
+    return sorted(picked)
+
+
+def _genesis_table(con: duckdb.DuckDBPyConnection, alloc: Mapping[str, int]) -> None:
+    table = pa.table(
+        {
+            "address": pa.array(list(alloc), pa.string()),
+            "balance": pa.array([str(v) for v in alloc.values()], pa.string()),
+        }
+    )
+    con.register("genesis_alloc_arrow", table)
+    try:
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE genesis AS SELECT address, "
+            "CAST(CAST(balance AS HUGEINT) AS DECIMAL(38,0)) AS balance FROM genesis_alloc_arrow"
+        )
+    finally:
+        con.unregister("genesis_alloc_arrow")
+
+
+def native_supply(ctx: Context, con: duckdb.DuckDBPyConnection, job: AnalyticsJob) -> Result:
+    """Commit the supply series over the window (or full history) ending at the synced end."""
+    end = synced_end(ctx, job, "supply_deltas")
+    inp = output_input(ctx, job, "supply_deltas", 0, end)
+    alloc = load_genesis(job, ctx.settings, ctx.environ)
+    genesis_supply = sum(alloc.values())
+    lo = 0 if job.spec.full_history else max(0, end - job.spec.supply_window_blocks)
+    ready(ctx, con, inp)
+    target = OutputTarget(
+        ctx.org_id,
+        job.chain_id,
+        "native_supply",
+        0,
+        end,
+        fingerprint(inp.fingerprint(), genesis_supply, lo),
+    )
+    view(con, "supply_deltas", inp.select_sql())
+    params = {"lo": lo, "hi": end, "genesis": str(genesis_supply)}
+    result = Result(input_rows=inp.rows, start=lo, end=end)
+    result.outputs["native_supply"] = commit_query(
+        ctx.state, ctx.store, con, target, q("analytics_duckdb", "native_supply"), params
+    )
+    last = con.execute(
+        "SELECT CAST(supply AS VARCHAR) FROM ("
+        + q("analytics_duckdb", "native_supply")
+        + ") ORDER BY block_number DESC LIMIT 1",
+        params,
+    ).fetchone()
+    result.summary = {
+        "genesis_supply": genesis_supply,
+        "supply": int(last[0]) if last else genesis_supply,
+        "window": [lo, end],
+    }
+    return result
+
+
+def top_accounts(ctx: Context, con: duckdb.DuckDBPyConnection, job: AnalyticsJob) -> Result:
+    """Commit the current top N accounts and each one's balance at every range end."""
+    end = synced_end(ctx, job, "balance_changes")
+    inp = output_input(ctx, job, "balance_changes", 0, end)
+    alloc = load_genesis(job, ctx.settings, ctx.environ)
+    ready(ctx, con, inp)
+    fp = fingerprint(inp.fingerprint(), output.fingerprint(*sorted(alloc.items())), job.spec.top_n)
+    top_t = OutputTarget(ctx.org_id, job.chain_id, "top_accounts", 0, end, fp)
+    hist_t = OutputTarget(ctx.org_id, job.chain_id, "top_account_history", 0, end, fp)
+    view(con, "balance_changes", inp.select_sql())
+    _genesis_table(con, alloc)
+    con.execute(
+        "CREATE OR REPLACE TEMP VIEW latest_balances AS " + q("analytics_duckdb", "latest_balances")
+    )
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE top_accounts AS " + q("analytics_duckdb", "top_accounts"),
+        {"as_of": end - 1, "top_n": job.spec.top_n},
+    )
+    points = _thin(_range_ends(inp), MAX_HISTORY_POINTS)
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE points AS SELECT CAST(unnest($p) AS UBIGINT) AS block_number",
+        {"p": points},
+    )
+    result = Result(input_rows=inp.rows, start=0, end=end)
+    result.outputs["top_accounts"] = commit_query(
+        ctx.state, ctx.store, con, top_t, "SELECT * FROM top_accounts ORDER BY rank"
+    )
+    result.outputs["top_account_history"] = commit_query(
+        ctx.state, ctx.store, con, hist_t, q("analytics_duckdb", "top_account_history")
+    )
+    rows = con.execute(
+        "SELECT rank, address, CAST(balance AS VARCHAR) FROM top_accounts ORDER BY rank"
+    ).fetchall()
+    result.summary = {"top": [(r, a, int(b)) for r, a, b in rows], "as_of_block": end - 1}
+    return result
+
+
+def staking_concentration(
+    ctx: Context, con: duckdb.DuckDBPyConnection, job: AnalyticsJob
+) -> Result:
+    """Commit per-validator stake and the concentration metrics at every (thinned) range end."""
+    _, address = job.require_staking()
+    end = synced_end(ctx, job, "staking_events")
+    inp = output_input(ctx, job, "staking_events", 0, end)
+    top_k = list(job.spec.staking.top_k) if job.spec.staking else [1]
+    points = _thin(_range_ends(inp), MAX_CONCENTRATION_POINTS)
+    ready(ctx, con, inp)
+    fp = fingerprint(inp.fingerprint(), address, top_k, points)
+    stake_t = OutputTarget(ctx.org_id, job.chain_id, "validator_stake", 0, end, fp)
+    conc_t = OutputTarget(ctx.org_id, job.chain_id, "staking_concentration", 0, end, fp)
+    view(con, "staking_events", inp.select_sql())
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE points AS SELECT CAST(unnest($p) AS UBIGINT) AS block_number",
+        {"p": points},
+    )
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE validator_stake AS "
+        + q("analytics_duckdb", "validator_stake")
+    )
+    stakes: dict[int, dict[int, int]] = {p: {} for p in points}
+    for block, validator, stake in con.execute(
+        "SELECT block_number, validator_id, CAST(stake AS VARCHAR) FROM validator_stake"
+    ).fetchall():
+        stakes[int(block)][int(validator)] = int(stake)
+    table = concentration_rows(stakes, top_k)
+    con.register("concentration_arrow", table)
+    result = Result(input_rows=inp.rows, start=0, end=end)
+    try:
+        result.outputs["validator_stake"] = commit_query(
+            ctx.state, ctx.store, con, stake_t, "SELECT * FROM validator_stake"
+        )
+        result.outputs["staking_concentration"] = commit_query(
+            ctx.state,
+            ctx.store,
+            con,
+            conc_t,
+            "SELECT * FROM concentration_arrow ORDER BY block_number",
+        )
+    finally:
+        con.unregister("concentration_arrow")
+    last = table.slice(table.num_rows - 1).to_pylist()[0] if table.num_rows else {}
+    result.summary = {"latest": last, "validators": stakes[points[-1]] if points else {}}
+    return result
+
+
+def enable_object_store(con: duckdb.DuckDBPyConnection, settings: Settings, uri: str) -> None:
+    """Let ``con`` read ``uri``'s store: for ``s3://`` load httpfs (offline, from its wheel)
+    and create a temporary secret from boto3's credential chain; local paths need nothing."""
+    if not uri.startswith("s3://"):
+        return
+    import duckdb_extensions
+
+    from trace_core.query.engine import S3Access, _create_s3_secret
+
+    duckdb_extensions.import_extension("httpfs", con=con)
+    con.execute("LOAD httpfs")
+    _create_s3_secret(con, S3Access.from_settings(settings))

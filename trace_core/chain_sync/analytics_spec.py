@@ -1,0 +1,126 @@
+"""The ``analytics:`` block of a chain_sync job: which streams feed which derived datasets.
+
+Example (the job must start at block 0: balances accumulate from genesis)::
+
+    analytics:
+      balance_diffs: geth_balance_diffs      # a stream of cryo geth_balance_diffs
+      genesis: {rpc_accounts: demo}          # or {file: genesis.json} or {zero: true}
+      top_n: 10
+      supply_window_blocks: 1000             # or full_history: true
+      staking:
+        logs: logs                           # a stream of cryo logs
+        address: "0x0000000000000000000000000000000000001000"
+
+Cross-field checks (streams exist and carry the right cryo dataset, from_block is 0) live in
+``chain_sync.spec.ChainSyncSpec`` so each problem is reported at its file line.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
+
+# Monad's staking precompile (docs.monad.xyz, staking precompile page).
+MONAD_STAKING_ADDRESS = "0x0000000000000000000000000000000000001000"
+# cryo datasets whose rows carry per-transaction balance changes (from_value / to_value).
+BALANCE_DIFF_DATASETS = frozenset({"geth_balance_diffs", "balance_diffs"})
+LOG_DATASETS = frozenset({"logs"})
+MAX_TOP_N = 1000
+
+_ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
+_STREAM = re.compile(r"^[a-z0-9_]{1,64}$")
+_POOL = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+def _address(value: str) -> str:
+    if not _ADDRESS.match(value):
+        raise PydanticCustomError("address", "must be a 0x-prefixed 20-byte hex address")
+    return value.lower()
+
+
+def _stream(value: str) -> str:
+    if not _STREAM.match(value):
+        raise PydanticCustomError(
+            "stream", "must name a stream key of this job (lowercase letters, digits and '_')"
+        )
+    return value
+
+
+def _pool(value: str) -> str:
+    if "://" in value or not _POOL.match(value):
+        raise PydanticCustomError(
+            "pool", "must name an RPC pool (its URL comes from TRACE_RPC_POOL_<POOL>_URL)"
+        )
+    return value
+
+
+Address = Annotated[str, AfterValidator(_address)]
+StreamKey = Annotated[str, AfterValidator(_stream)]
+PoolName = Annotated[str, AfterValidator(_pool)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class GenesisSpec(_Model):
+    """Where balances at genesis come from; exactly one field is set.
+
+    ``file``: a JSON object ``{address: balance_wei}`` (balances as decimal strings or ints),
+    relative paths resolved against the job file's directory. ``rpc_accounts``: the pool's
+    ``eth_accounts`` with their ``eth_getBalance`` at block 0 (a dev chain's funded accounts:
+    anvil's genesis alloc). ``zero: true``: no allocation (supply is then net issuance).
+    """
+
+    file: str | None = None
+    rpc_accounts: PoolName | None = None
+    zero: bool | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> GenesisSpec:
+        chosen = [n for n in ("file", "rpc_accounts", "zero") if getattr(self, n)]
+        if len(chosen) != 1:
+            raise PydanticCustomError(
+                "genesis", "set exactly one of file, rpc_accounts or zero: true"
+            )
+        return self
+
+
+class StakingSpec(_Model):
+    """Staking events (Monad's precompile ABI) from one logs stream, at ``address``."""
+
+    logs: StreamKey
+    address: Address
+    top_k: Annotated[list[Annotated[int, Field(gt=0, le=MAX_TOP_N)]], Field(min_length=1)] = [
+        1,
+        5,
+        10,
+    ]
+
+
+class AnalyticsSpec(_Model):
+    """Derived datasets of a job: supply and balances from ``balance_diffs``, staking from
+    ``staking.logs``. ``supply_window_blocks``: the supply series covers the last N synced
+    blocks (default); ``full_history: true`` every block from 0."""
+
+    balance_diffs: StreamKey | None = None
+    genesis: GenesisSpec | None = None
+    top_n: Annotated[int, Field(gt=0, le=MAX_TOP_N)] = 10
+    supply_window_blocks: Annotated[int, Field(gt=0, le=100_000_000)] = 1000
+    full_history: bool = False
+    staking: StakingSpec | None = None
+
+    @model_validator(mode="after")
+    def _something_and_genesis(self) -> AnalyticsSpec:
+        if self.balance_diffs is None and self.staking is None:
+            raise PydanticCustomError("analytics_empty", "set balance_diffs, staking, or both")
+        if self.balance_diffs is not None and self.genesis is None:
+            raise PydanticCustomError(
+                "analytics_genesis",
+                "balance_diffs needs genesis (file, rpc_accounts or zero: true): balances start "
+                "from the genesis allocation",
+            )
+        return self

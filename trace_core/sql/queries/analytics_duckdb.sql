@@ -1,0 +1,146 @@
+-- Analytics (DuckDB). Inputs are temp views created by trace_core.analytics over committed
+-- Parquet: `diffs` (cryo geth_balance_diffs / balance_diffs), `logs` (cryo logs), and the
+-- analytics' own committed outputs. Balances are DECIMAL(38,0): exact wei, never floats;
+-- a value past 38 digits fails the cast instead of rounding. Parameters use $name.
+
+-- name: macros
+-- via HUGEINT: DuckDB 1.5 parses VARCHAR -> DECIMAL(38,0) ~300x slower than -> HUGEINT.
+CREATE OR REPLACE TEMP MACRO wei(s) AS CAST(CAST(s AS HUGEINT) AS DECIMAL(38,0));
+-- 32-byte big-endian word i (0-based) of a blob as DECIMAL(38,0); errors past 2**128.
+CREATE OR REPLACE TEMP MACRO u256_word(b, i) AS (
+    CASE WHEN substr(hex(b), i * 64 + 1, 32) <> repeat('0', 32)
+         THEN error('a uint256 value exceeds 2**128')
+         ELSE CAST(
+             CAST(CAST('0x' || substr(hex(b), i * 64 + 33, 16) AS UBIGINT) AS HUGEINT)
+                 * CAST('18446744073709551616' AS HUGEINT)
+             + CAST(CAST('0x' || substr(hex(b), i * 64 + 49, 16) AS UBIGINT) AS HUGEINT)
+             AS DECIMAL(38,0))
+    END);
+CREATE OR REPLACE TEMP MACRO hex_address(b) AS '0x' || lower(hex(b));
+
+-- name: balance_changes
+-- One row per (block, address) whose balance changed in the block: the balance after the
+-- block's last transaction touching it and the net change (sum of to - from over its diffs).
+SELECT CAST(block_number AS UBIGINT) AS block_number,
+       hex_address(address) AS address,
+       wei(arg_max(to_value_string, transaction_index)) AS balance,
+       sum(wei(to_value_string) - wei(from_value_string)) AS delta
+FROM diffs
+GROUP BY block_number, address
+HAVING sum(wei(to_value_string) - wei(from_value_string)) <> 0
+    OR wei(arg_max(to_value_string, transaction_index)) <> wei(arg_min(from_value_string, transaction_index))
+ORDER BY block_number, address
+
+-- name: supply_deltas
+-- Net native supply change per block (minted > 0, burned > 0; both never at once).
+SELECT block_number,
+       CAST(sum(delta) AS DECIMAL(38,0)) AS supply_delta,
+       CAST(greatest(sum(delta), 0) AS DECIMAL(38,0)) AS minted,
+       CAST(greatest(-sum(delta), 0) AS DECIMAL(38,0)) AS burned,
+       CAST(count(*) AS UINTEGER) AS accounts_changed
+FROM balance_changes
+GROUP BY block_number
+ORDER BY block_number
+
+-- name: native_supply
+-- Supply at the end of every block of [$lo, $hi): genesis + all supply deltas up to it.
+WITH before AS (
+    SELECT coalesce(sum(supply_delta), 0) AS s FROM supply_deltas WHERE block_number < $lo
+), blocks AS (
+    SELECT CAST(range AS UBIGINT) AS block_number FROM range($lo, $hi)
+)
+SELECT b.block_number,
+       CAST(wei($genesis) + before.s
+            + sum(coalesce(d.supply_delta, 0)) OVER (ORDER BY b.block_number)
+            AS DECIMAL(38,0)) AS supply,
+       CAST(coalesce(d.supply_delta, 0) AS DECIMAL(38,0)) AS supply_delta
+FROM blocks b
+LEFT JOIN supply_deltas d ON d.block_number = b.block_number
+CROSS JOIN before
+ORDER BY b.block_number
+
+-- name: latest_balances
+-- Every account's balance at the end of the synced span (genesis when never changed).
+SELECT address, arg_max(balance, block_number) AS balance,
+       max(block_number) AS last_changed_block
+FROM (
+    SELECT address, balance, CAST(block_number AS BIGINT) AS block_number FROM balance_changes
+    UNION ALL
+    SELECT address, balance, -1 AS block_number FROM genesis
+)
+GROUP BY address
+
+-- name: top_accounts
+SELECT CAST(row_number() OVER (ORDER BY balance DESC, address) AS UINTEGER) AS rank,
+       address, balance,
+       CAST(nullif(last_changed_block, -1) AS UBIGINT) AS last_changed_block,
+       CAST($as_of AS UBIGINT) AS block_number
+FROM latest_balances
+ORDER BY balance DESC, address
+LIMIT $top_n
+
+-- name: top_account_history
+-- Each top account's balance at the end of every synced block range (per block range).
+WITH grid AS (
+    SELECT t.rank, t.address, CAST(p.block_number AS BIGINT) AS block_number
+    FROM top_accounts t CROSS JOIN points p
+), changes AS (
+    SELECT address, CAST(block_number AS BIGINT) AS block_number, balance FROM balance_changes
+    WHERE address IN (SELECT address FROM top_accounts)
+)
+SELECT CAST(g.block_number AS UBIGINT) AS block_number, g.rank, g.address,
+       CAST(coalesce(c.balance, gen.balance, 0) AS DECIMAL(38,0)) AS balance
+FROM grid g
+ASOF LEFT JOIN changes c ON c.address = g.address AND c.block_number <= g.block_number
+LEFT JOIN genesis gen ON gen.address = g.address
+ORDER BY g.block_number, g.rank
+
+-- name: staking_events
+-- Monad staking precompile events (IMonadStaking ABI) emitted by $address. stake_delta:
+-- +amount on Delegate, -amount on Undelegate, 0 otherwise (stake counts from the event's
+-- block, not from its activation epoch).
+SELECT CAST(block_number AS UBIGINT) AS block_number,
+       transaction_index, log_index,
+       '0x' || lower(hex(transaction_hash)) AS transaction_hash,
+       CASE hex(topic0)
+           WHEN upper($delegate) THEN 'delegate'
+           WHEN upper($undelegate) THEN 'undelegate'
+           WHEN upper($withdraw) THEN 'withdraw'
+           WHEN upper($claim_rewards) THEN 'claim_rewards'
+           WHEN upper($validator_created) THEN 'validator_created'
+       END AS event,
+       CAST('0x' || substr(hex(topic1), 49, 16) AS UBIGINT) AS validator_id,
+       '0x' || lower(substr(hex(topic2), 25, 40)) AS address,
+       CASE hex(topic0)
+           WHEN upper($delegate) THEN u256_word(data, 0)
+           WHEN upper($undelegate) THEN u256_word(data, 1)
+           WHEN upper($withdraw) THEN u256_word(data, 1)
+           WHEN upper($claim_rewards) THEN u256_word(data, 0)
+           ELSE CAST(0 AS DECIMAL(38,0))
+       END AS amount,
+       CASE hex(topic0)
+           WHEN upper($delegate) THEN u256_word(data, 0)
+           WHEN upper($undelegate) THEN -u256_word(data, 1)
+           ELSE CAST(0 AS DECIMAL(38,0))
+       END AS stake_delta
+FROM logs
+WHERE address = from_hex($address)
+  AND hex(topic0) IN (upper($delegate), upper($undelegate), upper($withdraw),
+                      upper($claim_rewards), upper($validator_created))
+ORDER BY block_number, log_index
+
+-- name: validator_stake
+-- Per validator at each point: stake of delegators with a positive net stake, and their count.
+WITH net AS (
+    SELECT p.block_number, e.validator_id, e.address AS delegator,
+           sum(e.stake_delta) AS stake
+    FROM points p JOIN staking_events e ON e.block_number <= p.block_number
+    WHERE e.event IN ('delegate', 'undelegate')
+    GROUP BY p.block_number, e.validator_id, e.address
+)
+SELECT CAST(block_number AS UBIGINT) AS block_number, validator_id,
+       CAST(sum(stake) AS DECIMAL(38,0)) AS stake,
+       CAST(count(*) AS UINTEGER) AS delegators
+FROM net WHERE stake > 0
+GROUP BY block_number, validator_id
+ORDER BY block_number, validator_id

@@ -1,0 +1,131 @@
+"""``trace-lite demo --analytics``: the Monad demos 2-4 on a local chain.
+
+The chain is an archive anvil (geth_balance_diffs traces old blocks) with staking events at
+Monad's precompile address from ``trace_core.devstaking``; the job is
+``examples/chain_sync.demo_analytics.yaml``. After the backfill, the ``trace_analytics``
+sensor materializes the analytics assets under ``dagster dev``; this waits for the roll-ups to
+be committed, then prints the supply series (checked against ``eth_getBalance``), the top-N
+table and the concentration metrics, all read through the Query Service.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.console import Console
+
+from trace_core import devstaking
+from trace_core.datasets.registry import versions_for_stream
+from trace_core.devchain import DevChain
+from trace_core.errors import TraceError
+from trace_core.rpc import hex_int
+from trace_core.runtime import Runtime
+from trace_core.settings import REPO_ROOT, Settings
+
+DEMO_ANALYTICS_FILE = REPO_ROOT / "examples" / "chain_sync.demo_analytics.yaml"
+ROLLUPS = ("analytics_native_supply", "analytics_top_accounts", "analytics_staking_concentration")
+
+SUPPLY_SQL = """
+SELECT block_number, supply, supply_delta FROM analytics_native_supply
+WHERE block_number % 100 = 99 OR supply_delta <> 0 ORDER BY block_number DESC LIMIT 8
+"""
+TOP_SQL = (
+    "SELECT rank, address, balance, last_changed_block FROM analytics_top_accounts ORDER BY rank"
+)
+HISTORY_SQL = """
+SELECT address,
+       string_agg(CAST(balance AS VARCHAR), ' -> ' ORDER BY block_number) AS balance_at_range_ends
+FROM analytics_top_account_history GROUP BY address, rank ORDER BY rank
+"""
+CONCENTRATION_SQL = "SELECT * FROM analytics_staking_concentration ORDER BY block_number"
+VALIDATORS_SQL = """
+SELECT validator_id, stake, delegators FROM analytics_validator_stake
+WHERE block_number = (SELECT max(block_number) FROM analytics_validator_stake)
+ORDER BY stake DESC
+"""
+
+
+def start_chain(console: Console, blocks: int, seed: int, genesis: int) -> DevChain:
+    """An archive anvil with staking activity, then transfers up to ``blocks`` blocks."""
+    with console.status(f"mining a local archive anvil chain ({blocks} blocks, staking events)..."):
+        chain = DevChain.start(3, seed, chain_id=31337, archive=True, genesis_timestamp=genesis)
+        try:
+            activity = devstaking.drive(
+                chain, seed=seed, validators=5, actions=40, max_gap_blocks=40
+            )
+            chain.seed(blocks, seed)
+        except BaseException:
+            chain.stop()
+            raise
+    console.print(
+        f"staking stand-in at {activity.address}: {len(activity.events)} events in blocks "
+        f"{activity.first_block}-{activity.last_block}"
+    )
+    return chain
+
+
+def wait_for_rollups(rt: Runtime, chain_id: int, to_block: int, deadline: float) -> None:
+    """Poll the registry until every roll-up covers ``[0, to_block)``."""
+    while True:
+        with rt.state() as conn:
+            done = all(
+                any(
+                    v.range_end >= to_block
+                    for v in versions_for_stream(conn, rt.settings.org_id, chain_id, k)
+                )
+                for k in ROLLUPS
+            )
+        if done:
+            return
+        if time.monotonic() > deadline:
+            raise TraceError(
+                "the analytics did not finish in time; see the trace_analytics sensor and the "
+                "analytics runs in the Dagster UI"
+            )
+        time.sleep(1.0)
+
+
+def show(
+    console: Console,
+    settings: Settings,
+    rt: Runtime,
+    chain: DevChain | None,
+    chain_id: int,
+    to_block: int,
+    deadline: float,
+) -> dict[str, Any]:
+    """Print the three demos; return the responses (and the chain's supply) for tests."""
+    from trace_core.query.app import query_http
+    from trace_dagster.demo import _print_response
+
+    with console.status("waiting for the analytics assets (trace_analytics sensor)..."):
+        wait_for_rollups(rt, chain_id, to_block, deadline)
+    out: dict[str, Any] = {}
+    for key, title, sql in (
+        ("supply", "Demo 2: native supply by block (wei; window of the last blocks)", SUPPLY_SQL),
+        ("top", "Demo 3: top accounts now", TOP_SQL),
+        ("history", "Demo 3: their balances at each synced range end", HISTORY_SQL),
+        ("validators", "Demo 4: stake per validator (latest)", VALIDATORS_SQL),
+        ("concentration", "Demo 4: staking concentration over time", CONCENTRATION_SQL),
+    ):
+        out[key] = query_http(settings, sql)
+        _print_response(console, title, out[key])
+    if chain is not None:
+        last = to_block - 1
+        supply = next(int(r[1]) for r in out["supply"]["rows"] if int(r[0]) == last)
+        accounts = query_http(
+            settings,
+            "SELECT DISTINCT address FROM analytics_balance_changes",
+            max_rows=100_000,
+        )["rows"]
+        known = {a[0] for a in accounts} | {a.lower() for a in chain.rpc.call("eth_accounts")}
+        replies = chain.rpc.batch([("eth_getBalance", [a, hex(last)]) for a in sorted(known)])
+        chain_sum = sum(hex_int(r) for r in replies)
+        out["chain_supply"] = chain_sum
+        verdict = "[green]matches[/green]" if chain_sum == supply else "[red]differs from[/red]"
+        console.print(
+            f"supply at block {last}: {supply} wei {verdict} the sum of eth_getBalance over "
+            f"{len(known)} accounts ({chain_sum})"
+        )
+    return out
