@@ -106,8 +106,8 @@ WHERE j.name = %s
 TASK_STATES_SQL = """
 SELECT t.status, count(*)
 FROM state.tasks t
-JOIN state.chain_sync_scheduled_ranges r USING (task_id)
-JOIN state.chain_sync_jobs j USING (job_id)
+JOIN state.chain_sync_scheduled_ranges r ON r.task_id = t.task_id
+JOIN state.chain_sync_jobs j ON j.job_id = r.job_id
 WHERE j.name = %s GROUP BY t.status
 """
 NOW_SQL = "SELECT extract(epoch FROM clock_timestamp())::float8"
@@ -303,7 +303,8 @@ def cryo_seconds(url: str, scratch: Path, datasets: list[list[str]], blocks: lis
     for ds in datasets:
         for b in blocks:
             out = Path(tempfile.mkdtemp(dir=scratch))
-            summary = freeze(ds, blocks=[b], rpc=url, output_dir=str(out), verbose=False)
+            # cryo takes a list of datasets too (trace_core's wrapper is typed for one)
+            summary = freeze(ds, blocks=[b], rpc=url, output_dir=str(out), verbose=False)  # type: ignore[arg-type]
             if (summary or {}).get("n_errored"):
                 raise SystemExit(f"bare cryo {ds} {b}: {summary}")
             shutil.rmtree(out)
@@ -458,7 +459,7 @@ def bench_recovery(
         first.wait()
         killed_at, _, _ = progress(dbs, name)
         with psycopg.connect(dbs.state_url) as conn:
-            at_kill = dict(conn.execute(TASK_STATES_SQL, (name,)).fetchall())
+            at_kill: dict[str, int] = dict(conn.execute(TASK_STATES_SQL, (name,)).fetchall())
     finally:
         if first.poll() is None:
             first.kill()
@@ -581,7 +582,6 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=BetaWarning)
 
     root = Path(tempfile.mkdtemp(prefix="trace-bench-e2e-"))
-    atexit.register(shutil.rmtree, root, ignore_errors=True)
     load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
     chain = DevChain.start(blocks=blocks, seed=SEED)
@@ -620,15 +620,31 @@ def main(argv: list[str] | None = None) -> int:
         if "recovery" in paths:
             kill_after = args.kill_after or max(1, plan.total_ranges // 4)
             recovery = bench_recovery(plan, root, chain, proxy.url, kill_after, knobs)
+    except BaseException:
+        print(f"failed; logs and homes kept under {root}", flush=True)
+        raise
+    else:
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
     finally:
         proxy.stop()
         chain.stop()
+        report(rows, timings, recovery, plan, args.latency_ms, load_before)
+    return 0 if targets_met(rows, recovery) else 1
 
+
+def report(
+    rows: list[Row],
+    timings: dict[str, float],
+    recovery: dict[str, Any] | None,
+    plan: Plan,
+    latency_ms: float,
+    load_before: float,
+) -> None:
     print(
         f"\nload average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after "
         f"({os.cpu_count()} cores, shared); Trace seconds = apply -> last range committed"
     )
-    print_table(rows, args.latency_ms)
+    print_table(rows, latency_ms)
     print(
         "1st run = apply -> first Dagster run created; launch s = mean run creation -> start; "
         "1st claim = apply -> first task claimed;\ns/range = mean seconds inside a succeeded "
@@ -640,7 +656,7 @@ def main(argv: list[str] | None = None) -> int:
         target = recovery["lease"] + RECOVERY_SLACK_SECONDS
         verdict = "ok" if recovery["seconds"] <= target else "MISS"
         print(
-            f"recovery (+{args.latency_ms:g}ms): SIGKILL of `trace-lite run --until-idle` with "
+            f"recovery (+{latency_ms:g}ms): SIGKILL of `trace-lite run --until-idle` with "
             f"{recovery['committed_at_kill']}/{plan.total_ranges} ranges committed (tasks: "
             + ", ".join(f"{n} {k}" for k, n in sorted(recovery["tasks_at_kill"].items()))
             + "); restart -> "
@@ -649,7 +665,6 @@ def main(argv: list[str] | None = None) -> int:
             f"{recovery['rewake']}; target <= lease + {RECOVERY_SLACK_SECONDS:g} = {target:g}s: "
             f"{verdict}"
         )
-    return 0 if targets_met(rows, recovery) else 1
 
 
 def targets_met(rows: list[Row], recovery: dict[str, Any] | None) -> bool:
