@@ -102,6 +102,14 @@ JOIN state.chain_sync_scheduled_ranges r USING (task_id)
 JOIN state.chain_sync_jobs j USING (job_id)
 WHERE j.name = %s
 """
+# Every finished attempt of one job: (start, end) epochs, for idle time and parallelism.
+INTERVALS_SQL = """
+SELECT extract(epoch FROM a.started_at)::float8, extract(epoch FROM a.finished_at)::float8
+FROM state.task_attempts a
+JOIN state.chain_sync_scheduled_ranges r USING (task_id)
+JOIN state.chain_sync_jobs j USING (job_id)
+WHERE j.name = %s AND a.finished_at IS NOT NULL ORDER BY 1
+"""
 # Task states of one job's ranges (at the kill: running = claimed by the dead process).
 TASK_STATES_SQL = """
 SELECT t.status, count(*)
@@ -247,9 +255,17 @@ def wait_committed(
 def attempts_breakdown(dbs: Databases, job: str, t0: float, row: Row) -> None:
     with psycopg.connect(dbs.state_url) as conn:
         first, attempts, ok, busy = conn.execute(ATTEMPTS_SQL, (job,)).fetchone() or (None,) * 4
+        intervals = conn.execute(INTERVALS_SQL, (job,)).fetchall()
     row.first_claim = None if first is None else first - t0
     row.attempts = int(attempts or 0)
     row.task_seconds = busy / ok if ok else None
+    covered, end = 0.0, t0
+    for a, z in intervals:  # the union of attempt intervals, sorted by start
+        if z > end:
+            covered += z - max(a, end)
+            end = z
+    row.extra["idle"] = row.seconds - covered
+    row.extra["parallel"] = sum(z - a for a, z in intervals) / covered if covered else math.nan
 
 
 def check_exact(dbs: Databases, settings: Settings, chain: DevChain, suffix: str = "") -> None:
@@ -375,7 +391,7 @@ def bench_in_process(
         attempts_breakdown(dbs, name, t0, row)
         if proxy and before:
             row.requests = proxy_requests(proxy, before)
-        row.extra = run_stats(Path(env["DAGSTER_HOME"]), name)
+        row.extra.update(run_stats(Path(env["DAGSTER_HOME"]), name))
         row.extra["to_first_run"] = row.extra["first_created"] - t0
     return row
 
@@ -425,7 +441,7 @@ def bench_daemon(
             attempts_breakdown(dbs, job, t0, row)
             if condition == "proxied":
                 row.requests = proxy_requests(proxy, before)
-            row.extra = run_stats(Path(env["DAGSTER_HOME"]), job)
+            row.extra.update(run_stats(Path(env["DAGSTER_HOME"]), job))
             row.extra["to_first_run"] = row.extra["first_created"] - t0
             row.runs = int(row.extra["runs"])
             rows.append(row)
@@ -508,7 +524,7 @@ def print_table(rows: list[Row], latency_ms: float) -> None:
     base = {r.condition: r.seconds for r in rows if r.path == "bare cryo (baseline)"}
     header = (
         f"{'path':<26}{'condition':<11}{'seconds':>9}{'vs cryo':>9}{'target':>8}{'runs':>6}"
-        f"{'1st run':>8}{'launch s':>9}{'1st claim':>10}{'s/range':>9}{'attempts':>9}{'requests':>10}  note"
+        f"{'1st run':>8}{'launch s':>9}{'1st claim':>10}{'idle s':>8}{'par':>6}{'s/range':>9}{'attempts':>9}{'requests':>10}  note"
     )
     print(header)
     print("-" * len(header))
@@ -524,7 +540,8 @@ def print_table(rows: list[Row], latency_ms: float) -> None:
                 f"{r.path:<26}{cond:<11}{r.seconds:>9.2f}{_fmt(ratio):>9}{verdict:>8}"
                 f"{_fmt(r.runs, 'd') if r.runs is not None else '':>6}"
                 f"{_fmt(r.extra.get('to_first_run')):>8}{_fmt(r.extra.get('launch')):>9}"
-                f"{_fmt(r.first_claim):>10}"
+                f"{_fmt(r.first_claim):>10}{_fmt(r.extra.get('idle')):>8}"
+                f"{_fmt(r.extra.get('parallel'), '.1f'):>6}"
                 f"{_fmt(r.task_seconds):>9}{_fmt(r.attempts, 'd') if r.attempts else '':>9}"
                 f"{_fmt(r.requests, 'd') if r.requests is not None else '':>10}  {r.note}"
             )
@@ -647,8 +664,9 @@ def report(
     print_table(rows, latency_ms)
     print(
         "1st run = apply -> first Dagster run created; launch s = mean run creation -> start; "
-        "1st claim = apply -> first task claimed;\ns/range = mean seconds inside a succeeded "
-        "attempt; requests = HTTP requests through the proxy"
+        "1st claim = apply -> first task claimed;\nidle s = seconds between apply and the last "
+        "commit with no attempt running; par = mean attempts running while any is; s/range = mean "
+        "seconds inside a succeeded attempt;\nrequests = HTTP requests through the proxy"
     )
     if timings:
         print("stack: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))

@@ -16,8 +16,7 @@ an API key) and never appears in a reply, a log line or ``repr``.
 Faults plug in through a ``ProxyHook``: ``before`` sees each request (sequence number and
 parsed calls) and may answer it instead of the upstream (an error, a stall: it is async);
 ``after`` sees each reply and may replace it (drop logs, corrupt a field); either may raise
-``DropConnection`` to reset the connection. The default hook
-passes everything through.
+``DropConnection`` to reset the connection. The default hook passes everything through.
 
 For a process of its own (so its CPU does not compete with the process under test)::
 
