@@ -92,6 +92,32 @@ class ChainSyncJobNotFound(FatalError):
         self.ref = ref
 
 
+class UnknownStream(FatalError):
+    """A chain_sync job has no stream with this key."""
+
+    code = "unknown_stream"
+
+    def __init__(self, job: object, stream: str, known: list[str] | None = None) -> None:
+        hint = f" (streams: {', '.join(known)})" if known else ""
+        super().__init__(f"job {job} has no stream {stream!r}{hint}", job=str(job), stream=stream)
+
+
+class UnknownRange(FatalError):
+    """No planned range of a chain_sync job (or stream) matches this block range."""
+
+    code = "unknown_range"
+
+    def __init__(self, job: object, stream: str | None, block_range: str) -> None:
+        where = f"job {job}" + (f" stream {stream}" if stream else "")
+        super().__init__(
+            f"no planned range {block_range} in {where} (trace-lite status --job {job} --json "
+            "lists them)",
+            job=str(job),
+            stream=stream,
+            range=block_range,
+        )
+
+
 class InvalidPayload(FatalError):
     """A task or message payload that does not match its contract."""
 

@@ -115,6 +115,21 @@ class Settings(BaseSettings):
     )
 
     worker_batch_size: int = Field(8, gt=0, description="Tasks carried by one Dagster run")
+    worker_concurrency: int = Field(
+        4,
+        gt=0,
+        description="Tasks of one run executed at once (a bounded pool; each task keeps its own lease and fencing)",
+    )
+    service_run_seconds: int = Field(
+        600,
+        gt=0,
+        description="Lifetime of a long-lived service run (hot follower, compactor, sink, alert delivery) before its sensor starts a fresh one",
+    )
+    service_idle_exit_seconds: int = Field(
+        60,
+        gt=0,
+        description="A sink or alert-delivery service run ends after this long without work; its sensor restarts it when work appears",
+    )
     dispatch_batch_size: int = Field(
         200, gt=0, description="Max ranges planned per stream per tick"
     )

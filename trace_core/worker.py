@@ -6,16 +6,18 @@ duplicate run finds the task leased or finished and returns ``skipped`` without 
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from psycopg import Connection
 from psycopg.rows import dict_row
 
+from trace_core import outbox
 from trace_core.errors import (
     FatalError,
     InvalidPayload,
@@ -26,7 +28,7 @@ from trace_core.errors import (
 )
 from trace_core.queue.base import TASK_WAKEUP, Message
 from trace_core.runtime import Runtime
-from trace_core.tasks import lifecycle
+from trace_core.tasks import lifecycle, recovery
 from trace_core.tasks.keepalive import LeaseHeartbeat, lease_heartbeat
 from trace_core.tasks.lifecycle import Lease
 
@@ -198,6 +200,35 @@ def ack_wakeups(rt: Runtime, wakeups: list[Wakeup]) -> None:
         rt.queue.ack_batch([w.message for w in wakeups])
 
 
+def record_runs(rt: Runtime, runs: list[tuple[str, list[uuid.UUID]]]) -> None:
+    """Record requested worker runs (run key -> task ids) before their wake-ups are acked."""
+    if runs:
+        with rt.state() as conn, conn.transaction():
+            recovery.record_worker_runs(conn, runs)
+
+
+def recover_stranded(rt: Runtime, is_alive: Callable[[str], bool], grace_seconds: float) -> int:
+    """Re-wake the tasks of requested runs that will never claim them, and publish now.
+
+    ``is_alive(run_key)`` asks the run launcher whether that run exists and has not ended.
+    Runs younger than ``min(grace_seconds, TRACE_LEASE_SECONDS)`` are left alone (their run
+    may not be recorded yet). Returns the number of tasks re-woken.
+    """
+    grace = min(float(rt.settings.lease_seconds), grace_seconds)
+    with rt.state() as conn:
+        stranded = [
+            run
+            for run in recovery.open_worker_runs(conn, grace_seconds=grace)
+            if not is_alive(run.run_key)
+        ]
+        if not stranded:
+            return 0
+        with conn.transaction():
+            rewoken = recovery.rewake_stranded(conn, stranded)
+        outbox.drain_all(conn, rt.queue, batch_size=rt.settings.outbox_batch_size)
+    return rewoken
+
+
 def task_infos(rt: Runtime, task_ids: list[uuid.UUID]) -> dict[uuid.UUID, TaskInfo]:
     if not task_ids:
         return {}
@@ -228,6 +259,29 @@ def capability_token_for(rt: Runtime, lease: Lease) -> str:
     return issue_task_token(rt.settings, lease.task_id, lease.attempt, pins)
 
 
+def claim_task(rt: Runtime, task_id: uuid.UUID) -> Lease | TaskOutcome:
+    """Claim ``task_id`` for a new attempt; a task that is not claimable yields ``skipped``."""
+    try:
+        with rt.state() as conn, conn.transaction():
+            lease = lifecycle.claim(conn, task_id, lease_seconds=rt.settings.lease_seconds)
+    except (LeaseConflict, UnknownTask) as exc:
+        return TaskOutcome(task_id, "skipped", error=str(exc))
+    log.info(
+        "task claimed",
+        extra={"task_id": str(task_id), "attempt": lease.attempt, "operator": lease.operator},
+    )
+    return lease
+
+
+def start_heartbeat(rt: Runtime, lease: Lease) -> LeaseHeartbeat:
+    """A running heartbeat for ``lease``; the caller (or ``run_claimed``) stops it."""
+    hb = LeaseHeartbeat(
+        lease_heartbeat(rt.settings, lease, rt.state), rt.settings.heartbeat_seconds, lease
+    )
+    hb.start()
+    return hb
+
+
 def execute_task(
     rt: Runtime, task_id: uuid.UUID, registry: OperatorRegistry | None = None
 ) -> TaskOutcome:
@@ -236,26 +290,68 @@ def execute_task(
     Never raises for task-level failures: they become a ``retry``/``dead`` outcome recorded
     in state. A task that is not claimable yields ``skipped``; a lease lost mid-run ``stale``.
     """
+    claimed = claim_task(rt, task_id)
+    if isinstance(claimed, TaskOutcome):
+        return claimed
+    return run_claimed(rt, claimed, registry or default_registry(), start_heartbeat(rt, claimed))
+
+
+def execute_batch(
+    rt: Runtime,
+    task_ids: list[uuid.UUID],
+    *,
+    concurrency: int,
+    registry: OperatorRegistry | None = None,
+) -> Iterator[TaskOutcome]:
+    """Claim every task of a batch at once, then run them ``concurrency`` at a time.
+
+    Claiming up front puts each task of the batch under its own heartbeated lease from the
+    start, so if the process dies, every task it was handed is reaped within one lease
+    (``TRACE_LEASE_SECONDS``), whether or not its turn had come. Yields each outcome as it
+    completes (skipped ones first); each task keeps its own lease, heartbeat and fencing.
+    """
     registry = registry or default_registry()
+    _ = rt.dbs, rt.store  # built once, before threads share the runtime
+    claimed: list[tuple[Lease, LeaseHeartbeat]] = []
     try:
-        with rt.state() as conn, conn.transaction():
-            lease = lifecycle.claim(conn, task_id, lease_seconds=rt.settings.lease_seconds)
-    except (LeaseConflict, UnknownTask) as exc:
-        return TaskOutcome(task_id, "skipped", error=str(exc))
+        for task_id in task_ids:
+            got = claim_task(rt, task_id)
+            if isinstance(got, TaskOutcome):
+                yield got
+            else:
+                claimed.append((got, start_heartbeat(rt, got)))
+    except BaseException:
+        for _lease, hb in claimed:
+            hb.stop()
+        raise
+    if not claimed:
+        return
+    with concurrent.futures.ThreadPoolExecutor(
+        max_workers=max(1, min(concurrency, len(claimed))), thread_name_prefix="trace-task"
+    ) as pool:
+        futures = [pool.submit(run_claimed, rt, lease, registry, hb) for lease, hb in claimed]
+        for future in concurrent.futures.as_completed(futures):
+            yield future.result()
+
+
+def run_claimed(
+    rt: Runtime, lease: Lease, registry: OperatorRegistry, hb: LeaseHeartbeat
+) -> TaskOutcome:
+    """Run a claimed task's operator to a fenced completion; stops ``hb`` before completing.
+
+    Never raises for task-level failures (see ``execute_task``).
+    """
+    task_id = lease.task_id
     fields = {"task_id": str(task_id), "attempt": lease.attempt, "operator": lease.operator}
-    log.info("task claimed", extra=fields)
     try:
-        token = capability_token_for(rt, lease)
-    except InvalidPayload as exc:
-        return _fail(rt, registry, lease, exc)
-    hb = LeaseHeartbeat(
-        lease_heartbeat(rt.settings, lease, rt.state), rt.settings.heartbeat_seconds, lease
-    )
-    try:
-        with hb.running():
+        try:
+            hb.check()
+            token = capability_token_for(rt, lease)
             completion = registry.get(lease.operator)(OperatorContext(rt, lease, hb.lost, token))
-            if hb.lost.is_set():
-                raise StaleAttempt(task_id, lease.attempt, "lease lost during execution")
+        finally:
+            hb.stop()
+        if hb.lost.is_set():
+            raise StaleAttempt(task_id, lease.attempt, "lease lost during execution")
         with rt.state() as conn, conn.transaction():
             if completion.commit is not None:
                 outputs = completion.commit(conn)

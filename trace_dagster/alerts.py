@@ -1,23 +1,20 @@
-"""The alert delivery sensor: sends new alert events to their channels inside the tick, and
-shows what it did on the ``alerts/alert_events`` asset (an observation per tick that worked)."""
+"""The alert delivery service: a run (kept alive by the ``trace_alert_delivery`` sensor while
+deliveries are due) that sends new alert events to their channels, and shows what it did on
+the ``alerts/alert_events`` asset (an observation per step that worked)."""
 
 # No `from __future__ import annotations` here: Dagster resolves sensor annotations at runtime.
-from dagster import (
-    AssetKey,
-    AssetObservation,
-    AssetSpec,
-    DefaultSensorStatus,
-    SensorEvaluationContext,
-    SensorResult,
-    SkipReason,
-    sensor,
-)
+import logging
 
-from trace_core.alerts.delivery import DeliveryReport, deliver_once
-from trace_dagster.resources import TraceResource
+from dagster import AssetKey, AssetObservation, AssetSpec
+
+from trace_core.alerts.delivery import deliver_once
+from trace_core.runtime import Runtime
+from trace_dagster.service_runs import ServiceSpec, StepReport, service_job, service_sensor
+
+DELIVERY_INTERVAL_SECONDS = 1.0
 
 # Each delivery waits at most its channel's timeout (<= 30 s) and sends run in parallel, so
-# one bounded step stays inside Dagster's 60 s sensor timeout.
+# one bounded step takes at most about that long.
 EVENTS_PER_TICK = 50
 
 ALERT_EVENTS_KEY = AssetKey(["alerts", "alert_events"])
@@ -32,10 +29,11 @@ alert_events_spec = AssetSpec(
 )
 
 
-def delivery_result(report: DeliveryReport) -> SensorResult | SkipReason:
-    """The tick's outcome: an observation with the counts, or a skip when nothing was due."""
+def delivery_step(rt: Runtime, cursor: str | None, log: logging.Logger) -> StepReport:
+    """One bounded delivery step; an observation of ``alerts/alert_events`` when it worked."""
+    report = deliver_once(rt, max_events=EVENTS_PER_TICK)
     if not report.did_work:
-        return SkipReason("no alert deliveries due")
+        return StepReport(False, "no alert deliveries due")
     metadata = {
         "planned": report.planned,
         "attempted": report.attempted,
@@ -44,21 +42,19 @@ def delivery_result(report: DeliveryReport) -> SensorResult | SkipReason:
         "failed": report.failed,
         "rate_limited": report.rate_limited,
     }
-    return SensorResult(
-        asset_events=[AssetObservation(asset_key=ALERT_EVENTS_KEY, metadata=metadata)]
+    return StepReport(
+        True,
+        f"alert delivery: {report.summary()}",
+        [AssetObservation(asset_key=ALERT_EVENTS_KEY, metadata=metadata)],
     )
 
 
-@sensor(
-    name="trace_alert_delivery",
-    minimum_interval_seconds=5,
-    default_status=DefaultSensorStatus.RUNNING,
+ALERT_DELIVERY = ServiceSpec(
+    name="alert_delivery",
+    step=delivery_step,
+    interval_seconds=DELIVERY_INTERVAL_SECONDS,
     description="Delivers new alert events to their webhooks and logs, with retries and rate limits",
+    exit_when_idle=True,
 )
-def alert_delivery_sensor(
-    context: SensorEvaluationContext, trace: TraceResource
-) -> SensorResult | SkipReason:
-    report = deliver_once(trace.get_client(), max_events=EVENTS_PER_TICK)
-    if report.did_work:
-        context.log.info(f"alert delivery: {report.summary()}")
-    return delivery_result(report)
+alert_delivery_job = service_job(ALERT_DELIVERY)
+alert_delivery_sensor = service_sensor(ALERT_DELIVERY, alert_delivery_job)

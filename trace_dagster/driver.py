@@ -23,6 +23,8 @@ from dagster import (
 
 from trace_core.queue.base import BUFFER_QUEUE
 from trace_core.runtime import Runtime
+from trace_dagster.sensors import RUN_KEY_TAG
+from trace_dagster.service_runs import KIND_TAG, one_step
 
 DISPATCHER_SENSOR = "trace_dispatcher"
 # Queues whose messages are work the driver must see consumed before it reports idle
@@ -131,10 +133,15 @@ def drive_until_idle(
                 job_name = _job_name(defs, name)
                 requests += [(req.job_name or job_name, req) for req in result.run_requests or []]
         for job_name, req in requests:
+            tags = dict(req.tags)
+            if req.run_key:
+                tags[RUN_KEY_TAG] = req.run_key  # as the daemon stamps it (recovery reads it)
             run = defs.resolve_job_def(job_name).execute_in_process(
-                run_config=req.run_config,
+                run_config=(
+                    one_step(req.run_config) if tags.get(KIND_TAG) == "service" else req.run_config
+                ),
                 instance=instance,
-                tags=dict(req.tags),
+                tags=tags,
                 raise_on_error=False,
             )
             report.runs += 1

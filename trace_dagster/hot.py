@@ -3,11 +3,12 @@
 ``trace_hot_follower`` (every few seconds) runs one bounded ``follow_pool`` step per chain an
 enabled chain_sync job follows (its ``hot:`` block) and records the head it saw;
 ``trace_hot_compactor`` (every 30 s) runs ``compact_chain`` for the chains whose jobs compact,
-deleting compacted hot rows only after their cold versions are committed. Neither launches
-runs: the tick is the work. The follower reports each tick as its skip reason (no runs were
-requested); the compactor reports committed ranges as an observation of asset
-``hot/chain_<id>``. A retryable failure of one chain is reported and retried next tick; a
-fatal one fails the tick after the other chains had their turn.
+deleting compacted hot rows only after their cold versions are committed. Both are service
+runs (``service_runs``): their sensors keep one long-lived run of each serving while an
+enabled job has a ``hot:`` block, and each step below is the work of one loop turn. The
+compactor reports committed ranges as an observation of asset ``hot/chain_<id>``. A
+retryable failure of one chain is reported and retried next step; a fatal one fails the
+step (and the run, which Dagster retries) after the other chains had their turn.
 """
 
 # No `from __future__ import annotations` here: Dagster resolves sensor annotations at runtime.
@@ -17,15 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from dagster import (
-    AssetKey,
-    AssetObservation,
-    DefaultSensorStatus,
-    SensorEvaluationContext,
-    SensorResult,
-    SkipReason,
-    sensor,
-)
+from dagster import AssetKey, AssetObservation
 
 from trace_core.chain_sync.head import record_head_observation
 from trace_core.chain_sync.status import hot_blocked
@@ -36,9 +29,11 @@ from trace_core.hot.follower import FollowResult
 from trace_core.operators.block_follower import follow_pool
 from trace_core.operators.parquet_compact import compact_chain
 from trace_core.runtime import Runtime
-from trace_dagster.resources import TraceResource
+from trace_dagster.service_runs import ServiceSpec, StepReport, service_job, service_sensor
 
-FOLLOWER_INTERVAL_SECONDS = 3
+# The follower's step runs inside its service run, so it can poll the tip more often than a
+# sensor could (the old sensor ran every 3 s at best, after the daemon's own loop).
+FOLLOWER_INTERVAL_SECONDS = 1.0
 COMPACTOR_INTERVAL_SECONDS = 30
 # No chain is started past this point of a tick (Dagster times a sensor tick out at 60 s);
 # the sensor cursor rotates the starting chain so a slow chain cannot starve the others.
@@ -105,21 +100,18 @@ def _follow_line(chain_id: int, job: HotJob, r: FollowResult) -> str:
     return line
 
 
-def follower_tick(
-    rt: Runtime, cursor: str | None, log: logging.Logger
-) -> SensorResult | SkipReason:
+def follower_tick(rt: Runtime, cursor: str | None, log: logging.Logger) -> StepReport:
     """One follower step per followed chain, each bounded by its job's ``max_blocks_per_tick``.
 
     A chain whose jobs are all blocked (paused, ``TRACE_RPC_POOL_<POOL>_URL`` unset, no head
     observed yet for follow_head) is skipped with the reason; ``trace-lite status`` shows the
-    same reasons (``chain_sync.status.hot_blocked``). Returns a ``SkipReason`` when no chain
-    could be followed, else a ``SensorResult`` whose skip reason summarises each chain (no
-    runs are requested) and whose cursor rotates the starting chain. Raises the first fatal
-    error (``ChainMismatch``, ``ReorgTooDeep``) after every chain had its turn.
+    same reasons (``chain_sync.status.hot_blocked``). The report summarises each chain; it
+    did work when a chain was followed, and its cursor rotates the starting chain. Raises the
+    first fatal error (``ChainMismatch``, ``ReorgTooDeep``) after every chain had its turn.
     """
     by_chain = _hot_jobs(rt)
     if not by_chain:
-        return SkipReason("no enabled chain_sync job has a hot: block")
+        return StepReport(False, "no enabled chain_sync job has a hot: block")
     deadline = time.monotonic() + TICK_BUDGET_SECONDS
     failures = _Failures(log)
     lines: list[str] = []
@@ -159,12 +151,10 @@ def follower_tick(
             lines.append(_follow_line(chain_id, job, result))
     failures.raise_fatal()
     summary = " | ".join(lines + failures.lines)
-    if followed == 0:
-        return SkipReason(summary)
-    return SensorResult(skip_reason=summary, cursor=None if last is None else str(last))
+    return StepReport(followed > 0, summary, cursor=None if last is None else str(last))
 
 
-def compactor_tick(rt: Runtime, log: logging.Logger) -> SensorResult | SkipReason:
+def compactor_tick(rt: Runtime, cursor: str | None, log: logging.Logger) -> StepReport:
     """``compact_chain(..., delete_hot=True)`` for every hot chain whose enabled jobs all compact;
     ``prune_served`` for the other hot chains (follow_head: chain_sync's ranges go cold).
 
@@ -175,7 +165,7 @@ def compactor_tick(rt: Runtime, log: logging.Logger) -> SensorResult | SkipReaso
     chains = sorted(c for c, jobs in hot_jobs.items() if all(j.compact for j in jobs))
     pruned = sorted(set(hot_jobs) - set(chains))
     if not hot_jobs:
-        return SkipReason("no enabled chain_sync job follows a hot chain")
+        return StepReport(False, "no enabled chain_sync job follows a hot chain")
     deadline = time.monotonic() + TICK_BUDGET_SECONDS
     failures = _Failures(log)
     events: list[AssetObservation] = []
@@ -219,30 +209,24 @@ def compactor_tick(rt: Runtime, log: logging.Logger) -> SensorResult | SkipReaso
                     AssetObservation(asset_key=hot_asset_key(chain_id), metadata=metadata)
                 )
     failures.raise_fatal()
-    if events:
-        return SensorResult(asset_events=events)
-    return SkipReason(" | ".join(lines + failures.lines) or "nothing final to compact")
+    return StepReport(
+        bool(events), " | ".join(lines + failures.lines) or "nothing final to compact", events
+    )
 
 
-@sensor(
-    name="trace_hot_follower",
-    minimum_interval_seconds=FOLLOWER_INTERVAL_SECONDS,
-    default_status=DefaultSensorStatus.RUNNING,
+FOLLOWER = ServiceSpec(
+    name="hot_follower",
+    step=follower_tick,
+    interval_seconds=FOLLOWER_INTERVAL_SECONDS,
     description="Follows the tip of every chain a chain_sync job's hot: block names into the hot tables",
 )
-def hot_follower_sensor(
-    context: SensorEvaluationContext, trace: TraceResource
-) -> SensorResult | SkipReason:
-    return follower_tick(trace.get_client(), context.cursor, context.log)
-
-
-@sensor(
-    name="trace_hot_compactor",
-    minimum_interval_seconds=COMPACTOR_INTERVAL_SECONDS,
-    default_status=DefaultSensorStatus.RUNNING,
+COMPACTOR = ServiceSpec(
+    name="hot_compactor",
+    step=compactor_tick,
+    interval_seconds=COMPACTOR_INTERVAL_SECONDS,
     description="Compacts final hot ranges into cold dataset versions, then deletes those hot rows",
 )
-def hot_compactor_sensor(
-    context: SensorEvaluationContext, trace: TraceResource
-) -> SensorResult | SkipReason:
-    return compactor_tick(trace.get_client(), context.log)
+hot_follower_job = service_job(FOLLOWER)
+hot_compactor_job = service_job(COMPACTOR)
+hot_follower_sensor = service_sensor(FOLLOWER, hot_follower_job)
+hot_compactor_sensor = service_sensor(COMPACTOR, hot_compactor_job)

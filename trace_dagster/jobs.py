@@ -5,6 +5,7 @@ import uuid
 
 from dagster import (
     AssetMaterialization,
+    AssetObservation,
     Config,
     Failure,
     MetadataValue,
@@ -14,9 +15,10 @@ from dagster import (
 )
 from pydantic import Field
 
-from trace_core.worker import TaskOutcome, execute_task
+from trace_core.worker import TaskOutcome, execute_batch
 from trace_dagster.partitions import stream_asset_key
 from trace_dagster.resources import TraceResource
+from trace_dagster.retry import is_manual_reexecution, revive_for_reexecution
 
 WORKER_JOB = "trace_worker"
 
@@ -51,14 +53,43 @@ def materialization_for(outcome: TaskOutcome) -> AssetMaterialization | None:
     )
 
 
-@op(description="Claim and execute each task; committed ranges are reported as materializations")
+def dead_range_observation(outcome: TaskOutcome) -> AssetObservation | None:
+    """A chain_sync range that ended dead, as an observation of its stream partition carrying
+    the last error and how to revive it (the UI shows it in the asset's events)."""
+    p = outcome.payload
+    if outcome.status != "dead" or "job_name" not in p or "dataset_key" not in p:
+        return None
+    from trace_core.chain_sync.planner import range_partition_key
+
+    return AssetObservation(
+        asset_key=stream_asset_key(str(p["job_name"]), str(p["dataset_key"])),
+        partition=range_partition_key(int(p["range_start"]), int(p["range_end"])),
+        metadata={
+            "status": "dead",
+            "task_id": str(outcome.task_id),
+            "attempt": outcome.attempt or 0,
+            "last_error": MetadataValue.text(outcome.error or ""),
+            "revive": MetadataValue.text(
+                "re-execute this run, materialize this partition, or "
+                f"trace-lite retry --task {outcome.task_id}"
+            ),
+        },
+    )
+
+
+@op(
+    description="Claim every task of the batch, execute them TRACE_WORKER_CONCURRENCY at a time; "
+    "committed ranges are reported as materializations"
+)
 def execute_tasks(
     context: OpExecutionContext, config: TaskBatchConfig, trace: TraceResource
 ) -> None:
     rt = trace.get_client()
+    if is_manual_reexecution(context.dagster_run):  # e.g. from the UI: revive its dead tasks
+        revive_for_reexecution(context, rt, config.task_ids)
     failures: list[str] = []
-    for raw in config.task_ids:
-        outcome = execute_task(rt, uuid.UUID(raw))
+    task_ids = [uuid.UUID(raw) for raw in config.task_ids]
+    for outcome in execute_batch(rt, task_ids, concurrency=rt.settings.worker_concurrency):
         context.log.info(
             f"task {outcome.task_id} attempt {outcome.attempt}: {outcome.status}"
             + (f" ({outcome.error})" if outcome.error else "")
@@ -66,6 +97,9 @@ def execute_tasks(
         mat = materialization_for(outcome)
         if mat is not None:
             context.log_event(mat)
+        obs = dead_range_observation(outcome)
+        if obs is not None:
+            context.log_event(obs)
         if outcome.status in ("retry", "dead"):
             failures.append(
                 f"task {outcome.task_id} attempt {outcome.attempt} -> {outcome.status}: {outcome.error}"

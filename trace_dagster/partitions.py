@@ -1,15 +1,31 @@
-"""Stream assets: one asset per chain_sync stream, its block ranges as dynamic partitions."""
+"""Stream assets: one asset per chain_sync stream, its block ranges as dynamic partitions.
 
-from __future__ import annotations
+Each asset is materializable: launching a partition (UI, ``materialize``, a backfill) revives
+that range's task if it is dead, or runs it now if it is queued, in that run
+(``trace_core.chain_sync.retry.run_range``), and reports the committed version like the worker
+does. The worker's own runs keep reporting ranges they commit as materializations of the same
+partitions.
+"""
 
+# No `from __future__ import annotations` here: Dagster resolves asset annotations at runtime.
 import logging
 import re
 
 import psycopg
-from dagster import AssetKey, AssetSpec, DynamicPartitionsDefinition
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    AssetsDefinition,
+    DynamicPartitionsDefinition,
+    Failure,
+    MaterializeResult,
+    asset,
+)
 
+from trace_core.chain_sync.store import StreamRow
 from trace_core.errors import TraceError
 from trace_core.runtime import Runtime
+from trace_dagster.resources import TraceResource
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +40,65 @@ def stream_asset_key(job_name: str, dataset_key: str) -> AssetKey:
     return AssetKey(["chain_sync", _UNSAFE.sub("_", job_name), dataset_key])
 
 
-def stream_asset_specs(rt: Runtime) -> list[AssetSpec]:
-    """Asset specs for every applied stream; empty (with a log line) if state is unreachable."""
+def materialize_range(
+    context: AssetExecutionContext, rt: Runtime, job_name: str, dataset_key: str
+) -> MaterializeResult:
+    """The stream asset's body: run the partition's range now (reviving it if dead)."""
+    from trace_core.chain_sync.retry import run_range
+    from trace_dagster.jobs import materialization_for
+
+    key = context.partition_key
+    try:
+        ran = run_range(rt, job_name, dataset_key, key, detail=f"dagster run {context.run_id}")
+    except TraceError as exc:
+        raise Failure(description=f"partition {key} of {job_name}/{dataset_key}: {exc}") from exc
+    o = ran.outcome
+    context.log.info(
+        f"range {key} task {o.task_id} attempt {o.attempt}: "
+        + ("already committed" if ran.already_committed else o.status)
+        + (" (revived)" if ran.revived else "")
+        + (f" ({o.error})" if o.error else "")
+    )
+    mat = materialization_for(o)
+    if mat is None:
+        raise Failure(
+            description=f"range {key} of {job_name}/{dataset_key} (task {o.task_id}) "
+            f"did not commit: {o.status}: {o.error}"
+        )
+    return MaterializeResult(
+        metadata={
+            **mat.metadata,
+            "revived": ran.revived,
+            "already_committed": ran.already_committed,
+        }
+    )
+
+
+def stream_asset(s: StreamRow) -> AssetsDefinition:
+    """The materializable asset of one stream."""
+
+    @asset(
+        key=stream_asset_key(s.job_name, s.dataset_key),
+        partitions_def=DynamicPartitionsDefinition(
+            name=partitions_def_name(s.job_name, s.dataset_key)
+        ),
+        group_name=_UNSAFE.sub("_", s.job_name),
+        description=(
+            f"cryo dataset `{s.cryo_dataset_name}` of chain {s.chain_id} "
+            f"(job {s.job_name}); each partition is an end-exclusive block range. "
+            "Materializing a partition runs that range now, reviving it if it is dead."
+        ),
+        kinds={"parquet", "cryo"},
+        metadata={"chain_id": s.chain_id, "rpc_pool": s.rpc_pool},
+    )
+    def _stream(context: AssetExecutionContext, trace: TraceResource) -> MaterializeResult:
+        return materialize_range(context, trace.get_client(), s.job_name, s.dataset_key)
+
+    return _stream
+
+
+def stream_assets(rt: Runtime) -> list[AssetsDefinition]:
+    """Assets for every applied stream; empty (with a log line) if state is unreachable."""
     from trace_core.chain_sync import store
     from trace_core.db.migrate import migrate
 
@@ -36,19 +109,4 @@ def stream_asset_specs(rt: Runtime) -> list[AssetSpec]:
     except (TraceError, psycopg.Error) as exc:
         log.warning("no stream assets: state unavailable (%s)", exc)
         return []
-    return [
-        AssetSpec(
-            key=stream_asset_key(s.job_name, s.dataset_key),
-            partitions_def=DynamicPartitionsDefinition(
-                name=partitions_def_name(s.job_name, s.dataset_key)
-            ),
-            group_name=_UNSAFE.sub("_", s.job_name),
-            description=(
-                f"cryo dataset `{s.cryo_dataset_name}` of chain {s.chain_id} "
-                f"(job {s.job_name}); each partition is an end-exclusive block range."
-            ),
-            kinds={"parquet", "cryo"},
-            metadata={"chain_id": s.chain_id, "rpc_pool": s.rpc_pool},
-        )
-        for s in streams
-    ]
+    return [stream_asset(s) for s in streams]

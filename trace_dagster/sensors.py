@@ -3,13 +3,16 @@
 # No `from __future__ import annotations` here: Dagster resolves op/sensor annotations at runtime.
 import hashlib
 import time
+import uuid
 
 from dagster import (
     AddDynamicPartitionsRequest,
     DagsterInstance,
     DagsterInvariantViolationError,
+    DagsterRunStatus,
     DefaultSensorStatus,
     RunRequest,
+    RunsFilter,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
@@ -18,12 +21,36 @@ from dagster import (
 
 from trace_core.dispatcher import all_partitions, dispatch_tick
 from trace_core.runtime import Runtime
-from trace_core.worker import TaskInfo, Wakeup, ack_wakeups, receive_wakeups, task_infos
+from trace_core.worker import (
+    TaskInfo,
+    Wakeup,
+    ack_wakeups,
+    receive_wakeups,
+    record_runs,
+    recover_stranded,
+    task_infos,
+)
 from trace_dagster.jobs import trace_worker
 from trace_dagster.partitions import partitions_def_name
 from trace_dagster.resources import TraceResource
+from trace_dagster.service_runs import KIND_TAG
 
 MAX_RUNS_PER_TICK = 10
+# The run key Dagster stamps on sensor runs (recovery looks runs up by it).
+RUN_KEY_TAG = "dagster/run_key"
+FINISHED_STATUSES = frozenset(
+    {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
+)
+# A requested run must show up in Dagster's storage within this long (the daemon submits it
+# right after the tick) before its tasks count as stranded.
+RECOVERY_GRACE_SECONDS = 15.0
+
+
+def _instance(context: SensorEvaluationContext) -> DagsterInstance | None:
+    try:
+        return context.instance
+    except DagsterInvariantViolationError:  # a context built in a test without an instance
+        return None
 
 
 PARTITIONS_SYNCED = "partitions-synced"
@@ -107,7 +134,8 @@ def run_tags(infos: list[TaskInfo]) -> dict[str, str]:
 def worker_requests(rt: Runtime, max_runs: int = MAX_RUNS_PER_TICK) -> list[RunRequest]:
     """Turn wake-ups into run requests, ``worker_batch_size`` tasks per run, then ack them.
 
-    Acking here is safe: if a requested run never starts, the reaper re-wakes the task.
+    Each requested run key is recorded with its tasks before the ack, so a run that never
+    claims them is noticed (``recover_stranded``) instead of waiting for the re-wake.
     """
     batch = rt.settings.worker_batch_size
     wakeups: list[Wakeup] = receive_wakeups(rt, batch * max_runs)
@@ -123,20 +151,30 @@ def worker_requests(rt: Runtime, max_runs: int = MAX_RUNS_PER_TICK) -> list[RunR
         )
     items = sorted(runnable.items())
     requests: list[RunRequest] = []
+    records: list[tuple[str, list[uuid.UUID]]] = []
     for i in range(0, len(items), batch):
         chunk = items[i : i + batch]
         key_src = ",".join(f"{tid}:{gen}" for tid, (_, gen) in chunk)
+        run_key = hashlib.sha256(key_src.encode()).hexdigest()[:32]
         requests.append(
             RunRequest(
-                run_key=hashlib.sha256(key_src.encode()).hexdigest()[:32],
+                run_key=run_key,
                 run_config={
                     "ops": {"execute_tasks": {"config": {"task_ids": [tid for tid, _ in chunk]}}}
                 },
-                tags=run_tags([info for _, (info, _) in chunk]),
+                tags={**run_tags([info for _, (info, _) in chunk]), KIND_TAG: "worker"},
             )
         )
+        records.append((run_key, [info.task_id for _, (info, _) in chunk]))
+    record_runs(rt, records)
     ack_wakeups(rt, wakeups)
     return requests
+
+
+def _run_alive(instance: DagsterInstance, run_key: str) -> bool:
+    """Whether Dagster holds a run for ``run_key`` that may still claim its tasks."""
+    runs = instance.get_runs(filters=RunsFilter(tags={RUN_KEY_TAG: run_key}), limit=1)
+    return bool(runs) and runs[0].status not in FINISHED_STATUSES
 
 
 @sensor(
@@ -148,11 +186,7 @@ def worker_requests(rt: Runtime, max_runs: int = MAX_RUNS_PER_TICK) -> list[RunR
 def dispatcher_sensor(
     context: SensorEvaluationContext, trace: TraceResource
 ) -> SensorResult | SkipReason:
-    try:
-        instance: DagsterInstance | None = context.instance
-    except DagsterInvariantViolationError:  # a context built in a test without an instance
-        instance = None
-    return dispatcher_result(trace.get_client(), context.cursor, instance)
+    return dispatcher_result(trace.get_client(), context.cursor, _instance(context))
 
 
 @sensor(
@@ -165,7 +199,14 @@ def dispatcher_sensor(
 def worker_sensor(
     context: SensorEvaluationContext, trace: TraceResource
 ) -> SensorResult | SkipReason:
-    requests = worker_requests(trace.get_client())
+    rt = trace.get_client()
+    instance = _instance(context)
+    rewoken = recover_stranded(
+        rt, lambda key: instance is None or _run_alive(instance, key), RECOVERY_GRACE_SECONDS
+    )
+    if rewoken:
+        context.log.warning(f"re-woke {rewoken} task(s) of worker runs that never claimed them")
+    requests = worker_requests(rt)
     if not requests:
         return SkipReason("no wake-ups")
     return SensorResult(run_requests=requests)

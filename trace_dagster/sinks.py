@@ -1,17 +1,19 @@
-"""The sink sensor: drains the buffer queue into Postgres data inside the tick (bounded)."""
+"""The sink service: a run (kept alive by the ``trace_sink`` sensor while the buffer queue
+has messages) that drains the buffer queue into Postgres data in bounded steps."""
 
 # No `from __future__ import annotations` here: Dagster resolves sensor annotations at runtime.
+import logging
 import time
-
-from dagster import DefaultSensorStatus, SensorEvaluationContext, SensorResult, SkipReason, sensor
 
 from trace_core.runtime import Runtime
 from trace_core.sinks.consumer import SinkReport, sink_once
-from trace_dagster.resources import TraceResource
+from trace_dagster.service_runs import ServiceSpec, StepReport, service_job, service_sensor
+
+SINK_INTERVAL_SECONDS = 1.0
 
 MESSAGES_PER_CALL = 10
 MAX_CALLS_PER_TICK = 20
-TICK_BUDGET_SECONDS = 20.0  # well inside Dagster's 60 s sensor timeout
+TICK_BUDGET_SECONDS = 20.0  # one step's budget
 
 
 def sink_tick(
@@ -33,27 +35,28 @@ def sink_tick(
     return reports
 
 
-@sensor(
-    name="trace_sink",
-    minimum_interval_seconds=5,
-    default_status=DefaultSensorStatus.RUNNING,
-    description="Writes buffered batches (buffer queue pointers) into Postgres data",
-)
-def sink_sensor(
-    context: SensorEvaluationContext, trace: TraceResource
-) -> SensorResult | SkipReason:
-    reports = sink_tick(trace.get_client())
+def sink_step(rt: Runtime, cursor: str | None, log: logging.Logger) -> StepReport:
+    """Drain the buffer queue (bounded, see ``sink_tick``) and say what was written."""
+    reports = sink_tick(rt)
     if not reports:
-        return SkipReason("buffer queue is empty")
-    received = sum(r.received for r in reports)
-    acked = sum(r.acked for r in reports)
-    inserted = sum(r.rows_inserted for r in reports)
-    duplicate = sum(r.rows_duplicate for r in reports)
-    context.log.info(
-        f"sink: {received} message(s), {acked} written, {inserted} row(s) new, "
-        f"{duplicate} duplicate"
-    )
+        return StepReport(False, "buffer queue is empty")
     for report in reports:
         for error in report.errors:
-            context.log.warning(f"sink: message failed: {error}")
-    return SensorResult(run_requests=[])
+            log.warning(f"sink: message failed: {error}")
+    return StepReport(
+        True,
+        f"{sum(r.received for r in reports)} message(s), {sum(r.acked for r in reports)} "
+        f"written, {sum(r.rows_inserted for r in reports)} row(s) new, "
+        f"{sum(r.rows_duplicate for r in reports)} duplicate",
+    )
+
+
+SINK = ServiceSpec(
+    name="sink",
+    step=sink_step,
+    interval_seconds=SINK_INTERVAL_SECONDS,
+    description="Writes buffered batches (buffer queue pointers) into Postgres data",
+    exit_when_idle=True,
+)
+sink_job = service_job(SINK)
+sink_sensor = service_sensor(SINK, sink_job)

@@ -1,10 +1,9 @@
-"""The alert delivery sensor through Dagster's sensor harness: a due event is delivered in the
-tick and shows as an observation of ``alerts/alert_events``; nothing due is a skip."""
+"""The alert delivery sensor through Dagster's harness: a due event makes it request a delivery
+run, which delivers it and shows as an observation of ``alerts/alert_events``; nothing due skips."""
 
 from __future__ import annotations
 
 from dagster import (
-    AssetObservation,
     DagsterInstance,
     SensorResult,
     SkipReason,
@@ -13,9 +12,10 @@ from dagster import (
 
 from tests.integration.test_alerts_delivery import add_event, deliveries, setup_alert
 from trace_core.runtime import Runtime
-from trace_dagster.alerts import ALERT_EVENTS_KEY, alert_delivery_sensor
+from trace_dagster.alerts import ALERT_EVENTS_KEY, alert_delivery_job, alert_delivery_sensor
 from trace_dagster.definitions import build_definitions
 from trace_dagster.resources import TraceResource
+from trace_dagster.service_runs import one_step
 
 
 def _tick(instance: DagsterInstance) -> SensorResult | SkipReason:
@@ -25,7 +25,20 @@ def _tick(instance: DagsterInstance) -> SensorResult | SkipReason:
     return result
 
 
-def test_delivery_tick_delivers_and_is_observed(
+def _deliver(instance: DagsterInstance, result: SensorResult | SkipReason) -> None:
+    """Run the requested alert delivery run for one step, as the driver does."""
+    assert isinstance(result, SensorResult)
+    (request,) = result.run_requests
+    run = alert_delivery_job.execute_in_process(
+        run_config=one_step(request.run_config),
+        instance=instance,
+        tags=dict(request.tags),
+        resources={"trace": TraceResource()},
+    )
+    assert run.success
+
+
+def test_delivery_run_delivers_and_is_observed(
     trace_env: Runtime, dagster_instance: DagsterInstance
 ) -> None:
     assert ALERT_EVENTS_KEY in build_definitions(trace_env).resolve_all_asset_keys()
@@ -33,10 +46,10 @@ def test_delivery_tick_delivers_and_is_observed(
     assert isinstance(_tick(dagster_instance), SkipReason)  # nothing due yet
     key = add_event(trace_env.dbs, 7)
 
-    result = _tick(dagster_instance)
-    assert isinstance(result, SensorResult)
-    (event,) = result.asset_events
-    assert isinstance(event, AssetObservation) and event.asset_key == ALERT_EVENTS_KEY
+    _deliver(dagster_instance, _tick(dagster_instance))
+    (record,) = dagster_instance.fetch_observations(ALERT_EVENTS_KEY, limit=10).records
+    event = record.asset_observation
+    assert event is not None and event.asset_key == ALERT_EVENTS_KEY
     assert event.metadata["delivered"].value == 1 and event.metadata["failed"].value == 0
     assert [(d["dedupe_key"], d["status"]) for d in deliveries(trace_env.dbs)] == [
         (key, "delivered")

@@ -4,6 +4,7 @@ Query Service, blocked reasons in the tick and in ``trace-lite status``."""
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,10 +18,6 @@ from dagster import (
     DagsterInstance,
     DefaultSensorStatus,
     Definitions,
-    SensorDefinition,
-    SensorResult,
-    SkipReason,
-    build_sensor_context,
 )
 
 from tests.integration.test_query_service import serving
@@ -40,7 +37,7 @@ from trace_core.runtime import Runtime
 from trace_core.settings import load_settings
 from trace_dagster.definitions import build_definitions
 from trace_dagster.driver import drive_until_idle
-from trace_dagster.hot import hot_compactor_sensor, hot_follower_sensor
+from trace_dagster.hot import compactor_tick, follower_tick
 from trace_dagster.jobs import trace_worker
 from trace_dagster.resources import TraceResource
 from trace_dagster.sensors import dispatcher_sensor, worker_sensor
@@ -66,21 +63,7 @@ def apply(rt: Runtime, text: str) -> store.ApplyResult:
         return store.apply_job(conn, rt.settings.org_id, spec, raw, "job.yaml")
 
 
-def tick(
-    sensor: SensorDefinition, instance: DagsterInstance, cursor: str | None = None
-) -> SensorResult | SkipReason:
-    with build_sensor_context(
-        instance=instance, cursor=cursor, resources={"trace": TraceResource()}
-    ) as ctx:
-        result = sensor(ctx)
-    assert isinstance(result, SensorResult | SkipReason), result
-    return result
-
-
-def skip_text(result: SensorResult | SkipReason) -> str:
-    reason = result.skip_reason if isinstance(result, SensorResult) else result
-    assert reason is not None
-    return str(reason.skip_message)
+LOG = logging.getLogger("test_hot_sensors")
 
 
 def hot_cursor(rt: Runtime) -> int | None:
@@ -100,9 +83,9 @@ def follow_until(
     ticks = 0
     while not done():
         assert time.monotonic() < deadline, f"follower did not get there (cursor {hot_cursor(rt)})"
-        result = tick(hot_follower_sensor, instance, cursor)
-        assert isinstance(result, SensorResult), skip_text(result)
-        assert f"chain {CHAIN_ID}" in skip_text(result) and result.run_requests == []
+        result = follower_tick(rt, cursor, LOG)
+        assert result.worked, result.summary
+        assert f"chain {CHAIN_ID}" in result.summary
         cursor = result.cursor
         ticks += 1
     return ticks
@@ -265,9 +248,9 @@ def test_compactor_sensor_moves_final_ranges_to_cold_and_counts_hold(
                     source="alert.yaml",
                 ),
             )
-        result = tick(hot_compactor_sensor, dagster_instance)
-        assert isinstance(result, SensorResult), skip_text(result)
-        (event,) = result.asset_events
+        result = compactor_tick(rt, None, LOG)
+        assert result.worked, result.summary
+        (event,) = result.events
         assert isinstance(event, AssetObservation)
         assert event.asset_key.path == ["hot", f"chain_{CHAIN_ID}"]
         final_end = head - 5 + 1  # finality_depth 5 from the job
@@ -287,8 +270,8 @@ def test_compactor_sensor_moves_final_ranges_to_cold_and_counts_hold(
         assert low == (cut,)  # compacted hot rows are gone, the rest stays hot
         assert service(COUNTS) == [totals]  # every block counted once after compaction
 
-        again = tick(hot_compactor_sensor, dagster_instance)
-        assert isinstance(again, SkipReason) and "0 range(s) committed" in skip_text(again)
+        again = compactor_tick(rt, None, LOG)
+        assert not again.worked and "0 range(s) committed" in again.summary
         assert service(COUNTS) == [totals]
 
         # each compacted blocks version woke the alert reading blocks (downstream wake-ups)
@@ -367,9 +350,9 @@ def test_follow_head_hot_rows_that_cold_serves_are_pruned(
         assert service(COUNTS) == [totals]
         assert _hot_block_numbers(rt) == list(range(55, 100))  # rows below 95 are cold's now
 
-        result = tick(hot_compactor_sensor, dagster_instance)
-        assert isinstance(result, SensorResult), result
-        (event,) = result.asset_events
+        result = compactor_tick(rt, None, LOG)
+        assert result.worked, result.summary
+        (event,) = result.events
         assert isinstance(event, AssetObservation)
         pruned = event.metadata["pruned_hot_rows"].value
         assert isinstance(pruned, dict) and pruned["blocks"] == 40
@@ -388,15 +371,15 @@ def test_missing_pool_url_is_a_skip_reason_and_a_status_blocked_reason(
     defs = build_definitions(trace_env)
     for name in ("trace_hot_follower", "trace_hot_compactor"):
         assert defs.resolve_sensor_def(name).default_status == DefaultSensorStatus.RUNNING
-    nothing = tick(hot_follower_sensor, dagster_instance)
-    assert isinstance(nothing, SkipReason) and "no enabled" in skip_text(nothing)
+    nothing = follower_tick(trace_env, None, LOG)
+    assert not nothing.worked and "no enabled" in nothing.summary
 
     apply(
         trace_env, job_yaml("blocked", "nowhere", to_block=10, chunk=10, hot="{rpc_pool: nowhere}")
     )
-    result = tick(hot_follower_sensor, dagster_instance)
-    assert isinstance(result, SkipReason)
-    assert "TRACE_RPC_POOL_NOWHERE_URL is not set" in skip_text(result)
+    result = follower_tick(trace_env, None, LOG)
+    assert not result.worked
+    assert "TRACE_RPC_POOL_NOWHERE_URL is not set" in result.summary
     assert hot_cursor(trace_env) is None
 
     runner = CliRunner()

@@ -1,4 +1,5 @@
-"""The ``trace_sink`` sensor writes buffered batches inside its tick; idle ticks skip."""
+"""The ``trace_sink`` sensor starts a sink service run when the buffer queue has messages;
+the run writes them; idle ticks skip."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from trace_core.tasks import claim, complete_success, create_task
 from trace_dagster.definitions import build_definitions
 from trace_dagster.driver import drive_until_idle
 from trace_dagster.resources import TraceResource
-from trace_dagster.sinks import sink_sensor
+from trace_dagster.service_runs import one_step
+from trace_dagster.sinks import sink_job, sink_sensor
 
 
 def _publish(rt: Runtime, keys: list[str]) -> None:
@@ -52,19 +54,35 @@ def _keys(rt: Runtime) -> list[str]:
         return [r[0] for r in conn.execute("SELECT dedupe_key FROM data.alert_events ORDER BY 1")]
 
 
-def test_sink_sensor_skips_when_idle_and_writes_in_the_tick(trace_env: Runtime) -> None:
-    resource = TraceResource()
-    with build_sensor_context(resources={"trace": resource}) as ctx:
-        assert isinstance(sink_sensor(ctx), SkipReason)
+def _tick(instance: DagsterInstance) -> SensorResult | SkipReason:
+    with build_sensor_context(instance=instance, resources={"trace": TraceResource()}) as ctx:
+        result = sink_sensor(ctx)
+    assert isinstance(result, SensorResult | SkipReason)
+    return result
+
+
+def test_sink_sensor_starts_a_sink_run_that_writes_the_buffer(
+    trace_env: Runtime, dagster_instance: DagsterInstance
+) -> None:
+    assert isinstance(_tick(dagster_instance), SkipReason)  # nothing buffered: no run
     _publish(trace_env, ["a", "b"])
     _publish(trace_env, ["b", "c"])
-    with build_sensor_context(resources={"trace": resource}) as ctx:
-        result = sink_sensor(ctx)
-    assert isinstance(result, SensorResult) and not result.run_requests
+    result = _tick(dagster_instance)
+    assert isinstance(result, SensorResult)
+    (request,) = result.run_requests
+    assert request.tags["trace/kind"] == "service" and request.tags["trace/service"] == "sink"
+    assert _keys(trace_env) == []  # the tick itself writes nothing
+
+    run = sink_job.execute_in_process(
+        run_config=one_step(request.run_config),
+        instance=dagster_instance,
+        tags=dict(request.tags),
+        resources={"trace": TraceResource()},
+    )
+    assert run.success
     assert _keys(trace_env) == ["a", "b", "c"]
     assert trace_env.queue.stats(BUFFER_QUEUE).depth == 0
-    with build_sensor_context(resources={"trace": resource}) as ctx:
-        assert isinstance(sink_sensor(ctx), SkipReason)
+    assert isinstance(_tick(dagster_instance), SkipReason)  # drained: no more runs
 
 
 def test_driver_runs_the_sink_until_the_buffer_is_empty(

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
-from dagster import DagsterInstance, DagsterRunStatus, RunsFilter, build_sensor_context
+from dagster import (
+    DagsterInstance,
+    DagsterRunStatus,
+    RunRequest,
+    RunsFilter,
+    SensorResult,
+    build_sensor_context,
+)
 
 from trace_core.runtime import Runtime
+from trace_core.settings import load_settings
 from trace_core.tasks import create_task
 from trace_dagster.definitions import build_definitions
 from trace_dagster.driver import drive_until_idle
@@ -103,3 +112,48 @@ def test_duplicate_wakeups_yield_one_run_and_one_execution(
         ).fetchone()
     assert attempts == (1,)
     assert _statuses(trace_env, [tid]) == {"succeeded": 1}
+
+
+def test_sensor_rewakes_the_tasks_of_a_requested_run_that_never_appeared(
+    trace_env: Runtime, dagster_instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tick that requested a run died before Dagster stored it: one lease later (here
+    1 s) the sensor finds no run with that key, re-wakes the batch and requests it again."""
+    from trace_core import outbox
+
+    monkeypatch.setenv("TRACE_LEASE_SECONDS", "1")
+    rt = Runtime(load_settings())
+    ids = _create(rt, "noop", 3)
+    with rt.state() as conn:
+        outbox.drain_all(conn, rt.queue)
+    defs = build_definitions(rt)
+    sensor = defs.resolve_sensor_def("trace_worker_wakeups")
+
+    def tick() -> list[RunRequest]:
+        with build_sensor_context(
+            instance=dagster_instance, definitions=defs, resources=dict(defs.resources or {})
+        ) as ctx:
+            result = sensor(ctx)
+        return list(result.run_requests) if isinstance(result, SensorResult) else []
+
+    (lost,) = tick()  # requested, acked, and never launched
+    assert tick() == []  # young: its run may still be on its way
+    deadline = time.monotonic() + 30
+    while not (again := tick()):
+        assert time.monotonic() < deadline, "the lost run's tasks were never re-woken"
+        time.sleep(0.2)
+    (request,) = again
+    assert request.run_key != lost.run_key
+    task_ids = request.run_config["ops"]["execute_tasks"]["config"]["task_ids"]
+    assert sorted(task_ids) == sorted(str(t) for t in ids)
+    assert (
+        defs.resolve_job_def("trace_worker")
+        .execute_in_process(
+            run_config=request.run_config,
+            instance=dagster_instance,
+            tags={**request.tags, "dagster/run_key": request.run_key or ""},
+        )
+        .success
+    )
+    assert _statuses(rt, ids) == {"succeeded": 3}
+    assert tick() == []  # that run exists and claimed its batch: nothing more to recover

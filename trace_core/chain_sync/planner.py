@@ -10,7 +10,7 @@ clock (head ages come from ``now()``).
 
 Slot accounting: ``max_inflight`` caps ranges in state ``scheduled`` (queued, running or
 retrying). A ``dead`` range does not hold a slot, but it stops its stream from planning more
-(status shows it) until it is revived with ``revive_range``: a stream never leaves a hole
+(status shows it) until it is revived (``trace_core.tasks.revive``): a stream never leaves a hole
 behind its cursor silently.
 """
 

@@ -6,7 +6,9 @@ lease), ``retrying`` (among those, waiting to run again after a failed attempt),
 and ``dead``. Throughput is blocks of ranges completed in the last ``window_seconds`` divided by
 the time since the earliest of them was planned (at most the window). Every time is the
 database's ``now()``. Blocked reasons name the missing ``TRACE_RPC_POOL_<POOL>_URL`` variable,
-never a URL. A job with a ``hot:`` block also reports its follower (``hot``: cursor, observed
+never a URL. Each stream lists its dead ranges (``dead_ranges``: range, task, last error,
+attempts, when it died; the first ``DEAD_RANGES_SHOWN`` by block) until they are revived with
+``trace-lite retry``. A job with a ``hot:`` block also reports its follower (``hot``: cursor, observed
 head, lag, where it starts, and why it is not following); ``hot_blocked`` is the rule the
 ``trace_hot_follower`` sensor applies too.
 """
@@ -26,6 +28,7 @@ from psycopg.rows import dict_row
 from trace_core.chain_sync import store
 from trace_core.chain_sync.head import MISSING_RPC_URL
 from trace_core.chain_sync.planner import DEAD_RANGES, MISSING_HEAD, eligible_end
+from trace_core.chain_sync.retry import DeadRange, dead_ranges
 from trace_core.db.queries import q
 from trace_core.settings import rpc_pool_env_var, rpc_pool_url
 
@@ -66,6 +69,7 @@ class StreamStatus:
     lag_blocks: int | None
     done: bool
     blocked: list[Blocked] = field(default_factory=list)
+    dead_ranges: list[DeadRange] = field(default_factory=list)
 
     @property
     def blocked_reason(self) -> str | None:
@@ -201,7 +205,8 @@ def collect_status(
                 q("chain_sync", "status_streams"),
                 {"job_id": j.job_id, "window_seconds": float(window_seconds)},
             ).fetchall()
-            streams = [_stream_status(j, r, environ) for r in rows]
+            dead = dead_ranges(conn, j.job_id) if any(r["dead"] for r in rows) else {}
+            streams = [_stream_status(j, r, environ, dead.get(r["dataset_key"], [])) for r in rows]
             out.append(_job_status(j, streams, hot.get(j.job_id)))
     return out
 
@@ -238,7 +243,10 @@ def _iso(value: datetime) -> str:
 
 
 def _stream_status(
-    j: store.JobRow, r: dict[str, Any], environ: Mapping[str, str] | None
+    j: store.JobRow,
+    r: dict[str, Any],
+    environ: Mapping[str, str] | None,
+    dead: list[DeadRange] | None = None,
 ) -> StreamStatus:
     fixed = j.mode == "fixed_target"
     pool = r["rpc_pool"]
@@ -264,7 +272,8 @@ def _stream_status(
         eta = 0.0 if remaining == 0 else (remaining / throughput if throughput else None)
     inflight = int(r["scheduled"]) + int(r["running"])
     done = fixed and r["next_block"] >= (j.to_block or 0) and inflight == 0 and r["dead"] == 0
-    blocked = [] if done else _blocked(j, r, elig.blocked_kind, elig.blocked_message, environ)
+    dead = dead or []
+    blocked = [] if done else _blocked(j, r, elig.blocked_kind, elig.blocked_message, environ, dead)
     return StreamStatus(
         dataset_key=r["dataset_key"],
         cryo_dataset_name=r["cryo_dataset_name"],
@@ -291,7 +300,13 @@ def _stream_status(
         lag_blocks=None if fixed or elig.end is None else max(0, elig.end - r["next_block"]),
         done=done,
         blocked=blocked,
+        dead_ranges=dead,
     )
+
+
+def _short(text: str, limit: int = 200) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def _blocked(
@@ -300,6 +315,7 @@ def _blocked(
     head_kind: str | None,
     head_message: str | None,
     environ: Mapping[str, str] | None,
+    dead: list[DeadRange],
 ) -> list[Blocked]:
     reasons: list[Blocked] = []
     if not j.enabled:
@@ -313,11 +329,14 @@ def _blocked(
     if j.mode == "follow_head" and observer_kind and observer_kind not in {b.kind for b in reasons}:
         reasons.append(Blocked(observer_kind, r["head_error_message"] or ""))
     if r["dead"]:
+        first = dead[0] if dead else None
+        error = f" ({_short(first.last_error)})" if first and first.last_error else ""
         reasons.append(
             Blocked(
                 DEAD_RANGES,
                 f"{r['dead']} dead range(s), first [{r['first_dead_start']}, {r['first_dead_end']}) "
-                f"task {r['first_dead_task']}; planning stopped until revived",
+                f"task {r['first_dead_task']}{error}; planning stopped until revived "
+                f"(trace-lite retry --job {j.name} --stream {r['dataset_key']})",
             )
         )
     return reasons

@@ -1,5 +1,5 @@
-"""``trace-lite`` commands that need no Dagster: migrate, apply, status, pause/resume, query,
-token, query-service, gc, dlq. Errors print one clear line and exit non-zero."""
+"""``trace-lite`` commands that need no Dagster: migrate, apply, status, pause/resume, retry,
+query, token, query-service, gc, dlq. Errors print one clear line and exit non-zero."""
 
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ from typing import Any
 
 import click
 from rich.table import Table
+from rich.text import Text
 
 from trace_core.cli.alerts import alerts
 from trace_core.cli.common import console, handle_errors, runtime
 from trace_core.cli.dlq import dlq
+from trace_core.cli.retry import retry
 from trace_core.runtime import Runtime
 from trace_core.settings import load_settings
 
@@ -31,6 +33,7 @@ def cli(verbose: bool) -> None:
 
 cli.add_command(dlq)
 cli.add_command(alerts)
+cli.add_command(retry)
 
 
 @cli.command()
@@ -110,9 +113,10 @@ def _render_status(jobs: list[dict[str, Any]], queue: dict[str, Any] | None) -> 
                 if not s.get("throughput_blocks_per_s")
                 else f"{s['throughput_blocks_per_s']:.0f}",
                 "" if eta is None else f"{eta:.0f}s",
-                s.get("blocked_reason") or "",
+                Text(s.get("blocked_reason") or ""),  # errors may hold [brackets]: no markup
             )
         console.print(table)
+        _render_dead_ranges(job)
         hot = job.get("hot")
         if hot:
             console.print(
@@ -135,6 +139,29 @@ def _render_status(jobs: list[dict[str, Any]], queue: dict[str, Any] | None) -> 
                 "buffer: depth={depth} in_flight={in_flight} dead_letters={dead}"
                 " (trace-lite dlq list)".format(**buf),
                 highlight=False,
+            )
+
+
+def _render_dead_ranges(job: dict[str, Any]) -> None:
+    """Each dead range with its last error, until it is revived."""
+    for s in job.get("streams", []):
+        dead = s.get("dead_ranges") or []
+        if not dead:
+            continue
+        console.print(
+            f"dead ranges of {s['dataset_key']} ({s.get('dead', len(dead))}; revive with "
+            f"trace-lite retry --job {job['name']} --stream {s['dataset_key']}):",
+            highlight=False,
+            markup=False,
+        )
+        for d in dead:
+            console.print(
+                f"  [{d['range_start']}, {d['range_end']}) task {d['task_id']} after "
+                f"{d['attempts']}/{d['max_attempts']} attempt(s): "
+                f"{d.get('last_error') or 'no error recorded'}",
+                highlight=False,
+                markup=False,
+                soft_wrap=True,
             )
 
 

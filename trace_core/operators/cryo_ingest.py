@@ -20,7 +20,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -49,6 +49,7 @@ from trace_core.errors import (
 )
 from trace_core.operators.cryo_fake import extract_fake
 from trace_core.rpc import RpcClient
+from trace_core.rpc_limits import PoolLimits, extraction_slot, pool_limits
 from trace_core.settings import Settings, rpc_pool_env_var, rpc_pool_url
 from trace_core.storage.base import ObjectStore
 from trace_core.tasks.keepalive import LeaseHeartbeat, StateConnect, lease_heartbeat
@@ -248,8 +249,25 @@ def freeze(dataset: str, **kwargs: Any) -> dict[str, Any] | None:
     return result
 
 
-def extract_real(p: CryoIngestPayload, url: str, out_dir: Path, settings: Settings) -> None:
-    """Probe the RPC, then ``cryo.freeze`` the range into ``out_dir``.
+def cryo_kwargs(p: CryoIngestPayload, rate_share: float | None) -> dict[str, Any]:
+    """The stream's cryo options, with ``requests_per_second`` capped at the pool's share."""
+    options: dict[str, Any] = {"chunk_size": p.chunk_size, **p.cryo_options}
+    if rate_share is not None:
+        share = max(1, int(rate_share))
+        own = options.get("requests_per_second")
+        options["requests_per_second"] = share if own is None else min(int(own), share)
+    return options
+
+
+def extract_real(
+    p: CryoIngestPayload,
+    url: str,
+    out_dir: Path,
+    settings: Settings,
+    rate_share: float | None = None,
+) -> None:
+    """Probe the RPC, then ``cryo.freeze`` the range into ``out_dir`` (at most
+    ``rate_share`` requests per second: this extraction's share of its pool's rate).
 
     Raises ``RpcError`` (unreachable), ``ChainMismatch``, ``CoverageError`` (range past the
     head) or ``CryoFailed`` (cryo raised or reported errored chunks).
@@ -271,7 +289,7 @@ def extract_real(p: CryoIngestPayload, url: str, out_dir: Path, settings: Settin
             rpc=url,
             output_dir=str(out_dir),
             verbose=False,  # cryo's parse_cli_args turns verbose into no_verbose
-            **{"chunk_size": p.chunk_size, **p.cryo_options},
+            **cryo_kwargs(p, rate_share),
         )
     except Exception as exc:  # the binding raises a bare TypeError('failed'); never the URL
         raise CryoFailed(
@@ -409,6 +427,7 @@ def extract_and_stage(
     check: Callable[[], None] | None = None,
     environ: Mapping[str, str] | None = None,
     timings: dict[str, float] | None = None,
+    state: StateConnect | None = None,
 ) -> tuple[StagedOutput, Mode]:
     """Everything before the commit: extract, verify, upload to the staging prefix.
 
@@ -416,7 +435,9 @@ def extract_and_stage(
     ``StaleAttempt`` this raises ``StaleAttempt`` and nothing is staged further. Under a
     caller that already heartbeats (the worker), pass its ``check`` instead: it is called
     between phases and raises ``StaleAttempt`` once the lease is lost. The local staging dir
-    is removed on success and left for ``gc_staging`` on failure.
+    is removed on success and left for ``gc_staging`` on failure. With ``state``, a real
+    extraction first takes a slot of its pool (``rpc_limits``: the pool's concurrency and
+    request-rate limits, which hold across runs and machines); without it, none is taken.
     """
     timings = {} if timings is None else timings
     p = CryoIngestPayload.parse(lease.payload, org_id=org_id or settings.org_id)
@@ -440,7 +461,14 @@ def extract_and_stage(
         t0 = time.perf_counter()
         if mode == "real":
             assert url is not None
-            extract_real(p, url, out_dir, settings)
+            limits = pool_limits(p.rpc_pool, environ) if p.rpc_pool else PoolLimits()
+            slot: AbstractContextManager[int | None] = (
+                extraction_slot(state, p.rpc_pool, lease, limits, check=checkpoint)
+                if state is not None and p.rpc_pool
+                else nullcontext(None)
+            )
+            with slot:
+                extract_real(p, url, out_dir, settings, limits.share_per_extraction)
         else:
             extract_fake(p, out_dir)
         checkpoint()
@@ -494,7 +522,14 @@ def run_cryo_ingest(
     timings: dict[str, float] = {}
     beat = heartbeat or lease_heartbeat(settings, lease, state)
     staged, mode = extract_and_stage(
-        settings, store, lease, org_id=org_id, heartbeat=beat, environ=environ, timings=timings
+        settings,
+        store,
+        lease,
+        org_id=org_id,
+        heartbeat=beat,
+        environ=environ,
+        timings=timings,
+        state=state,
     )
     t0 = time.perf_counter()
     with state() as conn:
@@ -514,7 +549,9 @@ def cryo_ingest_operator(ctx: OperatorContext) -> Completion:
 
     rt = ctx.runtime
     store = rt.store
-    staged, mode = extract_and_stage(rt.settings, store, ctx.lease, check=ctx.check_lease)
+    staged, mode = extract_and_stage(
+        rt.settings, store, ctx.lease, check=ctx.check_lease, state=rt.state
+    )
 
     def commit(conn: Connection[Any]) -> dict[str, Any]:
         return {**commit_dataset_version(conn, store, ctx.lease, staged).outputs(), "mode": mode}

@@ -70,11 +70,19 @@ class LeaseHeartbeat:
         if self.lost.is_set():
             raise StaleAttempt(self._lease.task_id, self._lease.attempt, "lease lost")
 
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop beating (idempotent); returns once the thread has ended."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
     @contextmanager
     def running(self) -> Iterator[LeaseHeartbeat]:
-        self._thread.start()
+        self.start()
         try:
             yield self
         finally:
-            self._stop.set()
-            self._thread.join()
+            self.stop()

@@ -5,7 +5,10 @@ and its outbox row (or a completion and the dataset version it commits) land ato
 Lease decisions use the database clock (``now()``), never the worker's.
 
 States: ``queued -> running -> succeeded | dead``; a failed or expired attempt goes back to
-``queued`` (attempt kept, bumped on the next claim) until ``max_attempts`` is reached.
+``queued`` (attempt kept, bumped on the next claim) until ``max_attempts`` is reached. A revive
+(``trace_core.tasks.revive``) turns ``dead`` back into ``queued`` with a fresh budget: attempt
+numbers keep counting up, and ``attempt_base`` (attempts spent before the latest revive) is
+subtracted wherever the budget and the backoff are decided.
 """
 
 from __future__ import annotations
@@ -39,6 +42,12 @@ class Lease:
     operator: str
     payload: dict[str, Any] = field(default_factory=dict)
     max_attempts: int = 3
+    attempt_base: int = 0
+
+    @property
+    def budget_attempt(self) -> int:
+        """This attempt's number within the current budget (1 = first since create or revive)."""
+        return self.attempt - self.attempt_base
 
 
 def create_task(
@@ -93,7 +102,7 @@ def claim(conn: Connection[Any], task_id: uuid.UUID, *, lease_seconds: float) ->
             raise LeaseConflict(task_id, "leased")
         if status == "queued" and not row["due"]:
             raise LeaseConflict(task_id, "backoff")
-        if row["attempt"] >= row["max_attempts"]:
+        if row["attempt"] - row["attempt_base"] >= row["max_attempts"]:
             # an expired last attempt: nothing left to grant
             _mark_expired(conn, task_id, row["attempt"])
             conn.execute(
@@ -125,6 +134,7 @@ def claim(conn: Connection[Any], task_id: uuid.UUID, *, lease_seconds: float) ->
         operator=row["operator"],
         payload=row["payload"],
         max_attempts=row["max_attempts"],
+        attempt_base=row["attempt_base"],
     )
 
 
@@ -226,7 +236,7 @@ def complete_failure(
         },
     )
     decision, delay = policy.decide(
-        fatal=fatal, attempt=lease.attempt, max_attempts=lease.max_attempts
+        fatal=fatal, attempt=lease.budget_attempt, max_attempts=lease.max_attempts
     )
     kind = kind or ("fatal" if fatal else "retryable")
     if decision == "dead":
@@ -277,9 +287,11 @@ def reap(
     nobody claimed for ``rewake_after_seconds`` (a wake-up whose run never started)."""
     retried = dead = rewoken = 0
     expired = conn.execute(q("tasks", "expired_leases"), {"limit": limit}).fetchall()
-    for task_id, attempt, max_attempts in expired:
+    for task_id, attempt, attempt_base, max_attempts in expired:
         _mark_expired(conn, task_id, attempt)
-        decision, delay = policy.decide(fatal=False, attempt=attempt, max_attempts=max_attempts)
+        decision, _delay = policy.decide(
+            fatal=False, attempt=attempt - attempt_base, max_attempts=max_attempts
+        )
         if decision == "dead":
             conn.execute(
                 q("tasks", "finish_dead"),
@@ -292,7 +304,9 @@ def reap(
             )
             dead += 1
         else:
-            _requeue(conn, task_id, attempt, error="lease expired", kind="expired", delay=delay)
+            # no backoff: the attempt's worker died, the task did not fail; it runs again
+            # within one lease of the crash (attempts still bound a task that kills workers)
+            _requeue(conn, task_id, attempt, error="lease expired", kind="expired", delay=0.0)
             retried += 1
     stale = conn.execute(
         q("tasks", "unclaimed_queued"),

@@ -198,6 +198,37 @@ UPDATE state.chain_sync_scheduled_ranges SET status = 'scheduled', updated_at = 
 WHERE task_id = %(task_id)s AND status = 'dead'
 RETURNING task_id
 
+-- ---------------------------------------------------------------- retry (chain_sync/retry.py)
+
+-- Ranges of a job (one stream, one exact range, or only the dead ones) with their task's state.
+-- name: ranges_for_retry
+SELECT r.dataset_key, r.range_start, r.range_end, r.task_id, r.status, r.dataset_version,
+       t.status AS task_status, t.attempt, t.outputs, t.payload
+FROM state.chain_sync_scheduled_ranges r
+LEFT JOIN state.tasks t ON t.task_id = r.task_id
+WHERE r.job_id = %(job_id)s
+  AND (%(dataset_key)s::text IS NULL OR r.dataset_key = %(dataset_key)s)
+  AND (%(range_start)s::bigint IS NULL
+       OR (r.range_start = %(range_start)s AND r.range_end = %(range_end)s))
+  AND (NOT %(dead_only)s OR r.status = 'dead')
+ORDER BY r.dataset_key, r.range_start
+
+-- Dead ranges with their task's last error (the first per_stream of each stream, by block).
+-- name: dead_ranges
+SELECT dataset_key, range_start, range_end, task_id, attempt, attempt_base, max_attempts,
+       revives, last_error_kind, last_error, died_at
+FROM (
+    SELECT r.dataset_key, r.range_start, r.range_end, r.task_id, t.attempt, t.attempt_base,
+           t.max_attempts, t.revives, t.last_error_kind, t.last_error,
+           COALESCE(t.finished_at, r.updated_at) AS died_at,
+           row_number() OVER (PARTITION BY r.dataset_key ORDER BY r.range_start) AS n
+    FROM state.chain_sync_scheduled_ranges r
+    LEFT JOIN state.tasks t ON t.task_id = r.task_id
+    WHERE r.job_id = %(job_id)s AND r.status = 'dead'
+) d
+WHERE n <= %(per_stream)s
+ORDER BY dataset_key, range_start
+
 -- ---------------------------------------------------------------- head observer
 
 -- Pools due for a poll: enabled follow_head jobs' active streams, grouped by (chain, pool),

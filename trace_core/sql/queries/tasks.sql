@@ -8,7 +8,7 @@ RETURNING task_id
 SELECT operator, payload FROM state.tasks WHERE task_id = %(task_id)s
 
 -- name: lock_task
-SELECT task_id, operator, status, attempt, max_attempts, paused, lease_token,
+SELECT task_id, operator, status, attempt, attempt_base, max_attempts, paused, lease_token,
        lease_expires_at, lease_expires_at <= now() AS lease_expired,
        next_run_at <= now() AS due, payload
 FROM state.tasks WHERE task_id = %(task_id)s FOR UPDATE
@@ -58,7 +58,7 @@ UPDATE state.task_attempts SET finished_at = now(), outcome = %(outcome)s, error
 WHERE task_id = %(task_id)s AND attempt = %(attempt)s
 
 -- name: expired_leases
-SELECT task_id, attempt, max_attempts FROM state.tasks
+SELECT task_id, attempt, attempt_base, max_attempts FROM state.tasks
 WHERE status = 'running' AND lease_expires_at <= now()
 ORDER BY lease_expires_at
 LIMIT %(limit)s
@@ -81,3 +81,69 @@ WHERE task_id = %(task_id)s RETURNING wakeups
 UPDATE state.tasks SET paused = %(paused)s, updated_at = now()
 WHERE job_id = %(job_id)s AND status IN ('queued', 'running') AND paused <> %(paused)s
 RETURNING task_id, status
+
+-- name: record_worker_run
+INSERT INTO state.worker_runs (run_key, task_ids) VALUES (%(run_key)s, %(task_ids)s)
+ON CONFLICT (run_key) DO NOTHING
+
+-- name: open_worker_runs
+-- Unsettled runs requested at least grace_seconds ago, with the tasks still waiting on them:
+-- queued, not paused, and unchanged since the request (nobody claimed or re-woke them).
+SELECT r.run_key,
+       COALESCE(array_agg(t.task_id ORDER BY t.task_id)
+                FILTER (WHERE t.task_id IS NOT NULL), '{}') AS waiting
+FROM state.worker_runs r
+LEFT JOIN state.tasks t
+  ON t.task_id = ANY (r.task_ids) AND t.status = 'queued' AND NOT t.paused
+     AND t.updated_at <= r.requested_at
+WHERE r.settled_at IS NULL
+  AND r.requested_at <= now() - make_interval(secs => %(grace_seconds)s)
+GROUP BY r.run_key, r.requested_at
+ORDER BY r.requested_at
+LIMIT %(limit)s
+
+-- name: settle_worker_run
+UPDATE state.worker_runs SET settled_at = now(), rewoken = %(rewoken)s
+WHERE run_key = %(run_key)s AND settled_at IS NULL
+
+-- name: lock_waiting_task
+SELECT task_id FROM state.tasks
+WHERE task_id = %(task_id)s AND status = 'queued' AND NOT paused
+  AND updated_at <= (SELECT requested_at FROM state.worker_runs WHERE run_key = %(run_key)s)
+FOR UPDATE SKIP LOCKED
+
+-- name: prune_settled_worker_runs
+DELETE FROM state.worker_runs WHERE settled_at < now() - interval '1 day'
+
+-- ---------------------------------------------------------------- revive (tasks/revive.py)
+
+-- name: lock_for_revive
+SELECT task_id, operator, status, attempt, attempt_base, max_attempts, paused, job_id,
+       last_error_kind, last_error, payload, revives
+FROM state.tasks WHERE task_id = ANY(%(task_ids)s::uuid[])
+ORDER BY task_id
+FOR UPDATE
+
+-- A revived task is queued and due now with a fresh budget (attempt_base = attempt); it is
+-- paused when its chain_sync job is paused, so it runs only after `resume`.
+-- name: revive_task
+UPDATE state.tasks t
+SET status = 'queued', attempt_base = t.attempt, revives = t.revives + 1, revived_at = now(),
+    next_run_at = now(), wakeups = t.wakeups + 1, lease_token = NULL, lease_expires_at = NULL,
+    finished_at = NULL, updated_at = now(),
+    paused = COALESCE((SELECT NOT j.enabled FROM state.chain_sync_jobs j WHERE j.job_id = t.job_id),
+                      t.paused)
+WHERE t.task_id = %(task_id)s AND t.status = 'dead'
+RETURNING t.wakeups, t.paused, t.revives,
+          now() + make_interval(secs => %(wake_delay_seconds)s) AS wake_at
+
+-- name: insert_revival
+INSERT INTO state.task_revivals (task_id, revive, attempt, last_error, source, detail)
+VALUES (%(task_id)s, %(revive)s, %(attempt)s, %(last_error)s, %(source)s, %(detail)s)
+
+-- A queued task waiting out a retry backoff becomes due now (a run that is about to claim it).
+-- name: expedite_queued
+UPDATE state.tasks SET next_run_at = now(), updated_at = now()
+WHERE task_id = ANY(%(task_ids)s::uuid[]) AND status = 'queued' AND NOT paused
+  AND next_run_at > now()
+RETURNING task_id

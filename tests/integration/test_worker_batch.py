@@ -1,0 +1,141 @@
+"""A worker run's batch: claimed at once, executed by a bounded pool, each task fenced on its
+own; tasks of a run that never claims them are re-woken at once (trace_core.tasks.recovery)."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import pytest
+
+from trace_core.queue.base import TASK_WAKEUP
+from trace_core.runtime import Runtime
+from trace_core.tasks import create_task
+from trace_core.worker import (
+    Completion,
+    OperatorContext,
+    OperatorRegistry,
+    execute_batch,
+    receive_wakeups,
+    record_runs,
+    recover_stranded,
+)
+
+
+def _create(rt: Runtime, n: int, operator: str = "probe") -> list[uuid.UUID]:
+    ids = [uuid.uuid4() for _ in range(n)]
+    with rt.state() as conn, conn.transaction():
+        for tid in ids:
+            create_task(conn, task_id=tid, operator=operator, payload={}, max_attempts=2)
+    return ids
+
+
+def _statuses(rt: Runtime, ids: list[uuid.UUID]) -> dict[uuid.UUID, tuple[str, int]]:
+    with rt.state() as conn:
+        rows = conn.execute(
+            "SELECT task_id, status, attempt FROM state.tasks WHERE task_id = ANY(%s)", (ids,)
+        ).fetchall()
+    return {r[0]: (r[1], r[2]) for r in rows}
+
+
+@pytest.mark.parametrize("concurrency", [2, 3])
+def test_pool_runs_exactly_concurrency_tasks_at_once(trace_env: Runtime, concurrency: int) -> None:
+    """Each wave of ``concurrency`` tasks meets at a barrier: it breaks (and its tasks fail) if
+    fewer run at once; the high-water mark shows that no more ever do."""
+    barrier = threading.Barrier(concurrency, timeout=30)
+    lock = threading.Lock()
+    active = [0, 0]  # now, most
+
+    def probe(ctx: OperatorContext) -> Completion:
+        with lock:
+            active[0] += 1
+            active[1] = max(active[1], active[0])
+        try:
+            barrier.wait()
+        finally:
+            with lock:
+                active[0] -= 1
+        return Completion(outputs={"ok": True})
+
+    registry = OperatorRegistry()
+    registry.register("probe", probe)
+    ids = _create(trace_env, concurrency * 2)
+    outcomes = list(execute_batch(trace_env, ids, concurrency=concurrency, registry=registry))
+    assert sorted(o.status for o in outcomes) == ["succeeded"] * len(ids)
+    assert active[1] == concurrency
+    assert set(_statuses(trace_env, ids).values()) == {("succeeded", 1)}
+
+
+def test_whole_batch_is_claimed_before_the_first_task_runs(trace_env: Runtime) -> None:
+    seen: list[dict[uuid.UUID, tuple[str, int]]] = []
+    ids: list[uuid.UUID] = []
+
+    def probe(ctx: OperatorContext) -> Completion:
+        seen.append(_statuses(ctx.runtime, ids))
+        return Completion()
+
+    registry = OperatorRegistry()
+    registry.register("probe", probe)
+    ids.extend(_create(trace_env, 5))
+    outcomes = list(execute_batch(trace_env, ids, concurrency=1, registry=registry))
+    assert [o.status for o in outcomes] == ["succeeded"] * 5
+    # the first task to run saw all five leased (attempt 1), though four had not started
+    assert set(seen[0].values()) == {("running", 1)}
+
+
+def test_one_failing_task_does_not_stop_the_others(trace_env: Runtime) -> None:
+    good = _create(trace_env, 3, "noop")
+    bad = _create(trace_env, 1, "fail")
+    outcomes = {o.task_id: o.status for o in execute_batch(trace_env, good + bad, concurrency=2)}
+    assert outcomes == {**dict.fromkeys(good, "succeeded"), bad[0]: "retry"}
+
+
+def test_a_task_already_claimed_elsewhere_is_skipped(trace_env: Runtime) -> None:
+    ids = _create(trace_env, 2, "noop")
+    registry = OperatorRegistry()
+    registry.register("noop", lambda ctx: Completion())
+    first = list(execute_batch(trace_env, ids[:1], concurrency=1, registry=registry))
+    assert first[0].status == "succeeded"
+    again = {o.task_id: o.status for o in execute_batch(trace_env, ids, concurrency=2)}
+    assert again == {ids[0]: "skipped", ids[1]: "succeeded"}
+
+
+def _strand(rt: Runtime, n: int, run_key: str) -> list[uuid.UUID]:
+    """Tasks whose wake-ups were received and acked into a requested run that never ran."""
+    from trace_core import outbox
+
+    ids = _create(rt, n, "noop")
+    with rt.state() as conn:
+        outbox.drain_all(conn, rt.queue)
+    wakeups = receive_wakeups(rt, 100)
+    assert {w.task_id for w in wakeups} == set(ids)
+    record_runs(rt, [(run_key, ids)])
+    rt.queue.ack_batch([w.message for w in wakeups])
+    return ids
+
+
+def test_tasks_of_a_run_that_never_started_are_rewoken_at_once(trace_env: Runtime) -> None:
+    ids = _strand(trace_env, 3, "lost-run")
+    assert trace_env.queue.stats(TASK_WAKEUP).depth == 0
+    # the run is alive (queued behind others): nothing to do
+    assert recover_stranded(trace_env, lambda key: True, grace_seconds=0) == 0
+    assert trace_env.queue.stats(TASK_WAKEUP).depth == 0
+    # the run is gone: every waiting task gets a new wake-up, published now
+    assert recover_stranded(trace_env, lambda key: key != "lost-run", grace_seconds=0) == 3
+    woken = receive_wakeups(trace_env, 100)
+    assert sorted(w.task_id for w in woken) == sorted(ids)
+    assert {w.generation for w in woken} == {2}
+    # settled: asking again re-wakes nothing
+    assert recover_stranded(trace_env, lambda key: False, grace_seconds=0) == 0
+
+
+def test_claimed_tasks_and_young_runs_are_left_alone(trace_env: Runtime) -> None:
+    ids = _strand(trace_env, 2, "partly-claimed")
+    outcomes = list(execute_batch(trace_env, ids[:1], concurrency=1))
+    assert outcomes[0].status == "succeeded"
+    # the young run is not judged yet
+    assert recover_stranded(trace_env, lambda key: False, grace_seconds=3600) == 0
+    # only the task nobody claimed is re-woken
+    assert recover_stranded(trace_env, lambda key: False, grace_seconds=0) == 1
+    (woken,) = receive_wakeups(trace_env, 100)
+    assert woken.task_id == ids[1]
