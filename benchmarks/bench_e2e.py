@@ -523,8 +523,9 @@ def _fmt(value: float | None, spec: str = ".2f") -> str:
 def print_table(rows: list[Row], latency_ms: float) -> None:
     base = {r.condition: r.seconds for r in rows if r.path == "bare cryo (baseline)"}
     header = (
-        f"{'path':<26}{'condition':<11}{'seconds':>9}{'vs cryo':>9}{'target':>8}{'runs':>6}"
-        f"{'1st run':>8}{'launch s':>9}{'1st claim':>10}{'idle s':>8}{'par':>6}{'s/range':>9}{'attempts':>9}{'requests':>10}  note"
+        f"{'path':<26}{'condition':<11}{'seconds':>9}{'vs cryo':>9}{'target':>12}{'runs':>6}"
+        f"{'1st run':>8}{'launch s':>9}{'1st claim':>10}{'idle s':>8}{'par':>6}{'s/range':>9}"
+        f"{'attempts':>9}{'requests':>10}  note"
     )
     print(header)
     print("-" * len(header))
@@ -537,7 +538,7 @@ def print_table(rows: list[Row], latency_ms: float) -> None:
                 verdict = f"<={target:g} " + ("ok" if ratio <= target else "MISS")
             cond = condition if condition == "direct" else f"+{latency_ms:g}ms"
             print(
-                f"{r.path:<26}{cond:<11}{r.seconds:>9.2f}{_fmt(ratio):>9}{verdict:>8}"
+                f"{r.path:<26}{cond:<11}{r.seconds:>9.2f}{_fmt(ratio):>9}{verdict:>12}"
                 f"{_fmt(r.runs, 'd') if r.runs is not None else '':>6}"
                 f"{_fmt(r.extra.get('to_first_run')):>8}{_fmt(r.extra.get('launch')):>9}"
                 f"{_fmt(r.first_claim):>10}{_fmt(r.extra.get('idle')):>8}"
