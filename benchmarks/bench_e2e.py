@@ -288,22 +288,35 @@ def check_exact(dbs: Databases, settings: Settings, chain: DevChain, suffix: str
                 raise SystemExit(f"{dataset}{suffix}: {got} rows committed, the chain has {want}")
 
 
-def run_stats(dagster_home: Path, job: str) -> dict[str, float]:
+def run_stats(dagster_home: Path, job: str, since: float) -> dict[str, Any]:
     """Dagster's view of a job's runs: how many, when the first was created (epoch), mean
-    seconds from creation to start (queue + launch + process start) and from start to end."""
+    seconds from creation to start (queue + launch + process start) and from start to end;
+    and the other runs created since ``since`` (service runs), by ``trace/kind`` or job name."""
     from dagster import DagsterInstance, RunsFilter
 
     with environ({**os.environ, "DAGSTER_HOME": str(dagster_home)}), DagsterInstance.get() as inst:
         records = inst.get_run_records(RunsFilter(tags={"trace/job": job}))
+        others = [
+            r
+            for r in inst.get_run_records()
+            if r.create_timestamp.timestamp() >= since
+            and r.dagster_run.tags.get("trace/job") != job
+        ]
     launch = [
         r.start_time - r.create_timestamp.timestamp() for r in records if r.start_time is not None
     ]
     span = [r.end_time - r.start_time for r in records if r.start_time and r.end_time]
+    other_kinds: dict[str, int] = {}
+    for r in others:
+        tags = r.dagster_run.tags
+        kind = tags.get("trace/service") or tags.get("trace/kind") or r.dagster_run.job_name
+        other_kinds[kind] = other_kinds.get(kind, 0) + 1
     return {
         "runs": len(records),
         "first_created": min((r.create_timestamp.timestamp() for r in records), default=math.nan),
         "launch": statistics.mean(launch) if launch else math.nan,
         "run": statistics.mean(span) if span else math.nan,
+        "other_runs": other_kinds,
     }
 
 
@@ -391,7 +404,7 @@ def bench_in_process(
         attempts_breakdown(dbs, name, t0, row)
         if proxy and before:
             row.requests = proxy_requests(proxy, before)
-        row.extra.update(run_stats(Path(env["DAGSTER_HOME"]), name))
+        row.extra.update(run_stats(Path(env["DAGSTER_HOME"]), name, t0))
         row.extra["to_first_run"] = row.extra["first_created"] - t0
     return row
 
@@ -441,7 +454,7 @@ def bench_daemon(
             attempts_breakdown(dbs, job, t0, row)
             if condition == "proxied":
                 row.requests = proxy_requests(proxy, before)
-            row.extra.update(run_stats(Path(env["DAGSTER_HOME"]), job))
+            row.extra.update(run_stats(Path(env["DAGSTER_HOME"]), job, t0))
             row.extra["to_first_run"] = row.extra["first_created"] - t0
             row.runs = int(row.extra["runs"])
             rows.append(row)
@@ -520,6 +533,14 @@ def _fmt(value: float | None, spec: str = ".2f") -> str:
     )
 
 
+def _note(r: Row) -> str:
+    others = r.extra.get("other_runs") or {}
+    if not others:
+        return r.note
+    text = "other runs meanwhile: " + ", ".join(f"{n} {k}" for k, n in sorted(others.items()))
+    return f"{r.note}; {text}" if r.note else text
+
+
 def print_table(rows: list[Row], latency_ms: float) -> None:
     base = {r.condition: r.seconds for r in rows if r.path == "bare cryo (baseline)"}
     header = (
@@ -544,7 +565,7 @@ def print_table(rows: list[Row], latency_ms: float) -> None:
                 f"{_fmt(r.first_claim):>10}{_fmt(r.extra.get('idle')):>8}"
                 f"{_fmt(r.extra.get('parallel'), '.1f'):>6}"
                 f"{_fmt(r.task_seconds):>9}{_fmt(r.attempts, 'd') if r.attempts else '':>9}"
-                f"{_fmt(r.requests, 'd') if r.requests is not None else '':>10}  {r.note}"
+                f"{_fmt(r.requests, 'd') if r.requests is not None else '':>10}  {_note(r)}"
             )
         print("-" * len(header))
     for condition in CONDITIONS:
@@ -583,6 +604,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rewake-seconds", type=int, help="recovery: TRACE_REWAKE_AFTER_SECONDS (quick: 20)"
     )
+    parser.add_argument("--keep", action="store_true", help="keep homes and logs (printed)")
     args = parser.parse_args(argv)
     blocks = args.blocks or (2000 if args.quick else 4000)
     reps = args.reps or (1 if args.quick else 3)
@@ -642,7 +664,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"failed; logs and homes kept under {root}", flush=True)
         raise
     else:
-        atexit.register(shutil.rmtree, root, ignore_errors=True)
+        if args.keep:
+            print(f"homes and logs kept under {root}", flush=True)
+        else:
+            atexit.register(shutil.rmtree, root, ignore_errors=True)
     finally:
         proxy.stop()
         chain.stop()
