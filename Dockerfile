@@ -10,5 +10,7 @@ COPY workspace.yaml ./
 RUN pip install --no-cache-dir . \
  && mkdir -p $DAGSTER_HOME
 COPY dagster_home/dagster.postgres.yaml $DAGSTER_HOME/dagster.yaml
+# The AWS profile's instance (ECS run launcher): DAGSTER_HOME=/opt/dagster/aws, see deploy/README.md
+COPY deploy/dagster.yaml /opt/dagster/aws/dagster.yaml
 EXPOSE 3000 8090
 CMD ["trace-lite", "--help"]

@@ -4,11 +4,14 @@ Writes a transactions-like dataset (default 1,000,000 rows in 10 committed versi
 LocalStore, registers it in an embedded Postgres, then times the same SQL three ways:
 
 - raw:     one warm DuckDB connection reading the Parquet files directly (the baseline);
-- service: ``QueryService.handle`` in process (token check, registry, gate, manifests, a fresh
-           sandboxed DuckDB, audit row);
-- http:    the same through uvicorn on loopback.
+- inproc:  ``QueryService.handle`` with ``query_workers=0``: token check, registry, gate,
+           manifests, a fresh sandboxed DuckDB inside the service process, audit row (no
+           isolation; what the service did before worker processes);
+- service: the same with DuckDB in a worker process (the default: a crash or hang costs only
+           that query); ``isolation`` = service - inproc is what the process boundary costs;
+- http:    the service through uvicorn on loopback.
 
-Targets: scans <= 1.15x raw; a small query adds < 30 ms.
+Targets: scans <= 1.15x raw; a small query adds < 30 ms; isolation adds < 5 ms.
 
 Run: .venv/bin/python benchmarks/bench_query.py [--rows N] [--repeat N]
 """
@@ -191,6 +194,9 @@ def main() -> None:
         source = "read_parquet([" + ", ".join(f"'{f}'" for f in files) + "])"
         service = QueryService(settings, dbs, store, hot_sources=None)
         service.open()
+        inproc_settings = settings.model_copy(update={"query_workers": 0})
+        inproc = QueryService(inproc_settings, dbs, store, hot_sources=None)
+        inproc.open()
         http = Http(settings, dbs, store)
         token = local_user_token(settings)
         auth = f"Bearer {token}"
@@ -198,7 +204,10 @@ def main() -> None:
         print(
             f"rows={args.rows:,} files={len(files)} threads={threads} repeat={args.repeat} (median ms)"
         )
-        header = f"{'query':<10} {'raw':>9} {'service':>9} {'http':>9} {'ratio':>7} {'added':>8}"
+        header = (
+            f"{'query':<10} {'raw':>9} {'inproc':>9} {'service':>9} {'http':>9} {'ratio':>7}"
+            f" {'added':>8} {'isolation':>10}"
+        )
         print(header)
         print("-" * len(header))
         try:
@@ -209,6 +218,7 @@ def main() -> None:
                         "raw": lambda sql=sql: raw.execute(
                             sql.replace("transactions", source)
                         ).fetchall(),
+                        "inproc": lambda body=body: inproc.handle("user", auth, body),
                         "service": lambda body=body: service.handle("user", auth, body),
                         "http": lambda sql=sql: http.client.post(
                             "/v1/query", json={"sql": sql}, headers={"Authorization": auth}
@@ -217,6 +227,7 @@ def main() -> None:
                     args.repeat,
                 )
                 raw_ms, svc_ms, http_ms = medians["raw"], medians["service"], medians["http"]
+                inproc_ms = medians["inproc"]
                 svc_result, raw_result = results["service"], results["raw"]
                 assert isinstance(svc_result, dict) and isinstance(raw_result, list)
                 assert len(svc_result["rows"]) == len(raw_result), name
@@ -228,12 +239,13 @@ def main() -> None:
                     else ("<30ms" if added < 30 else "OVER 30ms")
                 )
                 print(
-                    f"{name:<10} {raw_ms:>9.1f} {svc_ms:>9.1f} {http_ms:>9.1f} "
-                    f"{ratio:>6.2f}x {added:>7.1f}  {target}"
+                    f"{name:<10} {raw_ms:>9.1f} {inproc_ms:>9.1f} {svc_ms:>9.1f} {http_ms:>9.1f} "
+                    f"{ratio:>6.2f}x {added:>7.1f} {svc_ms - inproc_ms:>+9.1f}  {target}"
                 )
         finally:
             http.close()
             service.close()
+            inproc.close()
             raw.close()
         print(f"cpu count={os.cpu_count()}")
 

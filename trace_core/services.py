@@ -24,32 +24,24 @@ ServiceName = Literal["hot_follower", "hot_compactor", "sink", "alert_delivery"]
 SERVICES: tuple[ServiceName, ...] = ("hot_follower", "hot_compactor", "sink", "alert_delivery")
 
 
+def _leased(rt: Runtime, query: str, service: ServiceName, holder: str) -> bool:
+    params = {
+        "service": service,
+        "holder": holder,
+        "lease_seconds": float(rt.settings.lease_seconds),
+    }
+    with rt.state() as conn:
+        return conn.execute(q("services", query), params).fetchone() is not None
+
+
 def acquire(rt: Runtime, service: ServiceName, holder: str) -> bool:
     """Take (or keep) the lease for ``holder``; False while another holder's lease is live."""
-    with rt.state() as conn:
-        row = conn.execute(
-            q("services", "acquire"),
-            {
-                "service": service,
-                "holder": holder,
-                "lease_seconds": float(rt.settings.lease_seconds),
-            },
-        ).fetchone()
-    return row is not None
+    return _leased(rt, "acquire", service, holder)
 
 
 def renew(rt: Runtime, service: ServiceName, holder: str) -> bool:
     """Extend ``holder``'s lease; False if it lapsed and another holder took it."""
-    with rt.state() as conn:
-        row = conn.execute(
-            q("services", "renew"),
-            {
-                "service": service,
-                "holder": holder,
-                "lease_seconds": float(rt.settings.lease_seconds),
-            },
-        ).fetchone()
-    return row is not None
+    return _leased(rt, "renew", service, holder)
 
 
 def release(rt: Runtime, service: ServiceName, holder: str) -> None:

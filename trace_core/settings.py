@@ -1,7 +1,8 @@
 """Typed, immutable settings read from ``TRACE_*`` environment variables (and ``.env``).
 
 ``load_settings()`` is the one place the environment is read. RPC URLs are secrets and come
-only from ``TRACE_RPC_POOL_<POOL>_URL``; ``rpc_pool_url`` resolves them.
+only from ``TRACE_RPC_POOL_<POOL>_URL`` (the first endpoint) and ``..._URLS`` (more endpoints,
+comma-separated); ``rpc_pool_urls`` resolves them, ``rpc_pool_url`` gives the first.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from trace_core.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ORG_ID = "00000000-0000-0000-0000-000000000001"
@@ -113,6 +116,44 @@ class Settings(BaseSettings):
     rpc_timeout_seconds: float = Field(
         30.0, gt=0, description="Timeout of Trace's own JSON-RPC calls (probes, receipt checks)"
     )
+    rpc_endpoint_requests_per_second: float = Field(
+        0.0,
+        ge=0,
+        description="Default rate limit per RPC endpoint for Trace's own calls and cryo (requests/s; 0 = none); TRACE_RPC_POOL_<POOL>_ENDPOINT_RPS overrides it per pool",
+    )
+    rpc_max_attempts: int = Field(
+        4,
+        gt=0,
+        description="Attempts of one JSON-RPC call across a pool's endpoints (failover on errors, timeouts, 429/5xx)",
+    )
+    rpc_max_retry_after_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="Longest Retry-After an RPC endpoint's 429/503 is honoured for before the call fails over or fails",
+    )
+    rpc_max_head_lag_blocks: int = Field(
+        64,
+        ge=0,
+        description="An endpoint whose head trails the pool's best by more blocks is stale: skipped for ranges it cannot serve and reported",
+    )
+    rpc_capability_ttl_seconds: int = Field(
+        3600,
+        gt=0,
+        description="How long a pool's capability probe (methods and tracers served per chain) holds before the dispatcher probes again",
+    )
+    cryo_max_retries: int = Field(
+        2,
+        ge=0,
+        description="cryo's own retries of a failed request before Trace splits or fails over",
+    )
+    cryo_initial_backoff_ms: int = Field(
+        200, ge=0, description="cryo's initial retry backoff in milliseconds (doubles per retry)"
+    )
+    cryo_min_split_blocks: int = Field(
+        1,
+        gt=0,
+        description="Adaptive splitting: smallest block range cryo_ingest retries alone after a provider refused a larger one",
+    )
 
     worker_batch_size: int = Field(8, gt=0, description="Tasks carried by one Dagster run")
     worker_concurrency: int = Field(
@@ -146,6 +187,16 @@ class Settings(BaseSettings):
     hot_max_reorg_depth: int = Field(
         1024, gt=0, description="Hot path: deepest reorg the block follower repairs before failing"
     )
+    integrity_interval_seconds: int = Field(
+        3600,
+        ge=30,
+        description="Integrity: seconds between scheduled integrity checks (the trace_integrity sensor)",
+    )
+    integrity_ranges_per_tick: int = Field(
+        20,
+        gt=0,
+        description="Integrity: committed ranges one scheduled check verifies (round robin over streams)",
+    )
     hot_compact_range_size: int = Field(
         1000,
         gt=0,
@@ -171,6 +222,34 @@ class Settings(BaseSettings):
     )
     query_memory_limit: str = Field("2GB", description="DuckDB memory_limit per query")
     query_threads: int = Field(2, gt=0, description="DuckDB threads per query")
+    query_workers: int = Field(
+        4,
+        ge=0,
+        description="DuckDB worker processes of the Query Service (started with it; one query each at a time; a crashed one is replaced); 0 runs DuckDB inside the service, without isolation",
+    )
+    query_worker_address_space_bytes: int = Field(
+        4 * 1024**3,
+        ge=0,
+        description="Address-space limit (RLIMIT_AS) of each query worker; allocations past it fail as out of memory (HTTP 413). Keep above query_memory_limit + ~1.5 GB of mappings; 0 = unlimited",
+    )
+    query_cpu_seconds: int = Field(
+        120,
+        ge=0,
+        description="CPU time (all threads) one query may use (RLIMIT_CPU); past it its worker is killed and the query gets HTTP 408 cpu_limit; 0 = unlimited",
+    )
+    query_worker_stack_bytes: int = Field(
+        8 * 1024**2,
+        ge=0,
+        description="Stack limit (RLIMIT_STACK) of each query worker's query thread; recursion past it kills only that worker (HTTP 500 engine_crashed); 0 = inherited",
+    )
+    query_max_sql_bytes: int = Field(
+        100 * 1024, gt=0, description="Largest SQL text accepted, checked before parsing (HTTP 413)"
+    )
+    query_max_nesting_depth: int = Field(
+        100,
+        gt=0,
+        description="Deepest nesting of brackets and CASE in a query, checked before parsing (HTTP 400 sql_too_deep)",
+    )
     query_inline_max_rows: int = Field(
         10_000,
         gt=0,
@@ -195,6 +274,10 @@ class Settings(BaseSettings):
     jwt_key_file: Path | None = Field(
         None,
         description="JSON file of JWT signing keys {kid: secret}; default $TRACE_HOME/keys.json, created on first use",
+    )
+    jwt_keys: SecretStr | None = Field(
+        None,
+        description="JWT signing keys as JSON {kid: secret}, used instead of the key file (hosts that share tokens, e.g. from a secrets manager); never generated",
     )
     jwt_kid: str = Field(
         "k1", description="Key id that signs new tokens (generated into the key file if missing)"
@@ -254,7 +337,40 @@ def rpc_pool_env_var(pool: str) -> str:
 
 
 def rpc_pool_url(pool: str, environ: Mapping[str, str] | None = None) -> str | None:
-    """The RPC URL for a pool, or None when unset. The URL is a secret: never log it."""
+    """The pool's first RPC URL, or None when it has none. URLs are secrets: never log them."""
+    urls = rpc_pool_urls(pool, environ)
+    return urls[0] if urls else None
+
+
+def rpc_pool_urls(pool: str, environ: Mapping[str, str] | None = None) -> list[str]:
+    """Every endpoint of a pool in preference order: ``TRACE_RPC_POOL_<POOL>_URL`` first, then
+    the comma-separated ``TRACE_RPC_POOL_<POOL>_URLS`` (duplicates dropped)."""
     env = os.environ if environ is None else environ
-    value = env.get(rpc_pool_env_var(pool), "").strip()
-    return value or None
+    base = rpc_pool_env_var(pool)
+    values = [env.get(base, "")] + env.get(base + "S", "").split(",")
+    urls: list[str] = []
+    for value in values:
+        url = value.strip()
+        if url and url not in urls:
+            urls.append(url)
+    return urls
+
+
+def rpc_pool_rps(pool: str, environ: Mapping[str, str] | None = None) -> list[float] | None:
+    """``TRACE_RPC_POOL_<POOL>_ENDPOINT_RPS``: one rate limit (requests/s) for every endpoint, or a
+    comma list matched to the endpoints in order (the last applies to the rest). None: unset.
+
+    Raises ``ConfigError`` naming the variable for a value that is not a number >= 0.
+    """
+    env = os.environ if environ is None else environ
+    name = rpc_pool_env_var(pool).removesuffix("_URL") + "_ENDPOINT_RPS"
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        rates = [float(part) for part in raw.split(",")]
+    except ValueError:
+        raise ConfigError("must be a number or a comma list of numbers", field=name) from None
+    if any(r < 0 for r in rates):
+        raise ConfigError("must not be negative", field=name)
+    return rates

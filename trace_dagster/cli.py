@@ -67,7 +67,8 @@ def run(until_idle: bool, timeout: float) -> None:
             instance,
             timeout=timeout,
             on_tick=lambda r: console.print(
-                f"tick {r.ticks}: runs={r.runs} failed_runs={r.failed_runs} planned={r.planned}",
+                f"tick {r.ticks}: runs={r.runs} failed_runs={r.failed_runs} planned={r.planned}"
+                + (f" failed_ticks={r.failed_ticks}" if r.failed_ticks else ""),
                 highlight=False,
             ),
         )

@@ -13,6 +13,7 @@ from trace_dagster.hot import (
     hot_follower_job,
     hot_follower_sensor,
 )
+from trace_dagster.integrity import integrity_job, integrity_sensor, stream_integrity_checks
 from trace_dagster.jobs import trace_worker
 from trace_dagster.partitions import stream_assets
 from trace_dagster.resources import TraceResource
@@ -25,7 +26,15 @@ def build_definitions(runtime: Runtime | None = None) -> Definitions:
     rt = runtime or Runtime(load_settings())
     return Definitions(
         assets=[*stream_assets(rt), alert_events_spec],
-        jobs=[trace_worker, hot_follower_job, hot_compactor_job, sink_job, alert_delivery_job],
+        jobs=[
+            trace_worker,
+            hot_follower_job,
+            hot_compactor_job,
+            sink_job,
+            alert_delivery_job,
+            integrity_job,
+        ],
+        asset_checks=stream_integrity_checks(rt),
         sensors=[
             dispatcher_sensor,
             worker_sensor,
@@ -33,6 +42,7 @@ def build_definitions(runtime: Runtime | None = None) -> Definitions:
             hot_follower_sensor,
             hot_compactor_sensor,
             alert_delivery_sensor,
+            integrity_sensor(),
         ],
         resources={"trace": TraceResource()},
     )

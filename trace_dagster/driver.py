@@ -8,10 +8,12 @@ storage exactly as they do under ``dagster dev``.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import psycopg
 from dagster import (
     DagsterInstance,
     Definitions,
@@ -21,10 +23,13 @@ from dagster import (
     build_sensor_context,
 )
 
+from trace_core.errors import TraceError
 from trace_core.queue.base import BUFFER_QUEUE
 from trace_core.runtime import Runtime
 from trace_dagster.sensors import RUN_KEY_TAG
 from trace_dagster.service_runs import KIND_TAG, one_step
+
+log = logging.getLogger(__name__)
 
 DISPATCHER_SENSOR = "trace_dispatcher"
 # Queues whose messages are work the driver must see consumed before it reports idle
@@ -41,6 +46,7 @@ class DriveReport:
     idle: bool = False
     timed_out: bool = False
     dead_tasks: int = 0
+    failed_ticks: int = 0
     run_ids: list[str] = field(default_factory=list)
 
 
@@ -73,6 +79,8 @@ def _apply_partitions(instance: DagsterInstance, result: SensorResult | SkipReas
         if name and keys:
             instance.add_dynamic_partitions(name, keys)
             added += len(keys)
+    for event in result.asset_events or []:  # e.g. the integrity sensor's check evaluations
+        instance.report_runless_asset_event(event)
     return added
 
 
@@ -117,7 +125,12 @@ def drive_until_idle(
     on_tick: Callable[[DriveReport], None] | None = None,
 ) -> DriveReport:
     """Tick every sensor (the dispatcher first) and execute the runs they request, until
-    nothing is queued or running."""
+    nothing is queued or running.
+
+    Like the daemon, a sensor that raises (Postgres restarting, the queue down) fails only its
+    tick (``failed_ticks``) and is evaluated again on the next; a run that fails is counted in
+    ``failed_runs`` (Trace retries its tasks).
+    """
     report = DriveReport()
     names = [s.name for s in defs.get_repository_def().sensor_defs]
     names.sort(key=lambda n: (n != DISPATCHER_SENSOR, n))
@@ -127,7 +140,12 @@ def drive_until_idle(
         report.ticks += 1
         requests: list[tuple[str, RunRequest]] = []
         for name in names:
-            result = _evaluate(defs, instance, name, cursors)
+            try:
+                result = _evaluate(defs, instance, name, cursors)
+            except Exception as exc:  # noqa: BLE001 - as the daemon does: a failed tick, retried
+                report.failed_ticks += 1
+                log.warning("sensor %s failed this tick: %s: %s", name, type(exc).__name__, exc)
+                continue
             report.planned += _apply_partitions(instance, result)
             if isinstance(result, SensorResult):
                 job_name = _job_name(defs, name)
@@ -150,7 +168,11 @@ def drive_until_idle(
                 report.failed_runs += 1
         if on_tick:
             on_tick(report)
-        active, pending, dead = active_work(rt)
+        try:
+            active, pending, dead = active_work(rt)
+        except (TraceError, psycopg.Error) as exc:  # state unreachable (a restart): not idle
+            log.warning("state unreachable: %s: %s", type(exc).__name__, exc)
+            active, pending, dead = 1, 0, report.dead_tasks
         report.dead_tasks = dead
         if not requests and active == 0 and pending == 0:
             report.idle = True

@@ -53,6 +53,8 @@ KEEPER_INTERVAL_SECONDS = 5
 # Runs not yet holding the lease: queued or starting, or started so recently that the op may
 # not have taken the lease yet.
 _STARTING = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING]
+# Runs that have not ended.
+IN_PROGRESS = [*_STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
 
 
 @dataclass(frozen=True)

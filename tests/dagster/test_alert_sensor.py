@@ -10,12 +10,12 @@ from dagster import (
     build_sensor_context,
 )
 
+from tests.dagster.conftest import run_one_step
 from tests.integration.test_alerts_delivery import add_event, deliveries, setup_alert
 from trace_core.runtime import Runtime
 from trace_dagster.alerts import ALERT_EVENTS_KEY, alert_delivery_job, alert_delivery_sensor
 from trace_dagster.definitions import build_definitions
 from trace_dagster.resources import TraceResource
-from trace_dagster.service_runs import one_step
 
 
 def _tick(instance: DagsterInstance) -> SensorResult | SkipReason:
@@ -29,13 +29,7 @@ def _deliver(instance: DagsterInstance, result: SensorResult | SkipReason) -> No
     """Run the requested alert delivery run for one step, as the driver does."""
     assert isinstance(result, SensorResult)
     (request,) = result.run_requests
-    run = alert_delivery_job.execute_in_process(
-        run_config=one_step(request.run_config),
-        instance=instance,
-        tags=dict(request.tags),
-        resources={"trace": TraceResource()},
-    )
-    assert run.success
+    run_one_step(alert_delivery_job, request, instance)
 
 
 def test_delivery_run_delivers_and_is_observed(

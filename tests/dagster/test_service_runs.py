@@ -20,6 +20,7 @@ from dagster import (
     build_sensor_context,
 )
 
+from tests.dagster.conftest import run_one_step
 from tests.dagster.test_hot_sensors import CHAIN_ID, apply, hot_cursor, job_yaml
 from tests.dagster.test_sink_sensor import _publish
 from trace_core import services
@@ -28,7 +29,7 @@ from trace_core.runtime import Runtime
 from trace_core.settings import load_settings
 from trace_dagster.hot import FOLLOWER, hot_follower_job, hot_follower_sensor
 from trace_dagster.resources import TraceResource
-from trace_dagster.service_runs import ServiceSpec, StepReport, keeper_result, one_step, serve
+from trace_dagster.service_runs import ServiceSpec, StepReport, keeper_result, serve
 from trace_dagster.sinks import SINK
 
 LOG = logging.getLogger("test_service_runs")
@@ -118,13 +119,8 @@ def test_follower_sensor_launches_a_run_that_follows_the_chain(
             result = hot_follower_sensor(ctx)
         assert isinstance(result, SensorResult)
         (request,) = result.run_requests
-        run = hot_follower_job.execute_in_process(
-            run_config=one_step(request.run_config),
-            instance=dagster_instance,
-            tags=dict(request.tags),
-            resources={"trace": TraceResource()},
-        )
-        assert run.success and hot_cursor(trace_env) is not None
+        run_one_step(hot_follower_job, request, dagster_instance)
+        assert hot_cursor(trace_env) is not None
         (record,) = dagster_instance.get_runs(RunsFilter(job_name=FOLLOWER.job_name))
         assert record.status == DagsterRunStatus.SUCCESS
         assert record.tags["trace/kind"] == "service"

@@ -8,6 +8,7 @@ from typing import Any
 
 from dagster import DagsterInstance, SensorResult, SkipReason, build_sensor_context
 
+from tests.dagster.conftest import run_one_step
 from trace_core import outbox
 from trace_core.queue.base import BUFFER_QUEUE
 from trace_core.runtime import Runtime
@@ -16,7 +17,6 @@ from trace_core.tasks import claim, complete_success, create_task
 from trace_dagster.definitions import build_definitions
 from trace_dagster.driver import drive_until_idle
 from trace_dagster.resources import TraceResource
-from trace_dagster.service_runs import one_step
 from trace_dagster.sinks import sink_job, sink_sensor
 
 
@@ -73,13 +73,7 @@ def test_sink_sensor_starts_a_sink_run_that_writes_the_buffer(
     assert request.tags["trace/kind"] == "service" and request.tags["trace/service"] == "sink"
     assert _keys(trace_env) == []  # the tick itself writes nothing
 
-    run = sink_job.execute_in_process(
-        run_config=one_step(request.run_config),
-        instance=dagster_instance,
-        tags=dict(request.tags),
-        resources={"trace": TraceResource()},
-    )
-    assert run.success
+    run_one_step(sink_job, request, dagster_instance)
     assert _keys(trace_env) == ["a", "b", "c"]
     assert trace_env.queue.stats(BUFFER_QUEUE).depth == 0
     assert isinstance(_tick(dagster_instance), SkipReason)  # drained: no more runs

@@ -49,6 +49,7 @@ def test_definitions_load(trace_env: Runtime) -> None:
         "trace_hot_follower",
         "trace_hot_compactor",
         "trace_alert_delivery",
+        "trace_integrity",
     }
 
 

@@ -10,6 +10,8 @@ from trace_core.query.gate import (
     ALLOWED_FUNCTIONS,
     MAX_LITERAL_BYTES,
     MAX_SQL_BYTES,
+    check_limits,
+    nesting_depth,
     sql_fingerprint,
     validate_sql,
 )
@@ -292,3 +294,37 @@ def test_allowlisted_functions_exist_and_exclude_introspection() -> None:
     assert ALLOWED_FUNCTIONS & table_functions <= {"range", "generate_series", "unnest", "repeat"}
     for name in ("current_setting", "getvariable", "getenv", "json_serialize_plan", "nextval"):
         assert name not in ALLOWED_FUNCTIONS
+
+
+def test_nesting_depth_counts_brackets_and_case_outside_literals_and_comments() -> None:
+    assert nesting_depth("SELECT 1") == 0
+    assert nesting_depth("SELECT ((1)), [[[1]]], {'a': (1)}") == 3
+    assert nesting_depth("SELECT CASE WHEN a THEN (CASE WHEN b THEN 1 END) END FROM t") == 3
+    assert nesting_depth("SELECT '((((', \"x((((\", $$((($$ -- ((((\n /* (( /* (( */ */") == 0
+    assert nesting_depth("SELECT casey, endx FROM t") == 0
+    assert nesting_depth("SELECT ))) (1)") == 1  # stray closers never go negative
+
+
+def test_nesting_and_size_caps_run_before_parsing() -> None:
+    deep = "SELECT " + "(" * 11 + "1" + ")" * 11
+    with pytest.raises(SqlRejected) as info:
+        validate_sql(deep, ALLOWED, max_depth=10)
+    assert (info.value.code, info.value.message) == (
+        "sql_too_deep",
+        "SQL nests deeper than 10 levels",
+    )
+    validate_sql(deep, ALLOWED, max_depth=11)
+    with pytest.raises(SqlRejected) as info:
+        check_limits("SELECT 1" + " " * 100, max_bytes=100)
+    assert info.value.code == "sql_too_large"
+
+
+def test_a_parse_tree_too_deep_to_walk_is_refused_not_crashed() -> None:
+    """Past the nesting cap, a tree deeper than Python's JSON decoder recurses is refused."""
+    nested = "SELECT " + "(SELECT " * 300 + "1" + ")" * 300
+    with pytest.raises(SqlRejected) as info:
+        validate_sql(nested, ALLOWED, max_depth=10_000)
+    assert info.value.code == "sql_too_deep"
+    with pytest.raises(SqlRejected) as info:
+        validate_sql(nested, ALLOWED)
+    assert info.value.code == "sql_too_deep"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -20,9 +20,9 @@ from typing import Any
 from psycopg import Connection
 
 from trace_core.db.queries import q
-from trace_core.errors import RpcError
-from trace_core.rpc import RpcClient
-from trace_core.settings import rpc_pool_env_var, rpc_pool_url
+from trace_core.errors import ChainMismatch, RpcError
+from trace_core.rpcpool import RpcPool
+from trace_core.settings import rpc_pool_env_var, rpc_pool_urls
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,8 @@ MISSING_RPC_URL = "MissingRpcUrl"
 RPC_UNAVAILABLE = "RpcUnavailable"
 CHAIN_ID_MISMATCH = "ChainIdMismatch"
 
-UrlResolver = Callable[[str], str | None]
+# a pool name -> its endpoint URLs (or one URL, or None when it has none)
+UrlResolver = Callable[[str], str | Sequence[str] | None]
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ def observe_heads(
     conn: Connection[Any],
     org_id: str | uuid.UUID,
     *,
-    rpc_url_resolver: UrlResolver = rpc_pool_url,
+    rpc_url_resolver: UrlResolver = rpc_pool_urls,
     timeout: float = RPC_TIMEOUT_SECONDS,
 ) -> list[HeadPoll]:
     """Poll every due ``(chain, pool)`` once and record the result; returns the polls made.
@@ -97,20 +98,22 @@ def observe_heads(
     return polls
 
 
-def _poll(chain_id: int, pool: str, url: str | None, timeout: float) -> HeadPoll:
-    if url is None:
+def _poll(chain_id: int, pool: str, urls: str | Sequence[str] | None, timeout: float) -> HeadPoll:
+    """Poll every endpoint of the pool; the head is the best among those serving the chain
+    (a stale or wrong-chain endpoint is logged by ``RpcPool.check`` and left out)."""
+    listed = [urls] if isinstance(urls, str) else list(urls or [])
+    if not listed:
         return HeadPoll(
             chain_id, pool, None, MISSING_RPC_URL, f"{rpc_pool_env_var(pool)} is not set"
         )
     try:
-        with RpcClient(url, label=pool, timeout=timeout) as rpc:
-            served = rpc.chain_id()
-            if served != chain_id:
-                message = f"pool {pool} serves chain {served}, not {chain_id}"
-                return HeadPoll(chain_id, pool, None, CHAIN_ID_MISMATCH, message)
-            head = rpc.block_number()
+        with RpcPool.from_urls(pool, listed, timeout=timeout, max_attempts=1) as rpc:
+            _usable, checks = rpc.check(chain_id)
+    except ChainMismatch as exc:
+        return HeadPoll(chain_id, pool, None, CHAIN_ID_MISMATCH, exc.message)
     except RpcError as exc:
         return HeadPoll(chain_id, pool, None, RPC_UNAVAILABLE, exc.message)
+    head = max(c.head for c in checks if c.problem is None and c.head is not None)
     return HeadPoll(chain_id, pool, head)
 
 

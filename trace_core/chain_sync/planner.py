@@ -24,6 +24,7 @@ from typing import Any
 from psycopg import Connection
 from psycopg.rows import dict_row
 
+from trace_core.chain_sync import capabilities
 from trace_core.db.queries import q
 from trace_core.errors import DatasetConflict, InvalidPayload, UnknownTask
 from trace_core.tasks.lifecycle import Lease, create_task
@@ -40,7 +41,8 @@ ERROR_MESSAGE_LIMIT = 1024
 MISSING_HEAD = "MissingHeadObservation"
 STALE_HEAD = "StaleHeadObservation"
 DEAD_RANGES = "DeadRanges"
-PLANNER_ERROR_KINDS = (MISSING_HEAD, STALE_HEAD, DEAD_RANGES)
+MISSING_RPC_METHOD = capabilities.MISSING_RPC_METHOD
+PLANNER_ERROR_KINDS = (MISSING_HEAD, STALE_HEAD, DEAD_RANGES, MISSING_RPC_METHOD)
 
 
 def range_task_id(job_id: uuid.UUID | str, dataset_key: str, start: int, end: int) -> uuid.UUID:
@@ -258,6 +260,14 @@ def plan_stream(
                 blocked_message=elig.blocked_message,
                 **base,
             )
+        lacking = _lacking_capability(cur, job, stream)
+        if lacking is not None:
+            return StreamPlan(
+                next_block=cursor,
+                blocked_kind=MISSING_RPC_METHOD,
+                blocked_message=lacking,
+                **base,
+            )
         if counts["dead"]:
             return StreamPlan(
                 next_block=cursor,
@@ -292,6 +302,20 @@ def plan_stream(
             },
         )
     return StreamPlan(next_block=cursor, planned=done, **{**base, "inflight": inflight + len(done)})
+
+
+def _lacking_capability(cur: Any, job: dict[str, Any], stream: dict[str, Any]) -> str | None:
+    """Why the stream's pool cannot serve its dataset, per the last capability probe."""
+    if not capabilities.DATASET_NEEDS.get(stream["cryo_dataset_name"]):
+        return None
+    rows = cur.execute(
+        q("rpc_capabilities", "missing_for_pool"),
+        {"org_id": job["org_id"], "chain_id": job["chain_id"], "rpc_pool": stream["rpc_pool"]},
+    ).fetchall()
+    missing = {row["capability"]: row["detail"] for row in rows}
+    return capabilities.blocked_reason(
+        stream["cryo_dataset_name"], stream["rpc_pool"], job["chain_id"], missing
+    )
 
 
 def task_payload(

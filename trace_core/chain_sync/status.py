@@ -6,9 +6,11 @@ lease), ``retrying`` (among those, waiting to run again after a failed attempt),
 and ``dead``. Throughput is blocks of ranges completed in the last ``window_seconds`` divided by
 the time since the earliest of them was planned (at most the window). Every time is the
 database's ``now()``. Blocked reasons name the missing ``TRACE_RPC_POOL_<POOL>_URL`` variable,
-never a URL. Each stream lists its dead ranges (``dead_ranges``: range, task, last error,
-attempts, when it died; the first ``DEAD_RANGES_SHOWN`` by block) until they are revived with
-``trace-lite retry``. A job with a ``hot:`` block also reports its follower (``hot``: cursor, observed
+never a URL, and the RPC methods/tracers a stream's dataset needs that the capability probe
+found missing from its pool (``MissingRpcMethod``). Each stream lists its dead ranges
+(``dead_ranges``: range, task, last error, attempts, when it died; the first
+``DEAD_RANGES_SHOWN`` by block) until they are revived with ``trace-lite retry``. A job with a
+``hot:`` block also reports its follower (``hot``: cursor, observed
 head, lag, where it starts, and why it is not following); ``hot_blocked`` is the rule the
 ``trace_hot_follower`` sensor applies too.
 """
@@ -25,7 +27,7 @@ from typing import Any
 from psycopg import Connection
 from psycopg.rows import dict_row
 
-from trace_core.chain_sync import store
+from trace_core.chain_sync import capabilities, store
 from trace_core.chain_sync.head import MISSING_RPC_URL
 from trace_core.chain_sync.planner import DEAD_RANGES, MISSING_HEAD, eligible_end
 from trace_core.chain_sync.retry import DeadRange, dead_ranges
@@ -198,6 +200,7 @@ def collect_status(
     """Like ``job_status`` but as dataclasses."""
     jobs = [store.get_job(conn, org_id, job)] if job is not None else store.list_jobs(conn, org_id)
     hot = {h.job_id: hot_status(h, environ) for h in store.list_hot_jobs(conn, org_id, job)}
+    missing = capabilities.missing_capabilities(conn, org_id)
     out: list[JobStatus] = []
     with conn.cursor(row_factory=dict_row) as cur:
         for j in jobs:
@@ -206,7 +209,16 @@ def collect_status(
                 {"job_id": j.job_id, "window_seconds": float(window_seconds)},
             ).fetchall()
             dead = dead_ranges(conn, j.job_id) if any(r["dead"] for r in rows) else {}
-            streams = [_stream_status(j, r, environ, dead.get(r["dataset_key"], [])) for r in rows]
+            streams = [
+                _stream_status(
+                    j,
+                    r,
+                    environ,
+                    dead.get(r["dataset_key"], []),
+                    missing.get((j.chain_id, r["rpc_pool"])),
+                )
+                for r in rows
+            ]
             out.append(_job_status(j, streams, hot.get(j.job_id)))
     return out
 
@@ -247,6 +259,7 @@ def _stream_status(
     r: dict[str, Any],
     environ: Mapping[str, str] | None,
     dead: list[DeadRange] | None = None,
+    missing: Mapping[str, str | None] | None = None,
 ) -> StreamStatus:
     fixed = j.mode == "fixed_target"
     pool = r["rpc_pool"]
@@ -273,7 +286,11 @@ def _stream_status(
     inflight = int(r["scheduled"]) + int(r["running"])
     done = fixed and r["next_block"] >= (j.to_block or 0) and inflight == 0 and r["dead"] == 0
     dead = dead or []
-    blocked = [] if done else _blocked(j, r, elig.blocked_kind, elig.blocked_message, environ, dead)
+    blocked = (
+        []
+        if done
+        else _blocked(j, r, elig.blocked_kind, elig.blocked_message, environ, dead, missing)
+    )
     return StreamStatus(
         dataset_key=r["dataset_key"],
         cryo_dataset_name=r["cryo_dataset_name"],
@@ -316,6 +333,7 @@ def _blocked(
     head_message: str | None,
     environ: Mapping[str, str] | None,
     dead: list[DeadRange],
+    missing: Mapping[str, str | None] | None = None,
 ) -> list[Blocked]:
     reasons: list[Blocked] = []
     if not j.enabled:
@@ -323,6 +341,11 @@ def _blocked(
     env = rpc_pool_env_var(r["rpc_pool"])
     if rpc_pool_url(r["rpc_pool"], environ) is None:
         reasons.append(Blocked(MISSING_RPC_URL, f"{env} is not set"))
+    lacking = capabilities.blocked_reason(
+        r["cryo_dataset_name"], r["rpc_pool"], j.chain_id, missing
+    )
+    if lacking is not None:
+        reasons.append(Blocked(capabilities.MISSING_RPC_METHOD, lacking))
     if head_kind is not None and head_message is not None:
         reasons.append(Blocked(head_kind, head_message))
     observer_kind = r["head_error_kind"]

@@ -42,6 +42,7 @@ from trace_core.hot.tables import (
     write_blocks,
 )
 from trace_core.rpc import RpcClient
+from trace_core.rpcpool import RpcPool
 from trace_core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -82,8 +83,16 @@ class RpcBlockSource:
     ``eth_getTransactionReceipt`` per transaction. The URL never appears in errors.
     """
 
-    def __init__(self, url: str, *, label: str = "block_follower", timeout: float = 10.0) -> None:
-        self.rpc = RpcClient(url, label=label, timeout=timeout)
+    def __init__(
+        self, url: str | Sequence[str], *, label: str = "block_follower", timeout: float = 10.0
+    ) -> None:
+        urls = [url] if isinstance(url, str) else list(url)
+        # several URLs: a pool that fails over between them (trace_core.rpcpool)
+        self.rpc: RpcClient | RpcPool = (
+            RpcClient(urls[0], label=label, timeout=timeout)
+            if len(urls) == 1
+            else RpcPool.from_urls(label, urls, timeout=timeout)
+        )
         self._has_block_receipts = True
 
     def chain_id(self) -> int:
@@ -424,7 +433,7 @@ def follow_once(
     settings: Settings,
     dbs: Databases,
     chain_id: int,
-    rpc_url: str | None,
+    rpc_url: str | Sequence[str] | None,
     max_blocks: int = 100,
     *,
     start_block: int | None = None,
@@ -445,7 +454,7 @@ def follow_once(
     if source is None and not rpc_url:
         raise ValueError("follow_once needs rpc_url or source")
     own_source = source is None
-    src: BlockSource = source if source is not None else RpcBlockSource(str(rpc_url))
+    src: BlockSource = source if source is not None else RpcBlockSource(rpc_url or [])
     try:
         with (
             connect(dbs.state_url, autocommit=True) as state,

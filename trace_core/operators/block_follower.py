@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from trace_core.errors import ConfigError, InvalidPayload
 from trace_core.hot.follower import FollowResult, follow_once
-from trace_core.settings import rpc_pool_env_var, rpc_pool_url
+from trace_core.settings import rpc_pool_env_var, rpc_pool_urls
 
 if TYPE_CHECKING:
     from trace_core.runtime import Runtime
@@ -34,14 +34,15 @@ def follow_pool(
     batch_size: int | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> FollowResult:
-    """``follow_once`` against the pool's URL. Raises ``ConfigError`` when the pool is unset."""
-    url = rpc_pool_url(rpc_pool, environ)
-    if url is None:
+    """``follow_once`` against the pool's URLs (failing over between them). Raises
+    ``ConfigError`` when the pool is unset."""
+    urls = rpc_pool_urls(rpc_pool, environ)
+    if not urls:
         raise ConfigError(f"rpc pool {rpc_pool!r} has no URL", field=rpc_pool_env_var(rpc_pool))
     kwargs: dict[str, Any] = {"start_block": start_block}
     if batch_size is not None:
         kwargs["batch_size"] = batch_size
-    return follow_once(rt.settings, rt.dbs, chain_id, url, max_blocks, **kwargs)
+    return follow_once(rt.settings, rt.dbs, chain_id, urls, max_blocks, **kwargs)
 
 
 def _int(payload: Mapping[str, Any], name: str, *, default: int | None, minimum: int) -> int | None:

@@ -12,8 +12,6 @@ StaleAttempt (nothing committed).
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import logging
 import re
 import shutil
@@ -40,16 +38,16 @@ from trace_core.datasets.commit import (
 from trace_core.errors import (
     ArtifactCapExceeded,
     ArtifactInvalid,
-    ChainMismatch,
     ConfigError,
     CoverageError,
-    CryoFailed,
     InvalidPayload,
     UnknownCryoDataset,
 )
 from trace_core.operators.cryo_fake import extract_fake
-from trace_core.rpc import RpcClient
+from trace_core.operators.cryo_real import extract_real
+from trace_core.rpc import JsonRpc
 from trace_core.rpc_limits import PoolLimits, extraction_slot, pool_limits
+from trace_core.rpcpool import RpcPool
 from trace_core.settings import Settings, rpc_pool_env_var, rpc_pool_url
 from trace_core.storage.base import ObjectStore
 from trace_core.tasks.keepalive import LeaseHeartbeat, StateConnect, lease_heartbeat
@@ -234,19 +232,13 @@ def choose_mode(
 # --- extraction ----------------------------------------------------------------------------
 
 
-def freeze(dataset: str, **kwargs: Any) -> dict[str, Any] | None:
-    """``cryo.freeze`` without its leak: run ``cryo.async_freeze`` on a private event loop in
-    a private thread (safe inside a caller's running loop) and close the loop afterwards.
-
-    ``cryo.freeze`` leaves one unclosed event loop (and its socket pair) per call.
-    """
-    import cryo
-
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="cryo") as pool:
-        result: dict[str, Any] | None = pool.submit(
-            asyncio.run, cryo.async_freeze(dataset, **kwargs)
-        ).result()
-    return result
+def open_pool(
+    p: CryoIngestPayload, settings: Settings, environ: Mapping[str, str] | None
+) -> RpcPool:
+    """The task's RPC pool from the environment. Raises ``ConfigError`` naming the variable."""
+    if p.rpc_pool is None:
+        raise ConfigError("real cryo mode needs the payload's rpc_pool", field="rpc_pool")
+    return RpcPool.from_env(p.rpc_pool, settings, environ)
 
 
 def cryo_kwargs(p: CryoIngestPayload, rate_share: float | None) -> dict[str, Any]:
@@ -257,47 +249,6 @@ def cryo_kwargs(p: CryoIngestPayload, rate_share: float | None) -> dict[str, Any
         own = options.get("requests_per_second")
         options["requests_per_second"] = share if own is None else min(int(own), share)
     return options
-
-
-def extract_real(
-    p: CryoIngestPayload,
-    url: str,
-    out_dir: Path,
-    settings: Settings,
-    rate_share: float | None = None,
-) -> None:
-    """Probe the RPC, then ``cryo.freeze`` the range into ``out_dir`` (at most
-    ``rate_share`` requests per second: this extraction's share of its pool's rate).
-
-    Raises ``RpcError`` (unreachable), ``ChainMismatch``, ``CoverageError`` (range past the
-    head) or ``CryoFailed`` (cryo raised or reported errored chunks).
-    """
-    label = f"pool {p.rpc_pool}"
-    with RpcClient(url, label=label, timeout=settings.rpc_timeout_seconds) as rpc:
-        served = rpc.chain_id()
-        if served != p.chain_id:
-            raise ChainMismatch(f"{label} serves chain {served}, the task wants chain {p.chain_id}")
-        head = rpc.block_number()
-    if p.range_end - 1 > head:
-        raise CoverageError(
-            f"range [{p.range_start}, {p.range_end}) ends past the head {head} of {label}"
-        )
-    try:
-        summary = freeze(
-            p.cryo_dataset_name,
-            blocks=[f"{p.range_start}:{p.range_end}"],
-            rpc=url,
-            output_dir=str(out_dir),
-            verbose=False,  # cryo's parse_cli_args turns verbose into no_verbose
-            **cryo_kwargs(p, rate_share),
-        )
-    except Exception as exc:  # the binding raises a bare TypeError('failed'); never the URL
-        raise CryoFailed(
-            f"cryo {p.cryo_dataset_name} failed on {label}: {type(exc).__name__}"
-        ) from exc
-    errored = int((summary or {}).get("n_errored", 0))
-    if errored:
-        raise CryoFailed(f"cryo {p.cryo_dataset_name} reported {errored} errored chunks on {label}")
 
 
 # --- verification --------------------------------------------------------------------------
@@ -388,10 +339,10 @@ def check_coverage(p: CryoIngestPayload, files: list[Path]) -> int:
     return rows
 
 
-def check_log_receipts(p: CryoIngestPayload, url: str, rows: int, settings: Settings) -> None:
-    """Compare a logs range's row count with receipts; a mismatch is a ``CoverageError``."""
-    with RpcClient(url, label=f"pool {p.rpc_pool}", timeout=settings.rpc_timeout_seconds) as rpc:
-        expected = rpc.log_count(p.range_start, p.range_end)
+def check_log_receipts(p: CryoIngestPayload, rpc: JsonRpc, rows: int) -> None:
+    """Compare a logs range's row count with receipts (``eth_getBlockReceipts``): a node can
+    answer ``eth_getLogs`` without some logs. A mismatch is a ``CoverageError`` (retryable)."""
+    expected = rpc.log_count(p.range_start, p.range_end)
     if rows != expected:
         raise CoverageError(
             f"logs output has {rows} rows, receipts of [{p.range_start}, {p.range_end}) hold {expected}"
@@ -441,7 +392,7 @@ def extract_and_stage(
     """
     timings = {} if timings is None else timings
     p = CryoIngestPayload.parse(lease.payload, org_id=org_id or settings.org_id)
-    mode, url = choose_mode(settings, p.rpc_pool, environ)
+    mode, _url = choose_mode(settings, p.rpc_pool, environ)
     out_dir = attempt_staging_dir(settings, lease)
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -459,26 +410,29 @@ def extract_and_stage(
     with hb.running() if heartbeat else nullcontext(hb):
         checkpoint = check or hb.check
         t0 = time.perf_counter()
-        if mode == "real":
-            assert url is not None
-            limits = pool_limits(p.rpc_pool, environ) if p.rpc_pool else PoolLimits()
-            slot: AbstractContextManager[int | None] = (
-                extraction_slot(state, p.rpc_pool, lease, limits, check=checkpoint)
-                if state is not None and p.rpc_pool
-                else nullcontext(None)
-            )
-            with slot:
-                extract_real(p, url, out_dir, settings, limits.share_per_extraction)
-        else:
-            extract_fake(p, out_dir)
-        checkpoint()
-        t1 = time.perf_counter()
-        files = collect_files(out_dir)
-        check_caps(files, settings)
-        rows = check_coverage(p, files)
-        if mode == "real" and p.cryo_dataset_name == "logs" and settings.verify_log_receipts:
-            assert url is not None
-            check_log_receipts(p, url, rows, settings)
+        pool = open_pool(p, settings, environ) if mode == "real" else None
+        try:
+            if pool is not None:
+                limits = pool_limits(p.rpc_pool, environ) if p.rpc_pool else PoolLimits()
+                slot: AbstractContextManager[int | None] = (
+                    extraction_slot(state, p.rpc_pool, lease, limits, check=checkpoint)
+                    if state is not None and p.rpc_pool
+                    else nullcontext(None)
+                )
+                with slot:
+                    extract_real(p, pool, out_dir, settings, limits.share_per_extraction)
+            else:
+                extract_fake(p, out_dir)
+            checkpoint()
+            t1 = time.perf_counter()
+            files = collect_files(out_dir)
+            check_caps(files, settings)
+            rows = check_coverage(p, files)
+            if pool is not None and p.cryo_dataset_name == "logs" and settings.verify_log_receipts:
+                check_log_receipts(p, pool, rows)
+        finally:
+            if pool is not None:
+                pool.close()
         checkpoint()
         t2 = time.perf_counter()
         schema, staged_files = stage_parquet_files(store, lease.task_id, lease.attempt, files)

@@ -4,8 +4,9 @@
 token) take ``{"sql", "datasets"?, "max_rows"?, "job"?}`` and answer
 ``{"columns", "rows", "row_count", "truncated", "export", "query_id"}``. Errors are
 ``{"error": {"code", "message"}}``: 400 rejected or failing SQL, 401 bad token, 403 grant
-missing or stale task attempt, 404 unknown job, 408 timeout, 413 too large, 422 bad manifest,
-503 storage unavailable.
+missing or stale task attempt, 404 unknown job, 408 timeout or CPU limit, 413 too large, 422
+bad manifest, 500 engine crashed (its worker process died; the service keeps serving), 503
+storage unavailable or every engine busy.
 
 Order of checks: token -> (task attempt current in state) -> grants in the registry -> SQL
 gate -> manifests -> sandboxed engine -> export. Every query that got past the grants is
@@ -70,13 +71,14 @@ from trace_core.query.engine import (
     execute,
 )
 from trace_core.query.export import export_result, json_rows
-from trace_core.query.gate import sql_fingerprint, validate_sql
+from trace_core.query.gate import check_limits, sql_fingerprint, validate_sql
 from trace_core.query.tokens import (
     UserClaims,
     issue_user_token,
     verify_task_token,
     verify_user_token,
 )
+from trace_core.query.workers import EngineWorkers, WorkerLimits
 from trace_core.settings import Settings
 from trace_core.storage.base import ObjectStore
 
@@ -100,6 +102,9 @@ _CODE_STATUS = {
     "job_not_found": 404,
     "storage_unavailable": 503,
     "execution_failed": 500,
+    "engine_crashed": 500,
+    "engine_busy": 503,
+    "engine_unavailable": 503,
 }
 
 
@@ -192,15 +197,36 @@ class QueryService:
 
             scoper = ScopedCredentials(settings, s3).for_files
         self.engine = EngineConfig.from_settings(settings, s3, scoper)
-        self.sandboxes = SandboxPool(self.engine)
+        # DuckDB runs in worker processes (a crash or hang costs one query), or in process
+        # with query_workers=0 (no isolation; kept to measure what isolation costs)
+        self.workers: EngineWorkers | None = None
+        self.sandboxes: SandboxPool | None = None
+        if settings.query_workers:
+            self.workers = EngineWorkers(
+                self.engine,
+                size=settings.query_workers,
+                limits=WorkerLimits(
+                    address_space_bytes=settings.query_worker_address_space_bytes,
+                    cpu_seconds=settings.query_cpu_seconds,
+                    stack_bytes=settings.query_worker_stack_bytes,
+                ),
+            )
+        else:
+            self.sandboxes = SandboxPool(self.engine)
 
     def open(self) -> None:
         self.state.open(wait=True)
         self.data.open(wait=True)
-        self.sandboxes.start()
+        if self.workers is not None:
+            self.workers.start()
+        if self.sandboxes is not None:
+            self.sandboxes.start()
 
     def close(self) -> None:
-        self.sandboxes.stop()
+        if self.workers is not None:
+            self.workers.stop()
+        if self.sandboxes is not None:
+            self.sandboxes.stop()
         self.state.close()
         self.data.close()
 
@@ -230,9 +256,14 @@ class QueryService:
         return response
 
     def _run(self, caller: _Caller, request: QueryRequest, run: _Run) -> dict[str, Any]:
+        caps = {
+            "max_bytes": self.settings.query_max_sql_bytes,
+            "max_depth": self.settings.query_max_nesting_depth,
+        }
         if self.gate:
-            relations = validate_sql(request.sql, caller.versions).relations
+            relations = validate_sql(request.sql, caller.versions, **caps).relations
         else:
+            check_limits(request.sql, **caps)
             relations = frozenset(caller.versions)
         run.relations = attach(
             self.store,
@@ -251,9 +282,12 @@ class QueryService:
         workdir = Workdir(self.engine.work_root)
         try:
             run.executed = True
-            result = execute(
-                request.sql, run.relations, self.engine, limits, workdir, self.sandboxes
-            )
+            if self.workers is not None:
+                result = self.workers.execute(request.sql, run.relations, limits, workdir)
+            else:
+                result = execute(
+                    request.sql, run.relations, self.engine, limits, workdir, self.sandboxes
+                )
             run.rows, run.bytes = result.row_count, result.bytes
             export = None
             if result.spool is not None:

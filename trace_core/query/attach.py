@@ -30,7 +30,6 @@ import threading
 import uuid
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -56,12 +55,14 @@ from trace_core.errors import (
     QueryError,
     TooLarge,
 )
-from trace_core.hot.tables import CRYO_COLUMNS, hot_rows_predicate
+from trace_core.hot.tables import CRYO_COLUMNS
+from trace_core.query.relations import ClippedFiles, HotSource, Relation
 from trace_core.query.tokens import TaskClaims, UserClaims
 
 log = logging.getLogger(__name__)
 
 Versions = dict[str, list[VersionRecord]]
+__all__ = ["ClippedFiles", "HotSource", "Relation"]  # defined in relations, used from here too
 
 
 class ObjectReader(Protocol):
@@ -72,55 +73,7 @@ class ObjectReader(Protocol):
     def duckdb_uri(self, key: str) -> str: ...
 
 
-@dataclass(frozen=True)
-class HotSource:
-    """Rows of the Postgres table ``schema.table`` with ``block_number >= min_block`` or inside
-    one of ``gaps`` (end-exclusive ranges below it that no cold version covers), and
-    ``chain_id`` equal, when set. ``url`` is a libpq URL: a secret, kept out of repr/logs."""
-
-    url: str = field(repr=False)
-    table: str
-    min_block: int
-    chain_id: int | None = None
-    gaps: tuple[tuple[int, int], ...] = ()
-
-    def block_predicate(self) -> str:
-        """SQL (Postgres or DuckDB) selecting the rows this source serves; integers only."""
-        return hot_rows_predicate(self.min_block, self.gaps, self.chain_id)
-
-
 HotSourceResolver = Callable[[str, Sequence[VersionRecord]], Sequence[HotSource]]
-
-
-@dataclass(frozen=True)
-class ClippedFiles:
-    """Files of a version that serves only blocks ``[start, end)`` of its range (a newer
-    version serves the rest; ``registry.visible_parts``)."""
-
-    files: tuple[str, ...]
-    start: int
-    end: int
-
-
-@dataclass(frozen=True)
-class Relation:
-    """What one relation name reads: exact file URIs and optional hot sources.
-
-    ``files`` are read whole; ``clipped`` only within their block bounds. ``columns`` (DuckDB
-    ``(name, type)`` pairs) shapes a relation that has no files: its hot rows are cast to it,
-    and with no hot rows it is an empty relation of that shape.
-    """
-
-    name: str
-    files: tuple[str, ...]
-    versions: tuple[VersionRecord, ...]
-    hot: tuple[HotSource, ...] = ()
-    columns: tuple[tuple[str, str], ...] = ()
-    clipped: tuple[ClippedFiles, ...] = ()
-
-    @property
-    def all_files(self) -> tuple[str, ...]:
-        return self.files + tuple(uri for c in self.clipped for uri in c.files)
 
 
 # --- grants -> versions ----------------------------------------------------------------

@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 
 from trace_core.datasets.duckdb_sql import parquet_select, sql_list, sql_literal
 from trace_core.errors import AccessDenied, QueryError, QueryFailed, QueryTimeout, TooLarge
-from trace_core.query.attach import HotSource, Relation
+from trace_core.query.relations import HotSource, Relation
 from trace_core.settings import Settings
 
 log = logging.getLogger(__name__)

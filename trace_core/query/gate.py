@@ -13,7 +13,10 @@ query) and walks the syntax tree with allowlists:
 - no table functions at all (file and URL readers, catalog and secret introspection, ...);
 - every scalar, aggregate and window function is on ``ALLOWED_FUNCTIONS``, unqualified and
   unquoted; every syntax node is of a known kind, prepared-statement parameters are refused;
-- the SQL is at most ``MAX_SQL_BYTES`` and no literal or identifier exceeds ``MAX_LITERAL_BYTES``.
+- the SQL is at most ``MAX_SQL_BYTES`` and its brackets and CASE expressions nest at most
+  ``MAX_NESTING_DEPTH`` deep, both checked before parsing (``check_limits``; the service passes
+  its settings), and no literal or identifier exceeds ``MAX_LITERAL_BYTES``; a parse tree too
+  deep to walk is refused (``sql_too_deep``) rather than failing the service.
 
 Anything the parser cannot handle, or any node the walker does not know, is refused: the gate
 fails closed. It is pure (no I/O besides the private in-memory DuckDB) and never logs SQL.
@@ -34,6 +37,7 @@ import duckdb
 from trace_core.errors import SqlRejected
 
 MAX_SQL_BYTES = 100 * 1024
+MAX_NESTING_DEPTH = 100
 MAX_LITERAL_BYTES = 4096
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -167,21 +171,21 @@ def sql_fingerprint(sql: str) -> str:
     return hashlib.sha256(sql.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def validate_sql(sql: str, allowed_relations: Iterable[str]) -> GateDecision:
+def validate_sql(
+    sql: str,
+    allowed_relations: Iterable[str],
+    *,
+    max_bytes: int = MAX_SQL_BYTES,
+    max_depth: int = MAX_NESTING_DEPTH,
+) -> GateDecision:
     """Accept one read-only query over ``allowed_relations`` (case-insensitive names).
 
-    Raises ``SqlRejected`` (``code`` names the rule; ``sql_too_large`` for oversized SQL).
-    The message may quote an identifier from the query; it never contains the whole SQL.
+    Raises ``SqlRejected`` (``code`` names the rule; ``sql_too_large`` for oversized SQL,
+    ``sql_too_deep`` for nesting past ``max_depth``). The message may quote an identifier from
+    the query; it never contains the whole SQL.
     """
     allowed = frozenset(name.lower() for name in allowed_relations)
-    try:
-        raw = sql.encode("utf-8")
-    except UnicodeEncodeError:
-        raise SqlRejected("sql_invalid_text", "SQL is not valid UTF-8 text") from None
-    if len(raw) > MAX_SQL_BYTES:
-        raise SqlRejected("sql_too_large", f"SQL is larger than {MAX_SQL_BYTES} bytes")
-    if "\x00" in sql:
-        raise SqlRejected("sql_invalid_text", "SQL contains a NUL character")
+    raw = check_limits(sql, max_bytes=max_bytes, max_depth=max_depth)
     tree = _parse(sql)
     statements = tree.get("statements")
     if not isinstance(statements, list) or not statements:
@@ -195,6 +199,57 @@ def validate_sql(sql: str, allowed_relations: Iterable[str]) -> GateDecision:
     relations: set[str] = set()
     _Walker(allowed, relations).walk(statements[0].get("node"), frozenset())
     return GateDecision(sql_fingerprint(sql), frozenset(relations))
+
+
+def check_limits(
+    sql: str, *, max_bytes: int = MAX_SQL_BYTES, max_depth: int = MAX_NESTING_DEPTH
+) -> bytes:
+    """The checks that run before any parser sees ``sql``: valid UTF-8 without NUL, at most
+    ``max_bytes``, brackets and CASE nested at most ``max_depth``. Returns the UTF-8 bytes.
+
+    Raises ``SqlRejected`` (``sql_invalid_text``, ``sql_too_large``, ``sql_too_deep``).
+    """
+    try:
+        raw = sql.encode("utf-8")
+    except UnicodeEncodeError:
+        raise SqlRejected("sql_invalid_text", "SQL is not valid UTF-8 text") from None
+    if len(raw) > max_bytes:
+        raise SqlRejected("sql_too_large", f"SQL is larger than {max_bytes} bytes")
+    if "\x00" in sql:
+        raise SqlRejected("sql_invalid_text", "SQL contains a NUL character")
+    if nesting_depth(sql) > max_depth:
+        raise SqlRejected("sql_too_deep", f"SQL nests deeper than {max_depth} levels")
+    return raw
+
+
+_OPENERS = frozenset(b"([{")
+_CLOSERS = frozenset(b")]}")
+
+
+def nesting_depth(sql: str) -> int:
+    """Deepest nesting of ``( [ {`` and ``CASE ... END``, from DuckDB's tokenizer (a linear
+    scan that skips literals and comments; unlike the parser it does not recurse).
+
+    Raises ``SqlRejected`` (``sql_parse_error``) if the SQL cannot be tokenized.
+    """
+    raw = sql.encode("utf-8", "surrogatepass")
+    depth = deepest = 0
+    for pos, kind in _tokens(sql):
+        if kind == duckdb.token_type.operator:
+            char = raw[pos]
+            if char in _OPENERS:
+                depth += 1
+                deepest = max(deepest, depth)
+            elif char in _CLOSERS:
+                depth = max(0, depth - 1)
+        elif kind == duckdb.token_type.keyword:
+            word = raw[pos : pos + 4].upper()
+            if word == b"CASE" and not raw[pos + 4 : pos + 5].isalnum():
+                depth += 1
+                deepest = max(deepest, depth)
+            elif word[:3] == b"END" and not raw[pos + 3 : pos + 4].isalnum():
+                depth = max(0, depth - 1)
+    return deepest
 
 
 # --- parsing -----------------------------------------------------------------------------
@@ -225,6 +280,8 @@ def _parse(sql: str) -> dict[str, Any]:
         raise SqlRejected("sql_parse_error", "SQL could not be parsed") from exc
     try:
         tree = json.loads(row[0]) if row else None
+    except RecursionError as exc:
+        raise SqlRejected("sql_too_deep", "SQL nests too deeply to check") from exc
     except (TypeError, ValueError) as exc:
         raise SqlRejected("sql_parse_error", "SQL could not be parsed") from exc
     if not isinstance(tree, dict):

@@ -1,7 +1,9 @@
 """Bearer tokens for the Query Service: user tokens and task capability tokens (HS256 JWTs).
 
 Secrets live in a JSON key file (``{kid: secret}``, mode 0600, default
-``$TRACE_HOME/keys.json``); a missing key id is generated on first use. New tokens are signed
+``$TRACE_HOME/keys.json``); a missing key id is generated on first use. With more than one host
+(the AWS profile) every process must hold the same keys: ``TRACE_JWT_KEYS`` carries the same
+JSON (from a secrets manager) and replaces the file; nothing is generated then. New tokens are signed
 with ``settings.jwt_kid``; tokens signed with it or with ``settings.jwt_next_kid`` verify, which
 gives a rotation overlap: add the next kid everywhere, then make it the signing kid.
 
@@ -109,11 +111,22 @@ def key_file(settings: Settings) -> Path:
 
 
 def load_keys(settings: Settings) -> dict[str, str]:
-    """The accepted keys ``{kid: secret}`` (signing kid first), generating missing ones.
+    """The accepted keys ``{kid: secret}`` (signing kid first): from ``TRACE_JWT_KEYS`` when
+    set, else from the key file, generating missing ones there.
 
-    Raises ``ConfigError`` when the key file is unreadable or malformed.
+    Raises ``ConfigError`` when the key file or ``TRACE_JWT_KEYS`` is malformed or unreadable,
+    or when ``TRACE_JWT_KEYS`` lacks a wanted kid.
     """
     wanted = [settings.jwt_kid] + ([settings.jwt_next_kid] if settings.jwt_next_kid else [])
+    if settings.jwt_keys is not None:
+        given = _parse_keys(settings.jwt_keys.get_secret_value())
+        missing = [kid for kid in wanted if kid not in given]
+        if missing:
+            raise ConfigError(
+                f"TRACE_JWT_KEYS has no key for kid {', '.join(map(repr, missing))}",
+                field="jwt_keys",
+            )
+        return {kid: given[kid] for kid in wanted}
     path = key_file(settings)
     stored = _read_key_file(path)
     if any(kid not in stored for kid in wanted):
@@ -122,6 +135,30 @@ def load_keys(settings: Settings) -> dict[str, str]:
 
 
 _cache: dict[Path, tuple[tuple[int, int], dict[str, str]]] = {}
+# HS256 wants a key of at least 256 bits; generated keys are 43 URL-safe characters.
+MIN_SECRET_CHARS = 32
+
+
+def _parse_keys(text: str) -> dict[str, str]:
+    """``TRACE_JWT_KEYS``'s JSON; errors never echo it (it is the secret)."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise ConfigError("TRACE_JWT_KEYS is not valid JSON", field="jwt_keys") from None
+    if (
+        not isinstance(data, dict)
+        or not data
+        or not all(isinstance(k, str) and isinstance(v, str) and v for k, v in data.items())
+    ):
+        raise ConfigError("TRACE_JWT_KEYS must be a JSON object of {kid: secret}", field="jwt_keys")
+    short = sorted(kid for kid, secret in data.items() if len(secret) < MIN_SECRET_CHARS)
+    if short:
+        raise ConfigError(
+            f"TRACE_JWT_KEYS secrets must be at least {MIN_SECRET_CHARS} characters "
+            f"(HS256); too short: {', '.join(map(repr, short))}",
+            field="jwt_keys",
+        )
+    return data
 
 
 def _read_key_file(path: Path) -> dict[str, str]:

@@ -163,6 +163,8 @@ def write_rows(
         with conn.transaction(), conn.cursor() as cur:
             cur.executemany(stmt, params)
             inserted = cur.rowcount
+            if dest.after_write:
+                cur.execute(q(*dest.after_write), {"keys": [p[dest.key] for p in params]})
     except (psycopg.DataError, psycopg.IntegrityError) as exc:
         state = exc.diag.sqlstate or "?"
         raise InvalidBatch(

@@ -92,6 +92,9 @@ class Destination:
     row_model: type[SinkRow]
     table: str  # "schema.table" in the data database
     key: str
+    # (module, query) run with ``keys`` in the write transaction after the insert, e.g. to
+    # mark re-produced alert events fresh again (trace_core.integrity.invalidations)
+    after_write: tuple[str, str] | None = None
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -110,6 +113,7 @@ DESTINATIONS: dict[str, Destination] = {
         row_model=AlertEventRow,
         table="data.alert_events",
         key="dedupe_key",
+        after_write=("integrity", "revalidate_alert_events"),
     ),
 }
 

@@ -64,6 +64,7 @@ SELECT e.dedupe_key, e.alert_name
 FROM data.alert_events e
 WHERE e.alert_name = ANY (%(names)s::text[])
   AND e.created_at >= now() - make_interval(secs => %(max_age_seconds)s)
+  AND e.stale_at IS NULL
   AND NOT EXISTS (SELECT 1 FROM data.alert_deliveries d WHERE d.dedupe_key = e.dedupe_key)
 ORDER BY e.created_at, e.dedupe_key
 LIMIT %(limit)s

@@ -1,0 +1,241 @@
+"""The integrity check in the UI: a partitioned asset check per stream asset, fed by runs of
+``trace_integrity_pass`` that the scheduled ``trace_integrity`` sensor requests (one
+evaluation per range partition), and runnable from the UI. All logic lives in
+``trace_core.integrity``."""
+
+# No `from __future__ import annotations` here: Dagster resolves sensor annotations at runtime.
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from dagster import (
+    AssetCheckEvaluation,
+    AssetCheckExecutionContext,
+    AssetChecksDefinition,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    DagsterInstance,
+    DagsterInvariantViolationError,
+    DefaultSensorStatus,
+    DynamicPartitionsDefinition,
+    Failure,
+    OpExecutionContext,
+    RunRequest,
+    RunsFilter,
+    SensorDefinition,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    job,
+    multi_asset_check,
+    op,
+    sensor,
+)
+
+from trace_core.chain_sync.store import StreamRow
+from trace_core.integrity.verify import RangeResult, integrity_tick, select_streams
+from trace_core.runtime import Runtime
+from trace_dagster.partitions import partitions_def_name, stream_asset_key
+from trace_dagster.resources import TraceResource
+from trace_dagster.service_runs import IN_PROGRESS, KIND_TAG
+
+CHECK_NAME = "integrity"
+SENSOR_NAME = "trace_integrity"
+INTEGRITY_JOB = "trace_integrity_pass"
+# How often the sensor looks whether a pass is due; one starts every
+# TRACE_INTEGRITY_INTERVAL_SECONDS, as a run of INTEGRITY_JOB.
+TICK_SECONDS = 30
+MAX_FINDINGS_SHOWN = 20
+
+
+def check_metadata(result: RangeResult) -> dict[str, str | int]:
+    lines = [f.line() for f in result.findings]
+    return {
+        "dataset_version": result.dataset_version or "",
+        "block_range": f"[{result.range_start}, {result.range_end})",
+        "findings": len(lines),
+        "details": "\n".join(lines[:MAX_FINDINGS_SHOWN]) or "ok",
+    }
+
+
+def check_evaluation(result: RangeResult) -> AssetCheckEvaluation:
+    """A range's verdict as a run-less check evaluation of its stream partition."""
+    return AssetCheckEvaluation(
+        asset_key=stream_asset_key(result.job_name, result.dataset_key),
+        check_name=CHECK_NAME,
+        passed=result.passed,
+        partition=result.partition_key,
+        severity=AssetCheckSeverity.ERROR,
+        metadata=check_metadata(result),
+        description=None if result.passed else result.findings[0].line(),
+    )
+
+
+@dataclass
+class PassSummary:
+    ranges: int = 0
+    findings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def run_pass(
+    rt: Runtime,
+    instance: DagsterInstance,
+    emit: Callable[[AssetCheckEvaluation], None],
+    streams: list[StreamRow] | None = None,
+) -> PassSummary:
+    """Verify every committed range (of ``streams``, default all) in bounded steps of
+    ``TRACE_INTEGRITY_RANGES_PER_TICK`` ranges, and ``emit`` each range's verdict as a check
+    evaluation of its partition (ranges that are not partitions in ``instance`` are skipped).
+
+    Evaluations are emitted inside a run: Dagster stores one run-less evaluation per
+    partition at most, so a second pass could not report run-less ones again.
+    """
+    summary = PassSummary()
+    known: dict[str, set[str]] = {}
+    selected = None if streams is None else {(s.job_name, s.dataset_key) for s in streams}
+    pos = ""
+    while True:
+        report, pos = integrity_tick(rt, pos, rt.settings.integrity_ranges_per_tick)
+        if report is None:
+            break
+        if selected is None or (report.job_name, report.dataset_key) in selected:
+            name = partitions_def_name(report.job_name, report.dataset_key)
+            if name not in known:
+                known[name] = set(instance.get_dynamic_partitions(name))
+            for r in report.ranges:
+                if r.partition_key in known[name]:
+                    emit(check_evaluation(r))
+            summary.ranges += len(report.ranges)
+            summary.findings += [f.line() for f in report.findings]
+            summary.notes += list(report.notes)
+        if not pos:
+            break
+    return summary
+
+
+def _fail_on_findings(summary: PassSummary, repair: str) -> None:
+    if summary.findings:
+        raise Failure(
+            description=f"{len(summary.findings)} integrity finding(s); `{repair}` re-syncs them",
+            metadata={"details": "\n".join(summary.findings[:MAX_FINDINGS_SHOWN])},
+        )
+
+
+@op(
+    name="integrity_pass",
+    description="Verify every committed range; each range's verdict lands on its partition's "
+    "`integrity` check; the run fails when a range is broken",
+)
+def integrity_pass(context: OpExecutionContext, trace: TraceResource) -> None:
+    summary = run_pass(trace.get_client(), context.instance, context.log_event)  # type: ignore[arg-type]  # log_event takes check evaluations too
+    for note in summary.notes:
+        context.log.warning(note)
+    context.log.info(f"integrity: {summary.ranges} ranges, {len(summary.findings)} findings")
+    _fail_on_findings(summary, "trace-lite verify --repair")
+
+
+@job(
+    name=INTEGRITY_JOB,
+    description="Scheduled integrity_check of every committed range (see trace_integrity)",
+    tags={KIND_TAG: "maintenance"},
+)
+def integrity_job() -> None:
+    integrity_pass()
+
+
+def integrity_request(
+    rt: Runtime, cursor: str | None, instance: DagsterInstance | None, now: float | None = None
+) -> SensorResult:
+    """One sensor tick: request a pass run when one is due and none is in progress.
+
+    The cursor is JSON ``{"next_pass_at": epoch}``; the first pass starts one interval after
+    the sensor first runs.
+    """
+    now = time.time() if now is None else now
+    state = json.loads(cursor) if cursor else {}
+    next_pass_at = float(state.get("next_pass_at", now + rt.settings.integrity_interval_seconds))
+    keep = json.dumps({"next_pass_at": next_pass_at})
+    if now < next_pass_at:
+        return SensorResult(
+            skip_reason=f"next integrity pass in {next_pass_at - now:.0f}s", cursor=keep
+        )
+    if instance is not None and instance.get_run_records(
+        filters=RunsFilter(job_name=INTEGRITY_JOB, statuses=IN_PROGRESS), limit=1
+    ):
+        return SensorResult(skip_reason="an integrity pass is still running", cursor=keep)
+    return SensorResult(
+        run_requests=[RunRequest(run_key=f"integrity:{now:.0f}", tags={KIND_TAG: "maintenance"})],
+        cursor=json.dumps({"next_pass_at": now + rt.settings.integrity_interval_seconds}),
+    )
+
+
+def integrity_sensor() -> SensorDefinition:
+    @sensor(
+        name=SENSOR_NAME,
+        job=integrity_job,
+        minimum_interval_seconds=TICK_SECONDS,
+        default_status=DefaultSensorStatus.RUNNING,
+        description=(
+            "Scheduled integrity_check: every TRACE_INTEGRITY_INTERVAL_SECONDS a run re-verifies "
+            "committed ranges (files vs manifests, contiguity, parent hashes, tx/log counts vs "
+            "the RPC) and reports each range's `integrity` check on its stream partition"
+        ),
+    )
+    def _integrity(
+        context: SensorEvaluationContext, trace: TraceResource
+    ) -> SensorResult | SkipReason:
+        try:
+            instance: DagsterInstance | None = context.instance
+        except DagsterInvariantViolationError:  # a context built in a test without an instance
+            instance = None
+        return integrity_request(trace.get_client(), context.cursor, instance)
+
+    return _integrity
+
+
+def _stream_check(job_name: str, dataset_key: str) -> AssetChecksDefinition:
+    key = stream_asset_key(job_name, dataset_key)
+    partitions = partitions_def_name(job_name, dataset_key)
+    spec = AssetCheckSpec(
+        CHECK_NAME,
+        asset=key,
+        partitions_def=DynamicPartitionsDefinition(name=partitions),
+        description="Files match the manifest (sha256, rows); blocks contiguous; hashes and "
+        "tx/log counts match the chain. `trace-lite verify --repair` re-syncs a failing range.",
+    )
+
+    # can_subset: the run yields no whole-check result. A partitioned check of these assets
+    # cannot run in a partitioned run of its own here, so each range's verdict is logged as an
+    # evaluation of its partition from inside this run.
+    @multi_asset_check(specs=[spec], name=f"integrity__{partitions}", can_subset=True)
+    def _check(context: AssetCheckExecutionContext, trace: TraceResource):  # type: ignore[no-untyped-def]
+        """Run from the UI: verify every committed range of the stream now; each range's
+        verdict lands on its partition; the run fails when any range is broken."""
+        rt = trace.get_client()
+        streams = [s for s in select_streams(rt, job_name) if s.dataset_key == dataset_key]
+        emit = context.op_execution_context.log_event  # it takes check evaluations too
+        summary = run_pass(rt, context.instance, emit, streams)  # type: ignore[arg-type]
+        for note in summary.notes:
+            context.log.warning(note)
+        context.log.info(f"integrity: {summary.ranges} ranges, {len(summary.findings)} findings")
+        _fail_on_findings(
+            summary, f"trace-lite verify --job {job_name} --stream {dataset_key} --repair"
+        )
+        return iter(())
+
+    return _check
+
+
+def stream_integrity_checks(rt: Runtime) -> list[AssetChecksDefinition]:
+    """One partitioned ``integrity`` check per applied stream (empty if state is unreachable)."""
+    import psycopg
+
+    from trace_core.errors import TraceError
+
+    try:
+        streams = select_streams(rt)
+    except (TraceError, psycopg.Error):
+        return []
+    return [_stream_check(s.job_name, s.dataset_key) for s in streams]
