@@ -59,7 +59,7 @@ from trace_core.chain_sync.store import apply_job_file
 from trace_core.datasets.registry import versions_for_stream
 from trace_core.db.connection import Databases
 from trace_core.devchain import DevChain
-from trace_core.operators.cryo_ingest import freeze
+from trace_core.operators.cryo_real import freeze
 from trace_core.rpcproxy import ProxyProcess, spawn_proxy
 from trace_core.settings import Settings, load_settings
 from trace_dagster.stack import free_port
