@@ -10,6 +10,7 @@ from dagster import (
     Failure,
     MetadataValue,
     OpExecutionContext,
+    in_process_executor,
     job,
     op,
 )
@@ -110,8 +111,11 @@ def execute_tasks(
         raise Failure(description="; ".join(failures))
 
 
+# One op per job: the in-process executor runs it in the run's own process instead of starting
+# a second one (about 3 s per launched run, measured by benchmarks/bench_e2e.py).
 @job(
     name=WORKER_JOB,
+    executor_def=in_process_executor,
     description="Executes Trace tasks woken by the queue (see the trace_worker sensor)",
 )
 def trace_worker() -> None:

@@ -36,6 +36,7 @@ from dagster import (
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
+    in_process_executor,
     job,
     op,
     sensor,
@@ -181,7 +182,12 @@ def service_job(spec: ServiceSpec) -> JobDefinition:
         )
         context.log.info(f"{spec.name}: {steps} step(s)")
 
-    @job(name=spec.job_name, description=spec.description, tags={KIND_TAG: "service"})
+    @job(
+        name=spec.job_name,
+        description=spec.description,
+        tags={KIND_TAG: "service"},
+        executor_def=in_process_executor,  # one op: no second process per run
+    )
     def _job() -> None:
         _loop()
 

@@ -150,7 +150,7 @@ def test_dead_ranges_revive_from_a_partition_launch_and_a_reexecuted_run(
     auto = execute_job(
         build_reconstructable_job(__name__, "worker_job"),
         instance=dagster_instance,
-        run_config={**failed_run.run_config, "execution": {"config": {"in_process": {}}}},
+        run_config=failed_run.run_config,  # trace_worker runs in process already
         tags={AUTO_RETRY_TAG: "1"},
         reexecution_options=ReexecutionOptions.from_failure(failed_run.run_id, dagster_instance),
     )
@@ -187,7 +187,7 @@ def test_dead_ranges_revive_from_a_partition_launch_and_a_reexecuted_run(
     reexec = execute_job(
         build_reconstructable_job(__name__, "worker_job"),
         instance=dagster_instance,
-        run_config={**failed_run.run_config, "execution": {"config": {"in_process": {}}}},
+        run_config=failed_run.run_config,  # trace_worker runs in process already
         reexecution_options=ReexecutionOptions.from_failure(failed_run.run_id, dagster_instance),
     )
     assert reexec.success
