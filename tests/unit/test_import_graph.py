@@ -28,7 +28,7 @@ in ``SAME_LAYER`` order, and any lower layer; never a higher one:
   ``chain_sync.analytics_spec``, part of a job's spec).
 - ``integrity``: verification and repair over chain_sync's ranges.
 - ``builtin_operators``: the registry of every built-in operator with its hooks.
-- ``worker``, ``dispatcher``, ``services``, ``devchain``, ``devstaking``: the loops that run
+- ``worker``, ``dispatcher``, ``services``, ``devchain``, ``devstaking``, ``rpcproxy``: the loops that run
   it all, and the local dev chain.
 - ``cli``: the command line, on top.
 """
@@ -60,7 +60,7 @@ LAYERS: list[set[str]] = [
     {"analytics"},
     {"integrity"},
     {"builtin_operators"},
-    {"worker", "dispatcher", "services", "devchain", "devstaking"},
+    {"worker", "dispatcher", "services", "devchain", "devstaking", "rpcproxy"},
     {"cli"},
 ]
 # Within one layer, a package may import only the packages listed before it here.
@@ -68,7 +68,7 @@ SAME_LAYER: list[list[str]] = [
     ["errors", "settings", "logs", "yamlfile"],
     ["queue", "storage"],
     ["rpc", "rpcpool", "rpc_limits"],
-    ["devchain", "devstaking", "worker", "dispatcher", "services"],
+    ["rpcproxy", "devchain", "devstaking", "worker", "dispatcher", "services"],
 ]
 
 
