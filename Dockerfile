@@ -5,6 +5,7 @@ WORKDIR /opt/trace
 COPY pyproject.toml README.md ./
 COPY trace_core ./trace_core
 COPY trace_dagster ./trace_dagster
+COPY trace_lite ./trace_lite
 COPY examples ./examples
 COPY workspace.yaml ./
 RUN pip install --no-cache-dir . \

@@ -26,9 +26,9 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 lint: setup
-	$(BIN)/ruff check trace_core trace_dagster tests benchmarks
-	$(BIN)/ruff format --check trace_core trace_dagster tests benchmarks
-	$(BIN)/mypy trace_core trace_dagster
+	$(BIN)/ruff check trace_core trace_dagster trace_lite tests benchmarks
+	$(BIN)/ruff format --check trace_core trace_dagster trace_lite tests benchmarks
+	$(BIN)/mypy trace_core trace_dagster trace_lite
 
 clean:
 	rm -rf $(VENV) node_modules .trace

@@ -62,7 +62,7 @@ from trace_core.devchain import DevChain
 from trace_core.operators.cryo_real import freeze
 from trace_core.rpcproxy import ProxyProcess, spawn_proxy
 from trace_core.settings import Settings, load_settings
-from trace_dagster.stack import free_port
+from trace_lite.stack import free_port
 
 DATASETS = ("blocks", "transactions", "logs")
 CONDITIONS = ("direct", "proxied")
@@ -372,7 +372,7 @@ def bench_in_process(
     from dagster import DagsterInstance
 
     from trace_core.runtime import Runtime
-    from trace_dagster.cli import ensure_dagster_home
+    from trace_lite.cli import ensure_dagster_home
     from trace_dagster.definitions import build_definitions
     from trace_dagster.driver import drive_until_idle
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.test_demo import _processes_of
-from trace_dagster.stack import free_port
+from trace_lite.stack import free_port
 
 
 @pytest.mark.timeout(600)

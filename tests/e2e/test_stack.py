@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.e2e.test_demo import _processes_of
-from trace_dagster.stack import STACK_FILE, free_port
+from trace_lite.stack import STACK_FILE, free_port
 
 
 def _cli(*args: str, env: dict[str, str], timeout: float = 240) -> subprocess.CompletedProcess[str]:

@@ -23,7 +23,7 @@ from trace_core.rpcproxy import (
     RpcProxy,
     spawn_proxy,
 )
-from trace_dagster.stack import free_port
+from trace_lite.stack import free_port
 
 
 def _post(url: str, doc: object) -> httpx.Response:

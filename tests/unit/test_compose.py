@@ -34,7 +34,7 @@ VENV_BIN = Path(sys.executable).parent
 
 # The click object behind each console script that compose or the Dockerfile may run.
 CLICK_ROOTS = {
-    "trace-lite": "trace_dagster.cli:cli",
+    "trace-lite": "trace_lite.cli:cli",
     "dagster": "dagster._cli:cli",
     "dagster-webserver": "dagster_webserver.cli:dagster_webserver",
     "dagster-daemon": "dagster._daemon.cli:cli",

@@ -32,7 +32,7 @@ from trace_core.devchain import DevChain
 from trace_core.errors import TraceError
 from trace_core.runtime import Runtime
 from trace_core.settings import REPO_ROOT, Settings, rpc_pool_env_var, rpc_pool_url
-from trace_dagster.stack import LocalStack, free_port, port_free
+from trace_lite.stack import LocalStack, free_port, port_free
 
 DEMO_FILE = REPO_ROOT / "examples" / "chain_sync.demo.yaml"
 DEMO_POOL = "demo"
@@ -152,10 +152,10 @@ def run_demo(
 ) -> DemoResult:
     """Run the demo; returns what it printed. Stops everything it started before returning
     (with ``exit_after``) or on Ctrl-C. ``analytics``: the Monad demos 2-4 instead
-    (``trace_dagster.demo_analytics``; default job ``examples/chain_sync.demo_analytics.yaml``)."""
+    (``trace_lite.demo_analytics``; default job ``examples/chain_sync.demo_analytics.yaml``)."""
     from trace_core.chain_sync.yamlload import load_job_file
     from trace_core.db.migrate import migrate
-    from trace_dagster import demo_analytics
+    from trace_lite import demo_analytics
 
     settings, dagster_port = _pick_ports(console, settings, dagster_port)
     spec, _ = load_job_file(job_file)

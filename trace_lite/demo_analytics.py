@@ -97,7 +97,7 @@ def show(
 ) -> dict[str, Any]:
     """Print the three demos; return the responses (and the chain's supply) for tests."""
     from trace_core.query.app import query_http
-    from trace_dagster.demo import _print_response
+    from trace_lite.demo import _print_response
 
     with console.status("waiting for the analytics assets (trace_analytics sensor)..."):
         wait_for_rollups(rt, chain_id, to_block, deadline)

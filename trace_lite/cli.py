@@ -109,8 +109,8 @@ def demo(
 ) -> None:
     """Run Trace Lite end to end on a local chain and print result tables."""
     from trace_core.settings import load_settings
-    from trace_dagster.demo import DEMO_FILE, run_demo
-    from trace_dagster.demo_analytics import DEMO_ANALYTICS_FILE
+    from trace_lite.demo import DEMO_FILE, run_demo
+    from trace_lite.demo_analytics import DEMO_ANALYTICS_FILE
 
     interrupt_on_signals()
     try:
@@ -135,7 +135,7 @@ def up(port: int) -> None:
     """Start the local stack in the background: dagster dev and the Query Service."""
     from trace_core.db.migrate import migrate
     from trace_core.settings import load_settings
-    from trace_dagster.stack import LocalStack
+    from trace_lite.stack import LocalStack
 
     settings = load_settings()
     stack = LocalStack(settings, dagster_home=ensure_dagster_home(), dagster_port=port)
@@ -159,7 +159,7 @@ def up(port: int) -> None:
 def down() -> None:
     """Stop what `trace-lite up` started, and the embedded Postgres."""
     from trace_core.settings import load_settings
-    from trace_dagster.stack import down as stop_stack
+    from trace_lite.stack import down as stop_stack
 
     stopped = stop_stack(load_settings())
     console.print(f"stopped {', '.join(stopped)}" if stopped else "nothing was running")
