@@ -372,9 +372,9 @@ def bench_in_process(
     from dagster import DagsterInstance
 
     from trace_core.runtime import Runtime
-    from trace_lite.cli import ensure_dagster_home
     from trace_dagster.definitions import build_definitions
     from trace_dagster.driver import drive_until_idle
+    from trace_lite.cli import ensure_dagster_home
 
     name = f"inproc_{condition}"
     dbs = scratch_databases(root, "bench_e2e")
