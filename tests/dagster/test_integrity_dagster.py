@@ -25,8 +25,9 @@ from trace_core.runtime import Runtime
 from trace_core.settings import load_settings
 from trace_dagster.definitions import build_definitions
 from trace_dagster.driver import drive_until_idle
-from trace_dagster.integrity import CHECK_NAME, INTEGRITY_JOB, SENSOR_NAME, integrity_request
+from trace_dagster.integrity import CHECK_NAME, INTEGRITY_JOB, SENSOR_NAME
 from trace_dagster.partitions import stream_asset_key
+from trace_dagster.sensors.integrity import integrity_request
 
 JOB = """kind: chain_sync
 name: chk
