@@ -7,14 +7,14 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import click
 from rich.table import Table
 from rich.text import Text
 
 from trace_core.cli.alerts import alerts
-from trace_core.cli.common import console, handle_errors, runtime
+from trace_core.cli.common import console, err_console, handle_errors, runtime
 from trace_core.cli.dlq import dlq
 from trace_core.cli.retry import retry
 from trace_core.cli.verify import verify
@@ -235,12 +235,36 @@ def resume(job: str) -> None:
 @click.option("--sql", required=True, help="One read-only SELECT/WITH statement")
 @click.option("--job", default=None, help="Restrict relations to one chain_sync job")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON response")
+@click.option(
+    "--embedded",
+    "mode",
+    flag_value="embedded",
+    help="Answer in this process even if a Query Service is up",
+)
+@click.option(
+    "--http",
+    "mode",
+    flag_value="http",
+    help="Require the Query Service (TRACE_QUERY_URL or the default address)",
+)
 @handle_errors
-def query(sql: str, job: str | None, as_json: bool) -> None:
-    """Run SQL through the Query Service (signs a local user token in Lite)."""
-    from trace_core.query.app import query_http
+def query(sql: str, job: str | None, as_json: bool, mode: str | None) -> None:
+    """Run SQL through the Query Service (signs a local user token in Lite).
 
-    resp = query_http(load_settings(), sql, job)
+    With TRACE_QUERY_URL set, or a service answering at the default address, over HTTP;
+    otherwise in this process through the same gate, sandbox, grants and audit (embedded),
+    saying so on stderr."""
+    from trace_core.query.app import query_http
+    from trace_core.query.client import Mode, choose_route, query_embedded
+
+    rt = runtime()
+    route = choose_route(rt.settings, cast(Mode, mode or "auto"))
+    if route.mode == "embedded":
+        err_console.print(route.notice, highlight=False, markup=False, soft_wrap=True)
+        _ensure_migrated(rt)
+        resp = query_embedded(rt.settings, rt.dbs, rt.store, sql, job)
+    else:
+        resp = query_http(rt.settings, sql, job)
     if as_json:
         click.echo(json.dumps(resp, indent=2, default=str))
         return

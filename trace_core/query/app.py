@@ -22,6 +22,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import psycopg
@@ -134,6 +135,14 @@ def error_body(code: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": message}}
 
 
+def client_error(exc: TraceError) -> QueryError:
+    """The error a client of the service sees for ``exc``: its code, its HTTP status in
+    ``fields['status']`` and, for anything but a ``QueryError``, no detail (HTTP's body and
+    the ``QueryError`` that ``query_http`` raises from it)."""
+    message = exc.message if isinstance(exc, QueryError) else "service unavailable"
+    return QueryError(message, code=exc.code, status=status_of(exc))
+
+
 @dataclass
 class _Run:
     """What one query did, for the audit."""
@@ -239,11 +248,24 @@ class QueryService:
     def handle(
         self, kind: Literal["user", "task"], authorization: str | None, body: bytes
     ) -> dict[str, Any]:
-        """Answer one request or raise a ``TraceError`` (see ``status_of``)."""
+        """Answer one HTTP request or raise a ``TraceError`` (see ``status_of``)."""
         started = time.monotonic()
-        token = _bearer(authorization)
-        caller = self._user(token) if kind == "user" else self._task(token)
-        request = _parse(body)
+        caller = self._caller(kind, _bearer(authorization))
+        return self._respond(caller, _parse(body), started)
+
+    def query(
+        self, kind: Literal["user", "task"], token: str, request: QueryRequest
+    ) -> dict[str, Any]:
+        """Answer one request without HTTP (the embedded path of ``trace-lite query``): the
+        same token check, grants, gate, sandbox, limits and audit as ``handle``. Raises a
+        ``TraceError`` (see ``status_of``)."""
+        started = time.monotonic()
+        return self._respond(self._caller(kind, token), request, started)
+
+    def _caller(self, kind: Literal["user", "task"], token: str) -> _Caller:
+        return self._user(token) if kind == "user" else self._task(token)
+
+    def _respond(self, caller: _Caller, request: QueryRequest, started: float) -> dict[str, Any]:
         caller.versions = self._resolve(caller, request)
         run = _Run(uuid.uuid4(), sql_fingerprint(request.sql))
         try:
@@ -472,11 +494,11 @@ async def _answer(
             service.handle, kind, request.headers.get("authorization"), body
         )
     except TraceError as exc:
-        status = status_of(exc)
+        error = client_error(exc)
+        status = error.fields["status"]
         if not isinstance(exc, QueryError | StorageError):
             log.error("query service error", extra={"error_code": exc.code, "status": status})
-        message = exc.message if isinstance(exc, QueryError) else "service unavailable"
-        return JSONResponse(error_body(exc.code, message), status_code=status)
+        return JSONResponse(error_body(error.code, error.message), status_code=status)
     except Exception:  # translated into a 500; details go to the log, never to the client
         log.exception("query service internal error")
         return JSONResponse(error_body("internal", "internal error"), status_code=500)
@@ -511,6 +533,17 @@ def serve(settings: Settings) -> None:
 # --- client ------------------------------------------------------------------------------
 
 
+def public_url(url: str) -> str:
+    """``url`` fit for messages: scheme, host, port and path; no credentials or query."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:  # not a number: not worth echoing
+        port = ""
+    return urlunsplit((parts.scheme, f"{host}{port}", parts.path, "", ""))
+
+
 def local_user_token(settings: Settings) -> str:
     """A token for the local operator: every dataset of the settings' org."""
     return issue_user_token(settings, sub=LOCAL_USER, datasets="all")
@@ -542,7 +575,8 @@ def query_http(
         )
     except httpx.TransportError as exc:
         raise QueryError(
-            f"cannot reach the Query Service at {url}: {exc}", code="service_unreachable"
+            f"cannot reach the Query Service at {public_url(url)}: {exc}",
+            code="service_unreachable",
         ) from exc
     if response.status_code == 200:
         result: dict[str, Any] = response.json()
