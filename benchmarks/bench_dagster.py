@@ -51,8 +51,9 @@ from trace_core.db.connection import Databases
 from trace_core.runtime import Runtime
 from trace_core.settings import REPO_ROOT, load_settings
 from trace_core.tasks import create_task
+from trace_core.worker import outstanding_work
 from trace_dagster.definitions import build_definitions
-from trace_dagster.driver import active_work, drive_until_idle
+from trace_dagster.driver import drive_until_idle
 from trace_dagster.jobs import WORKER_JOB
 
 DISPATCHER = "trace_dispatcher"
@@ -211,7 +212,8 @@ def bench_launched(instance: DagsterInstance, n: int, batch: int) -> Result:
                             f"launched batch {batch}: run {run_id} {dagster_run.status}"
                         )
                     active.discard(run_id)
-            queued, outbox, _ = active_work(rt)
+            work = outstanding_work(rt)
+            queued, outbox = work.active, work.pending
             if not active and not pending and queued == 0 and outbox == 0:
                 break
             if time.monotonic() > deadline:

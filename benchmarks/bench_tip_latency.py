@@ -3,7 +3,7 @@
 Baseline: the follower as a sensor tick (before it moved into a run), at its best: one
 ``follower_tick`` every 3 s, the sensor's ``minimum_interval_seconds`` (the daemon adds its own
 loop and gRPC time on top, which this does not count). New: the follower's service run
-(``trace_dagster.service_runs.serve`` with the hot follower's spec: a step every second,
+(``trace_core.services.serve`` with the hot follower's spec: a step every second,
 holding the service lease). Both follow the same anvil chain, one block mined every
 ``--block-seconds``, measured in one run; medians and p95 per path, ratio against baseline.
 
@@ -30,9 +30,9 @@ from trace_core.chain_sync import store
 from trace_core.chain_sync.yamlload import parse_job
 from trace_core.devchain import DevChain
 from trace_core.runtime import Runtime
+from trace_core.service_steps import FOLLOWER, follower_step
+from trace_core.services import serve
 from trace_core.settings import Settings
-from trace_dagster.hot import FOLLOWER, follower_tick
-from trace_dagster.service_runs import serve
 
 SENSOR_INTERVAL_SECONDS = 3.0  # the old trace_hot_follower sensor's minimum interval
 LOG = logging.getLogger("bench_tip_latency")
@@ -86,7 +86,7 @@ def sensor_cadence(rt: Runtime) -> Callable[[threading.Event], None]:
     def follow(stop: threading.Event) -> None:
         cursor: str | None = None
         while not stop.is_set():
-            cursor = follower_tick(rt, cursor, LOG).cursor or cursor
+            cursor = follower_step(rt, cursor, LOG).cursor or cursor
             stop.wait(SENSOR_INTERVAL_SECONDS)
 
     return follow

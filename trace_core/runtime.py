@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from trace_core.db.connection import Databases, connect, resolve_databases
+from trace_core.db.errors import db_errors
 from trace_core.settings import Settings
 from trace_core.tasks.retry import RetryPolicy
 
@@ -49,13 +50,15 @@ class Runtime:
 
     @contextlib.contextmanager
     def state(self) -> Iterator[psycopg.Connection[Any]]:
-        """A state-database connection (not in autocommit; use ``conn.transaction()``)."""
-        with connect(self.dbs.state_url, autocommit=True) as conn:
+        """A state-database connection (autocommit; use ``conn.transaction()``). A driver error
+        that escapes the block leaves as a ``DatabaseError``/``DatabaseUnreachable``."""
+        with db_errors("state database"), connect(self.dbs.state_url, autocommit=True) as conn:
             yield conn
 
     @contextlib.contextmanager
     def data(self) -> Iterator[psycopg.Connection[Any]]:
-        with connect(self.dbs.data_url, autocommit=True) as conn:
+        """A data-database connection (autocommit), driver errors translated like ``state``."""
+        with db_errors("data database"), connect(self.dbs.data_url, autocommit=True) as conn:
             yield conn
 
     def close(self) -> None:

@@ -7,6 +7,7 @@ duplicate run finds the task leased or finished and returns ``skipped`` without 
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import logging
 import uuid
 from collections.abc import Callable, Iterator
@@ -16,6 +17,7 @@ from typing import Any, Literal
 from psycopg.rows import dict_row
 
 from trace_core import builtin_operators, outbox
+from trace_core.alerts.delivery import delivery_backlog
 from trace_core.chain_sync import retry as chain_sync_retry
 from trace_core.errors import (
     FatalError,
@@ -33,7 +35,8 @@ from trace_core.operators.base import (  # re-exported: the contract lives in op
     OperatorRegistry,
     SuccessHook,
 )
-from trace_core.queue.base import TASK_WAKEUP, Message
+from trace_core.operators.payload import RangeLabel
+from trace_core.queue.base import BUFFER_QUEUE, TASK_WAKEUP, Message
 from trace_core.runtime import Runtime
 from trace_core.tasks import lifecycle, recovery
 from trace_core.tasks.keepalive import LeaseHeartbeat, lease_heartbeat
@@ -153,6 +156,99 @@ def task_infos(rt: Runtime, task_ids: list[uuid.UUID]) -> dict[uuid.UUID, TaskIn
             (task_ids,),
         ).fetchall()
     return {r["task_id"]: TaskInfo(**r) for r in rows}
+
+
+@dataclass(frozen=True)
+class WorkerRun:
+    """One worker run to request: a deterministic run key, its batch, and labels for the UI."""
+
+    run_key: str
+    task_ids: list[str]
+    tags: dict[str, str]
+
+
+def run_labels(infos: list[TaskInfo]) -> dict[str, str]:
+    """Run labels naming job, stream, range, task and attempt (first task's, plus a count)."""
+    first = infos[0]
+    label = RangeLabel.of(first.payload)
+    tags = {
+        "trace/operator": first.operator,
+        "trace/task_id": str(first.task_id),
+        "trace/attempt": str(first.attempt + 1),
+        "trace/batch_size": str(len(infos)),
+    }
+    if label.job_name is not None:
+        tags["trace/job"] = label.job_name
+    if label.dataset_key is not None:
+        tags["trace/stream"] = label.dataset_key
+    if label.block_range is not None:
+        tags["trace/range"] = f"{label.range_start}-{label.range_end}"
+    return tags
+
+
+def plan_worker_runs(rt: Runtime, max_runs: int) -> list[WorkerRun]:
+    """Turn wake-ups into worker runs of ``worker_batch_size`` tasks each, then ack them.
+
+    Tasks already succeeded or dead are dropped; a task woken twice runs once, keyed by its
+    newest wake-up generation (so a re-wake gets a new run key). Each run key is recorded with
+    its tasks before the ack, so a run that never claims them is noticed (``recover_stranded``)
+    instead of waiting for the re-wake.
+    """
+    batch = rt.settings.worker_batch_size
+    wakeups = receive_wakeups(rt, batch * max_runs)
+    infos = task_infos(rt, list({w.task_id for w in wakeups}))
+    runnable: dict[str, tuple[TaskInfo, int]] = {}
+    for w in wakeups:
+        info = infos.get(w.task_id)
+        if info is None or info.status in ("succeeded", "dead"):
+            continue
+        previous = runnable.get(str(w.task_id), (info, 0))[1]
+        runnable[str(w.task_id)] = (info, max(w.generation, previous))
+    items = sorted(runnable.items())
+    runs: list[WorkerRun] = []
+    for i in range(0, len(items), batch):
+        chunk = items[i : i + batch]
+        key_src = ",".join(f"{tid}:{gen}" for tid, (_, gen) in chunk)
+        runs.append(
+            WorkerRun(
+                run_key=hashlib.sha256(key_src.encode()).hexdigest()[:32],
+                task_ids=[tid for tid, _ in chunk],
+                tags=run_labels([info for _, (info, _) in chunk]),
+            )
+        )
+    record_runs(rt, [(r.run_key, [uuid.UUID(t) for t in r.task_ids]) for r in runs])
+    ack_wakeups(rt, wakeups)
+    return runs
+
+
+# Queues whose messages are work still owed before the system is idle (task wake-ups are
+# covered by the task table itself).
+IDLE_QUEUES: tuple[str, ...] = (BUFFER_QUEUE, "dataset_events")
+
+
+@dataclass(frozen=True)
+class OutstandingWork:
+    """What is still owed: tasks queued or running (not paused); pending outbox rows, messages
+    on ``IDLE_QUEUES`` and alert deliveries due now; and dead tasks (owed to a person)."""
+
+    active: int
+    pending: int
+    dead: int
+
+    @property
+    def idle(self) -> bool:
+        return self.active == 0 and self.pending == 0
+
+
+def outstanding_work(rt: Runtime) -> OutstandingWork:
+    """``OutstandingWork`` now (``trace-lite run --until-idle`` stops when it is idle)."""
+    with rt.state() as conn:
+        active, dead, pending = recovery.outstanding_counts(conn)
+    queued = 0
+    for name in IDLE_QUEUES:
+        stats = rt.queue.stats(name)
+        queued += stats.depth + stats.in_flight
+    return OutstandingWork(active, pending + queued + delivery_backlog(rt), dead)
 
 
 # --- execution --------------------------------------------------------------------------

@@ -18,13 +18,11 @@ Outputs are committed dataset versions (``analytics_<name>``); the op bodies cal
 """
 
 # No `from __future__ import annotations` here: Dagster resolves annotations at runtime.
-import json
 import logging
 import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-import psycopg
 from dagster import (
     AssetCheckResult,
     AssetCheckSpec,
@@ -33,28 +31,19 @@ from dagster import (
     AssetsDefinition,
     AssetSelection,
     AssetSpec,
-    DagsterInstance,
-    DagsterInvariantViolationError,
-    DefaultSensorStatus,
     DynamicPartitionsDefinition,
     Failure,
     MaterializeResult,
     MetadataValue,
-    RunRequest,
-    SensorDefinition,
-    SensorEvaluationContext,
-    SensorResult,
-    SkipReason,
     define_asset_job,
     multi_asset,
-    sensor,
 )
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 from dagster_duckdb import DuckDBResource
 
 from trace_core.analytics import checks, compute
 from trace_core.analytics.jobs import AnalyticsJob, load_analytics_jobs
-from trace_core.chain_sync.planner import parse_partition_key, range_partition_key
+from trace_core.chain_sync.planner import parse_partition_key
 from trace_core.errors import TraceError
 from trace_core.runtime import Runtime
 from trace_dagster.partitions import partitions_def_name, stream_asset_key
@@ -124,7 +113,7 @@ def _run(
             else:
                 result = fn(ctx, con, job)
             outcomes = [(asset, check(ctx, con, job, result)) for asset, check in checkers]
-    except (TraceError, psycopg.Error) as exc:
+    except TraceError as exc:
         raise Failure(description=f"{type(exc).__name__}: {exc}") from exc
     context.log.info(f"job {job.job}: committed {', '.join(names)} {result.summary or ''}")
     for name in names:
@@ -327,9 +316,6 @@ def job_assets(job: AnalyticsJob) -> list[AssetsDefinition]:
 
 # --- automation: a sensor requests due work (trace_core.analytics.plan) ---------------------
 
-SENSOR = "trace_analytics"
-MAX_REQUESTS_PER_TICK = 20
-CURSOR_KEYS = 1000
 _KIND_ASSETS = {
     "balance_range": ("balance_changes", "supply_deltas"),
     "balance_rollups": ("native_supply", "top_accounts", "top_account_history"),
@@ -363,87 +349,14 @@ def analytics_jobs(jobs: Sequence[AnalyticsJob]) -> list[UnresolvedAssetJobDefin
     return out
 
 
-def due_requests(
-    rt: Runtime, instance: DagsterInstance | None, done: Sequence[str]
-) -> tuple[list[RunRequest], list[str]]:
-    """Run requests for due analytics work not requested before (``done`` run keys)."""
-    from trace_core.analytics.plan import plan
-
-    seen = set(done)
-    requests: list[RunRequest] = []
-    with rt.state() as conn:
-        for job in load_analytics_jobs(conn, rt.settings.org_id):
-            for run in plan(conn, rt.settings.org_id, job):
-                if run.run_key in seen or len(requests) >= MAX_REQUESTS_PER_TICK:
-                    continue
-                partition = None
-                if run.kind.endswith("_range"):
-                    assert run.start is not None and run.end is not None
-                    partition = range_partition_key(run.start, run.end)
-                    stream = (
-                        job.spec.balance_diffs
-                        if run.kind == "balance_range"
-                        else job.spec.staking.logs  # type: ignore[union-attr]
-                    )
-                    name = partitions_def_name(job.job, str(stream))
-                    if instance is not None and not instance.has_dynamic_partition(name, partition):
-                        continue  # not a chain_sync range (e.g. a compacted hot range)
-                requests.append(
-                    RunRequest(
-                        run_key=run.run_key,
-                        job_name=job_name(job.job, run.kind),
-                        partition_key=partition,
-                        tags={
-                            "trace/job": job.job,
-                            "trace/analytics": run.kind,
-                        },
-                    )
-                )
-                seen.add(run.run_key)
-    return requests, [*done, *(r.run_key for r in requests if r.run_key)][-CURSOR_KEYS:]
-
-
-def analytics_sensor(jobs: Sequence[UnresolvedAssetJobDefinition]) -> SensorDefinition:
-    """``trace_analytics``: each tick, requests the analytics runs that committed input
-    ranges make due (per range first, then the roll-ups), each run key once."""
-
-    @sensor(
-        name=SENSOR,
-        jobs=list(jobs) or None,
-        minimum_interval_seconds=10,
-        default_status=DefaultSensorStatus.RUNNING,
-        description="Materializes analytics partitions for newly committed ranges, then roll-ups",
-    )
-    def _sensor(
-        context: SensorEvaluationContext, trace: TraceResource
-    ) -> SensorResult | SkipReason:
-        if not jobs:
-            return SkipReason("no chain_sync job has an analytics: block")
-        done = json.loads(context.cursor) if context.cursor else []
-        try:
-            instance: DagsterInstance | None = context.instance
-        except DagsterInvariantViolationError:
-            instance = None
-        try:
-            requests, cursor = due_requests(trace.get_client(), instance, done)
-        except (TraceError, psycopg.Error) as exc:
-            return SkipReason(f"analytics planning failed: {exc}")
-        if not requests:
-            return SkipReason("no analytics work is due")
-        return SensorResult(run_requests=requests, cursor=json.dumps(cursor))
-
-    return _sensor
-
-
 def analytics_definitions(
     rt: Runtime,
-) -> tuple[list[AssetsDefinition], list[Any], SensorDefinition]:
-    """Assets, asset jobs and the sensor for every applied job with analytics."""
+) -> tuple[list[AssetsDefinition], list[UnresolvedAssetJobDefinition]]:
+    """Assets and asset jobs for every applied job with analytics (none if state is down)."""
     try:
         with rt.state() as conn:
             jobs = load_analytics_jobs(conn, rt.settings.org_id)
-    except (TraceError, psycopg.Error) as exc:
+    except TraceError as exc:
         log.warning("no analytics assets: state unavailable (%s)", exc)
         jobs = []
-    asset_jobs = analytics_jobs(jobs)
-    return [a for job in jobs for a in job_assets(job)], asset_jobs, analytics_sensor(asset_jobs)
+    return [a for job in jobs for a in job_assets(job)], analytics_jobs(jobs)

@@ -1,4 +1,9 @@
-"""Everything Dagster loads (workspace.yaml points here): ``defs``."""
+"""Everything Dagster loads (workspace.yaml points here): ``defs``.
+
+Loading definitions reads applied jobs from state and never migrates it: ``trace-lite up``,
+``trace-lite migrate`` (and every CLI command that writes state) do. Against an unmigrated or
+unreachable state the definitions still load, with no stream assets and a log line saying why.
+"""
 
 from __future__ import annotations
 
@@ -6,47 +11,33 @@ from dagster import Definitions
 
 from trace_core.runtime import Runtime
 from trace_core.settings import load_settings
-from trace_dagster.alerts import alert_delivery_job, alert_delivery_sensor, alert_events_spec
 from trace_dagster.analytics import analytics_definitions, duckdb_resource
-from trace_dagster.hot import (
-    hot_compactor_job,
-    hot_compactor_sensor,
-    hot_follower_job,
-    hot_follower_sensor,
-)
-from trace_dagster.integrity import integrity_job, integrity_sensor, stream_integrity_checks
+from trace_dagster.integrity import integrity_job, stream_integrity_checks
 from trace_dagster.jobs import trace_worker
 from trace_dagster.partitions import stream_assets
 from trace_dagster.resources import TraceResource
-from trace_dagster.sensors import dispatcher_sensor, worker_sensor
-from trace_dagster.sinks import sink_job, sink_sensor
+from trace_dagster.sensors import service_sensors
+from trace_dagster.sensors.analytics import analytics_sensor
+from trace_dagster.sensors.dispatcher import dispatcher_sensor
+from trace_dagster.sensors.integrity import integrity_sensor
+from trace_dagster.sensors.worker import worker_sensor
+from trace_dagster.service_runs import SERVICE_JOBS, alert_events_spec
 
 
 def build_definitions(runtime: Runtime | None = None) -> Definitions:
     """Definitions for a runtime (default: from the environment). Stream assets come from state."""
     rt = runtime or Runtime(load_settings())
-    analytics, analytics_jobs, analytics_sensor = analytics_definitions(rt)
+    analytics, analytics_jobs = analytics_definitions(rt)
     return Definitions(
         assets=[*stream_assets(rt), alert_events_spec, *analytics],
-        jobs=[
-            trace_worker,
-            hot_follower_job,
-            hot_compactor_job,
-            sink_job,
-            alert_delivery_job,
-            integrity_job,
-            *analytics_jobs,
-        ],
+        jobs=[trace_worker, *SERVICE_JOBS, integrity_job, *analytics_jobs],
         asset_checks=stream_integrity_checks(rt),
         sensors=[
             dispatcher_sensor,
             worker_sensor,
-            sink_sensor,
-            hot_follower_sensor,
-            hot_compactor_sensor,
-            alert_delivery_sensor,
+            *service_sensors,
             integrity_sensor(),
-            analytics_sensor,
+            analytics_sensor(analytics_jobs),
         ],
         resources={"trace": TraceResource(), "duckdb": duckdb_resource(rt)},
     )

@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import psycopg
 from dagster import (
     DagsterInstance,
     Definitions,
@@ -24,17 +23,14 @@ from dagster import (
 )
 
 from trace_core.errors import TraceError
-from trace_core.queue.base import BUFFER_QUEUE
 from trace_core.runtime import Runtime
-from trace_dagster.sensors import RUN_KEY_TAG
+from trace_core.worker import OutstandingWork, outstanding_work
+from trace_dagster.sensors.worker import RUN_KEY_TAG
 from trace_dagster.service_runs import KIND_TAG, one_step
 
 log = logging.getLogger(__name__)
 
 DISPATCHER_SENSOR = "trace_dispatcher"
-# Queues whose messages are work the driver must see consumed before it reports idle
-# (task wake-ups are covered by the task table itself).
-IDLE_QUEUES: tuple[str, ...] = (BUFFER_QUEUE, "dataset_events")
 
 
 @dataclass
@@ -89,32 +85,6 @@ def _job_name(defs: Definitions, sensor_name: str) -> str:
     if not sensor_def.has_jobs or len(sensor_def.jobs) != 1:
         return ""  # a multi-job sensor names the job in each request
     return sensor_def.job_name or ""
-
-
-# The hot follower announces every step on dataset_events; those announcements are not work
-# a run still owes, so a chain that keeps producing blocks does not keep the driver busy.
-PENDING_OUTBOX = """SELECT count(*) FROM state.outbox WHERE status = 'pending'
-    AND NOT (topic = 'dataset_events' AND payload->>'event' LIKE 'hot\\_%')"""
-
-
-def active_work(rt: Runtime) -> tuple[int, int, int]:
-    """(queued-or-running tasks not paused, pending outbox rows plus messages waiting on the
-    ``IDLE_QUEUES`` plus alert deliveries due now, dead tasks)."""
-    from trace_core.alerts.delivery import delivery_backlog
-
-    with rt.state() as conn:
-        row = conn.execute(
-            """SELECT count(*) FILTER (WHERE status IN ('queued', 'running') AND NOT paused),
-                      count(*) FILTER (WHERE status = 'dead')
-               FROM state.tasks"""
-        ).fetchone()
-        pending = conn.execute(PENDING_OUTBOX).fetchone()
-    assert row is not None and pending is not None
-    queued = 0
-    for name in IDLE_QUEUES:
-        stats = rt.queue.stats(name)
-        queued += stats.depth + stats.in_flight
-    return int(row[0]), int(pending[0]) + queued + delivery_backlog(rt), int(row[1])
 
 
 def drive_until_idle(
@@ -172,12 +142,12 @@ def drive_until_idle(
         if on_tick:
             on_tick(report)
         try:
-            active, pending, dead = active_work(rt)
-        except (TraceError, psycopg.Error) as exc:  # state unreachable (a restart): not idle
+            work = outstanding_work(rt)
+        except TraceError as exc:  # state unreachable (a restart): not idle
             log.warning("state unreachable: %s: %s", type(exc).__name__, exc)
-            active, pending, dead = 1, 0, report.dead_tasks
-        report.dead_tasks = dead
-        if not requests and active == 0 and pending == 0:
+            work = OutstandingWork(active=1, pending=0, dead=report.dead_tasks)
+        report.dead_tasks = work.dead
+        if not requests and work.idle:
             report.idle = True
             return report
         if time.monotonic() > deadline:

@@ -4,8 +4,6 @@ evaluation per range partition), and runnable from the UI. All logic lives in
 ``trace_core.integrity``."""
 
 # No `from __future__ import annotations` here: Dagster resolves sensor annotations at runtime.
-import json
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -16,29 +14,21 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     DagsterInstance,
-    DagsterInvariantViolationError,
-    DefaultSensorStatus,
     DynamicPartitionsDefinition,
     Failure,
     OpExecutionContext,
-    RunRequest,
-    RunsFilter,
-    SensorDefinition,
-    SensorEvaluationContext,
-    SensorResult,
-    SkipReason,
     job,
     multi_asset_check,
     op,
-    sensor,
 )
 
 from trace_core.chain_sync.store import StreamRow
+from trace_core.errors import TraceError
 from trace_core.integrity.verify import RangeResult, integrity_tick, select_streams
 from trace_core.runtime import Runtime
 from trace_dagster.partitions import partitions_def_name, stream_asset_key
 from trace_dagster.resources import TraceResource
-from trace_dagster.service_runs import IN_PROGRESS, KIND_TAG
+from trace_dagster.service_runs import KIND_TAG
 
 CHECK_NAME = "integrity"
 SENSOR_NAME = "trace_integrity"
@@ -145,56 +135,6 @@ def integrity_job() -> None:
     integrity_pass()
 
 
-def integrity_request(
-    rt: Runtime, cursor: str | None, instance: DagsterInstance | None, now: float | None = None
-) -> SensorResult:
-    """One sensor tick: request a pass run when one is due and none is in progress.
-
-    The cursor is JSON ``{"next_pass_at": epoch}``; the first pass starts one interval after
-    the sensor first runs.
-    """
-    now = time.time() if now is None else now
-    state = json.loads(cursor) if cursor else {}
-    next_pass_at = float(state.get("next_pass_at", now + rt.settings.integrity_interval_seconds))
-    keep = json.dumps({"next_pass_at": next_pass_at})
-    if now < next_pass_at:
-        return SensorResult(
-            skip_reason=f"next integrity pass in {next_pass_at - now:.0f}s", cursor=keep
-        )
-    if instance is not None and instance.get_run_records(
-        filters=RunsFilter(job_name=INTEGRITY_JOB, statuses=IN_PROGRESS), limit=1
-    ):
-        return SensorResult(skip_reason="an integrity pass is still running", cursor=keep)
-    return SensorResult(
-        run_requests=[RunRequest(run_key=f"integrity:{now:.0f}", tags={KIND_TAG: "maintenance"})],
-        cursor=json.dumps({"next_pass_at": now + rt.settings.integrity_interval_seconds}),
-    )
-
-
-def integrity_sensor() -> SensorDefinition:
-    @sensor(
-        name=SENSOR_NAME,
-        job=integrity_job,
-        minimum_interval_seconds=TICK_SECONDS,
-        default_status=DefaultSensorStatus.RUNNING,
-        description=(
-            "Scheduled integrity_check: every TRACE_INTEGRITY_INTERVAL_SECONDS a run re-verifies "
-            "committed ranges (files vs manifests, contiguity, parent hashes, tx/log counts vs "
-            "the RPC) and reports each range's `integrity` check on its stream partition"
-        ),
-    )
-    def _integrity(
-        context: SensorEvaluationContext, trace: TraceResource
-    ) -> SensorResult | SkipReason:
-        try:
-            instance: DagsterInstance | None = context.instance
-        except DagsterInvariantViolationError:  # a context built in a test without an instance
-            instance = None
-        return integrity_request(trace.get_client(), context.cursor, instance)
-
-    return _integrity
-
-
 def _stream_check(job_name: str, dataset_key: str) -> AssetChecksDefinition:
     key = stream_asset_key(job_name, dataset_key)
     partitions = partitions_def_name(job_name, dataset_key)
@@ -230,12 +170,8 @@ def _stream_check(job_name: str, dataset_key: str) -> AssetChecksDefinition:
 
 def stream_integrity_checks(rt: Runtime) -> list[AssetChecksDefinition]:
     """One partitioned ``integrity`` check per applied stream (empty if state is unreachable)."""
-    import psycopg
-
-    from trace_core.errors import TraceError
-
     try:
         streams = select_streams(rt)
-    except (TraceError, psycopg.Error):
+    except TraceError:
         return []
     return [_stream_check(s.job_name, s.dataset_key) for s in streams]

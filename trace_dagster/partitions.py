@@ -11,7 +11,6 @@ partitions.
 import logging
 import re
 
-import psycopg
 from dagster import (
     AssetExecutionContext,
     AssetKey,
@@ -22,6 +21,7 @@ from dagster import (
     asset,
 )
 
+from trace_core.chain_sync import store
 from trace_core.chain_sync.store import StreamRow
 from trace_core.errors import TraceError
 from trace_core.runtime import Runtime
@@ -98,15 +98,12 @@ def stream_asset(s: StreamRow) -> AssetsDefinition:
 
 
 def stream_assets(rt: Runtime) -> list[AssetsDefinition]:
-    """Assets for every applied stream; empty (with a log line) if state is unreachable."""
-    from trace_core.chain_sync import store
-    from trace_core.db.migrate import migrate
-
+    """Assets for every applied stream; empty (with a log line naming the cause) if state is
+    unreachable or not migrated (``trace-lite up`` and ``trace-lite migrate`` migrate it)."""
     try:
-        migrate(rt.dbs)  # idempotent: `dagster dev` on a fresh checkout just works
         with rt.state() as conn:
             streams = store.list_streams(conn, rt.settings.org_id)
-    except (TraceError, psycopg.Error) as exc:
+    except TraceError as exc:
         log.warning("no stream assets: state unavailable (%s)", exc)
         return []
     return [stream_asset(s) for s in streams]

@@ -13,9 +13,10 @@ from dagster import (
 from tests.dagster.conftest import run_one_step
 from tests.integration.test_alerts_delivery import add_event, deliveries, setup_alert
 from trace_core.runtime import Runtime
-from trace_dagster.alerts import ALERT_EVENTS_KEY, alert_delivery_job, alert_delivery_sensor
 from trace_dagster.definitions import build_definitions
 from trace_dagster.resources import TraceResource
+from trace_dagster.sensors.services import alert_delivery_sensor
+from trace_dagster.service_runs import ALERT_EVENTS_KEY, alert_delivery_job
 
 
 def _tick(instance: DagsterInstance) -> SensorResult | SkipReason:

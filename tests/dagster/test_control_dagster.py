@@ -29,7 +29,11 @@ from trace_core.tasks import lifecycle
 from trace_dagster.definitions import build_definitions
 from trace_dagster.driver import DriveReport, drive_until_idle
 from trace_dagster.partitions import partitions_def_name, stream_asset_key
-from trace_dagster.sensors import PARTITIONS_RESYNC_SECONDS, PARTITIONS_SYNCED, dispatcher_result
+from trace_dagster.sensors.dispatcher import (
+    PARTITIONS_RESYNC_SECONDS,
+    PARTITIONS_SYNCED,
+    dispatcher_result,
+)
 
 CHAIN_ID = 31337
 DRIVE_TIMEOUT_SECONDS = 120.0

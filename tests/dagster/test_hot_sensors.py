@@ -34,13 +34,15 @@ from trace_core.dispatcher import dispatch_tick
 from trace_core.errors import InvalidJobFile
 from trace_core.query.app import create_app, local_user_token
 from trace_core.runtime import Runtime
+from trace_core.service_steps import compactor_step, follower_step
 from trace_core.settings import load_settings
 from trace_dagster.definitions import build_definitions
 from trace_dagster.driver import drive_until_idle
-from trace_dagster.hot import compactor_tick, follower_tick
 from trace_dagster.jobs import trace_worker
 from trace_dagster.resources import TraceResource
-from trace_dagster.sensors import dispatcher_sensor, worker_sensor
+from trace_dagster.sensors.dispatcher import dispatcher_sensor
+from trace_dagster.sensors.worker import worker_sensor
+from trace_dagster.service_runs import asset_observation
 
 CHAIN_ID = 31337
 
@@ -83,7 +85,7 @@ def follow_until(
     ticks = 0
     while not done():
         assert time.monotonic() < deadline, f"follower did not get there (cursor {hot_cursor(rt)})"
-        result = follower_tick(rt, cursor, LOG)
+        result = follower_step(rt, cursor, LOG)
         assert result.worked, result.summary
         assert f"chain {CHAIN_ID}" in result.summary
         cursor = result.cursor
@@ -248,9 +250,9 @@ def test_compactor_sensor_moves_final_ranges_to_cold_and_counts_hold(
                     source="alert.yaml",
                 ),
             )
-        result = compactor_tick(rt, None, LOG)
+        result = compactor_step(rt, None, LOG)
         assert result.worked, result.summary
-        (event,) = result.events
+        (event,) = map(asset_observation, result.observations)
         assert isinstance(event, AssetObservation)
         assert event.asset_key.path == ["hot", f"chain_{CHAIN_ID}"]
         final_end = head - 5 + 1  # finality_depth 5 from the job
@@ -270,7 +272,7 @@ def test_compactor_sensor_moves_final_ranges_to_cold_and_counts_hold(
         assert low == (cut,)  # compacted hot rows are gone, the rest stays hot
         assert service(COUNTS) == [totals]  # every block counted once after compaction
 
-        again = compactor_tick(rt, None, LOG)
+        again = compactor_step(rt, None, LOG)
         assert not again.worked and "0 range(s) committed" in again.summary
         assert service(COUNTS) == [totals]
 
@@ -350,9 +352,9 @@ def test_follow_head_hot_rows_that_cold_serves_are_pruned(
         assert service(COUNTS) == [totals]
         assert _hot_block_numbers(rt) == list(range(55, 100))  # rows below 95 are cold's now
 
-        result = compactor_tick(rt, None, LOG)
+        result = compactor_step(rt, None, LOG)
         assert result.worked, result.summary
-        (event,) = result.events
+        (event,) = map(asset_observation, result.observations)
         assert isinstance(event, AssetObservation)
         pruned = event.metadata["pruned_hot_rows"].value
         assert isinstance(pruned, dict) and pruned["blocks"] == 40
@@ -371,13 +373,13 @@ def test_missing_pool_url_is_a_skip_reason_and_a_status_blocked_reason(
     defs = build_definitions(trace_env)
     for name in ("trace_hot_follower", "trace_hot_compactor"):
         assert defs.resolve_sensor_def(name).default_status == DefaultSensorStatus.RUNNING
-    nothing = follower_tick(trace_env, None, LOG)
+    nothing = follower_step(trace_env, None, LOG)
     assert not nothing.worked and "no enabled" in nothing.summary
 
     apply(
         trace_env, job_yaml("blocked", "nowhere", to_block=10, chunk=10, hot="{rpc_pool: nowhere}")
     )
-    result = follower_tick(trace_env, None, LOG)
+    result = follower_step(trace_env, None, LOG)
     assert not result.worked
     assert "TRACE_RPC_POOL_NOWHERE_URL is not set" in result.summary
     assert hot_cursor(trace_env) is None

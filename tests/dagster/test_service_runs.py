@@ -26,11 +26,12 @@ from tests.dagster.test_sink_sensor import _publish
 from trace_core import services
 from trace_core.devchain import DevChain
 from trace_core.runtime import Runtime
+from trace_core.service_steps import FOLLOWER, SINK
+from trace_core.services import ServiceSpec, StepReport, serve
 from trace_core.settings import load_settings
-from trace_dagster.hot import FOLLOWER, hot_follower_job, hot_follower_sensor
 from trace_dagster.resources import TraceResource
-from trace_dagster.service_runs import ServiceSpec, StepReport, keeper_result, serve
-from trace_dagster.sinks import SINK
+from trace_dagster.sensors.services import hot_follower_sensor, keeper_result
+from trace_dagster.service_runs import hot_follower_job, job_name
 
 LOG = logging.getLogger("test_service_runs")
 
@@ -121,7 +122,7 @@ def test_follower_sensor_launches_a_run_that_follows_the_chain(
         (request,) = result.run_requests
         run_one_step(hot_follower_job, request, dagster_instance)
         assert hot_cursor(trace_env) is not None
-        (record,) = dagster_instance.get_runs(RunsFilter(job_name=FOLLOWER.job_name))
+        (record,) = dagster_instance.get_runs(RunsFilter(job_name=job_name(FOLLOWER)))
         assert record.status == DagsterRunStatus.SUCCESS
         assert record.tags["trace/kind"] == "service"
         assert services.holder(trace_env, "hot_follower") is None  # released at the end

@@ -17,7 +17,8 @@ from trace_core.tasks import claim, complete_success, create_task
 from trace_dagster.definitions import build_definitions
 from trace_dagster.driver import drive_until_idle
 from trace_dagster.resources import TraceResource
-from trace_dagster.sinks import sink_job, sink_sensor
+from trace_dagster.sensors.services import sink_sensor
+from trace_dagster.service_runs import sink_job
 
 
 def _publish(rt: Runtime, keys: list[str]) -> None:

@@ -60,7 +60,7 @@ LAYERS: list[set[str]] = [
     {"analytics"},
     {"integrity"},
     {"builtin_operators"},
-    {"worker", "dispatcher", "services", "devchain", "devstaking", "rpcproxy"},
+    {"worker", "dispatcher", "services", "service_steps", "devchain", "devstaking", "rpcproxy"},
     {"cli"},
 ]
 # Within one layer, a package may import only the packages listed before it here.
@@ -68,7 +68,7 @@ SAME_LAYER: list[list[str]] = [
     ["errors", "settings", "logs", "yamlfile"],
     ["queue", "storage"],
     ["rpc", "rpcpool", "rpc_limits"],
-    ["rpcproxy", "devchain", "devstaking", "worker", "dispatcher", "services"],
+    ["rpcproxy", "devchain", "devstaking", "worker", "dispatcher", "services", "service_steps"],
 ]
 
 

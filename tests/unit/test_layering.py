@@ -1,8 +1,11 @@
-"""One-way layering: trace_core never imports dagster or trace_dagster."""
+"""One-way layering: trace_core never imports dagster, trace_dagster or trace_lite;
+trace_dagster is a thin shell (no SQL, no database or AWS driver) and never imports
+trace_lite."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -19,12 +22,58 @@ def _imports(path: Path) -> set[str]:
     return names
 
 
-def test_trace_core_is_framework_free() -> None:
-    offenders = {
-        str(p.relative_to(ROOT)): sorted(_imports(p) & {"dagster", "trace_dagster"})
-        for p in (ROOT / "trace_core").rglob("*.py")
+# A string constant that reads as SQL: an upper-case statement keyword opening it, or a
+# schema-qualified Trace table named in it.
+SQL_TEXT = re.compile(
+    r"^\s*(SELECT|INSERT\s+INTO|UPDATE\s+\w|DELETE\s+FROM|WITH\s+\w+\s+AS|CREATE\s|ALTER\s)"
+    r"|(?i:\b(FROM|JOIN|INTO)\s+(state|data)\.\w)",
+)
+SHELL_FORBIDDEN = {"psycopg", "psycopg_pool", "boto3", "botocore", "duckdb", "trace_lite"}
+
+
+def _sql_strings(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    return [
+        node.value[:60]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and SQL_TEXT.search(node.value)
+    ]
+
+
+def _offenders(package: str, forbidden: set[str]) -> dict[str, list[str]]:
+    found = {
+        str(p.relative_to(ROOT)): sorted(_imports(p) & forbidden)
+        for p in (ROOT / package).rglob("*.py")
     }
-    assert {k: v for k, v in offenders.items() if v} == {}
+    return {k: v for k, v in found.items() if v}
+
+
+def test_trace_core_is_framework_free() -> None:
+    assert (
+        _offenders("trace_core", {"dagster", "dagster_duckdb", "trace_dagster", "trace_lite"}) == {}
+    )
+
+
+def test_trace_dagster_reaches_no_driver_and_not_the_local_stack() -> None:
+    assert _offenders("trace_dagster", SHELL_FORBIDDEN) == {}
+
+
+def test_trace_dagster_holds_no_sql() -> None:
+    found = {
+        str(p.relative_to(ROOT)): _sql_strings(p) for p in (ROOT / "trace_dagster").rglob("*.py")
+    }
+    assert {k: v for k, v in found.items() if v} == {}
+
+
+def test_the_sql_check_sees_sql(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text(
+        'A = "SELECT 1"\nB = """\n  select count(*) FROM state.tasks"""\n'
+        'C = "UPDATE state.tasks SET x = 1"\nD = "select a stream"\nE = "from the data lake"\n'
+    )
+    assert len(_sql_strings(bad)) == 3
 
 
 def test_layering_check_sees_real_imports(tmp_path: Path) -> None:

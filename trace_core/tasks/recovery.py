@@ -92,3 +92,11 @@ def rewake_stranded(conn: Connection[Any], runs: Iterable[OpenRun]) -> int:
         total += rewoken
     conn.execute(q("tasks", "prune_settled_worker_runs"))
     return total
+
+
+def outstanding_counts(conn: Connection[Any]) -> tuple[int, int, int]:
+    """(tasks queued or running and not paused, dead tasks, pending outbox rows that are owed
+    work)."""
+    row = conn.execute(q("tasks", "outstanding_counts")).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1]), int(row[2])

@@ -147,3 +147,12 @@ UPDATE state.tasks SET next_run_at = now(), updated_at = now()
 WHERE task_id = ANY(%(task_ids)s::uuid[]) AND status = 'queued' AND NOT paused
   AND next_run_at > now()
 RETURNING task_id
+
+-- name: outstanding_counts
+-- Tasks still owed (queued or running, not paused), dead tasks, and pending outbox rows
+-- (the hot follower's per-step announcements on dataset_events are not owed work).
+SELECT (SELECT count(*) FROM state.tasks
+        WHERE status IN ('queued', 'running') AND NOT paused) AS active,
+       (SELECT count(*) FROM state.tasks WHERE status = 'dead') AS dead,
+       (SELECT count(*) FROM state.outbox WHERE status = 'pending'
+        AND NOT (topic = 'dataset_events' AND payload->>'event' LIKE 'hot\_%')) AS pending

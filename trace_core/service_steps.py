@@ -1,25 +1,25 @@
-"""Hot-path sensors: follow each hot chain's tip and compact its final ranges (docs/hot_path.md).
+"""The bounded steps of the four services (hot follower, hot compactor, sink drain, alert
+delivery) and their ``ServiceSpec``s; ``services.serve`` loops one under its lease and
+trace_dagster runs that loop as a Dagster run (docs/hot_path.md, docs/architecture.md).
 
-``trace_hot_follower`` (every few seconds) runs one bounded ``follow_pool`` step per chain an
-enabled chain_sync job follows (its ``hot:`` block) and records the head it saw;
-``trace_hot_compactor`` (every 30 s) runs ``compact_chain`` for the chains whose jobs compact,
-deleting compacted hot rows only after their cold versions are committed. Both are service
-runs (``service_runs``): their sensors keep one long-lived run of each serving while an
-enabled job has a ``hot:`` block, and each step below is the work of one loop turn. The
-compactor reports committed ranges as an observation of asset ``hot/chain_<id>``. A
-retryable failure of one chain is reported and retried next step; a fatal one fails the
-step (and the run, which Dagster retries) after the other chains had their turn.
+``follower_step`` runs one bounded ``follow_pool`` step per chain an enabled chain_sync job
+follows (its ``hot:`` block) and records the head it saw; ``compactor_step`` runs
+``compact_chain`` for the chains whose jobs compact, deleting compacted hot rows only after
+their cold versions are committed, and reports committed ranges as an observation of asset
+``hot/chain_<id>``. A retryable failure of one chain is reported and retried next step; a
+fatal one fails the step (and the run, which Dagster retries) after the other chains had
+their turn.
 """
 
-# No `from __future__ import annotations` here: Dagster resolves sensor annotations at runtime.
+from __future__ import annotations
+
 import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from dagster import AssetKey, AssetObservation
-
+from trace_core.alerts.delivery import deliver_once
 from trace_core.chain_sync.head import record_head_observation
 from trace_core.chain_sync.status import hot_blocked
 from trace_core.chain_sync.store import HotJob, list_hot_jobs
@@ -29,21 +29,22 @@ from trace_core.hot.follower import FollowResult
 from trace_core.operators.block_follower import follow_pool
 from trace_core.operators.parquet_compact import compact_chain
 from trace_core.runtime import Runtime
-from trace_dagster.service_runs import ServiceSpec, StepReport, service_job, service_sensor
+from trace_core.services import Observation, ServiceSpec, StepReport
+from trace_core.sinks.consumer import SinkReport, sink_once
 
 # The follower's step runs inside its service run, so it can poll the tip more often than a
 # sensor could (the old sensor ran every 3 s at best, after the daemon's own loop).
 FOLLOWER_INTERVAL_SECONDS = 1.0
 COMPACTOR_INTERVAL_SECONDS = 30
-# No chain is started past this point of a tick (Dagster times a sensor tick out at 60 s);
-# the sensor cursor rotates the starting chain so a slow chain cannot starve the others.
-TICK_BUDGET_SECONDS = 40.0
+# No chain is started past this point of a step; the step's cursor rotates the starting
+# chain so a slow chain cannot starve the others.
+HOT_STEP_BUDGET_SECONDS = 40.0
 HEAD_SOURCE = "hot_follower"
 
 
-def hot_asset_key(chain_id: int) -> AssetKey:
+def hot_asset_path(chain_id: int) -> tuple[str, ...]:
     """``hot/chain_<id>``: the asset the compactor's observations are reported on."""
-    return AssetKey(["hot", f"chain_{chain_id}"])
+    return ("hot", f"chain_{chain_id}")
 
 
 def _hot_jobs(rt: Runtime) -> dict[int, list[HotJob]]:
@@ -100,7 +101,7 @@ def _follow_line(chain_id: int, job: HotJob, r: FollowResult) -> str:
     return line
 
 
-def follower_tick(rt: Runtime, cursor: str | None, log: logging.Logger) -> StepReport:
+def follower_step(rt: Runtime, cursor: str | None, log: logging.Logger) -> StepReport:
     """One follower step per followed chain, each bounded by its job's ``max_blocks_per_tick``.
 
     A chain whose jobs are all blocked (paused, ``TRACE_RPC_POOL_<POOL>_URL`` unset, no head
@@ -112,7 +113,7 @@ def follower_tick(rt: Runtime, cursor: str | None, log: logging.Logger) -> StepR
     by_chain = _hot_jobs(rt)
     if not by_chain:
         return StepReport(False, "no enabled chain_sync job has a hot: block")
-    deadline = time.monotonic() + TICK_BUDGET_SECONDS
+    deadline = time.monotonic() + HOT_STEP_BUDGET_SECONDS
     failures = _Failures(log)
     lines: list[str] = []
     last: int | None = None
@@ -154,11 +155,11 @@ def follower_tick(rt: Runtime, cursor: str | None, log: logging.Logger) -> StepR
     return StepReport(followed > 0, summary, cursor=None if last is None else str(last))
 
 
-def compactor_tick(rt: Runtime, cursor: str | None, log: logging.Logger) -> StepReport:
+def compactor_step(rt: Runtime, cursor: str | None, log: logging.Logger) -> StepReport:
     """``compact_chain(..., delete_hot=True)`` for every hot chain whose enabled jobs all compact;
     ``prune_served`` for the other hot chains (follow_head: chain_sync's ranges go cold).
 
-    Reports an ``AssetObservation`` of ``hot/chain_<id>`` for each chain where ranges were
+    Reports an observation of ``hot/chain_<id>`` for each chain where ranges were
     committed or hot rows deleted. Raises the first fatal error after every chain had its turn.
     """
     hot_jobs = _hot_jobs(rt)
@@ -166,9 +167,9 @@ def compactor_tick(rt: Runtime, cursor: str | None, log: logging.Logger) -> Step
     pruned = sorted(set(hot_jobs) - set(chains))
     if not hot_jobs:
         return StepReport(False, "no enabled chain_sync job follows a hot chain")
-    deadline = time.monotonic() + TICK_BUDGET_SECONDS
+    deadline = time.monotonic() + HOT_STEP_BUDGET_SECONDS
     failures = _Failures(log)
-    events: list[AssetObservation] = []
+    events: list[Observation] = []
     lines: list[str] = []
     for chain_id in pruned:
         # chain_sync's own ranges become cold behind the tip: drop the hot rows they serve
@@ -179,9 +180,9 @@ def compactor_tick(rt: Runtime, cursor: str | None, log: logging.Logger) -> Step
             )
             if any(deleted_rows.values()):
                 events.append(
-                    AssetObservation(
-                        asset_key=hot_asset_key(chain_id),
-                        metadata={"chain_id": chain_id, "pruned_hot_rows": dict(deleted_rows)},
+                    Observation(
+                        hot_asset_path(chain_id),
+                        {"chain_id": chain_id, "pruned_hot_rows": dict(deleted_rows)},
                     )
                 )
     for chain_id in chains:
@@ -205,9 +206,7 @@ def compactor_tick(rt: Runtime, cursor: str | None, log: logging.Logger) -> Step
                     ],
                     "deleted_hot_rows": dict(result.deleted_rows),
                 }
-                events.append(
-                    AssetObservation(asset_key=hot_asset_key(chain_id), metadata=metadata)
-                )
+                events.append(Observation(hot_asset_path(chain_id), metadata))
     failures.raise_fatal()
     return StepReport(
         bool(events), " | ".join(lines + failures.lines) or "nothing final to compact", events
@@ -216,17 +215,103 @@ def compactor_tick(rt: Runtime, cursor: str | None, log: logging.Logger) -> Step
 
 FOLLOWER = ServiceSpec(
     name="hot_follower",
-    step=follower_tick,
+    step=follower_step,
     interval_seconds=FOLLOWER_INTERVAL_SECONDS,
     description="Follows the tip of every chain a chain_sync job's hot: block names into the hot tables",
 )
 COMPACTOR = ServiceSpec(
     name="hot_compactor",
-    step=compactor_tick,
+    step=compactor_step,
     interval_seconds=COMPACTOR_INTERVAL_SECONDS,
     description="Compacts final hot ranges into cold dataset versions, then deletes those hot rows",
 )
-hot_follower_job = service_job(FOLLOWER)
-hot_compactor_job = service_job(COMPACTOR)
-hot_follower_sensor = service_sensor(FOLLOWER, hot_follower_job)
-hot_compactor_sensor = service_sensor(COMPACTOR, hot_compactor_job)
+
+SINK_INTERVAL_SECONDS = 1.0
+
+MESSAGES_PER_CALL = 10
+SINK_MAX_CALLS_PER_STEP = 20
+SINK_STEP_BUDGET_SECONDS = 20.0  # one step's budget
+
+
+def sink_drain(
+    rt: Runtime,
+    *,
+    max_calls: int = SINK_MAX_CALLS_PER_STEP,
+    budget_seconds: float = SINK_STEP_BUDGET_SECONDS,
+) -> list[SinkReport]:
+    """Call ``sink_once`` until the buffer queue is idle, ``max_calls`` or the time budget."""
+    reports: list[SinkReport] = []
+    deadline = time.monotonic() + budget_seconds
+    for _ in range(max_calls):
+        report = sink_once(rt, max_messages=MESSAGES_PER_CALL)
+        if report.idle:
+            break
+        reports.append(report)
+        if time.monotonic() > deadline:
+            break
+    return reports
+
+
+def sink_step(rt: Runtime, cursor: str | None, log: logging.Logger) -> StepReport:
+    """Drain the buffer queue (bounded, see ``sink_drain``) and say what was written."""
+    reports = sink_drain(rt)
+    if not reports:
+        return StepReport(False, "buffer queue is empty")
+    for report in reports:
+        for error in report.errors:
+            log.warning(f"sink: message failed: {error}")
+    return StepReport(
+        True,
+        f"{sum(r.received for r in reports)} message(s), {sum(r.acked for r in reports)} "
+        f"written, {sum(r.rows_inserted for r in reports)} row(s) new, "
+        f"{sum(r.rows_duplicate for r in reports)} duplicate",
+    )
+
+
+SINK = ServiceSpec(
+    name="sink",
+    step=sink_step,
+    interval_seconds=SINK_INTERVAL_SECONDS,
+    description="Writes buffered batches (buffer queue pointers) into Postgres data",
+    exit_when_idle=True,
+)
+
+DELIVERY_INTERVAL_SECONDS = 1.0
+
+# Each delivery waits at most its channel's timeout (<= 30 s) and sends run in parallel, so
+# one bounded step takes at most about that long.
+DELIVERY_EVENTS_PER_STEP = 50
+
+# The asset alert delivery observations are reported on (data.alert_events).
+ALERT_EVENTS_PATH: tuple[str, ...] = ("alerts", "alert_events")
+
+
+def delivery_step(rt: Runtime, cursor: str | None, log: logging.Logger) -> StepReport:
+    """One bounded delivery step; an observation of ``alerts/alert_events`` when it worked."""
+    report = deliver_once(rt, max_events=DELIVERY_EVENTS_PER_STEP)
+    if not report.did_work:
+        return StepReport(False, "no alert deliveries due")
+    metadata = {
+        "planned": report.planned,
+        "attempted": report.attempted,
+        "delivered": report.delivered,
+        "retried": report.retried,
+        "failed": report.failed,
+        "rate_limited": report.rate_limited,
+    }
+    return StepReport(
+        True,
+        f"alert delivery: {report.summary()}",
+        [Observation(ALERT_EVENTS_PATH, metadata)],
+    )
+
+
+ALERT_DELIVERY = ServiceSpec(
+    name="alert_delivery",
+    step=delivery_step,
+    interval_seconds=DELIVERY_INTERVAL_SECONDS,
+    description="Delivers new alert events to their webhooks and logs, with retries and rate limits",
+    exit_when_idle=True,
+)
+
+SERVICE_SPECS: tuple[ServiceSpec, ...] = (FOLLOWER, COMPACTOR, SINK, ALERT_DELIVERY)

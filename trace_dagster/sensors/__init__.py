@@ -1,0 +1,11 @@
+"""Sensors: each body maps one trace_core report to a ``SensorResult`` (``dispatcher``,
+``worker``, ``services``, ``integrity``, ``analytics``)."""
+
+from trace_dagster.sensors.services import (
+    alert_delivery_sensor,
+    hot_compactor_sensor,
+    hot_follower_sensor,
+    sink_sensor,
+)
+
+service_sensors = [sink_sensor, hot_follower_sensor, hot_compactor_sensor, alert_delivery_sensor]

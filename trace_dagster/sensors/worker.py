@@ -1,0 +1,73 @@
+"""``trace_worker_wakeups``: task wake-ups become ``trace_worker`` runs (``plan_worker_runs``),
+after re-waking the tasks of requested runs that will never claim them."""
+
+# No `from __future__ import annotations` here: Dagster resolves sensor annotations at runtime.
+from dagster import (
+    DagsterInstance,
+    DagsterRunStatus,
+    DefaultSensorStatus,
+    RunRequest,
+    RunsFilter,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    sensor,
+)
+
+from trace_core.runtime import Runtime
+from trace_core.worker import plan_worker_runs, recover_stranded
+from trace_dagster.jobs import trace_worker
+from trace_dagster.resources import TraceResource
+from trace_dagster.sensors.common import instance_of
+from trace_dagster.service_runs import KIND_TAG
+
+MAX_RUNS_PER_TICK = 10
+# The run key Dagster stamps on sensor runs (recovery looks runs up by it).
+RUN_KEY_TAG = "dagster/run_key"
+FINISHED_STATUSES = frozenset(
+    {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
+)
+# A requested run must show up in Dagster's storage within this long (the daemon submits it
+# right after the tick) before its tasks count as stranded.
+RECOVERY_GRACE_SECONDS = 15.0
+
+
+def worker_requests(rt: Runtime, max_runs: int = MAX_RUNS_PER_TICK) -> list[RunRequest]:
+    """One ``trace_worker`` run request per planned batch (wake-ups are acked once recorded)."""
+    return [
+        RunRequest(
+            run_key=run.run_key,
+            run_config={"ops": {"execute_tasks": {"config": {"task_ids": run.task_ids}}}},
+            tags={**run.tags, KIND_TAG: "worker"},
+        )
+        for run in plan_worker_runs(rt, max_runs)
+    ]
+
+
+def _run_alive(instance: DagsterInstance, run_key: str) -> bool:
+    """Whether Dagster holds a run for ``run_key`` that may still claim its tasks."""
+    runs = instance.get_runs(filters=RunsFilter(tags={RUN_KEY_TAG: run_key}), limit=1)
+    return bool(runs) and runs[0].status not in FINISHED_STATUSES
+
+
+@sensor(
+    name="trace_worker_wakeups",
+    job=trace_worker,
+    minimum_interval_seconds=5,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Receives task wake-ups from the queue and launches trace_worker runs",
+)
+def worker_sensor(
+    context: SensorEvaluationContext, trace: TraceResource
+) -> SensorResult | SkipReason:
+    rt = trace.get_client()
+    instance = instance_of(context)
+    rewoken = recover_stranded(
+        rt, lambda key: instance is None or _run_alive(instance, key), RECOVERY_GRACE_SECONDS
+    )
+    if rewoken:
+        context.log.warning(f"re-woke {rewoken} task(s) of worker runs that never claimed them")
+    requests = worker_requests(rt)
+    if not requests:
+        return SkipReason("no wake-ups")
+    return SensorResult(run_requests=requests)
