@@ -3,7 +3,9 @@
 1. The commit (``datasets.commit.commit_version``, inside the completion transaction) writes a
    ``dataset_version_committed`` event on the outbox topic ``dataset_events``; its outbox id is
    derived from the version, so a replay adds nothing. A chain_sync range's event names its
-   job; the hot compactor's names none, and routing finds the jobs with a ``hot:`` block.
+   job; the hot compactor's and the analytics outputs' (``analytics_*``, committed by
+   ``analytics.output``) name none, and routing finds the jobs that read them: those with a
+   ``hot:`` block on the chain, and those whose ``analytics:`` block produces the dataset.
 2. ``route_dataset_events`` (each dispatcher tick) receives those events and, for every
    enabled ``on_commit`` alert reading that stream, creates an evaluation task (and its
    wake-up) in one state transaction, then acks. The task id is ``uuid5(alert_id, version)``:
@@ -28,6 +30,7 @@ from psycopg import Connection
 
 from trace_core.alerts.evaluate import EvaluationPayload
 from trace_core.chain_sync import store as chain_sync_store
+from trace_core.chain_sync.analytics_spec import OUTPUT_PREFIX, output_keys
 from trace_core.datasets import events, registry
 from trace_core.datasets.events import DATASET_EVENTS, VERSION_COMMITTED
 from trace_core.db.queries import q
@@ -131,19 +134,37 @@ def route_event(
 ) -> int:
     """Create the evaluations one event triggers, in the caller's transaction; returns how many
     were new. Events other than ``dataset_version_committed`` trigger nothing. An event without
-    a job (a version the hot compactor committed) is routed for every enabled job with a
-    ``hot:`` block on its chain. Raises ``InvalidPayload`` for a malformed version event."""
+    a job (a version the hot compactor or an analytics run committed) is routed for every job
+    of ``_jobs_of_unowned_version``. Raises ``InvalidPayload`` for a malformed version event."""
     if payload.get("event") != VERSION_COMMITTED:
         return 0
     ev = _parse_event(payload)
     if ev["job_name"] is not None:
         return _route_for_job(conn, org_id, ev, max_attempts=max_attempts)
-    jobs = chain_sync_store.list_hot_jobs(conn, org_id, enabled_only=True)
     return sum(
-        _route_for_job(conn, org_id, {**ev, "job_name": job.name}, max_attempts=max_attempts)
-        for job in jobs
-        if job.chain_id == ev["chain_id"]
+        _route_for_job(conn, org_id, {**ev, "job_name": name}, max_attempts=max_attempts)
+        for name in _jobs_of_unowned_version(conn, org_id, ev["chain_id"], ev["dataset_key"])
     )
+
+
+def _jobs_of_unowned_version(
+    conn: Connection[Any], org_id: str | uuid.UUID, chain_id: int, dataset_key: str
+) -> list[str]:
+    """Jobs whose alerts may read a version committed outside a job, by name: the enabled
+    jobs with a ``hot:`` block on its chain (the hot compactor's versions), and the jobs on its
+    chain whose ``analytics:`` block produces ``dataset_key`` (analytics outputs)."""
+    names = {
+        job.name
+        for job in chain_sync_store.list_hot_jobs(conn, org_id, enabled_only=True)
+        if job.chain_id == chain_id
+    }
+    if dataset_key.startswith(OUTPUT_PREFIX):
+        rows = conn.execute(
+            q("alerts", "analytics_jobs_on_chain"),
+            {"org_id": uuid.UUID(str(org_id)), "chain_id": chain_id},
+        ).fetchall()
+        names.update(name for name, analytics in rows if dataset_key in output_keys(analytics))
+    return sorted(names)
 
 
 def _route_for_job(

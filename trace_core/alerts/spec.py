@@ -5,7 +5,8 @@ An alert file looks like::
     kind: alert
     name: large_transfer
     job: demo                      # the chain_sync job whose streams it reads
-    reads: [transactions]          # stream keys; each is a relation of the condition
+    reads: [transactions]          # stream keys or the job's analytics_* outputs; each is a
+                                   # relation of the condition
     condition: |                   # one gated SELECT; every result row is an event
       SELECT block_number, transaction_hash, value_f64 FROM transactions
       WHERE value_f64 > 1e18

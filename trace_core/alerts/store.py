@@ -1,7 +1,8 @@
 """Alert definitions in Postgres state: apply (idempotent), list, look up.
 
 ``apply_alert`` checks what YAML validation cannot: the chain_sync job exists in the org and
-every stream in ``reads`` is one of its active streams. An unchanged file is a no-op; an edit
+every key in ``reads`` is one of its active streams or one of the ``analytics_*`` outputs its
+``analytics:`` block produces (committed as dataset versions on the job's chain). An unchanged file is a no-op; an edit
 updates the row in place (same ``alert_id``), so its pending deliveries and events remain.
 """
 
@@ -19,6 +20,7 @@ from psycopg.types.json import Jsonb
 
 from trace_core.alerts.spec import AlertSpec, LoadedAlert, load_alert_file
 from trace_core.chain_sync import store as chain_sync_store
+from trace_core.chain_sync.analytics_spec import OUTPUT_PREFIX, output_keys
 from trace_core.db.queries import q
 from trace_core.errors import AlertNotFound, ChainSyncJobNotFound, ConfigError, InvalidJobFile
 
@@ -82,6 +84,28 @@ class AlertRow:
         }
 
 
+def readable_keys(
+    conn: Connection[Any], org_id: str | uuid.UUID, job_id: uuid.UUID
+) -> tuple[set[str], tuple[str, ...]]:
+    """What an alert of the job may read: its active stream keys, and the ``analytics_*``
+    outputs its ``analytics:`` block produces (``chain_sync.analytics_spec.output_keys``)."""
+    streams = {s.dataset_key for s in chain_sync_store.list_streams(conn, org_id, job_id)}
+    row = conn.execute(q("alerts", "job_analytics"), {"job_id": job_id}).fetchone()
+    return streams, output_keys(row[0] if row else None)
+
+
+def _unreadable(job: str, key: str, streams: set[str], outputs: tuple[str, ...]) -> str:
+    if key.startswith(OUTPUT_PREFIX) and key not in streams:
+        if not outputs:
+            return f"job {job!r} has no analytics: block, so no analytics output {key!r}"
+        return (
+            f"job {job!r} produces no analytics output {key!r} "
+            f"(its analytics outputs: {', '.join(outputs)})"
+        )
+    also = f"; analytics outputs: {', '.join(outputs)}" if outputs else ""
+    return f"job {job!r} has no active stream {key!r} (streams: {', '.join(sorted(streams))}{also})"
+
+
 def _check_job(conn: Connection[Any], org_id: str | uuid.UUID, loaded: LoadedAlert) -> None:
     spec, doc = loaded.spec, loaded.doc
     try:
@@ -93,16 +117,16 @@ def _check_job(conn: Connection[Any], org_id: str | uuid.UUID, loaded: LoadedAle
             line=doc.line_of(("job",)),
             field="job",
         ) from None
-    streams = {s.dataset_key for s in chain_sync_store.list_streams(conn, org_id, job.job_id)}
+    streams, outputs = readable_keys(conn, org_id, job.job_id)
     problems = [
         ConfigError(
-            f"job {spec.job!r} has no active stream {key!r} (streams: {', '.join(sorted(streams))})",
+            _unreadable(spec.job, key, streams, outputs),
             file=doc.source,
             line=doc.line_of(("reads", i)),
             field=f"reads[{i}]",
         )
         for i, key in enumerate(spec.reads)
-        if key not in streams
+        if key not in streams and key not in outputs
     ]
     if problems:
         raise InvalidJobFile(problems)

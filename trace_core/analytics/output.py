@@ -1,8 +1,10 @@
 """Analytics outputs become committed dataset versions (the datasets commit protocol).
 
 A DuckDB query result is written as one Parquet file, staged, moved under the version prefix
-with its manifest written last, and registered in one state transaction, exactly like a
-compacted hot range (no task: analytics runs are not Trace tasks). The version id is a
+with its manifest written last, and registered in one state transaction together with its
+``dataset_version_committed`` event, exactly like a compacted hot range (no task: analytics
+runs are not Trace tasks; the event names no job, and alert routing finds the jobs whose
+``analytics:`` block produces the dataset). The version id is a
 function of ``(dataset, config_hash, chain, range)`` and ``config_hash`` carries a
 fingerprint of the inputs read, so re-materializing the same inputs registers nothing new,
 while new inputs give a new version that readers prefer (newest per block).
@@ -22,6 +24,7 @@ from typing import Any
 import duckdb
 from psycopg import Connection
 
+from trace_core.chain_sync.analytics_spec import OUTPUT_PREFIX
 from trace_core.datasets import ids
 from trace_core.datasets.commit import (
     CommittedVersion,
@@ -37,7 +40,7 @@ from trace_core.storage.base import ObjectStore
 log = logging.getLogger(__name__)
 
 CONFIG_VERSION = "v1"
-DATASET_PREFIX = "analytics_"
+DATASET_PREFIX = OUTPUT_PREFIX
 
 
 def output_key(name: str) -> str:
@@ -142,7 +145,8 @@ def commit_query(
         schema=schema,
         files=files,
     )
-    committed = commit_version(state, store, staged)  # no task: lock, publish, register
+    # no task: lock, publish, register, announce (once per version: alerts route the event)
+    committed = commit_version(state, store, staged, announce=True)
     log.info(
         "analytics output committed",
         extra={

@@ -13,12 +13,16 @@ Example (the job must start at block 0: balances accumulate from genesis)::
 
 Cross-field checks (streams exist and carry the right cryo dataset, from_block is 0) live in
 ``chain_sync.spec.ChainSyncSpec`` so each problem is reported at its file line.
+
+Each output is a dataset ``analytics_<name>`` on the job's chain (``output_keys``): the Query
+Service serves them as relations of the job (``--job``) and alerts of the job may read them.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from collections.abc import Mapping
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
@@ -29,6 +33,17 @@ MONAD_STAKING_ADDRESS = "0x0000000000000000000000000000000000001000"
 BALANCE_DIFF_DATASETS = frozenset({"geth_balance_diffs", "balance_diffs"})
 LOG_DATASETS = frozenset({"logs"})
 MAX_TOP_N = 1000
+# Dataset key of an analytics output: ``analytics_<name>``.
+OUTPUT_PREFIX = "analytics_"
+# What each input produces (trace_core.analytics.compute commits these, per range and roll-up).
+BALANCE_OUTPUTS = (
+    "balance_changes",
+    "supply_deltas",
+    "native_supply",
+    "top_accounts",
+    "top_account_history",
+)
+STAKING_OUTPUTS = ("staking_events", "validator_stake", "staking_concentration")
 
 _ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
 _STREAM = re.compile(r"^[a-z0-9_]{1,64}$")
@@ -124,3 +139,18 @@ class AnalyticsSpec(_Model):
                 "from the genesis allocation",
             )
         return self
+
+    def output_keys(self) -> tuple[str, ...]:
+        """Dataset keys of every output this block produces, sorted."""
+        names = (BALANCE_OUTPUTS if self.balance_diffs is not None else ()) + (
+            STAKING_OUTPUTS if self.staking is not None else ()
+        )
+        return tuple(sorted(OUTPUT_PREFIX + n for n in names))
+
+
+def output_keys(analytics: Mapping[str, Any] | None) -> tuple[str, ...]:
+    """``AnalyticsSpec.output_keys`` of a stored ``analytics:`` block (the JSON a job's spec
+    keeps in state; validated when the job was applied); ``()`` when the job has none."""
+    if not analytics:
+        return ()
+    return AnalyticsSpec.model_validate(analytics, strict=False).output_keys()

@@ -5,7 +5,7 @@ Untrusted SQL never names a file. This module decides which objects a query may 
 1. grants -> versions, from Postgres state only. A user token sees, per dataset, the
    committed versions of its org that serve some block (``registry.visible_parts``: the
    newest version of each block wins), one relation
-   per dataset key; ``job`` restricts to that job's streams. A task token sees exactly the
+   per dataset key; ``job`` restricts to that job's streams and analytics outputs. A task token sees exactly the
    versions it pins. A grant the registry does not hold -> ``AccessDenied`` (403).
 2. versions -> manifests, fetched with a size cap (``TooLarge``, 413) and parsed by the
    strict shared parser (``datasets.manifest.parse_manifest``: unknown fields rejected, keys
@@ -37,6 +37,7 @@ from psycopg import Connection, sql
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
+from trace_core.chain_sync.analytics_spec import output_keys
 from trace_core.datasets.cryo_schemas import CRYO_COLUMNS
 from trace_core.datasets.manifest import DatasetManifest, parse_manifest
 from trace_core.datasets.registry import (
@@ -112,7 +113,8 @@ def user_versions(
 ) -> Versions:
     """Relations a user query may read, by name.
 
-    Without ``requested``: every granted relation of the org (or of ``job``).
+    Without ``requested``: every granted relation of the org (or of ``job``: its streams, and
+    the ``analytics_*`` outputs its ``analytics:`` block produces on its chain).
     ``hot_relations`` exist even without a registered version (served from hot rows; an
     empty version list). Raises ``AccessDenied`` for a requested name the token does not
     grant or that neither the registry nor ``hot_relations`` holds, and
@@ -120,9 +122,18 @@ def user_versions(
     """
     params = {"org_id": claims.org_id, "job": job}
     if job is not None:
-        if conn.execute(q("query", "job_exists"), params).fetchone() is None:
+        found = conn.execute(q("query", "job_exists"), params).fetchone()
+        if found is None:
             raise QueryError(f"no job named {job!r}", code="job_not_found")
-        registered = default_relations(_records(conn, "job_versions", params))
+        records = _records(conn, "job_versions", params)
+        keys = [k for k in output_keys(found[2]) if k not in {r.dataset_key for r in records}]
+        if keys:
+            records += _records(
+                conn,
+                "job_analytics_versions",
+                {"org_id": claims.org_id, "chain_id": found[1], "keys": keys},
+            )
+        registered = default_relations(records)
     else:
         registered = default_relations(_records(conn, "org_versions", params))
     for name in hot_relations:

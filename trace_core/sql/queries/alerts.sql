@@ -37,6 +37,18 @@ WHERE org_id = %(org_id)s
   AND (%(alert_id)s::uuid IS NULL OR alert_id = %(alert_id)s)
 ORDER BY name
 
+-- name: job_analytics
+-- The `analytics:` block of a chain_sync job (NULL without one): what it produces.
+SELECT spec -> 'analytics' AS analytics FROM state.chain_sync_jobs WHERE job_id = %(job_id)s
+
+-- name: analytics_jobs_on_chain
+-- Jobs of the org on a chain that carry an `analytics:` block (routing of analytics versions).
+SELECT name, spec -> 'analytics' AS analytics
+FROM state.chain_sync_jobs
+WHERE org_id = %(org_id)s AND chain_id = %(chain_id)s
+  AND jsonb_typeof(spec -> 'analytics') = 'object'
+ORDER BY name
+
 -- name: on_commit_alerts
 SELECT alert_id, name, reads, spec
 FROM state.alert_definitions

@@ -1,0 +1,332 @@
+"""Alerts and ``--job`` queries over analytics outputs, end to end: a real archive anvil chain,
+the demo_analytics job (examples/chain_sync.demo_analytics.yaml, shortened) synced with real
+cryo through Dagster, the analytics assets committing ``analytics_*`` versions, their
+``dataset_version_committed`` events routed to the example alerts of
+examples/analytics_alerts/, evaluated through a real Query Service with pinned grants, and
+delivered. Every matching row fires once; re-materializing and replayed events fire nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from dagster import DagsterInstance, Definitions, instance_for_test, materialize
+from psycopg.rows import dict_row
+
+from tests.conftest import clone_databases, drop_databases
+from tests.integration.test_query_service import serving
+from trace_core import devstaking
+from trace_core.alerts import routing
+from trace_core.alerts.evaluate import OPERATOR
+from trace_core.alerts.spec import load_alert_file, parse_alert
+from trace_core.alerts.store import alert_id, apply_alert
+from trace_core.chain_sync import store
+from trace_core.chain_sync.planner import range_partition_key
+from trace_core.chain_sync.yamlload import load_job_file, parse_job
+from trace_core.datasets.events import DATASET_EVENTS
+from trace_core.devchain import DevChain
+from trace_core.errors import AccessDenied, InvalidJobFile, QueryError
+from trace_core.query.app import create_app, query_http
+from trace_core.query.attach import user_versions
+from trace_core.query.tokens import issue_user_token, verify_user_token
+from trace_core.rpc import hex_int
+from trace_core.runtime import Runtime
+from trace_core.settings import REPO_ROOT, load_settings
+from trace_dagster.analytics import analytics_asset_key
+from trace_dagster.definitions import build_definitions
+from trace_dagster.driver import drive_until_idle
+
+BLOCKS = 400
+ETH = 10**18
+WHALE = "0x00000000000000000000000000000000000beef1"
+EXAMPLES = REPO_ROOT / "examples" / "analytics_alerts"
+OUTPUTS = {
+    f"analytics_{n}"
+    for n in (
+        "balance_changes",
+        "supply_deltas",
+        "native_supply",
+        "top_accounts",
+        "top_account_history",
+        "staking_events",
+        "validator_stake",
+        "staking_concentration",
+    )
+}
+OTHER_JOB = """kind: chain_sync
+name: other
+chain_id: {chain_id}
+mode: {{kind: fixed_target, from_block: 0, to_block: 10}}
+streams:
+  logs: {{cryo_dataset_name: logs, rpc_pool: demo, chunk_size: 10, max_inflight: 1}}
+"""
+
+
+def demo_job_text() -> str:
+    """The demo_analytics example, shortened to BLOCKS blocks in two ranges per stream."""
+    text = (REPO_ROOT / "examples" / "chain_sync.demo_analytics.yaml").read_text()
+    for old, new in (
+        ("to_block: 2000", f"to_block: {BLOCKS}"),
+        ("chunk_size: 500", "chunk_size: 200"),
+    ):
+        assert old in text
+        text = text.replace(old, new)
+    return text
+
+
+@dataclass
+class Alerted:
+    rt: Runtime
+    chain: DevChain
+    instance: DagsterInstance
+    defs: Definitions
+    query_url: str
+
+
+def counts(rt: Runtime) -> dict[str, int]:
+    with rt.state() as conn:
+        state = conn.execute(
+            "SELECT (SELECT count(*) FROM state.dataset_versions),"
+            " (SELECT count(*) FROM state.outbox WHERE topic = %s),"
+            " (SELECT count(*) FROM state.tasks WHERE operator = %s)",
+            (DATASET_EVENTS, OPERATOR),
+        ).fetchone()
+    with psycopg.connect(rt.dbs.data_url) as conn:
+        data = conn.execute(
+            "SELECT (SELECT count(*) FROM data.alert_events),"
+            " (SELECT count(*) FROM data.alert_deliveries)"
+        ).fetchone()
+    assert state is not None and data is not None
+    return dict(
+        zip(
+            ["versions", "events_out", "evaluations", "alerts", "deliveries"],
+            [*state, *data],
+            strict=True,
+        )
+    )
+
+
+def drive(s: Alerted) -> None:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TRACE_QUERY_URL", s.query_url)
+        rt = Runtime(load_settings())
+        try:
+            report = drive_until_idle(rt, s.defs, s.instance, timeout=240, poll_seconds=0.2)
+        finally:
+            rt.close()
+    assert report.idle and report.dead_tasks == 0 and report.failed_runs == 0, report
+
+
+@pytest.fixture(scope="module")
+def alerted(
+    pg_server_url: str, template_dbs: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Alerted]:
+    dbs = clone_databases(pg_server_url)
+    home = tmp_path_factory.mktemp("analerts_home")
+    with (
+        pytest.MonkeyPatch.context() as mp,
+        DevChain.start(blocks=120, seed=3, chain_id=31337, archive=True) as chain,
+        instance_for_test() as instance,
+    ):
+        accounts = chain.rpc.call("eth_accounts")
+        for sender in accounts[7:10]:  # a whale that is rank 1 from block ~120 on
+            tx = {"from": sender, "to": WHALE, "value": hex(9000 * ETH), "gas": hex(21_000)}
+            chain.wait_receipt(chain.rpc.call("eth_sendTransaction", [tx]))
+        devstaking.drive(chain, validators=3, actions=12)
+        chain.seed(BLOCKS, seed=5)
+        for k, v in {
+            "TRACE_RETRY_BASE_SECONDS": "0",
+            "TRACE_HEARTBEAT_SECONDS": "1",
+            "TRACE_HOME": str(home),
+            "TRACE_STATE_URL": dbs.state_url,
+            "TRACE_DATA_URL": dbs.data_url,
+            "TRACE_RPC_POOL_DEMO_URL": chain.rpc_url,
+        }.items():
+            mp.setenv(k, v)
+        rt = Runtime(load_settings())
+        from trace_core.db.migrate import migrate
+
+        migrate(rt.dbs)
+        job_file = home / "demo_analytics.yaml"
+        job_file.write_text(demo_job_text())
+        spec, raw = load_job_file(job_file)
+        with rt.state() as conn:
+            store.apply_job(conn, rt.settings.org_id, spec, raw, str(job_file))
+            for path in sorted(EXAMPLES.glob("*.yaml")):
+                apply_alert(conn, rt.settings.org_id, load_alert_file(path), str(path))
+        defs = build_definitions(rt)
+        app = create_app(rt.settings, rt.dbs, rt.store, hot_sources=None)
+        try:
+            with serving(app) as client:
+                s = Alerted(rt, chain, instance, defs, str(client.base_url))
+                drive(s)
+                yield s
+        finally:
+            rt.close()
+    drop_databases(pg_server_url, dbs)
+
+
+def all_versions(rt: Runtime, key: str) -> list[str]:
+    """Every committed version of ``key`` (superseded roll-ups included)."""
+    with rt.state() as conn:
+        rows = conn.execute(
+            "SELECT v.dataset_version FROM state.dataset_versions v JOIN state.datasets d"
+            " USING (dataset_uuid) WHERE d.dataset_key = %s",
+            (key,),
+        ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def events_of(rt: Runtime, name: str) -> list[dict[str, Any]]:
+    with psycopg.connect(rt.dbs.data_url, row_factory=dict_row) as conn:
+        return conn.execute(
+            "SELECT e.*, d.status AS delivery FROM data.alert_events e"
+            " LEFT JOIN data.alert_deliveries d USING (dedupe_key)"
+            " WHERE e.alert_name = %s ORDER BY e.block_number",
+            (name,),
+        ).fetchall()
+
+
+def test_alerts_on_analytics_outputs_fire_once_per_matching_row(alerted: Alerted) -> None:
+    s, org = alerted, alerted.rt.settings.org_id
+    # every committed version of each output read was routed to one evaluation, pinned to it
+    for name, key in (
+        ("supply_burn", "analytics_native_supply"),
+        ("top_account_whale", "analytics_top_accounts"),
+    ):
+        versions = all_versions(s.rt, key)
+        assert versions
+        with s.rt.state() as conn, conn.cursor(row_factory=dict_row) as cur:
+            evals = cur.execute(
+                "SELECT task_id, status, payload FROM state.tasks WHERE operator = %s"
+                " AND payload->>'alert_name' = %s",
+                (OPERATOR, name),
+            ).fetchall()
+        aid = alert_id(org, name)
+        assert {e["task_id"] for e in evals} == {
+            routing.evaluation_task_id(aid, v) for v in versions
+        }
+        assert all(e["status"] == "succeeded" for e in evals)
+        for e in evals:
+            assert [g["dataset_version"] for g in e["payload"]["grants"]] == [
+                e["payload"]["source"]["dataset_version"]
+            ]
+            assert e["payload"]["source"]["job_name"] == "demo_analytics"
+
+    # supply: one event per block that burnt fees, the amount as the chain says it
+    blocks = s.chain.rpc.batch([("eth_getBlockByNumber", [hex(b), False]) for b in range(BLOCKS)])
+    burnt = {
+        b: hex_int(blk["baseFeePerGas"]) * hex_int(blk["gasUsed"]) for b, blk in enumerate(blocks)
+    }
+    expected = {b: v for b, v in burnt.items() if v > 0}
+    assert 10 < len(expected) < BLOCKS
+    supply = events_of(s.rt, "supply_burn")
+    assert [e["dedupe_key"] for e in supply] == [f"supply_burn:{b}" for b in sorted(expected)]
+    assert {e["block_number"]: int(e["payload"]["row"]["burned_wei"]) for e in supply} == expected
+    assert all(e["delivery"] == "delivered" for e in supply)
+
+    # top accounts: the whale, once, with its balance at the last synced block
+    [whale] = events_of(s.rt, "top_account_whale")
+    balance = hex_int(s.chain.rpc.call("eth_getBalance", [WHALE, hex(BLOCKS - 1)]))
+    assert whale["dedupe_key"] == f"top_account_whale:{WHALE}"
+    assert int(whale["payload"]["row"]["balance_wei"]) == balance == 27_000 * ETH
+    assert whale["delivery"] == "delivered"
+
+
+def test_rematerializing_and_replayed_events_do_not_refire(alerted: Alerted) -> None:
+    s = alerted
+    before = counts(s.rt)
+    assert before["alerts"] > 0
+    assets = [a for a in s.defs.assets or [] if hasattr(a, "keys")]
+    for name, partition in (
+        ("balance_changes", range_partition_key(200, 400)),
+        ("native_supply", None),
+        ("top_accounts", None),
+    ):
+        key = analytics_asset_key("demo_analytics", name)
+        res = materialize(
+            [a for a in assets if key in a.keys],  # type: ignore[union-attr]
+            instance=s.instance,
+            partition_key=partition,
+            resources=dict(s.defs.resources or {}),
+        )
+        assert res.success
+    assert counts(s.rt) == before  # same inputs: no new version, hence no event
+    # every dataset event delivered once more: routing creates no evaluation twice
+    with s.rt.state() as conn:
+        payloads = [
+            r[0]
+            for r in conn.execute(
+                "SELECT payload FROM state.outbox WHERE topic = %s", (DATASET_EVENTS,)
+            ).fetchall()
+        ]
+    assert any(p["dataset_key"] == "analytics_native_supply" for p in payloads)
+    for p in payloads:
+        s.rt.queue.publish(DATASET_EVENTS, p)
+    drive(s)
+    assert counts(s.rt) == before
+
+
+def test_query_job_lists_and_serves_the_jobs_analytics_outputs(alerted: Alerted) -> None:
+    s, settings = alerted, alerted.rt.settings
+    with s.rt.state() as conn:
+        loaded = parse_job(OTHER_JOB.format(chain_id=s.chain.chain_id), source="other.yaml")
+        store.apply_job(conn, settings.org_id, loaded.spec, loaded.raw, "other.yaml")
+        everything = verify_user_token(
+            settings, issue_user_token(settings, sub="u", datasets="all")
+        )
+        listed = user_versions(conn, everything, job="demo_analytics")
+        assert set(listed) == OUTPUTS | {"geth_balance_diffs", "logs"}
+        assert not OUTPUTS & set(user_versions(conn, everything, job="other"))
+        # the grants model holds: a token without the dataset cannot read it through the job
+        narrow = verify_user_token(
+            settings, issue_user_token(settings, sub="u", datasets=["analytics_top_accounts"])
+        )
+        assert set(user_versions(conn, narrow, job="demo_analytics")) == {"analytics_top_accounts"}
+        with pytest.raises(AccessDenied, match="analytics_native_supply.*not granted"):
+            user_versions(conn, narrow, requested=["analytics_native_supply"], job="demo_analytics")
+    cfg = settings.model_copy(update={"query_url": s.query_url})
+    sql = "SELECT max(block_number) AS b, count(*) AS n FROM analytics_native_supply"
+    [row] = query_http(cfg, sql, "demo_analytics")["rows"]  # UBIGINT travels as a string
+    assert [int(v) for v in row] == [BLOCKS - 1, BLOCKS]
+    top = query_http(
+        cfg, "SELECT address FROM analytics_top_accounts WHERE rank = 1", "demo_analytics"
+    )
+    assert top["rows"] == [[WHALE]]
+    with pytest.raises(QueryError) as refused:
+        query_http(cfg, sql, "other")
+    assert refused.value.code == "sql_forbidden_relation"
+
+
+def test_an_alert_may_read_only_outputs_its_job_produces(alerted: Alerted, tmp_path: Path) -> None:
+    s = alerted
+    text = (EXAMPLES / "supply_burn.yaml").read_text()
+    cases = (
+        (text.replace("job: demo_analytics", "job: other"), "job 'other' has no analytics: block"),
+        (
+            text.replace(
+                "reads: [analytics_native_supply]",
+                "reads: [analytics_native_supply, analytics_nope]",
+            ),
+            "job 'demo_analytics' produces no analytics output 'analytics_nope' (its analytics "
+            "outputs: analytics_balance_changes,",
+        ),
+    )
+    with s.rt.state() as conn:
+        if not any(j.name == "other" for j in store.list_jobs(conn, s.rt.settings.org_id)):
+            loaded = parse_job(OTHER_JOB.format(chain_id=s.chain.chain_id), source="other.yaml")
+            store.apply_job(conn, s.rt.settings.org_id, loaded.spec, loaded.raw, "other.yaml")
+        for bad, message in cases:
+            with pytest.raises(InvalidJobFile) as err:
+                apply_alert(conn, s.rt.settings.org_id, parse_alert(bad, source="bad.yaml"))
+            line = 1 + bad.splitlines().index(
+                next(x for x in bad.splitlines() if x.startswith("reads:"))
+            )
+            assert f"bad.yaml:{line}: reads[" in str(err.value) and message in str(err.value)
+        names = {r[0] for r in conn.execute("SELECT name FROM state.alert_definitions")}
+    assert names == {"supply_burn", "top_account_whale"}  # nothing applied
