@@ -161,6 +161,11 @@ class Settings(BaseSettings):
         gt=0,
         description="Tasks of one run executed at once (a bounded pool; each task keeps its own lease and fencing)",
     )
+    worker_continue_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="A worker run that finished its batch plans the next ranges and takes more woken tasks itself, until this many seconds after it started or no work is left (0: one batch per run)",
+    )
     service_run_seconds: int = Field(
         600,
         gt=0,

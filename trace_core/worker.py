@@ -18,6 +18,7 @@ from psycopg.rows import dict_row
 
 from trace_core import builtin_operators, outbox
 from trace_core.alerts.delivery import delivery_backlog
+from trace_core.chain_sync import planner
 from trace_core.chain_sync import retry as chain_sync_retry
 from trace_core.errors import (
     FatalError,
@@ -251,6 +252,41 @@ def outstanding_work(rt: Runtime) -> OutstandingWork:
     return OutstandingWork(active, pending + queued + delivery_backlog(rt), dead)
 
 
+@dataclass(frozen=True)
+class MoreWork:
+    """Work a worker run takes on after its batch: the ranges it planned (job, stream, range
+    start, range end) and the woken tasks it will claim. ``wakeups`` are acked only once the
+    tasks are claimed (``ack``), so a run that dies first leaves them to be redelivered."""
+
+    planned: list[tuple[str, str, int, int]]
+    task_ids: list[uuid.UUID]
+    wakeups: list[Wakeup]
+
+    def ack(self, rt: Runtime) -> None:
+        ack_wakeups(rt, self.wakeups)
+
+
+def take_more_work(rt: Runtime, max_tasks: int) -> MoreWork:
+    """Plan the ranges the batch just freed (``max_inflight``), publish their wake-ups, and
+    receive up to ``max_tasks`` runnable woken tasks (succeeded or dead ones are acked and
+    dropped). What a run does instead of ending and waiting for the next sensor ticks."""
+    s = rt.settings
+    with rt.state() as conn:
+        result = planner.plan_tick(conn, org_id=s.org_id, limit=s.dispatch_batch_size)
+        outbox.drain_all(conn, rt.queue, batch_size=s.outbox_batch_size)
+    planned = [(p.job_name, p.dataset_key, p.range_start, p.range_end) for p in result.planned]
+    wakeups = receive_wakeups(rt, max_tasks)
+    infos = task_infos(rt, list({w.task_id for w in wakeups}))
+    runnable = {
+        w.task_id
+        for w in wakeups
+        if w.task_id in infos and infos[w.task_id].status not in ("succeeded", "dead")
+    }
+    done = [w for w in wakeups if w.task_id not in runnable]
+    ack_wakeups(rt, done)
+    return MoreWork(planned, sorted(runnable), [w for w in wakeups if w.task_id in runnable])
+
+
 # --- execution --------------------------------------------------------------------------
 
 
@@ -315,8 +351,10 @@ def execute_batch(
     *,
     concurrency: int,
     registry: OperatorRegistry | None = None,
+    on_claimed: Callable[[], None] | None = None,
 ) -> Iterator[TaskOutcome]:
-    """Claim every task of a batch at once, then run them ``concurrency`` at a time.
+    """Claim every task of a batch at once, call ``on_claimed``, then run them ``concurrency``
+    at a time.
 
     Claiming up front puts each task of the batch under its own heartbeated lease from the
     start, so if the process dies, every task it was handed is reaped within one lease
@@ -333,6 +371,8 @@ def execute_batch(
                 yield got
             else:
                 claimed.append((got, start_heartbeat(rt, got)))
+        if on_claimed is not None:
+            on_claimed()
     except BaseException:
         for _lease, hb in claimed:
             hb.stop()

@@ -1,7 +1,12 @@
-"""The worker job: one run executes a batch of Trace tasks (claim, run, fenced completion)."""
+"""The worker job: one run executes a batch of Trace tasks (claim, run, fenced completion),
+then keeps taking the work its commits made due (``TRACE_WORKER_CONTINUE_SECONDS``) instead of
+ending and waiting for the dispatcher and worker sensors to launch the next run."""
 
 # No `from __future__ import annotations` here: Dagster resolves op/sensor annotations at runtime.
+import functools
+import time
 import uuid
+from collections.abc import Callable
 
 from dagster import (
     AssetMaterialization,
@@ -19,8 +24,8 @@ from pydantic import Field
 from trace_core import builtin_operators
 from trace_core.chain_sync.planner import range_partition_key
 from trace_core.operators.payload import RangeLabel
-from trace_core.worker import TaskOutcome, execute_batch
-from trace_dagster.partitions import stream_asset_key
+from trace_core.worker import TaskOutcome, execute_batch, take_more_work
+from trace_dagster.partitions import partitions_def_name, stream_asset_key
 from trace_dagster.resources import TraceResource
 from trace_dagster.retry import is_manual_reexecution, revive_for_reexecution
 
@@ -79,6 +84,7 @@ def dead_range_observation(outcome: TaskOutcome) -> AssetObservation | None:
 
 @op(
     description="Claim every task of the batch, execute them TRACE_WORKER_CONCURRENCY at a time; "
+    "then plan the next ranges and take more woken tasks until TRACE_WORKER_CONTINUE_SECONDS; "
     "committed ranges are reported as materializations"
 )
 def execute_tasks(
@@ -87,28 +93,62 @@ def execute_tasks(
     rt = trace.get_client()
     if is_manual_reexecution(context.dagster_run):  # e.g. from the UI: revive its dead tasks
         revive_for_reexecution(context, rt, config.task_ids)
+    deadline = time.monotonic() + rt.settings.worker_continue_seconds
     failures: list[str] = []
     task_ids = [uuid.UUID(raw) for raw in config.task_ids]
+    on_claimed: Callable[[], None] | None = None
     registry = builtin_operators.default_registry()  # once per run
-    for outcome in execute_batch(
-        rt, task_ids, concurrency=rt.settings.worker_concurrency, registry=registry
-    ):
-        context.log.info(
-            f"task {outcome.task_id} attempt {outcome.attempt}: {outcome.status}"
-            + (f" ({outcome.error})" if outcome.error else "")
-        )
-        mat = materialization_for(outcome)
-        if mat is not None:
-            context.log_event(mat)
-        obs = dead_range_observation(outcome)
-        if obs is not None:
-            context.log_event(obs)
-        if outcome.status in ("retry", "dead"):
-            failures.append(
-                f"task {outcome.task_id} attempt {outcome.attempt} -> {outcome.status}: {outcome.error}"
-            )
+    batches = 0
+    while task_ids:
+        batches += 1
+        for outcome in execute_batch(
+            rt,
+            task_ids,
+            concurrency=rt.settings.worker_concurrency,
+            registry=registry,
+            on_claimed=on_claimed,
+        ):
+            failures += _report(context, outcome)
+        if failures or time.monotonic() >= deadline:
+            break  # a failing run ends: its retries run (and show) as runs of their own
+        more = take_more_work(rt, rt.settings.worker_batch_size)
+        _add_partitions(context, more.planned)
+        task_ids = more.task_ids
+        on_claimed = functools.partial(more.ack, rt)
+        if task_ids:
+            context.log.info(f"taking {len(task_ids)} more woken task(s)")
+    if batches > 1:
+        context.log.info(f"{batches} batches in this run")
     if failures:
         raise Failure(description="; ".join(failures))
+
+
+def _report(context: OpExecutionContext, outcome: TaskOutcome) -> list[str]:
+    """Log an outcome, report it on its stream partition, and return its failure line if any."""
+    context.log.info(
+        f"task {outcome.task_id} attempt {outcome.attempt}: {outcome.status}"
+        + (f" ({outcome.error})" if outcome.error else "")
+    )
+    for event in (materialization_for(outcome), dead_range_observation(outcome)):
+        if event is not None:
+            context.log_event(event)
+    if outcome.status in ("retry", "dead"):
+        return [
+            f"task {outcome.task_id} attempt {outcome.attempt} -> {outcome.status}: {outcome.error}"
+        ]
+    return []
+
+
+def _add_partitions(context: OpExecutionContext, planned: list[tuple[str, str, int, int]]) -> None:
+    """Ranges this run planned become partitions now (the dispatcher sensor adds only those it
+    planned itself; its periodic re-sync would add these later)."""
+    by_def: dict[str, list[str]] = {}
+    for job_name, dataset_key, start, end in planned:
+        by_def.setdefault(partitions_def_name(job_name, dataset_key), []).append(
+            range_partition_key(start, end)
+        )
+    for name, keys in by_def.items():
+        context.instance.add_dynamic_partitions(name, keys)
 
 
 # One op per job: the in-process executor runs it in the run's own process instead of starting

@@ -48,6 +48,8 @@ class Crash(Exception):
 def rt(trace_env: Runtime, monkeypatch: pytest.MonkeyPatch) -> Runtime:
     monkeypatch.setenv("TRACE_CRYO_MODE", "fake")
     monkeypatch.setenv("TRACE_RPC_POOL_CTL_URL", "http://127.0.0.1:9")  # never called in fake mode
+    # These tests step through waves tick by tick: one batch per run unless a test says otherwise.
+    monkeypatch.setenv("TRACE_WORKER_CONTINUE_SECONDS", "0")
     return Runtime(load_settings())
 
 
@@ -148,9 +150,18 @@ def _drive(
     return report
 
 
+@pytest.mark.parametrize("continue_seconds", [0, 60])
 def test_max_inflight_is_never_exceeded(
-    rt: Runtime, dagster_instance: DagsterInstance, tmp_path: Path
+    rt: Runtime,
+    dagster_instance: DagsterInstance,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    continue_seconds: int,
 ) -> None:
+    """Caps hold whether the sensors launch every wave (continue 0) or a run that finished its
+    batch plans and takes the next wave itself (the default): then far fewer runs do it all."""
+    monkeypatch.setenv("TRACE_WORKER_CONTINUE_SECONDS", str(continue_seconds))
+    rt = Runtime(load_settings())
     caps = {"blocks": (100, 3), "transactions": (250, 2)}
     _trace_lite("apply", "--file", str(_job_file(tmp_path, "cap", 2000, caps)))
     seen: list[dict[str, int]] = []
@@ -166,7 +177,17 @@ def test_max_inflight_is_never_exceeded(
             assert n <= caps[key][1], (key, n)
 
     report = _drive(rt, dagster_instance, on_tick=observe)
-    assert len(seen) == report.ticks and report.runs >= 20 // 3
+    assert len(seen) == report.ticks
+    with rt.state() as conn:
+        (js,) = status.job_status(conn, rt.settings.org_id, "cap")
+    assert {s["dataset_key"]: s["completed"] for s in js["streams"]} == {
+        "blocks": 20,
+        "transactions": 8,
+    }
+    if continue_seconds == 0:  # one wave per run: at least 20 ranges / 3 inflight runs
+        assert report.runs >= 20 // 3
+    else:  # runs went on planning and taking the freed ranges themselves
+        assert report.runs < 20 // 3
 
     # The tick callback sees state between ticks; the range timestamps (database clock) show
     # every instant in between: at no moment did a stream hold more than max_inflight ranges,
