@@ -299,15 +299,6 @@ def _show_results(
     console.print(table)
 
 
-ALERTS_SQL = """
-SELECT e.alert_name, e.severity, e.block_number, e.tx_hash,
-       coalesce(string_agg(d.channel_kind || ' ' || d.status, ', ' ORDER BY d.channel_key), 'planned') AS delivery
-FROM data.alert_events e LEFT JOIN data.alert_deliveries d USING (dedupe_key)
-GROUP BY e.dedupe_key, e.alert_name, e.severity, e.block_number, e.tx_hash
-ORDER BY e.block_number, e.dedupe_key
-"""
-
-
 def _expected_evaluations(rt: Runtime, result: DemoResult, chain_id: int) -> set[uuid.UUID]:
     """Evaluation task ids the job's committed ranges must have produced: one per committed
     version of the stream each single-stream on_commit alert of the job reads (ids are
@@ -327,39 +318,18 @@ def _expected_evaluations(rt: Runtime, result: DemoResult, chain_id: int) -> set
     return expected
 
 
-def _alerts_settled(rt: Runtime, expected: set[uuid.UUID]) -> bool:
-    """Every expected evaluation finished, no batch waiting for the sink, no delivery due."""
-    from trace_core.alerts.delivery import delivery_backlog
-    from trace_core.queue.base import BUFFER_QUEUE
-
-    with rt.state() as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM state.tasks WHERE task_id = ANY(%s) AND status IN ('succeeded', 'dead')",
-            (list(expected),),
-        ).fetchone()
-        pending = conn.execute(
-            "SELECT count(*) FROM state.outbox WHERE status = 'pending' AND topic = %s",
-            (BUFFER_QUEUE,),
-        ).fetchone()
-    buffer = rt.queue.stats(BUFFER_QUEUE)
-    finished = row[0] if row else 0
-    waiting = (pending[0] if pending else 1) + buffer.depth + buffer.in_flight
-    return finished == len(expected) and waiting == 0 and delivery_backlog(rt) == 0
-
-
 def _settled_alerts(
     rt: Runtime, result: DemoResult, chain_id: int, deadline: float
 ) -> list[dict[str, Any]]:
     """The alert events with their delivery state, once evaluation and delivery have settled."""
-    from psycopg.rows import dict_row
+    from trace_core.alerts.delivery import evaluations_settled, events_with_delivery
 
     expected = _expected_evaluations(rt, result, chain_id)
-    while not _alerts_settled(rt, expected):
+    while not evaluations_settled(rt, expected):
         if time.monotonic() > deadline:
             raise DemoError("alerts did not settle in time; see `trace-lite alerts deliveries`")
         time.sleep(1.0)
-    with rt.data() as conn, conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(ALERTS_SQL).fetchall()
+    return events_with_delivery(rt)
 
 
 @contextlib.contextmanager

@@ -45,6 +45,7 @@ from psycopg.rows import dict_row
 from trace_core.alerts.spec import AlertSpec, Channel, WebhookChannel, redact_url
 from trace_core.alerts.store import list_alerts
 from trace_core.db.queries import q
+from trace_core.queue.base import BUFFER_QUEUE
 from trace_core.runtime import Runtime
 from trace_core.tasks.retry import RetryPolicy
 
@@ -536,3 +537,23 @@ def list_deliveries(
         return cur.execute(
             q("alerts", "list_deliveries"), {"alert_name": alert_name, "limit": limit}
         ).fetchall()
+
+
+def events_with_delivery(rt: Runtime) -> list[dict[str, Any]]:
+    """Every alert event with its delivery states, oldest block first (``trace-lite demo``)."""
+    with rt.data() as conn, conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(q("alerts", "events_with_delivery")).fetchall()
+
+
+def evaluations_settled(rt: Runtime, task_ids: set[uuid.UUID]) -> bool:
+    """Every evaluation task in ``task_ids`` finished, no event batch is waiting for the sink,
+    and no delivery is due."""
+    with rt.state() as conn:
+        finished = conn.execute(
+            q("alerts", "finished_tasks"), {"task_ids": list(task_ids)}
+        ).fetchone()
+        pending = conn.execute(q("alerts", "pending_outbox_on"), {"topic": BUFFER_QUEUE}).fetchone()
+    buffer = rt.queue.stats(BUFFER_QUEUE)
+    waiting = (pending[0] if pending else 1) + buffer.depth + buffer.in_flight
+    done = finished[0] if finished else 0
+    return done == len(task_ids) and waiting == 0 and delivery_backlog(rt) == 0

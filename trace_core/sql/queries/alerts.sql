@@ -151,3 +151,19 @@ FROM data.alert_deliveries d
 WHERE (%(alert_name)s::text IS NULL OR d.alert_name = %(alert_name)s)
 ORDER BY d.created_at DESC, d.delivery_id
 LIMIT %(limit)s
+
+-- name: events_with_delivery
+-- Every alert event with its deliveries ("log delivered, webhook failed"), oldest block first.
+SELECT e.alert_name, e.severity, e.block_number, e.tx_hash,
+       coalesce(string_agg(d.channel_kind || ' ' || d.status, ', ' ORDER BY d.channel_key),
+                'planned') AS delivery
+FROM data.alert_events e LEFT JOIN data.alert_deliveries d USING (dedupe_key)
+GROUP BY e.dedupe_key, e.alert_name, e.severity, e.block_number, e.tx_hash
+ORDER BY e.block_number, e.dedupe_key
+
+-- name: finished_tasks
+SELECT count(*) FROM state.tasks
+WHERE task_id = ANY(%(task_ids)s) AND status IN ('succeeded', 'dead')
+
+-- name: pending_outbox_on
+SELECT count(*) FROM state.outbox WHERE status = 'pending' AND topic = %(topic)s
