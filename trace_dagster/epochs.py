@@ -5,9 +5,11 @@ an **observation** of its epoch (the range, its version, rows, and the epoch's p
 ranges committed / total); the epoch is **materialized** once all its ranges are committed,
 with the version of every range. A dead range is an observation carrying its last error.
 ``partition_sync`` keeps the instance's partitions equal to the epochs: it adds every epoch
-of a fixed_target job up front, deletes keys that are not epochs (the fine-range partitions
-of a Trace before epochs) and materializes complete epochs that never were (migration, or a
-run that died between its commit and its report).
+of a fixed_target job up front (a follow_head job's up to its head), deletes keys that are
+not epochs of the job's current ``epoch_blocks`` (after an edit) and materializes complete
+epochs that never were (an existing job's history, or a run that died between its commit and
+its report). The fine-range partitions of a Trace before epochs live under another
+definition name (``job__stream``) and are left as they are.
 """
 
 # No `from __future__ import annotations` here: Dagster resolves annotations at runtime.

@@ -112,7 +112,7 @@ def select_range_tasks(
     """Task ids a job-level retry targets: every dead range of the job (or of one stream); with
     ``block_range``, that range in the stream (or in every stream of the job that planned it),
     dead or not, so a retry of a live range can say it is not dead. A ``block_range`` that is
-    no planned range but spans some (an epoch partition's key) targets their dead ones.
+    no planned range but holds some (an epoch partition's key) targets the dead ones inside it.
 
     Raises ``ChainSyncJobNotFound``, ``UnknownStream`` or ``UnknownRange`` naming what is unknown.
     """

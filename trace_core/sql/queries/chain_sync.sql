@@ -201,8 +201,8 @@ RETURNING task_id
 
 -- ---------------------------------------------------------------- retry (chain_sync/retry.py)
 
--- Ranges of a job (one stream, one exact range or every range intersecting a window such as
--- an epoch, or only the dead ones) with their task's state.
+-- Ranges of a job (one stream, one exact range or every range inside a window such as an
+-- epoch, or only the dead ones) with their task's state.
 -- name: ranges_for_retry
 SELECT r.dataset_key, r.range_start, r.range_end, r.task_id, r.status, r.dataset_version,
        t.status AS task_status, t.attempt, t.outputs, t.payload
@@ -212,7 +212,7 @@ WHERE r.job_id = %(job_id)s
   AND (%(dataset_key)s::text IS NULL OR r.dataset_key = %(dataset_key)s)
   AND (%(range_start)s::bigint IS NULL
        OR (NOT %(window)s AND r.range_start = %(range_start)s AND r.range_end = %(range_end)s)
-       OR (%(window)s AND r.range_start < %(range_end)s AND r.range_end > %(range_start)s))
+       OR (%(window)s AND r.range_start >= %(range_start)s AND r.range_end <= %(range_end)s))
   AND (NOT %(dead_only)s OR r.status = 'dead')
 ORDER BY r.dataset_key, r.range_start
 
