@@ -37,6 +37,7 @@ import logging
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 import uuid
@@ -306,6 +307,7 @@ def partitions_page(instance: DagsterInstance, repeat: int) -> tuple[list[float]
 
 
 def main() -> None:
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # progress as it goes
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--blocks", type=int, default=104_000_000)
     parser.add_argument("--chunk", type=int, default=1_000)
