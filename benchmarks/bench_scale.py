@@ -59,7 +59,7 @@ from trace_core.db.connection import ensure_database, with_database
 from trace_core.runtime import Runtime
 from trace_core.settings import load_settings
 from trace_dagster.driver import drive_until_idle
-from trace_dagster.epochs import partition_sync
+from trace_dagster.epochs import MAX_BACKFILLED_PER_SYNC, partition_sync
 from trace_dagster.partitions import partitions_def_name, stream_asset_key
 
 JOB, STREAM, CHAIN_ID = "monad_year", "blocks", 143
@@ -220,11 +220,14 @@ def _materialization_entry(key: AssetKey, partition: str, meta: dict[str, object
     )
 
 
-def fine_instance(instance: DagsterInstance, ranges: list[tuple[int, int]]) -> float:
-    """The baseline: one partition per range, each materialized. Returns seconds."""
+def fine_instance(
+    instance: DagsterInstance, ranges: list[tuple[int, int]], name: str | None = None
+) -> float:
+    """The baseline: one partition per range, each materialized. ``name`` is the partitions
+    definition (default the stream asset's own, so its page lists them). Returns seconds."""
     started = time.perf_counter()
     keys = [range_partition_key(a, b) for a, b in ranges]
-    instance.add_dynamic_partitions(partitions_def_name(JOB, STREAM), keys)
+    instance.add_dynamic_partitions(name or partitions_def_name(JOB, STREAM), keys)
     asset = stream_asset_key(JOB, STREAM)
     for i in range(0, len(keys), EVENT_BATCH):
         instance.event_log_storage.store_event_batch(
@@ -349,14 +352,6 @@ def main() -> None:
         setup_s = fine_instance(fine_inst, ranges)
         times, n, done = partitions_page(fine_inst, args.repeat)
         rows.append(("fine ranges (baseline)", n, done, setup_s, times))
-        if args.migrate:
-            started = time.perf_counter()
-            added, deleted, mats = apply_sync(rt, fine_inst)
-            print(
-                f"migrating the fine instance to epochs: +{added} epoch partitions, "
-                f"{mats} epoch materializations, {deleted} keys deleted, "
-                f"{time.perf_counter() - started:.1f}s"
-            )
     print()
     print(
         f"{'partitioning':<24} {'partitions':>10} {'materialized':>12} {'setup s':>8} "
@@ -372,6 +367,20 @@ def main() -> None:
         f"\nratio fine / epochs: partitions {fine[1] / epochs[1]:.0f}x, "
         f"partitions page p50 {statistics.median(fine[4]) / statistics.median(epochs[4]):.1f}x"
     )
+    if args.migrate:
+        # an instance as a Trace before epochs left it: range partitions under the old
+        # definition name, each materialized; then the partition sync the dispatcher runs
+        with dagster_instance(args.storage) as old_inst:
+            fine_instance(
+                old_inst, ranges, partitions_def_name(JOB, STREAM).removesuffix("__epochs")
+            )
+            started = time.perf_counter()
+            added, deleted, mats = apply_sync(rt, old_inst)
+            print(
+                f"migrating a pre-epoch instance: +{added} epoch partitions, {mats} epoch "
+                f"materializations, {deleted} keys deleted, {time.perf_counter() - started:.1f}s "
+                f"({-(-mats // MAX_BACKFILLED_PER_SYNC)} dispatcher syncs)"
+            )
 
 
 if __name__ == "__main__":
