@@ -7,6 +7,7 @@ import functools
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 from dagster import (
     AssetMaterialization,
@@ -38,7 +39,7 @@ class TaskBatchConfig(Config):
     task_ids: list[str] = Field(description="Trace task ids to execute, in order")
 
 
-def range_metadata(outcome: TaskOutcome) -> dict[str, str | int]:
+def range_metadata(outcome: TaskOutcome) -> dict[str, Any]:
     """What a committed range reports: its block range, task, attempt, version and size."""
     label, out = RangeLabel.of(outcome.payload), outcome.outputs
     assert label.block_range is not None

@@ -88,12 +88,10 @@ def materialize_epoch(
     except (TraceError, ValueError) as exc:
         raise Failure(description=f"{where}: {exc}") from exc
     if not after.complete:
-        unplanned = after.blocks_expected - sum(
-            max(0, min(r.range_end, after.covers_to) - max(r.range_start, after.covers_from))
-            for r in after.ranges
-        )
-        if unplanned > 0:
-            problems.append(f"{unplanned} block(s) not planned yet (the dispatcher plans them)")
+        if after.blocks_unplanned:
+            problems.append(
+                f"{after.blocks_unplanned} block(s) not planned yet (the dispatcher plans them)"
+            )
         raise Failure(
             description=f"{where} is not complete ({len(after.committed)}/{after.ranges_total} "
             f"ranges committed): " + "; ".join(problems or ["ranges still running"])

@@ -189,10 +189,14 @@ class EpochProgress:
         return self._blocks("completed")
 
     @property
+    def blocks_unplanned(self) -> int:
+        """Blocks of the job's part of the epoch that no planned range covers yet."""
+        return max(0, self.blocks_expected - self._blocks(None))
+
+    @property
     def ranges_total(self) -> int:
         """Planned ranges plus the ones still to plan (at ``chunk_size`` each)."""
-        unplanned = max(0, self.blocks_expected - self._blocks(None))
-        return len(self.ranges) + -(-unplanned // self.chunk_size)
+        return len(self.ranges) + -(-self.blocks_unplanned // self.chunk_size)
 
     @property
     def complete(self) -> bool:
