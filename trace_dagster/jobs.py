@@ -129,7 +129,13 @@ def _report(context: OpExecutionContext, outcome: TaskOutcome) -> list[str]:
         f"task {outcome.task_id} attempt {outcome.attempt}: {outcome.status}"
         + (f" ({outcome.error})" if outcome.error else "")
     )
-    for event in (materialization_for(outcome), dead_range_observation(outcome)):
+    from trace_dagster.transforms import transform_materialization
+
+    for event in (
+        materialization_for(outcome),
+        dead_range_observation(outcome),
+        transform_materialization(outcome),
+    ):
         if event is not None:
             context.log_event(event)
     if outcome.status in ("retry", "dead"):

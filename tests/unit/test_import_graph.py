@@ -23,6 +23,8 @@ in ``SAME_LAYER`` order, and any lower layer; never a higher one:
 - ``chain_sync``: job specs, the planner (builds operator payloads), status, retry, revive.
 - ``query``: the SQL gate, attach, engine, tokens, HTTP app.
 - ``sinks``: consumer queues fed from committed data.
+- ``transforms``: transform jobs (spec, state, on-input routing, the ``udf_transform`` operator).
+- ``sources``: cron, webhook and manual triggers of transform jobs (source event + task).
 - ``alerts``: alert specs, routing of dataset events, evaluation (an operator), delivery.
 - ``analytics``: derived datasets computed over committed versions (their YAML block is
   ``chain_sync.analytics_spec``, part of a job's spec).
@@ -56,6 +58,8 @@ LAYERS: list[set[str]] = [
     {"chain_sync"},
     {"query"},
     {"sinks"},
+    {"transforms"},
+    {"sources"},
     {"alerts"},
     {"analytics"},
     {"integrity"},
