@@ -17,6 +17,7 @@ from trace_core.cli.alerts import alerts
 from trace_core.cli.common import console, err_console, handle_errors, runtime
 from trace_core.cli.dlq import dlq
 from trace_core.cli.retry import retry
+from trace_core.cli.udf import udf
 from trace_core.cli.verify import verify
 from trace_core.runtime import Runtime
 from trace_core.settings import load_settings
@@ -36,6 +37,7 @@ cli.add_command(dlq)
 cli.add_command(alerts)
 cli.add_command(retry)
 cli.add_command(verify)
+cli.add_command(udf)
 
 
 @cli.command()
