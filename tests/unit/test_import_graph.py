@@ -16,6 +16,7 @@ in ``SAME_LAYER`` order, and any lower layer; never a higher one:
 - ``tasks``: the task state machine (create, claim, heartbeat, complete, reap).
 - ``runtime``: settings + databases + queue + store, handed to everything above.
 - ``datasets``: versions, manifests, the commit protocol, cryo's column schemas.
+- ``udf``: the UDF contract, sandbox runtimes and code bundles.
 - ``rpc``, ``rpcpool``, ``rpc_limits``: the JSON-RPC client, pools of endpoints, per-pool
   limits.
 - ``hot``: the block follower's Postgres tables, finality, reorgs, compaction.
@@ -52,6 +53,7 @@ LAYERS: list[set[str]] = [
     {"tasks"},
     {"runtime"},
     {"datasets"},
+    {"udf"},
     {"rpc", "rpcpool", "rpc_limits"},
     {"hot"},
     {"operators"},

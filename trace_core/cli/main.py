@@ -18,6 +18,7 @@ from trace_core.cli.common import console, err_console, handle_errors, runtime
 from trace_core.cli.dlq import dlq
 from trace_core.cli.retry import retry
 from trace_core.cli.transforms import apply_transform_file, transforms, trigger
+from trace_core.cli.udf import udf
 from trace_core.cli.verify import verify
 from trace_core.runtime import Runtime
 from trace_core.settings import load_settings
@@ -39,6 +40,7 @@ cli.add_command(retry)
 cli.add_command(verify)
 cli.add_command(transforms)
 cli.add_command(trigger)
+cli.add_command(udf)
 
 
 @cli.command()

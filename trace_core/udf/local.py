@@ -1,0 +1,376 @@
+"""The local UDF runtime: a pool of warm workers, each a CPython process in a bubblewrap
+sandbox (``trace_core.udf.sandbox.worker``) that forks once per call.
+
+The host side here starts workers, hands each call's request to the worker's stdin, reads
+the response from its stdout and the call's exit status from a status pipe, and turns what
+happened into a ``UdfResult`` or a ``UdfError`` naming the cause. A worker that dies, hangs
+or is left with unread input is replaced (``UdfRuntimeError`` for that call: retryable).
+``unsandboxed=True`` runs the same worker without bwrap or seccomp, for trusted local
+development only, and logs a warning on every call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import queue
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import termios
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from trace_core.errors import SandboxUnavailable, UdfError, UdfRuntimeError
+from trace_core.udf.payload import UdfInvocationPayload, UdfResult, UdfStats
+from trace_core.udf.sandbox import wire
+from trace_core.udf.sandbox_args import SANDBOX_RUNNER, bwrap_argv, find_bwrap
+
+log = logging.getLogger(__name__)
+
+RUNNER_DIR = Path(__file__).resolve().parent / "sandbox"
+START_TIMEOUT_SECONDS = 60.0
+#: How long past its wall limit the host waits for a worker's status before declaring it hung.
+HOST_GRACE_SECONDS = 5.0
+_FRAME_OVERHEAD = 1024 * 1024
+
+
+class _Worker:
+    """One warm worker process; used by one call at a time (the pool hands it out)."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], sandboxed: bool) -> None:
+        self.sandboxed = sandboxed
+        ctl_r, self.ctl_w = os.pipe()
+        self.st_r, st_w = os.pipe()
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115  (closed by kill())
+        argv = [*argv, str(ctl_r), str(st_w)]
+        try:
+            self.proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self._stderr,
+                pass_fds=(ctl_r, st_w),
+                env=env,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise SandboxUnavailable(f"cannot start the UDF worker: {exc}") from exc
+        finally:
+            os.close(ctl_r)
+            os.close(st_w)
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.in_fd = self.proc.stdin.fileno()
+        self.out_fd = self.proc.stdout.fileno()
+        os.set_blocking(self.out_fd, False)
+        ready = self._read_status(time.monotonic() + START_TIMEOUT_SECONDS)
+        if ready is None or not ready.get("ready"):
+            why = (ready or {}).get("error") or self._stderr_line() or "no answer"
+            self.kill()
+            what = "the UDF sandbox cannot be set up" if sandboxed else "the UDF worker failed"
+            raise SandboxUnavailable(f"{what}: {why}")
+
+    def _stderr_line(self) -> str:
+        self._stderr.seek(0)
+        lines = [ln.strip() for ln in self._stderr.read(8192).decode(errors="replace").splitlines()]
+        lines = [ln for ln in lines if ln]
+        return lines[-1] if lines else ""
+
+    def _read_status(self, deadline: float) -> dict[str, Any] | None:
+        left = deadline - time.monotonic()
+        ready, _, _ = select.select([self.st_r], [], [], max(left, 0))
+        if not ready:
+            return None
+        try:
+            header, _ = wire.read_frame(self.st_r, 1 << 20)
+        except (wire.FrameError, OSError):
+            return None
+        return header
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        for fd in (self.ctl_w, self.st_r):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        for stream in (self.proc.stdin, self.proc.stdout):
+            with contextlib.suppress(OSError):
+                stream.close()  # type: ignore[union-attr]
+        self._stderr.close()
+
+    def call(self, payload: UdfInvocationPayload) -> tuple[dict[str, Any], bytes, bool]:
+        """Run one call: (status, response bytes, clean). ``clean`` is False when the worker
+        must be replaced (input left unread, writer stuck). Raises ``UdfRuntimeError``."""
+        limits = payload.limits
+        names = list(payload.tables)
+        header = {
+            "kind": payload.kind,
+            "entry": payload.entry,
+            "source": payload.source,
+            "filename": payload.filename,
+            "input": payload.input,
+            "tables": [[n, len(payload.tables[n])] for n in names],
+            "limits": limits.model_dump(),
+        }
+        parts = wire.encode(header, [payload.tables[n] for n in names])
+        wall_ms = int(limits.wall_seconds * 1000)
+        written = threading.Event()
+
+        def write() -> None:
+            try:
+                wire.write_all(self.in_fd, parts)
+                written.set()
+            except OSError:
+                pass
+
+        try:
+            os.write(self.ctl_w, f"S {wall_ms}\n".encode())
+        except OSError as exc:
+            raise UdfRuntimeError(f"the UDF worker is gone: {exc}") from exc
+        writer = threading.Thread(target=write, daemon=True)
+        writer.start()
+        cap = limits.max_output_bytes + _FRAME_OVERHEAD + limits.max_log_bytes * 4
+        out = bytearray()
+        deadline = time.monotonic() + limits.wall_seconds + HOST_GRACE_SECONDS
+        status: dict[str, Any] | None = None
+        while status is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise UdfRuntimeError("the UDF worker did not report within its wall limit")
+            ready, _, _ = select.select([self.out_fd, self.st_r], [], [], left)
+            if self.out_fd in ready:
+                self._drain(out, cap)
+            if self.st_r in ready:
+                status = self._read_status(time.monotonic() + 1.0)
+                if status is None:
+                    raise UdfRuntimeError(
+                        f"the UDF worker died: {self._stderr_line() or 'no status'}"
+                    )
+        self._drain(out, cap)
+        writer.join(timeout=0.5)
+        clean = written.is_set() and _unread(self.in_fd) == 0 and len(out) <= cap
+        return status, bytes(out), clean
+
+    def _drain(self, out: bytearray, cap: int) -> None:
+        while True:
+            try:
+                chunk = os.read(self.out_fd, 1 << 20)
+            except BlockingIOError:
+                return
+            if not chunk:
+                return
+            if len(out) <= cap:
+                out += chunk
+
+
+def _unread(fd: int) -> int:
+    buf = bytearray(4)
+    try:
+        fcntl.ioctl(fd, termios.FIONREAD, buf)
+    except OSError:
+        return 1
+    return int.from_bytes(buf, sys.byteorder)
+
+
+class LocalSandboxInvoker:
+    """``RuntimeInvoker`` over a pool of warm sandboxed workers (started on first use)."""
+
+    def __init__(
+        self,
+        *,
+        pool_size: int = 2,
+        unsandboxed: bool = False,
+        bwrap: str | Path | None = None,
+        tmp_mb: int = 64,
+    ) -> None:
+        self.name = "unsandboxed" if unsandboxed else "local"
+        self.unsandboxed = unsandboxed
+        self.pool_size = max(1, pool_size)
+        self._bwrap = bwrap
+        self._tmp_mb = tmp_mb
+        self._idle: queue.LifoQueue[_Worker] = queue.LifoQueue()
+        self._started = 0
+        self._lock = threading.Lock()
+        self._argv: tuple[list[str], dict[str, str]] | None = None
+        self._closed = False
+
+    def _command(self) -> tuple[list[str], dict[str, str]]:
+        if self._argv is None:
+            if self.unsandboxed:
+                argv = [
+                    sys.executable,
+                    "-s",
+                    "-B",
+                    str(RUNNER_DIR / "worker.py"),
+                    "unsandboxed",
+                ]
+                self._argv = (argv, {"PYTHONHASHSEED": "0", "PATH": "/usr/bin:/bin"})
+            else:
+                bwrap = find_bwrap(self._bwrap)
+                argv = bwrap_argv(bwrap, RUNNER_DIR, tmp_mb=self._tmp_mb)
+                self._argv = ([*argv, *SANDBOX_RUNNER, "sandbox"], {})
+        return self._argv
+
+    def start(self, workers: int | None = None) -> None:
+        """Start workers now (else the first calls start them). Raises ``SandboxUnavailable``."""
+        for _ in range(min(workers or self.pool_size, self.pool_size)):
+            w = self._new_worker()
+            if w is not None:
+                self._idle.put(w)
+
+    def _new_worker(self) -> _Worker | None:
+        with self._lock:
+            if self._started >= self.pool_size:
+                return None
+            self._started += 1
+        try:
+            argv, env = self._command()
+            return _Worker(argv, env, sandboxed=not self.unsandboxed)
+        except BaseException:
+            with self._lock:
+                self._started -= 1
+            raise
+
+    def _take(self) -> _Worker:
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            pass
+        w = self._new_worker()
+        return w if w is not None else self._idle.get()
+
+    def _give_back(self, w: _Worker, clean: bool) -> None:
+        if clean and w.alive() and not self._closed:
+            self._idle.put(w)
+            return
+        w.kill()
+        with self._lock:
+            self._started -= 1
+
+    def invoke(self, payload: UdfInvocationPayload) -> UdfResult:
+        if self._closed:
+            raise UdfRuntimeError("the UDF invoker is closed")
+        if payload.input_bytes() > payload.limits.max_input_bytes:
+            raise UdfError(
+                "input_too_large",
+                f"the payload is {payload.input_bytes()} bytes, past the cap of "
+                f"{payload.limits.max_input_bytes}",
+            )
+        if self.unsandboxed:
+            log.warning(
+                "UDF runs UNSANDBOXED (TRACE_UDF_RUNTIME=unsandboxed): trusted code only",
+                extra=payload.log_fields(),
+            )
+        w = self._take()
+        clean = False
+        try:
+            status, out, clean = w.call(payload)
+        except UdfRuntimeError:
+            raise
+        finally:
+            self._give_back(w, clean)
+        return interpret(payload, status, out, self.name)
+
+    def close(self) -> None:
+        self._closed = True
+        while True:
+            try:
+                w = self._idle.get_nowait()
+            except queue.Empty:
+                break
+            w.kill()
+
+    def __enter__(self) -> LocalSandboxInvoker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def interpret(
+    payload: UdfInvocationPayload, status: dict[str, Any], out: bytes, runtime: str = "local"
+) -> UdfResult:
+    """Turn a call's status and response bytes into a result, or raise the ``UdfError``."""
+    limits = payload.limits
+    code = int(status.get("exit", -1))
+    stats = UdfStats(
+        wall_ms=float(status.get("wall_ms", 0.0)),
+        cpu_ms=float(status.get("cpu_ms", 0.0)),
+        max_rss_kb=int(status.get("max_rss_kb", 0)),
+        output_bytes=len(out),
+    )
+    if status.get("timed_out"):
+        raise UdfError(
+            "wall_time", f"still running after its wall limit of {limits.wall_seconds} s"
+        )
+    if code < 0:
+        sig = -code
+        if sig == signal.SIGXCPU or (
+            sig == signal.SIGKILL and stats.cpu_ms >= limits.cpu_seconds * 1000 - 50
+        ):
+            raise UdfError("cpu_time", f"used its CPU limit of {limits.cpu_seconds} s")
+        if sig == signal.SIGSYS:
+            raise UdfError(
+                "sandbox_violation",
+                "made a forbidden system call (fork, exec, sockets, ptrace, mount, namespaces, "
+                "setuid, signals to other processes, ...) and was killed",
+            )
+        raise UdfError("crashed", f"the UDF's process died of {signal.Signals(sig).name}")
+    if len(out) > limits.max_output_bytes + _FRAME_OVERHEAD + limits.max_log_bytes * 4:
+        raise UdfError("output_too_large", f"wrote more than {limits.max_output_bytes} bytes")
+    header, blob = _parse_response(out, code)
+    if not header.get("ok"):
+        raise UdfError(
+            str(header.get("cause", "raised")),
+            str(header.get("message", "")),
+            user_traceback=header.get("traceback"),
+            exc_type=header.get("exc_type"),
+            line=header.get("line"),
+        )
+    logs = str(header.get("logs", ""))
+    part = header.get("part")
+    if part == "table":
+        return UdfResult(table=blob, logs=logs, stats=stats, runtime=runtime)
+    try:
+        decoded = json.loads(blob)
+    except ValueError:
+        raise UdfError("bad_output", "the result is not JSON") from None
+    if part == "events" and payload.kind == "alert" and isinstance(decoded, list):
+        return UdfResult(events=decoded, logs=logs, stats=stats, runtime=runtime)
+    if part == "value" and payload.kind == "function":
+        return UdfResult(value=decoded, logs=logs, stats=stats, runtime=runtime)
+    raise UdfError("bad_output", f"the result part {part!r} does not fit a {payload.kind} UDF")
+
+
+def _parse_response(out: bytes, code: int) -> tuple[dict[str, Any], bytes]:
+    """Split the one response frame a call wrote; anything else is ``bad_output``."""
+    if not out:
+        if code == 0:
+            raise UdfError("bad_output", "the UDF's process exited before it answered")
+        raise UdfError("crashed", f"the UDF's process exited with code {code} before it answered")
+    prefix = wire.PREFIX
+    view = memoryview(out)
+    try:
+        if len(out) < prefix.size:
+            raise wire.FrameError("short frame")
+        magic, hlen, blen = prefix.unpack(view[: prefix.size])
+        if magic != wire.MAGIC or prefix.size + hlen + blen != len(out):
+            raise wire.FrameError("frame length does not match")
+        header = json.loads(bytes(view[prefix.size : prefix.size + hlen]))
+        if not isinstance(header, dict):
+            raise wire.FrameError("header is not an object")
+    except (wire.FrameError, ValueError):
+        raise UdfError("bad_output", "the UDF wrote something other than its result") from None
+    return header, bytes(view[prefix.size + hlen :])
