@@ -9,6 +9,7 @@ cross into the sandbox as Arrow IPC streams (``trace_core.udf``'s ``RuntimeInvok
 
 from __future__ import annotations
 
+import atexit
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -24,7 +25,7 @@ from trace_core.udf import RuntimeInvoker, UdfLimits, invoker_from_settings
 # The embedded Query Service a worker opens per run: one engine worker process is enough.
 EMBEDDED_ENGINE_WORKERS = 1
 
-_invokers: dict[int, RuntimeInvoker] = {}
+_invokers: dict[tuple[Any, ...], RuntimeInvoker] = {}
 _invokers_lock = threading.Lock()
 
 
@@ -86,9 +87,13 @@ def udf_limits(overrides: Mapping[str, Any]) -> UdfLimits:
 
 
 def invoker(rt: Runtime) -> RuntimeInvoker:
-    """The process's sandbox invoker for these settings (warm workers are reused across tasks)."""
+    """The process's sandbox invoker for these UDF settings: warm workers are reused across
+    tasks and runtimes, one pool per configuration, closed at interpreter exit."""
+    s = rt.settings
+    key = (s.udf_runtime, s.udf_pool_size, s.udf_bwrap_path, s.udf_lambda_function)
     with _invokers_lock:
-        got = _invokers.get(id(rt.settings))
+        got = _invokers.get(key)
         if got is None:
-            got = _invokers[id(rt.settings)] = invoker_from_settings(rt.settings)
+            got = _invokers[key] = invoker_from_settings(s)
+            atexit.register(got.close)
         return got
