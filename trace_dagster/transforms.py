@@ -66,7 +66,9 @@ class TriggerConfig(Config):
 
 
 @op(description="Record one trigger of a transform job: source event + task + outbox row")
-def trigger_source(context: OpExecutionContext, config: TriggerConfig, trace: TraceResource) -> None:
+def trigger_source(
+    context: OpExecutionContext, config: TriggerConfig, trace: TraceResource
+) -> None:
     rt = trace.get_client()
     try:
         with rt.state() as conn:
@@ -101,7 +103,7 @@ def transform_materialization(outcome: TaskOutcome) -> AssetMaterialization | No
     except TraceError:
         return None
     out = outcome.outputs
-    meta = {
+    meta: dict[str, str | int] = {
         "block_range": f"[{p.range_start}, {p.range_end})",
         "trigger": p.trigger,
         "task_id": str(outcome.task_id),
@@ -124,11 +126,20 @@ def _run_now(context: AssetExecutionContext, rt: Runtime, t: TransformRow) -> Ma
             if context.has_partition_key:
                 start, end = parse_partition_key(context.partition_key)
                 task_id = routing.run_for_range(
-                    conn, rt.settings.org_id, t.name, start, end, max_attempts=rt.settings.max_attempts
+                    conn,
+                    rt.settings.org_id,
+                    t.name,
+                    start,
+                    end,
+                    max_attempts=rt.settings.max_attempts,
                 )
             else:
                 task_id = trigger(
-                    conn, rt.settings.org_id, t.name, "manual", max_attempts=rt.settings.max_attempts
+                    conn,
+                    rt.settings.org_id,
+                    t.name,
+                    "manual",
+                    max_attempts=rt.settings.max_attempts,
                 ).task_id
     except TraceError as exc:
         raise Failure(description=f"transform {t.name}: {exc}") from exc

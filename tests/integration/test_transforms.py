@@ -110,13 +110,10 @@ def test_transform_commits_one_version_per_range_even_when_retried(
 ) -> None:
     (tmp_path / "broken.py").write_text("def main(tables):\n    return [1, 2]\n")
     for name, code in (("broken", "{python: broken.py}"), ("by_address", None)):
-        text = (
-            f"kind: transform\nname: {name}\njob: demo\ninputs: [logs]\noutput: {name}_out\n"
-            + (
-                f"code: {code}\n"
-                if code
-                else "code: {sql: 'SELECT address, count(*) AS n FROM logs GROUP BY address'}\n"
-            )
+        text = f"kind: transform\nname: {name}\njob: demo\ninputs: [logs]\noutput: {name}_out\n" + (
+            f"code: {code}\n"
+            if code
+            else "code: {sql: 'SELECT address, count(*) AS n FROM logs GROUP BY address'}\n"
         )
         apply_transform(rt, parse_transform(text, source=f"{name}.yaml", base=tmp_path))
 
@@ -176,7 +173,9 @@ def test_transform_commits_one_version_per_range_even_when_retried(
     # a UDF's own bug: dead after one attempt, nothing committed
     broken = [outcomes[t] for t in held if names[t] == "broken"]
     assert [(o.status, o.attempt) for o in broken] == [("dead", 1), ("dead", 1)]
-    assert all("wrong_shape" in (o.error or "") or "pyarrow.Table" in (o.error or "") for o in broken)
+    assert all(
+        "wrong_shape" in (o.error or "") or "pyarrow.Table" in (o.error or "") for o in broken
+    )
     assert versions(rt, "broken_out") == []
     # a SQL transform: its output is the gated SELECT over the pinned range
     assert len(versions(rt, "by_address_out")) == 2
@@ -187,9 +186,7 @@ def test_transform_commits_one_version_per_range_even_when_retried(
 def test_python_alert_over_a_transform_fires_and_asset_is_downstream(rt: Runtime) -> None:
     loaded = load_alert_file(EXAMPLES / "udf_alerts" / "busy_token.yaml")
     with rt.state() as conn:
-        apply_alert(
-            conn, rt.settings.org_id, loaded, bundles=lambda source: put_bundle(rt, source)
-        )
+        apply_alert(conn, rt.settings.org_id, loaded, bundles=lambda source: put_bundle(rt, source))
     outcomes = run_until_idle(rt)
     assert {o.status for o in outcomes} == {"succeeded"}
     assert sum(o.operator == "alert_evaluate" for o in outcomes) == 2

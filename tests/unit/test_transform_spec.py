@@ -93,7 +93,9 @@ def test_python_alert_validation(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"a\.yaml:5: udf: .*needs a condition"):
         parse_alert(ALERT.format(reads="x, y"), source="a.yaml", base=tmp_path)
     with pytest.raises(ConfigError, match=r"a\.yaml:10: udf_sha256: .*set by apply"):
-        parse_alert(ALERT.format(reads="x") + f"udf_sha256: {'0' * 64}\n", source="a.yaml", base=tmp_path)
+        parse_alert(
+            ALERT.format(reads="x") + f"udf_sha256: {'0' * 64}\n", source="a.yaml", base=tmp_path
+        )
     (tmp_path / "a.py").write_text("def main(rows)\n")
     with pytest.raises(ConfigError, match=r"a\.yaml:5: udf: a\.py:1"):
         parse_alert(ALERT.format(reads="x"), source="a.yaml", base=tmp_path)

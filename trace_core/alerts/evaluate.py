@@ -227,6 +227,7 @@ def evaluate_udf(ctx: OperatorContext, p: EvaluationPayload) -> list[dict[str, A
         UdfInvocationPayload(
             kind="alert",
             entry="main",
+            filename=f"{p.alert_name}.py",
             source=get_bundle(ctx.runtime, p.udf_sha256),
             bundle_sha256=p.udf_sha256,
             tables={"rows": to_ipc(rows)},

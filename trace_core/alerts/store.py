@@ -9,10 +9,10 @@ updates the row in place (same ``alert_id``), so its pending deliveries and even
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 from psycopg import Connection
@@ -23,8 +23,8 @@ from trace_core.alerts.spec import AlertSpec, LoadedAlert, load_alert_file
 from trace_core.chain_sync import store as chain_sync_store
 from trace_core.chain_sync.analytics_spec import OUTPUT_PREFIX, output_keys
 from trace_core.db.queries import q
-from trace_core.transforms.store import list_transforms
 from trace_core.errors import AlertNotFound, ChainSyncJobNotFound, ConfigError, InvalidJobFile
+from trace_core.transforms.store import list_transforms
 
 ALERT_NAMESPACE = uuid.UUID("3f0d8a52-61c4-4c57-9a0e-6a3c2b51e7d4")
 

@@ -37,7 +37,6 @@ def apply_cmd(file_: Path) -> None:
     """Apply an alert YAML file (idempotent; an edit updates the alert in place)."""
     from trace_core.alerts.spec import load_alert_file
     from trace_core.alerts.store import apply_alert
-
     from trace_core.udf.bundles import put_bundle
 
     loaded = load_alert_file(file_)

@@ -113,6 +113,4 @@ def trigger(job: str, key: str | None, as_json: bool) -> None:
         click.echo(json.dumps(got.as_json()))
         return
     verb = "queued" if got.created else "already triggered (same key): no new run"
-    console.print(
-        f"{job}: task {got.task_id} {verb} (key {got.idempotency_key})", highlight=False
-    )
+    console.print(f"{job}: task {got.task_id} {verb} (key {got.idempotency_key})", highlight=False)

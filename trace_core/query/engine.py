@@ -531,7 +531,10 @@ def result_table(result: QueryResult) -> pa.Table:
     if result.batches:
         return pa.Table.from_batches(result.batches)
     return pa.schema(
-        [pa.field(c["name"], _EMPTY_TYPES.get(c["type"].upper(), pa.string())) for c in result.columns]
+        [
+            pa.field(c["name"], _EMPTY_TYPES.get(c["type"].upper(), pa.string()))
+            for c in result.columns
+        ]
     ).empty_table()
 
 

@@ -78,7 +78,9 @@ def check_key(key: str) -> str:
 
 
 def enabled(t: TransformRow, kind: Kind) -> bool:
-    return t.enabled and {"cron": t.cron is not None, "webhook": t.webhook, "manual": t.manual}[kind]
+    return (
+        t.enabled and {"cron": t.cron is not None, "webhook": t.webhook, "manual": t.manual}[kind]
+    )
 
 
 def source_event_id(org_id: str | uuid.UUID, job: str, kind: str, key: str) -> uuid.UUID:
@@ -131,7 +133,9 @@ def trigger(
             )
         grants, start, end = pinned
         key = check_key(
-            idempotency_key if idempotency_key is not None else f"inputs:{inputs_fingerprint(grants)}"
+            idempotency_key
+            if idempotency_key is not None
+            else f"inputs:{inputs_fingerprint(grants)}"
         )
         params = {
             "org_id": uuid.UUID(str(org_id)),

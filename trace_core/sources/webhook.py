@@ -45,10 +45,14 @@ def verify(secret: bytes | None, key: str, body: bytes, header: str | None) -> N
     """Raise ``SourceRejected`` unless ``header`` signs ``key`` and ``body`` with ``secret``."""
     if secret is None:
         raise SourceRejected(
-            "no webhook secret is configured for this job", code="webhook_not_configured", status=404
+            "no webhook secret is configured for this job",
+            code="webhook_not_configured",
+            status=404,
         )
     if not header or not hmac.compare_digest(header.strip(), signature(secret, key, body)):
-        raise SourceRejected("the request signature does not match", code="bad_signature", status=401)
+        raise SourceRejected(
+            "the request signature does not match", code="bad_signature", status=401
+        )
 
 
 async def _read_capped(request: Request, max_bytes: int) -> bytes:
@@ -78,7 +82,9 @@ def accept(
 ) -> Triggered:
     """Verify one delivery and trigger the run (blocking; the route runs it in a thread)."""
     if key is None:
-        raise SourceRejected("the Idempotency-Key header is required", code="bad_idempotency_key", status=400)
+        raise SourceRejected(
+            "the Idempotency-Key header is required", code="bad_idempotency_key", status=400
+        )
     check_key(key)
     verify(source_webhook_secret(job), key, body, sig)
     with pool.connection() as conn:

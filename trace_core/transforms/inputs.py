@@ -43,16 +43,14 @@ def query_service(rt: Runtime) -> Iterator[QueryService]:
         service.close()
 
 
-def read_tables(
-    service: QueryService, token: str, relations: Iterable[str]
-) -> dict[str, pa.Table]:
+def read_tables(service: QueryService, token: str, relations: Iterable[str]) -> dict[str, pa.Table]:
     """Each granted relation as a whole Arrow table (``SELECT *`` through the pipeline; names
     are validated slugs, so quoting is enough).
     Raises the Query Service's errors (``AccessDenied`` code ``stale_attempt`` when the
     attempt is no longer current)."""
     return {
         name: service.query_table(
-            "task", token, QueryRequest(sql=f'SELECT * FROM "{name}"')
+            "task", token, QueryRequest(sql=f'SELECT * FROM "{name}"', max_rows=None)
         )
         for name in relations
     }
@@ -60,7 +58,7 @@ def read_tables(
 
 def run_sql(service: QueryService, token: str, sql: str) -> pa.Table:
     """One gated SELECT over the granted relations, as an Arrow table."""
-    return service.query_table("task", token, QueryRequest(sql=sql))
+    return service.query_table("task", token, QueryRequest(sql=sql, max_rows=None))
 
 
 def to_ipc(table: pa.Table) -> bytes:

@@ -65,6 +65,7 @@ def compute(ctx: OperatorContext, p: TransformPayload) -> pa.Table:
         UdfInvocationPayload(
             kind="transform",
             entry="main",
+            filename=f"{p.transform_name}.py",
             source=get_bundle(ctx.runtime, p.bundle_sha256),
             bundle_sha256=p.bundle_sha256,
             input=None,

@@ -29,8 +29,15 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo
-from pydantic import field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from trace_core.chain_sync.spec import Name, Slug, validation_problems
@@ -41,7 +48,9 @@ from trace_core.yamlfile import LoadedYaml, load_yaml, read_capped
 MAX_INPUTS = 8
 MAX_UDF_BYTES = 256 * 1024
 RESERVED_PREFIXES = ("analytics_", "hot_")
-_CRON_FIELD = re.compile(r"^(\*|\d{1,2}(-\d{1,2})?)(/\d{1,2})?(,(\*|\d{1,2}(-\d{1,2})?)(/\d{1,2})?)*$")
+_CRON_FIELD = re.compile(
+    r"^(\*|\d{1,2}(-\d{1,2})?)(/\d{1,2})?(,(\*|\d{1,2}(-\d{1,2})?)(/\d{1,2})?)*$"
+)
 _CRON_RANGES = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 6))
 
 
@@ -58,7 +67,9 @@ def _cron(value: str) -> str:
         for number in re.findall(r"(?<![/\d])\d+", text):
             if not lo <= int(number) <= hi:
                 raise PydanticCustomError(
-                    "cron", "{n} is outside {lo}-{hi} in field {f!r}", {"n": number, "lo": lo, "hi": hi, "f": text}
+                    "cron",
+                    "{n} is outside {lo}-{hi} in field {f!r}",
+                    {"n": number, "lo": lo, "hi": hi, "f": text},
                 )
     return " ".join(fields)
 
