@@ -1,0 +1,116 @@
+"""``trace-lite demo --udf``: user code on the default demo.
+
+Applies ``examples/transforms/erc20_volume.yaml`` (a Python transform: ERC-20 transfer volume
+per token, one run per committed ``logs`` range, in the UDF sandbox) and
+``examples/udf_alerts/busy_token.yaml`` (a Python alert over that output) to the demo job
+before the stack starts; after the backfill it waits for the transform's versions, prints the
+volume per token checked against the Transfer logs counted over the synced ``logs``, and the
+demo's alert table then includes the Python alert's events.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.console import Console
+
+from trace_core.errors import TraceError
+from trace_core.runtime import Runtime
+from trace_core.settings import REPO_ROOT, Settings
+
+TRANSFORM_FILE = REPO_ROOT / "examples" / "transforms" / "erc20_volume.yaml"
+ALERT_FILE = REPO_ROOT / "examples" / "udf_alerts" / "busy_token.yaml"
+OUTPUT = "erc20_volume"
+TRANSFER_TOPIC = "DDF252AD1BE2C89B69C2B068FC378DAA952BA7F163C4A11628F55A4DF523B3EF"
+VOLUME_SQL = f"""
+SELECT token, sum(transfers) AS transfers, sum(volume) AS volume_wei, count(*) AS ranges
+FROM {OUTPUT} GROUP BY token ORDER BY transfers DESC
+"""
+
+
+def apply_examples(console: Console, rt: Runtime, job: str) -> None:
+    """Apply the example transform and Python alert (both written for the ``demo`` job)."""
+    from trace_core.alerts.spec import load_alert_file
+    from trace_core.alerts.store import apply_alert
+    from trace_core.transforms.spec import load_transform_file
+    from trace_core.transforms.store import apply_transform
+    from trace_core.udf.bundles import put_bundle
+
+    transform = load_transform_file(TRANSFORM_FILE)
+    if transform.spec.job != job:
+        raise TraceError(f"{TRANSFORM_FILE.name} is written for job {transform.spec.job!r}")
+    applied = apply_transform(rt, transform, str(TRANSFORM_FILE))
+    console.print(
+        f"applied transform {transform.spec.name!r} (bundle {applied.bundle_sha256 or ''}"[:80]
+        + ")"
+    )
+    alert = load_alert_file(ALERT_FILE)
+    with rt.state() as conn:
+        apply_alert(
+            conn,
+            rt.settings.org_id,
+            alert,
+            str(ALERT_FILE),
+            bundles=lambda source: put_bundle(rt, source),
+        )
+    console.print(f"applied Python alert {alert.spec.name!r} ({ALERT_FILE.name})")
+
+
+def _covered(rt: Runtime, chain_id: int, start: int, end: int) -> bool:
+    """Whether every committed ``logs`` range inside ``[start, end)`` has its output version."""
+    from trace_core.datasets.registry import versions_for_stream
+
+    with rt.state() as conn:
+        org = rt.settings.org_id
+        logs = {
+            (v.range_start, v.range_end)
+            for v in versions_for_stream(conn, org, chain_id, "logs")
+            if start <= v.range_start and v.range_end <= end
+        }
+        out = {
+            (v.range_start, v.range_end) for v in versions_for_stream(conn, org, chain_id, OUTPUT)
+        }
+    return bool(logs) and logs <= out
+
+
+def show(
+    console: Console,
+    settings: Settings,
+    rt: Runtime,
+    chain_id: int,
+    start: int,
+    end: int,
+    deadline: float,
+) -> dict[str, Any]:
+    """Wait for the transform, print its output and the cross-check; return them for tests."""
+    from trace_core.query.app import query_http
+    from trace_lite.demo import _print_response
+
+    with console.status("waiting for the erc20_volume transform runs (UDF sandbox)..."):
+        while not _covered(rt, chain_id, start, end):
+            if time.monotonic() > deadline:
+                raise TraceError(
+                    "the transform did not finish in time; see the udf_transform runs in the "
+                    "Dagster UI and `trace-lite status`"
+                )
+            time.sleep(1.0)
+    volume = query_http(settings, VOLUME_SQL)
+    _print_response(console, f"Transform {OUTPUT} (Python UDF): ERC-20 volume per token", volume)
+    logs = query_http(
+        settings,
+        f"SELECT count(*) FROM logs WHERE hex(topic0) = '{TRANSFER_TOPIC}' "
+        f"AND block_number >= {start} AND block_number < {end}",
+    )["rows"][0][0]
+    total = query_http(
+        settings,
+        f"SELECT sum(transfers) FROM {OUTPUT} WHERE first_block >= {start} AND first_block < {end}",
+    )["rows"][0][0]
+    verdict = (
+        "[green]matches[/green]" if int(total or 0) == int(logs) else "[red]differs from[/red]"
+    )
+    console.print(
+        f"transfers counted by the UDF over [{start}, {end}): {total} {verdict} the Transfer "
+        f"logs in `logs` ({logs})"
+    )
+    return {"volume": volume, "transfer_logs": int(logs), "udf_transfers": int(total or 0)}
