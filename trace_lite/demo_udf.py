@@ -41,10 +41,8 @@ def apply_examples(console: Console, rt: Runtime, job: str) -> None:
     if transform.spec.job != job:
         raise TraceError(f"{TRANSFORM_FILE.name} is written for job {transform.spec.job!r}")
     applied = apply_transform(rt, transform, str(TRANSFORM_FILE))
-    console.print(
-        f"applied transform {transform.spec.name!r} (bundle {applied.bundle_sha256 or ''}"[:80]
-        + ")"
-    )
+    sha = (applied.bundle_sha256 or "")[:12]
+    console.print(f"applied transform {transform.spec.name!r} (UDF bundle sha256 {sha}...)")
     alert = load_alert_file(ALERT_FILE)
     with rt.state() as conn:
         apply_alert(
