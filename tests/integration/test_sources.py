@@ -132,7 +132,21 @@ def test_webhook_signed_idempotent_and_refusals_write_nothing(rt: Runtime) -> No
 def test_manual_trigger_is_idempotent_and_cron_schedule_runs_once_per_tick(
     rt: Runtime, tmp_path: Path
 ) -> None:
+    # applying a transform over a stream the job lacks names the line and writes nothing
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        TRANSFORM.replace("name: gas", "name: gas2").replace("[blocks]", "[blocks, logs]")
+    )
     runner = CliRunner()
+    refused = runner.invoke(cli, ["apply", "--file", str(bad)])
+    assert refused.exit_code == 2
+    assert f"{bad}:4: inputs[1]: job 'src' has no active stream or transform output 'logs'" in (
+        " ".join(refused.output.split())
+    )
+    assert (
+        json.loads(runner.invoke(cli, ["transforms", "list", "--json"]).output)[0]["name"] == "gas"
+    )
+
     first = runner.invoke(cli, ["trigger", "gas", "--json"])
     assert first.exit_code == 0, first.output
     double = runner.invoke(cli, ["trigger", "gas", "--json"])  # same inputs: the same run

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dagster import AssetKey, instance_for_test, materialize
+from dagster import AssetKey, Definitions, instance_for_test, materialize
 
 from trace_core.alerts.spec import load_alert_file
 from trace_core.alerts.store import apply_alert
@@ -32,7 +32,7 @@ from trace_core.devchain import DevChain
 from trace_core.dispatcher import dispatch_tick
 from trace_core.errors import StaleAttempt
 from trace_core.operators.base import OperatorContext
-from trace_core.query.client import query_embedded
+from trace_core.query.app import QueryRequest, QueryService, local_user_token
 from trace_core.runtime import Runtime
 from trace_core.settings import load_settings
 from trace_core.sinks.consumer import sink_once
@@ -43,6 +43,7 @@ from trace_core.transforms.store import apply_transform
 from trace_core.transforms.tasks import OPERATOR
 from trace_core.udf.bundles import put_bundle
 from trace_core.worker import TaskOutcome, capability_token_for, execute_task
+from trace_dagster.definitions import build_definitions
 from trace_dagster.partitions import partitions_def_name, stream_asset_key
 from trace_dagster.resources import TraceResource
 from trace_dagster.transforms import transform_asset_key, transform_definitions
@@ -101,8 +102,27 @@ def versions(rt: Runtime, key: str) -> list[registry.VersionRecord]:
 
 
 def sql(rt: Runtime, text: str) -> list[list[Any]]:
-    rows: list[list[Any]] = query_embedded(rt.settings, rt.dbs, rt.store, text)["rows"]
+    """A user query through the in-process Query Service (one service per test run)."""
+    global _service
+    if _service is None:
+        _service = QueryService(rt.settings, rt.dbs, rt.store, hot_sources=None)
+        _service.open()
+    rows: list[list[Any]] = _service.query(
+        "user", local_user_token(rt.settings), QueryRequest(sql=text, max_rows=None)
+    )["rows"]
     return rows
+
+
+_service: QueryService | None = None
+
+
+@pytest.fixture(autouse=True)
+def _close_service() -> Any:
+    yield
+    global _service
+    if _service is not None:
+        _service.close()
+        _service = None
 
 
 def test_transform_commits_one_version_per_range_even_when_retried(
@@ -222,3 +242,4 @@ def test_python_alert_over_a_transform_fires_and_asset_is_downstream(rt: Runtime
         mats = result.asset_materializations_for_node(asset.node_def.name)
         assert mats and mats[0].asset_key == AssetKey(["transform", "demo", "erc20_volume"])
     assert len(versions(rt, "erc20_volume")) == 2  # the partition was already committed
+    Definitions.validate_loadable(build_definitions(rt))  # shared partitions with the stream

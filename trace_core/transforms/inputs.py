@@ -30,11 +30,15 @@ _invokers_lock = threading.Lock()
 
 
 @contextmanager
-def query_service(rt: Runtime) -> Iterator[QueryService]:
-    """An open in-process Query Service over the runtime's databases and store."""
-    local = rt.settings.model_copy(
-        update={"query_workers": min(rt.settings.query_workers, EMBEDDED_ENGINE_WORKERS)}
-    )
+def query_service(rt: Runtime, *, user_sql: bool = True) -> Iterator[QueryService]:
+    """An open in-process Query Service over the runtime's databases and store.
+
+    With ``user_sql`` (a SQL transform, an alert condition) DuckDB runs in one engine worker
+    process, so SQL that crashes the engine costs only that process; Trace's own
+    ``SELECT * FROM input`` reads run DuckDB in this process (same locked sandbox, same
+    timeout), which saves the ~1.5 s of starting a worker per task."""
+    workers = min(rt.settings.query_workers, EMBEDDED_ENGINE_WORKERS) if user_sql else 0
+    local = rt.settings.model_copy(update={"query_workers": workers})
     service = QueryService(local, rt.dbs, rt.store, hot_sources=None)
     service.open()
     try:

@@ -50,7 +50,7 @@ def compute(ctx: OperatorContext, p: TransformPayload) -> pa.Table:
     """The transform's output table for this attempt. Raises as the module docstring says."""
     lease = ctx.lease
     try:
-        with query_service(ctx.runtime) as service:
+        with query_service(ctx.runtime, user_sql=p.code_kind == "sql") as service:
             if p.code_kind == "sql":
                 assert p.sql is not None
                 return run_sql(service, ctx.capability_token, p.sql)
