@@ -15,6 +15,7 @@ in ``SAME_LAYER`` order, and any lower layer; never a higher one:
 - ``outbox``: durable intent -> queue.
 - ``tasks``: the task state machine (create, claim, heartbeat, complete, reap).
 - ``runtime``: settings + databases + queue + store, handed to everything above.
+- ``udf``: the UDF contract, the sandboxed runtimes and code bundles.
 - ``datasets``: versions, manifests, the commit protocol, cryo's column schemas.
 - ``rpc``, ``rpcpool``, ``rpc_limits``: the JSON-RPC client, pools of endpoints, per-pool
   limits.
@@ -49,6 +50,7 @@ LAYERS: list[set[str]] = [
     {"outbox"},
     {"tasks"},
     {"runtime"},
+    {"udf"},
     {"datasets"},
     {"rpc", "rpcpool", "rpc_limits"},
     {"hot"},
