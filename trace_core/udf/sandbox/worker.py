@@ -163,7 +163,6 @@ def _set_rlimits(limits: dict[str, Any]) -> None:
     for res, value in (
         (resource.RLIMIT_AS, cap),
         (resource.RLIMIT_DATA, cap),
-        (resource.RLIMIT_CPU, int(limits["cpu_seconds"])),
         (resource.RLIMIT_FSIZE, int(limits["max_file_bytes"])),
         (resource.RLIMIT_CORE, 0),
         (resource.RLIMIT_NOFILE, 64),
@@ -171,6 +170,10 @@ def _set_rlimits(limits: dict[str, Any]) -> None:
         (resource.RLIMIT_MSGQUEUE, 0),
     ):
         resource.setrlimit(res, (value, value))
+    # CPU: SIGXCPU at the limit (an unambiguous cause), SIGKILL a second later if the UDF
+    # ignores SIGXCPU; the call filter forbids raising either.
+    cpu = int(limits["cpu_seconds"])
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
 
 
 class _CappedIO(io.StringIO):
