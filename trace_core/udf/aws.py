@@ -9,8 +9,8 @@ Lambda caps a synchronous request and response at 6 MB each: bigger payloads are
 from __future__ import annotations
 
 import base64
-import json
 import io
+import json
 import math
 import zipfile
 from pathlib import Path

@@ -121,7 +121,7 @@ class _Worker:
         collects that status before the next call. Raises ``UdfRuntimeError``."""
         limits = payload.limits
         names = list(payload.tables)
-        header = {
+        header: dict[str, Any] = {
             "kind": payload.kind,
             "entry": payload.entry,
             "source": payload.source,
