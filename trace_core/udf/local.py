@@ -41,6 +41,8 @@ START_TIMEOUT_SECONDS = 60.0
 HOST_GRACE_SECONDS = 5.0
 _FRAME_OVERHEAD = 1024 * 1024
 _INLINE_WRITE = 60 * 1024
+_F_SETPIPE_SZ = 1031
+_PIPE_BYTES = 1024 * 1024
 
 
 class _Worker:
@@ -74,6 +76,9 @@ class _Worker:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.in_fd = self.proc.stdin.fileno()
         self.out_fd = self.proc.stdout.fileno()
+        for fd in (self.in_fd, self.out_fd):  # big pipes: fewer wake-ups moving tables
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_BYTES)
         os.set_blocking(self.out_fd, False)
         ready = self._read_status(time.monotonic() + START_TIMEOUT_SECONDS)
         if ready is None or not ready.get("ready"):
@@ -195,7 +200,7 @@ class _Worker:
     def _drain(self, out: bytearray) -> None:
         while True:
             try:
-                chunk = os.read(self.out_fd, 1 << 20)
+                chunk = os.read(self.out_fd, _PIPE_BYTES)
             except BlockingIOError:
                 return
             if not chunk:

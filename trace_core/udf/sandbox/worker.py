@@ -202,7 +202,9 @@ class _CappedIO(io.StringIO):
         return len(s)
 
 
-def run(header: dict[str, Any], blob: bytes, limits: dict[str, Any]) -> tuple[dict, list[bytes]]:
+def run(
+    header: dict[str, Any], blob: bytes | bytearray, limits: dict[str, Any]
+) -> tuple[dict[str, Any], list[Any]]:
     """Compile and call the UDF; return the response (header, blobs). Never raises."""
     logs = _CappedIO(int(limits["max_log_bytes"]))
     saved = sys.stdout, sys.stderr
@@ -243,7 +245,9 @@ def _user_exc(cause: str, exc: BaseException, filename: str) -> _Fail:
     )
 
 
-def _run(header: dict[str, Any], blob: bytes, max_out: int) -> tuple[dict, list[bytes]]:
+def _run(
+    header: dict[str, Any], blob: bytes | bytearray, max_out: int
+) -> tuple[dict[str, Any], list[Any]]:
     filename = header.get("filename") or "udf.py"
     source = header["source"]
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
@@ -295,8 +299,8 @@ def _run(header: dict[str, Any], blob: bytes, max_out: int) -> tuple[dict, list[
         sink = pa.BufferOutputStream()
         with ipc.new_stream(sink, value.schema) as writer:
             writer.write_table(value)
-        out = sink.getvalue().to_pybytes()
-        _check_size(len(out), max_out)
+        out = sink.getvalue()
+        _check_size(out.size, max_out)
         return {"ok": True, "part": "table"}, [out]
     if kind == "alert":
         if not isinstance(value, list) or not all(isinstance(e, dict) for e in value):
