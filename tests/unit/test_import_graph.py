@@ -15,6 +15,7 @@ in ``SAME_LAYER`` order, and any lower layer; never a higher one:
 - ``outbox``: durable intent -> queue.
 - ``tasks``: the task state machine (create, claim, heartbeat, complete, reap).
 - ``runtime``: settings + databases + queue + store, handed to everything above.
+- ``udf``: the UDF contract, the sandboxed runtimes and code bundles.
 - ``datasets``: versions, manifests, the commit protocol, cryo's column schemas.
 - ``udf``: the UDF contract, sandbox runtimes and code bundles.
 - ``rpc``, ``rpcpool``, ``rpc_limits``: the JSON-RPC client, pools of endpoints, per-pool
@@ -52,6 +53,7 @@ LAYERS: list[set[str]] = [
     {"outbox"},
     {"tasks"},
     {"runtime"},
+    {"udf"},
     {"datasets"},
     {"udf"},
     {"rpc", "rpcpool", "rpc_limits"},

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -58,7 +59,7 @@ def invoke(
         value = json.loads(input_json)
     except ValueError as exc:
         _fail(f"--input is not JSON: {exc}", 2)
-    overrides = {
+    overrides: dict[str, Any] = {
         k: v
         for k, v in (
             ("wall_seconds", wall_seconds),

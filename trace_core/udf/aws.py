@@ -9,8 +9,11 @@ Lambda caps a synchronous request and response at 6 MB each: bigger payloads are
 from __future__ import annotations
 
 import base64
+import io
 import json
 import math
+import zipfile
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trace_core.errors import UdfError, UdfRuntimeError
@@ -21,7 +24,9 @@ if TYPE_CHECKING:
     from trace_core.settings import Settings
 
 LAMBDA_PAYLOAD_CAP = 6 * 1024 * 1024
-HANDLER = "trace_core.udf.lambda_handler.handler"
+#: The handler inside ``lambda_code_zip()`` (stdlib + pyarrow: add a pyarrow layer).
+HANDLER = "lambda_handler.handler"
+_UDF_DIR = Path(__file__).resolve().parent
 
 
 def lambda_event(payload: UdfInvocationPayload) -> dict[str, Any]:
@@ -45,6 +50,38 @@ def function_config(payload_limits: Any) -> dict[str, int]:
         "MemorySize": max(128, int(payload_limits.memory_mb) + 128),
         "Timeout": max(1, math.ceil(payload_limits.wall_seconds)),
     }
+
+
+def lambda_code_zip() -> bytes:
+    """A deployment package of the handler: it needs only the stdlib and pyarrow."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        z.write(_UDF_DIR / "lambda_handler.py", "lambda_handler.py")
+        for name in ("worker.py", "wire.py", "seccomp_bpf.py"):
+            z.write(_UDF_DIR / "sandbox" / name, name)
+    return buf.getvalue()
+
+
+def create_udf_function(
+    client: Any, name: str, role_arn: str, limits: Any, *, runtime: str = "python3.11"
+) -> dict[str, Any]:
+    """Create the Lambda function that serves UDF calls under ``limits`` (idempotent by name:
+    an existing function's code and configuration are left as they are)."""
+    try:
+        return dict(client.get_function(FunctionName=name)["Configuration"])
+    except client.exceptions.ResourceNotFoundException:
+        pass
+    return dict(
+        client.create_function(
+            FunctionName=name,
+            Runtime=runtime,
+            Role=role_arn,
+            Handler=HANDLER,
+            Code={"ZipFile": lambda_code_zip()},
+            Description="Trace UDF runtime (trace_core.udf.lambda_handler)",
+            **function_config(limits),
+        )
+    )
 
 
 class AwsLambdaInvoker:

@@ -8,8 +8,12 @@ import base64
 import time
 from typing import Any
 
-from trace_core.udf.sandbox import wire
-from trace_core.udf.sandbox.worker import run
+try:
+    from trace_core.udf.sandbox import wire
+    from trace_core.udf.sandbox.worker import run
+except ImportError:  # packaged alone (``lambda_code_zip``): the sandbox modules at the root
+    import wire  # type: ignore[import-not-found,no-redef]
+    from worker import run  # type: ignore[import-not-found,no-redef]
 
 
 def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:

@@ -40,6 +40,9 @@ START_TIMEOUT_SECONDS = 60.0
 #: How long past its wall limit the host waits for a worker's status before declaring it hung.
 HOST_GRACE_SECONDS = 5.0
 _FRAME_OVERHEAD = 1024 * 1024
+_INLINE_WRITE = 60 * 1024
+_F_SETPIPE_SZ = 1031
+_PIPE_BYTES = 1024 * 1024
 
 
 class _Worker:
@@ -47,6 +50,10 @@ class _Worker:
 
     def __init__(self, argv: list[str], env: dict[str, str], sandboxed: bool) -> None:
         self.sandboxed = sandboxed
+        self._pending = False
+        self._writer: threading.Thread | None = None
+        self._deadline = 0.0
+        self._cap = _FRAME_OVERHEAD
         ctl_r, self.ctl_w = os.pipe()
         self.st_r, st_w = os.pipe()
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115  (closed by kill())
@@ -69,6 +76,9 @@ class _Worker:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.in_fd = self.proc.stdin.fileno()
         self.out_fd = self.proc.stdout.fileno()
+        for fd in (self.in_fd, self.out_fd):  # big pipes: fewer wake-ups moving tables
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_BYTES)
         os.set_blocking(self.out_fd, False)
         ready = self._read_status(time.monotonic() + START_TIMEOUT_SECONDS)
         if ready is None or not ready.get("ready"):
@@ -110,12 +120,13 @@ class _Worker:
                 stream.close()  # type: ignore[union-attr]
         self._stderr.close()
 
-    def call(self, payload: UdfInvocationPayload) -> tuple[dict[str, Any], bytes, bool]:
-        """Run one call: (status, response bytes, clean). ``clean`` is False when the worker
-        must be replaced (input left unread, writer stuck). Raises ``UdfRuntimeError``."""
+    def call(self, payload: UdfInvocationPayload) -> tuple[dict[str, Any] | None, bytes]:
+        """Run one call: (status, response bytes). The status is None when the call answered
+        with a whole frame before its exit was reported (the usual, fast case): ``settle()``
+        collects that status before the next call. Raises ``UdfRuntimeError``."""
         limits = payload.limits
         names = list(payload.tables)
-        header = {
+        header: dict[str, Any] = {
             "kind": payload.kind,
             "entry": payload.entry,
             "source": payload.source,
@@ -125,54 +136,85 @@ class _Worker:
             "limits": limits.model_dump(),
         }
         parts = wire.encode(header, [payload.tables[n] for n in names])
-        wall_ms = int(limits.wall_seconds * 1000)
-        written = threading.Event()
-
-        def write() -> None:
-            try:
-                wire.write_all(self.in_fd, parts)
-                written.set()
-            except OSError:
-                pass
-
         try:
-            os.write(self.ctl_w, f"S {wall_ms}\n".encode())
+            os.write(self.ctl_w, f"S {int(limits.wall_seconds * 1000)}\n".encode())
+            if sum(len(p) for p in parts) < _INLINE_WRITE:  # fits the empty pipe: no blocking
+                wire.write_all(self.in_fd, parts)
+                self._writer = None
+            else:
+                self._writer = threading.Thread(target=self._write, args=(parts,), daemon=True)
+                self._writer.start()
         except OSError as exc:
             raise UdfRuntimeError(f"the UDF worker is gone: {exc}") from exc
-        writer = threading.Thread(target=write, daemon=True)
-        writer.start()
-        cap = limits.max_output_bytes + _FRAME_OVERHEAD + limits.max_log_bytes * 4
+        self._deadline = time.monotonic() + limits.wall_seconds + HOST_GRACE_SECONDS
+        self._cap = limits.max_output_bytes + _FRAME_OVERHEAD + limits.max_log_bytes * 4
+        self._pending = True
         out = bytearray()
-        deadline = time.monotonic() + limits.wall_seconds + HOST_GRACE_SECONDS
-        status: dict[str, Any] | None = None
-        while status is None:
-            left = deadline - time.monotonic()
+        while True:
+            left = self._deadline - time.monotonic()
             if left <= 0:
                 raise UdfRuntimeError("the UDF worker did not report within its wall limit")
             ready, _, _ = select.select([self.out_fd, self.st_r], [], [], left)
             if self.out_fd in ready:
-                self._drain(out, cap)
+                self._drain(out)
+                if _frame_complete(out):
+                    return None, bytes(out)
             if self.st_r in ready:
-                status = self._read_status(time.monotonic() + 1.0)
-                if status is None:
-                    raise UdfRuntimeError(
-                        f"the UDF worker died: {self._stderr_line() or 'no status'}"
-                    )
-        self._drain(out, cap)
-        writer.join(timeout=0.5)
-        clean = written.is_set() and _unread(self.in_fd) == 0 and len(out) <= cap
-        return status, bytes(out), clean
+                status = self._collect_status()
+                self._drain(out)
+                return status, bytes(out)
 
-    def _drain(self, out: bytearray, cap: int) -> None:
+    def _write(self, parts: list[bytes]) -> None:
+        with contextlib.suppress(OSError):
+            wire.write_all(self.in_fd, parts)
+
+    def _collect_status(self) -> dict[str, Any]:
+        status = self._read_status(time.monotonic() + 1.0)
+        if status is None:
+            raise UdfRuntimeError(f"the UDF worker died: {self._stderr_line() or 'no status'}")
+        self._pending = False
+        return status
+
+    def settle(self) -> bool:
+        """Collect the last call's exit status and leave the pipes empty; False when this
+        worker must be replaced (dead, hung, or input left unread)."""
+        if not self.alive():
+            return False
+        try:
+            if self._pending:
+                ready, _, _ = select.select(
+                    [self.st_r], [], [], max(self._deadline - time.monotonic(), 0)
+                )
+                if not ready:
+                    return False
+                self._collect_status()
+            self._drain(bytearray())
+        except (UdfRuntimeError, OSError):
+            return False
+        if self._writer is not None:
+            self._writer.join(timeout=0.5)
+            if self._writer.is_alive():
+                return False
+        return _unread(self.in_fd) == 0
+
+    def _drain(self, out: bytearray) -> None:
         while True:
             try:
-                chunk = os.read(self.out_fd, 1 << 20)
+                chunk = os.read(self.out_fd, _PIPE_BYTES)
             except BlockingIOError:
                 return
             if not chunk:
                 return
-            if len(out) <= cap:
+            if len(out) <= self._cap:
                 out += chunk
+
+
+def _frame_complete(out: bytearray) -> bool:
+    size = wire.PREFIX.size
+    if len(out) < size:
+        return False
+    magic, hlen, blen = wire.PREFIX.unpack_from(out)
+    return bool(magic == wire.MAGIC and len(out) >= size + hlen + blen)
 
 
 def _unread(fd: int) -> int:
@@ -200,7 +242,9 @@ class LocalSandboxInvoker:
         self.pool_size = max(1, pool_size)
         self._bwrap = bwrap
         self._tmp_mb = tmp_mb
-        self._idle: queue.LifoQueue[_Worker] = queue.LifoQueue()
+        self._idle: queue.Queue[_Worker] = (
+            queue.Queue()
+        )  # FIFO: a worker settles while the others serve
         self._started = 0
         self._lock = threading.Lock()
         self._argv: tuple[list[str], dict[str, str]] | None = None
@@ -244,17 +288,22 @@ class LocalSandboxInvoker:
             raise
 
     def _take(self) -> _Worker:
-        try:
-            return self._idle.get_nowait()
-        except queue.Empty:
-            pass
-        w = self._new_worker()
-        return w if w is not None else self._idle.get()
+        while True:
+            try:
+                w = self._idle.get_nowait()
+            except queue.Empty:
+                w = self._new_worker() or self._idle.get()
+            if w.settle():
+                return w
+            self._discard(w)
 
-    def _give_back(self, w: _Worker, clean: bool) -> None:
-        if clean and w.alive() and not self._closed:
+    def _give_back(self, w: _Worker, ok: bool) -> None:
+        if ok and not self._closed:
             self._idle.put(w)
-            return
+        else:
+            self._discard(w)
+
+    def _discard(self, w: _Worker) -> None:
         w.kill()
         with self._lock:
             self._started -= 1
@@ -274,13 +323,12 @@ class LocalSandboxInvoker:
                 extra=payload.log_fields(),
             )
         w = self._take()
-        clean = False
+        ok = False
         try:
-            status, out, clean = w.call(payload)
-        except UdfRuntimeError:
-            raise
+            status, out = w.call(payload)
+            ok = True
         finally:
-            self._give_back(w, clean)
+            self._give_back(w, ok)
         return interpret(payload, status, out, self.name)
 
     def close(self) -> None:
@@ -300,10 +348,16 @@ class LocalSandboxInvoker:
 
 
 def interpret(
-    payload: UdfInvocationPayload, status: dict[str, Any], out: bytes, runtime: str = "local"
+    payload: UdfInvocationPayload,
+    status: dict[str, Any] | None,
+    out: bytes,
+    runtime: str = "local",
 ) -> UdfResult:
-    """Turn a call's status and response bytes into a result, or raise the ``UdfError``."""
+    """Turn a call's response bytes (and its exit status, when the call ended without a
+    whole answer) into a result, or raise the ``UdfError``."""
     limits = payload.limits
+    if status is None:  # a whole frame came first: the call answered, its exit is routine
+        status = {"exit": 0}
     code = int(status.get("exit", -1))
     stats = UdfStats(
         wall_ms=float(status.get("wall_ms", 0.0)),
@@ -317,8 +371,10 @@ def interpret(
         )
     if code < 0:
         sig = -code
+        # SIGXCPU at the soft limit; SIGKILL at the hard one (soft + 1 s) if it ignored
+        # SIGXCPU. rusage may read ~10% below the kernel's CPU timer, hence the margin.
         if sig == signal.SIGXCPU or (
-            sig == signal.SIGKILL and stats.cpu_ms >= limits.cpu_seconds * 1000 - 50
+            sig == signal.SIGKILL and stats.cpu_ms >= limits.cpu_seconds * 1000 * 0.8
         ):
             raise UdfError("cpu_time", f"used its CPU limit of {limits.cpu_seconds} s")
         if sig == signal.SIGSYS:
@@ -340,6 +396,14 @@ def interpret(
             line=header.get("line"),
         )
     logs = str(header.get("logs", ""))
+    own = header.get("stats")
+    if isinstance(own, dict):  # measured by the call itself (no exit status on the fast path)
+        stats = UdfStats(
+            wall_ms=float(own.get("wall_ms", 0.0)),
+            cpu_ms=float(own.get("cpu_ms", 0.0)),
+            max_rss_kb=int(own.get("max_rss_kb", 0)),
+            output_bytes=len(out),
+        )
     part = header.get("part")
     if part == "table":
         return UdfResult(table=blob, logs=logs, stats=stats, runtime=runtime)

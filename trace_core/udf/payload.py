@@ -39,21 +39,32 @@ class UdfLimits(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     memory_mb: int = Field(
-        128, ge=16, le=16384, description="Memory the UDF may allocate on top of the runtime's"
+        default=128,
+        ge=16,
+        le=16384,
+        description="Memory the UDF may allocate on top of the runtime's",
     )
-    wall_seconds: float = Field(30.0, gt=0, le=900, description="Wall-clock time of one call")
-    cpu_seconds: int = Field(30, ge=1, le=900, description="CPU time of one call (all threads)")
+    wall_seconds: float = Field(
+        default=30.0, gt=0, le=900, description="Wall-clock time of one call"
+    )
+    cpu_seconds: int = Field(
+        default=30, ge=1, le=900, description="CPU time of one call (all threads)"
+    )
     max_output_bytes: int = Field(
-        32 * 1024 * 1024, ge=1024, description="Largest result (JSON value, table or events)"
+        default=32 * 1024 * 1024,
+        ge=1024,
+        description="Largest result (JSON value, table or events)",
     )
     max_input_bytes: int = Field(
-        512 * 1024 * 1024, ge=1024, description="Largest payload (source, input and tables)"
+        default=512 * 1024 * 1024, ge=1024, description="Largest payload (source, input and tables)"
     )
     max_file_bytes: int = Field(
-        16 * 1024 * 1024, ge=0, description="Largest file the UDF may write (under its /tmp)"
+        default=16 * 1024 * 1024,
+        ge=0,
+        description="Largest file the UDF may write (under its /tmp)",
     )
     max_log_bytes: int = Field(
-        64 * 1024, ge=0, description="What the UDF prints is kept up to this many bytes"
+        default=64 * 1024, ge=0, description="What the UDF prints is kept up to this many bytes"
     )
 
 
@@ -68,8 +79,8 @@ class UdfInvocationPayload(BaseModel):
     kind: UdfKind = "function"
     entry: str = Field("main", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     source: str
-    filename: str = Field("udf.py", description="Shown in the UDF's own tracebacks")
-    bundle_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    filename: str = Field(default="udf.py", description="Shown in the UDF's own tracebacks")
+    bundle_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     input: JsonValue = None
     tables: dict[str, bytes] = Field(default_factory=dict)
     limits: UdfLimits = Field(default_factory=UdfLimits)

@@ -33,7 +33,6 @@ SANDBOX_ENV = {
     "PYTHONUTF8": "1",
     "MALLOC_ARENA_MAX": "1",
     "ARROW_DEFAULT_MEMORY_POOL": "system",
-    "OMP_NUM_THREADS": "1",
     "HOME": "/tmp",
     "TMPDIR": "/tmp",
     "PATH": "/usr/bin:/bin",

@@ -30,6 +30,7 @@ LD_W_ABS = 0x20
 JEQ_K = 0x15
 JGE_K = 0x35
 JSET_K = 0x45
+JA = 0x05
 RET_K = 0x06
 
 OFF_NR = 0
@@ -48,6 +49,8 @@ NR = {
     "vfork": 58,
     "execve": 59,
     "kill": 62,
+    "setrlimit": 160,
+    "prlimit64": 302,
     "ptrace": 101,
     "syslog": 103,
     "setuid": 105,
@@ -277,6 +280,17 @@ def call_filter(pid: int) -> bytes:
         _ins(JEQ_K, NR["clone"], 0, 4),
         _ins(LD_W_ABS, _arg_lo(0)),
         _ins(JSET_K, CLONE_THREAD, 1, 0),
+        _ins(RET_K, RET_KILL_PROCESS),
+        _ins(LD_W_ABS, OFF_NR),
+    ]
+    # rlimits may be read, never set (prlimit64 with a new limit: args[2] != NULL)
+    prog += [
+        _ins(JEQ_K, NR["prlimit64"], 0, 7),
+        _ins(LD_W_ABS, _arg_lo(2)),
+        _ins(JEQ_K, 0, 0, 3),
+        _ins(LD_W_ABS, _arg_lo(2) + 4),
+        _ins(JEQ_K, 0, 0, 1),
+        _ins(JA, 1),
         _ins(RET_K, RET_KILL_PROCESS),
         _ins(LD_W_ABS, OFF_NR),
     ]

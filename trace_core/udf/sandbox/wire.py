@@ -21,13 +21,15 @@ class FrameError(Exception):
     """A malformed, truncated or oversized frame."""
 
 
-def encode(header: dict[str, Any], blobs: list[bytes] | tuple[bytes, ...] = ()) -> list[bytes]:
+def encode(header: dict[str, Any], blobs: list[Any] | tuple[Any, ...] = ()) -> list[Any]:
+    """The frame's parts (``blobs`` may be any bytes-like objects: they are not copied)."""
     head = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
-    total = sum(len(b) for b in blobs)
+    blobs = [memoryview(b).cast("B") for b in blobs]
+    total = sum(b.nbytes for b in blobs)
     return [PREFIX.pack(MAGIC, len(head), total), head, *blobs]
 
 
-def write_all(fd: int, parts: list[bytes]) -> None:
+def write_all(fd: int, parts: list[Any]) -> None:
     for part in parts:
         view = memoryview(part)
         while view:
@@ -35,7 +37,7 @@ def write_all(fd: int, parts: list[bytes]) -> None:
             view = view[n:]
 
 
-def read_exact(fd: int, n: int) -> bytes:
+def read_exact(fd: int, n: int) -> bytearray:
     buf = bytearray(n)
     view = memoryview(buf)
     got = 0
@@ -44,10 +46,10 @@ def read_exact(fd: int, n: int) -> bytes:
         if k == 0:
             raise FrameError(f"pipe closed after {got} of {n} bytes")
         got += k
-    return bytes(buf)
+    return buf
 
 
-def read_frame(fd: int, max_bytes: int) -> tuple[dict[str, Any], bytes]:
+def read_frame(fd: int, max_bytes: int) -> tuple[dict[str, Any], bytearray]:
     """Read one frame from ``fd``: (header, blob bytes). Raises ``FrameError``."""
     prefix = read_exact(fd, PREFIX.size)
     magic, hlen, blen = PREFIX.unpack(prefix)
@@ -61,10 +63,10 @@ def read_frame(fd: int, max_bytes: int) -> tuple[dict[str, Any], bytes]:
         raise FrameError(f"bad frame header: {exc}") from None
     if not isinstance(header, dict):
         raise FrameError("frame header is not an object")
-    return header, read_exact(fd, blen) if blen else b""
+    return header, read_exact(fd, blen) if blen else bytearray()
 
 
-def split_blobs(blob: bytes, lengths: list[int]) -> list[memoryview]:
+def split_blobs(blob: bytes | bytearray, lengths: list[int]) -> list[memoryview]:
     if sum(lengths) != len(blob):
         raise FrameError("blob lengths do not add up")
     out, pos, view = [], 0, memoryview(blob)
