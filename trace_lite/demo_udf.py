@@ -50,7 +50,7 @@ def apply_examples(console: Console, rt: Runtime, job: str) -> None:
             rt.settings.org_id,
             alert,
             str(ALERT_FILE),
-            bundles=lambda source: put_bundle(rt, source),
+            bundles=lambda source: put_bundle(rt, source, name=f"alert:{alert.spec.name}"),
         )
     console.print(f"applied Python alert {alert.spec.name!r} ({ALERT_FILE.name})")
 

@@ -48,7 +48,7 @@ def apply_cmd(file_: Path) -> None:
                 rt.settings.org_id,
                 loaded,
                 str(file_),
-                bundles=lambda source: put_bundle(rt, source),
+                bundles=lambda source: put_bundle(rt, source, name=f"alert:{loaded.spec.name}"),
             )
     finally:
         rt.close()

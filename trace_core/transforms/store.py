@@ -170,7 +170,7 @@ def apply_transform(
         if loaded.python_source is not None:
             from trace_core.udf.bundles import put_bundle
 
-            sha = put_bundle(rt, loaded.python_source)
+            sha = put_bundle(rt, loaded.python_source, name=f"transform:{spec.name}")
         with conn.transaction():
             row = conn.execute(
                 q("transforms", "upsert_definition"),

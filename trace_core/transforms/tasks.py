@@ -22,6 +22,7 @@ from psycopg import Connection
 from pydantic import Field, Strict
 
 from trace_core.datasets import registry
+from trace_core.errors import SourceRejected
 from trace_core.operators.payload import TaskPayload
 from trace_core.tasks.lifecycle import create_task
 from trace_core.transforms.store import TransformRow
@@ -148,8 +149,6 @@ def latest_pins(
     """Every visible version of each input (a source-triggered run reads all committed data),
     and the primary input's covered range. None when an input has nothing committed yet.
     Raises ``SourceRejected`` past ``MAX_SOURCE_PINS``."""
-    from trace_core.errors import SourceRejected
-
     grants: list[dict[str, str]] = []
     start = end = 0
     for i, key in enumerate(t.inputs):
