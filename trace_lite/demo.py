@@ -197,6 +197,7 @@ def run_demo(
         _apply_demo_alerts(console, rt, spec.name)
         if udf:
             demo_udf.apply_examples(console, rt, spec.name)
+            extra_env = {**extra_env, **demo_udf.WEBHOOK.env()}
         stack = LocalStack(
             settings, dagster_home=dagster_home, dagster_port=dagster_port, extra_env=extra_env
         )
@@ -217,6 +218,7 @@ def run_demo(
                 result.udf = demo_udf.show(
                     console, settings, rt, spec.chain_id, mode.from_block, mode.to_block, deadline
                 )
+                result.udf["webhook"] = demo_udf.WEBHOOK.deliver_twice(console, stack.query_url)
             _show_results(console, settings, rt, result, chain, spec.chain_id, deadline)
         console.print(f"\nDagster UI: {stack.dagster_url}   Query Service: {stack.query_url}")
         if not exit_after:

@@ -10,7 +10,10 @@ demo's alert table then includes the Python alert's events.
 
 from __future__ import annotations
 
+import json
+import secrets
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from rich.console import Console
@@ -27,6 +30,53 @@ VOLUME_SQL = f"""
 SELECT token, sum(transfers) AS transfers, sum(volume) AS volume_wei, count(*) AS ranges
 FROM {OUTPUT} GROUP BY token ORDER BY transfers DESC
 """
+
+
+@dataclass(frozen=True)
+class DemoWebhook:
+    """A per-run secret for the example's webhook source, handed to the Query Service through
+    its environment (never printed), and one signed delivery sent twice."""
+
+    job: str = "erc20_volume"
+    secret: str = field(default_factory=lambda: secrets.token_hex(16))
+
+    def env(self) -> dict[str, str]:
+        from trace_core.settings import source_secret_env_var
+
+        return {source_secret_env_var(self.job): self.secret}
+
+    def deliver_twice(self, console: Console, query_url: str) -> list[dict[str, Any]]:
+        """POST one signed delivery twice: the first queues a run, the repeat makes none."""
+        import httpx
+
+        from trace_core.sources.webhook import signature
+
+        key = f"demo-{int(time.time())}"
+        body = json.dumps({"reason": "demo: new token list"}).encode()
+        headers = {
+            "Idempotency-Key": key,
+            "X-Trace-Signature": signature(self.secret.encode(), key, body),
+            "content-type": "application/json",
+        }
+        url = f"{query_url.rstrip('/')}/v1/sources/{self.job}/webhook"
+        answers = []
+        console.print(
+            f"\n[bold]Webhook source[/bold]: POST {url} (signed, Idempotency-Key {key}), twice"
+        )
+        for attempt in ("first delivery", "redelivery"):
+            r = httpx.post(url, content=body, headers=headers, timeout=30)
+            answers.append({"status": r.status_code, **r.json()})
+            created = answers[-1].get("created")
+            console.print(
+                f"  {attempt}: HTTP {r.status_code} "
+                + ("a run was queued" if created else "no new run (same key)")
+                + f" task {answers[-1].get('task_id')}",
+                highlight=False,
+            )
+        return answers
+
+
+WEBHOOK = DemoWebhook()
 
 
 def apply_examples(console: Console, rt: Runtime, job: str) -> None:

@@ -99,3 +99,41 @@ def test_python_alert_validation(tmp_path: Path) -> None:
     (tmp_path / "a.py").write_text("def main(rows)\n")
     with pytest.raises(ConfigError, match=r"a\.yaml:5: udf: a\.py:1"):
         parse_alert(ALERT.format(reads="x"), source="a.yaml", base=tmp_path)
+
+
+def test_worker_reports_a_transform_run_on_its_output_asset() -> None:
+    """What a trace_worker run logs for a committed transform run (pure: no Dagster run)."""
+    import uuid
+
+    from dagster import AssetKey
+
+    from trace_core.worker import TaskOutcome
+    from trace_dagster.transforms import transform_materialization
+
+    payload = {
+        "transform_id": str(uuid.uuid4()),
+        "transform_name": "vol",
+        "job_name": "demo",
+        "chain_id": 31337,
+        "output_key": "vol_out",
+        "inputs": ["logs"],
+        "code_kind": "sql",
+        "sql": "SELECT 1",
+        "range_start": 0,
+        "range_end": 500,
+        "trigger": "on_input",
+    }
+    outputs = {"dataset_version": "v1", "row_count": 7}
+    done = TaskOutcome(uuid.uuid4(), "succeeded", 2, "udf_transform", payload, outputs)
+    mat = transform_materialization(done)
+    assert mat is not None and mat.asset_key == AssetKey(["transform", "demo", "vol"])
+    assert mat.partition == "000000000000-000000000500" and mat.metadata["rows"].value == 7
+    manual = TaskOutcome(
+        uuid.uuid4(), "succeeded", 1, "udf_transform", {**payload, "trigger": "manual"}, outputs
+    )
+    assert transform_materialization(manual).partition is None  # type: ignore[union-attr]
+    dead = TaskOutcome(uuid.uuid4(), "dead", 1, "udf_transform", payload, {})
+    assert transform_materialization(dead) is None
+    assert (
+        transform_materialization(TaskOutcome(uuid.uuid4(), "succeeded", 1, "noop", {}, {})) is None
+    )

@@ -72,6 +72,8 @@ class EvaluationPayload(TaskPayload):
     grants: list[dict[str, str]] = Field(default_factory=list)
     # a Python alert: the stored UDF bundle run over the condition's rows (None: SQL alert)
     udf_sha256: str | None = None
+    # False when ``condition`` is Trace's own ``SELECT *`` of the single read (no user SQL)
+    user_condition: bool = True
 
 
 # --- the query ---------------------------------------------------------------------------
@@ -216,7 +218,7 @@ def evaluate_udf(ctx: OperatorContext, p: EvaluationPayload) -> list[dict[str, A
     assert p.udf_sha256 is not None
     lease = ctx.lease
     try:
-        with query_service(ctx.runtime) as service:
+        with query_service(ctx.runtime, user_sql=p.user_condition) as service:
             rows = run_sql(service, ctx.capability_token, p.condition)
     except AccessDenied as exc:
         if exc.code == "stale_attempt":

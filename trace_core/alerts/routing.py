@@ -103,6 +103,7 @@ def _evaluation_payload(
         severity=spec["severity"],
         condition=spec.get("condition") or f'SELECT * FROM "{spec["reads"][0]}"',
         udf_sha256=spec.get("udf_sha256"),
+        user_condition=spec.get("condition") is not None,
         dedupe_key=spec["dedupe_key"],
         chain_id=chain_id,
         trigger=trigger,
