@@ -113,9 +113,7 @@ def transform_materialization(outcome: TaskOutcome) -> AssetMaterialization | No
     }
     return AssetMaterialization(
         asset_key=transform_asset_key(p.job_name, p.transform_name),
-        partition=range_partition_key(p.range_start, p.range_end)
-        if p.trigger == "on_input"
-        else None,
+        partition=range_partition_key(p.range_start, p.range_end) if p.partitioned else None,
         metadata={k: MetadataValue.text(v) if isinstance(v, str) else v for k, v in meta.items()},
     )
 

@@ -129,11 +129,18 @@ def test_transform_commits_one_version_per_range_even_when_retried(
     rt: Runtime, tmp_path: Path
 ) -> None:
     (tmp_path / "broken.py").write_text("def main(tables):\n    return [1, 2]\n")
-    for name, code in (("broken", "{python: broken.py}"), ("by_address", None)):
-        text = f"kind: transform\nname: {name}\njob: demo\ninputs: [logs]\noutput: {name}_out\n" + (
-            f"code: {code}\n"
-            if code
-            else "code: {sql: 'SELECT address, count(*) AS n FROM logs GROUP BY address'}\n"
+    for name, inputs, code in (
+        ("broken", "logs", "{python: broken.py}"),
+        ("by_address", "logs", "{sql: 'SELECT address, count(*) AS n FROM logs GROUP BY 1'}"),
+        (
+            "per_token",
+            "erc20_volume",
+            "{sql: 'SELECT token, sum(transfers) AS n FROM erc20_volume GROUP BY 1'}",
+        ),
+    ):
+        text = (
+            f"kind: transform\nname: {name}\njob: demo\ninputs: [{inputs}]\n"
+            f"output: {name}_out\ncode: {code}\n"
         )
         apply_transform(rt, parse_transform(text, source=f"{name}.yaml", base=tmp_path))
 
@@ -201,6 +208,13 @@ def test_transform_commits_one_version_per_range_even_when_retried(
     assert len(versions(rt, "by_address_out")) == 2
     total = sql(rt, "SELECT sum(n) FROM by_address_out")[0][0]
     assert int(total) == sql(rt, "SELECT count(*) FROM logs")[0][0]
+    # a transform over another transform's output runs when that output commits
+    chained = versions(rt, "per_token_out")
+    assert [(v.range_start, v.range_end) for v in chained] == [(0, 200), (200, 400)]
+    assert (
+        sql(rt, "SELECT sum(n) FROM per_token_out")[0][0]
+        == sql(rt, "SELECT sum(transfers) FROM erc20_volume")[0][0]
+    )
 
 
 def test_python_alert_over_a_transform_fires_and_asset_is_downstream(rt: Runtime) -> None:

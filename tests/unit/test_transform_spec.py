@@ -122,6 +122,7 @@ def test_worker_reports_a_transform_run_on_its_output_asset() -> None:
         "range_start": 0,
         "range_end": 500,
         "trigger": "on_input",
+        "partitioned": True,
     }
     outputs = {"dataset_version": "v1", "row_count": 7}
     done = TaskOutcome(uuid.uuid4(), "succeeded", 2, "udf_transform", payload, outputs)
@@ -129,7 +130,7 @@ def test_worker_reports_a_transform_run_on_its_output_asset() -> None:
     assert mat is not None and mat.asset_key == AssetKey(["transform", "demo", "vol"])
     assert mat.partition == "000000000000-000000000500" and mat.metadata["rows"].value == 7
     manual = TaskOutcome(
-        uuid.uuid4(), "succeeded", 1, "udf_transform", {**payload, "trigger": "manual"}, outputs
+        uuid.uuid4(), "succeeded", 1, "udf_transform", {**payload, "trigger": "manual", "partitioned": False}, outputs
     )
     assert transform_materialization(manual).partition is None  # type: ignore[union-attr]
     dead = TaskOutcome(uuid.uuid4(), "dead", 1, "udf_transform", payload, {})

@@ -78,6 +78,7 @@ def ensure_run(
         range_end=rec.range_end,
         trigger="on_input",
         source={"dataset_key": t.inputs[0], "dataset_version": str(rec.dataset_version)},
+        partitioned=t.inputs[0] not in store.output_keys(conn, org_id, t.job_name),
     )
     task_id = run_task_id(t.transform_id, str(rec.dataset_version))
     created = create_run(conn, task_id, payload, max_attempts=max_attempts)

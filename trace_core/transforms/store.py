@@ -229,3 +229,9 @@ def routed_transforms(
             {"org_id": uuid.UUID(str(org_id)), "job_name": job_name, "dataset_key": dataset_key},
         ).fetchall()
     return [TransformRow(**r) for r in rows]
+
+
+def output_keys(conn: Connection[Any], org_id: str | uuid.UUID, job_name: str) -> set[str]:
+    """Datasets the job's transforms write (an input among them is not a stream)."""
+    params = {"org_id": uuid.UUID(str(org_id)), "job_name": job_name, "name": ""}
+    return {key for _name, key in conn.execute(q("transforms", "outputs_of_job"), params)}

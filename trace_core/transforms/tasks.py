@@ -52,6 +52,8 @@ class TransformPayload(TaskPayload):
     trigger: Annotated[str, Field(pattern="^(on_input|cron|webhook|manual)$")]
     source: dict[str, Any] = Field(default_factory=dict)
     grants: list[dict[str, str]] = Field(default_factory=list)
+    # an on-input run whose first input is a stream: its range is a partition of that stream
+    partitioned: bool = False
 
     def config_hash(self) -> str:
         code = self.bundle_sha256 or hashlib.sha256((self.sql or "").encode()).hexdigest()
@@ -84,6 +86,7 @@ def build_payload(
     range_end: int,
     trigger: str,
     source: dict[str, Any],
+    partitioned: bool = False,
 ) -> TransformPayload:
     spec = t.model()
     return TransformPayload(
@@ -102,6 +105,7 @@ def build_payload(
         trigger=trigger,
         source=source,
         grants=grants,
+        partitioned=partitioned,
     )
 
 
