@@ -130,7 +130,12 @@ def test_worker_reports_a_transform_run_on_its_output_asset() -> None:
     assert mat is not None and mat.asset_key == AssetKey(["transform", "demo", "vol"])
     assert mat.partition == "000000000000-000000000500" and mat.metadata["rows"].value == 7
     manual = TaskOutcome(
-        uuid.uuid4(), "succeeded", 1, "udf_transform", {**payload, "trigger": "manual", "partitioned": False}, outputs
+        uuid.uuid4(),
+        "succeeded",
+        1,
+        "udf_transform",
+        {**payload, "trigger": "manual", "partitioned": False},
+        outputs,
     )
     assert transform_materialization(manual).partition is None  # type: ignore[union-attr]
     dead = TaskOutcome(uuid.uuid4(), "dead", 1, "udf_transform", payload, {})
