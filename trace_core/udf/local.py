@@ -18,6 +18,7 @@ import logging
 import os
 import queue
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,13 +26,14 @@ import tempfile
 import termios
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from trace_core.errors import SandboxUnavailable, UdfError, UdfRuntimeError
 from trace_core.udf.payload import UdfInvocationPayload, UdfResult, UdfStats
 from trace_core.udf.sandbox import wire
-from trace_core.udf.sandbox_args import SANDBOX_RUNNER, bwrap_argv, find_bwrap
+from trace_core.udf.sandbox_args import INBOX_MOUNT, SANDBOX_RUNNER, bwrap_argv, find_bwrap
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,7 @@ START_TIMEOUT_SECONDS = 60.0
 HOST_GRACE_SECONDS = 5.0
 _FRAME_OVERHEAD = 1024 * 1024
 _INLINE_WRITE = 60 * 1024
+_FILE_MIN = 256 * 1024
 _F_SETPIPE_SZ = 1031
 _PIPE_BYTES = 1024 * 1024
 
@@ -48,8 +51,18 @@ _PIPE_BYTES = 1024 * 1024
 class _Worker:
     """One warm worker process; used by one call at a time (the pool hands it out)."""
 
-    def __init__(self, argv: list[str], env: dict[str, str], sandboxed: bool) -> None:
+    def __init__(
+        self, command: Callable[[str], tuple[list[str], dict[str, str], str]], sandboxed: bool
+    ) -> None:
         self.sandboxed = sandboxed
+        self.inbox = tempfile.mkdtemp(prefix="trace-udf-", dir=_inbox_root())
+        os.chmod(self.inbox, 0o755)  # the sandbox's uid 65534 reads it (read-only bind)
+        self._inbox_files: list[str] = []
+        try:
+            argv, env, self.inbox_seen = command(self.inbox)
+        except BaseException:
+            shutil.rmtree(self.inbox, ignore_errors=True)
+            raise
         self._pending = False
         self._writer: threading.Thread | None = None
         self._deadline = 0.0
@@ -69,6 +82,7 @@ class _Worker:
                 start_new_session=True,
             )
         except OSError as exc:
+            shutil.rmtree(self.inbox, ignore_errors=True)
             raise SandboxUnavailable(f"cannot start the UDF worker: {exc}") from exc
         finally:
             os.close(ctl_r)
@@ -119,23 +133,38 @@ class _Worker:
             with contextlib.suppress(OSError):
                 stream.close()  # type: ignore[union-attr]
         self._stderr.close()
+        shutil.rmtree(self.inbox, ignore_errors=True)
 
     def call(self, payload: UdfInvocationPayload) -> tuple[dict[str, Any] | None, bytes]:
         """Run one call: (status, response bytes). The status is None when the call answered
         with a whole frame before its exit was reported (the usual, fast case): ``settle()``
         collects that status before the next call. Raises ``UdfRuntimeError``."""
         limits = payload.limits
-        names = list(payload.tables)
+        tables, inline = [], []
+        self._clear_inbox()
+        for i, (name, data) in enumerate(payload.tables.items()):
+            if len(data) >= _FILE_MIN:  # mapped by the call, no copy through a pipe
+                path = os.path.join(self.inbox, f"{i}.arrow")
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                self._inbox_files.append(path)
+                try:
+                    wire.write_all(fd, [data])
+                finally:
+                    os.close(fd)
+                tables.append([name, len(data), f"{self.inbox_seen}/{i}.arrow"])
+            else:
+                tables.append([name, len(data)])
+                inline.append(data)
         header: dict[str, Any] = {
             "kind": payload.kind,
             "entry": payload.entry,
             "source": payload.source,
             "filename": payload.filename,
             "input": payload.input,
-            "tables": [[n, len(payload.tables[n])] for n in names],
+            "tables": tables,
             "limits": limits.model_dump(),
         }
-        parts = wire.encode(header, [payload.tables[n] for n in names])
+        parts = wire.encode(header, inline)
         try:
             os.write(self.ctl_w, f"S {int(limits.wall_seconds * 1000)}\n".encode())
             if sum(len(p) for p in parts) < _INLINE_WRITE:  # fits the empty pipe: no blocking
@@ -164,6 +193,12 @@ class _Worker:
                 self._drain(out)
                 return status, bytes(out)
 
+    def _clear_inbox(self) -> None:
+        for path in self._inbox_files:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        self._inbox_files.clear()
+
     def _write(self, parts: list[bytes]) -> None:
         with contextlib.suppress(OSError):
             wire.write_all(self.in_fd, parts)
@@ -189,6 +224,7 @@ class _Worker:
                     return False
                 self._collect_status()
             self._drain(bytearray())
+            self._clear_inbox()
         except (UdfRuntimeError, OSError):
             return False
         if self._writer is not None:
@@ -207,6 +243,11 @@ class _Worker:
                 return
             if len(out) <= self._cap:
                 out += chunk
+
+
+def _inbox_root() -> str | None:
+    """Tables are handed over in files under here: memory-backed /dev/shm when usable."""
+    return "/dev/shm" if os.access("/dev/shm", os.W_OK | os.X_OK) else None
 
 
 def _frame_complete(out: bytearray) -> bool:
@@ -247,25 +288,18 @@ class LocalSandboxInvoker:
         )  # FIFO: a worker settles while the others serve
         self._started = 0
         self._lock = threading.Lock()
-        self._argv: tuple[list[str], dict[str, str]] | None = None
+        self._bwrap_path: str | None = None
         self._closed = False
 
-    def _command(self) -> tuple[list[str], dict[str, str]]:
-        if self._argv is None:
-            if self.unsandboxed:
-                argv = [
-                    sys.executable,
-                    "-s",
-                    "-B",
-                    str(RUNNER_DIR / "worker.py"),
-                    "unsandboxed",
-                ]
-                self._argv = (argv, {"PYTHONHASHSEED": "0", "PATH": "/usr/bin:/bin"})
-            else:
-                bwrap = find_bwrap(self._bwrap)
-                argv = bwrap_argv(bwrap, RUNNER_DIR, tmp_mb=self._tmp_mb)
-                self._argv = ([*argv, *SANDBOX_RUNNER, "sandbox"], {})
-        return self._argv
+    def _command(self, inbox: str) -> tuple[list[str], dict[str, str], str]:
+        """(argv, environment, the inbox's path as the worker sees it)."""
+        if self.unsandboxed:
+            argv = [sys.executable, "-s", "-B", str(RUNNER_DIR / "worker.py"), "unsandboxed"]
+            return argv, {"PYTHONHASHSEED": "0", "PATH": "/usr/bin:/bin"}, inbox
+        if self._bwrap_path is None:
+            self._bwrap_path = find_bwrap(self._bwrap)
+        argv = bwrap_argv(self._bwrap_path, RUNNER_DIR, inbox=inbox, tmp_mb=self._tmp_mb)
+        return [*argv, *SANDBOX_RUNNER, "sandbox"], {}, INBOX_MOUNT
 
     def start(self, workers: int | None = None) -> None:
         """Start workers now (else the first calls start them). Raises ``SandboxUnavailable``."""
@@ -280,8 +314,7 @@ class LocalSandboxInvoker:
                 return None
             self._started += 1
         try:
-            argv, env = self._command()
-            return _Worker(argv, env, sandboxed=not self.unsandboxed)
+            return _Worker(self._command, sandboxed=not self.unsandboxed)
         except BaseException:
             with self._lock:
                 self._started -= 1
