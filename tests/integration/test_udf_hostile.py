@@ -238,12 +238,37 @@ def test_environment_holds_no_secrets(
 
 
 def test_writes_outside_tmp_fail_and_tmp_is_private_per_call(invoker: LocalSandboxInvoker) -> None:
-    for path in ("/usr/evil", "/evil", "/udf/runner/worker.py", "/proc/sys/kernel/hostname"):
+    for path in (
+        "/usr/evil",
+        "/evil",
+        "/udf/runner/worker.py",
+        "/udf/in/0.arrow",
+        "/proc/sys/kernel/hostname",
+    ):
         err = _fails(invoker, f"def main(x):\n    open({path!r}, 'w').write('x')\n", "raised")
         assert err.exc_type in ("PermissionError", "OSError", "FileNotFoundError")
     src = "import os\ndef main(x):\n    open('/tmp/left', 'w').write('x')\n    os.mkdir('/tmp/d')\n    os.chmod('/tmp/d', 0)\n    return 1\n"
     assert _call(invoker, src).value == 1
     assert _call(invoker, "import os\ndef main(x):\n    return os.listdir('/tmp')\n").value == []
+
+
+def test_the_inbox_holds_only_this_calls_inputs_read_only(invoker: LocalSandboxInvoker) -> None:
+    import pyarrow as pa
+
+    big = pa.table({"x": list(range(100_000))})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, big.schema) as w:
+        w.write_table(big)
+    data = sink.getvalue().to_pybytes()
+    assert len(data) >= 256 * 1024  # handed over as a mapped file, not through the pipe
+    src = "import os\ndef main(t):\n    open('/udf/in/0.arrow', 'r+b').write(b'x')\n"
+    err = _fails(invoker, src, "raised", kind="alert", tables={"rows": data})
+    assert err.exc_type in ("PermissionError", "OSError")
+    src = "import os\ndef main(t):\n    return [{'files': os.listdir('/udf/in'), 'rows': t.num_rows}]\n"
+    res = _call(invoker, src, kind="alert", tables={"rows": data})
+    assert res.events == [{"files": ["0.arrow"], "rows": 100_000}]
+    res = _call(invoker, "import os\ndef main(x):\n    return os.listdir('/udf/in')\n")
+    assert res.value == []  # removed once the call is over
 
 
 def test_file_size_limit(invoker: LocalSandboxInvoker) -> None:

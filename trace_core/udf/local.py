@@ -33,7 +33,13 @@ from typing import Any
 from trace_core.errors import SandboxUnavailable, UdfError, UdfRuntimeError
 from trace_core.udf.payload import UdfInvocationPayload, UdfResult, UdfStats
 from trace_core.udf.sandbox import wire
-from trace_core.udf.sandbox_args import INBOX_MOUNT, SANDBOX_RUNNER, bwrap_argv, find_bwrap
+from trace_core.udf.sandbox_args import (
+    INBOX_MOUNT,
+    SANDBOX_ENV,
+    SANDBOX_RUNNER,
+    bwrap_argv,
+    find_bwrap,
+)
 
 log = logging.getLogger(__name__)
 
@@ -295,7 +301,9 @@ class LocalSandboxInvoker:
         """(argv, environment, the inbox's path as the worker sees it)."""
         if self.unsandboxed:
             argv = [sys.executable, "-s", "-B", str(RUNNER_DIR / "worker.py"), "unsandboxed"]
-            return argv, {"PYTHONHASHSEED": "0", "PATH": "/usr/bin:/bin"}, inbox
+            keep = ("PYTHONHASHSEED", "MALLOC_ARENA_MAX", "ARROW_DEFAULT_MEMORY_POOL", "TZ", "LANG")
+            env = {k: SANDBOX_ENV[k] for k in (*keep, "JE_ARROW_MALLOC_CONF", "PATH")}
+            return argv, env, inbox
         if self._bwrap_path is None:
             self._bwrap_path = find_bwrap(self._bwrap)
         argv = bwrap_argv(self._bwrap_path, RUNNER_DIR, inbox=inbox, tmp_mb=self._tmp_mb)

@@ -34,6 +34,9 @@ SANDBOX_ENV = {
     "PYTHONUTF8": "1",
     "MALLOC_ARENA_MAX": "1",
     "ARROW_DEFAULT_MEMORY_POOL": "system",
+    # Arrow's bundled jemalloc starts a background thread at import: the worker must stay
+    # single-threaded, since it forks every call
+    "JE_ARROW_MALLOC_CONF": "background_thread:false",
     "HOME": "/tmp",
     "TMPDIR": "/tmp",
     "PATH": "/usr/bin:/bin",
