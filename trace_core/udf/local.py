@@ -27,6 +27,7 @@ import termios
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -212,7 +213,8 @@ class _Worker:
     def _collect_status(self) -> dict[str, Any]:
         status = self._read_status(time.monotonic() + 1.0)
         if status is None:
-            raise UdfRuntimeError(f"the UDF worker died: {self._stderr_line() or 'no status'}")
+            why = self._stderr_line() or f"no status (worker exit code {self.proc.poll()})"
+            raise UdfRuntimeError(f"the UDF worker died: {why}")
         self._pending = False
         return status
 
@@ -295,6 +297,7 @@ class LocalSandboxInvoker:
         self._started = 0
         self._lock = threading.Lock()
         self._bwrap_path: str | None = None
+        self._spawner = ThreadPoolExecutor(1, thread_name_prefix="udf-spawn")
         self._closed = False
 
     def _command(self, inbox: str) -> tuple[list[str], dict[str, str], str]:
@@ -322,7 +325,11 @@ class LocalSandboxInvoker:
                 return None
             self._started += 1
         try:
-            return _Worker(self._command, sandboxed=not self.unsandboxed)
+            # bwrap's --die-with-parent follows the THREAD that started it: start every worker
+            # from the invoker's own long-lived thread, not from a caller's (which may end)
+            return self._spawner.submit(
+                _Worker, self._command, sandboxed=not self.unsandboxed
+            ).result()
         except BaseException:
             with self._lock:
                 self._started -= 1
@@ -333,7 +340,13 @@ class LocalSandboxInvoker:
             try:
                 w = self._idle.get_nowait()
             except queue.Empty:
-                w = self._new_worker() or self._idle.get()
+                maybe = self._new_worker()
+                if maybe is None:  # all busy: wait for one back (or a slot freed by a discard)
+                    try:
+                        maybe = self._idle.get(timeout=0.05)
+                    except queue.Empty:
+                        continue
+                w = maybe
             if w.settle():
                 return w
             self._discard(w)
@@ -380,6 +393,7 @@ class LocalSandboxInvoker:
             except queue.Empty:
                 break
             w.kill()
+        self._spawner.shutdown(wait=False)
 
     def __enter__(self) -> LocalSandboxInvoker:
         return self
