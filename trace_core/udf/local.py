@@ -51,6 +51,7 @@ HOST_GRACE_SECONDS = 5.0
 _FRAME_OVERHEAD = 1024 * 1024
 _INLINE_WRITE = 60 * 1024
 _FILE_MIN = 256 * 1024
+_NOBODY = 65534
 _F_SETPIPE_SZ = 1031
 _PIPE_BYTES = 1024 * 1024
 
@@ -63,7 +64,11 @@ class _Worker:
     ) -> None:
         self.sandboxed = sandboxed
         self.inbox = tempfile.mkdtemp(prefix="trace-udf-", dir=_inbox_root())
-        os.chmod(self.inbox, 0o755)  # the sandbox's uid 65534 reads it (read-only bind)
+        if os.geteuid() == 0:  # readable by the sandbox's group 65534 only (files inherit it)
+            os.chown(self.inbox, 0, _NOBODY)
+            os.chmod(self.inbox, 0o2750)
+        else:  # bwrap maps this user into its namespace: it reads as the owner
+            os.chmod(self.inbox, 0o700)
         self._inbox_files: list[str] = []
         try:
             argv, env, self.inbox_seen = command(self.inbox)
@@ -152,7 +157,7 @@ class _Worker:
         for i, (name, data) in enumerate(payload.tables.items()):
             if len(data) >= _FILE_MIN:  # mapped by the call, no copy through a pipe
                 path = os.path.join(self.inbox, f"{i}.arrow")
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
                 self._inbox_files.append(path)
                 try:
                     wire.write_all(fd, [data])
