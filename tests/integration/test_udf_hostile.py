@@ -244,6 +244,7 @@ def test_writes_outside_tmp_fail_and_tmp_is_private_per_call(invoker: LocalSandb
         "/evil",
         "/udf/runner/worker.py",
         "/udf/in/0.arrow",
+        "/dev/shm/fill",
         "/proc/sys/kernel/hostname",
     ):
         err = _fails(invoker, f"def main(x):\n    open({path!r}, 'w').write('x')\n", "raised")
