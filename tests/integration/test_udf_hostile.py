@@ -12,7 +12,8 @@ import pytest
 from trace_core.errors import UdfError
 from trace_core.udf import LocalSandboxInvoker, UdfInvocationPayload, UdfLimits
 
-FAST = {"wall_seconds": 2.0, "cpu_seconds": 2}
+FAST = {"wall_seconds": 2.0, "cpu_seconds": 2}  # for UDFs meant to hit a limit
+ROOMY = {"wall_seconds": 30.0, "cpu_seconds": 10}  # for calls that must succeed on a busy box
 
 
 @pytest.fixture(scope="module")
@@ -36,14 +37,14 @@ def _call(
         source=textwrap.dedent(source),
         input=input,
         tables=tables or {},
-        limits=UdfLimits(**{**FAST, **limits}),
+        limits=UdfLimits(**{**ROOMY, **limits}),
     )
     return inv.invoke(payload)
 
 
 def _fails(inv: LocalSandboxInvoker, source: str, cause: str, **kw: Any) -> UdfError:
     with pytest.raises(UdfError) as info:
-        _call(inv, source, **kw)
+        _call(inv, source, **{**FAST, **kw})
     assert info.value.cause == cause, f"{info.value.cause}: {info.value}"
     return info.value
 
@@ -238,12 +239,38 @@ def test_environment_holds_no_secrets(
 
 
 def test_writes_outside_tmp_fail_and_tmp_is_private_per_call(invoker: LocalSandboxInvoker) -> None:
-    for path in ("/usr/evil", "/evil", "/udf/runner/worker.py", "/proc/sys/kernel/hostname"):
+    for path in (
+        "/usr/evil",
+        "/evil",
+        "/udf/runner/worker.py",
+        "/udf/in/0.arrow",
+        "/dev/shm/fill",
+        "/proc/sys/kernel/hostname",
+    ):
         err = _fails(invoker, f"def main(x):\n    open({path!r}, 'w').write('x')\n", "raised")
         assert err.exc_type in ("PermissionError", "OSError", "FileNotFoundError")
     src = "import os\ndef main(x):\n    open('/tmp/left', 'w').write('x')\n    os.mkdir('/tmp/d')\n    os.chmod('/tmp/d', 0)\n    return 1\n"
     assert _call(invoker, src).value == 1
     assert _call(invoker, "import os\ndef main(x):\n    return os.listdir('/tmp')\n").value == []
+
+
+def test_the_inbox_holds_only_this_calls_inputs_read_only(invoker: LocalSandboxInvoker) -> None:
+    import pyarrow as pa
+
+    big = pa.table({"x": list(range(100_000))})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, big.schema) as w:
+        w.write_table(big)
+    data = sink.getvalue().to_pybytes()
+    assert len(data) >= 256 * 1024  # handed over as a mapped file, not through the pipe
+    src = "import os\ndef main(t):\n    open('/udf/in/0.arrow', 'r+b').write(b'x')\n"
+    err = _fails(invoker, src, "raised", kind="alert", tables={"rows": data})
+    assert err.exc_type in ("PermissionError", "OSError")
+    src = "import os\ndef main(t):\n    return [{'files': os.listdir('/udf/in'), 'rows': t.num_rows}]\n"
+    res = _call(invoker, src, kind="alert", tables={"rows": data})
+    assert res.events == [{"files": ["0.arrow"], "rows": 100_000}]
+    res = _call(invoker, "import os\ndef main(x):\n    return os.listdir('/udf/in')\n")
+    assert res.value == []  # removed once the call is over
 
 
 def test_file_size_limit(invoker: LocalSandboxInvoker) -> None:
@@ -314,7 +341,7 @@ def test_cannot_raise_its_own_limits(invoker: LocalSandboxInvoker) -> None:
     src = "import resource\ndef main(x):\n    resource.setrlimit(resource.RLIMIT_CPU, (100, 100))\n"
     _fails(invoker, src, "sandbox_violation")
     src = "import resource\ndef main(x):\n    return resource.getrlimit(resource.RLIMIT_CPU)\n"
-    assert _call(invoker, src).value == [2, 3]
+    assert _call(invoker, src, cpu_seconds=2).value == [2, 3]
 
 
 def test_threads_are_capped_by_memory(invoker: LocalSandboxInvoker) -> None:

@@ -195,3 +195,20 @@ def test_unsandboxed_mode_is_explicit_and_warns_every_call(
         inv.close()
     default = invoker_from_settings(Settings(home=tmp_path))
     assert isinstance(default, LocalSandboxInvoker) and not default.unsandboxed
+
+
+def test_workers_outlive_the_thread_that_started_them() -> None:
+    """bwrap's --die-with-parent follows the starting thread: a worker started for a caller's
+    short-lived thread must not die with it (workers start on the invoker's own thread)."""
+    import subprocess
+
+    src = "def main(x):\n    return x\n"
+    with LocalSandboxInvoker(pool_size=1) as inv:
+        t = threading.Thread(target=lambda: inv.invoke(UdfInvocationPayload(source=src, input=1)))
+        t.start()
+        t.join()
+        worker = inv._idle.queue[0]
+        with pytest.raises(subprocess.TimeoutExpired):
+            worker.proc.wait(timeout=0.5)  # with the starting thread gone, bwrap got SIGKILL
+        assert inv.invoke(UdfInvocationPayload(source=src, input=2)).value == 2
+        assert inv._idle.queue[0] is worker

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trace_core.errors import UdfError, UdfRuntimeError
-from trace_core.udf.local import interpret
+from trace_core.udf.outcome import interpret
 from trace_core.udf.payload import UdfInvocationPayload, UdfResult
 
 if TYPE_CHECKING:

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import queue
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,13 +25,22 @@ import tempfile
 import termios
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from trace_core.errors import SandboxUnavailable, UdfError, UdfRuntimeError
-from trace_core.udf.payload import UdfInvocationPayload, UdfResult, UdfStats
+from trace_core.udf.outcome import FRAME_OVERHEAD, interpret
+from trace_core.udf.payload import UdfInvocationPayload, UdfResult
 from trace_core.udf.sandbox import wire
-from trace_core.udf.sandbox_args import SANDBOX_RUNNER, bwrap_argv, find_bwrap
+from trace_core.udf.sandbox_args import (
+    INBOX_MOUNT,
+    SANDBOX_ENV,
+    SANDBOX_RUNNER,
+    bwrap_argv,
+    find_bwrap,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +48,9 @@ RUNNER_DIR = Path(__file__).resolve().parent / "sandbox"
 START_TIMEOUT_SECONDS = 60.0
 #: How long past its wall limit the host waits for a worker's status before declaring it hung.
 HOST_GRACE_SECONDS = 5.0
-_FRAME_OVERHEAD = 1024 * 1024
 _INLINE_WRITE = 60 * 1024
+_FILE_MIN = 256 * 1024
+_NOBODY = 65534
 _F_SETPIPE_SZ = 1031
 _PIPE_BYTES = 1024 * 1024
 
@@ -48,12 +58,26 @@ _PIPE_BYTES = 1024 * 1024
 class _Worker:
     """One warm worker process; used by one call at a time (the pool hands it out)."""
 
-    def __init__(self, argv: list[str], env: dict[str, str], sandboxed: bool) -> None:
+    def __init__(
+        self, command: Callable[[str], tuple[list[str], dict[str, str], str]], sandboxed: bool
+    ) -> None:
         self.sandboxed = sandboxed
+        self.inbox = tempfile.mkdtemp(prefix="trace-udf-", dir=_inbox_root())
+        if os.geteuid() == 0:  # readable by the sandbox's group 65534 only (files inherit it)
+            os.chown(self.inbox, 0, _NOBODY)
+            os.chmod(self.inbox, 0o2750)
+        else:  # bwrap maps this user into its namespace: it reads as the owner
+            os.chmod(self.inbox, 0o700)
+        self._inbox_files: list[str] = []
+        try:
+            argv, env, self.inbox_seen = command(self.inbox)
+        except BaseException:
+            shutil.rmtree(self.inbox, ignore_errors=True)
+            raise
         self._pending = False
         self._writer: threading.Thread | None = None
         self._deadline = 0.0
-        self._cap = _FRAME_OVERHEAD
+        self._cap = FRAME_OVERHEAD
         ctl_r, self.ctl_w = os.pipe()
         self.st_r, st_w = os.pipe()
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115  (closed by kill())
@@ -69,6 +93,7 @@ class _Worker:
                 start_new_session=True,
             )
         except OSError as exc:
+            shutil.rmtree(self.inbox, ignore_errors=True)
             raise SandboxUnavailable(f"cannot start the UDF worker: {exc}") from exc
         finally:
             os.close(ctl_r)
@@ -119,23 +144,38 @@ class _Worker:
             with contextlib.suppress(OSError):
                 stream.close()  # type: ignore[union-attr]
         self._stderr.close()
+        shutil.rmtree(self.inbox, ignore_errors=True)
 
     def call(self, payload: UdfInvocationPayload) -> tuple[dict[str, Any] | None, bytes]:
         """Run one call: (status, response bytes). The status is None when the call answered
         with a whole frame before its exit was reported (the usual, fast case): ``settle()``
         collects that status before the next call. Raises ``UdfRuntimeError``."""
         limits = payload.limits
-        names = list(payload.tables)
+        tables, inline = [], []
+        self._clear_inbox()
+        for i, (name, data) in enumerate(payload.tables.items()):
+            if len(data) >= _FILE_MIN:  # mapped by the call, no copy through a pipe
+                path = os.path.join(self.inbox, f"{i}.arrow")
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+                self._inbox_files.append(path)
+                try:
+                    wire.write_all(fd, [data])
+                finally:
+                    os.close(fd)
+                tables.append([name, len(data), f"{self.inbox_seen}/{i}.arrow"])
+            else:
+                tables.append([name, len(data)])
+                inline.append(data)
         header: dict[str, Any] = {
             "kind": payload.kind,
             "entry": payload.entry,
             "source": payload.source,
             "filename": payload.filename,
             "input": payload.input,
-            "tables": [[n, len(payload.tables[n])] for n in names],
+            "tables": tables,
             "limits": limits.model_dump(),
         }
-        parts = wire.encode(header, [payload.tables[n] for n in names])
+        parts = wire.encode(header, inline)
         try:
             os.write(self.ctl_w, f"S {int(limits.wall_seconds * 1000)}\n".encode())
             if sum(len(p) for p in parts) < _INLINE_WRITE:  # fits the empty pipe: no blocking
@@ -147,7 +187,7 @@ class _Worker:
         except OSError as exc:
             raise UdfRuntimeError(f"the UDF worker is gone: {exc}") from exc
         self._deadline = time.monotonic() + limits.wall_seconds + HOST_GRACE_SECONDS
-        self._cap = limits.max_output_bytes + _FRAME_OVERHEAD + limits.max_log_bytes * 4
+        self._cap = limits.max_output_bytes + FRAME_OVERHEAD + limits.max_log_bytes * 4
         self._pending = True
         out = bytearray()
         while True:
@@ -164,6 +204,12 @@ class _Worker:
                 self._drain(out)
                 return status, bytes(out)
 
+    def _clear_inbox(self) -> None:
+        for path in self._inbox_files:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        self._inbox_files.clear()
+
     def _write(self, parts: list[bytes]) -> None:
         with contextlib.suppress(OSError):
             wire.write_all(self.in_fd, parts)
@@ -171,7 +217,8 @@ class _Worker:
     def _collect_status(self) -> dict[str, Any]:
         status = self._read_status(time.monotonic() + 1.0)
         if status is None:
-            raise UdfRuntimeError(f"the UDF worker died: {self._stderr_line() or 'no status'}")
+            why = self._stderr_line() or f"no status (worker exit code {self.proc.poll()})"
+            raise UdfRuntimeError(f"the UDF worker died: {why}")
         self._pending = False
         return status
 
@@ -189,6 +236,7 @@ class _Worker:
                     return False
                 self._collect_status()
             self._drain(bytearray())
+            self._clear_inbox()
         except (UdfRuntimeError, OSError):
             return False
         if self._writer is not None:
@@ -207,6 +255,11 @@ class _Worker:
                 return
             if len(out) <= self._cap:
                 out += chunk
+
+
+def _inbox_root() -> str | None:
+    """Tables are handed over in files under here: memory-backed /dev/shm when usable."""
+    return "/dev/shm" if os.access("/dev/shm", os.W_OK | os.X_OK) else None
 
 
 def _frame_complete(out: bytearray) -> bool:
@@ -247,25 +300,21 @@ class LocalSandboxInvoker:
         )  # FIFO: a worker settles while the others serve
         self._started = 0
         self._lock = threading.Lock()
-        self._argv: tuple[list[str], dict[str, str]] | None = None
+        self._bwrap_path: str | None = None
+        self._spawner = ThreadPoolExecutor(1, thread_name_prefix="udf-spawn")
         self._closed = False
 
-    def _command(self) -> tuple[list[str], dict[str, str]]:
-        if self._argv is None:
-            if self.unsandboxed:
-                argv = [
-                    sys.executable,
-                    "-s",
-                    "-B",
-                    str(RUNNER_DIR / "worker.py"),
-                    "unsandboxed",
-                ]
-                self._argv = (argv, {"PYTHONHASHSEED": "0", "PATH": "/usr/bin:/bin"})
-            else:
-                bwrap = find_bwrap(self._bwrap)
-                argv = bwrap_argv(bwrap, RUNNER_DIR, tmp_mb=self._tmp_mb)
-                self._argv = ([*argv, *SANDBOX_RUNNER, "sandbox"], {})
-        return self._argv
+    def _command(self, inbox: str) -> tuple[list[str], dict[str, str], str]:
+        """(argv, environment, the inbox's path as the worker sees it)."""
+        if self.unsandboxed:
+            argv = [sys.executable, "-s", "-B", str(RUNNER_DIR / "worker.py"), "unsandboxed"]
+            keep = ("PYTHONHASHSEED", "MALLOC_ARENA_MAX", "ARROW_DEFAULT_MEMORY_POOL", "TZ", "LANG")
+            env = {k: SANDBOX_ENV[k] for k in (*keep, "JE_ARROW_MALLOC_CONF", "PATH")}
+            return argv, env, inbox
+        if self._bwrap_path is None:
+            self._bwrap_path = find_bwrap(self._bwrap)
+        argv = bwrap_argv(self._bwrap_path, RUNNER_DIR, inbox=inbox, tmp_mb=self._tmp_mb)
+        return [*argv, *SANDBOX_RUNNER, "sandbox"], {}, INBOX_MOUNT
 
     def start(self, workers: int | None = None) -> None:
         """Start workers now (else the first calls start them). Raises ``SandboxUnavailable``."""
@@ -280,8 +329,11 @@ class LocalSandboxInvoker:
                 return None
             self._started += 1
         try:
-            argv, env = self._command()
-            return _Worker(argv, env, sandboxed=not self.unsandboxed)
+            # bwrap's --die-with-parent follows the THREAD that started it: start every worker
+            # from the invoker's own long-lived thread, not from a caller's (which may end)
+            return self._spawner.submit(
+                _Worker, self._command, sandboxed=not self.unsandboxed
+            ).result()
         except BaseException:
             with self._lock:
                 self._started -= 1
@@ -292,7 +344,13 @@ class LocalSandboxInvoker:
             try:
                 w = self._idle.get_nowait()
             except queue.Empty:
-                w = self._new_worker() or self._idle.get()
+                maybe = self._new_worker()
+                if maybe is None:  # all busy: wait for one back (or a slot freed by a discard)
+                    try:
+                        maybe = self._idle.get(timeout=0.05)
+                    except queue.Empty:
+                        continue
+                w = maybe
             if w.settle():
                 return w
             self._discard(w)
@@ -339,102 +397,10 @@ class LocalSandboxInvoker:
             except queue.Empty:
                 break
             w.kill()
+        self._spawner.shutdown(wait=False)
 
     def __enter__(self) -> LocalSandboxInvoker:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def interpret(
-    payload: UdfInvocationPayload,
-    status: dict[str, Any] | None,
-    out: bytes,
-    runtime: str = "local",
-) -> UdfResult:
-    """Turn a call's response bytes (and its exit status, when the call ended without a
-    whole answer) into a result, or raise the ``UdfError``."""
-    limits = payload.limits
-    if status is None:  # a whole frame came first: the call answered, its exit is routine
-        status = {"exit": 0}
-    code = int(status.get("exit", -1))
-    stats = UdfStats(
-        wall_ms=float(status.get("wall_ms", 0.0)),
-        cpu_ms=float(status.get("cpu_ms", 0.0)),
-        max_rss_kb=int(status.get("max_rss_kb", 0)),
-        output_bytes=len(out),
-    )
-    if status.get("timed_out"):
-        raise UdfError(
-            "wall_time", f"still running after its wall limit of {limits.wall_seconds} s"
-        )
-    if code < 0:
-        sig = -code
-        # SIGXCPU at the soft limit; SIGKILL at the hard one (soft + 1 s) if it ignored
-        # SIGXCPU. rusage may read ~10% below the kernel's CPU timer, hence the margin.
-        if sig == signal.SIGXCPU or (
-            sig == signal.SIGKILL and stats.cpu_ms >= limits.cpu_seconds * 1000 * 0.8
-        ):
-            raise UdfError("cpu_time", f"used its CPU limit of {limits.cpu_seconds} s")
-        if sig == signal.SIGSYS:
-            raise UdfError(
-                "sandbox_violation",
-                "made a forbidden system call (fork, exec, sockets, ptrace, mount, namespaces, "
-                "setuid, signals to other processes, ...) and was killed",
-            )
-        raise UdfError("crashed", f"the UDF's process died of {signal.Signals(sig).name}")
-    if len(out) > limits.max_output_bytes + _FRAME_OVERHEAD + limits.max_log_bytes * 4:
-        raise UdfError("output_too_large", f"wrote more than {limits.max_output_bytes} bytes")
-    header, blob = _parse_response(out, code)
-    if not header.get("ok"):
-        raise UdfError(
-            str(header.get("cause", "raised")),
-            str(header.get("message", "")),
-            user_traceback=header.get("traceback"),
-            exc_type=header.get("exc_type"),
-            line=header.get("line"),
-        )
-    logs = str(header.get("logs", ""))
-    own = header.get("stats")
-    if isinstance(own, dict):  # measured by the call itself (no exit status on the fast path)
-        stats = UdfStats(
-            wall_ms=float(own.get("wall_ms", 0.0)),
-            cpu_ms=float(own.get("cpu_ms", 0.0)),
-            max_rss_kb=int(own.get("max_rss_kb", 0)),
-            output_bytes=len(out),
-        )
-    part = header.get("part")
-    if part == "table":
-        return UdfResult(table=blob, logs=logs, stats=stats, runtime=runtime)
-    try:
-        decoded = json.loads(blob)
-    except ValueError:
-        raise UdfError("bad_output", "the result is not JSON") from None
-    if part == "events" and payload.kind == "alert" and isinstance(decoded, list):
-        return UdfResult(events=decoded, logs=logs, stats=stats, runtime=runtime)
-    if part == "value" and payload.kind == "function":
-        return UdfResult(value=decoded, logs=logs, stats=stats, runtime=runtime)
-    raise UdfError("bad_output", f"the result part {part!r} does not fit a {payload.kind} UDF")
-
-
-def _parse_response(out: bytes, code: int) -> tuple[dict[str, Any], bytes]:
-    """Split the one response frame a call wrote; anything else is ``bad_output``."""
-    if not out:
-        if code == 0:
-            raise UdfError("bad_output", "the UDF's process exited before it answered")
-        raise UdfError("crashed", f"the UDF's process exited with code {code} before it answered")
-    prefix = wire.PREFIX
-    view = memoryview(out)
-    try:
-        if len(out) < prefix.size:
-            raise wire.FrameError("short frame")
-        magic, hlen, blen = prefix.unpack(view[: prefix.size])
-        if magic != wire.MAGIC or prefix.size + hlen + blen != len(out):
-            raise wire.FrameError("frame length does not match")
-        header = json.loads(bytes(view[prefix.size : prefix.size + hlen]))
-        if not isinstance(header, dict):
-            raise wire.FrameError("header is not an object")
-    except (wire.FrameError, ValueError):
-        raise UdfError("bad_output", "the UDF wrote something other than its result") from None
-    return header, bytes(view[prefix.size + hlen :])

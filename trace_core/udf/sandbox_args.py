@@ -23,6 +23,7 @@ from trace_core.errors import SandboxUnavailable
 
 RUNNER_MOUNT = "/udf/runner"
 SITE_MOUNT = "/udf/site"
+INBOX_MOUNT = "/udf/in"
 #: Python flags: no user site, no site module (no host site-packages), no .pyc writes.
 SANDBOX_RUNNER = [f"{RUNNER_MOUNT}/worker.py"]
 
@@ -33,6 +34,9 @@ SANDBOX_ENV = {
     "PYTHONUTF8": "1",
     "MALLOC_ARENA_MAX": "1",
     "ARROW_DEFAULT_MEMORY_POOL": "system",
+    # Arrow's bundled jemalloc starts a background thread at import: the worker must stay
+    # single-threaded, since it forks every call
+    "JE_ARROW_MALLOC_CONF": "background_thread:false",
     "HOME": "/tmp",
     "TMPDIR": "/tmp",
     "PATH": "/usr/bin:/bin",
@@ -70,7 +74,7 @@ def _pyarrow_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def bwrap_argv(bwrap: str, runner_dir: Path, *, tmp_mb: int = 64) -> list[str]:
+def bwrap_argv(bwrap: str, runner_dir: Path, *, inbox: str, tmp_mb: int = 64) -> list[str]:
     """The argv that starts a worker under bwrap, up to the worker's own arguments."""
     if sys.platform != "linux":
         raise SandboxUnavailable(f"the UDF sandbox needs Linux namespaces, not {sys.platform}")
@@ -95,7 +99,13 @@ def bwrap_argv(bwrap: str, runner_dir: Path, *, tmp_mb: int = 64) -> list[str]:
     else:  # an unprivileged host: bwrap needs a user namespace, and none may nest inside it
         argv += ["--unshare-user", "--disable-userns"]
     # bwrap makes missing parents of a mount point 0700 (root's): uid 65534 must traverse them
-    dests = [str(base / "bin"), str(base / "lib"), f"{SITE_MOUNT}/pyarrow", RUNNER_MOUNT]
+    dests = [
+        str(base / "bin"),
+        str(base / "lib"),
+        f"{SITE_MOUNT}/pyarrow",
+        RUNNER_MOUNT,
+        INBOX_MOUNT,
+    ]
     parents = sorted({str(p) for d in dests for p in Path(d).parents if str(p) != "/"})
     for parent in sorted(parents, key=lambda p: p.count("/")):
         if not parent.startswith(("/usr", "/lib", "/bin", "/sbin")):
@@ -119,6 +129,9 @@ def bwrap_argv(bwrap: str, runner_dir: Path, *, tmp_mb: int = 64) -> list[str]:
         "--ro-bind",
         str(runner_dir),
         RUNNER_MOUNT,
+        "--ro-bind",
+        inbox,
+        INBOX_MOUNT,
         "--proc",
         "/proc",
         "--dev",
