@@ -25,6 +25,7 @@ from dagster import (
 
 from trace_core.chain_sync import epochs
 from trace_core.chain_sync.epochs import EpochProgress
+from trace_core.errors import ChainSyncJobNotFound
 from trace_core.runtime import Runtime
 from trace_dagster.partitions import partitions_def_name, stream_asset_key
 
@@ -90,6 +91,15 @@ def epoch_keys_of(rt: Runtime, job_name: str, dataset_key: str, start: int, end:
     with rt.state() as conn:
         target = epochs.stream_target(conn, rt.settings.org_id, job_name, dataset_key)
     return epochs.epoch_keys_of_range(start, end, target.epoch_blocks)
+
+
+def epoch_size(rt: Runtime, job_name: str) -> int:
+    """A chain_sync job's ``epoch_blocks``."""
+    with rt.state() as conn:
+        targets = epochs.stream_targets(conn, rt.settings.org_id, job_name=job_name)
+    if not targets:
+        raise ChainSyncJobNotFound(job_name)
+    return targets[0].epoch_blocks
 
 
 @dataclass

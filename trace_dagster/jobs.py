@@ -27,10 +27,11 @@ from trace_core.chain_sync.planner import range_partition_key
 from trace_core.operators.payload import RangeLabel
 from trace_core.runtime import Runtime
 from trace_core.worker import TaskOutcome, execute_batch, take_more_work
-from trace_dagster.epochs import epoch_keys_of, range_events
+from trace_dagster.epochs import epoch_keys_of, epoch_size, range_events
 from trace_dagster.partitions import partitions_def_name, stream_asset_key
 from trace_dagster.resources import TraceResource
 from trace_dagster.retry import is_manual_reexecution, revive_for_reexecution
+from trace_dagster.transforms import transform_materialization
 
 WORKER_JOB = "trace_worker"
 
@@ -149,8 +150,14 @@ def _report(context: OpExecutionContext, rt: Runtime, outcome: TaskOutcome) -> l
         f"task {outcome.task_id} attempt {outcome.attempt}: {outcome.status}"
         + (f" ({outcome.error})" if outcome.error else "")
     )
-    for event in [*committed_range_events(rt, outcome), *dead_range_observations(rt, outcome)]:
-        context.log_event(event)
+    events: list[Any] = [
+        *committed_range_events(rt, outcome),
+        *dead_range_observations(rt, outcome),
+        transform_materialization(outcome, lambda job: epoch_size(rt, job)),
+    ]
+    for event in events:
+        if event is not None:
+            context.log_event(event)
     if outcome.status in ("retry", "dead"):
         return [
             f"task {outcome.task_id} attempt {outcome.attempt} -> {outcome.status}: {outcome.error}"
