@@ -413,6 +413,30 @@ class AnalyticsFailed(FatalError):
     code = "analytics_failed"
 
 
+class TransformNotFound(FatalError):
+    """No transform job with that name in the org."""
+
+    code = "transform_not_found"
+
+
+class TransformOutputInvalid(FatalError):
+    """A transform produced something that cannot become a dataset version (wrong shape,
+    no columns, unwritable types): a bug of the job, so retrying cannot help."""
+
+    code = "transform_output_invalid"
+
+
+class SourceRejected(FatalError):
+    """A trigger (webhook, cron, manual) refused before anything was written: unknown job,
+    trigger not enabled, bad signature, oversized body, an idempotency key reused for another
+    request. ``status`` is the HTTP status the webhook endpoint answers."""
+
+    def __init__(self, message: str, *, code: str, status: int, **fields: Any) -> None:
+        super().__init__(message, status=status, **fields)
+        self.code = code
+        self.status = status
+
+
 # --- user code (UDFs) --------------------------------------------------------------------
 
 
