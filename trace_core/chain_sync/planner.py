@@ -141,10 +141,20 @@ class PlannedRange:
     range_start: int
     range_end: int
     task_id: uuid.UUID
+    epoch_blocks: int
 
     @property
     def partition_key(self) -> str:
         return range_partition_key(self.range_start, self.range_end)
+
+    @property
+    def epoch_keys(self) -> list[str]:
+        """Dagster partition keys of the range's epochs (``chain_sync.epochs``; usually one)."""
+        first = self.range_start - self.range_start % self.epoch_blocks
+        return [
+            range_partition_key(a, a + self.epoch_blocks)
+            for a in range(first, self.range_end, self.epoch_blocks)
+        ]
 
 
 @dataclass(frozen=True)
@@ -381,6 +391,7 @@ def _schedule(
         range_start=start,
         range_end=end,
         task_id=task_id,
+        epoch_blocks=job["epoch_blocks"],
     )
 
 
