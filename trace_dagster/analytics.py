@@ -77,6 +77,7 @@ def _metadata(result: compute.Result, name: str) -> dict[str, Any]:
         "bytes": rec.bytes,
         "input_rows": result.input_rows,
         "newly_registered": result.outputs[name].newly_registered,
+        "fake": rec.fake,
     }
 
 

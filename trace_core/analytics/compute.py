@@ -143,8 +143,8 @@ def balance_range(
     )
     ready(ctx, con, inp)
     fp = inp.fingerprint()
-    changes = OutputTarget(ctx.org_id, job.chain_id, "balance_changes", start, end, fp)
-    deltas = OutputTarget(ctx.org_id, job.chain_id, "supply_deltas", start, end, fp)
+    changes = OutputTarget(ctx.org_id, job.chain_id, "balance_changes", start, end, fp, fake=inp.fake)
+    deltas = OutputTarget(ctx.org_id, job.chain_id, "supply_deltas", start, end, fp, fake=inp.fake)
     result = Result(input_rows=inp.rows, start=start, end=end)
     have_changes = output.registered(ctx.state, changes)
     have_deltas = output.registered(ctx.state, deltas)
@@ -191,6 +191,7 @@ def staking_range(
         start,
         end,
         fingerprint(inp.fingerprint(), address),
+        fake=inp.fake,
     )
     result = Result(input_rows=inp.rows, start=start, end=end)
     view(con, "logs", inp.select_sql())
@@ -267,6 +268,7 @@ def native_supply(ctx: Context, con: duckdb.DuckDBPyConnection, job: AnalyticsJo
         0,
         end,
         fingerprint(inp.fingerprint(), genesis_supply, lo),
+        fake=inp.fake,
     )
     view(con, "supply_deltas", inp.select_sql())
     params = {"lo": lo, "hi": end, "genesis": str(genesis_supply)}
@@ -295,8 +297,8 @@ def top_accounts(ctx: Context, con: duckdb.DuckDBPyConnection, job: AnalyticsJob
     alloc = load_genesis(job, ctx.settings, ctx.environ)
     ready(ctx, con, inp)
     fp = fingerprint(inp.fingerprint(), output.fingerprint(*sorted(alloc.items())), job.spec.top_n)
-    top_t = OutputTarget(ctx.org_id, job.chain_id, "top_accounts", 0, end, fp)
-    hist_t = OutputTarget(ctx.org_id, job.chain_id, "top_account_history", 0, end, fp)
+    top_t = OutputTarget(ctx.org_id, job.chain_id, "top_accounts", 0, end, fp, fake=inp.fake)
+    hist_t = OutputTarget(ctx.org_id, job.chain_id, "top_account_history", 0, end, fp, fake=inp.fake)
     view(con, "balance_changes", inp.select_sql())
     _genesis_table(con, alloc)
     con.execute(
@@ -336,8 +338,8 @@ def staking_concentration(
     points = _thin(_range_ends(inp), MAX_CONCENTRATION_POINTS)
     ready(ctx, con, inp)
     fp = fingerprint(inp.fingerprint(), address, top_k, points)
-    stake_t = OutputTarget(ctx.org_id, job.chain_id, "validator_stake", 0, end, fp)
-    conc_t = OutputTarget(ctx.org_id, job.chain_id, "staking_concentration", 0, end, fp)
+    stake_t = OutputTarget(ctx.org_id, job.chain_id, "validator_stake", 0, end, fp, fake=inp.fake)
+    conc_t = OutputTarget(ctx.org_id, job.chain_id, "staking_concentration", 0, end, fp, fake=inp.fake)
     view(con, "staking_events", inp.select_sql())
     con.execute(
         "CREATE OR REPLACE TEMP TABLE points AS SELECT CAST(unnest($p) AS UBIGINT) AS block_number",

@@ -93,6 +93,7 @@ def _render_status(jobs: list[dict[str, Any]], queue: dict[str, Any] | None) -> 
             "sched",
             "run",
             "done",
+            "fake",
             "dead",
             "%",
             "blk/s",
@@ -109,6 +110,7 @@ def _render_status(jobs: list[dict[str, Any]], queue: dict[str, Any] | None) -> 
                 str(s.get("scheduled", 0)),
                 str(s.get("running", 0)),
                 str(s.get("completed", 0)),
+                str(s.get("fake_ranges", 0)),
                 str(s.get("dead", 0)),
                 "" if pct is None else f"{pct:.1f}",
                 ""
@@ -118,6 +120,14 @@ def _render_status(jobs: list[dict[str, Any]], queue: dict[str, Any] | None) -> 
                 Text(s.get("blocked_reason") or ""),  # errors may hold [brackets]: no markup
             )
         console.print(table)
+        fake = sum(s.get("fake_ranges", 0) for s in job.get("streams", []))
+        if fake:
+            console.print(
+                f"[bold red]FAKE DATA[/bold red]: {fake} committed range(s) are made-up "
+                "(TRACE_CRYO_MODE=fake), not the chain's; queries refuse them unless "
+                "TRACE_QUERY_ALLOW_FAKE=true",
+                highlight=False,
+            )
         _render_dead_ranges(job)
         hot = job.get("hot")
         if hot:

@@ -38,6 +38,7 @@ class VersionRecord:
     task_id: uuid.UUID | None
     attempt: int | None
     created_at: datetime
+    fake: bool = False  # made by TRACE_CRYO_MODE=fake (or derived from such a version)
 
     def as_json(self) -> dict[str, Any]:
         """JSON-ready fields (ids and timestamps as strings)."""
