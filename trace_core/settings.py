@@ -100,6 +100,11 @@ class Settings(BaseSettings):
         "real",
         description="real = cryo against the pool's RPC (a stream whose pool has no URL is blocked); fake = deterministic made-up Parquet, marked fake in every manifest and registry row",
     )
+    version_grace_seconds: int = Field(
+        86400,
+        ge=0,
+        description="Retention: a superseded dataset version (every block served by newer ones) is garbage-collected this long after it was superseded, unless a queued or running task pins it",
+    )
     cryo_staging_dir: Path | None = Field(
         None, description="Local staging root for cryo output; default $TRACE_HOME/staging"
     )

@@ -143,7 +143,9 @@ def balance_range(
     )
     ready(ctx, con, inp)
     fp = inp.fingerprint()
-    changes = OutputTarget(ctx.org_id, job.chain_id, "balance_changes", start, end, fp, fake=inp.fake)
+    changes = OutputTarget(
+        ctx.org_id, job.chain_id, "balance_changes", start, end, fp, fake=inp.fake
+    )
     deltas = OutputTarget(ctx.org_id, job.chain_id, "supply_deltas", start, end, fp, fake=inp.fake)
     result = Result(input_rows=inp.rows, start=start, end=end)
     have_changes = output.registered(ctx.state, changes)
@@ -298,7 +300,9 @@ def top_accounts(ctx: Context, con: duckdb.DuckDBPyConnection, job: AnalyticsJob
     ready(ctx, con, inp)
     fp = fingerprint(inp.fingerprint(), output.fingerprint(*sorted(alloc.items())), job.spec.top_n)
     top_t = OutputTarget(ctx.org_id, job.chain_id, "top_accounts", 0, end, fp, fake=inp.fake)
-    hist_t = OutputTarget(ctx.org_id, job.chain_id, "top_account_history", 0, end, fp, fake=inp.fake)
+    hist_t = OutputTarget(
+        ctx.org_id, job.chain_id, "top_account_history", 0, end, fp, fake=inp.fake
+    )
     view(con, "balance_changes", inp.select_sql())
     _genesis_table(con, alloc)
     con.execute(
@@ -339,7 +343,9 @@ def staking_concentration(
     ready(ctx, con, inp)
     fp = fingerprint(inp.fingerprint(), address, top_k, points)
     stake_t = OutputTarget(ctx.org_id, job.chain_id, "validator_stake", 0, end, fp, fake=inp.fake)
-    conc_t = OutputTarget(ctx.org_id, job.chain_id, "staking_concentration", 0, end, fp, fake=inp.fake)
+    conc_t = OutputTarget(
+        ctx.org_id, job.chain_id, "staking_concentration", 0, end, fp, fake=inp.fake
+    )
     view(con, "staking_events", inp.select_sql())
     con.execute(
         "CREATE OR REPLACE TEMP TABLE points AS SELECT CAST(unnest($p) AS UBIGINT) AS block_number",

@@ -349,6 +349,13 @@ def commit_version(
             fence(conn, lease)
         lock_version(conn, manifest.dataset_version)
         existing = get_version(conn, manifest.dataset_version)
+        if existing is not None and existing.collected:
+            # garbage-collected earlier: its objects are gone; publish again, serve as newest
+            conn.execute(
+                q("datasets", "revive_collected_version"),
+                {"dataset_version": manifest.dataset_version},
+            )
+            existing = None
         if existing is None:
             publish_objects(store, staged, manifest)
         committed = register_version(

@@ -30,6 +30,7 @@ WHERE d.org_id = %(org_id)s AND v.chain_id = %(chain_id)s
   AND (%(range_end)s::bigint IS NULL OR v.range_start < %(range_end)s)
   AND v.range_end > %(range_start)s
   AND v.created_at < %(detected_at)s
+  AND v.collected_at IS NULL
 ORDER BY d.dataset_key, v.range_start
 
 -- name: stale_alert_events

@@ -9,6 +9,7 @@ SELECT v.dataset_version, v.dataset_uuid, d.org_id, d.dataset_key, v.chain_id, v
 FROM state.datasets d
 JOIN state.dataset_versions v ON v.dataset_uuid = d.dataset_uuid
 WHERE d.org_id = %(org_id)s
+  AND v.collected_at IS NULL
 
 -- name: job_exists
 -- The job, its chain and its `analytics:` block (NULL without one).
@@ -25,6 +26,7 @@ JOIN state.chain_sync_streams s ON s.job_id = j.job_id
 JOIN state.datasets d ON d.dataset_uuid = s.dataset_uuid AND d.org_id = j.org_id
 JOIN state.dataset_versions v ON v.dataset_uuid = d.dataset_uuid
 WHERE j.org_id = %(org_id)s AND j.name = %(job)s
+  AND v.collected_at IS NULL
 
 -- name: job_analytics_versions
 -- Committed versions of the analytics outputs a job produces (datasets `analytics_*` on the
@@ -35,6 +37,7 @@ SELECT v.dataset_version, v.dataset_uuid, d.org_id, d.dataset_key, v.chain_id, v
 FROM state.datasets d
 JOIN state.dataset_versions v ON v.dataset_uuid = d.dataset_uuid
 WHERE d.org_id = %(org_id)s AND v.chain_id = %(chain_id)s
+  AND v.collected_at IS NULL
   AND d.dataset_key = ANY(%(keys)s::text[])
 
 -- name: pinned_versions
@@ -45,6 +48,7 @@ SELECT v.dataset_version, v.dataset_uuid, d.org_id, d.dataset_key, v.chain_id, v
 FROM state.dataset_versions v
 JOIN state.datasets d ON d.dataset_uuid = v.dataset_uuid
 WHERE v.dataset_version = ANY(%(versions)s)
+  AND v.collected_at IS NULL
 
 -- name: task_attempt
 SELECT status, attempt FROM state.tasks WHERE task_id = %(task_id)s
