@@ -288,9 +288,10 @@ def extract_and_stage(
             files = collect_files(out_dir)
             check_caps(files, settings)
             rows = check_coverage(p, files)
-            if pool is not None and settings.verify_logs_bloom:
-                if cryo_logcheck.applies(p.cryo_dataset_name, p.cryo_options):
-                    cryo_logcheck.check_logs_bloom(pool, p.range_start, p.range_end, files)
+            bloom = settings.verify_logs_bloom and pool is not None
+            if bloom and cryo_logcheck.applies(p.cryo_dataset_name, p.cryo_options):
+                assert pool is not None
+                cryo_logcheck.check_logs_bloom(pool, p.range_start, p.range_end, files)
             if pool is not None and p.cryo_dataset_name == "logs" and settings.verify_log_receipts:
                 check_log_receipts(p, pool, rows)
         finally:
