@@ -210,7 +210,17 @@ class Settings(BaseSettings):
     integrity_ranges_per_tick: int = Field(
         20,
         gt=0,
-        description="Integrity: committed ranges one scheduled check verifies (round robin over streams)",
+        description="Integrity: most adjacent ranges verified in one step (one window read and checked at once)",
+    )
+    integrity_sample_ranges: int = Field(
+        20,
+        ge=0,
+        description="Integrity: already verified ranges a scheduled pass re-verifies, stalest first (after every new or changed one)",
+    )
+    integrity_rpc_calls_per_pass: int = Field(
+        20000,
+        gt=0,
+        description="Integrity: budget of estimated RPC calls per scheduled pass (a header per block, receipts per block for logs); new ranges over it wait for the next pass",
     )
     hot_compact_range_size: int = Field(
         1000,

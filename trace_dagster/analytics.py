@@ -25,6 +25,7 @@ from typing import Any
 
 from dagster import (
     AssetCheckResult,
+    AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
     AssetKey,
@@ -82,12 +83,18 @@ def _metadata(result: compute.Result, name: str) -> dict[str, Any]:
 
 
 def _check_result(job: str, asset: str, outcome: checks.CheckOutcome) -> AssetCheckResult:
+    """A skipped check (nothing compared) is not a pass: it shows as a WARN-severity failure
+    whose description starts with ``skipped:`` and whose metadata says ``skipped: true``."""
     return AssetCheckResult(
         asset_key=analytics_asset_key(job, asset),
         check_name=outcome.name,
-        passed=outcome.passed,
+        passed=outcome.passed and not outcome.skipped,
+        severity=AssetCheckSeverity.WARN if outcome.skipped else AssetCheckSeverity.ERROR,
         description=outcome.description,
-        metadata={"details": MetadataValue.json(dict(outcome.metadata))},
+        metadata={
+            "details": MetadataValue.json(dict(outcome.metadata)),
+            "skipped": outcome.skipped,
+        },
     )
 
 

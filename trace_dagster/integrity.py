@@ -24,7 +24,8 @@ from dagster import (
 
 from trace_core.chain_sync.store import StreamRow
 from trace_core.errors import TraceError
-from trace_core.integrity.verify import RangeResult, integrity_tick, select_streams
+from trace_core.integrity import incremental
+from trace_core.integrity.verify import RangeResult, select_streams
 from trace_core.runtime import Runtime
 from trace_dagster.partitions import partitions_def_name, stream_asset_key
 from trace_dagster.resources import TraceResource
@@ -75,33 +76,32 @@ def run_pass(
     emit: Callable[[AssetCheckEvaluation], None],
     streams: list[StreamRow] | None = None,
 ) -> PassSummary:
-    """Verify every committed range (of ``streams``, default all) in bounded steps of
-    ``TRACE_INTEGRITY_RANGES_PER_TICK`` ranges, and ``emit`` each range's verdict as a check
-    evaluation of its partition (ranges that are not partitions in ``instance`` are skipped).
+    """Scheduled (``streams`` None): one incremental pass (``incremental.scheduled_reports``:
+    new and changed ranges, then a sample of the stalest, within an RPC budget). With
+    ``streams`` (the check run from the UI): every committed range of them. ``emit`` each
+    range's verdict as a check evaluation of its partition (ranges that are not partitions in
+    ``instance`` are skipped).
 
     Evaluations are emitted inside a run: Dagster stores one run-less evaluation per
     partition at most, so a second pass could not report run-less ones again.
     """
     summary = PassSummary()
     known: dict[str, set[str]] = {}
-    selected = None if streams is None else {(s.job_name, s.dataset_key) for s in streams}
-    pos = ""
-    while True:
-        report, pos = integrity_tick(rt, pos, rt.settings.integrity_ranges_per_tick)
-        if report is None:
-            break
-        if selected is None or (report.job_name, report.dataset_key) in selected:
-            name = partitions_def_name(report.job_name, report.dataset_key)
-            if name not in known:
-                known[name] = set(instance.get_dynamic_partitions(name))
-            for r in report.ranges:
-                if r.partition_key in known[name]:
-                    emit(check_evaluation(r))
-            summary.ranges += len(report.ranges)
-            summary.findings += [f.line() for f in report.findings]
-            summary.notes += list(report.notes)
-        if not pos:
-            break
+    reports = (
+        incremental.scheduled_reports(rt)
+        if streams is None
+        else incremental.full_reports(rt, streams)
+    )
+    for report in reports:
+        name = partitions_def_name(report.job_name, report.dataset_key)
+        if name not in known:
+            known[name] = set(instance.get_dynamic_partitions(name))
+        for r in report.ranges:
+            if r.partition_key in known[name]:
+                emit(check_evaluation(r))
+        summary.ranges += len(report.ranges)
+        summary.findings += [f.line() for f in report.findings]
+        summary.notes += list(report.notes)
     return summary
 
 
@@ -115,8 +115,9 @@ def _fail_on_findings(summary: PassSummary, repair: str) -> None:
 
 @op(
     name="integrity_pass",
-    description="Verify every committed range; each range's verdict lands on its partition's "
-    "`integrity` check; the run fails when a range is broken",
+    description="Verify new and changed ranges plus a sample of older ones within an RPC budget; "
+    "each range's verdict lands on its partition's `integrity` check; the run fails when a "
+    "range is broken",
 )
 def integrity_pass(context: OpExecutionContext, trace: TraceResource) -> None:
     summary = run_pass(trace.get_client(), context.instance, context.log_event)  # type: ignore[arg-type]  # log_event takes check evaluations too

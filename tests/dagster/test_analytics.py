@@ -350,3 +350,66 @@ def test_plan_asks_only_for_the_range_whose_output_is_missing(synced: Synced) ->
             ("balance_range", 200, 400),
             ("staking_rollups", 0, BLOCKS),
         ]
+
+
+def test_a_skipped_check_is_not_reported_as_passed() -> None:
+    from dagster import AssetCheckSeverity
+
+    from trace_core.analytics.checks import CheckOutcome
+    from trace_dagster.analytics import _check_result
+
+    skipped = CheckOutcome(
+        "supply_matches_chain", False, "skipped: 5000 accounts exceed 2000", skipped=True
+    )
+    result = _check_result("j", "native_supply", skipped)
+    assert result.passed is False and result.severity == AssetCheckSeverity.WARN
+    assert result.description.startswith("skipped:") and result.metadata["skipped"].value is True
+    passed = _check_result("j", "native_supply", CheckOutcome("supply_matches_chain", True, "ok"))
+    assert passed.passed is True and passed.metadata["skipped"].value is False
+
+
+def test_native_supply_folds_new_ranges_and_equals_a_full_recompute(
+    synced: Synced, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The roll-up over [0, 200) is computed from genesis; [0, 400) and [0, 600) fold the new
+    ranges' deltas into the previous roll-up (reading no older delta); the result equals the
+    full recompute over every delta, row for row."""
+    import dataclasses
+
+    from trace_core.analytics import supply
+    from trace_core.db.queries import q
+
+    rt = synced.rt
+    with rt.state() as state, duckdb.connect() as con:
+        ctx = compute.Context(rt.settings, rt.store, state)
+        job = get_analytics_job(state, rt.settings.org_id, "ana")
+        job = dataclasses.replace(
+            job, spec=job.spec.model_copy(update={"supply_window_blocks": 350})
+        )
+        real_end = compute.synced_end
+        steps = []
+        for end in (200, 400, BLOCKS):
+            monkeypatch.setattr(compute, "synced_end", lambda c, j, n, e=end: e)
+            result = compute.native_supply(ctx, con, job)
+            steps.append((result.summary["folded_from"], result.input_rows))
+        monkeypatch.setattr(compute, "synced_end", real_end)
+        deltas = compute.output_input(ctx, job, "supply_deltas", 0, BLOCKS)
+        per_range = [
+            compute.output_input(ctx, job, "supply_deltas", a, a + CHUNK).rows
+            for a in range(0, BLOCKS, CHUNK)
+        ]
+        assert steps == [(None, per_range[0]), (200, per_range[1]), (400, per_range[2])]
+
+        compute.ready(ctx, con, deltas)
+        compute.view(con, "supply_deltas", deltas.select_sql())
+        genesis = result.summary["genesis_supply"]
+        full = con.execute(
+            q("analytics_duckdb", "native_supply"),
+            {"lo": BLOCKS - 350, "hi": BLOCKS, "genesis": str(genesis)},
+        ).fetchall()
+        folded_rec = result.outputs["native_supply"].record
+        folded = con.execute(
+            f"SELECT * FROM ({supply._files(ctx, folded_rec)}) ORDER BY block_number"
+        ).fetchall()
+        assert len(full) == 350 and folded == full
+        assert result.summary["supply"] == int(full[-1][1])

@@ -2,8 +2,9 @@
 
 The chain checks ask ``eth_getBalance`` at a few sampled blocks (an archive node is needed
 for old blocks). The supply check sums the balance of every account the data knows (the
-genesis allocation plus every address with a balance change) and is skipped, saying so,
-past ``MAX_CHECK_ACCOUNTS`` accounts: that sum is a dev-chain check, not a mainnet one.
+genesis allocation plus every address with a balance change) and is skipped past
+``MAX_CHECK_ACCOUNTS`` accounts (that sum is a dev-chain check, not a mainnet one): a skipped
+check is ``skipped`` and not ``passed``, so the UI never shows it as a pass.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class CheckOutcome:
     passed: bool
     description: str
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    skipped: bool = False  # nothing was compared: never reported as passed
 
 
 def _rpc(ctx: Context, job: AnalyticsJob, stream: str) -> RpcClient:
@@ -83,9 +85,10 @@ def supply_matches_chain(
             if len(accounts) > MAX_CHECK_ACCOUNTS:
                 return CheckOutcome(
                     "supply_matches_chain",
-                    True,
+                    False,
                     f"skipped: {len(accounts)} accounts exceed {MAX_CHECK_ACCOUNTS}",
                     {"skipped": True, "accounts": len(accounts)},
+                    skipped=True,
                 )
             chain_sum = sum(_balances(rpc, accounts, block).values())
             row = con.execute(

@@ -6,9 +6,10 @@ Per block range (incremental, one call per input range, idempotent):
   burned), from a balance-diffs stream.
   ``staking_range``: ``analytics_staking_events`` (decoded staking precompile events), from a
   logs stream.
-Roll-ups over everything committed so far, contiguous from block 0 (recomputed when a range
-is added; their inputs are the small per-range outputs):
-  ``native_supply``: ``analytics_native_supply`` (supply at each block of the window).
+Roll-ups over everything committed so far, contiguous from block 0 (their inputs are the small
+per-range outputs):
+  ``native_supply``: ``analytics_native_supply`` (supply at each block of the window), folding
+  new ranges into the last valid roll-up (``supply``); the others recompute when a range is added.
   ``top_accounts``: ``analytics_top_accounts`` and ``analytics_top_account_history``.
   ``staking_concentration``: ``analytics_validator_stake`` and
   ``analytics_staking_concentration`` (HHI, Nakamoto coefficient, top-k shares).
@@ -256,39 +257,11 @@ def _genesis_table(con: duckdb.DuckDBPyConnection, alloc: Mapping[str, int]) -> 
 
 
 def native_supply(ctx: Context, con: duckdb.DuckDBPyConnection, job: AnalyticsJob) -> Result:
-    """Commit the supply series over the window (or full history) ending at the synced end."""
-    end = synced_end(ctx, job, "supply_deltas")
-    inp = output_input(ctx, job, "supply_deltas", 0, end)
-    alloc = load_genesis(job, ctx.settings, ctx.environ)
-    genesis_supply = sum(alloc.values())
-    lo = 0 if job.spec.full_history else max(0, end - job.spec.supply_window_blocks)
-    ready(ctx, con, inp)
-    target = OutputTarget(
-        ctx.org_id,
-        job.chain_id,
-        "native_supply",
-        0,
-        end,
-        fingerprint(inp.fingerprint(), genesis_supply, lo),
-        fake=inp.fake,
-    )
-    view(con, "supply_deltas", inp.select_sql())
-    params = {"lo": lo, "hi": end, "genesis": str(genesis_supply)}
-    result = Result(input_rows=inp.rows, start=lo, end=end)
-    result.outputs["native_supply"] = commit_query(
-        ctx.state, ctx.store, con, target, q("analytics_duckdb", "native_supply"), params
-    )
-    last = con.execute(
-        "SELECT CAST(supply AS VARCHAR) FROM ("
-        + q("analytics_duckdb", "native_supply")
-        + ") ORDER BY block_number DESC LIMIT 1",
-        params,
-    ).fetchone()
-    result.summary = {
-        "genesis_supply": genesis_supply,
-        "supply": int(last[0]) if last else genesis_supply,
-        "window": [lo, end],
-    }
+    """Commit the supply series over the window (or full history) ending at the synced end,
+    folding new ranges into the last valid roll-up (``trace_core.analytics.supply``)."""
+    from trace_core.analytics import supply
+
+    result: Result = supply.native_supply(ctx, con, job)
     return result
 
 

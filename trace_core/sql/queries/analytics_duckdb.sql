@@ -59,6 +59,28 @@ LEFT JOIN supply_deltas d ON d.block_number = b.block_number
 CROSS JOIN before
 ORDER BY b.block_number
 
+-- name: native_supply_fold
+-- The window [$lo, $hi) from an earlier roll-up `prev_supply` (rows up to $from - 1) and the
+-- deltas of the new blocks [$from, $hi) only: the supply carries on from prev's last block.
+WITH carry AS (
+    SELECT supply FROM prev_supply WHERE block_number = $from - 1
+), blocks AS (
+    SELECT CAST(range AS UBIGINT) AS block_number FROM range($from, $hi)
+), fresh AS (
+    SELECT b.block_number,
+           CAST(carry.supply + sum(coalesce(d.supply_delta, 0)) OVER (ORDER BY b.block_number)
+                AS DECIMAL(38,0)) AS supply,
+           CAST(coalesce(d.supply_delta, 0) AS DECIMAL(38,0)) AS supply_delta
+    FROM blocks b
+    LEFT JOIN supply_deltas d ON d.block_number = b.block_number
+    CROSS JOIN carry
+)
+SELECT block_number, supply, supply_delta FROM prev_supply
+WHERE block_number >= $lo AND block_number < $from
+UNION ALL
+SELECT block_number, supply, supply_delta FROM fresh WHERE block_number >= $lo
+ORDER BY block_number
+
 -- name: latest_balances
 -- Every account's balance at the end of the synced span (genesis when never changed).
 SELECT address, arg_max(balance, block_number) AS balance,

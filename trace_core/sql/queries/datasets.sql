@@ -101,3 +101,8 @@ WHERE dataset_version = %(dataset_version)s AND collected_at IS NOT NULL
 -- A collected version committed again (same deterministic id): it serves again, as the newest.
 UPDATE state.dataset_versions SET collected_at = NULL, purged_at = NULL, created_at = now()
 WHERE dataset_version = %(dataset_version)s AND collected_at IS NOT NULL
+
+-- name: live_version_ids
+-- Which of the given version ids are registered and not collected.
+SELECT dataset_version FROM state.dataset_versions
+WHERE dataset_version = ANY(%(versions)s) AND collected_at IS NULL
