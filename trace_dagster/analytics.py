@@ -42,7 +42,7 @@ from dagster import (
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 from dagster_duckdb import DuckDBResource
 
-from trace_core.analytics import checks, compute
+from trace_core.analytics import checks, compute, supply
 from trace_core.analytics.jobs import AnalyticsJob, load_analytics_jobs
 from trace_core.chain_sync.planner import parse_partition_key
 from trace_core.errors import TraceError
@@ -215,7 +215,7 @@ def job_assets(job: AnalyticsJob) -> list[AssetsDefinition]:
                 trace,
                 duckdb,
                 job,
-                compute.native_supply,
+                supply.native_supply,
                 ["native_supply"],
                 [("native_supply", checks.supply_matches_chain)],
             )

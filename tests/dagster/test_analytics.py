@@ -390,7 +390,7 @@ def test_native_supply_folds_new_ranges_and_equals_a_full_recompute(
         steps = []
         for end in (200, 400, BLOCKS):
             monkeypatch.setattr(compute, "synced_end", lambda c, j, n, e=end: e)
-            result = compute.native_supply(ctx, con, job)
+            result = supply.native_supply(ctx, con, job)
             steps.append((result.summary["folded_from"], result.input_rows))
         monkeypatch.setattr(compute, "synced_end", real_end)
         deltas = compute.output_input(ctx, job, "supply_deltas", 0, BLOCKS)

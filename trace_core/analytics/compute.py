@@ -8,8 +8,9 @@ Per block range (incremental, one call per input range, idempotent):
   logs stream.
 Roll-ups over everything committed so far, contiguous from block 0 (their inputs are the small
 per-range outputs):
-  ``native_supply``: ``analytics_native_supply`` (supply at each block of the window), folding
-  new ranges into the last valid roll-up (``supply``); the others recompute when a range is added.
+  ``native_supply``: ``analytics_native_supply`` (supply at each block of the window), lives in
+  ``supply`` (it folds new ranges into the last valid roll-up); the others recompute when a
+  range is added.
   ``top_accounts``: ``analytics_top_accounts`` and ``analytics_top_account_history``.
   ``staking_concentration``: ``analytics_validator_stake`` and
   ``analytics_staking_concentration`` (HHI, Nakamoto coefficient, top-k shares).
@@ -254,15 +255,6 @@ def _genesis_table(con: duckdb.DuckDBPyConnection, alloc: Mapping[str, int]) -> 
         )
     finally:
         con.unregister("genesis_alloc_arrow")
-
-
-def native_supply(ctx: Context, con: duckdb.DuckDBPyConnection, job: AnalyticsJob) -> Result:
-    """Commit the supply series over the window (or full history) ending at the synced end,
-    folding new ranges into the last valid roll-up (``trace_core.analytics.supply``)."""
-    from trace_core.analytics import supply
-
-    result: Result = supply.native_supply(ctx, con, job)
-    return result
 
 
 def top_accounts(ctx: Context, con: duckdb.DuckDBPyConnection, job: AnalyticsJob) -> Result:

@@ -22,7 +22,8 @@ from typing import Any
 
 import duckdb
 
-from trace_core.analytics import output
+from trace_core.analytics import compute, output
+from trace_core.analytics.compute import Context, Result, output_input, ready, view
 from trace_core.analytics.genesis import load_genesis
 from trace_core.analytics.inputs import committed_versions
 from trace_core.analytics.jobs import AnalyticsJob
@@ -77,14 +78,12 @@ def _previous(
     return (links[k][0], rec) if rec is not None else None
 
 
-def native_supply(ctx: Any, con: duckdb.DuckDBPyConnection, job: AnalyticsJob) -> Any:
+def native_supply(ctx: Context, con: duckdb.DuckDBPyConnection, job: AnalyticsJob) -> Result:
     """Commit the supply series over the window (or full history) ending at the synced end,
     folding the new ranges into the newest valid earlier roll-up. Returns a
     ``compute.Result`` whose summary says where the fold started (``folded_from``, None for
     a full recompute)."""
-    from trace_core.analytics.compute import Result, output_input, ready, synced_end, view
-
-    end = synced_end(ctx, job, "supply_deltas")
+    end = compute.synced_end(ctx, job, "supply_deltas")
     alloc = load_genesis(job, ctx.settings, ctx.environ)
     genesis_supply = sum(alloc.values())
     window = None if job.spec.full_history else job.spec.supply_window_blocks
