@@ -130,11 +130,15 @@ def _assert_synced_once(rt: Runtime, instance: DagsterInstance, name: str, to_bl
             dataset_uuid = store.stream_dataset_uuid(rt.settings.org_id, CHAIN_ID, key)
             versions = registry.versions_of_dataset(conn, dataset_uuid)
         assert sorted((v.range_start, v.range_end) for v in versions) == ranges  # exactly one each
+        assert all(v.fake for v in versions)  # TRACE_CRYO_MODE=fake: every version is marked
         if key == "blocks":
             assert sum(v.row_count for v in versions) == to_block
         keys = {range_partition_key(s, e) for s, e in ranges}
         assert set(instance.get_dynamic_partitions(partitions_def_name(name, key))) == keys
         assert instance.get_materialized_partitions(stream_asset_key(name, key)) == keys
+        latest = instance.get_latest_materialization_event(stream_asset_key(name, key))
+        assert latest is not None and latest.asset_materialization is not None
+        assert latest.asset_materialization.metadata["fake"].value is True  # shown in the UI
 
 
 def _drive(
@@ -184,6 +188,8 @@ def test_max_inflight_is_never_exceeded(
         "blocks": 20,
         "transactions": 8,
     }
+    assert all(s["fake_ranges"] == s["completed"] for s in js["streams"])
+    assert "FAKE DATA: 28 committed range(s) are made-up" in _trace_lite("status")
     if continue_seconds == 0:  # one wave per run: at least 20 ranges / 3 inflight runs
         assert report.runs >= 20 // 3
     else:  # runs went on planning and taking the freed ranges themselves
