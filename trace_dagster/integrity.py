@@ -24,6 +24,7 @@ from dagster import (
 
 from trace_core.chain_sync.store import StreamRow
 from trace_core.errors import TraceError
+from trace_core.datasets.retention import scheduled_retention
 from trace_core.integrity import incremental
 from trace_core.integrity.verify import RangeResult, select_streams
 from trace_core.runtime import Runtime
@@ -120,10 +121,14 @@ def _fail_on_findings(summary: PassSummary, repair: str) -> None:
     "range is broken",
 )
 def integrity_pass(context: OpExecutionContext, trace: TraceResource) -> None:
-    summary = run_pass(trace.get_client(), context.instance, context.log_event)  # type: ignore[arg-type]  # log_event takes check evaluations too
+    rt = trace.get_client()
+    summary = run_pass(rt, context.instance, context.log_event)  # type: ignore[arg-type]  # log_event takes check evaluations too
     for note in summary.notes:
         context.log.warning(note)
     context.log.info(f"integrity: {summary.ranges} ranges, {len(summary.findings)} findings")
+    # retention rides on the same maintenance run: superseded versions past the grace period
+    collected = scheduled_retention(rt)
+    context.log.info(collected.lines()[0])
     _fail_on_findings(summary, "trace-lite verify --repair")
 
 

@@ -33,6 +33,7 @@ from psycopg.rows import dict_row
 from trace_core.datasets.registry import VersionRecord, visible_parts
 from trace_core.db.errors import translates_db_errors
 from trace_core.db.queries import q
+from trace_core.runtime import Runtime
 from trace_core.storage.base import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,15 @@ def plan_collection(
         else:
             report.collected.append(s)
     return report
+
+
+def scheduled_retention(rt: Runtime) -> VersionGcReport:
+    """The retention step of the scheduled maintenance run (``trace_integrity_pass``):
+    ``gc_versions`` with ``TRACE_VERSION_GRACE_SECONDS``."""
+    with rt.state() as conn:
+        return gc_versions(
+            conn, rt.store, rt.settings.org_id, grace_seconds=rt.settings.version_grace_seconds
+        )
 
 
 @translates_db_errors("dataset gc_versions")
