@@ -30,21 +30,28 @@ _COLUMNS = ["block_number", "address", "topic0", "topic1", "topic2", "topic3"]
 _EMPTY = bytes(BLOOM_BYTES)
 
 
-def bloom_add(bloom: bytearray, item: bytes) -> None:
-    """Set ``item``'s three bits (yellow paper, eq. 29: the low 11 bits of the first three
-    byte pairs of keccak256(item), counted from the bloom's last byte)."""
+def item_mask(item: bytes) -> int:
+    """``item``'s three bloom bits as a 2048-bit integer (yellow paper, eq. 29: the low 11
+    bits of the first three byte pairs of keccak256(item); bit ``b`` is ``1 << b``, so the
+    integer's 256-byte big-endian form is the bloom)."""
     digest = keccak.new(digest_bits=256, data=item).digest()
+    mask = 0
     for i in (0, 2, 4):
-        bit = ((digest[i] << 8) | digest[i + 1]) & 2047
-        bloom[BLOOM_BYTES - 1 - bit // 8] |= 1 << (bit % 8)
+        mask |= 1 << (((digest[i] << 8) | digest[i + 1]) & 2047)
+    return mask
 
 
-def logs_bloom(items: Iterable[bytes]) -> bytes:
-    """The bloom of a block's log addresses and topics."""
-    bloom = bytearray(BLOOM_BYTES)
+def logs_bloom(items: Iterable[bytes], cache: dict[bytes, int] | None = None) -> bytes:
+    """The bloom of a block's log addresses and topics (``cache``: item -> mask, shared
+    across the blocks of a range, where addresses and topics repeat)."""
+    cache = {} if cache is None else cache
+    bloom = 0
     for item in set(items):
-        bloom_add(bloom, item)
-    return bytes(bloom)
+        mask = cache.get(item)
+        if mask is None:
+            mask = cache[item] = item_mask(item)
+        bloom |= mask
+    return bloom.to_bytes(BLOOM_BYTES, "big")
 
 
 def applies(dataset: str, cryo_options: Mapping[str, Any]) -> bool:
@@ -60,7 +67,8 @@ def extracted_blooms(files: Sequence[Path]) -> dict[int, bytes]:
         columns = [table.column(name).to_pylist() for name in _COLUMNS]
         for block, *values in zip(*columns, strict=True):
             items.setdefault(int(block), set()).update(v for v in values if v is not None)
-    return {block: logs_bloom(values) for block, values in items.items()}
+    cache: dict[bytes, int] = {}
+    return {block: logs_bloom(values, cache) for block, values in items.items()}
 
 
 def header_blooms(rpc: JsonRpc, start: int, end: int) -> dict[int, bytes]:
