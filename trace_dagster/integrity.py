@@ -23,8 +23,8 @@ from dagster import (
 )
 
 from trace_core.chain_sync.store import StreamRow
-from trace_core.errors import TraceError
 from trace_core.datasets.retention import scheduled_retention
+from trace_core.errors import TraceError
 from trace_core.integrity import incremental
 from trace_core.integrity.verify import RangeResult, select_streams
 from trace_core.runtime import Runtime
