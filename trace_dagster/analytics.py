@@ -205,6 +205,17 @@ def job_assets(job: AnalyticsJob) -> list[AssetsDefinition]:
                     asset=key("native_supply"),
                     description="sum of eth_getBalance over known accounts at sampled blocks",
                 ),
+                *(
+                    [
+                        AssetCheckSpec(
+                            "supply_reconciles",
+                            asset=key("native_supply"),
+                            description="each block's supply change = reward - base fee burned",
+                        )
+                    ]
+                    if job.spec.supply is not None
+                    else []
+                ),
             ],
         )
         def native_supply(
@@ -217,7 +228,12 @@ def job_assets(job: AnalyticsJob) -> list[AssetsDefinition]:
                 job,
                 supply.native_supply,
                 ["native_supply"],
-                [("native_supply", checks.supply_matches_chain)],
+                [("native_supply", checks.supply_matches_chain)]
+                + (
+                    [("native_supply", checks.supply_reconciles)]
+                    if job.spec.supply is not None
+                    else []
+                ),
             )
 
         @multi_asset(

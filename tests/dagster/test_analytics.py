@@ -39,6 +39,7 @@ mode: {{kind: fixed_target, from_block: 0, to_block: {blocks}}}
 streams:
   geth_balance_diffs: {{cryo_dataset_name: geth_balance_diffs, rpc_pool: ana, chunk_size: {chunk}, max_inflight: 3}}
   logs: {{cryo_dataset_name: logs, rpc_pool: ana, chunk_size: {chunk}, max_inflight: 3}}
+  blocks: {{cryo_dataset_name: blocks, rpc_pool: ana, chunk_size: {chunk}, max_inflight: 3}}
 analytics:
   balance_diffs: geth_balance_diffs
   genesis: {{rpc_accounts: ana}}
@@ -48,6 +49,7 @@ analytics:
     logs: logs
     address: "0x0000000000000000000000000000000000001000"
     top_k: [1, 3]
+  supply: {{blocks: blocks}}
 """
 ENV = {"TRACE_RETRY_BASE_SECONDS": "0", "TRACE_HEARTBEAT_SECONDS": "1"}
 
@@ -413,3 +415,38 @@ def test_native_supply_folds_new_ranges_and_equals_a_full_recompute(
         ).fetchall()
         assert len(full) == 350 and folded == full
         assert result.summary["supply"] == int(full[-1][1])
+
+
+def test_supply_reconciles_block_by_block_with_base_fee_burns(synced: Synced) -> None:
+    """From ledger data only: every block's net supply change (balance diffs) equals the
+    protocol's, reward 0 minted minus base fee * gas used burned (anvil burns EIP-1559 base
+    fees, mints nothing): 0 unexplained blocks. A wrong reward leaves every later block
+    unexplained, so the check can fail."""
+    import dataclasses
+
+    from trace_core.analytics import checks
+
+    rt = synced.rt
+    with rt.state() as state, duckdb.connect() as con:
+        ctx = compute.Context(rt.settings, rt.store, state)
+        job = get_analytics_job(state, rt.settings.org_id, "ana")
+        ok = checks.supply_reconciles(ctx, con, job, compute.Result(end=BLOCKS))
+        assert ok.passed and not ok.skipped, ok
+        assert ok.metadata["blocks"] == BLOCKS and ok.metadata["unexplained_blocks"] == 0
+        assert int(ok.metadata["burned"]) > 0 and int(ok.metadata["minted"]) == 0
+        assert job.spec.supply is not None
+        wrong = job.spec.model_copy(
+            update={"supply": job.spec.supply.model_copy(update={"block_reward_wei": 1})}
+        )
+        bad = checks.supply_reconciles(
+            ctx, con, dataclasses.replace(job, spec=wrong), compute.Result(end=BLOCKS)
+        )
+        assert not bad.passed and bad.metadata["unexplained_blocks"] == BLOCKS - 1
+        assert bad.metadata["first_unexplained"] == 1
+        none = checks.supply_reconciles(
+            ctx,
+            con,
+            dataclasses.replace(job, spec=job.spec.model_copy(update={"supply": None})),
+            compute.Result(end=BLOCKS),
+        )
+        assert none.skipped and not none.passed and none.description.startswith("skipped:")

@@ -18,9 +18,11 @@ import duckdb
 
 from trace_core.analytics.compute import Context, Result, output_input, ready, view
 from trace_core.analytics.genesis import load_genesis
+from trace_core.analytics.inputs import stream_input
 from trace_core.analytics.jobs import AnalyticsJob
 from trace_core.analytics.output import output_key
-from trace_core.errors import ConfigError
+from trace_core.db.queries import q
+from trace_core.errors import ConfigError, DatasetNotSynced
 from trace_core.rpc import RpcClient, hex_int
 from trace_core.settings import rpc_pool_env_var, rpc_pool_url
 
@@ -103,6 +105,57 @@ def supply_matches_chain(
         passed,
         "supply equals the sum of eth_getBalance over every known account at sampled blocks",
         {"blocks": compared},
+    )
+
+
+def supply_reconciles(
+    ctx: Context, con: duckdb.DuckDBPyConnection, job: AnalyticsJob, result: Result
+) -> CheckOutcome:
+    """Every block of ``[0, end)``: the net supply change from the balance diffs equals the
+    protocol's (``supply.block_reward_wei`` minted after genesis, minus ``base_fee_per_gas *
+    gas_used`` burned, from the job's blocks stream). Ledger data only, no old state: it works
+    where ``eth_getBalance`` at old blocks does not (Monad). Skipped (and says so) without a
+    ``supply:`` block or while the blocks stream is not synced that far."""
+    name = "supply_reconciles"
+    spec = job.spec.supply
+    end = result.end
+    if spec is None:
+        why = "skipped: the job's analytics block sets no supply: {blocks: <stream>}"
+        return CheckOutcome(name, False, why, {"skipped": True}, skipped=True)
+    try:
+        blocks = stream_input(
+            ctx.state,
+            ctx.store,
+            org_id=ctx.org_id,
+            job=job.job,
+            stream=spec.blocks,
+            chain_id=job.chain_id,
+            start=0,
+            end=end,
+        )
+    except DatasetNotSynced as exc:
+        return CheckOutcome(name, False, f"skipped: {exc.message}", {"skipped": True}, skipped=True)
+    deltas = output_input(ctx, job, "supply_deltas", 0, end)
+    ready(ctx, con, blocks, deltas)
+    view(con, "chain_blocks", blocks.select_sql())
+    view(con, "supply_deltas", deltas.select_sql())
+    row = con.execute(
+        q("analytics_duckdb", "supply_reconcile"), {"reward": str(spec.block_reward_wei)}
+    ).fetchone()
+    assert row is not None
+    checked, unexplained, first, minted, burned = row
+    return CheckOutcome(
+        name,
+        unexplained == 0 and checked == end,
+        f"{unexplained} of {checked} blocks unexplained (supply change != reward minted - "
+        "base fee burned)",
+        {
+            "blocks": checked,
+            "unexplained_blocks": unexplained,
+            "first_unexplained": first,
+            "minted": minted,
+            "burned": burned,
+        },
     )
 
 

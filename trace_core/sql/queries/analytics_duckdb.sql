@@ -81,6 +81,26 @@ UNION ALL
 SELECT block_number, supply, supply_delta FROM fresh WHERE block_number >= $lo
 ORDER BY block_number
 
+-- name: supply_reconcile
+-- Per block of `chain_blocks` (cryo blocks): the net supply change (`supply_deltas`, 0 when
+-- absent) against the protocol's: $reward minted after genesis, base fee * gas used burned.
+WITH per_block AS (
+    SELECT CAST(coalesce(d.supply_delta, 0) AS DECIMAL(38,0)) AS observed,
+           CAST(CASE WHEN b.block_number > 0 THEN wei($reward) ELSE 0 END AS DECIMAL(38,0))
+               AS minted,
+           CAST(CAST(coalesce(b.base_fee_per_gas, 0) AS HUGEINT) * CAST(b.gas_used AS HUGEINT)
+                AS DECIMAL(38,0)) AS burned,
+           b.block_number
+    FROM chain_blocks b
+    LEFT JOIN supply_deltas d ON d.block_number = b.block_number
+)
+SELECT count(*) AS blocks,
+       count(*) FILTER (WHERE observed <> minted - burned) AS unexplained,
+       min(block_number) FILTER (WHERE observed <> minted - burned) AS first_unexplained,
+       CAST(sum(minted) AS VARCHAR) AS minted,
+       CAST(sum(burned) AS VARCHAR) AS burned
+FROM per_block
+
 -- name: latest_balances
 -- Every account's balance at the end of the synced span (genesis when never changed).
 SELECT address, arg_max(balance, block_number) AS balance,
