@@ -96,8 +96,14 @@ class Settings(BaseSettings):
     )
     outbox_batch_size: int = Field(500, gt=0, description="Outbox rows published per drain batch")
 
-    cryo_mode: Literal["auto", "real", "fake"] = Field(
-        "auto", description="auto = real when the pool URL is set, else fake"
+    cryo_mode: Literal["real", "fake"] = Field(
+        "real",
+        description="real = cryo against the pool's RPC (a stream whose pool has no URL is blocked); fake = deterministic made-up Parquet, marked fake in every manifest and registry row",
+    )
+    version_grace_seconds: int = Field(
+        86400,
+        ge=0,
+        description="Retention: a superseded dataset version (every block served by newer ones) is garbage-collected this long after it was superseded, unless a queued or running task pins it",
     )
     cryo_staging_dir: Path | None = Field(
         None, description="Local staging root for cryo output; default $TRACE_HOME/staging"
@@ -108,6 +114,10 @@ class Settings(BaseSettings):
     )
     max_total_parquet_bytes_per_range: int = Field(
         2 * 1024 * 1024 * 1024, gt=0, description="Artifact cap: bytes per range"
+    )
+    verify_logs_bloom: bool = Field(
+        True,
+        description="Cross-check each logs range against its blocks' logsBloom (one batched header call per 500 blocks); a mismatch is a retryable error",
     )
     verify_log_receipts: bool = Field(
         False,
@@ -200,7 +210,17 @@ class Settings(BaseSettings):
     integrity_ranges_per_tick: int = Field(
         20,
         gt=0,
-        description="Integrity: committed ranges one scheduled check verifies (round robin over streams)",
+        description="Integrity: most adjacent ranges verified in one step (one window read and checked at once)",
+    )
+    integrity_sample_ranges: int = Field(
+        20,
+        ge=0,
+        description="Integrity: already verified ranges a scheduled pass re-verifies, stalest first (after every new or changed one)",
+    )
+    integrity_rpc_calls_per_pass: int = Field(
+        20000,
+        gt=0,
+        description="Integrity: budget of estimated RPC calls per scheduled pass (a header per block, receipts per block for logs); new ranges over it wait for the next pass",
     )
     hot_compact_range_size: int = Field(
         1000,
@@ -208,6 +228,10 @@ class Settings(BaseSettings):
         description="Hot path: blocks per compacted cold version (ranges align to multiples)",
     )
 
+    query_allow_fake: bool = Field(
+        False,
+        description="Query Service: serve dataset versions made by TRACE_CRYO_MODE=fake (refused with 409 fake_data otherwise)",
+    )
     query_host: str = Field("127.0.0.1", description="Query Service bind host")
     query_port: int = Field(8090, description="Query Service port")
     query_url: str | None = Field(

@@ -325,6 +325,8 @@ class ChainSyncSpec(_Model):
         wanted = [("balance_diffs", value.balance_diffs, BALANCE_DIFF_DATASETS)]
         if value.staking is not None:
             wanted.append(("staking.logs", value.staking.logs, LOG_DATASETS))
+        if value.supply is not None:
+            wanted.append(("supply.blocks", value.supply.blocks, frozenset({"blocks"})))
         for name, key, datasets in wanted:
             if key is None:
                 continue
