@@ -68,6 +68,24 @@ def _reply(code: int, what: str, message: bytes | str) -> SendResult:
     return SendResult(outcome, status_code=code, error=f"SMTP {code} {what}: {text}".strip())
 
 
+class NoAuthMechanism(smtplib.SMTPException):
+    """The server offers neither AUTH PLAIN nor AUTH LOGIN."""
+
+
+def _login(smtp: smtplib.SMTP, user: str, password: str) -> None:
+    """AUTH with one mechanism, PLAIN before LOGIN (``SMTP.login`` falls through to the next
+    mechanism after a refusal, which some servers answer by hanging until the timeout)."""
+    offered = smtp.esmtp_features.get("auth", "").upper().split()
+    mechanism = next((m for m in ("PLAIN", "LOGIN") if m in offered), None)
+    if mechanism is None:
+        raise NoAuthMechanism("no AUTH PLAIN or LOGIN offered")
+    smtp.user, smtp.password = user, password
+    handler = smtp.auth_plain if mechanism == "PLAIN" else smtp.auth_login
+    code, resp = smtp.auth(mechanism, handler)
+    if code not in (235, 503):
+        raise smtplib.SMTPAuthenticationError(code, resp)
+
+
 def _transact(cfg: SmtpConfig, msg: Any, to: list[str]) -> dict[str, tuple[int, bytes]]:
     assert cfg.host is not None
     ctx = cfg.tls_context() if cfg.security != "none" else None
@@ -82,7 +100,7 @@ def _transact(cfg: SmtpConfig, msg: Any, to: list[str]) -> dict[str, tuple[int, 
             smtp.starttls(context=ctx)  # SMTPNotSupportedError when not offered: never skipped
             smtp.ehlo()
         if cfg.username:
-            smtp.login(cfg.username, cfg.password or "")
+            _login(smtp, cfg.username, cfg.password or "")
         return smtp.send_message(msg, from_addr=cfg.sender, to_addrs=to)
 
 
@@ -111,6 +129,8 @@ def send_email(
         return SendResult(outcome, status_code=first, error=f"SMTP recipients refused ({codes})")
     except smtplib.SMTPAuthenticationError as exc:
         return _failed_clean(cfg, f"SMTP {exc.smtp_code} authentication failed at {where}")
+    except NoAuthMechanism:
+        return SendResult("failed", error=f"SMTP server {where} offers no AUTH PLAIN or LOGIN")
     except smtplib.SMTPNotSupportedError:
         return SendResult("failed", error=f"SMTP server {where} does not offer STARTTLS")
     except smtplib.SMTPResponseException as exc:
