@@ -9,10 +9,12 @@ import json
 import logging
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from click.testing import CliRunner
 from psycopg.types.json import Jsonb
 from pydantic import SecretStr
 
@@ -24,6 +26,7 @@ from tests.integration.channel_servers import (
     make_tls,
 )
 from tests.integration.test_alerts_delivery import (
+    alert_yaml,
     attempts,
     deliveries,
     make_rt,
@@ -31,7 +34,9 @@ from tests.integration.test_alerts_delivery import (
 )
 from trace_core.alerts.dead import list_dead, replay_dead
 from trace_core.alerts.delivery import deliver_once
+from trace_core.cli.main import cli
 from trace_core.db.connection import Databases
+from trace_core.runtime import Runtime
 from trace_core.settings import Settings
 from trace_lite.stack import free_port
 
@@ -339,3 +344,63 @@ def test_sms_through_moto_sns(
     assert deliver_once(down).retried == 2  # both channels of the new event
     errors = [a["error"] for a in attempts(dbs) if a["outcome"] == "retry"]
     assert errors == ["SNS unreachable: EndpointConnectionError"] * 2
+
+
+def test_cli_test_channel_history_and_dead_letters(
+    trace_env: Runtime,
+    settings: Settings,
+    dbs: Databases,
+    slack: SlackLike,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    monkeypatch.setenv("TRACE_ALERT_SECRET_SLACK_OPS", slack.url(HOOK))
+    gone = slack.url(f"/services/T000/B999/{HOOK_TOKEN}")
+    channels = f'  - slack: {{url_secret: slack_ops}}\n  - slack: {{url: "{gone}"}}'
+    alert_file = tmp_path / "whale.yaml"
+    alert_file.write_text(alert_yaml(channels))
+    runner = CliRunner()
+
+    tested = runner.invoke(cli, ["alerts", "test-channel", "--file", str(alert_file)])
+    assert tested.exit_code == 1, tested.output
+    assert tested.output.splitlines() == [
+        "slack (secret slack_ops): delivered (200)",
+        f"slack http://127.0.0.1:{slack.port}/...: failed (404): HTTP 404 no_service",
+    ]
+    [message] = slack.messages
+    assert message["text"] == "[critical] whale: chain 0 block 0"
+    only = runner.invoke(
+        cli, ["alerts", "test-channel", "--file", str(alert_file), "--channel", "0"]
+    )
+    assert only.exit_code == 0 and len(slack.messages) == 2, only.output
+
+    rt = make_rt(settings, dbs)
+    setup_alert(rt, channels)
+    add_event(dbs, 1)
+    assert deliver_once(rt).failed == 1
+    [dead] = [d for d in deliveries(dbs) if d["status"] == "failed"]
+    did = str(dead["delivery_id"])
+    listed = runner.invoke(cli, ["dlq", "list", "--queue", "alert_deliveries"])
+    assert listed.exit_code == 0 and did in listed.output, listed.output
+    assert "attempts=1/3\tHTTP 404 no_service" in listed.output
+    hint = runner.invoke(cli, ["dlq", "list"]).output
+    assert "1 failed alert deliveries: dlq list --queue alert_deliveries" in hint
+    shown = runner.invoke(cli, ["alerts", "history", did])
+    assert shown.exit_code == 0, shown.output
+    assert shown.output.splitlines()[0] == "whale whale:0xtx1 slack: failed"
+    assert " failed 404 " in shown.output and shown.output.rstrip().endswith("HTTP 404 no_service")
+
+    unknown = runner.invoke(
+        cli, ["dlq", "replay", "--queue", "alert_deliveries", str(uuid.uuid4())]
+    )
+    assert unknown.exit_code == 1 and "nothing changed" in unknown.output
+    replayed = runner.invoke(cli, ["dlq", "replay", "--queue", "alert_deliveries", did])
+    assert replayed.exit_code == 0 and "replayed 1" in replayed.output, replayed.output
+    assert deliver_once(rt).failed == 1  # the same hook is still gone: dead again
+    assert [a["attempt"] for a in attempts(dbs) if str(a["delivery_id"]) == did] == [1, 2]
+    purged = runner.invoke(cli, ["dlq", "purge", "--queue", "alert_deliveries", "--all", "--yes"])
+    assert purged.exit_code == 0 and "purged 1" in purged.output, purged.output
+    empty = runner.invoke(cli, ["dlq", "list", "--queue", "alert_deliveries"]).output
+    assert empty.strip() == "no dead letters on queue 'alert_deliveries'"
+    everything = tested.output + listed.output + shown.output + hint
+    assert HOOK_TOKEN not in everything

@@ -196,7 +196,7 @@ class Channel(_Model):
             if unknown:
                 raise PydanticCustomError(
                     "channel",
-                    "unknown channel type {type!r}; a channel is exactly one of {kinds}",
+                    "unknown channel type '{type}'; a channel is exactly one of {kinds}",
                     {"type": unknown[0], "kinds": ", ".join(KINDS)},
                 )
         return data
