@@ -38,6 +38,7 @@ from trace_core.cli.main import cli
 from trace_core.db.connection import Databases
 from trace_core.runtime import Runtime
 from trace_core.settings import Settings
+from trace_lite.echo import EchoReceiver
 from trace_lite.stack import free_port
 
 PASSWORD = "smtp-pa55-9f2c"
@@ -404,3 +405,35 @@ def test_cli_test_channel_history_and_dead_letters(
     assert empty.strip() == "no dead letters on queue 'alert_deliveries'"
     everything = tested.output + listed.output + shown.output + hint
     assert HOOK_TOKEN not in everything
+
+
+def test_the_demo_echo_receiver_records_each_delivery_once(
+    settings: Settings, dbs: Databases
+) -> None:
+    echo = EchoReceiver.start(free_port("127.0.0.1"))
+    try:
+        rt = make_rt(settings, dbs)
+        setup_alert(rt, f'  - webhook: {{url: "{echo.url}"}}')
+        keys = [add_event(dbs, n) for n in (1, 2)]
+        assert deliver_once(rt).delivered == 2
+        arrivals = echo.arrivals()
+        assert sorted(arrivals) == sorted(keys)
+        # a sender that died mid-request resends with the same Idempotency-Key: counted once
+        with psycopg.connect(dbs.data_url) as conn:
+            conn.execute(
+                """UPDATE data.alert_deliveries SET status = 'sending', delivered_at = NULL,
+                       leased_until = now() - interval '1 second'
+                   WHERE dedupe_key = %s""",
+                (keys[0],),
+            )
+            conn.execute(
+                """DELETE FROM data.alert_delivery_attempts a USING data.alert_deliveries d
+                   WHERE a.delivery_id = d.delivery_id AND d.dedupe_key = %s""",
+                (keys[0],),
+            )
+        assert deliver_once(rt).delivered == 1
+        again = echo.arrivals()
+        assert len(again) == 2 and again[keys[0]].posts == 2 and again[keys[1]].posts == 1
+        assert again[keys[0]].alert == "whale"
+    finally:
+        echo.stop()

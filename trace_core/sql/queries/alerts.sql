@@ -154,7 +154,7 @@ LIMIT %(limit)s
 
 -- name: events_with_delivery
 -- Every alert event with its deliveries ("log delivered, webhook failed"), oldest block first.
-SELECT e.alert_name, e.severity, e.block_number, e.tx_hash,
+SELECT e.dedupe_key, e.alert_name, e.severity, e.block_number, e.tx_hash,
        coalesce(string_agg(d.channel_kind || ' ' || d.status, ', ' ORDER BY d.channel_key),
                 'planned') AS delivery
 FROM data.alert_events e LEFT JOIN data.alert_deliveries d USING (dedupe_key)
