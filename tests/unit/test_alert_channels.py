@@ -213,3 +213,19 @@ def test_sms_text_is_short() -> None:
 )
 def test_sns_errors_retry_or_fail(code: str, status: int, expected: str) -> None:
     assert classify_error(code, status) == expected
+
+
+def test_the_channel_examples_load() -> None:
+    from trace_core.alerts.spec import load_alert_file
+    from trace_core.settings import REPO_ROOT
+
+    kinds = {
+        path.stem: [c.kind for c in load_alert_file(path).spec.channels]
+        for path in sorted((REPO_ROOT / "examples" / "alerts" / "channels").glob("*.yaml"))
+    }
+    assert kinds == {
+        "email": ["email"],
+        "pagerduty": ["pagerduty"],
+        "slack": ["slack"],
+        "sms": ["sms"],
+    }
