@@ -309,14 +309,14 @@ def _show_results(
     for col in ("alert", "severity", "block", "transaction", "delivery", "echo receiver"):
         table.add_column(col)
     for ev in result.alerts:
-        got = arrivals.get(ev["dedupe_key"])
+        arrived = arrivals.get(ev["dedupe_key"])
         table.add_row(
             ev["alert_name"],
             ev["severity"],
             str(ev["block_number"]),
             _short(ev["tx_hash"]),
             ev["delivery"],
-            f"received {got.first_at:%H:%M:%S}" if got else "-",
+            f"received {arrived.first_at:%H:%M:%S}" if arrived else "-",
         )
     console.print(table)
     result.echo_received = sum(ev["dedupe_key"] in arrivals for ev in result.alerts)

@@ -21,7 +21,6 @@ import threading
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -254,37 +253,3 @@ class Senders:
             if self._sns is None:
                 self._sns = sns_client(self.settings)
             return self._sns
-
-
-def synthetic_event(
-    alert_name: str, severity: str, *, now: datetime | None = None
-) -> dict[str, Any]:
-    """A synthetic event for ``trace-lite alerts test-channel``: a fresh dedupe key each time
-    (receivers that deduplicate must still show a second test)."""
-    at = now or datetime.now(UTC)
-    return {
-        "dedupe_key": f"{alert_name}:test-channel:{at.strftime('%Y%m%dT%H%M%S.%fZ')}",
-        "alert_name": alert_name,
-        "severity": severity,
-        "chain_id": 0,
-        "block_number": 0,
-        "block_hash": None,
-        "tx_hash": None,
-        "event_time": at,
-        "payload": {"row": {"test": "sent by trace-lite alerts test-channel"}},
-    }
-
-
-def send_test(
-    settings: Settings, alert_name: str, severity: str, channels: list[Channel]
-) -> list[SendResult]:
-    """Send one synthetic event to each channel, now (no queue, no retry); one result each."""
-    from trace_core.alerts.delivery import delivery_id
-
-    event = synthetic_event(alert_name, severity)
-    with httpx.HTTPTransport(retries=0) as transport:
-        senders = Senders(transport, settings)
-        return [
-            senders.send(c, delivery_id(event["dedupe_key"], c.key), event, attempt=1)
-            for c in channels
-        ]

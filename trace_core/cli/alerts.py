@@ -172,7 +172,7 @@ def history_cmd(delivery: str) -> None:
 def test_channel_cmd(file_: Path | None, alert_name: str | None, which: str | None) -> None:
     """Send a synthetic event to an alert's channels now (no queue, no retries); exit 1 if a
     channel did not deliver. Secrets come from this process's TRACE_* environment."""
-    from trace_core.alerts.send import send_test
+    from trace_core.alerts.probe import send_test
     from trace_core.alerts.spec import AlertSpec, load_alert_file
     from trace_core.alerts.store import get_alert
 
