@@ -331,7 +331,7 @@ class Settings(BaseSettings):
         "trace-lite@localhost", description="Alerts: From address of alert emails"
     )
     smtp_timeout_seconds: float = Field(
-        10.0, gt=0, le=60, description="Alerts: SMTP connect and command timeout"
+        10.0, gt=0, le=20, description="Alerts: SMTP connect and command timeout"
     )
     smtp_ca_file: Path | None = Field(
         None,

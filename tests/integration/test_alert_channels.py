@@ -437,3 +437,26 @@ def test_the_demo_echo_receiver_records_each_delivery_once(
         assert again[keys[0]].alert == "whale"
     finally:
         echo.stop()
+
+
+def test_refused_recipients_retry_or_deliver_by_reply_code(
+    settings: Settings, dbs: Databases, smtp: SmtpSink, tls: Tls
+) -> None:
+    smtp.refuse = {
+        "nobody@example.com": "550 5.1.1 no such user",
+        "busy@example.com": "451 4.3.0 mailbox busy",
+    }
+    rt = make_rt(settings, dbs, **smtp_settings(tls, smtp.port))
+    setup_alert(
+        rt,
+        '  - email: {to: ["ok@example.com", "nobody@example.com"]}\n'
+        '  - email: {to: ["busy@example.com"]}',
+    )
+    add_event(dbs, 1)
+    report = deliver_once(rt)
+    assert (report.delivered, report.retried) == (1, 1)
+    assert smtp.envelopes == [("trace@example.com", ["ok@example.com"])]
+    assert sorted((o, c, e) for _, o, c, e in history(dbs)) == [
+        ("delivered", 250, "some recipients refused: nobody@example.com (550)"),
+        ("retry", 451, "SMTP recipients refused: busy@example.com (451)"),
+    ]

@@ -55,7 +55,9 @@ from trace_core.tasks.retry import RetryPolicy
 log = logging.getLogger(__name__)
 
 DELIVERY_NAMESPACE = uuid.UUID("0e9c7b1d-5a43-4f6e-8d2b-c4a1f7e3b985")
-LEASE_SECONDS = 90  # > the longest channel timeout (30 s) plus connect and bookkeeping
+# > the longest send: an HTTP timeout (30 s max), an SMTP exchange (a few commands of at most
+# TRACE_SMTP_TIMEOUT_SECONDS, 20 s max), an SNS call (10 s connect + 10 s read)
+LEASE_SECONDS = 90
 MAX_SENDERS = 8
 _OUTCOME_OF_STATUS: dict[str, Outcome] = {
     "delivered": "delivered",

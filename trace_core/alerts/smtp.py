@@ -125,8 +125,9 @@ def send_email(
         outcome: Literal["retry", "failed"] = (
             "retry" if any(400 <= c < 500 for c in codes) else "failed"
         )
+        names = ", ".join(f"{a} ({c})" for a, (c, _) in sorted(exc.recipients.items()))
         first = min(codes) if codes else None
-        return SendResult(outcome, status_code=first, error=f"SMTP recipients refused ({codes})")
+        return SendResult(outcome, status_code=first, error=f"SMTP recipients refused: {names}")
     except smtplib.SMTPAuthenticationError as exc:
         return _failed_clean(cfg, f"SMTP {exc.smtp_code} authentication failed at {where}")
     except NoAuthMechanism:
