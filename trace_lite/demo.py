@@ -254,14 +254,19 @@ def _apply_demo_alerts(console: Console, rt: Runtime, job: str) -> EchoReceiver 
         loaded = load_alert_file(path)
         if loaded.spec.job != job:
             continue
-        if echo is None:
-            echo = EchoReceiver.start(ECHO_PORT)
-            console.print(f"echo receiver at {echo.url} (the demo alerts also deliver there)")
-        to_echo = Channel(webhook=WebhookChannel(url=echo.url, timeout_seconds=2.0))
-        spec = loaded.spec.model_copy(update={"channels": [*loaded.spec.channels, to_echo]})
+        spec = loaded.spec
+        if rt.settings.alert_webhook_allow_private:
+            # the echo receiver is on loopback: only reachable while private destinations are
+            # allowed (the Lite default); with TRACE_ALERT_WEBHOOK_ALLOW_PRIVATE=false it is off
+            if echo is None:
+                echo = EchoReceiver.start(ECHO_PORT)
+                console.print(f"echo receiver at {echo.url} (the demo alerts also deliver there)")
+            to_echo = Channel(webhook=WebhookChannel(url=echo.url, timeout_seconds=2.0))
+            spec = spec.model_copy(update={"channels": [*spec.channels, to_echo]})
         with rt.state() as conn, conn.transaction():
             apply_alert(conn, rt.settings.org_id, loaded._replace(spec=spec), str(path))
-        console.print(f"applied alert {spec.name!r} ({path.name}) + webhook to the echo receiver")
+        extra = " + a webhook to the echo receiver" if echo is not None else ""
+        console.print(f"applied alert {spec.name!r} ({path.name}){extra}")
     return echo
 
 

@@ -29,9 +29,9 @@ from tests.integration.test_alerts_delivery import (
     alert_yaml,
     attempts,
     deliveries,
-    make_rt,
     setup_alert,
 )
+from tests.integration.test_alerts_delivery import make_rt as delivery_rt
 from trace_core.alerts.dead import list_dead, replay_dead
 from trace_core.alerts.delivery import deliver_once
 from trace_core.cli.main import cli
@@ -65,6 +65,13 @@ def add_event(dbs: Databases, n: int, name: str = "whale") -> str:
             ),
         )
     return key
+
+
+def make_rt(settings: Settings, dbs: Databases, **overrides: Any) -> Runtime:
+    """The delivery tests' runtime; every local server here listens on 127.0.0.1, which the
+    SSRF guard refuses unless loopback/private destinations are allowed: allowed explicitly
+    (the Lite default), and refused in the test that sets it to False."""
+    return delivery_rt(settings, dbs, **{"alert_webhook_allow_private": True, **overrides})
 
 
 def recorded(dbs: Databases, caplog: pytest.LogCaptureFixture) -> str:
