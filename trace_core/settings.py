@@ -360,6 +360,32 @@ class Settings(BaseSettings):
         None, description="UDFs: Lambda endpoint (moto/localstack); default AWS"
     )
 
+    smtp_host: str | None = Field(
+        None, description="Alerts: SMTP server for email channels (unset: email deliveries fail)"
+    )
+    smtp_port: int = Field(587, gt=0, lt=65536, description="Alerts: SMTP server port")
+    smtp_security: Literal["starttls", "tls", "none"] = Field(
+        "starttls",
+        description="Alerts: SMTP transport security: STARTTLS upgrade, implicit TLS (port 465), or none (never with credentials)",
+    )
+    smtp_username: str | None = Field(None, description="Alerts: SMTP login user (optional)")
+    smtp_password: SecretStr | None = Field(
+        None, description="Alerts: SMTP login password (a secret: never logged or stored)"
+    )
+    smtp_from: str = Field(
+        "trace-lite@localhost", description="Alerts: From address of alert emails"
+    )
+    smtp_timeout_seconds: float = Field(
+        10.0, gt=0, le=20, description="Alerts: SMTP connect and command timeout"
+    )
+    smtp_ca_file: Path | None = Field(
+        None,
+        description="Alerts: PEM bundle of extra CAs trusted for SMTP TLS (a relay with a private CA); system CAs otherwise",
+    )
+    sns_endpoint_url: str | None = Field(
+        None, description="Alerts: SNS endpoint for SMS channels (moto/LocalStack); AWS otherwise"
+    )
+
     def resolved_home(self) -> Path:
         return self.home.expanduser().resolve()
 
@@ -424,6 +450,22 @@ def rpc_pool_rps(pool: str, environ: Mapping[str, str] | None = None) -> list[fl
     if any(r < 0 for r in rates):
         raise ConfigError("must not be negative", field=name)
     return rates
+
+
+ALERT_SECRET_PREFIX = "TRACE_ALERT_SECRET_"
+
+
+def alert_secret_env_var(name: str) -> str:
+    """``pagerduty_ops`` -> ``TRACE_ALERT_SECRET_PAGERDUTY_OPS`` (where a channel's named secret
+    lives: secrets never sit in alert YAML or the state database)."""
+    return ALERT_SECRET_PREFIX + _POOL_RE.sub("_", name).upper()
+
+
+def alert_secret(name: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """The value of a channel's named secret, or None when unset. Never log it."""
+    env = os.environ if environ is None else environ
+    value = env.get(alert_secret_env_var(name), "").strip()
+    return value or None
 
 
 def source_secret_env_var(job: str) -> str:
