@@ -21,7 +21,7 @@ from psycopg import Connection
 from trace_core import outbox
 from trace_core.db.connection import Databases, connect
 from trace_core.errors import LeaseConflict, StaleAttempt
-from trace_core.queue.base import TASK_WAKEUP, Message
+from trace_core.queue.base import TASK_WAKEUP, Message, outbox_publishing
 from trace_core.queue.pgqueue import PgQueue
 from trace_core.tasks import (
     Lease,
@@ -118,7 +118,8 @@ def test_twenty_workers_race_on_duplicate_wakeups(
     """
     task_id = _new_task(conn, max_attempts=3)
     assert outbox.drain_all(conn, driver) == 1
-    driver.publish_batch(TASK_WAKEUP, [{"task_id": str(task_id), "wakeup": 1}] * 19)
+    with outbox_publishing():  # as redeliveries of the outbox's publish
+        driver.publish_batch(TASK_WAKEUP, [{"task_id": str(task_id), "wakeup": 1}] * 19)
 
     lock = threading.Lock()
     holders: list[int] = []  # attempts currently running the body
