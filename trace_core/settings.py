@@ -200,7 +200,7 @@ class Settings(BaseSettings):
     integrity_ranges_per_tick: int = Field(
         20,
         gt=0,
-        description="Integrity: committed ranges one scheduled check verifies (round robin over streams)",
+        description="Integrity: committed ranges one step of a scheduled pass verifies; every pass verifies every committed range of every stream, this many at a time",
     )
     hot_compact_range_size: int = Field(
         1000,
