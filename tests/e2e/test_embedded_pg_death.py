@@ -13,8 +13,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import pytest
-
 from tests.e2e.test_faults import CLI, cli_env, succeeded, wait_for
 from trace_core.chain_sync import store
 from trace_core.chain_sync.yamlload import parse_job
@@ -24,8 +22,6 @@ from trace_core.db.migrate import migrate
 from trace_core.devchain import DevChain
 from trace_core.runtime import Runtime
 from trace_core.settings import Settings
-
-pytestmark = pytest.mark.slow
 
 JOB = """kind: chain_sync
 name: pgdeath

@@ -126,6 +126,8 @@ def test_twenty_workers_race_on_duplicate_wakeups(
     max_holders = 0
     bodies: list[int] = []
     conflicts = 0
+    raced = 0  # claims refused because another attempt held the lease while its body ran
+    contended = threading.Event()
     errors: list[BaseException] = []
     done = threading.Event()
 
@@ -135,17 +137,23 @@ def test_twenty_workers_race_on_duplicate_wakeups(
             holders.append(lease.attempt)
             max_holders = max(max_holders, len(holders))
             bodies.append(lease.attempt)
-        time.sleep(0.02)  # long enough for racing claims to overlap the body
+        if lease.attempt == 1:  # hold the first lease until a duplicate has raced for it
+            contended.wait(timeout=20)
+        else:
+            time.sleep(0.02)
         with lock:
             holders.remove(lease.attempt)
 
     def handle(wconn: Connection[Any], message: Message) -> None:
-        nonlocal conflicts
+        nonlocal conflicts, raced
         try:
             lease = _claim(wconn, uuid.UUID(message.payload["task_id"]))
-        except LeaseConflict:
+        except LeaseConflict as exc:
             with lock:
                 conflicts += 1
+                if exc.reason == "leased" and holders:
+                    raced += 1
+                    contended.set()
             driver.ack(message)
             return
         body(lease)
@@ -180,6 +188,7 @@ def test_twenty_workers_race_on_duplicate_wakeups(
     for t in threads:
         t.join(timeout=10)
     assert errors == []
+    assert contended.is_set() and raced >= 1  # the race really happened
     assert bodies == [1, 2, 3]
     assert max_holders == 1
     # every other wake-up (20 + 2 retries) found the task leased or finished, or is unread
