@@ -28,6 +28,7 @@ from trace_core.worker import TaskOutcome, execute_batch, take_more_work
 from trace_dagster.partitions import partitions_def_name, stream_asset_key
 from trace_dagster.resources import TraceResource
 from trace_dagster.retry import is_manual_reexecution, revive_for_reexecution, touched_metadata
+from trace_dagster.transforms import transform_materialization
 
 WORKER_JOB = "trace_worker"
 
@@ -132,7 +133,11 @@ def _report(context: OpExecutionContext, outcome: TaskOutcome) -> list[str]:
         f"task {outcome.task_id} attempt {outcome.attempt}: {outcome.status}"
         + (f" ({outcome.error})" if outcome.error else "")
     )
-    for event in (materialization_for(outcome), dead_range_observation(outcome)):
+    for event in (
+        materialization_for(outcome),
+        dead_range_observation(outcome),
+        transform_materialization(outcome),
+    ):
         if event is not None:
             context.log_event(event)
     if outcome.status in ("retry", "dead"):
