@@ -388,6 +388,14 @@ def test_input_too_large_is_refused_before_running(invoker: LocalSandboxInvoker)
         "input_too_large",
         max_input_bytes=4096,
     )
+    err = _fails(
+        invoker,
+        "def main(x):\n    return 1\n",
+        "input_too_large",
+        input="x" * 8192,
+        max_input_bytes=4096,
+    )
+    assert "JSON" in str(err)
 
 
 def test_the_warm_worker_survived_the_suite(invoker: LocalSandboxInvoker) -> None:

@@ -23,18 +23,12 @@ from trace_core.udf import (
     UdfInvocationPayload,
     UdfLimits,
     invoker_from_settings,
+    ipc_to_table,
+    table_to_ipc,
 )
 
-
-def ipc(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as w:
-        w.write_table(table)
-    return sink.getvalue().to_pybytes()
-
-
-def from_ipc(data: bytes) -> pa.Table:
-    return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
+ipc = table_to_ipc
+from_ipc = ipc_to_table
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 bubblewrap sandbox, AWS Lambda, and content-addressed code bundles. See docs/udf.md."""
 
 from trace_core.errors import SandboxUnavailable, UdfError, UdfRuntimeError
+from trace_core.udf.arrowio import ipc_to_table, table_to_ipc
 from trace_core.udf.factory import invoker_from_settings
 from trace_core.udf.local import LocalSandboxInvoker
 from trace_core.udf.payload import (
@@ -28,5 +29,7 @@ __all__ = [
     "UdfRuntimeError",
     "UdfStats",
     "invoker_from_settings",
+    "ipc_to_table",
     "source_sha256",
+    "table_to_ipc",
 ]

@@ -176,6 +176,12 @@ class _Worker:
             "limits": limits.model_dump(),
         }
         parts = wire.encode(header, inline)
+        head = len(parts[1])  # source and input, as JSON
+        if head > wire.MAX_HEADER or head + payload.input_bytes() > limits.max_input_bytes:
+            cap = min(wire.MAX_HEADER, limits.max_input_bytes)
+            raise UdfError(
+                "input_too_large", f"the request is {head} bytes of JSON, past the cap of {cap}"
+            )
         try:
             os.write(self.ctl_w, f"S {int(limits.wall_seconds * 1000)}\n".encode())
             if sum(len(p) for p in parts) < _INLINE_WRITE:  # fits the empty pipe: no blocking
@@ -385,6 +391,9 @@ class LocalSandboxInvoker:
         try:
             status, out = w.call(payload)
             ok = True
+        except UdfError:  # refused before anything reached the worker: it is fine
+            ok = True
+            raise
         finally:
             self._give_back(w, ok)
         return interpret(payload, status, out, self.name)
