@@ -11,6 +11,7 @@ from trace_core.errors import FatalError, TraceError
 from trace_core.operators import block_follower, parquet_compact
 from trace_core.operators.base import Completion, OperatorContext, OperatorRegistry
 from trace_core.operators.cryo_ingest import cryo_ingest_operator
+from trace_core.transforms import operator as transform_operator
 
 
 def _noop(ctx: OperatorContext) -> Completion:
@@ -27,7 +28,7 @@ def _failing_operator(ctx: OperatorContext) -> Completion:
 
 def register_builtin(registry: OperatorRegistry) -> None:
     """Register cryo_ingest (with chain_sync range hooks), block_follower,
-    parquet_compact and alert_evaluate."""
+    parquet_compact, alert_evaluate and udf_transform."""
     registry.register(
         "cryo_ingest",
         cryo_ingest_operator,
@@ -38,6 +39,7 @@ def register_builtin(registry: OperatorRegistry) -> None:
     block_follower.register(registry)
     parquet_compact.register(registry)
     registry.register(evaluate.OPERATOR, evaluate.alert_evaluate_operator)
+    transform_operator.register(registry)
 
 
 def default_registry() -> OperatorRegistry:

@@ -15,7 +15,9 @@ in ``SAME_LAYER`` order, and any lower layer; never a higher one:
 - ``outbox``: durable intent -> queue.
 - ``tasks``: the task state machine (create, claim, heartbeat, complete, reap).
 - ``runtime``: settings + databases + queue + store, handed to everything above.
+- ``udf``: the UDF contract, the sandboxed runtimes and code bundles.
 - ``datasets``: versions, manifests, the commit protocol, cryo's column schemas.
+- ``udf``: the UDF contract, sandbox runtimes and code bundles.
 - ``rpc``, ``rpcpool``, ``rpc_limits``: the JSON-RPC client, pools of endpoints, per-pool
   limits.
 - ``hot``: the block follower's Postgres tables, finality, reorgs, compaction.
@@ -23,6 +25,8 @@ in ``SAME_LAYER`` order, and any lower layer; never a higher one:
 - ``chain_sync``: job specs, the planner (builds operator payloads), status, retry, revive.
 - ``query``: the SQL gate, attach, engine, tokens, HTTP app.
 - ``sinks``: consumer queues fed from committed data.
+- ``transforms``: transform jobs (spec, state, on-input routing, the ``udf_transform`` operator).
+- ``sources``: cron, webhook and manual triggers of transform jobs (source event + task).
 - ``alerts``: alert specs, routing of dataset events, evaluation (an operator), delivery.
 - ``analytics``: derived datasets computed over committed versions (their YAML block is
   ``chain_sync.analytics_spec``, part of a job's spec).
@@ -49,13 +53,17 @@ LAYERS: list[set[str]] = [
     {"outbox"},
     {"tasks"},
     {"runtime"},
+    {"udf"},
     {"datasets"},
+    {"udf"},
     {"rpc", "rpcpool", "rpc_limits"},
     {"hot"},
     {"operators"},
     {"chain_sync"},
     {"query"},
     {"sinks"},
+    {"transforms"},
+    {"sources"},
     {"alerts"},
     {"analytics"},
     {"integrity"},

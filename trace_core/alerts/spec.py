@@ -15,7 +15,7 @@ An alert file looks like::
     severity: warning              # info | warning | critical
     channels:
       - webhook: {url: "https://hooks.example.com/T0/abc", rate_limit_per_minute: 30}
-      - log: {}
+      - log: {}                    # and slack, pagerduty, email, sms: see channel_spec
 
 Loading reuses ``trace_core.yamlfile`` (no tags, anchors, aliases or merge keys, duplicate
 keys and oversized files refused). Every problem is reported as ``file:line: field: message``.
@@ -27,17 +27,14 @@ secrets: they are never echoed in errors and are redacted wherever they are show
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import string
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple
-from urllib.parse import urlsplit
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -48,35 +45,18 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from trace_core.alerts.channel_spec import Channel
+from trace_core.alerts.channel_spec import redact_url as redact_url  # re-exported
 from trace_core.chain_sync.spec import Name, Slug, validation_problems
 from trace_core.errors import AlertResultInvalid, ConfigError, InvalidJobFile, SqlRejected
 from trace_core.query.gate import MAX_SQL_BYTES, validate_sql
 from trace_core.yamlfile import LoadedYaml, load_yaml, read_capped
 
 MAX_DEDUPE_KEY_CHARS = 512
-MAX_URL_CHARS = 2048
 MAX_CHANNELS = 16
 _COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 Severity = Literal["info", "warning", "critical"]
-
-
-def _webhook_url(value: str) -> str:
-    # never echo the value: webhook URLs carry tokens
-    if len(value) > MAX_URL_CHARS:
-        raise PydanticCustomError("url", "must be at most {n} characters", {"n": MAX_URL_CHARS})
-    if any(c.isspace() for c in value):
-        raise PydanticCustomError("url", "must not contain whitespace")
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise PydanticCustomError("url", "must be an http:// or https:// URL with a host")
-    if parts.username is not None or parts.password is not None:
-        raise PydanticCustomError("url", "must not carry user:password@; put a token in the path")
-    try:
-        parts.port  # noqa: B018 - raises ValueError on a malformed port
-    except ValueError:
-        raise PydanticCustomError("url", "has an invalid port") from None
-    return value
 
 
 class TemplateError(ValueError):
@@ -139,50 +119,6 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
-class WebhookChannel(_Model):
-    """POST each new event as JSON to ``url`` (no redirects followed)."""
-
-    url: Annotated[str, AfterValidator(_webhook_url)]
-    rate_limit_per_minute: Annotated[int, Field(gt=0, le=10_000)] = 60
-    timeout_seconds: Annotated[float, Field(gt=0, le=30)] = 5.0
-
-    def redacted_url(self) -> str:
-        return redact_url(self.url)
-
-
-class LogChannel(_Model):
-    """Write each new event as one structured log line (counts as delivered)."""
-
-
-class Channel(_Model):
-    """Exactly one of ``webhook`` or ``log``."""
-
-    webhook: WebhookChannel | None = None
-    log: LogChannel | None = None
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> Channel:
-        if (self.webhook is None) == (self.log is None):
-            raise PydanticCustomError("channel", "a channel is exactly one of 'webhook' or 'log'")
-        return self
-
-    @property
-    def kind(self) -> Literal["webhook", "log"]:
-        return "webhook" if self.webhook is not None else "log"
-
-    @property
-    def key(self) -> str:
-        """Stable identity of the channel within its alert: ``log``, or ``webhook:`` plus a
-        digest of the URL (so a rate-limit edit keeps pending deliveries, a new URL does not)."""
-        if self.webhook is None:
-            return "log"
-        return "webhook:" + hashlib.sha256(self.webhook.url.encode()).hexdigest()[:16]
-
-    def describe(self) -> str:
-        """A display form without secrets."""
-        return "log" if self.webhook is None else f"webhook {self.webhook.redacted_url()}"
-
-
 class Trigger(_Model):
     """When the alert is evaluated: on each committed version and/or every N seconds."""
 
@@ -203,7 +139,12 @@ class AlertSpec(_Model):
     name: Name
     job: Name
     reads: Annotated[list[Slug], Field(min_length=1, max_length=16)]
-    condition: Annotated[str, Field(min_length=1, max_length=MAX_SQL_BYTES)]
+    condition: Annotated[str, Field(min_length=1, max_length=MAX_SQL_BYTES)] | None = None
+    # a Python alert: main(rows: pa.Table) -> list[dict], run in the UDF sandbox over the
+    # condition's rows (default: every row of the single read); the file sits next to the YAML
+    udf: Annotated[str, Field(min_length=1, max_length=512)] | None = None
+    # set by apply (the stored bundle of ``udf``), never in YAML
+    udf_sha256: Annotated[str, Field(pattern="^[0-9a-f]{64}$")] | None = None
     trigger: Trigger
     dedupe_key: Annotated[str, Field(min_length=1, max_length=MAX_DEDUPE_KEY_CHARS)]
     severity: Severity
@@ -217,11 +158,32 @@ class AlertSpec(_Model):
             raise PydanticCustomError("reads", "stream keys must be distinct")
         return value
 
+    @model_validator(mode="after")
+    def _condition_or_udf(self) -> AlertSpec:
+        if self.condition is None and self.udf is None:
+            raise PydanticCustomError("condition", "set condition: (SQL) and/or udf: (a .py file)")
+        return self
+
+    @field_validator("udf")
+    @classmethod
+    def _udf_rows(cls, value: str | None, info: ValidationInfo) -> str | None:
+        reads = info.data.get("reads") or []
+        if value is not None and info.data.get("condition") is None and len(reads) > 1:
+            raise PydanticCustomError(
+                "udf", "a udf over several reads needs a condition selecting its rows"
+            )
+        return value
+
+    @property
+    def rows_sql(self) -> str:
+        """The SELECT whose rows are the events (SQL alert) or the UDF's input (Python alert)."""
+        return self.condition or f'SELECT * FROM "{self.reads[0]}"'
+
     @field_validator("condition")
     @classmethod
-    def _gated(cls, value: str, info: ValidationInfo) -> str:
+    def _gated(cls, value: str | None, info: ValidationInfo) -> str | None:
         reads = info.data.get("reads")
-        if reads is None:
+        if reads is None or value is None:
             return value  # reads itself is invalid and reported
         try:
             validate_sql(value, reads)
@@ -265,20 +227,14 @@ class AlertSpec(_Model):
         return next((c for c in self.channels if c.key == key), None)
 
 
-def redact_url(url: str) -> str:
-    """``scheme://host[:port]/...``: enough to recognise a webhook, no path or query tokens."""
-    parts = urlsplit(url)
-    host = parts.hostname or "?"
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}/..."
-
-
 class LoadedAlert(NamedTuple):
-    """A validated alert, the exact bytes it came from, and where each key sits."""
+    """A validated alert, the exact bytes it came from, where each key sits, and the source
+    of its Python UDF (None for a SQL alert)."""
 
     spec: AlertSpec
     raw: bytes
     doc: LoadedYaml
+    udf_source: str | None = None
 
 
 def validate_alert(doc: LoadedYaml) -> AlertSpec:
@@ -287,20 +243,48 @@ def validate_alert(doc: LoadedYaml) -> AlertSpec:
         raise ConfigError(
             "the top level must be a mapping (kind: alert, ...)", file=doc.source, line=1
         )
+    if "udf_sha256" in doc.data:
+        raise ConfigError(
+            "udf_sha256 is set by apply; name the file with udf:",
+            file=doc.source,
+            line=doc.line_of(("udf_sha256",)),
+            field="udf_sha256",
+        )
     try:
         return AlertSpec.model_validate(doc.data)
     except ValidationError as exc:
         raise InvalidJobFile(validation_problems(doc, exc)) from None
 
 
-def parse_alert(raw: str | bytes, *, source: str = "<string>") -> LoadedAlert:
-    """Parse and validate an alert document. Raises ``ConfigError``/``InvalidJobFile``."""
+def parse_alert(
+    raw: str | bytes, *, source: str = "<string>", base: Path | None = None
+) -> LoadedAlert:
+    """Parse and validate an alert document; a ``udf:`` file is read relative to ``base``.
+    Raises ``ConfigError``/``InvalidJobFile``."""
     data = raw.encode() if isinstance(raw, str) else bytes(raw)
     doc = load_yaml(data, source=source)
-    return LoadedAlert(validate_alert(doc), data, doc)
+    spec = validate_alert(doc)
+    return LoadedAlert(spec, data, doc, _read_udf(doc, spec, base or Path.cwd()))
+
+
+def _read_udf(doc: LoadedYaml, spec: AlertSpec, base: Path) -> str | None:
+    from trace_core.transforms.spec import MAX_UDF_BYTES, check_udf_source
+
+    if spec.udf is None:
+        return None
+    line = doc.line_of(("udf",))
+    path = (base / spec.udf).resolve()
+    try:
+        if path.suffix != ".py":
+            raise ConfigError("must name a .py file")
+        source = read_capped(path, MAX_UDF_BYTES).decode()
+    except (ConfigError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(exc), file=doc.source, line=line, field="udf") from None
+    check_udf_source(source, file=path.name, yaml_file=doc.source, line=line, field="udf")
+    return source
 
 
 def load_alert_file(path: str | Path) -> LoadedAlert:
-    """Read, parse and validate an alert file."""
+    """Read, parse and validate an alert file (and its ``udf:`` file next to it)."""
     p = Path(path)
-    return parse_alert(read_capped(p), source=str(p))
+    return parse_alert(read_capped(p), source=str(p), base=p.parent)

@@ -17,6 +17,8 @@ from trace_core.cli.alerts import alerts
 from trace_core.cli.common import console, err_console, handle_errors, runtime
 from trace_core.cli.dlq import dlq
 from trace_core.cli.retry import retry
+from trace_core.cli.transforms import apply_transform_file, transforms, trigger
+from trace_core.cli.udf import udf
 from trace_core.cli.verify import verify
 from trace_core.runtime import Runtime
 from trace_core.settings import load_settings
@@ -36,6 +38,9 @@ cli.add_command(dlq)
 cli.add_command(alerts)
 cli.add_command(retry)
 cli.add_command(verify)
+cli.add_command(transforms)
+cli.add_command(trigger)
+cli.add_command(udf)
 
 
 @cli.command()
@@ -65,10 +70,15 @@ def _ensure_migrated(rt: Runtime) -> None:
 )
 @handle_errors
 def apply(file_: Path, strict: bool) -> None:
-    """Apply a chain_sync YAML job (idempotent; an edit keeps cursors and the paused flag)."""
+    """Apply a chain_sync or transform YAML job (idempotent; an edit keeps cursors and the
+    paused flag)."""
     from trace_core.chain_sync import store
-    from trace_core.chain_sync.yamlload import load_job_file
+    from trace_core.chain_sync.yamlload import load_job_file, read_capped
+    from trace_core.transforms.spec import is_transform_document
 
+    if is_transform_document(read_capped(file_)):
+        apply_transform_file(file_)
+        return
     spec, raw = load_job_file(file_, require_pools=strict)
     rt = runtime()
     _ensure_migrated(rt)
@@ -93,6 +103,7 @@ def _render_status(jobs: list[dict[str, Any]], queue: dict[str, Any] | None) -> 
             "sched",
             "run",
             "done",
+            "fake",
             "dead",
             "%",
             "blk/s",
@@ -109,6 +120,7 @@ def _render_status(jobs: list[dict[str, Any]], queue: dict[str, Any] | None) -> 
                 str(s.get("scheduled", 0)),
                 str(s.get("running", 0)),
                 str(s.get("completed", 0)),
+                str(s.get("fake_ranges", 0)),
                 str(s.get("dead", 0)),
                 "" if pct is None else f"{pct:.1f}",
                 ""
@@ -118,6 +130,14 @@ def _render_status(jobs: list[dict[str, Any]], queue: dict[str, Any] | None) -> 
                 Text(s.get("blocked_reason") or ""),  # errors may hold [brackets]: no markup
             )
         console.print(table)
+        fake = sum(s.get("fake_ranges", 0) for s in job.get("streams", []))
+        if fake:
+            console.print(
+                f"[bold red]FAKE DATA[/bold red]: {fake} committed range(s) are made-up "
+                "(TRACE_CRYO_MODE=fake), not the chain's; queries refuse them unless "
+                "TRACE_QUERY_ALLOW_FAKE=true",
+                highlight=False,
+            )
         _render_dead_ranges(job)
         hot = job.get("hot")
         if hot:
@@ -275,6 +295,10 @@ def query(sql: str, job: str | None, as_json: bool, mode: str | None) -> None:
         table.add_row(*("" if v is None else str(v) for v in row))
     console.print(table)
     console.print(f"{resp['row_count']} row(s)" + (" (truncated)" if resp.get("truncated") else ""))
+    export = resp.get("export")
+    if export:  # over the inline caps: the rows are in one Parquet object, not in the table
+        where = export.get("presigned_url") or export["uri"]
+        console.print(f"exported as Parquet: {where}", soft_wrap=True, highlight=False)
 
 
 @cli.command()
@@ -289,25 +313,50 @@ def token() -> None:
 @cli.command("query-service")
 @handle_errors
 def query_service() -> None:
-    """Run the Query Service in the foreground."""
+    """Run the Query Service in the foreground (with the sources' webhook endpoint)."""
     from trace_core.query.app import serve
+    from trace_core.sources.webhook import webhook_routes
 
     rt = runtime()
     _ensure_migrated(rt)
-    serve(rt.settings)
+    serve(rt.settings, routes=webhook_routes(rt.settings))
 
 
 @cli.command()
-@click.option("--older-than", default=86400.0, show_default=True, help="Seconds")
+@click.option("--older-than", default=86400.0, show_default=True, help="Staging: seconds")
+@click.option(
+    "--versions",
+    is_flag=True,
+    help="Also collect superseded dataset versions past the grace period (registry tombstones)",
+)
+@click.option(
+    "--grace-seconds",
+    type=float,
+    default=None,
+    help="Versions: grace period after being superseded [default: TRACE_VERSION_GRACE_SECONDS]",
+)
+@click.option("--dry-run", is_flag=True, help="Show what would go; change nothing")
 @handle_errors
-def gc(older_than: float) -> None:
-    """Remove abandoned staging output older than a threshold and report it."""
+def gc(older_than: float, versions: bool, grace_seconds: float | None, dry_run: bool) -> None:
+    """Remove abandoned staging output older than a threshold (and, with --versions,
+    superseded dataset versions), and report it."""
     from trace_core.datasets.gc import gc_staging
+    from trace_core.datasets.retention import gc_versions
 
     rt = runtime()
     with rt.state() as conn:
-        report = gc_staging(rt.settings, rt.store, older_than, conn=conn)
-    console.print(str(report), highlight=False)
+        if dry_run:
+            console.print("staging: not collected in a dry run", highlight=False)
+        else:
+            report = gc_staging(rt.settings, rt.store, older_than, conn=conn)
+            console.print(str(report), highlight=False)
+        if versions:
+            grace = rt.settings.version_grace_seconds if grace_seconds is None else grace_seconds
+            vreport = gc_versions(
+                conn, rt.store, rt.settings.org_id, grace_seconds=grace, dry_run=dry_run
+            )
+            for line in vreport.lines():
+                console.print(Text(line), highlight=False)
 
 
 def main() -> None:

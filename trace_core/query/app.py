@@ -4,7 +4,8 @@
 token) take ``{"sql", "datasets"?, "max_rows"?, "job"?}`` and answer
 ``{"columns", "rows", "row_count", "truncated", "export", "query_id"}``. Errors are
 ``{"error": {"code", "message"}}``: 400 rejected or failing SQL, 401 bad token, 403 grant
-missing or stale task attempt, 404 unknown job, 408 timeout or CPU limit, 413 too large, 422
+missing or stale task attempt, 404 unknown job, 409 fake data
+refused (TRACE_QUERY_ALLOW_FAKE), 408 timeout or CPU limit, 413 too large, 422
 bad manifest, 500 engine crashed (its worker process died; the service keeps serving), 503
 storage unavailable or every engine busy.
 
@@ -19,20 +20,21 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import psycopg
+import pyarrow as pa
 from psycopg_pool import ConnectionPool, PoolTimeout
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from trace_core.db.connection import Databases
 from trace_core.db.queries import q
@@ -59,6 +61,7 @@ from trace_core.query.attach import (
     audit_datasets,
     data_hot_sources,
     followed_chains,
+    refuse_fake,
     task_versions,
     user_versions,
 )
@@ -70,6 +73,7 @@ from trace_core.query.engine import (
     SandboxPool,
     Workdir,
     execute,
+    result_table,
 )
 from trace_core.query.export import export_result, json_rows
 from trace_core.query.gate import check_limits, sql_fingerprint, validate_sql
@@ -101,6 +105,7 @@ _STATUS: list[tuple[type[Exception], int]] = [
 _CODE_STATUS = {
     "sql_too_large": 413,
     "job_not_found": 404,
+    "fake_data": 409,
     "storage_unavailable": 503,
     "execution_failed": 500,
     "engine_crashed": 500,
@@ -262,14 +267,27 @@ class QueryService:
         started = time.monotonic()
         return self._respond(self._caller(kind, token), request, started)
 
+    def query_table(
+        self, kind: Literal["user", "task"], token: str, request: QueryRequest
+    ) -> pa.Table:
+        """``query`` answering the whole result as one Arrow table (never truncated by the
+        inline caps, never exported): how a transform's UDF reads its inputs. Same checks,
+        sandbox and audit; raises as ``query`` does."""
+        started = time.monotonic()
+        response = self._respond(self._caller(kind, token), request, started, as_table=True)
+        table: pa.Table = response["table"]
+        return table
+
     def _caller(self, kind: Literal["user", "task"], token: str) -> _Caller:
         return self._user(token) if kind == "user" else self._task(token)
 
-    def _respond(self, caller: _Caller, request: QueryRequest, started: float) -> dict[str, Any]:
+    def _respond(
+        self, caller: _Caller, request: QueryRequest, started: float, *, as_table: bool = False
+    ) -> dict[str, Any]:
         caller.versions = self._resolve(caller, request)
         run = _Run(uuid.uuid4(), sql_fingerprint(request.sql))
         try:
-            response = self._run(caller, request, run)
+            response = self._run(caller, request, run, as_table=as_table)
         except BaseException as exc:
             run.error_code = exc.code if isinstance(exc, TraceError) else "internal"
             self._finish(caller, run, started)
@@ -277,7 +295,9 @@ class QueryService:
         self._finish(caller, run, started)
         return response
 
-    def _run(self, caller: _Caller, request: QueryRequest, run: _Run) -> dict[str, Any]:
+    def _run(
+        self, caller: _Caller, request: QueryRequest, run: _Run, *, as_table: bool = False
+    ) -> dict[str, Any]:
         caps = {
             "max_bytes": self.settings.query_max_sql_bytes,
             "max_depth": self.settings.query_max_nesting_depth,
@@ -287,6 +307,7 @@ class QueryService:
         else:
             check_limits(request.sql, **caps)
             relations = frozenset(caller.versions)
+        refuse_fake(caller.versions, relations, allow=self.settings.query_allow_fake)
         run.relations = attach(
             self.store,
             caller.versions,
@@ -311,6 +332,8 @@ class QueryService:
                     request.sql, run.relations, self.engine, limits, workdir, self.sandboxes
                 )
             run.rows, run.bytes = result.row_count, result.bytes
+            if as_table:
+                return {"table": result_table(result)}
             export = None
             if result.spool is not None:
                 export = export_result(
@@ -445,10 +468,12 @@ def create_app(
     *,
     hot_sources: HotSourceResolver | Literal["data"] | None = "data",
     gate: bool = True,
+    routes: Sequence[BaseRoute] = (),
 ) -> Starlette:
     """The Query Service app. ``store`` is a ``trace_core.storage`` ObjectStore;
     ``hot_sources`` defaults to the block follower's ``data.hot_*`` tables (None: cold only);
-    ``gate=False`` exists only to test the sandbox on its own."""
+    ``gate=False`` exists only to test the sandbox on its own; ``routes`` are mounted too
+    (the sources' webhook endpoint; ``app.state.service`` is theirs to use)."""
     service = QueryService(settings, dbs, store, hot_sources=hot_sources, gate=gate)
 
     @contextlib.asynccontextmanager
@@ -478,6 +503,7 @@ def create_app(
             Route("/v1/query", user_query, methods=["POST"]),
             Route("/v1/task-query", task_query, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
+            *routes,
         ],
         lifespan=lifespan,
     )
@@ -519,14 +545,16 @@ async def _read_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: Settings, routes: Sequence[BaseRoute] = ()) -> None:
     """Run the Query Service with uvicorn on ``settings.query_host:query_port`` (blocks)."""
     import uvicorn
 
     from trace_core.db.connection import resolve_databases
     from trace_core.storage.factory import make_object_store
 
-    app = create_app(settings, resolve_databases(settings), make_object_store(settings))
+    app = create_app(
+        settings, resolve_databases(settings), make_object_store(settings), routes=routes
+    )
     uvicorn.run(app, host=settings.query_host, port=settings.query_port, log_level="info")
 
 

@@ -1,0 +1,262 @@
+"""Transform jobs in Dagster: one asset per output (downstream of its inputs), one schedule per
+cron trigger, and ``trace_trigger`` (a manual launch from the UI).
+
+- The asset ``transform/<job>/<name>`` depends on its inputs' assets (stream assets, or other
+  transforms' outputs), so the lineage graph shows it; an on-input transform whose first input
+  is a stream shares that stream's epoch partitions (each run is one of that stream's ranges,
+  reported on the range's epoch). Worker runs report each committed run as a materialization
+  (``transform_materialization``). Materializing the asset from the UI runs it now, in that
+  run: an epoch runs the on-input run of each committed range in it; the unpartitioned asset
+  triggers a manual run (idempotent over the same inputs).
+- A transform with ``trigger.cron`` gets a schedule whose ticks launch ``trace_trigger`` with the
+  tick's time as idempotency key: the op writes source event + task + outbox in one
+  transaction (``trace_core.sources.trigger``) and the worker sensor runs the task.
+"""
+
+# No `from __future__ import annotations` here: Dagster resolves annotations at runtime.
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    AssetMaterialization,
+    AssetsDefinition,
+    Config,
+    DynamicPartitionsDefinition,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    OpExecutionContext,
+    RunRequest,
+    ScheduleDefinition,
+    ScheduleEvaluationContext,
+    asset,
+    in_process_executor,
+    job,
+    op,
+    schedule,
+)
+from pydantic import Field
+
+from trace_core.chain_sync import epochs
+from trace_core.chain_sync import store as chain_sync_store
+from trace_core.chain_sync.epochs import epoch_key
+from trace_core.chain_sync.planner import parse_partition_key, range_partition_key
+from trace_core.errors import TraceError
+from trace_core.runtime import Runtime
+from trace_core.sources.trigger import trigger
+from trace_core.transforms import routing
+from trace_core.transforms.store import TransformRow, list_transforms
+from trace_core.transforms.tasks import OPERATOR, TransformPayload
+from trace_core.worker import TaskOutcome, execute_task
+from trace_dagster.epochs import epoch_size
+from trace_dagster.partitions import _UNSAFE, partitions_def_name, stream_asset_key
+from trace_dagster.resources import TraceResource
+
+log = logging.getLogger(__name__)
+TRIGGER_JOB = "trace_trigger"
+
+
+def transform_asset_key(job_name: str, name: str) -> AssetKey:
+    return AssetKey(["transform", _UNSAFE.sub("_", job_name), name])
+
+
+class TriggerConfig(Config):
+    job: str = Field(description="The transform job to run")
+    kind: str = Field("manual", description="cron | webhook | manual")
+    key: str | None = Field(
+        None, description="Idempotency key (default: a fingerprint of the pinned input versions)"
+    )
+
+
+@op(description="Record one trigger of a transform job: source event + task + outbox row")
+def trigger_source(
+    context: OpExecutionContext, config: TriggerConfig, trace: TraceResource
+) -> None:
+    rt = trace.get_client()
+    try:
+        with rt.state() as conn:
+            got = trigger(
+                conn,
+                rt.settings.org_id,
+                config.job,
+                config.kind,  # type: ignore[arg-type]
+                idempotency_key=config.key,
+                max_attempts=rt.settings.max_attempts,
+            )
+    except TraceError as exc:
+        raise Failure(description=f"trigger of {config.job}: {exc}") from exc
+    context.log.info(
+        f"{config.job}: task {got.task_id} "
+        + ("queued" if got.created else "already triggered with this key: no new run")
+    )
+
+
+@job(name=TRIGGER_JOB, executor_def=in_process_executor, description="Trigger a transform job")
+def trace_trigger() -> None:
+    trigger_source()
+
+
+def transform_materialization(
+    outcome: TaskOutcome, epoch_blocks: Callable[[str], int]
+) -> AssetMaterialization | None:
+    """A committed transform run as a materialization of its output asset (of the epoch
+    partition holding its range when the run is an on-input run; ``epoch_blocks`` gives a
+    chain_sync job's epoch size, ``trace_dagster.epochs.epoch_size``)."""
+    if outcome.status != "succeeded" or outcome.operator != OPERATOR:
+        return None
+    try:
+        p = TransformPayload.parse(outcome.payload)
+    except TraceError:
+        return None
+    out = outcome.outputs
+    meta: dict[str, str | int] = {
+        "block_range": f"[{p.range_start}, {p.range_end})",
+        "range": range_partition_key(p.range_start, p.range_end),
+        "trigger": p.trigger,
+        "task_id": str(outcome.task_id),
+        "attempt": outcome.attempt or 0,
+        "dataset_version": str(out.get("dataset_version", "")),
+        "rows": int(out.get("row_count", 0)),
+    }
+    return AssetMaterialization(
+        asset_key=transform_asset_key(p.job_name, p.transform_name),
+        partition=epoch_key(p.range_start, epoch_blocks(p.job_name)) if p.partitioned else None,
+        metadata={k: MetadataValue.text(v) if isinstance(v, str) else v for k, v in meta.items()},
+    )
+
+
+def _run_now(context: AssetExecutionContext, rt: Runtime, t: TransformRow) -> MaterializeResult:
+    """Run the transform now: for an epoch partition, the on-input run of each committed range
+    of its primary input in that epoch; unpartitioned, a manual run."""
+    try:
+        with rt.state() as conn:
+            if context.has_partition_key:
+                start, end = parse_partition_key(context.partition_key)
+                target = epochs.stream_target(conn, rt.settings.org_id, t.job_name, t.inputs[0])
+                ranges = [
+                    (r.range_start, r.range_end)
+                    for r in epochs.progress_of(conn, target, start, end).committed
+                ]
+                if not ranges:
+                    raise Failure(
+                        description=f"transform {t.name}: no committed {t.inputs[0]} range in "
+                        f"epoch {context.partition_key}"
+                    )
+                task_ids = [
+                    routing.run_for_range(
+                        conn,
+                        rt.settings.org_id,
+                        t.name,
+                        a,
+                        b,
+                        max_attempts=rt.settings.max_attempts,
+                    )
+                    for a, b in ranges
+                ]
+            else:
+                task_ids = [
+                    trigger(
+                        conn,
+                        rt.settings.org_id,
+                        t.name,
+                        "manual",
+                        max_attempts=rt.settings.max_attempts,
+                    ).task_id
+                ]
+    except TraceError as exc:
+        raise Failure(description=f"transform {t.name}: {exc}") from exc
+    meta: dict[str, Any] = {}
+    for task_id in task_ids:
+        o = execute_task(rt, task_id)
+        context.log.info(f"task {task_id}: {o.status}" + (f" ({o.error})" if o.error else ""))
+        if o.status == "skipped":  # already done (or running elsewhere): nothing new here
+            meta.setdefault("skipped", 0)
+            meta["skipped"] += 1
+            continue
+        mat = transform_materialization(o, lambda job: epoch_size(rt, job))
+        if mat is None:
+            raise Failure(description=f"transform {t.name} task {task_id}: {o.status}: {o.error}")
+        meta.update(mat.metadata)
+    meta["task_ids"] = MetadataValue.text(", ".join(str(t) for t in task_ids))
+    return MaterializeResult(metadata=meta)
+
+
+def _dep_key(t: TransformRow, key: str, outputs: dict[str, TransformRow]) -> AssetKey:
+    up = outputs.get(key)
+    return transform_asset_key(up.job_name, up.name) if up else stream_asset_key(t.job_name, key)
+
+
+def transform_asset(t: TransformRow, outputs: dict[str, TransformRow]) -> AssetsDefinition:
+    """The output asset of one transform, downstream of its inputs."""
+    partitioned = t.on_input and t.inputs[0] not in outputs
+    parts = (
+        DynamicPartitionsDefinition(name=partitions_def_name(t.job_name, t.inputs[0]))
+        if partitioned
+        else None
+    )
+
+    @asset(
+        key=transform_asset_key(t.job_name, t.name),
+        deps=[_dep_key(t, key, outputs) for key in t.inputs],
+        partitions_def=parts,
+        group_name=_UNSAFE.sub("_", t.job_name),
+        description=(
+            f"transform `{t.name}` ({t.code_kind}) of job {t.job_name}: dataset `{t.output_key}` "
+            f"from {', '.join(t.inputs)}. Materializing runs it now."
+        ),
+        kinds={"parquet", "python" if t.code_kind == "python" else "sql"},
+        metadata={"chain_id": t.chain_id, "output": t.output_key, "bundle": t.bundle_sha256 or ""},
+    )
+    def _transform(context: AssetExecutionContext, trace: TraceResource) -> MaterializeResult:
+        return _run_now(context, trace.get_client(), t)
+
+    return _transform
+
+
+def cron_schedule(t: TransformRow) -> ScheduleDefinition:
+    """A schedule launching ``trace_trigger`` for ``t`` at each cron tick (key: the tick time)."""
+    assert t.cron is not None
+
+    @schedule(
+        name=f"transform_{_UNSAFE.sub('_', t.name)}_cron",
+        cron_schedule=t.cron,
+        job=trace_trigger,
+        description=f"cron trigger of transform {t.name} ({t.cron})",
+    )
+    def _tick(context: ScheduleEvaluationContext) -> RunRequest:
+        key = f"cron:{context.scheduled_execution_time.isoformat()}"
+        return RunRequest(
+            run_key=f"{t.name}:{key}",
+            run_config={
+                "ops": {"trigger_source": {"config": {"job": t.name, "kind": "cron", "key": key}}}
+            },
+            tags={"trace/job": t.name, "trace/source": "cron"},
+        )
+
+    return _tick
+
+
+def transform_definitions(
+    rt: Runtime,
+) -> tuple[list[AssetsDefinition], list[ScheduleDefinition]]:
+    """Assets and schedules of every applied transform (none if state is unavailable)."""
+    try:
+        with rt.state() as conn:
+            rows = list_transforms(conn, rt.settings.org_id)
+            streams = {
+                (s.job_name, s.dataset_key)
+                for s in chain_sync_store.list_streams(conn, rt.settings.org_id)
+            }
+    except TraceError as exc:
+        log.warning("no transform assets: state unavailable (%s)", exc)
+        return [], []
+    outputs = {t.output_key: t for t in rows}
+    assets = [
+        transform_asset(t, outputs)
+        for t in rows
+        if all((t.job_name, k) in streams or k in outputs for k in t.inputs)
+    ]
+    return assets, [cron_schedule(t) for t in rows if t.cron and t.enabled]
