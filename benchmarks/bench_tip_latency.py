@@ -28,7 +28,7 @@ from _scratch import scratch_databases
 from trace_core import services
 from trace_core.chain_sync import store
 from trace_core.chain_sync.yamlload import parse_job
-from trace_core.devchain import DevChain
+from trace_lite.devtools.devchain import DevChain
 from trace_core.runtime import Runtime
 from trace_core.service_steps import FOLLOWER, follower_step
 from trace_core.services import serve

@@ -23,7 +23,7 @@ from trace_core.runtime import Runtime
 from trace_core.settings import Settings, load_settings
 
 if TYPE_CHECKING:
-    from trace_core.devchain import DevChain
+    from trace_lite.devtools.devchain import DevChain
 
 TEMPLATE_STATE = "trace_tmpl_state"
 TEMPLATE_DATA = "trace_tmpl_data"
@@ -127,7 +127,7 @@ def anvil_chain() -> Iterator[DevChain]:
     Shared by the session and treated as read-only: do not mine or reorg it (start your own
     ``DevChain`` for that). About 2 s to build.
     """
-    from trace_core.devchain import DevChain
+    from trace_lite.devtools.devchain import DevChain
 
     with DevChain.start(blocks=ANVIL_CHAIN_BLOCKS, seed=7) as chain:
         yield chain

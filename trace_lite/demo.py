@@ -28,7 +28,7 @@ from rich.table import Table
 
 from trace_core.chain_sync.status import collect_status
 from trace_core.chain_sync.store import apply_job_file
-from trace_core.devchain import DevChain
+from trace_lite.devtools.devchain import DevChain
 from trace_core.errors import TraceError
 from trace_core.runtime import Runtime
 from trace_core.settings import REPO_ROOT, Settings, rpc_pool_env_var, rpc_pool_url

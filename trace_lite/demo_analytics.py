@@ -1,7 +1,7 @@
 """``trace-lite demo --analytics``: the Monad demos 2-4 on a local chain.
 
 The chain is an archive anvil (geth_balance_diffs traces old blocks) with staking events at
-Monad's precompile address from ``trace_core.devstaking``; the job is
+Monad's precompile address from ``trace_lite.devtools.devstaking``; the job is
 ``examples/chain_sync.demo_analytics.yaml``. After the backfill, the ``trace_analytics``
 sensor materializes the analytics assets under ``dagster dev``; this waits for the roll-ups to
 be committed, then prints the supply series (checked against ``eth_getBalance``), the top-N
@@ -15,11 +15,11 @@ from typing import Any
 
 from rich.console import Console
 
-from trace_core import devstaking
+from trace_lite.devtools import devstaking
 from trace_core.datasets.registry import versions_for_stream
-from trace_core.devchain import DevChain
+from trace_lite.devtools.devchain import DevChain
 from trace_core.errors import TraceError
-from trace_core.rpc import hex_int
+from trace_core.rpc.client import hex_int
 from trace_core.runtime import Runtime
 from trace_core.settings import REPO_ROOT, Settings
 

@@ -14,16 +14,16 @@ import pytest
 from dagster import AssetsDefinition, DagsterInstance, Definitions, instance_for_test, materialize
 
 from tests.conftest import clone_databases, drop_databases
-from trace_core import devstaking
+from trace_lite.devtools import devstaking
 from trace_core.analytics import compute
 from trace_core.analytics.jobs import get_analytics_job
 from trace_core.chain_sync import store
 from trace_core.chain_sync.planner import range_partition_key
 from trace_core.chain_sync.yamlload import load_job_file
 from trace_core.datasets import registry
-from trace_core.devchain import DevChain
+from trace_lite.devtools.devchain import DevChain
 from trace_core.errors import DatasetNotSynced, InvalidJobFile
-from trace_core.rpc import hex_int
+from trace_core.rpc.client import hex_int
 from trace_core.runtime import Runtime
 from trace_core.settings import load_settings
 from trace_dagster.analytics import analytics_asset_key
@@ -302,7 +302,7 @@ def test_geth_balance_diffs_needs_state_history(anvil_chain: DevChain, tmp_path:
     from trace_core.errors import CryoFailed
     from trace_core.operators.cryo_ingest import CryoIngestPayload
     from trace_core.operators.cryo_real import extract_real
-    from trace_core.rpcpool import RpcPool
+    from trace_core.rpc.pool import RpcPool
     from trace_core.settings import Settings
 
     payload = CryoIngestPayload.parse(

@@ -21,7 +21,7 @@ from trace_core.chain_sync.yamlload import load_job_file
 from trace_core.cli.main import cli
 from trace_core.datasets import registry
 from trace_core.db.migrate import migrate
-from trace_core.devchain import DevChain
+from trace_lite.devtools.devchain import DevChain
 from trace_core.runtime import Runtime
 from trace_core.settings import load_settings
 from trace_dagster.definitions import build_definitions

@@ -29,7 +29,7 @@ from trace_core.chain_sync.status import collect_status
 from trace_core.chain_sync.yamlload import parse_job
 from trace_core.cli.main import cli
 from trace_core.datasets import registry
-from trace_core.devchain import DevChain
+from trace_lite.devtools.devchain import DevChain
 from trace_core.dispatcher import dispatch_tick
 from trace_core.errors import InvalidJobFile
 from trace_core.query.app import create_app, local_user_token

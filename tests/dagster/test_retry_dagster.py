@@ -27,7 +27,7 @@ from dagster import (
 from trace_core.chain_sync import status, store
 from trace_core.chain_sync.planner import range_partition_key
 from trace_core.datasets import registry
-from trace_core.devchain import DevChain
+from trace_lite.devtools.devchain import DevChain
 from trace_core.runtime import Runtime
 from trace_core.settings import load_settings
 from trace_dagster.definitions import build_definitions

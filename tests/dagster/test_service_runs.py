@@ -24,7 +24,7 @@ from tests.dagster.conftest import run_one_step
 from tests.dagster.test_hot_sensors import CHAIN_ID, apply, hot_cursor, job_yaml
 from tests.dagster.test_sink_sensor import _publish
 from trace_core import services
-from trace_core.devchain import DevChain
+from trace_lite.devtools.devchain import DevChain
 from trace_core.runtime import Runtime
 from trace_core.service_steps import FOLLOWER, SINK
 from trace_core.services import ServiceSpec, StepReport, serve

@@ -27,7 +27,7 @@ from trace_core.chain_sync import store
 from trace_core.chain_sync.yamlload import load_job_file
 from trace_core.datasets import registry
 from trace_core.db.migrate import migrate
-from trace_core.devchain import DevChain
+from trace_lite.devtools.devchain import DevChain
 from trace_core.errors import StaleAttempt
 from trace_core.hot.follower import DATASET_EVENTS
 from trace_core.operators.base import Completion, OperatorContext, OperatorRegistry

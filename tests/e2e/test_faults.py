@@ -21,7 +21,7 @@ from trace_core.chain_sync import store
 from trace_core.chain_sync.yamlload import parse_job
 from trace_core.datasets import registry
 from trace_core.db.migrate import migrate
-from trace_core.devchain import DevChain
+from trace_lite.devtools.devchain import DevChain
 from trace_core.dispatcher import dispatch_tick
 from trace_core.errors import StorageError
 from trace_core.runtime import Runtime

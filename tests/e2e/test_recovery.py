@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from trace_core.datasets import registry
-from trace_core.devchain import DevChain
+from trace_lite.devtools.devchain import DevChain
 from trace_core.runtime import Runtime
 
 LEASE_SECONDS = 10

@@ -21,7 +21,7 @@ from trace_core.chain_sync import store
 from trace_core.chain_sync.yamlload import load_job_file
 from trace_core.datasets import registry
 from trace_core.db.migrate import migrate
-from trace_core.devchain import DevChain
+from trace_lite.devtools.devchain import DevChain
 from trace_core.integrity import verify
 from trace_core.query.app import create_app
 from trace_core.runtime import Runtime

@@ -24,7 +24,7 @@ from trace_core.datasets import ids, registry
 from trace_core.datasets.cryo_schemas import arrow_schema
 from trace_core.datasets.manifest import load_manifest
 from trace_core.db.connection import Databases
-from trace_core.devchain import DevChain
+from trace_lite.devtools.devchain import DevChain
 from trace_core.errors import (
     ArtifactCapExceeded,
     ArtifactInvalid,

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from trace_core.db.connection import Databases, connect
-from trace_core.devchain import DevChain
+from trace_lite.devtools.devchain import DevChain
 from trace_core.hot import reorg
 from trace_core.hot.finality import final_end, finality_depth, plan_ranges
 from trace_core.hot.follower import DATASET_EVENTS, FollowResult, follow_once, load_cursor

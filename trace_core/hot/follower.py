@@ -42,8 +42,8 @@ from trace_core.hot.tables import (
     stored_hashes,
     write_blocks,
 )
-from trace_core.rpc import RpcClient
-from trace_core.rpcpool import RpcPool
+from trace_core.rpc.client import RpcClient
+from trace_core.rpc.pool import RpcPool
 from trace_core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ class RpcBlockSource:
         self, url: str | Sequence[str], *, label: str = "block_follower", timeout: float = 10.0
     ) -> None:
         urls = [url] if isinstance(url, str) else list(url)
-        # several URLs: a pool that fails over between them (trace_core.rpcpool)
+        # several URLs: a pool that fails over between them (trace_core.rpc.pool)
         self.rpc: RpcClient | RpcPool = (
             RpcClient(urls[0], label=label, timeout=timeout)
             if len(urls) == 1

@@ -49,9 +49,9 @@ from trace_core.operators.cryo_real import extract_real
 from trace_core.operators.payload import (
     RangeLabel,
 )
-from trace_core.rpc import JsonRpc
-from trace_core.rpc_limits import PoolLimits, extraction_slot, pool_limits
-from trace_core.rpcpool import RpcPool
+from trace_core.rpc.client import JsonRpc
+from trace_core.rpc.limits import PoolLimits, extraction_slot, pool_limits
+from trace_core.rpc.pool import RpcPool
 from trace_core.settings import Settings, rpc_pool_env_var, rpc_pool_url
 from trace_core.storage.base import ObjectStore
 from trace_core.tasks.keepalive import LeaseHeartbeat, StateConnect, lease_heartbeat

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trace_core.errors import CryoFailed, RpcError, StagingFull
-from trace_core.rpcpool import Endpoint, RpcPool
+from trace_core.rpc.pool import Endpoint, RpcPool
 from trace_core.settings import Settings
 
 if TYPE_CHECKING:
