@@ -58,10 +58,10 @@ from _scratch import scratch_databases
 from trace_core.chain_sync.store import apply_job_file
 from trace_core.datasets.registry import versions_for_stream
 from trace_core.db.connection import Databases
-from trace_lite.devtools.devchain import DevChain
 from trace_core.operators.cryo_real import freeze
-from trace_lite.devtools.rpcproxy import ProxyProcess, spawn_proxy
 from trace_core.settings import Settings, load_settings
+from trace_lite.devtools.devchain import DevChain
+from trace_lite.devtools.rpcproxy import ProxyProcess, spawn_proxy
 from trace_lite.stack import free_port
 
 DATASETS = ("blocks", "transactions", "logs")

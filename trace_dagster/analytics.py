@@ -20,7 +20,7 @@ Outputs are committed dataset versions (``analytics_<name>``); the op bodies cal
 # No `from __future__ import annotations` here: Dagster resolves annotations at runtime.
 import logging
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from dagster import (
@@ -38,12 +38,21 @@ from dagster import (
     define_asset_job,
     multi_asset,
 )
-from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 from dagster_duckdb import DuckDBResource
 
-from trace_core.analytics import checks, compute
-from trace_core.analytics.jobs import AnalyticsJob, load_analytics_jobs
-from trace_core.chain_sync.planner import parse_partition_key
+from trace_core.engine.analytics import (
+    KIND_OUTPUTS,
+    AnalyticsJob,
+    AssetGroup,
+    analytics_jobs,
+    checks,
+    compute,
+    compute_group,
+    family_stream,
+    groups_of,
+    kinds_of,
+)
+from trace_core.engine.streams import parse_partition_key
 from trace_core.errors import TraceError
 from trace_core.runtime import Runtime
 from trace_dagster.partitions import partitions_def_name, stream_asset_key
@@ -52,6 +61,8 @@ from trace_dagster.resources import TraceResource
 log = logging.getLogger(__name__)
 
 GROUP = "analytics"
+# what define_asset_job returns (its class is not public Dagster API)
+AssetJob = Any
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_]")
@@ -90,33 +101,24 @@ def _check_result(job: str, asset: str, outcome: checks.CheckOutcome) -> AssetCh
     )
 
 
-Compute = Callable[[compute.Context, Any, AnalyticsJob], compute.Result]
-Checker = Callable[[compute.Context, Any, AnalyticsJob, compute.Result], checks.CheckOutcome]
-
-
 def _run(
     context: AssetExecutionContext,
     trace: TraceResource,
     duckdb: DuckDBResource,
     job: AnalyticsJob,
-    fn: Callable[..., compute.Result],
-    names: Sequence[str],
-    checkers: Sequence[tuple[str, Checker]] = (),
+    group: AssetGroup,
 ) -> Iterator[MaterializeResult | AssetCheckResult]:
     rt = trace.get_client()
     try:
-        with rt.state() as state, duckdb.get_connection() as con:
-            ctx = compute.Context(rt.settings, rt.store, state)
-            if context.has_partition_key:
-                start, end = parse_partition_key(context.partition_key)
-                result = fn(ctx, con, job, start, end)
-            else:
-                result = fn(ctx, con, job)
-            outcomes = [(asset, check(ctx, con, job, result)) for asset, check in checkers]
+        with duckdb.get_connection() as con:
+            block_range = (
+                parse_partition_key(context.partition_key) if context.has_partition_key else None
+            )
+            result, outcomes = compute_group(rt, con, job, group, block_range)
     except TraceError as exc:
         raise Failure(description=f"{type(exc).__name__}: {exc}") from exc
-    context.log.info(f"job {job.job}: committed {', '.join(names)} {result.summary or ''}")
-    for name in names:
+    context.log.info(f"job {job.job}: committed {', '.join(group.names)} {result.summary or ''}")
+    for name in group.names:
         yield MaterializeResult(
             asset_key=analytics_asset_key(job.job, name), metadata=_metadata(result, name)
         )
@@ -138,207 +140,55 @@ def _spec(
     )
 
 
-def _partitions(job: AnalyticsJob, stream: str) -> DynamicPartitionsDefinition:
-    return DynamicPartitionsDefinition(name=partitions_def_name(job.job, stream))
+def group_asset(job: AnalyticsJob, group: AssetGroup) -> AssetsDefinition:
+    """One ``@multi_asset`` for a row of ``analytics.catalog.ASSET_GROUPS``: its outputs depend
+    on the family's stream (or on the outputs it reads), partitioned like that stream if the
+    group is per range, with the group's checks."""
+    stream = family_stream(job, group.family)
+    assert stream is not None
+    key = lambda n: analytics_asset_key(job.job, n)  # noqa: E731
+    deps = [key(n) for n in group.inputs] or [stream_asset_key(job.job, stream)]
+
+    @multi_asset(
+        name=f"{key(group.names[0]).path[1]}__{group.op}",
+        specs=[_spec(job, name, description, deps) for name, description in group.outputs],
+        check_specs=[
+            AssetCheckSpec(c.name, asset=key(c.asset), description=c.description)
+            for c in group.checks
+        ],
+        partitions_def=(
+            DynamicPartitionsDefinition(name=partitions_def_name(job.job, stream))
+            if group.partitioned
+            else None
+        ),
+        can_subset=False,
+    )
+    def _group(
+        context: AssetExecutionContext, trace: TraceResource, duckdb: DuckDBResource
+    ) -> Iterator[Any]:
+        yield from _run(context, trace, duckdb, job, group)
+
+    return _group
 
 
 def job_assets(job: AnalyticsJob) -> list[AssetsDefinition]:
     """The analytics assets of one job (balances and supply, staking: whichever it sets)."""
-    out: list[AssetsDefinition] = []
-    key = lambda n: analytics_asset_key(job.job, n)  # noqa: E731
-    if job.spec.balance_diffs is not None:
-        stream = job.spec.balance_diffs
-        raw = stream_asset_key(job.job, stream)
-
-        @multi_asset(
-            name=f"{key('balance_changes').path[1]}__balance_range",
-            specs=[
-                _spec(
-                    job,
-                    "balance_changes",
-                    "per block and account: balance after the block and its net change (DECIMAL(38,0) wei)",
-                    [raw],
-                ),
-                _spec(
-                    job,
-                    "supply_deltas",
-                    "per block: net native supply change, minted, burned",
-                    [raw],
-                ),
-            ],
-            partitions_def=_partitions(job, stream),
-            can_subset=False,
-        )
-        def balance_range(
-            context: AssetExecutionContext, trace: TraceResource, duckdb: DuckDBResource
-        ) -> Iterator[Any]:
-            yield from _run(
-                context,
-                trace,
-                duckdb,
-                job,
-                compute.balance_range,
-                ["balance_changes", "supply_deltas"],
-            )
-
-        @multi_asset(
-            name=f"{key('native_supply').path[1]}__native_supply",
-            specs=[
-                _spec(
-                    job,
-                    "native_supply",
-                    "native supply at every block of the window (genesis + changes)",
-                    [key("supply_deltas")],
-                )
-            ],
-            check_specs=[
-                AssetCheckSpec(
-                    "supply_matches_chain",
-                    asset=key("native_supply"),
-                    description="sum of eth_getBalance over known accounts at sampled blocks",
-                ),
-            ],
-        )
-        def native_supply(
-            context: AssetExecutionContext, trace: TraceResource, duckdb: DuckDBResource
-        ) -> Iterator[Any]:
-            yield from _run(
-                context,
-                trace,
-                duckdb,
-                job,
-                compute.native_supply,
-                ["native_supply"],
-                [("native_supply", checks.supply_matches_chain)],
-            )
-
-        @multi_asset(
-            name=f"{key('top_accounts').path[1]}__top_accounts",
-            specs=[
-                _spec(
-                    job,
-                    "top_accounts",
-                    "current top N accounts by native balance",
-                    [key("balance_changes")],
-                ),
-                _spec(
-                    job,
-                    "top_account_history",
-                    "each top account's balance at every synced range end",
-                    [key("balance_changes")],
-                ),
-            ],
-            check_specs=[
-                AssetCheckSpec(
-                    "top_accounts_match_chain",
-                    asset=key("top_account_history"),
-                    description="eth_getBalance at sampled range ends",
-                ),
-            ],
-            can_subset=False,
-        )
-        def top_accounts(
-            context: AssetExecutionContext, trace: TraceResource, duckdb: DuckDBResource
-        ) -> Iterator[Any]:
-            yield from _run(
-                context,
-                trace,
-                duckdb,
-                job,
-                compute.top_accounts,
-                ["top_accounts", "top_account_history"],
-                [("top_account_history", checks.top_accounts_match_chain)],
-            )
-
-        out += [balance_range, native_supply, top_accounts]
-    if job.spec.staking is not None:
-        logs = job.spec.staking.logs
-        raw_logs = stream_asset_key(job.job, logs)
-
-        @multi_asset(
-            name=f"{key('staking_events').path[1]}__staking_range",
-            specs=[
-                _spec(
-                    job,
-                    "staking_events",
-                    "decoded staking precompile events (Delegate, Undelegate, ...)",
-                    [raw_logs],
-                )
-            ],
-            partitions_def=_partitions(job, logs),
-        )
-        def staking_range(
-            context: AssetExecutionContext, trace: TraceResource, duckdb: DuckDBResource
-        ) -> Iterator[Any]:
-            yield from _run(context, trace, duckdb, job, compute.staking_range, ["staking_events"])
-
-        @multi_asset(
-            name=f"{key('validator_stake').path[1]}__staking_concentration",
-            specs=[
-                _spec(
-                    job,
-                    "validator_stake",
-                    "per validator stake and delegator count over time",
-                    [key("staking_events")],
-                ),
-                _spec(
-                    job,
-                    "staking_concentration",
-                    "HHI, Nakamoto coefficient and top-k share over time",
-                    [key("staking_events")],
-                ),
-            ],
-            check_specs=[
-                AssetCheckSpec(
-                    "stake_is_consistent",
-                    asset=key("staking_concentration"),
-                    description="totals agree and metrics are within bounds",
-                ),
-            ],
-            can_subset=False,
-        )
-        def staking_concentration(
-            context: AssetExecutionContext, trace: TraceResource, duckdb: DuckDBResource
-        ) -> Iterator[Any]:
-            yield from _run(
-                context,
-                trace,
-                duckdb,
-                job,
-                compute.staking_concentration,
-                ["validator_stake", "staking_concentration"],
-                [("staking_concentration", checks.stake_is_consistent)],
-            )
-
-        out += [staking_range, staking_concentration]
-    return out
+    return [group_asset(job, group) for group in groups_of(job)]
 
 
 # --- automation: a sensor requests due work (trace_core.analytics.plan) ---------------------
-
-_KIND_ASSETS = {
-    "balance_range": ("balance_changes", "supply_deltas"),
-    "balance_rollups": ("native_supply", "top_accounts", "top_account_history"),
-    "staking_range": ("staking_events",),
-    "staking_rollups": ("validator_stake", "staking_concentration"),
-}
 
 
 def job_name(job: str, kind: str) -> str:
     return f"analytics__{_UNSAFE.sub('_', job)}__{kind}"
 
 
-def analytics_jobs(jobs: Sequence[AnalyticsJob]) -> list[UnresolvedAssetJobDefinition]:
+def analytics_job_defs(jobs: Sequence[AnalyticsJob]) -> list[AssetJob]:
     """One asset job per (analytics job, kind) the sensor can request."""
     out = []
     for job in jobs:
-        kinds = []
-        if job.spec.balance_diffs is not None:
-            kinds += ["balance_range", "balance_rollups"]
-        if job.spec.staking is not None:
-            kinds += ["staking_range", "staking_rollups"]
-        for kind in kinds:
-            keys = [analytics_asset_key(job.job, n) for n in _KIND_ASSETS[kind]]
+        for kind in kinds_of(job):
+            keys = [analytics_asset_key(job.job, n) for n in KIND_OUTPUTS[kind]]
             out.append(
                 define_asset_job(
                     job_name(job.job, kind),
@@ -349,14 +199,11 @@ def analytics_jobs(jobs: Sequence[AnalyticsJob]) -> list[UnresolvedAssetJobDefin
     return out
 
 
-def analytics_definitions(
-    rt: Runtime,
-) -> tuple[list[AssetsDefinition], list[UnresolvedAssetJobDefinition]]:
+def analytics_definitions(rt: Runtime) -> tuple[list[AssetsDefinition], list[AssetJob]]:
     """Assets and asset jobs for every applied job with analytics (none if state is down)."""
     try:
-        with rt.state() as conn:
-            jobs = load_analytics_jobs(conn, rt.settings.org_id)
+        jobs = analytics_jobs(rt)
     except TraceError as exc:
         log.warning("no analytics assets: state unavailable (%s)", exc)
         jobs = []
-    return [a for job in jobs for a in job_assets(job)], analytics_jobs(jobs)
+    return [a for job in jobs for a in job_assets(job)], analytics_job_defs(jobs)

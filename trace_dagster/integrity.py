@@ -22,9 +22,8 @@ from dagster import (
     op,
 )
 
-from trace_core.chain_sync.store import StreamRow
+from trace_core.engine.integrity import RangeResult, StreamRow, integrity_tick, select_streams
 from trace_core.errors import TraceError
-from trace_core.integrity.verify import RangeResult, integrity_tick, select_streams
 from trace_core.runtime import Runtime
 from trace_dagster.partitions import partitions_def_name, stream_asset_key
 from trace_dagster.resources import TraceResource

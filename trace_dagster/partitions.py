@@ -2,7 +2,7 @@
 
 Each asset is materializable: launching a partition (UI, ``materialize``, a backfill) revives
 that range's task if it is dead, or runs it now if it is queued, in that run
-(``trace_core.worker.run_range``), and reports the committed version like the worker
+(``trace_core.engine.revive.run_range``), and reports the committed version like the worker
 does. The worker's own runs keep reporting ranges they commit as materializations of the same
 partitions.
 """
@@ -14,15 +14,19 @@ import re
 from dagster import (
     AssetExecutionContext,
     AssetKey,
+    AssetMaterialization,
+    AssetObservation,
     AssetsDefinition,
     DynamicPartitionsDefinition,
     Failure,
     MaterializeResult,
+    MetadataValue,
     asset,
 )
 
-from trace_core.chain_sync import store
-from trace_core.chain_sync.store import StreamRow
+from trace_core.engine.execute import TaskOutcome
+from trace_core.engine.revive import run_range
+from trace_core.engine.streams import RangeLabel, StreamRow, list_streams, range_partition_key
 from trace_core.errors import TraceError
 from trace_core.runtime import Runtime
 from trace_dagster.resources import TraceResource
@@ -40,12 +44,56 @@ def stream_asset_key(job_name: str, dataset_key: str) -> AssetKey:
     return AssetKey(["chain_sync", _UNSAFE.sub("_", job_name), dataset_key])
 
 
+def materialization_for(outcome: TaskOutcome) -> AssetMaterialization | None:
+    """A committed chain_sync range as a materialized partition of its stream asset."""
+    label, out = RangeLabel.of(outcome.payload), outcome.outputs
+    if outcome.status != "succeeded" or not label.is_chain_sync_range or not label.block_range:
+        return None
+    start, end = label.block_range
+    meta: dict[str, str | int] = {
+        "block_range": f"[{start}, {end})",
+        "task_id": str(outcome.task_id),
+        "attempt": outcome.attempt or 0,
+    }
+    for name in ("dataset_version", "manifest_key", "storage_prefix"):
+        if name in out:
+            meta[name] = str(out[name])
+    for name in ("row_count", "bytes", "file_count"):
+        if name in out:
+            meta[name] = int(out[name])
+    return AssetMaterialization(
+        asset_key=stream_asset_key(str(label.job_name), str(label.dataset_key)),
+        partition=range_partition_key(start, end),
+        metadata={k: MetadataValue.text(v) if isinstance(v, str) else v for k, v in meta.items()},
+    )
+
+
+def dead_range_observation(outcome: TaskOutcome) -> AssetObservation | None:
+    """A chain_sync range that ended dead, as an observation of its stream partition carrying
+    the last error and how to revive it (the UI shows it in the asset's events)."""
+    label = RangeLabel.of(outcome.payload)
+    if outcome.status != "dead" or not label.is_chain_sync_range or not label.block_range:
+        return None
+    return AssetObservation(
+        asset_key=stream_asset_key(str(label.job_name), str(label.dataset_key)),
+        partition=range_partition_key(*label.block_range),
+        metadata={
+            "status": "dead",
+            "task_id": str(outcome.task_id),
+            "attempt": outcome.attempt or 0,
+            "last_error": MetadataValue.text(outcome.error or ""),
+            "revive": MetadataValue.text(
+                "re-execute this run, materialize this partition, or "
+                f"trace-lite retry --task {outcome.task_id}"
+            ),
+        },
+    )
+
+
 def materialize_range(
     context: AssetExecutionContext, rt: Runtime, job_name: str, dataset_key: str
 ) -> MaterializeResult:
     """The stream asset's body: run the partition's range now (reviving it if dead)."""
-    from trace_core.worker import run_range
-    from trace_dagster.jobs import materialization_for
 
     key = context.partition_key
     try:
@@ -101,8 +149,7 @@ def stream_assets(rt: Runtime) -> list[AssetsDefinition]:
     """Assets for every applied stream; empty (with a log line naming the cause) if state is
     unreachable or not migrated (``trace-lite up`` and ``trace-lite migrate`` migrate it)."""
     try:
-        with rt.state() as conn:
-            streams = store.list_streams(conn, rt.settings.org_id)
+        streams = list_streams(rt)
     except TraceError as exc:
         log.warning("no stream assets: state unavailable (%s)", exc)
         return []

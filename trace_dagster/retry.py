@@ -1,11 +1,9 @@
 """Reviving from the Dagster UI: a re-executed ``trace_worker`` run revives its dead tasks."""
 
 # No `from __future__ import annotations` here: Dagster resolves op annotations at runtime.
-import uuid
-
 from dagster import DagsterRun, OpExecutionContext
 
-from trace_core.chain_sync.revive import SOURCE_RERUN, prepare_rerun
+from trace_core.engine.revive import revive_for_rerun
 from trace_core.runtime import Runtime
 
 # Dagster's automatic run retries (run_retries in dagster.yaml) carry this tag; a re-execution a
@@ -20,18 +18,12 @@ def is_manual_reexecution(run: DagsterRun) -> bool:
 
 
 def revive_for_reexecution(context: OpExecutionContext, rt: Runtime, task_ids: list[str]) -> None:
-    """Before a re-executed run (``parent_run_id`` set) executes its batch: revive the dead tasks
-    (fresh budget, range rescheduled) and make backed-off retries due now. Their outbox wake-ups
-    are delayed by one lease, a backstop in case this run dies before claiming them."""
+    """Before a re-executed run (``parent_run_id`` set) executes its batch: revive its dead
+    tasks and make backed-off retries due now (``engine.revive.revive_for_rerun``)."""
     run = context.dagster_run
-    with rt.state() as conn, conn.transaction():
-        prep = prepare_rerun(
-            conn,
-            [uuid.UUID(t) for t in task_ids],
-            source=SOURCE_RERUN,
-            detail=f"dagster run {run.run_id} (re-executes {run.parent_run_id})",
-            wake_delay_seconds=rt.settings.lease_seconds,
-        )
+    prep = revive_for_rerun(
+        rt, task_ids, detail=f"dagster run {run.run_id} (re-executes {run.parent_run_id})"
+    )
     for o in prep.revived:
         context.log.info(
             f"revived task {o.task_id} ({o.label}) after {o.attempts} attempt(s); "

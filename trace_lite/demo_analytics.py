@@ -15,13 +15,14 @@ from typing import Any
 
 from rich.console import Console
 
-from trace_lite.devtools import devstaking
 from trace_core.datasets.registry import versions_for_stream
-from trace_lite.devtools.devchain import DevChain
 from trace_core.errors import TraceError
 from trace_core.rpc.client import hex_int
 from trace_core.runtime import Runtime
 from trace_core.settings import REPO_ROOT, Settings
+from trace_lite.devtools import devstaking
+from trace_lite.devtools.devchain import DevChain
+from trace_lite.render import print_response
 
 DEMO_ANALYTICS_FILE = REPO_ROOT / "examples" / "chain_sync.demo_analytics.yaml"
 ROLLUPS = ("analytics_native_supply", "analytics_top_accounts", "analytics_staking_concentration")
@@ -97,7 +98,6 @@ def show(
 ) -> dict[str, Any]:
     """Print the three demos; return the responses (and the chain's supply) for tests."""
     from trace_core.query.app import query_http
-    from trace_lite.demo import _print_response
 
     with console.status("waiting for the analytics assets (trace_analytics sensor)..."):
         wait_for_rollups(rt, chain_id, to_block, deadline)
@@ -110,7 +110,7 @@ def show(
         ("concentration", "Demo 4: staking concentration over time", CONCENTRATION_SQL),
     ):
         out[key] = query_http(settings, sql)
-        _print_response(console, title, out[key])
+        print_response(console, title, out[key])
     if chain is not None:
         last = to_block - 1
         supply = next(int(r[1]) for r in out["supply"]["rows"] if int(r[0]) == last)

@@ -14,14 +14,12 @@ import pytest
 from dagster import AssetsDefinition, DagsterInstance, Definitions, instance_for_test, materialize
 
 from tests.conftest import clone_databases, drop_databases
-from trace_lite.devtools import devstaking
 from trace_core.analytics import compute
 from trace_core.analytics.jobs import get_analytics_job
 from trace_core.chain_sync import store
 from trace_core.chain_sync.planner import range_partition_key
 from trace_core.chain_sync.yamlload import load_job_file
 from trace_core.datasets import registry
-from trace_lite.devtools.devchain import DevChain
 from trace_core.errors import DatasetNotSynced, InvalidJobFile
 from trace_core.rpc.client import hex_int
 from trace_core.runtime import Runtime
@@ -29,6 +27,8 @@ from trace_core.settings import load_settings
 from trace_dagster.analytics import analytics_asset_key
 from trace_dagster.definitions import build_definitions
 from trace_dagster.driver import drive_until_idle
+from trace_lite.devtools import devstaking
+from trace_lite.devtools.devchain import DevChain
 
 BLOCKS = 600
 CHUNK = 200

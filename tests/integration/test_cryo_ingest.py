@@ -24,7 +24,7 @@ from trace_core.datasets import ids, registry
 from trace_core.datasets.cryo_schemas import arrow_schema
 from trace_core.datasets.manifest import load_manifest
 from trace_core.db.connection import Databases
-from trace_lite.devtools.devchain import DevChain
+from trace_core.engine.execute import execute_task
 from trace_core.errors import (
     ArtifactCapExceeded,
     ArtifactInvalid,
@@ -40,6 +40,7 @@ from trace_core.errors import (
     UnknownCryoDataset,
 )
 from trace_core.operators import cryo_ingest
+from trace_core.operators.base import OperatorRegistry
 from trace_core.operators.cryo_ingest import (
     CryoIngestPayload,
     IngestResult,
@@ -55,7 +56,7 @@ from trace_core.storage import LocalStore, ObjectStore
 from trace_core.storage.s3 import S3Store
 from trace_core.tasks import RetryPolicy, claim, complete_failure, create_task
 from trace_core.tasks.lifecycle import Lease
-from trace_core.worker import OperatorRegistry, execute_task
+from trace_lite.devtools.devchain import DevChain
 
 POOL = "anvil"
 ENV_VAR = "TRACE_RPC_POOL_ANVIL_URL"

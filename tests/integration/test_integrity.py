@@ -16,15 +16,15 @@ from trace_core.chain_sync.yamlload import load_job_file
 from trace_core.cli.main import cli
 from trace_core.datasets import registry
 from trace_core.db.migrate import migrate
-from trace_lite.devtools.devchain import DevChain
-from trace_core.dispatcher import dispatch_tick
+from trace_core.engine.dispatcher import dispatch_tick
+from trace_core.engine.execute import execute_task
 from trace_core.integrity import verify
 from trace_core.runtime import Runtime
 from trace_core.settings import load_settings
-from trace_core.worker import execute_task
 from trace_dagster.integrity import CHECK_NAME, integrity_job
 from trace_dagster.partitions import partitions_def_name, stream_asset_key
 from trace_dagster.resources import TraceResource
+from trace_lite.devtools.devchain import DevChain
 
 JOB = """kind: chain_sync
 name: integ

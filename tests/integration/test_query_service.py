@@ -735,8 +735,9 @@ def test_worker_issues_per_task_tokens_at_claim(
     client: httpx.Client, settings: Settings, dbs: Databases, blocks: VersionRecord
 ) -> None:
     """Each claimed attempt gets its own token, pinned to its payload's grants only."""
+    from trace_core.engine.execute import execute_task
+    from trace_core.operators.base import Completion, OperatorContext, OperatorRegistry
     from trace_core.runtime import Runtime
-    from trace_core.worker import Completion, OperatorContext, OperatorRegistry, execute_task
 
     tokens: list[str] = []
 

@@ -11,14 +11,14 @@ from contextlib import ExitStack
 import pytest
 
 from tests.integration.test_cryo_ingest import POOL, _payload
-from trace_lite.devtools.devchain import DevChain
+from trace_core.engine.execute import execute_batch
 from trace_core.errors import ConfigError
 from trace_core.operators.cryo_payload import CryoIngestPayload, cryo_kwargs
 from trace_core.rpc.limits import PoolLimits, extraction_slot, held_slots, pool_limits
 from trace_core.runtime import Runtime
 from trace_core.tasks import claim, create_task
 from trace_core.tasks.lifecycle import Lease
-from trace_core.worker import execute_batch
+from trace_lite.devtools.devchain import DevChain
 
 
 class NoSlot(Exception):

@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from trace_lite.devtools.devchain import DevChain
 from trace_core.rpc.client import RpcClient
+from trace_lite.devtools.devchain import DevChain
 from trace_lite.devtools.rpcproxy import (
     STATS_PATH,
     UPSTREAM_ERROR_CODE,

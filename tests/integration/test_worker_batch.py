@@ -8,18 +8,12 @@ import uuid
 
 import pytest
 
+from trace_core.engine.execute import execute_batch
+from trace_core.engine.intake import receive_wakeups, record_runs, recover_stranded
+from trace_core.operators.base import Completion, OperatorContext, OperatorRegistry
 from trace_core.queue.base import TASK_WAKEUP
 from trace_core.runtime import Runtime
 from trace_core.tasks import create_task
-from trace_core.worker import (
-    Completion,
-    OperatorContext,
-    OperatorRegistry,
-    execute_batch,
-    receive_wakeups,
-    record_runs,
-    recover_stranded,
-)
 
 
 def _create(rt: Runtime, n: int, operator: str = "probe") -> list[uuid.UUID]:

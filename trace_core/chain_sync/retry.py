@@ -217,7 +217,7 @@ def prepare_range(
     """Make the range behind a stream partition runnable now: revive its task if dead (its
     queued retry made due now). A committed range is reported as is. Raises
     ``ChainSyncJobNotFound``/``UnknownStream``/``UnknownRange`` for a partition that is no
-    planned range. The caller executes the task (``trace_core.worker.run_range``)."""
+    planned range. The caller executes the task (``trace_core.engine.revive.run_range``)."""
     try:
         block_range = parse_partition_key(partition_key)
     except ValueError:

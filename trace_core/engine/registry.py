@@ -1,28 +1,22 @@
 """The built-in operators and their completion hooks, assembled into a registry.
 
-``default_registry()`` is built once per worker run and passed to ``worker.execute_batch``.
+``default_registry()`` is built once per worker run (``engine.worker_run.run_worker``) and
+passed to ``engine.execute.execute_batch``. Tests add their own operators (``noop``, ``fail``:
+tests/operators.py) with ``extend_default_registry``; production registers only these.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from trace_core.alerts import evaluate
 from trace_core.chain_sync import planner
-from trace_core.errors import FatalError, TraceError
 from trace_core.operators import block_follower, parquet_compact
-from trace_core.operators.base import Completion, OperatorContext, OperatorRegistry
+from trace_core.operators.base import OperatorRegistry
 from trace_core.operators.cryo_ingest import cryo_ingest_operator
 
-
-def _noop(ctx: OperatorContext) -> Completion:
-    return Completion(outputs={"noop": True})
-
-
-def _failing_operator(ctx: OperatorContext) -> Completion:
-    """Test operator: fails as its payload says (``fatal``: bool, ``message``)."""
-    payload = ctx.lease.payload
-    if payload.get("fatal"):
-        raise FatalError(str(payload.get("message", "fatal failure")))
-    raise TraceError(str(payload.get("message", "retryable failure")))
+Registration = Callable[[OperatorRegistry], None]
+_EXTENSIONS: list[Registration] = []
 
 
 def register_builtin(registry: OperatorRegistry) -> None:
@@ -40,10 +34,17 @@ def register_builtin(registry: OperatorRegistry) -> None:
     registry.register(evaluate.OPERATOR, evaluate.alert_evaluate_operator)
 
 
+def extend_default_registry(registration: Registration) -> None:
+    """Add ``registration`` to every ``default_registry()`` this process builds from now on
+    (the test suite registers its ``noop``/``fail`` operators this way). Idempotent."""
+    if registration not in _EXTENSIONS:
+        _EXTENSIONS.append(registration)
+
+
 def default_registry() -> OperatorRegistry:
-    """A registry of every built-in operator (plus the ``noop`` and ``fail`` test operators)."""
+    """A registry of every built-in operator, plus any ``extend_default_registry`` added."""
     reg = OperatorRegistry()
-    reg.register("noop", _noop)
-    reg.register("fail", _failing_operator)
+    for registration in _EXTENSIONS:
+        registration(reg)
     register_builtin(reg)
     return reg

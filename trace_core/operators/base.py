@@ -69,7 +69,7 @@ DeadHook = Callable[[Connection[Any], Lease], None]
 class OperatorRegistry:
     """Operator name -> implementation, plus per-operator completion hooks.
 
-    Build one per run (``trace_core.builtin_operators.default_registry``) and pass it to the
+    Build one per run (``trace_core.operator_registry.default_registry``) and pass it to the
     worker; registering a name twice replaces the operator and its hooks.
     """
 

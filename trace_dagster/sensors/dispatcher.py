@@ -14,7 +14,7 @@ from dagster import (
     sensor,
 )
 
-from trace_core.dispatcher import all_partitions, dispatch_tick
+from trace_core.engine.dispatcher import all_partitions, dispatch_tick
 from trace_core.runtime import Runtime
 from trace_dagster.partitions import partitions_def_name
 from trace_dagster.resources import TraceResource

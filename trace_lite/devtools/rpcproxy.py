@@ -548,7 +548,9 @@ class FaultHook(ProxyHook):
         if method == "eth_getLogs" and f.omit_logs_of_block is not None and upstream:
             logs = upstream.get("result") or []
             kept = [
-                log for log in logs if int(log.get("blockNumber", "0x0"), 16) != f.omit_logs_of_block
+                log
+                for log in logs
+                if int(log.get("blockNumber", "0x0"), 16) != f.omit_logs_of_block
             ]
             if len(kept) != len(logs):
                 self._hit("omit_logs")
