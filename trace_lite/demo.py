@@ -125,7 +125,7 @@ def _progress(console: Console, rt: Runtime, job: str, deadline: float) -> None:
 
 
 def _query(settings: Settings, sql: str, job: str) -> dict[str, Any]:
-    from trace_core.query.app import query_http
+    from trace_core.query.client import query_http
 
     return query_http(settings, sql, job)
 

@@ -97,7 +97,7 @@ def show(
     deadline: float,
 ) -> dict[str, Any]:
     """Print the three demos; return the responses (and the chain's supply) for tests."""
-    from trace_core.query.app import query_http
+    from trace_core.query.client import query_http
 
     with console.status("waiting for the analytics assets (trace_analytics sensor)..."):
         wait_for_rollups(rt, chain_id, to_block, deadline)

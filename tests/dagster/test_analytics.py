@@ -235,7 +235,8 @@ def test_supply_top_accounts_and_staking_match_the_chain(synced: Synced) -> None
 
     # the Query Service reads the outputs like any dataset, exact decimals included
     from tests.integration.test_query_service import post, serving
-    from trace_core.query.app import create_app, local_user_token
+    from trace_core.query.app import create_app
+    from trace_core.query.client import local_user_token
 
     sql = "SELECT block_number, supply FROM analytics_native_supply ORDER BY block_number DESC LIMIT 1"
     with serving(create_app(s.rt.settings, s.rt.dbs, s.rt.store, hot_sources=None)) as client:

@@ -29,8 +29,9 @@ from trace_core.chain_sync.planner import range_partition_key
 from trace_core.chain_sync.yamlload import load_job_file, parse_job
 from trace_core.datasets.events import DATASET_EVENTS
 from trace_core.errors import AccessDenied, InvalidJobFile, QueryError
-from trace_core.query.app import create_app, query_http
+from trace_core.query.app import create_app
 from trace_core.query.attach import user_versions
+from trace_core.query.client import query_http
 from trace_core.query.tokens import issue_user_token, verify_user_token
 from trace_core.rpc.client import hex_int
 from trace_core.runtime import Runtime

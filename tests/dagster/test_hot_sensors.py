@@ -32,7 +32,8 @@ from trace_core.datasets import registry
 from trace_core.engine.dispatcher import dispatch_tick
 from trace_core.engine.service_steps import compactor_step, follower_step
 from trace_core.errors import InvalidJobFile
-from trace_core.query.app import create_app, local_user_token
+from trace_core.query.app import create_app
+from trace_core.query.client import local_user_token
 from trace_core.runtime import Runtime
 from trace_core.settings import load_settings
 from trace_dagster.definitions import build_definitions

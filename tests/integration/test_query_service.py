@@ -32,8 +32,9 @@ from trace_core.datasets.manifest import DatasetManifest, ManifestFile
 from trace_core.datasets.registry import VersionRecord
 from trace_core.db.connection import Databases
 from trace_core.errors import QueryError, RetryableError
-from trace_core.query.app import create_app, local_user_token, query_http
+from trace_core.query.app import create_app
 from trace_core.query.attach import HotSource
+from trace_core.query.client import local_user_token, query_http
 from trace_core.query.tokens import DatasetPin, issue_task_token, issue_user_token
 from trace_core.settings import Settings
 from trace_core.storage.local import LocalStore

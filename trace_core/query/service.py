@@ -1,7 +1,8 @@
-"""The Query Service: a Starlette app answering sandboxed SQL over committed datasets.
+"""The Query Service pipeline (``QueryService``): sandboxed SQL over committed datasets.
 
-``POST /v1/query`` (bearer user token) and ``POST /v1/task-query`` (bearer task capability
-token) take ``{"sql", "datasets"?, "max_rows"?, "job"?}`` and answer
+The HTTP app (``query.app``) and the embedded path (``query.client.query_embedded``) both
+call it. Over HTTP, ``POST /v1/query`` (bearer user token) and ``POST /v1/task-query``
+(bearer task capability token) take ``{"sql", "datasets"?, "max_rows"?, "job"?}`` and answer
 ``{"columns", "rows", "row_count", "truncated", "export", "query_id"}``. Errors are
 ``{"error": {"code", "message"}}``: 400 rejected or failing SQL, 401 bad token, 403 grant
 missing or stale task attempt, 404 unknown job, 408 timeout or CPU limit, 413 too large, 422
@@ -15,24 +16,14 @@ audited in ``data.query_audit`` whatever its outcome; refused tokens and grants 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
-import httpx
-import psycopg
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import ConnectionPool
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
 
 from trace_core.db.connection import Databases
 from trace_core.db.queries import q
@@ -75,7 +66,6 @@ from trace_core.query.export import export_result, json_rows
 from trace_core.query.gate import check_limits, sql_fingerprint, validate_sql
 from trace_core.query.tokens import (
     UserClaims,
-    issue_user_token,
     verify_task_token,
     verify_user_token,
 )
@@ -85,8 +75,6 @@ from trace_core.storage.base import ObjectStore
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 1024 * 1024
-LOCAL_USER = "user:local"
 
 _STATUS: list[tuple[type[Exception], int]] = [
     (TokenInvalid, 401),
@@ -433,157 +421,3 @@ def _parse(body: bytes) -> QueryRequest:
         raise QueryError(
             f"invalid request (fields: {', '.join(fields)})", code="bad_request"
         ) from exc
-
-
-# --- HTTP --------------------------------------------------------------------------------
-
-
-def create_app(
-    settings: Settings,
-    dbs: Databases,
-    store: ObjectStore,
-    *,
-    hot_sources: HotSourceResolver | Literal["data"] | None = "data",
-    gate: bool = True,
-) -> Starlette:
-    """The Query Service app. ``store`` is a ``trace_core.storage`` ObjectStore;
-    ``hot_sources`` defaults to the block follower's ``data.hot_*`` tables (None: cold only);
-    ``gate=False`` exists only to test the sandbox on its own."""
-    service = QueryService(settings, dbs, store, hot_sources=hot_sources, gate=gate)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await run_in_threadpool(service.open)
-        try:
-            yield
-        finally:
-            await run_in_threadpool(service.close)
-
-    async def user_query(request: Request) -> JSONResponse:
-        return await _answer(service, "user", request)
-
-    async def task_query(request: Request) -> JSONResponse:
-        return await _answer(service, "task", request)
-
-    async def healthz(request: Request) -> JSONResponse:
-        try:
-            ok = await run_in_threadpool(service.healthy)
-        except (TraceError, psycopg.Error, PoolTimeout):
-            body = error_body("state_unavailable", "state database unavailable")
-            return JSONResponse(body, status_code=503)
-        return JSONResponse({"status": "ok" if ok else "degraded"}, status_code=200 if ok else 503)
-
-    app = Starlette(
-        routes=[
-            Route("/v1/query", user_query, methods=["POST"]),
-            Route("/v1/task-query", task_query, methods=["POST"]),
-            Route("/healthz", healthz, methods=["GET"]),
-        ],
-        lifespan=lifespan,
-    )
-    app.state.service = service
-    return app
-
-
-async def _answer(
-    service: QueryService, kind: Literal["user", "task"], request: Request
-) -> JSONResponse:
-    try:
-        body = await _read_body(request)
-        payload = await run_in_threadpool(
-            service.handle, kind, request.headers.get("authorization"), body
-        )
-    except TraceError as exc:
-        error = client_error(exc)
-        status = error.fields["status"]
-        if not isinstance(exc, QueryError | StorageError):
-            log.error("query service error", extra={"error_code": exc.code, "status": status})
-        return JSONResponse(error_body(error.code, error.message), status_code=status)
-    except Exception:  # translated into a 500; details go to the log, never to the client
-        log.exception("query service internal error")
-        return JSONResponse(error_body("internal", "internal error"), status_code=500)
-    return JSONResponse(payload)
-
-
-async def _read_body(request: Request) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise TooLarge(f"request body is larger than {MAX_BODY_BYTES} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise TooLarge(f"request body is larger than {MAX_BODY_BYTES} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def serve(settings: Settings) -> None:
-    """Run the Query Service with uvicorn on ``settings.query_host:query_port`` (blocks)."""
-    import uvicorn
-
-    from trace_core.db.connection import resolve_databases
-    from trace_core.storage.factory import make_object_store
-
-    app = create_app(settings, resolve_databases(settings), make_object_store(settings))
-    uvicorn.run(app, host=settings.query_host, port=settings.query_port, log_level="info")
-
-
-# --- client ------------------------------------------------------------------------------
-
-
-def public_url(url: str) -> str:
-    """``url`` fit for messages: scheme, host, port and path; no credentials or query."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    try:
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:  # not a number: not worth echoing
-        port = ""
-    return urlunsplit((parts.scheme, f"{host}{port}", parts.path, "", ""))
-
-
-def local_user_token(settings: Settings) -> str:
-    """A token for the local operator: every dataset of the settings' org."""
-    return issue_user_token(settings, sub=LOCAL_USER, datasets="all")
-
-
-def query_http(
-    settings: Settings,
-    sql: str,
-    job: str | None = None,
-    *,
-    max_rows: int | None = None,
-    token: str | None = None,
-) -> dict[str, Any]:
-    """POST ``sql`` to the Query Service at ``settings.resolved_query_url()``.
-
-    Returns the response JSON; raises ``QueryError`` carrying the service's error code (and
-    ``status``), or ``QueryError(code='service_unreachable')``.
-    """
-    body: dict[str, Any] = {"sql": sql}
-    if job is not None:
-        body["job"] = job
-    if max_rows is not None:
-        body["max_rows"] = max_rows
-    url = settings.resolved_query_url().rstrip("/") + "/v1/query"
-    headers = {"Authorization": f"Bearer {token or local_user_token(settings)}"}
-    try:
-        response = httpx.post(
-            url, json=body, headers=headers, timeout=settings.query_timeout_seconds + 30
-        )
-    except httpx.TransportError as exc:
-        raise QueryError(
-            f"cannot reach the Query Service at {public_url(url)}: {exc}",
-            code="service_unreachable",
-        ) from exc
-    if response.status_code == 200:
-        result: dict[str, Any] = response.json()
-        return result
-    try:
-        error = response.json()["error"]
-        code, message = str(error["code"]), str(error["message"])
-    except (ValueError, KeyError, TypeError):
-        code, message = "http_error", f"HTTP {response.status_code}"
-    raise QueryError(message, code=code, status=response.status_code)

@@ -42,6 +42,7 @@ class Attempt(Protocol):
     @property
     def attempt(self) -> int: ...
 
+
 DEFAULT_MAX_CONCURRENT_WITH_RATE = 4
 SLOT_POLL_SECONDS = 0.5
 
