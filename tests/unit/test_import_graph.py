@@ -275,3 +275,22 @@ def test_the_shell_check_sees_a_domain_import(tmp_path: Path) -> None:
         "trace_core.chain_sync.planner",
         "trace_core.chain_sync",
     }
+
+
+def test_the_query_client_does_not_import_the_server() -> None:
+    """``trace-lite query`` over HTTP or embedded needs the pipeline, never the Starlette app."""
+    edges = import_edges(_modules())
+    assert "trace_core.query.app" not in edges["trace_core.query.client"]
+    assert "trace_core.query.service" in edges["trace_core.query.client"]
+
+
+def test_dev_tools_stay_out_of_production_code() -> None:
+    """trace_lite.devtools (local chains, fixtures, proxies) is imported only by the demo and
+    other dev tools, never by trace_core or trace_dagster."""
+    users = sorted(
+        src
+        for src, dsts in import_edges(_modules()).items()
+        if any(d.startswith("trace_lite.devtools") for d in dsts)
+        and not src.startswith(("trace_lite.devtools", "trace_lite.demo"))
+    )
+    assert users == []
