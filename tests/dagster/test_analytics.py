@@ -301,12 +301,12 @@ def test_geth_balance_diffs_needs_state_history(anvil_chain: DevChain, tmp_path:
     """The session chain is pruned (no state at old blocks): cryo's debug_trace call fails
     there, and cryo_ingest reports it as a retryable CryoFailed instead of committing."""
     from trace_core.errors import CryoFailed
-    from trace_core.operators.cryo_ingest import CryoIngestPayload
+    from trace_core.operators.cryo_ingest import CryoIngestTask
     from trace_core.operators.cryo_real import extract_real
     from trace_core.rpc.pool import RpcPool
     from trace_core.settings import Settings
 
-    payload = CryoIngestPayload.parse(
+    payload = CryoIngestTask.parse(
         {
             "chain_id": anvil_chain.chain_id,
             "dataset_key": "geth_balance_diffs",

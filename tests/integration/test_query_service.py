@@ -752,7 +752,7 @@ def test_worker_issues_per_task_tokens_at_claim(
         return Completion(outputs={"status": resp.status_code, "rows": resp.json().get("rows")})
 
     registry = OperatorRegistry()
-    registry.register("reader", reader)
+    registry.register("reader", reader, queries=True)
     rt = Runtime(settings, dbs)
     granted, ungranted = uuid.uuid4(), uuid.uuid4()
     with rt.state() as conn, conn.transaction():

@@ -28,13 +28,12 @@ from trace_core.chain_sync import capabilities
 from trace_core.db.errors import translates_db_errors
 from trace_core.db.queries import q
 from trace_core.errors import DatasetConflict, InvalidPayload, UnknownTask
-from trace_core.operators.cryo_payload import CryoIngestTask
+from trace_core.operators.cryo_payload import OPERATOR, CryoIngestTask
 from trace_core.tasks.lifecycle import Lease, create_task
 
 log = logging.getLogger(__name__)
 
 TASK_NAMESPACE = uuid.UUID("906c0c0c-342d-472f-97a1-2c9b3d4eaab1")
-OPERATOR = "cryo_ingest"
 DEFAULT_MAX_ATTEMPTS = 3
 PARTITION_KEY_DIGITS = 12
 ERROR_MESSAGE_LIMIT = 1024

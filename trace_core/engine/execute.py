@@ -153,7 +153,7 @@ def run_claimed(
     try:
         try:
             hb.check()
-            token = capability_token_for(rt, lease)
+            token = capability_token_for(rt, lease) if registry.queries(lease.operator) else ""
             completion = registry.get(lease.operator)(OperatorContext(rt, lease, hb.lost, token))
         finally:
             hb.stop()

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from trace_core.alerts.delivery import delivery_backlog
 from trace_core.queue.base import BUFFER_QUEUE
 from trace_core.runtime import Runtime
-from trace_core.tasks import recovery
+from trace_core.tasks import retry as task_retry
 
 # Queues whose messages are work still owed before the system is idle (task wake-ups are
 # covered by the task table itself).
@@ -31,7 +31,7 @@ class OutstandingWork:
 def outstanding_work(rt: Runtime) -> OutstandingWork:
     """``OutstandingWork`` now (``trace-lite run --until-idle`` stops when it is idle)."""
     with rt.state() as conn:
-        active, dead, pending = recovery.outstanding_counts(conn)
+        active, dead, pending = task_retry.outstanding_counts(conn)
     queued = 0
     for name in IDLE_QUEUES:
         stats = rt.queue.stats(name)

@@ -20,7 +20,7 @@ from trace_core.db.queries import q
 from trace_core.operators.payload import RangeLabel
 from trace_core.queue.base import TASK_WAKEUP, Message
 from trace_core.runtime import Runtime
-from trace_core.tasks import recovery
+from trace_core.tasks import retry as task_retry
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def record_runs(rt: Runtime, runs: list[tuple[str, list[uuid.UUID]]]) -> None:
     """Record requested worker runs (run key -> task ids) before their wake-ups are acked."""
     if runs:
         with rt.state() as conn, conn.transaction():
-            recovery.record_worker_runs(conn, runs)
+            task_retry.record_worker_runs(conn, runs)
 
 
 def recover_stranded(rt: Runtime, is_alive: Callable[[str], bool], grace_seconds: float) -> int:
@@ -88,13 +88,13 @@ def recover_stranded(rt: Runtime, is_alive: Callable[[str], bool], grace_seconds
     with rt.state() as conn:
         stranded = [
             run
-            for run in recovery.open_worker_runs(conn, grace_seconds=grace)
+            for run in task_retry.open_worker_runs(conn, grace_seconds=grace)
             if not is_alive(run.run_key)
         ]
         if not stranded:
             return 0
         with conn.transaction():
-            rewoken = recovery.rewake_stranded(conn, stranded)
+            rewoken = task_retry.rewake_stranded(conn, stranded)
         outbox.drain_all(conn, rt.queue, batch_size=rt.settings.outbox_batch_size)
     return rewoken
 

@@ -11,27 +11,27 @@ from collections.abc import Callable
 
 from trace_core.alerts import evaluate
 from trace_core.chain_sync import planner
-from trace_core.operators import block_follower, parquet_compact
+from trace_core.operators import cryo_ingest
 from trace_core.operators.base import OperatorRegistry
-from trace_core.operators.cryo_ingest import cryo_ingest_operator
 
 Registration = Callable[[OperatorRegistry], None]
 _EXTENSIONS: list[Registration] = []
 
 
 def register_builtin(registry: OperatorRegistry) -> None:
-    """Register cryo_ingest (with chain_sync range hooks), block_follower,
-    parquet_compact and alert_evaluate."""
+    """Register the operators production schedules: cryo_ingest (the planner's ranges, with
+    chain_sync range hooks) and alert_evaluate (alert routing's evaluations, the only one that
+    queries, so the only one issued a capability token). block_follower and parquet_compact
+    run as services (``engine.service_steps``); their operators are registered only by an
+    embedding that schedules them (``operators.block_follower.register``, ...)."""
     registry.register(
-        "cryo_ingest",
-        cryo_ingest_operator,
+        cryo_ingest.OPERATOR,
+        cryo_ingest.cryo_ingest_operator,
         # its commit announces the version (``datasets.commit.commit_version``)
         on_success=[planner.on_task_succeeded],
         on_dead=[planner.on_task_dead],
     )
-    block_follower.register(registry)
-    parquet_compact.register(registry)
-    registry.register(evaluate.OPERATOR, evaluate.alert_evaluate_operator)
+    registry.register(evaluate.OPERATOR, evaluate.alert_evaluate_operator, queries=True)
 
 
 def extend_default_registry(registration: Registration) -> None:

@@ -10,10 +10,11 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from trace_core.chain_sync import retry as chain_sync_retry
+from trace_core.chain_sync import revive as chain_sync_revive
 from trace_core.chain_sync.revive import SOURCE_RERUN, RerunPreparation, prepare_rerun
 from trace_core.engine.execute import TaskOutcome, execute_task
 from trace_core.operators.base import OperatorRegistry
+from trace_core.operators.cryo_payload import OPERATOR as CRYO_INGEST
 from trace_core.runtime import Runtime
 
 
@@ -54,7 +55,7 @@ def run_range(
     it in this process. A committed range is reported as is. Raises ``ChainSyncJobNotFound``/
     ``UnknownStream``/``UnknownRange`` for a partition that is no planned range; task failures
     come back in the outcome, never raised."""
-    prepared = chain_sync_retry.prepare_range(
+    prepared = chain_sync_revive.prepare_range(
         rt, job_name, dataset_key, partition_key, detail=detail
     )
     if prepared.committed is not None:
@@ -63,7 +64,7 @@ def run_range(
             row["task_id"],
             "succeeded",
             row["attempt"],
-            "cryo_ingest",
+            CRYO_INGEST,
             row["payload"] or {},
             row["outputs"] or {},
         )

@@ -30,7 +30,7 @@ from trace_core import outbox
 from trace_core.datasets.events import DATASET_EVENTS
 from trace_core.db.connection import Databases, connect
 from trace_core.db.queries import q
-from trace_core.errors import ChainMismatch, RpcError
+from trace_core.errors import ChainMismatch, ConfigError, RpcError
 from trace_core.hot import reorg
 from trace_core.hot.tables import (
     HOT_DATASETS,
@@ -44,7 +44,8 @@ from trace_core.hot.tables import (
 )
 from trace_core.rpc.client import RpcClient
 from trace_core.rpc.pool import RpcPool
-from trace_core.settings import Settings
+from trace_core.runtime import Runtime
+from trace_core.settings import Settings, rpc_pool_env_var, rpc_pool_urls
 
 log = logging.getLogger(__name__)
 
@@ -487,3 +488,27 @@ def follow_once(
             },
         )
     return result
+
+
+DEFAULT_MAX_BLOCKS = 200
+
+
+def follow_pool(
+    rt: Runtime,
+    chain_id: int,
+    rpc_pool: str,
+    *,
+    max_blocks: int = DEFAULT_MAX_BLOCKS,
+    start_block: int | None = None,
+    batch_size: int | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> FollowResult:
+    """``follow_once`` against the pool's URLs (failing over between them). Raises
+    ``ConfigError`` when the pool is unset."""
+    urls = rpc_pool_urls(rpc_pool, environ)
+    if not urls:
+        raise ConfigError(f"rpc pool {rpc_pool!r} has no URL", field=rpc_pool_env_var(rpc_pool))
+    kwargs: dict[str, Any] = {"start_block": start_block}
+    if batch_size is not None:
+        kwargs["batch_size"] = batch_size
+    return follow_once(rt.settings, rt.dbs, chain_id, urls, max_blocks, **kwargs)

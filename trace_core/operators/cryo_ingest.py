@@ -30,7 +30,6 @@ from psycopg import Connection
 from trace_core.datasets.commit import (
     CommittedVersion,
     StagedOutput,
-    commit_dataset_version,
     commit_version,
     stage_parquet_files,
 )
@@ -42,9 +41,7 @@ from trace_core.errors import (
 )
 from trace_core.operators.base import Completion, OperatorContext
 from trace_core.operators.cryo_fake import extract_fake
-from trace_core.operators.cryo_payload import (
-    CryoIngestPayload,
-)
+from trace_core.operators.cryo_payload import CryoIngestTask
 from trace_core.operators.cryo_real import extract_real
 from trace_core.operators.payload import (
     RangeLabel,
@@ -59,7 +56,6 @@ from trace_core.tasks.lifecycle import Lease
 
 log = logging.getLogger(__name__)
 
-OPERATOR = "cryo_ingest"
 Mode = Literal["real", "fake"]
 
 # cryo names files {network}__{dataset}__{first:08}_to_{last:08}.parquet (network: "ethereum"
@@ -88,9 +84,7 @@ def choose_mode(
 # --- extraction ----------------------------------------------------------------------------
 
 
-def open_pool(
-    p: CryoIngestPayload, settings: Settings, environ: Mapping[str, str] | None
-) -> RpcPool:
+def open_pool(p: CryoIngestTask, settings: Settings, environ: Mapping[str, str] | None) -> RpcPool:
     """The task's RPC pool from the environment. Raises ``ConfigError`` naming the variable."""
     if p.rpc_pool is None:
         raise ConfigError("real cryo mode needs the payload's rpc_pool", field="rpc_pool")
@@ -131,7 +125,7 @@ def check_caps(files: list[Path], settings: Settings) -> None:
         )
 
 
-def check_coverage(p: CryoIngestPayload, files: list[Path]) -> int:
+def check_coverage(p: CryoIngestTask, files: list[Path]) -> int:
     """Verify the files cover ``[range_start, range_end)`` exactly; return the row count.
 
     File names must tile the range without gap or overlap. blocks: every block number exactly
@@ -185,7 +179,7 @@ def check_coverage(p: CryoIngestPayload, files: list[Path]) -> int:
     return rows
 
 
-def check_log_receipts(p: CryoIngestPayload, rpc: JsonRpc, rows: int) -> None:
+def check_log_receipts(p: CryoIngestTask, rpc: JsonRpc, rows: int) -> None:
     """Compare a logs range's row count with receipts (``eth_getBlockReceipts``): a node can
     answer ``eth_getLogs`` without some logs. A mismatch is a ``CoverageError`` (retryable)."""
     expected = rpc.log_count(p.range_start, p.range_end)
@@ -237,7 +231,7 @@ def extract_and_stage(
     request-rate limits, which hold across runs and machines); without it, none is taken.
     """
     timings = {} if timings is None else timings
-    p = CryoIngestPayload.parse(lease.payload, org_id=org_id or settings.org_id)
+    p = CryoIngestTask.parse(lease.payload, org_id=org_id or settings.org_id)
     mode, _url = choose_mode(settings, p.rpc_pool, environ)
     out_dir = attempt_staging_dir(settings, lease)
     if out_dir.exists():
@@ -297,7 +291,7 @@ def extract_and_stage(
         task_id=lease.task_id,
         attempt=lease.attempt,
         org_id=org_id or settings.org_id,
-        dataset_uuid=p.dataset_uuid,
+        dataset_uuid=p.dataset_id,
         dataset_key=p.dataset_key,
         chain_id=p.chain_id,
         range_start=p.range_start,
@@ -340,7 +334,7 @@ def run_cryo_ingest(
     )
     t0 = time.perf_counter()
     with state() as conn:
-        committed = commit_dataset_version(conn, store, lease, staged)
+        committed = commit_staged(conn, store, staged, lease)
     timings["commit"] = time.perf_counter() - t0
     rows = committed.record.row_count
     log.info(
@@ -348,6 +342,18 @@ def run_cryo_ingest(
         extra={"task_id": str(lease.task_id), "attempt": lease.attempt, "rows": rows, **timings},
     )
     return IngestResult(committed, mode, rows, timings)
+
+
+def commit_staged(
+    conn: Connection[Any], store: ObjectStore, staged: StagedOutput, lease: Lease
+) -> CommittedVersion:
+    """Commit a staged range for its attempt (fence, publish, register, finish the task); a
+    range a chain_sync job planned announces its version (alerts route it by job). The one
+    commit both entry points use."""
+    job_name = RangeLabel.of(lease.payload).job_name
+    return commit_version(
+        conn, store, staged, lease=lease, announce=job_name is not None, job_name=job_name
+    )
 
 
 def cryo_ingest_operator(ctx: OperatorContext) -> Completion:
@@ -359,13 +365,7 @@ def cryo_ingest_operator(ctx: OperatorContext) -> Completion:
         rt.settings, store, ctx.lease, check=ctx.check_lease, state=rt.state
     )
 
-    job_name = RangeLabel.of(ctx.lease.payload).job_name
-
     def commit(conn: Connection[Any]) -> dict[str, Any]:
-        # a range a chain_sync job planned announces its version (alerts route it by job)
-        committed = commit_version(
-            conn, store, staged, lease=ctx.lease, announce=job_name is not None, job_name=job_name
-        )
-        return {**committed.outputs(), "mode": mode}
+        return {**commit_staged(conn, store, staged, ctx.lease).outputs(), "mode": mode}
 
     return Completion(outputs={}, commit=commit)

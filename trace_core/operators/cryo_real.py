@@ -27,7 +27,7 @@ from trace_core.rpc.pool import Endpoint, RpcPool
 from trace_core.settings import Settings
 
 if TYPE_CHECKING:
-    from trace_core.operators.cryo_payload import CryoIngestPayload
+    from trace_core.operators.cryo_payload import CryoIngestTask
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class ExtractReport:
 
 
 def extract_real(
-    p: CryoIngestPayload,
+    p: CryoIngestTask,
     pool: RpcPool,
     out_dir: Path,
     settings: Settings,
@@ -105,7 +105,7 @@ STAGING_MIN_FREE_BYTES = 1024 * 1024
 class _Run:
     def __init__(
         self,
-        p: CryoIngestPayload,
+        p: CryoIngestTask,
         endpoints: list[Endpoint],
         out_dir: Path,
         settings: Settings,

@@ -4,7 +4,9 @@ Payload ``{"chain_id", "datasets"?, "range_size"?, "finality_depth"?, "delete_ho
 "max_ranges"?}`` runs ``compact_once``; adding ``"dataset_key", "range_start", "range_end"``
 compacts exactly that range (``compact_range``; the caller vouches it is final). Both are
 idempotent: a range maps to one deterministic version, so a retried task registers nothing
-new. A Dagster sensor may call ``compact_chain`` directly instead of going through a task.
+new. Production compacts as a service (``engine.service_steps.compactor_step`` calls
+``hot.compact.compact_chain``) and does not register this operator; an embedding that wants
+compaction as a task registers it with ``register`` (the tests do).
 """
 
 from __future__ import annotations
@@ -12,37 +14,12 @@ from __future__ import annotations
 from typing import Any
 
 from trace_core.errors import InvalidPayload
-from trace_core.hot.compact import CompactedRange, CompactResult, compact_once, compact_range
+from trace_core.hot.compact import CompactedRange, compact_chain, compact_range
 from trace_core.hot.tables import HOT_DATASETS
 from trace_core.operators.base import Completion, OperatorContext, OperatorRegistry
 from trace_core.operators.payload import NonNegativeInt, PositiveInt, TaskPayload
-from trace_core.runtime import Runtime
 
 OPERATOR = "parquet_compact"
-
-
-def compact_chain(
-    rt: Runtime,
-    chain_id: int,
-    *,
-    datasets: tuple[str, ...] = HOT_DATASETS,
-    range_size: int | None = None,
-    finality_depth: int | None = None,
-    delete_hot: bool = False,
-    max_ranges: int = 10,
-) -> CompactResult:
-    """``compact_once`` with the runtime's settings, databases and object store."""
-    return compact_once(
-        rt.settings,
-        rt.dbs,
-        chain_id,
-        store=rt.store,
-        datasets=datasets,
-        range_size=range_size,
-        finality_depth_override=finality_depth,
-        delete_hot=delete_hot,
-        max_ranges=max_ranges,
-    )
 
 
 def _range_json(c: CompactedRange) -> dict[str, Any]:
