@@ -331,7 +331,7 @@ def task_payload(
         job_id=str(job["job_id"]),
         job_name=job["name"],
         dataset_key=stream["dataset_key"],
-        dataset_uuid=str(stream["dataset_uuid"]),
+        dataset_uuid=uuid.UUID(str(stream["dataset_uuid"])),
         cryo_dataset_name=stream["cryo_dataset_name"],
         rpc_pool=stream["rpc_pool"],
         range_start=start,

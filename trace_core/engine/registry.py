@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from trace_core.alerts import evaluate
 from trace_core.chain_sync import planner
-from trace_core.operators import cryo_ingest
+from trace_core.operators import cryo_ingest, cryo_payload
 from trace_core.operators.base import OperatorRegistry
 
 Registration = Callable[[OperatorRegistry], None]
@@ -25,7 +25,7 @@ def register_builtin(registry: OperatorRegistry) -> None:
     run as services (``engine.service_steps``); their operators are registered only by an
     embedding that schedules them (``operators.block_follower.register``, ...)."""
     registry.register(
-        cryo_ingest.OPERATOR,
+        cryo_payload.OPERATOR,
         cryo_ingest.cryo_ingest_operator,
         # its commit announces the version (``datasets.commit.commit_version``)
         on_success=[planner.on_task_succeeded],

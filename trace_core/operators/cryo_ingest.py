@@ -264,7 +264,7 @@ def extract_and_stage(
             else:
                 extract_fake(
                     chain_id=p.chain_id,
-                    cryo_dataset_name=p.cryo_dataset_name,
+                    cryo_dataset_name=p.cryo_name,
                     range_start=p.range_start,
                     range_end=p.range_end,
                     chunk_size=p.chunk_size,
@@ -296,7 +296,7 @@ def extract_and_stage(
         chain_id=p.chain_id,
         range_start=p.range_start,
         range_end=p.range_end,
-        config_hash=p.config_hash,
+        config_hash=p.version_config_hash,
         schema=schema,
         files=staged_files,
     )

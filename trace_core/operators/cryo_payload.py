@@ -117,12 +117,12 @@ class CryoIngestTask(TaskPayload):
             bad = sorted(set(options) - CRYO_OPTIONS)
             if bad:
                 raise ValueError(f"unsupported cryo options: {', '.join(bad)}")
-            return {k: v for k, v in options.items() if v is not None}
+            return dict(options)
         return options
 
     @classmethod
-    def parse(cls, payload: Mapping[str, Any], *, org_id: str) -> Self:
-        """Validate ``payload`` and fill what it leaves out (``dataset_uuid`` from ``org_id``).
+    def parse(cls, payload: Mapping[str, Any], *, org_id: str | None = None) -> Self:
+        """Validate ``payload`` and fill what it leaves out (``dataset_uuid`` needs ``org_id``).
         Raises ``InvalidPayload`` or ``UnknownCryoDataset``."""
         task = super().parse(payload)
         name = task.cryo_dataset_name or (
@@ -131,14 +131,30 @@ class CryoIngestTask(TaskPayload):
         if name is None:
             raise InvalidPayload("payload names no cryo_dataset_name", field="cryo_dataset_name")
         validate_dataset_name(name)
+        options = {k: v for k, v in task.cryo_options.items() if v is not None}
         return task.model_copy(
             update={
+                "cryo_options": options,
                 "cryo_dataset_name": name,
                 "dataset_uuid": task.dataset_uuid
-                or ids.dataset_uuid(org_id, task.chain_id, task.dataset_key),
-                "config_hash": task.config_hash or ids.config_hash(name, task.cryo_options),
+                or (ids.dataset_uuid(org_id, task.chain_id, task.dataset_key) if org_id else None),
+                "config_hash": task.config_hash or ids.config_hash(name, options),
             }
         )
+
+    @property
+    def cryo_name(self) -> str:
+        """The cryo dataset to extract (set once ``parse`` resolved the payload)."""
+        if self.cryo_dataset_name is None:
+            raise InvalidPayload("payload names no cryo_dataset_name", field="cryo_dataset_name")
+        return self.cryo_dataset_name
+
+    @property
+    def version_config_hash(self) -> str:
+        """The config hash the version is registered under (``parse`` fills a missing one)."""
+        if self.config_hash is None:
+            return ids.config_hash(self.cryo_name, self.cryo_options)
+        return self.config_hash
 
     @property
     def dataset_id(self) -> uuid.UUID:

@@ -182,7 +182,7 @@ class _Run:
             self.smallest_inner = min(inner, self.smallest_inner or inner)
         try:
             summary = freeze(
-                self.p.cryo_dataset_name,
+                self.p.cryo_name,
                 blocks=[f"{start}:{end}"],
                 rpc=self.endpoint.url,
                 output_dir=str(part),
