@@ -294,3 +294,15 @@ def test_dev_tools_stay_out_of_production_code() -> None:
         and not src.startswith(("trace_lite.devtools", "trace_lite.demo"))
     )
     assert users == []
+
+
+def test_every_package_directory_is_a_regular_package() -> None:
+    """A folder of modules without ``__init__.py`` is a namespace package, which setuptools'
+    ``packages.find`` leaves out of a wheel."""
+    missing = sorted(
+        str(d.relative_to(ROOT))
+        for pkg in PACKAGES
+        for d in [ROOT / pkg, *(ROOT / pkg).rglob("*")]
+        if d.is_dir() and any(d.glob("*.py")) and not (d / "__init__.py").exists()
+    )
+    assert missing == []
