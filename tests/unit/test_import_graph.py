@@ -179,7 +179,9 @@ def _package_edges() -> dict[str, set[str]]:
     return pkg_edges
 
 
-def test_every_package_has_a_tier() -> None:
+def test_every_trace_core_package_has_a_layer() -> None:
+    """Every package of the three (trace_core's subpackages, trace_dagster, trace_lite) is in a
+    tier."""
     tops = {_top(m) for m in _modules()} - {""}
     for top in tops:
         _tier(top)
@@ -195,7 +197,8 @@ def test_no_import_cycle_between_packages() -> None:
     assert not cycles, "\n".join(" <-> ".join(c) for c in cycles)
 
 
-def test_no_upward_import_between_tiers() -> None:
+def test_no_upward_import_between_packages() -> None:
+    """No package imports a tier above its own."""
     upward = sorted(
         f"{src} -> {dst}"
         for src, dsts in import_edges(_modules()).items()
