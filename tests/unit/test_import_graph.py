@@ -26,6 +26,7 @@ The shell (trace_dagster) imports from trace_core only the engine, ``runtime``, 
 from __future__ import annotations
 
 import ast
+import functools
 from collections import defaultdict
 from pathlib import Path
 
@@ -118,6 +119,12 @@ def import_edges(modules: dict[str, Path]) -> dict[str, set[str]]:
     return edges
 
 
+@functools.cache
+def _graph() -> dict[str, set[str]]:
+    """The import edges of the three packages, read once per test session."""
+    return import_edges(_modules())
+
+
 def _top(mod: str) -> str:
     """The package a module belongs to: a trace_core subpackage, or trace_dagster/trace_lite."""
     parts = mod.split(".")
@@ -172,7 +179,7 @@ def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
 
 def _package_edges() -> dict[str, set[str]]:
     pkg_edges: dict[str, set[str]] = defaultdict(set)
-    for src, dsts in import_edges(_modules()).items():
+    for src, dsts in _graph().items():
         for dst in dsts:
             if _top(src) and _top(dst) and _top(src) != _top(dst):
                 pkg_edges[_top(src)].add(_top(dst))
@@ -188,7 +195,7 @@ def test_every_trace_core_package_has_a_layer() -> None:
 
 
 def test_no_import_cycle_between_modules() -> None:
-    cycles = _cycles(import_edges(_modules()))
+    cycles = _cycles(_graph())
     assert not cycles, "\n".join(" <-> ".join(c) for c in cycles)
 
 
@@ -201,7 +208,7 @@ def test_no_upward_import_between_packages() -> None:
     """No package imports a tier above its own."""
     upward = sorted(
         f"{src} -> {dst}"
-        for src, dsts in import_edges(_modules()).items()
+        for src, dsts in _graph().items()
         for dst in dsts
         if _top(src) and _top(dst) and _tier(_top(dst)) > _tier(_top(src))
     )
@@ -225,7 +232,7 @@ def test_the_shell_imports_only_the_engine_and_faces() -> None:
     }
     bad = sorted(
         f"{src} -> {dst}"
-        for src, dsts in import_edges(modules).items()
+        for src, dsts in _graph().items()
         if src.startswith("trace_dagster")
         for dst in dsts
         if dst.startswith("trace_core")
@@ -282,7 +289,7 @@ def test_the_shell_check_sees_a_domain_import(tmp_path: Path) -> None:
 
 def test_the_query_client_does_not_import_the_server() -> None:
     """``trace-lite query`` over HTTP or embedded needs the pipeline, never the Starlette app."""
-    edges = import_edges(_modules())
+    edges = _graph()
     assert "trace_core.query.app" not in edges["trace_core.query.client"]
     assert "trace_core.query.service" in edges["trace_core.query.client"]
 
@@ -292,7 +299,7 @@ def test_dev_tools_stay_out_of_production_code() -> None:
     other dev tools, never by trace_core or trace_dagster."""
     users = sorted(
         src
-        for src, dsts in import_edges(_modules()).items()
+        for src, dsts in _graph().items()
         if any(d.startswith("trace_lite.devtools") for d in dsts)
         and not src.startswith(("trace_lite.devtools", "trace_lite.demo"))
     )
