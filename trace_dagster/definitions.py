@@ -22,15 +22,18 @@ from trace_dagster.sensors.dispatcher import dispatcher_sensor
 from trace_dagster.sensors.integrity import integrity_sensor
 from trace_dagster.sensors.worker import worker_sensor
 from trace_dagster.service_runs import SERVICE_JOBS, alert_events_spec
+from trace_dagster.transforms import trace_trigger, transform_definitions
 
 
 def build_definitions(runtime: Runtime | None = None) -> Definitions:
     """Definitions for a runtime (default: from the environment). Stream assets come from state."""
     rt = runtime or Runtime(load_settings())
     analytics, analytics_jobs = analytics_definitions(rt)
+    transforms, schedules = transform_definitions(rt)
     return Definitions(
-        assets=[*stream_assets(rt), alert_events_spec, *analytics],
-        jobs=[trace_worker, *SERVICE_JOBS, integrity_job, *analytics_jobs],
+        assets=[*stream_assets(rt), alert_events_spec, *analytics, *transforms],
+        jobs=[trace_worker, *SERVICE_JOBS, integrity_job, *analytics_jobs, trace_trigger],
+        schedules=schedules,
         asset_checks=stream_integrity_checks(rt),
         sensors=[
             dispatcher_sensor,

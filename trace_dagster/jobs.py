@@ -25,6 +25,7 @@ from trace_dagster.partitions import (
 )
 from trace_dagster.resources import TraceResource
 from trace_dagster.retry import is_manual_reexecution, revive_for_reexecution
+from trace_dagster.transforms import transform_materialization
 
 WORKER_JOB = "trace_worker"
 
@@ -63,7 +64,11 @@ def _report(context: OpExecutionContext, outcome: TaskOutcome) -> None:
         f"task {outcome.task_id} attempt {outcome.attempt}: {outcome.status}"
         + (f" ({outcome.error})" if outcome.error else "")
     )
-    for event in (materialization_for(outcome), dead_range_observation(outcome)):
+    for event in (
+        materialization_for(outcome),
+        dead_range_observation(outcome),
+        transform_materialization(outcome),
+    ):
         if event is not None:
             context.log_event(event)
 

@@ -103,9 +103,14 @@ def run(until_idle: bool, timeout: float) -> None:
     is_flag=True,
     help="The analytics demos (native supply, top accounts, staking concentration) instead",
 )
+@click.option(
+    "--udf",
+    is_flag=True,
+    help="Also the example Python transform (ERC-20 volume) and Python alert (UDF sandbox)",
+)
 @handle_errors
 def demo(
-    exit_after: bool, job_file: Path | None, port: int, timeout: float, analytics: bool
+    exit_after: bool, job_file: Path | None, port: int, timeout: float, analytics: bool, udf: bool
 ) -> None:
     """Run Trace Lite end to end on a local chain and print result tables."""
     from trace_core.settings import load_settings
@@ -123,6 +128,7 @@ def demo(
             exit_after=exit_after,
             timeout=timeout,
             analytics=analytics,
+            udf=udf,
         )
     except KeyboardInterrupt:
         console.print("stopped")

@@ -77,6 +77,7 @@ class DemoResult:
     alerts: list[dict[str, Any]] = field(default_factory=list)
     dagster_url: str = ""
     analytics: dict[str, Any] = field(default_factory=dict)
+    udf: dict[str, Any] = field(default_factory=dict)
 
 
 def _start_chain(console: Console, blocks: int) -> DevChain:
@@ -140,13 +141,15 @@ def run_demo(
     exit_after: bool = False,
     timeout: float = 900.0,
     analytics: bool = False,
+    udf: bool = False,
 ) -> DemoResult:
     """Run the demo; returns what it printed. Stops everything it started before returning
     (with ``exit_after``) or on Ctrl-C. ``analytics``: the Monad demos 2-4 instead
-    (``trace_lite.demo_analytics``; default job ``examples/chain_sync.demo_analytics.yaml``)."""
+    (``trace_lite.demo_analytics``; default job ``examples/chain_sync.demo_analytics.yaml``).
+    ``udf``: also the example transform and Python alert (``trace_lite.demo_udf``)."""
     from trace_core.chain_sync.yamlload import load_job_file
     from trace_core.db.migrate import migrate
-    from trace_lite import demo_analytics
+    from trace_lite import demo_analytics, demo_udf
 
     settings, dagster_port = _pick_ports(console, settings, dagster_port)
     spec, _ = load_job_file(job_file)
@@ -183,6 +186,9 @@ def run_demo(
             + ("(new or changed)" if applied.changed else "(unchanged, resuming)")
         )
         _apply_demo_alerts(console, rt, spec.name)
+        if udf:
+            demo_udf.apply_examples(console, rt, spec.name)
+            extra_env = {**extra_env, **demo_udf.WEBHOOK.env()}
         stack = LocalStack(
             settings, dagster_home=dagster_home, dagster_port=dagster_port, extra_env=extra_env
         )
@@ -199,6 +205,11 @@ def run_demo(
                 console, settings, rt, chain, spec.chain_id, mode.to_block, deadline
             )
         else:
+            if udf:
+                result.udf = demo_udf.show(
+                    console, settings, rt, spec.chain_id, mode.from_block, mode.to_block, deadline
+                )
+                result.udf["webhook"] = demo_udf.WEBHOOK.deliver_twice(console, stack.query_url)
             _show_results(console, settings, rt, result, chain, spec.chain_id, deadline)
         console.print(f"\nDagster UI: {stack.dagster_url}   Query Service: {stack.query_url}")
         if not exit_after:

@@ -171,11 +171,15 @@ def test_only_operators_that_query_get_a_capability_token(trace_env: Runtime) ->
 
 
 def test_production_registers_only_the_operators_it_schedules() -> None:
-    """cryo_ingest (the planner) and alert_evaluate (alert routing); the hot services run as
-    services, and the tests' noop/fail come from tests/operators.py."""
+    """cryo_ingest (the planner), alert_evaluate (alert routing) and udf_transform (transform
+    jobs); the hot services run as services, and the tests' noop/fail come from
+    tests/operators.py."""
     from trace_core.engine.registry import register_builtin
 
     registry = OperatorRegistry()
     register_builtin(registry)
-    assert registry.names() == ["alert_evaluate", "cryo_ingest"]
-    assert [n for n in registry.names() if registry.queries(n)] == ["alert_evaluate"]
+    assert registry.names() == ["alert_evaluate", "cryo_ingest", "udf_transform"]
+    assert [n for n in registry.names() if registry.queries(n)] == [
+        "alert_evaluate",
+        "udf_transform",
+    ]

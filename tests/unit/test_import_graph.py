@@ -12,8 +12,8 @@ The tiers, lowest first; a package imports its own tier's peers only along the a
 - vocabulary: ``errors``, ``settings``, ``logs``, ``yamlfile``.
 - adapters: ``db``, ``queue``, ``storage``, ``rpc`` (client, pools, limits).
 - state: ``outbox``, ``tasks``, ``runtime``, ``datasets``.
-- domains: ``hot``, ``operators``, ``chain_sync``, ``query``, ``sinks``, ``alerts``,
-  ``analytics``, ``integrity``.
+- domains: ``udf``, ``hot``, ``operators``, ``chain_sync``, ``query``, ``sinks``,
+  ``transforms``, ``sources``, ``alerts``, ``analytics``, ``integrity``.
 - engine: ``engine`` (dispatcher, intake, execute, worker runs, idle, registry, services):
   the shell's one doorway.
 - entry: ``cli`` (trace_core), ``trace_dagster`` (the Dagster shell), ``trace_lite`` (the local
@@ -39,7 +39,19 @@ TIERS: list[tuple[str, list[str]]] = [
     ("state", ["outbox", "tasks", "runtime", "datasets"]),
     (
         "domains",
-        ["hot", "operators", "chain_sync", "query", "sinks", "alerts", "analytics", "integrity"],
+        [
+            "udf",
+            "hot",
+            "operators",
+            "chain_sync",
+            "query",
+            "sinks",
+            "transforms",
+            "sources",
+            "alerts",
+            "analytics",
+            "integrity",
+        ],
     ),
     ("engine", ["engine"]),
     ("entry", ["cli", "trace_dagster", "trace_lite"]),
@@ -66,6 +78,13 @@ PEER_IMPORTS: dict[tuple[str, str], str] = {
     ("analytics", "chain_sync"): "an analytics block is part of a chain_sync job",
     ("analytics", "query"): "analytics reads committed versions as the query engine does",
     ("integrity", "chain_sync"): "integrity verifies chain_sync ranges",
+    ("transforms", "udf"): "a Python transform runs in the UDF sandbox",
+    ("transforms", "chain_sync"): "transform inputs name chain_sync streams",
+    ("transforms", "operators"): "udf_transform is an operator",
+    ("transforms", "query"): "a transform reads its pinned inputs through the query pipeline",
+    ("sources", "transforms"): "a trigger (cron, webhook, manual) creates a transform run",
+    ("alerts", "udf"): "a Python alert evaluates in the UDF sandbox",
+    ("alerts", "transforms"): "alerts watch transform outputs too",
     ("trace_lite", "cli"): "trace-lite adds its commands to trace_core's CLI",
     ("trace_lite", "trace_dagster"): "trace-lite runs the Dagster definitions locally",
 }

@@ -28,6 +28,7 @@ from pydantic import BeforeValidator, Field, Strict
 
 from trace_core.alerts.spec import render_template
 from trace_core.errors import (
+    AccessDenied,
     AlertResultInvalid,
     QueryError,
     QueryServiceUnavailable,
@@ -69,6 +70,10 @@ class EvaluationPayload(TaskPayload):
         default_factory=dict
     )
     grants: list[dict[str, str]] = Field(default_factory=list)
+    # a Python alert: the stored UDF bundle run over the condition's rows (None: SQL alert)
+    udf_sha256: str | None = None
+    # False when ``condition`` is Trace's own ``SELECT *`` of the single read (no user SQL)
+    user_condition: bool = True
 
 
 # --- the query ---------------------------------------------------------------------------
@@ -188,6 +193,53 @@ def events_from_result(
     return list(events.values())
 
 
+def events_from_records(
+    p: EvaluationPayload, records: Sequence[Mapping[str, Any]], *, evaluated_at: datetime
+) -> list[dict[str, Any]]:
+    """``events_from_result`` of a Python alert's returned dicts (keys are its columns)."""
+    if not all(isinstance(r, Mapping) for r in records):
+        raise AlertResultInvalid("a Python alert must return a list of dicts", field="udf")
+    if len(records) > MAX_EVENTS_PER_EVALUATION:
+        raise AlertResultInvalid(
+            f"the alert UDF returned more than {MAX_EVENTS_PER_EVALUATION} events", field="udf"
+        )
+    columns = sorted({str(k) for r in records for k in r})
+    rows = [[r.get(c) for c in columns] for r in records]
+    return events_from_result(p, columns, rows, evaluated_at=evaluated_at)
+
+
+def evaluate_udf(ctx: OperatorContext, p: EvaluationPayload) -> list[dict[str, Any]]:
+    """A Python alert: the condition's rows (read in process through the Query Service with
+    the attempt's token) -> ``main(rows) -> list[dict]`` in the UDF sandbox -> events."""
+    from trace_core.transforms.inputs import invoker, query_service, run_sql, to_ipc
+    from trace_core.udf import UdfInvocationPayload
+    from trace_core.udf.bundles import get_bundle
+
+    assert p.udf_sha256 is not None
+    lease = ctx.lease
+    try:
+        with query_service(ctx.runtime, user_sql=p.user_condition) as service:
+            rows = run_sql(service, ctx.capability_token, p.condition)
+    except AccessDenied as exc:
+        if exc.code == "stale_attempt":
+            raise StaleAttempt(lease.task_id, lease.attempt, "attempt not current") from exc
+        raise
+    ctx.check_lease()
+    result = invoker(ctx.runtime).invoke(
+        UdfInvocationPayload(
+            kind="alert",
+            entry="main",
+            filename=f"{p.alert_name}.py",
+            source=get_bundle(ctx.runtime, p.udf_sha256),
+            bundle_sha256=p.udf_sha256,
+            tables={"rows": to_ipc(rows)},
+            task_id=str(lease.task_id),
+            attempt=lease.attempt,
+        )
+    )
+    return events_from_records(p, result.events, evaluated_at=datetime.now(UTC))
+
+
 def _first_value(row: Mapping[str, Any], names: Sequence[str]) -> Any:
     return next((row[n] for n in names if row.get(n) is not None), None)
 
@@ -218,9 +270,12 @@ def alert_evaluate_operator(ctx: OperatorContext) -> Completion:
     lease = ctx.lease
     p = EvaluationPayload.parse(lease.payload)
     try:
-        events = evaluate_condition(
-            ctx.runtime.settings, p, ctx.capability_token, evaluated_at=datetime.now(UTC)
-        )
+        if p.udf_sha256 is not None:
+            events = evaluate_udf(ctx, p)
+        else:
+            events = evaluate_condition(
+                ctx.runtime.settings, p, ctx.capability_token, evaluated_at=datetime.now(UTC)
+            )
     except QueryError as exc:
         if exc.code == "stale_attempt":
             raise StaleAttempt(

@@ -39,6 +39,7 @@ from trace_core.errors import InvalidPayload, TraceError
 from trace_core.queue.base import Message
 from trace_core.runtime import Runtime
 from trace_core.tasks.lifecycle import create_task
+from trace_core.transforms import routing as transform_routing
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,9 @@ def _evaluation_payload(
         alert_id=alert["alert_id"],
         alert_name=alert["name"],
         severity=spec["severity"],
-        condition=spec["condition"],
+        condition=spec.get("condition") or f'SELECT * FROM "{spec["reads"][0]}"',
+        udf_sha256=spec.get("udf_sha256"),
+        user_condition=spec.get("condition") is not None,
         dedupe_key=spec["dedupe_key"],
         chain_id=chain_id,
         trigger=trigger,
@@ -132,19 +135,25 @@ def _parse_event(payload: Mapping[str, Any]) -> dict[str, Any]:
 def route_event(
     conn: Connection[Any], org_id: str | uuid.UUID, payload: Mapping[str, Any], *, max_attempts: int
 ) -> int:
-    """Create the evaluations one event triggers, in the caller's transaction; returns how many
-    were new. Events other than ``dataset_version_committed`` trigger nothing. An event without
+    """Create the evaluations (and transform runs) one event triggers, in the caller's
+    transaction; returns how many were new. Events other than ``dataset_version_committed`` trigger nothing. An event without
     a job (a version the hot compactor or an analytics run committed) is routed for every job
     of ``_jobs_of_unowned_version``. Raises ``InvalidPayload`` for a malformed version event."""
     if payload.get("event") != VERSION_COMMITTED:
         return 0
     ev = _parse_event(payload)
-    if ev["job_name"] is not None:
-        return _route_for_job(conn, org_id, ev, max_attempts=max_attempts)
-    return sum(
-        _route_for_job(conn, org_id, {**ev, "job_name": name}, max_attempts=max_attempts)
-        for name in _jobs_of_unowned_version(conn, org_id, ev["chain_id"], ev["dataset_key"])
+    names = (
+        [ev["job_name"]]
+        if ev["job_name"] is not None
+        else _jobs_of_unowned_version(conn, org_id, ev["chain_id"], ev["dataset_key"])
     )
+    created = 0
+    for name in names:
+        job_ev = {**ev, "job_name": name}
+        created += _route_for_job(conn, org_id, job_ev, max_attempts=max_attempts)
+        # transform runs partitioned like this input (trace_core.transforms.routing)
+        created += transform_routing.route_version(conn, org_id, job_ev, max_attempts=max_attempts)
+    return created
 
 
 def _jobs_of_unowned_version(

@@ -203,7 +203,12 @@ class AlertSpec(_Model):
     name: Name
     job: Name
     reads: Annotated[list[Slug], Field(min_length=1, max_length=16)]
-    condition: Annotated[str, Field(min_length=1, max_length=MAX_SQL_BYTES)]
+    condition: Annotated[str, Field(min_length=1, max_length=MAX_SQL_BYTES)] | None = None
+    # a Python alert: main(rows: pa.Table) -> list[dict], run in the UDF sandbox over the
+    # condition's rows (default: every row of the single read); the file sits next to the YAML
+    udf: Annotated[str, Field(min_length=1, max_length=512)] | None = None
+    # set by apply (the stored bundle of ``udf``), never in YAML
+    udf_sha256: Annotated[str, Field(pattern="^[0-9a-f]{64}$")] | None = None
     trigger: Trigger
     dedupe_key: Annotated[str, Field(min_length=1, max_length=MAX_DEDUPE_KEY_CHARS)]
     severity: Severity
@@ -217,11 +222,32 @@ class AlertSpec(_Model):
             raise PydanticCustomError("reads", "stream keys must be distinct")
         return value
 
+    @model_validator(mode="after")
+    def _condition_or_udf(self) -> AlertSpec:
+        if self.condition is None and self.udf is None:
+            raise PydanticCustomError("condition", "set condition: (SQL) and/or udf: (a .py file)")
+        return self
+
+    @field_validator("udf")
+    @classmethod
+    def _udf_rows(cls, value: str | None, info: ValidationInfo) -> str | None:
+        reads = info.data.get("reads") or []
+        if value is not None and info.data.get("condition") is None and len(reads) > 1:
+            raise PydanticCustomError(
+                "udf", "a udf over several reads needs a condition selecting its rows"
+            )
+        return value
+
+    @property
+    def rows_sql(self) -> str:
+        """The SELECT whose rows are the events (SQL alert) or the UDF's input (Python alert)."""
+        return self.condition or f'SELECT * FROM "{self.reads[0]}"'
+
     @field_validator("condition")
     @classmethod
-    def _gated(cls, value: str, info: ValidationInfo) -> str:
+    def _gated(cls, value: str | None, info: ValidationInfo) -> str | None:
         reads = info.data.get("reads")
-        if reads is None:
+        if reads is None or value is None:
             return value  # reads itself is invalid and reported
         try:
             validate_sql(value, reads)
@@ -274,11 +300,13 @@ def redact_url(url: str) -> str:
 
 
 class LoadedAlert(NamedTuple):
-    """A validated alert, the exact bytes it came from, and where each key sits."""
+    """A validated alert, the exact bytes it came from, where each key sits, and the source
+    of its Python UDF (None for a SQL alert)."""
 
     spec: AlertSpec
     raw: bytes
     doc: LoadedYaml
+    udf_source: str | None = None
 
 
 def validate_alert(doc: LoadedYaml) -> AlertSpec:
@@ -287,20 +315,48 @@ def validate_alert(doc: LoadedYaml) -> AlertSpec:
         raise ConfigError(
             "the top level must be a mapping (kind: alert, ...)", file=doc.source, line=1
         )
+    if "udf_sha256" in doc.data:
+        raise ConfigError(
+            "udf_sha256 is set by apply; name the file with udf:",
+            file=doc.source,
+            line=doc.line_of(("udf_sha256",)),
+            field="udf_sha256",
+        )
     try:
         return AlertSpec.model_validate(doc.data)
     except ValidationError as exc:
         raise InvalidJobFile(validation_problems(doc, exc)) from None
 
 
-def parse_alert(raw: str | bytes, *, source: str = "<string>") -> LoadedAlert:
-    """Parse and validate an alert document. Raises ``ConfigError``/``InvalidJobFile``."""
+def parse_alert(
+    raw: str | bytes, *, source: str = "<string>", base: Path | None = None
+) -> LoadedAlert:
+    """Parse and validate an alert document; a ``udf:`` file is read relative to ``base``.
+    Raises ``ConfigError``/``InvalidJobFile``."""
     data = raw.encode() if isinstance(raw, str) else bytes(raw)
     doc = load_yaml(data, source=source)
-    return LoadedAlert(validate_alert(doc), data, doc)
+    spec = validate_alert(doc)
+    return LoadedAlert(spec, data, doc, _read_udf(doc, spec, base or Path.cwd()))
+
+
+def _read_udf(doc: LoadedYaml, spec: AlertSpec, base: Path) -> str | None:
+    from trace_core.transforms.spec import MAX_UDF_BYTES, check_udf_source
+
+    if spec.udf is None:
+        return None
+    line = doc.line_of(("udf",))
+    path = (base / spec.udf).resolve()
+    try:
+        if path.suffix != ".py":
+            raise ConfigError("must name a .py file")
+        source = read_capped(path, MAX_UDF_BYTES).decode()
+    except (ConfigError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(exc), file=doc.source, line=line, field="udf") from None
+    check_udf_source(source, file=path.name, yaml_file=doc.source, line=line, field="udf")
+    return source
 
 
 def load_alert_file(path: str | Path) -> LoadedAlert:
-    """Read, parse and validate an alert file."""
+    """Read, parse and validate an alert file (and its ``udf:`` file next to it)."""
     p = Path(path)
-    return parse_alert(read_capped(p), source=str(p))
+    return parse_alert(read_capped(p), source=str(p), base=p.parent)

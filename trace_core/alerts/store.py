@@ -9,6 +9,7 @@ updates the row in place (same ``alert_id``), so its pending deliveries and even
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -23,6 +24,7 @@ from trace_core.chain_sync import store as chain_sync_store
 from trace_core.chain_sync.analytics_spec import OUTPUT_PREFIX, output_keys
 from trace_core.db.queries import q
 from trace_core.errors import AlertNotFound, ChainSyncJobNotFound, ConfigError, InvalidJobFile
+from trace_core.transforms.store import list_transforms
 
 ALERT_NAMESPACE = uuid.UUID("3f0d8a52-61c4-4c57-9a0e-6a3c2b51e7d4")
 
@@ -90,6 +92,9 @@ def readable_keys(
     """What an alert of the job may read: its active stream keys, and the ``analytics_*``
     outputs its ``analytics:`` block produces (``chain_sync.analytics_spec.output_keys``)."""
     streams = {s.dataset_key for s in chain_sync_store.list_streams(conn, org_id, job_id)}
+    # transform outputs of the job are committed datasets of its chain too
+    job = chain_sync_store.get_job(conn, org_id, job_id)
+    streams |= {t.output_key for t in list_transforms(conn, org_id) if t.job_name == job.name}
     row = conn.execute(q("alerts", "job_analytics"), {"job_id": job_id}).fetchone()
     return streams, output_keys(row[0] if row else None)
 
@@ -137,8 +142,12 @@ def apply_alert(
     org_id: str | uuid.UUID,
     loaded: LoadedAlert,
     source_file: str | None = None,
+    *,
+    bundles: Callable[[str], str] | None = None,
 ) -> ApplyResult:
-    """Create or update the alert named in ``loaded`` (idempotent).
+    """Create or update the alert named in ``loaded`` (idempotent). A Python alert's UDF is
+    stored first through ``bundles`` (source -> sha256, ``trace_core.udf.bundles``) and the
+    definition pins that sha.
 
     Raises ``ConfigError``/``InvalidJobFile`` naming the file line when the job or a stream is
     unknown. Runs in its own transaction on ``conn``.
@@ -147,6 +156,15 @@ def apply_alert(
     aid = alert_id(org_id, spec.name)
     with conn.transaction():
         _check_job(conn, org_id, loaded)
+    if loaded.udf_source is not None:
+        if bundles is None:
+            raise ConfigError(
+                "a Python alert needs its bundle stored (apply with trace-lite alerts apply)",
+                file=loaded.doc.source,
+                field="udf",
+            )
+        spec = spec.model_copy(update={"udf_sha256": bundles(loaded.udf_source)})
+    with conn.transaction():
         row = conn.execute(
             q("alerts", "upsert_definition"),
             {

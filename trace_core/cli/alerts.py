@@ -37,12 +37,19 @@ def apply_cmd(file_: Path) -> None:
     """Apply an alert YAML file (idempotent; an edit updates the alert in place)."""
     from trace_core.alerts.spec import load_alert_file
     from trace_core.alerts.store import apply_alert
+    from trace_core.udf.bundles import put_bundle
 
     loaded = load_alert_file(file_)
     rt = _runtime()
     try:
         with rt.state() as conn:
-            result = apply_alert(conn, rt.settings.org_id, loaded, str(file_))
+            result = apply_alert(
+                conn,
+                rt.settings.org_id,
+                loaded,
+                str(file_),
+                bundles=lambda source: put_bundle(rt, source, name=f"alert:{loaded.spec.name}"),
+            )
     finally:
         rt.close()
     verb = "created" if result.created else ("updated" if result.changed else "unchanged")

@@ -17,6 +17,8 @@ from trace_core.cli.alerts import alerts
 from trace_core.cli.common import console, err_console, handle_errors, runtime
 from trace_core.cli.dlq import dlq
 from trace_core.cli.retry import retry
+from trace_core.cli.transforms import apply_transform_file, transforms, trigger
+from trace_core.cli.udf import udf
 from trace_core.cli.verify import verify
 from trace_core.runtime import Runtime
 from trace_core.settings import load_settings
@@ -36,6 +38,9 @@ cli.add_command(dlq)
 cli.add_command(alerts)
 cli.add_command(retry)
 cli.add_command(verify)
+cli.add_command(transforms)
+cli.add_command(trigger)
+cli.add_command(udf)
 
 
 @cli.command()
@@ -65,10 +70,15 @@ def _ensure_migrated(rt: Runtime) -> None:
 )
 @handle_errors
 def apply(file_: Path, strict: bool) -> None:
-    """Apply a chain_sync YAML job (idempotent; an edit keeps cursors and the paused flag)."""
+    """Apply a chain_sync or transform YAML job (idempotent; an edit keeps cursors and the
+    paused flag)."""
     from trace_core.chain_sync import store
-    from trace_core.chain_sync.yamlload import load_job_file
+    from trace_core.chain_sync.yamlload import load_job_file, read_capped
+    from trace_core.transforms.spec import is_transform_document
 
+    if is_transform_document(read_capped(file_)):
+        apply_transform_file(file_)
+        return
     spec, raw = load_job_file(file_, require_pools=strict)
     rt = runtime()
     _ensure_migrated(rt)
@@ -288,12 +298,13 @@ def token() -> None:
 @cli.command("query-service")
 @handle_errors
 def query_service() -> None:
-    """Run the Query Service in the foreground."""
+    """Run the Query Service in the foreground (with the sources' webhook endpoint)."""
     from trace_core.query.app import serve
+    from trace_core.sources.webhook import webhook_routes
 
     rt = runtime()
     _ensure_migrated(rt)
-    serve(rt.settings)
+    serve(rt.settings, routes=webhook_routes(rt.settings))
 
 
 @cli.command()

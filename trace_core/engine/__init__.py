@@ -5,5 +5,5 @@ worker runs, stranded runs), ``execute`` (claim, run, fenced completion), ``work
 run's batch and the waves it frees), ``idle`` (what work is still owed), ``registry`` (the
 operators production schedules), ``revive`` (reviving on request), ``services`` and
 ``service_steps`` (leased long-lived loops), and the shell's faces of ``streams``,
-``analytics`` and ``integrity``. trace_dagster imports these, never a domain module.
+``analytics``, ``integrity`` and ``transforms``. trace_dagster imports these, never a domain module.
 """

@@ -13,6 +13,7 @@ from trace_core.alerts import evaluate
 from trace_core.chain_sync import planner
 from trace_core.operators import cryo_ingest, cryo_payload
 from trace_core.operators.base import OperatorRegistry
+from trace_core.transforms import operator as transform_operator
 
 Registration = Callable[[OperatorRegistry], None]
 _EXTENSIONS: list[Registration] = []
@@ -20,8 +21,8 @@ _EXTENSIONS: list[Registration] = []
 
 def register_builtin(registry: OperatorRegistry) -> None:
     """Register the operators production schedules: cryo_ingest (the planner's ranges, with
-    chain_sync range hooks) and alert_evaluate (alert routing's evaluations, the only one that
-    queries, so the only one issued a capability token). block_follower and parquet_compact
+    chain_sync range hooks), alert_evaluate (alert routing's evaluations) and udf_transform
+    (transform jobs); the last two query, so only they are issued a capability token. block_follower and parquet_compact
     run as services (``engine.service_steps``); their operators are registered only by an
     embedding that schedules them (``operators.block_follower.register``, ...)."""
     registry.register(
@@ -32,6 +33,7 @@ def register_builtin(registry: OperatorRegistry) -> None:
         on_dead=[planner.on_task_dead],
     )
     registry.register(evaluate.OPERATOR, evaluate.alert_evaluate_operator, queries=True)
+    transform_operator.register(registry)
 
 
 def extend_default_registry(registration: Registration) -> None:

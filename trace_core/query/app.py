@@ -1,16 +1,17 @@
 """The Query Service over HTTP: a Starlette app around ``query.service.QueryService``.
 
-``POST /v1/query`` (bearer user token), ``POST /v1/task-query`` (bearer task capability token)
-and ``GET /healthz``; request and answer shapes, error codes and statuses are the service's
-(``query.service``). Bodies above ``MAX_BODY_BYTES`` are refused (413) before parsing.
-``serve`` runs it with uvicorn; ``query.client`` is how callers reach it.
+``POST /v1/query`` (bearer user token), ``POST /v1/task-query`` (bearer task capability token),
+``GET /healthz`` and any extra ``routes`` (the sources' webhook endpoint); request and answer
+shapes, error codes and statuses are the service's (``query.service``). Bodies above
+``MAX_BODY_BYTES`` are refused (413) before parsing. ``serve`` runs it with uvicorn;
+``query.client`` is how callers reach it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Literal
 
 import psycopg
@@ -19,7 +20,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from trace_core.db.connection import Databases
 from trace_core.errors import QueryError, StorageError, TooLarge, TraceError
@@ -40,10 +41,12 @@ def create_app(
     *,
     hot_sources: HotSourceResolver | Literal["data"] | None = "data",
     gate: bool = True,
+    routes: Sequence[BaseRoute] = (),
 ) -> Starlette:
     """The Query Service app. ``store`` is a ``trace_core.storage`` ObjectStore;
     ``hot_sources`` defaults to the block follower's ``data.hot_*`` tables (None: cold only);
-    ``gate=False`` exists only to test the sandbox on its own."""
+    ``gate=False`` exists only to test the sandbox on its own; ``routes`` are mounted too
+    (the sources' webhook endpoint; ``app.state.service`` is theirs to use)."""
     service = QueryService(settings, dbs, store, hot_sources=hot_sources, gate=gate)
 
     @contextlib.asynccontextmanager
@@ -73,6 +76,7 @@ def create_app(
             Route("/v1/query", user_query, methods=["POST"]),
             Route("/v1/task-query", task_query, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
+            *routes,
         ],
         lifespan=lifespan,
     )
@@ -114,12 +118,14 @@ async def _read_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: Settings, routes: Sequence[BaseRoute] = ()) -> None:
     """Run the Query Service with uvicorn on ``settings.query_host:query_port`` (blocks)."""
     import uvicorn
 
     from trace_core.db.connection import resolve_databases
     from trace_core.storage.factory import make_object_store
 
-    app = create_app(settings, resolve_databases(settings), make_object_store(settings))
+    app = create_app(
+        settings, resolve_databases(settings), make_object_store(settings), routes=routes
+    )
     uvicorn.run(app, host=settings.query_host, port=settings.query_port, log_level="info")

@@ -501,6 +501,43 @@ def _collect(
     return result
 
 
+# DuckDB type names -> Arrow types, for the schema of an empty result (no batch carries it).
+_EMPTY_TYPES = {
+    "BOOLEAN": pa.bool_(),
+    "TINYINT": pa.int8(),
+    "SMALLINT": pa.int16(),
+    "INTEGER": pa.int32(),
+    "BIGINT": pa.int64(),
+    "UTINYINT": pa.uint8(),
+    "USMALLINT": pa.uint16(),
+    "UINTEGER": pa.uint32(),
+    "UBIGINT": pa.uint64(),
+    "FLOAT": pa.float32(),
+    "DOUBLE": pa.float64(),
+    "VARCHAR": pa.string(),
+    "BLOB": pa.binary(),
+    "DATE": pa.date32(),
+    "TIMESTAMP": pa.timestamp("us"),
+    "TIMESTAMP WITH TIME ZONE": pa.timestamp("us", tz="UTC"),
+}
+
+
+def result_table(result: QueryResult) -> pa.Table:
+    """The whole result as one Arrow table: the inline batches, or the spooled Parquet (read
+    before the caller's workdir is cleaned up). An empty result keeps its column names, typed
+    from DuckDB's type names (strings where no Arrow type is known)."""
+    if result.spool is not None:
+        return pq.read_table(result.spool)
+    if result.batches:
+        return pa.Table.from_batches(result.batches)
+    return pa.schema(
+        [
+            pa.field(c["name"], _EMPTY_TYPES.get(c["type"].upper(), pa.string()))
+            for c in result.columns
+        ]
+    ).empty_table()
+
+
 def _batches(reader: pa.RecordBatchReader) -> Iterator[pa.RecordBatch]:
     while True:
         try:

@@ -22,6 +22,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import pyarrow as pa
 from psycopg_pool import ConnectionPool
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -61,6 +62,7 @@ from trace_core.query.engine import (
     SandboxPool,
     Workdir,
     execute,
+    result_table,
 )
 from trace_core.query.export import export_result, json_rows
 from trace_core.query.gate import check_limits, sql_fingerprint, validate_sql
@@ -250,14 +252,27 @@ class QueryService:
         started = time.monotonic()
         return self._respond(self._caller(kind, token), request, started)
 
+    def query_table(
+        self, kind: Literal["user", "task"], token: str, request: QueryRequest
+    ) -> pa.Table:
+        """``query`` answering the whole result as one Arrow table (never truncated by the
+        inline caps, never exported): how a transform's UDF reads its inputs. Same checks,
+        sandbox and audit; raises as ``query`` does."""
+        started = time.monotonic()
+        response = self._respond(self._caller(kind, token), request, started, as_table=True)
+        table: pa.Table = response["table"]
+        return table
+
     def _caller(self, kind: Literal["user", "task"], token: str) -> _Caller:
         return self._user(token) if kind == "user" else self._task(token)
 
-    def _respond(self, caller: _Caller, request: QueryRequest, started: float) -> dict[str, Any]:
+    def _respond(
+        self, caller: _Caller, request: QueryRequest, started: float, *, as_table: bool = False
+    ) -> dict[str, Any]:
         caller.versions = self._resolve(caller, request)
         run = _Run(uuid.uuid4(), sql_fingerprint(request.sql))
         try:
-            response = self._run(caller, request, run)
+            response = self._run(caller, request, run, as_table=as_table)
         except BaseException as exc:
             run.error_code = exc.code if isinstance(exc, TraceError) else "internal"
             self._finish(caller, run, started)
@@ -265,7 +280,9 @@ class QueryService:
         self._finish(caller, run, started)
         return response
 
-    def _run(self, caller: _Caller, request: QueryRequest, run: _Run) -> dict[str, Any]:
+    def _run(
+        self, caller: _Caller, request: QueryRequest, run: _Run, *, as_table: bool = False
+    ) -> dict[str, Any]:
         caps = {
             "max_bytes": self.settings.query_max_sql_bytes,
             "max_depth": self.settings.query_max_nesting_depth,
@@ -299,6 +316,8 @@ class QueryService:
                     request.sql, run.relations, self.engine, limits, workdir, self.sandboxes
                 )
             run.rows, run.bytes = result.row_count, result.bytes
+            if as_table:
+                return {"table": result_table(result)}
             export = None
             if result.spool is not None:
                 export = export_result(

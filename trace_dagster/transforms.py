@@ -1,0 +1,204 @@
+"""Transform jobs in Dagster: one asset per output (downstream of its inputs), one schedule per
+cron trigger, and ``trace_trigger`` (a manual launch from the UI).
+
+- The asset ``transform/<job>/<name>`` depends on its inputs' assets (stream assets, or other
+  transforms' outputs), so the lineage graph shows it; an on-input transform whose first input
+  is a stream shares that stream's dynamic partitions (its runs are that stream's ranges).
+  Worker runs report each committed run as a materialization (``transform_materialization``).
+  Materializing the asset from the UI runs it now, in that run: a partition runs that range's
+  on-input run; the unpartitioned asset triggers a manual run (idempotent over the same inputs).
+- A transform with ``trigger.cron`` gets a schedule whose ticks launch ``trace_trigger`` with the
+  tick's time as idempotency key: the op writes source event + task + outbox in one
+  transaction (``trace_core.sources.trigger``) and the worker sensor runs the task.
+"""
+
+# No `from __future__ import annotations` here: Dagster resolves annotations at runtime.
+import logging
+
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    AssetMaterialization,
+    AssetsDefinition,
+    Config,
+    DynamicPartitionsDefinition,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    OpExecutionContext,
+    RunRequest,
+    ScheduleDefinition,
+    ScheduleEvaluationContext,
+    asset,
+    in_process_executor,
+    job,
+    op,
+    schedule,
+)
+from pydantic import Field
+
+from trace_core.engine.execute import TaskOutcome, execute_task
+from trace_core.engine.streams import parse_partition_key, range_partition_key
+from trace_core.engine.transforms import (
+    OPERATOR,
+    TransformPayload,
+    TransformRow,
+    applied_transforms,
+    run_for,
+    trigger_transform,
+)
+from trace_core.errors import TraceError
+from trace_core.runtime import Runtime
+from trace_dagster.partitions import _UNSAFE, partitions_def_name, stream_asset_key
+from trace_dagster.resources import TraceResource
+
+log = logging.getLogger(__name__)
+TRIGGER_JOB = "trace_trigger"
+
+
+def transform_asset_key(job_name: str, name: str) -> AssetKey:
+    return AssetKey(["transform", _UNSAFE.sub("_", job_name), name])
+
+
+class TriggerConfig(Config):
+    job: str = Field(description="The transform job to run")
+    kind: str = Field("manual", description="cron | webhook | manual")
+    key: str | None = Field(
+        None, description="Idempotency key (default: a fingerprint of the pinned input versions)"
+    )
+
+
+@op(description="Record one trigger of a transform job: source event + task + outbox row")
+def trigger_source(
+    context: OpExecutionContext, config: TriggerConfig, trace: TraceResource
+) -> None:
+    rt = trace.get_client()
+    try:
+        got = trigger_transform(rt, config.job, config.kind, config.key)  # type: ignore[arg-type]
+    except TraceError as exc:
+        raise Failure(description=f"trigger of {config.job}: {exc}") from exc
+    context.log.info(
+        f"{config.job}: task {got.task_id} "
+        + ("queued" if got.created else "already triggered with this key: no new run")
+    )
+
+
+@job(name=TRIGGER_JOB, executor_def=in_process_executor, description="Trigger a transform job")
+def trace_trigger() -> None:
+    trigger_source()
+
+
+def transform_materialization(outcome: TaskOutcome) -> AssetMaterialization | None:
+    """A committed transform run as a materialization of its output asset (a partition when
+    the run is an on-input run)."""
+    if outcome.status != "succeeded" or outcome.operator != OPERATOR:
+        return None
+    try:
+        p = TransformPayload.parse(outcome.payload)
+    except TraceError:
+        return None
+    out = outcome.outputs
+    meta: dict[str, str | int] = {
+        "block_range": f"[{p.range_start}, {p.range_end})",
+        "trigger": p.trigger,
+        "task_id": str(outcome.task_id),
+        "attempt": outcome.attempt or 0,
+        "dataset_version": str(out.get("dataset_version", "")),
+        "rows": int(out.get("row_count", 0)),
+    }
+    return AssetMaterialization(
+        asset_key=transform_asset_key(p.job_name, p.transform_name),
+        partition=range_partition_key(p.range_start, p.range_end) if p.partitioned else None,
+        metadata={k: MetadataValue.text(v) if isinstance(v, str) else v for k, v in meta.items()},
+    )
+
+
+def _run_now(context: AssetExecutionContext, rt: Runtime, t: TransformRow) -> MaterializeResult:
+    try:
+        block_range = (
+            parse_partition_key(context.partition_key) if context.has_partition_key else None
+        )
+        task_id = run_for(rt, t.name, block_range)
+    except TraceError as exc:
+        raise Failure(description=f"transform {t.name}: {exc}") from exc
+    o = execute_task(rt, task_id)
+    context.log.info(f"task {task_id}: {o.status}" + (f" ({o.error})" if o.error else ""))
+    if o.status == "skipped":  # already done (or running elsewhere): nothing new here
+        return MaterializeResult(metadata={"task_id": str(task_id), "status": "skipped"})
+    mat = transform_materialization(o)
+    if mat is None:
+        raise Failure(description=f"transform {t.name} task {task_id}: {o.status}: {o.error}")
+    return MaterializeResult(metadata=dict(mat.metadata))
+
+
+def _dep_key(t: TransformRow, key: str, outputs: dict[str, TransformRow]) -> AssetKey:
+    up = outputs.get(key)
+    return transform_asset_key(up.job_name, up.name) if up else stream_asset_key(t.job_name, key)
+
+
+def transform_asset(t: TransformRow, outputs: dict[str, TransformRow]) -> AssetsDefinition:
+    """The output asset of one transform, downstream of its inputs."""
+    partitioned = t.on_input and t.inputs[0] not in outputs
+    parts = (
+        DynamicPartitionsDefinition(name=partitions_def_name(t.job_name, t.inputs[0]))
+        if partitioned
+        else None
+    )
+
+    @asset(
+        key=transform_asset_key(t.job_name, t.name),
+        deps=[_dep_key(t, key, outputs) for key in t.inputs],
+        partitions_def=parts,
+        group_name=_UNSAFE.sub("_", t.job_name),
+        description=(
+            f"transform `{t.name}` ({t.code_kind}) of job {t.job_name}: dataset `{t.output_key}` "
+            f"from {', '.join(t.inputs)}. Materializing runs it now."
+        ),
+        kinds={"parquet", "python" if t.code_kind == "python" else "sql"},
+        metadata={"chain_id": t.chain_id, "output": t.output_key, "bundle": t.bundle_sha256 or ""},
+    )
+    def _transform(context: AssetExecutionContext, trace: TraceResource) -> MaterializeResult:
+        return _run_now(context, trace.get_client(), t)
+
+    return _transform
+
+
+def cron_schedule(t: TransformRow) -> ScheduleDefinition:
+    """A schedule launching ``trace_trigger`` for ``t`` at each cron tick (key: the tick time)."""
+    assert t.cron is not None
+
+    @schedule(
+        name=f"transform_{_UNSAFE.sub('_', t.name)}_cron",
+        cron_schedule=t.cron,
+        job=trace_trigger,
+        description=f"cron trigger of transform {t.name} ({t.cron})",
+    )
+    def _tick(context: ScheduleEvaluationContext) -> RunRequest:
+        key = f"cron:{context.scheduled_execution_time.isoformat()}"
+        return RunRequest(
+            run_key=f"{t.name}:{key}",
+            run_config={
+                "ops": {"trigger_source": {"config": {"job": t.name, "kind": "cron", "key": key}}}
+            },
+            tags={"trace/job": t.name, "trace/source": "cron"},
+        )
+
+    return _tick
+
+
+def transform_definitions(
+    rt: Runtime,
+) -> tuple[list[AssetsDefinition], list[ScheduleDefinition]]:
+    """Assets and schedules of every applied transform (none if state is unavailable)."""
+    try:
+        rows, streams = applied_transforms(rt)
+    except TraceError as exc:
+        log.warning("no transform assets: state unavailable (%s)", exc)
+        return [], []
+    outputs = {t.output_key: t for t in rows}
+    assets = [
+        transform_asset(t, outputs)
+        for t in rows
+        if all((t.job_name, k) in streams or k in outputs for k in t.inputs)
+    ]
+    return assets, [cron_schedule(t) for t in rows if t.cron and t.enabled]
