@@ -78,7 +78,7 @@ def dying_first_attempts(
                 raise StaleAttempt(ctx.lease.task_id, 1, "simulated worker death after staging")
             return completion
 
-        reg.register(OPERATOR, evaluate)
+        reg.register(OPERATOR, evaluate, queries=True)
         return reg
 
     return build
