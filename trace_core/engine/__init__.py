@@ -4,6 +4,6 @@
 worker runs, stranded runs), ``execute`` (claim, run, fenced completion), ``worker_run`` (one
 run's batch and the waves it frees), ``idle`` (what work is still owed), ``registry`` (the
 operators production schedules), ``revive`` (reviving on request), ``services`` and
-``service_steps`` (leased long-lived loops), and the shell's faces of ``streams``,
-``analytics``, ``integrity`` and ``transforms``. trace_dagster imports these, never a domain module.
+``service_steps`` (leased long-lived loops). trace_dagster imports these; its direct domain
+imports still listed in tests/unit/test_import_graph.py (``SHELL_EXCEPTIONS``) are to move here.
 """

@@ -15,12 +15,15 @@ from dagster import (
     SkipReason,
     sensor,
 )
+from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-from trace_core.engine.analytics import due_runs, family_stream
-from trace_core.engine.streams import range_partition_key
+from trace_core.analytics.jobs import load_analytics_jobs
+from trace_core.analytics.plan import plan
+from trace_core.chain_sync import epochs
+from trace_core.chain_sync.planner import range_partition_key
 from trace_core.errors import TraceError
 from trace_core.runtime import Runtime
-from trace_dagster.analytics import AssetJob, job_name
+from trace_dagster.analytics import RANGE_TAG, job_name
 from trace_dagster.partitions import partitions_def_name
 from trace_dagster.resources import TraceResource
 from trace_dagster.sensors.common import instance_of
@@ -36,34 +39,40 @@ def due_requests(
     """Run requests for due analytics work not requested before (``done`` run keys)."""
     seen = set(done)
     requests: list[RunRequest] = []
-    for job, runs in due_runs(rt):
-        for run in runs:
-            if run.run_key in seen or len(requests) >= MAX_REQUESTS_PER_TICK:
-                continue
-            partition = None
-            if run.kind.endswith("_range"):
-                assert run.start is not None and run.end is not None
-                partition = range_partition_key(run.start, run.end)
-                stream = family_stream(job, "balance" if run.kind == "balance_range" else "staking")
-                name = partitions_def_name(job.job, str(stream))
-                if instance is not None and not instance.has_dynamic_partition(name, partition):
-                    continue  # not a chain_sync range (e.g. a compacted hot range)
-            requests.append(
-                RunRequest(
-                    run_key=run.run_key,
-                    job_name=job_name(job.job, run.kind),
-                    partition_key=partition,
-                    tags={
-                        "trace/job": job.job,
-                        "trace/analytics": run.kind,
-                    },
+    with rt.state() as conn:
+        sizes = epochs.sizes(epochs.stream_targets(conn, rt.settings.org_id))
+        for job in load_analytics_jobs(conn, rt.settings.org_id):
+            for run in plan(conn, rt.settings.org_id, job):
+                if run.run_key in seen or len(requests) >= MAX_REQUESTS_PER_TICK:
+                    continue
+                partition = None
+                tags = {"trace/job": job.job, "trace/analytics": run.kind}
+                if run.kind.endswith("_range"):
+                    assert run.start is not None and run.end is not None
+                    stream = str(
+                        job.spec.balance_diffs
+                        if run.kind == "balance_range"
+                        else job.spec.staking.logs  # type: ignore[union-attr]
+                    )
+                    # the range's epoch is the partition; the run computes just this range
+                    partition = epochs.epoch_key(run.start, sizes[(job.job, stream)])
+                    tags[RANGE_TAG] = range_partition_key(run.start, run.end)
+                    name = partitions_def_name(job.job, stream)
+                    if instance is not None and not instance.has_dynamic_partition(name, partition):
+                        continue  # not a chain_sync epoch yet
+                requests.append(
+                    RunRequest(
+                        run_key=run.run_key,
+                        job_name=job_name(job.job, run.kind),
+                        partition_key=partition,
+                        tags=tags,
+                    )
                 )
-            )
-            seen.add(run.run_key)
+                seen.add(run.run_key)
     return requests, [*done, *(r.run_key for r in requests if r.run_key)][-CURSOR_KEYS:]
 
 
-def analytics_sensor(jobs: Sequence[AssetJob]) -> SensorDefinition:
+def analytics_sensor(jobs: Sequence[UnresolvedAssetJobDefinition]) -> SensorDefinition:
     """``trace_analytics``: each tick, requests the analytics runs that committed input
     ranges make due (per range first, then the roll-ups), each run key once."""
 
