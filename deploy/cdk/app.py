@@ -37,7 +37,6 @@ def main() -> int:
     if NPM_NODE.exists():
         os.environ.setdefault("JSII_NODE", str(NPM_NODE))
     import aws_cdk as cdk  # after validation: starting jsii's node runtime takes seconds
-
     from trace_cdk.stack import TraceStack
 
     outdir = os.environ.get("CDK_OUTDIR") or str(HERE / "cdk.out")

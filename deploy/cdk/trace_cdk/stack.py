@@ -13,6 +13,7 @@ from typing import Any
 import aws_cdk as cdk
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecs as ecs
+from aws_cdk import aws_elasticloadbalancingv2 as elbv2
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_rds as rds
@@ -29,7 +30,6 @@ STORE_PREFIX = "trace"
 STAGING = f"{STORE_PREFIX}/staging/"
 VERSIONS = f"{STORE_PREFIX}/cryo/"
 COMPUTE_LOGS = "dagster-compute-logs/"
-QUEUE_PREFIX = "trace-"
 # Logical queue names as trace_core.queue.base spells them (TASK_WAKEUP, BUFFER_QUEUE).
 QUEUES = {"Task": "task_wakeup", "Buffer": "buffer"}
 QUERY_PORT = 8090
@@ -221,8 +221,9 @@ class TraceStack(cdk.Stack):
         # --- queues: names match what trace_core.queue.sqs would create on first use.
         self.queues: dict[str, sqs.Queue] = {}
         self.dlqs: dict[str, sqs.Queue] = {}
+        queue_prefix = f"{name}-"  # TRACE_SQS_QUEUE_PREFIX
         for label, logical in QUEUES.items():
-            queue_name = f"{QUEUE_PREFIX}{logical}"
+            queue_name = f"{queue_prefix}{logical}"
             dlq = sqs.Queue(
                 self,
                 f"{label}Dlq",
@@ -267,6 +268,16 @@ class TraceStack(cdk.Stack):
             vpc=self.vpc,
             cluster_name=name,
             container_insights_v2=ecs.ContainerInsights.ENABLED,
+        )
+        # An internal load balancer in the private subnets: the webserver (3000) for operators
+        # on the VPN/bastion, the Query Service (8090) for clients and the runs' TRACE_QUERY_URL.
+        self.alb = elbv2.ApplicationLoadBalancer(
+            self,
+            "InternalAlb",
+            vpc=self.vpc,
+            internet_facing=False,
+            vpc_subnets=app_subnets,
+            security_group=self.app_sg,
         )
         execution_role = iam.Role(
             self,
@@ -338,9 +349,20 @@ class TraceStack(cdk.Stack):
             "TRACE_LOG_FORMAT": "json",
             "TRACE_AWS_REGION": self.region,
             "TRACE_QUEUE_DRIVER": "sqs",
-            "TRACE_SQS_QUEUE_PREFIX": QUEUE_PREFIX,
+            "TRACE_SQS_QUEUE_PREFIX": queue_prefix,
             "TRACE_OBJECT_STORE_URL": f"s3://{self.datasets.bucket_name}/{STORE_PREFIX}",
-            "TRACE_QUERY_URL": f"http://query.{name}.internal:{QUERY_PORT}",
+            "TRACE_QUERY_URL": f"http://{self.alb.load_balancer_dns_name}:{QUERY_PORT}",
+            # Runs take the worker role, not the daemon's: the launcher derives each run's task
+            # definition from the daemon's task, and the code server (spawned by the daemon and
+            # the webserver with this environment) reports this ECS container context.
+            "DAGSTER_CLI_API_GRPC_CONTAINER_CONTEXT": cdk.Stack.of(self).to_json_string(
+                {
+                    "ecs": {
+                        "task_role_arn": self.worker_role.role_arn,
+                        "execution_role_arn": execution_role.role_arn,
+                    }
+                }
+            ),
         }
         image = ecs.ContainerImage.from_registry(config.image)
         self.task_definitions: dict[str, ecs.FargateTaskDefinition] = {}
@@ -470,6 +492,23 @@ class TraceStack(cdk.Stack):
                 min_healthy_percent=0 if kind == "daemon" else 50,
                 max_healthy_percent=100 if kind == "daemon" else 200,
             )
+            port = {"webserver": WEB_PORT, "query": QUERY_PORT}.get(kind)
+            if port is not None:
+                listener = self.alb.add_listener(
+                    f"{kind.capitalize()}Listener",
+                    port=port,
+                    protocol=elbv2.ApplicationProtocol.HTTP,
+                    open=False,
+                )
+                listener.add_targets(
+                    f"{kind.capitalize()}Targets",
+                    port=port,
+                    protocol=elbv2.ApplicationProtocol.HTTP,
+                    targets=[service],
+                    health_check=elbv2.HealthCheck(
+                        path="/server_info" if kind == "webserver" else "/healthz"
+                    ),
+                )
             # Tasks read the secrets by name at start, so they must exist first.
             service.node.add_dependency(*secrets.values())
 
