@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import boto3
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -117,12 +119,27 @@ def test_metrics_report_ranges_lag_tasks_queues_and_query_latency(
 def test_metrics_read_sqs_queue_stats(
     settings: Settings, dbs: Databases, moto_server_url: str
 ) -> None:
-    """The collector over the SQS driver: depth and dead counts from queue attributes."""
+    """The collector over the SQS driver: depth from queue attributes, oldest age from CloudWatch."""
     prefix = f"metrics-{dbs.state_url.rsplit('/', 1)[1][-8:]}-"
     driver = SqsQueue(
         max_receive_count=3, queue_prefix=prefix, endpoint_url=moto_server_url, region="us-east-1"
     )
     driver.publish(TASK_WAKEUP, {"task_id": "x"})
+    # AWS publishes ApproximateAgeOfOldestMessage per queue every minute; moto does not, so
+    # publish the datapoint AWS would (for the wake-up queue only) into moto's CloudWatch.
+    cloudwatch = boto3.client("cloudwatch", endpoint_url=moto_server_url, region_name="us-east-1")
+    cloudwatch.put_metric_data(
+        Namespace="AWS/SQS",
+        MetricData=[
+            {
+                "MetricName": "ApproximateAgeOfOldestMessage",
+                "Dimensions": [{"Name": "QueueName", "Value": f"{prefix}{TASK_WAKEUP}"}],
+                "Timestamp": datetime.now(UTC) - timedelta(minutes=1),
+                "Value": 42.0,
+                "Unit": "Seconds",
+            }
+        ],
+    )
     state = psycopg_pool(dbs.state_url)
     data = psycopg_pool(dbs.data_url)
     try:
@@ -132,6 +149,8 @@ def test_metrics_read_sqs_queue_stats(
         data.close()
     depth = {s.labels["queue"]: s.value for s in metrics["trace_queue_depth"].samples}
     assert depth == {TASK_WAKEUP: 1, "buffer": 0}
+    oldest = {s.labels["queue"]: s.value for s in metrics["trace_queue_oldest_age_seconds"].samples}
+    assert oldest == {TASK_WAKEUP: 42.0}  # no datapoint for the buffer queue: no sample
     assert metrics["trace_metrics_up"].samples[0].value == 1
 
 

@@ -336,6 +336,11 @@ class TraceStack(cdk.Stack):
         self.query_role.add_to_policy(
             iam.PolicyStatement(actions=["sqs:GetQueueAttributes"], resources=queue_arns)
         )
+        # GET /metrics reads the queues' ApproximateAgeOfOldestMessage (no resource-level
+        # permissions exist for this action).
+        self.query_role.add_to_policy(
+            iam.PolicyStatement(actions=["cloudwatch:GetMetricStatistics"], resources=["*"])
+        )
 
         # --- task definitions (Fargate). Runs: registered here; the daemon's EcsRunLauncher
         # registers its per-job copies under the trace-run prefix, so it may register and pass
