@@ -83,7 +83,7 @@ def test_metrics_report_ranges_lag_tasks_queues_and_query_latency(
         assert answer.status_code == 200, answer.text
 
     samples = scrape(client)
-    labels = {"job": "follow", "stream": "blocks"}
+    labels = {"org": ORG, "job": "follow", "stream": "blocks"}
     assert sample(samples, "trace_ranges", **labels, state="completed") == 1
     assert sample(samples, "trace_ranges", **labels, state="dead") == 1
     assert sample(samples, "trace_ranges", **labels, state="scheduled") == 1
@@ -156,3 +156,19 @@ def test_metrics_read_sqs_queue_stats(
 
 def psycopg_pool(url: str) -> ConnectionPool[Any]:
     return ConnectionPool(url, min_size=1, max_size=1, kwargs={"autocommit": True})
+
+
+def test_a_failing_source_sets_up_to_zero_and_keeps_the_rest(
+    dbs: Databases, moto_server_url: str
+) -> None:
+    bad = SqsQueue(max_receive_count=3, queue_prefix="no spaces!", endpoint_url=moto_server_url)
+    state = psycopg_pool(dbs.state_url)
+    data = psycopg_pool(dbs.data_url)
+    try:
+        metrics = {m.name: m for m in TraceCollector(state, data, lambda: bad).collect()}
+    finally:
+        state.close()
+        data.close()
+    assert metrics["trace_metrics_up"].samples[0].value == 0
+    assert "trace_queue_depth" not in metrics  # the queue source failed (ConfigError)
+    assert "trace_tasks" in metrics and "trace_query_duration_seconds" in metrics

@@ -68,32 +68,36 @@ class TraceCollector(Collector):
 
     def _state_metrics(self) -> Iterator[Metric]:
         ranges = GaugeMetricFamily(
-            "trace_ranges", "Planned block ranges by state", labels=["job", "stream", "state"]
+            "trace_ranges",
+            "Planned block ranges by state",
+            labels=["org", "job", "stream", "state"],
         )
-        for job, stream, status, count in self._rows(self.state, "ranges_by_state"):
-            ranges.add_metric([job, stream, status], count)
+        for org, job, stream, status, count in self._rows(self.state, "ranges_by_state"):
+            ranges.add_metric([org, job, stream, status], count)
         yield ranges
 
         head = GaugeMetricFamily(
             "trace_chain_head_block",
             "Newest observed head of the stream's chain and RPC pool",
-            labels=["job", "stream"],
+            labels=["org", "job", "stream"],
         )
         lag = GaugeMetricFamily(
             "trace_stream_lag_blocks",
             "Blocks between the chain head and the first block not yet committed",
-            labels=["job", "stream"],
+            labels=["org", "job", "stream"],
         )
         planned = GaugeMetricFamily(
             "trace_stream_planned_block",
             "The planning cursor (exclusive)",
-            labels=["job", "stream"],
+            labels=["org", "job", "stream"],
         )
-        for job, stream, head_block, next_block, low_water in self._rows(self.state, "stream_lag"):
-            planned.add_metric([job, stream], next_block)
+        for org, job, stream, head_block, next_block, low_water in self._rows(
+            self.state, "stream_lag"
+        ):
+            planned.add_metric([org, job, stream], next_block)
             if head_block is not None:
-                head.add_metric([job, stream], head_block)
-                lag.add_metric([job, stream], max(0, head_block - low_water))
+                head.add_metric([org, job, stream], head_block)
+                lag.add_metric([org, job, stream], max(0, head_block - low_water))
         yield from (head, lag, planned)
 
         tasks = GaugeMetricFamily("trace_tasks", "Tasks by status", labels=["operator", "status"])

@@ -1,16 +1,16 @@
 -- Prometheus metrics (trace_core.query.metrics): read-only aggregates over state and data.
 
 -- name: ranges_by_state
-SELECT j.name AS job, r.dataset_key AS stream, r.status, count(*) AS ranges
+SELECT j.org_id::text AS org, j.name AS job, r.dataset_key AS stream, r.status, count(*) AS ranges
 FROM state.chain_sync_scheduled_ranges r
 JOIN state.chain_sync_jobs j USING (job_id)
-GROUP BY j.name, r.dataset_key, r.status
+GROUP BY j.org_id, j.name, r.dataset_key, r.status
 
 -- name: stream_lag
 -- Per active stream: the newest observed head of its chain on its RPC pool, the planning cursor,
 -- and the low-water mark (first block not yet committed: the lowest unfinished range, else the
 -- cursor).
-SELECT j.name AS job, s.dataset_key AS stream, h.head_block, c.next_block,
+SELECT j.org_id::text AS org, j.name AS job, s.dataset_key AS stream, h.head_block, c.next_block,
        coalesce((SELECT min(r.range_start) FROM state.chain_sync_scheduled_ranges r
                  WHERE r.job_id = s.job_id AND r.dataset_key = s.dataset_key
                    AND r.status <> 'completed'), c.next_block) AS low_water
