@@ -100,6 +100,20 @@ def test_worker_role_touches_only_staging_and_version_prefixes(template: dict[st
     assert not any(s["Resource"] == "*" for s in statements)
 
 
+def test_every_container_names_the_worker_role_for_runs(template: dict[str, Any]) -> None:
+    """The code servers report DAGSTER_CONTAINER_CONTEXT; runs then take the worker role."""
+    (worker_role,) = [k for k in _resources(template, "AWS::IAM::Role") if "WorkerRole" in k]
+    definitions = _resources(template, "AWS::ECS::TaskDefinition").values()
+    assert len(definitions) == 4
+    for definition in definitions:
+        (container,) = definition["Properties"]["ContainerDefinitions"]
+        env = {e["Name"]: e["Value"] for e in container["Environment"]}
+        context = json.dumps(env["DAGSTER_CONTAINER_CONTEXT"])
+        assert "task_role_arn" in context and worker_role in context
+        secrets = container["Secrets"]  # references (ValueFrom) only, never values
+        assert len(secrets) == 4 and all(set(x) == {"Name", "ValueFrom"} for x in secrets)
+
+
 def test_bucket_lifecycle_rules(template: dict[str, Any]) -> None:
     buckets = _resources(template, "AWS::S3::Bucket")
     rules = {

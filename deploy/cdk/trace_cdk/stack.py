@@ -360,7 +360,7 @@ class TraceStack(cdk.Stack):
             # Runs take the worker role, not the daemon's: the launcher derives each run's task
             # definition from the daemon's task, and the code server (spawned by the daemon and
             # the webserver with this environment) reports this ECS container context.
-            "DAGSTER_CLI_API_GRPC_CONTAINER_CONTEXT": cdk.Stack.of(self).to_json_string(
+            "DAGSTER_CONTAINER_CONTEXT": cdk.Stack.of(self).to_json_string(
                 {
                     "ecs": {
                         "task_role_arn": self.worker_role.role_arn,
