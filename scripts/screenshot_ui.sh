@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Screenshot of the Dagster UI showing the demo job's block ranges as materialized partitions.
+# Screenshot of the Dagster UI showing the demo job's epochs as materialized partitions.
 #
 # Usage: scripts/screenshot_ui.sh [OUT.png]        (default ./ui-screenshot.png)
 # Env:   SCREENSHOT_TRACE_HOME   Trace home of the demo run (default /tmp/trace-screenshot)

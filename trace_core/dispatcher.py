@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PlannedPartition:
-    """A newly planned range, as the UI shows it: a partition of a stream's asset."""
+    """A partition of a stream's asset: the epoch (``chain_sync.epochs``) of planned ranges."""
 
     job_name: str
     dataset_key: str
@@ -27,7 +27,7 @@ class PlannedPartition:
 
 @dataclass
 class TickReport:
-    planned: list[PlannedPartition] = field(default_factory=list)
+    planned: list[PlannedPartition] = field(default_factory=list)  # epochs of planned ranges
     published: int = 0
     retried: int = 0
     dead: int = 0
@@ -66,13 +66,11 @@ def dispatch_tick(rt: Runtime) -> TickReport:
     with rt.state() as conn:
         report.heads_observed = len(head.observe_heads(conn, s.org_id))
         capabilities.probe_due(conn, s.org_id, s)  # once per pool and TTL: what it serves
-        result = planner.plan_tick(conn, org_id=s.org_id, limit=s.dispatch_batch_size)
-        report.planned = [
-            PlannedPartition(
-                p.job_name, p.dataset_key, planner.range_partition_key(p.range_start, p.range_end)
-            )
-            for p in result.planned
-        ]
+        result = planner.plan_tick(
+            conn, org_id=s.org_id, limit=s.dispatch_batch_size, pool_check=planner.pool_url_check(s)
+        )
+        epochs = {(p.job_name, p.dataset_key, k) for p in result.planned for k in p.epoch_keys}
+        report.planned = [PlannedPartition(*e) for e in sorted(epochs)]
         with conn.transaction():
             reaped = lifecycle.reap(
                 conn, policy=rt.retry_policy, rewake_after_seconds=s.rewake_after_seconds
@@ -92,21 +90,3 @@ def dispatch_tick(rt: Runtime) -> TickReport:
     if report.did_work:
         log.info("dispatcher tick", extra={"summary": report.summary()})
     return report
-
-
-def all_partitions(rt: Runtime) -> list[PlannedPartition]:
-    """Every planned range of every job, so a fresh Dagster instance can rebuild partitions."""
-    from trace_core.chain_sync import planner, store
-
-    with rt.state() as conn:
-        out: list[PlannedPartition] = []
-        for job in store.list_jobs(conn, rt.settings.org_id):
-            out.extend(
-                PlannedPartition(
-                    r.job_name,
-                    r.dataset_key,
-                    planner.range_partition_key(r.range_start, r.range_end),
-                )
-                for r in store.list_ranges(conn, job.job_id)
-            )
-    return out

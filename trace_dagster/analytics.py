@@ -2,11 +2,13 @@
 
 Per job with an ``analytics:`` block:
 
-- per-range assets, partitioned by their input stream's own dynamic partitions (same
-  definition name, so the same block-range keys): ``analytics/<job>/balance_changes`` and
+- per-range assets, partitioned by their input stream's own epoch partitions (same
+  definition name, so the same keys): ``analytics/<job>/balance_changes`` and
   ``.../supply_deltas`` from the balance-diffs stream, ``.../staking_events`` from the logs
-  stream. A new committed range recomputes only its partition; re-materializing a
-  partition over the same input versions registers nothing new (deterministic versions).
+  stream. A new committed range recomputes only that range (a run of its epoch partition
+  tagged ``trace/range``); launching an epoch from the UI computes its committed ranges;
+  re-materializing over the same input versions registers nothing new (deterministic
+  versions).
 - roll-ups, unpartitioned: ``native_supply``, ``top_accounts`` + ``top_account_history``,
   ``validator_stake`` + ``staking_concentration``. Their inputs are the small per-range
   outputs, so recomputing them whole when a range lands stays cheap; a running total
@@ -25,6 +27,7 @@ from typing import Any
 
 from dagster import (
     AssetCheckResult,
+    AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
     AssetKey,
@@ -41,9 +44,10 @@ from dagster import (
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 from dagster_duckdb import DuckDBResource
 
-from trace_core.analytics import checks, compute
+from trace_core.analytics import checks, compute, supply
 from trace_core.analytics.jobs import AnalyticsJob, load_analytics_jobs
-from trace_core.chain_sync.planner import parse_partition_key
+from trace_core.chain_sync import epochs
+from trace_core.chain_sync.planner import parse_partition_key, range_partition_key
 from trace_core.errors import TraceError
 from trace_core.runtime import Runtime
 from trace_dagster.partitions import partitions_def_name, stream_asset_key
@@ -52,6 +56,8 @@ from trace_dagster.resources import TraceResource
 log = logging.getLogger(__name__)
 
 GROUP = "analytics"
+# A per-range run's input range (its partition is the range's epoch).
+RANGE_TAG = "trace/range"
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_]")
@@ -77,16 +83,23 @@ def _metadata(result: compute.Result, name: str) -> dict[str, Any]:
         "bytes": rec.bytes,
         "input_rows": result.input_rows,
         "newly_registered": result.outputs[name].newly_registered,
+        "fake": rec.fake,
     }
 
 
 def _check_result(job: str, asset: str, outcome: checks.CheckOutcome) -> AssetCheckResult:
+    """A skipped check (nothing compared) is not a pass: it shows as a WARN-severity failure
+    whose description starts with ``skipped:`` and whose metadata says ``skipped: true``."""
     return AssetCheckResult(
         asset_key=analytics_asset_key(job, asset),
         check_name=outcome.name,
-        passed=outcome.passed,
+        passed=outcome.passed and not outcome.skipped,
+        severity=AssetCheckSeverity.WARN if outcome.skipped else AssetCheckSeverity.ERROR,
         description=outcome.description,
-        metadata={"details": MetadataValue.json(dict(outcome.metadata))},
+        metadata={
+            "details": MetadataValue.json(dict(outcome.metadata)),
+            "skipped": outcome.skipped,
+        },
     )
 
 
@@ -104,12 +117,16 @@ def _run(
     checkers: Sequence[tuple[str, Checker]] = (),
 ) -> Iterator[MaterializeResult | AssetCheckResult]:
     rt = trace.get_client()
+    ranges: list[tuple[int, int]] = []
     try:
         with rt.state() as state, duckdb.get_connection() as con:
             ctx = compute.Context(rt.settings, rt.store, state)
             if context.has_partition_key:
-                start, end = parse_partition_key(context.partition_key)
-                result = fn(ctx, con, job, start, end)
+                ranges = _ranges_to_run(context, rt, job, names)
+                results = [fn(ctx, con, job, start, end) for start, end in ranges]
+                if not results:
+                    raise Failure(description=f"epoch {context.partition_key}: nothing committed")
+                result = results[-1]
             else:
                 result = fn(ctx, con, job)
             outcomes = [(asset, check(ctx, con, job, result)) for asset, check in checkers]
@@ -117,11 +134,30 @@ def _run(
         raise Failure(description=f"{type(exc).__name__}: {exc}") from exc
     context.log.info(f"job {job.job}: committed {', '.join(names)} {result.summary or ''}")
     for name in names:
-        yield MaterializeResult(
-            asset_key=analytics_asset_key(job.job, name), metadata=_metadata(result, name)
-        )
+        meta = _metadata(result, name)
+        if ranges:
+            meta["ranges"] = MetadataValue.text(
+                ", ".join(range_partition_key(a, b) for a, b in ranges)
+            )
+        yield MaterializeResult(asset_key=analytics_asset_key(job.job, name), metadata=meta)
     for asset, outcome in outcomes:
         yield _check_result(job.job, asset, outcome)
+
+
+def _ranges_to_run(
+    context: AssetExecutionContext, rt: Runtime, job: AnalyticsJob, names: Sequence[str]
+) -> list[tuple[int, int]]:
+    """The input ranges a per-range run computes: the one its ``trace/range`` tag names (the
+    sensor's runs), else every committed range of the partition's epoch (a UI launch)."""
+    tagged = context.run.tags.get(RANGE_TAG)
+    if tagged:
+        return [parse_partition_key(tagged)]
+    stream = job.spec.balance_diffs if "balance_changes" in names else job.spec.staking.logs  # type: ignore[union-attr]
+    start, end = parse_partition_key(context.partition_key)
+    with rt.state() as conn:
+        target = epochs.stream_target(conn, rt.settings.org_id, job.job, str(stream))
+        progress = epochs.progress_of(conn, target, start, end)
+    return [(r.range_start, r.range_end) for r in progress.committed]
 
 
 def _spec(
@@ -197,6 +233,17 @@ def job_assets(job: AnalyticsJob) -> list[AssetsDefinition]:
                     asset=key("native_supply"),
                     description="sum of eth_getBalance over known accounts at sampled blocks",
                 ),
+                *(
+                    [
+                        AssetCheckSpec(
+                            "supply_reconciles",
+                            asset=key("native_supply"),
+                            description="each block's supply change = reward - base fee burned",
+                        )
+                    ]
+                    if job.spec.supply is not None
+                    else []
+                ),
             ],
         )
         def native_supply(
@@ -207,9 +254,14 @@ def job_assets(job: AnalyticsJob) -> list[AssetsDefinition]:
                 trace,
                 duckdb,
                 job,
-                compute.native_supply,
+                supply.native_supply,
                 ["native_supply"],
-                [("native_supply", checks.supply_matches_chain)],
+                [("native_supply", checks.supply_matches_chain)]
+                + (
+                    [("native_supply", checks.supply_reconciles)]
+                    if job.spec.supply is not None
+                    else []
+                ),
             )
 
         @multi_asset(

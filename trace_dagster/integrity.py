@@ -1,6 +1,7 @@
 """The integrity check in the UI: a partitioned asset check per stream asset, fed by runs of
 ``trace_integrity_pass`` that the scheduled ``trace_integrity`` sensor requests (one
-evaluation per range partition), and runnable from the UI. All logic lives in
+evaluation per epoch partition, over the ranges of that epoch checked in the pass), and
+runnable from the UI. All logic lives in
 ``trace_core.integrity``."""
 
 # No `from __future__ import annotations` here: Dagster resolves sensor annotations at runtime.
@@ -22,9 +23,12 @@ from dagster import (
     op,
 )
 
+from trace_core.chain_sync.epochs import epoch_keys_of_range
 from trace_core.chain_sync.store import StreamRow
+from trace_core.datasets.retention import scheduled_retention
 from trace_core.errors import TraceError
-from trace_core.integrity.verify import RangeResult, integrity_tick, select_streams
+from trace_core.integrity import incremental
+from trace_core.integrity.verify import RangeResult, select_streams
 from trace_core.runtime import Runtime
 from trace_dagster.partitions import partitions_def_name, stream_asset_key
 from trace_dagster.resources import TraceResource
@@ -39,26 +43,27 @@ TICK_SECONDS = 30
 MAX_FINDINGS_SHOWN = 20
 
 
-def check_metadata(result: RangeResult) -> dict[str, str | int]:
-    lines = [f.line() for f in result.findings]
-    return {
-        "dataset_version": result.dataset_version or "",
-        "block_range": f"[{result.range_start}, {result.range_end})",
-        "findings": len(lines),
-        "details": "\n".join(lines[:MAX_FINDINGS_SHOWN]) or "ok",
-    }
-
-
-def check_evaluation(result: RangeResult) -> AssetCheckEvaluation:
-    """A range's verdict as a run-less check evaluation of its stream partition."""
+def check_evaluation(
+    job_name: str, dataset_key: str, epoch_key: str, results: list[RangeResult]
+) -> AssetCheckEvaluation:
+    """The verdicts on an epoch's ranges as one evaluation of its partition: it passes when
+    every range checked in this pass passed."""
+    lines = [f.line() for r in results for f in r.findings]
+    failed = [r for r in results if not r.passed]
     return AssetCheckEvaluation(
-        asset_key=stream_asset_key(result.job_name, result.dataset_key),
+        asset_key=stream_asset_key(job_name, dataset_key),
         check_name=CHECK_NAME,
-        passed=result.passed,
-        partition=result.partition_key,
+        passed=not failed,
+        partition=epoch_key,
         severity=AssetCheckSeverity.ERROR,
-        metadata=check_metadata(result),
-        description=None if result.passed else result.findings[0].line(),
+        metadata={
+            "ranges_checked": len(results),
+            "ranges_failed": len(failed),
+            "findings": len(lines),
+            "failed_ranges": ", ".join(r.partition_key for r in failed[:MAX_FINDINGS_SHOWN]),
+            "details": "\n".join(lines[:MAX_FINDINGS_SHOWN]) or "ok",
+        },
+        description=lines[0] if lines else None,
     )
 
 
@@ -75,33 +80,38 @@ def run_pass(
     emit: Callable[[AssetCheckEvaluation], None],
     streams: list[StreamRow] | None = None,
 ) -> PassSummary:
-    """Verify every committed range (of ``streams``, default all) in bounded steps of
-    ``TRACE_INTEGRITY_RANGES_PER_TICK`` ranges, and ``emit`` each range's verdict as a check
-    evaluation of its partition (ranges that are not partitions in ``instance`` are skipped).
+    """Scheduled (``streams`` None): one incremental pass (``incremental.scheduled_reports``:
+    new and changed ranges, then a sample of the stalest, within an RPC budget). With
+    ``streams`` (the check run from the UI): every committed range of them. ``emit`` one check
+    evaluation per epoch partition with the verdicts of its ranges verified in this pass
+    (epochs that are not partitions in ``instance`` are skipped).
 
     Evaluations are emitted inside a run: Dagster stores one run-less evaluation per
     partition at most, so a second pass could not report run-less ones again.
     """
     summary = PassSummary()
     known: dict[str, set[str]] = {}
-    selected = None if streams is None else {(s.job_name, s.dataset_key) for s in streams}
-    pos = ""
-    while True:
-        report, pos = integrity_tick(rt, pos, rt.settings.integrity_ranges_per_tick)
-        if report is None:
-            break
-        if selected is None or (report.job_name, report.dataset_key) in selected:
-            name = partitions_def_name(report.job_name, report.dataset_key)
-            if name not in known:
-                known[name] = set(instance.get_dynamic_partitions(name))
-            for r in report.ranges:
-                if r.partition_key in known[name]:
-                    emit(check_evaluation(r))
-            summary.ranges += len(report.ranges)
-            summary.findings += [f.line() for f in report.findings]
-            summary.notes += list(report.notes)
-        if not pos:
-            break
+    sizes = {(s.job_name, s.dataset_key): s.epoch_blocks for s in select_streams(rt)}
+    by_epoch: dict[tuple[str, str, str], list[RangeResult]] = {}
+    reports = (
+        incremental.scheduled_reports(rt)
+        if streams is None
+        else incremental.full_reports(rt, streams)
+    )
+    for report in reports:
+        stream = (report.job_name, report.dataset_key)
+        for r in report.ranges:
+            for key in epoch_keys_of_range(r.range_start, r.range_end, sizes[stream]):
+                by_epoch.setdefault((*stream, key), []).append(r)
+        summary.ranges += len(report.ranges)
+        summary.findings += [f.line() for f in report.findings]
+        summary.notes += list(report.notes)
+    for (job_name, dataset_key, key), results in sorted(by_epoch.items()):
+        name = partitions_def_name(job_name, dataset_key)
+        if name not in known:
+            known[name] = set(instance.get_dynamic_partitions(name))
+        if key in known[name]:
+            emit(check_evaluation(job_name, dataset_key, key, results))
     return summary
 
 
@@ -115,14 +125,19 @@ def _fail_on_findings(summary: PassSummary, repair: str) -> None:
 
 @op(
     name="integrity_pass",
-    description="Verify every committed range; each range's verdict lands on its partition's "
-    "`integrity` check; the run fails when a range is broken",
+    description="Verify new and changed ranges plus a sample of older ones within an RPC budget; "
+    "the verdicts land on their epoch partition's `integrity` check; the run fails when a "
+    "range is broken",
 )
 def integrity_pass(context: OpExecutionContext, trace: TraceResource) -> None:
-    summary = run_pass(trace.get_client(), context.instance, context.log_event)  # type: ignore[arg-type]  # log_event takes check evaluations too
+    rt = trace.get_client()
+    summary = run_pass(rt, context.instance, context.log_event)  # type: ignore[arg-type]  # log_event takes check evaluations too
     for note in summary.notes:
         context.log.warning(note)
     context.log.info(f"integrity: {summary.ranges} ranges, {len(summary.findings)} findings")
+    # retention rides on the same maintenance run: superseded versions past the grace period
+    collected = scheduled_retention(rt)
+    context.log.info(collected.lines()[0])
     _fail_on_findings(summary, "trace-lite verify --repair")
 
 
@@ -151,8 +166,8 @@ def _stream_check(job_name: str, dataset_key: str) -> AssetChecksDefinition:
     # evaluation of its partition from inside this run.
     @multi_asset_check(specs=[spec], name=f"integrity__{partitions}", can_subset=True)
     def _check(context: AssetCheckExecutionContext, trace: TraceResource):  # type: ignore[no-untyped-def]
-        """Run from the UI: verify every committed range of the stream now; each range's
-        verdict lands on its partition; the run fails when any range is broken."""
+        """Run from the UI: verify every committed range of the stream now; the verdicts land
+        on their epoch partitions; the run fails when any range is broken."""
         rt = trace.get_client()
         streams = [s for s in select_streams(rt, job_name) if s.dataset_key == dataset_key]
         emit = context.op_execution_context.log_event  # it takes check evaluations too

@@ -7,6 +7,7 @@ import functools
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 from dagster import (
     AssetMaterialization,
@@ -24,10 +25,12 @@ from pydantic import Field
 from trace_core import builtin_operators
 from trace_core.chain_sync.planner import range_partition_key
 from trace_core.operators.payload import RangeLabel
+from trace_core.runtime import Runtime
 from trace_core.worker import TaskOutcome, execute_batch, take_more_work
+from trace_dagster.epochs import epoch_keys_of, epoch_size, range_events
 from trace_dagster.partitions import partitions_def_name, stream_asset_key
 from trace_dagster.resources import TraceResource
-from trace_dagster.retry import is_manual_reexecution, revive_for_reexecution
+from trace_dagster.retry import is_manual_reexecution, revive_for_reexecution, touched_metadata
 from trace_dagster.transforms import transform_materialization
 
 WORKER_JOB = "trace_worker"
@@ -37,14 +40,14 @@ class TaskBatchConfig(Config):
     task_ids: list[str] = Field(description="Trace task ids to execute, in order")
 
 
-def materialization_for(outcome: TaskOutcome) -> AssetMaterialization | None:
-    """A committed chain_sync range as a materialized partition of its stream asset."""
+def range_metadata(outcome: TaskOutcome) -> dict[str, Any]:
+    """What a committed range reports: its block range, task, attempt, version and size."""
     label, out = RangeLabel.of(outcome.payload), outcome.outputs
-    if outcome.status != "succeeded" or not label.is_chain_sync_range or not label.block_range:
-        return None
+    assert label.block_range is not None
     start, end = label.block_range
     meta: dict[str, str | int] = {
         "block_range": f"[{start}, {end})",
+        "range": range_partition_key(start, end),
         "task_id": str(outcome.task_id),
         "attempt": outcome.attempt or 0,
     }
@@ -54,54 +57,76 @@ def materialization_for(outcome: TaskOutcome) -> AssetMaterialization | None:
     for name in ("row_count", "bytes", "file_count"):
         if name in out:
             meta[name] = int(out[name])
-    return AssetMaterialization(
-        asset_key=stream_asset_key(str(label.job_name), str(label.dataset_key)),
-        partition=range_partition_key(start, end),
-        metadata={k: MetadataValue.text(v) if isinstance(v, str) else v for k, v in meta.items()},
+    # made-up data (TRACE_CRYO_MODE=fake) must be visible where the range shows as done
+    meta["fake"] = bool(out.get("fake", False))
+    return {k: MetadataValue.text(v) if isinstance(v, str) else v for k, v in meta.items()}
+
+
+def committed_range_events(
+    rt: Runtime, outcome: TaskOutcome
+) -> list[AssetObservation | AssetMaterialization]:
+    """A committed chain_sync range as an observation of its epoch partition (with the epoch's
+    progress), plus the epoch's materialization when this range completed it."""
+    label = RangeLabel.of(outcome.payload)
+    if outcome.status != "succeeded" or not label.is_chain_sync_range or not label.block_range:
+        return []
+    start, end = label.block_range
+    return range_events(
+        rt, str(label.job_name), str(label.dataset_key), start, end, range_metadata(outcome)
     )
 
 
-def dead_range_observation(outcome: TaskOutcome) -> AssetObservation | None:
-    """A chain_sync range that ended dead, as an observation of its stream partition carrying
-    the last error and how to revive it (the UI shows it in the asset's events)."""
+def dead_range_observations(rt: Runtime, outcome: TaskOutcome) -> list[AssetObservation]:
+    """A chain_sync range that ended dead, as an observation of its epoch partition carrying
+    the range, the last error and how to revive it (the UI shows it in the asset's events)."""
     label = RangeLabel.of(outcome.payload)
     if outcome.status != "dead" or not label.is_chain_sync_range or not label.block_range:
-        return None
-    return AssetObservation(
-        asset_key=stream_asset_key(str(label.job_name), str(label.dataset_key)),
-        partition=range_partition_key(*label.block_range),
-        metadata={
-            "status": "dead",
-            "task_id": str(outcome.task_id),
-            "attempt": outcome.attempt or 0,
-            "last_error": MetadataValue.text(outcome.error or ""),
-            "revive": MetadataValue.text(
-                "re-execute this run, materialize this partition, or "
-                f"trace-lite retry --task {outcome.task_id}"
-            ),
-        },
-    )
+        return []
+    start, end = label.block_range
+    job, stream = str(label.job_name), str(label.dataset_key)
+    return [
+        AssetObservation(
+            asset_key=stream_asset_key(job, stream),
+            partition=key,
+            metadata={
+                "status": "dead",
+                "range": range_partition_key(start, end),
+                "block_range": MetadataValue.text(f"[{start}, {end})"),
+                "task_id": str(outcome.task_id),
+                "attempt": outcome.attempt or 0,
+                "last_error": MetadataValue.text(outcome.error or ""),
+                "revive": MetadataValue.text(
+                    "re-execute this run, materialize this partition (revives the epoch's dead "
+                    f"ranges), or trace-lite retry --task {outcome.task_id}"
+                ),
+            },
+        )
+        for key in epoch_keys_of(rt, job, stream, start, end)
+    ]
 
 
 @op(
     description="Claim every task of the batch, execute them TRACE_WORKER_CONCURRENCY at a time; "
     "then plan the next ranges and take more woken tasks until TRACE_WORKER_CONTINUE_SECONDS; "
-    "committed ranges are reported as materializations"
+    "committed ranges are reported on their epoch partitions"
 )
 def execute_tasks(
     context: OpExecutionContext, config: TaskBatchConfig, trace: TraceResource
 ) -> None:
     rt = trace.get_client()
+    batch = config.task_ids
     if is_manual_reexecution(context.dagster_run):  # e.g. from the UI: revive its dead tasks
-        revive_for_reexecution(context, rt, config.task_ids)
+        batch = revive_for_reexecution(context, rt, batch)
     deadline = time.monotonic() + rt.settings.worker_continue_seconds
     failures: list[str] = []
-    task_ids = [uuid.UUID(raw) for raw in config.task_ids]
+    task_ids = [uuid.UUID(raw) for raw in batch]
+    touched: list[uuid.UUID] = []  # every wave's tasks: a re-execution revives them all
     on_claimed: Callable[[], None] | None = None
     registry = builtin_operators.default_registry()  # once per run
     batches = 0
     while task_ids:
         batches += 1
+        touched += task_ids
         for outcome in execute_batch(
             rt,
             task_ids,
@@ -109,11 +134,11 @@ def execute_tasks(
             registry=registry,
             on_claimed=on_claimed,
         ):
-            failures += _report(context, outcome)
+            failures += _report(context, rt, outcome)
         if failures or time.monotonic() >= deadline:
             break  # a failing run ends: its retries run (and show) as runs of their own
         more = take_more_work(rt, rt.settings.worker_batch_size)
-        _add_partitions(context, more.planned)
+        _add_partitions(context, rt, more.planned)
         task_ids = more.task_ids
         on_claimed = functools.partial(more.ack, rt)
         if task_ids:
@@ -121,20 +146,21 @@ def execute_tasks(
     if batches > 1:
         context.log.info(f"{batches} batches in this run")
     if failures:
-        raise Failure(description="; ".join(failures))
+        raise Failure(description="; ".join(failures), metadata=touched_metadata(touched))
 
 
-def _report(context: OpExecutionContext, outcome: TaskOutcome) -> list[str]:
-    """Log an outcome, report it on its stream partition, and return its failure line if any."""
+def _report(context: OpExecutionContext, rt: Runtime, outcome: TaskOutcome) -> list[str]:
+    """Log an outcome, report it on its epoch partition, and return its failure line if any."""
     context.log.info(
         f"task {outcome.task_id} attempt {outcome.attempt}: {outcome.status}"
         + (f" ({outcome.error})" if outcome.error else "")
     )
-    for event in (
-        materialization_for(outcome),
-        dead_range_observation(outcome),
-        transform_materialization(outcome),
-    ):
+    events: list[Any] = [
+        *committed_range_events(rt, outcome),
+        *dead_range_observations(rt, outcome),
+        transform_materialization(outcome, lambda job: epoch_size(rt, job)),
+    ]
+    for event in events:
         if event is not None:
             context.log_event(event)
     if outcome.status in ("retry", "dead"):
@@ -144,16 +170,20 @@ def _report(context: OpExecutionContext, outcome: TaskOutcome) -> list[str]:
     return []
 
 
-def _add_partitions(context: OpExecutionContext, planned: list[tuple[str, str, int, int]]) -> None:
-    """Ranges this run planned become partitions now (the dispatcher sensor adds only those it
-    planned itself; its periodic re-sync would add these later)."""
-    by_def: dict[str, list[str]] = {}
+def _add_partitions(
+    context: OpExecutionContext, rt: Runtime, planned: list[tuple[str, str, int, int]]
+) -> None:
+    """Epochs of the ranges this run planned become partitions now (the dispatcher sensor adds
+    only those it planned itself; its periodic sync would add these later)."""
+    by_def: dict[str, set[str]] = {}
     for job_name, dataset_key, start, end in planned:
-        by_def.setdefault(partitions_def_name(job_name, dataset_key), []).append(
-            range_partition_key(start, end)
+        by_def.setdefault(partitions_def_name(job_name, dataset_key), set()).update(
+            epoch_keys_of(rt, job_name, dataset_key, start, end)
         )
     for name, keys in by_def.items():
-        context.instance.add_dynamic_partitions(name, keys)
+        new = [k for k in sorted(keys) if not context.instance.has_dynamic_partition(name, k)]
+        if new:
+            context.instance.add_dynamic_partitions(name, new)
 
 
 # One op per job: the in-process executor runs it in the run's own process instead of starting

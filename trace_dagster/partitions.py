@@ -1,10 +1,11 @@
-"""Stream assets: one asset per chain_sync stream, its block ranges as dynamic partitions.
+"""Stream assets: one asset per chain_sync stream, its epochs as dynamic partitions.
 
-Each asset is materializable: launching a partition (UI, ``materialize``, a backfill) revives
-that range's task if it is dead, or runs it now if it is queued, in that run
-(``trace_core.worker.run_range``), and reports the committed version like the worker
-does. The worker's own runs keep reporting ranges they commit as materializations of the same
-partitions.
+A partition is an epoch (``trace_core.chain_sync.epochs``: ``epoch_blocks`` blocks, the fine
+ranges stay in Trace state). Each asset is materializable: launching a partition (UI,
+``materialize``, a backfill) runs every uncommitted range of that epoch in that run, reviving
+dead ones (``trace_core.worker.run_range``), and materializes the epoch once it is complete.
+The worker's own runs report each committed range as an observation of its epoch and the
+epoch's materialization when its last range commits (``trace_dagster.epochs``).
 """
 
 # No `from __future__ import annotations` here: Dagster resolves asset annotations at runtime.
@@ -22,6 +23,7 @@ from dagster import (
 )
 
 from trace_core.chain_sync import store
+from trace_core.chain_sync.planner import parse_partition_key
 from trace_core.chain_sync.store import StreamRow
 from trace_core.errors import TraceError
 from trace_core.runtime import Runtime
@@ -33,44 +35,70 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_]")
 
 
 def partitions_def_name(job_name: str, dataset_key: str) -> str:
-    return _UNSAFE.sub("_", f"{job_name}__{dataset_key}")
+    """The stream's epoch partitions. The ``__epochs`` suffix leaves the fine-range partitions
+    of a Trace before epochs (``job__stream``) behind untouched: deleting 100k keys one by one
+    costs minutes in Dagster's storage; the partition sync materializes the epochs instead."""
+    return _UNSAFE.sub("_", f"{job_name}__{dataset_key}__epochs")
 
 
 def stream_asset_key(job_name: str, dataset_key: str) -> AssetKey:
     return AssetKey(["chain_sync", _UNSAFE.sub("_", job_name), dataset_key])
 
 
-def materialize_range(
+def materialize_epoch(
     context: AssetExecutionContext, rt: Runtime, job_name: str, dataset_key: str
 ) -> MaterializeResult:
-    """The stream asset's body: run the partition's range now (reviving it if dead)."""
+    """The stream asset's body: run every range of the partition's epoch that is not committed
+    (reviving dead ones) in this run, then materialize the epoch if all of it is committed.
+
+    Fails naming what is left: a range that did not commit (its error), one held by another
+    attempt's lease, or blocks not planned yet (the dispatcher plans them in order).
+    """
+    from trace_core.chain_sync import epochs
     from trace_core.worker import run_range
-    from trace_dagster.jobs import materialization_for
+    from trace_dagster.epochs import epoch_materialization
 
     key = context.partition_key
+    where = f"partition {key} of {job_name}/{dataset_key}"
     try:
-        ran = run_range(rt, job_name, dataset_key, key, detail=f"dagster run {context.run_id}")
-    except TraceError as exc:
-        raise Failure(description=f"partition {key} of {job_name}/{dataset_key}: {exc}") from exc
-    o = ran.outcome
-    context.log.info(
-        f"range {key} task {o.task_id} attempt {o.attempt}: "
-        + ("already committed" if ran.already_committed else o.status)
-        + (" (revived)" if ran.revived else "")
-        + (f" ({o.error})" if o.error else "")
-    )
-    mat = materialization_for(o)
-    if mat is None:
+        start, end = parse_partition_key(key)
+        with rt.state() as conn:
+            target = epochs.stream_target(conn, rt.settings.org_id, job_name, dataset_key)
+            before = epochs.progress_of(conn, target, start, end)
+        problems: list[str] = []
+        revived = ran = 0
+        for r in before.ranges:
+            if r.status == "completed":
+                continue
+            got = run_range(
+                rt, job_name, dataset_key, r.key, detail=f"dagster run {context.run_id}"
+            )
+            o = got.outcome
+            ran += 1
+            revived += got.revived
+            context.log.info(
+                f"range {r.key} task {o.task_id} attempt {o.attempt}: {o.status}"
+                + (" (revived)" if got.revived else "")
+                + (f" ({o.error})" if o.error else "")
+            )
+            if o.status != "succeeded":
+                problems.append(f"range {r.key} (task {o.task_id}): {o.status}: {o.error}")
+        with rt.state() as conn:
+            after = epochs.progress_of(conn, target, start, end)
+    except (TraceError, ValueError) as exc:
+        raise Failure(description=f"{where}: {exc}") from exc
+    if not after.complete:
+        if after.blocks_unplanned:
+            problems.append(
+                f"{after.blocks_unplanned} block(s) not planned yet (the dispatcher plans them)"
+            )
         raise Failure(
-            description=f"range {key} of {job_name}/{dataset_key} (task {o.task_id}) "
-            f"did not commit: {o.status}: {o.error}"
+            description=f"{where} is not complete ({len(after.committed)}/{after.ranges_total} "
+            f"ranges committed): " + "; ".join(problems or ["ranges still running"])
         )
+    mat = epoch_materialization(after)
     return MaterializeResult(
-        metadata={
-            **mat.metadata,
-            "revived": ran.revived,
-            "already_committed": ran.already_committed,
-        }
+        metadata={**(mat.metadata or {}), "ranges_run": ran, "ranges_revived": revived}
     )
 
 
@@ -85,14 +113,16 @@ def stream_asset(s: StreamRow) -> AssetsDefinition:
         group_name=_UNSAFE.sub("_", s.job_name),
         description=(
             f"cryo dataset `{s.cryo_dataset_name}` of chain {s.chain_id} "
-            f"(job {s.job_name}); each partition is an end-exclusive block range. "
-            "Materializing a partition runs that range now, reviving it if it is dead."
+            f"(job {s.job_name}); each partition is an epoch of {s.epoch_blocks} blocks "
+            "(end-exclusive) whose ranges Trace tracks; it is materialized once all its ranges "
+            "are committed. Materializing a partition runs its uncommitted ranges now, "
+            "reviving dead ones."
         ),
         kinds={"parquet", "cryo"},
         metadata={"chain_id": s.chain_id, "rpc_pool": s.rpc_pool},
     )
     def _stream(context: AssetExecutionContext, trace: TraceResource) -> MaterializeResult:
-        return materialize_range(context, trace.get_client(), s.job_name, s.dataset_key)
+        return materialize_epoch(context, trace.get_client(), s.job_name, s.dataset_key)
 
     return _stream
 

@@ -3,10 +3,11 @@ cron trigger, and ``trace_trigger`` (a manual launch from the UI).
 
 - The asset ``transform/<job>/<name>`` depends on its inputs' assets (stream assets, or other
   transforms' outputs), so the lineage graph shows it; an on-input transform whose first input
-  is a stream shares that stream's dynamic partitions (its runs are that stream's ranges).
-  Worker runs report each committed run as a materialization (``transform_materialization``).
-  Materializing the asset from the UI runs it now, in that run: a partition runs that range's
-  on-input run; the unpartitioned asset triggers a manual run (idempotent over the same inputs).
+  is a stream shares that stream's epoch partitions (each run is one of that stream's ranges,
+  reported on the range's epoch). Worker runs report each committed run as a materialization
+  (``transform_materialization``). Materializing the asset from the UI runs it now, in that
+  run: an epoch runs the on-input run of each committed range in it; the unpartitioned asset
+  triggers a manual run (idempotent over the same inputs).
 - A transform with ``trigger.cron`` gets a schedule whose ticks launch ``trace_trigger`` with the
   tick's time as idempotency key: the op writes source event + task + outbox in one
   transaction (``trace_core.sources.trigger``) and the worker sensor runs the task.
@@ -14,6 +15,8 @@ cron trigger, and ``trace_trigger`` (a manual launch from the UI).
 
 # No `from __future__ import annotations` here: Dagster resolves annotations at runtime.
 import logging
+from collections.abc import Callable
+from typing import Any
 
 from dagster import (
     AssetExecutionContext,
@@ -37,7 +40,9 @@ from dagster import (
 )
 from pydantic import Field
 
+from trace_core.chain_sync import epochs
 from trace_core.chain_sync import store as chain_sync_store
+from trace_core.chain_sync.epochs import epoch_key
 from trace_core.chain_sync.planner import parse_partition_key, range_partition_key
 from trace_core.errors import TraceError
 from trace_core.runtime import Runtime
@@ -46,6 +51,7 @@ from trace_core.transforms import routing
 from trace_core.transforms.store import TransformRow, list_transforms
 from trace_core.transforms.tasks import OPERATOR, TransformPayload
 from trace_core.worker import TaskOutcome, execute_task
+from trace_dagster.epochs import epoch_size
 from trace_dagster.partitions import _UNSAFE, partitions_def_name, stream_asset_key
 from trace_dagster.resources import TraceResource
 
@@ -93,9 +99,12 @@ def trace_trigger() -> None:
     trigger_source()
 
 
-def transform_materialization(outcome: TaskOutcome) -> AssetMaterialization | None:
-    """A committed transform run as a materialization of its output asset (a partition when
-    the run is an on-input run)."""
+def transform_materialization(
+    outcome: TaskOutcome, epoch_blocks: Callable[[str], int]
+) -> AssetMaterialization | None:
+    """A committed transform run as a materialization of its output asset (of the epoch
+    partition holding its range when the run is an on-input run; ``epoch_blocks`` gives a
+    chain_sync job's epoch size, ``trace_dagster.epochs.epoch_size``)."""
     if outcome.status != "succeeded" or outcome.operator != OPERATOR:
         return None
     try:
@@ -105,6 +114,7 @@ def transform_materialization(outcome: TaskOutcome) -> AssetMaterialization | No
     out = outcome.outputs
     meta: dict[str, str | int] = {
         "block_range": f"[{p.range_start}, {p.range_end})",
+        "range": range_partition_key(p.range_start, p.range_end),
         "trigger": p.trigger,
         "task_id": str(outcome.task_id),
         "attempt": outcome.attempt or 0,
@@ -113,42 +123,65 @@ def transform_materialization(outcome: TaskOutcome) -> AssetMaterialization | No
     }
     return AssetMaterialization(
         asset_key=transform_asset_key(p.job_name, p.transform_name),
-        partition=range_partition_key(p.range_start, p.range_end) if p.partitioned else None,
+        partition=epoch_key(p.range_start, epoch_blocks(p.job_name)) if p.partitioned else None,
         metadata={k: MetadataValue.text(v) if isinstance(v, str) else v for k, v in meta.items()},
     )
 
 
 def _run_now(context: AssetExecutionContext, rt: Runtime, t: TransformRow) -> MaterializeResult:
+    """Run the transform now: for an epoch partition, the on-input run of each committed range
+    of its primary input in that epoch; unpartitioned, a manual run."""
     try:
         with rt.state() as conn:
             if context.has_partition_key:
                 start, end = parse_partition_key(context.partition_key)
-                task_id = routing.run_for_range(
-                    conn,
-                    rt.settings.org_id,
-                    t.name,
-                    start,
-                    end,
-                    max_attempts=rt.settings.max_attempts,
-                )
+                target = epochs.stream_target(conn, rt.settings.org_id, t.job_name, t.inputs[0])
+                ranges = [
+                    (r.range_start, r.range_end)
+                    for r in epochs.progress_of(conn, target, start, end).committed
+                ]
+                if not ranges:
+                    raise Failure(
+                        description=f"transform {t.name}: no committed {t.inputs[0]} range in "
+                        f"epoch {context.partition_key}"
+                    )
+                task_ids = [
+                    routing.run_for_range(
+                        conn,
+                        rt.settings.org_id,
+                        t.name,
+                        a,
+                        b,
+                        max_attempts=rt.settings.max_attempts,
+                    )
+                    for a, b in ranges
+                ]
             else:
-                task_id = trigger(
-                    conn,
-                    rt.settings.org_id,
-                    t.name,
-                    "manual",
-                    max_attempts=rt.settings.max_attempts,
-                ).task_id
+                task_ids = [
+                    trigger(
+                        conn,
+                        rt.settings.org_id,
+                        t.name,
+                        "manual",
+                        max_attempts=rt.settings.max_attempts,
+                    ).task_id
+                ]
     except TraceError as exc:
         raise Failure(description=f"transform {t.name}: {exc}") from exc
-    o = execute_task(rt, task_id)
-    context.log.info(f"task {task_id}: {o.status}" + (f" ({o.error})" if o.error else ""))
-    if o.status == "skipped":  # already done (or running elsewhere): nothing new here
-        return MaterializeResult(metadata={"task_id": str(task_id), "status": "skipped"})
-    mat = transform_materialization(o)
-    if mat is None:
-        raise Failure(description=f"transform {t.name} task {task_id}: {o.status}: {o.error}")
-    return MaterializeResult(metadata=dict(mat.metadata))
+    meta: dict[str, Any] = {}
+    for task_id in task_ids:
+        o = execute_task(rt, task_id)
+        context.log.info(f"task {task_id}: {o.status}" + (f" ({o.error})" if o.error else ""))
+        if o.status == "skipped":  # already done (or running elsewhere): nothing new here
+            meta.setdefault("skipped", 0)
+            meta["skipped"] += 1
+            continue
+        mat = transform_materialization(o, lambda job: epoch_size(rt, job))
+        if mat is None:
+            raise Failure(description=f"transform {t.name} task {task_id}: {o.status}: {o.error}")
+        meta.update(mat.metadata)
+    meta["task_ids"] = MetadataValue.text(", ".join(str(t) for t in task_ids))
+    return MaterializeResult(metadata=meta)
 
 
 def _dep_key(t: TransformRow, key: str, outputs: dict[str, TransformRow]) -> AssetKey:

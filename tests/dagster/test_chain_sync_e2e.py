@@ -76,12 +76,24 @@ def test_fixed_target_job_syncs_through_dagster(
                     min(nums.to_pylist()) >= v.range_start and max(nums.to_pylist()) < v.range_end
                 )
 
-    # the UI view: every range is a materialized partition of its stream asset
-    for key in ("blocks", "transactions"):
+    # the UI view: the job's one epoch is a materialized partition of each stream asset,
+    # recording the version of each of its ranges; each range was an observation of it
+    for key, vs in (("blocks", versions), ("transactions", tx_versions)):
         parts = dagster_instance.get_dynamic_partitions(partitions_def_name("e2e", key))
-        assert len(parts) == 3
+        assert parts == ["000000000000-000000100000"]
         mats = dagster_instance.get_materialized_partitions(stream_asset_key("e2e", key))
         assert mats == set(parts)
+        event = dagster_instance.get_latest_materialization_event(stream_asset_key("e2e", key))
+        assert event is not None and event.asset_materialization is not None
+        meta = event.asset_materialization.metadata
+        assert meta["dataset_versions"].value == {
+            f"{v.range_start:012d}-{v.range_end:012d}": str(v.dataset_version) for v in vs
+        }
+        assert meta["rows"].value == sum(v.row_count for v in vs)
+        observed = dagster_instance.fetch_observations(stream_asset_key("e2e", key), 10).records
+        assert sorted(o.asset_observation.metadata["range"].value for o in observed) == sorted(
+            meta["dataset_versions"].value
+        )
 
     # re-planning and re-running schedule nothing twice
     again_report = drive_until_idle(rt, build_definitions(rt), dagster_instance, timeout=60)

@@ -19,7 +19,9 @@ from click.testing import CliRunner
 from dagster import DagsterInstance, SensorResult
 
 from trace_core.chain_sync import status, store
+from trace_core.chain_sync.epochs import epoch_windows
 from trace_core.chain_sync.planner import range_partition_key
+from trace_core.chain_sync.spec import DEFAULT_EPOCH_BLOCKS as EPOCH
 from trace_core.cli.main import cli
 from trace_core.datasets import registry
 from trace_core.dispatcher import dispatch_tick
@@ -130,11 +132,21 @@ def _assert_synced_once(rt: Runtime, instance: DagsterInstance, name: str, to_bl
             dataset_uuid = store.stream_dataset_uuid(rt.settings.org_id, CHAIN_ID, key)
             versions = registry.versions_of_dataset(conn, dataset_uuid)
         assert sorted((v.range_start, v.range_end) for v in versions) == ranges  # exactly one each
+        assert all(v.fake for v in versions)  # TRACE_CRYO_MODE=fake: every version is marked
         if key == "blocks":
             assert sum(v.row_count for v in versions) == to_block
-        keys = {range_partition_key(s, e) for s, e in ranges}
+        # one partition per epoch (here one: to_block < the default epoch), materialized
+        # once with the version of every range
+        keys = {range_partition_key(a, b) for a, b in epoch_windows(0, to_block, EPOCH)}
         assert set(instance.get_dynamic_partitions(partitions_def_name(name, key))) == keys
         assert instance.get_materialized_partitions(stream_asset_key(name, key)) == keys
+        event = instance.get_latest_materialization_event(stream_asset_key(name, key))
+        assert event is not None and event.asset_materialization is not None
+        assert event.asset_materialization.metadata["dataset_versions"].value == {
+            range_partition_key(v.range_start, v.range_end): str(v.dataset_version)
+            for v in versions
+        }
+        assert event.asset_materialization.metadata["fake"].value is True  # shown in the UI
 
 
 def _drive(
@@ -184,6 +196,8 @@ def test_max_inflight_is_never_exceeded(
         "blocks": 20,
         "transactions": 8,
     }
+    assert all(s["fake_ranges"] == s["completed"] for s in js["streams"])
+    assert "FAKE DATA: 28 committed range(s) are made-up" in _trace_lite("status")
     if continue_seconds == 0:  # one wave per run: at least 20 ranges / 3 inflight runs
         assert report.runs >= 20 // 3
     else:  # runs went on planning and taking the freed ranges themselves
@@ -260,7 +274,10 @@ def test_restart_mid_sync_resumes_without_duplicates(
     # Before dying, the old process planned the next ranges (their partitions never reached
     # Dagster) and a worker claimed one of them; its lease then lapsed.
     planned = dispatch_tick(rt).planned
-    assert len(planned) == 4
+    assert len(_ranges(rt, "rs")) == 8  # 4 new ranges, in one epoch per stream
+    assert {(p.dataset_key, p.partition_key) for p in planned} == {
+        (key, range_partition_key(0, EPOCH)) for key in streams
+    }
     with rt.state() as conn:
         running = conn.execute(
             "SELECT task_id FROM state.chain_sync_scheduled_ranges "
@@ -318,7 +335,7 @@ def test_partitions_of_a_lost_dispatcher_tick_are_resynced(
     due = dispatcher_result(rt, cursor, dagster_instance, now=synced_at + PARTITIONS_RESYNC_SECONDS)
     assert isinstance(due, SensorResult) and due.cursor != cursor
     (request,) = due.dynamic_partitions_requests or []
-    expected = [range_partition_key(r.range_start, r.range_end) for r in _ranges(rt, "lost")]
+    expected = [range_partition_key(0, EPOCH)]  # the job's one epoch (600 blocks)
     assert request.partitions_def_name == name and list(request.partition_keys or []) == expected
     dagster_instance.add_dynamic_partitions(name, expected)  # what the daemon does with it
 

@@ -26,7 +26,7 @@ from trace_core.runtime import Runtime
 from trace_core.settings import load_settings
 from trace_dagster.definitions import build_definitions
 from trace_dagster.driver import DriveReport, drive_until_idle
-from trace_dagster.partitions import stream_asset_key
+from trace_dagster.partitions import partitions_def_name, stream_asset_key
 
 TAIL_LAG = 5
 CHUNK = 100
@@ -37,6 +37,7 @@ POLL_SECONDS = 0.25
 JOB = """kind: chain_sync
 name: {name}
 chain_id: {chain_id}
+epoch_blocks: 200
 mode:
   kind: follow_head
   from_block: 0
@@ -158,8 +159,12 @@ def test_follow_head_keeps_up_with_a_growing_chain(
         rows = sum(v.row_count for v in versions)
         expected = end if key == "blocks" else chain.count_transactions(0, end)
         assert rows == expected, key
+        # epochs of 200 up to the head: the two behind it are materialized, the one at the
+        # head is not (a follow_head epoch completes only at its end)
+        parts = dagster_instance.get_dynamic_partitions(partitions_def_name("follow", key))
+        assert parts == [range_partition_key(a, a + 200) for a in (0, 200, 400)]
         mats = dagster_instance.get_materialized_partitions(stream_asset_key("follow", key))
-        assert mats == {range_partition_key(s, e) for s, e in mine}
+        assert mats == {range_partition_key(0, 200), range_partition_key(200, 400)}
     assert chain.count_transactions(300 - TAIL_LAG, end) > 0  # the new blocks carried data
 
 

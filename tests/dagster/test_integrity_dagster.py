@@ -1,5 +1,5 @@
 """The integrity check in Dagster: a partitioned asset check per stream, the scheduled
-``trace_integrity`` sensor requesting pass runs (bounded steps, every partition each pass),
+``trace_integrity`` sensor requesting pass runs (bounded steps, every epoch partition each pass),
 and the check run from the UI."""
 
 from __future__ import annotations
@@ -32,11 +32,13 @@ from trace_dagster.sensors.integrity import integrity_request
 JOB = """kind: chain_sync
 name: chk
 chain_id: 31337
+epoch_blocks: 20
 mode: {kind: fixed_target, from_block: 0, to_block: 50}
 streams:
   blocks: {cryo_dataset_name: blocks, rpc_pool: chk, chunk_size: 10, max_inflight: 5}
 """
-KEYS = [f"{s:012d}-{s + 10:012d}" for s in range(0, 50, 10)]
+# epoch partitions of 20 blocks: two ranges each, the last one range (the job ends at 50)
+KEYS = [f"{s:012d}-{s + 20:012d}" for s in range(0, 50, 20)]
 
 
 @pytest.fixture
@@ -121,15 +123,18 @@ def test_scheduled_sensor_runs_passes_that_check_every_partition(
         )
         assert not run.success
         evaluations = [
-            entry.get_dagster_event().asset_check_evaluation_data.partition
+            entry.get_dagster_event().asset_check_evaluation_data
             for entry in dagster_instance.all_logs(
                 run.run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION
             )
         ]
-        assert evaluations == KEYS, n  # every pass reports every partition again
+        # every pass reports every epoch again, once, over the ranges it checked in it
+        assert [e.partition for e in evaluations] == KEYS, n
+        assert [e.metadata["ranges_checked"].value for e in evaluations] == [2, 2, 1]
+        assert evaluations[1].metadata["failed_ranges"].value == "000000000020-000000000030"
         statuses = _statuses(dagster_instance)
-        assert {k for k, v in statuses.items() if v == "FAILED"} == {KEYS[2]}
-        assert {k for k, v in statuses.items() if v == "SUCCEEDED"} == set(KEYS) - {KEYS[2]}
+        assert {k for k, v in statuses.items() if v == "FAILED"} == {KEYS[1]}
+        assert {k for k, v in statuses.items() if v == "SUCCEEDED"} == set(KEYS) - {KEYS[1]}
 
 
 def test_check_run_from_the_ui_updates_every_partition(
@@ -152,5 +157,5 @@ def test_check_run_from_the_ui_updates_every_partition(
     [failure] = [e for e in result.all_events if e.is_step_failure]
     assert "--repair" in str(failure.event_specific_data.error.message)  # type: ignore[union-attr]
     statuses = _statuses(dagster_instance)
-    assert statuses[KEYS[4]] == "FAILED"
-    assert all(statuses[k] == "SUCCEEDED" for k in KEYS[:4])
+    assert statuses[KEYS[2]] == "FAILED"
+    assert all(statuses[k] == "SUCCEEDED" for k in KEYS[:2])

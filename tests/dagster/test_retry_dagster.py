@@ -42,12 +42,16 @@ JOB = """kind: chain_sync
 name: rv
 chain_id: {chain_id}
 max_attempts: 2
+epoch_blocks: 200
 mode: {{kind: fixed_target, from_block: 0, to_block: {to_block}}}
 streams:
   blocks: {{cryo_dataset_name: blocks, rpc_pool: rv, chunk_size: 100, max_inflight: 3}}
   transactions: {{cryo_dataset_name: transactions, rpc_pool: rv, chunk_size: 150, max_inflight: 2}}
 """
 STARTS = {"blocks": (0, 100, 200), "transactions": (0, 150)}
+# epochs of 200 blocks: [0, 200) holds blocks' first two ranges, [200, 400) its last;
+# transactions' [150, 300) crosses the boundary and belongs to both
+EPOCHS = {range_partition_key(0, 200), range_partition_key(200, 400)}
 
 
 def worker_job() -> JobDefinition:
@@ -126,14 +130,21 @@ def test_dead_ranges_revive_from_a_partition_launch_and_a_reexecuted_run(
         assert all(d["attempts"] == 2 and "rpc" in (d["last_error"] or "").lower() for d in dead)
         assert "unreachable" in stream["blocked_reason"]
     assert DEAD_RPC not in str(js)  # the error never names the URL
-    # the UI shows each dead partition's last error (an observation of the stream asset)
+    # the UI shows each dead range's last error (an observation of its epoch partition)
     asset_key = stream_asset_key("rv", "blocks")
     observed = dagster_instance.fetch_observations(asset_key, limit=100).records
-    by_partition = {r.partition_key: r.asset_observation for r in observed}
-    assert set(by_partition) == {range_partition_key(s, s + 100) for s in (0, 100, 200)}
-    obs = by_partition[range_partition_key(0, 100)]
+    by_range = {
+        r.asset_observation.metadata["range"].value: r for r in observed if r.asset_observation
+    }
+    assert set(by_range) == {range_partition_key(s, s + 100) for s in (0, 100, 200)}
+    dead = by_range[range_partition_key(100, 200)]
+    assert dead.partition_key == range_partition_key(0, 200)
+    obs = dead.asset_observation
     assert obs is not None and obs.metadata["status"].value == "dead"
     assert "trace-lite retry --task" in str(obs.metadata["revive"].value)
+    tx_obs = dagster_instance.fetch_observations(stream_asset_key("rv", "transactions"), 100)
+    assert {r.partition_key for r in tx_obs.records} == EPOCHS  # [150, 300) on both epochs
+    assert dagster_instance.get_materialized_partitions(asset_key) == set()
     (failed_run,) = [
         r
         for r in dagster_instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.FAILURE]))
@@ -157,29 +168,32 @@ def test_dead_ranges_revive_from_a_partition_launch_and_a_reexecuted_run(
     assert auto.success and _revivals(rt) == {}
     assert {s for _, s in _ranges(rt).values()} == {"dead"}
 
-    # 3. the RPC is back: launching partition [0, 100) revives and runs that range
+    # 3. the RPC is back: launching epoch [200, 400) revives and runs its one dead range
+    # ([200, 300): the job ends at 300) and materializes the epoch with that range's version
     monkeypatch.setenv("TRACE_RPC_POOL_RV_URL", anvil_chain.rpc_url)
-    key = range_partition_key(0, 100)
+    key = range_partition_key(200, 400)
     launched = defs.resolve_implicit_global_asset_job_def().execute_in_process(
         instance=dagster_instance, partition_key=key, asset_selection=[asset_key]
     )
     assert launched.success
     (mat,) = _materializations(launched)
-    assert mat.partition == key and mat.metadata["revived"].value is True
-    assert int(mat.metadata["row_count"].value) == 100
+    assert mat.partition == key and mat.metadata["ranges_revived"].value == 1
+    assert mat.metadata["rows"].value == 100 and mat.metadata["complete"].value is True
     ranges = _ranges(rt)
-    launched_task = ranges[("blocks", 0)][0]
-    assert {k for k, (_, s) in ranges.items() if s != "dead"} == {("blocks", 0)}
-    assert ranges[("blocks", 0)][1] == "completed"
+    launched_task = ranges[("blocks", 200)][0]
+    assert {k for k, (_, s) in ranges.items() if s != "dead"} == {("blocks", 200)}
+    assert ranges[("blocks", 200)][1] == "completed"
     assert _attempts(rt, launched_task) == [(1, "retryable"), (2, "retryable"), (3, "succeeded")]
     assert _revivals(rt) == {launched_task: ["dagster_partition"]}
-    # launching a committed partition again reports the committed version, runs nothing
+    versions = mat.metadata["dataset_versions"].value
+    assert list(versions) == [range_partition_key(200, 300)]  # type: ignore[arg-type]
+    # launching a committed epoch again reports the committed versions, runs nothing
     again = defs.resolve_implicit_global_asset_job_def().execute_in_process(
         instance=dagster_instance, partition_key=key, asset_selection=[asset_key]
     )
     (mat2,) = _materializations(again)
-    assert mat2.metadata["already_committed"].value is True
-    assert mat2.metadata["dataset_version"] == mat.metadata["dataset_version"]
+    assert mat2.metadata["ranges_run"].value == 0
+    assert mat2.metadata["dataset_versions"].value == versions
     assert len(_attempts(rt, launched_task)) == 3
 
     # 4. re-executing the failed worker run (as the UI's "Re-execute" does) revives its
@@ -222,8 +236,10 @@ def test_dead_ranges_revive_from_a_partition_launch_and_a_reexecuted_run(
         assert sorted((v.range_start, v.range_end) for v in versions) == [
             (s, s + size) for s in starts
         ]  # one committed version per range
-        keys = {range_partition_key(s, s + size) for s in starts}
         assert (
-            set(dagster_instance.get_dynamic_partitions(partitions_def_name("rv", stream))) == keys
+            set(dagster_instance.get_dynamic_partitions(partitions_def_name("rv", stream)))
+            == EPOCHS
         )
-        assert dagster_instance.get_materialized_partitions(stream_asset_key("rv", stream)) == keys
+        assert (
+            dagster_instance.get_materialized_partitions(stream_asset_key("rv", stream)) == EPOCHS
+        )

@@ -243,12 +243,11 @@ def test_python_alert_over_a_transform_fires_and_asset_is_downstream(rt: Runtime
     assert asset.key == key and schedules == []
     assert asset.asset_deps[key] == {stream_asset_key("demo", "logs")}
     with instance_for_test() as instance:
-        instance.add_dynamic_partitions(
-            partitions_def_name("demo", "logs"), [range_partition_key(0, 200)]
-        )
+        epoch = range_partition_key(0, 100_000)  # the logs stream's epoch
+        instance.add_dynamic_partitions(partitions_def_name("demo", "logs"), [epoch])
         result = materialize(
             [asset],
-            partition_key=range_partition_key(0, 200),
+            partition_key=epoch,
             instance=instance,
             resources={"trace": TraceResource(home=str(rt.settings.home))},
         )

@@ -99,6 +99,9 @@ MALFORMED: list[tuple[str, str, int | None, str | None, str]] = [
     ("max-attempts-zero", BASE + "max_attempts: 0\n", 21, "max_attempts", "greater than 0"),
     ("finality-negative", BASE + "finality_depth: -1\n", 21, "finality_depth", "greater than or equal to 0"),
     ("hex-option", BASE + "      contract: 12ab\n", 21, "streams.logs.cryo_options.contract", "0x-prefixed"),
+    ("epoch-below-chunk", BASE + "epoch_blocks: 400\n", 21, "epoch_blocks", "at least every stream's chunk_size (blocks, logs larger)"),
+    ("epoch-zero", BASE + "epoch_blocks: 0\n", 21, "epoch_blocks", "greater than 0"),
+    ("epoch-string", BASE + 'epoch_blocks: "100000"\n', 21, "epoch_blocks", "valid integer"),
     # refusals while loading
     ("tag-standard", edit(BASE, "chain_id: 31337", "chain_id: !!int 31337"), 3, None, "tags"),
     ("tag-python", edit(BASE, "name: demo", "name: !!python/name:os.system"), 2, None, "tags"),
@@ -261,3 +264,17 @@ def test_deterministic_identifiers_match_the_reference_vectors() -> None:
     ns = uuid.UUID("41915e64-16d8-4c48-8f6c-e48a0f4b620a")
     assert yaml_hash(BASE.encode()) == str(uuid.uuid5(ns, BASE))
     assert yaml_hash(BASE.encode()) != yaml_hash((BASE + "\n").encode())
+
+
+def test_epoch_blocks_default_keeps_a_monad_year_near_1000_partitions() -> None:
+    spec, _ = parse_job(BASE, source=SOURCE)
+    assert spec.epoch_blocks is None and spec.epoch_size == 100_000
+    assert 104_000_000 // spec.epoch_size == 1040  # ~104M blocks a year at 300 ms
+    big = edit(
+        BASE,
+        "chunk_size: 500\n    max_inflight: 4\n  logs",
+        "chunk_size: 250000\n    max_inflight: 4\n  logs",
+    )
+    assert parse_job(big, source=SOURCE)[0].epoch_size == 250_000  # never below a chunk
+    set_ = parse_job(BASE + "epoch_blocks: 500\n", source=SOURCE)[0]
+    assert set_.epoch_size == 500

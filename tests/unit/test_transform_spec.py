@@ -126,9 +126,12 @@ def test_worker_reports_a_transform_run_on_its_output_asset() -> None:
     }
     outputs = {"dataset_version": "v1", "row_count": 7}
     done = TaskOutcome(uuid.uuid4(), "succeeded", 2, "udf_transform", payload, outputs)
-    mat = transform_materialization(done)
+    sizes = {"demo": 100_000}.__getitem__  # the job's epoch_blocks
+    mat = transform_materialization(done, sizes)
     assert mat is not None and mat.asset_key == AssetKey(["transform", "demo", "vol"])
-    assert mat.partition == "000000000000-000000000500" and mat.metadata["rows"].value == 7
+    assert mat.partition == "000000000000-000000100000"  # the range's epoch
+    assert mat.metadata["range"].value == "000000000000-000000000500"
+    assert mat.metadata["rows"].value == 7
     manual = TaskOutcome(
         uuid.uuid4(),
         "succeeded",
@@ -137,9 +140,10 @@ def test_worker_reports_a_transform_run_on_its_output_asset() -> None:
         {**payload, "trigger": "manual", "partitioned": False},
         outputs,
     )
-    assert transform_materialization(manual).partition is None  # type: ignore[union-attr]
+    assert transform_materialization(manual, sizes).partition is None  # type: ignore[union-attr]
     dead = TaskOutcome(uuid.uuid4(), "dead", 1, "udf_transform", payload, {})
-    assert transform_materialization(dead) is None
+    assert transform_materialization(dead, sizes) is None
     assert (
-        transform_materialization(TaskOutcome(uuid.uuid4(), "succeeded", 1, "noop", {}, {})) is None
+        transform_materialization(TaskOutcome(uuid.uuid4(), "succeeded", 1, "noop", {}, {}), sizes)
+        is None
     )

@@ -76,6 +76,7 @@ def _ranges(
     stream: str | None,
     block_range: tuple[int, int] | None,
     dead_only: bool,
+    window: bool = False,
 ) -> list[dict[str, Any]]:
     start, end = block_range if block_range else (None, None)
     with conn.cursor(row_factory=dict_row) as cur:
@@ -87,6 +88,7 @@ def _ranges(
                 "range_start": start,
                 "range_end": end,
                 "dead_only": dead_only,
+                "window": window,
             },
         ).fetchall()
 
@@ -109,7 +111,8 @@ def select_range_tasks(
 ) -> list[uuid.UUID]:
     """Task ids a job-level retry targets: every dead range of the job (or of one stream); with
     ``block_range``, that range in the stream (or in every stream of the job that planned it),
-    dead or not, so a retry of a live range can say it is not dead.
+    dead or not, so a retry of a live range can say it is not dead. A ``block_range`` that is
+    no planned range but holds some (an epoch partition's key) targets the dead ones inside it.
 
     Raises ``ChainSyncJobNotFound``, ``UnknownStream`` or ``UnknownRange`` naming what is unknown.
     """
@@ -120,7 +123,12 @@ def select_range_tasks(
         conn, job_id, stream=stream, block_range=block_range, dead_only=block_range is None
     )
     if block_range is not None and not rows:
-        raise UnknownRange(job, stream, f"[{block_range[0]}, {block_range[1]})")
+        within = _ranges(
+            conn, job_id, stream=stream, block_range=block_range, dead_only=False, window=True
+        )
+        if not within:
+            raise UnknownRange(job, stream, f"[{block_range[0]}, {block_range[1]})")
+        rows = [r for r in within if r["status"] == "dead"]
     return [r["task_id"] for r in rows]
 
 

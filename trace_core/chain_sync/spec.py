@@ -10,7 +10,9 @@ A job file looks like::
       blocks: {cryo_dataset_name: blocks, rpc_pool: standard, chunk_size: 5000, max_inflight: 20}
 
 An optional ``hot: {rpc_pool: ..., max_blocks_per_tick: 200, compact: ...}`` block also follows
-the chain tip into Postgres hot tables (docs/hot_path.md). Unknown fields are rejected at every
+the chain tip into Postgres hot tables (docs/hot_path.md). ``epoch_blocks`` (default 100,000,
+at least every ``chunk_size``) sets how many blocks one Dagster partition spans
+(docs/partitions.md). Unknown fields are rejected at every
 level and types are strict (``"5"`` is not an int, ``true``
 is not 1). Every problem is reported as ``file:line: field.path: message``. RPC URLs never
 appear in YAML: a stream names a pool, resolved at runtime from ``TRACE_RPC_POOL_<POOL>_URL``.
@@ -33,7 +35,12 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from trace_core.chain_sync.analytics_spec import BALANCE_DIFF_DATASETS, LOG_DATASETS, AnalyticsSpec
+from trace_core.chain_sync.analytics_spec import (
+    BALANCE_DIFF_DATASETS,
+    LOG_DATASETS,
+    OUTPUT_PREFIX,
+    AnalyticsSpec,
+)
 from trace_core.errors import ConfigError, InvalidJobFile
 from trace_core.settings import rpc_pool_env_var, rpc_pool_url
 from trace_core.yamlfile import LoadedYaml, YamlPath, dotted_path
@@ -82,6 +89,9 @@ CRYO_DATASETS: frozenset[str] = frozenset(
 )
 
 MAX_BLOCK = 2**53  # JSON-safe everywhere a block number travels
+# Blocks per epoch (one Dagster partition) unless a job sets epoch_blocks: Monad makes ~104M
+# blocks a year (300 ms blocks), so ~1,000 partitions per stream and year.
+DEFAULT_EPOCH_BLOCKS = 100_000
 _SLUG = re.compile(r"^[a-z0-9_]{1,64}$")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _POOL = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -137,7 +147,19 @@ def _hex(value: str) -> str:
     return value
 
 
+def _stream_key(value: str) -> str:
+    if value.startswith(OUTPUT_PREFIX):
+        raise PydanticCustomError(
+            "reserved_stream",
+            "stream names starting with '{prefix}' are reserved for analytics outputs",
+            {"prefix": OUTPUT_PREFIX},
+        )
+    return value
+
+
 Slug = Annotated[str, AfterValidator(_slug)]
+# A stream key is a dataset key and a query relation name: analytics_* belong to analytics.
+StreamKey = Annotated[str, AfterValidator(_slug), AfterValidator(_stream_key)]
 # A job or alert name: what users type on the command line and see in the Dagster UI.
 Name = Annotated[str, AfterValidator(_job_name)]
 BlockNumber = Annotated[int, Field(ge=0, lt=MAX_BLOCK)]
@@ -278,11 +300,36 @@ class ChainSyncSpec(_Model):
     name: Name
     chain_id: Annotated[int, Field(gt=0, lt=2**63)]
     mode: Annotated[FixedTarget | FollowHead, Field(discriminator="kind")]
-    streams: Annotated[dict[Slug, StreamSpec], Field(min_length=1)]
+    streams: Annotated[dict[StreamKey, StreamSpec], Field(min_length=1)]
     finality_depth: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
     max_attempts: Annotated[int, Field(gt=0, le=100)] | None = None
+    # Blocks per Dagster partition (an epoch): fine ranges stay in Trace state. The default
+    # keeps a Monad stream (~104M blocks/year) near 1,000 partitions a year.
+    epoch_blocks: Annotated[int, Field(gt=0, le=10**11)] | None = None
     hot: HotSpec | None = None
     analytics: AnalyticsSpec | None = None
+
+    @field_validator("epoch_blocks")
+    @classmethod
+    def _epoch_holds_a_chunk(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is None:
+            return value
+        streams = info.data.get("streams") or {}
+        too_big = sorted(k for k, s in streams.items() if s.chunk_size > value)
+        if too_big:
+            raise PydanticCustomError(
+                "epoch_blocks",
+                "must be at least every stream's chunk_size ({keys} larger)",
+                {"keys": ", ".join(too_big)},
+            )
+        return value
+
+    @property
+    def epoch_size(self) -> int:
+        """``epoch_blocks``, or the default (at least the largest ``chunk_size``)."""
+        if self.epoch_blocks is not None:
+            return self.epoch_blocks
+        return max([DEFAULT_EPOCH_BLOCKS, *(s.chunk_size for s in self.streams.values())])
 
     @field_validator("analytics")
     @classmethod
@@ -295,6 +342,8 @@ class ChainSyncSpec(_Model):
         wanted = [("balance_diffs", value.balance_diffs, BALANCE_DIFF_DATASETS)]
         if value.staking is not None:
             wanted.append(("staking.logs", value.staking.logs, LOG_DATASETS))
+        if value.supply is not None:
+            wanted.append(("supply.blocks", value.supply.blocks, frozenset({"blocks"})))
         for name, key, datasets in wanted:
             if key is None:
                 continue

@@ -81,6 +81,7 @@ class JobRow:
     max_head_age_seconds: int | None
     finality_depth: int | None
     max_attempts: int | None
+    epoch_blocks: int
     yaml_hash: str
     source_file: str | None
     last_error_kind: str | None
@@ -105,6 +106,7 @@ class StreamRow:
     cryo_options: dict[str, Any]
     active: bool
     next_block: int
+    epoch_blocks: int  # the job's: one Dagster partition per epoch (chain_sync.epochs)
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,7 @@ def _job_params(spec: ChainSyncSpec) -> dict[str, Any]:
         "max_head_age_seconds": None,
         "finality_depth": spec.finality_depth,
         "max_attempts": spec.max_attempts,
+        "epoch_blocks": spec.epoch_size,
         "spec": Jsonb(spec.model_dump(mode="json")),
     }
     if isinstance(mode, FixedTarget):

@@ -1,5 +1,5 @@
-"""``trace_dispatcher``: one ``dispatch_tick`` (plan, reap, publish) per tick; the ranges it
-planned become partitions of their stream assets."""
+"""``trace_dispatcher``: one ``dispatch_tick`` (plan, reap, publish) per tick; the epochs of the
+ranges it planned become partitions of their stream assets."""
 
 # No `from __future__ import annotations` here: Dagster resolves op/sensor annotations at runtime.
 import time
@@ -8,20 +8,22 @@ from dagster import (
     AddDynamicPartitionsRequest,
     DagsterInstance,
     DefaultSensorStatus,
+    DeleteDynamicPartitionsRequest,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
     sensor,
 )
 
-from trace_core.dispatcher import all_partitions, dispatch_tick
+from trace_core.dispatcher import dispatch_tick
 from trace_core.runtime import Runtime
+from trace_dagster.epochs import PartitionSync, partition_sync
 from trace_dagster.partitions import partitions_def_name
 from trace_dagster.resources import TraceResource
 from trace_dagster.sensors.common import instance_of
 
 PARTITIONS_SYNCED = "partitions-synced"
-# How often the dispatcher re-checks that every planned range is a partition in the instance.
+# How often the dispatcher re-checks that every epoch is a partition in the instance.
 PARTITIONS_RESYNC_SECONDS = 300.0
 
 
@@ -42,39 +44,46 @@ def dispatcher_result(
     instance: DagsterInstance | None = None,
     now: float | None = None,
 ) -> SensorResult | SkipReason:
-    """One dispatcher tick as a sensor result: partitions for the ranges it planned.
+    """One dispatcher tick as a sensor result: the epoch partitions of the ranges it planned.
 
-    On the first tick and then every ``PARTITIONS_RESYNC_SECONDS`` it also requests every
-    planned range missing from ``instance`` (all of them without an instance). A tick whose
-    result never reached the daemon (the process died, or the sensor raised after planning,
-    e.g. while the queue was down) leaves the cursor as it was, so the daemon's persisted
-    cursor alone cannot heal it; the periodic sync does.
+    On the first tick and then every ``PARTITIONS_RESYNC_SECONDS`` it also syncs every
+    stream's epochs with ``instance`` (``trace_dagster.epochs.partition_sync``: every epoch of a
+    fixed_target job, keys that are no epoch deleted, complete epochs materialized). A tick
+    whose result never reached the daemon (the process died, or the sensor raised after
+    planning, e.g. while the queue was down) leaves the cursor as it was, so the daemon's
+    persisted cursor alone cannot heal it; the periodic sync does.
     """
     now = time.time() if now is None else now
     report = dispatch_tick(rt)
     synced_at = _synced_at(cursor)
     resync = synced_at is None or now - synced_at >= PARTITIONS_RESYNC_SECONDS
-    partitions = all_partitions(rt) if resync else list(report.planned)
-    by_def: dict[str, list[str]] = {}
-    for p in partitions:
-        by_def.setdefault(partitions_def_name(p.job_name, p.dataset_key), []).append(
-            p.partition_key
-        )
-    if resync and instance is not None:
-        for name in list(by_def):
-            known = set(instance.get_dynamic_partitions(name))
-            by_def[name] = [k for k in by_def[name] if k not in known]
-        by_def = {name: keys for name, keys in by_def.items() if keys}
-    next_cursor = f"{PARTITIONS_SYNCED}:{now:.0f}" if resync else cursor
-    if not report.did_work and not by_def:
+    sync = partition_sync(rt, instance) if resync else PartitionSync()
+    by_def = sync.add
+    for p in report.planned:
+        name = partitions_def_name(p.job_name, p.dataset_key)
+        if p.partition_key in by_def.get(name, ()):
+            continue
+        if instance is not None and instance.has_dynamic_partition(name, p.partition_key):
+            continue
+        by_def.setdefault(name, []).append(p.partition_key)
+    next_cursor = f"{PARTITIONS_SYNCED}:{now:.0f}" if resync and sync.done else cursor
+    if not report.did_work and not by_def and not sync.delete and not sync.materializations:
         if next_cursor == cursor:
             return SkipReason("nothing to plan, reap or publish")
         return SensorResult(skip_reason="partitions in sync; nothing to plan", cursor=next_cursor)
     return SensorResult(
         dynamic_partitions_requests=[
-            AddDynamicPartitionsRequest(partitions_def_name=name, partition_keys=keys)
-            for name, keys in by_def.items()
+            *(
+                AddDynamicPartitionsRequest(partitions_def_name=name, partition_keys=keys)
+                for name, keys in by_def.items()
+                if keys
+            ),
+            *(
+                DeleteDynamicPartitionsRequest(partitions_def_name=name, partition_keys=keys)
+                for name, keys in sync.delete.items()
+            ),
         ],
+        asset_events=list(sync.materializations),
         cursor=next_cursor,
     )
 

@@ -13,11 +13,11 @@ FOR UPDATE
 INSERT INTO state.chain_sync_jobs (
     job_id, org_id, name, chain_id, mode, from_block, to_block, tail_lag,
     head_poll_interval_seconds, max_head_age_seconds, finality_depth, max_attempts,
-    yaml_hash, spec, source_file)
+    epoch_blocks, yaml_hash, spec, source_file)
 VALUES (
     %(job_id)s, %(org_id)s, %(name)s, %(chain_id)s, %(mode)s, %(from_block)s, %(to_block)s,
     %(tail_lag)s, %(head_poll_interval_seconds)s, %(max_head_age_seconds)s, %(finality_depth)s,
-    %(max_attempts)s, %(yaml_hash)s, %(spec)s, %(source_file)s)
+    %(max_attempts)s, %(epoch_blocks)s, %(yaml_hash)s, %(spec)s, %(source_file)s)
 ON CONFLICT (org_id, name) DO NOTHING
 RETURNING job_id
 
@@ -26,7 +26,8 @@ UPDATE state.chain_sync_jobs
 SET mode = %(mode)s, from_block = %(from_block)s, to_block = %(to_block)s,
     tail_lag = %(tail_lag)s, head_poll_interval_seconds = %(head_poll_interval_seconds)s,
     max_head_age_seconds = %(max_head_age_seconds)s, finality_depth = %(finality_depth)s,
-    max_attempts = %(max_attempts)s, yaml_hash = %(yaml_hash)s, spec = %(spec)s,
+    max_attempts = %(max_attempts)s, epoch_blocks = %(epoch_blocks)s,
+    yaml_hash = %(yaml_hash)s, spec = %(spec)s,
     source_file = %(source_file)s, last_error_kind = NULL, last_error_message = NULL,
     last_error_at = NULL, updated_at = now()
 WHERE job_id = %(job_id)s
@@ -81,7 +82,7 @@ RETURNING job_id
 -- name: list_jobs
 SELECT job_id, org_id, name, chain_id, enabled, mode, from_block, to_block, tail_lag,
        head_poll_interval_seconds, max_head_age_seconds, finality_depth, max_attempts,
-       yaml_hash, source_file, last_error_kind, last_error_message, last_error_at,
+       epoch_blocks, yaml_hash, source_file, last_error_kind, last_error_message, last_error_at,
        created_at, updated_at
 FROM state.chain_sync_jobs
 WHERE org_id = %(org_id)s AND (%(job_id)s::uuid IS NULL OR job_id = %(job_id)s)
@@ -90,7 +91,7 @@ ORDER BY updated_at DESC, name
 -- name: list_streams
 SELECT s.job_id, j.name AS job_name, j.chain_id, s.dataset_key, s.cryo_dataset_name,
        s.rpc_pool, s.chunk_size, s.max_inflight, s.config_hash, s.dataset_uuid,
-       s.cryo_options, s.active, c.next_block
+       s.cryo_options, s.active, c.next_block, j.epoch_blocks
 FROM state.chain_sync_streams s
 JOIN state.chain_sync_jobs j ON j.job_id = s.job_id
 JOIN state.chain_sync_cursor c ON c.job_id = s.job_id AND c.dataset_key = s.dataset_key
@@ -122,7 +123,7 @@ ORDER BY j.updated_at, j.created_at, s.dataset_key
 -- for a planning transaction in flight and then sees its tasks, and vice versa.
 -- name: share_lock_job
 SELECT job_id, org_id, name, chain_id, mode, from_block, to_block, tail_lag,
-       max_head_age_seconds, max_attempts
+       max_head_age_seconds, max_attempts, epoch_blocks
 FROM state.chain_sync_jobs
 WHERE job_id = %(job_id)s AND enabled
 FOR SHARE
@@ -200,7 +201,8 @@ RETURNING task_id
 
 -- ---------------------------------------------------------------- retry (chain_sync/retry.py)
 
--- Ranges of a job (one stream, one exact range, or only the dead ones) with their task's state.
+-- Ranges of a job (one stream, one exact range or every range inside a window such as an
+-- epoch, or only the dead ones) with their task's state.
 -- name: ranges_for_retry
 SELECT r.dataset_key, r.range_start, r.range_end, r.task_id, r.status, r.dataset_version,
        t.status AS task_status, t.attempt, t.outputs, t.payload
@@ -209,7 +211,8 @@ LEFT JOIN state.tasks t ON t.task_id = r.task_id
 WHERE r.job_id = %(job_id)s
   AND (%(dataset_key)s::text IS NULL OR r.dataset_key = %(dataset_key)s)
   AND (%(range_start)s::bigint IS NULL
-       OR (r.range_start = %(range_start)s AND r.range_end = %(range_end)s))
+       OR (NOT %(window)s AND r.range_start = %(range_start)s AND r.range_end = %(range_end)s)
+       OR (%(window)s AND r.range_start >= %(range_start)s AND r.range_end <= %(range_end)s))
   AND (NOT %(dead_only)s OR r.status = 'dead')
 ORDER BY r.dataset_key, r.range_start
 
@@ -278,6 +281,7 @@ SELECT s.dataset_key, s.cryo_dataset_name, s.rpc_pool, s.chunk_size, s.max_infli
        EXTRACT(EPOCH FROM now() - GREATEST(r.recent_first_planned,
                now() - make_interval(secs => %(window_seconds)s)))::float8 AS recent_span_seconds,
        r.first_dead_start, r.first_dead_end, r.first_dead_task,
+       COALESCE(r.fake_ranges, 0) AS fake_ranges,
        o.head_block, EXTRACT(EPOCH FROM now() - o.observed_at)::float8 AS head_age_seconds,
        o.last_error_kind AS head_error_kind, o.last_error_message AS head_error_message
 FROM state.chain_sync_streams s
@@ -299,8 +303,10 @@ LEFT JOIN LATERAL (
                  AND r.completed_at >= now() - make_interval(secs => %(window_seconds)s)) AS recent_first_planned,
            min(r.range_start) FILTER (WHERE r.status = 'dead') AS first_dead_start,
            (array_agg(r.range_end ORDER BY r.range_start) FILTER (WHERE r.status = 'dead'))[1] AS first_dead_end,
-           (array_agg(r.task_id ORDER BY r.range_start) FILTER (WHERE r.status = 'dead'))[1] AS first_dead_task
+           (array_agg(r.task_id ORDER BY r.range_start) FILTER (WHERE r.status = 'dead'))[1] AS first_dead_task,
+           count(*) FILTER (WHERE r.status = 'completed' AND fv.fake) AS fake_ranges
     FROM state.chain_sync_scheduled_ranges r
+    LEFT JOIN state.dataset_versions fv ON fv.dataset_version = r.dataset_version
     LEFT JOIN LATERAL (
         SELECT t.status, t.attempt,
                (t.status = 'running' AND t.lease_expires_at > now()) AS leased

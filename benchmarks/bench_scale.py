@@ -1,0 +1,387 @@
+"""A simulated year of Monad: Dagster partitions as fine ranges (the baseline) vs epochs.
+
+Load (say it when quoting numbers): one chain_sync stream of ``--blocks`` blocks (default a
+year of Monad: 104M blocks at 300 ms) in ranges of ``--chunk`` blocks (1,000: 104,000 ranges).
+Extraction is explicitly fake (``TRACE_CRYO_MODE=fake``) and, for all but the last
+``--tail`` ranges, skipped: those ranges are **planned and committed as state rows in bulk**
+(one SQL statement writes every range row and a dataset-version row per range; no Parquet is
+written for them). The last ``--tail`` ranges then go through the real path on the epoch
+instance (dispatcher sensor -> worker run -> fake cryo -> commit -> epoch observation, and the
+epoch's materialization), so per-range reporting is measured with a year of rows present.
+
+Two Dagster instances get the same history (their storage in Postgres on the scratch server,
+as compose and AWS run it; ``--storage sqlite`` for Lite's, whose writes are ~60 ms per event
+on a loaded box, so only for small loads):
+- ``fine``: one dynamic partition per range, each materialized (the partitioning before
+  epochs; events written in one batch);
+- ``epochs``: ``trace_dagster.epochs.partition_sync`` (what the dispatcher sensor runs) adds
+  one partition per epoch (``--epoch`` blocks, default 100,000) and materializes complete ones.
+
+Then the UI's partitions page query (``PartitionHealthQuery``, copied from the webserver's
+bundle) is timed through Dagster's GraphQL against each instance with the real definitions
+(``dagster_graphql``'s out-of-process workspace: a code server loads
+``trace_dagster.definitions``), ``--repeat`` times each; the ratio is fine / epochs.
+
+Reusable pieces (issue 25 shares this file): ``Scale``, ``setup_env``, ``apply_stream``,
+``bulk_commit``, ``drive_tail``, ``fine_instance``, ``epoch_instance``, ``partitions_page``.
+
+Run: .venv/bin/python benchmarks/bench_scale.py [--blocks N] [--chunk N] [--epoch N]
+     [--tail N] [--repeat N] [--storage postgres|sqlite] [--migrate]
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import logging
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from _scratch import scratch_databases
+from dagster import AssetKey, AssetMaterialization, DagsterInstance, instance_for_test
+from dagster._core.events import DagsterEvent, DagsterEventType, StepMaterializationData
+from dagster._core.events.log import EventLogEntry
+from dagster._core.instance.utils import RUNLESS_JOB_NAME, RUNLESS_RUN_ID
+
+from trace_core.chain_sync import store
+from trace_core.chain_sync.planner import range_partition_key
+from trace_core.db.connection import ensure_database, with_database
+from trace_core.runtime import Runtime
+from trace_core.settings import load_settings
+from trace_dagster.driver import drive_until_idle
+from trace_dagster.epochs import MAX_BACKFILLED_PER_SYNC, partition_sync
+from trace_dagster.partitions import partitions_def_name, stream_asset_key
+
+JOB, STREAM, CHAIN_ID = "monad_year", "blocks", 143
+DEFS_FILE = Path(__file__).with_name("_scale_defs.py")
+# The partitions page's query, as the webserver's bundle sends it (Default statuses only:
+# these assets have one dynamic dimension).
+PARTITION_HEALTH_QUERY = """
+query PartitionHealthQuery($assetKey: AssetKeyInput!) {
+  assetNodeOrError(assetKey: $assetKey) {
+    ... on AssetNode {
+      id
+      partitionKeysByDimension { name type partitionKeys }
+      assetPartitionStatuses {
+        ... on DefaultPartitionStatuses {
+          materializedPartitions materializingPartitions failedPartitions
+        }
+      }
+    }
+  }
+}
+"""
+EVENT_BATCH = 5_000
+_servers: list[str] = []  # the scratch Postgres server (Dagster's storage goes there too)
+
+
+@dataclass(frozen=True)
+class Scale:
+    blocks: int
+    chunk: int
+    epoch: int
+    tail: int
+
+    @property
+    def ranges(self) -> int:
+        return -(-self.blocks // self.chunk)
+
+    @property
+    def bulk_end(self) -> int:
+        """Where the bulk-committed history ends and the real tail starts."""
+        return max(0, self.blocks - self.tail * self.chunk)
+
+
+def setup_env(prefix: str = "trace-bench-scale-") -> Runtime:
+    """Scratch databases and a Trace home; extraction explicitly fake."""
+    home = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, home, ignore_errors=True)
+    dbs = scratch_databases(home, "bench_scale")
+    _servers.append(with_database(dbs.state_url, "postgres"))
+    os.environ.update(
+        TRACE_HOME=str(home),
+        TRACE_STATE_URL=dbs.state_url,
+        TRACE_DATA_URL=dbs.data_url,
+        TRACE_CRYO_MODE="fake",  # explicit: no RPC, deterministic fake Parquet
+        TRACE_WORKER_BATCH_SIZE="8",
+    )
+    return Runtime(load_settings(), dbs)
+
+
+def apply_stream(rt: Runtime, scale: Scale) -> None:
+    """A fixed_target job over the simulated year: one ``blocks`` stream."""
+    path = rt.settings.home / "monad_year.yaml"
+    path.write_text(
+        f"""kind: chain_sync
+name: {JOB}
+chain_id: {CHAIN_ID}
+mode: {{kind: fixed_target, from_block: 0, to_block: {scale.blocks}}}
+epoch_blocks: {scale.epoch}
+streams:
+  {STREAM}: {{cryo_dataset_name: blocks, rpc_pool: standard, chunk_size: {scale.chunk}, max_inflight: 8}}
+"""
+    )
+    with rt.state() as conn:
+        store.apply_job_file(conn, rt.settings.org_id, path)
+
+
+BULK_SQL = """
+WITH s AS (
+    SELECT s.job_id, s.dataset_key, s.dataset_uuid, s.config_hash
+    FROM state.chain_sync_streams s JOIN state.chain_sync_jobs j USING (job_id)
+    WHERE j.name = %(job)s AND s.dataset_key = %(stream)s
+), r AS (
+    SELECT g * %(chunk)s AS a, LEAST((g + 1) * %(chunk)s, %(end)s) AS b, gen_random_uuid() AS v
+    FROM generate_series(0, (%(end)s - 1) / %(chunk)s) AS g
+), versions AS (
+    INSERT INTO state.dataset_versions (
+        dataset_version, dataset_uuid, chain_id, range_start, range_end, config_hash,
+        schema_hash, storage_prefix, manifest_key, row_count, bytes, file_count)
+    SELECT r.v, s.dataset_uuid, %(chain)s, r.a, r.b, s.config_hash, 'bench_scale',
+           'bench/' || r.a || '/', 'bench/' || r.a || '/manifest.json', r.b - r.a, 0, 0
+    FROM r, s
+)
+INSERT INTO state.chain_sync_scheduled_ranges (
+    job_id, dataset_key, range_start, range_end, task_id, status, dataset_version, completed_at)
+SELECT s.job_id, s.dataset_key, r.a, r.b, gen_random_uuid(), 'completed', r.v, now()
+FROM r, s
+"""
+
+
+def bulk_commit(rt: Runtime, scale: Scale) -> float:
+    """Plan and commit ``[0, bulk_end)`` as state rows in one statement (no extraction, no
+    files, no tasks); the cursor moves past them. Returns seconds."""
+    if scale.bulk_end == 0:
+        return 0.0
+    started = time.perf_counter()
+    params = {
+        "job": JOB,
+        "stream": STREAM,
+        "chunk": scale.chunk,
+        "end": scale.bulk_end,
+        "chain": CHAIN_ID,
+    }
+    with rt.state() as conn, conn.transaction():
+        conn.execute(BULK_SQL, params)
+        conn.execute(
+            "UPDATE state.chain_sync_cursor c SET next_block = %(end)s FROM state.chain_sync_jobs j "
+            "WHERE j.job_id = c.job_id AND j.name = %(job)s AND c.dataset_key = %(stream)s",
+            params,
+        )
+    return time.perf_counter() - started
+
+
+def committed_ranges(rt: Runtime) -> list[tuple[int, int]]:
+    with rt.state() as conn:
+        job_id = store.resolve_job(conn, rt.settings.org_id, JOB)
+        return [
+            (r.range_start, r.range_end)
+            for r in store.list_ranges(conn, job_id, STREAM, status="completed")
+        ]
+
+
+def drive_tail(rt: Runtime, instance: DagsterInstance) -> tuple[float, int]:
+    """Plan and run the rest through the real path (fake extraction). Returns (s, runs)."""
+    from trace_dagster.definitions import build_definitions
+
+    started = time.perf_counter()
+    report = drive_until_idle(rt, build_definitions(rt), instance, timeout=1800, poll_seconds=0.05)
+    if not report.idle or report.failed_runs or report.dead_tasks:
+        raise SystemExit(f"the tail did not finish cleanly: {report}")
+    return time.perf_counter() - started, report.runs
+
+
+def _materialization_entry(key: AssetKey, partition: str, meta: dict[str, object]) -> EventLogEntry:
+    event = DagsterEvent(
+        event_type_value=DagsterEventType.ASSET_MATERIALIZATION.value,
+        event_specific_data=StepMaterializationData(
+            AssetMaterialization(asset_key=key, partition=partition, metadata=meta)  # type: ignore[arg-type]
+        ),
+        job_name=RUNLESS_JOB_NAME,
+    )
+    return EventLogEntry(
+        user_message="",
+        level=logging.INFO,
+        job_name=RUNLESS_JOB_NAME,
+        run_id=RUNLESS_RUN_ID,
+        error_info=None,
+        timestamp=time.time(),
+        dagster_event=event,
+    )
+
+
+def fine_instance(
+    instance: DagsterInstance, ranges: list[tuple[int, int]], name: str | None = None
+) -> float:
+    """The baseline: one partition per range, each materialized. ``name`` is the partitions
+    definition (default the stream asset's own, so its page lists them). Returns seconds."""
+    started = time.perf_counter()
+    keys = [range_partition_key(a, b) for a, b in ranges]
+    instance.add_dynamic_partitions(name or partitions_def_name(JOB, STREAM), keys)
+    asset = stream_asset_key(JOB, STREAM)
+    for i in range(0, len(keys), EVENT_BATCH):
+        instance.event_log_storage.store_event_batch(
+            [
+                _materialization_entry(asset, k, {"dataset_version": "bench", "row_count": 1})
+                for k in keys[i : i + EVENT_BATCH]
+            ]
+        )
+    return time.perf_counter() - started
+
+
+def apply_sync(rt: Runtime, instance: DagsterInstance) -> tuple[int, int, int]:
+    """Run ``partition_sync`` until done, applying it as the daemon would.
+    Returns (added, deleted, materialized)."""
+    added = deleted = mats = 0
+    while True:
+        sync = partition_sync(rt, instance)
+        for name, keys in sync.add.items():
+            instance.add_dynamic_partitions(name, keys)
+            added += len(keys)
+        for name, keys in sync.delete.items():
+            for key in keys:
+                instance.delete_dynamic_partition(name, key)
+            deleted += len(keys)
+        for event in sync.materializations:
+            instance.report_runless_asset_event(event)
+        mats += len(sync.materializations)
+        if sync.done:
+            return added, deleted, mats
+
+
+def epoch_instance(rt: Runtime, instance: DagsterInstance) -> float:
+    started = time.perf_counter()
+    apply_sync(rt, instance)
+    return time.perf_counter() - started
+
+
+@contextmanager
+def dagster_instance(storage: str) -> Iterator[DagsterInstance]:
+    """A fresh Dagster instance: its storage in Postgres (what compose and AWS use; a new
+    database on the scratch server) or in sqlite (Lite's default)."""
+    if storage == "sqlite":
+        with instance_for_test() as instance:
+            yield instance
+        return
+    name = f"bench_scale_dagster_{uuid.uuid4().hex[:8]}"
+    ensure_database(_servers[0], name)
+    url = with_database(_servers[0], name).replace("postgresql://", "postgresql+psycopg2://", 1)
+    with instance_for_test(overrides={"storage": {"postgres": {"postgres_url": url}}}) as instance:
+        yield instance
+
+
+@contextmanager
+def graphql_context(instance: DagsterInstance) -> Iterator[object]:
+    from dagster_graphql.test.utils import define_out_of_process_context
+
+    with define_out_of_process_context(str(DEFS_FILE), "defs", instance) as ctx:
+        yield ctx
+
+
+def partitions_page(instance: DagsterInstance, repeat: int) -> tuple[list[float], int, int]:
+    """Time the partitions page's query ``repeat`` times (after one warm-up). Returns the
+    seconds of each, and the partition and materialized counts it returned."""
+    from dagster_graphql.test.utils import execute_dagster_graphql
+
+    variables = {"assetKey": {"path": stream_asset_key(JOB, STREAM).path}}
+    times: list[float] = []
+    with graphql_context(instance) as ctx:
+        result = execute_dagster_graphql(ctx, PARTITION_HEALTH_QUERY, variables)  # type: ignore[arg-type]
+        for _ in range(repeat):
+            started = time.perf_counter()
+            result = execute_dagster_graphql(ctx, PARTITION_HEALTH_QUERY, variables)  # type: ignore[arg-type]
+            times.append(time.perf_counter() - started)
+    if result.errors:
+        raise SystemExit(f"GraphQL errors: {result.errors}")
+    node = result.data["assetNodeOrError"]
+    keys = node["partitionKeysByDimension"][0]["partitionKeys"]
+    done = node["assetPartitionStatuses"]["materializedPartitions"]
+    return times, len(keys), len(done)
+
+
+def main() -> None:
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # progress as it goes
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--blocks", type=int, default=104_000_000)
+    parser.add_argument("--chunk", type=int, default=1_000)
+    parser.add_argument("--epoch", type=int, default=100_000)
+    parser.add_argument("--tail", type=int, default=16, help="ranges run through the real path")
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument(
+        "--storage",
+        choices=["postgres", "sqlite"],
+        default="postgres",
+        help="Dagster's storage (sqlite writes ~60 ms per event on a loaded box)",
+    )
+    parser.add_argument(
+        "--migrate", action="store_true", help="also time re-keying the fine instance onto epochs"
+    )
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    logging.disable(logging.WARNING)
+    scale = Scale(args.blocks, args.chunk, args.epoch, args.tail)
+    rt = setup_env()
+    apply_stream(rt, scale)
+    print(
+        f"simulated: {scale.blocks:,} blocks, {scale.ranges:,} ranges of {scale.chunk:,}; "
+        f"epochs of {scale.epoch:,}; {scale.tail} tail ranges through the real path "
+        f"(TRACE_CRYO_MODE=fake); Dagster storage: {args.storage}"
+    )
+    bulk_s = bulk_commit(rt, scale)
+    print(f"bulk-committed {scale.bulk_end:,} blocks as state rows in {bulk_s:.1f}s")
+    rows: list[tuple[str, int, int, float, list[float]]] = []
+    with dagster_instance(args.storage) as epochs_inst:
+        setup_s = epoch_instance(rt, epochs_inst)
+        tail_s, runs = drive_tail(rt, epochs_inst)
+        print(f"tail: {scale.tail} ranges in {runs} runs, {tail_s:.1f}s (real path, fake cryo)")
+        setup_s += epoch_instance(rt, epochs_inst)  # what the next periodic sync finds
+        times, n, done = partitions_page(epochs_inst, args.repeat)
+        rows.append(("epochs", n, done, setup_s, times))
+    ranges = committed_ranges(rt)
+    with dagster_instance(args.storage) as fine_inst:
+        setup_s = fine_instance(fine_inst, ranges)
+        times, n, done = partitions_page(fine_inst, args.repeat)
+        rows.append(("fine ranges (baseline)", n, done, setup_s, times))
+    print()
+    print(
+        f"{'partitioning':<24} {'partitions':>10} {'materialized':>12} {'setup s':>8} "
+        f"{'page p50 ms':>11} {'page max ms':>11}"
+    )
+    for name, n, done, setup_s, times in rows:
+        print(
+            f"{name:<24} {n:>10,} {done:>12,} {setup_s:>8.1f} "
+            f"{statistics.median(times) * 1000:>11.0f} {max(times) * 1000:>11.0f}"
+        )
+    fine, epochs = rows[1], rows[0]
+    print(
+        f"\nratio fine / epochs: partitions {fine[1] / epochs[1]:.0f}x, "
+        f"partitions page p50 {statistics.median(fine[4]) / statistics.median(epochs[4]):.1f}x"
+    )
+    if args.migrate:
+        # an instance as a Trace before epochs left it: range partitions under the old
+        # definition name, each materialized; then the partition sync the dispatcher runs
+        with dagster_instance(args.storage) as old_inst:
+            fine_instance(
+                old_inst, ranges, partitions_def_name(JOB, STREAM).removesuffix("__epochs")
+            )
+            started = time.perf_counter()
+            added, deleted, mats = apply_sync(rt, old_inst)
+            print(
+                f"migrating a pre-epoch instance: +{added} epoch partitions, {mats} epoch "
+                f"materializations, {deleted} keys deleted, {time.perf_counter() - started:.1f}s "
+                f"({-(-mats // MAX_BACKFILLED_PER_SYNC)} dispatcher syncs)"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""Epoch partitions in the UI: what a committed or dead range reports, and the partition sync.
+
+A stream asset's partitions are epochs (``trace_core.chain_sync.epochs``). A committed range is
+an **observation** of its epoch (the range, its version, rows, and the epoch's progress:
+ranges committed / total); the epoch is **materialized** once all its ranges are committed,
+with the version of every range. A dead range is an observation carrying its last error.
+``partition_sync`` keeps the instance's partitions equal to the epochs: it adds every epoch
+of a fixed_target job up front (a follow_head job's up to its head), deletes keys that are
+not epochs of the job's current ``epoch_blocks`` (after an edit) and materializes complete
+epochs that never were (an existing job's history, or a run that died between its commit and
+its report). The fine-range partitions of a Trace before epochs live under another
+definition name (``job__stream``) and are left as they are.
+"""
+
+# No `from __future__ import annotations` here: Dagster resolves annotations at runtime.
+from dataclasses import dataclass, field
+from typing import Any
+
+from dagster import (
+    AssetMaterialization,
+    AssetObservation,
+    DagsterInstance,
+    MetadataValue,
+)
+
+from trace_core.chain_sync import epochs
+from trace_core.chain_sync.epochs import EpochProgress
+from trace_core.errors import ChainSyncJobNotFound
+from trace_core.runtime import Runtime
+from trace_dagster.partitions import partitions_def_name, stream_asset_key
+
+# Complete epochs materialized per sync at most (each reads its ranges); the rest next tick.
+MAX_BACKFILLED_PER_SYNC = 200
+
+
+def epoch_metadata(p: EpochProgress) -> dict[str, Any]:
+    """What an epoch's events carry: its window, progress, rows, bytes, range versions."""
+    return {
+        "epoch": MetadataValue.text(f"[{p.start}, {p.end})"),
+        "ranges_committed": len(p.committed),
+        "ranges_total": p.ranges_total,
+        "progress": MetadataValue.text(
+            f"{len(p.committed)}/{p.ranges_total} ranges, "
+            f"{p.blocks_committed}/{p.blocks_expected} blocks"
+        ),
+        "ranges_dead": len(p.dead),
+        "rows": p.rows,
+        "bytes": p.bytes,
+        "complete": p.complete,
+    }
+
+
+def epoch_materialization(p: EpochProgress, **extra: Any) -> AssetMaterialization:
+    """A complete epoch, recording the dataset version of each of its ranges."""
+    return AssetMaterialization(
+        asset_key=stream_asset_key(p.job_name, p.dataset_key),
+        partition=p.key,
+        metadata={
+            **epoch_metadata(p),
+            "dataset_versions": MetadataValue.json(p.versions()),
+            **extra,
+        },
+    )
+
+
+def range_events(
+    rt: Runtime, job_name: str, dataset_key: str, start: int, end: int, meta: dict[str, Any]
+) -> list[AssetObservation | AssetMaterialization]:
+    """A range just committed: an observation of each epoch it belongs to with ``meta`` and
+    the epoch's progress, plus the epoch's materialization when that range completed it."""
+    with rt.state() as conn:
+        progress = epochs.epoch_progress(
+            conn, rt.settings.org_id, job_name, dataset_key, start, end
+        )
+    out: list[AssetObservation | AssetMaterialization] = []
+    for p in progress:
+        out.append(
+            AssetObservation(
+                asset_key=stream_asset_key(job_name, dataset_key),
+                partition=p.key,
+                metadata={**meta, **epoch_metadata(p)},
+            )
+        )
+        if p.complete:
+            # a fake range makes its epoch's materialization say so too
+            extra = {"fake": meta["fake"]} if meta.get("fake") else {}
+            out.append(epoch_materialization(p, **extra))
+    return out
+
+
+def epoch_keys_of(rt: Runtime, job_name: str, dataset_key: str, start: int, end: int) -> list[str]:
+    """Partition keys of the epochs a range belongs to."""
+    with rt.state() as conn:
+        target = epochs.stream_target(conn, rt.settings.org_id, job_name, dataset_key)
+    return epochs.epoch_keys_of_range(start, end, target.epoch_blocks)
+
+
+def epoch_size(rt: Runtime, job_name: str) -> int:
+    """A chain_sync job's ``epoch_blocks``."""
+    with rt.state() as conn:
+        targets = epochs.stream_targets(conn, rt.settings.org_id, job_name=job_name)
+    if not targets:
+        raise ChainSyncJobNotFound(job_name)
+    return targets[0].epoch_blocks
+
+
+@dataclass
+class PartitionSync:
+    """What the instance lacks: keys to add and delete per partitions definition, and
+    materializations of complete epochs it never recorded. ``done`` is False when the
+    backfill was capped (the caller syncs again next tick)."""
+
+    add: dict[str, list[str]] = field(default_factory=dict)
+    delete: dict[str, list[str]] = field(default_factory=dict)
+    materializations: list[AssetMaterialization] = field(default_factory=list)
+    done: bool = True
+
+
+def partition_sync(rt: Runtime, instance: DagsterInstance | None) -> PartitionSync:
+    """Compare every stream's epochs with ``instance`` (without one: add them all)."""
+    out = PartitionSync()
+    with rt.state() as conn:
+        for t in epochs.stream_targets(conn, rt.settings.org_id):
+            name = partitions_def_name(t.job_name, t.dataset_key)
+            want = t.epoch_keys()
+            if instance is None:
+                out.add[name] = want
+                continue
+            have = instance.get_dynamic_partitions(name)
+            known = set(have)
+            if missing := [k for k in want if k not in known]:
+                out.add[name] = missing
+            if stale := [k for k in have if not epochs.is_epoch_key(k, t.epoch_blocks)]:
+                out.delete[name] = stale
+            asset = stream_asset_key(t.job_name, t.dataset_key)
+            done = instance.get_materialized_partitions(asset)
+            for a, b in epochs.complete_epochs(conn, t):
+                key = epochs.range_partition_key(a, b)
+                if key in done:
+                    continue
+                if len(out.materializations) >= MAX_BACKFILLED_PER_SYNC:
+                    out.done = False
+                    break
+                p = epochs.progress_of(conn, t, a, b)
+                out.materializations.append(
+                    epoch_materialization(p, reported_by=MetadataValue.text("partition sync"))
+                )
+    return out
