@@ -15,12 +15,13 @@ from psycopg_pool import ConnectionPool
 
 from tests.integration.test_planner import ORG, apply, complete, follow_job
 from tests.integration.test_query_service import audit_rows, serving
+from trace_core import outbox
 from trace_core.chain_sync import planner
 from trace_core.chain_sync.head import record_head_observation
 from trace_core.db.connection import Databases, connect
 from trace_core.query.app import create_app, local_user_token
 from trace_core.query.metrics import TraceCollector
-from trace_core.queue.base import TASK_WAKEUP
+from trace_core.queue.base import BUFFER_QUEUE, TASK_WAKEUP
 from trace_core.queue.pgqueue import PgQueue
 from trace_core.queue.sqs import SqsQueue
 from trace_core.settings import Settings
@@ -70,9 +71,11 @@ def test_metrics_report_ranges_lag_tasks_queues_and_query_latency(
             planner.on_task_dead(conn, lease)
     queue = PgQueue(dbs.state_url, max_receive_count=3, pool_size=1)
     try:
-        queue.publish_batch(TASK_WAKEUP, [{"task_id": "a"}, {"task_id": "b"}])
+        with connect(dbs.state_url, autocommit=True) as conn:
+            woken = outbox.drain(conn, queue)  # the planner's wake-ups, through the outbox
     finally:
         queue.close()
+    assert woken >= 1
     token = local_user_token(settings)
     for _ in range(3):
         answer = client.post(
@@ -95,8 +98,8 @@ def test_metrics_report_ranges_lag_tasks_queues_and_query_latency(
         assert sample(samples, "trace_tasks", operator=operator, status=status) == 1
     assert sample(samples, "trace_task_attempts_total", operator=operator, outcome="fatal") == 1
     assert sample(samples, "trace_task_attempts_total", operator=operator, outcome="succeeded") == 1
-    assert sample(samples, "trace_queue_depth", queue=TASK_WAKEUP) == 2
-    assert sample(samples, "trace_queue_depth", queue="buffer") == 0
+    assert sample(samples, "trace_queue_depth", queue=TASK_WAKEUP) == woken
+    assert sample(samples, "trace_queue_depth", queue=BUFFER_QUEUE) == 0
     assert sample(samples, "trace_queue_dead", queue=TASK_WAKEUP) == 0
     assert sample(samples, "trace_queue_oldest_age_seconds", queue=TASK_WAKEUP) >= 0
     audited = [r for r in audit_rows(dbs) if r["outcome"] == "ok"]
@@ -124,16 +127,16 @@ def test_metrics_read_sqs_queue_stats(
     driver = SqsQueue(
         max_receive_count=3, queue_prefix=prefix, endpoint_url=moto_server_url, region="us-east-1"
     )
-    driver.publish(TASK_WAKEUP, {"task_id": "x"})
+    driver.publish(BUFFER_QUEUE, {"batch": "x"})
     # AWS publishes ApproximateAgeOfOldestMessage per queue every minute; moto does not, so
-    # publish the datapoint AWS would (for the wake-up queue only) into moto's CloudWatch.
+    # publish the datapoint AWS would (for the buffer queue only) into moto's CloudWatch.
     cloudwatch = boto3.client("cloudwatch", endpoint_url=moto_server_url, region_name="us-east-1")
     cloudwatch.put_metric_data(
         Namespace="AWS/SQS",
         MetricData=[
             {
                 "MetricName": "ApproximateAgeOfOldestMessage",
-                "Dimensions": [{"Name": "QueueName", "Value": f"{prefix}{TASK_WAKEUP}"}],
+                "Dimensions": [{"Name": "QueueName", "Value": f"{prefix}{BUFFER_QUEUE}"}],
                 "Timestamp": datetime.now(UTC) - timedelta(minutes=1),
                 "Value": 42.0,
                 "Unit": "Seconds",
@@ -148,9 +151,9 @@ def test_metrics_read_sqs_queue_stats(
         state.close()
         data.close()
     depth = {s.labels["queue"]: s.value for s in metrics["trace_queue_depth"].samples}
-    assert depth == {TASK_WAKEUP: 1, "buffer": 0}
+    assert depth == {TASK_WAKEUP: 0, BUFFER_QUEUE: 1}
     oldest = {s.labels["queue"]: s.value for s in metrics["trace_queue_oldest_age_seconds"].samples}
-    assert oldest == {TASK_WAKEUP: 42.0}  # no datapoint for the buffer queue: no sample
+    assert oldest == {BUFFER_QUEUE: 42.0}  # no datapoint for the wake-up queue: no sample
     assert metrics["trace_metrics_up"].samples[0].value == 1
 
 
