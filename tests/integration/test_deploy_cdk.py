@@ -125,10 +125,10 @@ def test_bucket_lifecycle_rules(template: dict[str, Any]) -> None:
     assert set(rules) == {"Datasets", "Results", "Scratch"}
     assert rules["Datasets"]["expire-staging"]["Prefix"] == "trace/staging/"
     assert rules["Datasets"]["expire-staging"]["ExpirationInDays"] == 7
-    # Committed versions never expire; only non-current object versions do.
-    assert all(
-        "ExpirationInDays" not in r for k, r in rules["Datasets"].items() if k != "expire-staging"
-    )
+    assert rules["Datasets"]["expire-exports"]["Prefix"] == "trace/results/"
+    # Committed versions (trace/cryo/) never expire: every expiring rule has another prefix.
+    expiring = [r for r in rules["Datasets"].values() if "ExpirationInDays" in r]
+    assert {r["Prefix"] for r in expiring} == {"trace/staging/", "trace/results/"}
     assert rules["Results"]["expire-results"]["ExpirationInDays"] == 7
     assert rules["Scratch"]["expire-scratch"]["ExpirationInDays"] == 3
     assert all("abort-incomplete-uploads" in r for r in rules.values())

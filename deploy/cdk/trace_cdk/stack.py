@@ -29,6 +29,7 @@ from trace_cdk.config import StackConfig
 STORE_PREFIX = "trace"
 STAGING = f"{STORE_PREFIX}/staging/"
 VERSIONS = f"{STORE_PREFIX}/cryo/"
+RESULTS = f"{STORE_PREFIX}/results/"  # trace_core.query.export
 COMPUTE_LOGS = "dagster-compute-logs/"
 # Logical queue names as trace_core.queue.base spells them (TASK_WAKEUP, BUFFER_QUEUE).
 QUEUES = {"Task": "task_wakeup", "Buffer": "buffer"}
@@ -189,6 +190,11 @@ class TraceStack(cdk.Stack):
                     expiration=cdk.Duration.days(config.staging_expire_days),
                 ),
                 s3.LifecycleRule(
+                    id="expire-exports",
+                    prefix=RESULTS,
+                    expiration=cdk.Duration.days(config.results_expire_days),
+                ),
+                s3.LifecycleRule(
                     id="expire-noncurrent",
                     noncurrent_version_expiration=cdk.Duration.days(config.noncurrent_expire_days),
                 ),
@@ -330,8 +336,11 @@ class TraceStack(cdk.Stack):
         ]
         for role in (self.worker_role, self.daemon_role):
             role.add_to_policy(iam.PolicyStatement(actions=queue_actions, resources=queue_arns))
-        # The Query Service reads committed versions and writes query exports.
+        # The Query Service reads committed versions and writes query exports: today under
+        # trace/results/ in the one object store (TRACE_OBJECT_STORE_URL); the results bucket
+        # is ready for a separate results store.
         self.datasets.grant_read(self.query_role, f"{VERSIONS}*")
+        self.datasets.grant_read_write(self.query_role, f"{RESULTS}*")
         self.results.grant_read_write(self.query_role)
         self.query_role.add_to_policy(
             iam.PolicyStatement(actions=["sqs:GetQueueAttributes"], resources=queue_arns)
