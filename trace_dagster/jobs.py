@@ -27,7 +27,7 @@ from trace_core.runtime import Runtime
 from trace_dagster.epochs import epoch_keys_of, epoch_size, range_events
 from trace_dagster.partitions import partitions_def_name, stream_asset_key
 from trace_dagster.resources import TraceResource
-from trace_dagster.retry import is_manual_reexecution, revive_for_reexecution
+from trace_dagster.retry import is_manual_reexecution, revive_for_reexecution, touched_metadata
 from trace_dagster.transforms import transform_materialization
 
 WORKER_JOB = "trace_worker"
@@ -111,11 +111,12 @@ def execute_tasks(
     context: OpExecutionContext, config: TaskBatchConfig, trace: TraceResource
 ) -> None:
     rt = trace.get_client()
+    batch = config.task_ids
     if is_manual_reexecution(context.dagster_run):  # e.g. from the UI: revive its dead tasks
-        revive_for_reexecution(context, rt, config.task_ids)
+        batch = revive_for_reexecution(context, rt, batch)
     report = run_worker(
         rt,
-        [uuid.UUID(raw) for raw in config.task_ids],
+        [uuid.UUID(raw) for raw in batch],
         on_outcome=lambda outcome: _report(context, rt, outcome),
         on_planned=lambda planned: _add_partitions(context, rt, planned),
         on_more=lambda n: context.log.info(f"taking {n} more woken task(s)"),
@@ -123,7 +124,9 @@ def execute_tasks(
     if report.batches > 1:
         context.log.info(f"{report.batches} batches in this run")
     if report.failures:
-        raise Failure(description="; ".join(report.failures))
+        raise Failure(
+            description="; ".join(report.failures), metadata=touched_metadata(report.touched)
+        )
 
 
 def _report(context: OpExecutionContext, rt: Runtime, outcome: TaskOutcome) -> None:

@@ -30,6 +30,7 @@ JOB = """kind: chain_sync
 name: integ
 chain_id: {chain_id}
 mode: {{kind: fixed_target, from_block: 0, to_block: 600}}
+epoch_blocks: 200
 streams:
   blocks: {{cryo_dataset_name: blocks, rpc_pool: integ, chunk_size: 200, max_inflight: 3}}
   transactions: {{cryo_dataset_name: transactions, rpc_pool: integ, chunk_size: 200, max_inflight: 3}}
@@ -140,7 +141,8 @@ def test_tampered_truncated_deleted_and_foreign_files_are_found_and_repaired(
     only = verify.verify(rt, job="integ", stream="blocks", block_range=(450, 500))[0]
     assert [(r.range_start, r.passed) for r in only.ranges] == [(400, False)]
 
-    # the scheduled pass reports each range on its stream partition; failures fail the check
+    # the scheduled pass reports each range on its epoch partition (epoch_blocks 200: one
+    # range each); failures fail the check
     with instance_for_test() as instance:
         for key in ("blocks", "transactions", "logs"):
             instance.add_dynamic_partitions(

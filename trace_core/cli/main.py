@@ -294,6 +294,10 @@ def query(sql: str, job: str | None, as_json: bool, mode: str | None) -> None:
         table.add_row(*("" if v is None else str(v) for v in row))
     console.print(table)
     console.print(f"{resp['row_count']} row(s)" + (" (truncated)" if resp.get("truncated") else ""))
+    export = resp.get("export")
+    if export:  # over the inline caps: the rows are in one Parquet object, not in the table
+        where = export.get("presigned_url") or export["uri"]
+        console.print(f"exported as Parquet: {where}", soft_wrap=True, highlight=False)
 
 
 @cli.command()

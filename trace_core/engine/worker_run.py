@@ -67,9 +67,11 @@ def take_more_work(rt: Runtime, max_tasks: int) -> MoreWork:
 
 @dataclass
 class WorkerRunReport:
-    """What one worker run did: batches executed and the failure lines of its last batch."""
+    """What one worker run did: batches executed, every task it was handed (all waves: a
+    re-execution of a failed run revives them all) and the failure lines of its last batch."""
 
     batches: int = 0
+    touched: list[uuid.UUID] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
 
 
@@ -102,6 +104,7 @@ def run_worker(
     on_claimed: Callable[[], None] | None = None
     while task_ids:
         report.batches += 1
+        report.touched += task_ids
         for outcome in execute_batch(
             rt,
             task_ids,

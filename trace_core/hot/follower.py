@@ -77,7 +77,7 @@ class BlockSource(Protocol):
 
 
 class RpcBlockSource:
-    """``BlockSource`` over ``trace_core.rpc.RpcClient`` (httpx, bounded timeouts).
+    """``BlockSource`` over ``trace_core.rpc.client.RpcClient`` (httpx, bounded timeouts).
 
     A batch of blocks is one JSON-RPC batch request: ``eth_getBlockByNumber(n, true)`` and
     ``eth_getBlockReceipts(n)`` per block. Nodes without ``eth_getBlockReceipts`` fall back to

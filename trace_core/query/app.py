@@ -25,6 +25,7 @@ from starlette.routing import BaseRoute, Route
 from trace_core.db.connection import Databases
 from trace_core.errors import QueryError, StorageError, TooLarge, TraceError
 from trace_core.query.attach import HotSourceResolver
+from trace_core.query.metrics import metrics_route
 from trace_core.query.service import QueryService, client_error, error_body
 from trace_core.settings import Settings
 from trace_core.storage.base import ObjectStore
@@ -76,6 +77,7 @@ def create_app(
             Route("/v1/query", user_query, methods=["POST"]),
             Route("/v1/task-query", task_query, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
+            metrics_route(service),
             *routes,
         ],
         lifespan=lifespan,
