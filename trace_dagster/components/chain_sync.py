@@ -25,8 +25,8 @@ from typing import Annotated, Any
 import yaml
 from dagster import (
     AssetExecutionContext,
-    AssetSpec,
     AssetsDefinition,
+    AssetSpec,
     DefaultSensorStatus,
     Definitions,
     DynamicPartitionsDefinition,
