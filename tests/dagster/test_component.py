@@ -16,6 +16,7 @@ import pytest
 import yaml
 from dagster import (
     AssetKey,
+    BackfillPolicy,
     DagsterInstance,
     SensorResult,
     SkipReason,
@@ -178,6 +179,7 @@ def test_the_component_asset_materializes_an_epoch_on_anvil(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("TRACE_RPC_POOL_COMP_URL", anvil_chain.rpc_url)
+    monkeypatch.setenv("TRACE_RPC_POOL_COMP_MAX_CONCURRENT", "3")
     rt = trace_env
     with create_defs_folder_sandbox() as sandbox:
         path = _scaffold(sandbox, chain_id=anvil_chain.chain_id, datasets=["blocks"])
@@ -191,6 +193,9 @@ def test_the_component_asset_materializes_an_epoch_on_anvil(
                 assert isinstance(got, SkipReason) and f"job my_chain {verb}" in str(
                     got.skip_message
                 )
+            # the RPC pool's limit is the Dagster pool's slots; one epoch per backfill run
+            info = dagster_instance.event_log_storage.get_concurrency_info("trace_rpc_comp")
+            assert info.slot_count == 3
             # the dispatcher plans the job's ranges and makes its epochs partitions
             planned = dispatcher_result(rt, None, dagster_instance, now=1000.0)
             assert isinstance(planned, SensorResult)
@@ -200,6 +205,10 @@ def test_the_component_asset_materializes_an_epoch_on_anvil(
                 for a in defs.assets or []
                 if AssetKey(["chain_sync", "my_chain", "blocks"]) in getattr(a, "keys", ())
             ]
+            assert asset.backfill_policy == BackfillPolicy.multi_run(max_partitions_per_run=1)
+            assert asset.op.pool == "trace_rpc_comp"
+            checks = [k for c in defs.asset_checks or [] for k in c.check_keys]
+            assert [k.name for k in checks if k.asset_key == asset.key] == ["integrity"]
             result = materialize(
                 [asset],
                 partition_key="000000000000-000000000200",

@@ -27,6 +27,7 @@ from dagster import (
     AssetExecutionContext,
     AssetsDefinition,
     AssetSpec,
+    BackfillPolicy,
     DefaultSensorStatus,
     Definitions,
     DynamicPartitionsDefinition,
@@ -43,9 +44,11 @@ from dagster.components.utils.translation import TranslationFn, TranslationFnRes
 
 from trace_core.chain_sync.spec import ChainSyncSpec, validate_job
 from trace_core.errors import ConfigError, InvalidJobFile
+from trace_core.rpc_limits import pool_limits
 from trace_core.runtime import Runtime
 from trace_core.yamlfile import LoadedYaml, load_yaml
 from trace_dagster.components.scaffolder import ChainSyncScaffolder
+from trace_dagster.integrity import _stream_check
 from trace_dagster.jobs import trace_worker
 from trace_dagster.partitions import materialize_epoch, partitions_def_name, stream_asset_key
 from trace_dagster.resources import TraceResource
@@ -112,6 +115,23 @@ def spec_from_attributes(attributes: dict[str, Any], defs_yaml: Path | None) -> 
         ) from None
 
 
+def dagster_pool(rpc_pool: str) -> str:
+    """The Dagster pool of an RPC pool: every epoch run of its streams takes one slot."""
+    return f"trace_rpc_{_UNSAFE.sub('_', rpc_pool)}"
+
+
+def set_pool_limits(instance: Any, spec: ChainSyncSpec) -> dict[str, int]:
+    """Set each stream pool's Dagster slots to ``TRACE_RPC_POOL_<P>_MAX_CONCURRENT`` (pools
+    without one keep the instance's default); returns what was set."""
+    out: dict[str, int] = {}
+    for pool in spec.pools:
+        limit = pool_limits(pool).max_concurrent
+        if limit is not None:
+            instance.event_log_storage.set_concurrency_slots(dagster_pool(pool), limit)
+            out[dagster_pool(pool)] = limit
+    return out
+
+
 def job_yaml(spec: ChainSyncSpec) -> bytes:
     """The job as Trace job-file bytes (what ``trace_apply__<job>`` applies and hashes)."""
     return yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True), sort_keys=True).encode()
@@ -137,7 +157,9 @@ def apply_sensor(spec: ChainSyncSpec, source: str) -> SensorDefinition:
         with rt.state() as conn:
             result = store.apply_job(conn, rt.settings.org_id, spec, raw, source)
         verb = "created" if result.created else ("updated" if result.changed else "unchanged")
-        return SkipReason(f"job {spec.name} {verb} (job_id {result.job_id})")
+        pools = set_pool_limits(context.instance, spec)
+        limits = ", ".join(f"{k}={v}" for k, v in sorted(pools.items())) or "defaults"
+        return SkipReason(f"job {spec.name} {verb} (job_id {result.job_id}); pools: {limits}")
 
     return _apply
 
@@ -239,8 +261,13 @@ class ChainSyncComponent(Component, Resolvable):
         asset_spec = self.asset_spec(spec, dataset_key)
         job_name = spec.name
 
+        # one epoch per run, so a backfill of many epochs is many runs, each holding one slot of
+        # its RPC pool's Dagster pool (materialize_epoch runs one partition's ranges)
         @multi_asset(
-            name=_UNSAFE.sub("_", f"chain_sync__{job_name}__{dataset_key}"), specs=[asset_spec]
+            name=_UNSAFE.sub("_", f"chain_sync__{job_name}__{dataset_key}"),
+            specs=[asset_spec],
+            pool=dagster_pool(spec.streams[dataset_key].rpc_pool),
+            backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=1),
         )
         def _stream(context: AssetExecutionContext, trace: TraceResource) -> MaterializeResult:
             return self.execute(context, trace.get_client(), job_name, dataset_key)
@@ -251,6 +278,7 @@ class ChainSyncComponent(Component, Resolvable):
         spec = self.job_spec(context)
         return Definitions(
             assets=[self.build_asset(spec, key) for key in spec.streams],
+            asset_checks=[_stream_check(spec.name, key) for key in spec.streams],
             jobs=[trace_worker, *SERVICE_JOBS],
             sensors=[
                 apply_sensor(spec, str(context.path / "defs.yaml")),
