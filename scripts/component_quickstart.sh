@@ -6,7 +6,7 @@
 #
 # In WORKDIR: a fresh venv, `pip install` of this repository plus dagster-dg-cli, a minimal dg
 # project, `dg scaffold defs trace_dagster.ChainSyncComponent my_chain`, an anvil chain from
-# this repo's node_modules (make setup), `dg dev` in the background; it waits until Dagster
+# this repo's node_modules (make setup), `trace-lite migrate`, `dg dev` in the background; it waits until Dagster
 # records the first materialized epoch of chain_sync/my_chain/blocks, prints the step times and
 # stops everything it started (a trap on every exit path).
 set -euo pipefail
@@ -18,7 +18,11 @@ anvil_bin=$repo/node_modules/.bin/anvil
 anvil_pid= dg_pid=
 
 cleanup() {
-  [[ -n $dg_pid ]] && kill -INT -- "-$dg_pid" 2>/dev/null && wait "$dg_pid" 2>/dev/null || true
+  if [[ -n $dg_pid ]]; then  # its own session: SIGINT the group, SIGKILL it after 20 s
+    kill -INT -- "-$dg_pid" 2>/dev/null || true
+    for _ in $(seq 40); do kill -0 "$dg_pid" 2>/dev/null || break; sleep 0.5; done
+    kill -KILL -- "-$dg_pid" 2>/dev/null || true
+  fi
   [[ -n $anvil_pid ]] && kill "$anvil_pid" 2>/dev/null && wait "$anvil_pid" 2>/dev/null || true
   [[ -x $work/.venv/bin/trace-lite ]] && TRACE_HOME=$work/.trace "$work/.venv/bin/trace-lite" down \
     >/dev/null 2>&1 || true
@@ -76,6 +80,10 @@ export TRACE_RPC_POOL_DEMO_URL=http://127.0.0.1:$port TRACE_HOME=$work/.trace
 export DAGSTER_HOME=$work/dagster_home
 mkdir -p "$DAGSTER_HOME" && touch "$DAGSTER_HOME/dagster.yaml"
 step "anvil up (500 blocks)"
+
+# start the embedded Postgres and migrate it once, before Dagster's processes connect
+trace-lite migrate
+step "trace-lite migrate (embedded Postgres up)"
 
 ui_port=$(free_port)
 setsid dg dev --port "$ui_port" >"$work/dg-dev.log" 2>&1 &

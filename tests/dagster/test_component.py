@@ -10,12 +10,13 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import yaml
 from dagster import (
     AssetKey,
+    AssetsDefinition,
     BackfillPolicy,
     DagsterInstance,
     SensorResult,
@@ -34,6 +35,7 @@ from trace_dagster.components.chain_sync import TRACE_RESOURCE
 from trace_dagster.driver import _apply_partitions
 from trace_dagster.sensors.dispatcher import dispatcher_result
 
+E = TypeVar("E", bound=ConfigError)
 PARAMS = {"datasets": ["blocks", "logs"], "rpc_pool": "comp", "epoch_blocks": 200}
 
 
@@ -101,7 +103,7 @@ def test_scaffold_writes_the_job_and_cryo_args_and_builds_stream_assets() -> Non
         assert _cause(err.value, ConfigError).field == "attributes.translation.key"
 
 
-def _cause(exc: BaseException, kind: type[ConfigError]) -> ConfigError:
+def _cause(exc: BaseException, kind: type[E]) -> E:
     seen: BaseException | None = exc
     while seen is not None and not isinstance(seen, kind):
         seen = seen.__cause__ or seen.__context__
@@ -203,7 +205,8 @@ def test_the_component_asset_materializes_an_epoch_on_anvil(
             [asset] = [
                 a
                 for a in defs.assets or []
-                if AssetKey(["chain_sync", "my_chain", "blocks"]) in getattr(a, "keys", ())
+                if isinstance(a, AssetsDefinition)
+                and AssetKey(["chain_sync", "my_chain", "blocks"]) in a.keys
             ]
             assert asset.backfill_policy == BackfillPolicy.multi_run(max_partitions_per_run=1)
             assert asset.op.pool == "trace_rpc_comp"
@@ -216,7 +219,7 @@ def test_the_component_asset_materializes_an_epoch_on_anvil(
                 resources={"trace": TRACE_RESOURCE},
             )
     assert result.success
-    [mat] = result.asset_materializations_for_node(asset.node_def.name)
+    [mat] = result.asset_materializations_for_node(asset.op.name)
     assert mat.metadata["ranges_run"].value == 2 and mat.metadata["rows"].value == 200
     with rt.state() as conn:
         ranges = store.list_ranges(conn, store.resolve_job(conn, rt.settings.org_id, "my_chain"))
