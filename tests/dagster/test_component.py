@@ -24,7 +24,9 @@ from dagster import (
     build_sensor_context,
     materialize,
 )
+from dagster.components.core.package_entry import discover_entry_point_package_objects
 from dagster.components.testing import DefsFolderSandbox, create_defs_folder_sandbox
+from dagster_shared.serdes.objects import EnvRegistryKey
 
 from trace_core.chain_sync import store
 from trace_core.devchain import DevChain
@@ -49,6 +51,14 @@ def _edit(defs_path: Path, **attributes: Any) -> None:
     doc = yaml.safe_load((defs_path / "defs.yaml").read_text())
     doc["attributes"].update(attributes)
     (defs_path / "defs.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def test_the_installed_package_registers_the_component() -> None:
+    """What ``dg list components`` reads: the dagster_dg_cli.registry_modules entry point."""
+    found = discover_entry_point_package_objects()
+    assert found[EnvRegistryKey(name="ChainSyncComponent", namespace="trace_dagster")] is (
+        ChainSyncComponent
+    )
 
 
 def test_scaffold_writes_the_job_and_cryo_args_and_builds_stream_assets() -> None:
