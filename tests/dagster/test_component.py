@@ -235,3 +235,18 @@ def test_the_component_asset_materializes_an_epoch_on_anvil(
         ranges = store.list_ranges(conn, store.resolve_job(conn, rt.settings.org_id, "my_chain"))
     done = sorted(r.range_start for r in ranges if r.status == "completed")
     assert done == [0, 100]
+
+
+def test_two_components_share_one_trace_runtime() -> None:
+    with create_defs_folder_sandbox() as sandbox:
+        sandbox.scaffold_component(ChainSyncComponent, defs_path="chain_a")
+        second = sandbox.scaffold_component(
+            ChainSyncComponent, defs_path="chain_b", scaffold_params={"rpc_pool": "other"}
+        )
+        _edit(second, include_runtime=False)
+        with sandbox.build_all_defs() as defs:
+            sensors = sorted(s.name for s in defs.sensors or [])
+            keys = defs.resolve_asset_graph().get_all_asset_keys()
+        assert sensors.count("trace_dispatcher") == 1
+        assert {"trace_apply__chain_a", "trace_apply__chain_b"} <= set(sensors)
+        assert {k.path[1] for k in keys} == {"chain_a", "chain_b"}

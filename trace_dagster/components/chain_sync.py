@@ -61,7 +61,7 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_]")
 # One resource object for every Trace component: Dagster merges identical objects only.
 TRACE_RESOURCE = TraceResource()
 # Attributes that configure the component rather than the chain_sync job.
-_COMPONENT_FIELDS = frozenset({"translation"})
+_COMPONENT_FIELDS = frozenset({"translation", "include_runtime"})
 
 
 @dataclass(frozen=True)
@@ -183,6 +183,10 @@ class ChainSyncComponent(Component, Resolvable):
     finality_depth: int | None = None
     max_attempts: int | None = None
     hot: dict[str, Any] | None = None
+    # The shared Trace machinery (dispatcher/worker/service sensors, trace_worker and service
+    # jobs): Dagster rejects the same sensor twice, so a project with several Trace components
+    # sets this false on all but one.
+    include_runtime: bool = True
     translation: (
         Annotated[
             TranslationFn[ChainSyncStream],
@@ -276,15 +280,14 @@ class ChainSyncComponent(Component, Resolvable):
 
     def build_defs(self, context: ComponentLoadContext) -> Definitions:
         spec = self.job_spec(context)
+        shared = self.include_runtime
         return Definitions(
             assets=[self.build_asset(spec, key) for key in spec.streams],
             asset_checks=[_stream_check(spec.name, key) for key in spec.streams],
-            jobs=[trace_worker, *SERVICE_JOBS],
+            jobs=[trace_worker, *SERVICE_JOBS] if shared else [],
             sensors=[
                 apply_sensor(spec, str(context.path / "defs.yaml")),
-                dispatcher_sensor,
-                worker_sensor,
-                *service_sensors,
+                *([dispatcher_sensor, worker_sensor, *service_sensors] if shared else []),
             ],
             resources={"trace": TRACE_RESOURCE},
         )
