@@ -1,6 +1,6 @@
 # The Trace Python image: dagster webserver/daemon, trace-lite, the Query Service.
 FROM python:3.11-slim
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 DAGSTER_HOME=/opt/dagster/home
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 DAGSTER_HOME=/opt/dagster/home TRACE_CRYO_MODE=real
 WORKDIR /opt/trace
 COPY pyproject.toml README.md ./
 COPY trace_core ./trace_core

@@ -111,6 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--range-size", type=int, default=5000, help="blocks per task")
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--verify-log-receipts", action="store_true")
+    parser.add_argument(
+        "--no-verify-logs-bloom",
+        action="store_true",
+        help="turn off the default logsBloom check of logs ranges (to measure its cost)",
+    )
     args = parser.parse_args(argv)
 
     with (
@@ -129,7 +134,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"tasks of {args.range_size} blocks; {args.reps} reps, medians"
             )
             settings = Settings(
-                home=home, cryo_mode="real", verify_log_receipts=args.verify_log_receipts
+                home=home,
+                cryo_mode="real",
+                verify_log_receipts=args.verify_log_receipts,
+                verify_logs_bloom=not args.no_verify_logs_bloom,
             )
             store = LocalStore(home / "objects")
             env = {ENV: chain.rpc_url}

@@ -66,7 +66,9 @@ def dispatch_tick(rt: Runtime) -> TickReport:
     with rt.state() as conn:
         report.heads_observed = len(head.observe_heads(conn, s.org_id))
         capabilities.probe_due(conn, s.org_id, s)  # once per pool and TTL: what it serves
-        result = planner.plan_tick(conn, org_id=s.org_id, limit=s.dispatch_batch_size)
+        result = planner.plan_tick(
+            conn, org_id=s.org_id, limit=s.dispatch_batch_size, pool_check=planner.pool_url_check(s)
+        )
         epochs = {(p.job_name, p.dataset_key, k) for p in result.planned for k in p.epoch_keys}
         report.planned = [PlannedPartition(*e) for e in sorted(epochs)]
         with conn.transaction():

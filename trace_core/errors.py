@@ -227,6 +227,12 @@ class QueueError(RetryableError):
     code = "queue_error"
 
 
+class OutboxOnly(FatalError):
+    """A task wake-up was published by something other than the outbox (invariant 4): a bug."""
+
+    code = "outbox_only"
+
+
 # --- storage and datasets ----------------------------------------------------------------
 
 

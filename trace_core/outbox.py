@@ -19,7 +19,7 @@ from psycopg.types.json import Jsonb
 
 from trace_core.db.queries import q
 from trace_core.errors import TraceError
-from trace_core.queue.base import TASK_WAKEUP, QueueDriver
+from trace_core.queue.base import TASK_WAKEUP, QueueDriver, outbox_publishing
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,8 @@ def drain(conn: Connection[Any], driver: QueueDriver, *, batch_size: int = 500) 
         published: list[uuid.UUID] = []
         for topic, items in by_topic.items():
             try:
-                driver.publish_batch(topic, [p for _, p in items])
+                with outbox_publishing():  # the drivers refuse wake-ups published any other way
+                    driver.publish_batch(topic, [p for _, p in items])
             except TraceError as exc:
                 log.warning("outbox publish failed", extra={"topic": topic, "error": str(exc)})
                 conn.execute(

@@ -275,6 +275,30 @@ class RpcPool(JsonRpc):
 
     # --- health ------------------------------------------------------------------------
 
+    def _probe(self, endpoint: Endpoint, chain_id: int) -> tuple[int, int | None]:
+        """``eth_chainId`` (and ``eth_blockNumber`` on the right chain) of one endpoint. A 429 or
+        503 with a ``Retry-After`` up to ``max_retry_after`` is waited out and asked again (up to
+        ``max_attempts`` tries), as calls are: a rate-limited endpoint is not unreachable."""
+        attempt = 1
+        while True:
+            try:
+                if endpoint.limiter is not None:
+                    endpoint.limiter.acquire()
+                served = endpoint.client.chain_id()
+                return served, endpoint.client.block_number() if served == chain_id else None
+            except RpcError as exc:
+                wait = exc.fields.get("retry_after")
+                if wait is None or float(wait) > self.max_retry_after:
+                    raise
+                if attempt >= self.max_attempts:
+                    raise
+                log.info(
+                    "rpc endpoint rate-limited; waiting its Retry-After",
+                    extra={"endpoint": endpoint.label, "retry_after": float(wait)},
+                )
+                self._sleep(float(wait))
+                attempt += 1
+
     def check(
         self, chain_id: int, *, need_block: int | None = None
     ) -> tuple[RpcPool, list[EndpointCheck]]:
@@ -289,10 +313,7 @@ class RpcPool(JsonRpc):
         seen: list[EndpointCheck] = []
         for endpoint in self.endpoints:
             try:
-                if endpoint.limiter is not None:
-                    endpoint.limiter.acquire()
-                served = endpoint.client.chain_id()
-                head = endpoint.client.block_number() if served == chain_id else None
+                served, head = self._probe(endpoint, chain_id)
             except RpcError as exc:
                 seen.append(
                     EndpointCheck(endpoint.label, None, None, f"unreachable: {exc.message}")

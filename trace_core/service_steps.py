@@ -310,7 +310,7 @@ ALERT_DELIVERY = ServiceSpec(
     name="alert_delivery",
     step=delivery_step,
     interval_seconds=DELIVERY_INTERVAL_SECONDS,
-    description="Delivers new alert events to their webhooks and logs, with retries and rate limits",
+    description="Delivers new alert events to their channels (webhook, Slack, PagerDuty, email, SMS, log), with retries and rate limits",
     exit_when_idle=True,
 )
 

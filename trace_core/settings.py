@@ -96,8 +96,14 @@ class Settings(BaseSettings):
     )
     outbox_batch_size: int = Field(500, gt=0, description="Outbox rows published per drain batch")
 
-    cryo_mode: Literal["auto", "real", "fake"] = Field(
-        "auto", description="auto = real when the pool URL is set, else fake"
+    cryo_mode: Literal["real", "fake"] = Field(
+        "real",
+        description="real = cryo against the pool's RPC (a stream whose pool has no URL is blocked); fake = deterministic made-up Parquet, marked fake in every manifest and registry row",
+    )
+    version_grace_seconds: int = Field(
+        86400,
+        ge=0,
+        description="Retention: a superseded dataset version (every block served by newer ones) is garbage-collected this long after it was superseded, unless a queued or running task pins it",
     )
     cryo_staging_dir: Path | None = Field(
         None, description="Local staging root for cryo output; default $TRACE_HOME/staging"
@@ -108,6 +114,10 @@ class Settings(BaseSettings):
     )
     max_total_parquet_bytes_per_range: int = Field(
         2 * 1024 * 1024 * 1024, gt=0, description="Artifact cap: bytes per range"
+    )
+    verify_logs_bloom: bool = Field(
+        True,
+        description="Cross-check each logs range against its blocks' logsBloom (one batched header call per 500 blocks); a mismatch is a retryable error",
     )
     verify_log_receipts: bool = Field(
         False,
@@ -200,7 +210,17 @@ class Settings(BaseSettings):
     integrity_ranges_per_tick: int = Field(
         20,
         gt=0,
-        description="Integrity: committed ranges one scheduled check verifies (round robin over streams)",
+        description="Integrity: most adjacent ranges verified in one step (one window read and checked at once)",
+    )
+    integrity_sample_ranges: int = Field(
+        20,
+        ge=0,
+        description="Integrity: already verified ranges a scheduled pass re-verifies, stalest first (after every new or changed one)",
+    )
+    integrity_rpc_calls_per_pass: int = Field(
+        20000,
+        gt=0,
+        description="Integrity: budget of estimated RPC calls per scheduled pass (a header per block, receipts per block for logs); new ranges over it wait for the next pass",
     )
     hot_compact_range_size: int = Field(
         1000,
@@ -208,6 +228,10 @@ class Settings(BaseSettings):
         description="Hot path: blocks per compacted cold version (ranges align to multiples)",
     )
 
+    query_allow_fake: bool = Field(
+        False,
+        description="Query Service: serve dataset versions made by TRACE_CRYO_MODE=fake (refused with 409 fake_data otherwise)",
+    )
     query_host: str = Field("127.0.0.1", description="Query Service bind host")
     query_port: int = Field(8090, description="Query Service port")
     query_url: str | None = Field(
@@ -336,6 +360,32 @@ class Settings(BaseSettings):
         None, description="UDFs: Lambda endpoint (moto/localstack); default AWS"
     )
 
+    smtp_host: str | None = Field(
+        None, description="Alerts: SMTP server for email channels (unset: email deliveries fail)"
+    )
+    smtp_port: int = Field(587, gt=0, lt=65536, description="Alerts: SMTP server port")
+    smtp_security: Literal["starttls", "tls", "none"] = Field(
+        "starttls",
+        description="Alerts: SMTP transport security: STARTTLS upgrade, implicit TLS (port 465), or none (never with credentials)",
+    )
+    smtp_username: str | None = Field(None, description="Alerts: SMTP login user (optional)")
+    smtp_password: SecretStr | None = Field(
+        None, description="Alerts: SMTP login password (a secret: never logged or stored)"
+    )
+    smtp_from: str = Field(
+        "trace-lite@localhost", description="Alerts: From address of alert emails"
+    )
+    smtp_timeout_seconds: float = Field(
+        10.0, gt=0, le=20, description="Alerts: SMTP connect and command timeout"
+    )
+    smtp_ca_file: Path | None = Field(
+        None,
+        description="Alerts: PEM bundle of extra CAs trusted for SMTP TLS (a relay with a private CA); system CAs otherwise",
+    )
+    sns_endpoint_url: str | None = Field(
+        None, description="Alerts: SNS endpoint for SMS channels (moto/LocalStack); AWS otherwise"
+    )
+
     def resolved_home(self) -> Path:
         return self.home.expanduser().resolve()
 
@@ -400,6 +450,22 @@ def rpc_pool_rps(pool: str, environ: Mapping[str, str] | None = None) -> list[fl
     if any(r < 0 for r in rates):
         raise ConfigError("must not be negative", field=name)
     return rates
+
+
+ALERT_SECRET_PREFIX = "TRACE_ALERT_SECRET_"
+
+
+def alert_secret_env_var(name: str) -> str:
+    """``pagerduty_ops`` -> ``TRACE_ALERT_SECRET_PAGERDUTY_OPS`` (where a channel's named secret
+    lives: secrets never sit in alert YAML or the state database)."""
+    return ALERT_SECRET_PREFIX + _POOL_RE.sub("_", name).upper()
+
+
+def alert_secret(name: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """The value of a channel's named secret, or None when unset. Never log it."""
+    env = os.environ if environ is None else environ
+    value = env.get(alert_secret_env_var(name), "").strip()
+    return value or None
 
 
 def source_secret_env_var(job: str) -> str:

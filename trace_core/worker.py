@@ -272,7 +272,9 @@ def take_more_work(rt: Runtime, max_tasks: int) -> MoreWork:
     dropped). What a run does instead of ending and waiting for the next sensor ticks."""
     s = rt.settings
     with rt.state() as conn:
-        result = planner.plan_tick(conn, org_id=s.org_id, limit=s.dispatch_batch_size)
+        result = planner.plan_tick(
+            conn, org_id=s.org_id, limit=s.dispatch_batch_size, pool_check=planner.pool_url_check(s)
+        )
         outbox.drain_all(conn, rt.queue, batch_size=s.outbox_batch_size)
     planned = [(p.job_name, p.dataset_key, p.range_start, p.range_end) for p in result.planned]
     wakeups = receive_wakeups(rt, max_tasks)

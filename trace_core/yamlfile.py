@@ -8,6 +8,7 @@ Every mapping key's line is recorded by path so validation errors can point back
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +79,7 @@ def load_yaml(
     size = len(raw.encode() if isinstance(raw, str) else raw)
     if size > max_bytes:
         raise ConfigError(f"file is {size} bytes, over the {max_bytes}-byte limit", file=source)
+    _check_utf8(raw, source)
     loader = _StrictLoader(raw, source)
     try:
         node = loader.get_single_node()
@@ -96,6 +98,24 @@ def load_yaml(
     finally:
         loader.dispose()
     return LoadedYaml(data=data, source=source, lines=lines)
+
+
+def _check_utf8(raw: str | bytes, source: str) -> None:
+    """Raise ``ConfigError`` naming the file, the encoding and the line of the first byte that
+    is not UTF-8 (PyYAML's own ``ReaderError`` comes from the loader's constructor, untranslated).
+    A UTF-16 file with its byte-order mark is left to PyYAML, which reads it."""
+    if isinstance(raw, str) or raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            f"not UTF-8 text: byte 0x{raw[exc.start]:02x} cannot be decoded as UTF-8 "
+            "(save the file as UTF-8)",
+            file=source,
+            line=line,
+        ) from exc
 
 
 def _build(

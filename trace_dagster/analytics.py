@@ -27,6 +27,7 @@ from typing import Any
 
 from dagster import (
     AssetCheckResult,
+    AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
     AssetKey,
@@ -43,7 +44,7 @@ from dagster import (
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 from dagster_duckdb import DuckDBResource
 
-from trace_core.analytics import checks, compute
+from trace_core.analytics import checks, compute, supply
 from trace_core.analytics.jobs import AnalyticsJob, load_analytics_jobs
 from trace_core.chain_sync import epochs
 from trace_core.chain_sync.planner import parse_partition_key, range_partition_key
@@ -82,16 +83,23 @@ def _metadata(result: compute.Result, name: str) -> dict[str, Any]:
         "bytes": rec.bytes,
         "input_rows": result.input_rows,
         "newly_registered": result.outputs[name].newly_registered,
+        "fake": rec.fake,
     }
 
 
 def _check_result(job: str, asset: str, outcome: checks.CheckOutcome) -> AssetCheckResult:
+    """A skipped check (nothing compared) is not a pass: it shows as a WARN-severity failure
+    whose description starts with ``skipped:`` and whose metadata says ``skipped: true``."""
     return AssetCheckResult(
         asset_key=analytics_asset_key(job, asset),
         check_name=outcome.name,
-        passed=outcome.passed,
+        passed=outcome.passed and not outcome.skipped,
+        severity=AssetCheckSeverity.WARN if outcome.skipped else AssetCheckSeverity.ERROR,
         description=outcome.description,
-        metadata={"details": MetadataValue.json(dict(outcome.metadata))},
+        metadata={
+            "details": MetadataValue.json(dict(outcome.metadata)),
+            "skipped": outcome.skipped,
+        },
     )
 
 
@@ -225,6 +233,17 @@ def job_assets(job: AnalyticsJob) -> list[AssetsDefinition]:
                     asset=key("native_supply"),
                     description="sum of eth_getBalance over known accounts at sampled blocks",
                 ),
+                *(
+                    [
+                        AssetCheckSpec(
+                            "supply_reconciles",
+                            asset=key("native_supply"),
+                            description="each block's supply change = reward - base fee burned",
+                        )
+                    ]
+                    if job.spec.supply is not None
+                    else []
+                ),
             ],
         )
         def native_supply(
@@ -235,9 +254,14 @@ def job_assets(job: AnalyticsJob) -> list[AssetsDefinition]:
                 trace,
                 duckdb,
                 job,
-                compute.native_supply,
+                supply.native_supply,
                 ["native_supply"],
-                [("native_supply", checks.supply_matches_chain)],
+                [("native_supply", checks.supply_matches_chain)]
+                + (
+                    [("native_supply", checks.supply_reconciles)]
+                    if job.spec.supply is not None
+                    else []
+                ),
             )
 
         @multi_asset(

@@ -12,6 +12,7 @@ from dagster import Definitions
 from trace_core.runtime import Runtime
 from trace_core.settings import load_settings
 from trace_dagster.analytics import analytics_definitions, duckdb_resource
+from trace_dagster.console import LOGGERS
 from trace_dagster.integrity import integrity_job, stream_integrity_checks
 from trace_dagster.jobs import trace_worker
 from trace_dagster.partitions import stream_assets
@@ -43,6 +44,7 @@ def build_definitions(runtime: Runtime | None = None) -> Definitions:
             analytics_sensor(analytics_jobs),
         ],
         resources={"trace": TraceResource(), "duckdb": duckdb_resource(rt)},
+        loggers=LOGGERS,  # an error as one console line; the event log keeps the stack
     )
 
 

@@ -23,7 +23,7 @@ from dagster import (
     build_sensor_context,
 )
 
-from trace_core.errors import TraceError
+from trace_core.errors import DatabaseUnreachable, TraceError
 from trace_core.runtime import Runtime
 from trace_core.worker import OutstandingWork, outstanding_work
 from trace_dagster.sensors.worker import RUN_KEY_TAG
@@ -101,15 +101,26 @@ def drive_until_idle(
     timeout: float = 600.0,
     poll_seconds: float = 0.5,
     on_tick: Callable[[DriveReport], None] | None = None,
+    state_gone: Callable[[], str | None] | None = None,
+    max_state_outage_seconds: float = 60.0,
 ) -> DriveReport:
     """Tick every sensor (the dispatcher first) and execute the runs they request, until
     nothing is queued or running.
 
     Like the daemon, a sensor that raises (Postgres restarting, the queue down) fails only its
     tick (``failed_ticks``) and is evaluated again on the next; a run that fails is counted in
-    ``failed_runs`` (Trace retries its tasks).
+    ``failed_runs`` (Trace retries its tasks). A state database that stays unreachable for
+    ``max_state_outage_seconds``, or that ``state_gone`` says will not come back (it returns
+    why, e.g. the embedded server's process is gone), ends the drive at once: raises
+    ``DatabaseUnreachable`` (a rerun resumes where this one stopped).
     """
     report = DriveReport()
+    outage_since: float | None = None
+
+    def stop_if_gone(exc: BaseException) -> None:
+        if state_gone is not None and _unreachable(exc) and (why := state_gone()) is not None:
+            raise DatabaseUnreachable(why) from exc
+
     names = [s.name for s in defs.get_repository_def().sensor_defs]
     names.sort(key=lambda n: (n != DISPATCHER_SENSOR, n))
     deadline = time.monotonic() + timeout
@@ -121,6 +132,7 @@ def drive_until_idle(
             try:
                 result = _evaluate(defs, instance, name, cursors)
             except Exception as exc:  # noqa: BLE001 - as the daemon does: a failed tick, retried
+                stop_if_gone(exc)
                 report.failed_ticks += 1
                 log.warning("sensor %s failed this tick: %s: %s", name, type(exc).__name__, exc)
                 continue
@@ -149,7 +161,15 @@ def drive_until_idle(
             on_tick(report)
         try:
             work = outstanding_work(rt)
+            outage_since = None
         except TraceError as exc:  # state unreachable (a restart): not idle
+            stop_if_gone(exc)
+            now = time.monotonic()
+            outage_since = now if outage_since is None else outage_since
+            if _unreachable(exc) and now - outage_since > max_state_outage_seconds:
+                raise DatabaseUnreachable(
+                    f"state database unreachable for {now - outage_since:.0f} s; stopping: {exc}"
+                ) from exc
             log.warning("state unreachable: %s: %s", type(exc).__name__, exc)
             work = OutstandingWork(active=1, pending=0, dead=report.dead_tasks)
         report.dead_tasks = work.dead
@@ -161,3 +181,14 @@ def drive_until_idle(
             return report
         if not requests:
             time.sleep(poll_seconds)
+
+
+def _unreachable(exc: BaseException | None) -> bool:
+    """Whether ``exc`` or one of its causes is a ``DatabaseUnreachable`` (Dagster wraps what a
+    sensor raises)."""
+    seen = 0
+    while exc is not None and seen < 20:
+        if isinstance(exc, DatabaseUnreachable):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False

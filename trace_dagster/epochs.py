@@ -82,7 +82,9 @@ def range_events(
             )
         )
         if p.complete:
-            out.append(epoch_materialization(p))
+            # a fake range makes its epoch's materialization say so too
+            extra = {"fake": meta["fake"]} if meta.get("fake") else {}
+            out.append(epoch_materialization(p, **extra))
     return out
 
 

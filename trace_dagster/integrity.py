@@ -25,8 +25,10 @@ from dagster import (
 
 from trace_core.chain_sync.epochs import epoch_keys_of_range
 from trace_core.chain_sync.store import StreamRow
+from trace_core.datasets.retention import scheduled_retention
 from trace_core.errors import TraceError
-from trace_core.integrity.verify import RangeResult, integrity_tick, select_streams
+from trace_core.integrity import incremental
+from trace_core.integrity.verify import RangeResult, select_streams
 from trace_core.runtime import Runtime
 from trace_dagster.partitions import partitions_def_name, stream_asset_key
 from trace_dagster.resources import TraceResource
@@ -78,10 +80,11 @@ def run_pass(
     emit: Callable[[AssetCheckEvaluation], None],
     streams: list[StreamRow] | None = None,
 ) -> PassSummary:
-    """Verify every committed range (of ``streams``, default all) in bounded steps of
-    ``TRACE_INTEGRITY_RANGES_PER_TICK`` ranges, and ``emit`` one check evaluation per epoch
-    partition with the verdicts of its ranges (epochs that are not partitions in ``instance``
-    are skipped).
+    """Scheduled (``streams`` None): one incremental pass (``incremental.scheduled_reports``:
+    new and changed ranges, then a sample of the stalest, within an RPC budget). With
+    ``streams`` (the check run from the UI): every committed range of them. ``emit`` one check
+    evaluation per epoch partition with the verdicts of its ranges verified in this pass
+    (epochs that are not partitions in ``instance`` are skipped).
 
     Evaluations are emitted inside a run: Dagster stores one run-less evaluation per
     partition at most, so a second pass could not report run-less ones again.
@@ -89,23 +92,20 @@ def run_pass(
     summary = PassSummary()
     known: dict[str, set[str]] = {}
     sizes = {(s.job_name, s.dataset_key): s.epoch_blocks for s in select_streams(rt)}
-    selected = None if streams is None else {(s.job_name, s.dataset_key) for s in streams}
     by_epoch: dict[tuple[str, str, str], list[RangeResult]] = {}
-    pos = ""
-    while True:
-        report, pos = integrity_tick(rt, pos, rt.settings.integrity_ranges_per_tick)
-        if report is None:
-            break
+    reports = (
+        incremental.scheduled_reports(rt)
+        if streams is None
+        else incremental.full_reports(rt, streams)
+    )
+    for report in reports:
         stream = (report.job_name, report.dataset_key)
-        if selected is None or stream in selected:
-            for r in report.ranges:
-                for key in epoch_keys_of_range(r.range_start, r.range_end, sizes[stream]):
-                    by_epoch.setdefault((*stream, key), []).append(r)
-            summary.ranges += len(report.ranges)
-            summary.findings += [f.line() for f in report.findings]
-            summary.notes += list(report.notes)
-        if not pos:
-            break
+        for r in report.ranges:
+            for key in epoch_keys_of_range(r.range_start, r.range_end, sizes[stream]):
+                by_epoch.setdefault((*stream, key), []).append(r)
+        summary.ranges += len(report.ranges)
+        summary.findings += [f.line() for f in report.findings]
+        summary.notes += list(report.notes)
     for (job_name, dataset_key, key), results in sorted(by_epoch.items()):
         name = partitions_def_name(job_name, dataset_key)
         if name not in known:
@@ -125,14 +125,19 @@ def _fail_on_findings(summary: PassSummary, repair: str) -> None:
 
 @op(
     name="integrity_pass",
-    description="Verify every committed range; the verdicts land on their epoch partition's "
-    "`integrity` check; the run fails when a range is broken",
+    description="Verify new and changed ranges plus a sample of older ones within an RPC budget; "
+    "the verdicts land on their epoch partition's `integrity` check; the run fails when a "
+    "range is broken",
 )
 def integrity_pass(context: OpExecutionContext, trace: TraceResource) -> None:
-    summary = run_pass(trace.get_client(), context.instance, context.log_event)  # type: ignore[arg-type]  # log_event takes check evaluations too
+    rt = trace.get_client()
+    summary = run_pass(rt, context.instance, context.log_event)  # type: ignore[arg-type]  # log_event takes check evaluations too
     for note in summary.notes:
         context.log.warning(note)
     context.log.info(f"integrity: {summary.ranges} ranges, {len(summary.findings)} findings")
+    # retention rides on the same maintenance run: superseded versions past the grace period
+    collected = scheduled_retention(rt)
+    context.log.info(collected.lines()[0])
     _fail_on_findings(summary, "trace-lite verify --repair")
 
 

@@ -30,7 +30,7 @@ from trace_core.worker import TaskOutcome, execute_batch, take_more_work
 from trace_dagster.epochs import epoch_keys_of, epoch_size, range_events
 from trace_dagster.partitions import partitions_def_name, stream_asset_key
 from trace_dagster.resources import TraceResource
-from trace_dagster.retry import is_manual_reexecution, revive_for_reexecution
+from trace_dagster.retry import is_manual_reexecution, revive_for_reexecution, touched_metadata
 from trace_dagster.transforms import transform_materialization
 
 WORKER_JOB = "trace_worker"
@@ -57,6 +57,8 @@ def range_metadata(outcome: TaskOutcome) -> dict[str, Any]:
     for name in ("row_count", "bytes", "file_count"):
         if name in out:
             meta[name] = int(out[name])
+    # made-up data (TRACE_CRYO_MODE=fake) must be visible where the range shows as done
+    meta["fake"] = bool(out.get("fake", False))
     return {k: MetadataValue.text(v) if isinstance(v, str) else v for k, v in meta.items()}
 
 
@@ -112,16 +114,19 @@ def execute_tasks(
     context: OpExecutionContext, config: TaskBatchConfig, trace: TraceResource
 ) -> None:
     rt = trace.get_client()
+    batch = config.task_ids
     if is_manual_reexecution(context.dagster_run):  # e.g. from the UI: revive its dead tasks
-        revive_for_reexecution(context, rt, config.task_ids)
+        batch = revive_for_reexecution(context, rt, batch)
     deadline = time.monotonic() + rt.settings.worker_continue_seconds
     failures: list[str] = []
-    task_ids = [uuid.UUID(raw) for raw in config.task_ids]
+    task_ids = [uuid.UUID(raw) for raw in batch]
+    touched: list[uuid.UUID] = []  # every wave's tasks: a re-execution revives them all
     on_claimed: Callable[[], None] | None = None
     registry = builtin_operators.default_registry()  # once per run
     batches = 0
     while task_ids:
         batches += 1
+        touched += task_ids
         for outcome in execute_batch(
             rt,
             task_ids,
@@ -141,7 +146,7 @@ def execute_tasks(
     if batches > 1:
         context.log.info(f"{batches} batches in this run")
     if failures:
-        raise Failure(description="; ".join(failures))
+        raise Failure(description="; ".join(failures), metadata=touched_metadata(touched))
 
 
 def _report(context: OpExecutionContext, rt: Runtime, outcome: TaskOutcome) -> list[str]:

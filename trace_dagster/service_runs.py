@@ -22,6 +22,7 @@ from dagster import (
     AssetObservation,
     AssetSpec,
     Config,
+    DagsterExecutionInterruptedError,
     DagsterRunStatus,
     JobDefinition,
     OpExecutionContext,
@@ -88,14 +89,21 @@ def service_job(spec: ServiceSpec) -> JobDefinition:
         retry_policy=RetryPolicy(max_retries=3, delay=5),
     )
     def _loop(context: OpExecutionContext, config: ServiceRunConfig, trace: TraceResource) -> None:
-        steps = services.serve(
-            trace.get_client(),
-            spec,
-            context.run_id,
-            config.max_seconds,
-            context.log,  # type: ignore[arg-type]  # DagsterLogManager logs like a Logger
-            lambda observation: context.log_event(asset_observation(observation)),
-        )
+        try:
+            steps = services.serve(
+                trace.get_client(),
+                spec,
+                context.run_id,
+                config.max_seconds,
+                context.log,  # type: ignore[arg-type]  # DagsterLogManager logs like a Logger
+                lambda observation: context.log_event(asset_observation(observation)),
+            )
+        except DagsterExecutionInterruptedError:
+            # SIGTERM/SIGINT (`dagster dev` stopping, a terminated run): end now, lease released.
+            # Left to Dagster, the op's RetryPolicy turns the interrupt into a retry and the
+            # service keeps running until its process group is killed.
+            context.log.info(f"{spec.name}: interrupted; ending")
+            return
         context.log.info(f"{spec.name}: {steps} step(s)")
 
     @job(

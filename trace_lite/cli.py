@@ -53,6 +53,7 @@ def run(until_idle: bool, timeout: float) -> None:
     ensure_dagster_home()
     from dagster import DagsterInstance
 
+    from trace_core.db.embedded import embedded_stopped
     from trace_core.db.migrate import migrate
     from trace_dagster.definitions import build_definitions
     from trace_dagster.driver import drive_until_idle
@@ -60,12 +61,16 @@ def run(until_idle: bool, timeout: float) -> None:
     rt = runtime()
     migrate(rt.dbs)
     defs = build_definitions(rt)
+    home = rt.settings.resolved_home()
+    embedded = rt.settings.database_url is None and rt.settings.state_url is None
     with DagsterInstance.get() as instance:
         report = drive_until_idle(
             rt,
             defs,
             instance,
             timeout=timeout,
+            # the embedded server dying is not a restart: stop now, the rerun starts it again
+            state_gone=(lambda: embedded_stopped(home)) if embedded else None,
             on_tick=lambda r: console.print(
                 f"tick {r.ticks}: runs={r.runs} failed_runs={r.failed_runs} planned={r.planned}"
                 + (f" failed_ticks={r.failed_ticks}" if r.failed_ticks else ""),

@@ -2,9 +2,11 @@
 
 Steps: embedded Postgres + migrations, a local anvil chain seeded deterministically (unless
 ``TRACE_RPC_POOL_DEMO_URL`` points at a chain), apply the demo job (and the demo alerts when
-the alert module is present), start ``dagster dev`` and the Query Service, show a progress
-bar per stream while the Dagster daemon's sensors and runs do the work, then print a tip
-query (hot + cold), a backfill aggregate checked against the chain, and the alerts fired.
+the alert module is present, each with an extra webhook channel to a local echo receiver,
+``trace_lite.echo``), start ``dagster dev`` and the Query Service, show a progress bar per
+stream while the Dagster daemon's sensors and runs do the work, then print a tip query (hot +
+cold), a backfill aggregate checked against the chain, and the alerts fired next to the
+deliveries the echo receiver got.
 
 The chain is deterministic (fixed genesis timestamp, one second per block), so a second demo
 run resumes on the same Trace home: committed ranges stay committed and match the new anvil.
@@ -32,6 +34,7 @@ from trace_core.devchain import DevChain
 from trace_core.errors import TraceError
 from trace_core.runtime import Runtime
 from trace_core.settings import REPO_ROOT, Settings, rpc_pool_env_var, rpc_pool_url
+from trace_lite.echo import EchoReceiver
 from trace_lite.stack import LocalStack, free_port, port_free
 
 DEMO_FILE = REPO_ROOT / "examples" / "chain_sync.demo.yaml"
@@ -41,6 +44,8 @@ DEMO_GENESIS = 1_700_000_000
 # Blocks the seeded chain has beyond the job's to_block: the hot follower's "tip".
 TIP_BLOCKS = 100
 MINE_INTERVAL_SECONDS = 2
+# The echo receiver's port when free: a resumed demo then keeps the same webhook channel.
+ECHO_PORT = 8790
 
 TIP_SQL = """
 SELECT b.block_number, count(t.transaction_hash) AS txs
@@ -76,6 +81,7 @@ class DemoResult:
     alerts: list[dict[str, Any]] = field(default_factory=list)
     dagster_url: str = ""
     analytics: dict[str, Any] = field(default_factory=dict)
+    echo_received: int = 0
     udf: dict[str, Any] = field(default_factory=dict)
 
 
@@ -170,6 +176,7 @@ def run_demo(
     extra_env: dict[str, str] = {}
     stack: LocalStack | None = None
     chain: DevChain | None = None
+    echo: EchoReceiver | None = None
     rt = Runtime(settings)
     try:
         stack = LocalStack(settings, dagster_home=dagster_home, dagster_port=dagster_port)
@@ -194,7 +201,7 @@ def run_demo(
             f"applied {job_file.name}: job {spec.name!r} "
             + ("(new or changed)" if applied.changed else "(unchanged, resuming)")
         )
-        _apply_demo_alerts(console, rt, spec.name)
+        echo = _apply_demo_alerts(console, rt, spec.name)
         if udf:
             demo_udf.apply_examples(console, rt, spec.name)
             extra_env = {**extra_env, **demo_udf.WEBHOOK.env()}
@@ -219,7 +226,7 @@ def run_demo(
                     console, settings, rt, spec.chain_id, mode.from_block, mode.to_block, deadline
                 )
                 result.udf["webhook"] = demo_udf.WEBHOOK.deliver_twice(console, stack.query_url)
-            _show_results(console, settings, rt, result, chain, spec.chain_id, deadline)
+            _show_results(console, settings, rt, result, chain, spec.chain_id, deadline, echo)
         console.print(f"\nDagster UI: {stack.dagster_url}   Query Service: {stack.query_url}")
         if not exit_after:
             console.print("running; press Ctrl-C to stop everything")
@@ -229,6 +236,8 @@ def run_demo(
     finally:
         rt.close()
         _shutdown(console, stack, chain)
+        if echo is not None:
+            echo.stop()
 
 
 def _pick_ports(console: Console, settings: Settings, dagster_port: int) -> tuple[Settings, int]:
@@ -244,18 +253,32 @@ def _pick_ports(console: Console, settings: Settings, dagster_port: int) -> tupl
     return settings, dagster_port
 
 
-def _apply_demo_alerts(console: Console, rt: Runtime, job: str) -> None:
-    """Apply the examples/alerts/*.yaml written for ``job``."""
+def _apply_demo_alerts(console: Console, rt: Runtime, job: str) -> EchoReceiver | None:
+    """Apply the examples/alerts/*.yaml written for ``job``, each with an extra webhook to a
+    local echo receiver (started here, returned; None when no alert is for ``job``)."""
+    from trace_core.alerts.channel_spec import Channel, WebhookChannel
     from trace_core.alerts.spec import load_alert_file
     from trace_core.alerts.store import apply_alert
 
+    echo: EchoReceiver | None = None
     for path in sorted((REPO_ROOT / "examples" / "alerts").glob("*.yaml")):
         loaded = load_alert_file(path)
         if loaded.spec.job != job:
             continue
+        spec = loaded.spec
+        if rt.settings.alert_webhook_allow_private:
+            # the echo receiver is on loopback: only reachable while private destinations are
+            # allowed (the Lite default); with TRACE_ALERT_WEBHOOK_ALLOW_PRIVATE=false it is off
+            if echo is None:
+                echo = EchoReceiver.start(ECHO_PORT)
+                console.print(f"echo receiver at {echo.url} (the demo alerts also deliver there)")
+            to_echo = Channel(webhook=WebhookChannel(url=echo.url, timeout_seconds=2.0))
+            spec = spec.model_copy(update={"channels": [*spec.channels, to_echo]})
         with rt.state() as conn, conn.transaction():
-            apply_alert(conn, rt.settings.org_id, loaded, str(path))
-        console.print(f"applied alert {loaded.spec.name!r} ({path.name})")
+            apply_alert(conn, rt.settings.org_id, loaded._replace(spec=spec), str(path))
+        extra = " + a webhook to the echo receiver" if echo is not None else ""
+        console.print(f"applied alert {spec.name!r} ({path.name}){extra}")
+    return echo
 
 
 def _show_results(
@@ -266,6 +289,7 @@ def _show_results(
     chain: DevChain | None,
     chain_id: int,
     deadline: float,
+    echo: EchoReceiver | None = None,
 ) -> None:
     result.tip = _query(settings, TIP_SQL, result.job)
     _print_response(
@@ -296,18 +320,34 @@ def _show_results(
         console.print(f"chain over JSON-RPC: {result.chain_counts}: {verdict}")
     result.alerts = _settled_alerts(rt, result, chain_id, deadline)
     console.print("\n[bold]Alerts fired (examples/alerts/)[/bold]")
+    arrivals = echo.arrivals() if echo is not None else {}
     table = Table(header_style="bold")
-    for col in ("alert", "severity", "block", "transaction", "delivery"):
+    for col in ("alert", "severity", "block", "transaction", "delivery", "echo receiver"):
         table.add_column(col)
     for ev in result.alerts:
+        arrived = arrivals.get(ev["dedupe_key"])
         table.add_row(
             ev["alert_name"],
             ev["severity"],
             str(ev["block_number"]),
-            ev["tx_hash"] or "",
+            _short(ev["tx_hash"]),
             ev["delivery"],
+            f"received {arrived.first_at:%H:%M:%S}" if arrived else "-",
         )
     console.print(table)
+    result.echo_received = sum(ev["dedupe_key"] in arrivals for ev in result.alerts)
+    if echo is not None:
+        console.print(
+            f"the echo receiver got {result.echo_received} delivery(ies) in this run "
+            "(one per event, however often a sender retried: Idempotency-Key)"
+        )
+
+
+def _short(tx_hash: str | None) -> str:
+    """``0x1234abcd…90abcdef``: the table stays narrow enough for an 120-column terminal."""
+    if not tx_hash:
+        return ""
+    return tx_hash if len(tx_hash) <= 20 else f"{tx_hash[:10]}…{tx_hash[-8:]}"
 
 
 def _expected_evaluations(rt: Runtime, result: DemoResult, chain_id: int) -> set[uuid.UUID]:

@@ -291,13 +291,34 @@ def stop_services(
 
 
 def _group_alive(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` still runs. Zombies do not count: a service's
+    children that exited after their parent wait for init to reap them, and signal 0 still
+    reaches them, which made every stop look stuck until the grace ran out."""
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    members = _group_states(pgid)
+    return members is None or any(state not in ("Z", "X") for state in members)
+
+
+def _group_states(pgid: int) -> list[str] | None:
+    """The states (``R``, ``S``, ``Z`` ...) of group ``pgid``'s processes from /proc; None
+    where /proc is not available."""
+    proc = Path("/proc")
+    if not (proc / "self" / "stat").exists():
+        return None
+    states: list[str] = []
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # exited meanwhile
+        if len(fields) > 2 and fields[2] == str(pgid):
+            states.append(fields[0])
+    return states
 
 
 def down(settings: Settings) -> list[str]:

@@ -39,6 +39,7 @@ mode: {{kind: fixed_target, from_block: 0, to_block: {blocks}}}
 streams:
   geth_balance_diffs: {{cryo_dataset_name: geth_balance_diffs, rpc_pool: ana, chunk_size: {chunk}, max_inflight: 3}}
   logs: {{cryo_dataset_name: logs, rpc_pool: ana, chunk_size: {chunk}, max_inflight: 3}}
+  blocks: {{cryo_dataset_name: blocks, rpc_pool: ana, chunk_size: {chunk}, max_inflight: 3}}
 analytics:
   balance_diffs: geth_balance_diffs
   genesis: {{rpc_accounts: ana}}
@@ -48,6 +49,7 @@ analytics:
     logs: logs
     address: "0x0000000000000000000000000000000000001000"
     top_k: [1, 3]
+  supply: {{blocks: blocks}}
 """
 ENV = {"TRACE_RETRY_BASE_SECONDS": "0", "TRACE_HEARTBEAT_SECONDS": "1"}
 
@@ -354,3 +356,101 @@ def test_plan_asks_only_for_the_range_whose_output_is_missing(synced: Synced) ->
             ("balance_range", 200, 400),
             ("staking_rollups", 0, BLOCKS),
         ]
+
+
+def test_a_skipped_check_is_not_reported_as_passed() -> None:
+    from dagster import AssetCheckSeverity
+
+    from trace_core.analytics.checks import CheckOutcome
+    from trace_dagster.analytics import _check_result
+
+    skipped = CheckOutcome(
+        "supply_matches_chain", False, "skipped: 5000 accounts exceed 2000", skipped=True
+    )
+    result = _check_result("j", "native_supply", skipped)
+    assert result.passed is False and result.severity == AssetCheckSeverity.WARN
+    assert result.description.startswith("skipped:") and result.metadata["skipped"].value is True
+    passed = _check_result("j", "native_supply", CheckOutcome("supply_matches_chain", True, "ok"))
+    assert passed.passed is True and passed.metadata["skipped"].value is False
+
+
+def test_native_supply_folds_new_ranges_and_equals_a_full_recompute(
+    synced: Synced, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The roll-up over [0, 200) is computed from genesis; [0, 400) and [0, 600) fold the new
+    ranges' deltas into the previous roll-up (reading no older delta); the result equals the
+    full recompute over every delta, row for row."""
+    import dataclasses
+
+    from trace_core.analytics import supply
+    from trace_core.db.queries import q
+
+    rt = synced.rt
+    with rt.state() as state, duckdb.connect() as con:
+        ctx = compute.Context(rt.settings, rt.store, state)
+        job = get_analytics_job(state, rt.settings.org_id, "ana")
+        job = dataclasses.replace(
+            job, spec=job.spec.model_copy(update={"supply_window_blocks": 350})
+        )
+        real_end = compute.synced_end
+        steps = []
+        for end in (200, 400, BLOCKS):
+            monkeypatch.setattr(compute, "synced_end", lambda c, j, n, e=end: e)
+            result = supply.native_supply(ctx, con, job)
+            steps.append((result.summary["folded_from"], result.input_rows))
+        monkeypatch.setattr(compute, "synced_end", real_end)
+        deltas = compute.output_input(ctx, job, "supply_deltas", 0, BLOCKS)
+        per_range = [
+            compute.output_input(ctx, job, "supply_deltas", a, a + CHUNK).rows
+            for a in range(0, BLOCKS, CHUNK)
+        ]
+        assert steps == [(None, per_range[0]), (200, per_range[1]), (400, per_range[2])]
+
+        compute.ready(ctx, con, deltas)
+        compute.view(con, "supply_deltas", deltas.select_sql())
+        genesis = result.summary["genesis_supply"]
+        full = con.execute(
+            q("analytics_duckdb", "native_supply"),
+            {"lo": BLOCKS - 350, "hi": BLOCKS, "genesis": str(genesis)},
+        ).fetchall()
+        folded_rec = result.outputs["native_supply"].record
+        folded = con.execute(
+            f"SELECT * FROM ({supply._files(ctx, folded_rec)}) ORDER BY block_number"
+        ).fetchall()
+        assert len(full) == 350 and folded == full
+        assert result.summary["supply"] == int(full[-1][1])
+
+
+def test_supply_reconciles_block_by_block_with_base_fee_burns(synced: Synced) -> None:
+    """From ledger data only: every block's net supply change (balance diffs) equals the
+    protocol's, reward 0 minted minus base fee * gas used burned (anvil burns EIP-1559 base
+    fees, mints nothing): 0 unexplained blocks. A wrong reward leaves every later block
+    unexplained, so the check can fail."""
+    import dataclasses
+
+    from trace_core.analytics import checks
+
+    rt = synced.rt
+    with rt.state() as state, duckdb.connect() as con:
+        ctx = compute.Context(rt.settings, rt.store, state)
+        job = get_analytics_job(state, rt.settings.org_id, "ana")
+        ok = checks.supply_reconciles(ctx, con, job, compute.Result(end=BLOCKS))
+        assert ok.passed and not ok.skipped, ok
+        assert ok.metadata["blocks"] == BLOCKS and ok.metadata["unexplained_blocks"] == 0
+        assert int(ok.metadata["burned"]) > 0 and int(ok.metadata["minted"]) == 0
+        assert job.spec.supply is not None
+        wrong = job.spec.model_copy(
+            update={"supply": job.spec.supply.model_copy(update={"block_reward_wei": 1})}
+        )
+        bad = checks.supply_reconciles(
+            ctx, con, dataclasses.replace(job, spec=wrong), compute.Result(end=BLOCKS)
+        )
+        assert not bad.passed and bad.metadata["unexplained_blocks"] == BLOCKS - 1
+        assert bad.metadata["first_unexplained"] == 1
+        none = checks.supply_reconciles(
+            ctx,
+            con,
+            dataclasses.replace(job, spec=job.spec.model_copy(update={"supply": None})),
+            compute.Result(end=BLOCKS),
+        )
+        assert none.skipped and not none.passed and none.description.startswith("skipped:")

@@ -132,6 +132,7 @@ def _assert_synced_once(rt: Runtime, instance: DagsterInstance, name: str, to_bl
             dataset_uuid = store.stream_dataset_uuid(rt.settings.org_id, CHAIN_ID, key)
             versions = registry.versions_of_dataset(conn, dataset_uuid)
         assert sorted((v.range_start, v.range_end) for v in versions) == ranges  # exactly one each
+        assert all(v.fake for v in versions)  # TRACE_CRYO_MODE=fake: every version is marked
         if key == "blocks":
             assert sum(v.row_count for v in versions) == to_block
         # one partition per epoch (here one: to_block < the default epoch), materialized
@@ -145,6 +146,7 @@ def _assert_synced_once(rt: Runtime, instance: DagsterInstance, name: str, to_bl
             range_partition_key(v.range_start, v.range_end): str(v.dataset_version)
             for v in versions
         }
+        assert event.asset_materialization.metadata["fake"].value is True  # shown in the UI
 
 
 def _drive(
@@ -194,6 +196,8 @@ def test_max_inflight_is_never_exceeded(
         "blocks": 20,
         "transactions": 8,
     }
+    assert all(s["fake_ranges"] == s["completed"] for s in js["streams"])
+    assert "FAKE DATA: 28 committed range(s) are made-up" in _trace_lite("status")
     if continue_seconds == 0:  # one wave per run: at least 20 ranges / 3 inflight runs
         assert report.runs >= 20 // 3
     else:  # runs went on planning and taking the freed ranges themselves

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
@@ -99,6 +100,7 @@ def test_demo_interrupted_then_resumed_leaves_correct_data(tmp_path: Path) -> No
     assert _processes_of(home) == []
 
     # 2. run again to the end: it resumes on the same home and prints the result tables
+    second_started = datetime.now(UTC)
     second = subprocess.run(
         [*argv, "--exit"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=420
     )
@@ -148,7 +150,13 @@ def test_demo_interrupted_then_resumed_leaves_correct_data(tmp_path: Path) -> No
         with psycopg.connect(dbs.data_url) as conn:
             alerts = conn.execute(
                 """SELECT e.tx_hash, d.status FROM data.alert_events e
-                   JOIN data.alert_deliveries d USING (dedupe_key) ORDER BY e.block_number"""
+                   JOIN data.alert_deliveries d USING (dedupe_key)
+                   WHERE d.channel_kind = 'log' ORDER BY e.block_number"""
+            ).fetchall()
+            echoed = conn.execute(
+                """SELECT d.status, d.delivered_at >= %s FROM data.alert_deliveries d
+                   WHERE d.channel_kind = 'webhook'""",
+                (second_started,),
             ).fetchall()
         hashes = dict(
             con.sql(
@@ -178,3 +186,10 @@ def test_demo_interrupted_then_resumed_leaves_correct_data(tmp_path: Path) -> No
     # exactly one event per large transfer, each delivered once to its log channel
     assert alerts == [(h, "delivered") for h in large]
     assert text.count("large_transfer │ warning") == len(large), text  # and the demo printed them
+    # each event also went to the demo's echo receiver (a webhook): those delivered during the
+    # second run are exactly the arrivals it printed; none failed
+    assert "echo receiver at http://127.0.0.1:" in text
+    assert len(echoed) == len(large) and {s for s, _ in echoed} <= {"delivered", "pending"}
+    arrived = sum(1 for s, now in echoed if s == "delivered" and now)
+    assert text.count("│ received ") == arrived, text
+    assert f"the echo receiver got {arrived} delivery(ies) in this run" in text

@@ -409,6 +409,12 @@ def test_fake_mode_writes_the_real_columns(
             (f.name, str(f.type)) for f in arrow_schema(dataset)
         ]
         assert faked.committed.record.row_count > 0
+        # made-up data is marked in the manifest and the registry row, under its own version id
+        assert (fake_manifest.fake, faked.committed.record.fake) == (True, True)
+        assert (real_manifest.fake, real.committed.record.fake) == (False, False)
+        assert faked.outputs()["fake"] is True and real.outputs()["fake"] is False
+    fake_id = ids.dataset_version(faked.committed.record.dataset_uuid, "h", 1, 0, 300, fake=True)
+    assert fake_id != ids.dataset_version(faked.committed.record.dataset_uuid, "h", 1, 0, 300)
     again = _ingest(fake, store, dbs, env, _payload("logs", 0, 300, dataset_key="fake_logs"))
     assert not again.committed.newly_registered  # fake output is deterministic, too
 
@@ -417,7 +423,7 @@ def test_worker_runs_cryo_ingest_through_its_completion_transaction(
     settings: Settings, dbs: Databases, anvil_chain: DevChain, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(ENV_VAR, anvil_chain.rpc_url)
-    rt = Runtime(settings.model_copy(update={"cryo_mode": "auto"}), dbs)
+    rt = Runtime(settings, dbs)  # the default mode is real
     reg = OperatorRegistry()
     reg.register("cryo_ingest", cryo_ingest.cryo_ingest_operator)
     task_id = uuid.uuid4()
@@ -467,13 +473,16 @@ def test_payload_parsing() -> None:
 
 
 def test_mode_selection(settings: Settings) -> None:
-    assert choose_mode(settings, POOL, {}) == ("fake", None)
+    """Real is the default and never falls back to fake; fake only when set explicitly."""
+    assert settings.cryo_mode == "real"
     assert choose_mode(settings, POOL, {ENV_VAR: "http://node"}) == ("real", "http://node")
+    with pytest.raises(ConfigError, match=f"{ENV_VAR} is not set"):
+        choose_mode(settings, POOL, {})
     fake = settings.model_copy(update={"cryo_mode": "fake"})
     assert choose_mode(fake, POOL, {ENV_VAR: "http://node"}) == ("fake", None)
-    real = settings.model_copy(update={"cryo_mode": "real"})
-    with pytest.raises(ConfigError, match=ENV_VAR):
-        choose_mode(real, POOL, {})
+    assert choose_mode(fake, POOL, {}) == ("fake", None)
+    with pytest.raises(ValueError, match="cryo_mode"):
+        Settings(cryo_mode="auto")  # type: ignore[arg-type]
 
 
 def _write(

@@ -142,6 +142,20 @@ def assert_hot_equals_chain(dbs: Databases, chain: Chain) -> None:
                 (CHAIN_ID,),
             ).fetchall()
         )
+        # rows whose block is not the stored block of that height: orphans of a reorg (above
+        # a new, lower head too, where the loop below would never look)
+        orphans = conn.execute(
+            "SELECT 'transaction', t.block_number FROM data.hot_transactions t "
+            "LEFT JOIN data.hot_blocks b ON (b.chain_id, b.block_number, b.block_hash) = "
+            "(t.chain_id, t.block_number, t.block_hash) WHERE t.chain_id = %(c)s "
+            "AND b.block_number IS NULL UNION ALL "
+            "SELECT 'log', l.block_number FROM data.hot_logs l "
+            "LEFT JOIN data.hot_blocks b ON (b.chain_id, b.block_number, b.block_hash) = "
+            "(l.chain_id, l.block_number, l.block_hash) WHERE l.chain_id = %(c)s "
+            "AND b.block_number IS NULL",
+            {"c": CHAIN_ID},
+        ).fetchall()
+    assert orphans == [], f"hot rows of blocks that are not stored: {orphans[:5]}"
     assert [n for n, _ in blocks] == list(range(head + 1))
     for n, h in blocks:
         b = chain.block(n, full=True)

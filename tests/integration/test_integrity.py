@@ -30,6 +30,7 @@ JOB = """kind: chain_sync
 name: integ
 chain_id: {chain_id}
 mode: {{kind: fixed_target, from_block: 0, to_block: 600}}
+epoch_blocks: 200
 streams:
   blocks: {{cryo_dataset_name: blocks, rpc_pool: integ, chunk_size: 200, max_inflight: 3}}
   transactions: {{cryo_dataset_name: transactions, rpc_pool: integ, chunk_size: 200, max_inflight: 3}}
@@ -140,7 +141,8 @@ def test_tampered_truncated_deleted_and_foreign_files_are_found_and_repaired(
     only = verify.verify(rt, job="integ", stream="blocks", block_range=(450, 500))[0]
     assert [(r.range_start, r.passed) for r in only.ranges] == [(400, False)]
 
-    # the scheduled pass reports each range on its stream partition; failures fail the check
+    # the scheduled pass reports each range on its epoch partition (epoch_blocks 200: one
+    # range each); failures fail the check
     with instance_for_test() as instance:
         for key in ("blocks", "transactions", "logs"):
             instance.add_dynamic_partitions(
@@ -297,3 +299,46 @@ def test_same_checks_and_repair_on_s3(
     assert {r.dataset_version for r in after.ranges}.isdisjoint(
         {str(first.dataset_version), str(second.dataset_version)}
     )
+
+
+def test_scheduled_passes_verify_new_ranges_then_a_sample_within_the_rpc_budget(
+    synced: Runtime, anvil_chain: DevChain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """9 new ranges (3 streams x 3): each pass verifies never-verified ones first within the
+    budget of estimated RPC calls (blocks 201, transactions 200, logs 400 per range), then the
+    stalest verified ones up to the sample; the node sees no more calls than the budget."""
+    from tests.faultproxy import FaultProxy
+    from trace_core.integrity import incremental
+
+    rt = Runtime(
+        synced.settings.model_copy(
+            update={"integrity_rpc_calls_per_pass": 1100, "integrity_sample_ranges": 2}
+        )
+    )
+
+    def one_pass() -> tuple[list[tuple[str, int]], int]:
+        with FaultProxy(anvil_chain.rpc_url) as proxy:
+            monkeypatch.setenv("TRACE_RPC_POOL_INTEG_URL", proxy.url)
+            reports = list(incremental.scheduled_reports(rt))
+            calls = proxy.methods["eth_getBlockByNumber"] + proxy.methods["eth_getBlockReceipts"]
+        assert all(r.passed and r.rpc_checked for r in reports)
+        done = sorted((r.dataset_key, x.range_start) for r in reports for x in r.ranges)
+        return done, calls
+
+    first, calls = one_pass()
+    assert first == [("blocks", 0), ("blocks", 200), ("blocks", 400), ("logs", 0)]
+    assert calls <= 1100
+    second, calls = one_pass()  # the new ones left over; no room for a sample
+    assert second == [("logs", 200), ("logs", 400), ("transactions", 0)] and calls <= 1100
+    third, calls = one_pass()  # the last new ones, then the two stalest verified ranges
+    assert third == [("blocks", 0), ("blocks", 200), ("transactions", 200), ("transactions", 400)]
+    assert calls <= 1100
+    with rt.state() as conn:
+        assert conn.execute(
+            "SELECT count(*) FILTER (WHERE verified_passed), count(*) FROM state.dataset_versions"
+        ).fetchone() == (9, 9)
+
+    # verify --all does everything on demand, whatever the schedule's budget
+    result = CliRunner().invoke(cli, ["verify", "--all", "--json"])
+    assert result.exit_code == 0, result.output
+    assert sum(s["ranges_checked"] for s in json.loads(result.output)["streams"]) == 9

@@ -21,7 +21,7 @@ from psycopg import Connection
 from trace_core import outbox
 from trace_core.db.connection import Databases, connect
 from trace_core.errors import LeaseConflict, StaleAttempt
-from trace_core.queue.base import TASK_WAKEUP, Message
+from trace_core.queue.base import TASK_WAKEUP, Message, outbox_publishing
 from trace_core.queue.pgqueue import PgQueue
 from trace_core.tasks import (
     Lease,
@@ -118,13 +118,16 @@ def test_twenty_workers_race_on_duplicate_wakeups(
     """
     task_id = _new_task(conn, max_attempts=3)
     assert outbox.drain_all(conn, driver) == 1
-    driver.publish_batch(TASK_WAKEUP, [{"task_id": str(task_id), "wakeup": 1}] * 19)
+    with outbox_publishing():  # as redeliveries of the outbox's publish
+        driver.publish_batch(TASK_WAKEUP, [{"task_id": str(task_id), "wakeup": 1}] * 19)
 
     lock = threading.Lock()
     holders: list[int] = []  # attempts currently running the body
     max_holders = 0
     bodies: list[int] = []
     conflicts = 0
+    raced = 0  # claims refused because another attempt held the lease while its body ran
+    contended = threading.Event()
     errors: list[BaseException] = []
     done = threading.Event()
 
@@ -134,17 +137,23 @@ def test_twenty_workers_race_on_duplicate_wakeups(
             holders.append(lease.attempt)
             max_holders = max(max_holders, len(holders))
             bodies.append(lease.attempt)
-        time.sleep(0.02)  # long enough for racing claims to overlap the body
+        if lease.attempt == 1:  # hold the first lease until a duplicate has raced for it
+            contended.wait(timeout=20)
+        else:
+            time.sleep(0.02)
         with lock:
             holders.remove(lease.attempt)
 
     def handle(wconn: Connection[Any], message: Message) -> None:
-        nonlocal conflicts
+        nonlocal conflicts, raced
         try:
             lease = _claim(wconn, uuid.UUID(message.payload["task_id"]))
-        except LeaseConflict:
+        except LeaseConflict as exc:
             with lock:
                 conflicts += 1
+                if exc.reason == "leased" and holders:
+                    raced += 1
+                    contended.set()
             driver.ack(message)
             return
         body(lease)
@@ -179,6 +188,7 @@ def test_twenty_workers_race_on_duplicate_wakeups(
     for t in threads:
         t.join(timeout=10)
     assert errors == []
+    assert contended.is_set() and raced >= 1  # the race really happened
     assert bodies == [1, 2, 3]
     assert max_holders == 1
     # every other wake-up (20 + 2 retries) found the task leased or finished, or is unread

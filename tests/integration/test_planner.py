@@ -454,3 +454,28 @@ def test_pure_decisions() -> None:
     assert planner.parse_partition_key("000000000000-000000001000") == (0, 1000)
     with pytest.raises(ValueError):
         planner.parse_partition_key("0,1000")
+
+
+def test_a_pool_without_url_blocks_the_stream_unless_fake_is_explicit(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """Real extraction is the default: a fixed_target stream whose pool has no URL is not
+    planned (its ranges could only fail; fake data is never a fallback) and the job says why;
+    once the URL is set it plans, and TRACE_CRYO_MODE=fake plans without one."""
+    from trace_core.settings import Settings
+
+    job_id = apply(conn, fixed_job(inflight=2)).job_id
+    real = planner.pool_url_check(Settings(), {})
+    result = planner.plan_tick(conn, org_id=ORG, pool_check=real)
+    assert result.planned == []
+    (stream,) = result.streams
+    assert stream.blocked_kind == "MissingRpcUrl"
+    assert "TRACE_RPC_POOL_DEMO_URL is not set" in (stream.blocked_message or "")
+    job = store.get_job(conn, ORG, job_id)
+    assert job.last_error_kind == "MissingRpcUrl" and count(conn, "state.tasks") == 0
+
+    with_url = planner.pool_url_check(Settings(), {"TRACE_RPC_POOL_DEMO_URL": "http://node"})
+    assert len(planner.plan_tick(conn, org_id=ORG, pool_check=with_url).planned) == 2
+    assert store.get_job(conn, ORG, job_id).last_error_kind is None  # cleared once resolved
+    fake = planner.pool_url_check(Settings(cryo_mode="fake"), {})
+    assert fake("demo") is None

@@ -72,10 +72,11 @@ def publish(
     end: int = 100,
     config: str = "cryo_ingest.blocks:v1",
     files: int = 1,
+    fake: bool = False,
 ) -> VersionRecord:
     """Write Parquet + manifest under the version prefix and register the version."""
     duid = ids.dataset_uuid(settings.org_id, CHAIN, key)
-    version = ids.dataset_version(duid, config, CHAIN, start, end)
+    version = ids.dataset_version(duid, config, CHAIN, start, end, fake=fake)
     prefix = ids.version_prefix(CHAIN, duid, start, end, version)
     entries = []
     schema = None
@@ -94,6 +95,7 @@ def publish(
     manifest = DatasetManifest(
         dataset_uuid=duid, dataset_version=version, chain_id=CHAIN, dataset_key=key,
         range_start=start, range_end=end, config_hash=config, schema=schema, files=tuple(entries),
+        fake=fake,
     )  # fmt: skip
     store.put_bytes(ids.manifest_key(prefix), manifest.to_json())
     with psycopg.connect(settings.state_url.get_secret_value()) as conn:  # type: ignore[union-attr]
@@ -882,3 +884,30 @@ def test_hot_rows_fill_holes_below_the_cold_boundary(
     assert resp.status_code == 200, resp.text
     # 310 blocks; hot serves 100..199 and 300..309 (gas 1), cold the rest
     assert resp.json()["rows"] == [[310, 310, 0, 309, 110]]
+
+
+def test_fake_versions_are_refused_unless_allowed(
+    client: httpx.Client,
+    settings: Settings,
+    dbs: Databases,
+    store: RecordingStore,
+    blocks: VersionRecord,
+    tmp_path: Path,
+) -> None:
+    """A relation served by a version TRACE_CRYO_MODE=fake made is refused (409 fake_data,
+    audited as rejected) before any file is read; TRACE_QUERY_ALLOW_FAKE=true serves it."""
+    fake = publish(settings, store, tmp_path, blocks_table(100, 150), start=100, end=150, fake=True)
+    assert fake.fake and not blocks.fake
+    token = local_user_token(settings)
+    store.reads.clear()
+    refused = post(client, token, {"sql": "SELECT count(*) FROM blocks"})
+    assert refused.status_code == 409, refused.text
+    error = refused.json()["error"]
+    assert error["code"] == "fake_data" and "TRACE_QUERY_ALLOW_FAKE=true" in error["message"]
+    assert store.reads == []  # refused before any manifest or file was read
+    assert audit_rows(dbs)[-1]["error_code"] == "fake_data"
+    assert post(client, token, {"sql": "SELECT 1"}).status_code == 200  # no relation read
+    allowed = settings.model_copy(update={"query_allow_fake": True})
+    with serving(create_app(allowed, dbs, store, hot_sources=None)) as c:
+        answer = post(c, token, {"sql": "SELECT count(*) FROM blocks"})
+    assert answer.status_code == 200 and answer.json()["rows"] == [[150]]

@@ -167,6 +167,36 @@ def test_refused_log_ranges_are_split_until_the_provider_accepts(
     assert n == result.rows == anvil_chain.count_logs(0, 600) > 0
 
 
+def test_omitted_logs_are_caught_by_the_default_bloom_check(
+    settings: Settings,
+    store: LocalStore,
+    dbs: Databases,
+    proxies: tuple[FaultProxy, FaultProxy],
+    anvil_chain: DevChain,
+) -> None:
+    """Default settings (no receipts check): the logsBloom of the headers catches a reply that
+    lacks one block's logs, with header calls only; the good retry passes the same check."""
+    assert settings.cryo_mode == "real" and not settings.verify_log_receipts
+    a, _b = proxies
+    omitted = _first_block_with_logs(anvil_chain, 0, 500)
+    a.faults.omit_logs_of_block = omitted
+    env = {ENV_VAR: a.url}
+    task_id = uuid.uuid4()
+    lease = _claim(dbs, _payload("logs", 0, 500), task_id=task_id)
+    with pytest.raises(CoverageError, match=f"logsBloom of block\\(s\\) {omitted}: "):
+        run_cryo_ingest(settings, store, lease, state=_connector(dbs), environ=env)
+    assert a.hits["omit_logs"] > 0
+    assert a.methods["eth_getBlockReceipts"] == 0 and a.methods["eth_getBlockByNumber"] > 0
+    assert _fail(dbs, lease, CoverageError("x")) == "retry"
+    _nothing_committed(dbs, store)
+    a.faults.omit_logs_of_block = None
+    with psycopg.connect(dbs.state_url, autocommit=True) as conn:
+        conn.execute("UPDATE state.tasks SET next_run_at = now() WHERE task_id = %s", (task_id,))
+    lease = _claim_again(dbs, task_id)
+    result = run_cryo_ingest(settings, store, lease, state=_connector(dbs), environ=env)
+    assert result.rows == anvil_chain.count_logs(0, 500) and result.mode == "real"
+
+
 def test_omitted_logs_are_detected_and_never_committed(
     real_settings: Settings,
     store: LocalStore,
@@ -174,6 +204,8 @@ def test_omitted_logs_are_detected_and_never_committed(
     proxies: tuple[FaultProxy, FaultProxy],
     anvil_chain: DevChain,
 ) -> None:
+    """The opt-in receipts check (exact counts) catches it too, bloom check off."""
+    real_settings = real_settings.model_copy(update={"verify_logs_bloom": False})
     a, _b = proxies
     a.faults.omit_logs_of_block = _first_block_with_logs(anvil_chain, 0, 500)
     env = {ENV_VAR: a.url}

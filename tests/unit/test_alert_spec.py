@@ -8,13 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from trace_core.alerts.delivery import (
-    SendResult,
-    classify_status,
-    next_step,
-    parse_retry_after,
-)
+from trace_core.alerts.delivery import next_step
 from trace_core.alerts.evaluate import EvaluationPayload, events_from_result
+from trace_core.alerts.outcome import SendResult, classify_status, parse_retry_after
 from trace_core.alerts.spec import (
     TemplateError,
     load_alert_file,

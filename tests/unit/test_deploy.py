@@ -47,6 +47,7 @@ def test_task_definition_sets_only_real_trace_settings() -> None:
     assert unknown == []
     env = {e["name"]: e["value"] for e in container["environment"]}
     assert env["TRACE_QUEUE_DRIVER"] == "sqs"
+    assert env["TRACE_CRYO_MODE"] == "real"  # never fake data in a deployment
     assert env["TRACE_OBJECT_STORE_URL"].startswith("s3://")
     assert env["DAGSTER_HOME"] == "/opt/dagster/aws"
     # connection strings and keys are secrets (ARNs), never plain environment values
@@ -84,3 +85,11 @@ def test_shipped_dagster_postgres_urls_name_psycopg2() -> None:
     ]
     urls = [str(env["DAGSTER_PG_URL"]) for env in envs if "DAGSTER_PG_URL" in env]
     assert urls and all(u.startswith("postgresql+psycopg2://") for u in urls), urls
+
+
+def test_shipped_profiles_extract_real_data_only() -> None:
+    """compose and the image say TRACE_CRYO_MODE=real (also the default): no profile can fill
+    a stream with fake data because a URL is missing."""
+    compose = yaml.safe_load((REPO_ROOT / "compose.yaml").read_text())
+    assert compose["x-trace-env"]["TRACE_CRYO_MODE"] == "real"
+    assert "TRACE_CRYO_MODE=real" in (REPO_ROOT / "Dockerfile").read_text()

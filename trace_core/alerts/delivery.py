@@ -8,41 +8,44 @@
 2. Claim: due rows (``pending`` past ``next_attempt_at``, or ``sending`` whose lease expired
    because a sender died) are locked ``FOR UPDATE SKIP LOCKED``; each channel gets at most
    ``rate_limit_per_minute`` attempts per rolling minute; claimed rows become ``sending``.
-3. Send outside any transaction: webhooks get one JSON POST with ``Idempotency-Key:
-   <delivery_id>``, the channel's timeout and no redirects followed; the log channel writes
-   one structured line. 2xx -> ``delivered`` (never sent again); 408/425/429/5xx and network
-   errors -> retry with exponential backoff (``Retry-After`` honoured up to the cap); other
-   statuses -> ``failed``; after ``max_attempts`` -> ``failed``.
-4. Record: each attempt is a ``data.alert_delivery_attempts`` row (outcome, HTTP status,
-   short error). Errors never carry the URL (tokens live in paths and queries), request or
+3. Send outside any transaction, each on its channel (``alerts.send.Senders``): webhooks get
+   one JSON POST with ``Idempotency-Key: <delivery_id>``, Slack a message with blocks,
+   PagerDuty an Events API v2 trigger whose ``dedup_key`` is the event's dedupe key, email one
+   SMTP transaction (``alerts.smtp``), SMS one SNS publish (``alerts.sns``), the log channel
+   one structured line. Delivered -> never sent again; retryable failures (408/425/429/5xx,
+   network errors, SMTP 4xx, SNS throttling) -> retry with exponential backoff
+   (``Retry-After`` honoured up to the cap); permanent ones -> ``failed``; after
+   ``max_attempts`` -> ``failed``. A failed delivery is a dead letter
+   (``trace-lite dlq list --queue alert_deliveries``) until replayed or dismissed.
+4. Record: each attempt is a ``data.alert_delivery_attempts`` row (outcome, HTTP or SMTP
+   status, short error). Errors never carry the URL (tokens live in paths and queries), request or
    response bodies, or headers; the outcome update is fenced by the claimed attempt number.
 
 A sender that dies mid-request leaves the row ``sending`` until its lease expires, then it is
 sent again with the same ``Idempotency-Key``: delivery is at-least-once, deduplicable by the
-receiver. Webhook destinations resolving to link-local/metadata, multicast or reserved
+receiver. HTTP destinations resolving to link-local/metadata, multicast or reserved
 addresses are refused; loopback/private ones only when ``alert_webhook_allow_private``.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import ipaddress
-import json
 import logging
-import socket
 import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 import httpx
 from psycopg import Connection
 from psycopg.rows import dict_row
 
-from trace_core.alerts.spec import AlertSpec, Channel, WebhookChannel, redact_url
+from trace_core.alerts.channel_spec import Channel
+from trace_core.alerts.outcome import Outcome, SendResult
+from trace_core.alerts.send import Senders
+from trace_core.alerts.spec import AlertSpec
 from trace_core.alerts.store import list_alerts
 from trace_core.db.queries import q
 from trace_core.queue.base import BUFFER_QUEUE
@@ -52,13 +55,10 @@ from trace_core.tasks.retry import RetryPolicy
 log = logging.getLogger(__name__)
 
 DELIVERY_NAMESPACE = uuid.UUID("0e9c7b1d-5a43-4f6e-8d2b-c4a1f7e3b985")
-LEASE_SECONDS = 90  # > the longest channel timeout (30 s) plus connect and bookkeeping
+# > the longest send: an HTTP timeout (30 s max), an SMTP exchange (a few commands of at most
+# TRACE_SMTP_TIMEOUT_SECONDS, 20 s max), an SNS call (10 s connect + 10 s read)
+LEASE_SECONDS = 90
 MAX_SENDERS = 8
-MAX_ERROR_CHARS = 300
-USER_AGENT = "trace-lite-alerts/1"
-_RETRY_STATUS = frozenset({408, 425, 429})
-
-Outcome = Literal["delivered", "retry", "failed"]
 _OUTCOME_OF_STATUS: dict[str, Outcome] = {
     "delivered": "delivered",
     "pending": "retry",
@@ -91,14 +91,6 @@ class DeliveryReport:
         )
 
 
-@dataclass(frozen=True)
-class SendResult:
-    outcome: Outcome
-    status_code: int | None = None
-    error: str | None = None
-    retry_after: float | None = None
-
-
 @dataclass
 class _Job:
     """One claimed delivery and what is needed to send it."""
@@ -119,26 +111,6 @@ class _Job:
 # --- pure decisions -----------------------------------------------------------------------
 
 
-def classify_status(status: int) -> Outcome:
-    """What an HTTP status means for a delivery (redirects are not followed: permanent)."""
-    if 200 <= status < 300:
-        return "delivered"
-    if status >= 500 or status in _RETRY_STATUS:
-        return "retry"
-    return "failed"
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header in delta-seconds form (dates are ignored)."""
-    if value is None:
-        return None
-    try:
-        seconds = float(value.strip())
-    except ValueError:
-        return None
-    return seconds if seconds >= 0 else None
-
-
 def next_step(
     result: SendResult, *, attempt: int, max_attempts: int, policy: RetryPolicy
 ) -> tuple[Literal["delivered", "pending", "failed"], float]:
@@ -151,124 +123,6 @@ def next_step(
     if result.retry_after is not None:
         delay = max(delay, min(result.retry_after, policy.max_seconds))
     return "pending", delay
-
-
-def webhook_body(delivery: uuid.UUID, event: Mapping[str, Any]) -> dict[str, Any]:
-    """The JSON a webhook receives (identical on every attempt of the same delivery)."""
-    return {
-        "delivery_id": str(delivery),
-        "alert": event["alert_name"],
-        "severity": event["severity"],
-        "dedupe_key": event["dedupe_key"],
-        "chain_id": event["chain_id"],
-        "block_number": event["block_number"],
-        "block_hash": event["block_hash"],
-        "tx_hash": event["tx_hash"],
-        "event_time": event["event_time"].isoformat(),
-        "payload": event["payload"],
-    }
-
-
-# --- sending ------------------------------------------------------------------------------
-
-
-class DestinationRefused(Exception):
-    """A webhook host resolving to an address deliveries must never reach."""
-
-
-def check_destination(url: str, *, allow_private: bool) -> None:
-    """Resolve the webhook host and refuse link-local (cloud metadata), multicast, reserved
-    and unspecified addresses, and loopback/private ones unless ``allow_private``.
-
-    Raises ``DestinationRefused``; resolution failures raise ``OSError`` (retryable).
-    Best effort: the HTTP client resolves again when it connects.
-    """
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
-        ip = ipaddress.ip_address(info[4][0])
-        if ip.is_link_local or ip.is_multicast or ip.is_reserved or ip.is_unspecified:
-            raise DestinationRefused(f"destination address {ip} is not allowed")
-        if not allow_private and (ip.is_loopback or ip.is_private):
-            raise DestinationRefused(f"destination address {ip} is private (not allowed)")
-
-
-def _clean(message: str, url: str) -> str:
-    """An error text without the URL (which may carry a token), bounded."""
-    return message.replace(url, redact_url(url))[:MAX_ERROR_CHARS]
-
-
-def send_webhook(
-    transport: httpx.BaseTransport,
-    channel: WebhookChannel,
-    delivery: uuid.UUID,
-    event: Mapping[str, Any],
-    *,
-    attempt: int,
-    allow_private: bool,
-) -> SendResult:
-    """POST one event; never raises for network or HTTP failures (they become results).
-
-    Sent through the bare transport, not an ``httpx.Client``: the client logs every request
-    URL at INFO, and webhook URLs carry tokens. A transport never follows redirects.
-    """
-    url = channel.url
-    try:
-        check_destination(url, allow_private=allow_private)
-    except DestinationRefused as exc:
-        return SendResult("failed", error=str(exc))
-    except OSError as exc:
-        return SendResult("retry", error=_clean(f"cannot resolve host: {exc.strerror or exc}", url))
-    body = json.dumps(webhook_body(delivery, event), separators=(",", ":"), default=str)
-    request = httpx.Request(
-        "POST",
-        url,
-        content=body.encode(),
-        headers={
-            "Content-Type": "application/json",
-            "Idempotency-Key": str(delivery),
-            "X-Trace-Delivery-Attempt": str(attempt),
-            "User-Agent": USER_AGENT,
-        },
-        extensions={"timeout": httpx.Timeout(channel.timeout_seconds).as_dict()},
-    )
-    try:
-        response = transport.handle_request(request)
-        try:
-            # only the status and Retry-After matter: the body is never read, nor logged
-            status = response.status_code
-            retry_after = parse_retry_after(response.headers.get("retry-after"))
-        finally:
-            response.close()
-    except httpx.TimeoutException as exc:
-        return SendResult("retry", error=f"timeout ({type(exc).__name__})")
-    except httpx.TransportError as exc:
-        return SendResult("retry", error=_clean(f"{type(exc).__name__}: {exc}", url))
-    outcome = classify_status(status)
-    error = None
-    if outcome != "delivered":
-        error = f"HTTP {status}" + (" (redirects are not followed)" if 300 <= status < 400 else "")
-    return SendResult(outcome, status_code=status, error=error, retry_after=retry_after)
-
-
-def log_event(delivery: uuid.UUID, event: Mapping[str, Any]) -> SendResult:
-    """The log channel: one structured line per event."""
-    log.warning(
-        "alert %s: %s",
-        event["alert_name"],
-        event["dedupe_key"],
-        extra={
-            "alert": event["alert_name"],
-            "severity": event["severity"],
-            "dedupe_key": event["dedupe_key"],
-            "chain_id": event["chain_id"],
-            "block_number": event["block_number"],
-            "tx_hash": event["tx_hash"],
-            "delivery_id": str(delivery),
-        },
-    )
-    return SendResult("delivered")
 
 
 # --- the step -----------------------------------------------------------------------------
@@ -396,8 +250,8 @@ def _claim(
                     )
                     report.failed += 1
                     continue
-            if channel is not None and channel.webhook is not None:
-                limit_per_minute = channel.webhook.rate_limit_per_minute
+            limit_per_minute = channel.rate_limit_per_minute if channel is not None else None
+            if limit_per_minute is not None:
                 if used.get(row["channel_key"], 0) >= limit_per_minute:
                     report.rate_limited += 1
                     continue
@@ -422,21 +276,12 @@ def _claim(
     return jobs
 
 
-def _send(job: _Job, transport: httpx.BaseTransport, allow_private: bool) -> None:
+def _send(job: _Job, senders: Senders) -> None:
     t0 = time.monotonic()
     if job.channel is None:
         job.result = SendResult("failed", error="the channel is no longer configured on the alert")
-    elif job.channel.webhook is not None:
-        job.result = send_webhook(
-            transport,
-            job.channel.webhook,
-            job.delivery_id,
-            job.event,
-            attempt=job.attempt,
-            allow_private=allow_private,
-        )
     else:
-        job.result = log_event(job.delivery_id, job.event)
+        job.result = senders.send(job.channel, job.delivery_id, job.event, attempt=job.attempt)
     job.duration_ms = int((time.monotonic() - t0) * 1000)
 
 
@@ -472,7 +317,8 @@ def deliver_once(rt: Runtime, *, max_events: int = 50) -> DeliveryReport:
             httpx.HTTPTransport(retries=0) as transport,
             concurrent.futures.ThreadPoolExecutor(min(MAX_SENDERS, len(jobs))) as pool,
         ):
-            list(pool.map(lambda j: _send(j, transport, s.alert_webhook_allow_private), jobs))
+            senders = Senders(transport, s)
+            list(pool.map(lambda j: _send(j, senders), jobs))
         for job in jobs:
             assert job.result is not None
             status, delay = next_step(

@@ -15,7 +15,7 @@ An alert file looks like::
     severity: warning              # info | warning | critical
     channels:
       - webhook: {url: "https://hooks.example.com/T0/abc", rate_limit_per_minute: 30}
-      - log: {}
+      - log: {}                    # and slack, pagerduty, email, sms: see channel_spec
 
 Loading reuses ``trace_core.yamlfile`` (no tags, anchors, aliases or merge keys, duplicate
 keys and oversized files refused). Every problem is reported as ``file:line: field: message``.
@@ -27,17 +27,14 @@ secrets: they are never echoed in errors and are redacted wherever they are show
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import string
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple
-from urllib.parse import urlsplit
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -48,35 +45,18 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from trace_core.alerts.channel_spec import Channel
+from trace_core.alerts.channel_spec import redact_url as redact_url  # re-exported
 from trace_core.chain_sync.spec import Name, Slug, validation_problems
 from trace_core.errors import AlertResultInvalid, ConfigError, InvalidJobFile, SqlRejected
 from trace_core.query.gate import MAX_SQL_BYTES, validate_sql
 from trace_core.yamlfile import LoadedYaml, load_yaml, read_capped
 
 MAX_DEDUPE_KEY_CHARS = 512
-MAX_URL_CHARS = 2048
 MAX_CHANNELS = 16
 _COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 Severity = Literal["info", "warning", "critical"]
-
-
-def _webhook_url(value: str) -> str:
-    # never echo the value: webhook URLs carry tokens
-    if len(value) > MAX_URL_CHARS:
-        raise PydanticCustomError("url", "must be at most {n} characters", {"n": MAX_URL_CHARS})
-    if any(c.isspace() for c in value):
-        raise PydanticCustomError("url", "must not contain whitespace")
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise PydanticCustomError("url", "must be an http:// or https:// URL with a host")
-    if parts.username is not None or parts.password is not None:
-        raise PydanticCustomError("url", "must not carry user:password@; put a token in the path")
-    try:
-        parts.port  # noqa: B018 - raises ValueError on a malformed port
-    except ValueError:
-        raise PydanticCustomError("url", "has an invalid port") from None
-    return value
 
 
 class TemplateError(ValueError):
@@ -137,50 +117,6 @@ def render_template(template: str, row: Mapping[str, Any]) -> str:
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-
-class WebhookChannel(_Model):
-    """POST each new event as JSON to ``url`` (no redirects followed)."""
-
-    url: Annotated[str, AfterValidator(_webhook_url)]
-    rate_limit_per_minute: Annotated[int, Field(gt=0, le=10_000)] = 60
-    timeout_seconds: Annotated[float, Field(gt=0, le=30)] = 5.0
-
-    def redacted_url(self) -> str:
-        return redact_url(self.url)
-
-
-class LogChannel(_Model):
-    """Write each new event as one structured log line (counts as delivered)."""
-
-
-class Channel(_Model):
-    """Exactly one of ``webhook`` or ``log``."""
-
-    webhook: WebhookChannel | None = None
-    log: LogChannel | None = None
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> Channel:
-        if (self.webhook is None) == (self.log is None):
-            raise PydanticCustomError("channel", "a channel is exactly one of 'webhook' or 'log'")
-        return self
-
-    @property
-    def kind(self) -> Literal["webhook", "log"]:
-        return "webhook" if self.webhook is not None else "log"
-
-    @property
-    def key(self) -> str:
-        """Stable identity of the channel within its alert: ``log``, or ``webhook:`` plus a
-        digest of the URL (so a rate-limit edit keeps pending deliveries, a new URL does not)."""
-        if self.webhook is None:
-            return "log"
-        return "webhook:" + hashlib.sha256(self.webhook.url.encode()).hexdigest()[:16]
-
-    def describe(self) -> str:
-        """A display form without secrets."""
-        return "log" if self.webhook is None else f"webhook {self.webhook.redacted_url()}"
 
 
 class Trigger(_Model):
@@ -289,14 +225,6 @@ class AlertSpec(_Model):
 
     def channel(self, key: str) -> Channel | None:
         return next((c for c in self.channels if c.key == key), None)
-
-
-def redact_url(url: str) -> str:
-    """``scheme://host[:port]/...``: enough to recognise a webhook, no path or query tokens."""
-    parts = urlsplit(url)
-    host = parts.hostname or "?"
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}/..."
 
 
 class LoadedAlert(NamedTuple):

@@ -6,9 +6,11 @@ Per block range (incremental, one call per input range, idempotent):
   burned), from a balance-diffs stream.
   ``staking_range``: ``analytics_staking_events`` (decoded staking precompile events), from a
   logs stream.
-Roll-ups over everything committed so far, contiguous from block 0 (recomputed when a range
-is added; their inputs are the small per-range outputs):
-  ``native_supply``: ``analytics_native_supply`` (supply at each block of the window).
+Roll-ups over everything committed so far, contiguous from block 0 (their inputs are the small
+per-range outputs):
+  ``native_supply``: ``analytics_native_supply`` (supply at each block of the window), lives in
+  ``supply`` (it folds new ranges into the last valid roll-up); the others recompute when a
+  range is added.
   ``top_accounts``: ``analytics_top_accounts`` and ``analytics_top_account_history``.
   ``staking_concentration``: ``analytics_validator_stake`` and
   ``analytics_staking_concentration`` (HHI, Nakamoto coefficient, top-k shares).
@@ -143,8 +145,10 @@ def balance_range(
     )
     ready(ctx, con, inp)
     fp = inp.fingerprint()
-    changes = OutputTarget(ctx.org_id, job.chain_id, "balance_changes", start, end, fp)
-    deltas = OutputTarget(ctx.org_id, job.chain_id, "supply_deltas", start, end, fp)
+    changes = OutputTarget(
+        ctx.org_id, job.chain_id, "balance_changes", start, end, fp, fake=inp.fake
+    )
+    deltas = OutputTarget(ctx.org_id, job.chain_id, "supply_deltas", start, end, fp, fake=inp.fake)
     result = Result(input_rows=inp.rows, start=start, end=end)
     have_changes = output.registered(ctx.state, changes)
     have_deltas = output.registered(ctx.state, deltas)
@@ -191,6 +195,7 @@ def staking_range(
         start,
         end,
         fingerprint(inp.fingerprint(), address),
+        fake=inp.fake,
     )
     result = Result(input_rows=inp.rows, start=start, end=end)
     view(con, "logs", inp.select_sql())
@@ -252,42 +257,6 @@ def _genesis_table(con: duckdb.DuckDBPyConnection, alloc: Mapping[str, int]) -> 
         con.unregister("genesis_alloc_arrow")
 
 
-def native_supply(ctx: Context, con: duckdb.DuckDBPyConnection, job: AnalyticsJob) -> Result:
-    """Commit the supply series over the window (or full history) ending at the synced end."""
-    end = synced_end(ctx, job, "supply_deltas")
-    inp = output_input(ctx, job, "supply_deltas", 0, end)
-    alloc = load_genesis(job, ctx.settings, ctx.environ)
-    genesis_supply = sum(alloc.values())
-    lo = 0 if job.spec.full_history else max(0, end - job.spec.supply_window_blocks)
-    ready(ctx, con, inp)
-    target = OutputTarget(
-        ctx.org_id,
-        job.chain_id,
-        "native_supply",
-        0,
-        end,
-        fingerprint(inp.fingerprint(), genesis_supply, lo),
-    )
-    view(con, "supply_deltas", inp.select_sql())
-    params = {"lo": lo, "hi": end, "genesis": str(genesis_supply)}
-    result = Result(input_rows=inp.rows, start=lo, end=end)
-    result.outputs["native_supply"] = commit_query(
-        ctx.state, ctx.store, con, target, q("analytics_duckdb", "native_supply"), params
-    )
-    last = con.execute(
-        "SELECT CAST(supply AS VARCHAR) FROM ("
-        + q("analytics_duckdb", "native_supply")
-        + ") ORDER BY block_number DESC LIMIT 1",
-        params,
-    ).fetchone()
-    result.summary = {
-        "genesis_supply": genesis_supply,
-        "supply": int(last[0]) if last else genesis_supply,
-        "window": [lo, end],
-    }
-    return result
-
-
 def top_accounts(ctx: Context, con: duckdb.DuckDBPyConnection, job: AnalyticsJob) -> Result:
     """Commit the current top N accounts and each one's balance at every range end."""
     end = synced_end(ctx, job, "balance_changes")
@@ -295,8 +264,10 @@ def top_accounts(ctx: Context, con: duckdb.DuckDBPyConnection, job: AnalyticsJob
     alloc = load_genesis(job, ctx.settings, ctx.environ)
     ready(ctx, con, inp)
     fp = fingerprint(inp.fingerprint(), output.fingerprint(*sorted(alloc.items())), job.spec.top_n)
-    top_t = OutputTarget(ctx.org_id, job.chain_id, "top_accounts", 0, end, fp)
-    hist_t = OutputTarget(ctx.org_id, job.chain_id, "top_account_history", 0, end, fp)
+    top_t = OutputTarget(ctx.org_id, job.chain_id, "top_accounts", 0, end, fp, fake=inp.fake)
+    hist_t = OutputTarget(
+        ctx.org_id, job.chain_id, "top_account_history", 0, end, fp, fake=inp.fake
+    )
     view(con, "balance_changes", inp.select_sql())
     _genesis_table(con, alloc)
     con.execute(
@@ -336,8 +307,10 @@ def staking_concentration(
     points = _thin(_range_ends(inp), MAX_CONCENTRATION_POINTS)
     ready(ctx, con, inp)
     fp = fingerprint(inp.fingerprint(), address, top_k, points)
-    stake_t = OutputTarget(ctx.org_id, job.chain_id, "validator_stake", 0, end, fp)
-    conc_t = OutputTarget(ctx.org_id, job.chain_id, "staking_concentration", 0, end, fp)
+    stake_t = OutputTarget(ctx.org_id, job.chain_id, "validator_stake", 0, end, fp, fake=inp.fake)
+    conc_t = OutputTarget(
+        ctx.org_id, job.chain_id, "staking_concentration", 0, end, fp, fake=inp.fake
+    )
     view(con, "staking_events", inp.select_sql())
     con.execute(
         "CREATE OR REPLACE TEMP TABLE points AS SELECT CAST(unnest($p) AS UBIGINT) AS block_number",

@@ -32,6 +32,7 @@ class InputPart:
     whole: bool
     uris: tuple[str, ...]
     rows: int
+    fake: bool = False
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,11 @@ class StreamInput:
     @property
     def rows(self) -> int:
         return sum(p.rows for p in self.parts)
+
+    @property
+    def fake(self) -> bool:
+        """True when any part is made-up data (outputs derived from it are marked fake)."""
+        return any(p.fake for p in self.parts)
 
     def fingerprint(self) -> str:
         """Hash of the versions and bounds read: equal inputs give equal output versions."""
@@ -159,6 +165,7 @@ def stream_input(
                 part.whole,
                 manifests[rec.dataset_version],
                 rec.row_count,
+                rec.fake,
             )
         )
     return StreamInput(job, stream, key, chain_id, start, end, tuple(parts))

@@ -68,6 +68,7 @@ class OutputTarget:
     start: int
     end: int
     fingerprint: str
+    fake: bool = False  # derived from fake inputs: marked fake too
 
     @property
     def dataset_key(self) -> str:
@@ -84,7 +85,7 @@ class OutputTarget:
     @property
     def dataset_version(self) -> uuid.UUID:
         return ids.dataset_version(
-            self.dataset_uuid, self.config_hash, self.chain_id, self.start, self.end
+            self.dataset_uuid, self.config_hash, self.chain_id, self.start, self.end, fake=self.fake
         )
 
     def file_name(self) -> str:
@@ -144,6 +145,7 @@ def commit_query(
         config_hash=target.config_hash,
         schema=schema,
         files=files,
+        fake=target.fake,
     )
     # no task: lock, publish, register, announce (once per version: alerts route the event)
     committed = commit_version(state, store, staged, announce=True)

@@ -51,7 +51,7 @@ def _range_work(
         fp = registry_fingerprint(records, a, b)
         if salt:
             fp = fingerprint(fp, *salt)
-        target = OutputTarget(org_id, job.chain_id, last_output, a, b, fp)
+        target = OutputTarget(org_id, job.chain_id, last_output, a, b, fp, fake=rec.fake)
         if get_version(conn, target.dataset_version) is None:
             # created_at: a state rebuilt from scratch (same ids) still gets fresh run keys
             stamp = int(rec.created_at.timestamp() * 1e6)

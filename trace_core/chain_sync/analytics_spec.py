@@ -10,6 +10,7 @@ Example (the job must start at block 0: balances accumulate from genesis)::
       staking:
         logs: logs                           # a stream of cryo logs
         address: "0x0000000000000000000000000000000000001000"
+      supply: {blocks: blocks, block_reward_wei: 0}   # reconcile: reward - base fee burned
 
 Cross-field checks (streams exist and carry the right cryo dataset, from_block is 0) live in
 ``chain_sync.spec.ChainSyncSpec`` so each problem is reported at its file line.
@@ -116,6 +117,15 @@ class StakingSpec(_Model):
     ]
 
 
+class SupplySpec(_Model):
+    """Supply by block reconciles with the protocol: each block's net supply change (from the
+    balance diffs) must equal ``block_reward_wei`` minted (every block after genesis) minus the
+    base fee burned (``base_fee_per_gas * gas_used``, from the cryo ``blocks`` stream)."""
+
+    blocks: StreamKey
+    block_reward_wei: Annotated[int, Field(ge=0, lt=10**38)] = 0
+
+
 class AnalyticsSpec(_Model):
     """Derived datasets of a job: supply and balances from ``balance_diffs``, staking from
     ``staking.logs``. ``supply_window_blocks``: the supply series covers the last N synced
@@ -127,9 +137,12 @@ class AnalyticsSpec(_Model):
     supply_window_blocks: Annotated[int, Field(gt=0, le=100_000_000)] = 1000
     full_history: bool = False
     staking: StakingSpec | None = None
+    supply: SupplySpec | None = None
 
     @model_validator(mode="after")
     def _something_and_genesis(self) -> AnalyticsSpec:
+        if self.supply is not None and self.balance_diffs is None:
+            raise PydanticCustomError("analytics_supply", "supply needs balance_diffs")
         if self.balance_diffs is None and self.staking is None:
             raise PydanticCustomError("analytics_empty", "set balance_diffs, staking, or both")
         if self.balance_diffs is not None and self.genesis is None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,10 +26,12 @@ from psycopg import Connection
 from psycopg.rows import dict_row
 
 from trace_core.chain_sync import capabilities
+from trace_core.chain_sync.head import MISSING_RPC_URL
 from trace_core.db.errors import translates_db_errors
 from trace_core.db.queries import q
 from trace_core.errors import DatasetConflict, InvalidPayload, UnknownTask
 from trace_core.operators.cryo_payload import CryoIngestTask
+from trace_core.settings import Settings, rpc_pool_env_var, rpc_pool_urls
 from trace_core.tasks.lifecycle import Lease, create_task
 
 log = logging.getLogger(__name__)
@@ -44,7 +47,26 @@ MISSING_HEAD = "MissingHeadObservation"
 STALE_HEAD = "StaleHeadObservation"
 DEAD_RANGES = "DeadRanges"
 MISSING_RPC_METHOD = capabilities.MISSING_RPC_METHOD
-PLANNER_ERROR_KINDS = (MISSING_HEAD, STALE_HEAD, DEAD_RANGES, MISSING_RPC_METHOD)
+PLANNER_ERROR_KINDS = (MISSING_HEAD, STALE_HEAD, DEAD_RANGES, MISSING_RPC_METHOD, MISSING_RPC_URL)
+
+# a pool name -> why ranges of a stream on it cannot be extracted here (None: they can)
+PoolCheck = Callable[[str], str | None]
+
+
+def pool_url_check(settings: Settings, environ: Mapping[str, str] | None = None) -> PoolCheck:
+    """Real extraction (the default) needs the pool's URL: a stream whose pool has none is
+    blocked with ``MissingRpcUrl`` rather than planned (its ranges could only fail, and fake
+    data is never a fallback). Under ``TRACE_CRYO_MODE=fake`` nothing is blocked."""
+
+    def check(pool: str) -> str | None:
+        if settings.cryo_mode == "fake" or rpc_pool_urls(pool, environ):
+            return None
+        return (
+            f"{rpc_pool_env_var(pool)} is not set: real extraction needs pool {pool}'s RPC URL "
+            "(or set TRACE_CRYO_MODE=fake for made-up data, marked fake)"
+        )
+
+    return check
 
 
 def range_task_id(job_id: uuid.UUID | str, dataset_key: str, start: int, end: int) -> uuid.UUID:
@@ -192,11 +214,13 @@ def plan_tick(
     org_id: str | uuid.UUID | None = None,
     limit: int = 200,
     total_limit: int | None = None,
+    pool_check: PoolCheck | None = None,
 ) -> PlanResult:
     """Plan every enabled job's active streams (of one org, or all orgs).
 
     ``limit`` caps ranges per stream per tick, ``total_limit`` ranges per tick overall, so a
-    tick stays small. ``conn`` must not be inside a transaction: each stream commits its own.
+    tick stays small. ``pool_check`` (``pool_url_check``) blocks streams whose pool cannot be
+    extracted from. ``conn`` must not be inside a transaction: each stream commits its own.
     """
     with conn.transaction():
         targets = conn.execute(q("chain_sync", "plannable_streams"), {"org_id": org_id}).fetchall()
@@ -207,7 +231,11 @@ def plan_tick(
         if budget is not None and budget <= 0:
             break
         plan = plan_stream(
-            conn, job_id, dataset_key, limit=limit if budget is None else min(limit, budget)
+            conn,
+            job_id,
+            dataset_key,
+            limit=limit if budget is None else min(limit, budget),
+            pool_check=pool_check,
         )
         if plan is None:
             continue
@@ -223,7 +251,12 @@ def plan_tick(
 
 @translates_db_errors("chain_sync plan_stream")
 def plan_stream(
-    conn: Connection[Any], job_id: uuid.UUID, dataset_key: str, *, limit: int
+    conn: Connection[Any],
+    job_id: uuid.UUID,
+    dataset_key: str,
+    *,
+    limit: int,
+    pool_check: PoolCheck | None = None,
 ) -> StreamPlan | None:
     """Plan one stream in one transaction; None if the job is paused or the stream inactive."""
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
@@ -273,6 +306,11 @@ def plan_stream(
                 blocked_kind=elig.blocked_kind,
                 blocked_message=elig.blocked_message,
                 **base,
+            )
+        no_url = pool_check(stream["rpc_pool"]) if pool_check and stream["rpc_pool"] else None
+        if no_url is not None:
+            return StreamPlan(
+                next_block=cursor, blocked_kind=MISSING_RPC_URL, blocked_message=no_url, **base
             )
         lacking = _lacking_capability(cur, job, stream)
         if lacking is not None:

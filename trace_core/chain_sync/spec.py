@@ -35,7 +35,12 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from trace_core.chain_sync.analytics_spec import BALANCE_DIFF_DATASETS, LOG_DATASETS, AnalyticsSpec
+from trace_core.chain_sync.analytics_spec import (
+    BALANCE_DIFF_DATASETS,
+    LOG_DATASETS,
+    OUTPUT_PREFIX,
+    AnalyticsSpec,
+)
 from trace_core.errors import ConfigError, InvalidJobFile
 from trace_core.settings import rpc_pool_env_var, rpc_pool_url
 from trace_core.yamlfile import LoadedYaml, YamlPath, dotted_path
@@ -142,7 +147,19 @@ def _hex(value: str) -> str:
     return value
 
 
+def _stream_key(value: str) -> str:
+    if value.startswith(OUTPUT_PREFIX):
+        raise PydanticCustomError(
+            "reserved_stream",
+            "stream names starting with '{prefix}' are reserved for analytics outputs",
+            {"prefix": OUTPUT_PREFIX},
+        )
+    return value
+
+
 Slug = Annotated[str, AfterValidator(_slug)]
+# A stream key is a dataset key and a query relation name: analytics_* belong to analytics.
+StreamKey = Annotated[str, AfterValidator(_slug), AfterValidator(_stream_key)]
 # A job or alert name: what users type on the command line and see in the Dagster UI.
 Name = Annotated[str, AfterValidator(_job_name)]
 BlockNumber = Annotated[int, Field(ge=0, lt=MAX_BLOCK)]
@@ -283,7 +300,7 @@ class ChainSyncSpec(_Model):
     name: Name
     chain_id: Annotated[int, Field(gt=0, lt=2**63)]
     mode: Annotated[FixedTarget | FollowHead, Field(discriminator="kind")]
-    streams: Annotated[dict[Slug, StreamSpec], Field(min_length=1)]
+    streams: Annotated[dict[StreamKey, StreamSpec], Field(min_length=1)]
     finality_depth: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
     max_attempts: Annotated[int, Field(gt=0, le=100)] | None = None
     # Blocks per Dagster partition (an epoch): fine ranges stay in Trace state. The default
@@ -325,6 +342,8 @@ class ChainSyncSpec(_Model):
         wanted = [("balance_diffs", value.balance_diffs, BALANCE_DIFF_DATASETS)]
         if value.staking is not None:
             wanted.append(("staking.logs", value.staking.logs, LOG_DATASETS))
+        if value.supply is not None:
+            wanted.append(("supply.blocks", value.supply.blocks, frozenset({"blocks"})))
         for name, key, datasets in wanted:
             if key is None:
                 continue

@@ -72,6 +72,7 @@ class StreamStatus:
     done: bool
     blocked: list[Blocked] = field(default_factory=list)
     dead_ranges: list[DeadRange] = field(default_factory=list)
+    fake_ranges: int = 0  # completed ranges whose version is made-up (TRACE_CRYO_MODE=fake)
 
     @property
     def blocked_reason(self) -> str | None:
@@ -318,6 +319,7 @@ def _stream_status(
         done=done,
         blocked=blocked,
         dead_ranges=dead,
+        fake_ranges=int(r["fake_ranges"]),
     )
 
 

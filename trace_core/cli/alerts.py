@@ -1,4 +1,5 @@
-"""``trace-lite alerts``: apply alert YAML, list definitions, inspect deliveries.
+"""``trace-lite alerts``: apply alert YAML, list definitions, inspect deliveries and their
+attempt history, and send a test event to a channel.
 
 Webhook URLs are shown redacted (scheme, host and port only). Bad files exit 2 with
 ``file:line: field: message`` per problem; other errors exit 1.
@@ -128,3 +129,87 @@ def deliveries_cmd(alert_name: str | None, limit: int, as_json: bool) -> None:
             r["last_error"] or "",
         )
     console.print(table)
+
+
+@alerts.command("history")
+@click.argument("delivery")
+@handle_errors
+def history_cmd(delivery: str) -> None:
+    """One delivery's attempts: outcome, status code and error of each."""
+    import uuid
+
+    from trace_core.alerts.dead import attempts_of
+
+    try:
+        did = uuid.UUID(delivery)
+    except ValueError:
+        raise click.BadParameter("a delivery id (see `trace-lite alerts deliveries`)") from None
+    rt = _runtime()
+    try:
+        with rt.data() as conn:
+            rows = attempts_of(conn, did)
+    finally:
+        rt.close()
+    if not rows:
+        raise click.ClickException(f"no attempts recorded for delivery {did}")
+    head = rows[0]
+    click.echo(
+        f"{head['alert_name']} {head['dedupe_key']} {head['channel_kind']}: {head['status']}"
+    )
+    for r in rows:
+        code = "" if r["status_code"] is None else f" {r['status_code']}"
+        click.echo(
+            f"  attempt {r['attempt']} {r['started_at']:%Y-%m-%d %H:%M:%S} {r['outcome']}{code}"
+            f" {r['duration_ms']}ms {r['error'] or ''}".rstrip()
+        )
+
+
+@alerts.command("test-channel")
+@click.option(
+    "--file", "file_", type=click.Path(dir_okay=False, path_type=Path), help="An alert YAML file"
+)
+@click.option("--alert", "alert_name", default=None, help="An applied alert, by name")
+@click.option(
+    "--channel",
+    "which",
+    default=None,
+    help="Only this channel: its position (0-based) or type (slack, email, ...)",
+)
+@handle_errors
+def test_channel_cmd(file_: Path | None, alert_name: str | None, which: str | None) -> None:
+    """Send a synthetic event to an alert's channels now (no queue, no retries); exit 1 if a
+    channel did not deliver. Secrets come from this process's TRACE_* environment."""
+    from trace_core.alerts.probe import send_test
+    from trace_core.alerts.spec import AlertSpec, load_alert_file
+    from trace_core.alerts.store import get_alert
+
+    if (file_ is None) == (alert_name is None):
+        raise click.UsageError("give --file FILE or --alert NAME")
+    spec: AlertSpec
+    settings = load_settings()
+    if file_ is not None:
+        spec = load_alert_file(file_).spec
+    else:
+        rt = _runtime()
+        try:
+            with rt.state() as conn:
+                spec = get_alert(conn, rt.settings.org_id, str(alert_name)).model()
+        finally:
+            rt.close()
+    channels = list(spec.channels)
+    if which is not None:
+        if which.isdigit():
+            channels = channels[int(which) : int(which) + 1]
+        else:
+            channels = [c for c in channels if c.kind == which]
+        if not channels:
+            raise click.UsageError(f"alert {spec.name!r} has no channel {which!r}")
+    results = send_test(settings, spec.name, spec.severity, channels)
+    failed = 0
+    for channel, result in zip(channels, results, strict=True):
+        code = "" if result.status_code is None else f" ({result.status_code})"
+        error = f": {result.error}" if result.error else ""
+        click.echo(f"{channel.describe()}: {result.outcome}{code}{error}")
+        failed += result.outcome != "delivered"
+    if failed:
+        raise SystemExit(1)

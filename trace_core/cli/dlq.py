@@ -3,6 +3,7 @@
 Replay sends dead messages back to the live queue with a fresh receive count; for the buffer
 queue, fix the batch object (or the code) first, since the sink re-validates everything.
 Unknown ids are an error and nothing is changed. Errors exit 1 (2 for usage).
+``--queue alert_deliveries`` manages failed alert deliveries the same way (``cli.alert_dlq``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import click
 
+from trace_core.cli import alert_dlq
 from trace_core.cli.common import handle_errors
 from trace_core.queue.base import BUFFER_QUEUE, DeadMessage
 from trace_core.runtime import Runtime
@@ -78,13 +80,14 @@ def _targets(ids: tuple[str, ...], all_: bool) -> None:
 @_with_runtime
 def list_(rt: Runtime, queue: str, limit: int, as_json: bool) -> None:
     """Dead letters of a queue, oldest first."""
+    if queue == alert_dlq.ALERT_DLQ:
+        return alert_dlq.list_cmd(rt, limit, as_json)
     dead = rt.queue.list_dead(queue, limit=limit)
     if as_json:
         click.echo(json.dumps([_as_dict(m) for m in dead], indent=2, default=str))
         return
     if not dead:
         click.echo(f"no dead letters on queue {queue!r}")
-        return
     for m in dead:
         p = m.payload
         what = p.get("batch_key") or p.get("task_id") or ""
@@ -95,7 +98,10 @@ def list_(rt: Runtime, queue: str, limit: int, as_json: bool) -> None:
             f"{m.message_id}\t{p.get('destination', '-')}\t{what}\t"
             f"receives={m.receive_count}\t{m.reason}\t{error}"
         )
-    click.echo(f"{len(dead)} dead letter(s) on queue {queue!r}")
+    if dead:
+        click.echo(f"{len(dead)} dead letter(s) on queue {queue!r}")
+    if queue == BUFFER_QUEUE and (failed := alert_dlq.count(rt)):
+        click.echo(f"and {failed} failed alert deliveries: dlq list --queue {alert_dlq.ALERT_DLQ}")
 
 
 @dlq.command()
@@ -105,6 +111,8 @@ def list_(rt: Runtime, queue: str, limit: int, as_json: bool) -> None:
 @_with_runtime
 def show(rt: Runtime, message_id: str, queue: str) -> None:
     """One dead letter as JSON: its pointer payload, receives, reason and last error."""
+    if queue == alert_dlq.ALERT_DLQ:
+        return alert_dlq.show_cmd(rt, message_id)
     (m,) = _lookup(rt, queue, [message_id])
     click.echo(json.dumps(_as_dict(m), indent=2, default=str))
 
@@ -118,6 +126,8 @@ def show(rt: Runtime, message_id: str, queue: str) -> None:
 def replay(rt: Runtime, message_ids: tuple[str, ...], all_: bool, queue: str) -> None:
     """Send dead letters back to the live queue (receive count reset). Fix the cause first."""
     _targets(message_ids, all_)
+    if queue == alert_dlq.ALERT_DLQ:
+        return alert_dlq.replay_cmd(rt, message_ids, all_)
     if all_:
         n = rt.queue.replay_dead(queue)
     else:
@@ -138,6 +148,8 @@ def purge(rt: Runtime, message_ids: tuple[str, ...], all_: bool, yes: bool, queu
     _targets(message_ids, all_)
     if not yes:
         raise click.UsageError("purge deletes dead letters for good; pass --yes to confirm")
+    if queue == alert_dlq.ALERT_DLQ:
+        return alert_dlq.purge_cmd(rt, message_ids, all_)
     if all_:
         n = rt.queue.purge_dead(queue)
     else:

@@ -103,6 +103,7 @@ def _render_status(jobs: list[dict[str, Any]], queue: dict[str, Any] | None) -> 
             "sched",
             "run",
             "done",
+            "fake",
             "dead",
             "%",
             "blk/s",
@@ -119,6 +120,7 @@ def _render_status(jobs: list[dict[str, Any]], queue: dict[str, Any] | None) -> 
                 str(s.get("scheduled", 0)),
                 str(s.get("running", 0)),
                 str(s.get("completed", 0)),
+                str(s.get("fake_ranges", 0)),
                 str(s.get("dead", 0)),
                 "" if pct is None else f"{pct:.1f}",
                 ""
@@ -128,6 +130,14 @@ def _render_status(jobs: list[dict[str, Any]], queue: dict[str, Any] | None) -> 
                 Text(s.get("blocked_reason") or ""),  # errors may hold [brackets]: no markup
             )
         console.print(table)
+        fake = sum(s.get("fake_ranges", 0) for s in job.get("streams", []))
+        if fake:
+            console.print(
+                f"[bold red]FAKE DATA[/bold red]: {fake} committed range(s) are made-up "
+                "(TRACE_CRYO_MODE=fake), not the chain's; queries refuse them unless "
+                "TRACE_QUERY_ALLOW_FAKE=true",
+                highlight=False,
+            )
         _render_dead_ranges(job)
         hot = job.get("hot")
         if hot:
@@ -285,6 +295,10 @@ def query(sql: str, job: str | None, as_json: bool, mode: str | None) -> None:
         table.add_row(*("" if v is None else str(v) for v in row))
     console.print(table)
     console.print(f"{resp['row_count']} row(s)" + (" (truncated)" if resp.get("truncated") else ""))
+    export = resp.get("export")
+    if export:  # over the inline caps: the rows are in one Parquet object, not in the table
+        where = export.get("presigned_url") or export["uri"]
+        console.print(f"exported as Parquet: {where}", soft_wrap=True, highlight=False)
 
 
 @cli.command()
@@ -309,16 +323,40 @@ def query_service() -> None:
 
 
 @cli.command()
-@click.option("--older-than", default=86400.0, show_default=True, help="Seconds")
+@click.option("--older-than", default=86400.0, show_default=True, help="Staging: seconds")
+@click.option(
+    "--versions",
+    is_flag=True,
+    help="Also collect superseded dataset versions past the grace period (registry tombstones)",
+)
+@click.option(
+    "--grace-seconds",
+    type=float,
+    default=None,
+    help="Versions: grace period after being superseded [default: TRACE_VERSION_GRACE_SECONDS]",
+)
+@click.option("--dry-run", is_flag=True, help="Show what would go; change nothing")
 @handle_errors
-def gc(older_than: float) -> None:
-    """Remove abandoned staging output older than a threshold and report it."""
+def gc(older_than: float, versions: bool, grace_seconds: float | None, dry_run: bool) -> None:
+    """Remove abandoned staging output older than a threshold (and, with --versions,
+    superseded dataset versions), and report it."""
     from trace_core.datasets.gc import gc_staging
+    from trace_core.datasets.retention import gc_versions
 
     rt = runtime()
     with rt.state() as conn:
-        report = gc_staging(rt.settings, rt.store, older_than, conn=conn)
-    console.print(str(report), highlight=False)
+        if dry_run:
+            console.print("staging: not collected in a dry run", highlight=False)
+        else:
+            report = gc_staging(rt.settings, rt.store, older_than, conn=conn)
+            console.print(str(report), highlight=False)
+        if versions:
+            grace = rt.settings.version_grace_seconds if grace_seconds is None else grace_seconds
+            vreport = gc_versions(
+                conn, rt.store, rt.settings.org_id, grace_seconds=grace, dry_run=dry_run
+            )
+            for line in vreport.lines():
+                console.print(Text(line), highlight=False)
 
 
 def main() -> None:

@@ -17,6 +17,18 @@ from trace_core.cli.common import console, handle_errors, runtime
 @click.option("--range", "block_range", default=None, help="Blocks A-B, end-exclusive")
 @click.option("--repair", is_flag=True, help="Re-sync each broken range as a new version")
 @click.option("--no-rpc", is_flag=True, help="Skip the checks against the chain")
+@click.option(
+    "--all",
+    "verify_all",
+    is_flag=True,
+    help="Every committed range of every stream (also what no selection means)",
+)
+@click.option(
+    "--incremental",
+    is_flag=True,
+    help="What one scheduled pass verifies: new and changed ranges, then a sample of the "
+    "stalest, within TRACE_INTEGRITY_RPC_CALLS_PER_PASS",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the reports as JSON")
 @handle_errors
 def verify(
@@ -25,22 +37,36 @@ def verify(
     block_range: str | None,
     repair: bool,
     no_rpc: bool,
+    verify_all: bool,
+    incremental: bool,
     as_json: bool,
 ) -> None:
     """Verify committed ranges: files vs manifests (sha256, rows), contiguity, parent hashes,
     and tx/log counts vs the RPC. Exit 1 when something is broken (0 once --repair planned
     the fix; the worker then re-syncs it)."""
     from trace_core.db.migrate import migrate
+    from trace_core.integrity import incremental as incremental_mod
     from trace_core.integrity import repair as repair_mod
     from trace_core.integrity.verify import parse_range
     from trace_core.integrity.verify import verify as run_verify
 
     if stream is not None and job is None:
         raise click.UsageError("--stream needs --job")
+    if (verify_all or incremental) and (job or block_range or no_rpc):
+        raise click.UsageError(
+            "--all and --incremental take no --job, --stream, --range or --no-rpc"
+        )
+    if verify_all and incremental:
+        raise click.UsageError("--all and --incremental exclude each other")
     span = parse_range(block_range) if block_range else None
     rt = runtime()
     migrate(rt.dbs)
-    reports = run_verify(rt, job=job, stream=stream, block_range=span, use_rpc=not no_rpc)
+    if incremental:
+        reports = list(incremental_mod.scheduled_reports(rt))
+    else:
+        reports = run_verify(rt, job=job, stream=stream, block_range=span, use_rpc=not no_rpc)
+        if not no_rpc:  # a verdict without the chain checks is not a full verification
+            incremental_mod.record_verdicts(rt, reports)
     planned = repair_mod.repair(rt, reports) if repair else []
     if as_json:
         out = {

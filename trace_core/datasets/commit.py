@@ -52,6 +52,7 @@ _IDENTITY_FIELDS = (
     "row_count",
     "bytes",
     "file_count",
+    "fake",
 )
 
 
@@ -97,11 +98,17 @@ class StagedOutput:
     config_hash: str
     schema: tuple[Column, ...]
     files: tuple[StagedFile, ...]
+    fake: bool = False  # made-up data: marked in the manifest and the registry row
 
     @property
     def dataset_version(self) -> uuid.UUID:
         return ids.dataset_version(
-            self.dataset_uuid, self.config_hash, self.chain_id, self.range_start, self.range_end
+            self.dataset_uuid,
+            self.config_hash,
+            self.chain_id,
+            self.range_start,
+            self.range_end,
+            fake=self.fake,
         )
 
     @property
@@ -121,6 +128,7 @@ class StagedOutput:
             range_end=self.range_end,
             config_hash=self.config_hash,
             schema=self.schema,
+            fake=self.fake,
             files=tuple(
                 sorted(
                     (ManifestFile(prefix + f.name, f.size, f.sha256, f.rows) for f in self.files),
@@ -154,6 +162,7 @@ class CommittedVersion:
             "row_count": rec.row_count,
             "bytes": rec.bytes,
             "file_count": rec.file_count,
+            "fake": rec.fake,
             "newly_registered": self.newly_registered,
         }
 
@@ -259,6 +268,7 @@ def register_version(
         "file_count": len(manifest.files),
         "task_id": task_id,
         "attempt": attempt,
+        "fake": manifest.fake,
     }
     inserted = conn.execute(q("datasets", "insert_version"), params).fetchone()
     record = get_version(conn, manifest.dataset_version)
@@ -339,6 +349,13 @@ def commit_version(
             fence(conn, lease)
         lock_version(conn, manifest.dataset_version)
         existing = get_version(conn, manifest.dataset_version)
+        if existing is not None and existing.collected:
+            # garbage-collected earlier: its objects are gone; publish again, serve as newest
+            conn.execute(
+                q("datasets", "revive_collected_version"),
+                {"dataset_version": manifest.dataset_version},
+            )
+            existing = None
         if existing is None:
             publish_objects(store, staged, manifest)
         committed = register_version(

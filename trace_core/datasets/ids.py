@@ -66,15 +66,24 @@ def dataset_uuid(org_id: str | uuid.UUID, chain_id: int, dataset_key: str) -> uu
 
 
 def dataset_version(
-    dataset_uuid: uuid.UUID, config_hash: str, chain_id: int, range_start: int, range_end: int
+    dataset_uuid: uuid.UUID,
+    config_hash: str,
+    chain_id: int,
+    range_start: int,
+    range_end: int,
+    *,
+    fake: bool = False,
 ) -> uuid.UUID:
     """Version id of one range: UUIDv5 over
-    ``cryo_ingest:{dataset_uuid}:{config_hash}:{chain_id}:{range_start}:{range_end}``."""
+    ``cryo_ingest:{dataset_uuid}:{config_hash}:{chain_id}:{range_start}:{range_end}``
+    (``cryo_ingest_fake:...`` for fake data, so a real sync of the range never collides with
+    a fake version and supersedes it)."""
     _check_chain(chain_id)
     _check_range(range_start, range_end)
     if not config_hash:
         raise InvalidPayload("config_hash must be non-empty", field="config_hash")
-    name = f"cryo_ingest:{dataset_uuid}:{config_hash}:{chain_id}:{range_start}:{range_end}"
+    kind = "cryo_ingest_fake" if fake else "cryo_ingest"
+    name = f"{kind}:{dataset_uuid}:{config_hash}:{chain_id}:{range_start}:{range_end}"
     return uuid.uuid5(DATASET_VERSION_NS, name)
 
 

@@ -35,6 +35,7 @@ _FIELDS = {
     "schema_hash",
     "files",
     "parquet_keys",
+    "fake",
 }
 _LEGACY_KEYS = "parquet_objects"
 
@@ -74,6 +75,7 @@ class DatasetManifest:
     schema: tuple[Column, ...]
     files: tuple[ManifestFile, ...]
     version: int = MANIFEST_VERSION
+    fake: bool = False  # made-up data (TRACE_CRYO_MODE=fake); written only when true
 
     @property
     def parquet_keys(self) -> list[str]:
@@ -92,7 +94,8 @@ class DatasetManifest:
         return sum(f.size for f in self.files)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {"fake": True} if self.fake else {}
+        return out | {
             "version": self.version,
             "dataset_uuid": str(self.dataset_uuid),
             "dataset_version": str(self.dataset_version),
@@ -173,6 +176,7 @@ def parse_manifest(data: bytes, *, prefix: str | None = None) -> DatasetManifest
         config_hash=_need(obj, "config_hash", str),
         schema=schema,
         files=tuple(sorted(files, key=lambda f: f.key)),
+        fake=_need(obj, "fake", bool) if "fake" in obj else False,
     )
     if manifest.range_end <= manifest.range_start:
         raise ManifestInvalid("manifest range_end must be greater than range_start")

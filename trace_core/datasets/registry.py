@@ -38,10 +38,13 @@ class VersionRecord:
     task_id: uuid.UUID | None
     attempt: int | None
     created_at: datetime
+    fake: bool = False  # made by TRACE_CRYO_MODE=fake (or derived from such a version)
+    collected: bool = False  # garbage-collected (a tombstone; only get_version returns one)
 
     def as_json(self) -> dict[str, Any]:
         """JSON-ready fields (ids and timestamps as strings)."""
         out = asdict(self)
+        out.pop("collected")
         for name in ("dataset_version", "dataset_uuid", "org_id", "task_id"):
             out[name] = str(out[name]) if out[name] is not None else None
         out["created_at"] = self.created_at.isoformat()

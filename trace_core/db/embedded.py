@@ -63,3 +63,25 @@ def stop_embedded(home: Path) -> bool:
         raise DatabaseUnreachable(f"could not stop embedded Postgres in {datadir}: {exc}") from exc
     log.info("embedded postgres stopped", extra={"datadir": str(datadir)})
     return True
+
+
+def embedded_stopped(home: Path) -> str | None:
+    """Why the embedded server of ``home`` is not running (its ``postmaster.pid`` is gone or
+    names a dead process), or None while it runs. Cheap: no connection, no start."""
+    pidfile = home / "pg" / "postmaster.pid"
+    try:
+        pid = int(pidfile.read_text().splitlines()[0])
+    except (OSError, ValueError, IndexError):
+        return f"the embedded Postgres in {home / 'pg'} is not running"
+    gone = f"the embedded Postgres in {home / 'pg'} stopped (pid {pid} is gone)"
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return gone
+    except PermissionError:  # alive, run by another user
+        pass
+    try:  # a killed postmaster nobody reaped yet is a zombie: signal 0 still reaches it
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+    return gone if state in ("Z", "X") else None

@@ -40,6 +40,7 @@ from trace_core.errors import (
     ConfigError,
     CoverageError,
 )
+from trace_core.operators import cryo_logcheck
 from trace_core.operators.base import Completion, OperatorContext
 from trace_core.operators.cryo_fake import extract_fake
 from trace_core.operators.cryo_payload import (
@@ -72,16 +73,22 @@ _FILE_RANGE = re.compile(
 def choose_mode(
     settings: Settings, rpc_pool: str | None, environ: Mapping[str, str] | None = None
 ) -> tuple[Mode, str | None]:
-    """``(mode, rpc_url)``: real when ``cryo_mode`` is real, or auto with the pool URL set.
+    """``(mode, rpc_url)``: fake only when ``TRACE_CRYO_MODE=fake`` is set explicitly;
+    otherwise real, which needs the pool's URL.
 
-    Raises ``ConfigError`` naming the env var when real mode has no URL.
+    Raises ``ConfigError`` naming the env var when real mode has no URL (never falls back to
+    fake: made-up data must not pass for the chain's).
     """
-    url = rpc_pool_url(rpc_pool, environ) if rpc_pool else None
-    if settings.cryo_mode == "fake" or (settings.cryo_mode == "auto" and url is None):
+    if settings.cryo_mode == "fake":
         return "fake", None
+    url = rpc_pool_url(rpc_pool, environ) if rpc_pool else None
     if url is None:
         field = rpc_pool_env_var(rpc_pool) if rpc_pool else "rpc_pool"
-        raise ConfigError("TRACE_CRYO_MODE=real needs the pool's RPC URL", field=field)
+        raise ConfigError(
+            f"{field} is not set: real extraction needs the pool's RPC URL "
+            "(TRACE_CRYO_MODE=fake makes up data, marked fake)",
+            field=field,
+        )
     return "real", url
 
 
@@ -281,6 +288,10 @@ def extract_and_stage(
             files = collect_files(out_dir)
             check_caps(files, settings)
             rows = check_coverage(p, files)
+            bloom = settings.verify_logs_bloom and pool is not None
+            if bloom and cryo_logcheck.applies(p.cryo_dataset_name, p.cryo_options):
+                assert pool is not None
+                cryo_logcheck.check_logs_bloom(pool, p.range_start, p.range_end, files)
             if pool is not None and p.cryo_dataset_name == "logs" and settings.verify_log_receipts:
                 check_log_receipts(p, pool, rows)
         finally:
@@ -305,6 +316,7 @@ def extract_and_stage(
         config_hash=p.config_hash,
         schema=schema,
         files=staged_files,
+        fake=mode == "fake",
     )
     return staged, mode
 

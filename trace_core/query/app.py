@@ -4,7 +4,8 @@
 token) take ``{"sql", "datasets"?, "max_rows"?, "job"?}`` and answer
 ``{"columns", "rows", "row_count", "truncated", "export", "query_id"}``. Errors are
 ``{"error": {"code", "message"}}``: 400 rejected or failing SQL, 401 bad token, 403 grant
-missing or stale task attempt, 404 unknown job, 408 timeout or CPU limit, 413 too large, 422
+missing or stale task attempt, 404 unknown job, 409 fake data
+refused (TRACE_QUERY_ALLOW_FAKE), 408 timeout or CPU limit, 413 too large, 422
 bad manifest, 500 engine crashed (its worker process died; the service keeps serving), 503
 storage unavailable or every engine busy.
 
@@ -60,6 +61,7 @@ from trace_core.query.attach import (
     audit_datasets,
     data_hot_sources,
     followed_chains,
+    refuse_fake,
     task_versions,
     user_versions,
 )
@@ -103,6 +105,7 @@ _STATUS: list[tuple[type[Exception], int]] = [
 _CODE_STATUS = {
     "sql_too_large": 413,
     "job_not_found": 404,
+    "fake_data": 409,
     "storage_unavailable": 503,
     "execution_failed": 500,
     "engine_crashed": 500,
@@ -304,6 +307,7 @@ class QueryService:
         else:
             check_limits(request.sql, **caps)
             relations = frozenset(caller.versions)
+        refuse_fake(caller.versions, relations, allow=self.settings.query_allow_fake)
         run.relations = attach(
             self.store,
             caller.versions,

@@ -175,6 +175,23 @@ def task_versions(conn: Connection[Any], claims: TaskClaims) -> Versions:
     return {name: sorted(recs, key=_order) for name, recs in sorted(out.items())}
 
 
+def refuse_fake(versions: Versions, names: Iterable[str], *, allow: bool) -> None:
+    """Fail closed on made-up data: raise ``QueryError(code='fake_data')`` (409) when a
+    relation the query reads is served by a version ``TRACE_CRYO_MODE=fake`` made (or one
+    derived from it), unless ``allow`` (``TRACE_QUERY_ALLOW_FAKE``)."""
+    if allow:
+        return
+    for name in sorted(set(names)):
+        fake = [r for r in versions.get(name, ()) if r.fake]
+        if fake:
+            raise QueryError(
+                f"relation {name!r} is served by {len(fake)} fake dataset version(s) (made by "
+                f"TRACE_CRYO_MODE=fake, e.g. blocks [{fake[0].range_start}, "
+                f"{fake[0].range_end})); set TRACE_QUERY_ALLOW_FAKE=true to read them anyway",
+                code="fake_data",
+            )
+
+
 # --- versions -> files -------------------------------------------------------------------
 
 
@@ -229,7 +246,7 @@ def manifest_files(
     Raises ``ManifestInvalid``. Local files are made read-only on disk."""
     where = f"manifest of dataset version {rec.dataset_version}"
     identity = ("dataset_uuid", "dataset_version", "chain_id", "dataset_key", "range_start",
-                "range_end", "config_hash", "schema_hash")  # fmt: skip
+                "range_end", "config_hash", "schema_hash", "fake")  # fmt: skip
     differing = [f for f in identity if getattr(manifest, f) != getattr(rec, f)]
     if differing:
         raise ManifestInvalid(f"{where} differs from the registry in {', '.join(differing)}")

@@ -18,7 +18,7 @@ import httpx
 from pydantic import ValidationError
 
 from trace_core.db.connection import Databases, resolve_databases
-from trace_core.errors import QueryError
+from trace_core.errors import QueryError, TraceError
 from trace_core.query.app import (
     QueryRequest,
     QueryService,
@@ -107,5 +107,12 @@ def query_embedded(
         return service.query("user", token or local_user_token(local), request)
     except QueryError as exc:
         raise client_error(exc) from exc
+    except TraceError:
+        raise
+    except Exception as exc:  # a bug, not a refusal: one line for the operator, trace in the log
+        log.debug("embedded query failed", exc_info=True)
+        raise QueryError(
+            f"internal error ({type(exc).__name__}: {exc})", code="internal", status=500
+        ) from exc
     finally:
         service.close()

@@ -191,7 +191,10 @@ def validate_sql(
     if not isinstance(statements, list) or not statements:
         raise SqlRejected("sql_no_statement", "no SQL statement given")
     if len(statements) != 1:
-        raise SqlRejected("sql_multiple_statements", "exactly one statement is allowed")
+        raise SqlRejected(
+            "sql_multiple_statements",
+            f"exactly one statement is allowed (the parser found {len(statements)})",
+        )
     tokens = _tokens(sql)
     _check_statement_shape(raw, tokens)
     _check_quoted_function_names(raw, tokens)

@@ -13,12 +13,37 @@ wake-ups, so the task lease in Postgres, not the receipt, is what protects the w
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from trace_core.errors import OutboxOnly
+
 TASK_WAKEUP = "task_wakeup"
 BUFFER_QUEUE = "buffer"
+
+# Set only while trace_core.outbox.drain publishes: the drivers refuse a task wake-up published
+# any other way (an alias or a bound method escapes the source scan in tests/, not this).
+_OUTBOX_PUBLISHING: ContextVar[bool] = ContextVar("trace_outbox_publishing", default=False)
+
+
+@contextmanager
+def outbox_publishing() -> Iterator[None]:
+    """The outbox's publish (``outbox.drain``; tests simulating a redelivery use it too)."""
+    token = _OUTBOX_PUBLISHING.set(True)
+    try:
+        yield
+    finally:
+        _OUTBOX_PUBLISHING.reset(token)
+
+
+def check_publisher(queue: str) -> None:
+    """Raise ``OutboxOnly`` for a task wake-up published outside ``outbox_publishing()``.
+    Every driver calls it first in ``publish`` and ``publish_batch``."""
+    if queue == TASK_WAKEUP and not _OUTBOX_PUBLISHING.get():
+        raise OutboxOnly("task wake-ups are published only by the outbox (trace_core.outbox)")
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from trace_core.db.connection import redact_url
 from trace_core.db.queries import q
 from trace_core.errors import InvalidPayload, QueueError, StaleReceipt
-from trace_core.queue.base import DeadMessage, Message, QueueStats
+from trace_core.queue.base import DeadMessage, Message, QueueStats, check_publisher
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +115,7 @@ class PgQueue:
 
     def publish(self, queue: str, payload: Mapping[str, Any], *, delay_seconds: float = 0) -> str:
         """Enqueue one message, receivable after ``delay_seconds``; returns its id."""
+        check_publisher(queue)
         with self._conn() as conn:
             row = conn.execute(
                 q("pgqueue", "publish"),
@@ -127,6 +128,7 @@ class PgQueue:
         self, queue: str, payloads: Sequence[Mapping[str, Any]], *, delay_seconds: float = 0
     ) -> list[str]:
         """Enqueue many messages in one statement; ids are returned in payload order."""
+        check_publisher(queue)
         if not payloads:
             return []
         with self._conn() as conn:

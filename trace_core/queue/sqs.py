@@ -43,7 +43,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from trace_core.errors import ConfigError, InvalidPayload, QueueError, StaleReceipt
-from trace_core.queue.base import DeadMessage, Message, QueueStats
+from trace_core.queue.base import DeadMessage, Message, QueueStats, check_publisher
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +212,7 @@ class SqsQueue:
 
     def publish(self, queue: str, payload: Mapping[str, Any], *, delay_seconds: float = 0) -> str:
         """Send one message; delays are whole seconds, at most 900."""
+        check_publisher(queue)
         out = self._call(
             "SendMessage",
             QueueUrl=self.queue_url(queue),
@@ -225,6 +226,7 @@ class SqsQueue:
     ) -> list[str]:
         """Send in SendMessageBatch chunks; raises ``QueueError`` if any entry failed (the
         others were sent: publishing is at-least-once, a retry duplicates them)."""
+        check_publisher(queue)
         url = self.queue_url(queue) if payloads else ""
         delay = _seconds(delay_seconds, MAX_DELAY_SECONDS)
         bodies = [_dumps(p) for p in payloads]

@@ -24,6 +24,7 @@ from trace_core import services
 from trace_core.runtime import Runtime
 from trace_core.service_steps import ALERT_DELIVERY, COMPACTOR, FOLLOWER, SINK
 from trace_core.services import ServiceSpec
+from trace_dagster.console import with_console
 from trace_dagster.resources import TraceResource
 from trace_dagster.sensors.common import instance_of
 from trace_dagster.service_runs import (
@@ -74,13 +75,15 @@ def keeper_result(
         run_requests=[
             RunRequest(
                 run_key=f"{spec.name}:{time.time():.3f}",
-                run_config={
-                    "ops": {
-                        op_name(spec): {
-                            "config": {"max_seconds": float(rt.settings.service_run_seconds)}
+                run_config=with_console(
+                    {
+                        "ops": {
+                            op_name(spec): {
+                                "config": {"max_seconds": float(rt.settings.service_run_seconds)}
+                            }
                         }
                     }
-                },
+                ),
                 tags={KIND_TAG: "service", SERVICE_TAG: spec.name, "dagster/max_retries": "2"},
             )
         ]

@@ -16,6 +16,7 @@ from dagster import (
 
 from trace_core.runtime import Runtime
 from trace_core.worker import plan_worker_runs, recover_stranded
+from trace_dagster.console import with_console
 from trace_dagster.jobs import trace_worker
 from trace_dagster.resources import TraceResource
 from trace_dagster.sensors.common import instance_of
@@ -37,7 +38,9 @@ def worker_requests(rt: Runtime, max_runs: int = MAX_RUNS_PER_TICK) -> list[RunR
     return [
         RunRequest(
             run_key=run.run_key,
-            run_config={"ops": {"execute_tasks": {"config": {"task_ids": run.task_ids}}}},
+            run_config=with_console(
+                {"ops": {"execute_tasks": {"config": {"task_ids": run.task_ids}}}}
+            ),
             tags={**run.tags, KIND_TAG: "worker"},
         )
         for run in plan_worker_runs(rt, max_runs)

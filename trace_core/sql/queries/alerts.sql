@@ -154,7 +154,7 @@ LIMIT %(limit)s
 
 -- name: events_with_delivery
 -- Every alert event with its deliveries ("log delivered, webhook failed"), oldest block first.
-SELECT e.alert_name, e.severity, e.block_number, e.tx_hash,
+SELECT e.dedupe_key, e.alert_name, e.severity, e.block_number, e.tx_hash,
        coalesce(string_agg(d.channel_kind || ' ' || d.status, ', ' ORDER BY d.channel_key),
                 'planned') AS delivery
 FROM data.alert_events e LEFT JOIN data.alert_deliveries d USING (dedupe_key)
@@ -167,3 +167,34 @@ WHERE task_id = ANY(%(task_ids)s) AND status IN ('succeeded', 'dead')
 
 -- name: pending_outbox_on
 SELECT count(*) FROM state.outbox WHERE status = 'pending' AND topic = %(topic)s
+
+-- name: dead_deliveries
+-- Dead letters: failed deliveries not dismissed, oldest failure first (`trace-lite dlq`).
+SELECT delivery_id, dedupe_key, alert_name, channel_key, channel_kind, attempts, max_attempts,
+       last_status_code, last_error, updated_at AS failed_at
+FROM data.alert_deliveries
+WHERE status = 'failed' AND dismissed_at IS NULL
+  AND (%(ids)s::uuid[] IS NULL OR delivery_id = ANY (%(ids)s::uuid[]))
+ORDER BY updated_at, delivery_id
+LIMIT %(limit)s
+
+-- name: replay_dead_deliveries
+-- Back to pending, due now, with a fresh budget of attempts (attempt numbers keep counting).
+UPDATE data.alert_deliveries
+SET status = 'pending', max_attempts = attempts + %(more_attempts)s, next_attempt_at = now(),
+    updated_at = now()
+WHERE status = 'failed' AND dismissed_at IS NULL
+  AND (%(ids)s::uuid[] IS NULL OR delivery_id = ANY (%(ids)s::uuid[]))
+
+-- name: dismiss_dead_deliveries
+UPDATE data.alert_deliveries SET dismissed_at = now(), updated_at = now()
+WHERE status = 'failed' AND dismissed_at IS NULL
+  AND (%(ids)s::uuid[] IS NULL OR delivery_id = ANY (%(ids)s::uuid[]))
+
+-- name: delivery_attempts
+SELECT a.attempt, a.started_at, a.finished_at, a.outcome, a.status_code, a.error, a.duration_ms,
+       d.alert_name, d.dedupe_key, d.channel_kind, d.status
+FROM data.alert_deliveries d
+JOIN data.alert_delivery_attempts a USING (delivery_id)
+WHERE d.delivery_id = %(delivery_id)s
+ORDER BY a.attempt

@@ -59,6 +59,48 @@ LEFT JOIN supply_deltas d ON d.block_number = b.block_number
 CROSS JOIN before
 ORDER BY b.block_number
 
+-- name: native_supply_fold
+-- The window [$lo, $hi) from an earlier roll-up `prev_supply` (rows up to $from - 1) and the
+-- deltas of the new blocks [$from, $hi) only: the supply carries on from prev's last block.
+WITH carry AS (
+    SELECT supply FROM prev_supply WHERE block_number = $from - 1
+), blocks AS (
+    SELECT CAST(range AS UBIGINT) AS block_number FROM range($from, $hi)
+), fresh AS (
+    SELECT b.block_number,
+           CAST(carry.supply + sum(coalesce(d.supply_delta, 0)) OVER (ORDER BY b.block_number)
+                AS DECIMAL(38,0)) AS supply,
+           CAST(coalesce(d.supply_delta, 0) AS DECIMAL(38,0)) AS supply_delta
+    FROM blocks b
+    LEFT JOIN supply_deltas d ON d.block_number = b.block_number
+    CROSS JOIN carry
+)
+SELECT block_number, supply, supply_delta FROM prev_supply
+WHERE block_number >= $lo AND block_number < $from
+UNION ALL
+SELECT block_number, supply, supply_delta FROM fresh WHERE block_number >= $lo
+ORDER BY block_number
+
+-- name: supply_reconcile
+-- Per block of `chain_blocks` (cryo blocks): the net supply change (`supply_deltas`, 0 when
+-- absent) against the protocol's: $reward minted after genesis, base fee * gas used burned.
+WITH per_block AS (
+    SELECT CAST(coalesce(d.supply_delta, 0) AS DECIMAL(38,0)) AS observed,
+           CAST(CASE WHEN b.block_number > 0 THEN wei($reward) ELSE 0 END AS DECIMAL(38,0))
+               AS minted,
+           CAST(CAST(coalesce(b.base_fee_per_gas, 0) AS HUGEINT) * CAST(b.gas_used AS HUGEINT)
+                AS DECIMAL(38,0)) AS burned,
+           b.block_number
+    FROM chain_blocks b
+    LEFT JOIN supply_deltas d ON d.block_number = b.block_number
+)
+SELECT count(*) AS blocks,
+       count(*) FILTER (WHERE observed <> minted - burned) AS unexplained,
+       min(block_number) FILTER (WHERE observed <> minted - burned) AS first_unexplained,
+       CAST(sum(minted) AS VARCHAR) AS minted,
+       CAST(sum(burned) AS VARCHAR) AS burned
+FROM per_block
+
 -- name: latest_balances
 -- Every account's balance at the end of the synced span (genesis when never changed).
 SELECT address, arg_max(balance, block_number) AS balance,

@@ -281,6 +281,7 @@ SELECT s.dataset_key, s.cryo_dataset_name, s.rpc_pool, s.chunk_size, s.max_infli
        EXTRACT(EPOCH FROM now() - GREATEST(r.recent_first_planned,
                now() - make_interval(secs => %(window_seconds)s)))::float8 AS recent_span_seconds,
        r.first_dead_start, r.first_dead_end, r.first_dead_task,
+       COALESCE(r.fake_ranges, 0) AS fake_ranges,
        o.head_block, EXTRACT(EPOCH FROM now() - o.observed_at)::float8 AS head_age_seconds,
        o.last_error_kind AS head_error_kind, o.last_error_message AS head_error_message
 FROM state.chain_sync_streams s
@@ -302,8 +303,10 @@ LEFT JOIN LATERAL (
                  AND r.completed_at >= now() - make_interval(secs => %(window_seconds)s)) AS recent_first_planned,
            min(r.range_start) FILTER (WHERE r.status = 'dead') AS first_dead_start,
            (array_agg(r.range_end ORDER BY r.range_start) FILTER (WHERE r.status = 'dead'))[1] AS first_dead_end,
-           (array_agg(r.task_id ORDER BY r.range_start) FILTER (WHERE r.status = 'dead'))[1] AS first_dead_task
+           (array_agg(r.task_id ORDER BY r.range_start) FILTER (WHERE r.status = 'dead'))[1] AS first_dead_task,
+           count(*) FILTER (WHERE r.status = 'completed' AND fv.fake) AS fake_ranges
     FROM state.chain_sync_scheduled_ranges r
+    LEFT JOIN state.dataset_versions fv ON fv.dataset_version = r.dataset_version
     LEFT JOIN LATERAL (
         SELECT t.status, t.attempt,
                (t.status = 'running' AND t.lease_expires_at > now()) AS leased

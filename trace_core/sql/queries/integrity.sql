@@ -30,6 +30,7 @@ WHERE d.org_id = %(org_id)s AND v.chain_id = %(chain_id)s
   AND (%(range_end)s::bigint IS NULL OR v.range_start < %(range_end)s)
   AND v.range_end > %(range_start)s
   AND v.created_at < %(detected_at)s
+  AND v.collected_at IS NULL
 ORDER BY d.dataset_key, v.range_start
 
 -- name: stale_alert_events
@@ -52,3 +53,15 @@ WHERE invalidation_id = %(invalidation_id)s AND consumed_at IS NULL
 UPDATE data.alert_events
 SET stale_at = NULL, stale_reason = NULL, revalidated_at = now()
 WHERE dedupe_key = ANY (%(keys)s::text[])
+
+-- ---------------------------------------------------------------- incremental verification
+
+-- name: verification_state
+-- When each live version of the datasets was last verified (NULL: never: new or changed).
+SELECT dataset_version, verified_at
+FROM state.dataset_versions
+WHERE dataset_uuid = ANY(%(dataset_uuids)s) AND collected_at IS NULL
+
+-- name: record_verification
+UPDATE state.dataset_versions SET verified_at = now(), verified_passed = %(passed)s
+WHERE dataset_version = %(dataset_version)s

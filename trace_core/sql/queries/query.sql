@@ -5,10 +5,11 @@
 -- Every committed version of every dataset of an org; the caller picks per range.
 SELECT v.dataset_version, v.dataset_uuid, d.org_id, d.dataset_key, v.chain_id, v.range_start,
        v.range_end, v.config_hash, v.schema_hash, v.storage_prefix, v.manifest_key, v.row_count,
-       v.bytes, v.file_count, v.task_id, v.attempt, v.created_at
+       v.bytes, v.file_count, v.task_id, v.attempt, v.created_at, v.fake
 FROM state.datasets d
 JOIN state.dataset_versions v ON v.dataset_uuid = d.dataset_uuid
 WHERE d.org_id = %(org_id)s
+  AND v.collected_at IS NULL
 
 -- name: job_exists
 -- The job, its chain and its `analytics:` block (NULL without one).
@@ -19,32 +20,35 @@ FROM state.chain_sync_jobs WHERE org_id = %(org_id)s AND name = %(job)s
 -- Committed versions of the streams of one chain_sync job (relation name = stream key).
 SELECT v.dataset_version, v.dataset_uuid, d.org_id, d.dataset_key, v.chain_id, v.range_start,
        v.range_end, v.config_hash, v.schema_hash, v.storage_prefix, v.manifest_key, v.row_count,
-       v.bytes, v.file_count, v.task_id, v.attempt, v.created_at
+       v.bytes, v.file_count, v.task_id, v.attempt, v.created_at, v.fake
 FROM state.chain_sync_jobs j
 JOIN state.chain_sync_streams s ON s.job_id = j.job_id
 JOIN state.datasets d ON d.dataset_uuid = s.dataset_uuid AND d.org_id = j.org_id
 JOIN state.dataset_versions v ON v.dataset_uuid = d.dataset_uuid
 WHERE j.org_id = %(org_id)s AND j.name = %(job)s
+  AND v.collected_at IS NULL
 
 -- name: job_analytics_versions
 -- Committed versions of the analytics outputs a job produces (datasets `analytics_*` on the
 -- job's chain; the caller passes the keys its `analytics:` block yields).
 SELECT v.dataset_version, v.dataset_uuid, d.org_id, d.dataset_key, v.chain_id, v.range_start,
        v.range_end, v.config_hash, v.schema_hash, v.storage_prefix, v.manifest_key, v.row_count,
-       v.bytes, v.file_count, v.task_id, v.attempt, v.created_at
+       v.bytes, v.file_count, v.task_id, v.attempt, v.created_at, v.fake
 FROM state.datasets d
 JOIN state.dataset_versions v ON v.dataset_uuid = d.dataset_uuid
 WHERE d.org_id = %(org_id)s AND v.chain_id = %(chain_id)s
+  AND v.collected_at IS NULL
   AND d.dataset_key = ANY(%(keys)s::text[])
 
 -- name: pinned_versions
 -- The versions a task token pins; the caller checks org, dataset and manifest key.
 SELECT v.dataset_version, v.dataset_uuid, d.org_id, d.dataset_key, v.chain_id, v.range_start,
        v.range_end, v.config_hash, v.schema_hash, v.storage_prefix, v.manifest_key, v.row_count,
-       v.bytes, v.file_count, v.task_id, v.attempt, v.created_at
+       v.bytes, v.file_count, v.task_id, v.attempt, v.created_at, v.fake
 FROM state.dataset_versions v
 JOIN state.datasets d ON d.dataset_uuid = v.dataset_uuid
 WHERE v.dataset_version = ANY(%(versions)s)
+  AND v.collected_at IS NULL
 
 -- name: task_attempt
 SELECT status, attempt FROM state.tasks WHERE task_id = %(task_id)s
