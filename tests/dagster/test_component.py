@@ -90,6 +90,11 @@ def test_scaffold_writes_the_job_and_cryo_args_and_builds_stream_assets() -> Non
                 "metadata": {"dataset": "{{ dataset }}", "stream": "{{ stream }}"},
             },
         )
+        doc = yaml.safe_load((path / "defs.yaml").read_text())
+        doc["post_processing"] = {
+            "assets": [{"target": "*", "attributes": {"owners": ["team:chain-data"]}}]
+        }
+        (path / "defs.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
         with sandbox.load_component_and_build_defs(defs_path=path) as (component, defs):
             assert isinstance(component, ChainSyncComponent)
             graph = defs.resolve_asset_graph()
@@ -99,6 +104,7 @@ def test_scaffold_writes_the_job_and_cryo_args_and_builds_stream_assets() -> Non
             assert node.group_name == "chain_31337"
             assert node.tags["team"] == "data" and node.tags["trace/stream"] == "logs"
             assert node.metadata["dataset"] == "logs" and node.metadata["epoch_blocks"] == 200
+            assert node.owners == ["team:chain-data"]  # post_processing
             assert node.partitions_def is not None
             assert node.partitions_def.name == "my_chain__logs__epochs"  # type: ignore[attr-defined]
             sensors = {s.name for s in defs.sensors or []}
