@@ -51,7 +51,7 @@ def _range_work(
         fp = registry_fingerprint(records, a, b)
         if salt:
             fp = fingerprint(fp, *salt)
-        target = OutputTarget(org_id, job.chain_id, last_output, a, b, fp, fake=rec.fake)
+        target = OutputTarget(org_id, job.job, job.chain_id, last_output, a, b, fp, fake=rec.fake)
         if get_version(conn, target.dataset_version) is None:
             # created_at: a state rebuilt from scratch (same ids) still gets fresh run keys
             stamp = int(rec.created_at.timestamp() * 1e6)
@@ -62,7 +62,7 @@ def _range_work(
 def _rollup(
     conn: Connection[Any], org_id: str, job: AnalyticsJob, kind: Kind, per_range: str
 ) -> list[PlannedRun]:
-    records = committed_versions(conn, org_id, job.chain_id, output.output_key(per_range))
+    records = committed_versions(conn, org_id, job.chain_id, output.dataset_key(job.job, per_range))
     end = covered_end(records, 0)
     if end == 0:
         return []
