@@ -147,7 +147,7 @@ def balance_range(
     ready(ctx, con, inp)
     fp = inp.fingerprint()
     changes = OutputTarget(
-        ctx.org_id, job.chain_id, "balance_changes", start, end, fp, fake=inp.fake
+        ctx.org_id, job.job, job.chain_id, "balance_changes", start, end, fp, fake=inp.fake
     )
     deltas = OutputTarget(
         ctx.org_id, job.job, job.chain_id, "supply_deltas", start, end, fp, fake=inp.fake
