@@ -191,6 +191,13 @@ def job_dataset_key(job: str, relation: str) -> str:
     return f"{relation}{JOB_TAG_SEP}{job_tag(job)}"
 
 
+def shared_output_key(dataset_key: str) -> bool:
+    """True for a per-chain ``analytics_<name>`` dataset: committed before outputs were per
+    job, shared by every job on the chain, and no longer written (no stream or transform may
+    take an ``analytics_`` name, so nothing else has such a key)."""
+    return dataset_key.startswith(OUTPUT_PREFIX) and JOB_TAG_SEP not in dataset_key
+
+
 def output_relation(dataset_key: str) -> str:
     """Relation name of an analytics output's dataset key (its job tag dropped); other keys
     (and the per-chain ``analytics_<name>`` keys of versions committed before outputs were per

@@ -37,7 +37,12 @@ from psycopg import Connection, sql
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
-from trace_core.chain_sync.analytics_spec import job_dataset_key, output_keys, output_relation
+from trace_core.chain_sync.analytics_spec import (
+    job_dataset_key,
+    output_keys,
+    output_relation,
+    shared_output_key,
+)
 from trace_core.datasets.cryo_schemas import CRYO_COLUMNS
 from trace_core.datasets.manifest import DatasetManifest, parse_manifest
 from trace_core.datasets.registry import (
@@ -88,10 +93,12 @@ def _records(conn: Connection[Any], name: str, params: dict[str, Any]) -> list[V
 def default_relations(records: Iterable[VersionRecord]) -> Versions:
     """Group versions into relations named by dataset key, keeping per dataset the versions
     that serve some block (``registry.latest_covering``). The one place the
-    default-visibility policy lives."""
+    default-visibility policy lives: the per-chain analytics outputs committed before outputs
+    were per job (``analytics_<name>``, stale since) are not served."""
     by_dataset: dict[uuid.UUID, list[VersionRecord]] = defaultdict(list)
     for rec in records:
-        by_dataset[rec.dataset_uuid].append(rec)
+        if not shared_output_key(rec.dataset_key):
+            by_dataset[rec.dataset_uuid].append(rec)
     out: Versions = defaultdict(list)
     for recs in by_dataset.values():
         chosen = latest_covering(recs)
