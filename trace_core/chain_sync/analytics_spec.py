@@ -178,7 +178,8 @@ def output_keys(analytics: Mapping[str, Any] | None) -> tuple[str, ...]:
 
 def job_tag(job: str) -> str:
     """A slug naming ``job`` inside a dataset key: its name (``-`` as ``_``, at most 20
-    characters) plus 8 hex of its sha256, so distinct job names never share a tag."""
+    characters) plus 8 hex of its sha256 (two names share a tag only if their prefixes and
+    32-bit hashes both match), so ``a-b`` and ``a_b`` differ."""
     digest = hashlib.sha256(job.encode()).hexdigest()[:8]
     return f"{re.sub(r'[^a-z0-9_]', '_', job)[:20]}_{digest}"
 
