@@ -344,10 +344,25 @@ def test_two_analytics_jobs_on_one_chain_keep_their_own_outputs(alerted: Alerted
 
     from trace_core.analytics import compute, supply
     from trace_core.analytics.jobs import get_analytics_job
+    from trace_core.analytics.output import OutputTarget, commit_query
+    from trace_core.analytics.plan import plan
     from trace_core.query.attach import task_versions
     from trace_core.query.tokens import DatasetPin, TaskClaims
 
     s, settings, org = alerted, alerted.rt.settings, alerted.rt.settings.org_id
+
+    @dataclass(frozen=True)
+    class PerChain(OutputTarget):
+        """An output as committed before outputs were per job: one dataset per chain."""
+
+        @property
+        def dataset_key(self) -> str:
+            return f"analytics_{self.name}"
+
+    with s.rt.state() as conn, duckdb.connect() as con:
+        old = PerChain(org, "demo_analytics", s.chain.chain_id, "top_accounts", 0, BLOCKS, "old")
+        sql = "SELECT 1 AS rank, 'stale' AS address"
+        assert commit_query(conn, s.rt.store, con, old, sql).newly_registered
     text = demo_job_text()
     for old, new in (
         ("name: demo_analytics", "name: twin"),
@@ -373,6 +388,10 @@ def test_two_analytics_jobs_on_one_chain_keep_their_own_outputs(alerted: Alerted
     with s.rt.state() as conn, duckdb.connect() as con:
         ctx = compute.Context(settings, s.rt.store, conn)
         job = get_analytics_job(conn, org, "twin")
+        # its inputs are committed, its own outputs are not (as after an upgrade from
+        # per-chain outputs): the planner asks for every range, under the twin's ids
+        due = [(r.kind, r.start, r.end) for r in plan(conn, org, job) if r.kind != "staking_range"]
+        assert due == [("balance_range", 0, 200), ("balance_range", 200, 400)]
         for a in (0, 200):
             compute.balance_range(ctx, con, job, a, a + 200)
         supply.native_supply(ctx, con, job)
@@ -393,6 +412,10 @@ def test_two_analytics_jobs_on_one_chain_keep_their_own_outputs(alerted: Alerted
     top = "SELECT rank, address FROM analytics_top_accounts ORDER BY rank"
     assert len(query_http(cfg, top, "demo_analytics")["rows"]) == 5
     assert query_http(cfg, top, "twin")["rows"] == [[1, WHALE]]
+    everything = verify_user_token(settings, issue_user_token(settings, sub="u", datasets="all"))
+    with s.rt.state() as conn:  # the stale per-chain dataset is served to no one
+        assert "analytics_top_accounts" not in user_versions(conn, everything)
+        assert job_dataset_key("twin", "analytics_top_accounts") in user_versions(conn, everything)
 
     # the twin's commits name it; routed, they create evaluations of its alert only
     with s.rt.state() as conn:
