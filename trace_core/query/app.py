@@ -77,6 +77,7 @@ from trace_core.query.engine import (
 )
 from trace_core.query.export import export_result, json_rows
 from trace_core.query.gate import check_limits, sql_fingerprint, validate_sql
+from trace_core.query.metrics import metrics_route
 from trace_core.query.tokens import (
     UserClaims,
     issue_user_token,
@@ -503,6 +504,7 @@ def create_app(
             Route("/v1/query", user_query, methods=["POST"]),
             Route("/v1/task-query", task_query, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
+            metrics_route(service),
             *routes,
         ],
         lifespan=lifespan,
