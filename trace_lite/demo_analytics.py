@@ -16,7 +16,6 @@ from typing import Any
 from rich.console import Console
 
 from trace_core import devstaking
-from trace_core.chain_sync.analytics_spec import job_dataset_key
 from trace_core.datasets.registry import versions_for_stream
 from trace_core.devchain import DevChain
 from trace_core.errors import TraceError
@@ -68,7 +67,9 @@ def start_chain(console: Console, blocks: int, seed: int, genesis: int) -> DevCh
 
 
 def wait_for_rollups(rt: Runtime, chain_id: int, to_block: int, deadline: float) -> None:
-    """Poll the registry until every roll-up covers ``[0, to_block)``."""
+    """Poll the registry until every roll-up of the demo job covers ``[0, to_block)``."""
+    from trace_core.chain_sync.analytics_spec import job_dataset_key
+
     while True:
         with rt.state() as conn:
             done = all(
