@@ -378,7 +378,9 @@ def test_two_analytics_jobs_on_one_chain_keep_their_own_outputs(alerted: Alerted
         .replace("name: top_account_whale", "name: twin_top")
         .replace("job: demo_analytics", "job: twin")
         .replace("top_account_whale:{address}", "twin_top:{address}")
+        .replace("  on_commit: true\n", "  on_commit: true\n  schedule_seconds: 60\n")
     )
+    assert "schedule_seconds: 60" in twin_alert
     with s.rt.state() as conn:
         loaded = parse_job(text, source="twin.yaml")
         store.apply_job(conn, org, loaded.spec, loaded.raw, "twin.yaml")
@@ -441,6 +443,14 @@ def test_two_analytics_jobs_on_one_chain_keep_their_own_outputs(alerted: Alerted
         )
         relations = task_versions(conn, claims)
         assert list(relations) == ["analytics_top_accounts"]
+        # a scheduled evaluation pins the newest version of the twin's own output too
+        assert routing.schedule_due_alerts(conn, org, max_attempts=3) == 1
+        [[scheduled]] = conn.execute(
+            "SELECT payload FROM state.tasks WHERE operator = %s AND payload->>'alert_name' = %s"
+            " AND payload->>'trigger' = 'schedule'",
+            (OPERATOR, "twin_top"),
+        ).fetchall()
+        assert scheduled["grants"] == [grant]
         twin_top = [p for p in payloads if p["dataset_version"] == grant["dataset_version"]]
         assert [p["dataset_key"] for p in twin_top] == [
             job_dataset_key("twin", "analytics_top_accounts")
