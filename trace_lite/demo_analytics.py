@@ -25,6 +25,7 @@ from trace_lite.devtools.devchain import DevChain
 from trace_lite.render import print_response
 
 DEMO_ANALYTICS_FILE = REPO_ROOT / "examples" / "chain_sync.demo_analytics.yaml"
+DEMO_JOB = "demo_analytics"  # the job's name in DEMO_ANALYTICS_FILE: outputs are per job
 ROLLUPS = ("analytics_native_supply", "analytics_top_accounts", "analytics_staking_concentration")
 
 SUPPLY_SQL = """
@@ -67,13 +68,17 @@ def start_chain(console: Console, blocks: int, seed: int, genesis: int) -> DevCh
 
 
 def wait_for_rollups(rt: Runtime, chain_id: int, to_block: int, deadline: float) -> None:
-    """Poll the registry until every roll-up covers ``[0, to_block)``."""
+    """Poll the registry until every roll-up of the demo job covers ``[0, to_block)``."""
+    from trace_core.chain_sync.analytics_spec import job_dataset_key
+
     while True:
         with rt.state() as conn:
             done = all(
                 any(
                     v.range_end >= to_block
-                    for v in versions_for_stream(conn, rt.settings.org_id, chain_id, k)
+                    for v in versions_for_stream(
+                        conn, rt.settings.org_id, chain_id, job_dataset_key(DEMO_JOB, k)
+                    )
                 )
                 for k in ROLLUPS
             )
@@ -109,7 +114,7 @@ def show(
         ("validators", "Demo 4: stake per validator (latest)", VALIDATORS_SQL),
         ("concentration", "Demo 4: staking concentration over time", CONCENTRATION_SQL),
     ):
-        out[key] = query_http(settings, sql)
+        out[key] = query_http(settings, sql, DEMO_JOB)
         print_response(console, title, out[key])
     if chain is not None:
         last = to_block - 1
@@ -117,6 +122,7 @@ def show(
         accounts = query_http(
             settings,
             "SELECT DISTINCT address FROM analytics_balance_changes",
+            DEMO_JOB,
             max_rows=100_000,
         )["rows"]
         known = {a[0] for a in accounts} | {a.lower() for a in chain.rpc.call("eth_accounts")}
