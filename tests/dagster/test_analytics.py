@@ -14,7 +14,6 @@ import pytest
 from dagster import AssetsDefinition, DagsterInstance, Definitions, instance_for_test, materialize
 
 from tests.conftest import clone_databases, drop_databases
-from trace_core import devstaking
 from trace_core.analytics import compute
 from trace_core.analytics.jobs import get_analytics_job
 from trace_core.chain_sync import store
@@ -22,14 +21,15 @@ from trace_core.chain_sync.analytics_spec import job_dataset_key
 from trace_core.chain_sync.planner import range_partition_key
 from trace_core.chain_sync.yamlload import load_job_file
 from trace_core.datasets import registry
-from trace_core.devchain import DevChain
 from trace_core.errors import DatasetNotSynced, InvalidJobFile
-from trace_core.rpc import hex_int
+from trace_core.rpc.client import hex_int
 from trace_core.runtime import Runtime
 from trace_core.settings import load_settings
 from trace_dagster.analytics import analytics_asset_key
 from trace_dagster.definitions import build_definitions
 from trace_dagster.driver import drive_until_idle
+from trace_lite.devtools import devstaking
+from trace_lite.devtools.devchain import DevChain
 
 BLOCKS = 600
 CHUNK = 200
@@ -249,7 +249,8 @@ def test_supply_top_accounts_and_staking_match_the_chain(synced: Synced) -> None
 
     # the Query Service reads the outputs like any dataset, exact decimals included
     from tests.integration.test_query_service import post, serving
-    from trace_core.query.app import create_app, local_user_token
+    from trace_core.query.app import create_app
+    from trace_core.query.client import local_user_token
 
     sql = "SELECT block_number, supply FROM analytics_native_supply ORDER BY block_number DESC LIMIT 1"
     with serving(create_app(s.rt.settings, s.rt.dbs, s.rt.store, hot_sources=None)) as client:
@@ -314,12 +315,12 @@ def test_geth_balance_diffs_needs_state_history(anvil_chain: DevChain, tmp_path:
     """The session chain is pruned (no state at old blocks): cryo's debug_trace call fails
     there, and cryo_ingest reports it as a retryable CryoFailed instead of committing."""
     from trace_core.errors import CryoFailed
-    from trace_core.operators.cryo_ingest import CryoIngestPayload
+    from trace_core.operators.cryo_ingest import CryoIngestTask
     from trace_core.operators.cryo_real import extract_real
-    from trace_core.rpcpool import RpcPool
+    from trace_core.rpc.pool import RpcPool
     from trace_core.settings import Settings
 
-    payload = CryoIngestPayload.parse(
+    payload = CryoIngestTask.parse(
         {
             "chain_id": anvil_chain.chain_id,
             "dataset_key": "geth_balance_diffs",

@@ -21,7 +21,6 @@ from psycopg.rows import dict_row
 
 from tests.conftest import clone_databases, drop_databases
 from tests.integration.test_query_service import serving
-from trace_core import devstaking
 from trace_core.alerts import routing
 from trace_core.alerts.evaluate import OPERATOR
 from trace_core.alerts.spec import load_alert_file, parse_alert
@@ -31,17 +30,19 @@ from trace_core.chain_sync.analytics_spec import job_dataset_key
 from trace_core.chain_sync.planner import range_partition_key
 from trace_core.chain_sync.yamlload import load_job_file, parse_job
 from trace_core.datasets.events import DATASET_EVENTS
-from trace_core.devchain import DevChain
 from trace_core.errors import AccessDenied, InvalidJobFile, QueryError
-from trace_core.query.app import create_app, query_http
+from trace_core.query.app import create_app
 from trace_core.query.attach import user_versions
+from trace_core.query.client import query_http
 from trace_core.query.tokens import issue_user_token, verify_user_token
-from trace_core.rpc import hex_int
+from trace_core.rpc.client import hex_int
 from trace_core.runtime import Runtime
 from trace_core.settings import REPO_ROOT, load_settings
 from trace_dagster.analytics import analytics_asset_key
 from trace_dagster.definitions import build_definitions
 from trace_dagster.driver import drive_until_idle
+from trace_lite.devtools import devstaking
+from trace_lite.devtools.devchain import DevChain
 
 BLOCKS = 400
 ETH = 10**18

@@ -29,13 +29,13 @@ from dagster.components.testing import DefsFolderSandbox, create_defs_folder_san
 from dagster_shared.serdes.objects import EnvRegistryKey
 
 from trace_core.chain_sync import store
-from trace_core.devchain import DevChain
 from trace_core.errors import ConfigError, InvalidJobFile
 from trace_core.runtime import Runtime
 from trace_dagster import ChainSyncComponent
 from trace_dagster.components.chain_sync import TRACE_RESOURCE
 from trace_dagster.driver import _apply_partitions
 from trace_dagster.sensors.dispatcher import dispatcher_result
+from trace_lite.devtools.devchain import DevChain
 
 E = TypeVar("E", bound=ConfigError)
 PARAMS = {"datasets": ["blocks", "logs"], "rpc_pool": "comp", "epoch_blocks": 200}

@@ -19,7 +19,8 @@ from trace_core import outbox
 from trace_core.chain_sync import planner
 from trace_core.chain_sync.head import record_head_observation
 from trace_core.db.connection import Databases, connect
-from trace_core.query.app import create_app, local_user_token
+from trace_core.query.app import create_app
+from trace_core.query.client import local_user_token
 from trace_core.query.metrics import TraceCollector
 from trace_core.queue.base import BUFFER_QUEUE, TASK_WAKEUP
 from trace_core.queue.pgqueue import PgQueue

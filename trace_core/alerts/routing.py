@@ -30,6 +30,7 @@ from typing import Any
 
 from psycopg import Connection
 
+from trace_core.alerts.evaluate import OPERATOR as EVALUATE_OPERATOR
 from trace_core.alerts.evaluate import EvaluationPayload
 from trace_core.chain_sync import store as chain_sync_store
 from trace_core.chain_sync.analytics_spec import (
@@ -49,7 +50,6 @@ from trace_core.transforms import routing as transform_routing
 
 log = logging.getLogger(__name__)
 
-EVALUATE_OPERATOR = "alert_evaluate"
 EVALUATION_NAMESPACE = uuid.UUID("b5f1e2a4-7d0c-4b8e-9a61-2f4c8d3e5a17")
 # Pins travel inside the capability token (an HTTP header): keep a scheduled evaluation's
 # grant list well under the server's header limits.

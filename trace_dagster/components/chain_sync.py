@@ -44,7 +44,7 @@ from dagster.components.utils.translation import TranslationFn, TranslationFnRes
 
 from trace_core.chain_sync.spec import ChainSyncSpec, validate_job
 from trace_core.errors import ConfigError, InvalidJobFile
-from trace_core.rpc_limits import pool_limits
+from trace_core.rpc.limits import pool_limits
 from trace_core.runtime import Runtime
 from trace_core.yamlfile import LoadedYaml, load_yaml
 from trace_dagster.components.scaffolder import ChainSyncScaffolder
