@@ -36,6 +36,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from _noop_operator import register as register_noop
 from _scratch import scratch_databases
 from dagster import (
     BetaWarning,
@@ -48,10 +49,10 @@ from dagster import (
 )
 
 from trace_core.db.connection import Databases
+from trace_core.engine.idle import outstanding_work
 from trace_core.runtime import Runtime
 from trace_core.settings import REPO_ROOT, load_settings
 from trace_core.tasks import create_task
-from trace_core.worker import outstanding_work
 from trace_dagster.definitions import build_definitions
 from trace_dagster.driver import drive_until_idle
 from trace_dagster.jobs import WORKER_JOB
@@ -160,6 +161,19 @@ def _tick(
     return requests
 
 
+def _noop_workspace() -> Path:
+    """A workspace.yaml like the repo's, loading ``_noop_definitions.py`` (adds ``noop``)."""
+    path = Path(tempfile.mkdtemp(prefix="bench-dagster-ws-")) / "workspace.yaml"
+    path.write_text(
+        "load_from:\n  - python_file:\n"
+        f"      relative_path: {REPO_ROOT / 'benchmarks' / '_noop_definitions.py'}\n"
+        "      attribute: defs\n"
+        f"      working_directory: {REPO_ROOT / 'benchmarks'}\n"
+    )
+    atexit.register(shutil.rmtree, path.parent, True)
+    return path
+
+
 def bench_launched(instance: DagsterInstance, n: int, batch: int) -> Result:
     """Runs submitted through the instance's run launcher to a gRPC code server, as the
     daemon does. Uses Dagster's workspace internals (no public API submits a run)."""
@@ -170,7 +184,7 @@ def bench_launched(instance: DagsterInstance, n: int, batch: int) -> Result:
         _batch_env(batch) as rt,
         WorkspaceProcessContext(
             instance,
-            WorkspaceFileTarget([str(REPO_ROOT / "workspace.yaml")]),
+            WorkspaceFileTarget([str(_noop_workspace())]),
             code_server_log_level="WARNING",
         ) as workspace,
     ):
@@ -259,6 +273,7 @@ def _median(results: list[Result]) -> Result:
 
 
 def main() -> None:
+    register_noop()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tasks", type=int, default=64, help="tasks per in-process scenario")
     parser.add_argument("--batches", default="1,4,8,32", help="worker batch sizes")

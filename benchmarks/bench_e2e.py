@@ -1,9 +1,9 @@
 """End to end: a chain_sync job of blocks, transactions and logs through Trace vs bare cryo.
 
-One anvil chain (``trace_core.devchain``, real transfers and events) and one fixed_target job
+One anvil chain (``trace_lite.devtools.devchain``, real transfers and events) and one fixed_target job
 over ``[0, --blocks)`` in ranges of ``--chunk-size`` blocks, each stream with ``--max-inflight``
 ranges in flight. Every path runs twice: against anvil directly, and through a loopback JSON-RPC
-proxy (``trace_core.rpcproxy``, its own process) that adds ``--latency-ms`` per HTTP request,
+proxy (``trace_lite.devtools.rpcproxy``, its own process) that adds ``--latency-ms`` per HTTP request,
 concurrently, to stand in for a remote node.
 
 - **bare cryo** (the baseline): ``cryo.freeze`` of each dataset over the whole range, one
@@ -58,10 +58,10 @@ from _scratch import scratch_databases
 from trace_core.chain_sync.store import apply_job_file
 from trace_core.datasets.registry import versions_for_stream
 from trace_core.db.connection import Databases
-from trace_core.devchain import DevChain
 from trace_core.operators.cryo_real import freeze
-from trace_core.rpcproxy import ProxyProcess, spawn_proxy
 from trace_core.settings import Settings, load_settings
+from trace_lite.devtools.devchain import DevChain
+from trace_lite.devtools.rpcproxy import ProxyProcess, spawn_proxy
 from trace_lite.stack import free_port
 
 DATASETS = ("blocks", "transactions", "logs")

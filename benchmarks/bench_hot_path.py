@@ -1,6 +1,6 @@
 """Hot path throughput: the block follower and compaction vs bare ``cryo.freeze``.
 
-On a seeded anvil chain (``trace_core.devchain``), per repetition:
+On a seeded anvil chain (``trace_lite.devtools.devchain``), per repetition:
 
 * baseline: ``cryo.freeze(["blocks", "transactions", "logs"])`` of blocks ``[0, N)`` into an
   empty directory (extraction to Parquet, no Postgres, no registry);
@@ -32,11 +32,11 @@ import psycopg
 from _scratch import scratch_databases
 
 from trace_core.db.connection import Databases
-from trace_core.devchain import DevChain
 from trace_core.hot.compact import compact_once
 from trace_core.hot.follower import follow_once
 from trace_core.settings import Settings
 from trace_core.storage.local import LocalStore
+from trace_lite.devtools.devchain import DevChain
 
 RESET_HOT = (
     "TRUNCATE data.hot_blocks, data.hot_transactions, data.hot_logs, data.data_invalidations"

@@ -31,11 +31,11 @@ from psycopg import sql
 
 from trace_core.db.connection import Databases, ensure_database, with_database
 from trace_core.db.migrate import migrate
-from trace_core.devchain import DevChain
 from trace_core.operators.cryo_ingest import run_cryo_ingest
 from trace_core.settings import Settings
 from trace_core.storage import LocalStore
 from trace_core.tasks import claim, create_task
+from trace_lite.devtools.devchain import DevChain
 
 DATASETS = ["blocks", "transactions", "logs"]
 POOL = "bench"

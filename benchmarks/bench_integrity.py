@@ -1,6 +1,6 @@
 """integrity_check cost vs the sync that produced the data.
 
-On a seeded anvil chain (``trace_core.devchain``), a fixed_target job with streams blocks,
+On a seeded anvil chain (``trace_lite.devtools.devchain``), a fixed_target job with streams blocks,
 transactions and logs over ``[0, N)`` (ranges of ``--chunk`` blocks) is synced through the
 worker path (dispatcher tick + ``execute_task``: real cryo, staging, commit) once: the
 baseline. Then, per repetition:
@@ -28,12 +28,12 @@ from _scratch import scratch_databases
 
 from trace_core.chain_sync import store
 from trace_core.chain_sync.yamlload import load_job_file
-from trace_core.devchain import DevChain
-from trace_core.dispatcher import dispatch_tick
+from trace_core.engine.dispatcher import dispatch_tick
+from trace_core.engine.execute import execute_task
 from trace_core.integrity.verify import verify
 from trace_core.runtime import Runtime
 from trace_core.settings import Settings
-from trace_core.worker import execute_task
+from trace_lite.devtools.devchain import DevChain
 
 JOB = """kind: chain_sync
 name: bench

@@ -40,7 +40,9 @@ from trace_core.datasets import ids
 from trace_core.datasets.commit import describe_parquet, register_version
 from trace_core.datasets.manifest import DatasetManifest, ManifestFile
 from trace_core.db.connection import Databases
-from trace_core.query.app import QueryService, create_app, local_user_token
+from trace_core.query.app import create_app
+from trace_core.query.client import local_user_token
+from trace_core.query.service import QueryService
 from trace_core.settings import Settings
 from trace_core.storage.local import LocalStore
 

@@ -3,7 +3,7 @@
 Baseline: the follower as a sensor tick (before it moved into a run), at its best: one
 ``follower_tick`` every 3 s, the sensor's ``minimum_interval_seconds`` (the daemon adds its own
 loop and gRPC time on top, which this does not count). New: the follower's service run
-(``trace_core.services.serve`` with the hot follower's spec: a step every second,
+(``trace_core.engine.services.serve`` with the hot follower's spec: a step every second,
 holding the service lease). Both follow the same anvil chain, one block mined every
 ``--block-seconds``, measured in one run; medians and p95 per path, ratio against baseline.
 
@@ -25,14 +25,14 @@ from pathlib import Path
 import psycopg
 from _scratch import scratch_databases
 
-from trace_core import services
 from trace_core.chain_sync import store
 from trace_core.chain_sync.yamlload import parse_job
-from trace_core.devchain import DevChain
+from trace_core.engine import services
+from trace_core.engine.service_steps import FOLLOWER, follower_step
+from trace_core.engine.services import serve
 from trace_core.runtime import Runtime
-from trace_core.service_steps import FOLLOWER, follower_step
-from trace_core.services import serve
 from trace_core.settings import Settings
+from trace_lite.devtools.devchain import DevChain
 
 SENSOR_INTERVAL_SECONDS = 3.0  # the old trace_hot_follower sensor's minimum interval
 LOG = logging.getLogger("bench_tip_latency")

@@ -20,13 +20,18 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from tests import operators as test_operators
 from trace_core.db.connection import Databases, with_database
 from trace_core.db.migrate import migrate
+from trace_core.engine.registry import extend_default_registry
 from trace_core.runtime import Runtime
 from trace_core.settings import Settings, load_settings
 
 if TYPE_CHECKING:
-    from trace_core.devchain import DevChain
+    from trace_lite.devtools.devchain import DevChain
+
+# the tests' noop/fail operators join every default registry of the test process
+extend_default_registry(test_operators.register)
 
 
 PRIVATE_BASETEMP = pytest.StashKey[str]()
@@ -228,7 +233,7 @@ def anvil_chain() -> Iterator[DevChain]:
     Shared by the session and treated as read-only: do not mine or reorg it (start your own
     ``DevChain`` for that). About 2 s to build.
     """
-    from trace_core.devchain import DevChain
+    from trace_lite.devtools.devchain import DevChain
 
     with DevChain.start(blocks=ANVIL_CHAIN_BLOCKS, seed=7) as chain:
         yield chain

@@ -63,6 +63,7 @@ class ConfigError(FatalError):
         self.file = file
         self.line = line
         self.field = field
+        self.reason = message  # without the file:line: field prefix
 
 
 class InvalidJobFile(ConfigError):

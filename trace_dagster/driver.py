@@ -23,9 +23,9 @@ from dagster import (
     build_sensor_context,
 )
 
+from trace_core.engine.idle import OutstandingWork, outstanding_work
 from trace_core.errors import DatabaseUnreachable, TraceError
 from trace_core.runtime import Runtime
-from trace_core.worker import OutstandingWork, outstanding_work
 from trace_dagster.sensors.worker import RUN_KEY_TAG
 from trace_dagster.service_runs import KIND_TAG, one_step
 

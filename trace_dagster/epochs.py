@@ -27,7 +27,7 @@ from trace_core.chain_sync import epochs
 from trace_core.chain_sync.epochs import EpochProgress
 from trace_core.errors import ChainSyncJobNotFound
 from trace_core.runtime import Runtime
-from trace_dagster.partitions import partitions_def_name, stream_asset_key
+from trace_dagster.keys import partitions_def_name, stream_asset_key
 
 # Complete epochs materialized per sync at most (each reads its ranges); the rest next tick.
 MAX_BACKFILLED_PER_SYNC = 200

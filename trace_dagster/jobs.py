@@ -3,10 +3,7 @@ then keeps taking the work its commits made due (``TRACE_WORKER_CONTINUE_SECONDS
 ending and waiting for the dispatcher and worker sensors to launch the next run."""
 
 # No `from __future__ import annotations` here: Dagster resolves op/sensor annotations at runtime.
-import functools
-import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 from dagster import (
@@ -22,11 +19,11 @@ from dagster import (
 )
 from pydantic import Field
 
-from trace_core import builtin_operators
 from trace_core.chain_sync.planner import range_partition_key
+from trace_core.engine.execute import TaskOutcome
+from trace_core.engine.worker_run import PlannedRange, run_worker
 from trace_core.operators.payload import RangeLabel
 from trace_core.runtime import Runtime
-from trace_core.worker import TaskOutcome, execute_batch, take_more_work
 from trace_dagster.epochs import epoch_keys_of, epoch_size, range_events
 from trace_dagster.partitions import partitions_def_name, stream_asset_key
 from trace_dagster.resources import TraceResource
@@ -117,40 +114,23 @@ def execute_tasks(
     batch = config.task_ids
     if is_manual_reexecution(context.dagster_run):  # e.g. from the UI: revive its dead tasks
         batch = revive_for_reexecution(context, rt, batch)
-    deadline = time.monotonic() + rt.settings.worker_continue_seconds
-    failures: list[str] = []
-    task_ids = [uuid.UUID(raw) for raw in batch]
-    touched: list[uuid.UUID] = []  # every wave's tasks: a re-execution revives them all
-    on_claimed: Callable[[], None] | None = None
-    registry = builtin_operators.default_registry()  # once per run
-    batches = 0
-    while task_ids:
-        batches += 1
-        touched += task_ids
-        for outcome in execute_batch(
-            rt,
-            task_ids,
-            concurrency=rt.settings.worker_concurrency,
-            registry=registry,
-            on_claimed=on_claimed,
-        ):
-            failures += _report(context, rt, outcome)
-        if failures or time.monotonic() >= deadline:
-            break  # a failing run ends: its retries run (and show) as runs of their own
-        more = take_more_work(rt, rt.settings.worker_batch_size)
-        _add_partitions(context, rt, more.planned)
-        task_ids = more.task_ids
-        on_claimed = functools.partial(more.ack, rt)
-        if task_ids:
-            context.log.info(f"taking {len(task_ids)} more woken task(s)")
-    if batches > 1:
-        context.log.info(f"{batches} batches in this run")
-    if failures:
-        raise Failure(description="; ".join(failures), metadata=touched_metadata(touched))
+    report = run_worker(
+        rt,
+        [uuid.UUID(raw) for raw in batch],
+        on_outcome=lambda outcome: _report(context, rt, outcome),
+        on_planned=lambda planned: _add_partitions(context, rt, planned),
+        on_more=lambda n: context.log.info(f"taking {n} more woken task(s)"),
+    )
+    if report.batches > 1:
+        context.log.info(f"{report.batches} batches in this run")
+    if report.failures:
+        raise Failure(
+            description="; ".join(report.failures), metadata=touched_metadata(report.touched)
+        )
 
 
-def _report(context: OpExecutionContext, rt: Runtime, outcome: TaskOutcome) -> list[str]:
-    """Log an outcome, report it on its epoch partition, and return its failure line if any."""
+def _report(context: OpExecutionContext, rt: Runtime, outcome: TaskOutcome) -> None:
+    """Log an outcome and report it on its epoch partition."""
     context.log.info(
         f"task {outcome.task_id} attempt {outcome.attempt}: {outcome.status}"
         + (f" ({outcome.error})" if outcome.error else "")
@@ -163,16 +143,9 @@ def _report(context: OpExecutionContext, rt: Runtime, outcome: TaskOutcome) -> l
     for event in events:
         if event is not None:
             context.log_event(event)
-    if outcome.status in ("retry", "dead"):
-        return [
-            f"task {outcome.task_id} attempt {outcome.attempt} -> {outcome.status}: {outcome.error}"
-        ]
-    return []
 
 
-def _add_partitions(
-    context: OpExecutionContext, rt: Runtime, planned: list[tuple[str, str, int, int]]
-) -> None:
+def _add_partitions(context: OpExecutionContext, rt: Runtime, planned: list[PlannedRange]) -> None:
     """Epochs of the ranges this run planned become partitions now (the dispatcher sensor adds
     only those it planned itself; its periodic sync would add these later)."""
     by_def: dict[str, set[str]] = {}

@@ -3,18 +3,16 @@
 A partition is an epoch (``trace_core.chain_sync.epochs``: ``epoch_blocks`` blocks, the fine
 ranges stay in Trace state). Each asset is materializable: launching a partition (UI,
 ``materialize``, a backfill) runs every uncommitted range of that epoch in that run, reviving
-dead ones (``trace_core.worker.run_range``), and materializes the epoch once it is complete.
+dead ones (``trace_core.engine.execute.run_range``), and materializes the epoch once it is complete.
 The worker's own runs report each committed range as an observation of its epoch and the
 epoch's materialization when its last range commits (``trace_dagster.epochs``).
 """
 
 # No `from __future__ import annotations` here: Dagster resolves asset annotations at runtime.
 import logging
-import re
 
 from dagster import (
     AssetExecutionContext,
-    AssetKey,
     AssetsDefinition,
     DynamicPartitionsDefinition,
     Failure,
@@ -27,22 +25,11 @@ from trace_core.chain_sync.planner import parse_partition_key
 from trace_core.chain_sync.store import StreamRow
 from trace_core.errors import TraceError
 from trace_core.runtime import Runtime
+from trace_dagster.epochs import epoch_materialization
+from trace_dagster.keys import _UNSAFE, partitions_def_name, stream_asset_key
 from trace_dagster.resources import TraceResource
 
 log = logging.getLogger(__name__)
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9_]")
-
-
-def partitions_def_name(job_name: str, dataset_key: str) -> str:
-    """The stream's epoch partitions. The ``__epochs`` suffix leaves the fine-range partitions
-    of a Trace before epochs (``job__stream``) behind untouched: deleting 100k keys one by one
-    costs minutes in Dagster's storage; the partition sync materializes the epochs instead."""
-    return _UNSAFE.sub("_", f"{job_name}__{dataset_key}__epochs")
-
-
-def stream_asset_key(job_name: str, dataset_key: str) -> AssetKey:
-    return AssetKey(["chain_sync", _UNSAFE.sub("_", job_name), dataset_key])
 
 
 def materialize_epoch(
@@ -55,8 +42,7 @@ def materialize_epoch(
     attempt's lease, or blocks not planned yet (the dispatcher plans them in order).
     """
     from trace_core.chain_sync import epochs
-    from trace_core.worker import run_range
-    from trace_dagster.epochs import epoch_materialization
+    from trace_core.engine.revive import run_range
 
     key = context.partition_key
     where = f"partition {key} of {job_name}/{dataset_key}"

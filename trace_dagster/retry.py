@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 from dagster import DagsterEventType, DagsterInstance, DagsterRun, MetadataValue, OpExecutionContext
 
-from trace_core.chain_sync.revive import SOURCE_RERUN, prepare_rerun
+from trace_core.engine.revive import revive_for_rerun
 from trace_core.runtime import Runtime
 
 # Dagster's automatic run retries (run_retries in dagster.yaml) carry this tag; a re-execution a
@@ -47,20 +47,15 @@ def revive_for_reexecution(
     batch and of every wave the failed parent run touched (fresh budget, range rescheduled),
     make backed-off retries due now, and return the task ids the run executes (its batch, then
     the parent's later waves). Their outbox wake-ups are delayed by one lease, a backstop in
-    case this run dies before claiming them."""
+    case this run dies before claiming them (``engine.revive.revive_for_rerun``)."""
     run = context.dagster_run
     assert run.parent_run_id is not None
     task_ids = list(
         dict.fromkeys([*task_ids, *tasks_touched_by(context.instance, run.parent_run_id)])
     )
-    with rt.state() as conn, conn.transaction():
-        prep = prepare_rerun(
-            conn,
-            [uuid.UUID(t) for t in task_ids],
-            source=SOURCE_RERUN,
-            detail=f"dagster run {run.run_id} (re-executes {run.parent_run_id})",
-            wake_delay_seconds=rt.settings.lease_seconds,
-        )
+    prep = revive_for_rerun(
+        rt, task_ids, detail=f"dagster run {run.run_id} (re-executes {run.parent_run_id})"
+    )
     for o in prep.revived:
         context.log.info(
             f"revived task {o.task_id} ({o.label}) after {o.attempts} attempt(s); "

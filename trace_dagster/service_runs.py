@@ -3,14 +3,14 @@
 The hot follower, hot compactor, sink drain and alert delivery each run as a Dagster job
 whose one op loops a bounded *step* every few seconds for ``TRACE_SERVICE_RUN_SECONDS``, so
 their work shows in run history with logs and retries and goes wherever the run launcher
-sends runs. The op holds its service's lease (``trace_core.services``), renewed while it
+sends runs. The op holds its service's lease (``trace_core.engine.services``), renewed while it
 runs: a second run finds the lease held and ends at once, and a run that dies lets it lapse.
 
 Each service's sensor (``trace_dagster.sensors.services``: ``trace_hot_follower``, ...)
 requests a run when the service has work, nobody holds the lease and no run of its job is
 starting. Sink and alert delivery runs end after ``TRACE_SERVICE_IDLE_EXIT_SECONDS`` without
 work. Under ``trace-lite run --until-idle`` the driver runs each requested service run for
-one step. The steps themselves are ``trace_core.service_steps``.
+one step. The steps themselves are ``trace_core.engine.service_steps``.
 """
 
 # No `from __future__ import annotations` here: Dagster resolves op/sensor annotations at runtime.
@@ -33,9 +33,15 @@ from dagster import (
 )
 from pydantic import Field
 
-from trace_core import services
-from trace_core.service_steps import ALERT_DELIVERY, ALERT_EVENTS_PATH, COMPACTOR, FOLLOWER, SINK
-from trace_core.services import Observation, ServiceSpec
+from trace_core.engine import services
+from trace_core.engine.service_steps import (
+    ALERT_DELIVERY,
+    ALERT_EVENTS_PATH,
+    COMPACTOR,
+    FOLLOWER,
+    SINK,
+)
+from trace_core.engine.services import Observation, ServiceSpec
 from trace_dagster.resources import TraceResource
 
 KIND_TAG = "trace/kind"

@@ -44,13 +44,13 @@ from trace_core.chain_sync import epochs
 from trace_core.chain_sync import store as chain_sync_store
 from trace_core.chain_sync.epochs import epoch_key
 from trace_core.chain_sync.planner import parse_partition_key, range_partition_key
+from trace_core.engine.execute import TaskOutcome, execute_task
 from trace_core.errors import TraceError
 from trace_core.runtime import Runtime
 from trace_core.sources.trigger import trigger
 from trace_core.transforms import routing
 from trace_core.transforms.store import TransformRow, list_transforms
 from trace_core.transforms.tasks import OPERATOR, TransformPayload
-from trace_core.worker import TaskOutcome, execute_task
 from trace_dagster.epochs import epoch_size
 from trace_dagster.partitions import _UNSAFE, partitions_def_name, stream_asset_key
 from trace_dagster.resources import TraceResource

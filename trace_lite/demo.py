@@ -30,11 +30,12 @@ from rich.table import Table
 
 from trace_core.chain_sync.status import collect_status
 from trace_core.chain_sync.store import apply_job_file
-from trace_core.devchain import DevChain
 from trace_core.errors import TraceError
 from trace_core.runtime import Runtime
 from trace_core.settings import REPO_ROOT, Settings, rpc_pool_env_var, rpc_pool_url
+from trace_lite.devtools.devchain import DevChain
 from trace_lite.echo import EchoReceiver
+from trace_lite.render import print_response
 from trace_lite.stack import LocalStack, free_port, port_free
 
 DEMO_FILE = REPO_ROOT / "examples" / "chain_sync.demo.yaml"
@@ -130,18 +131,8 @@ def _progress(console: Console, rt: Runtime, job: str, deadline: float) -> None:
             time.sleep(1.0)
 
 
-def _print_response(console: Console, title: str, resp: dict[str, Any]) -> None:
-    console.print(f"\n[bold]{title}[/bold]")
-    table = Table(header_style="bold")
-    for col in resp["columns"]:
-        table.add_column(str(col["name"] if isinstance(col, dict) else col))
-    for row in resp["rows"]:
-        table.add_row(*("" if v is None else str(v) for v in row))
-    console.print(table)
-
-
 def _query(settings: Settings, sql: str, job: str) -> dict[str, Any]:
-    from trace_core.query.app import query_http
+    from trace_core.query.client import query_http
 
     return query_http(settings, sql, job)
 
@@ -292,14 +283,14 @@ def _show_results(
     echo: EchoReceiver | None = None,
 ) -> None:
     result.tip = _query(settings, TIP_SQL, result.job)
-    _print_response(
+    print_response(
         console,
         f"Tip: the newest blocks with transactions (hot rows from block {result.to_block} on, "
         "cold Parquet below)",
         result.tip,
     )
     result.backfill = _query(settings, backfill_sql(result.from_block, result.to_block), result.job)
-    _print_response(
+    print_response(
         console,
         f"Backfill: blocks [{result.from_block}, {result.to_block})",
         result.backfill,

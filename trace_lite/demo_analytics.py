@@ -1,7 +1,7 @@
 """``trace-lite demo --analytics``: the Monad demos 2-4 on a local chain.
 
 The chain is an archive anvil (geth_balance_diffs traces old blocks) with staking events at
-Monad's precompile address from ``trace_core.devstaking``; the job is
+Monad's precompile address from ``trace_lite.devtools.devstaking``; the job is
 ``examples/chain_sync.demo_analytics.yaml``. After the backfill, the ``trace_analytics``
 sensor materializes the analytics assets under ``dagster dev``; this waits for the roll-ups to
 be committed, then prints the supply series (checked against ``eth_getBalance``), the top-N
@@ -15,15 +15,17 @@ from typing import Any
 
 from rich.console import Console
 
-from trace_core import devstaking
 from trace_core.datasets.registry import versions_for_stream
-from trace_core.devchain import DevChain
 from trace_core.errors import TraceError
-from trace_core.rpc import hex_int
+from trace_core.rpc.client import hex_int
 from trace_core.runtime import Runtime
 from trace_core.settings import REPO_ROOT, Settings
+from trace_lite.devtools import devstaking
+from trace_lite.devtools.devchain import DevChain
+from trace_lite.render import print_response
 
 DEMO_ANALYTICS_FILE = REPO_ROOT / "examples" / "chain_sync.demo_analytics.yaml"
+DEMO_JOB = "demo_analytics"  # the job's name in DEMO_ANALYTICS_FILE: outputs are per job
 ROLLUPS = ("analytics_native_supply", "analytics_top_accounts", "analytics_staking_concentration")
 
 SUPPLY_SQL = """
@@ -66,13 +68,17 @@ def start_chain(console: Console, blocks: int, seed: int, genesis: int) -> DevCh
 
 
 def wait_for_rollups(rt: Runtime, chain_id: int, to_block: int, deadline: float) -> None:
-    """Poll the registry until every roll-up covers ``[0, to_block)``."""
+    """Poll the registry until every roll-up of the demo job covers ``[0, to_block)``."""
+    from trace_core.chain_sync.analytics_spec import job_dataset_key
+
     while True:
         with rt.state() as conn:
             done = all(
                 any(
                     v.range_end >= to_block
-                    for v in versions_for_stream(conn, rt.settings.org_id, chain_id, k)
+                    for v in versions_for_stream(
+                        conn, rt.settings.org_id, chain_id, job_dataset_key(DEMO_JOB, k)
+                    )
                 )
                 for k in ROLLUPS
             )
@@ -96,8 +102,7 @@ def show(
     deadline: float,
 ) -> dict[str, Any]:
     """Print the three demos; return the responses (and the chain's supply) for tests."""
-    from trace_core.query.app import query_http
-    from trace_lite.demo import _print_response
+    from trace_core.query.client import query_http
 
     with console.status("waiting for the analytics assets (trace_analytics sensor)..."):
         wait_for_rollups(rt, chain_id, to_block, deadline)
@@ -109,14 +114,15 @@ def show(
         ("validators", "Demo 4: stake per validator (latest)", VALIDATORS_SQL),
         ("concentration", "Demo 4: staking concentration over time", CONCENTRATION_SQL),
     ):
-        out[key] = query_http(settings, sql)
-        _print_response(console, title, out[key])
+        out[key] = query_http(settings, sql, DEMO_JOB)
+        print_response(console, title, out[key])
     if chain is not None:
         last = to_block - 1
         supply = next(int(r[1]) for r in out["supply"]["rows"] if int(r[0]) == last)
         accounts = query_http(
             settings,
             "SELECT DISTINCT address FROM analytics_balance_changes",
+            DEMO_JOB,
             max_rows=100_000,
         )["rows"]
         known = {a[0] for a in accounts} | {a.lower() for a in chain.rpc.call("eth_accounts")}

@@ -132,8 +132,8 @@ def show(
     deadline: float,
 ) -> dict[str, Any]:
     """Wait for the transform, print its output and the cross-check; return them for tests."""
-    from trace_core.query.app import query_http
-    from trace_lite.demo import _print_response
+    from trace_core.query.client import query_http
+    from trace_lite.render import print_response
 
     with console.status("waiting for the erc20_volume transform runs (UDF sandbox)..."):
         while not _covered(rt, chain_id, start, end):
@@ -144,7 +144,7 @@ def show(
                 )
             time.sleep(1.0)
     volume = query_http(settings, VOLUME_SQL)
-    _print_response(console, f"Transform {OUTPUT} (Python UDF): ERC-20 volume per token", volume)
+    print_response(console, f"Transform {OUTPUT} (Python UDF): ERC-20 volume per token", volume)
     logs = query_http(
         settings,
         f"SELECT count(*) FROM logs WHERE hex(topic0) = '{TRANSFER_TOPIC}' "

@@ -14,21 +14,22 @@ import pytest
 from dagster import AssetsDefinition, DagsterInstance, Definitions, instance_for_test, materialize
 
 from tests.conftest import clone_databases, drop_databases
-from trace_core import devstaking
 from trace_core.analytics import compute
 from trace_core.analytics.jobs import get_analytics_job
 from trace_core.chain_sync import store
+from trace_core.chain_sync.analytics_spec import job_dataset_key
 from trace_core.chain_sync.planner import range_partition_key
 from trace_core.chain_sync.yamlload import load_job_file
 from trace_core.datasets import registry
-from trace_core.devchain import DevChain
 from trace_core.errors import DatasetNotSynced, InvalidJobFile
-from trace_core.rpc import hex_int
+from trace_core.rpc.client import hex_int
 from trace_core.runtime import Runtime
 from trace_core.settings import load_settings
 from trace_dagster.analytics import analytics_asset_key
 from trace_dagster.definitions import build_definitions
 from trace_dagster.driver import drive_until_idle
+from trace_lite.devtools import devstaking
+from trace_lite.devtools.devchain import DevChain
 
 BLOCKS = 600
 CHUNK = 200
@@ -51,6 +52,13 @@ analytics:
     top_k: [1, 3]
   supply: {{blocks: blocks}}
 """
+
+
+def key_of(relation: str) -> str:
+    """Dataset key of the ana job's analytics output ``relation`` (outputs are per job)."""
+    return job_dataset_key("ana", relation)
+
+
 ENV = {"TRACE_RETRY_BASE_SECONDS": "0", "TRACE_HEARTBEAT_SECONDS": "1"}
 
 
@@ -100,7 +108,7 @@ def synced(
         with rt.state() as conn:
             for name in ("native_supply", "top_accounts", "staking_concentration"):
                 (version,) = registry.versions_for_stream(
-                    conn, rt.settings.org_id, chain.chain_id, f"analytics_{name}"
+                    conn, rt.settings.org_id, chain.chain_id, key_of(f"analytics_{name}")
                 )
                 assert (version.range_start, version.range_end) == (0, BLOCKS)
         for name in ("balance_changes", "staking_events"):
@@ -150,12 +158,12 @@ def _read(s: Synced, dataset: str) -> list[dict[str, Any]]:
 
     with s.rt.state() as conn:
         versions = registry.versions_for_stream(
-            conn, s.rt.settings.org_id, s.chain.chain_id, dataset
+            conn, s.rt.settings.org_id, s.chain.chain_id, key_of(dataset)
         )
         end = max(v.range_end for v in versions)
         inp = stream_input(
             conn, s.rt.store, org_id=s.rt.settings.org_id, job="ana", stream=dataset,
-            chain_id=s.chain.chain_id, start=0, end=end,
+            chain_id=s.chain.chain_id, start=0, end=end, dataset_key=key_of(dataset),
         )  # fmt: skip
     return duckdb.sql(inp.select_sql()).arrow().read_all().to_pylist()
 
@@ -241,11 +249,12 @@ def test_supply_top_accounts_and_staking_match_the_chain(synced: Synced) -> None
 
     # the Query Service reads the outputs like any dataset, exact decimals included
     from tests.integration.test_query_service import post, serving
-    from trace_core.query.app import create_app, local_user_token
+    from trace_core.query.app import create_app
+    from trace_core.query.client import local_user_token
 
     sql = "SELECT block_number, supply FROM analytics_native_supply ORDER BY block_number DESC LIMIT 1"
     with serving(create_app(s.rt.settings, s.rt.dbs, s.rt.store, hot_sources=None)) as client:
-        body = post(client, local_user_token(s.rt.settings), {"sql": sql}).json()
+        body = post(client, local_user_token(s.rt.settings), {"sql": sql, "job": "ana"}).json()
     assert [int(v) for v in body["rows"][0]] == [BLOCKS - 1, supply[BLOCKS - 1]]
 
     # the asset checks ran and passed (chain cross-checks)
@@ -306,12 +315,12 @@ def test_geth_balance_diffs_needs_state_history(anvil_chain: DevChain, tmp_path:
     """The session chain is pruned (no state at old blocks): cryo's debug_trace call fails
     there, and cryo_ingest reports it as a retryable CryoFailed instead of committing."""
     from trace_core.errors import CryoFailed
-    from trace_core.operators.cryo_ingest import CryoIngestPayload
+    from trace_core.operators.cryo_ingest import CryoIngestTask
     from trace_core.operators.cryo_real import extract_real
-    from trace_core.rpcpool import RpcPool
+    from trace_core.rpc.pool import RpcPool
     from trace_core.settings import Settings
 
-    payload = CryoIngestPayload.parse(
+    payload = CryoIngestTask.parse(
         {
             "chain_id": anvil_chain.chain_id,
             "dataset_key": "geth_balance_diffs",
@@ -347,8 +356,9 @@ def test_plan_asks_only_for_the_range_whose_output_is_missing(synced: Synced) ->
         with conn.transaction(force_rollback=True):
             conn.execute(
                 "DELETE FROM state.dataset_versions v USING state.datasets d "
-                "WHERE v.dataset_uuid = d.dataset_uuid AND d.dataset_key = 'analytics_supply_deltas' "
-                "AND v.range_start = 200"
+                "WHERE v.dataset_uuid = d.dataset_uuid AND d.dataset_key = %s "
+                "AND v.range_start = 200",
+                (key_of("analytics_supply_deltas"),),
             )
             due = plan(conn, s.rt.settings.org_id, job)
         # one partition to redo, and no balance roll-up until it is back

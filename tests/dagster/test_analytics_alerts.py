@@ -8,6 +8,7 @@ delivered. Every matching row fires once; re-materializing and replayed events f
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,26 +21,28 @@ from psycopg.rows import dict_row
 
 from tests.conftest import clone_databases, drop_databases
 from tests.integration.test_query_service import serving
-from trace_core import devstaking
 from trace_core.alerts import routing
 from trace_core.alerts.evaluate import OPERATOR
 from trace_core.alerts.spec import load_alert_file, parse_alert
 from trace_core.alerts.store import alert_id, apply_alert
 from trace_core.chain_sync import store
+from trace_core.chain_sync.analytics_spec import job_dataset_key
 from trace_core.chain_sync.planner import range_partition_key
 from trace_core.chain_sync.yamlload import load_job_file, parse_job
 from trace_core.datasets.events import DATASET_EVENTS
-from trace_core.devchain import DevChain
 from trace_core.errors import AccessDenied, InvalidJobFile, QueryError
-from trace_core.query.app import create_app, query_http
+from trace_core.query.app import create_app
 from trace_core.query.attach import user_versions
+from trace_core.query.client import query_http
 from trace_core.query.tokens import issue_user_token, verify_user_token
-from trace_core.rpc import hex_int
+from trace_core.rpc.client import hex_int
 from trace_core.runtime import Runtime
 from trace_core.settings import REPO_ROOT, load_settings
 from trace_dagster.analytics import analytics_asset_key
 from trace_dagster.definitions import build_definitions
 from trace_dagster.driver import drive_until_idle
+from trace_lite.devtools import devstaking
+from trace_lite.devtools.devchain import DevChain
 
 BLOCKS = 400
 ETH = 10**18
@@ -199,7 +202,7 @@ def test_alerts_on_analytics_outputs_fire_once_per_matching_row(alerted: Alerted
         ("supply_burn", "analytics_native_supply"),
         ("top_account_whale", "analytics_top_accounts"),
     ):
-        versions = all_versions(s.rt, key)
+        versions = all_versions(s.rt, job_dataset_key("demo_analytics", key))
         assert versions
         with s.rt.state() as conn, conn.cursor(row_factory=dict_row) as cur:
             evals = cur.execute(
@@ -265,7 +268,8 @@ def test_rematerializing_and_replayed_events_do_not_refire(alerted: Alerted) -> 
                 "SELECT payload FROM state.outbox WHERE topic = %s", (DATASET_EVENTS,)
             ).fetchall()
         ]
-    assert any(p["dataset_key"] == "analytics_native_supply" for p in payloads)
+    supply_key = job_dataset_key("demo_analytics", "analytics_native_supply")
+    assert any(p["dataset_key"] == supply_key for p in payloads)
     for p in payloads:
         s.rt.queue.publish(DATASET_EVENTS, p)
     drive(s)
@@ -330,3 +334,125 @@ def test_an_alert_may_read_only_outputs_its_job_produces(alerted: Alerted, tmp_p
             assert f"bad.yaml:{line}: reads[" in str(err.value) and message in str(err.value)
         names = {r[0] for r in conn.execute("SELECT name FROM state.alert_definitions")}
     assert names == {"supply_burn", "top_account_whale"}  # nothing applied
+
+
+def test_two_analytics_jobs_on_one_chain_keep_their_own_outputs(alerted: Alerted) -> None:
+    """A second job on the same chain and streams, with other analytics parameters (genesis
+    zero, top 1, a 100-block supply window), commits its own outputs: `--job` serves each job
+    its own rows, and its versions' events route to its alerts only, pinned as its relation.
+    Kept last: it adds a (paused) job the module's Dagster definitions do not know."""
+    import duckdb
+
+    from trace_core.analytics import compute, supply
+    from trace_core.analytics.jobs import get_analytics_job
+    from trace_core.analytics.output import OutputTarget, commit_query
+    from trace_core.analytics.plan import plan
+    from trace_core.query.attach import task_versions
+    from trace_core.query.tokens import DatasetPin, TaskClaims
+
+    s, settings, org = alerted, alerted.rt.settings, alerted.rt.settings.org_id
+
+    @dataclass(frozen=True)
+    class PerChain(OutputTarget):
+        """An output as committed before outputs were per job: one dataset per chain."""
+
+        @property
+        def dataset_key(self) -> str:
+            return f"analytics_{self.name}"
+
+    with s.rt.state() as conn, duckdb.connect() as con:
+        old = PerChain(org, "demo_analytics", s.chain.chain_id, "top_accounts", 0, BLOCKS, "old")
+        sql = "SELECT 1 AS rank, 'stale' AS address"
+        assert commit_query(conn, s.rt.store, con, old, sql).newly_registered
+    text = demo_job_text()
+    for old, new in (
+        ("name: demo_analytics", "name: twin"),
+        ("genesis: {rpc_accounts: demo}", "genesis: {zero: true}"),
+        ("top_n: 5", "top_n: 1"),
+        ("supply_window_blocks: 500", "supply_window_blocks: 100"),
+    ):
+        assert old in text
+        text = text.replace(old, new)
+    twin_alert = (
+        (EXAMPLES / "top_account_whale.yaml")
+        .read_text()
+        .replace("name: top_account_whale", "name: twin_top")
+        .replace("job: demo_analytics", "job: twin")
+        .replace("top_account_whale:{address}", "twin_top:{address}")
+        .replace("  on_commit: true\n", "  on_commit: true\n  schedule_seconds: 60\n")
+    )
+    assert "schedule_seconds: 60" in twin_alert
+    with s.rt.state() as conn:
+        loaded = parse_job(text, source="twin.yaml")
+        store.apply_job(conn, org, loaded.spec, loaded.raw, "twin.yaml")
+        store.pause_job(conn, org, "twin")  # its streams are the demo job's, already synced
+        apply_alert(conn, org, parse_alert(twin_alert, source="twin_top.yaml"))
+        seen = {r[0] for r in conn.execute("SELECT outbox_id FROM state.outbox").fetchall()}
+    with s.rt.state() as conn, duckdb.connect() as con:
+        ctx = compute.Context(settings, s.rt.store, conn)
+        job = get_analytics_job(conn, org, "twin")
+        # its inputs are committed, its own outputs are not (as after an upgrade from
+        # per-chain outputs): the planner asks for every range, under the twin's ids
+        due = [(r.kind, r.start, r.end) for r in plan(conn, org, job) if r.kind != "staking_range"]
+        assert due == [("balance_range", 0, 200), ("balance_range", 200, 400)]
+        for a in (0, 200):
+            compute.balance_range(ctx, con, job, a, a + 200)
+        supply.native_supply(ctx, con, job)
+        compute.top_accounts(ctx, con, job)
+
+    cfg = settings.model_copy(update={"query_url": s.query_url})
+    sql = (
+        "SELECT count(*), max(block_number), CAST(arg_max(supply, block_number) AS VARCHAR) "
+        "FROM analytics_native_supply"
+    )
+    [[demo_n, demo_end, demo_supply]] = query_http(cfg, sql, "demo_analytics")["rows"]
+    [[twin_n, twin_end, twin_supply]] = query_http(cfg, sql, "twin")["rows"]
+    assert (int(demo_n), int(demo_end)) == (BLOCKS, BLOCKS - 1)
+    assert (int(twin_n), int(twin_end)) == (100, BLOCKS - 1)
+    accounts = s.chain.rpc.call("eth_accounts")
+    genesis = sum(hex_int(s.chain.rpc.call("eth_getBalance", [a, "0x0"])) for a in accounts)
+    assert int(demo_supply) - int(twin_supply) == genesis  # twin counts from a zero genesis
+    top = "SELECT rank, address FROM analytics_top_accounts ORDER BY rank"
+    assert len(query_http(cfg, top, "demo_analytics")["rows"]) == 5
+    assert query_http(cfg, top, "twin")["rows"] == [[1, WHALE]]
+    everything = verify_user_token(settings, issue_user_token(settings, sub="u", datasets="all"))
+    with s.rt.state() as conn:  # the stale per-chain dataset is served to no one
+        assert "analytics_top_accounts" not in user_versions(conn, everything)
+        assert job_dataset_key("twin", "analytics_top_accounts") in user_versions(conn, everything)
+
+    # the twin's commits name it; routed, they create evaluations of its alert only
+    with s.rt.state() as conn:
+        payloads = [
+            payload
+            for oid, payload in conn.execute(
+                "SELECT outbox_id, payload FROM state.outbox WHERE topic = %s ORDER BY created_at",
+                (DATASET_EVENTS,),
+            ).fetchall()
+            if oid not in seen
+        ]
+        assert payloads and {p.get("job_name") for p in payloads} == {"twin"}
+        with conn.transaction():
+            created = sum(routing.route_event(conn, org, p, max_attempts=3) for p in payloads)
+        evals = conn.execute(
+            "SELECT payload FROM state.tasks WHERE operator = %s AND payload->>'alert_name' = %s",
+            (OPERATOR, "twin_top"),
+        ).fetchall()
+        assert created == len(evals) == 1  # one top_accounts version; demo's alerts: none
+        [grant] = evals[0][0]["grants"]
+        claims = TaskClaims(
+            uuid.UUID(org), uuid.uuid4(), 1, (DatasetPin.model_validate(grant),), 2**40
+        )
+        relations = task_versions(conn, claims)
+        assert list(relations) == ["analytics_top_accounts"]
+        # a scheduled evaluation pins the newest version of the twin's own output too
+        assert routing.schedule_due_alerts(conn, org, max_attempts=3) == 1
+        [[scheduled]] = conn.execute(
+            "SELECT payload FROM state.tasks WHERE operator = %s AND payload->>'alert_name' = %s"
+            " AND payload->>'trigger' = 'schedule'",
+            (OPERATOR, "twin_top"),
+        ).fetchall()
+        assert scheduled["grants"] == [grant]
+        twin_top = [p for p in payloads if p["dataset_version"] == grant["dataset_version"]]
+        assert [p["dataset_key"] for p in twin_top] == [
+            job_dataset_key("twin", "analytics_top_accounts")
+        ]

@@ -11,12 +11,12 @@ from dagster import DagsterInstance
 from trace_core.chain_sync import store
 from trace_core.chain_sync.yamlload import load_job_file
 from trace_core.datasets import registry
-from trace_core.devchain import DevChain
 from trace_core.runtime import Runtime
 from trace_core.settings import load_settings
 from trace_dagster.definitions import build_definitions
 from trace_dagster.driver import drive_until_idle
 from trace_dagster.partitions import partitions_def_name, stream_asset_key
+from trace_lite.devtools.devchain import DevChain
 
 JOB = """kind: chain_sync
 name: e2e

@@ -24,7 +24,7 @@ from trace_core.chain_sync.planner import range_partition_key
 from trace_core.chain_sync.spec import DEFAULT_EPOCH_BLOCKS as EPOCH
 from trace_core.cli.main import cli
 from trace_core.datasets import registry
-from trace_core.dispatcher import dispatch_tick
+from trace_core.engine.dispatcher import dispatch_tick
 from trace_core.runtime import Runtime
 from trace_core.settings import load_settings
 from trace_core.tasks import lifecycle

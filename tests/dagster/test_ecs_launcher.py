@@ -260,3 +260,43 @@ def test_worker_runs_launch_as_ecs_tasks_derived_from_the_daemon(
     assert launcher.terminate(run_id)
     (stopped,) = ecs.describe_tasks(cluster=cluster, tasks=[task_arn])["tasks"]
     assert stopped["lastStatus"] == "STOPPED"
+
+
+def test_code_location_container_context_gives_runs_the_worker_role(
+    aws: dict[str, Any],
+    deploy_instance: DagsterInstance,
+    trace_env: Runtime,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """deploy/cdk sets DAGSTER_CONTAINER_CONTEXT so the code server reports this
+    container context: runs derived from the daemon's task then take the worker role."""
+    from dagster._core.remote_origin import InProcessCodeLocationOrigin
+    from dagster._core.workspace.context import WorkspaceProcessContext
+    from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
+
+    worker = "arn:aws:iam::123456789012:role/trace-worker"
+    execution = "arn:aws:iam::123456789012:role/trace-execution"
+    monkeypatch.setitem(vars(trace_dagster.definitions), "defs", build_definitions(trace_env))
+    origin = InProcessCodeLocationOrigin(
+        LoadableTargetOrigin(
+            module_name="trace_dagster.definitions",
+            attribute="defs",
+            working_directory=str(REPO_ROOT),
+        ),
+        container_image=IMAGE,
+        container_context={"ecs": {"task_role_arn": worker, "execution_role_arn": execution}},
+    )
+    with WorkspaceProcessContext(
+        deploy_instance, InProcessWorkspaceLoadTarget(origin)
+    ) as process_context:
+        run_id = _launch_worker_run(
+            deploy_instance, process_context.create_request_context(), ["x"]
+        )
+    ecs = aws["ecs"]
+    run = deploy_instance.get_run_by_id(run_id)
+    assert run is not None
+    (task,) = ecs.describe_tasks(cluster=CLUSTER, tasks=[run.tags["ecs/task_arn"]])["tasks"]
+    registered = ecs.describe_task_definition(taskDefinition=task["taskDefinitionArn"])
+    assert registered["taskDefinition"]["taskRoleArn"] == worker
+    assert registered["taskDefinition"]["executionRoleArn"] == execution
+    assert aws["daemon_def"]["taskRoleArn"] != worker

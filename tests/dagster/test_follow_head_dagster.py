@@ -21,12 +21,12 @@ from trace_core.chain_sync.yamlload import load_job_file
 from trace_core.cli.main import cli
 from trace_core.datasets import registry
 from trace_core.db.migrate import migrate
-from trace_core.devchain import DevChain
 from trace_core.runtime import Runtime
 from trace_core.settings import load_settings
 from trace_dagster.definitions import build_definitions
 from trace_dagster.driver import DriveReport, drive_until_idle
 from trace_dagster.partitions import partitions_def_name, stream_asset_key
+from trace_lite.devtools.devchain import DevChain
 
 TAIL_LAG = 5
 CHUNK = 100

@@ -29,12 +29,12 @@ from trace_core.chain_sync.status import collect_status
 from trace_core.chain_sync.yamlload import parse_job
 from trace_core.cli.main import cli
 from trace_core.datasets import registry
-from trace_core.devchain import DevChain
-from trace_core.dispatcher import dispatch_tick
+from trace_core.engine.dispatcher import dispatch_tick
+from trace_core.engine.service_steps import compactor_step, follower_step
 from trace_core.errors import InvalidJobFile
-from trace_core.query.app import create_app, local_user_token
+from trace_core.query.app import create_app
+from trace_core.query.client import local_user_token
 from trace_core.runtime import Runtime
-from trace_core.service_steps import compactor_step, follower_step
 from trace_core.settings import load_settings
 from trace_dagster.definitions import build_definitions
 from trace_dagster.driver import drive_until_idle
@@ -43,6 +43,7 @@ from trace_dagster.resources import TraceResource
 from trace_dagster.sensors.dispatcher import dispatcher_sensor
 from trace_dagster.sensors.worker import worker_sensor
 from trace_dagster.service_runs import asset_observation
+from trace_lite.devtools.devchain import DevChain
 
 CHAIN_ID = 31337
 

@@ -27,12 +27,12 @@ from dagster import (
 
 from trace_core.chain_sync import store
 from trace_core.chain_sync.yamlload import load_job_file
-from trace_core.devchain import DevChain
-from trace_core.rpcproxy import Exchange, ProxyHook, Reply, RpcProxy, error_reply
 from trace_core.runtime import Runtime
 from trace_core.settings import load_settings
 from trace_dagster.definitions import build_definitions
 from trace_dagster.driver import drive_until_idle
+from trace_lite.devtools.devchain import DevChain
+from trace_lite.devtools.rpcproxy import Exchange, ProxyHook, Reply, RpcProxy, error_reply
 
 JOB = """kind: chain_sync
 name: waves

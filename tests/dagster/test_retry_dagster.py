@@ -27,13 +27,13 @@ from dagster import (
 from trace_core.chain_sync import status, store
 from trace_core.chain_sync.planner import range_partition_key
 from trace_core.datasets import registry
-from trace_core.devchain import DevChain
 from trace_core.runtime import Runtime
 from trace_core.settings import load_settings
 from trace_dagster.definitions import build_definitions
 from trace_dagster.driver import drive_until_idle
 from trace_dagster.partitions import partitions_def_name, stream_asset_key
 from trace_dagster.retry import AUTO_RETRY_TAG
+from trace_lite.devtools.devchain import DevChain
 
 DEAD_RPC = "http://127.0.0.1:9"  # nothing listens: cryo_ingest's probe fails, retryably
 LEASE_SECONDS = 4  # the backstop wake-ups of an in-run revive come one lease later

@@ -23,15 +23,15 @@ from dagster import (
 from tests.dagster.conftest import run_one_step
 from tests.dagster.test_hot_sensors import CHAIN_ID, apply, hot_cursor, job_yaml
 from tests.dagster.test_sink_sensor import _publish
-from trace_core import services
-from trace_core.devchain import DevChain
+from trace_core.engine import services
+from trace_core.engine.service_steps import FOLLOWER, SINK
+from trace_core.engine.services import ServiceSpec, StepReport, serve
 from trace_core.runtime import Runtime
-from trace_core.service_steps import FOLLOWER, SINK
-from trace_core.services import ServiceSpec, StepReport, serve
 from trace_core.settings import load_settings
 from trace_dagster.resources import TraceResource
 from trace_dagster.sensors.services import hot_follower_sensor, keeper_result
 from trace_dagster.service_runs import hot_follower_job, job_name
+from trace_lite.devtools.devchain import DevChain
 
 LOG = logging.getLogger("test_service_runs")
 

@@ -17,7 +17,7 @@ import time
 
 from dagster import DagsterEventType, DagsterInstance
 
-from trace_core import services
+from trace_core.engine import services
 from trace_core.runtime import Runtime
 from trace_dagster.resources import TraceResource
 from trace_dagster.service_runs import sink_job

@@ -18,7 +18,6 @@ from psycopg.rows import dict_row
 
 from tests.integration.test_alerts_delivery import Receiver, receiver  # noqa: F401 - fixture
 from tests.integration.test_query_service import serving
-from trace_core import builtin_operators
 from trace_core.alerts import routing
 from trace_core.alerts.evaluate import OPERATOR
 from trace_core.alerts.spec import load_alert_file
@@ -27,7 +26,7 @@ from trace_core.chain_sync import store
 from trace_core.chain_sync.yamlload import load_job_file
 from trace_core.datasets import registry
 from trace_core.db.migrate import migrate
-from trace_core.devchain import DevChain
+from trace_core.engine import registry as operator_registry
 from trace_core.errors import StaleAttempt
 from trace_core.hot.follower import DATASET_EVENTS
 from trace_core.operators.base import Completion, OperatorContext, OperatorRegistry
@@ -37,6 +36,7 @@ from trace_core.runtime import Runtime
 from trace_core.settings import Settings, load_settings
 from trace_dagster.definitions import build_definitions
 from trace_dagster.driver import DriveReport, drive_until_idle
+from trace_lite.devtools.devchain import DevChain
 
 BIG_VALUE = 5 * 10**18  # the seeded activity moves at most 10**15 wei per transfer
 JOB = """kind: chain_sync
@@ -78,7 +78,7 @@ def dying_first_attempts(
                 raise StaleAttempt(ctx.lease.task_id, 1, "simulated worker death after staging")
             return completion
 
-        reg.register(OPERATOR, evaluate)
+        reg.register(OPERATOR, evaluate, queries=True)
         return reg
 
     return build
@@ -129,9 +129,9 @@ def test_one_transfer_one_event_one_delivery_despite_kills_and_duplicates(
 
         died: list[tuple[str, int]] = []
         monkeypatch.setattr(
-            builtin_operators,
+            operator_registry,
             "default_registry",
-            dying_first_attempts(builtin_operators.default_registry, died),
+            dying_first_attempts(operator_registry.default_registry, died),
         )
         duplicated: set[str] = set()
 

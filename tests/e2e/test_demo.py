@@ -23,9 +23,9 @@ import pytest
 
 from trace_core.db.connection import resolve_databases
 from trace_core.db.embedded import stop_embedded
-from trace_core.devchain import DevChain
 from trace_core.settings import Settings
 from trace_lite.demo import DEMO_GENESIS, DEMO_SEED, TIP_BLOCKS
+from trace_lite.devtools.devchain import DevChain
 from trace_lite.stack import free_port
 
 TO_BLOCK = 300

@@ -19,9 +19,9 @@ from trace_core.chain_sync.yamlload import parse_job
 from trace_core.datasets import registry
 from trace_core.db.embedded import stop_embedded
 from trace_core.db.migrate import migrate
-from trace_core.devchain import DevChain
 from trace_core.runtime import Runtime
 from trace_core.settings import Settings
+from trace_lite.devtools.devchain import DevChain
 
 JOB = """kind: chain_sync
 name: pgdeath

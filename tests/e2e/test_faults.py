@@ -21,13 +21,13 @@ from trace_core.chain_sync import store
 from trace_core.chain_sync.yamlload import parse_job
 from trace_core.datasets import registry
 from trace_core.db.migrate import migrate
-from trace_core.devchain import DevChain
-from trace_core.dispatcher import dispatch_tick
+from trace_core.engine.dispatcher import dispatch_tick
+from trace_core.engine.execute import execute_batch
 from trace_core.errors import StorageError
 from trace_core.runtime import Runtime
 from trace_core.settings import Settings
 from trace_core.storage.base import ObjectStore
-from trace_core.worker import execute_batch
+from trace_lite.devtools.devchain import DevChain
 
 END, CHUNK = 1000, 200
 DATASETS = ("blocks", "transactions", "logs")

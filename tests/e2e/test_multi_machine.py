@@ -31,9 +31,9 @@ from dagster import DagsterInstance
 
 from tests.standalone_postgres import StandalonePostgres
 from trace_core.chain_sync.planner import range_partition_key
-from trace_core.devchain import DevChain
 from trace_core.settings import REPO_ROOT
 from trace_dagster.partitions import stream_asset_key
+from trace_lite.devtools.devchain import DevChain
 
 DEPLOY_DAGSTER_YAML = REPO_ROOT / "deploy" / "dagster.yaml"
 HOSTS = 3

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from trace_core.datasets import registry
-from trace_core.devchain import DevChain
 from trace_core.runtime import Runtime
+from trace_lite.devtools.devchain import DevChain
 
 LEASE_SECONDS = 10
 # a tick of the driver, the fresh process importing Dagster, and a loaded 2-core box

@@ -21,13 +21,13 @@ from trace_core.chain_sync import store
 from trace_core.chain_sync.yamlload import load_job_file
 from trace_core.datasets import registry
 from trace_core.db.migrate import migrate
-from trace_core.devchain import DevChain
 from trace_core.integrity import verify
 from trace_core.query.app import create_app
 from trace_core.runtime import Runtime
 from trace_core.settings import Settings, load_settings
 from trace_dagster.definitions import build_definitions
 from trace_dagster.driver import drive_until_idle
+from trace_lite.devtools.devchain import DevChain
 
 BIG = 10**18
 JOB = """kind: chain_sync

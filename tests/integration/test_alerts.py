@@ -38,7 +38,9 @@ from trace_core.datasets import events
 from trace_core.datasets.events import DATASET_EVENTS
 from trace_core.datasets.registry import VersionRecord
 from trace_core.db.connection import Databases
+from trace_core.engine.execute import capability_token_for, execute_task
 from trace_core.errors import ConfigError, InvalidJobFile, QueryError, StaleAttempt
+from trace_core.operators.base import OperatorContext
 from trace_core.query.app import create_app
 from trace_core.queue.base import BUFFER_QUEUE
 from trace_core.runtime import Runtime
@@ -46,7 +48,6 @@ from trace_core.settings import Settings
 from trace_core.sinks.consumer import sink_once
 from trace_core.storage.local import LocalStore
 from trace_core.tasks import lifecycle
-from trace_core.worker import OperatorContext, capability_token_for, execute_task
 
 THRESHOLD = 10**18
 JOB = """kind: chain_sync

@@ -24,7 +24,7 @@ from trace_core.datasets import ids, registry
 from trace_core.datasets.cryo_schemas import arrow_schema
 from trace_core.datasets.manifest import load_manifest
 from trace_core.db.connection import Databases
-from trace_core.devchain import DevChain
+from trace_core.engine.execute import execute_task
 from trace_core.errors import (
     ArtifactCapExceeded,
     ArtifactInvalid,
@@ -40,8 +40,9 @@ from trace_core.errors import (
     UnknownCryoDataset,
 )
 from trace_core.operators import cryo_ingest
+from trace_core.operators.base import OperatorRegistry
 from trace_core.operators.cryo_ingest import (
-    CryoIngestPayload,
+    CryoIngestTask,
     IngestResult,
     attempt_staging_dir,
     check_coverage,
@@ -55,7 +56,7 @@ from trace_core.storage import LocalStore, ObjectStore
 from trace_core.storage.s3 import S3Store
 from trace_core.tasks import RetryPolicy, claim, complete_failure, create_task
 from trace_core.tasks.lifecycle import Lease
-from trace_core.worker import OperatorRegistry, execute_task
+from trace_lite.devtools.devchain import DevChain
 
 POOL = "anvil"
 ENV_VAR = "TRACE_RPC_POOL_ANVIL_URL"
@@ -443,7 +444,7 @@ def test_worker_runs_cryo_ingest_through_its_completion_transaction(
 
 
 def test_payload_parsing() -> None:
-    p = CryoIngestPayload.parse(
+    p = CryoIngestTask.parse(
         _payload("logs", 0, 10, cryo_options={"topic0": "0xdd", "hex": None}), org_id=ORG
     )
     assert p.config_hash == ids.config_hash("logs", {"topic0": "0xdd"})
@@ -454,7 +455,7 @@ def test_payload_parsing() -> None:
         "config_hash": "cryo_ingest.logs:v1",
         "operator": "cryo_ingest",
     }
-    assert CryoIngestPayload.parse(planner, org_id=ORG).cryo_dataset_name == "logs"
+    assert CryoIngestTask.parse(planner, org_id=ORG).cryo_dataset_name == "logs"
     cases: list[tuple[dict[str, Any], str]] = [
         ({"range_end": 0}, "range_end"),
         ({"range_start": -1}, "range_start"),
@@ -465,11 +466,11 @@ def test_payload_parsing() -> None:
     ]
     for bad, field in cases:
         with pytest.raises(InvalidPayload) as info:
-            CryoIngestPayload.parse({**_payload("logs", 0, 10), **bad}, org_id=ORG)
+            CryoIngestTask.parse({**_payload("logs", 0, 10), **bad}, org_id=ORG)
         assert info.value.fields["field"] == field
     for name, match in [("txs", "alias"), ("balances", "inputs"), ("state_diffs", "unknown")]:
         with pytest.raises(UnknownCryoDataset, match=match):
-            CryoIngestPayload.parse(_payload(name, 0, 10), org_id=ORG)
+            CryoIngestTask.parse(_payload(name, 0, 10), org_id=ORG)
 
 
 def test_mode_selection(settings: Settings) -> None:
@@ -499,7 +500,7 @@ def _write(
 
 
 def test_coverage_detects_gaps_duplicates_and_strays(tmp_path: Path) -> None:
-    p = CryoIngestPayload.parse(_payload("blocks", 0, 20), org_id=ORG)
+    p = CryoIngestTask.parse(_payload("blocks", 0, 20), org_id=ORG)
     ok = [
         _write(tmp_path, 0, 9, list(range(10))),
         _write(tmp_path, 10, 19, list(range(10, 20)), net="ethereum"),
@@ -517,7 +518,7 @@ def test_coverage_detects_gaps_duplicates_and_strays(tmp_path: Path) -> None:
         )
     out = tmp_path / "out"
     out.mkdir()
-    logs = CryoIngestPayload.parse(_payload("logs", 0, 20), org_id=ORG)
+    logs = CryoIngestTask.parse(_payload("logs", 0, 20), org_id=ORG)
     with pytest.raises(CoverageError, match="outside"):
         check_coverage(logs, [_write(out, 0, 19, [3, 25], dataset="logs")])
     with pytest.raises(CoverageError, match="no Parquet"):

@@ -13,7 +13,7 @@ import pytest
 from tests.integration.test_planner import ORG, apply, complete, fixed_job
 from tests.integration.test_revive import fail_attempt
 from trace_core.chain_sync import epochs, planner
-from trace_core.chain_sync import retry as chain_retry
+from trace_core.chain_sync import revive as chain_retry
 from trace_core.chain_sync.planner import range_partition_key as key
 from trace_core.db.connection import Databases, connect
 from trace_core.errors import UnknownRange

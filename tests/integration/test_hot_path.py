@@ -16,12 +16,12 @@ import httpx
 import pytest
 
 from trace_core.db.connection import Databases, connect
-from trace_core.devchain import DevChain
 from trace_core.hot import reorg
 from trace_core.hot.finality import final_end, finality_depth, plan_ranges
 from trace_core.hot.follower import DATASET_EVENTS, FollowResult, follow_once, load_cursor
 from trace_core.hot.tables import HOT_DATASETS, count_rows, read_range, rows_from_rpc, write_block
 from trace_core.settings import Settings
+from trace_lite.devtools.devchain import DevChain
 
 CHAIN_ID = 31337
 TOPIC = "0x" + "ab" * 32
@@ -706,10 +706,11 @@ def test_operators_run_as_tasks(
 ) -> None:
     import uuid
 
+    from trace_core.engine.execute import execute_task
     from trace_core.operators import block_follower, parquet_compact
+    from trace_core.operators.base import OperatorRegistry
     from trace_core.runtime import Runtime
     from trace_core.tasks import lifecycle
-    from trace_core.worker import OperatorRegistry, execute_task
 
     monkeypatch.setenv("TRACE_RPC_POOL_HOT_TEST_URL", chain.url)
     for i in range(3):

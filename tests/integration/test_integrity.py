@@ -16,15 +16,15 @@ from trace_core.chain_sync.yamlload import load_job_file
 from trace_core.cli.main import cli
 from trace_core.datasets import registry
 from trace_core.db.migrate import migrate
-from trace_core.devchain import DevChain
-from trace_core.dispatcher import dispatch_tick
+from trace_core.engine.dispatcher import dispatch_tick
+from trace_core.engine.execute import execute_task
 from trace_core.integrity import verify
 from trace_core.runtime import Runtime
 from trace_core.settings import load_settings
-from trace_core.worker import execute_task
 from trace_dagster.integrity import CHECK_NAME, integrity_job
 from trace_dagster.partitions import partitions_def_name, stream_asset_key
 from trace_dagster.resources import TraceResource
+from trace_lite.devtools.devchain import DevChain
 
 JOB = """kind: chain_sync
 name: integ
@@ -307,8 +307,8 @@ def test_scheduled_passes_verify_new_ranges_then_a_sample_within_the_rpc_budget(
     """9 new ranges (3 streams x 3): each pass verifies never-verified ones first within the
     budget of estimated RPC calls (blocks 201, transactions 200, logs 400 per range), then the
     stalest verified ones up to the sample; the node sees no more calls than the budget."""
-    from tests.faultproxy import FaultProxy
     from trace_core.integrity import incremental
+    from trace_lite.devtools.rpcproxy import FaultProxy
 
     rt = Runtime(
         synced.settings.model_copy(

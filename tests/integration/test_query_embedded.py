@@ -26,8 +26,8 @@ from trace_core.cli.main import cli
 from trace_core.datasets.registry import VersionRecord
 from trace_core.db.connection import Databases
 from trace_core.errors import QueryError
-from trace_core.query.app import create_app, query_http
-from trace_core.query.client import choose_route, query_embedded
+from trace_core.query.app import create_app
+from trace_core.query.client import choose_route, query_embedded, query_http
 from trace_core.runtime import Runtime
 from trace_core.settings import Settings
 from trace_core.storage.local import LocalStore

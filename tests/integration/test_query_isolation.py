@@ -23,7 +23,8 @@ from tests.integration.test_query_service import (
     serving,
 )
 from trace_core.db.connection import Databases
-from trace_core.query.app import create_app, local_user_token
+from trace_core.query.app import create_app
+from trace_core.query.client import local_user_token
 from trace_core.query.workers import EngineWorkers
 from trace_core.settings import Settings
 from trace_core.storage.local import LocalStore

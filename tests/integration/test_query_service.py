@@ -32,8 +32,9 @@ from trace_core.datasets.manifest import DatasetManifest, ManifestFile
 from trace_core.datasets.registry import VersionRecord
 from trace_core.db.connection import Databases
 from trace_core.errors import QueryError, RetryableError
-from trace_core.query.app import create_app, local_user_token, query_http
+from trace_core.query.app import create_app
 from trace_core.query.attach import HotSource
+from trace_core.query.client import local_user_token, query_http
 from trace_core.query.tokens import DatasetPin, issue_task_token, issue_user_token
 from trace_core.settings import Settings
 from trace_core.storage.local import LocalStore
@@ -737,8 +738,9 @@ def test_worker_issues_per_task_tokens_at_claim(
     client: httpx.Client, settings: Settings, dbs: Databases, blocks: VersionRecord
 ) -> None:
     """Each claimed attempt gets its own token, pinned to its payload's grants only."""
+    from trace_core.engine.execute import execute_task
+    from trace_core.operators.base import Completion, OperatorContext, OperatorRegistry
     from trace_core.runtime import Runtime
-    from trace_core.worker import Completion, OperatorContext, OperatorRegistry, execute_task
 
     tokens: list[str] = []
 
@@ -752,7 +754,7 @@ def test_worker_issues_per_task_tokens_at_claim(
         return Completion(outputs={"status": resp.status_code, "rows": resp.json().get("rows")})
 
     registry = OperatorRegistry()
-    registry.register("reader", reader)
+    registry.register("reader", reader, queries=True)
     rt = Runtime(settings, dbs)
     granted, ungranted = uuid.uuid4(), uuid.uuid4()
     with rt.state() as conn, conn.transaction():

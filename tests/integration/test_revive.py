@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from tests.integration.test_planner import ORG, apply, complete, fixed_job
 from trace_core import outbox
 from trace_core.chain_sync import planner, status
-from trace_core.chain_sync import retry as chain_retry
+from trace_core.chain_sync import revive as chain_retry
 from trace_core.chain_sync.revive import SOURCE_CLI, prepare_rerun, revive_tasks
 from trace_core.chain_sync.store import set_enabled
 from trace_core.cli.main import cli

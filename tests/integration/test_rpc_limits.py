@@ -11,14 +11,14 @@ from contextlib import ExitStack
 import pytest
 
 from tests.integration.test_cryo_ingest import POOL, _payload
-from trace_core.devchain import DevChain
+from trace_core.engine.execute import execute_batch
 from trace_core.errors import ConfigError
-from trace_core.operators.cryo_payload import CryoIngestPayload, cryo_kwargs
-from trace_core.rpc_limits import PoolLimits, extraction_slot, held_slots, pool_limits
+from trace_core.operators.cryo_payload import CryoIngestTask, cryo_kwargs
+from trace_core.rpc.limits import PoolLimits, extraction_slot, held_slots, pool_limits
 from trace_core.runtime import Runtime
 from trace_core.tasks import claim, create_task
 from trace_core.tasks.lifecycle import Lease
-from trace_core.worker import execute_batch
+from trace_lite.devtools.devchain import DevChain
 
 
 class NoSlot(Exception):
@@ -63,7 +63,7 @@ def test_limits_come_from_the_pools_env_vars_and_bad_values_name_them() -> None:
 
 
 def test_each_extraction_gets_its_share_of_the_rate() -> None:
-    p = CryoIngestPayload.parse(
+    p = CryoIngestTask.parse(
         _payload("blocks", 0, 100, cryo_options={"requests_per_second": 10}),
         org_id="00000000-0000-0000-0000-000000000001",
     )

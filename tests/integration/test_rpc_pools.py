@@ -1,4 +1,4 @@
-"""RPC pools under hostile providers: a loopback fault proxy (tests/faultproxy.py) in front of
+"""RPC pools under hostile providers: a loopback fault proxy (trace_lite/devtools/rpcproxy.py FaultProxy) in front of
 the session's real anvil chain, real cryo, real Postgres.
 
 Each fault is shown to be retried (failover), split (adaptive log ranges), blocked/detected
@@ -18,7 +18,6 @@ import psycopg
 import pytest
 
 from tests.conftest import ANVIL_CHAIN_BLOCKS
-from tests.faultproxy import FaultProxy
 from tests.integration.test_cryo_ingest import (
     ENV_VAR,
     _claim,
@@ -29,12 +28,13 @@ from tests.integration.test_cryo_ingest import (
     _payload,
 )
 from trace_core.db.connection import Databases
-from trace_core.devchain import DevChain
 from trace_core.errors import ChainMismatch, ConfigError, CoverageError, RpcError
 from trace_core.operators.cryo_ingest import run_cryo_ingest
-from trace_core.rpcpool import RateLimiter, RpcPool
+from trace_core.rpc.pool import RateLimiter, RpcPool
 from trace_core.settings import Settings, rpc_pool_rps, rpc_pool_url, rpc_pool_urls
 from trace_core.storage import LocalStore
+from trace_lite.devtools.devchain import DevChain
+from trace_lite.devtools.rpcproxy import FaultProxy
 
 URLS_VAR = ENV_VAR + "S"
 

@@ -7,16 +7,16 @@ from __future__ import annotations
 
 import pytest
 
-from tests.faultproxy import FaultProxy
 from tests.integration.test_cryo_ingest import ENV_VAR, _claim, _connector, _payload
 from tests.integration.test_rpc_pools import real_settings, store  # noqa: F401 - fixtures
 from trace_core.db.connection import Databases
-from trace_core.devchain import DevChain
 from trace_core.errors import RpcError
 from trace_core.operators.cryo_ingest import run_cryo_ingest
-from trace_core.rpcpool import RpcPool
+from trace_core.rpc.pool import RpcPool
 from trace_core.settings import Settings
 from trace_core.storage import LocalStore
+from trace_lite.devtools.devchain import DevChain
+from trace_lite.devtools.rpcproxy import FaultProxy
 
 
 def test_a_429_on_the_probe_is_waited_out_and_the_range_commits(

@@ -1,4 +1,4 @@
-"""The loopback JSON-RPC proxy (trace_core.rpcproxy) against a real anvil: single and batch
+"""The loopback JSON-RPC proxy (trace_lite.devtools.rpcproxy) against a real anvil: single and batch
 requests forwarded unchanged and counted, concurrent requests wait their latency together,
 an unreachable upstream answered with JSON-RPC errors, and the per-request hook."""
 
@@ -11,9 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from trace_core.devchain import DevChain
-from trace_core.rpc import RpcClient
-from trace_core.rpcproxy import (
+from trace_core.rpc.client import RpcClient
+from trace_lite.devtools.devchain import DevChain
+from trace_lite.devtools.rpcproxy import (
     STATS_PATH,
     UPSTREAM_ERROR_CODE,
     DropConnection,

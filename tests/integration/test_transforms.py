@@ -28,11 +28,12 @@ from trace_core.chain_sync.planner import range_partition_key
 from trace_core.chain_sync.yamlload import load_job_file
 from trace_core.datasets import registry
 from trace_core.db.migrate import migrate
-from trace_core.devchain import DevChain
-from trace_core.dispatcher import dispatch_tick
+from trace_core.engine.dispatcher import dispatch_tick
+from trace_core.engine.execute import TaskOutcome, capability_token_for, execute_task
 from trace_core.errors import StaleAttempt
 from trace_core.operators.base import OperatorContext
-from trace_core.query.app import QueryRequest, QueryService, local_user_token
+from trace_core.query.client import local_user_token
+from trace_core.query.service import QueryRequest, QueryService
 from trace_core.runtime import Runtime
 from trace_core.settings import load_settings
 from trace_core.sinks.consumer import sink_once
@@ -42,11 +43,11 @@ from trace_core.transforms.spec import load_transform_file, parse_transform
 from trace_core.transforms.store import apply_transform
 from trace_core.transforms.tasks import OPERATOR
 from trace_core.udf.bundles import put_bundle
-from trace_core.worker import TaskOutcome, capability_token_for, execute_task
 from trace_dagster.definitions import build_definitions
 from trace_dagster.partitions import partitions_def_name, stream_asset_key
 from trace_dagster.resources import TraceResource
 from trace_dagster.transforms import transform_asset_key, transform_definitions
+from trace_lite.devtools.devchain import DevChain
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 TRANSFER = "DDF252AD1BE2C89B69C2B068FC378DAA952BA7F163C4A11628F55A4DF523B3EF"

@@ -17,10 +17,10 @@ from tests.integration.test_integrity import _parquet, _path, _version, run_unti
 from trace_core.chain_sync import store
 from trace_core.chain_sync.yamlload import load_job_file
 from trace_core.db.migrate import migrate
-from trace_core.devchain import DevChain
 from trace_core.integrity import incremental, verify
 from trace_core.runtime import Runtime
 from trace_core.settings import load_settings
+from trace_lite.devtools.devchain import DevChain
 
 JOB = """kind: chain_sync
 name: scope

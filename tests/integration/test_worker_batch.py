@@ -1,5 +1,5 @@
 """A worker run's batch: claimed at once, executed by a bounded pool, each task fenced on its
-own; tasks of a run that never claims them are re-woken at once (trace_core.tasks.recovery)."""
+own; tasks of a run that never claims them are re-woken at once (trace_core.tasks.retry)."""
 
 from __future__ import annotations
 
@@ -8,18 +8,12 @@ import uuid
 
 import pytest
 
+from trace_core.engine.execute import execute_batch
+from trace_core.engine.intake import receive_wakeups, record_runs, recover_stranded
+from trace_core.operators.base import Completion, OperatorContext, OperatorRegistry
 from trace_core.queue.base import TASK_WAKEUP
 from trace_core.runtime import Runtime
 from trace_core.tasks import create_task
-from trace_core.worker import (
-    Completion,
-    OperatorContext,
-    OperatorRegistry,
-    execute_batch,
-    receive_wakeups,
-    record_runs,
-    recover_stranded,
-)
 
 
 def _create(rt: Runtime, n: int, operator: str = "probe") -> list[uuid.UUID]:
@@ -139,3 +133,53 @@ def test_claimed_tasks_and_young_runs_are_left_alone(trace_env: Runtime) -> None
     assert recover_stranded(trace_env, lambda key: False, grace_seconds=0) == 1
     (woken,) = receive_wakeups(trace_env, 100)
     assert woken.task_id == ids[1]
+
+
+def test_only_operators_that_query_get_a_capability_token(trace_env: Runtime) -> None:
+    """A token is issued to an operator registered with ``queries=True`` (pinned to its
+    grants, so a malformed ``grants`` fails it); any other operator gets none and never reads
+    its payload's grants."""
+    seen: dict[str, str] = {}
+
+    def record(name: str):  # noqa: ANN202 - a small factory
+        def op(ctx: OperatorContext) -> Completion:
+            seen[name] = ctx.capability_token
+            return Completion()
+
+        return op
+
+    registry = OperatorRegistry()
+    registry.register("plain", record("plain"))
+    registry.register("reader", record("reader"), queries=True)
+    assert registry.queries("reader") and not registry.queries("plain")
+    ids = {}
+    with trace_env.state() as conn, conn.transaction():
+        for name, payload in (
+            ("plain", {"grants": "not a list"}),
+            ("reader", {"grants": []}),
+            ("reader", {"grants": "not a list"}),
+        ):
+            tid = uuid.uuid4()
+            create_task(conn, task_id=tid, operator=name, payload=payload, max_attempts=1)
+            ids[tid] = name
+    outcomes = {
+        o.task_id: o.status
+        for o in execute_batch(trace_env, list(ids), concurrency=1, registry=registry)
+    }
+    assert sorted(outcomes.values()) == ["dead", "succeeded", "succeeded"]
+    assert seen["plain"] == "" and seen["reader"].count(".") == 2  # a JWT
+
+
+def test_production_registers_only_the_operators_it_schedules() -> None:
+    """cryo_ingest (the planner), alert_evaluate (alert routing) and udf_transform (transform
+    jobs); the hot services run as services, and the tests' noop/fail come from
+    tests/operators.py."""
+    from trace_core.engine.registry import register_builtin
+
+    registry = OperatorRegistry()
+    register_builtin(registry)
+    assert registry.names() == ["alert_evaluate", "cryo_ingest", "udf_transform"]
+    assert [n for n in registry.names() if registry.queries(n)] == [
+        "alert_evaluate",
+        "udf_transform",
+    ]

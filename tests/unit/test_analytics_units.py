@@ -102,3 +102,41 @@ def test_example_jobs_with_analytics_validate() -> None:
         assert spec.analytics is not None and spec.analytics.staking is not None
         assert spec.analytics.staking.logs == logs
         assert spec.analytics.staking.address == "0x" + "0" * 36 + "1000"
+
+
+def test_each_job_has_its_own_output_datasets_and_old_shared_ones_are_not_served() -> None:
+    """Outputs are per job: distinct job names (even `a-b` and `a_b`, or 64 characters long)
+    get distinct dataset keys that fit the 64-character slug and map back to the relation
+    name; the per-chain `analytics_<name>` datasets of before are hidden from user queries."""
+    import uuid
+    from datetime import UTC, datetime
+
+    from trace_core.chain_sync.analytics_spec import (
+        BALANCE_OUTPUTS,
+        STAKING_OUTPUTS,
+        job_dataset_key,
+        output_relation,
+    )
+    from trace_core.datasets.ids import dataset_uuid
+    from trace_core.datasets.registry import VersionRecord
+    from trace_core.query.attach import default_relations
+
+    jobs = ["a-b", "a_b", "x" * 64, "x" * 63 + "y"]
+    for name in BALANCE_OUTPUTS + STAKING_OUTPUTS:
+        relation = f"analytics_{name}"
+        keys = {job_dataset_key(j, relation) for j in jobs}
+        assert len(keys) == len(jobs)
+        for key in keys:
+            dataset_uuid("00000000-0000-0000-0000-000000000001", 1, key)  # a valid slug
+            assert output_relation(key) == relation
+    assert job_dataset_key("a-b", "logs") == output_relation("logs") == "logs"
+
+    def rec(key: str) -> VersionRecord:
+        return VersionRecord(
+            uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), key, 1, 0, 10, "c", "s", "p/", "p/m",
+            1, 1, 1, None, None, datetime.now(UTC),
+        )  # fmt: skip
+
+    mine = job_dataset_key("a-b", "analytics_native_supply")
+    relations = default_relations([rec("analytics_native_supply"), rec(mine), rec("logs")])
+    assert sorted(relations) == sorted(["logs", mine])

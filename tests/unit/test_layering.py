@@ -22,11 +22,13 @@ def _imports(path: Path) -> set[str]:
     return names
 
 
-# A string constant that reads as SQL: an upper-case statement keyword opening it, or a
-# schema-qualified Trace table named in it.
+# A string constant that reads as SQL, in any case: a statement keyword opening it with the
+# clause that makes it a statement, or a schema-qualified Trace table named in it.
 SQL_TEXT = re.compile(
-    r"^\s*(SELECT|INSERT\s+INTO|UPDATE\s+\w|DELETE\s+FROM|WITH\s+\w+\s+AS|CREATE\s|ALTER\s)"
-    r"|(?i:\b(FROM|JOIN|INTO)\s+(state|data)\.\w)",
+    r"^\s*(SELECT\s+(\d|\*)|SELECT\b.*\bFROM\s+\w|INSERT\s+INTO\s+\w|UPDATE\s+[\w.]+\s+SET\b"
+    r"|DELETE\s+FROM\s+\w|WITH\s+\w+\s+AS\s*\(|(CREATE|ALTER|DROP)\s+(TABLE|INDEX|VIEW|SCHEMA)\b)"
+    r"|\b(FROM|JOIN|INTO)\s+(state|data)\.\w",
+    re.IGNORECASE | re.DOTALL,
 )
 SHELL_FORBIDDEN = {"psycopg", "psycopg_pool", "boto3", "botocore", "duckdb", "trace_lite"}
 
@@ -72,8 +74,11 @@ def test_the_sql_check_sees_sql(tmp_path: Path) -> None:
     bad.write_text(
         'A = "SELECT 1"\nB = """\n  select count(*) FROM state.tasks"""\n'
         'C = "UPDATE state.tasks SET x = 1"\nD = "select a stream"\nE = "from the data lake"\n'
+        'F = "select task_id from tasks"\nG = "update jobs set paused = true"\n'
+        'H = "delete from outbox where 1 = 1"\nI = "with t as (select 1) select * from t"\n'
+        'J = "Select the stream to update"\nK = "insert into t values (1)"\n'
     )
-    assert len(_sql_strings(bad)) == 3
+    assert len(_sql_strings(bad)) == 8
 
 
 def test_layering_check_sees_real_imports(tmp_path: Path) -> None:

@@ -11,9 +11,9 @@ from trace_core.logs import JsonFormatter, KeyValueFormatter, configure_logging
 
 
 def _record() -> logging.LogRecord:
-    logger = logging.getLogger("trace_core.worker")
+    logger = logging.getLogger("trace_core.engine.execute")
     return logger.makeRecord(
-        "trace_core.worker", logging.INFO, __file__, 1, "task claimed", (), None,
+        "trace_core.engine.execute", logging.INFO, __file__, 1, "task claimed", (), None,
         extra={"task_id": "8b7c", "attempt": 2, "operator": "cryo_ingest"},
     )  # fmt: skip
 
@@ -21,7 +21,7 @@ def _record() -> logging.LogRecord:
 def test_text_lines_end_with_the_extra_fields() -> None:
     line = KeyValueFormatter().format(_record())
     assert line.endswith(
-        "INFO trace_core.worker: task claimed task_id=8b7c attempt=2 operator=cryo_ingest"
+        "INFO trace_core.engine.execute: task claimed task_id=8b7c attempt=2 operator=cryo_ingest"
     )
 
 

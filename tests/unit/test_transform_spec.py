@@ -107,7 +107,7 @@ def test_worker_reports_a_transform_run_on_its_output_asset() -> None:
 
     from dagster import AssetKey
 
-    from trace_core.worker import TaskOutcome
+    from trace_core.engine.execute import TaskOutcome
     from trace_dagster.transforms import transform_materialization
 
     payload = {

@@ -3,9 +3,11 @@
 1. The commit (``datasets.commit.commit_version``, inside the completion transaction) writes a
    ``dataset_version_committed`` event on the outbox topic ``dataset_events``; its outbox id is
    derived from the version, so a replay adds nothing. A chain_sync range's event names its
-   job; the hot compactor's and the analytics outputs' (``analytics_*``, committed by
-   ``analytics.output``) name none, and routing finds the jobs that read them: those with a
-   ``hot:`` block on the chain, and those whose ``analytics:`` block produces the dataset.
+   job, and so does an analytics output's (``analytics.output``: the job's own dataset
+   ``analytics_<name>__<job tag>``, which its alerts read as ``analytics_<name>``); the hot
+   compactor's names none, and routing finds the jobs that read it: those with a ``hot:``
+   block on the chain (and, for an ``analytics_<name>`` version committed before outputs were
+   per job, those whose ``analytics:`` block produces it).
 2. ``route_dataset_events`` (each dispatcher tick) receives those events and, for every
    enabled ``on_commit`` alert reading that stream, creates an evaluation task (and its
    wake-up) in one state transaction, then acks. The task id is ``uuid5(alert_id, version)``:
@@ -28,9 +30,15 @@ from typing import Any
 
 from psycopg import Connection
 
+from trace_core.alerts.evaluate import OPERATOR as EVALUATE_OPERATOR
 from trace_core.alerts.evaluate import EvaluationPayload
 from trace_core.chain_sync import store as chain_sync_store
-from trace_core.chain_sync.analytics_spec import OUTPUT_PREFIX, output_keys
+from trace_core.chain_sync.analytics_spec import (
+    OUTPUT_PREFIX,
+    job_dataset_key,
+    output_keys,
+    output_relation,
+)
 from trace_core.datasets import events, registry
 from trace_core.datasets.events import DATASET_EVENTS, VERSION_COMMITTED
 from trace_core.db.queries import q
@@ -42,7 +50,6 @@ from trace_core.transforms import routing as transform_routing
 
 log = logging.getLogger(__name__)
 
-EVALUATE_OPERATOR = "alert_evaluate"
 EVALUATION_NAMESPACE = uuid.UUID("b5f1e2a4-7d0c-4b8e-9a61-2f4c8d3e5a17")
 # Pins travel inside the capability token (an HTTP header): keep a scheduled evaluation's
 # grant list well under the server's header limits.
@@ -179,24 +186,22 @@ def _jobs_of_unowned_version(
 def _route_for_job(
     conn: Connection[Any], org_id: str | uuid.UUID, ev: dict[str, Any], *, max_attempts: int
 ) -> int:
+    relation = output_relation(ev["dataset_key"])  # a job's analytics output: analytics_<name>
     alerts = conn.execute(
         q("alerts", "on_commit_alerts"),
-        {
-            "org_id": uuid.UUID(str(org_id)),
-            "job_name": ev["job_name"],
-            "dataset_key": ev["dataset_key"],
-        },
+        {"org_id": uuid.UUID(str(org_id)), "job_name": ev["job_name"], "dataset_key": relation},
     ).fetchall()
     created = 0
     for aid, name, reads, spec in alerts:
         grants = [{k: ev[k] for k in ("dataset_uuid", "dataset_version", "manifest_key")}]
         covered = True
         for key in reads:
-            if key == ev["dataset_key"]:
+            if key == relation:
                 continue
+            stored = job_dataset_key(ev["job_name"], key)
             recs = [
                 r
-                for r in registry.versions_for_stream(conn, org_id, ev["chain_id"], key)
+                for r in registry.versions_for_stream(conn, org_id, ev["chain_id"], stored)
                 if r.range_end > ev["range_start"] and r.range_start < ev["range_end"]
             ]
             if registry.missing_ranges(recs, ev["range_start"], ev["range_end"]):
@@ -269,13 +274,14 @@ def route_dataset_events(rt: Runtime, *, max_messages: int = ROUTE_BATCH) -> int
 
 
 def _schedule_grants(
-    conn: Connection[Any], org_id: str | uuid.UUID, chain_id: int, reads: list[str]
+    conn: Connection[Any], org_id: str | uuid.UUID, job: str, chain_id: int, reads: list[str]
 ) -> list[dict[str, str]] | None:
-    """Pins of the newest committed versions of each stream (None if one has none yet)."""
+    """Pins of the newest committed versions of each stream or of the job's analytics output
+    (None if one has none yet)."""
     per_stream = max(1, MAX_SCHEDULE_PINS // len(reads))
     grants: list[dict[str, str]] = []
     for key in reads:
-        recs = registry.versions_for_stream(conn, org_id, chain_id, key)
+        recs = registry.versions_for_stream(conn, org_id, chain_id, job_dataset_key(job, key))
         if not recs:
             return None
         grants.extend(_pin(r) for r in recs[-per_stream:])
@@ -299,7 +305,7 @@ def schedule_due_alerts(
             except TraceError as exc:
                 log.warning("scheduled alert skipped", extra={"alert": name, "error": str(exc)})
                 continue
-            grants = _schedule_grants(conn, org_id, job.chain_id, list(reads))
+            grants = _schedule_grants(conn, org_id, job_name, job.chain_id, list(reads))
             if grants is None:
                 log.info("scheduled alert skipped: a stream has no data yet", extra={"alert": name})
                 continue

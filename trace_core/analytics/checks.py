@@ -23,7 +23,7 @@ from trace_core.analytics.jobs import AnalyticsJob
 from trace_core.analytics.output import output_key
 from trace_core.db.queries import q
 from trace_core.errors import ConfigError, DatasetNotSynced
-from trace_core.rpc import RpcClient, hex_int
+from trace_core.rpc.client import RpcClient, hex_int
 from trace_core.settings import rpc_pool_env_var, rpc_pool_url
 
 MAX_CHECK_ACCOUNTS = 2000

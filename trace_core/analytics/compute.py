@@ -121,6 +121,7 @@ def output_input(ctx: Context, job: AnalyticsJob, name: str, start: int, end: in
         chain_id=job.chain_id,
         start=start,
         end=end,
+        dataset_key=output.dataset_key(job.job, name),
     )
 
 
@@ -146,9 +147,11 @@ def balance_range(
     ready(ctx, con, inp)
     fp = inp.fingerprint()
     changes = OutputTarget(
-        ctx.org_id, job.chain_id, "balance_changes", start, end, fp, fake=inp.fake
+        ctx.org_id, job.job, job.chain_id, "balance_changes", start, end, fp, fake=inp.fake
     )
-    deltas = OutputTarget(ctx.org_id, job.chain_id, "supply_deltas", start, end, fp, fake=inp.fake)
+    deltas = OutputTarget(
+        ctx.org_id, job.job, job.chain_id, "supply_deltas", start, end, fp, fake=inp.fake
+    )
     result = Result(input_rows=inp.rows, start=start, end=end)
     have_changes = output.registered(ctx.state, changes)
     have_deltas = output.registered(ctx.state, deltas)
@@ -190,6 +193,7 @@ def staking_range(
     ready(ctx, con, inp)
     target = OutputTarget(
         ctx.org_id,
+        job.job,
         job.chain_id,
         "staking_events",
         start,
@@ -213,7 +217,8 @@ def synced_end(ctx: Context, job: AnalyticsJob, name: str) -> int:
     """End of the span of output ``name`` committed contiguously from block 0.
 
     Raises ``DatasetNotSynced`` naming the input stream when nothing is committed yet."""
-    records = committed_versions(ctx.state, ctx.org_id, job.chain_id, output.output_key(name))
+    key = output.dataset_key(job.job, name)
+    records = committed_versions(ctx.state, ctx.org_id, job.chain_id, key)
     end = covered_end(records, 0)
     if end == 0:
         raise DatasetNotSynced(
@@ -264,9 +269,11 @@ def top_accounts(ctx: Context, con: duckdb.DuckDBPyConnection, job: AnalyticsJob
     alloc = load_genesis(job, ctx.settings, ctx.environ)
     ready(ctx, con, inp)
     fp = fingerprint(inp.fingerprint(), output.fingerprint(*sorted(alloc.items())), job.spec.top_n)
-    top_t = OutputTarget(ctx.org_id, job.chain_id, "top_accounts", 0, end, fp, fake=inp.fake)
+    top_t = OutputTarget(
+        ctx.org_id, job.job, job.chain_id, "top_accounts", 0, end, fp, fake=inp.fake
+    )
     hist_t = OutputTarget(
-        ctx.org_id, job.chain_id, "top_account_history", 0, end, fp, fake=inp.fake
+        ctx.org_id, job.job, job.chain_id, "top_account_history", 0, end, fp, fake=inp.fake
     )
     view(con, "balance_changes", inp.select_sql())
     _genesis_table(con, alloc)
@@ -307,9 +314,11 @@ def staking_concentration(
     points = _thin(_range_ends(inp), MAX_CONCENTRATION_POINTS)
     ready(ctx, con, inp)
     fp = fingerprint(inp.fingerprint(), address, top_k, points)
-    stake_t = OutputTarget(ctx.org_id, job.chain_id, "validator_stake", 0, end, fp, fake=inp.fake)
+    stake_t = OutputTarget(
+        ctx.org_id, job.job, job.chain_id, "validator_stake", 0, end, fp, fake=inp.fake
+    )
     conc_t = OutputTarget(
-        ctx.org_id, job.chain_id, "staking_concentration", 0, end, fp, fake=inp.fake
+        ctx.org_id, job.job, job.chain_id, "staking_concentration", 0, end, fp, fake=inp.fake
     )
     view(con, "staking_events", inp.select_sql())
     con.execute(

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 from trace_core.analytics.jobs import AnalyticsJob
 from trace_core.errors import ConfigError
-from trace_core.rpc import RpcClient, hex_int
+from trace_core.rpc.client import RpcClient, hex_int
 from trace_core.settings import Settings, rpc_pool_env_var, rpc_pool_url
 
 _ADDRESS = re.compile(r"^0x[0-9a-f]{40}$")

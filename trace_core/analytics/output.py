@@ -3,8 +3,9 @@
 A DuckDB query result is written as one Parquet file, staged, moved under the version prefix
 with its manifest written last, and registered in one state transaction together with its
 ``dataset_version_committed`` event, exactly like a compacted hot range (no task: analytics
-runs are not Trace tasks; the event names no job, and alert routing finds the jobs whose
-``analytics:`` block produces the dataset). The version id is a
+runs are not Trace tasks; the event names the job, whose alerts read it). Each job has its own
+datasets (``analytics_<name>__<job tag>``: two jobs on one chain never share an output). The
+version id is a
 function of ``(dataset, config_hash, chain, range)`` and ``config_hash`` carries a
 fingerprint of the inputs read, so re-materializing the same inputs registers nothing new,
 while new inputs give a new version that readers prefer (newest per block).
@@ -24,7 +25,7 @@ from typing import Any
 import duckdb
 from psycopg import Connection
 
-from trace_core.chain_sync.analytics_spec import OUTPUT_PREFIX
+from trace_core.chain_sync.analytics_spec import OUTPUT_PREFIX, job_dataset_key
 from trace_core.datasets import ids
 from trace_core.datasets.commit import (
     CommittedVersion,
@@ -44,8 +45,13 @@ DATASET_PREFIX = OUTPUT_PREFIX
 
 
 def output_key(name: str) -> str:
-    """Dataset key (and query relation name) of an analytics output: ``analytics_{name}``."""
+    """Query relation name of an analytics output: ``analytics_{name}``."""
     return f"{DATASET_PREFIX}{name}"
+
+
+def dataset_key(job: str, name: str) -> str:
+    """Dataset key of output ``name`` of ``job`` (``analytics_{name}__{job tag}``)."""
+    return job_dataset_key(job, output_key(name))
 
 
 def output_config_hash(name: str, fingerprint: str) -> str:
@@ -60,9 +66,11 @@ def fingerprint(*parts: object) -> str:
 
 @dataclass(frozen=True)
 class OutputTarget:
-    """Where one output goes: dataset ``analytics_{name}`` on ``chain_id``, range ``[start, end)``."""
+    """Where one output goes: ``job``'s dataset of output ``name`` on ``chain_id``, range
+    ``[start, end)``."""
 
     org_id: str
+    job: str
     chain_id: int
     name: str
     start: int
@@ -72,7 +80,7 @@ class OutputTarget:
 
     @property
     def dataset_key(self) -> str:
-        return output_key(self.name)
+        return dataset_key(self.job, self.name)
 
     @property
     def config_hash(self) -> str:
@@ -147,8 +155,9 @@ def commit_query(
         files=files,
         fake=target.fake,
     )
-    # no task: lock, publish, register, announce (once per version: alerts route the event)
-    committed = commit_version(state, store, staged, announce=True)
+    # no task: lock, publish, register, announce (once per version, naming the job whose
+    # alerts read it)
+    committed = commit_version(state, store, staged, announce=True, job_name=target.job)
     log.info(
         "analytics output committed",
         extra={

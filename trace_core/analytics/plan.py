@@ -5,7 +5,9 @@ versions is not registered (a re-synced range has new versions, hence a new fing
 A roll-up is due once no per-range work of its input is pending; its run key names the
 per-range outputs it would read, so the same state never asks for the same roll-up twice.
 Run keys also carry the input's registration time: Dagster keeps run keys forever, and a
-Trace state rebuilt from scratch (same deterministic version ids) must not look done.
+Trace state rebuilt from scratch (same deterministic version ids) must not look done. A
+per-range run key names the output version it is due for (its id carries the job's dataset),
+so runs requested before outputs were per job do not hide the recompute.
 """
 
 from __future__ import annotations
@@ -51,18 +53,21 @@ def _range_work(
         fp = registry_fingerprint(records, a, b)
         if salt:
             fp = fingerprint(fp, *salt)
-        target = OutputTarget(org_id, job.chain_id, last_output, a, b, fp, fake=rec.fake)
+        target = OutputTarget(org_id, job.job, job.chain_id, last_output, a, b, fp, fake=rec.fake)
         if get_version(conn, target.dataset_version) is None:
             # created_at: a state rebuilt from scratch (same ids) still gets fresh run keys
             stamp = int(rec.created_at.timestamp() * 1e6)
-            out.append(PlannedRun(job.job, kind, f"{job.job}:{kind}:{a}-{b}:{fp}:{stamp}", a, b))
+            # the target's id: a run key from before outputs were per job (same input, same
+            # stamp) must not make a reused Dagster instance skip the per-job recompute
+            key = f"{job.job}:{kind}:{a}-{b}:{target.dataset_version}:{stamp}"
+            out.append(PlannedRun(job.job, kind, key, a, b))
     return out
 
 
 def _rollup(
     conn: Connection[Any], org_id: str, job: AnalyticsJob, kind: Kind, per_range: str
 ) -> list[PlannedRun]:
-    records = committed_versions(conn, org_id, job.chain_id, output.output_key(per_range))
+    records = committed_versions(conn, org_id, job.chain_id, output.dataset_key(job.job, per_range))
     end = covered_end(records, 0)
     if end == 0:
         return []

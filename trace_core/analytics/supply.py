@@ -50,7 +50,7 @@ def chain(
 def _target(ctx: Any, job: AnalyticsJob, link: tuple[int, str, bool], lo: int) -> OutputTarget:
     end, fp, fake = link
     return OutputTarget(
-        ctx.org_id, job.chain_id, "native_supply", 0, end, fingerprint(fp, lo), fake=fake
+        ctx.org_id, job.job, job.chain_id, "native_supply", 0, end, fingerprint(fp, lo), fake=fake
     )
 
 
@@ -91,7 +91,8 @@ def native_supply(ctx: Context, con: duckdb.DuckDBPyConnection, job: AnalyticsJo
     def lo_of(e: int) -> int:
         return 0 if window is None else max(0, e - window)
 
-    records = committed_versions(ctx.state, ctx.org_id, job.chain_id, "analytics_supply_deltas")
+    key = output.dataset_key(job.job, "supply_deltas")
+    records = committed_versions(ctx.state, ctx.org_id, job.chain_id, key)
     parts = [
         (p.record.dataset_version, p.start, p.end, p.record.fake)
         for p in visible_parts(records)

@@ -15,12 +15,15 @@ Example (the job must start at block 0: balances accumulate from genesis)::
 Cross-field checks (streams exist and carry the right cryo dataset, from_block is 0) live in
 ``chain_sync.spec.ChainSyncSpec`` so each problem is reported at its file line.
 
-Each output is a dataset ``analytics_<name>`` on the job's chain (``output_keys``): the Query
-Service serves them as relations of the job (``--job``) and alerts of the job may read them.
+Each output is the relation ``analytics_<name>`` of the job (``output_keys``): the Query Service
+serves it under that name with ``--job`` and alerts of the job read it so. Its dataset is the
+job's own, ``analytics_<name>__<job tag>`` on the job's chain (``job_dataset_key``), so two jobs
+on one chain never share an output.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from typing import Annotated, Any
@@ -45,6 +48,10 @@ BALANCE_OUTPUTS = (
     "top_account_history",
 )
 STAKING_OUTPUTS = ("staking_events", "validator_stake", "staking_concentration")
+
+# Separates an output's relation name from the job tag in its dataset key (no output name
+# contains a double underscore).
+JOB_TAG_SEP = "__"
 
 _ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
 _STREAM = re.compile(r"^[a-z0-9_]{1,64}$")
@@ -167,3 +174,35 @@ def output_keys(analytics: Mapping[str, Any] | None) -> tuple[str, ...]:
     if not analytics:
         return ()
     return AnalyticsSpec.model_validate(analytics, strict=False).output_keys()
+
+
+def job_tag(job: str) -> str:
+    """A slug naming ``job`` inside a dataset key: its name (``-`` as ``_``, at most 20
+    characters) plus 8 hex of its sha256 (two names share a tag only if their prefixes and
+    32-bit hashes both match), so ``a-b`` and ``a_b`` differ."""
+    digest = hashlib.sha256(job.encode()).hexdigest()[:8]
+    return f"{re.sub(r'[^a-z0-9_]', '_', job)[:20]}_{digest}"
+
+
+def job_dataset_key(job: str, relation: str) -> str:
+    """Dataset key of output ``relation`` (``analytics_<name>``) of ``job``:
+    ``analytics_<name>__<job_tag>`` (at most 64 characters); other keys are returned as is."""
+    if not relation.startswith(OUTPUT_PREFIX):
+        return relation
+    return f"{relation}{JOB_TAG_SEP}{job_tag(job)}"
+
+
+def shared_output_key(dataset_key: str) -> bool:
+    """True for a per-chain ``analytics_<name>`` dataset: committed before outputs were per
+    job, shared by every job on the chain, and no longer written (no stream or transform may
+    take an ``analytics_`` name, so nothing else has such a key)."""
+    return dataset_key.startswith(OUTPUT_PREFIX) and JOB_TAG_SEP not in dataset_key
+
+
+def output_relation(dataset_key: str) -> str:
+    """Relation name of an analytics output's dataset key (its job tag dropped); other keys
+    (and the per-chain ``analytics_<name>`` keys of versions committed before outputs were per
+    job) are returned as is."""
+    if dataset_key.startswith(OUTPUT_PREFIX) and JOB_TAG_SEP in dataset_key:
+        return dataset_key.split(JOB_TAG_SEP, 1)[0]
+    return dataset_key

@@ -22,8 +22,8 @@ from psycopg import Connection
 
 from trace_core.db.queries import q
 from trace_core.errors import RpcError, TraceError
-from trace_core.rpc import JsonRpc
-from trace_core.rpcpool import RpcPool
+from trace_core.rpc.client import JsonRpc
+from trace_core.rpc.pool import RpcPool
 from trace_core.settings import Settings, rpc_pool_urls
 
 log = logging.getLogger(__name__)

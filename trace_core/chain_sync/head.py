@@ -21,7 +21,7 @@ from psycopg import Connection
 
 from trace_core.db.queries import q
 from trace_core.errors import ChainMismatch, RpcError
-from trace_core.rpcpool import RpcPool
+from trace_core.rpc.pool import RpcPool
 from trace_core.settings import rpc_pool_env_var, rpc_pool_urls
 
 log = logging.getLogger(__name__)

@@ -30,14 +30,13 @@ from trace_core.chain_sync.head import MISSING_RPC_URL
 from trace_core.db.errors import translates_db_errors
 from trace_core.db.queries import q
 from trace_core.errors import DatasetConflict, InvalidPayload, UnknownTask
-from trace_core.operators.cryo_payload import CryoIngestTask
+from trace_core.operators.cryo_payload import OPERATOR, CryoIngestTask
 from trace_core.settings import Settings, rpc_pool_env_var, rpc_pool_urls
 from trace_core.tasks.lifecycle import Lease, create_task
 
 log = logging.getLogger(__name__)
 
 TASK_NAMESPACE = uuid.UUID("906c0c0c-342d-472f-97a1-2c9b3d4eaab1")
-OPERATOR = "cryo_ingest"
 DEFAULT_MAX_ATTEMPTS = 3
 PARTITION_KEY_DIGITS = 12
 ERROR_MESSAGE_LIMIT = 1024
@@ -380,7 +379,7 @@ def task_payload(
         job_id=str(job["job_id"]),
         job_name=job["name"],
         dataset_key=stream["dataset_key"],
-        dataset_uuid=str(stream["dataset_uuid"]),
+        dataset_uuid=uuid.UUID(str(stream["dataset_uuid"])),
         cryo_dataset_name=stream["cryo_dataset_name"],
         rpc_pool=stream["rpc_pool"],
         range_start=start,

@@ -30,7 +30,7 @@ from psycopg.rows import dict_row
 from trace_core.chain_sync import capabilities, store
 from trace_core.chain_sync.head import MISSING_RPC_URL
 from trace_core.chain_sync.planner import DEAD_RANGES, MISSING_HEAD, eligible_end
-from trace_core.chain_sync.retry import DeadRange, dead_ranges
+from trace_core.chain_sync.revive import DeadRange, dead_ranges
 from trace_core.db.queries import q
 from trace_core.settings import rpc_pool_env_var, rpc_pool_url
 

@@ -274,8 +274,7 @@ def query(sql: str, job: str | None, as_json: bool, mode: str | None) -> None:
     With TRACE_QUERY_URL set, or a service answering at the default address, over HTTP;
     otherwise in this process through the same gate, sandbox, grants and audit (embedded),
     saying so on stderr."""
-    from trace_core.query.app import query_http
-    from trace_core.query.client import Mode, choose_route, query_embedded
+    from trace_core.query.client import Mode, choose_route, query_embedded, query_http
 
     rt = runtime()
     route = choose_route(rt.settings, cast(Mode, mode or "auto"))
@@ -305,7 +304,7 @@ def query(sql: str, job: str | None, as_json: bool, mode: str | None) -> None:
 @handle_errors
 def token() -> None:
     """Print a local user token for other HTTP clients of the Query Service."""
-    from trace_core.query.app import local_user_token
+    from trace_core.query.client import local_user_token
 
     click.echo(local_user_token(load_settings()))
 

@@ -54,9 +54,8 @@ def retry(
     All or nothing: an unknown task, job, stream or range exits 1 naming it and changes
     nothing. A task or range that is not dead is left as it is and reported (exit 0).
     """
-    from trace_core.chain_sync.retry import parse_block_range
-    from trace_core.chain_sync.retry import retry as do_retry
-    from trace_core.chain_sync.revive import parse_task_id
+    from trace_core.chain_sync.revive import parse_block_range, parse_task_id
+    from trace_core.chain_sync.revive import retry as do_retry
     from trace_core.db.migrate import migrate
 
     if not tasks and job is None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -18,6 +20,9 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from trace_core.errors import DatabaseUnreachable
 from trace_core.settings import Settings
+
+# Opens a state connection (``Runtime.state``), as the lower layers take it.
+StateConnect = Callable[[], AbstractContextManager[psycopg.Connection[Any]]]
 
 log = logging.getLogger(__name__)
 

@@ -58,6 +58,7 @@ from trace_core.hot.tables import (
     hot_table,
     read_range,
 )
+from trace_core.runtime import Runtime
 from trace_core.settings import DEFAULT_ORG_ID, Settings
 from trace_core.storage.base import ObjectStore
 
@@ -511,3 +512,27 @@ def _delete_range(data: Connection[Any], chain_id: int, dataset_key: str, a: int
             {"chain_id": chain_id, "range_start": a, "range_end": b},
         )
     return cur.rowcount
+
+
+def compact_chain(
+    rt: Runtime,
+    chain_id: int,
+    *,
+    datasets: tuple[str, ...] = HOT_DATASETS,
+    range_size: int | None = None,
+    finality_depth: int | None = None,
+    delete_hot: bool = False,
+    max_ranges: int = 10,
+) -> CompactResult:
+    """``compact_once`` with the runtime's settings, databases and object store."""
+    return compact_once(
+        rt.settings,
+        rt.dbs,
+        chain_id,
+        store=rt.store,
+        datasets=datasets,
+        range_size=range_size,
+        finality_depth_override=finality_depth,
+        delete_hot=delete_hot,
+        max_ranges=max_ranges,
+    )

@@ -30,7 +30,7 @@ from trace_core import outbox
 from trace_core.datasets.events import DATASET_EVENTS
 from trace_core.db.connection import Databases, connect
 from trace_core.db.queries import q
-from trace_core.errors import ChainMismatch, RpcError
+from trace_core.errors import ChainMismatch, ConfigError, RpcError
 from trace_core.hot import reorg
 from trace_core.hot.tables import (
     HOT_DATASETS,
@@ -42,9 +42,10 @@ from trace_core.hot.tables import (
     stored_hashes,
     write_blocks,
 )
-from trace_core.rpc import RpcClient
-from trace_core.rpcpool import RpcPool
-from trace_core.settings import Settings
+from trace_core.rpc.client import RpcClient
+from trace_core.rpc.pool import RpcPool
+from trace_core.runtime import Runtime
+from trace_core.settings import Settings, rpc_pool_env_var, rpc_pool_urls
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ class BlockSource(Protocol):
 
 
 class RpcBlockSource:
-    """``BlockSource`` over ``trace_core.rpc.RpcClient`` (httpx, bounded timeouts).
+    """``BlockSource`` over ``trace_core.rpc.client.RpcClient`` (httpx, bounded timeouts).
 
     A batch of blocks is one JSON-RPC batch request: ``eth_getBlockByNumber(n, true)`` and
     ``eth_getBlockReceipts(n)`` per block. Nodes without ``eth_getBlockReceipts`` fall back to
@@ -87,7 +88,7 @@ class RpcBlockSource:
         self, url: str | Sequence[str], *, label: str = "block_follower", timeout: float = 10.0
     ) -> None:
         urls = [url] if isinstance(url, str) else list(url)
-        # several URLs: a pool that fails over between them (trace_core.rpcpool)
+        # several URLs: a pool that fails over between them (trace_core.rpc.pool)
         self.rpc: RpcClient | RpcPool = (
             RpcClient(urls[0], label=label, timeout=timeout)
             if len(urls) == 1
@@ -487,3 +488,27 @@ def follow_once(
             },
         )
     return result
+
+
+DEFAULT_MAX_BLOCKS = 200
+
+
+def follow_pool(
+    rt: Runtime,
+    chain_id: int,
+    rpc_pool: str,
+    *,
+    max_blocks: int = DEFAULT_MAX_BLOCKS,
+    start_block: int | None = None,
+    batch_size: int | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> FollowResult:
+    """``follow_once`` against the pool's URLs (failing over between them). Raises
+    ``ConfigError`` when the pool is unset."""
+    urls = rpc_pool_urls(rpc_pool, environ)
+    if not urls:
+        raise ConfigError(f"rpc pool {rpc_pool!r} has no URL", field=rpc_pool_env_var(rpc_pool))
+    kwargs: dict[str, Any] = {"start_block": start_block}
+    if batch_size is not None:
+        kwargs["batch_size"] = batch_size
+    return follow_once(rt.settings, rt.dbs, chain_id, urls, max_blocks, **kwargs)

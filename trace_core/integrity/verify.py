@@ -36,7 +36,7 @@ from trace_core.datasets.registry import VersionRecord, VisiblePart
 from trace_core.errors import InvalidPayload, RpcError
 from trace_core.integrity import check
 from trace_core.integrity.check import BlockFacts, Finding, VersionData
-from trace_core.rpc import RpcClient, hex_int
+from trace_core.rpc.client import RpcClient, hex_int
 from trace_core.runtime import Runtime
 from trace_core.settings import rpc_pool_env_var, rpc_pool_url
 

@@ -35,9 +35,10 @@ class Completion:
 class OperatorContext:
     """Handed to an operator: the runtime, the lease, its capability token and a liveness check.
 
-    ``capability_token`` is issued at claim for this attempt only, pinned to the dataset
-    versions in the payload's ``grants`` (``{dataset_uuid, dataset_version, manifest_key}``
-    each); a task without grants gets a token that reads nothing.
+    ``capability_token`` is issued, for an operator registered with ``queries=True`` only, at
+    claim for this attempt only, pinned to the dataset versions in the payload's ``grants``
+    (``{dataset_uuid, dataset_version, manifest_key}`` each); a task without grants gets a
+    token that reads nothing. Other operators get an empty string.
     """
 
     def __init__(
@@ -69,7 +70,7 @@ DeadHook = Callable[[Connection[Any], Lease], None]
 class OperatorRegistry:
     """Operator name -> implementation, plus per-operator completion hooks.
 
-    Build one per run (``trace_core.builtin_operators.default_registry``) and pass it to the
+    Build one per run (``trace_core.engine.registry.default_registry``) and pass it to the
     worker; registering a name twice replaces the operator and its hooks.
     """
 
@@ -77,6 +78,7 @@ class OperatorRegistry:
         self._ops: dict[str, Operator] = {}
         self._on_success: dict[str, list[SuccessHook]] = {}
         self._on_dead: dict[str, list[DeadHook]] = {}
+        self._queries: set[str] = set()
 
     def register(
         self,
@@ -85,11 +87,18 @@ class OperatorRegistry:
         *,
         on_success: Iterable[SuccessHook] = (),
         on_dead: Iterable[DeadHook] = (),
+        queries: bool = False,
     ) -> None:
-        """Register ``op`` as ``name``; hooks run in the given order."""
+        """Register ``op`` as ``name``; hooks run in the given order. ``queries``: the operator
+        reads datasets through the Query Service, so each attempt is issued a capability
+        token (pinned to the payload's ``grants``); other operators get none."""
         self._ops[name] = op
         self._on_success[name] = list(on_success)
         self._on_dead[name] = list(on_dead)
+        if queries:
+            self._queries.add(name)
+        else:
+            self._queries.discard(name)
 
     def get(self, name: str) -> Operator:
         """The operator named ``name``. Raises ``InvalidPayload`` for an unknown name."""
@@ -100,6 +109,10 @@ class OperatorRegistry:
 
     def names(self) -> list[str]:
         return sorted(self._ops)
+
+    def queries(self, name: str) -> bool:
+        """Whether ``name`` is issued a capability token (see ``register``)."""
+        return name in self._queries
 
     def success_hooks(self, name: str) -> list[SuccessHook]:
         return self._on_success.get(name, [])

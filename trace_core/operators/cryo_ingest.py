@@ -30,7 +30,6 @@ from psycopg import Connection
 from trace_core.datasets.commit import (
     CommittedVersion,
     StagedOutput,
-    commit_dataset_version,
     commit_version,
     stage_parquet_files,
 )
@@ -43,16 +42,14 @@ from trace_core.errors import (
 from trace_core.operators import cryo_logcheck
 from trace_core.operators.base import Completion, OperatorContext
 from trace_core.operators.cryo_fake import extract_fake
-from trace_core.operators.cryo_payload import (
-    CryoIngestPayload,
-)
+from trace_core.operators.cryo_payload import CryoIngestTask
 from trace_core.operators.cryo_real import extract_real
 from trace_core.operators.payload import (
     RangeLabel,
 )
-from trace_core.rpc import JsonRpc
-from trace_core.rpc_limits import PoolLimits, extraction_slot, pool_limits
-from trace_core.rpcpool import RpcPool
+from trace_core.rpc.client import JsonRpc
+from trace_core.rpc.limits import PoolLimits, extraction_slot, pool_limits
+from trace_core.rpc.pool import RpcPool
 from trace_core.settings import Settings, rpc_pool_env_var, rpc_pool_url
 from trace_core.storage.base import ObjectStore
 from trace_core.tasks.keepalive import LeaseHeartbeat, StateConnect, lease_heartbeat
@@ -60,7 +57,6 @@ from trace_core.tasks.lifecycle import Lease
 
 log = logging.getLogger(__name__)
 
-OPERATOR = "cryo_ingest"
 Mode = Literal["real", "fake"]
 
 # cryo names files {network}__{dataset}__{first:08}_to_{last:08}.parquet (network: "ethereum"
@@ -95,9 +91,7 @@ def choose_mode(
 # --- extraction ----------------------------------------------------------------------------
 
 
-def open_pool(
-    p: CryoIngestPayload, settings: Settings, environ: Mapping[str, str] | None
-) -> RpcPool:
+def open_pool(p: CryoIngestTask, settings: Settings, environ: Mapping[str, str] | None) -> RpcPool:
     """The task's RPC pool from the environment. Raises ``ConfigError`` naming the variable."""
     if p.rpc_pool is None:
         raise ConfigError("real cryo mode needs the payload's rpc_pool", field="rpc_pool")
@@ -138,7 +132,7 @@ def check_caps(files: list[Path], settings: Settings) -> None:
         )
 
 
-def check_coverage(p: CryoIngestPayload, files: list[Path]) -> int:
+def check_coverage(p: CryoIngestTask, files: list[Path]) -> int:
     """Verify the files cover ``[range_start, range_end)`` exactly; return the row count.
 
     File names must tile the range without gap or overlap. blocks: every block number exactly
@@ -192,7 +186,7 @@ def check_coverage(p: CryoIngestPayload, files: list[Path]) -> int:
     return rows
 
 
-def check_log_receipts(p: CryoIngestPayload, rpc: JsonRpc, rows: int) -> None:
+def check_log_receipts(p: CryoIngestTask, rpc: JsonRpc, rows: int) -> None:
     """Compare a logs range's row count with receipts (``eth_getBlockReceipts``): a node can
     answer ``eth_getLogs`` without some logs. A mismatch is a ``CoverageError`` (retryable)."""
     expected = rpc.log_count(p.range_start, p.range_end)
@@ -244,7 +238,7 @@ def extract_and_stage(
     request-rate limits, which hold across runs and machines); without it, none is taken.
     """
     timings = {} if timings is None else timings
-    p = CryoIngestPayload.parse(lease.payload, org_id=org_id or settings.org_id)
+    p = CryoIngestTask.parse(lease.payload, org_id=org_id or settings.org_id)
     mode, _url = choose_mode(settings, p.rpc_pool, environ)
     out_dir = attempt_staging_dir(settings, lease)
     if out_dir.exists():
@@ -277,7 +271,7 @@ def extract_and_stage(
             else:
                 extract_fake(
                     chain_id=p.chain_id,
-                    cryo_dataset_name=p.cryo_dataset_name,
+                    cryo_dataset_name=p.cryo_name,
                     range_start=p.range_start,
                     range_end=p.range_end,
                     chunk_size=p.chunk_size,
@@ -289,7 +283,7 @@ def extract_and_stage(
             check_caps(files, settings)
             rows = check_coverage(p, files)
             bloom = settings.verify_logs_bloom and pool is not None
-            if bloom and cryo_logcheck.applies(p.cryo_dataset_name, p.cryo_options):
+            if bloom and cryo_logcheck.applies(p.cryo_name, p.cryo_options):
                 assert pool is not None
                 cryo_logcheck.check_logs_bloom(pool, p.range_start, p.range_end, files)
             if pool is not None and p.cryo_dataset_name == "logs" and settings.verify_log_receipts:
@@ -308,12 +302,12 @@ def extract_and_stage(
         task_id=lease.task_id,
         attempt=lease.attempt,
         org_id=org_id or settings.org_id,
-        dataset_uuid=p.dataset_uuid,
+        dataset_uuid=p.dataset_id,
         dataset_key=p.dataset_key,
         chain_id=p.chain_id,
         range_start=p.range_start,
         range_end=p.range_end,
-        config_hash=p.config_hash,
+        config_hash=p.version_config_hash,
         schema=schema,
         files=staged_files,
         fake=mode == "fake",
@@ -352,7 +346,7 @@ def run_cryo_ingest(
     )
     t0 = time.perf_counter()
     with state() as conn:
-        committed = commit_dataset_version(conn, store, lease, staged)
+        committed = commit_staged(conn, store, staged, lease)
     timings["commit"] = time.perf_counter() - t0
     rows = committed.record.row_count
     log.info(
@@ -360,6 +354,18 @@ def run_cryo_ingest(
         extra={"task_id": str(lease.task_id), "attempt": lease.attempt, "rows": rows, **timings},
     )
     return IngestResult(committed, mode, rows, timings)
+
+
+def commit_staged(
+    conn: Connection[Any], store: ObjectStore, staged: StagedOutput, lease: Lease
+) -> CommittedVersion:
+    """Commit a staged range for its attempt (fence, publish, register, finish the task); a
+    range a chain_sync job planned announces its version (alerts route it by job). The one
+    commit both entry points use."""
+    job_name = RangeLabel.of(lease.payload).job_name
+    return commit_version(
+        conn, store, staged, lease=lease, announce=job_name is not None, job_name=job_name
+    )
 
 
 def cryo_ingest_operator(ctx: OperatorContext) -> Completion:
@@ -371,13 +377,7 @@ def cryo_ingest_operator(ctx: OperatorContext) -> Completion:
         rt.settings, store, ctx.lease, check=ctx.check_lease, state=rt.state
     )
 
-    job_name = RangeLabel.of(ctx.lease.payload).job_name
-
     def commit(conn: Connection[Any]) -> dict[str, Any]:
-        # a range a chain_sync job planned announces its version (alerts route it by job)
-        committed = commit_version(
-            conn, store, staged, lease=ctx.lease, announce=job_name is not None, job_name=job_name
-        )
-        return {**committed.outputs(), "mode": mode}
+        return {**commit_staged(conn, store, staged, ctx.lease).outputs(), "mode": mode}
 
     return Completion(outputs={}, commit=commit)

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from Crypto.Hash import keccak
 
 from trace_core.errors import CoverageError, RpcError
-from trace_core.rpc import MAX_BATCH, JsonRpc
+from trace_core.rpc.client import MAX_BATCH, JsonRpc
 
 BLOOM_BYTES = 256
 LOG_FILTER_OPTIONS = ("contract", "topic0", "topic1", "topic2", "topic3")

@@ -1,13 +1,14 @@
-"""The ``cryo_ingest`` task payload: the typed model the planner builds (``CryoIngestTask``),
-its resolved form the operator runs (``CryoIngestPayload``), and the datasets and options
-cryo_ingest accepts."""
+"""The ``cryo_ingest`` task payload (``CryoIngestTask``: the planner builds it, the operator
+parses it back with ``CryoIngestTask.parse(payload, org_id=...)``, which also fills what a
+payload may leave out), and the datasets and options cryo_ingest accepts."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Self
+
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from trace_core.datasets import ids
 from trace_core.errors import InvalidPayload, UnknownCryoDataset
@@ -17,6 +18,8 @@ from trace_core.operators.payload import (
     StrictText,
     TaskPayload,
 )
+
+OPERATOR = "cryo_ingest"
 
 # cryo 0.3.2 datasets that need only a block range and write one kind of file (each name was
 # run against anvil). Aliases and multi-dataset names are refused so a stream maps to files.
@@ -53,25 +56,116 @@ CRYO_OPTIONS: frozenset[str] = frozenset(
     }
 )  # fmt: skip
 DEFAULT_CHUNK_SIZE = 1000
-# --- payload -------------------------------------------------------------------------------
 
 
 class CryoIngestTask(TaskPayload):
-    """The ``cryo_ingest`` task payload as stored: what the planner builds for one range
-    (``[range_start, range_end)``). ``CryoIngestPayload.parse`` resolves the rest."""
+    """The ``cryo_ingest`` task payload: one range ``[range_start, range_end)`` of a stream.
+
+    The planner fills every field. ``parse`` also accepts what older or hand-made payloads
+    leave out: ``dataset_uuid`` (derived from the org, chain and stream), ``cryo_dataset_name``
+    (from ``config_hash``), ``config_hash`` (from the dataset and options), and the options
+    under their old key ``config``. Malformed fields raise ``InvalidPayload`` naming the field;
+    a dataset cryo_ingest cannot extract raises ``UnknownCryoDataset``.
+    """
 
     chain_id: PositiveInt
     range_start: NonNegativeInt
     range_end: PositiveInt
     dataset_key: StrictText
-    operator: str = "cryo_ingest"
+    operator: str = OPERATOR
     job_id: str | None = None
     job_name: str | None = None
-    dataset_uuid: str | None = None
+    dataset_uuid: uuid.UUID | None = None
     cryo_dataset_name: str | None = None
     rpc_pool: str | None = None
-    config_hash: Any = None  # checked in ``CryoIngestPayload.parse`` (names the field)
-    cryo_options: Any = None
+    config_hash: Annotated[str, Field(min_length=1)] | None = None
+    cryo_options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_options_key(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "cryo_options" not in data and "config" in data:
+            return {**data, "cryo_options": data["config"]}
+        return data
+
+    @field_validator("range_end")
+    @classmethod
+    def _end_after_start(cls, end: int, info: ValidationInfo) -> int:
+        start = info.data.get("range_start")
+        if start is not None and end <= start:
+            raise ValueError("range_end must be greater than range_start")
+        return end
+
+    @field_validator("dataset_uuid", mode="before")
+    @classmethod
+    def _blank_uuid_is_unset(cls, value: Any) -> Any:
+        return value or None
+
+    @field_validator("rpc_pool")
+    @classmethod
+    def _pool_not_url(cls, pool: str | None) -> str | None:
+        if pool is not None and "://" in pool:
+            raise ValueError("must name a pool, not a URL")
+        return pool
+
+    @field_validator("cryo_options", mode="before")
+    @classmethod
+    def _options(cls, options: Any) -> Any:
+        if options is None:
+            return {}
+        if isinstance(options, Mapping):
+            bad = sorted(set(options) - CRYO_OPTIONS)
+            if bad:
+                raise ValueError(f"unsupported cryo options: {', '.join(bad)}")
+            return dict(options)
+        return options
+
+    @classmethod
+    def parse(cls, payload: Mapping[str, Any], *, org_id: str | None = None) -> Self:
+        """Validate ``payload`` and fill what it leaves out (``dataset_uuid`` needs ``org_id``).
+        Raises ``InvalidPayload`` or ``UnknownCryoDataset``."""
+        task = super().parse(payload)
+        name = task.cryo_dataset_name or (
+            ids.dataset_name_from_config_hash(task.config_hash) if task.config_hash else None
+        )
+        if name is None:
+            raise InvalidPayload("payload names no cryo_dataset_name", field="cryo_dataset_name")
+        validate_dataset_name(name)
+        options = {k: v for k, v in task.cryo_options.items() if v is not None}
+        return task.model_copy(
+            update={
+                "cryo_options": options,
+                "cryo_dataset_name": name,
+                "dataset_uuid": task.dataset_uuid
+                or (ids.dataset_uuid(org_id, task.chain_id, task.dataset_key) if org_id else None),
+                "config_hash": task.config_hash or ids.config_hash(name, options),
+            }
+        )
+
+    @property
+    def cryo_name(self) -> str:
+        """The cryo dataset to extract (set once ``parse`` resolved the payload)."""
+        if self.cryo_dataset_name is None:
+            raise InvalidPayload("payload names no cryo_dataset_name", field="cryo_dataset_name")
+        return self.cryo_dataset_name
+
+    @property
+    def version_config_hash(self) -> str:
+        """The config hash the version is registered under (``parse`` fills a missing one)."""
+        if self.config_hash is None:
+            return ids.config_hash(self.cryo_name, self.cryo_options)
+        return self.config_hash
+
+    @property
+    def dataset_id(self) -> uuid.UUID:
+        """The dataset's id (set once ``parse`` resolved the payload)."""
+        if self.dataset_uuid is None:
+            raise InvalidPayload("payload names no dataset_uuid", field="dataset_uuid")
+        return self.dataset_uuid
+
+    @property
+    def chunk_size(self) -> int:
+        return int(self.cryo_options.get("chunk_size") or DEFAULT_CHUNK_SIZE)
 
 
 def validate_dataset_name(name: str) -> str:
@@ -89,90 +183,7 @@ def validate_dataset_name(name: str) -> str:
     )
 
 
-@dataclass(frozen=True)
-class CryoIngestPayload:
-    """A ``cryo_ingest`` task payload. Ranges are end-exclusive ``[range_start, range_end)``."""
-
-    chain_id: int
-    dataset_key: str
-    cryo_dataset_name: str
-    range_start: int
-    range_end: int
-    dataset_uuid: uuid.UUID
-    config_hash: str
-    rpc_pool: str | None = None
-    cryo_options: Mapping[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def parse(cls, payload: Mapping[str, Any], *, org_id: str) -> CryoIngestPayload:
-        """Validate a payload. Raises ``InvalidPayload`` naming the field, or
-        ``UnknownCryoDataset`` for a dataset cryo_ingest cannot extract."""
-        task = CryoIngestTask.parse(
-            {k: payload[k] for k in ("chain_id", "range_start", "range_end", "dataset_key")
-             if k in payload}
-        )  # fmt: skip
-        chain_id, start, end = task.chain_id, task.range_start, task.range_end
-        if end <= start:
-            raise InvalidPayload(
-                "payload range_end must be greater than range_start", field="range_end"
-            )
-        dataset_key = task.dataset_key
-        config_hash = payload.get("config_hash")
-        name = payload.get("cryo_dataset_name") or (
-            ids.dataset_name_from_config_hash(config_hash) if isinstance(config_hash, str) else None
-        )
-        if not isinstance(name, str):
-            raise InvalidPayload("payload names no cryo_dataset_name", field="cryo_dataset_name")
-        validate_dataset_name(name)
-        options = payload.get("cryo_options", payload.get("config")) or {}
-        if not isinstance(options, Mapping):
-            raise InvalidPayload(
-                "payload field 'cryo_options' must be an object", field="cryo_options"
-            )
-        bad = sorted(set(options) - CRYO_OPTIONS)
-        if bad:
-            raise InvalidPayload(
-                f"unsupported cryo options: {', '.join(bad)}", field="cryo_options"
-            )
-        options = {k: v for k, v in options.items() if v is not None}
-        raw_uuid = payload.get("dataset_uuid")
-        try:
-            dataset_uuid = (
-                uuid.UUID(str(raw_uuid))
-                if raw_uuid
-                else ids.dataset_uuid(org_id, chain_id, dataset_key)
-            )
-        except ValueError:
-            raise InvalidPayload(
-                "payload field 'dataset_uuid' is not a UUID", field="dataset_uuid"
-            ) from None
-        if config_hash is not None and (not isinstance(config_hash, str) or not config_hash):
-            raise InvalidPayload(
-                "payload field 'config_hash' must be a non-empty string", field="config_hash"
-            )
-        pool = payload.get("rpc_pool")
-        if pool is not None and (not isinstance(pool, str) or "://" in pool):
-            raise InvalidPayload(
-                "payload field 'rpc_pool' must name a pool, not a URL", field="rpc_pool"
-            )
-        return cls(
-            chain_id=chain_id,
-            dataset_key=dataset_key,
-            cryo_dataset_name=name,
-            range_start=start,
-            range_end=end,
-            dataset_uuid=dataset_uuid,
-            config_hash=config_hash or ids.config_hash(name, options),
-            rpc_pool=pool,
-            cryo_options=dict(options),
-        )
-
-    @property
-    def chunk_size(self) -> int:
-        return int(self.cryo_options.get("chunk_size") or DEFAULT_CHUNK_SIZE)
-
-
-def cryo_kwargs(p: CryoIngestPayload, rate_share: float | None) -> dict[str, Any]:
+def cryo_kwargs(p: CryoIngestTask, rate_share: float | None) -> dict[str, Any]:
     """The stream's cryo options, with ``requests_per_second`` capped at the pool's share."""
     options: dict[str, Any] = {"chunk_size": p.chunk_size, **p.cryo_options}
     if rate_share is not None:

@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trace_core.errors import CryoFailed, RpcError, StagingFull
-from trace_core.rpcpool import Endpoint, RpcPool
+from trace_core.rpc.pool import Endpoint, RpcPool
 from trace_core.settings import Settings
 
 if TYPE_CHECKING:
-    from trace_core.operators.cryo_payload import CryoIngestPayload
+    from trace_core.operators.cryo_payload import CryoIngestTask
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class ExtractReport:
 
 
 def extract_real(
-    p: CryoIngestPayload,
+    p: CryoIngestTask,
     pool: RpcPool,
     out_dir: Path,
     settings: Settings,
@@ -105,7 +105,7 @@ STAGING_MIN_FREE_BYTES = 1024 * 1024
 class _Run:
     def __init__(
         self,
-        p: CryoIngestPayload,
+        p: CryoIngestTask,
         endpoints: list[Endpoint],
         out_dir: Path,
         settings: Settings,
@@ -182,7 +182,7 @@ class _Run:
             self.smallest_inner = min(inner, self.smallest_inner or inner)
         try:
             summary = freeze(
-                self.p.cryo_dataset_name,
+                self.p.cryo_name,
                 blocks=[f"{start}:{end}"],
                 rpc=self.endpoint.url,
                 output_dir=str(part),

@@ -4,45 +4,24 @@ Payload ``{"chain_id", "datasets"?, "range_size"?, "finality_depth"?, "delete_ho
 "max_ranges"?}`` runs ``compact_once``; adding ``"dataset_key", "range_start", "range_end"``
 compacts exactly that range (``compact_range``; the caller vouches it is final). Both are
 idempotent: a range maps to one deterministic version, so a retried task registers nothing
-new. A Dagster sensor may call ``compact_chain`` directly instead of going through a task.
+new. Production compacts as a service (``engine.service_steps.compactor_step`` calls
+``hot.compact.compact_chain``) and does not register this operator; an embedding that wants
+compaction as a task registers it with ``register`` (the tests do).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Self
+
+from pydantic import field_validator, model_validator
 
 from trace_core.errors import InvalidPayload
-from trace_core.hot.compact import CompactedRange, CompactResult, compact_once, compact_range
+from trace_core.hot.compact import CompactedRange, compact_chain, compact_range
 from trace_core.hot.tables import HOT_DATASETS
 from trace_core.operators.base import Completion, OperatorContext, OperatorRegistry
 from trace_core.operators.payload import NonNegativeInt, PositiveInt, TaskPayload
-from trace_core.runtime import Runtime
 
 OPERATOR = "parquet_compact"
-
-
-def compact_chain(
-    rt: Runtime,
-    chain_id: int,
-    *,
-    datasets: tuple[str, ...] = HOT_DATASETS,
-    range_size: int | None = None,
-    finality_depth: int | None = None,
-    delete_hot: bool = False,
-    max_ranges: int = 10,
-) -> CompactResult:
-    """``compact_once`` with the runtime's settings, databases and object store."""
-    return compact_once(
-        rt.settings,
-        rt.dbs,
-        chain_id,
-        store=rt.store,
-        datasets=datasets,
-        range_size=range_size,
-        finality_depth_override=finality_depth,
-        delete_hot=delete_hot,
-        max_ranges=max_ranges,
-    )
 
 
 def _range_json(c: CompactedRange) -> dict[str, Any]:
@@ -67,8 +46,25 @@ class ParquetCompactPayload(TaskPayload):
     datasets: list[str] | None = None
     range_size: PositiveInt | None = None
     finality_depth: NonNegativeInt | None = None
-    delete_hot: Any = False
+    delete_hot: bool = False
     max_ranges: PositiveInt | None = None
+
+    @field_validator("datasets")
+    @classmethod
+    def _hot_datasets(cls, datasets: list[str] | None) -> list[str] | None:
+        if datasets is not None and not all(d in HOT_DATASETS for d in datasets):
+            raise ValueError(f"datasets must be a list drawn from {list(HOT_DATASETS)}")
+        return datasets
+
+    @model_validator(mode="after")
+    def _one_range(self) -> Self:
+        if self.dataset_key is not None and (
+            self.range_start is None or self.range_end is None or self.range_end <= self.range_start
+        ):
+            raise InvalidPayload(
+                "range_start/range_end must form a non-empty range", field="range_end"
+            )
+        return self
 
 
 def parquet_compact_operator(ctx: OperatorContext) -> Completion:
@@ -78,10 +74,7 @@ def parquet_compact_operator(ctx: OperatorContext) -> Completion:
     rt = ctx.runtime
     if p.dataset_key is not None:
         start, end = p.range_start, p.range_end
-        if start is None or end is None or end <= start:
-            raise InvalidPayload(
-                "range_start/range_end must form a non-empty range", field="range_end"
-            )
+        assert start is not None and end is not None  # the payload model checked the range
         try:
             c = compact_range(
                 rt.settings, rt.dbs, p.chain_id, p.dataset_key, start, end, store=rt.store
@@ -91,17 +84,13 @@ def parquet_compact_operator(ctx: OperatorContext) -> Completion:
         ctx.check_lease()
         return Completion(outputs={"committed": [_range_json(c)]})
     datasets = list(HOT_DATASETS) if p.datasets is None else p.datasets
-    if not all(d in HOT_DATASETS for d in datasets):
-        raise InvalidPayload(
-            f"datasets must be a list drawn from {list(HOT_DATASETS)}", field="datasets"
-        )
     result = compact_chain(
         rt,
         p.chain_id,
         datasets=tuple(datasets),
         range_size=p.range_size,
         finality_depth=p.finality_depth,
-        delete_hot=bool(p.delete_hot),
+        delete_hot=p.delete_hot,
         max_ranges=p.max_ranges or 10,
     )
     ctx.check_lease()

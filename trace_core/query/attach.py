@@ -37,7 +37,12 @@ from psycopg import Connection, sql
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
-from trace_core.chain_sync.analytics_spec import output_keys
+from trace_core.chain_sync.analytics_spec import (
+    job_dataset_key,
+    output_keys,
+    output_relation,
+    shared_output_key,
+)
 from trace_core.datasets.cryo_schemas import CRYO_COLUMNS
 from trace_core.datasets.manifest import DatasetManifest, parse_manifest
 from trace_core.datasets.registry import (
@@ -88,10 +93,12 @@ def _records(conn: Connection[Any], name: str, params: dict[str, Any]) -> list[V
 def default_relations(records: Iterable[VersionRecord]) -> Versions:
     """Group versions into relations named by dataset key, keeping per dataset the versions
     that serve some block (``registry.latest_covering``). The one place the
-    default-visibility policy lives."""
+    default-visibility policy lives: the per-chain analytics outputs committed before outputs
+    were per job (``analytics_<name>``, stale since) are not served."""
     by_dataset: dict[uuid.UUID, list[VersionRecord]] = defaultdict(list)
     for rec in records:
-        by_dataset[rec.dataset_uuid].append(rec)
+        if not shared_output_key(rec.dataset_key):
+            by_dataset[rec.dataset_uuid].append(rec)
     out: Versions = defaultdict(list)
     for recs in by_dataset.values():
         chosen = latest_covering(recs)
@@ -113,8 +120,9 @@ def user_versions(
 ) -> Versions:
     """Relations a user query may read, by name.
 
-    Without ``requested``: every granted relation of the org (or of ``job``: its streams, and
-    the ``analytics_*`` outputs its ``analytics:`` block produces on its chain).
+    Without ``requested``: every granted relation of the org, named by dataset key (or of
+    ``job``: its streams, and the ``analytics_<name>`` outputs its ``analytics:`` block
+    produces, read from the job's own datasets ``analytics_<name>__<job tag>``).
     ``hot_relations`` exist even without a registered version (served from hot rows; an
     empty version list). Raises ``AccessDenied`` for a requested name the token does not
     grant or that neither the registry nor ``hot_relations`` holds, and
@@ -126,14 +134,15 @@ def user_versions(
         if found is None:
             raise QueryError(f"no job named {job!r}", code="job_not_found")
         records = _records(conn, "job_versions", params)
-        keys = [k for k in output_keys(found[2]) if k not in {r.dataset_key for r in records}]
+        keys = [job_dataset_key(job, k) for k in output_keys(found[2])]
         if keys:
             records += _records(
                 conn,
                 "job_analytics_versions",
                 {"org_id": claims.org_id, "chain_id": found[1], "keys": keys},
             )
-        registered = default_relations(records)
+        # the job's own outputs, under their relation names (analytics_<name>)
+        registered = {output_relation(k): v for k, v in default_relations(records).items()}
     else:
         registered = default_relations(_records(conn, "org_versions", params))
     for name in hot_relations:
@@ -151,7 +160,8 @@ def user_versions(
 
 
 def task_versions(conn: Connection[Any], claims: TaskClaims) -> Versions:
-    """Relations of a task capability: exactly its pinned versions, by dataset key.
+    """Relations of a task capability: exactly its pinned versions, by dataset key (a job's
+    analytics output by its relation name ``analytics_<name>``).
 
     Raises ``AccessDenied`` when a pin is not registered, belongs to another org, or names a
     different dataset or manifest than the registry.
@@ -171,7 +181,7 @@ def task_versions(conn: Connection[Any], claims: TaskClaims) -> Versions:
             or rec.manifest_key != pin.manifest_key
         ):
             raise AccessDenied(f"dataset version {version} is not registered for this grant")
-        out[rec.dataset_key].append(rec)
+        out[output_relation(rec.dataset_key)].append(rec)  # a job's outputs: analytics_<name>
     return {name: sorted(recs, key=_order) for name, recs in sorted(out.items())}
 
 

@@ -1,10 +1,11 @@
 """How ``trace-lite query`` reaches the Query Service: over HTTP, or in process (embedded).
 
 ``TRACE_QUERY_URL`` set, or a service answering ``/healthz`` at the default address: HTTP
-(``app.query_http``). Otherwise the query is answered in this process by a ``QueryService``,
-the same pipeline the HTTP handler calls (token check, grants, SQL gate, DuckDB sandbox in a
-worker process, row limits, export, audit row), so both paths give the same rows and refuse
-the same SQL with the same error code and message. Choosing the route (``choose_route``) does
+(``query_http``, to the app in ``query.app``). Otherwise the query is answered in this
+process by a ``QueryService`` (``query.service``), the same pipeline the HTTP handler calls
+(token check, grants, SQL gate, DuckDB sandbox in a worker process, row limits, export, audit
+row), so both paths give the same rows and refuse the same SQL with the same error code and
+message. Choosing the route (``choose_route``) does
 one quick probe; nothing is printed here, the caller shows ``Route.notice``.
 """
 
@@ -13,23 +14,21 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from pydantic import ValidationError
 
 from trace_core.db.connection import Databases, resolve_databases
 from trace_core.errors import QueryError, TraceError
-from trace_core.query.app import (
-    QueryRequest,
-    QueryService,
-    client_error,
-    local_user_token,
-    public_url,
-)
+from trace_core.query.service import QueryRequest, QueryService, client_error
+from trace_core.query.tokens import issue_user_token
 from trace_core.settings import Settings
 from trace_core.storage.base import ObjectStore
 
 log = logging.getLogger(__name__)
+
+LOCAL_USER = "user:local"
 
 Mode = Literal["auto", "http", "embedded"]
 # a closed loopback port refuses at once; a live service answers /healthz in milliseconds
@@ -116,3 +115,62 @@ def query_embedded(
         ) from exc
     finally:
         service.close()
+
+
+# --- over HTTP ---------------------------------------------------------------------------
+
+
+def public_url(url: str) -> str:
+    """``url`` fit for messages: scheme, host, port and path; no credentials or query."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:  # not a number: not worth echoing
+        port = ""
+    return urlunsplit((parts.scheme, f"{host}{port}", parts.path, "", ""))
+
+
+def local_user_token(settings: Settings) -> str:
+    """A token for the local operator: every dataset of the settings' org."""
+    return issue_user_token(settings, sub=LOCAL_USER, datasets="all")
+
+
+def query_http(
+    settings: Settings,
+    sql: str,
+    job: str | None = None,
+    *,
+    max_rows: int | None = None,
+    token: str | None = None,
+) -> dict[str, Any]:
+    """POST ``sql`` to the Query Service at ``settings.resolved_query_url()``.
+
+    Returns the response JSON; raises ``QueryError`` carrying the service's error code (and
+    ``status``), or ``QueryError(code='service_unreachable')``.
+    """
+    body: dict[str, Any] = {"sql": sql}
+    if job is not None:
+        body["job"] = job
+    if max_rows is not None:
+        body["max_rows"] = max_rows
+    url = settings.resolved_query_url().rstrip("/") + "/v1/query"
+    headers = {"Authorization": f"Bearer {token or local_user_token(settings)}"}
+    try:
+        response = httpx.post(
+            url, json=body, headers=headers, timeout=settings.query_timeout_seconds + 30
+        )
+    except httpx.TransportError as exc:
+        raise QueryError(
+            f"cannot reach the Query Service at {public_url(url)}: {exc}",
+            code="service_unreachable",
+        ) from exc
+    if response.status_code == 200:
+        result: dict[str, Any] = response.json()
+        return result
+    try:
+        error = response.json()["error"]
+        code, message = str(error["code"]), str(error["message"])
+    except (ValueError, KeyError, TypeError):
+        code, message = "http_error", f"HTTP {response.status_code}"
+    raise QueryError(message, code=code, status=response.status_code)

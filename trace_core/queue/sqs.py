@@ -21,8 +21,9 @@ Stale receipts - what SQS really guarantees, and what this driver adds:
 
 Other differences from pgqueue: visibility, delays and waits are whole seconds (rounded up;
 delay capped at 900 s, visibility at 43200 s); a nacked message waiting out its delay counts
-as ``in_flight``; ``oldest_age_seconds`` is None (SQS publishes it only as a CloudWatch
-metric); ``last_error`` is kept only when the driver dead-letters the message itself (a nack at
+as ``in_flight``; ``oldest_age_seconds`` comes from CloudWatch's ``ApproximateAgeOfOldestMessage``
+(the newest datapoint of the last ten minutes; None when there is none or CloudWatch refuses,
+which is logged); ``last_error`` is kept only when the driver dead-letters the message itself (a nack at
 the receive limit, or a body that is not a JSON object), not when SQS redrives it.
 """
 
@@ -36,6 +37,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import boto3
@@ -127,12 +129,17 @@ class SqsQueue:
             region_name=region,
             config=Config(retries={"mode": "standard", "max_attempts": 5}),
         )
+        # CloudWatch (oldest message age) on the same endpoint: one server for moto/localstack.
+        self._cloudwatch = boto3.session.Session().client(
+            "cloudwatch", endpoint_url=endpoint_url, region_name=region
+        )
         self._urls: dict[str, _Urls] = {}
         self._urls_lock = threading.Lock()
         self._guard = _ReceiptGuard(guard_capacity)
 
     def close(self) -> None:
         self._client.close()
+        self._cloudwatch.close()
 
     # --- queues ----------------------------------------------------------------------
 
@@ -406,9 +413,31 @@ class SqsQueue:
         return QueueStats(
             depth=main["ApproximateNumberOfMessages"] + main["ApproximateNumberOfMessagesDelayed"],
             in_flight=main["ApproximateNumberOfMessagesNotVisible"],
-            oldest_age_seconds=None,
+            oldest_age_seconds=self._oldest_age(f"{self.queue_prefix}{queue}"),
             dead=sum(dead.values()),
         )
+
+    def _oldest_age(self, name: str) -> float | None:
+        """CloudWatch's ApproximateAgeOfOldestMessage for SQS queue ``name`` (1-minute points)."""
+        now = datetime.now(UTC)
+        try:
+            points = self._cloudwatch.get_metric_statistics(
+                Namespace="AWS/SQS",
+                MetricName="ApproximateAgeOfOldestMessage",
+                Dimensions=[{"Name": "QueueName", "Value": name}],
+                StartTime=now - timedelta(minutes=10),
+                EndTime=now,
+                Period=60,
+                Statistics=["Maximum"],
+            )["Datapoints"]
+        except (ClientError, BotoCoreError) as exc:
+            # Optional: stats stay useful without cloudwatch:GetMetricStatistics.
+            log.warning("sqs oldest age unavailable", extra={"queue": name, "error": str(exc)})
+            return None
+        if not points:
+            return None
+        newest = max(points, key=lambda p: p["Timestamp"])
+        return float(newest["Maximum"])
 
     def _attributes(self, url: str) -> dict[str, int]:
         names = [

@@ -10,11 +10,9 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
-from typing import Any
+from contextlib import contextmanager
 
-from psycopg import Connection
-
+from trace_core.db.connection import StateConnect
 from trace_core.errors import StaleAttempt, TraceError
 from trace_core.settings import Settings
 from trace_core.tasks import lifecycle
@@ -22,7 +20,7 @@ from trace_core.tasks.lifecycle import Lease
 
 log = logging.getLogger(__name__)
 
-StateConnect = Callable[[], AbstractContextManager[Connection[Any]]]
+__all__ = ["LeaseHeartbeat", "StateConnect", "lease_heartbeat"]
 
 
 def lease_heartbeat(settings: Settings, lease: Lease, state: StateConnect) -> Callable[[], None]:

@@ -18,7 +18,7 @@ from typing import Any
 import pyarrow as pa
 
 from trace_core.errors import TransformOutputInvalid
-from trace_core.query.app import QueryRequest, QueryService
+from trace_core.query.service import QueryRequest, QueryService
 from trace_core.runtime import Runtime
 from trace_core.udf import RuntimeInvoker, UdfLimits, invoker_from_settings
 

@@ -162,4 +162,4 @@ def udf_transform_operator(ctx: OperatorContext) -> Completion:
 
 def register(registry: Any) -> None:
     """Add ``udf_transform`` to an ``OperatorRegistry``."""
-    registry.register(OPERATOR, udf_transform_operator)
+    registry.register(OPERATOR, udf_transform_operator, queries=True)

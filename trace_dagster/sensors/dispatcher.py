@@ -15,7 +15,7 @@ from dagster import (
     sensor,
 )
 
-from trace_core.dispatcher import dispatch_tick
+from trace_core.engine.dispatcher import dispatch_tick
 from trace_core.runtime import Runtime
 from trace_dagster.epochs import PartitionSync, partition_sync
 from trace_dagster.partitions import partitions_def_name

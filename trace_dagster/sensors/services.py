@@ -20,10 +20,10 @@ from dagster import (
     sensor,
 )
 
-from trace_core import services
+from trace_core.engine import services
+from trace_core.engine.service_steps import ALERT_DELIVERY, COMPACTOR, FOLLOWER, SINK
+from trace_core.engine.services import ServiceSpec
 from trace_core.runtime import Runtime
-from trace_core.service_steps import ALERT_DELIVERY, COMPACTOR, FOLLOWER, SINK
-from trace_core.services import ServiceSpec
 from trace_dagster.console import with_console
 from trace_dagster.resources import TraceResource
 from trace_dagster.sensors.common import instance_of

@@ -14,8 +14,8 @@ from dagster import (
     sensor,
 )
 
+from trace_core.engine.intake import plan_worker_runs, recover_stranded
 from trace_core.runtime import Runtime
-from trace_core.worker import plan_worker_runs, recover_stranded
 from trace_dagster.console import with_console
 from trace_dagster.jobs import trace_worker
 from trace_dagster.resources import TraceResource

@@ -29,8 +29,8 @@ WHERE j.org_id = %(org_id)s AND j.name = %(job)s
   AND v.collected_at IS NULL
 
 -- name: job_analytics_versions
--- Committed versions of the analytics outputs a job produces (datasets `analytics_*` on the
--- job's chain; the caller passes the keys its `analytics:` block yields).
+-- Committed versions of the analytics outputs a job produces (its own datasets
+-- `analytics_<name>__<job tag>` on its chain; the caller passes their keys).
 SELECT v.dataset_version, v.dataset_uuid, d.org_id, d.dataset_key, v.chain_id, v.range_start,
        v.range_end, v.config_hash, v.schema_hash, v.storage_prefix, v.manifest_key, v.row_count,
        v.bytes, v.file_count, v.task_id, v.attempt, v.created_at, v.fake

@@ -156,3 +156,6 @@ SELECT (SELECT count(*) FROM state.tasks
        (SELECT count(*) FROM state.tasks WHERE status = 'dead') AS dead,
        (SELECT count(*) FROM state.outbox WHERE status = 'pending'
         AND NOT (topic = 'dataset_events' AND payload->>'event' LIKE 'hot\_%')) AS pending
+
+-- name: task_infos
+SELECT task_id, operator, status, attempt, payload FROM state.tasks WHERE task_id = ANY(%(task_ids)s)

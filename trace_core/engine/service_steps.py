@@ -23,13 +23,11 @@ from trace_core.alerts.delivery import deliver_once
 from trace_core.chain_sync.head import record_head_observation
 from trace_core.chain_sync.status import hot_blocked
 from trace_core.chain_sync.store import HotJob, list_hot_jobs
+from trace_core.engine.services import Observation, ServiceSpec, StepReport
 from trace_core.errors import RetryableError, TraceError
-from trace_core.hot.compact import prune_served
-from trace_core.hot.follower import FollowResult
-from trace_core.operators.block_follower import follow_pool
-from trace_core.operators.parquet_compact import compact_chain
+from trace_core.hot.compact import compact_chain, prune_served
+from trace_core.hot.follower import FollowResult, follow_pool
 from trace_core.runtime import Runtime
-from trace_core.services import Observation, ServiceSpec, StepReport
 from trace_core.sinks.consumer import SinkReport, sink_once
 
 # The follower's step runs inside its service run, so it can poll the tip more often than a

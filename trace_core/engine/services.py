@@ -8,7 +8,7 @@ still call the dead run STARTED (the default run launcher cannot check its worke
 is why liveness is decided here, on the database clock, and not from run status.
 
 ``has_work`` is the cheap check a sensor makes before requesting a run at all. The steps
-themselves (``ServiceSpec``) live in ``trace_core.service_steps``.
+themselves (``ServiceSpec``) live in ``trace_core.engine.service_steps``.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from types import TracebackType
 from typing import IO, Any
 
 from trace_core.errors import ConfigError, RpcError
-from trace_core.rpc import RpcClient, hex_int
+from trace_core.rpc.client import RpcClient, hex_int
 from trace_core.settings import REPO_ROOT
 
 log = logging.getLogger(__name__)

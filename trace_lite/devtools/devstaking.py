@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 
 from trace_core.analytics.compute import STAKING_TOPICS
 from trace_core.chain_sync.analytics_spec import MONAD_STAKING_ADDRESS
-from trace_core.devchain import DevChain
 from trace_core.errors import RpcError
-from trace_core.rpc import hex_int
+from trace_core.rpc.client import hex_int
+from trace_lite.devtools.devchain import DevChain
 
 # calldata = topic0 | topic1 | topic2 | data...: LOG3(data, topic0, topic1, topic2).
 LOG3_EMITTER_RUNTIME = bytes.fromhex(

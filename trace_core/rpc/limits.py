@@ -19,17 +19,29 @@ from __future__ import annotations
 import logging
 import os
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
+from trace_core.db.connection import StateConnect
 from trace_core.db.queries import q
 from trace_core.errors import ConfigError
 from trace_core.settings import rpc_pool_env_var
-from trace_core.tasks.keepalive import StateConnect
-from trace_core.tasks.lifecycle import Lease
 
 log = logging.getLogger(__name__)
+
+
+class Attempt(Protocol):
+    """The attempt holding a slot (a ``tasks.lifecycle.Lease``)."""
+
+    @property
+    def task_id(self) -> uuid.UUID: ...
+
+    @property
+    def attempt(self) -> int: ...
+
 
 DEFAULT_MAX_CONCURRENT_WITH_RATE = 4
 SLOT_POLL_SECONDS = 0.5
@@ -82,7 +94,7 @@ def pool_limits(pool: str, environ: Mapping[str, str] | None = None) -> PoolLimi
 def extraction_slot(
     state: StateConnect,
     pool: str,
-    lease: Lease,
+    lease: Attempt,
     limits: PoolLimits,
     *,
     check: Callable[[], None],

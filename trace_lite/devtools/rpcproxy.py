@@ -13,14 +13,16 @@ error (code ``UPSTREAM_ERROR_CODE``, one per call of a batch) with HTTP 502; an 
 answer of any status is passed through unchanged. The upstream URL is a secret (it can carry
 an API key) and never appears in a reply, a log line or ``repr``.
 
-Faults plug in through a ``ProxyHook``: ``before`` sees each request (sequence number and
+Faults plug in through a ``ProxyHook``; ``FaultProxy`` (a ``FaultHook``: drops, 429s,
+truncated JSON, missing logs, a wrong chain id, a stale head, refused spans, missing methods)
+is the one the RPC-pool tests drive. Hooks plug in: ``before`` sees each request (sequence number and
 parsed calls) and may answer it instead of the upstream (an error, a stall: it is async);
 ``after`` sees each reply and may replace it (drop logs, corrupt a field); either may raise
 ``DropConnection`` to reset the connection. The default hook passes everything through.
 
 For a process of its own (so its CPU does not compete with the process under test)::
 
-    python -m trace_core.rpcproxy --upstream http://127.0.0.1:8545 --latency-ms 50
+    python -m trace_lite.devtools.rpcproxy --upstream http://127.0.0.1:8545 --latency-ms 50
 
 prints ``listening on http://127.0.0.1:PORT`` and serves until SIGTERM/SIGINT;
 ``spawn_proxy`` does that and returns a handle with ``url``, ``stats()`` and ``stop()``.
@@ -73,10 +75,11 @@ class Exchange:
 
 @dataclass(frozen=True)
 class Reply:
-    """What the client gets back: an HTTP status and a body (JSON)."""
+    """What the client gets back: an HTTP status, a body (JSON) and extra headers."""
 
     status: int
     body: bytes
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 class DropConnection(Exception):  # noqa: N818 - an instruction, not an error
@@ -251,6 +254,7 @@ def _render(reply: Reply, keep_alive: bool) -> bytes:
     head = (
         f"HTTP/1.1 {reply.status} {reason}\r\ncontent-type: application/json\r\n"
         f"content-length: {len(reply.body)}\r\n"
+        + "".join(f"{k}: {v}\r\n" for k, v in reply.headers)
         + ("" if keep_alive else "connection: close\r\n")
         + "\r\n"
     )
@@ -447,12 +451,140 @@ class RpcProxy:
         self.stop()
 
 
+# --- provider faults (the RPC-pool tests) --------------------------------------------------
+
+
+@dataclass
+class Faults:
+    """Faults a ``FaultHook`` applies; mutable while the proxy runs. Counted faults (``drop``,
+    ``rate_limit``, ``truncate``) apply to the next N requests (carrying one of
+    ``fault_methods`` when that is set); the others to every matching call."""
+
+    drop: int = 0  # close the next N connections without a reply
+    rate_limit: int = 0  # answer the next N requests HTTP 429
+    retry_after: float = 1.0  # the Retry-After those 429s carry
+    truncate: int = 0  # cut the next N replies in half (invalid JSON)
+    omit_logs_of_block: int | None = None  # eth_getLogs replies lack this block's logs
+    chain_id: int | None = None  # eth_chainId answers this instead
+    head: int | None = None  # eth_blockNumber answers this instead (a stale node)
+    max_log_span: int | None = None  # eth_getLogs over more blocks is refused (-32005)
+    missing_methods: set[str] = field(default_factory=set)  # answered -32601
+    # drop/rate_limit/truncate only requests carrying one of these methods (None: any)
+    fault_methods: set[str] | None = None
+
+
+def _rpc_error(call: dict[str, Any], code: int, message: str) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": call.get("id"), "error": {"code": code, "message": message}}
+
+
+class FaultHook(ProxyHook):
+    """Injects ``faults`` (dropped connections, 429 with ``Retry-After``, truncated JSON, a
+    block's logs missing, a wrong chain id, a stale head, refused wide log ranges, missing
+    methods); ``hits`` counts each fault applied, so a test can prove it was exercised."""
+
+    def __init__(self, faults: Faults | None = None) -> None:
+        self.faults = faults or Faults()
+        self.hits: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def _take(self, name: str, methods: set[str]) -> bool:
+        """Consume one count of a counted fault (if the request is one it applies to)."""
+        only = self.faults.fault_methods
+        if only is not None and not only & methods:
+            return False
+        with self._lock:
+            left = getattr(self.faults, name)
+            if left <= 0:
+                return False
+            setattr(self.faults, name, left - 1)
+            self.hits[name] += 1
+            return True
+
+    def _hit(self, name: str) -> None:
+        with self._lock:
+            self.hits[name] += 1
+
+    async def before(self, exchange: Exchange) -> Reply | None:
+        methods = set(exchange.methods)
+        if self._take("drop", methods):
+            raise DropConnection
+        if self._take("rate_limit", methods):
+            return Reply(429, b"rate limited", (("retry-after", f"{self.faults.retry_after:g}"),))
+        return None
+
+    async def after(self, exchange: Exchange, reply: Reply) -> Reply:
+        if reply.status == 200 and exchange.calls:
+            try:
+                doc = json.loads(reply.body)
+            except ValueError:
+                doc = None
+            answers = doc if isinstance(doc, list) else [doc]
+            by_id = {a.get("id"): a for a in answers if isinstance(a, dict)}
+            out = [self._answer(c, by_id.get(c.get("id"))) for c in exchange.calls]
+            reply = Reply(200, json.dumps(out if exchange.batch else out[0]).encode())
+        if self._take("truncate", set(exchange.methods)):
+            reply = Reply(reply.status, reply.body[: len(reply.body) // 2], reply.headers)
+        return reply
+
+    def _answer(self, call: dict[str, Any], upstream: dict[str, Any] | None) -> Any:
+        """One call's answer: a fault's, or the upstream's (logs of a block dropped)."""
+        method = call.get("method")
+        f = self.faults
+        if method in f.missing_methods:
+            self._hit("missing_method")
+            return _rpc_error(call, -32601, f"the method {method} does not exist/is not available")
+        if method == "eth_chainId" and f.chain_id is not None:
+            self._hit("chain_id")
+            return {"jsonrpc": "2.0", "id": call.get("id"), "result": hex(f.chain_id)}
+        if method == "eth_blockNumber" and f.head is not None:
+            self._hit("head")
+            return {"jsonrpc": "2.0", "id": call.get("id"), "result": hex(f.head)}
+        if method == "eth_getLogs" and f.max_log_span is not None:
+            spec = (call.get("params") or [{}])[0]
+            span = int(spec.get("toBlock", "0x0"), 16) - int(spec.get("fromBlock", "0x0"), 16) + 1
+            if span > f.max_log_span:
+                self._hit("refused_span")
+                return _rpc_error(call, -32005, f"query exceeds max block range {f.max_log_span}")
+        if method == "eth_getLogs" and f.omit_logs_of_block is not None and upstream:
+            logs = upstream.get("result") or []
+            kept = [
+                log
+                for log in logs
+                if int(log.get("blockNumber", "0x0"), 16) != f.omit_logs_of_block
+            ]
+            if len(kept) != len(logs):
+                self._hit("omit_logs")
+                upstream = {**upstream, "result": kept}
+        return upstream
+
+
+class FaultProxy(RpcProxy):
+    """An ``RpcProxy`` with a ``FaultHook``: ``with FaultProxy(url) as proxy: proxy.faults.x =
+    ...``; ``hits`` counts the faults applied, ``methods`` every JSON-RPC method seen."""
+
+    def __init__(self, upstream: str, faults: Faults | None = None) -> None:
+        self.hook = FaultHook(faults)
+        super().__init__(upstream, hook=self.hook)
+
+    @property
+    def faults(self) -> Faults:
+        return self.hook.faults
+
+    @property
+    def hits(self) -> Counter[str]:
+        return self.hook.hits
+
+    @property
+    def methods(self) -> Counter[str]:
+        return Counter(self.stats()["methods"])
+
+
 # --- a proxy in a process of its own -------------------------------------------------------
 
 
 @dataclass
 class ProxyProcess:
-    """A ``python -m trace_core.rpcproxy`` child: its ``url``, ``stats()`` and ``stop()``."""
+    """A ``python -m trace_lite.devtools.rpcproxy`` child: its ``url``, ``stats()`` and ``stop()``."""
 
     process: subprocess.Popen[str]
     url: str
@@ -485,7 +617,7 @@ def spawn_proxy(upstream: str, *, latency_seconds: float = 0.0) -> ProxyProcess:
     """Start the proxy as a child process (dies with this one on Linux); wait until it
     listens. Raises ``RuntimeError`` if it does not come up."""
     argv = [
-        sys.executable, "-m", "trace_core.rpcproxy",
+        sys.executable, "-m", "trace_lite.devtools.rpcproxy",
         "--upstream", upstream,
         "--latency-ms", str(latency_seconds * 1000.0),
         "--die-with-parent",

@@ -24,7 +24,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from trace_core.errors import ChainMismatch, ConfigError, CoverageError, RpcError
-from trace_core.rpc import JsonRpc, RpcClient
+from trace_core.rpc.client import JsonRpc, RpcClient
 from trace_core.settings import Settings, rpc_pool_env_var, rpc_pool_rps, rpc_pool_urls
 
 log = logging.getLogger(__name__)

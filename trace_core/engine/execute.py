@@ -1,0 +1,215 @@
+"""Executing tasks: claim, heartbeat, run the operator, complete with fencing.
+
+A duplicate wake-up or a duplicate run finds the task leased or finished and returns
+``skipped`` without side effects; a lease lost mid-run yields ``stale``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from trace_core.engine import registry as operator_registry
+from trace_core.errors import (
+    FatalError,
+    InvalidPayload,
+    LeaseConflict,
+    StaleAttempt,
+    TraceError,
+    UnknownTask,
+)
+from trace_core.operators.base import OperatorContext, OperatorRegistry
+from trace_core.runtime import Runtime
+from trace_core.tasks import lifecycle
+from trace_core.tasks.keepalive import LeaseHeartbeat, lease_heartbeat
+from trace_core.tasks.lifecycle import Lease
+
+log = logging.getLogger(__name__)
+
+OutcomeStatus = Literal["succeeded", "retry", "dead", "skipped", "stale"]
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    task_id: uuid.UUID
+    status: OutcomeStatus
+    attempt: int | None = None
+    operator: str | None = None
+    payload: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+def capability_token_for(rt: Runtime, lease: Lease) -> str:
+    """The attempt's token, pinned to the payload's ``grants``; ``InvalidPayload`` if malformed."""
+    from pydantic import ValidationError
+
+    from trace_core.query.tokens import DatasetPin, issue_task_token
+
+    raw = lease.payload.get("grants", [])
+    try:
+        if not isinstance(raw, list):
+            raise TypeError("grants must be a list")
+        pins = [DatasetPin.model_validate(g) for g in raw]
+    except (TypeError, ValidationError) as exc:
+        raise InvalidPayload(f"grants: {exc}", field="grants") from None
+    return issue_task_token(rt.settings, lease.task_id, lease.attempt, pins)
+
+
+def claim_task(rt: Runtime, task_id: uuid.UUID) -> Lease | TaskOutcome:
+    """Claim ``task_id`` for a new attempt; a task that is not claimable yields ``skipped``."""
+    try:
+        with rt.state() as conn, conn.transaction():
+            lease = lifecycle.claim(conn, task_id, lease_seconds=rt.settings.lease_seconds)
+    except (LeaseConflict, UnknownTask) as exc:
+        return TaskOutcome(task_id, "skipped", error=str(exc))
+    log.info(
+        "task claimed",
+        extra={"task_id": str(task_id), "attempt": lease.attempt, "operator": lease.operator},
+    )
+    return lease
+
+
+def start_heartbeat(rt: Runtime, lease: Lease) -> LeaseHeartbeat:
+    """A running heartbeat for ``lease``; the caller (or ``run_claimed``) stops it."""
+    hb = LeaseHeartbeat(
+        lease_heartbeat(rt.settings, lease, rt.state), rt.settings.heartbeat_seconds, lease
+    )
+    hb.start()
+    return hb
+
+
+def execute_task(
+    rt: Runtime, task_id: uuid.UUID, registry: OperatorRegistry | None = None
+) -> TaskOutcome:
+    """Claim ``task_id`` and run its operator to a fenced completion.
+
+    Never raises for task-level failures: they become a ``retry``/``dead`` outcome recorded
+    in state. A task that is not claimable yields ``skipped``; a lease lost mid-run ``stale``.
+    """
+    claimed = claim_task(rt, task_id)
+    if isinstance(claimed, TaskOutcome):
+        return claimed
+    return run_claimed(
+        rt, claimed, registry or operator_registry.default_registry(), start_heartbeat(rt, claimed)
+    )
+
+
+def execute_batch(
+    rt: Runtime,
+    task_ids: list[uuid.UUID],
+    *,
+    concurrency: int,
+    registry: OperatorRegistry | None = None,
+    on_claimed: Callable[[], None] | None = None,
+) -> Iterator[TaskOutcome]:
+    """Claim every task of a batch at once, call ``on_claimed``, then run them ``concurrency``
+    at a time.
+
+    Claiming up front puts each task of the batch under its own heartbeated lease from the
+    start, so if the process dies, every task it was handed is reaped within one lease
+    (``TRACE_LEASE_SECONDS``), whether or not its turn had come. Yields each outcome as it
+    completes (skipped ones first); each task keeps its own lease, heartbeat and fencing.
+    """
+    registry = registry or operator_registry.default_registry()
+    _ = rt.dbs, rt.store  # built once, before threads share the runtime
+    claimed: list[tuple[Lease, LeaseHeartbeat]] = []
+    try:
+        for task_id in task_ids:
+            got = claim_task(rt, task_id)
+            if isinstance(got, TaskOutcome):
+                yield got
+            else:
+                claimed.append((got, start_heartbeat(rt, got)))
+        if on_claimed is not None:
+            on_claimed()
+    except BaseException:
+        for _lease, hb in claimed:
+            hb.stop()
+        raise
+    if not claimed:
+        return
+    with concurrent.futures.ThreadPoolExecutor(
+        max_workers=max(1, min(concurrency, len(claimed))), thread_name_prefix="trace-task"
+    ) as pool:
+        futures = [pool.submit(run_claimed, rt, lease, registry, hb) for lease, hb in claimed]
+        for future in concurrent.futures.as_completed(futures):
+            yield future.result()
+
+
+def run_claimed(
+    rt: Runtime, lease: Lease, registry: OperatorRegistry, hb: LeaseHeartbeat
+) -> TaskOutcome:
+    """Run a claimed task's operator to a fenced completion; stops ``hb`` before completing.
+
+    Never raises for task-level failures (see ``execute_task``).
+    """
+    task_id = lease.task_id
+    fields = {"task_id": str(task_id), "attempt": lease.attempt, "operator": lease.operator}
+    try:
+        try:
+            hb.check()
+            token = capability_token_for(rt, lease) if registry.queries(lease.operator) else ""
+            completion = registry.get(lease.operator)(OperatorContext(rt, lease, hb.lost, token))
+        finally:
+            hb.stop()
+        if hb.lost.is_set():
+            raise StaleAttempt(task_id, lease.attempt, "lease lost during execution")
+        with rt.state() as conn, conn.transaction():
+            if completion.commit is not None:
+                outputs = completion.commit(conn)
+            else:
+                lifecycle.complete_success(conn, lease, completion.outputs)
+                outputs = completion.outputs
+            for hook in registry.success_hooks(lease.operator):
+                hook(conn, lease, outputs)
+        log.info("task succeeded", extra=fields)
+        return TaskOutcome(
+            task_id, "succeeded", lease.attempt, lease.operator, lease.payload, outputs
+        )
+    except StaleAttempt as exc:
+        log.warning("stale attempt: result discarded", extra=fields)
+        return TaskOutcome(
+            task_id, "stale", lease.attempt, lease.operator, lease.payload, error=str(exc)
+        )
+    except TraceError as exc:
+        return _fail(rt, registry, lease, exc)
+    except (
+        Exception
+    ) as exc:  # an operator bug: recorded as a retryable failure, never swallowed silently
+        log.exception("operator crashed", extra=fields)
+        return _fail(rt, registry, lease, exc)
+
+
+def _fail(rt: Runtime, registry: OperatorRegistry, lease: Lease, exc: BaseException) -> TaskOutcome:
+    fatal = isinstance(exc, FatalError)
+    message = f"{type(exc).__name__}: {exc}"
+    try:
+        with rt.state() as conn, conn.transaction():
+            decision = lifecycle.complete_failure(
+                conn,
+                lease,
+                error=message,
+                fatal=fatal,
+                policy=rt.retry_policy,
+                kind=getattr(exc, "code", None),
+            )
+            if decision == "dead":
+                for hook in registry.dead_hooks(lease.operator):
+                    hook(conn, lease)
+    except StaleAttempt as stale:
+        return TaskOutcome(
+            lease.task_id, "stale", lease.attempt, lease.operator, lease.payload, error=str(stale)
+        )
+    status: OutcomeStatus = "dead" if decision == "dead" else "retry"
+    log.warning(
+        "task failed",
+        extra={"task_id": str(lease.task_id), "attempt": lease.attempt, "decision": decision},
+    )
+    return TaskOutcome(
+        lease.task_id, status, lease.attempt, lease.operator, lease.payload, error=message
+    )

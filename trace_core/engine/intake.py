@@ -1,0 +1,170 @@
+"""Wake-up intake: receive task wake-ups, turn them into worker runs (recorded before the ack),
+and re-wake the tasks of requested runs that never started (stranded runs).
+
+Wake-ups are hints; the claim in Postgres state is the authority (``engine.execute``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg.rows import dict_row
+
+from trace_core import outbox
+from trace_core.db.queries import q
+from trace_core.operators.payload import RangeLabel
+from trace_core.queue.base import TASK_WAKEUP, Message
+from trace_core.runtime import Runtime
+from trace_core.tasks import retry as task_retry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Wakeup:
+    task_id: uuid.UUID
+    generation: int
+    message: Message
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """What the worker sensor needs to label a run (read from state, not from the message)."""
+
+    task_id: uuid.UUID
+    operator: str
+    status: str
+    attempt: int
+    payload: dict[str, Any]
+
+
+def receive_wakeups(rt: Runtime, max_messages: int) -> list[Wakeup]:
+    """Receive up to ``max_messages`` wake-ups; malformed ones are acked and dropped."""
+    messages = rt.queue.receive(
+        TASK_WAKEUP, max_messages, visibility_timeout=rt.settings.visibility_timeout_seconds
+    )
+    wakeups: list[Wakeup] = []
+    bad: list[Message] = []
+    for msg in messages:
+        try:
+            wakeups.append(
+                Wakeup(
+                    uuid.UUID(str(msg.payload["task_id"])), int(msg.payload.get("wakeup", 0)), msg
+                )
+            )
+        except (KeyError, ValueError, TypeError):
+            log.warning("dropping malformed wake-up", extra={"message_id": msg.message_id})
+            bad.append(msg)
+    if bad:
+        rt.queue.ack_batch(bad)
+    return wakeups
+
+
+def ack_wakeups(rt: Runtime, wakeups: list[Wakeup]) -> None:
+    if wakeups:
+        rt.queue.ack_batch([w.message for w in wakeups])
+
+
+def record_runs(rt: Runtime, runs: list[tuple[str, list[uuid.UUID]]]) -> None:
+    """Record requested worker runs (run key -> task ids) before their wake-ups are acked."""
+    if runs:
+        with rt.state() as conn, conn.transaction():
+            task_retry.record_worker_runs(conn, runs)
+
+
+def recover_stranded(rt: Runtime, is_alive: Callable[[str], bool], grace_seconds: float) -> int:
+    """Re-wake the tasks of requested runs that will never claim them, and publish now.
+
+    ``is_alive(run_key)`` asks the run launcher whether that run exists and has not ended.
+    Runs younger than ``min(grace_seconds, TRACE_LEASE_SECONDS)`` are left alone (their run
+    may not be recorded yet). Returns the number of tasks re-woken.
+    """
+    grace = min(float(rt.settings.lease_seconds), grace_seconds)
+    with rt.state() as conn:
+        stranded = [
+            run
+            for run in task_retry.open_worker_runs(conn, grace_seconds=grace)
+            if not is_alive(run.run_key)
+        ]
+        if not stranded:
+            return 0
+        with conn.transaction():
+            rewoken = task_retry.rewake_stranded(conn, stranded)
+        outbox.drain_all(conn, rt.queue, batch_size=rt.settings.outbox_batch_size)
+    return rewoken
+
+
+def task_infos(rt: Runtime, task_ids: list[uuid.UUID]) -> dict[uuid.UUID, TaskInfo]:
+    if not task_ids:
+        return {}
+    with rt.state() as conn, conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(q("tasks", "task_infos"), {"task_ids": task_ids}).fetchall()
+    return {r["task_id"]: TaskInfo(**r) for r in rows}
+
+
+@dataclass(frozen=True)
+class WorkerRun:
+    """One worker run to request: a deterministic run key, its batch, and labels for the UI."""
+
+    run_key: str
+    task_ids: list[str]
+    tags: dict[str, str]
+
+
+def run_labels(infos: list[TaskInfo]) -> dict[str, str]:
+    """Run labels naming job, stream, range, task and attempt (first task's, plus a count)."""
+    first = infos[0]
+    label = RangeLabel.of(first.payload)
+    tags = {
+        "trace/operator": first.operator,
+        "trace/task_id": str(first.task_id),
+        "trace/attempt": str(first.attempt + 1),
+        "trace/batch_size": str(len(infos)),
+    }
+    if label.job_name is not None:
+        tags["trace/job"] = label.job_name
+    if label.dataset_key is not None:
+        tags["trace/stream"] = label.dataset_key
+    if label.block_range is not None:
+        tags["trace/range"] = f"{label.range_start}-{label.range_end}"
+    return tags
+
+
+def plan_worker_runs(rt: Runtime, max_runs: int) -> list[WorkerRun]:
+    """Turn wake-ups into worker runs of ``worker_batch_size`` tasks each, then ack them.
+
+    Tasks already succeeded or dead are dropped; a task woken twice runs once, keyed by its
+    newest wake-up generation (so a re-wake gets a new run key). Each run key is recorded with
+    its tasks before the ack, so a run that never claims them is noticed (``recover_stranded``)
+    instead of waiting for the re-wake.
+    """
+    batch = rt.settings.worker_batch_size
+    wakeups = receive_wakeups(rt, batch * max_runs)
+    infos = task_infos(rt, list({w.task_id for w in wakeups}))
+    runnable: dict[str, tuple[TaskInfo, int]] = {}
+    for w in wakeups:
+        info = infos.get(w.task_id)
+        if info is None or info.status in ("succeeded", "dead"):
+            continue
+        previous = runnable.get(str(w.task_id), (info, 0))[1]
+        runnable[str(w.task_id)] = (info, max(w.generation, previous))
+    items = sorted(runnable.items())
+    runs: list[WorkerRun] = []
+    for i in range(0, len(items), batch):
+        chunk = items[i : i + batch]
+        key_src = ",".join(f"{tid}:{gen}" for tid, (_, gen) in chunk)
+        runs.append(
+            WorkerRun(
+                run_key=hashlib.sha256(key_src.encode()).hexdigest()[:32],
+                task_ids=[tid for tid, _ in chunk],
+                tags=run_labels([info for _, (info, _) in chunk]),
+            )
+        )
+    record_runs(rt, [(r.run_key, [uuid.UUID(t) for t in r.task_ids]) for r in runs])
+    ack_wakeups(rt, wakeups)
+    return runs

@@ -1,0 +1,446 @@
+"""The Query Service pipeline (``QueryService``): sandboxed SQL over committed datasets.
+
+The HTTP app (``query.app``) and the embedded path (``query.client.query_embedded``) both
+call it. Over HTTP, ``POST /v1/query`` (bearer user token) and ``POST /v1/task-query``
+(bearer task capability token) take ``{"sql", "datasets"?, "max_rows"?, "job"?}`` and answer
+``{"columns", "rows", "row_count", "truncated", "export", "query_id"}``. Errors are
+``{"error": {"code", "message"}}``: 400 rejected or failing SQL, 401 bad token, 403 grant
+missing or stale task attempt, 404 unknown job, 409 fake data
+refused (TRACE_QUERY_ALLOW_FAKE), 408 timeout or CPU limit, 413 too large, 422
+bad manifest, 500 engine crashed (its worker process died; the service keeps serving), 503
+storage unavailable or every engine busy.
+
+Order of checks: token -> (task attempt current in state) -> grants in the registry -> SQL
+gate -> manifests -> sandboxed engine -> export. Every query that got past the grants is
+audited in ``data.query_audit`` whatever its outcome; refused tokens and grants are not.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import pyarrow as pa
+from psycopg_pool import ConnectionPool
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from trace_core.db.connection import Databases
+from trace_core.db.queries import q
+from trace_core.errors import (
+    AccessDenied,
+    ManifestInvalid,
+    QueryError,
+    QueryFailed,
+    QueryTimeout,
+    RetryableError,
+    SqlRejected,
+    StorageError,
+    TokenInvalid,
+    TooLarge,
+    TraceError,
+)
+from trace_core.query.attach import (
+    HOT_TABLES,
+    HotSourceResolver,
+    ManifestCache,
+    Relation,
+    Versions,
+    attach,
+    audit_datasets,
+    data_hot_sources,
+    followed_chains,
+    refuse_fake,
+    task_versions,
+    user_versions,
+)
+from trace_core.query.audit import AuditRecord, Outcome, write_audit
+from trace_core.query.engine import (
+    EngineConfig,
+    ResultLimits,
+    S3Access,
+    SandboxPool,
+    Workdir,
+    execute,
+    result_table,
+)
+from trace_core.query.export import export_result, json_rows
+from trace_core.query.gate import check_limits, sql_fingerprint, validate_sql
+from trace_core.query.tokens import (
+    UserClaims,
+    verify_task_token,
+    verify_user_token,
+)
+from trace_core.query.workers import EngineWorkers, WorkerLimits
+from trace_core.settings import Settings
+from trace_core.storage.base import ObjectStore
+
+log = logging.getLogger(__name__)
+
+
+_STATUS: list[tuple[type[Exception], int]] = [
+    (TokenInvalid, 401),
+    (AccessDenied, 403),
+    (QueryTimeout, 408),
+    (TooLarge, 413),
+    (ManifestInvalid, 422),
+    (SqlRejected, 400),
+    (QueryFailed, 400),
+    (StorageError, 503),
+]
+_CODE_STATUS = {
+    "sql_too_large": 413,
+    "job_not_found": 404,
+    "fake_data": 409,
+    "storage_unavailable": 503,
+    "execution_failed": 500,
+    "engine_crashed": 500,
+    "engine_busy": 503,
+    "engine_unavailable": 503,
+}
+
+
+class QueryRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sql: str
+    datasets: list[str] | None = None
+    max_rows: int | None = Field(None, ge=1)
+    job: str | None = None
+
+
+def status_of(exc: TraceError) -> int:
+    """HTTP status of a refused or failed query: a ``QueryError`` is the client's (4xx) unless
+    its code says otherwise; any other Trace error is the service's (503 retryable, else 500)."""
+    if exc.code in _CODE_STATUS:
+        return _CODE_STATUS[exc.code]
+    for cls, status in _STATUS:
+        if isinstance(exc, cls):
+            return status
+    if isinstance(exc, QueryError):
+        return 400
+    return 503 if isinstance(exc, RetryableError) else 500
+
+
+def error_body(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+def client_error(exc: TraceError) -> QueryError:
+    """The error a client of the service sees for ``exc``: its code, its HTTP status in
+    ``fields['status']`` and, for anything but a ``QueryError``, no detail (HTTP's body and
+    the ``QueryError`` that ``query_http`` raises from it)."""
+    message = exc.message if isinstance(exc, QueryError) else "service unavailable"
+    return QueryError(message, code=exc.code, status=status_of(exc))
+
+
+@dataclass
+class _Run:
+    """What one query did, for the audit."""
+
+    query_id: uuid.UUID
+    sql_sha256: str
+    relations: list[Relation] = field(default_factory=list)
+    executed: bool = False
+    rows: int | None = None
+    bytes: int | None = None
+    export_key: str | None = None
+    error_code: str | None = None
+
+
+@dataclass
+class _Caller:
+    org_id: uuid.UUID
+    versions: Versions
+    user: UserClaims | None = None
+    task_id: uuid.UUID | None = None
+    attempt: int | None = None
+    hot_chains: list[int] = field(default_factory=list)
+
+
+class QueryService:
+    """The request pipeline, independent of HTTP. Call ``open()`` before use."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        dbs: Databases,
+        store: ObjectStore,
+        *,
+        hot_sources: HotSourceResolver | Literal["data"] | None = "data",
+        gate: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.gate = gate
+        self.state = ConnectionPool(
+            dbs.state_url, min_size=1, max_size=8, open=False, kwargs={"autocommit": True}
+        )
+        self.data = ConnectionPool(
+            dbs.data_url, min_size=1, max_size=8, open=False, kwargs={"autocommit": True}
+        )
+        # "data": the follower's hot tables, including chains the org follows that have no
+        # cold version yet (resolved per request, see _hot_for)
+        self._hot_url = dbs.data_url if hot_sources == "data" else None
+        self.hot = (
+            data_hot_sources(self.data, dbs.data_url) if hot_sources == "data" else hot_sources
+        )
+        self.cache = ManifestCache()
+        s3 = (
+            S3Access.from_settings(settings)
+            if str(getattr(store, "url", "")).startswith("s3://")
+            else None
+        )
+        scoper = None
+        if s3 is not None and settings.query_s3_role_arn:
+            from trace_core.query.s3scope import ScopedCredentials
+
+            scoper = ScopedCredentials(settings, s3).for_files
+        self.engine = EngineConfig.from_settings(settings, s3, scoper)
+        # DuckDB runs in worker processes (a crash or hang costs one query), or in process
+        # with query_workers=0 (no isolation; kept to measure what isolation costs)
+        self.workers: EngineWorkers | None = None
+        self.sandboxes: SandboxPool | None = None
+        if settings.query_workers:
+            self.workers = EngineWorkers(
+                self.engine,
+                size=settings.query_workers,
+                limits=WorkerLimits(
+                    address_space_bytes=settings.query_worker_address_space_bytes,
+                    cpu_seconds=settings.query_cpu_seconds,
+                    stack_bytes=settings.query_worker_stack_bytes,
+                ),
+            )
+        else:
+            self.sandboxes = SandboxPool(self.engine)
+
+    def open(self) -> None:
+        self.state.open(wait=True)
+        self.data.open(wait=True)
+        if self.workers is not None:
+            self.workers.start()
+        if self.sandboxes is not None:
+            self.sandboxes.start()
+
+    def close(self) -> None:
+        if self.workers is not None:
+            self.workers.stop()
+        if self.sandboxes is not None:
+            self.sandboxes.stop()
+        self.state.close()
+        self.data.close()
+
+    def healthy(self) -> bool:
+        with self.state.connection(timeout=5) as conn:
+            return conn.execute("SELECT 1").fetchone() == (1,)
+
+    # --- pipeline --------------------------------------------------------------------
+
+    def handle(
+        self, kind: Literal["user", "task"], authorization: str | None, body: bytes
+    ) -> dict[str, Any]:
+        """Answer one HTTP request or raise a ``TraceError`` (see ``status_of``)."""
+        started = time.monotonic()
+        caller = self._caller(kind, _bearer(authorization))
+        return self._respond(caller, _parse(body), started)
+
+    def query(
+        self, kind: Literal["user", "task"], token: str, request: QueryRequest
+    ) -> dict[str, Any]:
+        """Answer one request without HTTP (the embedded path of ``trace-lite query``): the
+        same token check, grants, gate, sandbox, limits and audit as ``handle``. Raises a
+        ``TraceError`` (see ``status_of``)."""
+        started = time.monotonic()
+        return self._respond(self._caller(kind, token), request, started)
+
+    def query_table(
+        self, kind: Literal["user", "task"], token: str, request: QueryRequest
+    ) -> pa.Table:
+        """``query`` answering the whole result as one Arrow table (never truncated by the
+        inline caps, never exported): how a transform's UDF reads its inputs. Same checks,
+        sandbox and audit; raises as ``query`` does."""
+        started = time.monotonic()
+        response = self._respond(self._caller(kind, token), request, started, as_table=True)
+        table: pa.Table = response["table"]
+        return table
+
+    def _caller(self, kind: Literal["user", "task"], token: str) -> _Caller:
+        return self._user(token) if kind == "user" else self._task(token)
+
+    def _respond(
+        self, caller: _Caller, request: QueryRequest, started: float, *, as_table: bool = False
+    ) -> dict[str, Any]:
+        caller.versions = self._resolve(caller, request)
+        run = _Run(uuid.uuid4(), sql_fingerprint(request.sql))
+        try:
+            response = self._run(caller, request, run, as_table=as_table)
+        except BaseException as exc:
+            run.error_code = exc.code if isinstance(exc, TraceError) else "internal"
+            self._finish(caller, run, started)
+            raise
+        self._finish(caller, run, started)
+        return response
+
+    def _run(
+        self, caller: _Caller, request: QueryRequest, run: _Run, *, as_table: bool = False
+    ) -> dict[str, Any]:
+        caps = {
+            "max_bytes": self.settings.query_max_sql_bytes,
+            "max_depth": self.settings.query_max_nesting_depth,
+        }
+        if self.gate:
+            relations = validate_sql(request.sql, caller.versions, **caps).relations
+        else:
+            check_limits(request.sql, **caps)
+            relations = frozenset(caller.versions)
+        refuse_fake(caller.versions, relations, allow=self.settings.query_allow_fake)
+        run.relations = attach(
+            self.store,
+            caller.versions,
+            relations,
+            max_manifest_bytes=self.settings.query_manifest_max_bytes,
+            max_files=self.settings.query_manifest_max_files,
+            cache=self.cache,
+            hot=self._hot_for(caller),
+        )
+        limits = ResultLimits(
+            self.settings.query_inline_max_rows,
+            self.settings.query_inline_max_bytes,
+            request.max_rows,
+        )
+        workdir = Workdir(self.engine.work_root)
+        try:
+            run.executed = True
+            if self.workers is not None:
+                result = self.workers.execute(request.sql, run.relations, limits, workdir)
+            else:
+                result = execute(
+                    request.sql, run.relations, self.engine, limits, workdir, self.sandboxes
+                )
+            run.rows, run.bytes = result.row_count, result.bytes
+            if as_table:
+                return {"table": result_table(result)}
+            export = None
+            if result.spool is not None:
+                export = export_result(
+                    self.store,
+                    run.query_id,
+                    result.spool,
+                    result.row_count,
+                    presign_seconds=self.settings.query_presign_seconds,
+                )
+                run.export_key = export.key
+        finally:
+            workdir.cleanup()
+        return {
+            "columns": result.columns,
+            "rows": [] if export else json_rows(result.batches, result.columns),
+            "row_count": result.row_count,
+            "truncated": result.truncated,
+            "export": export.as_json() if export else None,
+            "query_id": str(run.query_id),
+        }
+
+    def _hot_for(self, caller: _Caller) -> HotSourceResolver | None:
+        """Hot rows serve user queries only (a task reads exactly its pinned versions)."""
+        if caller.user is None:
+            return None
+        if self._hot_url is not None and caller.hot_chains:
+            return data_hot_sources(self.data, self._hot_url, caller.hot_chains)
+        return self.hot
+
+    def _finish(self, caller: _Caller, run: _Run, started: float) -> None:
+        outcome: Outcome = "ok"
+        if run.error_code is not None:
+            outcome = "failed" if run.executed else "rejected"
+        duration_ms = int((time.monotonic() - started) * 1000)
+        self._audit(
+            AuditRecord(
+                query_id=run.query_id,
+                org_id=caller.org_id,
+                sql_sha256=run.sql_sha256,
+                duration_ms=duration_ms,
+                outcome=outcome,
+                user_sub=caller.user.sub if caller.user else None,
+                task_id=caller.task_id,
+                attempt=caller.attempt,
+                datasets=audit_datasets(run.relations),
+                rows=run.rows,
+                bytes=run.bytes,
+                error_code=run.error_code,
+                export_key=run.export_key,
+            )
+        )
+        log.info(
+            "query %s",
+            outcome,
+            extra={
+                "query_id": str(run.query_id),
+                "sql_sha256": run.sql_sha256,
+                "outcome": outcome,
+                "error_code": run.error_code,
+                "rows": run.rows,
+                "exported": run.export_key is not None,
+                "duration_ms": duration_ms,
+            },
+        )
+
+    def _user(self, token: str) -> _Caller:
+        claims = verify_user_token(self.settings, token)
+        return _Caller(claims.org_id, {}, user=claims)
+
+    def _task(self, token: str) -> _Caller:
+        claims = verify_task_token(self.settings, token)
+        with self.state.connection() as conn:
+            row = conn.execute(q("query", "task_attempt"), {"task_id": claims.task_id}).fetchone()
+            if row is None or row[0] != "running" or row[1] != claims.attempt:
+                raise AccessDenied("the task attempt is not current", code="stale_attempt")
+            versions = task_versions(conn, claims)
+        return _Caller(claims.org_id, versions, task_id=claims.task_id, attempt=claims.attempt)
+
+    def _resolve(self, caller: _Caller, request: QueryRequest) -> Versions:
+        """Relations the request may read (403 for names outside the grant)."""
+        if caller.user is not None:
+            with self.state.connection() as conn:
+                if self._hot_url is not None:
+                    caller.hot_chains = followed_chains(conn, caller.org_id, request.job)
+                return user_versions(
+                    conn,
+                    caller.user,
+                    requested=request.datasets,
+                    job=request.job,
+                    hot_relations=HOT_TABLES if caller.hot_chains else (),
+                )
+        if request.job is not None:
+            raise QueryError("job is not valid for task queries", code="bad_request")
+        if request.datasets is None:
+            return caller.versions
+        missing = set(request.datasets) - set(caller.versions)
+        if missing:
+            raise AccessDenied(f"dataset {sorted(missing)[0]!r} is not granted")
+        return {name: caller.versions[name] for name in request.datasets}
+
+    def _audit(self, record: AuditRecord) -> None:
+        with self.data.connection() as conn:
+            write_audit(conn, record)
+
+
+def _bearer(authorization: str | None) -> str:
+    if not authorization:
+        raise TokenInvalid("missing bearer token")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise TokenInvalid("authorization must be 'Bearer <token>'")
+    return token.strip()
+
+
+def _parse(body: bytes) -> QueryRequest:
+    try:
+        return QueryRequest.model_validate_json(body)
+    except ValidationError as exc:
+        fields = sorted({".".join(str(p) for p in err["loc"]) or "<body>" for err in exc.errors()})
+        raise QueryError(
+            f"invalid request (fields: {', '.join(fields)})", code="bad_request"
+        ) from exc
