@@ -22,8 +22,12 @@ DEMO_ARGS ?= --exit
 demo: setup
 	$(BIN)/trace-lite demo $(DEMO_ARGS)
 
+# Two pytest-xdist workers, whole files per worker (module fixtures are built once); each
+# worker has its own embedded Postgres, chains and ports. `make test PYTEST_WORKERS=0`: serial.
+PYTEST_WORKERS ?= 2
+
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 lint: setup
 	$(BIN)/ruff check trace_core trace_dagster trace_lite tests benchmarks
