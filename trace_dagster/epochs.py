@@ -23,9 +23,8 @@ from dagster import (
     MetadataValue,
 )
 
-from trace_core.chain_sync import epochs
-from trace_core.chain_sync.epochs import EpochProgress
-from trace_core.errors import ChainSyncJobNotFound
+from trace_core.engine import streams
+from trace_core.engine.streams import EpochProgress
 from trace_core.runtime import Runtime
 from trace_dagster.keys import partitions_def_name, stream_asset_key
 
@@ -68,10 +67,7 @@ def range_events(
 ) -> list[AssetObservation | AssetMaterialization]:
     """A range just committed: an observation of each epoch it belongs to with ``meta`` and
     the epoch's progress, plus the epoch's materialization when that range completed it."""
-    with rt.state() as conn:
-        progress = epochs.epoch_progress(
-            conn, rt.settings.org_id, job_name, dataset_key, start, end
-        )
+    progress = streams.epoch_progress(rt, job_name, dataset_key, start, end)
     out: list[AssetObservation | AssetMaterialization] = []
     for p in progress:
         out.append(
@@ -90,18 +86,12 @@ def range_events(
 
 def epoch_keys_of(rt: Runtime, job_name: str, dataset_key: str, start: int, end: int) -> list[str]:
     """Partition keys of the epochs a range belongs to."""
-    with rt.state() as conn:
-        target = epochs.stream_target(conn, rt.settings.org_id, job_name, dataset_key)
-    return epochs.epoch_keys_of_range(start, end, target.epoch_blocks)
+    return streams.epoch_keys_of(rt, job_name, dataset_key, start, end)
 
 
 def epoch_size(rt: Runtime, job_name: str) -> int:
     """A chain_sync job's ``epoch_blocks``."""
-    with rt.state() as conn:
-        targets = epochs.stream_targets(conn, rt.settings.org_id, job_name=job_name)
-    if not targets:
-        raise ChainSyncJobNotFound(job_name)
-    return targets[0].epoch_blocks
+    return streams.epoch_size(rt, job_name)
 
 
 @dataclass
@@ -119,30 +109,26 @@ class PartitionSync:
 def partition_sync(rt: Runtime, instance: DagsterInstance | None) -> PartitionSync:
     """Compare every stream's epochs with ``instance`` (without one: add them all)."""
     out = PartitionSync()
-    with rt.state() as conn:
-        for t in epochs.stream_targets(conn, rt.settings.org_id):
-            name = partitions_def_name(t.job_name, t.dataset_key)
-            want = t.epoch_keys()
-            if instance is None:
-                out.add[name] = want
-                continue
-            have = instance.get_dynamic_partitions(name)
-            known = set(have)
-            if missing := [k for k in want if k not in known]:
-                out.add[name] = missing
-            if stale := [k for k in have if not epochs.is_epoch_key(k, t.epoch_blocks)]:
-                out.delete[name] = stale
-            asset = stream_asset_key(t.job_name, t.dataset_key)
-            done = instance.get_materialized_partitions(asset)
-            for a, b in epochs.complete_epochs(conn, t):
-                key = epochs.range_partition_key(a, b)
-                if key in done:
-                    continue
-                if len(out.materializations) >= MAX_BACKFILLED_PER_SYNC:
-                    out.done = False
-                    break
-                p = epochs.progress_of(conn, t, a, b)
-                out.materializations.append(
-                    epoch_materialization(p, reported_by=MetadataValue.text("partition sync"))
-                )
+    for t in streams.stream_targets(rt):
+        name = partitions_def_name(t.job_name, t.dataset_key)
+        want = t.epoch_keys()
+        if instance is None:
+            out.add[name] = want
+            continue
+        have = instance.get_dynamic_partitions(name)
+        known = set(have)
+        if missing := [k for k in want if k not in known]:
+            out.add[name] = missing
+        if stale := [k for k in have if not streams.is_epoch_key(k, t.epoch_blocks)]:
+            out.delete[name] = stale
+        asset = stream_asset_key(t.job_name, t.dataset_key)
+        done = set(instance.get_materialized_partitions(asset))
+        left = MAX_BACKFILLED_PER_SYNC - len(out.materializations)
+        progress, complete = streams.complete_epochs_not_in(rt, t, done, left)
+        if not complete:
+            out.done = False
+        for p in progress:
+            out.materializations.append(
+                epoch_materialization(p, reported_by=MetadataValue.text("partition sync"))
+            )
     return out

@@ -23,12 +23,14 @@ from dagster import (
     op,
 )
 
-from trace_core.chain_sync.epochs import epoch_keys_of_range
-from trace_core.chain_sync.store import StreamRow
-from trace_core.datasets.retention import scheduled_retention
+from trace_core.engine.integrity import (
+    RangeResult,
+    pass_reports,
+    scheduled_retention,
+    select_streams,
+)
+from trace_core.engine.streams import StreamRow, epoch_keys_of_range
 from trace_core.errors import TraceError
-from trace_core.integrity import incremental
-from trace_core.integrity.verify import RangeResult, select_streams
 from trace_core.runtime import Runtime
 from trace_dagster.partitions import partitions_def_name, stream_asset_key
 from trace_dagster.resources import TraceResource
@@ -80,7 +82,7 @@ def run_pass(
     emit: Callable[[AssetCheckEvaluation], None],
     streams: list[StreamRow] | None = None,
 ) -> PassSummary:
-    """Scheduled (``streams`` None): one incremental pass (``incremental.scheduled_reports``:
+    """Scheduled (``streams`` None): one incremental pass (``engine.integrity.pass_reports``:
     new and changed ranges, then a sample of the stalest, within an RPC budget). With
     ``streams`` (the check run from the UI): every committed range of them. ``emit`` one check
     evaluation per epoch partition with the verdicts of its ranges verified in this pass
@@ -93,12 +95,7 @@ def run_pass(
     known: dict[str, set[str]] = {}
     sizes = {(s.job_name, s.dataset_key): s.epoch_blocks for s in select_streams(rt)}
     by_epoch: dict[tuple[str, str, str], list[RangeResult]] = {}
-    reports = (
-        incremental.scheduled_reports(rt)
-        if streams is None
-        else incremental.full_reports(rt, streams)
-    )
-    for report in reports:
+    for report in pass_reports(rt, streams):
         stream = (report.job_name, report.dataset_key)
         for r in report.ranges:
             for key in epoch_keys_of_range(r.range_start, r.range_end, sizes[stream]):

@@ -19,10 +19,9 @@ from dagster import (
 )
 from pydantic import Field
 
-from trace_core.chain_sync.planner import range_partition_key
 from trace_core.engine.execute import TaskOutcome
+from trace_core.engine.streams import RangeLabel, range_partition_key
 from trace_core.engine.worker_run import PlannedRange, run_worker
-from trace_core.operators.payload import RangeLabel
 from trace_core.runtime import Runtime
 from trace_dagster.epochs import epoch_keys_of, epoch_size, range_events
 from trace_dagster.partitions import partitions_def_name, stream_asset_key

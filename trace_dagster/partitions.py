@@ -20,9 +20,9 @@ from dagster import (
     asset,
 )
 
-from trace_core.chain_sync import store
-from trace_core.chain_sync.planner import parse_partition_key
-from trace_core.chain_sync.store import StreamRow
+from trace_core.engine import streams
+from trace_core.engine.revive import run_range
+from trace_core.engine.streams import StreamRow, parse_partition_key
 from trace_core.errors import TraceError
 from trace_core.runtime import Runtime
 from trace_dagster.epochs import epoch_materialization
@@ -41,16 +41,12 @@ def materialize_epoch(
     Fails naming what is left: a range that did not commit (its error), one held by another
     attempt's lease, or blocks not planned yet (the dispatcher plans them in order).
     """
-    from trace_core.chain_sync import epochs
-    from trace_core.engine.revive import run_range
-
     key = context.partition_key
     where = f"partition {key} of {job_name}/{dataset_key}"
     try:
         start, end = parse_partition_key(key)
-        with rt.state() as conn:
-            target = epochs.stream_target(conn, rt.settings.org_id, job_name, dataset_key)
-            before = epochs.progress_of(conn, target, start, end)
+        target = streams.stream_target(rt, job_name, dataset_key)
+        before = streams.progress_of(rt, target, start, end)
         problems: list[str] = []
         revived = ran = 0
         for r in before.ranges:
@@ -69,8 +65,7 @@ def materialize_epoch(
             )
             if o.status != "succeeded":
                 problems.append(f"range {r.key} (task {o.task_id}): {o.status}: {o.error}")
-        with rt.state() as conn:
-            after = epochs.progress_of(conn, target, start, end)
+        after = streams.progress_of(rt, target, start, end)
     except (TraceError, ValueError) as exc:
         raise Failure(description=f"{where}: {exc}") from exc
     if not after.complete:
@@ -117,9 +112,8 @@ def stream_assets(rt: Runtime) -> list[AssetsDefinition]:
     """Assets for every applied stream; empty (with a log line naming the cause) if state is
     unreachable or not migrated (``trace-lite up`` and ``trace-lite migrate`` migrate it)."""
     try:
-        with rt.state() as conn:
-            streams = store.list_streams(conn, rt.settings.org_id)
+        rows = streams.list_streams(rt)
     except TraceError as exc:
         log.warning("no stream assets: state unavailable (%s)", exc)
         return []
-    return [stream_asset(s) for s in streams]
+    return [stream_asset(s) for s in rows]

@@ -10,7 +10,7 @@ cron trigger, and ``trace_trigger`` (a manual launch from the UI).
   triggers a manual run (idempotent over the same inputs).
 - A transform with ``trigger.cron`` gets a schedule whose ticks launch ``trace_trigger`` with the
   tick's time as idempotency key: the op writes source event + task + outbox in one
-  transaction (``trace_core.sources.trigger``) and the worker sensor runs the task.
+  transaction (``trace_core.engine.transforms.trigger_run``) and the worker sensor runs the task.
 """
 
 # No `from __future__ import annotations` here: Dagster resolves annotations at runtime.
@@ -40,17 +40,18 @@ from dagster import (
 )
 from pydantic import Field
 
-from trace_core.chain_sync import epochs
-from trace_core.chain_sync import store as chain_sync_store
-from trace_core.chain_sync.epochs import epoch_key
-from trace_core.chain_sync.planner import parse_partition_key, range_partition_key
 from trace_core.engine.execute import TaskOutcome, execute_task
+from trace_core.engine.streams import epoch_key, parse_partition_key, range_partition_key
+from trace_core.engine.transforms import (
+    OPERATOR,
+    TransformPayload,
+    TransformRow,
+    applied_transforms,
+    run_epoch,
+    trigger_run,
+)
 from trace_core.errors import TraceError
 from trace_core.runtime import Runtime
-from trace_core.sources.trigger import trigger
-from trace_core.transforms import routing
-from trace_core.transforms.store import TransformRow, list_transforms
-from trace_core.transforms.tasks import OPERATOR, TransformPayload
 from trace_dagster.epochs import epoch_size
 from trace_dagster.partitions import _UNSAFE, partitions_def_name, stream_asset_key
 from trace_dagster.resources import TraceResource
@@ -77,15 +78,7 @@ def trigger_source(
 ) -> None:
     rt = trace.get_client()
     try:
-        with rt.state() as conn:
-            got = trigger(
-                conn,
-                rt.settings.org_id,
-                config.job,
-                config.kind,  # type: ignore[arg-type]
-                idempotency_key=config.key,
-                max_attempts=rt.settings.max_attempts,
-            )
+        got = trigger_run(rt, config.job, config.kind, config.key)  # type: ignore[arg-type]
     except TraceError as exc:
         raise Failure(description=f"trigger of {config.job}: {exc}") from exc
     context.log.info(
@@ -132,40 +125,16 @@ def _run_now(context: AssetExecutionContext, rt: Runtime, t: TransformRow) -> Ma
     """Run the transform now: for an epoch partition, the on-input run of each committed range
     of its primary input in that epoch; unpartitioned, a manual run."""
     try:
-        with rt.state() as conn:
-            if context.has_partition_key:
-                start, end = parse_partition_key(context.partition_key)
-                target = epochs.stream_target(conn, rt.settings.org_id, t.job_name, t.inputs[0])
-                ranges = [
-                    (r.range_start, r.range_end)
-                    for r in epochs.progress_of(conn, target, start, end).committed
-                ]
-                if not ranges:
-                    raise Failure(
-                        description=f"transform {t.name}: no committed {t.inputs[0]} range in "
-                        f"epoch {context.partition_key}"
-                    )
-                task_ids = [
-                    routing.run_for_range(
-                        conn,
-                        rt.settings.org_id,
-                        t.name,
-                        a,
-                        b,
-                        max_attempts=rt.settings.max_attempts,
-                    )
-                    for a, b in ranges
-                ]
-            else:
-                task_ids = [
-                    trigger(
-                        conn,
-                        rt.settings.org_id,
-                        t.name,
-                        "manual",
-                        max_attempts=rt.settings.max_attempts,
-                    ).task_id
-                ]
+        if context.has_partition_key:
+            start, end = parse_partition_key(context.partition_key)
+            task_ids = run_epoch(rt, t, start, end)
+            if not task_ids:
+                raise Failure(
+                    description=f"transform {t.name}: no committed {t.inputs[0]} range in "
+                    f"epoch {context.partition_key}"
+                )
+        else:
+            task_ids = [trigger_run(rt, t.name, "manual").task_id]
     except TraceError as exc:
         raise Failure(description=f"transform {t.name}: {exc}") from exc
     meta: dict[str, Any] = {}
@@ -244,12 +213,7 @@ def transform_definitions(
 ) -> tuple[list[AssetsDefinition], list[ScheduleDefinition]]:
     """Assets and schedules of every applied transform (none if state is unavailable)."""
     try:
-        with rt.state() as conn:
-            rows = list_transforms(conn, rt.settings.org_id)
-            streams = {
-                (s.job_name, s.dataset_key)
-                for s in chain_sync_store.list_streams(conn, rt.settings.org_id)
-            }
+        rows, streams = applied_transforms(rt)
     except TraceError as exc:
         log.warning("no transform assets: state unavailable (%s)", exc)
         return [], []

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from dagster import AssetMaterialization, DagsterInstance, SensorResult
 
 from tests.integration.test_planner import complete
@@ -14,6 +15,7 @@ from trace_core.chain_sync import planner, store
 from trace_core.chain_sync.planner import range_partition_key as key
 from trace_core.chain_sync.yamlload import load_job_file
 from trace_core.runtime import Runtime
+from trace_dagster import epochs as epochs_shell
 from trace_dagster.driver import _apply_partitions
 from trace_dagster.partitions import partitions_def_name, stream_asset_key
 from trace_dagster.sensors.dispatcher import PARTITIONS_RESYNC_SECONDS, dispatcher_result
@@ -104,3 +106,30 @@ def test_sync_maps_an_existing_job_onto_epochs_and_rekeys_after_an_edit(
         len(_materializations(dagster_instance)[key(0, 200)].metadata["dataset_versions"].value)
         == 4
     )  # type: ignore[arg-type]
+
+
+def test_sync_backfills_complete_epochs_in_capped_batches(
+    trace_env: Runtime,
+    dagster_instance: DagsterInstance,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At most ``MAX_BACKFILLED_PER_SYNC`` epochs per sync, oldest first; the sync says it is
+    not done, and the next one materializes the rest (never one already recorded)."""
+    rt = trace_env
+    _apply(rt, tmp_path / "mig.yaml", 100)
+    with rt.state() as conn:
+        planned = planner.plan_tick(conn, org_id=rt.settings.org_id).planned
+        for p in planned[:6]:  # [0, 300): three complete epochs
+            complete(conn, p.task_id)
+    monkeypatch.setattr(epochs_shell, "MAX_BACKFILLED_PER_SYNC", 2)
+
+    first = epochs_shell.partition_sync(rt, dagster_instance)
+    assert [m.partition for m in first.materializations] == [key(0, 100), key(100, 200)]
+    assert first.done is False
+    for m in first.materializations:
+        dagster_instance.report_runless_asset_event(m)
+
+    second = epochs_shell.partition_sync(rt, dagster_instance)
+    assert [m.partition for m in second.materializations] == [key(200, 300)]
+    assert second.done is True

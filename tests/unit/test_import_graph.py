@@ -20,7 +20,8 @@ The tiers, lowest first; a package imports its own tier's peers only along the a
   stack, demo and dev tools).
 
 The shell (trace_dagster) imports from trace_core only the engine, ``runtime``, ``errors``,
-``settings`` and package faces (a package's ``__init__``), never a domain module.
+``settings`` and package faces (a package's ``__init__``), never a domain module, and opens no
+state or data connection itself (an engine function does).
 """
 
 from __future__ import annotations
@@ -89,47 +90,20 @@ PEER_IMPORTS: dict[tuple[str, str], str] = {
     ("trace_lite", "cli"): "trace-lite adds its commands to trace_core's CLI",
     ("trace_lite", "trace_dagster"): "trace-lite runs the Dagster definitions locally",
 }
-# Shell imports of domain modules that landed with epochs, nofake, transforms and the component
-# while the engine doorway was built (merged from main): each is to move behind an engine
-# function; the list may only shrink, a new direct import fails the test.
+# Shell imports of domain modules that landed with epochs, nofake and analytics while the
+# engine doorway was built: each is to move behind an engine function; the list may only
+# shrink, a new direct import fails the test.
 SHELL_EXCEPTIONS: set[tuple[str, str]] = {
-    # the ChainSyncComponent (dg) validates and scaffolds chain_sync YAML itself
-    ("trace_dagster.components.chain_sync", "trace_core.chain_sync.spec"),
-    ("trace_dagster.components.chain_sync", "trace_core.chain_sync.store"),
-    ("trace_dagster.components.chain_sync", "trace_core.db.migrate"),
-    ("trace_dagster.components.chain_sync", "trace_core.rpc.limits"),
-    ("trace_dagster.components.chain_sync", "trace_core.yamlfile"),
-    ("trace_dagster.components.scaffolder", "trace_core.chain_sync.cryo_args"),
-    ("trace_dagster.components.scaffolder", "trace_core.chain_sync.spec"),
     ("trace_dagster.analytics", "trace_core.analytics.checks"),
     ("trace_dagster.analytics", "trace_core.analytics.compute"),
     ("trace_dagster.analytics", "trace_core.analytics.jobs"),
     ("trace_dagster.analytics", "trace_core.analytics.supply"),
     ("trace_dagster.analytics", "trace_core.chain_sync.epochs"),
     ("trace_dagster.analytics", "trace_core.chain_sync.planner"),
-    ("trace_dagster.epochs", "trace_core.chain_sync.epochs"),
-    ("trace_dagster.integrity", "trace_core.chain_sync.epochs"),
-    ("trace_dagster.integrity", "trace_core.chain_sync.store"),
-    ("trace_dagster.integrity", "trace_core.datasets.retention"),
-    ("trace_dagster.integrity", "trace_core.integrity.incremental"),
-    ("trace_dagster.integrity", "trace_core.integrity.verify"),
-    ("trace_dagster.jobs", "trace_core.chain_sync.planner"),
-    ("trace_dagster.jobs", "trace_core.operators.payload"),
-    ("trace_dagster.partitions", "trace_core.chain_sync.epochs"),
-    ("trace_dagster.partitions", "trace_core.chain_sync.planner"),
-    ("trace_dagster.partitions", "trace_core.chain_sync.store"),
-    ("trace_dagster.sensors.analytics", "trace_core.analytics.jobs"),
-    ("trace_dagster.sensors.analytics", "trace_core.analytics.plan"),
-    ("trace_dagster.sensors.analytics", "trace_core.chain_sync.epochs"),
-    ("trace_dagster.sensors.analytics", "trace_core.chain_sync.planner"),
-    ("trace_dagster.transforms", "trace_core.chain_sync.epochs"),
-    ("trace_dagster.transforms", "trace_core.chain_sync.planner"),
-    ("trace_dagster.transforms", "trace_core.chain_sync.store"),
-    ("trace_dagster.transforms", "trace_core.sources.trigger"),
-    ("trace_dagster.transforms", "trace_core.transforms.routing"),
-    ("trace_dagster.transforms", "trace_core.transforms.store"),
-    ("trace_dagster.transforms", "trace_core.transforms.tasks"),
 }
+# Shell modules that still open state/data connections themselves (the same ratchet): every
+# other one asks an engine function, which opens the connection.
+SHELL_CONNECTION_EXCEPTIONS: set[str] = {"trace_dagster/analytics.py"}
 SHELL_MAY_IMPORT = (
     "trace_core.engine",
     "trace_core.runtime",
@@ -302,6 +276,36 @@ def test_the_shell_imports_only_the_engine_and_faces() -> None:
     )
     assert [edge for edge in bad if edge not in SHELL_EXCEPTIONS] == []
     assert sorted(SHELL_EXCEPTIONS - set(bad)) == [], "moved behind the engine: drop from the list"
+
+
+def _opens_connections(source: str) -> bool:
+    """Whether a module calls ``<something>.state()`` or ``<something>.data()`` (a runtime's
+    state or data connection), anywhere in it."""
+    return any(
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in ("state", "data")
+        for node in ast.walk(ast.parse(source))
+    )
+
+
+def test_the_shell_opens_no_connections() -> None:
+    """trace_dagster never opens a state or data connection: an engine function does."""
+    opening = sorted(
+        str(p.relative_to(ROOT))
+        for p in (ROOT / "trace_dagster").rglob("*.py")
+        if _opens_connections(p.read_text())
+    )
+    assert [f for f in opening if f not in SHELL_CONNECTION_EXCEPTIONS] == []
+    assert sorted(SHELL_CONNECTION_EXCEPTIONS - set(opening)) == [], "drop from the list"
+
+
+def test_the_connection_check_sees_a_connection() -> None:
+    """The connection rule itself: ``rt.state()`` and ``self.rt.data()`` are caught; reading a
+    ``state`` attribute or calling ``state(...)`` unqualified is not a connection."""
+    assert _opens_connections("def f(rt):\n    with rt.state() as conn:\n        pass\n")
+    assert _opens_connections("def f(self):\n    return self.rt.data()\n")
+    assert not _opens_connections("def f(r):\n    return r.state, state()\n")
 
 
 def test_the_graph_sees_local_and_relative_imports(tmp_path: Path) -> None:

@@ -42,11 +42,16 @@ from dagster.components import Component, ComponentLoadContext, Resolvable
 from dagster.components.scaffold.scaffold import scaffold_with
 from dagster.components.utils.translation import TranslationFn, TranslationFnResolver
 
-from trace_core.chain_sync.spec import ChainSyncSpec, validate_job
+from trace_core.engine.apply import (
+    ChainSyncSpec,
+    LoadedYaml,
+    apply_job,
+    load_yaml,
+    pool_limits,
+    validate_job,
+)
 from trace_core.errors import ConfigError, InvalidJobFile
-from trace_core.rpc.limits import pool_limits
 from trace_core.runtime import Runtime
-from trace_core.yamlfile import LoadedYaml, load_yaml
 from trace_dagster.components.scaffolder import ChainSyncScaffolder
 from trace_dagster.integrity import _stream_check
 from trace_dagster.jobs import trace_worker
@@ -149,13 +154,7 @@ def apply_sensor(spec: ChainSyncSpec, source: str) -> SensorDefinition:
         description=f"Applies chain_sync job {spec.name} from {source} to Trace state",
     )
     def _apply(context: SensorEvaluationContext, trace: TraceResource) -> SkipReason:
-        from trace_core.chain_sync import store
-        from trace_core.db.migrate import migrate
-
-        rt = trace.get_client()
-        migrate(rt.dbs)
-        with rt.state() as conn:
-            result = store.apply_job(conn, rt.settings.org_id, spec, raw, source)
+        result = apply_job(trace.get_client(), spec, raw, source)
         verb = "created" if result.created else ("updated" if result.changed else "unchanged")
         pools = set_pool_limits(context.instance, spec)
         limits = ", ".join(f"{k}={v}" for k, v in sorted(pools.items())) or "defaults"

@@ -13,8 +13,7 @@ from typing import Any, Literal
 from dagster.components import Scaffolder, ScaffoldRequest, scaffold_component
 from pydantic import BaseModel, ConfigDict, Field
 
-from trace_core.chain_sync.cryo_args import cryo_args_text
-from trace_core.chain_sync.spec import ChainSyncSpec
+from trace_core.engine.apply import ChainSyncSpec, cryo_args_text
 
 CRYO_ARGS_FILE = "cryo.args"
 _NOT_NAME = re.compile(r"[^a-z0-9_-]")

@@ -17,10 +17,8 @@ from dagster import (
 )
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-from trace_core.analytics.jobs import load_analytics_jobs
-from trace_core.analytics.plan import plan
-from trace_core.chain_sync import epochs
-from trace_core.chain_sync.planner import range_partition_key
+from trace_core.engine.analytics import due_runs
+from trace_core.engine.streams import epoch_key, range_partition_key
 from trace_core.errors import TraceError
 from trace_core.runtime import Runtime
 from trace_dagster.analytics import RANGE_TAG, job_name
@@ -39,36 +37,32 @@ def due_requests(
     """Run requests for due analytics work not requested before (``done`` run keys)."""
     seen = set(done)
     requests: list[RunRequest] = []
-    with rt.state() as conn:
-        sizes = epochs.sizes(epochs.stream_targets(conn, rt.settings.org_id))
-        for job in load_analytics_jobs(conn, rt.settings.org_id):
-            for run in plan(conn, rt.settings.org_id, job):
-                if run.run_key in seen or len(requests) >= MAX_REQUESTS_PER_TICK:
-                    continue
-                partition = None
-                tags = {"trace/job": job.job, "trace/analytics": run.kind}
-                if run.kind.endswith("_range"):
-                    assert run.start is not None and run.end is not None
-                    stream = str(
-                        job.spec.balance_diffs
-                        if run.kind == "balance_range"
-                        else job.spec.staking.logs  # type: ignore[union-attr]
-                    )
-                    # the range's epoch is the partition; the run computes just this range
-                    partition = epochs.epoch_key(run.start, sizes[(job.job, stream)])
-                    tags[RANGE_TAG] = range_partition_key(run.start, run.end)
-                    name = partitions_def_name(job.job, stream)
-                    if instance is not None and not instance.has_dynamic_partition(name, partition):
-                        continue  # not a chain_sync epoch yet
-                requests.append(
-                    RunRequest(
-                        run_key=run.run_key,
-                        job_name=job_name(job.job, run.kind),
-                        partition_key=partition,
-                        tags=tags,
-                    )
-                )
-                seen.add(run.run_key)
+    sizes, due = due_runs(rt)
+    for job, run in due:
+        if run.run_key in seen or len(requests) >= MAX_REQUESTS_PER_TICK:
+            continue
+        partition = None
+        tags = {"trace/job": job.job, "trace/analytics": run.kind}
+        if run.kind.endswith("_range"):
+            assert run.start is not None and run.end is not None
+            stream = str(
+                job.spec.balance_diffs if run.kind == "balance_range" else job.spec.staking.logs  # type: ignore[union-attr]
+            )
+            # the range's epoch is the partition; the run computes just this range
+            partition = epoch_key(run.start, sizes[(job.job, stream)])
+            tags[RANGE_TAG] = range_partition_key(run.start, run.end)
+            name = partitions_def_name(job.job, stream)
+            if instance is not None and not instance.has_dynamic_partition(name, partition):
+                continue  # not a chain_sync epoch yet
+        requests.append(
+            RunRequest(
+                run_key=run.run_key,
+                job_name=job_name(job.job, run.kind),
+                partition_key=partition,
+                tags=tags,
+            )
+        )
+        seen.add(run.run_key)
     return requests, [*done, *(r.run_key for r in requests if r.run_key)][-CURSOR_KEYS:]
 
 
