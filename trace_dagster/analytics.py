@@ -14,7 +14,9 @@ Per job with an ``analytics:`` block:
   outputs, so recomputing them whole when a range lands stays cheap; a running total
   cannot be partitioned by range without each partition depending on all earlier ones.
 
-Each asset ``deps`` on its inputs, so the UI shows ``chain_sync/<job>/<stream>`` -> derived.
+The assets are rows of ``trace_core.analytics.CATALOG`` (one ``@multi_asset`` per row, one
+asset job per row kind). Each asset ``deps`` on its inputs, so the UI shows
+``chain_sync/<job>/<stream>`` -> derived.
 Outputs are committed dataset versions (``analytics_<name>``); the op bodies call
 ``trace_core.analytics`` and translate results into metadata and check results.
 """
@@ -102,7 +104,6 @@ def _check_result(job: str, asset: str, outcome: checks.CheckOutcome) -> AssetCh
     )
 
 
-Compute = Callable[[compute.Context, Any, AnalyticsJob], compute.Result]
 Checker = Callable[[compute.Context, Any, AnalyticsJob, compute.Result], checks.CheckOutcome]
 
 
