@@ -14,7 +14,9 @@ Per job with an ``analytics:`` block:
   outputs, so recomputing them whole when a range lands stays cheap; a running total
   cannot be partitioned by range without each partition depending on all earlier ones.
 
-Each asset ``deps`` on its inputs, so the UI shows ``chain_sync/<job>/<stream>`` -> derived.
+The assets are rows of ``trace_core.analytics.CATALOG`` (one ``@multi_asset`` per row, one
+asset job per row kind). Each asset ``deps`` on its inputs, so the UI shows
+``chain_sync/<job>/<stream>`` -> derived.
 Outputs are committed dataset versions (``analytics_<name>``); the op bodies call
 ``trace_core.analytics`` and translate results into metadata and check results.
 """
@@ -41,10 +43,9 @@ from dagster import (
     define_asset_job,
     multi_asset,
 )
-from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 from dagster_duckdb import DuckDBResource
 
-from trace_core.analytics import checks, compute, supply
+from trace_core.analytics import Computation, checks, computations, compute, kind_outputs
 from trace_core.analytics.jobs import AnalyticsJob, load_analytics_jobs
 from trace_core.chain_sync import epochs
 from trace_core.chain_sync.planner import parse_partition_key, range_partition_key
@@ -103,7 +104,6 @@ def _check_result(job: str, asset: str, outcome: checks.CheckOutcome) -> AssetCh
     )
 
 
-Compute = Callable[[compute.Context, Any, AnalyticsJob], compute.Result]
 Checker = Callable[[compute.Context, Any, AnalyticsJob, compute.Result], checks.CheckOutcome]
 
 
@@ -112,6 +112,7 @@ def _run(
     trace: TraceResource,
     duckdb: DuckDBResource,
     job: AnalyticsJob,
+    stream: str,
     fn: Callable[..., compute.Result],
     names: Sequence[str],
     checkers: Sequence[tuple[str, Checker]] = (),
@@ -122,7 +123,7 @@ def _run(
         with rt.state() as state, duckdb.get_connection() as con:
             ctx = compute.Context(rt.settings, rt.store, state)
             if context.has_partition_key:
-                ranges = _ranges_to_run(context, rt, job, names)
+                ranges = _ranges_to_run(context, rt, job, stream)
                 results = [fn(ctx, con, job, start, end) for start, end in ranges]
                 if not results:
                     raise Failure(description=f"epoch {context.partition_key}: nothing committed")
@@ -145,24 +146,21 @@ def _run(
 
 
 def _ranges_to_run(
-    context: AssetExecutionContext, rt: Runtime, job: AnalyticsJob, names: Sequence[str]
+    context: AssetExecutionContext, rt: Runtime, job: AnalyticsJob, stream: str
 ) -> list[tuple[int, int]]:
     """The input ranges a per-range run computes: the one its ``trace/range`` tag names (the
     sensor's runs), else every committed range of the partition's epoch (a UI launch)."""
     tagged = context.run.tags.get(RANGE_TAG)
     if tagged:
         return [parse_partition_key(tagged)]
-    stream = job.spec.balance_diffs if "balance_changes" in names else job.spec.staking.logs  # type: ignore[union-attr]
     start, end = parse_partition_key(context.partition_key)
     with rt.state() as conn:
-        target = epochs.stream_target(conn, rt.settings.org_id, job.job, str(stream))
+        target = epochs.stream_target(conn, rt.settings.org_id, job.job, stream)
         progress = epochs.progress_of(conn, target, start, end)
     return [(r.range_start, r.range_end) for r in progress.committed]
 
 
-def _spec(
-    job: AnalyticsJob, name: str, description: str, deps: Sequence[AssetKey], **kw: Any
-) -> AssetSpec:
+def _spec(job: AnalyticsJob, name: str, description: str, deps: Sequence[AssetKey]) -> AssetSpec:
     return AssetSpec(
         key=analytics_asset_key(job.job, name),
         deps=list(deps),
@@ -170,240 +168,82 @@ def _spec(
         group_name=GROUP,
         kinds={"duckdb", "parquet"},
         metadata={"dataset": f"analytics_{name}", "chain_id": job.chain_id},
-        **kw,
     )
 
 
-def _partitions(job: AnalyticsJob, stream: str) -> DynamicPartitionsDefinition:
-    return DynamicPartitionsDefinition(name=partitions_def_name(job.job, stream))
+def _asset(job: AnalyticsJob, c: Computation, stream: str) -> AssetsDefinition:
+    """One multi-asset for one catalog row: its outputs, deps, partitions and checks."""
+    if c.reads is None:
+        deps = [stream_asset_key(job.job, stream)]
+    else:
+        deps = [analytics_asset_key(job.job, c.reads)]
+    checkers = [chk for chk in c.checks if chk.applies(job)]
+
+    @multi_asset(
+        name=f"{_UNSAFE.sub('_', job.job)}__{c.op}",
+        specs=[_spec(job, name, description, deps) for name, description in c.outputs],
+        check_specs=[
+            AssetCheckSpec(
+                chk.name, asset=analytics_asset_key(job.job, chk.asset), description=chk.description
+            )
+            for chk in checkers
+        ],
+        partitions_def=(
+            DynamicPartitionsDefinition(name=partitions_def_name(job.job, stream))
+            if c.partitioned
+            else None
+        ),
+        can_subset=False,
+    )
+    def _compute(
+        context: AssetExecutionContext, trace: TraceResource, duckdb: DuckDBResource
+    ) -> Iterator[Any]:
+        yield from _run(
+            context,
+            trace,
+            duckdb,
+            job,
+            stream,
+            c.fn,
+            c.names,
+            [(chk.asset, chk.fn) for chk in checkers],
+        )
+
+    return _compute
 
 
 def job_assets(job: AnalyticsJob) -> list[AssetsDefinition]:
-    """The analytics assets of one job (balances and supply, staking: whichever it sets)."""
-    out: list[AssetsDefinition] = []
-    key = lambda n: analytics_asset_key(job.job, n)  # noqa: E731
-    if job.spec.balance_diffs is not None:
-        stream = job.spec.balance_diffs
-        raw = stream_asset_key(job.job, stream)
-
-        @multi_asset(
-            name=f"{key('balance_changes').path[1]}__balance_range",
-            specs=[
-                _spec(
-                    job,
-                    "balance_changes",
-                    "per block and account: balance after the block and its net change (DECIMAL(38,0) wei)",
-                    [raw],
-                ),
-                _spec(
-                    job,
-                    "supply_deltas",
-                    "per block: net native supply change, minted, burned",
-                    [raw],
-                ),
-            ],
-            partitions_def=_partitions(job, stream),
-            can_subset=False,
-        )
-        def balance_range(
-            context: AssetExecutionContext, trace: TraceResource, duckdb: DuckDBResource
-        ) -> Iterator[Any]:
-            yield from _run(
-                context,
-                trace,
-                duckdb,
-                job,
-                compute.balance_range,
-                ["balance_changes", "supply_deltas"],
-            )
-
-        @multi_asset(
-            name=f"{key('native_supply').path[1]}__native_supply",
-            specs=[
-                _spec(
-                    job,
-                    "native_supply",
-                    "native supply at every block of the window (genesis + changes)",
-                    [key("supply_deltas")],
-                )
-            ],
-            check_specs=[
-                AssetCheckSpec(
-                    "supply_matches_chain",
-                    asset=key("native_supply"),
-                    description="sum of eth_getBalance over known accounts at sampled blocks",
-                ),
-                *(
-                    [
-                        AssetCheckSpec(
-                            "supply_reconciles",
-                            asset=key("native_supply"),
-                            description="each block's supply change = reward - base fee burned",
-                        )
-                    ]
-                    if job.spec.supply is not None
-                    else []
-                ),
-            ],
-        )
-        def native_supply(
-            context: AssetExecutionContext, trace: TraceResource, duckdb: DuckDBResource
-        ) -> Iterator[Any]:
-            yield from _run(
-                context,
-                trace,
-                duckdb,
-                job,
-                supply.native_supply,
-                ["native_supply"],
-                [("native_supply", checks.supply_matches_chain)]
-                + (
-                    [("native_supply", checks.supply_reconciles)]
-                    if job.spec.supply is not None
-                    else []
-                ),
-            )
-
-        @multi_asset(
-            name=f"{key('top_accounts').path[1]}__top_accounts",
-            specs=[
-                _spec(
-                    job,
-                    "top_accounts",
-                    "current top N accounts by native balance",
-                    [key("balance_changes")],
-                ),
-                _spec(
-                    job,
-                    "top_account_history",
-                    "each top account's balance at every synced range end",
-                    [key("balance_changes")],
-                ),
-            ],
-            check_specs=[
-                AssetCheckSpec(
-                    "top_accounts_match_chain",
-                    asset=key("top_account_history"),
-                    description="eth_getBalance at sampled range ends",
-                ),
-            ],
-            can_subset=False,
-        )
-        def top_accounts(
-            context: AssetExecutionContext, trace: TraceResource, duckdb: DuckDBResource
-        ) -> Iterator[Any]:
-            yield from _run(
-                context,
-                trace,
-                duckdb,
-                job,
-                compute.top_accounts,
-                ["top_accounts", "top_account_history"],
-                [("top_account_history", checks.top_accounts_match_chain)],
-            )
-
-        out += [balance_range, native_supply, top_accounts]
-    if job.spec.staking is not None:
-        logs = job.spec.staking.logs
-        raw_logs = stream_asset_key(job.job, logs)
-
-        @multi_asset(
-            name=f"{key('staking_events').path[1]}__staking_range",
-            specs=[
-                _spec(
-                    job,
-                    "staking_events",
-                    "decoded staking precompile events (Delegate, Undelegate, ...)",
-                    [raw_logs],
-                )
-            ],
-            partitions_def=_partitions(job, logs),
-        )
-        def staking_range(
-            context: AssetExecutionContext, trace: TraceResource, duckdb: DuckDBResource
-        ) -> Iterator[Any]:
-            yield from _run(context, trace, duckdb, job, compute.staking_range, ["staking_events"])
-
-        @multi_asset(
-            name=f"{key('validator_stake').path[1]}__staking_concentration",
-            specs=[
-                _spec(
-                    job,
-                    "validator_stake",
-                    "per validator stake and delegator count over time",
-                    [key("staking_events")],
-                ),
-                _spec(
-                    job,
-                    "staking_concentration",
-                    "HHI, Nakamoto coefficient and top-k share over time",
-                    [key("staking_events")],
-                ),
-            ],
-            check_specs=[
-                AssetCheckSpec(
-                    "stake_is_consistent",
-                    asset=key("staking_concentration"),
-                    description="totals agree and metrics are within bounds",
-                ),
-            ],
-            can_subset=False,
-        )
-        def staking_concentration(
-            context: AssetExecutionContext, trace: TraceResource, duckdb: DuckDBResource
-        ) -> Iterator[Any]:
-            yield from _run(
-                context,
-                trace,
-                duckdb,
-                job,
-                compute.staking_concentration,
-                ["validator_stake", "staking_concentration"],
-                [("staking_concentration", checks.stake_is_consistent)],
-            )
-
-        out += [staking_range, staking_concentration]
-    return out
+    """The analytics assets of one job (balances and supply, staking: whichever it sets), one
+    per row of ``trace_core.analytics.CATALOG``."""
+    return [_asset(job, c, stream) for c, stream in computations(job)]
 
 
 # --- automation: a sensor requests due work (trace_core.analytics.plan) ---------------------
 
-_KIND_ASSETS = {
-    "balance_range": ("balance_changes", "supply_deltas"),
-    "balance_rollups": ("native_supply", "top_accounts", "top_account_history"),
-    "staking_range": ("staking_events",),
-    "staking_rollups": ("validator_stake", "staking_concentration"),
-}
+# What ``define_asset_job`` returns (its class is not public Dagster API).
+AssetJob = Any
 
 
 def job_name(job: str, kind: str) -> str:
     return f"analytics__{_UNSAFE.sub('_', job)}__{kind}"
 
 
-def analytics_jobs(jobs: Sequence[AnalyticsJob]) -> list[UnresolvedAssetJobDefinition]:
+def analytics_jobs(jobs: Sequence[AnalyticsJob]) -> list[AssetJob]:
     """One asset job per (analytics job, kind) the sensor can request."""
-    out = []
-    for job in jobs:
-        kinds = []
-        if job.spec.balance_diffs is not None:
-            kinds += ["balance_range", "balance_rollups"]
-        if job.spec.staking is not None:
-            kinds += ["staking_range", "staking_rollups"]
-        for kind in kinds:
-            keys = [analytics_asset_key(job.job, n) for n in _KIND_ASSETS[kind]]
-            out.append(
-                define_asset_job(
-                    job_name(job.job, kind),
-                    selection=AssetSelection.assets(*keys),
-                    description=f"analytics {kind} of job {job.job}",
-                )
-            )
-    return out
+    return [
+        define_asset_job(
+            job_name(job.job, kind),
+            selection=AssetSelection.assets(*(analytics_asset_key(job.job, n) for n in names)),
+            description=f"analytics {kind} of job {job.job}",
+        )
+        for job in jobs
+        for kind, names in kind_outputs(job).items()
+    ]
 
 
 def analytics_definitions(
     rt: Runtime,
-) -> tuple[list[AssetsDefinition], list[UnresolvedAssetJobDefinition]]:
+) -> tuple[list[AssetsDefinition], list[AssetJob]]:
     """Assets and asset jobs for every applied job with analytics (none if state is down)."""
     try:
         with rt.state() as conn:

@@ -97,7 +97,6 @@ SHELL_EXCEPTIONS: set[tuple[str, str]] = {
     ("trace_dagster.analytics", "trace_core.analytics.checks"),
     ("trace_dagster.analytics", "trace_core.analytics.compute"),
     ("trace_dagster.analytics", "trace_core.analytics.jobs"),
-    ("trace_dagster.analytics", "trace_core.analytics.supply"),
     ("trace_dagster.analytics", "trace_core.chain_sync.epochs"),
     ("trace_dagster.analytics", "trace_core.chain_sync.planner"),
 }

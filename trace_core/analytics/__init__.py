@@ -5,3 +5,7 @@ Inputs are committed dataset versions (resolved from the registry, read through 
 manifests); outputs are committed dataset versions too (``analytics.output``), so the Query
 Service and alerts read them like any stream.
 """
+
+from trace_core.analytics.catalog import CATALOG, Check, Computation, computations, kind_outputs
+
+__all__ = ["CATALOG", "Check", "Computation", "computations", "kind_outputs"]
