@@ -45,10 +45,19 @@ from dagster import (
 )
 from dagster_duckdb import DuckDBResource
 
-from trace_core.analytics import Computation, checks, computations, compute, kind_outputs
-from trace_core.analytics.jobs import AnalyticsJob, load_analytics_jobs
-from trace_core.chain_sync import epochs
-from trace_core.chain_sync.planner import parse_partition_key, range_partition_key
+from trace_core.engine.analytics import (
+    AnalyticsJob,
+    Checker,
+    CheckOutcome,
+    Computation,
+    Result,
+    applied_jobs,
+    committed_ranges,
+    computations,
+    kind_outputs,
+    run_computation,
+)
+from trace_core.engine.streams import parse_partition_key, range_partition_key
 from trace_core.errors import TraceError
 from trace_core.runtime import Runtime
 from trace_dagster.partitions import partitions_def_name, stream_asset_key
@@ -74,7 +83,7 @@ def duckdb_resource(rt: Runtime) -> DuckDBResource:
     return DuckDBResource(database=":memory:")
 
 
-def _metadata(result: compute.Result, name: str) -> dict[str, Any]:
+def _metadata(result: Result, name: str) -> dict[str, Any]:
     rec = result.outputs[name].record
     return {
         "dataset": MetadataValue.text(rec.dataset_key),
@@ -88,7 +97,7 @@ def _metadata(result: compute.Result, name: str) -> dict[str, Any]:
     }
 
 
-def _check_result(job: str, asset: str, outcome: checks.CheckOutcome) -> AssetCheckResult:
+def _check_result(job: str, asset: str, outcome: CheckOutcome) -> AssetCheckResult:
     """A skipped check (nothing compared) is not a pass: it shows as a WARN-severity failure
     whose description starts with ``skipped:`` and whose metadata says ``skipped: true``."""
     return AssetCheckResult(
@@ -104,33 +113,27 @@ def _check_result(job: str, asset: str, outcome: checks.CheckOutcome) -> AssetCh
     )
 
 
-Checker = Callable[[compute.Context, Any, AnalyticsJob, compute.Result], checks.CheckOutcome]
-
-
 def _run(
     context: AssetExecutionContext,
     trace: TraceResource,
     duckdb: DuckDBResource,
     job: AnalyticsJob,
     stream: str,
-    fn: Callable[..., compute.Result],
+    fn: Callable[..., Result],
     names: Sequence[str],
     checkers: Sequence[tuple[str, Checker]] = (),
 ) -> Iterator[MaterializeResult | AssetCheckResult]:
     rt = trace.get_client()
     ranges: list[tuple[int, int]] = []
     try:
-        with rt.state() as state, duckdb.get_connection() as con:
-            ctx = compute.Context(rt.settings, rt.store, state)
-            if context.has_partition_key:
-                ranges = _ranges_to_run(context, rt, job, stream)
-                results = [fn(ctx, con, job, start, end) for start, end in ranges]
-                if not results:
-                    raise Failure(description=f"epoch {context.partition_key}: nothing committed")
-                result = results[-1]
-            else:
-                result = fn(ctx, con, job)
-            outcomes = [(asset, check(ctx, con, job, result)) for asset, check in checkers]
+        if context.has_partition_key:
+            ranges = _ranges_to_run(context, rt, job, stream)
+            if not ranges:
+                raise Failure(description=f"epoch {context.partition_key}: nothing committed")
+        with duckdb.get_connection() as con:
+            result, outcomes = run_computation(
+                rt, con, job, fn, ranges if context.has_partition_key else None, checkers
+            )
     except TraceError as exc:
         raise Failure(description=f"{type(exc).__name__}: {exc}") from exc
     context.log.info(f"job {job.job}: committed {', '.join(names)} {result.summary or ''}")
@@ -154,10 +157,7 @@ def _ranges_to_run(
     if tagged:
         return [parse_partition_key(tagged)]
     start, end = parse_partition_key(context.partition_key)
-    with rt.state() as conn:
-        target = epochs.stream_target(conn, rt.settings.org_id, job.job, stream)
-        progress = epochs.progress_of(conn, target, start, end)
-    return [(r.range_start, r.range_end) for r in progress.committed]
+    return committed_ranges(rt, job.job, stream, start, end)
 
 
 def _spec(job: AnalyticsJob, name: str, description: str, deps: Sequence[AssetKey]) -> AssetSpec:
@@ -246,8 +246,7 @@ def analytics_definitions(
 ) -> tuple[list[AssetsDefinition], list[AssetJob]]:
     """Assets and asset jobs for every applied job with analytics (none if state is down)."""
     try:
-        with rt.state() as conn:
-            jobs = load_analytics_jobs(conn, rt.settings.org_id)
+        jobs = applied_jobs(rt)
     except TraceError as exc:
         log.warning("no analytics assets: state unavailable (%s)", exc)
         jobs = []

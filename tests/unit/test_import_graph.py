@@ -93,16 +93,10 @@ PEER_IMPORTS: dict[tuple[str, str], str] = {
 # Shell imports of domain modules that landed with epochs, nofake and analytics while the
 # engine doorway was built: each is to move behind an engine function; the list may only
 # shrink, a new direct import fails the test.
-SHELL_EXCEPTIONS: set[tuple[str, str]] = {
-    ("trace_dagster.analytics", "trace_core.analytics.checks"),
-    ("trace_dagster.analytics", "trace_core.analytics.compute"),
-    ("trace_dagster.analytics", "trace_core.analytics.jobs"),
-    ("trace_dagster.analytics", "trace_core.chain_sync.epochs"),
-    ("trace_dagster.analytics", "trace_core.chain_sync.planner"),
-}
+SHELL_EXCEPTIONS: set[tuple[str, str]] = set()
 # Shell modules that still open state/data connections themselves (the same ratchet): every
 # other one asks an engine function, which opens the connection.
-SHELL_CONNECTION_EXCEPTIONS: set[str] = {"trace_dagster/analytics.py"}
+SHELL_CONNECTION_EXCEPTIONS: set[str] = set()
 SHELL_MAY_IMPORT = (
     "trace_core.engine",
     "trace_core.runtime",

@@ -15,13 +15,12 @@ from dagster import (
     SkipReason,
     sensor,
 )
-from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from trace_core.engine.analytics import due_runs
 from trace_core.engine.streams import epoch_key, range_partition_key
 from trace_core.errors import TraceError
 from trace_core.runtime import Runtime
-from trace_dagster.analytics import RANGE_TAG, job_name
+from trace_dagster.analytics import RANGE_TAG, AssetJob, job_name
 from trace_dagster.partitions import partitions_def_name
 from trace_dagster.resources import TraceResource
 from trace_dagster.sensors.common import instance_of
@@ -66,7 +65,7 @@ def due_requests(
     return requests, [*done, *(r.run_key for r in requests if r.run_key)][-CURSOR_KEYS:]
 
 
-def analytics_sensor(jobs: Sequence[UnresolvedAssetJobDefinition]) -> SensorDefinition:
+def analytics_sensor(jobs: Sequence[AssetJob]) -> SensorDefinition:
     """``trace_analytics``: each tick, requests the analytics runs that committed input
     ranges make due (per range first, then the roll-ups), each run key once."""
 
