@@ -33,7 +33,7 @@ GLOBAL_TABLES: dict[str, str] = {
     "state.hot_follower_cursors": "the follower's per-chain cursor (system bookkeeping)",
     "state.org_roles": "the role catalogue (read-only to tenants)",
 }
-TENANT_READABLE_GLOBALS = {"state.org_roles"}
+TENANT_READABLE_GLOBALS = {"state.org_roles", "state.hot_follower_cursors"}
 
 A_ORG = uuid.UUID("00000000-0000-0000-0000-0000000000aa")
 B_ORG = uuid.UUID("00000000-0000-0000-0000-0000000000bb")
