@@ -145,6 +145,11 @@ def test_tenant_commands_with_org(trace_env: Runtime, monkeypatch: pytest.Monkey
     missing = run("pause", "--job", "demo")  # not in the default org
     assert missing.exit_code != 0
     assert run("--org", "acme", "pause", "--job", "demo").exit_code == 0
+    alert = ROOT / "examples" / "alerts" / "large_transfer.yaml"
+    applied_alert = run("--org", "acme", "alerts", "apply", "--file", str(alert))
+    assert applied_alert.exit_code == 0, applied_alert.stderr
+    assert "large_transfer" in run("--org", "acme", "alerts", "list", "--json").stdout
+    assert "large_transfer" not in run("alerts", "list", "--json").stdout
     unknown = run("status", "--org", "nope")
     assert unknown.exit_code == 1 and "no org named 'nope'" in unknown.stderr
     assert _audit(rt)[-1] == ("org.resolve", "refused")

@@ -24,7 +24,6 @@ from trace_core.tenancy import create_org, tenant_scope
 
 # Tables no tenant reads: system plumbing and catalogues (reason each).
 GLOBAL_TABLES: dict[str, str] = {
-    "state.outbox": "wake-ups published by the system; never read by tenant paths",
     "state.queue_messages": "pgqueue wake-ups (messages are not authority)",
     "state.queue_dead": "pgqueue dead letters, an operator's view",
     "state.worker_runs": "Dagster run bookkeeping of the worker sensor",
@@ -97,6 +96,13 @@ _USER = (
 
 # policy name -> how to make one row of an org (as the system: the superuser test connection)
 POLICIES: dict[str, Fixture] = {
+    "state.outbox_org": Fixture(
+        "state",
+        _sql(
+            "INSERT INTO state.outbox (outbox_id, topic, payload, org_id)"
+            " VALUES ('{uid}', 't', '{{}}', '{org}')"
+        ),
+    ),
     "state.tasks_org": Fixture("state", _sql(_TASK)),
     "state.task_attempts_org": Fixture(
         "state",
