@@ -102,5 +102,9 @@ def test_demo_udf_runs_the_transform_alert_and_webhook(tmp_path: Path) -> None:
     # the webhook delivered twice made one source event and one run
     assert ("webhook", 1) in sources, sources
     assert sum(n for trig, _, n in runs if trig == "webhook") == 1, runs
-    # the Python alert evaluated each committed erc20_volume range, none dead
-    assert evaluations and {s for s, _ in evaluations} <= {"succeeded"}, evaluations
+    # the Python alert evaluated each on-input erc20_volume range, none dead (the webhook
+    # run's own output may commit as the demo stops: its evaluation may still be queued)
+    by_status = dict(evaluations)
+    assert by_status.get("succeeded", 0) >= TO_BLOCK // CHUNK and "dead" not in by_status, (
+        evaluations
+    )
