@@ -149,8 +149,16 @@ def balance_range(
     changes = OutputTarget(
         ctx.org_id, job.job, job.chain_id, "balance_changes", start, end, fp, fake=inp.fake
     )
+    salt = job.deltas_salt()
     deltas = OutputTarget(
-        ctx.org_id, job.job, job.chain_id, "supply_deltas", start, end, fp, fake=inp.fake
+        ctx.org_id,
+        job.job,
+        job.chain_id,
+        "supply_deltas",
+        start,
+        end,
+        fingerprint(fp, *salt) if salt else fp,
+        fake=inp.fake,
     )
     result = Result(input_rows=inp.rows, start=start, end=end)
     have_changes = output.registered(ctx.state, changes)
@@ -168,7 +176,12 @@ def balance_range(
             ctx.state, ctx.store, con, changes, "SELECT * FROM balance_changes"
         )
         result.outputs["supply_deltas"] = commit_query(
-            ctx.state, ctx.store, con, deltas, q("analytics_duckdb", "supply_deltas")
+            ctx.state,
+            ctx.store,
+            con,
+            deltas,
+            q("analytics_duckdb", "supply_deltas"),
+            {"burn": job.burn_addresses},
         )
     finally:
         con.execute("DROP TABLE IF EXISTS balance_changes")

@@ -35,6 +35,16 @@ class AnalyticsJob:
             return p
         return Path(self.source_file).parent / p
 
+    @property
+    def burn_addresses(self) -> list[str]:
+        """Addresses whose balances are out of circulation (``supply.burn_addresses``)."""
+        return sorted(self.spec.supply.burn_addresses) if self.spec.supply else []
+
+    def deltas_salt(self) -> tuple[object, ...]:
+        """What besides its input identifies a ``supply_deltas`` version (the burn addresses;
+        nothing without them, so versions from before the setting keep their ids)."""
+        return (tuple(self.burn_addresses),) if self.burn_addresses else ()
+
     def require_balances(self) -> str:
         """The balance-diffs stream key; ``ConfigError`` naming the field if unset."""
         if self.spec.balance_diffs is None:

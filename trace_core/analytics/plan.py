@@ -81,7 +81,13 @@ def plan(conn: Connection[Any], org_id: str, job: AnalyticsJob) -> list[PlannedR
     runs: list[PlannedRun] = []
     if job.spec.balance_diffs is not None:
         work = _range_work(
-            conn, org_id, job, "balance_range", job.spec.balance_diffs, "supply_deltas"
+            conn,
+            org_id,
+            job,
+            "balance_range",
+            job.spec.balance_diffs,
+            "supply_deltas",
+            job.deltas_salt(),
         )
         runs += work or _rollup(conn, org_id, job, "balance_rollups", "supply_deltas")
     if job.spec.staking is not None:

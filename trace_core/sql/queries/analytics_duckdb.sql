@@ -32,13 +32,15 @@ HAVING sum(wei(to_value_string) - wei(from_value_string)) <> 0
 ORDER BY block_number, address
 
 -- name: supply_deltas
--- Net native supply change per block (minted > 0, burned > 0; both never at once).
+-- Net native supply change per block (minted > 0, burned > 0; both never at once). Balances
+-- of the $burn addresses are out of circulation: what they receive counts as burned.
 SELECT block_number,
        CAST(sum(delta) AS DECIMAL(38,0)) AS supply_delta,
        CAST(greatest(sum(delta), 0) AS DECIMAL(38,0)) AS minted,
        CAST(greatest(-sum(delta), 0) AS DECIMAL(38,0)) AS burned,
        CAST(count(*) AS UINTEGER) AS accounts_changed
 FROM balance_changes
+WHERE NOT list_contains(CAST($burn AS VARCHAR[]), address)
 GROUP BY block_number
 ORDER BY block_number
 
@@ -81,25 +83,44 @@ UNION ALL
 SELECT block_number, supply, supply_delta FROM fresh WHERE block_number >= $lo
 ORDER BY block_number
 
+-- name: charged_gas_blocks
+-- Gas charged per block, Ethereum's way: the block's gas_used.
+SELECT block_number, CAST(gas_used AS HUGEINT) AS gas FROM chain_blocks
+
+-- name: charged_gas_transactions
+-- Gas charged per block from its transactions: $charge (gas_limit: Monad, no refund; or
+-- gas_used) of every transaction but the free system ones (sent by $system).
+SELECT block_number,
+       sum(CAST(CASE WHEN $charge = 'gas_limit' THEN gas_limit ELSE gas_used END AS HUGEINT)) AS gas
+FROM chain_transactions
+WHERE from_address <> from_hex($system)
+GROUP BY block_number
+
 -- name: supply_reconcile
 -- Per block of `chain_blocks` (cryo blocks): the net supply change (`supply_deltas`, 0 when
--- absent) against the protocol's: $reward minted after genesis, base fee * gas used burned.
+-- absent) against the protocol's: the reward of `reward_schedule` in force (none at genesis)
+-- minted, base fee * `charged_gas` burned.
 WITH per_block AS (
-    SELECT CAST(coalesce(d.supply_delta, 0) AS DECIMAL(38,0)) AS observed,
-           CAST(CASE WHEN b.block_number > 0 THEN wei($reward) ELSE 0 END AS DECIMAL(38,0))
+    SELECT b.block_number,
+           CAST(coalesce(d.supply_delta, 0) AS DECIMAL(38,0)) AS observed,
+           CAST(CASE WHEN b.block_number > 0 THEN coalesce(r.wei, 0) ELSE 0 END AS DECIMAL(38,0))
                AS minted,
-           CAST(CAST(coalesce(b.base_fee_per_gas, 0) AS HUGEINT) * CAST(b.gas_used AS HUGEINT)
-                AS DECIMAL(38,0)) AS burned,
-           b.block_number
+           CAST(CAST(coalesce(b.base_fee_per_gas, 0) AS HUGEINT) * coalesce(g.gas, 0)
+                AS DECIMAL(38,0)) AS burned
     FROM chain_blocks b
     LEFT JOIN supply_deltas d ON d.block_number = b.block_number
+    LEFT JOIN charged_gas g ON g.block_number = b.block_number
+    ASOF LEFT JOIN reward_schedule r ON CAST(b.block_number AS BIGINT) >= r.from_block
+), wrong AS (
+    SELECT * FROM per_block WHERE observed <> minted - burned
 )
-SELECT count(*) AS blocks,
-       count(*) FILTER (WHERE observed <> minted - burned) AS unexplained,
-       min(block_number) FILTER (WHERE observed <> minted - burned) AS first_unexplained,
-       CAST(sum(minted) AS VARCHAR) AS minted,
-       CAST(sum(burned) AS VARCHAR) AS burned
-FROM per_block
+SELECT (SELECT count(*) FROM per_block) AS blocks,
+       (SELECT count(*) FROM wrong) AS unexplained,
+       (SELECT min(block_number) FROM wrong) AS first_unexplained,
+       (SELECT CAST(sum(minted) AS VARCHAR) FROM per_block) AS minted,
+       (SELECT CAST(sum(burned) AS VARCHAR) FROM per_block) AS burned,
+       (SELECT [CAST(observed AS VARCHAR), CAST(minted - burned AS VARCHAR)]
+        FROM wrong ORDER BY block_number LIMIT 1) AS first_observed_expected
 
 -- name: latest_balances
 -- Every account's balance at the end of the synced span (genesis when never changed).
