@@ -78,7 +78,8 @@ class MonadShape:
             "charge": "gas_limit",
             "block_reward_wei": self.block_reward_wei,
             "reward_changes": [
-                {"from_block": b, "block_reward_wei": w} for b, w in sorted(self.reward_changes.items())
+                {"from_block": b, "block_reward_wei": w}
+                for b, w in sorted(self.reward_changes.items())
             ],
             "burn_addresses": [BASE_FEE_VAULT],
         }

@@ -29,7 +29,9 @@ from trace_lite.devtools.devchain import DevChain
 # calldata = topic0 | topic1 | topic2 | data...: LOG3(data, topic0, topic1, topic2). Shorter
 # calldata (a Monad-shaped chain's syscallReward, devmonad) logs nothing and keeps the value.
 LOG3_EMITTER_RUNTIME = bytes.fromhex(
-    "6060361060" "1e" "57"  # PUSH1 0x60 CALLDATASIZE LT PUSH1 0x1e JUMPI   (size < 96 -> 0x1e)
+    "6060361060"
+    "1e"
+    "57"  # PUSH1 0x60 CALLDATASIZE LT PUSH1 0x1e JUMPI   (size < 96 -> 0x1e)
     "604035"  # PUSH1 0x40 CALLDATALOAD           topic2
     "602035"  # PUSH1 0x20 CALLDATALOAD           topic1
     "600035"  # PUSH1 0x00 CALLDATALOAD           topic0
