@@ -68,7 +68,8 @@ def _checks(instance: DagsterInstance, name: str) -> list[dict[str, Any]]:
         for entry in instance.all_logs(run.run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION):
             data = entry.get_dagster_event().asset_check_evaluation_data
             if data.check_name == name:
-                out.append({**data.metadata["details"].value, "passed": data.passed})
+                details: dict[str, Any] = data.metadata["details"].value  # type: ignore[assignment]
+                out.append({**details, "passed": data.passed})
     return out
 
 
