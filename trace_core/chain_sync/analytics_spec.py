@@ -49,8 +49,9 @@ BALANCE_OUTPUTS = (
     "native_supply",
     "top_accounts",
     "top_account_history",
+    "account_balances",
 )
-STAKING_OUTPUTS = ("staking_events", "validator_stake", "staking_concentration")
+STAKING_OUTPUTS = ("staking_events", "validator_stake", "staking_concentration", "delegator_stake")
 
 # Separates an output's relation name from the job tag in its dataset key (no output name
 # contains a double underscore).

@@ -123,15 +123,31 @@ SELECT (SELECT count(*) FROM per_block) AS blocks,
         FROM wrong ORDER BY block_number LIMIT 1) AS first_observed_expected
 
 -- name: latest_balances
--- Every account's balance at the end of the synced span (genesis when never changed).
+-- Every account's balance at the end of the span: its last change in `balance_changes`, else
+-- its balance in `carry` (the genesis allocation, block -1; or, folding, the previous
+-- roll-up's balances at their last change).
 SELECT address, arg_max(balance, block_number) AS balance,
        max(block_number) AS last_changed_block
 FROM (
     SELECT address, balance, CAST(block_number AS BIGINT) AS block_number FROM balance_changes
     UNION ALL
-    SELECT address, balance, -1 AS block_number FROM genesis
+    SELECT address, balance, block_number FROM carry
 )
 GROUP BY address
+
+-- name: carry_genesis
+SELECT address, balance, CAST(-1 AS BIGINT) AS block_number FROM genesis
+
+-- name: carry_balances
+SELECT address, balance, coalesce(CAST(last_changed_block AS BIGINT), -1) AS block_number
+FROM prev_balances
+
+-- name: account_balances
+SELECT address, balance,
+       CAST(nullif(last_changed_block, -1) AS UBIGINT) AS last_changed_block,
+       CAST($as_of AS UBIGINT) AS block_number
+FROM latest_balances
+ORDER BY address
 
 -- name: top_accounts
 SELECT CAST(row_number() OVER (ORDER BY balance DESC, address) AS UINTEGER) AS rank,
@@ -143,20 +159,27 @@ ORDER BY balance DESC, address
 LIMIT $top_n
 
 -- name: top_account_history
--- Each top account's balance at the end of every synced block range (per block range).
+-- The balance of each account of `hist_top` (rank, address) at every point of `hist_points`:
+-- its last change in `hist_changes` up to the point, else its balance in `hist_base`, else 0.
 WITH grid AS (
     SELECT t.rank, t.address, CAST(p.block_number AS BIGINT) AS block_number
-    FROM top_accounts t CROSS JOIN points p
+    FROM hist_top t CROSS JOIN hist_points p
 ), changes AS (
-    SELECT address, CAST(block_number AS BIGINT) AS block_number, balance FROM balance_changes
-    WHERE address IN (SELECT address FROM top_accounts)
+    SELECT address, CAST(block_number AS BIGINT) AS block_number, balance FROM hist_changes
+    WHERE address IN (SELECT address FROM hist_top)
 )
 SELECT CAST(g.block_number AS UBIGINT) AS block_number, g.rank, g.address,
-       CAST(coalesce(c.balance, gen.balance, 0) AS DECIMAL(38,0)) AS balance
+       CAST(coalesce(c.balance, base.balance, 0) AS DECIMAL(38,0)) AS balance
 FROM grid g
 ASOF LEFT JOIN changes c ON c.address = g.address AND c.block_number <= g.block_number
-LEFT JOIN genesis gen ON gen.address = g.address
-ORDER BY g.block_number, g.rank
+LEFT JOIN hist_base base ON base.address = g.address
+
+-- name: top_account_history_kept
+-- Folding: rows of the previous history `prev_history` for accounts still on top, at the
+-- points before $from that remain, with their new rank.
+SELECT h.block_number, t.rank, h.address, h.balance
+FROM prev_history h JOIN top_accounts t ON t.address = h.address
+WHERE h.block_number < $from AND h.block_number IN (SELECT block_number FROM points)
 
 -- name: staking_events
 -- Monad staking precompile events (IMonadStaking ABI) emitted by $address. stake_delta:
@@ -192,18 +215,40 @@ WHERE address = from_hex($address)
                       upper($claim_rewards), upper($validator_created))
 ORDER BY block_number, log_index
 
+-- name: carry_stake_none
+SELECT CAST(NULL AS UBIGINT) AS validator_id, CAST(NULL AS VARCHAR) AS delegator,
+       CAST(NULL AS DECIMAL(38,0)) AS stake
+WHERE false
+
+-- name: carry_stake_prev
+SELECT validator_id, delegator, stake FROM prev_delegators
+
+-- name: stake_moves
+-- Stake moves: Delegate/Undelegate events of `staking_events`, plus the carried net stakes of
+-- `carry_stake` (folding: the previous roll-up's, at the end before these events) as block 0.
+SELECT block_number, validator_id, address AS delegator, stake_delta
+FROM staking_events WHERE event IN ('delegate', 'undelegate')
+UNION ALL
+SELECT CAST(0 AS UBIGINT), validator_id, delegator, stake FROM carry_stake
+
+-- name: delegator_stake
+-- Net stake per (validator, delegator) at the end (pairs that net to zero left out).
+SELECT validator_id, delegator, CAST(sum(stake_delta) AS DECIMAL(38,0)) AS stake,
+       CAST($as_of AS UBIGINT) AS block_number
+FROM stake_moves
+GROUP BY validator_id, delegator
+HAVING sum(stake_delta) <> 0
+ORDER BY validator_id, delegator
+
 -- name: validator_stake
 -- Per validator at each point: stake of delegators with a positive net stake, and their count.
 WITH net AS (
-    SELECT p.block_number, e.validator_id, e.address AS delegator,
-           sum(e.stake_delta) AS stake
-    FROM points p JOIN staking_events e ON e.block_number <= p.block_number
-    WHERE e.event IN ('delegate', 'undelegate')
-    GROUP BY p.block_number, e.validator_id, e.address
+    SELECT p.block_number, m.validator_id, m.delegator, sum(m.stake_delta) AS stake
+    FROM points p JOIN stake_moves m ON m.block_number <= p.block_number
+    GROUP BY p.block_number, m.validator_id, m.delegator
 )
 SELECT CAST(block_number AS UBIGINT) AS block_number, validator_id,
        CAST(sum(stake) AS DECIMAL(38,0)) AS stake,
        CAST(count(*) AS UINTEGER) AS delegators
 FROM net WHERE stake > 0
 GROUP BY block_number, validator_id
-ORDER BY block_number, validator_id
