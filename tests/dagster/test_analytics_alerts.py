@@ -320,7 +320,7 @@ def test_an_alert_may_read_only_outputs_its_job_produces(alerted: Alerted, tmp_p
                 "reads: [analytics_native_supply, analytics_nope]",
             ),
             "job 'demo_analytics' produces no analytics output 'analytics_nope' (its analytics "
-            "outputs: analytics_balance_changes,",
+            "outputs: analytics_account_balances, analytics_balance_changes,",
         ),
     )
     with s.rt.state() as conn:
