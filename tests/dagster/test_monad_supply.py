@@ -28,8 +28,8 @@ from trace_lite.devtools.devchain import DevChain
 from trace_lite.devtools.devmonad import BASE_FEE_VAULT, MON, MonadShape
 
 CHUNK = 100
-MIP12 = 150  # the reward drops from 25 to 18 MON here
-BROKEN = 350  # this block mints one wei short
+MIP12 = 100  # the reward drops from 25 to 18 MON here
+BROKEN = 220  # this block mints one wei short
 SHAPE = MonadShape(reward_changes={MIP12: 18 * MON}, mint_overrides={BROKEN: 18 * MON - 1})
 JOB = """kind: chain_sync
 name: mon
@@ -82,7 +82,7 @@ def test_supply_reconciles_on_a_monad_shaped_chain_and_a_short_mint_is_caught(
         instance_for_test() as instance,
     ):
         activity = devstaking.drive(chain, validators=3, actions=12)
-        chain.seed(400, seed=5)
+        chain.seed(250, seed=5)
         for k, v in {
             **ENV,
             "TRACE_HOME": str(tmp_path / "home"),
@@ -94,20 +94,20 @@ def test_supply_reconciles_on_a_monad_shaped_chain_and_a_short_mint_is_caught(
         rt = Runtime(load_settings())
         try:
             migrate(rt.dbs)
-            _apply(rt, tmp_path / "mon.yaml", chain, 300)
+            _apply(rt, tmp_path / "mon.yaml", chain, 200)
             defs = build_definitions(rt)
             report = drive_until_idle(rt, defs, instance, timeout=300)
             assert report.idle and report.dead_tasks == 0 and report.failed_runs == 0, report
 
-            # [0, 300): every block explained by its reward minted and its base fees burned
+            # [0, 200): every block explained by its reward minted and its base fees burned
             (ok,) = _checks(instance, "supply_reconciles")
-            minted = sum(SHAPE.reward_at(b) for b in range(300))
-            assert ok["passed"] and ok["unexplained_blocks"] == 0 and ok["blocks"] == 300, ok
-            assert int(ok["minted"]) == minted == (149 * 25 + 150 * 18) * MON
+            minted = sum(SHAPE.reward_at(b) for b in range(200))
+            assert ok["passed"] and ok["unexplained_blocks"] == 0 and ok["blocks"] == 200, ok
+            assert int(ok["minted"]) == minted == (99 * 25 + 100 * 18) * MON
             assert ok["charge"] == "gas_limit" and int(ok["burned"]) > 0
             # the ledger agrees with the chain: supply = sum of balances outside the vault,
             # which holds exactly the base fees the reconciliation says were burned
-            vault = hex_int(chain.rpc.call("eth_getBalance", [BASE_FEE_VAULT, hex(299)]))
+            vault = hex_int(chain.rpc.call("eth_getBalance", [BASE_FEE_VAULT, hex(199)]))
             assert vault == int(ok["burned"])
             for asset, check in (
                 ("native_supply", "supply_matches_chain"),
@@ -118,14 +118,14 @@ def test_supply_reconciles_on_a_monad_shaped_chain_and_a_short_mint_is_caught(
                 )
                 (execution,) = rec.values()
                 assert execution.status.value == "SUCCEEDED", (asset, check)
-            assert activity.last_block < 300
+            assert activity.last_block < 200
 
-            # [0, 400): block 350 minted one wei short of the protocol's 18 MON
-            _apply(rt, tmp_path / "mon.yaml", chain, 400)
+            # [0, 250): block 220 minted one wei short of the protocol's 18 MON
+            _apply(rt, tmp_path / "mon.yaml", chain, 250)
             report = drive_until_idle(rt, defs, instance, timeout=300)
             assert report.idle and report.dead_tasks == 0, report
             bad = _checks(instance, "supply_reconciles")[-1]
-            assert not bad["passed"] and bad["blocks"] == 400, bad
+            assert not bad["passed"] and bad["blocks"] == 250, bad
             assert bad["unexplained_blocks"] == 1 and bad["first_unexplained"] == BROKEN
             observed, expected = (int(v) for v in bad["first_observed_expected"])
             assert expected - observed == 1
