@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
 from dagster import AssetCheckKey, DagsterEventType, DagsterInstance, instance_for_test
 
@@ -73,6 +74,23 @@ def _checks(instance: DagsterInstance, name: str) -> list[dict[str, Any]]:
     return out
 
 
+def _rewards(rt: Runtime, chain: DevChain) -> tuple[int, int]:
+    """Count and sum of the ``validator_rewarded`` rows of ``analytics_staking_events``."""
+    from trace_core.analytics import compute
+    from trace_core.analytics.jobs import get_analytics_job
+
+    with rt.state() as state, duckdb.connect() as con:
+        ctx = compute.Context(rt.settings, rt.store, state)
+        job = get_analytics_job(state, rt.settings.org_id, "mon")
+        inp = compute.output_input(ctx, job, "staking_events", 0, 200)
+        row = con.execute(
+            f"SELECT count(*), CAST(sum(amount) AS VARCHAR) FROM ({inp.select_sql()}) "
+            "WHERE event = 'validator_rewarded'"
+        ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1] or 0)
+
+
 def test_supply_reconciles_on_a_monad_shaped_chain_and_a_short_mint_is_caught(
     pg_server_url: str, template_dbs: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -119,6 +137,10 @@ def test_supply_reconciles_on_a_monad_shaped_chain_and_a_short_mint_is_caught(
                 (execution,) = rec.values()
                 assert execution.status.value == "SUCCEEDED", (asset, check)
             assert activity.last_block < 200
+            # the reward's system transaction logs ValidatorRewarded once the stand-in is in
+            rewarded = _rewards(rt, chain)
+            after = range(activity.first_block, 200)
+            assert rewarded == (len(after), sum(SHAPE.minted_at(b) for b in after))
 
             # [0, 250): block 220 minted one wei short of the protocol's 18 MON
             _apply(rt, tmp_path / "mon.yaml", chain, 250)

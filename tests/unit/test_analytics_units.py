@@ -193,6 +193,7 @@ def test_stable_points_keep_earlier_picks_as_ranges_are_added() -> None:
 
 
 def test_monad_shape_rewards() -> None:
+    from trace_core.analytics.compute import STAKING_TOPICS
     from trace_lite.devtools.devmonad import MON, MonadShape, reward_transaction
 
     shape = MonadShape(reward_changes={10: 18 * MON}, mint_overrides={12: 1})
@@ -205,4 +206,7 @@ def test_monad_shape_rewards() -> None:
     ]
     assert shape.minted_at(12) == 1 and shape.minted_at(11) == 18 * MON
     tx = reward_transaction(shape, 10)
-    assert tx["mint"] == tx["value"] == hex(18 * MON) and str(tx["data"]).startswith("0x791bdcf3")
+    assert tx["mint"] == tx["value"] == hex(18 * MON)
+    data = bytes.fromhex(str(tx["data"])[2:])
+    assert data[:32].hex() == STAKING_TOPICS["validator_rewarded"]
+    assert int.from_bytes(data[96:128], "big") == 18 * MON

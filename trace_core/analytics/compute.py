@@ -53,6 +53,7 @@ STAKING_TOPICS: Mapping[str, str] = {
     "withdraw": "63030e4238e1146c63f38f4ac81b2b23c8be28882e68b03f0887e50d0e9bb18f",
     "claim_rewards": "cb607e6b63c89c95f6ae24ece9fe0e38a7971aa5ed956254f1df47490921727b",
     "validator_created": "6f8045cd38e512b8f12f6f02947c632e5f25af03aad132890ecf50015d97c1b2",
+    "validator_rewarded": "3a420a01486b6b28d6ae89c51f5c3bde3e0e74eecbb646a0c481ccba3aae3754",
 }
 STAKING_SIGNATURES: Mapping[str, str] = {
     "delegate": "Delegate(uint64,address,uint256,uint64)",
@@ -60,6 +61,7 @@ STAKING_SIGNATURES: Mapping[str, str] = {
     "withdraw": "Withdraw(uint64,address,uint8,uint256,uint64)",
     "claim_rewards": "ClaimRewards(uint64,address,uint256,uint64)",
     "validator_created": "ValidatorCreated(uint64,address,uint256)",
+    "validator_rewarded": "ValidatorRewarded(uint64,address,uint256,uint64)",
 }
 
 
@@ -208,7 +210,7 @@ def staking_range(
         "staking_events",
         start,
         end,
-        fingerprint(inp.fingerprint(), address),
+        fingerprint(inp.fingerprint(), *job.events_salt()),
         fake=inp.fake,
     )
     result = Result(input_rows=inp.rows, start=start, end=end)

@@ -102,7 +102,7 @@ def plan(conn: Connection[Any], org_id: str, job: AnalyticsJob) -> list[PlannedR
             "staking_range",
             job.spec.staking.logs,
             "staking_events",
-            (job.spec.staking.address,),
+            job.events_salt(),
         )
         runs += work or _rollup(conn, org_id, job, "staking_rollups", "staking_events")
     return runs

@@ -9,9 +9,12 @@ on its whole gas limit (no refund) and the base fee is burned.
 anvil has one transaction that creates value: the OP-stack deposit (``--network optimism``),
 whose ``mint`` credits its sender before it runs, for free. So a Monad-shaped ``DevChain`` runs
 anvil in that mode and puts, in every block after genesis, a deposit from Monad's system
-address to the staking address minting the block's reward and sending it there with the
-``syscallReward`` calldata: the prestate tracer (cryo ``geth_balance_diffs``) sees the staking
-address gain the reward and nobody lose it, as on Monad.
+address to the staking address minting the block's reward and sending it there: the prestate
+tracer (cryo ``geth_balance_diffs``) sees the staking address gain the reward and nobody lose
+it, as on Monad. Its calldata is not ``syscallReward(author)``'s: the staking stand-in
+(``devstaking``) logs what its calldata describes, so it carries Monad's
+``ValidatorRewarded(validatorId, from, amount, epoch)`` event, logged once ``devstaking`` is
+installed (before that the deposit is a plain transfer).
 
 What anvil cannot model, and how the chain stands in:
 - **Base fee burned.** With OP-stack rules anvil pays the base fee to the BaseFeeVault
@@ -38,7 +41,8 @@ from trace_core.chain_sync.analytics_spec import MONAD_STAKING_ADDRESS, MONAD_SY
 
 MON = 10**18
 BASE_FEE_VAULT = "0x4200000000000000000000000000000000000019"
-SYSCALL_REWARD_SELECTOR = "791bdcf3"  # syscallReward(address)
+# keccak256("ValidatorRewarded(uint64,address,uint256,uint64)"), as compute.STAKING_TOPICS
+VALIDATOR_REWARDED_TOPIC = "3a420a01486b6b28d6ae89c51f5c3bde3e0e74eecbb646a0c481ccba3aae3754"
 SYSTEM_TX_GAS = 100_000
 
 
@@ -54,7 +58,7 @@ class MonadShape:
     block_reward_wei: int = 25 * MON
     reward_changes: Mapping[int, int] = field(default_factory=dict)
     mint_overrides: Mapping[int, int] = field(default_factory=dict)
-    author: str = "0x0000000000000000000000000000000000000000"
+    validator_id: int = 1  # the block author's validator, named in ValidatorRewarded
 
     def reward_at(self, block: int) -> int:
         """The protocol's reward of ``block`` (0 at genesis)."""
@@ -87,10 +91,12 @@ class MonadShape:
 
 def reward_transaction(shape: MonadShape, block: int) -> dict[str, str | bool]:
     """The system transaction minting ``block``'s reward: a free OP-stack deposit from Monad's
-    system address to the staking address, ``syscallReward(author)`` with the reward as value.
-    Its ``sourceHash`` is the block number, so each block's deposit has its own hash."""
+    system address to the staking address with the reward as value, whose calldata has the
+    stand-in log ``ValidatorRewarded(validator_id, system address, reward, epoch 0)``. Its
+    ``sourceHash`` is the block number, so each block's deposit has its own hash."""
     amount = shape.minted_at(block)
-    calldata = SYSCALL_REWARD_SELECTOR + shape.author[2:].lower().rjust(64, "0")
+    words = [shape.validator_id, int(MONAD_SYSTEM_ADDRESS, 16), amount, 0]
+    calldata = VALIDATOR_REWARDED_TOPIC + "".join(f"{w:064x}" for w in words)
     return {
         "from": MONAD_SYSTEM_ADDRESS,
         "to": MONAD_STAKING_ADDRESS,

@@ -27,7 +27,7 @@ from trace_core.rpc.client import hex_int
 from trace_lite.devtools.devchain import DevChain
 
 # calldata = topic0 | topic1 | topic2 | data...: LOG3(data, topic0, topic1, topic2). Shorter
-# calldata (a Monad-shaped chain's syscallReward, devmonad) logs nothing and keeps the value.
+# calldata logs nothing (the value is kept either way).
 LOG3_EMITTER_RUNTIME = bytes.fromhex(
     "6060361060"
     "1e"

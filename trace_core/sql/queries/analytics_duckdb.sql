@@ -182,8 +182,9 @@ FROM prev_history h JOIN top_accounts t ON t.address = h.address
 WHERE h.block_number < $from AND h.block_number IN (SELECT block_number FROM points)
 
 -- name: staking_events
--- Monad staking precompile events (IMonadStaking ABI) emitted by $address. stake_delta:
--- +amount on Delegate, -amount on Undelegate, 0 otherwise (stake counts from the event's
+-- Monad staking precompile events (IMonadStaking ABI) emitted by $address (ValidatorRewarded:
+-- the block reward, amount = reward). stake_delta: +amount on Delegate, -amount on
+-- Undelegate, 0 otherwise (stake counts from the event's
 -- block, not from its activation epoch).
 SELECT CAST(block_number AS UBIGINT) AS block_number,
        transaction_index, log_index,
@@ -194,6 +195,7 @@ SELECT CAST(block_number AS UBIGINT) AS block_number,
            WHEN upper($withdraw) THEN 'withdraw'
            WHEN upper($claim_rewards) THEN 'claim_rewards'
            WHEN upper($validator_created) THEN 'validator_created'
+           WHEN upper($validator_rewarded) THEN 'validator_rewarded'
        END AS event,
        CAST('0x' || substr(hex(topic1), 49, 16) AS UBIGINT) AS validator_id,
        '0x' || lower(substr(hex(topic2), 25, 40)) AS address,
@@ -202,6 +204,7 @@ SELECT CAST(block_number AS UBIGINT) AS block_number,
            WHEN upper($undelegate) THEN u256_word(data, 1)
            WHEN upper($withdraw) THEN u256_word(data, 1)
            WHEN upper($claim_rewards) THEN u256_word(data, 0)
+           WHEN upper($validator_rewarded) THEN u256_word(data, 0)
            ELSE CAST(0 AS DECIMAL(38,0))
        END AS amount,
        CASE hex(topic0)
@@ -212,7 +215,8 @@ SELECT CAST(block_number AS UBIGINT) AS block_number,
 FROM logs
 WHERE address = from_hex($address)
   AND hex(topic0) IN (upper($delegate), upper($undelegate), upper($withdraw),
-                      upper($claim_rewards), upper($validator_created))
+                      upper($claim_rewards), upper($validator_created),
+                      upper($validator_rewarded))
 ORDER BY block_number, log_index
 
 -- name: carry_stake_none
