@@ -151,6 +151,15 @@ POLICIES: dict[str, Fixture] = {
             " range_end, task_id) VALUES ('{uid}', 'blocks', 0, 10, '{uid}')",
         ),
     ),
+    "state.epoch_materializations_org": Fixture(
+        "state",
+        _sql(
+            _JOB,
+            "INSERT INTO state.epoch_materializations (org_id, job_id, dataset_key, epoch_start,"
+            " epoch_end, versions, claimed_by) VALUES ('{org}', '{uid}', 'blocks', 0, 10, 'v',"
+            " 'test')",
+        ),
+    ),
     "state.chain_head_observations_org": Fixture(
         "state",
         _sql(

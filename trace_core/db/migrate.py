@@ -8,6 +8,7 @@ once are safe.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from trace_core.errors import DatabaseUnreachable
 log = logging.getLogger(__name__)
 
 MIGRATIONS_ROOT = Path(__file__).resolve().parents[1] / "sql" / "migrations"
+_READ_LOCK = threading.Lock()
 
 
 def _yoyo_url(url: str) -> str:
@@ -32,7 +34,14 @@ def migrate_database(url: str, which: str, *, lock_timeout: float = 60.0) -> lis
     from yoyo import get_backend, read_migrations
     from yoyo.exceptions import LockTimeout
 
-    migrations = read_migrations(str(MIGRATIONS_ROOT / which))
+    # yoyo resolves `-- depends:` through one process-wide registry of migration ids, filled
+    # as files are read: two threads reading at once could resolve each other's objects and
+    # lose the ordering a dependency on a later-numbered file asks for (0034 -> 0060). Read and
+    # resolve under a lock, so each call's list refers to its own migrations.
+    with _READ_LOCK:
+        migrations = read_migrations(str(MIGRATIONS_ROOT / which))
+        for migration in migrations:
+            migration.load()
     try:
         backend = get_backend(_yoyo_url(url))
     except Exception as exc:  # yoyo wraps driver errors in its own types
