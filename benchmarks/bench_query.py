@@ -266,26 +266,30 @@ def main() -> None:
 
 
 def tenancy_overhead(settings: Settings, dbs: Databases, store: LocalStore, repeat: int) -> None:
-    """What API-key authentication and row-level security add to the small query: one
-    in-process service, switched per call, the variants' order rotating every round and a
-    longer pause after each call (the sandbox the call used is replaced in the background; on
-    a loaded box 50 ms is not enough, and whichever variant ran next would pay for it)."""
+    """What API-key authentication and row-level security add to the small query: two
+    in-process services (with and without row-level security: one mode per pool, as in
+    production, so a pooled connection's prepared plans never switch roles), the variants'
+    order rotating every round and a longer pause after each call (the sandbox a call used is
+    replaced in the background; on a loaded box 50 ms is not enough, and whichever variant ran
+    next would pay for it)."""
     from trace_core.db.connection import connect
     from trace_core.tenancy import authenticate_key, create_key
 
-    service = QueryService(
-        settings.model_copy(update={"query_workers": 0}), dbs, store, hot_sources=None
-    )
+    inproc = settings.model_copy(update={"query_workers": 0})
+    services = {
+        rls: QueryService(inproc, dbs, store, hot_sources=None, row_security=rls)
+        for rls in (False, True)
+    }
     with connect(dbs.state_url, autocommit=True) as conn:
         _, secret = create_key(conn, settings.org_id, "viewer", name="bench")
-    service.open()
+    for service in services.values():
+        service.open()
     token = f"Bearer {local_user_token(settings)}"
     body = json.dumps({"sql": QUERIES["small"]}).encode()
 
     def call(auth: str, rls: bool) -> Callable[[], object]:
         def run() -> object:
-            service.row_security = rls
-            return service.handle("user", auth, body)
+            return services[rls].handle("user", auth, body)
 
         return run
 
@@ -322,7 +326,7 @@ def tenancy_overhead(settings: Settings, dbs: Databases, store: LocalStore, repe
         parts: dict[bool, list[float]] = {False: [], True: []}
         for i in range(repeat * 10):
             for rls in (False, True) if i % 2 else (True, False):
-                service.row_security = rls
+                service = services[rls]
                 caller = service._user(caller_token)
                 started = time.perf_counter()
                 service._resolve(caller, QueryRequest(sql=QUERIES["small"]))
@@ -334,7 +338,8 @@ def tenancy_overhead(settings: Settings, dbs: Databases, store: LocalStore, repe
                 )  # fmt: skip
                 parts[rls].append((time.perf_counter() - started) * 1000)
     finally:
-        service.close()
+        for service in services.values():
+            service.close()
     medians = {name: statistics.median(v) for name, v in samples.items()}
     grants_off, grants_on = (statistics.median(parts[k]) for k in (False, True))
     base = medians["token, no RLS"]

@@ -458,7 +458,7 @@ class QueryService:
         """The caller's org for this transaction, as ``trace_tenant`` (row-level security)."""
         if not self.row_security:
             return contextlib.nullcontext()
-        return tenant_scope(conn, org_id, pipeline=True)
+        return tenant_scope(conn, org_id)
 
     def _audit(self, record: AuditRecord) -> None:
         with self.data.connection() as conn, self._scope(conn, record.org_id):

@@ -9,13 +9,13 @@ next client's transaction.
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from psycopg import Connection
+from psycopg.pq import TransactionStatus
 
 from trace_core.db.errors import db_errors
 
@@ -24,17 +24,9 @@ SYSTEM_ROLE = "trace_system"
 ORG_SETTING = "trace.org_id"
 
 
-_SET_BOTH = "SELECT set_config('role', %s, true), set_config('trace.org_id', %s, true)"
-_SET_ORG = "SELECT set_config('trace.org_id', %s, true)"
-
-
 @contextmanager
 def tenant_scope(
-    conn: Connection[Any],
-    org_id: uuid.UUID | str,
-    *,
-    as_tenant: bool = True,
-    pipeline: bool = False,
+    conn: Connection[Any], org_id: uuid.UUID | str, *, as_tenant: bool = True
 ) -> Iterator[Connection[Any]]:
     """A transaction (or savepoint, inside one) in which row-level security shows ``org_id``'s
     rows only. ``as_tenant`` (default) also switches to ``trace_tenant`` for the transaction
@@ -42,21 +34,31 @@ def tenant_scope(
     connection is filtered too; False only sets the org (for a connection that already is a
     non-bypassing role).
 
-    ``pipeline``: run the block in psycopg's pipeline mode, so BEGIN and the settings travel
-    with the block's first query (one round trip instead of three: what a hot path such as a
-    Query Service request wants). Then only read results by fetching (``rowcount`` is not
-    reliable before a fetch) and do no COPY.
+    On an idle autocommit connection (a pooled request's) BEGIN and both settings go in one
+    round trip; the block's own statements follow; COMMIT ends it (ROLLBACK on error).
 
     Raises ``DatabaseError`` when the role cannot be taken (migrations not applied)."""
-    org = str(uuid.UUID(str(org_id)))
-    stmt, params = (_SET_BOTH, (TENANT_ROLE, org)) if as_tenant else (_SET_ORG, (org,))
-    with contextlib.ExitStack() as stack:
-        if pipeline:
-            stack.enter_context(conn.pipeline())
-        stack.enter_context(conn.transaction())
-        with db_errors("tenant scope"):
-            conn.execute(stmt, params)
+    org = str(uuid.UUID(str(org_id)))  # a canonical uuid: safe as a literal below
+    settings = f"set_config('{ORG_SETTING}', '{org}', true)"
+    if as_tenant:
+        settings = f"set_config('role', '{TENANT_ROLE}', true), {settings}"
+    if not (conn.autocommit and conn.info.transaction_status == TransactionStatus.IDLE):
+        with conn.transaction():
+            with db_errors("tenant scope"):
+                conn.execute(f"SELECT {settings}")
+            yield conn
+        return
+    with db_errors("tenant scope"):
+        conn.execute(f"BEGIN; SELECT {settings}")  # simple query: two statements, one trip
+    try:
         yield conn
+    except BaseException:
+        if conn.info.transaction_status != TransactionStatus.UNKNOWN:
+            with db_errors("tenant scope rollback"):
+                conn.execute("ROLLBACK")
+        raise
+    with db_errors("tenant scope commit"):
+        conn.execute("COMMIT")
 
 
 def tenant_conninfo_options(org_id: uuid.UUID | str) -> str:
