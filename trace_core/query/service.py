@@ -29,7 +29,7 @@ import pyarrow as pa
 from psycopg_pool import ConnectionPool
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from trace_core.db.connection import Databases
+from trace_core.db.connection import Databases, session_options, system_session
 from trace_core.db.queries import q
 from trace_core.errors import (
     AccessDenied,
@@ -191,11 +191,17 @@ class QueryService:
         # False only to measure what tenant scoping costs (benchmarks/bench_query.py): grants
         # are then resolved as the connecting user, filtered by org in code alone
         self.row_security = row_security
-        self.state = ConnectionPool(
-            dbs.state_url, min_size=1, max_size=8, open=False, kwargs={"autocommit": True}
-        )
-        self.data = ConnectionPool(
-            dbs.data_url, min_size=1, max_size=8, open=False, kwargs={"autocommit": True}
+        # sessions are the system's (trace_system); each tenant read takes the caller's org
+        # and trace_tenant for its transaction (tenant_scope)
+        self.state, self.data = (
+            ConnectionPool(
+                url,
+                min_size=1,
+                max_size=8,
+                open=False,
+                kwargs={"autocommit": True, **session_options(url, **system_session(settings))},
+            )  # fmt: skip
+            for url in (dbs.state_url, dbs.data_url)
         )
         # "data": the follower's hot tables, including chains the org follows that have no
         # cold version yet (resolved per request, see _hot_for)
@@ -461,7 +467,9 @@ class QueryService:
         return tenant_scope(conn, org_id)
 
     def _audit(self, record: AuditRecord) -> None:
-        with self.data.connection() as conn, self._scope(conn, record.org_id):
+        """The system records what a caller did, under the caller's org (given, not taken
+        from the session): no tenant scope, one statement."""
+        with self.data.connection() as conn:
             write_audit(conn, record)
 
 
