@@ -7,7 +7,7 @@ unreachable state the definitions still load, with no stream assets and a log li
 
 from __future__ import annotations
 
-from dagster import Definitions
+from dagster import Definitions, in_process_executor
 
 from trace_core.runtime import Runtime
 from trace_core.settings import load_settings
@@ -44,6 +44,9 @@ def build_definitions(runtime: Runtime | None = None) -> Definitions:
             analytics_sensor(analytics_jobs),
         ],
         resources={"trace": TraceResource(), "duckdb": duckdb_resource(rt)},
+        # partition materializations from the UI (the implicit asset job) and every job
+        # without its own executor run in the run's process: no subprocess start-up per step
+        executor=in_process_executor,
         loggers=LOGGERS,  # an error as one console line; the event log keeps the stack
     )
 
