@@ -52,6 +52,7 @@ def test_definitions_load(trace_env: Runtime) -> None:
         "trace_alert_delivery",
         "trace_integrity",
         "trace_analytics",
+        "trace_sensor_health",
     }
 
 

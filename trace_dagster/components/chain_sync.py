@@ -58,6 +58,7 @@ from trace_dagster.pools import STREAM_BACKFILL_POLICY, dagster_pool, set_pool_l
 from trace_dagster.resources import TraceResource
 from trace_dagster.sensors import service_sensors
 from trace_dagster.sensors.dispatcher import dispatcher_sensor
+from trace_dagster.sensors.health import sensor_health_checks, sensor_health_sensor, sensors_spec
 from trace_dagster.sensors.worker import worker_sensor
 from trace_dagster.service_runs import SERVICE_JOBS
 
@@ -263,12 +264,22 @@ class ChainSyncComponent(Component, Resolvable):
         spec = self.job_spec(context)
         shared = self.include_runtime
         return Definitions(
-            assets=[self.build_asset(spec, key) for key in spec.streams],
-            asset_checks=[_stream_check(spec.name, key) for key in spec.streams],
+            assets=[
+                *(self.build_asset(spec, key) for key in spec.streams),
+                *([sensors_spec] if shared else []),
+            ],
+            asset_checks=[
+                *(_stream_check(spec.name, key) for key in spec.streams),
+                *([sensor_health_checks] if shared else []),
+            ],
             jobs=[trace_worker, *SERVICE_JOBS] if shared else [],
             sensors=[
                 apply_sensor(spec, str(context.path / "defs.yaml")),
-                *([dispatcher_sensor, worker_sensor, *service_sensors] if shared else []),
+                *(
+                    [dispatcher_sensor, worker_sensor, sensor_health_sensor, *service_sensors]
+                    if shared
+                    else []
+                ),
             ],
             resources={"trace": TRACE_RESOURCE},
         )
