@@ -91,7 +91,9 @@ def latest_materialization(
     if not records:
         return None
     r = records[0]
-    return AssetCheckEvaluationTargetMaterializationData(r.storage_id, r.run_id, r.timestamp)
+    return AssetCheckEvaluationTargetMaterializationData(
+        storage_id=r.storage_id, run_id=r.run_id, timestamp=r.timestamp
+    )
 
 
 @dataclass

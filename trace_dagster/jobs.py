@@ -187,8 +187,8 @@ def execute_tasks(
 
 
 def outcome_line(outcome: TaskOutcome) -> str:
-    """One line per task: ``range 0-50 of demo/blocks: succeeded, 50 rows in 1.20 s (task <id>
-    attempt 1)``; a failure ends in Trace's error (``Kind: message``)."""
+    """One line per task: ``range 0-50 of demo/blocks: succeeded, 50 rows, 1.20 s, attempt 1,
+    task <id>``; a failure ends in Trace's error (``Kind: message``)."""
     label = RangeLabel.of(outcome.payload)
     if label.block_range is not None:
         what = (
@@ -196,13 +196,14 @@ def outcome_line(outcome: TaskOutcome) -> str:
         )
     else:
         what = f"{outcome.operator or 'task'}" + (f" of {label.job_name}" if label.job_name else "")
-    done = f"{what}: {outcome.status}"
+    facts = [str(outcome.status)]
     rows = outcome.outputs.get("row_count")
     if rows is not None:
-        done += f", {int(rows)} rows"
+        facts.append(f"{int(rows)} rows")
     if outcome.seconds is not None:
-        done += f" in {outcome.seconds:.2f} s"
-    done += f" (task {outcome.task_id} attempt {outcome.attempt})"
+        facts.append(f"{outcome.seconds:.2f} s")
+    facts.append(f"attempt {outcome.attempt}, task {outcome.task_id}")
+    done = f"{what}: " + ", ".join(facts)
     if outcome.error:
         done += f": {outcome.error}"
     return done
