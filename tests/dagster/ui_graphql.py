@@ -34,7 +34,7 @@ def ui_context(
             attribute="defs",
             working_directory=str(REPO_ROOT),
         ),
-    ) as ctx:
+    ) as ctx, ctx:  # entered as the webserver enters it per request (partition loading)
         yield ctx
 
 
