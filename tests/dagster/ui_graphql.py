@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 from dagster import AssetKey, DagsterInstance
-from dagster._core.test_utils import in_process_test_workspace
+from dagster._core.remote_origin import InProcessCodeLocationOrigin
+from dagster._core.test_utils import InProcessTestWorkspaceLoadTarget, in_process_test_workspace
 from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
-from dagster._core.workspace.context import WorkspaceRequestContext
+from dagster._core.workspace.context import WorkspaceProcessContext, WorkspaceRequestContext
 from dagster_graphql.test.utils import execute_dagster_graphql, infer_sensor_selector
 
 import trace_dagster.definitions
@@ -21,20 +22,40 @@ from trace_dagster.definitions import build_definitions
 
 
 @contextmanager
+def ui_process(
+    instance: DagsterInstance, rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[WorkspaceProcessContext]:
+    """The webserver's (and daemon's) process context over Trace's definitions for ``rt``."""
+    monkeypatch.setitem(vars(trace_dagster.definitions), "defs", build_definitions(rt))
+    origin = LoadableTargetOrigin(
+        module_name="trace_dagster.definitions",
+        attribute="defs",
+        working_directory=str(REPO_ROOT),
+    )
+    with WorkspaceProcessContext(
+        instance, InProcessTestWorkspaceLoadTarget(InProcessCodeLocationOrigin(origin))
+    ) as process:
+        yield process
+
+
+@contextmanager
 def ui_context(
     instance: DagsterInstance, rt: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[WorkspaceRequestContext]:
     """A GraphQL request context over ``trace_dagster.definitions:defs`` built for ``rt`` (as
     the webserver loads it from workspace.yaml)."""
     monkeypatch.setitem(vars(trace_dagster.definitions), "defs", build_definitions(rt))
-    with in_process_test_workspace(
-        instance,
-        LoadableTargetOrigin(
-            module_name="trace_dagster.definitions",
-            attribute="defs",
-            working_directory=str(REPO_ROOT),
-        ),
-    ) as ctx, ctx:  # entered as the webserver enters it per request (partition loading)
+    with (
+        in_process_test_workspace(
+            instance,
+            LoadableTargetOrigin(
+                module_name="trace_dagster.definitions",
+                attribute="defs",
+                working_directory=str(REPO_ROOT),
+            ),
+        ) as ctx,
+        ctx,
+    ):  # entered as the webserver enters it per request (partition loading)
         yield ctx
 
 
@@ -159,3 +180,20 @@ def sensor_ticks(ctx: WorkspaceRequestContext, name: str) -> list[dict[str, Any]
     """The sensor's latest ticks (newest first) as its page lists them."""
     data = gql(ctx, TICKS, selector=infer_sensor_selector(ctx, name))
     return list(data["sensorOrError"]["sensorState"]["ticks"])
+
+
+CHECK_EXECUTIONS = """
+query ($key: AssetKeyInput!, $check: String!) {
+  assetCheckExecutions(assetKey: $key, checkName: $check, limit: 5) {
+    status evaluation { success description }
+  }
+}
+"""
+
+
+def check_executions(
+    ctx: WorkspaceRequestContext, asset: AssetKey, check: str
+) -> list[dict[str, Any]]:
+    """The check's executions, newest first, as its page lists them."""
+    data = gql(ctx, CHECK_EXECUTIONS, key=_key(asset), check=check)
+    return list(data["assetCheckExecutions"])

@@ -77,10 +77,17 @@ class SensorHealth:
         }
 
 
+_FRAMEWORK_ERRORS = ("SensorExecutionError", "DagsterUserCodeProcessError")
+
+
 def _error_line(tick: object) -> str:
+    """``Kind: message`` of the sensor's own error: the first in the tick's error chain that is
+    not Dagster's wrapper (Trace's error, not the driver error it was translated from)."""
     error = getattr(tick, "error", None)
-    while getattr(error, "cause", None) is not None:  # the sensor's own error, not Dagster's
-        error = error.cause  # type: ignore[union-attr]
+    while error is not None and str(getattr(error, "cls_name", "")) in _FRAMEWORK_ERRORS:
+        if getattr(error, "cause", None) is None:
+            break
+        error = error.cause
     text = str(getattr(error, "message", "") or "").strip()
     return text.splitlines()[0] if text else "unknown error"
 
