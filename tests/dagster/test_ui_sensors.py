@@ -115,8 +115,16 @@ def test_dispatcher_ticks_explain_and_a_failing_sensor_fails_its_check(
         late = health_result(queued_instance, None, now=start + 60 + LATE_AFTER_SECONDS + 1)
         assert all("failed its last tick" in str(e.description) for e in late.asset_events)
         monkeypatch.setenv("TRACE_STATE_URL", rt.settings.state_url.get_secret_value())  # type: ignore[union-attr]
+        # a job applied after the definitions loaded: the tick says to reload them
+        job_file.write_text(JOB.replace("name: sk", "name: sk2"))
+        spec, raw = load_job_file(job_file)
+        with rt.state() as conn:
+            store.apply_job(conn, rt.settings.org_id, spec, raw, str(job_file))
         with freeze_time(start + 120):
             _tick_all(process)
+        (back, *_) = sensor_ticks(ui, "trace_dispatcher")
+        assert back["status"] == "SKIPPED"
+        assert "definitions are stale: sk2/blocks applied after they loaded" in back["skipReason"]
         stale = health_result(queued_instance, None, now=start + 120 + LATE_AFTER_SECONDS + 1)
         descriptions = [str(e.description) for e in stale.asset_events]
         assert all(" is late: last tick " in d for d in descriptions), descriptions

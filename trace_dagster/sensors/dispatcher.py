@@ -6,6 +6,7 @@ import time
 
 from dagster import (
     AddDynamicPartitionsRequest,
+    AssetKey,
     DagsterInstance,
     DefaultSensorStatus,
     DeleteDynamicPartitionsRequest,
@@ -20,7 +21,7 @@ from trace_core.engine.progress import progress_lines, stream_progress
 from trace_core.errors import TraceError
 from trace_core.runtime import Runtime
 from trace_dagster.epochs import PartitionSync, partition_sync
-from trace_dagster.partitions import partitions_def_name
+from trace_dagster.partitions import partitions_def_name, stream_asset_key
 from trace_dagster.pools import set_pool_limits
 from trace_dagster.resources import TraceResource
 from trace_dagster.sensors.common import instance_of
@@ -74,11 +75,27 @@ def tick_message(
     return "\n".join([head, *progress, *notes])
 
 
+def stale_definitions(rows: list[streams.StreamRow], loaded: set[AssetKey]) -> list[str]:
+    """A note naming applied streams whose assets the loaded definitions lack."""
+    missing = sorted(
+        f"{r.job_name}/{r.dataset_key}"
+        for r in rows
+        if stream_asset_key(r.job_name, r.dataset_key) not in loaded
+    )
+    if not missing:
+        return []
+    return [
+        f"definitions are stale: {', '.join(missing)} applied after they loaded; reload them "
+        "(Deployment > Code locations > Reload, or `trace-lite apply` with the stack running)"
+    ]
+
+
 def dispatcher_result(
     rt: Runtime,
     cursor: str | None,
     instance: DagsterInstance | None = None,
     now: float | None = None,
+    loaded: set[AssetKey] | None = None,
 ) -> SensorResult:
     """One dispatcher tick as a sensor result: the epoch partitions of the ranges it planned,
     and a message saying what it did and how far each job is (``tick_message``).
@@ -89,7 +106,9 @@ def dispatcher_result(
     the Dagster pools' limits (``trace_dagster.pools``). A tick whose result never reached the
     daemon (the process died, or the sensor raised after planning, e.g. while the queue was
     down) leaves the cursor as it was, so the daemon's persisted cursor alone cannot heal it;
-    the periodic sync does.
+    the periodic sync does. ``loaded``: the asset keys of the definitions the sensor runs in;
+    an applied stream missing from them (applied after they loaded) is named in the message
+    with how to reload, instead of its asset sitting greyed out unexplained.
     """
     now = time.time() if now is None else now
     report = dispatch_tick(rt)
@@ -113,6 +132,8 @@ def dispatcher_result(
     next_cursor = f"{PARTITIONS_SYNCED}:{now:.0f}" if resync and sync.done else cursor
     try:
         progress = progress_lines(stream_progress(rt))
+        if loaded is not None:
+            notes += stale_definitions(streams.list_streams(rt), loaded)
     except TraceError as exc:
         progress = [f"progress unavailable: {exc}"]
     message = tick_message(
@@ -149,4 +170,8 @@ def dispatcher_result(
     description="Plans chain_sync ranges, reaps expired leases and publishes the outbox",
 )
 def dispatcher_sensor(context: SensorEvaluationContext, trace: TraceResource) -> SensorResult:
-    return dispatcher_result(trace.get_client(), context.cursor, instance_of(context))
+    repo = context.repository_def
+    loaded = set(repo.asset_graph.get_all_asset_keys()) if repo is not None else None
+    return dispatcher_result(
+        trace.get_client(), context.cursor, instance_of(context), loaded=loaded
+    )
