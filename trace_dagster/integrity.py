@@ -183,7 +183,10 @@ def _stream_check(job_name: str, dataset_key: str) -> AssetChecksDefinition:
         asset=key,
         partitions_def=DynamicPartitionsDefinition(name=partitions),
         description="Files match the manifest (sha256, rows); blocks contiguous; hashes and "
-        "tx/log counts match the chain. `trace-lite verify --repair` re-syncs a failing range.",
+        "tx/log counts match the chain. `trace-lite verify --repair` re-syncs a failing range. "
+        "Passes run soon after ranges commit (the trace_integrity sensor). Dagster disables "
+        "this check's own Execute on partitioned assets: use Execute all, which verifies every "
+        "committed range of the stream now.",
     )
 
     # can_subset: the run yields no whole-check result. A partitioned check of these assets
