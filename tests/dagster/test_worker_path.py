@@ -43,6 +43,8 @@ def _statuses(rt: Runtime, ids: list[uuid.UUID]) -> dict[str, int]:
 def test_definitions_load(trace_env: Runtime) -> None:
     defs = build_definitions(trace_env)
     assert defs.resolve_job_def("trace_worker") is not None
+    # partition runs from the UI (the implicit asset job) execute in the run's own process
+    assert defs.resolve_implicit_global_asset_job_def().executor_def.name == "in_process"
     assert {s.name for s in defs.sensors} == {
         "trace_dispatcher",
         "trace_worker_wakeups",
