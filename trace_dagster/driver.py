@@ -1,7 +1,7 @@
 """Drive the Dagster definitions in the foreground until the work is done.
 
 ``trace-lite run --until-idle`` and the tests use this: it evaluates the same sensors the
-daemon would, applies their dynamic-partition requests, and executes the requested runs in
+daemon would (but the scheduled maintenance ones, ``NOT_DRIVEN``), applies their dynamic-partition requests, and executes the requested runs in
 process against a real Dagster instance, so runs and materializations land in Dagster's
 storage exactly as they do under ``dagster dev``.
 """

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dagster import DagsterInstance, instance_for_test
+from dagster import AssetCheckEvaluation, DagsterInstance, SensorResult, instance_for_test
 from dagster._core.test_utils import freeze_time
 from dagster._daemon.sensor import execute_sensor_iteration
 
@@ -48,6 +48,12 @@ def queued_instance() -> Iterator[DagsterInstance]:
     }
     with instance_for_test(overrides=overrides) as instance:
         yield instance
+
+
+def _verdicts(result: SensorResult) -> list[AssetCheckEvaluation]:
+    out = [e for e in result.asset_events if isinstance(e, AssetCheckEvaluation)]
+    assert len(out) == len(result.asset_events)
+    return out
 
 
 def _tick_all(process: object) -> None:
@@ -87,7 +93,7 @@ def test_dispatcher_ticks_explain_and_a_failing_sensor_fails_its_check(
         ]
         # both watched sensors ticked: their checks pass
         healthy = health_result(queued_instance, None, now=start + 1)
-        assert [e.passed for e in healthy.asset_events] == [True, True]
+        assert [e.passed for e in _verdicts(healthy)] == [True, True]
 
         # state becomes unreachable: the next ticks fail, and so do the checks, naming why
         monkeypatch.setenv("TRACE_STATE_URL", "postgresql://trace@127.0.0.1:9/nowhere")
@@ -96,7 +102,7 @@ def test_dispatcher_ticks_explain_and_a_failing_sensor_fails_its_check(
         (failed, *_) = sensor_ticks(ui, "trace_dispatcher")
         assert failed["status"] == "FAILURE"
         sick = health_result(queued_instance, healthy.cursor, now=start + 61)
-        verdicts = {e.check_name: e for e in sick.asset_events}
+        verdicts = {e.check_name: e for e in _verdicts(sick)}
         for name in ("trace_dispatcher", "trace_worker_wakeups"):
             e = verdicts[check_name(name)]
             assert not e.passed and e.description
@@ -113,7 +119,7 @@ def test_dispatcher_ticks_explain_and_a_failing_sensor_fails_its_check(
         again = health_result(queued_instance, sick.cursor, now=start + 62)
         assert again.asset_events == []
         late = health_result(queued_instance, None, now=start + 60 + LATE_AFTER_SECONDS + 1)
-        assert all("failed its last tick" in str(e.description) for e in late.asset_events)
+        assert all("failed its last tick" in str(e.description) for e in _verdicts(late))
         monkeypatch.setenv("TRACE_STATE_URL", rt.settings.state_url.get_secret_value())  # type: ignore[union-attr]
         # a job applied after the definitions loaded: the tick says to reload them
         job_file.write_text(JOB.replace("name: sk", "name: sk2"))
@@ -126,5 +132,5 @@ def test_dispatcher_ticks_explain_and_a_failing_sensor_fails_its_check(
         assert back["status"] == "SKIPPED"
         assert "definitions are stale: sk2/blocks applied after they loaded" in back["skipReason"]
         stale = health_result(queued_instance, None, now=start + 120 + LATE_AFTER_SECONDS + 1)
-        descriptions = [str(e.description) for e in stale.asset_events]
+        descriptions = [str(e.description) for e in _verdicts(stale)]
         assert all(" is late: last tick " in d for d in descriptions), descriptions

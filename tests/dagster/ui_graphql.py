@@ -63,7 +63,7 @@ def gql(ctx: WorkspaceRequestContext, query: str, **variables: Any) -> dict[str,
     result = execute_dagster_graphql(ctx, query, variables)
     assert not result.errors, result.errors
     assert result.data is not None
-    return result.data
+    return dict(result.data)
 
 
 def _key(asset: AssetKey) -> dict[str, list[str]]:

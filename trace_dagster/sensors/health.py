@@ -17,6 +17,7 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from dagster import (
     AssetCheckEvaluation,
@@ -64,8 +65,9 @@ class SensorHealth:
     summary: str
     last_tick_at: float | None = None
     last_status: str | None = None
+    kind: str = "ok"  # ok, never, stopped, late, or "failed: <error>": a change is reported
 
-    def metadata(self) -> dict[str, object]:
+    def metadata(self) -> dict[str, Any]:
         return {
             "sensor": self.sensor,
             "last_tick_status": self.last_status or "none",
@@ -100,29 +102,26 @@ def sensor_health(instance: DagsterInstance, name: str, now: float | None = None
         for s in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
         if s.instigator_name == name
     ]
+    never = f"{name} has never ticked (is the daemon running?)"
     if not states:
-        return SensorHealth(name, False, f"{name} has never ticked (is the daemon running?)")
+        return SensorHealth(name, False, never, kind="never")
     state = states[0]
     if state.status == InstigatorStatus.STOPPED:
-        return SensorHealth(name, False, f"{name} is stopped: start it on the Automation page")
+        stopped = f"{name} is stopped: start it on the Automation page"
+        return SensorHealth(name, False, stopped, kind="stopped")
     ticks = instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=1)
     if not ticks:
-        return SensorHealth(name, False, f"{name} has never ticked (is the daemon running?)")
+        return SensorHealth(name, False, never, kind="never")
     tick = ticks[0]
     status, at = tick.status, tick.timestamp
     age = now - at
     if status == TickStatus.FAILURE:
-        return SensorHealth(
-            name, False, f"{name} failed its last tick: {_error_line(tick)}", at, status.value
-        )
+        error = _error_line(tick)
+        summary = f"{name} failed its last tick: {error}"
+        return SensorHealth(name, False, summary, at, status.value, kind=f"failed: {error}")
     if age > LATE_AFTER_SECONDS:
-        return SensorHealth(
-            name,
-            False,
-            f"{name} is late: last tick {age:.0f} s ago (expected every few seconds)",
-            at,
-            status.value,
-        )
+        summary = f"{name} is late: last tick {age:.0f} s ago (expected every few seconds)"
+        return SensorHealth(name, False, summary, at, status.value, kind="late")
     return SensorHealth(
         name, True, f"{name} ticked {age:.0f} s ago ({status.value})", at, status.value
     )
@@ -142,22 +141,23 @@ def evaluation(h: SensorHealth) -> AssetCheckEvaluation:
 def health_result(
     instance: DagsterInstance | None, cursor: str | None, now: float | None = None
 ) -> SensorResult:
-    """One watchdog tick: report each watched sensor's verdict when it changed or has not
-    been reported for ``REPORT_EVERY_SECONDS``. The cursor is JSON
-    ``{sensor: [passed, summary, reported_at]}``."""
+    """One watchdog tick: report each watched sensor's verdict when its kind changed (ok, never,
+    stopped, late, failed with another error) or has not been reported for
+    ``REPORT_EVERY_SECONDS``. The cursor is JSON ``{sensor: [kind, reported_at]}``."""
     now = time.time() if now is None else now
     if instance is None:
         return SensorResult(skip_reason="no Dagster instance to read ticks from")
-    last = json.loads(cursor) if cursor else {}
-    events, lines, state = [], [], {}
+    last: dict[str, list[Any]] = json.loads(cursor) if cursor else {}
+    events: list[AssetCheckEvaluation] = []
+    lines: list[str] = []
+    state: dict[str, list[Any]] = {}
     for name in WATCHED:
         h = sensor_health(instance, name, now)
         lines.append(("ok: " if h.passed else "FAILING: ") + h.summary)
         prev = last.get(name)
-        changed = prev is None or prev[0] != h.passed or (not h.passed and prev[1] != h.summary)
-        if changed or now - float(prev[2]) >= REPORT_EVERY_SECONDS:
+        if prev is None or prev[0] != h.kind or now - float(prev[1]) >= REPORT_EVERY_SECONDS:
             events.append(evaluation(h))
-            state[name] = [h.passed, h.summary, now]
+            state[name] = [h.kind, now]
         else:
             state[name] = prev
     return SensorResult(asset_events=events, cursor=json.dumps(state), skip_reason="\n".join(lines))
