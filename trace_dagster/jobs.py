@@ -12,8 +12,10 @@ from dagster import (
     AssetObservation,
     Config,
     Failure,
+    HookContext,
     MetadataValue,
     OpExecutionContext,
+    failure_hook,
     in_process_executor,
     job,
     op,
@@ -248,12 +250,24 @@ def _add_partitions(context: OpExecutionContext, rt: Runtime, planned: list[Plan
             context.instance.add_dynamic_partitions(name, new)
 
 
+@failure_hook
+def trace_error_lines(context: HookContext) -> None:
+    """After a failed batch, end the run's log with Trace's error lines (one per failed task):
+    Dagster prints its own frames under the step failure, and they should not be the last
+    thing a reader sees."""
+    exc = context.op_exception
+    description = getattr(exc, "description", None) or (str(exc) if exc else "")
+    for line in [part for part in description.split("; ") if part] or ["unknown error"]:
+        context.log.error(f"failed: {line}")
+
+
 # One op per job: the in-process executor runs it in the run's own process instead of starting
 # a second one (about 3 s per launched run, measured by benchmarks/bench_e2e.py).
 @job(
     name=WORKER_JOB,
     executor_def=in_process_executor,
     description="Executes Trace tasks woken by the queue (see the trace_worker sensor)",
+    hooks={trace_error_lines},
 )
 def trace_worker() -> None:
     execute_tasks()

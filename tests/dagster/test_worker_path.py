@@ -88,6 +88,21 @@ def test_failing_task_shows_failed_runs_and_ends_dead(
     assert _statuses(trace_env, ids) == {"dead": 1}
     failed = dagster_instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.FAILURE]))
     assert len(failed) == 2
+    # each task's line names its attempt, time and Trace's error; the run's log ends in Trace's
+    # error line (after the step failure that Dagster follows with its own frames)
+    (tid,) = ids
+    for run in failed:
+        attempt = run.tags["trace/attempt"]
+        assert run.tags[f"trace/task.{tid}"] == attempt
+        logs = dagster_instance.all_logs(run.run_id)
+        lines = [e.user_message for e in logs if e.dagster_event is None]
+        (task_line,) = [m for m in lines if m.startswith("fail: ")]
+        assert f"attempt {attempt}, task {tid}: " in task_line and "boom" in task_line
+        kinds = [e.dagster_event.event_type_value if e.dagster_event else "log" for e in logs]
+        last = max(i for i, k in enumerate(kinds) if k == "STEP_FAILURE")
+        after = [e.user_message for e in logs[last + 1 :] if e.dagster_event is None]
+        assert after and after[-1].startswith(f"failed: task {tid} attempt {attempt} -> ")
+        assert "boom" in after[-1]
 
 
 def test_duplicate_wakeups_yield_one_run_and_one_execution(
