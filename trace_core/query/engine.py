@@ -143,6 +143,8 @@ class QueryResult:
     bytes: int
     truncated: bool
     spool: Path | None = None
+    # milliseconds: "sandbox" (views, limits, lock) and "duckdb" (the query and its batches)
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 class Workdir:
@@ -211,6 +213,9 @@ def new_instance(config: EngineConfig) -> duckdb.DuckDBPyConnection:
     )
     if config.s3 is not None:
         con.execute("LOAD httpfs")
+    # an instance's first statement pays one-time set-up (a few ms); pay it here, off the
+    # request path, since pooled instances are made ahead of time
+    con.execute("SELECT 1").fetchall()
     return con
 
 
@@ -442,26 +447,49 @@ def execute(
     workdir: Workdir,
     pool: SandboxPool | None = None,
 ) -> QueryResult:
-    """Run already-gated SQL over ``relations`` in a fresh sandbox.
+    """Run already-gated SQL over ``relations`` in a fresh sandbox (``execute_on``), then
+    close it (off the request path when ``pool`` is given). Raises as ``execute_on``."""
+    con = pool.take() if pool else new_instance(config)
+    try:
+        return execute_on(con, sql, relations, config, limits, workdir)
+    finally:
+        if pool:
+            pool.discard(con)
+        else:
+            con.close()
+
+
+def execute_on(
+    con: duckdb.DuckDBPyConnection,
+    sql: str,
+    relations: Sequence[Relation],
+    config: EngineConfig,
+    limits: ResultLimits,
+    workdir: Workdir,
+) -> QueryResult:
+    """Run already-gated SQL over ``relations`` in ``con``, a fresh never-used instance that
+    this call locks into a sandbox; the caller closes it and never reuses it.
 
     Raises ``QueryTimeout`` (wall clock), ``TooLarge`` (memory limit), ``AccessDenied`` (the
     sandbox refused a read) or ``QueryFailed`` (the SQL is wrong for the data).
     """
-    con = pool.take() if pool else new_instance(config)
+    started = time.perf_counter()
     watch = _watchdog.watch(con, config.timeout_seconds)
     try:
         open_sandbox(con, relations, config, workdir)
-        return _collect(con, sql, limits, workdir)
+        opened = time.perf_counter()
+        result = _collect(con, sql, limits, workdir)
+        result.timings = {
+            "sandbox": (opened - started) * 1000,
+            "duckdb": (time.perf_counter() - opened) * 1000,
+        }
+        return result
     except duckdb.InterruptException as exc:
         raise QueryTimeout(f"query exceeded {config.timeout_seconds:g} s") from exc
     except duckdb.Error as exc:
         raise _translate(exc) from exc
     finally:
         _watchdog.cancel(watch)
-        if pool:
-            pool.discard(con)
-        else:
-            con.close()
 
 
 def _collect(

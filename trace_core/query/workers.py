@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 
 from trace_core.errors import (
@@ -58,7 +59,7 @@ from trace_core.query.engine import (
     ResultLimits,
     SandboxPool,
     Workdir,
-    execute,
+    execute_on,
 )
 from trace_core.query.relations import Relation
 
@@ -145,16 +146,24 @@ def serve_worker(conn: Connection) -> None:
                 return
             if job is None:
                 return
-            for part in _encode(_run(job, sandboxes, limits)):
-                conn.send_bytes(part)
+            con = sandboxes.take()
+            try:
+                for part in _encode(_run(job, con, limits)):
+                    conn.send_bytes(part)
+            finally:
+                # only once the reply is out: closing the used instance and preparing the
+                # next one (the pool's thread) would otherwise hold the GIL while it is sent
+                sandboxes.discard(con)
     finally:
         sandboxes.stop()
 
 
-def _run(job: _Job, sandboxes: SandboxPool, limits: WorkerLimits) -> QueryResult | QueryError:
+def _run(
+    job: _Job, con: duckdb.DuckDBPyConnection, limits: WorkerLimits
+) -> QueryResult | QueryError:
     _arm_cpu(limits.cpu_seconds)
     try:
-        return execute(job.sql, job.relations, job.config, job.limits, job.workdir, sandboxes)
+        return execute_on(con, job.sql, job.relations, job.config, job.limits, job.workdir)
     except QueryError as exc:
         return exc
     except MemoryError:
@@ -181,6 +190,7 @@ def _encode(outcome: QueryResult | QueryError) -> tuple[bytes, bytes]:
         "bytes": outcome.bytes,
         "truncated": outcome.truncated,
         "spooled": outcome.spool is not None,
+        "timings": outcome.timings,
     }
     body = b""
     if outcome.batches:
@@ -206,6 +216,7 @@ def _decode(header_bytes: bytes, body: bytes, workdir: Workdir) -> QueryResult:
         bytes=int(header["bytes"]),
         truncated=bool(header["truncated"]),
         spool=workdir.spool if header["spooled"] else None,
+        timings={str(k): float(v) for k, v in header.get("timings", {}).items()},
     )
 
 
