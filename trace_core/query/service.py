@@ -68,7 +68,7 @@ from trace_core.query.engine import (
     result_table,
 )
 from trace_core.query.export import export_result, json_rows
-from trace_core.query.gate import check_limits, sql_fingerprint, validate_sql
+from trace_core.query.gate import check_limits, sql_fingerprint, validate_sql_cached
 from trace_core.query.tokens import (
     UserClaims,
     verify_task_token,
@@ -338,7 +338,7 @@ class QueryService:
             "max_depth": self.settings.query_max_nesting_depth,
         }
         if self.gate:
-            relations = validate_sql(request.sql, caller.versions, **caps).relations
+            relations = validate_sql_cached(request.sql, caller.versions, **caps).relations
         else:
             check_limits(request.sql, **caps)
             relations = frozenset(caller.versions)

@@ -92,7 +92,13 @@ def claim(conn: Connection[Any], task_id: uuid.UUID, *, lease_seconds: float) ->
     Raises ``UnknownTask``, or ``LeaseConflict`` when the task is leased and unexpired,
     finished, paused, waiting out a retry backoff, or out of attempts.
     """
+    token = uuid.uuid4()
+    params = {"task_id": task_id, "lease_token": token, "lease_seconds": float(lease_seconds)}
     with conn.cursor(row_factory=dict_row) as cur:
+        # the common case (queued, due, attempts left) in one round trip
+        fast = cur.execute(q("tasks", "claim_queued"), params).fetchone()
+        if fast is not None:
+            return Lease(task_id=task_id, lease_token=token, **fast)
         row = cur.execute(q("tasks", "lock_task"), {"task_id": task_id}).fetchone()
         if row is None:
             raise UnknownTask(task_id)
@@ -120,11 +126,7 @@ def claim(conn: Connection[Any], task_id: uuid.UUID, *, lease_seconds: float) ->
             raise LeaseConflict(task_id, "attempts exhausted")
         if status == "running":
             _mark_expired(conn, task_id, row["attempt"])
-        token = uuid.uuid4()
-        granted = cur.execute(
-            q("tasks", "grant_lease"),
-            {"task_id": task_id, "lease_token": token, "lease_seconds": float(lease_seconds)},
-        ).fetchone()
+        granted = cur.execute(q("tasks", "grant_lease"), params).fetchone()
         assert granted is not None
         cur.execute(
             q("tasks", "insert_attempt"), {"task_id": task_id, "attempt": granted["attempt"]}
@@ -213,9 +215,21 @@ def finish_succeeded(
 def complete_success(
     conn: Connection[Any], lease: Lease, outputs: dict[str, Any] | None = None
 ) -> None:
-    """Fence and complete in the caller's transaction. Raises ``StaleAttempt`` if stale."""
-    fence(conn, lease)
-    finish_succeeded(conn, lease, outputs)
+    """Fence and complete in the caller's transaction (one statement when the lease is
+    current). Raises ``UnknownTask``, or ``StaleAttempt`` if stale."""
+    row = conn.execute(
+        q("tasks", "complete_success"),
+        {
+            "task_id": lease.task_id,
+            "attempt": lease.attempt,
+            "lease_token": lease.lease_token,
+            "outputs": Jsonb(outputs) if outputs is not None else None,
+        },
+    ).fetchone()
+    if row is not None and row[0] == 1:
+        return
+    fence(conn, lease)  # raises, naming the task's state
+    raise StaleAttempt(lease.task_id, lease.attempt, "completion rejected")
 
 
 @translates_db_errors("task complete_failure")
