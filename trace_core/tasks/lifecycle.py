@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from psycopg import Connection
+from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
@@ -87,7 +88,9 @@ def create_task(
 
 @translates_db_errors("task claim")
 def claim(conn: Connection[Any], task_id: uuid.UUID, *, lease_seconds: float) -> Lease:
-    """Grant a lease to a new attempt (attempt + 1).
+    """Grant a lease to a new attempt (attempt + 1), in the caller's transaction, or on an
+    autocommit connection outside one: the common case (queued, due, attempts left) is one
+    statement, committed on its own; the other cases then run in a transaction of their own.
 
     Raises ``UnknownTask``, or ``LeaseConflict`` when the task is leased and unexpired,
     finished, paused, waiting out a retry backoff, or out of attempts.
@@ -95,10 +98,20 @@ def claim(conn: Connection[Any], task_id: uuid.UUID, *, lease_seconds: float) ->
     token = uuid.uuid4()
     params = {"task_id": task_id, "lease_token": token, "lease_seconds": float(lease_seconds)}
     with conn.cursor(row_factory=dict_row) as cur:
-        # the common case (queued, due, attempts left) in one round trip
         fast = cur.execute(q("tasks", "claim_queued"), params).fetchone()
-        if fast is not None:
-            return Lease(task_id=task_id, lease_token=token, **fast)
+    if fast is not None:
+        return Lease(task_id=task_id, lease_token=token, **fast)
+    if conn.autocommit and conn.info.transaction_status == TransactionStatus.IDLE:
+        with conn.transaction():
+            return _claim_locked(conn, task_id, token, params)
+    return _claim_locked(conn, task_id, token, params)
+
+
+def _claim_locked(
+    conn: Connection[Any], task_id: uuid.UUID, token: uuid.UUID, params: dict[str, Any]
+) -> Lease:
+    """``claim`` decided on the locked row (caller is inside a transaction)."""
+    with conn.cursor(row_factory=dict_row) as cur:
         row = cur.execute(q("tasks", "lock_task"), {"task_id": task_id}).fetchone()
         if row is None:
             raise UnknownTask(task_id)
