@@ -301,6 +301,7 @@ def open_sandbox(
         ensure_extension("postgres_scanner", config.extension_dir)
         con.execute("LOAD postgres_scanner")
         hot_tables = _copy_hot_rows(con, relations)
+    statements = []
     for rel in relations:
         if not _shaped(rel):
             continue
@@ -310,11 +311,16 @@ def open_sandbox(
         if not parts:  # no files and no hot rows yet: an empty relation of the right shape
             cols = ", ".join(f"CAST(NULL AS {t}) AS {_ident(n)}" for n, t in rel.columns)
             parts = [f"SELECT {cols} WHERE false"]
-        con.execute(f"CREATE TEMP VIEW {_ident(rel.name)} AS " + " UNION ALL ".join(parts))
-    con.execute(f"SET temp_directory = {sql_literal(str(workdir.spill))}")
-    con.execute(f"SET allowed_paths = {sql_list(files)}")
-    con.execute("SET enable_external_access = false")
-    con.execute("SET lock_configuration = true")
+        statements.append(f"CREATE TEMP VIEW {_ident(rel.name)} AS " + " UNION ALL ".join(parts))
+    statements += [
+        f"SET temp_directory = {sql_literal(str(workdir.spill))}",
+        f"SET allowed_paths = {sql_list(files)}",
+        "SET enable_external_access = false",
+        "SET lock_configuration = true",
+    ]
+    # one call (all trusted text): DuckDB runs them in order and stops at the first error,
+    # which fails the query before any user SQL runs
+    con.execute(";\n".join(statements))
 
 
 def _shaped(rel: Relation) -> bool:
