@@ -919,12 +919,15 @@ def test_phases_are_observed_and_audit_commit_mode(
     settings: Settings, dbs: Databases, store: RecordingStore, blocks: VersionRecord
 ) -> None:
     """Each query reports where its time went (the benchmark's breakdown), through the worker
-    too; the audit's commit skips the WAL flush wait unless ``query_audit_durable``."""
+    too; the audit's commit waits for the WAL flush unless ``query_audit_durable`` is off."""
     from trace_core.query.service import QueryRequest, QueryService
 
     seen: list[dict[str, float]] = []
     service = QueryService(
-        settings.model_copy(update={"query_workers": 1}), dbs, store, hot_sources=None
+        settings.model_copy(update={"query_workers": 1, "query_audit_durable": False}),
+        dbs,
+        store,
+        hot_sources=None,
     )
     service.observer = seen.append
     service.open()
