@@ -37,6 +37,7 @@ import logging
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -61,6 +62,7 @@ from trace_core.settings import load_settings
 from trace_dagster.driver import drive_until_idle
 from trace_dagster.epochs import MAX_BACKFILLED_PER_SYNC, partition_sync
 from trace_dagster.partitions import partitions_def_name, stream_asset_key
+from trace_lite.stack import free_port
 
 JOB, STREAM, CHAIN_ID = "monad_year", "blocks", 143
 DEFS_FILE = Path(__file__).with_name("_scale_defs.py")
@@ -118,7 +120,7 @@ def setup_env(prefix: str = "trace-bench-scale-") -> Runtime:
     return Runtime(load_settings(), dbs)
 
 
-def apply_stream(rt: Runtime, scale: Scale) -> None:
+def apply_stream(rt: Runtime, scale: Scale, apply: bool = True) -> Path:
     """A fixed_target job over the simulated year: one ``blocks`` stream."""
     path = rt.settings.home / "monad_year.yaml"
     path.write_text(
@@ -131,8 +133,10 @@ streams:
   {STREAM}: {{cryo_dataset_name: blocks, rpc_pool: standard, chunk_size: {scale.chunk}, max_inflight: 8}}
 """
     )
-    with rt.state() as conn:
-        store.apply_job_file(conn, rt.settings.org_id, path)
+    if apply:
+        with rt.state() as conn:
+            store.apply_job_file(conn, rt.settings.org_id, path)
+    return path
 
 
 BULK_SQL = """
@@ -309,9 +313,111 @@ def partitions_page(instance: DagsterInstance, repeat: int) -> tuple[list[float]
     return times, len(keys), len(done)
 
 
+def growth(args: argparse.Namespace) -> None:
+    """``--growth``: one stream grown stage by stage through ``trace-lite up`` (see
+    ``_scale_growth``); a table per stage and the ratio of time per range against the first."""
+    import _scale_growth as g
+    from dagster import DagsterInstance
+
+    stages = [int(n) for n in args.growth.split(",")]
+    rt = setup_env("trace-bench-growth-")
+    home = rt.settings.resolved_home()
+    os.environ.update(
+        DAGSTER_HOME=str(home / "dagster"),
+        TRACE_QUERY_PORT=str(free_port("127.0.0.1")),
+        TRACE_WORKER_BATCH_SIZE=str(args.batch),
+    )
+    (home / "dagster").mkdir()
+    env = dict(os.environ)
+    log_path = home / "cli.log"
+    print(
+        f"growth: stages {stages} ranges of {args.chunk:,} blocks, {args.tail} tail ranges per "
+        f"stage through `trace-lite up` (TRACE_CRYO_MODE=fake), the rest bulk-committed; "
+        f"worker batch {args.batch}; epochs of {args.epoch:,} blocks"
+    )
+    with log_path.open("ab") as out:
+        subprocess.run(
+            [g.TRACE_LITE, "up", "--port", str(free_port("127.0.0.1"))],
+            env=env, stdout=out, stderr=subprocess.STDOUT, check=True, timeout=600,
+        )  # fmt: skip
+    results: list[g.Stage] = []
+    try:
+        pgids = g.stack_pgids(home)
+        for n in stages:
+            st = g.Stage(n, min(args.tail, n))
+            scale = Scale(n * args.chunk, args.chunk, args.epoch, st.tail)
+            path = apply_stream(rt, scale, apply=False)
+            st.bulk_s = g.bulk(rt, path, JOB, STREAM, args.chunk, CHAIN_ID, scale.bulk_end)
+            with g.MemorySampler(pgids) as mem:
+                g.wait_ranges(rt.dbs.state_url, JOB, STREAM, n, timeout=3600)
+            st.phases, st.tail_s = g.phases(rt.dbs.state_url, JOB, scale.bulk_end)
+            st.memory = mem.by_role()
+            st.status_cli_s = [g.status_cli(env, JOB) for _ in range(3)]
+            st.status_query_s = [g.status_query(rt, JOB) for _ in range(3)]
+            st.db_bytes, st.rows = g.db_size(rt.dbs.state_url)
+            with DagsterInstance.get() as inst:
+                st.partitions = len(inst.get_dynamic_partitions(partitions_def_name(JOB, STREAM)))
+            results.append(st)
+            print_stage(st)
+    finally:
+        with log_path.open("ab") as out:
+            subprocess.run([g.TRACE_LITE, "down"], env=env, stdout=out, stderr=subprocess.STDOUT)
+    print_growth(results)
+
+
+def print_stage(st: object) -> None:
+    import _scale_growth as g
+
+    assert isinstance(st, g.Stage)
+    ph = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in st.phases.items())
+    mem = ", ".join(
+        f"{k} {h / 1024:.0f}/{r / 1024:.0f} MB" for k, (h, r) in sorted(st.memory.items())
+    )
+    print(
+        f"\n[{st.ranges:,} ranges] bulk {st.bulk_s:.1f}s; tail {st.tail} ranges in {st.tail_s:.1f}s "
+        f"= {st.tail / st.tail_s if st.tail_s else 0:.2f} ranges/s, {st.per_range_s * 1000:.0f} ms/range "
+        f"(mean per range: {ph}); status CLI {statistics.median(st.status_cli_s):.2f}s, query "
+        f"{statistics.median(st.status_query_s) * 1000:.0f} ms; state DB {st.db_bytes / 2**20:.0f} MB "
+        f"{st.rows}; Dagster partitions {st.partitions:,}\n  memory peak/current: {mem}"
+    )
+
+
+def print_growth(results: list[object]) -> None:
+    import _scale_growth as g
+
+    rows = [r for r in results if isinstance(r, g.Stage)]
+    if not rows:
+        return
+    base = rows[0]
+    print(
+        f"\n{'ranges':>8} {'ranges/s':>8} {'ms/range':>8} {'vs first':>8} {'status CLI s':>12} "
+        f"{'status q ms':>11} {'state MB':>8} {'partitions':>10}"
+    )
+    for r in rows:
+        print(
+            f"{r.ranges:>8,} {r.tail / r.tail_s:>8.2f} {r.per_range_s * 1000:>8.0f} "
+            f"{r.per_range_s / base.per_range_s:>7.2f}x {statistics.median(r.status_cli_s):>12.2f} "
+            f"{statistics.median(r.status_query_s) * 1000:>11.0f} {r.db_bytes / 2**20:>8.0f} "
+            f"{r.partitions:>10,}"
+        )
+    roles = sorted({k for r in rows for k in r.memory})
+    print(f"\n{'process (peak MB)':<28}" + "".join(f"{r.ranges:>10,}" for r in rows))
+    for role in roles:
+        vals = "".join(
+            f"{r.memory[role][0] / 1024:>10.0f}" if role in r.memory else f"{'-':>10}" for r in rows
+        )
+        print(f"{role[:28]:<28}{vals}")
+
+
 def main() -> None:
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # progress as it goes
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--growth",
+        default=None,
+        help="comma-separated stage sizes in ranges (e.g. 1000,10000,100000): the growth mode",
+    )
+    parser.add_argument("--batch", type=int, default=8, help="growth: tasks per worker run")
     parser.add_argument("--blocks", type=int, default=104_000_000)
     parser.add_argument("--chunk", type=int, default=1_000)
     parser.add_argument("--epoch", type=int, default=100_000)
@@ -329,6 +435,9 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
+    if args.growth:
+        growth(args)
+        return
     scale = Scale(args.blocks, args.chunk, args.epoch, args.tail)
     rt = setup_env()
     apply_stream(rt, scale)
