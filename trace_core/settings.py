@@ -217,6 +217,11 @@ class Settings(BaseSettings):
         ge=0,
         description="Integrity: already verified ranges a scheduled pass re-verifies, stalest first (after every new or changed one)",
     )
+    compact_windows_per_pass: int = Field(
+        50,
+        ge=0,
+        description="Compaction: epochs per stream the scheduled maintenance run rewrites as one version each (trace-lite compact; 0 = off)",
+    )
     integrity_rpc_calls_per_pass: int = Field(
         20000,
         gt=0,

@@ -6,16 +6,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from trace_core.chain_sync import store
 from trace_core.chain_sync.store import StreamRow
+from trace_core.datasets.compaction import CompactionReport, compact_dataset
 from trace_core.datasets.retention import VersionGcReport, scheduled_retention
 from trace_core.integrity import incremental
 from trace_core.integrity.verify import RangeResult, StreamReport, select_streams
 from trace_core.runtime import Runtime
 
 __all__ = [
+    "CompactionReport",
     "RangeResult",
     "StreamReport",
     "VersionGcReport",
+    "compact_streams",
     "pass_reports",
     "scheduled_retention",
     "select_streams",
@@ -28,3 +32,33 @@ def pass_reports(rt: Runtime, streams: list[StreamRow] | None = None) -> Iterato
     if streams is None:
         return incremental.scheduled_reports(rt)
     return incremental.full_reports(rt, streams)
+
+
+def compact_streams(
+    rt: Runtime,
+    job: str | None = None,
+    *,
+    dry_run: bool = False,
+    limit: int | None = None,
+) -> list[tuple[StreamRow, CompactionReport]]:
+    """Compact the committed versions of every active chain_sync stream (of ``job``) into
+    windows of the job's epoch (``epoch_blocks``), up to ``limit`` windows per stream
+    (``trace_core.datasets.compaction``). Cold versions are final (planned below the safe
+    head), so every fully covered window is eligible."""
+    with rt.state() as conn:
+        streams = store.list_streams(conn, rt.settings.org_id, job)
+        return [
+            (
+                s,
+                compact_dataset(
+                    conn,
+                    rt.store,
+                    s.dataset_uuid,
+                    s.epoch_blocks,
+                    org_id=rt.settings.org_id,
+                    dry_run=dry_run,
+                    limit=limit,
+                ),  # fmt: skip
+            )
+            for s in streams
+        ]
