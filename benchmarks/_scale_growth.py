@@ -68,8 +68,9 @@ SELECT r.t, 1, now(), 'succeeded' FROM bulk_r r
 """,
     """
 INSERT INTO state.chain_sync_scheduled_ranges (
-    job_id, dataset_key, range_start, range_end, task_id, status, dataset_version, completed_at)
-SELECT s.job_id, s.dataset_key, r.a, r.b, r.t, 'completed', r.v, now()
+    job_id, dataset_key, range_start, range_end, task_id, status, dataset_version, completed_at,
+    fake)
+SELECT s.job_id, s.dataset_key, r.a, r.b, r.t, 'completed', r.v, now(), true
 FROM bulk_r r, bulk_s s
 """,
 ]
