@@ -365,6 +365,100 @@ def growth(args: argparse.Namespace) -> None:
     print_growth(results)
 
 
+def queries(args: argparse.Namespace) -> None:
+    """``--queries``: a count over N committed versions before and after compaction (see
+    ``_scale_queries``); planning steps in process and ``trace-lite query`` end to end."""
+    import _scale_queries as qb
+
+    from trace_core.datasets.compaction import compact_dataset
+    from trace_core.datasets.ids import dataset_uuid
+    from trace_core.datasets.retention import gc_versions
+
+    stages = [int(n) for n in args.queries.split(",")]
+    rt = setup_env("trace-bench-queries-")
+    port = free_port("127.0.0.1")
+    os.environ.update(
+        TRACE_QUERY_ALLOW_FAKE="true",
+        TRACE_QUERY_PORT=str(port),
+        TRACE_QUERY_URL=f"http://127.0.0.1:{port}",
+    )
+    env = dict(os.environ)
+    service = qb.start_service(env, rt.settings.resolved_home() / "query-service.log")
+    atexit.register(service.terminate)
+    window = args.window_ranges * args.qchunk
+    tmpl = qb.template(rt.settings.resolved_home(), args.qchunk)
+    duid = dataset_uuid(rt.settings.org_id, qb.CHAIN, qb.KEY)
+    print(
+        f"queries: stages {stages} versions of {args.qchunk} blocks (made-up rows, hard links of "
+        f"one {args.qchunk}-row file, marked fake); compaction windows of {window:,} blocks "
+        f"({args.window_ranges} ranges); `{qb.COUNT_SQL}`"
+    )
+    rows: list[qb.Measure] = []
+    done = 0
+    for n in stages:
+        grown = qb.grow(rt, done, n, args.qchunk, tmpl)
+        print(f"\n[{n:,} versions] registered {n - done:,} more in {grown:.1f}s")
+        done = n
+        before = qb.Measure(f"{n:,} ranges", n, n, extra={"n": n})
+        if n <= args.max_uncompacted:
+            measure(rt, env, before, qb)
+            rows.append(before)
+        if args.no_compact:
+            continue
+        t0 = time.perf_counter()
+        with rt.state() as conn:
+            report = compact_dataset(conn, rt.store, duid, window, org_id=rt.settings.org_id)
+        took = time.perf_counter() - t0
+        print(f"  compaction: {report.line()} in {took:.1f}s "
+              f"({report.versions_replaced / took if took else 0:,.0f} versions/s)")  # fmt: skip
+        after = qb.Measure(f"{n:,} ranges, compacted", 0, 0, extra={"n": n, "compact_s": took})
+        measure(rt, env, after, qb)
+        rows.append(after)
+        with rt.state() as conn:  # past the grace period: what a day later looks like
+            gone = gc_versions(conn, rt.store, rt.settings.org_id, grace_seconds=0)
+        print(f"  retention: {gone.lines()[0]}")
+    print(
+        f"\n{'history':<26} {'versions':>8} {'files':>7} {'resolve ms':>10} {'manifests ms':>12} "
+        f"{'planning ms':>11} {'execute ms':>10} {'embedded s':>10} {'CPU s':>5} "
+        f"{'HTTP cold s':>11} {'HTTP warm s':>11}"
+    )
+    for m in rows:
+        print(
+            f"{m.label:<26} {m.versions:>8,} {m.files:>7,} {m.resolve * 1000:>10.0f} "
+            f"{m.manifests * 1000:>12.0f} {m.planning * 1000:>11.0f} {m.execute * 1000:>10.0f} "
+            f"{m.cli_wall:>10.2f} {m.cli_cpu:>5.2f} {m.http_cold:>11.2f} {m.http_warm:>11.2f}"
+        )
+    compacted = [m for m in rows if "compacted" in m.label]
+    if len(compacted) > 1:
+        a, b = compacted[0], compacted[-1]
+        print(
+            f"\nratio {b.label} / {a.label}: planning {b.planning / a.planning:.2f}x, "
+            f"query through the service (warm) {b.http_warm / a.http_warm:.2f}x"
+        )
+
+
+def measure(rt: Runtime, env: dict[str, str], m: object, qb: object) -> None:  # noqa: ARG001
+    import _scale_queries as q
+
+    assert isinstance(m, q.Measure)
+    q.in_process(rt, m)
+    m.cli_wall, m.cli_cpu, _ = q.cli_query(env)
+    m.http_cold = q.cli_query(env, "--http")[0]
+    m.http_warm = q.cli_query(env, "--http")[0]
+    expected = (
+        m.extra["n"] * rt.settings.resolved_home().joinpath("template.parquet").stat().st_size
+    )
+    del expected  # the count is checked against the rows registered instead
+    print(
+        f"  {m.label}: {m.versions:,} versions, {m.files:,} files; resolve {m.resolve * 1000:.0f} "
+        f"ms, manifests {m.manifests * 1000:.0f} ms, execute {m.execute * 1000:.0f} ms; "
+        f"trace-lite query embedded {m.cli_wall:.2f}s wall / {m.cli_cpu:.2f}s CPU, through the "
+        f"service {m.http_cold:.2f}s cold, {m.http_warm:.2f}s warm; count {m.count:,}"
+    )
+    if m.count != m.extra["n"] * int(os.environ.get("BENCH_QCHUNK", "10")):
+        raise SystemExit(f"count {m.count} != {m.extra['n']} ranges x rows per range")
+
+
 def print_stage(st: object) -> None:
     import _scale_growth as g
 
@@ -418,6 +512,24 @@ def main() -> None:
         help="comma-separated stage sizes in ranges (e.g. 1000,10000,100000): the growth mode",
     )
     parser.add_argument("--batch", type=int, default=8, help="growth: tasks per worker run")
+    parser.add_argument(
+        "--queries",
+        default=None,
+        help="comma-separated history sizes in versions (e.g. 1000,10000,100000): query mode",
+    )
+    parser.add_argument("--qchunk", type=int, default=10, help="queries: blocks per version")
+    parser.add_argument(
+        "--window-ranges", type=int, default=100, help="queries: versions per compaction window"
+    )
+    parser.add_argument(
+        "--no-compact", action="store_true", help="queries: the uncompacted baseline only"
+    )
+    parser.add_argument(
+        "--max-uncompacted",
+        type=int,
+        default=20_000,
+        help="queries: measure the uncompacted baseline up to this many versions",
+    )
     parser.add_argument("--blocks", type=int, default=104_000_000)
     parser.add_argument("--chunk", type=int, default=1_000)
     parser.add_argument("--epoch", type=int, default=100_000)
@@ -437,6 +549,10 @@ def main() -> None:
     logging.disable(logging.WARNING)
     if args.growth:
         growth(args)
+        return
+    if args.queries:
+        os.environ["BENCH_QCHUNK"] = str(args.qchunk)
+        queries(args)
         return
     scale = Scale(args.blocks, args.chunk, args.epoch, args.tail)
     rt = setup_env()

@@ -211,3 +211,6 @@ def test_a_commit_during_compaction_is_never_hidden(
             config=CONFIG + ":repair-1")  # fmt: skip
     rows = answers(service, settings)[1]
     assert rows[160] == [160, "163"] and rows[60] == [60, "65"] and len(rows) == 600
+    # the window has its compacted version: not compacted again, the repair serves on top
+    assert compact_dataset(state, store, duid, 200, org_id=settings.org_id).windows == []
+    assert answers(service, settings)[1] == rows

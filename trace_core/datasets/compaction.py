@@ -164,6 +164,8 @@ def plan_windows(
             or len({base_config(r.config_hash) for r in recs}) > 1
         ):
             continue
+        if any((r.range_start, r.range_end) == (start, end) for r in recs):
+            continue  # compacted before (its id is taken): later repairs serve on top of it
         overlapping = frozenset(
             r.dataset_version for r in records if r.range_start < end and start < r.range_end
         )
