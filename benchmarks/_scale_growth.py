@@ -122,6 +122,7 @@ class Stage:
     ranges: int
     tail: int
     bulk_s: float = 0.0
+    sync_s: float = 0.0  # the bulk's epochs into Dagster (partitions + materializations)
     tail_s: float = 0.0
     phases: dict[str, float] = field(default_factory=dict)
     status_cli_s: list[float] = field(default_factory=list)

@@ -50,6 +50,7 @@ class Measure:
     cli_cpu: float = 0.0
     http_cold: float = 0.0  # through the running Query Service, first query after the change
     http_warm: float = 0.0  # the same again (its manifest cache warm)
+    post_warm: float = 0.0  # POST /v1/query from this process (no CLI start-up), warm
     resolve: float = 0.0
     manifests: float = 0.0
     execute: float = 0.0
@@ -208,3 +209,17 @@ def start_service(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
         time.sleep(0.5)
     proc.terminate()
     raise SystemExit(f"query service did not answer; see {log}")
+
+
+def post_query(settings: Any, url: str) -> tuple[float, int]:
+    """One ``POST /v1/query`` of the count from this process; (seconds, the count)."""
+    import httpx
+
+    from trace_core.query.client import local_user_token
+
+    headers = {"Authorization": f"Bearer {local_user_token(settings)}"}
+    t0 = time.perf_counter()
+    resp = httpx.post(f"{url}/v1/query", json={"sql": COUNT_SQL}, headers=headers, timeout=600)
+    took = time.perf_counter() - t0
+    resp.raise_for_status()
+    return took, int(resp.json()["rows"][0][0])
