@@ -222,6 +222,11 @@ class Settings(BaseSettings):
         ge=0,
         description="Compaction: epochs per stream the scheduled maintenance run rewrites as one version each (trace-lite compact; 0 = off)",
     )
+    compact_levels: int = Field(
+        3,
+        ge=1,
+        description="Compaction: tiers of windows, each 10x the previous (an epoch, 10 epochs, 100 epochs): a year ends as ~10 versions per stream",
+    )
     integrity_rpc_calls_per_pass: int = Field(
         20000,
         gt=0,

@@ -214,3 +214,32 @@ def test_a_commit_during_compaction_is_never_hidden(
     # the window has its compacted version: not compacted again, the repair serves on top
     assert compact_dataset(state, store, duid, 200, org_id=settings.org_id).windows == []
     assert answers(service, settings)[1] == rows
+
+
+def test_tiers_compact_compacted_windows_again(
+    settings: Settings, store: LocalStore, service: QueryService, state: Any, tmp_path: Path
+) -> None:
+    for a in range(0, 1000, 50):
+        publish(settings, store, tmp_path, blocks_table(a, a + 50), start=a, end=a + 50)
+    publish(settings, store, tmp_path, blocks_table(1000, 1050), start=1000, end=1050)  # tail
+    duid = dataset_uuid(settings)
+    before = answers(service, settings)
+    report = compaction.compact_levels(
+        state, store, duid, 100, levels=2, org_id=settings.org_id, file_rows=300
+    )
+    # tier 1: ten windows of 100; tier 2: one window of 1,000 over them (files of <= 300 rows)
+    assert [(c.record.range_start, c.record.range_end) for c in report.committed] == [
+        *((a, a + 100) for a in range(0, 1000, 100)),
+        (0, 1000),
+    ]
+    assert (
+        report.committed[-1].record.file_count == 4
+        and report.committed[-1].record.row_count == 1000
+    )
+    live = registry.versions_of_dataset(state, duid)
+    assert [(r.range_start, r.range_end) for r in live] == [(0, 1000), (1000, 1050)]
+    service.cache = type(service.cache)()
+    assert answers(service, settings) == before
+    gone = gc_versions(state, store, settings.org_id, grace_seconds=0)
+    assert len(gone.collected) == 30  # 20 ranges and the 10 tier-1 versions
+    assert answers(service, settings) == before

@@ -65,6 +65,7 @@ log = logging.getLogger(__name__)
 
 REPAIR_SUFFIX = ":repair-"  # trace_core.integrity.repair's config suffix
 DEFAULT_FILE_ROWS = 1_000_000
+BATCH_ROWS = 65_536
 
 
 class CompactionStale(RetryableError):
@@ -204,14 +205,14 @@ def write_window(
                 manifests[rec.dataset_version] = manifest.parquet_keys
             for key in manifests[rec.dataset_version]:
                 data = store.get_bytes(key)
-                # threads only pay for big files (pq.read_table costs ~3 ms for a tiny one)
-                table = pq.ParquetFile(pa.BufferReader(data)).read(use_threads=len(data) > 8 << 20)
-                table = _clip(table, part, key)
+                source = pq.ParquetFile(pa.BufferReader(data))
                 if schema is None:
-                    schema = table.schema
-                elif not table.schema.equals(schema):
+                    schema = source.schema_arrow
+                elif not source.schema_arrow.equals(schema):
                     raise ArtifactInvalid(f"{key} has another schema than the window's first file")
-                for batch in table.to_batches(max_chunksize=file_rows):
+                # batch by batch: memory stays bounded by one input file and one batch
+                for batch in source.iter_batches(batch_size=BATCH_ROWS, use_threads=False):
+                    batch = _clip(batch, part, key)
                     if writer is None or rows_in_file + batch.num_rows > file_rows:
                         if writer is not None:
                             writer.close()
@@ -231,14 +232,14 @@ def write_window(
     return files
 
 
-def _clip(table: pa.Table, part: VisiblePart, key: str) -> pa.Table:
+def _clip(batch: pa.RecordBatch, part: VisiblePart, key: str) -> pa.RecordBatch:
     if part.whole:
-        return table
-    if "block_number" not in table.column_names:
+        return batch
+    if "block_number" not in batch.schema.names:
         raise ArtifactInvalid(f"{key} has no block_number column to serve part of its range")
-    col = table.column("block_number")
+    col = batch.column("block_number")
     mask = pc.and_(pc.greater_equal(col, part.start), pc.less(col, part.end))
-    return table.filter(mask)
+    return batch.filter(mask)
 
 
 def _file_name(window: Window, index: int) -> str:
@@ -356,3 +357,34 @@ def compact_dataset(
             },
         )
     return report
+
+
+def compact_levels(
+    conn: Connection[Any],
+    store: ObjectStore,
+    dataset_uuid: uuid.UUID,
+    window_blocks: int,
+    *,
+    levels: int,
+    org_id: str,
+    limit: int | None = None,
+    dry_run: bool = False,
+    file_rows: int = DEFAULT_FILE_ROWS,
+) -> CompactionReport:
+    """Compact in tiers: windows of ``window_blocks``, then of 10x that over the compacted
+    ones, and so on for ``levels`` tiers (an LSM's levels). A year of 1,000-block ranges with
+    epochs of 100,000 blocks ends as ~10 versions of 10M blocks plus the recent tail, its files
+    split by ``file_rows``: what a query opens grows with the rows, not with the ranges.
+    ``limit`` caps the windows of each tier. One report for all tiers."""
+    total = CompactionReport(dry_run=dry_run)
+    for level in range(max(1, levels)):
+        report = compact_dataset(
+            conn, store, dataset_uuid, window_blocks * 10**level, org_id=org_id, limit=limit,
+            dry_run=dry_run, file_rows=file_rows,
+        )  # fmt: skip
+        total.windows += report.windows
+        total.committed += report.committed
+        total.stale += report.stale
+        if dry_run:
+            break  # the next tier's inputs do not exist yet
+    return total

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 from trace_core.chain_sync import store
 from trace_core.chain_sync.store import StreamRow
-from trace_core.datasets.compaction import CompactionReport, compact_dataset
+from trace_core.datasets.compaction import CompactionReport, compact_levels
 from trace_core.datasets.retention import VersionGcReport, scheduled_retention
 from trace_core.integrity import incremental
 from trace_core.integrity.verify import RangeResult, StreamReport, select_streams
@@ -42,7 +42,8 @@ def compact_streams(
     limit: int | None = None,
 ) -> list[tuple[StreamRow, CompactionReport]]:
     """Compact the committed versions of every active chain_sync stream (of ``job``) into
-    windows of the job's epoch (``epoch_blocks``), up to ``limit`` windows per stream
+    windows of the job's epoch (``epoch_blocks``), then ``TRACE_COMPACT_LEVELS`` - 1 tiers of
+    10x larger windows, up to ``limit`` windows per stream and tier
     (``trace_core.datasets.compaction``). Cold versions are final (planned below the safe
     head), so every fully covered window is eligible."""
     with rt.state() as conn:
@@ -50,15 +51,16 @@ def compact_streams(
         return [
             (
                 s,
-                compact_dataset(
+                compact_levels(
                     conn,
                     rt.store,
                     s.dataset_uuid,
                     s.epoch_blocks,
+                    levels=rt.settings.compact_levels,
                     org_id=rt.settings.org_id,
                     dry_run=dry_run,
                     limit=limit,
-                ),  # fmt: skip
+                ),
             )
             for s in streams
         ]
