@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -91,6 +92,8 @@ def grow(rt: Any, start_range: int, end_range: int, chunk: int, tmpl: tuple[Any,
     duid = ids.dataset_uuid(rt.settings.org_id, CHAIN, KEY)
     t0 = time.perf_counter()
     records = []
+    source = path.with_name(f"template-{start_range}.parquet")
+    shutil.copyfile(path, source)
     for i in range(start_range, end_range):
         a, b = i * chunk, (i + 1) * chunk
         version = ids.dataset_version(duid, CONFIG, CHAIN, a, b, fake=True)
@@ -98,7 +101,10 @@ def grow(rt: Any, start_range: int, end_range: int, chunk: int, tmpl: tuple[Any,
         key = f"{prefix}network_{CHAIN}__blocks__{a:08}_to_{b - 1:08}.parquet"
         target = Path(rt.store.duckdb_uri(key))
         target.parent.mkdir(parents=True, exist_ok=True)
-        os.link(path, target)
+        if i % 50_000 == 0:  # a file takes at most 65,000 hard links (ext4): a fresh copy
+            source = path.with_name(f"template-{i}.parquet")
+            shutil.copyfile(path, source)
+        os.link(source, target)
         manifest = DatasetManifest(
             dataset_uuid=duid, dataset_version=version, chain_id=CHAIN, dataset_key=KEY,
             range_start=a, range_end=b, config_hash=CONFIG, schema=schema,

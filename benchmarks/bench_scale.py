@@ -379,7 +379,7 @@ def queries(args: argparse.Namespace) -> None:
     ``_scale_queries``); planning steps in process and ``trace-lite query`` end to end."""
     import _scale_queries as qb
 
-    from trace_core.datasets.compaction import compact_dataset
+    from trace_core.datasets.compaction import compact_levels
     from trace_core.datasets.ids import dataset_uuid
     from trace_core.datasets.retention import gc_versions
 
@@ -400,7 +400,7 @@ def queries(args: argparse.Namespace) -> None:
     print(
         f"queries: stages {stages} versions of {args.qchunk} blocks (made-up rows, hard links of "
         f"one {args.qchunk}-row file, marked fake); compaction windows of {window:,} blocks "
-        f"({args.window_ranges} ranges); `{qb.COUNT_SQL}`"
+        f"({args.window_ranges} ranges), {args.levels} tier(s) of 10x; `{qb.COUNT_SQL}`"
     )
     rows: list[qb.Measure] = []
     done = 0
@@ -416,7 +416,9 @@ def queries(args: argparse.Namespace) -> None:
             continue
         t0 = time.perf_counter()
         with rt.state() as conn:
-            report = compact_dataset(conn, rt.store, duid, window, org_id=rt.settings.org_id)
+            report = compact_levels(
+                conn, rt.store, duid, window, levels=args.levels, org_id=rt.settings.org_id
+            )
         took = time.perf_counter() - t0
         print(f"  compaction: {report.line()} in {took:.1f}s "
               f"({report.versions_replaced / took if took else 0:,.0f} versions/s)")  # fmt: skip
@@ -538,6 +540,7 @@ def main() -> None:
     parser.add_argument(
         "--no-compact", action="store_true", help="queries: the uncompacted baseline only"
     )
+    parser.add_argument("--levels", type=int, default=3, help="queries: compaction tiers")
     parser.add_argument(
         "--max-uncompacted",
         type=int,

@@ -192,10 +192,7 @@ def write_window(
     """Write the window's rows as Parquet files of at most ``file_rows`` rows under
     ``directory``, part by part in block order. Raises ``ArtifactInvalid`` when a part must be
     clipped and has no ``block_number`` column, or the schemas differ."""
-    files: list[Path] = []
-    writer: pq.ParquetWriter | None = None
-    schema: pa.Schema | None = None
-    rows_in_file = 0
+    out = _Files(directory, window, file_rows)
     manifests: dict[uuid.UUID, list[str]] = {}
     try:
         for part in window.parts:
@@ -204,32 +201,80 @@ def write_window(
                 manifest = load_manifest(store, rec.manifest_key, prefix=rec.storage_prefix)
                 manifests[rec.dataset_version] = manifest.parquet_keys
             for key in manifests[rec.dataset_version]:
-                data = store.get_bytes(key)
-                source = pq.ParquetFile(pa.BufferReader(data))
-                if schema is None:
-                    schema = source.schema_arrow
-                elif not source.schema_arrow.equals(schema):
+                source = pq.ParquetFile(pa.BufferReader(store.get_bytes(key)))
+                if out.schema is None:
+                    out.schema = source.schema_arrow
+                elif not source.schema_arrow.equals(out.schema):
                     raise ArtifactInvalid(f"{key} has another schema than the window's first file")
-                # batch by batch: memory stays bounded by one input file and one batch
+                # batch by batch: memory stays bounded by one input file and one row group
                 for batch in source.iter_batches(batch_size=BATCH_ROWS, use_threads=False):
-                    batch = _clip(batch, part, key)
-                    if writer is None or rows_in_file + batch.num_rows > file_rows:
-                        if writer is not None:
-                            writer.close()
-                        path = directory / _file_name(window, len(files))
-                        files.append(path)
-                        writer = pq.ParquetWriter(path, schema, compression="zstd")
-                        rows_in_file = 0
-                    writer.write_batch(batch)
-                    rows_in_file += batch.num_rows
-        if writer is None and schema is not None:  # no rows at all: one empty file keeps the schema
-            path = directory / _file_name(window, 0)
-            pq.write_table(schema.empty_table(), path, compression="zstd")
-            files.append(path)
+                    out.add(_clip(batch, part, key))
+        out.finish()
     finally:
-        if writer is not None:
-            writer.close()
-    return files
+        out.close()
+    return out.paths
+
+
+class _Files:
+    """Output files of a window: batches buffered into row groups of ``BATCH_ROWS`` rows (one
+    per input range would make a compacted file slow to read), a new file every
+    ``file_rows`` rows."""
+
+    def __init__(self, directory: Path, window: Window, file_rows: int) -> None:
+        self.directory, self.window, self.file_rows = directory, window, file_rows
+        self.schema: pa.Schema | None = None
+        self.paths: list[Path] = []
+        self._writer: pq.ParquetWriter | None = None
+        self._in_file = 0
+        self._buffer: list[pa.RecordBatch] = []
+        self._buffered = 0
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        while batch.num_rows:
+            room = self.file_rows - self._in_file - self._buffered
+            if room <= 0:
+                self._flush()
+                self._roll()
+                continue
+            take = batch.slice(0, room)
+            batch = batch.slice(take.num_rows)
+            self._buffer.append(take)
+            self._buffered += take.num_rows
+            if self._buffered >= BATCH_ROWS:
+                self._flush()
+
+    def _flush(self) -> None:
+        if not self._buffer:
+            return
+        if self._writer is None:
+            self._roll()
+        assert self._writer is not None
+        self._writer.write_table(pa.Table.from_batches(self._buffer, schema=self.schema))
+        self._in_file += self._buffered
+        self._buffer, self._buffered = [], 0
+
+    def _roll(self) -> None:
+        if self._writer is not None and self._in_file == 0:
+            return  # the current file is still empty
+        self.close()
+        path = self.directory / _file_name(self.window, len(self.paths))
+        self.paths.append(path)
+        assert self.schema is not None
+        self._writer = pq.ParquetWriter(path, self.schema, compression="zstd")
+        self._in_file = 0
+
+    def finish(self) -> None:
+        """Flush; with no rows at all, one empty file keeps the schema."""
+        if self.schema is None:
+            return
+        self._flush()
+        if not self.paths:
+            self._roll()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
 
 def _clip(batch: pa.RecordBatch, part: VisiblePart, key: str) -> pa.RecordBatch:
