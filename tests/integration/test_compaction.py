@@ -243,3 +243,33 @@ def test_tiers_compact_compacted_windows_again(
     gone = gc_versions(state, store, settings.org_id, grace_seconds=0)
     assert len(gone.collected) == 30  # 20 ranges and the 10 tier-1 versions
     assert answers(service, settings) == before
+
+
+def test_trace_lite_compact_compacts_a_jobs_epochs(
+    trace_env: Any, settings: Settings, state: Any, tmp_path: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from trace_core.chain_sync import store as sync_store
+    from trace_core.cli.main import cli
+
+    job = tmp_path / "cjob.yaml"
+    job.write_text(
+        "kind: chain_sync\nname: cjob\nchain_id: 1\n"
+        "mode: {kind: fixed_target, from_block: 0, to_block: 600}\nepoch_blocks: 200\n"
+        "streams:\n  blocks: {cryo_dataset_name: blocks, rpc_pool: standard, chunk_size: 50, max_inflight: 2}\n"
+    )
+    with state.transaction():
+        sync_store.apply_job_file(state, settings.org_id, job)
+    objects = LocalStore(trace_env.settings.resolved_home() / "objects")
+    history(settings, objects, tmp_path)
+    dry = CliRunner().invoke(cli, ["compact", "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert "cjob/blocks (epochs of 200 blocks): would compact 2 window(s)" in " ".join(
+        dry.output.split()
+    )
+    done = CliRunner().invoke(cli, ["compact", "--job", "cjob"])
+    assert done.exit_code == 0, done.output
+    assert "compacted 2 window(s) replacing 8 version(s)" in " ".join(done.output.split())
+    live = registry.versions_of_dataset(state, dataset_uuid(settings))
+    assert {(r.range_start, r.range_end) for r in live} >= {(0, 200), (200, 400)}

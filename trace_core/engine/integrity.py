@@ -10,6 +10,7 @@ from trace_core.chain_sync import store
 from trace_core.chain_sync.store import StreamRow
 from trace_core.datasets.compaction import CompactionReport, compact_levels
 from trace_core.datasets.retention import VersionGcReport, scheduled_retention
+from trace_core.db.queries import q
 from trace_core.integrity import incremental
 from trace_core.integrity.verify import RangeResult, StreamReport, select_streams
 from trace_core.runtime import Runtime
@@ -45,9 +46,18 @@ def compact_streams(
     windows of the job's epoch (``epoch_blocks``), then ``TRACE_COMPACT_LEVELS`` - 1 tiers of
     10x larger windows, up to ``limit`` windows per stream and tier
     (``trace_core.datasets.compaction``). Cold versions are final (planned below the safe
-    head), so every fully covered window is eligible."""
+    head), so every fully covered window is eligible. Without ``job``, jobs with an
+    ``analytics:`` block are left out: their outputs are keyed by the input versions, so a
+    compacted epoch would recompute them (same result, real cost); ``trace-lite compact --job``
+    compacts them on purpose."""
     with rt.state() as conn:
         streams = store.list_streams(conn, rt.settings.org_id, job)
+        if job is None:  # a named job is compacted whatever it runs
+            rows = conn.execute(
+                q("chain_sync", "jobs_with_analytics"), {"org_id": rt.settings.org_id}
+            ).fetchall()
+            analytics = {r[0] for r in rows}
+            streams = [s for s in streams if s.job_name not in analytics]
         return [
             (
                 s,

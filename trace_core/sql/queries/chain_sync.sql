@@ -347,3 +347,9 @@ WHERE j.org_id = %(org_id)s AND jsonb_typeof(j.spec -> 'hot') = 'object'
   AND (%(job_id)s::uuid IS NULL OR j.job_id = %(job_id)s)
   AND (j.enabled OR NOT %(enabled_only)s)
 ORDER BY j.chain_id, j.name
+
+-- name: jobs_with_analytics
+-- Names of the org's jobs with an `analytics:` block (scheduled compaction leaves their streams
+-- alone: their analytics are keyed by the input versions compaction replaces).
+SELECT name FROM state.chain_sync_jobs
+WHERE org_id = %(org_id)s AND jsonb_typeof(spec -> 'analytics') = 'object'
