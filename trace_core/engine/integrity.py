@@ -22,6 +22,7 @@ __all__ = [
     "VersionGcReport",
     "compact_streams",
     "pass_reports",
+    "versions_committed_since",
     "scheduled_retention",
     "select_streams",
 ]
@@ -74,3 +75,14 @@ def compact_streams(
             )
             for s in streams
         ]
+
+
+def versions_committed_since(rt: Runtime, since: float) -> int:
+    """Live dataset versions registered after ``since`` (epoch seconds): new ranges that no
+    integrity pass has seen yet (the scheduled sensor starts a pass soon after them)."""
+    with rt.state() as conn:
+        row = conn.execute(
+            q("integrity", "versions_committed_since"),
+            {"org_id": rt.settings.org_id, "since": float(since)},
+        ).fetchone()
+    return int(row[0]) if row else 0
