@@ -218,9 +218,9 @@ class Settings(BaseSettings):
         description="Integrity: already verified ranges a scheduled pass re-verifies, stalest first (after every new or changed one)",
     )
     compact_windows_per_pass: int = Field(
-        50,
+        0,
         ge=0,
-        description="Compaction: epochs per stream the scheduled maintenance run rewrites as one version each (trace-lite compact; 0 = off)",
+        description="Compaction: windows per stream and tier the scheduled maintenance run rewrites as one version each (0 = off: trace-lite compact on demand)",
     )
     compact_levels: int = Field(
         3,

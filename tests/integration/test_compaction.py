@@ -273,3 +273,27 @@ def test_trace_lite_compact_compacts_a_jobs_epochs(
     assert "compacted 2 window(s) replacing 8 version(s)" in " ".join(done.output.split())
     live = registry.versions_of_dataset(state, dataset_uuid(settings))
     assert {(r.range_start, r.range_end) for r in live} >= {(0, 200), (200, 400)}
+
+
+def test_broken_windows_are_left_alone_and_an_unreadable_input_is_skipped(
+    settings: Settings, store: LocalStore, state: Any, tmp_path: Path
+) -> None:
+    v = history(settings, store, tmp_path)
+    duid = dataset_uuid(settings)
+    # [200, 400): a version failed its verification -> left for `verify --repair`
+    state.execute(
+        "UPDATE state.dataset_versions SET verified_at = now(), verified_passed = false "
+        "WHERE dataset_version = %s",
+        (v["r250"].dataset_version,),
+    )
+    # [0, 200): an input is not Parquet any more -> skipped, reported, the pass goes on
+    (key,) = [i.key for i in store.list(v["r50"].storage_prefix) if i.key.endswith(".parquet")]
+    path = Path(store.duckdb_uri(key))
+    path.chmod(0o644)
+    path.write_bytes(b"not parquet")
+    report = compact_dataset(state, store, duid, 200, org_id=settings.org_id)
+    assert [(w.start, w.end) for w in report.windows] == [(0, 200)]
+    assert [(w.start, w.end) for w in report.failed] == [(0, 200)] and report.committed == []
+    assert "1 skipped (unreadable input)" in report.line()
+    live = {(r.range_start, r.range_end) for r in registry.versions_of_dataset(state, duid)}
+    assert (0, 200) not in live and (200, 400) not in live and (50, 100) in live

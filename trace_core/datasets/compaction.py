@@ -58,7 +58,7 @@ from trace_core.datasets.manifest import load_manifest
 from trace_core.datasets.registry import VersionRecord, VisiblePart, visible_parts
 from trace_core.db.errors import translates_db_errors
 from trace_core.db.queries import q
-from trace_core.errors import ArtifactInvalid, RetryableError
+from trace_core.errors import ArtifactInvalid, ManifestInvalid, ObjectNotFound, RetryableError
 from trace_core.storage.base import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -110,16 +110,20 @@ class CompactionReport:
     windows: list[Window] = field(default_factory=list)
     committed: list[CommittedVersion] = field(default_factory=list)
     stale: list[Window] = field(default_factory=list)
+    failed: list[Window] = field(default_factory=list)  # an input could not be read
 
     @property
     def versions_replaced(self) -> int:
-        return sum(len(w.inputs) for w in self.windows if w not in self.stale)
+        skipped = self.stale + self.failed
+        return sum(len(w.inputs) for w in self.windows if w not in skipped)
 
     def line(self) -> str:
         verb = "would compact" if self.dry_run else "compacted"
+        failed = f"; {len(self.failed)} skipped (unreadable input)" if self.failed else ""
         return (
-            f"{verb} {len(self.windows) - len(self.stale)} window(s) replacing "
-            f"{self.versions_replaced} version(s); {len(self.stale)} stale (retried next pass)"
+            f"{verb} {len(self.windows) - len(self.stale) - len(self.failed)} window(s) "
+            f"replacing {self.versions_replaced} version(s); {len(self.stale)} stale (retried "
+            f"next pass){failed}"
         )
 
 
@@ -201,13 +205,17 @@ def write_window(
                 manifest = load_manifest(store, rec.manifest_key, prefix=rec.storage_prefix)
                 manifests[rec.dataset_version] = manifest.parquet_keys
             for key in manifests[rec.dataset_version]:
-                source = pq.ParquetFile(pa.BufferReader(store.get_bytes(key)))
+                try:
+                    source = pq.ParquetFile(pa.BufferReader(store.get_bytes(key)))
+                    batches = list(source.iter_batches(batch_size=BATCH_ROWS, use_threads=False))
+                except (OSError, pa.ArrowException) as exc:
+                    raise ArtifactInvalid(f"{key} is not readable Parquet: {exc}") from exc
                 if out.schema is None:
                     out.schema = source.schema_arrow
                 elif not source.schema_arrow.equals(out.schema):
                     raise ArtifactInvalid(f"{key} has another schema than the window's first file")
-                # batch by batch: memory stays bounded by one input file and one row group
-                for batch in source.iter_batches(batch_size=BATCH_ROWS, use_threads=False):
+                # file by file: memory stays bounded by one input file and one row group
+                for batch in batches:
                     out.add(_clip(batch, part, key))
         out.finish()
     finally:
@@ -382,6 +390,13 @@ def compact_dataset(
     windows = plan_windows(
         live_versions(conn, dataset_uuid), window_blocks, min_versions=min_versions, upto=upto
     )
+    broken = {
+        r[0]
+        for r in conn.execute(
+            q("datasets", "failed_versions"), {"dataset_uuid": dataset_uuid}
+        ).fetchall()
+    }
+    windows = [w for w in windows if not (w.overlapping & broken)]  # left for verify --repair
     report = CompactionReport(dry_run=dry_run, windows=windows[:limit] if limit else windows)
     if dry_run:
         return report
@@ -392,6 +407,12 @@ def compact_dataset(
             )
         except CompactionStale:
             report.stale.append(window)
+        except (ArtifactInvalid, ManifestInvalid, ObjectNotFound) as exc:
+            report.failed.append(window)  # an unreadable input: skipped, the pass goes on
+            log.warning(
+                "compaction window skipped",
+                extra={"window": f"{window.start}:{window.end}", "error": exc.message},
+            )
     if report.committed:
         log.info(
             "dataset versions compacted",

@@ -140,3 +140,8 @@ FROM (SELECT min(verified_at) AS first, bool_and(verified_passed) AS passed,
              count(*) FILTER (WHERE verified_at IS NULL) AS never, count(*) AS n
       FROM marked) i
 WHERE c.dataset_version = %(compacted)s AND i.n > 0 AND i.never = 0 AND c.verified_at IS NULL
+
+-- name: failed_versions
+-- Live versions of a dataset whose last verification failed (compaction leaves their windows).
+SELECT dataset_version FROM state.dataset_versions
+WHERE dataset_uuid = %(dataset_uuid)s AND collected_at IS NULL AND verified_passed = false
