@@ -5,10 +5,10 @@ The worker sensor acks wake-ups when it requests a run, and records the run key 
 tasks (``record_worker_runs``). A run that starts claims its whole batch at once
 (``engine.execute.execute_batch``), so if it dies its tasks come back when their leases expire.
 What leases cannot cover is a run that never claimed: the request was lost with the process
-that ticked, or Dagster failed or canceled the run before it started. ``open_worker_runs``
-lists requested runs whose tasks still wait on them; the caller asks its run launcher whether
-each run is alive and passes the ones that are not to ``rewake_stranded``, which re-wakes their
-waiting tasks through the outbox at once. Reviving dead tasks is ``chain_sync.revive``.
+that ticked, Dagster failed or canceled the run before it started, or its process died while
+starting. ``open_worker_runs`` lists requested runs whose tasks still wait on them; the caller
+asks its run launcher about each (``engine.intake.recover_stranded``) and passes the stranded
+ones to ``rewake_stranded``, which re-wakes their waiting tasks through the outbox at once. Reviving dead tasks is ``chain_sync.revive``.
 """
 
 from __future__ import annotations
