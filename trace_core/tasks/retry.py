@@ -103,7 +103,8 @@ def rewake_stranded(conn: Connection[Any], runs: Iterable[OpenRun]) -> int:
                 continue
             gen = conn.execute(q("tasks", "bump_wakeups"), {"task_id": task_id}).fetchone()
             assert gen is not None
-            enqueue_wakeup(conn, task_id=task_id, generation=gen[0])
+            # a task in backoff is woken when due: a run woken now would only skip it
+            enqueue_wakeup(conn, task_id=task_id, generation=gen[0], available_at=locked[1])
             rewoken += 1
         conn.execute(q("tasks", "settle_worker_run"), {"run_key": run.run_key, "rewoken": rewoken})
         if rewoken:
