@@ -267,10 +267,13 @@ def test_launched_run_killed_while_starting_is_recovered_within_one_lease(
                 lambda: driver.is_alive() or bool(drove),
             )
             recovered_after = time.monotonic() - killed_at
+            launched_at = instance.get_run_stats(run.run_id).launch_time
+            since_launch = time.time() - (launched_at or 0)
         finally:
             driver.join(timeout=400)
         assert drove and getattr(drove[0], "idle", False), drove
     print(
-        f"launched run: {len(batch)} task(s) claimed again {recovered_after:.1f} s after the kill"
+        f"launched run: {len(batch)} task(s) claimed again {recovered_after:.1f} s after the kill,"
+        f" {since_launch:.1f} s after the launch"
     )
     _assert_exact(rt, anvil_chain)
