@@ -119,8 +119,8 @@ def recover_stranded(
     when ``launch_state(run_key)`` says it is gone (and it was requested at least
     ``min(grace_seconds, TRACE_LEASE_SECONDS)`` ago: it may not be recorded yet), or when it
     was launched at least one lease ago: a live run claims its whole batch as soon as its code
-    runs, so one that has not died while starting (its process killed while importing, or
-    before its first claim; Dagster may show it started forever). A run still waiting for a
+    runs, so one that has not claimed by then died while starting (its process killed while
+    importing, or before its first claim; Dagster may show it started forever). A run still waiting for a
     launch slot is left alone. Returns the number of tasks re-woken.
     """
     lease = float(rt.settings.lease_seconds)
