@@ -168,6 +168,29 @@ def test_a_launched_run_that_has_not_claimed_within_one_lease_is_stranded(
     assert recover(launched_at + 10 * lease) == 0  # settled
 
 
+def test_a_stranded_task_in_backoff_is_rewoken_when_due(trace_env: Runtime) -> None:
+    """A run that never claimed a task waiting out a retry backoff would only skip it if woken
+    now: its re-wake waits in the outbox until the task is due."""
+    (tid,) = _strand(trace_env, 1, "backoff-run")
+    with trace_env.state() as conn:  # as a failed attempt's requeue leaves it, minus the wake-up
+        conn.execute(
+            "UPDATE state.tasks SET next_run_at = now() + interval '1 hour' WHERE task_id = %s",
+            (tid,),
+        )
+        conn.execute(
+            "UPDATE state.worker_runs SET requested_at = now() WHERE run_key = %s", ("backoff-run",)
+        )
+    assert recover_stranded(trace_env, lambda key: GONE, grace_seconds=0) == 1
+    assert receive_wakeups(trace_env, 10) == []
+    with trace_env.state() as conn:
+        row = conn.execute(
+            "SELECT o.available_at = t.next_run_at FROM state.outbox o, state.tasks t"
+            " WHERE t.task_id = %s AND o.status = 'pending' AND o.payload->>'task_id' = %s",
+            (tid, str(tid)),
+        ).fetchone()
+    assert row == (True,)
+
+
 def test_received_wakeups_are_hidden_for_one_lease_at_most(
     trace_env: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
