@@ -1,7 +1,7 @@
 """Drive the Dagster definitions in the foreground until the work is done.
 
 ``trace-lite run --until-idle`` and the tests use this: it evaluates the same sensors the
-daemon would, applies their dynamic-partition requests, and executes the requested runs in
+daemon would (but the scheduled maintenance ones, ``NOT_DRIVEN``), applies their dynamic-partition requests, and executes the requested runs in
 process against a real Dagster instance, so runs and materializations land in Dagster's
 storage exactly as they do under ``dagster dev``. While runs execute, a thread keeps the
 sensors' recovery going (``trace_dagster.recovery``).
@@ -35,6 +35,9 @@ from trace_dagster.service_runs import KIND_TAG, one_step
 log = logging.getLogger(__name__)
 
 DISPATCHER_SENSOR = "trace_dispatcher"
+# Not ticked by the driver: scheduled maintenance (integrity passes) is no work owed, and the
+# sensor-health watchdog reads the daemon's tick history, which a driven run has none of.
+NOT_DRIVEN = frozenset({"trace_integrity", "trace_sensor_health"})
 
 
 @dataclass
@@ -124,7 +127,7 @@ def drive_until_idle(
         if state_gone is not None and _unreachable(exc) and (why := state_gone()) is not None:
             raise DatabaseUnreachable(why) from exc
 
-    names = [s.name for s in defs.get_repository_def().sensor_defs]
+    names = [s.name for s in defs.get_repository_def().sensor_defs if s.name not in NOT_DRIVEN]
     names.sort(key=lambda n: (n != DISPATCHER_SENSOR, n))
     deadline = time.monotonic() + timeout
     cursors: dict[str, str | None] = {}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from typing import Any
 from psycopg.rows import dict_row
 
 from trace_core import outbox
+from trace_core.chain_sync.planner import range_partition_key
 from trace_core.db.queries import q
 from trace_core.operators.payload import RangeLabel
 from trace_core.queue.base import TASK_WAKEUP, Message
@@ -157,8 +159,31 @@ class WorkerRun:
     tags: dict[str, str]
 
 
+_TAG_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+# Dagster's tag limits: a key is ``prefix/name`` with name <= 63 of [A-Za-z0-9_.-]; a value
+# <= 63 of the same characters to be filterable in the UI.
+_TAG_MAX = 63
+
+
+def task_tags(task_id: uuid.UUID | str, attempt: int, payload: dict[str, Any]) -> dict[str, str]:
+    """The run tags one task of a batch contributes, so runs can be filtered by any range or
+    task they touched: ``trace/range.<stream>.<range key>`` = job (a chain_sync range, keyed
+    as its partition: ``000000000100-000000000200``) and
+    ``trace/task.<task_id>`` = attempt."""
+    tags = {f"trace/task.{task_id}": str(attempt)}
+    label = RangeLabel.of(payload)
+    if label.block_range is not None and label.dataset_key and label.job_name:
+        stream = _TAG_UNSAFE.sub("_", label.dataset_key)
+        start, end = label.block_range
+        name = f"range.{stream}.{range_partition_key(start, end)}"[:_TAG_MAX]
+        tags[f"trace/{name}"] = _TAG_UNSAFE.sub("_", label.job_name)[:_TAG_MAX]
+    return tags
+
+
 def run_labels(infos: list[TaskInfo]) -> dict[str, str]:
-    """Run labels naming job, stream, range, task and attempt (first task's, plus a count)."""
+    """Run labels: job, stream, operator and batch size; the first task's id, attempt and range
+    (``trace/task_id``, ``trace/attempt``, ``trace/range``); and ``task_tags`` of every task of
+    the batch (filter runs by ``trace/range.<stream>.<range key>``)."""
     first = infos[0]
     label = RangeLabel.of(first.payload)
     tags = {
@@ -173,6 +198,8 @@ def run_labels(infos: list[TaskInfo]) -> dict[str, str]:
         tags["trace/stream"] = label.dataset_key
     if label.block_range is not None:
         tags["trace/range"] = f"{label.range_start}-{label.range_end}"
+    for info in infos:
+        tags.update(task_tags(info.task_id, info.attempt + 1, info.payload))
     return tags
 
 

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 from trace_core.chain_sync.store import StreamRow
 from trace_core.datasets.retention import VersionGcReport, scheduled_retention
+from trace_core.db.queries import q
 from trace_core.integrity import incremental
 from trace_core.integrity.verify import RangeResult, StreamReport, select_streams
 from trace_core.runtime import Runtime
@@ -17,6 +18,7 @@ __all__ = [
     "StreamReport",
     "VersionGcReport",
     "pass_reports",
+    "versions_committed_since",
     "scheduled_retention",
     "select_streams",
 ]
@@ -28,3 +30,14 @@ def pass_reports(rt: Runtime, streams: list[StreamRow] | None = None) -> Iterato
     if streams is None:
         return incremental.scheduled_reports(rt)
     return incremental.full_reports(rt, streams)
+
+
+def versions_committed_since(rt: Runtime, since: float) -> int:
+    """Live dataset versions registered after ``since`` (epoch seconds): new ranges that no
+    integrity pass has seen yet (the scheduled sensor starts a pass soon after them)."""
+    with rt.state() as conn:
+        row = conn.execute(
+            q("integrity", "versions_committed_since"),
+            {"org_id": rt.settings.org_id, "since": float(since)},
+        ).fetchone()
+    return int(row[0]) if row else 0
