@@ -66,7 +66,9 @@ class Settings(BaseSettings):
     )
     sqs_queue_prefix: str = Field("trace-", description="Prefix of SQS queue names")
     visibility_timeout_seconds: int = Field(
-        60, gt=0, description="Queue visibility timeout for received messages"
+        60,
+        gt=0,
+        description="Queue visibility timeout for received messages (task wake-ups: at most TRACE_LEASE_SECONDS)",
     )
     max_receive_count: int = Field(
         5, gt=0, description="Receives before a message is dead-lettered"
