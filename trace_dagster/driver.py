@@ -3,7 +3,8 @@
 ``trace-lite run --until-idle`` and the tests use this: it evaluates the same sensors the
 daemon would (but the scheduled maintenance ones, ``NOT_DRIVEN``), applies their dynamic-partition requests, and executes the requested runs in
 process against a real Dagster instance, so runs and materializations land in Dagster's
-storage exactly as they do under ``dagster dev``.
+storage exactly as they do under ``dagster dev``. While runs execute, a thread keeps the
+sensors' recovery going (``trace_dagster.recovery``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 from dagster import (
@@ -26,6 +28,7 @@ from dagster import (
 from trace_core.engine.idle import OutstandingWork, outstanding_work
 from trace_core.errors import DatabaseUnreachable, TraceError
 from trace_core.runtime import Runtime
+from trace_dagster.recovery import recovering
 from trace_dagster.sensors.worker import RUN_KEY_TAG
 from trace_dagster.service_runs import KIND_TAG, one_step
 
@@ -143,23 +146,27 @@ def drive_until_idle(
             if isinstance(result, SensorResult):
                 job_name = _job_name(defs, name)
                 requests += [(req.job_name or job_name, req) for req in result.run_requests or []]
-        for job_name, req in requests:
-            tags = dict(req.tags)
-            if req.run_key:
-                tags[RUN_KEY_TAG] = req.run_key  # as the daemon stamps it (recovery reads it)
-            run = defs.resolve_job_def(job_name).execute_in_process(
-                run_config=(
-                    one_step(req.run_config) if tags.get(KIND_TAG) == "service" else req.run_config
-                ),
-                instance=instance,
-                tags=tags,
-                partition_key=req.partition_key,
-                raise_on_error=False,
-            )
-            report.runs += 1
-            report.run_ids.append(run.run_id)
-            if not run.success:
-                report.failed_runs += 1
+        pending = {req.run_key for _, req in requests if req.run_key}
+        with recovering(rt, instance, pending) if requests else nullcontext():
+            for job_name, req in requests:
+                tags = dict(req.tags)
+                if req.run_key:
+                    tags[RUN_KEY_TAG] = req.run_key  # as the daemon stamps it (recovery reads it)
+                run = defs.resolve_job_def(job_name).execute_in_process(
+                    run_config=(
+                        one_step(req.run_config)
+                        if tags.get(KIND_TAG) == "service"
+                        else req.run_config
+                    ),
+                    instance=instance,
+                    tags=tags,
+                    partition_key=req.partition_key,
+                    raise_on_error=False,
+                )
+                report.runs += 1
+                report.run_ids.append(run.run_id)
+                if not run.success:
+                    report.failed_runs += 1
         if on_tick:
             on_tick(report)
         try:

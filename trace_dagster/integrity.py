@@ -30,6 +30,7 @@ from dagster._core.definitions.asset_checks.asset_check_evaluation import (  # n
 
 from trace_core.engine.integrity import (
     RangeResult,
+    compact_streams,
     pass_reports,
     scheduled_retention,
     select_streams,
@@ -160,7 +161,12 @@ def integrity_pass(context: OpExecutionContext, trace: TraceResource) -> None:
     for note in summary.notes:
         context.log.warning(note)
     context.log.info(f"integrity: {summary.ranges} ranges, {len(summary.findings)} findings")
-    # retention rides on the same maintenance run: superseded versions past the grace period
+    # compaction and retention ride on the same maintenance run: finished epochs become one
+    # version each, superseded versions past the grace period go
+    if rt.settings.compact_windows_per_pass:
+        for stream, report in compact_streams(rt, limit=rt.settings.compact_windows_per_pass):
+            if report.windows:
+                context.log.info(f"{stream.job_name}/{stream.dataset_key}: {report.line()}")
     collected = scheduled_retention(rt)
     context.log.info(collected.lines()[0])
     _fail_on_findings(summary, "trace-lite verify --repair")

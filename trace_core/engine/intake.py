@@ -1,7 +1,13 @@
 """Wake-up intake: receive task wake-ups, turn them into worker runs (recorded before the ack),
-and re-wake the tasks of requested runs that never started (stranded runs).
+and re-wake the tasks of requested runs that will never claim them (stranded runs).
 
-Wake-ups are hints; the claim in Postgres state is the authority (``engine.execute``).
+Wake-ups are hints; the claim in Postgres state is the authority (``engine.execute``). Both
+ways a received wake-up can be lost come back within one lease (``TRACE_LEASE_SECONDS``):
+
+- a wake-up received and neither acked nor claimed (its receiver died) is hidden for one lease
+  only (``wakeup_visibility_seconds``), then delivered again;
+- a run requested and launched that has not claimed its batch one lease after its launch died
+  while starting (``recover_stranded``), whatever Dagster still says of it.
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,10 +52,19 @@ class TaskInfo:
     payload: dict[str, Any]
 
 
+def wakeup_visibility_seconds(rt: Runtime) -> float:
+    """How long a received wake-up stays hidden: one lease at most. Its receiver records or
+    claims it at once (milliseconds), so a longer hiding only delays recovery when the receiver
+    dies; a wake-up redelivered to a live receiver is harmless (the claim decides)."""
+    s = rt.settings
+    return float(min(s.visibility_timeout_seconds, s.lease_seconds))
+
+
 def receive_wakeups(rt: Runtime, max_messages: int) -> list[Wakeup]:
-    """Receive up to ``max_messages`` wake-ups; malformed ones are acked and dropped."""
+    """Receive up to ``max_messages`` wake-ups, hidden for ``wakeup_visibility_seconds``;
+    malformed ones are acked and dropped."""
     messages = rt.queue.receive(
-        TASK_WAKEUP, max_messages, visibility_timeout=rt.settings.visibility_timeout_seconds
+        TASK_WAKEUP, max_messages, visibility_timeout=wakeup_visibility_seconds(rt)
     )
     wakeups: list[Wakeup] = []
     bad: list[Message] = []
@@ -79,20 +95,45 @@ def record_runs(rt: Runtime, runs: list[tuple[str, list[uuid.UUID]]]) -> None:
             task_retry.record_worker_runs(conn, runs)
 
 
-def recover_stranded(rt: Runtime, is_alive: Callable[[str], bool], grace_seconds: float) -> int:
+@dataclass(frozen=True)
+class LaunchState:
+    """What the run launcher (Dagster) knows of a requested run: ``gone`` (no such run, or it
+    ended), else when it was launched (epoch seconds; ``None`` while it waits for a slot)."""
+
+    gone: bool = False
+    launched_at: float | None = None
+
+
+GONE = LaunchState(gone=True)
+WAITING = LaunchState()
+
+
+def recover_stranded(
+    rt: Runtime,
+    launch_state: Callable[[str], LaunchState],
+    grace_seconds: float,
+    *,
+    now: Callable[[], float] = time.time,
+) -> int:
     """Re-wake the tasks of requested runs that will never claim them, and publish now.
 
-    ``is_alive(run_key)`` asks the run launcher whether that run exists and has not ended.
-    Runs younger than ``min(grace_seconds, TRACE_LEASE_SECONDS)`` are left alone (their run
-    may not be recorded yet). Returns the number of tasks re-woken.
+    A requested run whose tasks still wait (queued, untouched since the request) is stranded
+    when ``launch_state(run_key)`` says it is gone (and it was requested at least
+    ``min(grace_seconds, TRACE_LEASE_SECONDS)`` ago: it may not be recorded yet), or when it
+    was launched at least one lease ago: a live run claims its whole batch as soon as its code
+    runs, so one that has not claimed by then died while starting (its process killed while
+    importing, or before its first claim; Dagster may show it started forever). A run still waiting for a
+    launch slot is left alone. Returns the number of tasks re-woken.
     """
-    grace = min(float(rt.settings.lease_seconds), grace_seconds)
+    lease = float(rt.settings.lease_seconds)
+    grace = min(lease, grace_seconds)
     with rt.state() as conn:
-        stranded = [
-            run
-            for run in task_retry.open_worker_runs(conn, grace_seconds=grace)
-            if not is_alive(run.run_key)
-        ]
+        stranded = []
+        for run in task_retry.open_worker_runs(conn, grace_seconds=grace):
+            state = launch_state(run.run_key)
+            launched = state.launched_at
+            if state.gone or (launched is not None and now() - launched >= lease):
+                stranded.append(run)
         if not stranded:
             return 0
         with conn.transaction():
