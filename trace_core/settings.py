@@ -344,6 +344,25 @@ class Settings(BaseSettings):
         le=1048576,
         description="Sources: largest webhook body accepted (bytes); bigger requests get 413",
     )
+    api_rate_limit: str = Field(
+        "20/second;600/minute",
+        description="HTTP API: requests per API key, one or more limits separated by ';' (e.g. 10/second;300/minute); past one, 429 with Retry-After. Kept per Query Service process",
+    )
+    api_max_body_bytes: int = Field(
+        1048576,
+        gt=0,
+        description="HTTP API: largest request body accepted (bytes); bigger requests get 413 (YAML bodies are also capped at 256 KiB)",
+    )
+    worker_s3_role_arn: str | None = Field(
+        None,
+        description="Credential Broker (S3 object store): role each claimed attempt assumes through STS with a session policy allowing reads of its inputs' version prefixes and writes to its own staging prefix only; unset: workers use their own credentials",
+    )
+    worker_s3_credentials_ttl_seconds: int = Field(
+        900,
+        ge=900,
+        le=43200,
+        description="Credential Broker: lifetime of an attempt's scoped credentials (STS minimum 900)",
+    )
 
     udf_runtime: Literal["local", "lambda", "unsandboxed"] = Field(
         "local",

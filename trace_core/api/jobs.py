@@ -1,0 +1,224 @@
+"""``/v1/jobs``: apply a chain_sync, transform or alert YAML (the body), list, status, pause,
+resume, trigger (manual source) and delete, always in the caller's org.
+
+A YAML body goes through the same parse, validation and apply code as ``trace-lite apply``
+(``chain_sync.store.apply_job``, ``transforms.store.apply_transform_in``,
+``alerts.store.apply_alert``); its problems answer 422 with ``<body>:line: field: message``
+each. A body cannot name files on the server: a Python UDF (``code.python:``, ``udf:``) is
+refused with 422 (apply those with ``trace-lite apply``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from trace_core.alerts.spec import LoadedAlert, validate_alert
+from trace_core.alerts.store import apply_alert
+from trace_core.api import models as m
+from trace_core.api.http import ApiRefused, Call, Reply, not_found
+from trace_core.chain_sync import status as status_mod
+from trace_core.chain_sync import store as chain_store
+from trace_core.chain_sync.spec import validate_job
+from trace_core.db.queries import q
+from trace_core.errors import ChainSyncJobNotFound, ConfigError, TransformNotFound
+from trace_core.sources.trigger import trigger
+from trace_core.transforms import store as transform_store
+from trace_core.transforms.spec import LoadedTransform, validate_transform
+from trace_core.yamlfile import MAX_YAML_BYTES, LoadedYaml, load_yaml
+
+BODY_SOURCE = "<body>"
+_KIND = re.compile(rb"(?m)^kind:\s*['\"]?([a-z_]+)['\"]?\s*(#.*)?$")
+
+
+def _document(call: Call) -> tuple[str, LoadedYaml]:
+    """The body's kind and parsed YAML; 413 over the YAML cap, 422 for bad YAML."""
+    if len(call.body) > MAX_YAML_BYTES:
+        raise ApiRefused(
+            f"a YAML body is at most {MAX_YAML_BYTES} bytes", code="body_too_large", status=413
+        )
+    doc = load_yaml(call.body, source=BODY_SOURCE)
+    found = _KIND.search(call.body)
+    kind = found.group(1).decode() if found else "chain_sync"
+    if kind not in ("chain_sync", "transform", "alert"):
+        raise ConfigError(
+            "kind must be chain_sync, transform or alert", file=BODY_SOURCE, line=1, field="kind"
+        )
+    return kind, doc
+
+
+def _no_server_files(doc: LoadedYaml, path: tuple[str, ...]) -> None:
+    data: Any = doc.data
+    for part in path:
+        data = data.get(part) if isinstance(data, dict) else None
+    if data is not None:
+        raise ConfigError(
+            "a Python UDF names a file on the server: apply it with trace-lite apply",
+            file=BODY_SOURCE,
+            line=doc.line_of(path),
+            field=".".join(path),
+        )
+
+
+def _verb(created: bool, changed: bool) -> Any:
+    return "created" if created else ("updated" if changed else "unchanged")
+
+
+def apply_document(call: Call, expect: str | None = None, name: str | None = None) -> Reply:
+    """Apply the YAML body (``expect``: only that kind; ``name``: the body must name it)."""
+    kind, doc = _document(call)
+    if expect is not None and kind != expect:
+        raise ConfigError(f"kind must be {expect}", file=BODY_SOURCE, line=1, field="kind")
+    if kind == "chain_sync":
+        spec = validate_job(doc)
+        _same_name(doc, spec.name, name)
+        with call.state() as conn:
+            got = chain_store.apply_job(conn, call.org_id, spec, call.body, BODY_SOURCE)
+        ident, created, changed = got.job_id, got.created, got.changed
+    elif kind == "transform":
+        _no_server_files(doc, ("code", "python"))
+        tspec = validate_transform(doc)
+        _same_name(doc, tspec.name, name)
+        loaded = LoadedTransform(tspec, call.body, doc, None)
+        with call.state() as conn:
+            tgot = transform_store.apply_transform_in(conn, call.org_id, loaded, BODY_SOURCE)
+        ident, created, changed = tgot.transform_id, tgot.created, tgot.changed
+        spec_name = tspec.name
+    else:
+        _no_server_files(doc, ("udf",))
+        aspec = validate_alert(doc)
+        _same_name(doc, aspec.name, name)
+        with call.state() as conn:
+            agot = apply_alert(conn, call.org_id, LoadedAlert(aspec, call.body, doc), BODY_SOURCE)
+        ident, created, changed = agot.alert_id, agot.created, agot.changed
+        spec_name = aspec.name
+    if kind == "chain_sync":
+        spec_name = spec.name
+    call.audit_target.append(spec_name)
+    answer = m.JobApplied(
+        kind=kind,  # type: ignore[arg-type]
+        name=spec_name,
+        id=ident,
+        result=_verb(created, changed),
+    )
+    return (201 if created else 200), answer
+
+
+def _same_name(doc: LoadedYaml, got: str, want: str | None) -> None:
+    if want is not None and got != want:
+        raise ConfigError(
+            f"the body names {got!r}, the path {want!r}",
+            file=BODY_SOURCE,
+            line=doc.line_of(("name",)),
+            field="name",
+        )
+
+
+def create_job(call: Call) -> Reply:
+    """Apply a chain_sync, transform or alert YAML job (idempotent, like trace-lite apply)."""
+    return apply_document(call)
+
+
+def list_jobs(call: Call) -> Reply:
+    """The org's chain_sync and transform jobs."""
+    with call.state() as conn:
+        chains = chain_store.list_jobs(conn, call.org_id)
+        transforms = transform_store.list_transforms(conn, call.org_id)
+    jobs = [
+        m.JobSummary(
+            kind="chain_sync", name=j.name, id=j.job_id, enabled=j.enabled, chain_id=j.chain_id
+        )
+        for j in chains
+    ] + [
+        m.JobSummary(
+            kind="transform", name=t.name, id=t.transform_id, enabled=t.enabled, chain_id=t.chain_id
+        )
+        for t in transforms
+    ]
+    return m.JobList(jobs=jobs)
+
+
+def get_job(call: Call) -> Reply:
+    """A chain_sync job's status (as trace-lite status --json), or a transform's definition."""
+    name = call.params["name"]
+    with call.state() as conn:
+        try:
+            found = status_mod.job_status(conn, call.org_id, name)
+            return m.JobStatus(kind="chain_sync", name=found[0]["name"], status=found[0])
+        except ChainSyncJobNotFound:
+            pass
+        try:
+            t = transform_store.get_transform(conn, call.org_id, name)
+        except TransformNotFound:
+            raise not_found("job", name) from None
+        from trace_core.sources.trigger import count_events
+
+        body = {**t.as_json(), "source_events": count_events(conn, call.org_id, name)}
+    return m.JobStatus(kind="transform", name=t.name, status=body)
+
+
+def _set_enabled(call: Call, enabled: bool) -> Reply:
+    name = call.params["name"]
+    try:
+        with call.state() as conn:
+            job_id = chain_store.set_enabled(conn, call.org_id, name, enabled)
+    except ChainSyncJobNotFound:
+        raise not_found("chain_sync job", name) from None
+    return m.JobChanged(name=name, id=job_id, enabled=enabled)
+
+
+def pause_job(call: Call) -> Reply:
+    """Stop scheduling and claiming a chain_sync job's new work (running tasks finish)."""
+    return _set_enabled(call, False)
+
+
+def resume_job(call: Call) -> Reply:
+    """Resume a paused chain_sync job."""
+    return _set_enabled(call, True)
+
+
+def trigger_job(call: Call) -> Reply:
+    """Run a transform job now (manual source): one run per ``Idempotency-Key`` header
+    (default: a fingerprint of the pinned input versions, as trace-lite trigger)."""
+    name = call.params["name"]
+    with call.state() as conn:
+        got = trigger(
+            conn,
+            call.org_id,
+            name,
+            "manual",
+            idempotency_key=call.headers.get("idempotency-key"),
+            max_attempts=call.api.settings.max_attempts,
+        )
+    return (202 if got.created else 200), m.Triggered.model_validate(got.as_json())
+
+
+def delete_job(call: Call) -> Reply:
+    """Delete a job: a chain_sync job only once paused and with no running task (its queued
+    tasks go with it, its committed datasets stay), a transform at once (its outputs stay)."""
+    name = call.params["name"]
+    with call.state() as conn:
+        try:
+            job_id = chain_store.resolve_job(conn, call.org_id, name)
+        except ChainSyncJobNotFound:
+            row = conn.execute(
+                q("api", "delete_transform"), {"org_id": call.org_id, "name": name}
+            ).fetchone()
+            if row is None:
+                raise not_found("job", name) from None
+            return m.Deleted(name=name, id=row[0])
+        job = chain_store.get_job(conn, call.org_id, job_id)
+        if job.enabled:
+            raise ApiRefused(
+                f"pause job {name!r} before deleting it", code="job_not_paused", status=409
+            )
+        running = conn.execute(q("api", "job_running_tasks"), {"job_id": job_id}).fetchone()
+        if running and running[0]:
+            raise ApiRefused(
+                f"job {name!r} still has {running[0]} running task(s): retry when they finish",
+                code="job_busy",
+                status=409,
+            )
+        conn.execute(q("api", "delete_paused_tasks"), {"job_id": job_id})
+        conn.execute(q("api", "delete_chain_sync_job"), {"org_id": call.org_id, "job_id": job_id})
+    return m.Deleted(name=job.name, id=job_id)
