@@ -500,3 +500,36 @@ class SandboxUnavailable(FatalError):
     UDFs are refused rather than run unsandboxed; the message says what is missing."""
 
     code = "sandbox_unavailable"
+
+
+# --- tenancy: authentication and authorization (HTTP status in ``http_status``) ---------
+
+
+class Unauthenticated(FatalError):
+    """No valid credential: an unknown, malformed, expired or revoked API key. The message
+    never echoes the key."""
+
+    code = "unauthenticated"
+    http_status = 401
+
+
+class Forbidden(FatalError):
+    """A valid credential whose role is too low for the action."""
+
+    code = "forbidden"
+    http_status = 403
+
+
+class NotFound(FatalError):
+    """No such object in the caller's org. Another org's object answers this too (never
+    ``Forbidden``), so its existence does not leak."""
+
+    code = "not_found"
+    http_status = 404
+
+
+class Conflict(FatalError):
+    """The object already exists (an org or user name taken, a duplicate membership)."""
+
+    code = "conflict"
+    http_status = 409

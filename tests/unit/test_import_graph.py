@@ -11,7 +11,7 @@ The tiers, lowest first; a package imports its own tier's peers only along the a
 
 - vocabulary: ``errors``, ``settings``, ``logs``, ``yamlfile``.
 - adapters: ``db``, ``queue``, ``storage``, ``rpc`` (client, pools, limits).
-- state: ``outbox``, ``tasks``, ``runtime``, ``datasets``.
+- state: ``outbox``, ``tasks``, ``runtime``, ``datasets``, ``tenancy``.
 - domains: ``udf``, ``hot``, ``operators``, ``chain_sync``, ``query``, ``sinks``,
   ``transforms``, ``sources``, ``alerts``, ``analytics``, ``integrity``.
 - engine: ``engine`` (dispatcher, intake, execute, worker runs, idle, registry, services):
@@ -40,7 +40,7 @@ PACKAGES = ("trace_core", "trace_dagster", "trace_lite")
 TIERS: list[tuple[str, list[str]]] = [
     ("vocabulary", ["errors", "settings", "logs", "yamlfile"]),
     ("adapters", ["db", "queue", "storage", "rpc"]),
-    ("state", ["outbox", "tasks", "runtime", "datasets"]),
+    ("state", ["outbox", "tasks", "runtime", "datasets", "tenancy"]),
     (
         "domains",
         [
