@@ -102,9 +102,15 @@ class Call:
         return uuid.UUID(str(self.principal.org_id))
 
     @contextlib.contextmanager
-    def state(self) -> Iterator[Connection[Any]]:
-        """A state connection inside one transaction scoped to the caller's org (RLS)."""
-        with self.api.state.connection() as conn, tenant_scope(conn, self.principal.org_id):
+    def state(self, *, global_tables: bool = False) -> Iterator[Connection[Any]]:
+        """A state connection inside one transaction scoped to the caller's org: as the
+        tenant role (row-level security), or, with ``global_tables`` (work that also touches
+        the outbox or the follower's cursors, which the tenant role cannot reach), as the
+        service's own role with the org set; the domain code filters by org either way."""
+        with (
+            self.api.state.connection() as conn,
+            tenant_scope(conn, self.principal.org_id, as_tenant=not global_tables),
+        ):
             yield conn
 
     @contextlib.contextmanager
@@ -147,8 +153,7 @@ def error_answer(exc: BaseException) -> tuple[int, dict[str, Any]]:
         status, code, message = 422, exc.code, str(exc)
         listed = exc.problems if isinstance(exc, InvalidJobFile) else [exc]
         problems = [
-            {"file": p.file, "line": p.line, "field": p.field, "message": p.reason}
-            for p in listed
+            {"file": p.file, "line": p.line, "field": p.field, "message": p.reason} for p in listed
         ]
     elif isinstance(exc, QueryError):
         from trace_core.query.service import status_of
@@ -284,8 +289,12 @@ def starlette_route(settings: Settings, limiter: RateLimiter, ep: Endpoint) -> R
             principal.require(ep.role, f"{ep.method} {ep.path}")
             body = await read_capped(request, api.settings.api_max_body_bytes)
             call = Call(
-                api, principal, dict(request.path_params), dict(request.query_params),
-                dict(request.headers), body,
+                api,
+                principal,
+                dict(request.path_params),
+                dict(request.query_params),
+                dict(request.headers),
+                body,
             )
             reply = await run_in_threadpool(ep.handler, call)
         except Exception as exc:  # every error becomes one JSON answer and one audit row

@@ -109,7 +109,9 @@ class Alert(BaseModel):
     alert_id: uuid.UUID
     job: str
     enabled: bool
-    definition: dict[str, Any] = Field(description="As `trace-lite alerts list --json` (URLs redacted)")
+    definition: dict[str, Any] = Field(
+        description="As `trace-lite alerts list --json` (URLs redacted)"
+    )
 
 
 class AlertList(BaseModel):

@@ -7,11 +7,13 @@ written by hand but the title; ``tests/unit/test_api_openapi.py`` validates it w
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from trace_core.api.http import Endpoint
 from trace_core.api.models import ErrorBody
 
 TITLE = "Trace API"
@@ -33,12 +35,10 @@ _REASONS = {
 }
 
 
-def openapi_document() -> dict[str, Any]:
-    """The whole document (a plain JSON-ready dict)."""
-    from trace_core.api.routes import ENDPOINTS
-
+def openapi_document(endpoints: Sequence[Endpoint]) -> dict[str, Any]:
+    """The document of ``endpoints`` (``api.routes.ENDPOINTS``), a plain JSON-ready dict."""
     models: set[type[BaseModel]] = {ErrorBody}
-    for ep in ENDPOINTS:
+    for ep in endpoints:
         models.add(ep.response)
         if isinstance(ep.body, type):
             models.add(ep.body)
@@ -52,7 +52,7 @@ def openapi_document() -> dict[str, Any]:
 
     error = {"application/json": {"schema": ref(ErrorBody)}}
     paths: dict[str, dict[str, Any]] = {}
-    for ep in ENDPOINTS:
+    for ep in endpoints:
         op: dict[str, Any] = {
             "operationId": ep.operation_id,
             "summary": ep.summary,
@@ -78,13 +78,21 @@ def openapi_document() -> dict[str, Any]:
         ]
         if ep.operation_id == "trigger_job":
             params.append(
-                {"name": "Idempotency-Key", "in": "header", "required": False,
-                 "schema": {"type": "string", "maxLength": 200}}
+                {
+                    "name": "Idempotency-Key",
+                    "in": "header",
+                    "required": False,
+                    "schema": {"type": "string", "maxLength": 200},
+                }
             )
         if ep.operation_id == "list_alert_deliveries":
             params.append(
-                {"name": "limit", "in": "query", "required": False,
-                 "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                }
             )
         if params:
             op["parameters"] = params
@@ -106,13 +114,17 @@ def openapi_document() -> dict[str, Any]:
             "title": TITLE,
             "version": VERSION,
             "description": "Trace's HTTP API (docs/api.md). Authenticate with "
-            "`Authorization: Bearer <api key>`; errors are `{\"error\": {\"code\", \"message\"}}`.",
+            '`Authorization: Bearer <api key>`; errors are `{"error": {"code", "message"}}`.',
         },
         "paths": paths,
         "components": {
             "schemas": defs.get("$defs", {}),
             "securitySchemes": {
-                "apiKey": {"type": "http", "scheme": "bearer", "description": "An API key (trk_...)"}
+                "apiKey": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "An API key (trk_...)",
+                }
             },
         },
     }

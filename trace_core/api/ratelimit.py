@@ -25,7 +25,9 @@ def parse_limits(text: str) -> list[RateLimitItem]:
     try:
         items = parse_many(text)
     except ValueError as exc:
-        raise ConfigError(f"invalid rate limit {text!r}: {exc}", field="TRACE_API_RATE_LIMIT") from None
+        raise ConfigError(
+            f"invalid rate limit {text!r}: {exc}", field="TRACE_API_RATE_LIMIT"
+        ) from None
     if not items:
         raise ConfigError("no rate limit given", field="TRACE_API_RATE_LIMIT")
     return list(items)

@@ -21,7 +21,6 @@ from trace_core.storage.broker import CredentialBroker, ScopedCredentials
 from trace_core.storage.s3 import S3Store
 from trace_core.tasks.lifecycle import Lease
 
-
 _BROKERS: dict[tuple[Any, ...], CredentialBroker] = {}
 _LOCK = threading.Lock()
 

@@ -49,7 +49,12 @@ def attempt_policy(
     reads = sorted({_arn(bucket, base_prefix, p) for p in read_prefixes})
     if reads:
         statements.append(
-            {"Sid": "ReadInputs", "Effect": "Allow", "Action": list(READ_ACTIONS), "Resource": reads}
+            {
+                "Sid": "ReadInputs",
+                "Effect": "Allow",
+                "Action": list(READ_ACTIONS),
+                "Resource": reads,
+            }
         )
     statements.append(
         {
@@ -145,6 +150,4 @@ def scoped_store(store: Any, creds: ScopedCredentials) -> Any:
 
     if not isinstance(store, S3Store):
         raise StorageError("scoped credentials apply to the S3 object store only")
-    return store.with_credentials(
-        creds.access_key_id, creds.secret_access_key, creds.session_token
-    )
+    return store.with_credentials(creds.access_key_id, creds.secret_access_key, creds.session_token)
