@@ -24,6 +24,8 @@ from trace_core.tasks import retry as task_retry
 
 log = logging.getLogger(__name__)
 
+ORG_TAG = "trace/org"  # on every run and asset: the org whose work it is (docs/api.md)
+
 
 @dataclass(frozen=True)
 class Wakeup:
@@ -41,6 +43,7 @@ class TaskInfo:
     status: str
     attempt: int
     payload: dict[str, Any]
+    org_id: uuid.UUID | None = None
 
 
 def receive_wakeups(rt: Runtime, max_messages: int) -> list[Wakeup]:
@@ -117,7 +120,8 @@ class WorkerRun:
 
 
 def run_labels(infos: list[TaskInfo]) -> dict[str, str]:
-    """Run labels naming job, stream, range, task and attempt (first task's, plus a count)."""
+    """Run labels naming job, stream, range, task and attempt (first task's, plus a count),
+    and the tasks' org (``trace/org``)."""
     first = infos[0]
     label = RangeLabel.of(first.payload)
     tags = {
@@ -132,6 +136,9 @@ def run_labels(infos: list[TaskInfo]) -> dict[str, str]:
         tags["trace/stream"] = label.dataset_key
     if label.block_range is not None:
         tags["trace/range"] = f"{label.range_start}-{label.range_end}"
+    orgs = sorted({str(i.org_id) for i in infos if i.org_id is not None})
+    if orgs:  # the org of the batch's tasks (a batch of several orgs names each)
+        tags[ORG_TAG] = ",".join(orgs)
     return tags
 
 
