@@ -24,9 +24,18 @@ if TYPE_CHECKING:
 
 
 class Runtime:
-    def __init__(self, settings: Settings, dbs: Databases | None = None) -> None:
+    """``tenant``: every connection runs as ``trace_tenant`` (row-level security shows the
+    settings' org only): the CLI with ``--org``/``--api-key``. Otherwise connections are the
+    system's (the configured user), stamping new tenant rows with the settings' org."""
+
+    def __init__(self, settings: Settings, dbs: Databases | None = None, *, tenant: bool = False):
         self.settings = settings
         self._dbs = dbs
+        self.tenant = tenant
+
+    @property
+    def _session(self) -> dict[str, str | None]:
+        return {"org_id": self.settings.org_id, "role": "trace_tenant" if self.tenant else None}
 
     @functools.cached_property
     def dbs(self) -> Databases:
@@ -52,13 +61,19 @@ class Runtime:
     def state(self) -> Iterator[psycopg.Connection[Any]]:
         """A state-database connection (autocommit; use ``conn.transaction()``). A driver error
         that escapes the block leaves as a ``DatabaseError``/``DatabaseUnreachable``."""
-        with db_errors("state database"), connect(self.dbs.state_url, autocommit=True) as conn:
+        with (
+            db_errors("state database"),
+            connect(self.dbs.state_url, autocommit=True, **self._session) as conn,
+        ):
             yield conn
 
     @contextlib.contextmanager
     def data(self) -> Iterator[psycopg.Connection[Any]]:
         """A data-database connection (autocommit), driver errors translated like ``state``."""
-        with db_errors("data database"), connect(self.dbs.data_url, autocommit=True) as conn:
+        with (
+            db_errors("data database"),
+            connect(self.dbs.data_url, autocommit=True, **self._session) as conn,
+        ):
             yield conn
 
     def close(self) -> None:

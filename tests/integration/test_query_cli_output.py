@@ -31,7 +31,7 @@ def test_a_large_result_prints_where_it_was_exported(
     out = " ".join(result.stdout.split())  # rich wraps long lines
     assert "100 row(s)" in out
     assert "exported" in out
-    (exported,) = (trace_home / "objects" / "results").glob("*/result.parquet")
+    (exported,) = (trace_home / "objects" / "results").glob("*/*/result.parquet")
     assert exported.as_uri() in out.replace(" ", "")  # the location a reader can open
     assert pq.read_table(exported).num_rows == 100
 

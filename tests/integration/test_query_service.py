@@ -389,7 +389,7 @@ def test_timeout_truncation_and_export(
         big = post(c, token, {"sql": "SELECT * FROM blocks ORDER BY block_number"}).json()
         assert big["rows"] == [] and big["row_count"] == 200 and not big["truncated"]
         export = big["export"]
-        assert export["key"] == f"results/{big['query_id']}/result.parquet"
+        assert export["key"] == f"results/{settings.org_id}/{big['query_id']}/result.parquet"
         assert export["row_count"] == 200 and "presigned_url" not in export
         table = pq.read_table(Path(export["uri"].removeprefix("file://")))
         assert table.num_rows == 200 and table.column("block_number").to_pylist() == list(
@@ -628,7 +628,8 @@ def test_s3_store_reads_exports_and_refuses_other_keys(
         assert small.json()["rows"] == [[50, "1225"]]
         big = post(c, token, {"sql": "SELECT * FROM blocks"}).json()
         assert (
-            big["export"]["uri"] == f"s3://{bucket}/trace/results/{big['query_id']}/result.parquet"
+            big["export"]["uri"]
+            == f"s3://{bucket}/trace/results/{settings.org_id}/{big['query_id']}/result.parquet"
         )
         fetched = httpx.get(big["export"]["presigned_url"])
         assert fetched.status_code == 200

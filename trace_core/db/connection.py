@@ -61,8 +61,46 @@ def with_database(url: str, dbname: str) -> str:
     return make_conninfo(url, dbname=dbname)
 
 
-def connect(url: str, *, autocommit: bool = False, **kwargs: Any) -> psycopg.Connection[Any]:
-    """Open a connection, translating failures into ``DatabaseUnreachable`` (password redacted)."""
+def session_options(
+    url: str, *, org_id: str | None = None, role: str | None = None
+) -> dict[str, str]:
+    """``psycopg.connect`` keyword arguments that start a session with the org stamped on new
+    tenant rows (``trace.org_id``) and, optionally, as ``role`` (e.g. ``trace_tenant``),
+    appended to any ``options`` the URL already carries. Empty when neither is given."""
+    extra = []
+    if role:
+        extra.append(f"-c role={role}")
+    if org_id:
+        extra.append(f"-c trace.org_id={org_id}")
+    if not extra:
+        return {}
+    try:
+        given = conninfo_to_dict(url).get("options")
+    except psycopg.ProgrammingError:
+        given = None
+    return {"options": " ".join(([str(given)] if given else []) + extra)}
+
+
+def with_session(url: str, *, org_id: str | None = None, role: str | None = None) -> str:
+    """``url`` with ``session_options`` folded in (for a libpq client other than psycopg's
+    ``connect``, e.g. DuckDB's Postgres scanner)."""
+    opts = session_options(url, org_id=org_id, role=role)
+    return make_conninfo(url, **opts) if opts else url
+
+
+def connect(
+    url: str,
+    *,
+    autocommit: bool = False,
+    org_id: str | None = None,
+    role: str | None = None,
+    **kwargs: Any,
+) -> psycopg.Connection[Any]:
+    """Open a connection, translating failures into ``DatabaseUnreachable`` (password redacted).
+
+    ``org_id``/``role``: see ``session_options`` (a private, unpooled connection only; pooled
+    connections set both per transaction with ``tenancy.tenant_scope``)."""
+    kwargs.update(session_options(url, org_id=org_id, role=role))
     try:
         return psycopg.connect(url, autocommit=autocommit, connect_timeout=10, **kwargs)
     except psycopg.OperationalError as exc:

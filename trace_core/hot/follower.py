@@ -459,7 +459,8 @@ def follow_once(
     try:
         with (
             connect(dbs.state_url, autocommit=True) as state,
-            connect(dbs.data_url, autocommit=True) as data,
+            # new hot rows belong to the deployment's org (data.hot_*.org_id)
+            connect(dbs.data_url, autocommit=True, org_id=settings.org_id) as data,
             follower_lock(state, chain_id) as got,
         ):
             if not got:

@@ -23,13 +23,14 @@ Untrusted SQL never names a file. This module decides which objects a query may 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import stat
 import threading
 import uuid
 from collections import OrderedDict, defaultdict
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -52,6 +53,7 @@ from trace_core.datasets.registry import (
     missing_ranges,
     visible_parts,
 )
+from trace_core.db.connection import with_session
 from trace_core.db.queries import q
 from trace_core.errors import (
     AccessDenied,
@@ -64,6 +66,7 @@ from trace_core.errors import (
 )
 from trace_core.query.relations import ClippedFiles, HotSource, Relation
 from trace_core.query.tokens import TaskClaims, UserClaims
+from trace_core.tenancy import TENANT_ROLE, tenant_scope
 
 log = logging.getLogger(__name__)
 
@@ -378,12 +381,22 @@ def followed_chains(
 
 
 def data_hot_sources(
-    pool: ConnectionPool[Any], url: str, followed: Collection[int] = ()
+    pool: ConnectionPool[Any],
+    url: str,
+    followed: Collection[int] = (),
+    *,
+    org_id: uuid.UUID | str | None = None,
 ) -> HotSourceResolver:
     """Resolver over the block follower's ``data.hot_*`` tables: per chain, the hot rows at or
     beyond the end of the newest cold range, plus those in ranges below it that no cold
     version covers, offered only when there are any. A ``followed`` chain without cold
-    versions contributes all its hot rows (boundary 0)."""
+    versions contributes all its hot rows (boundary 0).
+
+    With ``org_id``, both the probe here and the engine's reads (through the returned
+    sources' URL) run as ``trace_tenant`` with that org set: row-level security serves the
+    org's own hot rows only."""
+    if org_id is not None:
+        url = with_session(url, org_id=str(org_id), role=TENANT_ROLE)
 
     def resolve(relation: str, recs: Sequence[VersionRecord]) -> list[HotSource]:
         table = HOT_TABLES.get(relation)
@@ -393,7 +406,7 @@ def data_hot_sources(
         for rec in recs:
             by_chain.setdefault(rec.chain_id, []).append(rec)
         sources = []
-        with pool.connection() as conn:
+        with pool.connection() as conn, _scoped(conn, org_id):
             for chain_id, chain_recs in sorted(by_chain.items()):
                 end = max((r.range_end for r in chain_recs), default=0)
                 src = HotSource(
@@ -412,3 +425,12 @@ def data_hot_sources(
         return sources
 
     return resolve
+
+
+@contextlib.contextmanager
+def _scoped(conn: Connection[Any], org_id: uuid.UUID | str | None) -> Iterator[None]:
+    if org_id is None:
+        yield
+        return
+    with tenant_scope(conn, org_id):
+        yield

@@ -5,7 +5,7 @@ strings (JavaScript numbers would round them), BLOBs become ``0x``-prefixed hex 
 and addresses), temporal values ISO 8601 strings, non-finite floats null.
 
 A result over the inline caps is exported as one Parquet object at
-``results/{query_id}/result.parquet``; the response carries its key, URI and, on S3, a
+``results/{org_id}/{query_id}/result.parquet``; the response carries its key, URI and, on S3, a
 presigned GET URL.
 """
 
@@ -49,15 +49,24 @@ class ExportInfo:
         return out
 
 
-def result_key(query_id: uuid.UUID) -> str:
-    return f"results/{query_id}/result.parquet"
+def result_key(query_id: uuid.UUID, org_id: uuid.UUID | str | None = None) -> str:
+    """Where a result goes: under its org's prefix (scoped credentials and lifecycle rules
+    can name one org's results), then the query id (unguessable)."""
+    org = f"{org_id}/" if org_id is not None else ""
+    return f"results/{org}{query_id}/result.parquet"
 
 
 def export_result(
-    store: ObjectWriter, query_id: uuid.UUID, spool: Path, row_count: int, *, presign_seconds: int
+    store: ObjectWriter,
+    query_id: uuid.UUID,
+    spool: Path,
+    row_count: int,
+    *,
+    presign_seconds: int,
+    org_id: uuid.UUID | str | None = None,
 ) -> ExportInfo:
     """Upload the spooled Parquet result. Storage errors propagate."""
-    key = result_key(query_id)
+    key = result_key(query_id, org_id)
     store.put_file(key, spool)
     uri = store.duckdb_uri(key)
     if "://" not in uri:

@@ -31,7 +31,9 @@ from trace_core.db.connection import Databases
 from trace_core.db.queries import q
 from trace_core.errors import (
     AccessDenied,
+    Forbidden,
     ManifestInvalid,
+    NotFound,
     QueryError,
     QueryFailed,
     QueryTimeout,
@@ -41,6 +43,7 @@ from trace_core.errors import (
     TokenInvalid,
     TooLarge,
     TraceError,
+    Unauthenticated,
 )
 from trace_core.query.attach import (
     HOT_TABLES,
@@ -76,12 +79,17 @@ from trace_core.query.tokens import (
 from trace_core.query.workers import EngineWorkers, WorkerLimits
 from trace_core.settings import Settings
 from trace_core.storage.base import ObjectStore
+from trace_core.tenancy import Principal, authenticate_key, tenant_scope
+from trace_core.tenancy.keys import KEY_PREFIX
 
 log = logging.getLogger(__name__)
 
 
 _STATUS: list[tuple[type[Exception], int]] = [
     (TokenInvalid, 401),
+    (Unauthenticated, 401),
+    (Forbidden, 403),
+    (NotFound, 404),
     (AccessDenied, 403),
     (QueryTimeout, 408),
     (TooLarge, 413),
@@ -132,7 +140,8 @@ def client_error(exc: TraceError) -> QueryError:
     """The error a client of the service sees for ``exc``: its code, its HTTP status in
     ``fields['status']`` and, for anything but a ``QueryError``, no detail (HTTP's body and
     the ``QueryError`` that ``query_http`` raises from it)."""
-    message = exc.message if isinstance(exc, QueryError) else "service unavailable"
+    told = (QueryError, Unauthenticated, Forbidden, NotFound)
+    message = exc.message if isinstance(exc, told) else "service unavailable"
     return QueryError(message, code=exc.code, status=status_of(exc))
 
 
@@ -158,6 +167,7 @@ class _Caller:
     task_id: uuid.UUID | None = None
     attempt: int | None = None
     hot_chains: list[int] = field(default_factory=list)
+    principal: Principal | None = None  # an API key's caller
 
 
 class QueryService:
@@ -267,7 +277,18 @@ class QueryService:
         return table
 
     def _caller(self, kind: Literal["user", "task"], token: str) -> _Caller:
-        return self._user(token) if kind == "user" else self._task(token)
+        """A user query's bearer is a user token or an API key (``trk_...``)."""
+        if kind == "task":
+            return self._task(token)
+        return self._key(token) if token.startswith(KEY_PREFIX) else self._user(token)
+
+    def _key(self, secret: str) -> _Caller:
+        """An API key's caller: every dataset of its org (any role may read); refused keys
+        are audited by ``authenticate_key``."""
+        with self.state.connection() as conn:
+            who = authenticate_key(conn, secret)
+        claims = UserClaims(sub=who.actor, org_id=who.org_id, datasets="all", expires_at=0)
+        return _Caller(who.org_id, {}, user=claims, principal=who)
 
     def _respond(
         self, caller: _Caller, request: QueryRequest, started: float, *, as_table: bool = False
@@ -330,6 +351,7 @@ class QueryService:
                     result.spool,
                     result.row_count,
                     presign_seconds=self.settings.query_presign_seconds,
+                    org_id=caller.org_id,
                 )
                 run.export_key = export.key
         finally:
@@ -344,11 +366,15 @@ class QueryService:
         }
 
     def _hot_for(self, caller: _Caller) -> HotSourceResolver | None:
-        """Hot rows serve user queries only (a task reads exactly its pinned versions)."""
+        """Hot rows serve user queries only (a task reads exactly its pinned versions), read
+        as ``trace_tenant`` with the caller's org: row-level security keeps other orgs' hot
+        rows out even where chains overlap."""
         if caller.user is None:
             return None
-        if self._hot_url is not None and caller.hot_chains:
-            return data_hot_sources(self.data, self._hot_url, caller.hot_chains)
+        if self._hot_url is not None:
+            return data_hot_sources(
+                self.data, self._hot_url, caller.hot_chains, org_id=caller.org_id
+            )
         return self.hot
 
     def _finish(self, caller: _Caller, run: _Run, started: float) -> None:
@@ -393,7 +419,8 @@ class QueryService:
 
     def _task(self, token: str) -> _Caller:
         claims = verify_task_token(self.settings, token)
-        with self.state.connection() as conn:
+        # as the token's org: a task or version of another org is simply not there
+        with self.state.connection() as conn, tenant_scope(conn, claims.org_id):
             row = conn.execute(q("query", "task_attempt"), {"task_id": claims.task_id}).fetchone()
             if row is None or row[0] != "running" or row[1] != claims.attempt:
                 raise AccessDenied("the task attempt is not current", code="stale_attempt")
@@ -403,7 +430,7 @@ class QueryService:
     def _resolve(self, caller: _Caller, request: QueryRequest) -> Versions:
         """Relations the request may read (403 for names outside the grant)."""
         if caller.user is not None:
-            with self.state.connection() as conn:
+            with self.state.connection() as conn, tenant_scope(conn, caller.org_id):
                 if self._hot_url is not None:
                     caller.hot_chains = followed_chains(conn, caller.org_id, request.job)
                 return user_versions(
@@ -423,7 +450,7 @@ class QueryService:
         return {name: caller.versions[name] for name in request.datasets}
 
     def _audit(self, record: AuditRecord) -> None:
-        with self.data.connection() as conn:
+        with self.data.connection() as conn, tenant_scope(conn, record.org_id):
             write_audit(conn, record)
 
 
