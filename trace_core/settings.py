@@ -487,13 +487,18 @@ def alert_secret(name: str, environ: Mapping[str, str] | None = None) -> str | N
     return value or None
 
 
-def source_secret_env_var(job: str) -> str:
-    """``erc20-volume`` -> ``TRACE_SOURCE_ERC20_VOLUME_WEBHOOK_SECRET``."""
-    return f"TRACE_SOURCE_{_POOL_RE.sub('_', job).upper()}_WEBHOOK_SECRET"
+def source_secret_env_var(job: str, org: str | None = None) -> str:
+    """``erc20-volume`` -> ``TRACE_SOURCE_ERC20_VOLUME_WEBHOOK_SECRET``; with an org (the
+    org-aware route), ``acme``/``erc20-volume`` -> ``TRACE_SOURCE_ACME__ERC20_VOLUME_...``."""
+    scope = f"{_POOL_RE.sub('_', org).upper()}__" if org is not None else ""
+    return f"TRACE_SOURCE_{scope}{_POOL_RE.sub('_', job).upper()}_WEBHOOK_SECRET"
 
 
-def source_webhook_secret(job: str, environ: Mapping[str, str] | None = None) -> bytes | None:
-    """The HMAC secret of a job's webhook source, or None when unset. A secret: never log it."""
+def source_webhook_secret(
+    job: str, environ: Mapping[str, str] | None = None, *, org: str | None = None
+) -> bytes | None:
+    """The HMAC secret of a job's webhook source (of ``org``'s job on the org-aware route), or
+    None when unset. A secret: never log it."""
     env = os.environ if environ is None else environ
-    value = env.get(source_secret_env_var(job), "").strip()
+    value = env.get(source_secret_env_var(job, org), "").strip()
     return value.encode() if value else None

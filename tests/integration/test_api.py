@@ -317,3 +317,42 @@ def test_query_and_trigger_in_the_callers_org(
     assert status["kind"] == "transform" and status["status"]["source_events"] == {"manual": 1}
     with connect(dbs.state_url, autocommit=True) as conn:
         assert conn.execute("SELECT count(*) FROM state.source_events").fetchone() == (1,)
+
+
+def test_org_aware_webhook_triggers_in_the_named_org_only(
+    orgs: tuple[Org, Org],
+    dbs: Databases,
+    settings: Settings,
+    tmp_path: Path,
+    trace_home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from trace_core.sources.webhook import signature, webhook_routes
+
+    acme, beta = orgs
+    secret = b"beta-hook-secret"
+    monkeypatch.setenv("TRACE_SOURCE_BETA__GAS_WEBHOOK_SECRET", secret.decode())
+    store = LocalStore(trace_home / "objects")
+    hooked = TRANSFORM.replace("manual: true", "manual: true, webhook: true")
+    app = create_app(
+        settings, dbs, store, hot_sources=None,
+        routes=[*api_routes(settings), *webhook_routes(settings)],
+    )  # fmt: skip
+    with serving(app) as c:
+        for org in orgs:  # both orgs have a job src and a transform gas
+            assert c.post("/v1/jobs", content=JOB, headers=org.h("editor")).status_code == 201
+            publish(settings.model_copy(update={"org_id": org.org.org_id}), store, tmp_path,
+                    blocks_table(0, 100, gas=21_100))  # fmt: skip
+            r = c.post("/v1/jobs", content=hooked, headers=org.h("editor"))
+            assert r.status_code == 201, r.text
+        body = b'{"why": "prices"}'
+        headers = {"Idempotency-Key": "d-1", "X-Trace-Signature": signature(secret, "d-1", body)}
+        r = c.post("/v1/orgs/beta/sources/gas/webhook", content=body, headers=headers)
+        assert r.status_code == 202, r.text
+        # acme's job of the same name has no secret of its own: 404; an unknown org too
+        for org in ("acme", "nobody"):
+            r = c.post(f"/v1/orgs/{org}/sources/gas/webhook", content=body, headers=headers)
+            assert r.status_code == 404 and r.json()["error"]["code"] == "webhook_not_configured"
+    with connect(dbs.state_url, autocommit=True) as conn:
+        rows = conn.execute("SELECT org_id, kind FROM state.source_events").fetchall()
+    assert rows == [(beta.org.org_id, "webhook")]
