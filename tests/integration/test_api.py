@@ -105,17 +105,6 @@ def refused(r: httpx.Response, status: int, code: str | None = None) -> dict[str
     return dict(err)
 
 
-def test_openapi_document_is_valid_and_lists_every_route(client: httpx.Client) -> None:
-    doc = client.get("/openapi.json").json()
-    validate(doc)
-    ops = {(m.upper(), p) for p, item in doc["paths"].items() for m in item}
-    assert ("POST", "/v1/jobs") in ops and ("DELETE", "/v1/keys/{key_id}") in ops
-    assert ("POST", "/v1/jobs/{name}/trigger") in ops and ("PUT", "/v1/alerts/{name}") in ops
-    assert doc["paths"]["/v1/keys"]["post"]["x-trace-role"] == "admin"
-    schema = doc["paths"]["/v1/keys"]["post"]["responses"]["201"]["content"]
-    assert schema["application/json"]["schema"] == {"$ref": "#/components/schemas/KeyCreated"}
-
-
 def test_jobs_and_alerts_roles_and_org_isolation(
     client: httpx.Client, orgs: tuple[Org, Org], dbs: Databases
 ) -> None:
@@ -161,6 +150,10 @@ def test_jobs_and_alerts_roles_and_org_isolation(
         refused(client.get(path, headers=beta.h("owner")), 404, "not_found")
     refused(client.post("/v1/jobs/src/pause", headers=beta.h("owner")), 404)
     refused(client.delete("/v1/jobs/src", headers=beta.h("owner")), 404)
+    # a body naming another org's job: as unknown (422 naming the line), nothing written
+    refused(client.post("/v1/alerts", content=ALERT.format(gas=1, severity="info"),
+                        headers=beta.h("editor")), 422)  # fmt: skip
+    assert client.get("/v1/alerts", headers=acme.h("viewer")).json() == {"alerts": []}
     # beta applying a job of the same name gets its own job, acme's is untouched
     assert client.post("/v1/jobs", content=JOB, headers=beta.h("editor")).status_code == 201
     assert sorted(r[0] for r in jobs_of(dbs)) == sorted([acme.org.org_id, beta.org.org_id])
@@ -224,6 +217,15 @@ def test_keys_lifecycle_expiry_and_rate_limit(
     trace_home: Path,
 ) -> None:
     acme, beta = orgs
+    # the OpenAPI document is served without a key, valid, and lists every route
+    doc = client.get("/openapi.json").json()
+    validate(doc)
+    ops = {(m.upper(), p) for p, item in doc["paths"].items() for m in item}
+    assert ("POST", "/v1/jobs") in ops and ("DELETE", "/v1/keys/{key_id}") in ops
+    assert ("POST", "/v1/jobs/{name}/trigger") in ops and ("PUT", "/v1/alerts/{name}") in ops
+    assert doc["paths"]["/v1/keys"]["post"]["x-trace-role"] == "admin"
+    schema = doc["paths"]["/v1/keys"]["post"]["responses"]["201"]["content"]
+    assert schema["application/json"]["schema"] == {"$ref": "#/components/schemas/KeyCreated"}
     refused(client.post("/v1/keys", json={"role": "viewer"}, headers=acme.h("editor")), 403)
     refused(client.get("/v1/keys", headers=acme.h("editor")), 403)
     # an admin cannot mint an owner key
@@ -270,6 +272,14 @@ def test_keys_lifecycle_expiry_and_rate_limit(
         refused(r, 429, "rate_limited")
         assert int(r.headers["retry-after"]) > 0
         assert c2.get("/v1/whoami", headers=acme.h("editor")).status_code == 200  # per key
+        # guessing keys is limited per client address: the 4th bad key gets 429, not 401
+        bad = {"Authorization": "Bearer trk_" + "f" * 48}
+        assert [c2.get("/v1/whoami", headers=bad).status_code for _ in range(4)] == [
+            401,
+            401,
+            401,
+            429,
+        ]
     assert "429 rate_limited" in " ".join(r[4] or "" for r in audit(dbs))
 
 
@@ -294,6 +304,8 @@ def test_query_and_trigger_in_the_callers_org(
     # beta has no such relation: refused, no rows, audited
     r = client.post("/v1/query", json=sql, headers=beta.h("owner"))
     assert r.status_code in (400, 403) and "rows" not in r.json()
+    last = audit(dbs)[-1]
+    assert last[0] == beta.org.org_id and last[2] == "POST /v1/query" and last[3] == "refused"
     # a tampered user token (the Query Service's own kind) is refused with 401 and audited
     token = local_user_token(settings)
     head, body, sig = token.split(".")

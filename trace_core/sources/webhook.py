@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import uuid
 from typing import Any
 
 from psycopg_pool import ConnectionPool
@@ -95,7 +96,7 @@ def accept(
     check_key(key)
     verify(source_webhook_secret(job, org=org), key, body, sig)
     with pool.connection() as conn:
-        org_id = settings.org_id
+        org_id: str | uuid.UUID = settings.org_id
         if org is not None:
             try:
                 org_id = org_by_name(conn, org).org_id
