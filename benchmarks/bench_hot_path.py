@@ -9,6 +9,10 @@ On a seeded anvil chain (``trace_lite.devtools.devchain``), per repetition:
 * compaction: ``compact_once`` of the final ranges right after the follower filled the hot
   tables (ranges of 500 blocks, Parquet of all three datasets, staged, committed as versions,
   hot rows deleted).
+* follower with row-level security off (issue 22's baseline): the same follower on a second
+  pair of databases where every table's RLS is disabled and the follower connects as the
+  configured user (no ``trace_system`` role, no org stamped), interleaved with the run above
+  (RLS forced, as ``trace_system``, new rows stamped with the org); target: within 10%.
 
 Medians over the repetitions. Postgres: ``TRACE_DATABASE_URL`` if set, else an embedded server.
 
@@ -70,6 +74,20 @@ def time_cryo(url: str, blocks: int, root: Path) -> float:
     return time.perf_counter() - t0
 
 
+def without_rls(dbs: Databases) -> None:
+    """Disable row-level security on every table of both databases (the pre-tenancy setup)."""
+    for url in (dbs.state_url, dbs.data_url):
+        with psycopg.connect(url, autocommit=True) as conn:
+            tables = conn.execute(
+                "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c"
+                " JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE n.nspname IN ('state', 'data') AND c.relrowsecurity"
+            ).fetchall()
+            for (table,) in tables:
+                conn.execute(f"ALTER TABLE {table} NO FORCE ROW LEVEL SECURITY")
+                conn.execute(f"ALTER TABLE {table} DISABLE ROW LEVEL SECURITY")
+
+
 def time_follow(settings: Settings, dbs: Databases, chain: DevChain, batch: int) -> float:
     reset(dbs)
     head = chain.head()
@@ -106,6 +124,13 @@ def main() -> None:
         os.environ.setdefault("XDG_RUNTIME_DIR", tmp)
         with DevChain.start(blocks=args.blocks, seed=11) as chain, databases(root / "pg") as dbs:
             settings = Settings(home=root / "home", state_url=dbs.state_url, data_url=dbs.data_url)  # type: ignore[arg-type]
+            plain = scratch_databases(root / "pg", "bench_hot_norls")
+            without_rls(plain)
+            plain_settings = Settings(
+                home=root / "home", state_url=plain.state_url, data_url=plain.data_url,
+                db_system_role="",
+            )  # type: ignore[arg-type]  # fmt: skip
+            off_s: list[float] = []
             txs = chain.seed_summary.transactions(0, args.blocks)
             logs = chain.seed_summary.logs(0, args.blocks)
             time_cryo(chain.rpc_url, args.blocks, root)  # warm-up
@@ -113,10 +138,11 @@ def main() -> None:
             versions = 0
             for _ in range(args.reps):
                 cryo_s.append(time_cryo(chain.rpc_url, args.blocks, root))
+                off_s.append(time_follow(plain_settings, plain, chain, args.batch_size))
                 follow_s.append(time_follow(settings, dbs, chain, args.batch_size))
                 seconds, versions = time_compact(settings, dbs, chain, root)
                 compact_s.append(seconds)
-    c, f, k = (statistics.median(x) for x in (cryo_s, follow_s, compact_s))
+    c, f, k, o = (statistics.median(x) for x in (cryo_s, follow_s, compact_s, off_s))
     print(
         f"chain: {args.blocks} blocks, {txs} transactions, {logs} logs; follower batch {args.batch_size}"
     )
@@ -125,6 +151,12 @@ def main() -> None:
     print(f"{'follower: RPC -> hot tables':<42}{f:>9.3f}{args.blocks / f:>10.0f}{f / c:>9.2f}")
     label = f"compaction: hot -> {versions} versions + delete"
     print(f"{label:<42}{k:>9.3f}{args.blocks / k:>10.0f}{k / c:>9.2f}")
+    print(
+        f"{'follower, RLS off (no roles, no org)':<42}{o:>9.3f}{args.blocks / o:>10.0f}{o / c:>9.2f}"
+    )
+    slower = f / o - 1
+    verdict = "within 10%" if slower <= 0.10 else "OVER 10%"
+    print(f"follower with RLS on vs off: {slower:+.1%} time ({verdict}); loadavg {os.getloadavg()}")
 
 
 if __name__ == "__main__":

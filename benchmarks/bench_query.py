@@ -13,6 +13,12 @@ LocalStore, registers it in an embedded Postgres, then times the same SQL three 
 
 Targets: scans <= 1.15x raw; a small query adds < 30 ms; isolation adds < 5 ms.
 
+Tenancy (issue 22): the small query in process three ways, interleaved: a user token with
+row-level security off (``QueryService(row_security=False)``: grants resolved as the
+connecting user, the baseline), the same token with it on (every state/data transaction as
+``trace_tenant`` with the org set), and an API key with it on (plus key authentication).
+Target: key authentication + row-level security add <= 2 ms.
+
 Run: .venv/bin/python benchmarks/bench_query.py [--rows N] [--repeat N]
 """
 
@@ -249,7 +255,46 @@ def main() -> None:
             service.close()
             inproc.close()
             raw.close()
-        print(f"cpu count={os.cpu_count()}")
+        tenancy_overhead(settings, dbs, store, args.repeat * 3)
+        print(f"cpu count={os.cpu_count()} loadavg={os.getloadavg()}")
+
+
+def tenancy_overhead(settings: Settings, dbs: Databases, store: LocalStore, repeat: int) -> None:
+    """What API-key authentication and row-level security add to the small query."""
+    from trace_core.db.connection import connect
+    from trace_core.tenancy import authenticate_key, create_key
+
+    inproc = settings.model_copy(update={"query_workers": 0})
+    before = QueryService(inproc, dbs, store, hot_sources=None, row_security=False)
+    after = QueryService(inproc, dbs, store, hot_sources=None)
+    with connect(dbs.state_url, autocommit=True) as conn:
+        _, secret = create_key(conn, settings.org_id, "viewer", name="bench")
+    before.open()
+    after.open()
+    token = f"Bearer {local_user_token(settings)}"
+    key = f"Bearer {secret}"
+    body = json.dumps({"sql": QUERIES["small"]}).encode()
+    try:
+        with connect(dbs.state_url, autocommit=True) as conn:
+            medians, _ = timed(
+                {
+                    "token, no RLS": lambda: before.handle("user", token, body),
+                    "token + RLS": lambda: after.handle("user", token, body),
+                    "api key + RLS": lambda: after.handle("user", key, body),
+                    "authenticate_key": lambda: authenticate_key(conn, secret),
+                },
+                repeat,
+            )
+    finally:
+        before.close()
+        after.close()
+    base = medians["token, no RLS"]
+    print(f"\ntenancy: small query in process, median of {repeat} (ms)")
+    for name, ms in medians.items():
+        extra = "" if name == "authenticate_key" else f"  {ms - base:+.2f} vs no RLS"
+        print(f"  {name:<18} {ms:>8.2f}{extra}")
+    added = medians["api key + RLS"] - base
+    print(f"  key auth + RLS add {added:+.2f} ms ({'<= 2 ms' if added <= 2 else 'OVER 2 ms'})")
 
 
 if __name__ == "__main__":

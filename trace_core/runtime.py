@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from trace_core.db.connection import Databases, connect, resolve_databases
+from trace_core.db.connection import Databases, connect, resolve_databases, system_session
 from trace_core.db.errors import db_errors
 from trace_core.settings import Settings
 from trace_core.tasks.retry import RetryPolicy
@@ -25,8 +25,9 @@ if TYPE_CHECKING:
 
 class Runtime:
     """``tenant``: every connection runs as ``trace_tenant`` (row-level security shows the
-    settings' org only): the CLI with ``--org``/``--api-key``. Otherwise connections are the
-    system's (the configured user), stamping new tenant rows with the settings' org."""
+    settings' org only): the CLI with ``--org``. Otherwise connections are the system's, as
+    ``settings.db_system_role`` (``trace_system``: owns nothing, bypasses row-level security),
+    stamping new tenant rows with the settings' org."""
 
     def __init__(self, settings: Settings, dbs: Databases | None = None, *, tenant: bool = False):
         self.settings = settings
@@ -35,7 +36,9 @@ class Runtime:
 
     @property
     def _session(self) -> dict[str, str | None]:
-        return {"org_id": self.settings.org_id, "role": "trace_tenant" if self.tenant else None}
+        if self.tenant:
+            return {"org_id": self.settings.org_id, "role": "trace_tenant"}
+        return system_session(self.settings)
 
     @functools.cached_property
     def dbs(self) -> Databases:

@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     org_id: str = Field(
         DEFAULT_ORG_ID, description="Organisation id stamped on jobs, datasets and tokens"
     )
+    db_system_role: str | None = Field(
+        "trace_system",
+        description="Postgres role the system's own connections switch to (owns nothing, "
+        "bypasses row-level security; docs/tenancy.md); empty: stay the configured user",
+    )
 
     object_store_url: str | None = Field(
         None, description="file:///path or s3://bucket/prefix; default file://$TRACE_HOME/objects"

@@ -20,11 +20,12 @@ import psycopg
 import pytest
 
 from trace_core.db.connection import Databases, connect
+from trace_core.runtime import Runtime
+from trace_core.settings import Settings
 from trace_core.tenancy import create_org, tenant_scope
 
 # Tables no tenant reads: system plumbing and catalogues (reason each).
 GLOBAL_TABLES: dict[str, str] = {
-    "state.outbox": "wake-ups published by the system; never read by tenant paths",
     "state.queue_messages": "pgqueue wake-ups (messages are not authority)",
     "state.queue_dead": "pgqueue dead letters, an operator's view",
     "state.worker_runs": "Dagster run bookkeeping of the worker sensor",
@@ -33,7 +34,7 @@ GLOBAL_TABLES: dict[str, str] = {
     "state.hot_follower_cursors": "the follower's per-chain cursor (system bookkeeping)",
     "state.org_roles": "the role catalogue (read-only to tenants)",
 }
-TENANT_READABLE_GLOBALS = {"state.org_roles"}
+TENANT_READABLE_GLOBALS = {"state.org_roles", "state.hot_follower_cursors"}
 
 A_ORG = uuid.UUID("00000000-0000-0000-0000-0000000000aa")
 B_ORG = uuid.UUID("00000000-0000-0000-0000-0000000000bb")
@@ -97,6 +98,13 @@ _USER = (
 
 # policy name -> how to make one row of an org (as the system: the superuser test connection)
 POLICIES: dict[str, Fixture] = {
+    "state.outbox_org": Fixture(
+        "state",
+        _sql(
+            "INSERT INTO state.outbox (outbox_id, topic, payload, org_id)"
+            " VALUES ('{uid}', 't', '{{}}', '{org}')"
+        ),
+    ),
     "state.tasks_org": Fixture("state", _sql(_TASK)),
     "state.task_attempts_org": Fixture(
         "state",
@@ -401,3 +409,19 @@ def test_policy_isolates_orgs(two_orgs: Databases, policy: str) -> None:
         with pytest.raises(psycopg.errors.InsufficientPrivilege), tenant_scope(conn, A_ORG):
             conn.execute(change)
         assert {str(A_ORG), str(B_ORG)} <= _visible(conn, table)
+
+
+def test_runtime_connections_take_their_roles(two_orgs: Databases, settings: Settings) -> None:
+    """The system's connections run as trace_system (owns nothing, sees every org); a tenant
+    runtime (the CLI with --org) as trace_tenant, seeing its org alone."""
+    with connect(two_orgs.state_url, autocommit=True) as conn:
+        for org, tag in ((A_ORG, "a"), (B_ORG, "b")):
+            POLICIES["state.datasets_org"].insert(conn, org, tag)
+    count = "SELECT current_user, count(*) FROM state.datasets"
+    with Runtime(settings).state() as conn:
+        assert conn.execute(count).fetchone() == ("trace_system", 2)
+    tenant = Runtime(settings.model_copy(update={"org_id": str(A_ORG)}), tenant=True)
+    with tenant.state() as conn:
+        assert conn.execute(count).fetchone() == ("trace_tenant", 1)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT count(*) FROM state.queue_messages")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import click
 from rich.console import Console
 
 from trace_core.errors import ConfigError, TraceError
@@ -32,5 +34,48 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+# ``--org NAME`` of the running command (or of ``trace-lite --org NAME ...``)
+ORG: contextvars.ContextVar[str | None] = contextvars.ContextVar("trace_cli_org", default=None)
+
+
+def org_option(fn: F) -> F:
+    """Add ``--org NAME`` to a tenant command: its work runs as ``trace_tenant`` with that
+    org (row-level security); without it, the deployment's own org (TRACE_ORG_ID, default
+    the org named 'default')."""
+
+    @click.option(
+        "--org",
+        "org_name",
+        default=None,
+        help="Org name: run as that org's tenant (default: the deployment's org)",
+    )
+    @functools.wraps(fn)
+    def wrapper(*args: Any, org_name: str | None = None, **kwargs: Any) -> Any:
+        if org_name is not None:
+            ORG.set(org_name)
+        return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
 def runtime() -> Runtime:
-    return Runtime(load_settings())
+    """The command's runtime: with ``--org``, a tenant runtime of that org (an unknown name
+    raises ``NotFound`` after an audit row)."""
+    settings = load_settings()
+    name = ORG.get()
+    if name is None:
+        return Runtime(settings)
+    from trace_core.tenancy import org_by_name, record_event
+
+    system = Runtime(settings)
+    with system.state() as conn:
+        try:
+            org = org_by_name(conn, name)
+        except TraceError as exc:
+            record_event(
+                conn, org_id=None, actor="cli", action="org.resolve", outcome="refused",
+                detail=str(exc),
+            )  # fmt: skip
+            raise
+    scoped = settings.model_copy(update={"org_id": str(org.org_id)})
+    return Runtime(scoped, system.dbs, tenant=True)

@@ -14,9 +14,10 @@ from rich.table import Table
 from rich.text import Text
 
 from trace_core.cli.alerts import alerts
-from trace_core.cli.common import console, err_console, handle_errors, runtime
+from trace_core.cli.common import ORG, console, err_console, handle_errors, org_option, runtime
 from trace_core.cli.dlq import dlq
 from trace_core.cli.retry import retry
+from trace_core.cli.tenancy import key, org, user
 from trace_core.cli.transforms import apply_transform_file, transforms, trigger
 from trace_core.cli.udf import udf
 from trace_core.cli.verify import verify
@@ -26,10 +27,17 @@ from trace_core.settings import load_settings
 
 @click.group()
 @click.option("-v", "--verbose", is_flag=True, help="Log at INFO level to stderr")
-def cli(verbose: bool) -> None:
+@click.option(
+    "--org",
+    "org_name",
+    default=None,
+    help="Org name for every tenant command (as that org's tenant; default: the deployment's)",
+)
+def cli(verbose: bool, org_name: str | None) -> None:
     """Trace Lite: EVM chain data into versioned Parquet, on Dagster."""
     from trace_core.logs import configure_logging
 
+    ORG.set(org_name)
     json_logs = os.environ.get("TRACE_LOG_FORMAT", "").lower() == "json"
     configure_logging(logging.INFO if verbose else logging.WARNING, "json" if json_logs else "text")
 
@@ -41,6 +49,9 @@ cli.add_command(verify)
 cli.add_command(transforms)
 cli.add_command(trigger)
 cli.add_command(udf)
+cli.add_command(org)
+cli.add_command(user)
+cli.add_command(key)
 
 
 @cli.command()
@@ -68,6 +79,7 @@ def _ensure_migrated(rt: Runtime) -> None:
 @click.option(
     "--strict", is_flag=True, help="Also require every rpc_pool's TRACE_RPC_POOL_<POOL>_URL"
 )
+@org_option
 @handle_errors
 def apply(file_: Path, strict: bool) -> None:
     """Apply a chain_sync or transform YAML job (idempotent; an edit keeps cursors and the
@@ -208,6 +220,7 @@ def queue_overview(rt: Runtime) -> dict[str, Any]:
 @cli.command()
 @click.option("--job", default=None, help="Job name or id (default: all jobs)")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON")
+@org_option
 @handle_errors
 def status(job: str | None, as_json: bool) -> None:
     """Per-stream progress, throughput, ETA and blocked reasons, plus queue health."""
@@ -217,7 +230,8 @@ def status(job: str | None, as_json: bool) -> None:
     _ensure_migrated(rt)
     with rt.state() as conn:
         jobs = status_mod.job_status(conn, rt.settings.org_id, job)
-    queue = queue_overview(rt)
+    # the queues and outbox are shared by every org: the operator's view, not a tenant's
+    queue = None if rt.tenant else queue_overview(rt)
     if as_json:
         click.echo(json.dumps({"jobs": jobs, "queue": queue}, indent=2, default=str))
     else:
@@ -237,6 +251,7 @@ def _set_enabled(job: str, enabled: bool) -> None:
 
 @cli.command()
 @click.option("--job", required=True, help="Job name or id")
+@org_option
 @handle_errors
 def pause(job: str) -> None:
     """Stop scheduling and claiming new work for a job (running tasks finish)."""
@@ -245,6 +260,7 @@ def pause(job: str) -> None:
 
 @cli.command()
 @click.option("--job", required=True, help="Job name or id")
+@org_option
 @handle_errors
 def resume(job: str) -> None:
     """Resume a paused job."""
@@ -267,8 +283,16 @@ def resume(job: str) -> None:
     flag_value="http",
     help="Require the Query Service (TRACE_QUERY_URL or the default address)",
 )
+@click.option(
+    "--api-key",
+    "api_key",
+    default=None,
+    envvar="TRACE_API_KEY",
+    help="Query as this API key (its org and role; the same checks as over HTTP)",
+)
+@org_option
 @handle_errors
-def query(sql: str, job: str | None, as_json: bool, mode: str | None) -> None:
+def query(sql: str, job: str | None, as_json: bool, mode: str | None, api_key: str | None) -> None:
     """Run SQL through the Query Service (signs a local user token in Lite).
 
     With TRACE_QUERY_URL set, or a service answering at the default address, over HTTP;
@@ -281,9 +305,9 @@ def query(sql: str, job: str | None, as_json: bool, mode: str | None) -> None:
     if route.mode == "embedded":
         err_console.print(route.notice, highlight=False, markup=False, soft_wrap=True)
         _ensure_migrated(rt)
-        resp = query_embedded(rt.settings, rt.dbs, rt.store, sql, job)
+        resp = query_embedded(rt.settings, rt.dbs, rt.store, sql, job, token=api_key)
     else:
-        resp = query_http(rt.settings, sql, job)
+        resp = query_http(rt.settings, sql, job, token=api_key)
     if as_json:
         click.echo(json.dumps(resp, indent=2, default=str))
         return

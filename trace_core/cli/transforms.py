@@ -12,15 +12,14 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from trace_core.cli.common import console, handle_errors
+from trace_core.cli.common import console, handle_errors, runtime
 from trace_core.runtime import Runtime
-from trace_core.settings import load_settings
 
 
 def _runtime() -> Runtime:
     from trace_core.db.migrate import migrate
 
-    rt = Runtime(load_settings())
+    rt = runtime()  # as --org's tenant when given (trace-lite --org NAME ...)
     migrate(rt.dbs)
     return rt
 

@@ -81,6 +81,12 @@ def session_options(
     return {"options": " ".join(([str(given)] if given else []) + extra)}
 
 
+def system_session(settings: Settings) -> dict[str, str | None]:
+    """``connect`` keywords for the system's own connections (dispatcher, workers, the hot
+    follower and compactor): as ``settings.db_system_role``, stamping the settings' org."""
+    return {"org_id": settings.org_id, "role": settings.db_system_role or None}
+
+
 def with_session(url: str, *, org_id: str | None = None, role: str | None = None) -> str:
     """``url`` with ``session_options`` folded in (for a libpq client other than psycopg's
     ``connect``, e.g. DuckDB's Postgres scanner)."""

@@ -44,7 +44,7 @@ from trace_core.datasets.registry import (
     versions_for_stream,
     visible_parts,
 )
-from trace_core.db.connection import Databases, connect
+from trace_core.db.connection import Databases, connect, system_session
 from trace_core.db.queries import q
 from trace_core.errors import CoverageError
 from trace_core.hot.finality import final_end, finality_depth, plan_ranges
@@ -162,7 +162,7 @@ def federated_sources(
     """
     check_dataset(dataset_key)
     store = store or _store(settings)
-    with connect(dbs.state_url) as conn:
+    with connect(dbs.state_url, **system_session(settings)) as conn:
         selection = cold_selection(conn, chain_id, dataset_key, org_id=settings.org_id)
     files: list[str] = []
     clipped: list[tuple[list[str], int, int]] = []
@@ -252,8 +252,8 @@ def compact_once(
     store = store or _store(settings)
     result = CompactResult(chain_id)
     with (
-        connect(dbs.state_url, autocommit=True) as state,
-        connect(dbs.data_url, autocommit=True) as data,
+        connect(dbs.state_url, autocommit=True, **system_session(settings)) as state,
+        connect(dbs.data_url, autocommit=True, **system_session(settings)) as data,
     ):
         row = state.execute(q("hot", "try_advisory_lock"), {"key": _lock_key(chain_id)}).fetchone()
         if not (row and row[0]):
@@ -301,8 +301,8 @@ def compact_range(
     check_dataset(dataset_key)
     store = store or _store(settings)
     with (
-        connect(dbs.state_url, autocommit=True) as state,
-        connect(dbs.data_url, autocommit=True) as data,
+        connect(dbs.state_url, autocommit=True, **system_session(settings)) as state,
+        connect(dbs.data_url, autocommit=True, **system_session(settings)) as data,
     ):
         return _compact_range(
             settings, state, data, store, chain_id, dataset_key, range_start, range_end
@@ -411,8 +411,8 @@ def delete_compacted(
     for ds in datasets:
         check_dataset(ds)
     with (
-        connect(dbs.state_url, autocommit=True) as state,
-        connect(dbs.data_url, autocommit=True) as data,
+        connect(dbs.state_url, autocommit=True, **system_session(settings)) as state,
+        connect(dbs.data_url, autocommit=True, **system_session(settings)) as data,
     ):
         return _delete_compacted(settings, state, data, chain_id, datasets)
 
@@ -468,8 +468,8 @@ def prune_served(
         check_dataset(ds)
     deleted: dict[str, int] = {}
     with (
-        connect(dbs.state_url, autocommit=True) as state,
-        connect(dbs.data_url, autocommit=True) as data,
+        connect(dbs.state_url, autocommit=True, **system_session(settings)) as state,
+        connect(dbs.data_url, autocommit=True, **system_session(settings)) as data,
     ):
         cursor = load_cursor(state, chain_id)
         if cursor is None:

@@ -28,7 +28,7 @@ from psycopg import Connection
 
 from trace_core import outbox
 from trace_core.datasets.events import DATASET_EVENTS
-from trace_core.db.connection import Databases, connect
+from trace_core.db.connection import Databases, connect, system_session
 from trace_core.db.queries import q
 from trace_core.errors import ChainMismatch, ConfigError, RpcError
 from trace_core.hot import reorg
@@ -458,9 +458,9 @@ def follow_once(
     src: BlockSource = source if source is not None else RpcBlockSource(rpc_url or [])
     try:
         with (
-            connect(dbs.state_url, autocommit=True) as state,
-            # new hot rows belong to the deployment's org (data.hot_*.org_id)
-            connect(dbs.data_url, autocommit=True, org_id=settings.org_id) as data,
+            connect(dbs.state_url, autocommit=True, **system_session(settings)) as state,
+            # as the system role; new hot rows belong to the deployment's org
+            connect(dbs.data_url, autocommit=True, **system_session(settings)) as data,
             follower_lock(state, chain_id) as got,
         ):
             if not got:

@@ -143,5 +143,11 @@ CREATE TRIGGER chain_sync_cursor_org BEFORE INSERT ON state.chain_sync_cursor
 CREATE TRIGGER chain_sync_scheduled_ranges_org BEFORE INSERT ON state.chain_sync_scheduled_ranges
     FOR EACH ROW EXECUTE FUNCTION state.stamp_org_from_job();
 
+-- The outbox: a tenant command (trigger, retry) writes its wake-up with its intent; the
+-- publisher (the system) reads every org's.
+ALTER TABLE state.outbox ADD COLUMN org_id uuid NOT NULL
+    DEFAULT '00000000-0000-0000-0000-000000000001';
+ALTER TABLE state.outbox ALTER COLUMN org_id SET DEFAULT state.org_or_default();
+
 CREATE INDEX tasks_org_idx ON state.tasks (org_id, status);
 CREATE INDEX dataset_versions_org_idx ON state.dataset_versions (org_id);

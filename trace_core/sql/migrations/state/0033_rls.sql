@@ -5,6 +5,11 @@
 -- set_config(..., true)). No org set: no rows. Roles that bypass: superusers and trace_system
 -- (BYPASSRLS, owns nothing), for cross-org system work.
 
+ALTER TABLE state.outbox ENABLE ROW LEVEL SECURITY;
+ALTER TABLE state.outbox FORCE ROW LEVEL SECURITY;
+CREATE POLICY outbox_org ON state.outbox
+    USING (org_id = state.current_org_id()) WITH CHECK (org_id = state.current_org_id());
+
 ALTER TABLE state.tasks ENABLE ROW LEVEL SECURITY;
 ALTER TABLE state.tasks FORCE ROW LEVEL SECURITY;
 CREATE POLICY tasks_org ON state.tasks
@@ -123,10 +128,11 @@ CREATE POLICY users_org ON state.users FOR SELECT
     USING (EXISTS (SELECT 1 FROM state.org_role_memberships m WHERE m.user_id = users.user_id));
 
 -- Privileges: tenant tables to trace_tenant (rows filtered above); the role catalogue read
--- only; the global tables (outbox, queues, worker runs, leases, slots, the follower's
--- cursors) not at all. trace_system may read and write every table and owns none.
+-- only, the follower's per-chain cursors read only; the other global tables (queues, worker
+-- runs, leases, slots) not at all. trace_system may read and write every table and owns none.
 GRANT USAGE ON SCHEMA state TO trace_tenant, trace_system;
 GRANT SELECT, INSERT, UPDATE, DELETE ON
+    state.outbox,
     state.tasks,
     state.task_attempts,
     state.task_revivals,
@@ -150,6 +156,8 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON
     state.audit_events
     TO trace_tenant;
 GRANT SELECT ON state.orgs, state.users, state.org_roles TO trace_tenant;
+-- the follower's position per chain (public chain data), shown by `status`
+GRANT SELECT ON state.hot_follower_cursors TO trace_tenant;
 GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA state TO trace_tenant;
 GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA state TO trace_system;
 GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA state TO trace_system;
