@@ -102,15 +102,10 @@ class Call:
         return uuid.UUID(str(self.principal.org_id))
 
     @contextlib.contextmanager
-    def state(self, *, global_tables: bool = False) -> Iterator[Connection[Any]]:
-        """A state connection inside one transaction scoped to the caller's org: as the
-        tenant role (row-level security), or, with ``global_tables`` (work that also touches
-        the outbox or the follower's cursors, which the tenant role cannot reach), as the
-        service's own role with the org set; the domain code filters by org either way."""
-        with (
-            self.api.state.connection() as conn,
-            tenant_scope(conn, self.principal.org_id, as_tenant=not global_tables),
-        ):
+    def state(self) -> Iterator[Connection[Any]]:
+        """A state connection inside one transaction as the tenant role with the caller's org
+        set (row-level security shows that org's rows only)."""
+        with self.api.state.connection() as conn, tenant_scope(conn, self.principal.org_id):
             yield conn
 
     @contextlib.contextmanager

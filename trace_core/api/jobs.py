@@ -141,7 +141,7 @@ def list_jobs(call: Call) -> Reply:
 def get_job(call: Call) -> Reply:
     """A chain_sync job's status (as trace-lite status --json), or a transform's definition."""
     name = call.params["name"]
-    with call.state(global_tables=True) as conn:  # status reads the follower's cursors
+    with call.state() as conn:
         try:
             found = status_mod.job_status(conn, call.org_id, name)
             return m.JobStatus(kind="chain_sync", name=found[0]["name"], status=found[0])
@@ -160,7 +160,7 @@ def get_job(call: Call) -> Reply:
 def _set_enabled(call: Call, enabled: bool) -> Reply:
     name = call.params["name"]
     try:
-        with call.state(global_tables=True) as conn:  # resuming re-wakes tasks (outbox)
+        with call.state() as conn:
             job_id = chain_store.set_enabled(conn, call.org_id, name, enabled)
     except ChainSyncJobNotFound:
         raise not_found("chain_sync job", name) from None
@@ -181,7 +181,7 @@ def trigger_job(call: Call) -> Reply:
     """Run a transform job now (manual source): one run per ``Idempotency-Key`` header
     (default: a fingerprint of the pinned input versions, as trace-lite trigger)."""
     name = call.params["name"]
-    with call.state(global_tables=True) as conn:  # the run's wake-up goes to the outbox
+    with call.state() as conn:
         got = trigger(
             conn,
             call.org_id,

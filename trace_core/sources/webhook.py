@@ -106,9 +106,8 @@ def accept(
                     code="webhook_not_configured",
                     status=404,
                 ) from None
-        # the org set for the transaction; the service's role (the run's wake-up goes to the
-        # outbox, which the tenant role cannot write); trigger filters by org itself
-        with tenant_scope(conn, org_id, as_tenant=False):
+        # as the tenant role with the org set: row-level security applies to the trigger
+        with tenant_scope(conn, org_id):
             return trigger(
                 conn,
                 org_id,
