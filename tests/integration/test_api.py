@@ -133,12 +133,6 @@ def test_jobs_and_alerts_roles_and_org_isolation(
     err = refused(client.post("/v1/jobs", content=bad, headers=acme.h("editor")), 422)
     assert err["problems"][0]["line"] == 6 and "chunk_size" in err["problems"][0]["field"]
     assert err["message"].startswith("<body>:6:")
-    # a body naming a file on the server is refused, never read
-    udf = TRANSFORM.replace(
-        'sql: "SELECT block_number, gas_used FROM blocks WHERE gas_used > 21050"',
-        "python: /etc/passwd.py",
-    )
-    refused(client.post("/v1/jobs", content=udf, headers=acme.h("editor")), 422)
     # oversized body: 413
     huge = JOB + "#" + "x" * (300 * 1024)
     refused(client.post("/v1/jobs", content=huge, headers=acme.h("editor")), 413)
@@ -368,3 +362,39 @@ def test_org_aware_webhook_triggers_in_the_named_org_only(
     with connect(dbs.state_url, autocommit=True) as conn:
         rows = conn.execute("SELECT org_id, kind FROM state.source_events").fetchall()
     assert rows == [(beta.org.org_id, "webhook")]
+
+
+UDF = "def main(tables):\n    return tables['blocks']\n"
+
+
+def test_python_udfs_travel_in_a_json_body_and_never_name_server_files(
+    client: httpx.Client, orgs: tuple[Org, Org], dbs: Databases
+) -> None:
+    acme, beta = orgs
+    assert client.post("/v1/jobs", content=JOB, headers=acme.h("editor")).status_code == 201
+    python = TRANSFORM.replace(
+        'sql: "SELECT block_number, gas_used FROM blocks WHERE gas_used > 21050"',
+        "python: gas.py",
+    )
+    # a YAML body naming a Python file: 422 at its line, never read from the server's disk
+    for name in ("gas.py", "/etc/passwd.py"):
+        body = python.replace("gas.py", name)
+        err = refused(client.post("/v1/jobs", content=body, headers=acme.h("editor")), 422)
+        assert err["problems"][0]["field"] == "code.python" and err["problems"][0]["line"] == 5
+    # a file that does not define main: 422, nothing stored
+    bad = {"yaml": python, "files": {"gas.py": "x = 1\n"}}
+    refused(client.post("/v1/jobs", json=bad, headers=acme.h("editor")), 422)
+    # the YAML and its UDF in one JSON body: applied, the source stored as the org's bundle
+    good = {"yaml": python, "files": {"gas.py": UDF}}
+    refused(client.post("/v1/jobs", json=good, headers=acme.h("viewer")), 403)
+    r = client.post("/v1/jobs", json=good, headers=acme.h("editor"))
+    assert r.status_code == 201 and r.json()["kind"] == "transform", r.text
+    with connect(dbs.state_url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT t.org_id, t.code_kind, b.org_id FROM state.transform_definitions t"
+            " JOIN state.udf_bundles b ON b.sha256 = t.bundle_sha256"
+        ).fetchall()
+    assert rows == [(acme.org.org_id, "python", acme.org.org_id)]
+    assert client.post("/v1/jobs", json=good, headers=acme.h("editor")).json()["result"] == (
+        "unchanged"
+    )

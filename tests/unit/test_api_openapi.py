@@ -35,7 +35,8 @@ def test_every_served_route_is_in_the_document_with_its_role() -> None:
 def test_yaml_bodies_and_json_bodies_are_described() -> None:
     doc = openapi_document(ENDPOINTS)
     jobs = doc["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]
-    assert list(jobs) == ["application/yaml"]
+    assert list(jobs) == ["application/yaml", "application/json"]
+    assert jobs["application/json"]["schema"] == {"$ref": "#/components/schemas/JobUpload"}
     keys = doc["paths"]["/v1/keys"]["post"]["requestBody"]["content"]["application/json"]
     schema = doc["components"]["schemas"][keys["schema"]["$ref"].rsplit("/", 1)[1]]
     assert schema["properties"]["role"]["enum"] == ["viewer", "editor", "admin", "owner"]

@@ -4,13 +4,17 @@ resume, trigger (manual source) and delete, always in the caller's org.
 A YAML body goes through the same parse, validation and apply code as ``trace-lite apply``
 (``chain_sync.store.apply_job``, ``transforms.store.apply_transform_in``,
 ``alerts.store.apply_alert``); its problems answer 422 with ``<body>:line: field: message``
-each. A body cannot name files on the server: a Python UDF (``code.python:``, ``udf:``) is
-refused with 422 (apply those with ``trace-lite apply``).
+each. A body never names files on the server: a Python UDF comes with the YAML in a JSON body
+``{"yaml": "...", "files": {"gas.py": "def main(...): ..."}}``, its ``code.python:`` (or an
+alert's ``udf:``) naming a key of ``files``; the source is checked (it parses, it defines
+``main``) and stored as a content-addressed bundle of the caller's org, as
+``trace-lite apply`` does with the file next to the YAML.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from trace_core.alerts.spec import LoadedAlert, validate_alert
@@ -24,21 +28,35 @@ from trace_core.db.queries import q
 from trace_core.errors import ChainSyncJobNotFound, ConfigError, TransformNotFound
 from trace_core.sources.trigger import trigger
 from trace_core.transforms import store as transform_store
-from trace_core.transforms.spec import LoadedTransform, validate_transform
+from trace_core.transforms.spec import (
+    MAX_UDF_BYTES,
+    LoadedTransform,
+    check_udf_source,
+    validate_transform,
+)
 from trace_core.yamlfile import MAX_YAML_BYTES, LoadedYaml, load_yaml
 
 BODY_SOURCE = "<body>"
 _KIND = re.compile(rb"(?m)^kind:\s*['\"]?([a-z_]+)['\"]?\s*(#.*)?$")
 
 
-def _document(call: Call) -> tuple[str, LoadedYaml]:
-    """The body's kind and parsed YAML; 413 over the YAML cap, 422 for bad YAML."""
-    if len(call.body) > MAX_YAML_BYTES:
+def _upload(call: Call) -> tuple[bytes, dict[str, str]]:
+    """The YAML bytes and the UDF sources of a request: a YAML body, or a JSON one
+    (``JobUpload``) when the content type says so."""
+    if call.headers.get("content-type", "").split(";")[0].strip() == "application/json":
+        upload = call.model(m.JobUpload)
+        return upload.yaml.encode(), dict(upload.files)
+    return call.body, {}
+
+
+def _document(raw: bytes) -> tuple[str, LoadedYaml]:
+    """The YAML's kind and parsed document; 413 over the YAML cap, 422 for bad YAML."""
+    if len(raw) > MAX_YAML_BYTES:
         raise ApiRefused(
             f"a YAML body is at most {MAX_YAML_BYTES} bytes", code="body_too_large", status=413
         )
-    doc = load_yaml(call.body, source=BODY_SOURCE)
-    found = _KIND.search(call.body)
+    doc = load_yaml(raw, source=BODY_SOURCE)
+    found = _KIND.search(raw)
     kind = found.group(1).decode() if found else "chain_sync"
     if kind not in ("chain_sync", "transform", "alert"):
         raise ConfigError(
@@ -47,17 +65,49 @@ def _document(call: Call) -> tuple[str, LoadedYaml]:
     return kind, doc
 
 
-def _no_server_files(doc: LoadedYaml, path: tuple[str, ...]) -> None:
+def _udf(doc: LoadedYaml, path: tuple[str, ...], files: dict[str, str]) -> str | None:
+    """The Python source a YAML's ``path`` names among the uploaded ``files`` (None when the
+    YAML names none); 422 naming the line when it is not there or is not a valid UDF."""
     data: Any = doc.data
     for part in path:
         data = data.get(part) if isinstance(data, dict) else None
-    if data is not None:
+    if data is None:
+        return None
+    line, field = doc.line_of(path), ".".join(path)
+    if not isinstance(data, str) or data not in files:
         raise ConfigError(
-            "a Python UDF names a file on the server: apply it with trace-lite apply",
+            "names a Python file: send it in the JSON body's files "
+            '({"yaml": ..., "files": {"<name>.py": "<source>"}})',
             file=BODY_SOURCE,
-            line=doc.line_of(path),
-            field=".".join(path),
+            line=line,
+            field=field,
         )
+    source = files[data]
+    if len(source.encode()) > MAX_UDF_BYTES:
+        raise ApiRefused(f"{data} is over {MAX_UDF_BYTES} bytes", code="body_too_large", status=413)
+    check_udf_source(source, file=data, yaml_file=BODY_SOURCE, line=line, field=field)
+    return source
+
+
+def _bundles(call: Call, name: str) -> Callable[[str], str]:
+    """Stores a UDF's source as a bundle of the caller's org (as the tenant role)."""
+    from trace_core.db.connection import Databases
+    from trace_core.runtime import Runtime
+    from trace_core.udf.bundles import put_bundle
+
+    pools = (call.api.state, call.api.data)
+
+    def put(source: str) -> str:
+        settings = call.api.settings.model_copy(update={"org_id": str(call.org_id)})
+        urls = [p.conninfo if isinstance(p.conninfo, str) else p.conninfo() for p in pools]
+        dbs = Databases(state_url=urls[0], data_url=urls[1])
+        rt = Runtime(settings, dbs, tenant=True)
+        try:
+            return put_bundle(rt, source, name=name)
+        finally:
+            rt.close()
+
+    return put
 
 
 def _verb(created: bool, changed: bool) -> Any:
@@ -66,34 +116,41 @@ def _verb(created: bool, changed: bool) -> Any:
 
 def apply_document(call: Call, expect: str | None = None, name: str | None = None) -> Reply:
     """Apply the YAML body (``expect``: only that kind; ``name``: the body must name it)."""
-    kind, doc = _document(call)
+    raw, files = _upload(call)
+    kind, doc = _document(raw)
     if expect is not None and kind != expect:
         raise ConfigError(f"kind must be {expect}", file=BODY_SOURCE, line=1, field="kind")
     if kind == "chain_sync":
         spec = validate_job(doc)
         _same_name(doc, spec.name, name)
         with call.state() as conn:
-            got = chain_store.apply_job(conn, call.org_id, spec, call.body, BODY_SOURCE)
-        ident, created, changed = got.job_id, got.created, got.changed
+            got = chain_store.apply_job(conn, call.org_id, spec, raw, BODY_SOURCE)
+        spec_name, ident, created, changed = spec.name, got.job_id, got.created, got.changed
     elif kind == "transform":
-        _no_server_files(doc, ("code", "python"))
         tspec = validate_transform(doc)
         _same_name(doc, tspec.name, name)
-        loaded = LoadedTransform(tspec, call.body, doc, None)
+        loaded = LoadedTransform(tspec, raw, doc, _udf(doc, ("code", "python"), files))
         with call.state() as conn:
-            tgot = transform_store.apply_transform_in(conn, call.org_id, loaded, BODY_SOURCE)
-        ident, created, changed = tgot.transform_id, tgot.created, tgot.changed
-        spec_name = tspec.name
+            tgot = transform_store.apply_transform_in(
+                conn, call.org_id, loaded, BODY_SOURCE,
+                bundles=_bundles(call, f"transform:{tspec.name}"),
+            )  # fmt: skip
+        spec_name, ident, created, changed = (
+            tspec.name,
+            tgot.transform_id,
+            tgot.created,
+            tgot.changed,
+        )
     else:
-        _no_server_files(doc, ("udf",))
         aspec = validate_alert(doc)
         _same_name(doc, aspec.name, name)
+        loaded_alert = LoadedAlert(aspec, raw, doc, _udf(doc, ("udf",), files))
         with call.state() as conn:
-            agot = apply_alert(conn, call.org_id, LoadedAlert(aspec, call.body, doc), BODY_SOURCE)
-        ident, created, changed = agot.alert_id, agot.created, agot.changed
-        spec_name = aspec.name
-    if kind == "chain_sync":
-        spec_name = spec.name
+            agot = apply_alert(
+                conn, call.org_id, loaded_alert, BODY_SOURCE,
+                bundles=_bundles(call, f"alert:{aspec.name}"),
+            )  # fmt: skip
+        spec_name, ident, created, changed = aspec.name, agot.alert_id, agot.created, agot.changed
     call.audit_target.append(spec_name)
     answer = m.JobApplied(
         kind=kind,  # type: ignore[arg-type]

@@ -52,6 +52,17 @@ class QueryAnswer(BaseModel):
 # --- jobs ---------------------------------------------------------------------------------
 
 
+class JobUpload(_Body):
+    """A job or alert YAML with the Python UDF files it names (``Content-Type:
+    application/json``); a YAML without UDF can also be sent as ``application/yaml``."""
+
+    yaml: str = Field(description="The YAML document, as `trace-lite apply` reads it")
+    files: dict[str, str] = Field(
+        default_factory=dict,
+        description="UDF sources by the name the YAML gives (`code.python:`, `udf:`)",
+    )
+
+
 class JobApplied(BaseModel):
     kind: Literal["chain_sync", "transform", "alert"]
     name: str

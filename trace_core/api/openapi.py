@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from trace_core.api.http import Endpoint
-from trace_core.api.models import ErrorBody
+from trace_core.api.models import ErrorBody, JobUpload
 
 TITLE = "Trace API"
 VERSION = "1"
@@ -37,7 +37,7 @@ _REASONS = {
 
 def openapi_document(endpoints: Sequence[Endpoint]) -> dict[str, Any]:
     """The document of ``endpoints`` (``api.routes.ENDPOINTS``), a plain JSON-ready dict."""
-    models: set[type[BaseModel]] = {ErrorBody}
+    models: set[type[BaseModel]] = {ErrorBody, JobUpload}
     for ep in endpoints:
         models.add(ep.response)
         if isinstance(ep.body, type):
@@ -99,8 +99,12 @@ def openapi_document(endpoints: Sequence[Endpoint]) -> dict[str, Any]:
         if ep.body == "yaml":
             op["requestBody"] = {
                 "required": True,
-                "description": "A job or alert YAML document, as `trace-lite apply` reads",
-                "content": {"application/yaml": {"schema": {"type": "string"}}},
+                "description": "A job or alert YAML document, as `trace-lite apply` reads; "
+                "with Python UDFs, JSON carrying the YAML and the files it names",
+                "content": {
+                    "application/yaml": {"schema": {"type": "string"}},
+                    "application/json": {"schema": ref(JobUpload)},
+                },
             }
         elif isinstance(ep.body, type):
             op["requestBody"] = {
