@@ -255,6 +255,21 @@ def test_keys_lifecycle_expiry_and_rate_limit(
         )
     refused(client.get("/v1/whoami", headers={"Authorization": f"Bearer {secret}"}), 401)
 
+    # members: admins give roles up to their own; the other org sees and removes nothing
+    ann = "/v1/members/ann@example.com"
+    refused(client.put(ann, json={"role": "editor"}, headers=acme.h("editor")), 403)
+    refused(client.put(ann, json={"role": "owner"}, headers=acme.h("admin")), 403)
+    r = client.put(ann, json={"role": "editor"}, headers=acme.h("admin"))
+    assert r.status_code == 200 and r.json()["role"] == "editor", r.text
+    assert client.put(ann, json={"role": "owner"}, headers=acme.h("owner")).status_code == 200
+    refused(client.put(ann, json={"role": "viewer"}, headers=acme.h("admin")), 403)  # outranks
+    members = client.get("/v1/members", headers=acme.h("admin")).json()["members"]
+    assert [(x["email"], x["role"]) for x in members] == [("ann@example.com", "owner")]
+    assert client.get("/v1/members", headers=beta.h("admin")).json() == {"members": []}
+    refused(client.delete(ann, headers=beta.h("owner")), 404)
+    assert client.delete(ann, headers=acme.h("owner")).status_code == 200
+    refused(client.delete(ann, headers=acme.h("owner")), 404)
+
     # per-key rate limit: a second app limited to 3 requests an hour per key
     limited = settings.model_copy(update={"api_rate_limit": "3/hour"})
     store = LocalStore(trace_home / "objects")

@@ -182,6 +182,30 @@ class KeyRevoked(BaseModel):
     revoked: Literal[True] = True
 
 
+# --- members ------------------------------------------------------------------------------
+
+
+class MemberSet(_Body):
+    role: RoleName = Field(description="At most the caller's own role")
+
+
+class MemberInfo(BaseModel):
+    user_id: uuid.UUID
+    email: str
+    name: str | None = None
+    role: RoleName
+    created_at: dt.datetime | None = None
+
+
+class MemberList(BaseModel):
+    members: list[MemberInfo]
+
+
+class MemberRemoved(BaseModel):
+    email: str
+    removed: Literal[True] = True
+
+
 # --- misc ---------------------------------------------------------------------------------
 
 

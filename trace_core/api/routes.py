@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
-from trace_core.api import alerts, jobs, keys, query
+from trace_core.api import alerts, jobs, keys, members, query
 from trace_core.api import models as m
 from trace_core.api.http import Endpoint, starlette_route
 from trace_core.api.openapi import openapi_document
@@ -214,6 +214,37 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "Revoke an API key",
         m.KeyRevoked,
         "keys",
+        refusals=_WRITE,
+    ),
+    Endpoint(
+        "GET",
+        "/v1/members",
+        members.list_org_members,
+        A,
+        "List the org's members",
+        m.MemberList,
+        "members",
+        refusals=_READ,
+    ),
+    Endpoint(
+        "PUT",
+        "/v1/members/{email}",
+        members.set_org_member,
+        A,
+        "Give a user (by email) a role in the org",
+        m.MemberInfo,
+        "members",
+        body=m.MemberSet,
+        refusals=_WRITE,
+    ),
+    Endpoint(
+        "DELETE",
+        "/v1/members/{email}",
+        members.remove_org_member,
+        A,
+        "Remove a member from the org",
+        m.MemberRemoved,
+        "members",
         refusals=_WRITE,
     ),
 )
