@@ -115,6 +115,25 @@ def test_refuses_wildcards_and_policies_over_the_cap() -> None:
         attempt_policy(BUCKET, BASE, ["cryo/*/"], STAGING)
     with pytest.raises(ValueError):
         attempt_policy(BUCKET, BASE, INPUTS, "staging/no-slash")
-    many = [version(ORG_A, "blocks", n * 100) for n in range(40)]
+    many = [version(ORG_A, f"d{n}", 0) for n in range(40)]  # 40 datasets: too many
     with pytest.raises(StorageError, match="over 2048"):
         attempt_policy(BUCKET, BASE, many, STAGING)
+
+
+def test_many_versions_widen_to_their_datasets_only() -> None:
+    """40 ranges of one dataset do not fit as versions: reads widen to that dataset's
+    prefix, which still excludes other datasets and other orgs, and writes stay staging."""
+    many = [version(ORG_A, "blocks", n * 100) for n in range(40)]
+    policy = attempt_policy(BUCKET, BASE, many, STAGING)
+    assert len(json.dumps(policy, separators=(",", ":"))) <= 2048
+    evaluator = IAMPolicy(json.dumps(policy))
+
+    def ok(action: str, key: str) -> bool:
+        got = evaluator.is_action_permitted(action, f"arn:aws:s3:::{BUCKET}/{BASE}{key}")
+        return got == PermissionResult.PERMITTED
+
+    assert ok("s3:GetObject", many[7] + "x.parquet")
+    assert not ok("s3:GetObject", version(ORG_A, "logs", 0) + "x.parquet")
+    assert not ok("s3:GetObject", version(ORG_B, "blocks", 0) + "x.parquet")
+    assert not ok("s3:PutObject", many[7] + "x.parquet")
+    assert ok("s3:PutObject", STAGING + "x.parquet")

@@ -9,8 +9,9 @@ calls STS ``AssumeRole`` with it for ``TRACE_WORKER_S3_CREDENTIALS_TTL_SECONDS``
 effective permissions are the intersection of the role's and the policy's. The trusted commit
 (copy to the version prefix, manifest, pointer) keeps the worker's own credentials.
 
-Session policies are capped at 2,048 packed characters by AWS: an attempt whose input prefixes
-do not fit is refused (``StorageError``) rather than widened.
+Session policies are capped at 2,048 packed characters by AWS: an attempt pinned to more
+versions than fit reads its inputs' dataset prefixes instead (the same datasets, never another
+org's); one whose datasets do not fit either fails (``StorageError``, retried).
 """
 
 from __future__ import annotations
@@ -39,12 +40,39 @@ def _arn(bucket: str, base_prefix: str, prefix: str) -> str:
     return f"arn:aws:s3:::{bucket}/{base_prefix}{prefix}*"
 
 
+def _dataset_prefix(prefix: str) -> str:
+    """``cryo/{chain}/{dataset}/{range}/{version}/`` -> ``cryo/{chain}/{dataset}/``."""
+    parts = prefix.split("/")
+    return "/".join(parts[:3]) + "/" if len(parts) > 4 else prefix
+
+
 def attempt_policy(
     bucket: str, base_prefix: str, read_prefixes: Sequence[str], write_prefix: str
 ) -> dict[str, Any]:
     """The session policy of one attempt (prefixes relative to the store's ``base_prefix``).
 
-    Raises ``StorageError`` when it does not fit ``MAX_POLICY_CHARS``."""
+    When the version prefixes do not fit ``MAX_POLICY_CHARS``, reads widen to the inputs'
+    dataset prefixes (still only the datasets the attempt is pinned to, all of its own org);
+    raises ``StorageError`` when even those do not fit."""
+    for widen in (False, True):
+        prefixes = [_dataset_prefix(p) if widen else p for p in read_prefixes]
+        policy = _policy(bucket, base_prefix, prefixes, write_prefix)
+        size = len(json.dumps(policy, separators=(",", ":")))
+        if size <= MAX_POLICY_CHARS:
+            if widen:
+                log.info(
+                    "attempt policy widened to dataset prefixes", extra={"inputs": len(prefixes)}
+                )
+            return policy
+    raise StorageError(
+        f"the attempt's session policy is {size} characters, over {MAX_POLICY_CHARS} "
+        f"({len(set(prefixes))} input datasets)"
+    )
+
+
+def _policy(
+    bucket: str, base_prefix: str, read_prefixes: Sequence[str], write_prefix: str
+) -> dict[str, Any]:
     statements: list[dict[str, Any]] = []
     reads = sorted({_arn(bucket, base_prefix, p) for p in read_prefixes})
     if reads:
@@ -64,14 +92,7 @@ def attempt_policy(
             "Resource": [_arn(bucket, base_prefix, write_prefix)],
         }
     )
-    policy = {"Version": "2012-10-17", "Statement": statements}
-    size = len(json.dumps(policy, separators=(",", ":")))
-    if size > MAX_POLICY_CHARS:
-        raise StorageError(
-            f"the attempt's session policy is {size} characters, over {MAX_POLICY_CHARS} "
-            f"({len(reads)} input prefixes)"
-        )
-    return policy
+    return {"Version": "2012-10-17", "Statement": statements}
 
 
 @dataclass(frozen=True)
