@@ -377,6 +377,14 @@ def test_org_aware_webhook_triggers_in_the_named_org_only(
     with connect(dbs.state_url, autocommit=True) as conn:
         rows = conn.execute("SELECT org_id, kind FROM state.source_events").fetchall()
     assert rows == [(beta.org.org_id, "webhook")]
+    with connect(dbs.state_url, autocommit=True) as conn:
+        refusals = conn.execute(
+            "SELECT detail FROM state.audit_events WHERE actor = 'webhook' ORDER BY event_id"
+        ).fetchall()
+    assert refusals == [
+        ("404 webhook_not_configured job=gas org=acme",),
+        ("404 webhook_not_configured job=gas org=nobody",),
+    ]
 
 
 UDF = "def main(tables):\n    return tables['blocks']\n"

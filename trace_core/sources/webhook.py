@@ -7,7 +7,8 @@ The request carries ``Idempotency-Key: K`` and
 ``X-Trace-Signature: sha256=<hex HMAC-SHA256(secret, K + "\\n" + body)>``, with the job's
 secret from ``TRACE_SOURCE_<JOB>_WEBHOOK_SECRET`` (environment only, never YAML; the key is
 signed too, so a captured body cannot be replayed under a fresh key). Checks, in order, each
-refusing with ``{"error": {"code", "message"}}`` and writing nothing: body over
+refusing with ``{"error": {"code", "message"}}``, writing nothing but an audit row
+(``state.audit_events``, actor ``webhook``): body over
 ``TRACE_SOURCE_WEBHOOK_MAX_BYTES`` (413 ``body_too_large``), no key (400), no secret configured
 for the job (404 ``webhook_not_configured``), a bad signature (401 ``bad_signature``), then
 ``sources.trigger``'s own refusals. Accepted: 202 with the source event and task ids (200 with
@@ -31,7 +32,7 @@ from starlette.routing import BaseRoute, Route
 from trace_core.errors import NotFound, SourceRejected, TraceError
 from trace_core.settings import Settings, source_webhook_secret
 from trace_core.sources.trigger import Triggered, check_key, trigger
-from trace_core.tenancy import org_by_name, tenant_scope
+from trace_core.tenancy import org_by_name, record_event, tenant_scope
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,23 @@ def accept(
             )
 
 
+def _audit_refusal(pool: ConnectionPool[Any], exc: SourceRejected, where: str) -> None:
+    """One ``state.audit_events`` row per refused delivery (the sender is not known: no org);
+    a failure to record is logged and never changes the answer."""
+    try:
+        with pool.connection() as conn:
+            record_event(
+                conn,
+                org_id=None,
+                actor="webhook",
+                action="POST webhook",
+                outcome="refused",
+                detail=f"{exc.status} {exc.code} {where}",
+            )
+    except Exception:  # the refusal still goes out; the log says the audit row is missing
+        log.exception("webhook audit row not written", extra={"code": exc.code})
+
+
 def webhook_routes(settings: Settings) -> list[BaseRoute]:
     """The source routes to mount on the Query Service app (its state pool serves them)."""
 
@@ -139,6 +157,8 @@ def webhook_routes(settings: Settings) -> list[BaseRoute]:
             )
         except SourceRejected as exc:
             log.info("webhook refused", extra={"job": job, "code": exc.code})
+            where = f"job={job}" + (f" org={org}" if org else "")
+            await run_in_threadpool(_audit_refusal, request.app.state.service.state, exc, where)
             return JSONResponse(
                 {"error": {"code": exc.code, "message": exc.message}}, status_code=exc.status
             )
