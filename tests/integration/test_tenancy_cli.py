@@ -92,36 +92,36 @@ def test_org_user_key_commands(trace_env: Runtime) -> None:
     ]
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["key", "create", "--org", "acme", "--role", "god"], "unknown role 'god'"),
-        (["key", "create", "--org", "nope", "--role", "viewer"], "no org named 'nope'"),
-        (["key", "create", "--org", "acme", "--role", "viewer", "--expires", "x"], "--expires"),
-        (["key", "create", "--org", "acme", "--role", "viewer", "--expires", "2001-01-01"], "past"),
-        (["key", "revoke", "not-a-uuid", "--org", "acme"], "not a key id"),
-        (["org", "create", "Bad Name"], "invalid org name"),
-        (["org", "create", "acme"], "already exists"),
-        (["user", "add", "nobody", "--org", "acme"], "invalid email"),
-    ],
-)
-def test_bad_input_is_refused_audited_and_changes_nothing(
-    trace_env: Runtime, args: list[str], message: str
-) -> None:
+BAD_INPUT = [
+    (["key", "create", "--org", "acme", "--role", "god"], "unknown role 'god'"),
+    (["key", "create", "--org", "nope", "--role", "viewer"], "no org named 'nope'"),
+    (["key", "create", "--org", "acme", "--role", "viewer", "--expires", "x"], "--expires"),
+    (["key", "create", "--org", "acme", "--role", "viewer", "--expires", "2001-01-01"], "past"),
+    (["key", "revoke", "not-a-uuid", "--org", "acme"], "not a key id"),
+    (["key", "revoke", "00000000-0000-0000-0000-000000000009", "--org", "acme"], "no api key"),
+    (["org", "create", "Bad Name"], "invalid org name"),
+    (["org", "create", "acme"], "already exists"),
+    (["user", "add", "nobody", "--org", "acme"], "invalid email"),
+    (["user", "add", "ann@example.com", "--org", "nope"], "no org named 'nope'"),
+]
+
+
+def test_bad_input_is_refused_audited_and_changes_nothing(trace_env: Runtime) -> None:
     rt = trace_env
     assert run("org", "create", "acme").exit_code == 0
-    before = [
-        _count(rt, f"SELECT count(*) FROM state.{t}")
-        for t in ("orgs", "users", "api_keys", "org_role_memberships")
-    ]
-    result = run(*args)
-    assert result.exit_code != 0 and message in result.stderr, result.stderr
-    after = [
-        _count(rt, f"SELECT count(*) FROM state.{t}")
-        for t in ("orgs", "users", "api_keys", "org_role_memberships")
-    ]
-    assert after == before
-    assert _audit(rt)[-1][1] == "refused"
+    tables = ("orgs", "users", "api_keys", "org_role_memberships")
+
+    def counts() -> list[int]:
+        return [_count(rt, f"SELECT count(*) FROM state.{t}") for t in tables]  # noqa: S608
+
+    before = counts()
+    for args, message in BAD_INPUT:
+        refusals = len(_audit(rt))
+        result = run(*args)
+        assert result.exit_code != 0 and message in result.stderr, (args, result.stderr)
+        assert counts() == before, args
+        audit = _audit(rt)
+        assert len(audit) == refusals + 1 and audit[-1][1] == "refused", args
 
 
 def test_tenant_commands_with_org(trace_env: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -133,3 +134,35 @@ def test_members(dbs: Databases) -> None:
         assert member_role(conn, b.org_id, bob.user_id) is Role.VIEWER
         with pytest.raises(NotFound):
             member_role(conn, b.org_id, ann.user_id)
+
+
+def test_task_inputs_take_the_task_org(dbs: Databases) -> None:
+    from trace_core.tenancy import record_task_inputs, task_inputs, tenant_scope
+
+    with connect(dbs.state_url, autocommit=True) as conn:
+        org = create_org(conn, "inputs")
+        conn.execute(
+            "INSERT INTO state.datasets (dataset_uuid, org_id, chain_id, dataset_key)"
+            " VALUES ('00000000-0000-0000-0000-0000000000d1', %s, 1, 'blocks')",
+            (org.org_id,),
+        )
+        conn.execute(
+            "INSERT INTO state.dataset_versions (dataset_version, dataset_uuid, chain_id,"
+            " range_start, range_end, config_hash, schema_hash, storage_prefix, manifest_key,"
+            " row_count, bytes, file_count) VALUES ('00000000-0000-0000-0000-0000000000e1',"
+            " '00000000-0000-0000-0000-0000000000d1', 1, 0, 10, 'c', 's', 'v/1/', 'v/1/m', 0,"
+            " 0, 0)"
+        )
+        conn.execute(
+            "INSERT INTO state.tasks (task_id, operator, org_id)"
+            " VALUES ('00000000-0000-0000-0000-0000000000f1', 't', %s)",
+            (org.org_id,),
+        )
+        task = uuid.UUID("00000000-0000-0000-0000-0000000000f1")
+        version = uuid.UUID("00000000-0000-0000-0000-0000000000e1")
+        assert record_task_inputs(conn, task, [version]) == 1
+        assert record_task_inputs(conn, task, [version]) == 0
+        (row,) = task_inputs(conn, task)
+        assert (row.org_id, row.storage_prefix) == (org.org_id, "v/1/")
+        with tenant_scope(conn, default_org_id()):
+            assert task_inputs(conn, task) == []

@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.conftest import ClonePool
 from trace_core.db.connection import Databases, connect
 from trace_core.runtime import Runtime
 from trace_core.settings import Settings
@@ -185,14 +186,14 @@ POLICIES: dict[str, Fixture] = {
         "state",
         _sql(
             "INSERT INTO state.udf_bundles (org_id, sha256, object_key, size_bytes)"
-            " VALUES ('{org}', repeat('a', 64), 'k', 1)"
+            " VALUES ('{org}', repeat('a', 64), 'k', 1) ON CONFLICT DO NOTHING"
         ),
     ),
     "state.udf_bundle_versions_org": Fixture(
         "state",
         _sql(
             "INSERT INTO state.udf_bundles (org_id, sha256, object_key, size_bytes)"
-            " VALUES ('{org}', repeat('a', 64), 'k', 1)",
+            " VALUES ('{org}', repeat('a', 64), 'k', 1) ON CONFLICT DO NOTHING",
             "INSERT INTO state.udf_bundle_versions (org_id, name, version, sha256)"
             " VALUES ('{org}', 'u_{tag}', 1, repeat('a', 64))",
         ),
@@ -219,7 +220,7 @@ POLICIES: dict[str, Fixture] = {
         _sql(
             _USER,
             "INSERT INTO state.org_role_memberships (org_id, user_id, role)"
-            " VALUES ('{org}', '{uid}', 'viewer')",
+            " VALUES ('{org}', '{uid}', 'viewer') ON CONFLICT DO NOTHING",
         ),
     ),
     "state.users_org": Fixture(
@@ -227,7 +228,7 @@ POLICIES: dict[str, Fixture] = {
         _sql(
             _USER,
             "INSERT INTO state.org_role_memberships (org_id, user_id, role)"
-            " VALUES ('{org}', '{uid}', 'viewer')",
+            " VALUES ('{org}', '{uid}', 'viewer') ON CONFLICT DO NOTHING",
         ),
     ),
     "state.orgs_org": Fixture("state", lambda conn, org, tag: None),  # the org row itself
@@ -310,12 +311,14 @@ def _policies(dbs: Databases) -> set[str]:
     return found
 
 
-def test_policy_list_is_every_policy(dbs: Databases) -> None:
+def test_policy_list_is_every_policy(filled: Databases) -> None:
+    dbs = filled
     """The cases below cover exactly the policies the migrations create."""
     assert _policies(dbs) == set(POLICIES)
 
 
-def test_every_table_is_tenant_or_global(dbs: Databases) -> None:
+def test_every_table_is_tenant_or_global(filled: Databases) -> None:
+    dbs = filled
     problems = []
     for db in ("state", "data"):
         with connect(_url(dbs, db)) as conn:
@@ -344,7 +347,8 @@ def test_every_table_is_tenant_or_global(dbs: Databases) -> None:
     assert problems == []
 
 
-def test_roles_own_nothing_and_tenant_cannot_bypass(dbs: Databases) -> None:
+def test_roles_own_nothing_and_tenant_cannot_bypass(filled: Databases) -> None:
+    dbs = filled
     with connect(dbs.state_url) as conn:
         rows = dict(
             conn.execute(
@@ -370,6 +374,25 @@ def two_orgs(dbs: Databases) -> Iterator[Databases]:
     yield dbs
 
 
+@pytest.fixture(scope="module")
+def filled(clone_pool: ClonePool) -> Iterator[Databases]:
+    """One clone for every policy case: orgs A and B, and a row of each in every tenant
+    table (inserted as the connecting superuser, the system's view). The cases only read,
+    and their refused writes roll back."""
+    dbs = clone_pool.take()
+    with connect(dbs.state_url, autocommit=True) as conn:
+        create_org(conn, "org-a", org_id=A_ORG)
+        create_org(conn, "org-b", org_id=B_ORG)
+    for db in ("state", "data"):
+        with connect(_url(dbs, db), autocommit=True) as conn, conn.transaction():
+            for fixture in POLICIES.values():
+                if fixture.db == db:
+                    fixture.insert(conn, A_ORG, "a")
+                    fixture.insert(conn, B_ORG, "b")
+    yield dbs
+    clone_pool.give_back(dbs)
+
+
 def _visible(conn: psycopg.Connection[Any], table: str) -> set[str]:
     """The orgs whose rows of ``table`` this transaction sees (users: through their ids)."""
     if table == "state.users":
@@ -381,14 +404,11 @@ def _visible(conn: psycopg.Connection[Any], table: str) -> set[str]:
 
 
 @pytest.mark.parametrize("policy", sorted(POLICIES))
-def test_policy_isolates_orgs(two_orgs: Databases, policy: str) -> None:
+def test_policy_isolates_orgs(filled: Databases, policy: str) -> None:
     fixture = POLICIES[policy]
     table = policy.rsplit("_org", 1)[0]
-    url = _url(two_orgs, fixture.db)
+    url = _url(filled, fixture.db)
     with connect(url, autocommit=True) as conn:
-        with conn.transaction():  # as the connecting superuser (the system's view)
-            fixture.insert(conn, A_ORG, "a")
-            fixture.insert(conn, B_ORG, "b")
         assert {str(A_ORG), str(B_ORG)} <= _visible(conn, table)
         with tenant_scope(conn, A_ORG):
             assert conn.execute("SELECT current_user").fetchone() == ("trace_tenant",)

@@ -81,7 +81,7 @@ def session_options(
     return {"options": " ".join(([str(given)] if given else []) + extra)}
 
 
-def system_session(settings: Settings) -> dict[str, str | None]:
+def system_session(settings: Settings) -> dict[str, Any]:
     """``connect`` keywords for the system's own connections (dispatcher, workers, the hot
     follower and compactor): as ``settings.db_system_role``, stamping the settings' org."""
     return {"org_id": settings.org_id, "role": settings.db_system_role or None}

@@ -432,5 +432,5 @@ def _scoped(conn: Connection[Any], org_id: uuid.UUID | str | None) -> Iterator[N
     if org_id is None:
         yield
         return
-    with tenant_scope(conn, org_id):
+    with tenant_scope(conn, org_id, pipeline=True):
         yield

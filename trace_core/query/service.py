@@ -456,7 +456,9 @@ class QueryService:
 
     def _scope(self, conn: Any, org_id: uuid.UUID) -> AbstractContextManager[Any]:
         """The caller's org for this transaction, as ``trace_tenant`` (row-level security)."""
-        return tenant_scope(conn, org_id) if self.row_security else contextlib.nullcontext()
+        if not self.row_security:
+            return contextlib.nullcontext()
+        return tenant_scope(conn, org_id, pipeline=True)
 
     def _audit(self, record: AuditRecord) -> None:
         with self.data.connection() as conn, self._scope(conn, record.org_id):

@@ -2,6 +2,7 @@
 row-level security enforces (docs/tenancy.md)."""
 
 from trace_core.tenancy.audit import record_event, system_scope
+from trace_core.tenancy.inputs import TaskInput, record_task_inputs, task_inputs
 from trace_core.tenancy.keys import (
     KeyRecord,
     authenticate_key,
@@ -45,6 +46,7 @@ __all__ = [
     "Org",
     "Principal",
     "Role",
+    "TaskInput",
     "User",
     "add_user",
     "authenticate_key",
@@ -58,10 +60,12 @@ __all__ = [
     "org_by_id",
     "org_by_name",
     "record_event",
+    "record_task_inputs",
     "remove_member",
     "revoke_key",
     "set_member",
     "system_scope",
+    "task_inputs",
     "tenant_conninfo_options",
     "tenant_scope",
     "user_by_email",

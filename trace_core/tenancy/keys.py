@@ -13,7 +13,7 @@ import re
 import secrets
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from psycopg import Connection
@@ -29,6 +29,7 @@ from trace_core.tenancy.scope import tenant_scope
 KEY_PREFIX = "trk_"
 PREFIX_CHARS = 12  # what lists show: "trk_" + 8 hex digits
 _KEY = re.compile(r"^trk_[0-9a-f]{48}$")
+TOUCH_EVERY = timedelta(seconds=60)  # last_used_at is refreshed at most this often
 
 
 @dataclass(frozen=True)
@@ -131,8 +132,8 @@ def authenticate_key(conn: Connection[Any], secret: str, *, audit: bool = True) 
     """The principal of a presented API key.
 
     Raises ``Unauthenticated`` for a malformed, unknown, expired or revoked key (after an
-    audit row, unless ``audit`` is False); the message never echoes the key. Refreshes the
-    key's ``last_used_at`` at most once a minute.
+    audit row, unless ``audit`` is False); the message never echoes the key. One read; the
+    key's ``last_used_at`` is refreshed (a second statement) at most once a minute.
     """
     secret = secret.strip()
     if not _KEY.match(secret):
@@ -145,8 +146,12 @@ def authenticate_key(conn: Connection[Any], secret: str, *, audit: bool = True) 
     assert found is not None
     if found["revoked_at"] is not None:
         _refuse(conn, found, "api key has been revoked", audit)
-    if found["expires_at"] is not None and found["expires_at"] <= datetime.now(UTC):
+    now = datetime.now(UTC)
+    if found["expires_at"] is not None and found["expires_at"] <= now:
         _refuse(conn, found, "api key has expired", audit)
+    if found["last_used_at"] is None or now - found["last_used_at"] > TOUCH_EVERY:
+        with db_errors("api key last use"):
+            conn.execute(q("tenancy", "touch_key"), {"key_id": found["key_id"]})
     return Principal(
         org_id=found["org_id"],
         org_name=found["org_name"],

@@ -62,8 +62,11 @@ RETURNING key_id
 SELECT 1 FROM state.api_keys WHERE org_id = %(org_id)s AND key_id = %(key_id)s
 
 -- name: authenticate
-SELECT key_id, org_id, org_name, role, user_id, expires_at, revoked_at
+SELECT key_id, org_id, org_name, role, user_id, expires_at, revoked_at, last_used_at
 FROM state.authenticate_api_key(%(secret_hash)s)
+
+-- name: touch_key
+SELECT state.touch_api_key(%(key_id)s)
 
 -- name: insert_audit_event
 INSERT INTO state.audit_events (org_id, actor, action, outcome, detail)

@@ -42,30 +42,35 @@ CREATE INDEX audit_events_org_idx ON state.audit_events (org_id, created_at DESC
 
 -- API-key authentication runs before the org is known, so it reads api_keys across orgs: as
 -- trace_system (SECURITY DEFINER, owned by it), matching only the presented secret's hash.
--- It refreshes last_used_at at most once a minute per key (a cheap, mostly read-only path).
+-- A read; the caller refreshes last_used_at with touch_api_key when it is a minute old.
 CREATE FUNCTION state.authenticate_api_key(p_hash bytea)
 RETURNS TABLE (key_id uuid, org_id uuid, org_name text, role text, user_id uuid,
-               expires_at timestamptz, revoked_at timestamptz)
-LANGUAGE sql VOLATILE SECURITY DEFINER
+               expires_at timestamptz, revoked_at timestamptz, last_used_at timestamptz)
+LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-    WITH touched AS (
-        UPDATE state.api_keys k SET last_used_at = now()
-        WHERE k.secret_hash = p_hash AND k.revoked_at IS NULL
-          AND (k.expires_at IS NULL OR k.expires_at > now())
-          AND (k.last_used_at IS NULL OR k.last_used_at < now() - interval '60 seconds')
-        RETURNING k.key_id
-    )
-    SELECT k.key_id, k.org_id, o.name, k.role, k.user_id, k.expires_at, k.revoked_at
+    SELECT k.key_id, k.org_id, o.name, k.role, k.user_id, k.expires_at, k.revoked_at,
+           k.last_used_at
     FROM state.api_keys k JOIN state.orgs o ON o.org_id = k.org_id
     WHERE k.secret_hash = p_hash
 $$;
+
+CREATE FUNCTION state.touch_api_key(p_key_id uuid) RETURNS void
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    UPDATE state.api_keys SET last_used_at = now()
+    WHERE key_id = p_key_id AND (last_used_at IS NULL OR last_used_at < now() - interval '60 seconds')
+$$;
 REVOKE ALL ON FUNCTION state.authenticate_api_key(bytea) FROM PUBLIC;
+REVOKE ALL ON FUNCTION state.touch_api_key(uuid) FROM PUBLIC;
 GRANT USAGE ON SCHEMA state TO trace_tenant, trace_system;
 GRANT EXECUTE ON FUNCTION state.authenticate_api_key(bytea) TO trace_tenant, trace_system;
+GRANT EXECUTE ON FUNCTION state.touch_api_key(uuid) TO trace_tenant, trace_system;
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA state TO trace_system;
 GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA state TO trace_system;
 -- a new owner needs CREATE on the schema (unless a superuser migrates): only for this step
 GRANT CREATE ON SCHEMA state TO trace_system;
 ALTER FUNCTION state.authenticate_api_key(bytea) OWNER TO trace_system;
+ALTER FUNCTION state.touch_api_key(uuid) OWNER TO trace_system;
 REVOKE CREATE ON SCHEMA state FROM trace_system;
