@@ -10,7 +10,7 @@ from starlette.routing import BaseRoute, Route
 
 from trace_core.api import alerts, jobs, keys, members, query
 from trace_core.api import models as m
-from trace_core.api.http import Endpoint, starlette_route
+from trace_core.api.http import Call, Endpoint, starlette_route
 from trace_core.api.openapi import openapi_document
 from trace_core.api.ratelimit import RateLimiter
 from trace_core.query.service import QueryRequest
@@ -22,15 +22,15 @@ _READ = (401, 403, 404, 429)
 _WRITE = (401, 403, 404, 409, 413, 422, 429)
 
 
-def whoami(call: object) -> m.WhoAmI:
+def whoami(call: Call) -> m.WhoAmI:
     """The caller's org, role and key."""
-    p = call.principal  # type: ignore[attr-defined]
+    p = call.principal
     return m.WhoAmI(
         org=p.org_name,
         org_id=p.org_id,
         role=p.role.value,
         key_id=p.key_id,
-        rate_limit=call.api.settings.api_rate_limit,  # type: ignore[attr-defined]
+        rate_limit=call.api.settings.api_rate_limit,
     )
 
 
