@@ -225,6 +225,9 @@ def test_keys_lifecycle_expiry_and_rate_limit(
     # an admin cannot mint an owner key
     refused(client.post("/v1/keys", json={"role": "owner"}, headers=acme.h("admin")), 403)
     refused(client.post("/v1/keys", json={"role": "god"}, headers=acme.h("admin")), 422)
+    for when in ("2030-01-01T00:00:00", "2001-01-01T00:00:00Z"):  # no zone; in the past
+        body = {"role": "viewer", "expires_at": when}
+        refused(client.post("/v1/keys", json=body, headers=acme.h("admin")), 422)
     r = client.post("/v1/keys", json={"role": "viewer", "name": "ci"}, headers=acme.h("admin"))
     assert r.status_code == 201, r.text
     made = r.json()

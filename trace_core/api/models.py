@@ -7,7 +7,7 @@ import datetime as dt
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 RoleName = Literal["viewer", "editor", "admin", "owner"]
 
@@ -155,7 +155,9 @@ class DeliveryList(BaseModel):
 class KeyCreate(_Body):
     role: RoleName = Field(description="At most the caller's own role")
     name: str | None = Field(None, max_length=200, description="A label shown in listings")
-    expires_at: dt.datetime | None = Field(None, description="ISO 8601; none: never expires")
+    expires_at: AwareDatetime | None = Field(
+        None, description="ISO 8601 with a time zone (e.g. 2027-01-01T00:00:00Z); none: never"
+    )
 
 
 class KeyInfo(BaseModel):
