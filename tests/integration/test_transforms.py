@@ -40,7 +40,8 @@ from trace_core.sinks.consumer import sink_once
 from trace_core.tasks import lifecycle
 from trace_core.transforms.operator import udf_transform_operator
 from trace_core.transforms.spec import load_transform_file, parse_transform
-from trace_core.transforms.store import apply_transform, transform_status
+from trace_core.transforms.status import transform_status
+from trace_core.transforms.store import apply_transform
 from trace_core.transforms.tasks import OPERATOR
 from trace_core.udf.bundles import put_bundle
 from trace_dagster.definitions import build_definitions

@@ -225,7 +225,7 @@ def queue_overview(rt: Runtime) -> dict[str, Any]:
 def status(job: str | None, as_json: bool) -> None:
     """Per-stream progress, throughput, ETA and blocked reasons, plus queue health."""
     from trace_core.chain_sync import status as status_mod
-    from trace_core.transforms.store import transform_status
+    from trace_core.transforms.status import transform_status
 
     rt = runtime()
     _ensure_migrated(rt)

@@ -261,27 +261,3 @@ def output_keys(conn: Connection[Any], org_id: str | uuid.UUID, job_name: str) -
     """Datasets the job's transforms write (an input among them is not a stream)."""
     params = {"org_id": uuid.UUID(str(org_id)), "job_name": job_name, "name": ""}
     return {key for _name, key in conn.execute(q("transforms", "outputs_of_job"), params)}
-
-
-def transform_status(conn: Connection[Any], org_id: str | uuid.UUID) -> list[dict[str, Any]]:
-    """Each transform of the org with its runs by state (for ``trace-lite status``)."""
-    from trace_core.transforms.tasks import OPERATOR
-
-    params = {"org_id": uuid.UUID(str(org_id)), "operator": OPERATOR}
-    with conn.cursor(row_factory=dict_row) as cur:
-        counts = {r["name"]: r for r in cur.execute(q("transforms", "run_counts"), params)}
-    out = []
-    for t in list_transforms(conn, org_id):
-        runs = counts.get(t.name, {})
-        last = runs.get("last_finished_at")
-        out.append(
-            {
-                **t.as_json(),
-                "runs": {
-                    k: int(runs.get(k) or 0) for k in ("queued", "running", "succeeded", "dead")
-                },
-                "last_finished_at": last.isoformat() if last else None,
-                "last_error": runs.get("last_error"),
-            }
-        )
-    return out
