@@ -403,6 +403,22 @@ class QueryServiceUnavailable(RetryableError):
     code = "query_service_unavailable"
 
 
+# --- the HTTP API (trace_core.api) -----------------------------------------------------------
+
+
+class ApiRefused(FatalError):
+    """A request the HTTP API refuses before or instead of acting: its HTTP ``status`` (404 not
+    found or another org's, 409 conflict, 413 too large, 422 invalid, 429 rate limited) and a
+    stable ``code``. Nothing was changed."""
+
+    code = "api_refused"
+
+    def __init__(self, message: str, *, code: str, status: int, **fields: object) -> None:
+        super().__init__(message, status=status, **fields)
+        self.code = code
+        self.status = status
+
+
 # --- analytics -----------------------------------------------------------------------------
 
 

@@ -365,6 +365,25 @@ class Settings(BaseSettings):
         le=1048576,
         description="Sources: largest webhook body accepted (bytes); bigger requests get 413",
     )
+    api_rate_limit: str = Field(
+        "20/second;600/minute",
+        description="HTTP API: requests per API key, one or more limits separated by ';' (e.g. 10/second;300/minute); past one, 429 with Retry-After. Kept per Query Service process",
+    )
+    api_max_body_bytes: int = Field(
+        1048576,
+        gt=0,
+        description="HTTP API: largest request body accepted (bytes); bigger requests get 413 (YAML bodies are also capped at 256 KiB)",
+    )
+    worker_s3_role_arn: str | None = Field(
+        None,
+        description="Credential Broker (S3 object store): role each claimed attempt assumes through STS with a session policy allowing reads of its inputs' version prefixes and writes to its own staging prefix only; unset: workers use their own credentials",
+    )
+    worker_s3_credentials_ttl_seconds: int = Field(
+        900,
+        ge=900,
+        le=43200,
+        description="Credential Broker: lifetime of an attempt's scoped credentials (STS minimum 900)",
+    )
 
     udf_runtime: Literal["local", "lambda", "unsandboxed"] = Field(
         "local",
@@ -489,13 +508,18 @@ def alert_secret(name: str, environ: Mapping[str, str] | None = None) -> str | N
     return value or None
 
 
-def source_secret_env_var(job: str) -> str:
-    """``erc20-volume`` -> ``TRACE_SOURCE_ERC20_VOLUME_WEBHOOK_SECRET``."""
-    return f"TRACE_SOURCE_{_POOL_RE.sub('_', job).upper()}_WEBHOOK_SECRET"
+def source_secret_env_var(job: str, org: str | None = None) -> str:
+    """``erc20-volume`` -> ``TRACE_SOURCE_ERC20_VOLUME_WEBHOOK_SECRET``; with an org (the
+    org-aware route), ``acme``/``erc20-volume`` -> ``TRACE_SOURCE_ACME__ERC20_VOLUME_...``."""
+    scope = f"{_POOL_RE.sub('_', org).upper()}__" if org is not None else ""
+    return f"TRACE_SOURCE_{scope}{_POOL_RE.sub('_', job).upper()}_WEBHOOK_SECRET"
 
 
-def source_webhook_secret(job: str, environ: Mapping[str, str] | None = None) -> bytes | None:
-    """The HMAC secret of a job's webhook source, or None when unset. A secret: never log it."""
+def source_webhook_secret(
+    job: str, environ: Mapping[str, str] | None = None, *, org: str | None = None
+) -> bytes | None:
+    """The HMAC secret of a job's webhook source (of ``org``'s job on the org-aware route), or
+    None when unset. A secret: never log it."""
     env = os.environ if environ is None else environ
-    value = env.get(source_secret_env_var(job), "").strip()
+    value = env.get(source_secret_env_var(job, org), "").strip()
     return value.encode() if value else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dagster import Definitions, in_process_executor
 
+from trace_core.engine.intake import ORG_TAG
 from trace_core.runtime import Runtime
 from trace_core.settings import load_settings
 from trace_dagster.analytics import analytics_definitions, duckdb_resource
@@ -32,7 +33,7 @@ def build_definitions(runtime: Runtime | None = None) -> Definitions:
     rt = runtime or Runtime(load_settings())
     analytics, analytics_jobs = analytics_definitions(rt)
     transforms, schedules = transform_definitions(rt)
-    return Definitions(
+    defs = Definitions(
         assets=[*stream_assets(rt), alert_events_spec, sensors_spec, *analytics, *transforms],
         jobs=[trace_worker, *SERVICE_JOBS, integrity_job, *analytics_jobs, trace_trigger],
         schedules=schedules,
@@ -50,6 +51,11 @@ def build_definitions(runtime: Runtime | None = None) -> Definitions:
         # without its own executor run in the run's process: no subprocess start-up per step
         executor=in_process_executor,
         loggers=LOGGERS,  # an error as one console line; the event log keeps the stack
+    )
+    # every asset names its org (worker runs do too, from their tasks: engine.intake)
+    org = str(rt.settings.org_id)
+    return defs.map_resolved_asset_specs(
+        func=lambda spec: spec.merge_attributes(tags={ORG_TAG: org})
     )
 
 

@@ -56,6 +56,9 @@ def test_definitions_load(trace_env: Runtime) -> None:
         "trace_analytics",
         "trace_sensor_health",
     }
+    # every asset names its org (issue 22: runs and assets carry the org)
+    specs = defs.resolve_all_asset_specs()
+    assert specs and {s.tags.get("trace/org") for s in specs} == {str(trace_env.settings.org_id)}
 
 
 @pytest.mark.parametrize("batch", [1, 4])
@@ -75,6 +78,7 @@ def test_noop_tasks_complete_through_runs(
     assert len(runs) == report.runs == -(-6 // batch)
     assert all(r.status == DagsterRunStatus.SUCCESS for r in runs)
     assert all("trace/task_id" in r.tags and "trace/attempt" in r.tags for r in runs)
+    assert {r.tags.get("trace/org") for r in runs} == {str(rt.settings.org_id)}
 
 
 def test_failing_task_shows_failed_runs_and_ends_dead(

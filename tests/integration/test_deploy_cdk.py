@@ -100,6 +100,48 @@ def test_worker_role_touches_only_staging_and_version_prefixes(template: dict[st
     assert not any(s["Resource"] == "*" for s in statements)
 
 
+def test_the_attempt_role_allows_only_reading_versions_and_writing_staging(
+    template: dict[str, Any],
+) -> None:
+    """The Credential Broker's role: assumed by the worker role only; its own policy (which a
+    session policy narrows further per attempt) reads cryo/ and writes staging/, nothing else;
+    every task's environment names it (TRACE_WORKER_S3_ROLE_ARN)."""
+    roles = _resources(template, "AWS::IAM::Role")
+    (attempt,) = [k for k in roles if "AttemptRole" in k]
+    (worker,) = [k for k in roles if "WorkerRole" in k]
+    trust = roles[attempt]["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+    assert worker in json.dumps(trust) and "ecs-tasks" not in json.dumps(trust)
+    statements = [
+        s
+        for p in _resources(template, "AWS::IAM::Policy").values()
+        if {"Ref": attempt} in p["Properties"]["Roles"]
+        for s in p["Properties"]["PolicyDocument"]["Statement"]
+    ]
+    grants = {
+        (tuple(_list(s["Action"])), part)
+        for s in statements
+        for r in _list(s["Resource"])
+        for part in r["Fn::Join"][1]
+        if isinstance(part, str) and part.startswith("/")
+    }
+    assert grants == {
+        (("s3:GetObject",), "/trace/cryo/*"),
+        (("s3:PutObject", "s3:AbortMultipartUpload"), "/trace/staging/*"),
+    }
+    assume = [
+        s
+        for p in _resources(template, "AWS::IAM::Policy").values()
+        if {"Ref": worker} in p["Properties"]["Roles"]
+        for s in p["Properties"]["PolicyDocument"]["Statement"]
+        if s["Action"] == "sts:AssumeRole"
+    ]
+    assert len(assume) == 1 and attempt in json.dumps(assume[0]["Resource"])
+    for definition in _resources(template, "AWS::ECS::TaskDefinition").values():
+        (container,) = definition["Properties"]["ContainerDefinitions"]
+        env = {e["Name"]: e["Value"] for e in container["Environment"]}
+        assert attempt in json.dumps(env["TRACE_WORKER_S3_ROLE_ARN"])
+
+
 def test_every_container_names_the_worker_role_for_runs(template: dict[str, Any]) -> None:
     """The code servers report DAGSTER_CONTAINER_CONTEXT; runs then take the worker role."""
     (worker_role,) = [k for k in _resources(template, "AWS::IAM::Role") if "WorkerRole" in k]

@@ -16,6 +16,9 @@ The tiers, lowest first; a package imports its own tier's peers only along the a
   ``transforms``, ``sources``, ``alerts``, ``analytics``, ``integrity``.
 - engine: ``engine`` (dispatcher, intake, execute, worker runs, idle, registry, services):
   the shell's one doorway.
+- api: ``api`` (the HTTP API's routes, mounted on the Query Service app by the entry point):
+  above the engine because it drives several domains (jobs, transforms, alerts, sources,
+  query) for a remote caller, as the CLI does; below the entry points that mount it.
 - entry: ``cli`` (trace_core), ``trace_dagster`` (the Dagster shell), ``trace_lite`` (the local
   stack, demo and dev tools).
 
@@ -55,6 +58,7 @@ TIERS: list[tuple[str, list[str]]] = [
         ],
     ),
     ("engine", ["engine"]),
+    ("api", ["api"]),
     ("entry", ["cli", "trace_dagster", "trace_lite"]),
 ]
 # The only imports between peers of one tier, and why.

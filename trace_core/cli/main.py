@@ -378,13 +378,15 @@ def token() -> None:
 @cli.command("query-service")
 @handle_errors
 def query_service() -> None:
-    """Run the Query Service in the foreground (with the sources' webhook endpoint)."""
+    """Run the Query Service in the foreground, with the HTTP API (/v1, /openapi.json) and the
+    sources' webhook endpoint."""
+    from trace_core.api import api_routes
     from trace_core.query.app import serve
     from trace_core.sources.webhook import webhook_routes
 
     rt = runtime()
     _ensure_migrated(rt)
-    serve(rt.settings, routes=webhook_routes(rt.settings))
+    serve(rt.settings, routes=[*api_routes(rt.settings), *webhook_routes(rt.settings)])
 
 
 @cli.command()

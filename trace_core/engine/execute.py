@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from trace_core.engine import registry as operator_registry
+from trace_core.engine.credentials import attempt_credentials
 from trace_core.errors import (
     FatalError,
     InvalidPayload,
@@ -166,7 +167,10 @@ def run_claimed(
         try:
             hb.check()
             token = capability_token_for(rt, lease) if registry.queries(lease.operator) else ""
-            completion = registry.get(lease.operator)(OperatorContext(rt, lease, hb.lost, token))
+            creds = attempt_credentials(rt, lease)  # None unless the Credential Broker is on
+            completion = registry.get(lease.operator)(
+                OperatorContext(rt, lease, hb.lost, token, credentials=creds)
+            )
         finally:
             hb.stop()
         if hb.lost.is_set():

@@ -33,6 +33,8 @@ from trace_core.tasks import retry as task_retry
 
 log = logging.getLogger(__name__)
 
+ORG_TAG = "trace/org"  # on every run and asset: the org whose work it is (docs/api.md)
+
 
 @dataclass(frozen=True)
 class Wakeup:
@@ -50,6 +52,7 @@ class TaskInfo:
     status: str
     attempt: int
     payload: dict[str, Any]
+    org_id: uuid.UUID | None = None
 
 
 def wakeup_visibility_seconds(rt: Runtime) -> float:
@@ -182,8 +185,9 @@ def task_tags(task_id: uuid.UUID | str, attempt: int, payload: dict[str, Any]) -
 
 def run_labels(infos: list[TaskInfo]) -> dict[str, str]:
     """Run labels: job, stream, operator and batch size; the first task's id, attempt and range
-    (``trace/task_id``, ``trace/attempt``, ``trace/range``); and ``task_tags`` of every task of
-    the batch (filter runs by ``trace/range.<stream>.<range key>``)."""
+    (``trace/task_id``, ``trace/attempt``, ``trace/range``); ``task_tags`` of every task of
+    the batch (filter runs by ``trace/range.<stream>.<range key>``); the tasks' org
+    (``trace/org``)."""
     first = infos[0]
     label = RangeLabel.of(first.payload)
     tags = {
@@ -200,6 +204,9 @@ def run_labels(infos: list[TaskInfo]) -> dict[str, str]:
         tags["trace/range"] = f"{label.range_start}-{label.range_end}"
     for info in infos:
         tags.update(task_tags(info.task_id, info.attempt + 1, info.payload))
+    orgs = sorted({str(i.org_id) for i in infos if i.org_id is not None})
+    if orgs:  # the org of the batch's tasks (a batch of several orgs names each)
+        tags[ORG_TAG] = ",".join(orgs)
     return tags
 
 

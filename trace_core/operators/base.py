@@ -17,6 +17,8 @@ from psycopg import Connection
 
 from trace_core.errors import InvalidPayload, StaleAttempt
 from trace_core.runtime import Runtime
+from trace_core.storage.base import ObjectStore
+from trace_core.storage.broker import ScopedCredentials, scoped_store
 from trace_core.tasks.lifecycle import Lease
 
 
@@ -38,16 +40,33 @@ class OperatorContext:
     ``capability_token`` is issued, for an operator registered with ``queries=True`` only, at
     claim for this attempt only, pinned to the dataset versions in the payload's ``grants``
     (``{dataset_uuid, dataset_version, manifest_key}`` each); a task without grants gets a
-    token that reads nothing. Other operators get an empty string.
+    token that reads nothing. Other operators get an empty string. ``credentials`` are the
+    attempt's scoped S3 credentials when the Credential Broker is on (``engine.credentials``).
     """
 
     def __init__(
-        self, runtime: Runtime, lease: Lease, lost: threading.Event, capability_token: str = ""
+        self,
+        runtime: Runtime,
+        lease: Lease,
+        lost: threading.Event,
+        capability_token: str = "",
+        credentials: ScopedCredentials | None = None,
     ) -> None:
         self.runtime = runtime
         self.lease = lease
         self.capability_token = capability_token
+        self.credentials = credentials
         self._lost = lost
+
+    @property
+    def staging_store(self) -> ObjectStore:
+        """Where the operator stages its output: with the Credential Broker on
+        (``credentials``, issued at claim), the S3 store seen through the attempt's scoped
+        credentials (it may write its own staging prefix and read its inputs, nothing else);
+        otherwise the runtime's store."""
+        if self.credentials is None:
+            return self.runtime.store
+        return scoped_store(self.runtime.store, self.credentials)
 
     @property
     def lost(self) -> bool:

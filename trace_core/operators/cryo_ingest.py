@@ -373,8 +373,9 @@ def cryo_ingest_operator(ctx: OperatorContext) -> Completion:
 
     rt = ctx.runtime
     store = rt.store
+    # staged through the attempt's scoped credentials when the Credential Broker is on
     staged, mode = extract_and_stage(
-        rt.settings, store, ctx.lease, check=ctx.check_lease, state=rt.state
+        rt.settings, ctx.staging_store, ctx.lease, check=ctx.check_lease, state=rt.state
     )
 
     def commit(conn: Connection[Any]) -> dict[str, Any]:

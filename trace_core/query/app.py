@@ -46,8 +46,9 @@ def create_app(
 ) -> Starlette:
     """The Query Service app. ``store`` is a ``trace_core.storage`` ObjectStore;
     ``hot_sources`` defaults to the block follower's ``data.hot_*`` tables (None: cold only);
-    ``gate=False`` exists only to test the sandbox on its own; ``routes`` are mounted too
-    (the sources' webhook endpoint; ``app.state.service`` is theirs to use)."""
+    ``gate=False`` exists only to test the sandbox on its own; ``routes`` are mounted before
+    the service's own (the sources' webhook endpoint and the HTTP API, ``trace_core.api``,
+    whose ``POST /v1/query`` also answers user tokens; ``app.state.service`` is theirs)."""
     service = QueryService(settings, dbs, store, hot_sources=hot_sources, gate=gate)
 
     @contextlib.asynccontextmanager
@@ -74,11 +75,11 @@ def create_app(
 
     app = Starlette(
         routes=[
+            *routes,  # first: the HTTP API's POST /v1/query (API keys) takes over this one
             Route("/v1/query", user_query, methods=["POST"]),
             Route("/v1/task-query", task_query, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             metrics_route(service),
-            *routes,
         ],
         lifespan=lifespan,
     )

@@ -1,10 +1,14 @@
-"""``POST /v1/sources/{job}/webhook``: a signed request becomes one run of a transform job.
+"""``POST /v1/sources/{job}/webhook``: a signed request becomes one run of a transform job
+of the settings' org; ``POST /v1/orgs/{org}/sources/{job}/webhook`` of the org named ``org``,
+signed with ``TRACE_SOURCE_<ORG>__<JOB>_WEBHOOK_SECRET`` (an unknown org answers as a job
+without a secret: 404, so org names do not leak).
 
 The request carries ``Idempotency-Key: K`` and
 ``X-Trace-Signature: sha256=<hex HMAC-SHA256(secret, K + "\\n" + body)>``, with the job's
 secret from ``TRACE_SOURCE_<JOB>_WEBHOOK_SECRET`` (environment only, never YAML; the key is
 signed too, so a captured body cannot be replayed under a fresh key). Checks, in order, each
-refusing with ``{"error": {"code", "message"}}`` and writing nothing: body over
+refusing with ``{"error": {"code", "message"}}``, writing nothing but an audit row
+(``state.audit_events``, actor ``webhook``): body over
 ``TRACE_SOURCE_WEBHOOK_MAX_BYTES`` (413 ``body_too_large``), no key (400), no secret configured
 for the job (404 ``webhook_not_configured``), a bad signature (401 ``bad_signature``), then
 ``sources.trigger``'s own refusals. Accepted: 202 with the source event and task ids (200 with
@@ -16,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import uuid
 from typing import Any
 
 from psycopg_pool import ConnectionPool
@@ -24,15 +29,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
-from trace_core.errors import SourceRejected, TraceError
+from trace_core.errors import NotFound, SourceRejected, TraceError
 from trace_core.settings import Settings, source_webhook_secret
 from trace_core.sources.trigger import Triggered, check_key, trigger
+from trace_core.tenancy import org_by_name, record_event, tenant_scope
 
 log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "x-trace-signature"
 KEY_HEADER = "idempotency-key"
 PATH = "/v1/sources/{job}/webhook"
+ORG_PATH = "/v1/orgs/{org}/sources/{job}/webhook"  # the same, for the org named in the path
 
 
 def signature(secret: bytes, key: str, body: bytes) -> str:
@@ -79,24 +86,55 @@ def accept(
     key: str | None,
     body: bytes,
     sig: str | None,
+    org: str | None = None,
 ) -> Triggered:
-    """Verify one delivery and trigger the run (blocking; the route runs it in a thread)."""
+    """Verify one delivery and trigger the run (blocking; the route runs it in a thread):
+    in the settings' org, or in the org named ``org`` (the org-aware route)."""
     if key is None:
         raise SourceRejected(
             "the Idempotency-Key header is required", code="bad_idempotency_key", status=400
         )
     check_key(key)
-    verify(source_webhook_secret(job), key, body, sig)
+    verify(source_webhook_secret(job, org=org), key, body, sig)
     with pool.connection() as conn:
-        return trigger(
-            conn,
-            settings.org_id,
-            job,
-            "webhook",
-            idempotency_key=key,
-            body=body,
-            max_attempts=settings.max_attempts,
-        )
+        org_id: str | uuid.UUID = settings.org_id
+        if org is not None:
+            try:
+                org_id = org_by_name(conn, org).org_id
+            except NotFound:  # a secret for an org that does not exist: as if none
+                raise SourceRejected(
+                    "no webhook secret is configured for this job",
+                    code="webhook_not_configured",
+                    status=404,
+                ) from None
+        # as the tenant role with the org set: row-level security applies to the trigger
+        with tenant_scope(conn, org_id):
+            return trigger(
+                conn,
+                org_id,
+                job,
+                "webhook",
+                idempotency_key=key,
+                body=body,
+                max_attempts=settings.max_attempts,
+            )
+
+
+def _audit_refusal(pool: ConnectionPool[Any], exc: SourceRejected, where: str) -> None:
+    """One ``state.audit_events`` row per refused delivery (the sender is not known: no org);
+    a failure to record is logged and never changes the answer."""
+    try:
+        with pool.connection() as conn:
+            record_event(
+                conn,
+                org_id=None,
+                actor="webhook",
+                action="POST webhook",
+                outcome="refused",
+                detail=f"{exc.status} {exc.code} {where}",
+            )
+    except Exception:  # the refusal still goes out; the log says the audit row is missing
+        log.exception("webhook audit row not written", extra={"code": exc.code})
 
 
 def webhook_routes(settings: Settings) -> list[BaseRoute]:
@@ -104,6 +142,7 @@ def webhook_routes(settings: Settings) -> list[BaseRoute]:
 
     async def webhook(request: Request) -> JSONResponse:
         job = request.path_params["job"]
+        org = request.path_params.get("org")
         try:
             body = await _read_capped(request, settings.source_webhook_max_bytes)
             got = await run_in_threadpool(
@@ -114,9 +153,12 @@ def webhook_routes(settings: Settings) -> list[BaseRoute]:
                 request.headers.get(KEY_HEADER),
                 body,
                 request.headers.get(SIGNATURE_HEADER),
+                org,
             )
         except SourceRejected as exc:
             log.info("webhook refused", extra={"job": job, "code": exc.code})
+            where = f"job={job}" + (f" org={org}" if org else "")
+            await run_in_threadpool(_audit_refusal, request.app.state.service.state, exc, where)
             return JSONResponse(
                 {"error": {"code": exc.code, "message": exc.message}}, status_code=exc.status
             )
@@ -127,4 +169,7 @@ def webhook_routes(settings: Settings) -> list[BaseRoute]:
             )
         return JSONResponse(got.as_json(), status_code=202 if got.created else 200)
 
-    return [Route(PATH, webhook, methods=["POST"])]
+    return [
+        Route(PATH, webhook, methods=["POST"]),
+        Route(ORG_PATH, webhook, methods=["POST"]),
+    ]

@@ -76,6 +76,22 @@ class S3Store:
             )
         return self._client
 
+    def with_credentials(self, key_id: str, secret: str, session_token: str) -> S3Store:
+        """This store (bucket, prefix, endpoint, timeouts) signed with other credentials: the
+        Credential Broker's per-attempt ones. Never logs them."""
+        client = boto3.session.Session(
+            aws_access_key_id=key_id,
+            aws_secret_access_key=secret,
+            aws_session_token=session_token,
+        ).client("s3", endpoint_url=self.endpoint_url, config=self._config)
+        return S3Store(
+            self.bucket,
+            self.base_prefix,
+            endpoint_url=self.endpoint_url,
+            region=self.region,
+            client=client,
+        )
+
     def _full(self, key: str) -> str:
         return self.base_prefix + validate_key(key)
 

@@ -114,7 +114,7 @@ def stage_output(ctx: OperatorContext, p: TransformPayload, table: pa.Table) -> 
             raise TransformOutputInvalid(
                 f"transform {p.transform_name!r} output cannot be written as Parquet: {exc}"
             ) from None
-        schema, files = stage_parquet_files(ctx.runtime.store, lease.task_id, lease.attempt, [path])
+        schema, files = stage_parquet_files(ctx.staging_store, lease.task_id, lease.attempt, [path])
     return StagedOutput(
         task_id=lease.task_id,
         attempt=lease.attempt,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -160,40 +161,65 @@ def apply_transform(
     the output is wrong; nothing is written then (the bundle is content-addressed and
     unreferenced, so harmless).
     """
-    spec = loaded.spec
-    org_id = rt.settings.org_id
-    tid = transform_id(org_id, spec.name)
-    with rt.state() as conn:
-        with conn.transaction():
-            chain_id = _check(conn, org_id, loaded)
-        sha = None
-        if loaded.python_source is not None:
-            from trace_core.udf.bundles import put_bundle
+    from trace_core.udf.bundles import put_bundle
 
-            sha = put_bundle(rt, loaded.python_source, name=f"transform:{spec.name}")
-        with conn.transaction():
-            row = conn.execute(
-                q("transforms", "upsert_definition"),
-                {
-                    "transform_id": tid,
-                    "org_id": uuid.UUID(str(org_id)),
-                    "name": spec.name,
-                    "job_name": spec.job,
-                    "chain_id": chain_id,
-                    "inputs": list(spec.inputs),
-                    "output_key": spec.output,
-                    "code_kind": "python" if sha is not None else "sql",
-                    "bundle_sha256": sha,
-                    "on_input": spec.trigger.on_input,
-                    "cron": spec.trigger.cron,
-                    "webhook": spec.trigger.webhook,
-                    "manual": spec.trigger.manual,
-                    "enabled": spec.enabled,
-                    "spec": Jsonb(spec.model_dump(mode="json")),
-                    "yaml_hash": chain_sync_store.yaml_hash(loaded.raw),
-                    "source_file": source_file,
-                },
-            ).fetchone()
+    name = f"transform:{loaded.spec.name}"
+    with rt.state() as conn:
+        return apply_transform_in(
+            conn,
+            rt.settings.org_id,
+            loaded,
+            source_file,
+            bundles=lambda source: put_bundle(rt, source, name=name),
+        )
+
+
+def apply_transform_in(
+    conn: Connection[Any],
+    org_id: str | uuid.UUID,
+    loaded: LoadedTransform,
+    source_file: str | None = None,
+    *,
+    bundles: Callable[[str], str] | None = None,
+) -> ApplyResult:
+    """``apply_transform`` on the caller's connection and org (the HTTP API): a Python UDF is
+    stored through ``bundles`` (source -> sha256); without it only SQL transforms apply."""
+    spec = loaded.spec
+    tid = transform_id(org_id, spec.name)
+    with conn.transaction():
+        chain_id = _check(conn, org_id, loaded)
+    sha = None
+    if loaded.python_source is not None:
+        if bundles is None:
+            raise ConfigError(
+                "a Python transform needs its bundle stored (apply with trace-lite apply)",
+                file=loaded.doc.source,
+                field="code.python",
+            )
+        sha = bundles(loaded.python_source)
+    with conn.transaction():
+        row = conn.execute(
+            q("transforms", "upsert_definition"),
+            {
+                "transform_id": tid,
+                "org_id": uuid.UUID(str(org_id)),
+                "name": spec.name,
+                "job_name": spec.job,
+                "chain_id": chain_id,
+                "inputs": list(spec.inputs),
+                "output_key": spec.output,
+                "code_kind": "python" if sha is not None else "sql",
+                "bundle_sha256": sha,
+                "on_input": spec.trigger.on_input,
+                "cron": spec.trigger.cron,
+                "webhook": spec.trigger.webhook,
+                "manual": spec.trigger.manual,
+                "enabled": spec.enabled,
+                "spec": Jsonb(spec.model_dump(mode="json")),
+                "yaml_hash": chain_sync_store.yaml_hash(loaded.raw),
+                "source_file": source_file,
+            },
+        ).fetchone()
     if row is None:
         return ApplyResult(tid, created=False, changed=False, bundle_sha256=sha)
     return ApplyResult(tid, created=bool(row[0]), changed=True, bundle_sha256=sha)

@@ -312,6 +312,28 @@ class TraceStack(cdk.Stack):
                 conditions={"StringLike": {"s3:prefix": [f"{STAGING}*", f"{VERSIONS}*"]}},
             )
         )
+        # The Credential Broker (TRACE_WORKER_S3_ROLE_ARN, docs/api.md): each claimed attempt
+        # assumes this role with a session policy narrowing it to its own inputs' versions
+        # (read) and its own staging prefix (write); the role itself allows no more than that.
+        self.attempt_role = iam.Role(
+            self,
+            "AttemptRole",
+            assumed_by=iam.ArnPrincipal(self.worker_role.role_arn),
+            description="Credential Broker: one attempt's inputs (read) and staging (write)",
+            max_session_duration=cdk.Duration.hours(1),
+        )
+        self.attempt_role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["s3:GetObject"], resources=[self.datasets.arn_for_objects(f"{VERSIONS}*")]
+            )
+        )
+        self.attempt_role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["s3:PutObject", "s3:AbortMultipartUpload"],
+                resources=[self.datasets.arn_for_objects(f"{STAGING}*")],
+            )
+        )
+        self.attempt_role.grant_assume_role(self.worker_role)
         # Every process writes its own Dagster compute logs (stdout/stderr) to scratch.
         for role in (self.worker_role, self.daemon_role):
             role.add_to_policy(
@@ -365,6 +387,7 @@ class TraceStack(cdk.Stack):
             "TRACE_QUEUE_DRIVER": "sqs",
             "TRACE_SQS_QUEUE_PREFIX": queue_prefix,
             "TRACE_OBJECT_STORE_URL": f"s3://{self.datasets.bucket_name}/{STORE_PREFIX}",
+            "TRACE_WORKER_S3_ROLE_ARN": self.attempt_role.role_arn,
             "TRACE_QUERY_URL": f"http://{self.alb.load_balancer_dns_name}:{QUERY_PORT}",
             # Runs take the worker role, not the daemon's: the launcher derives each run's task
             # definition from the daemon's task, and the code server (spawned by the daemon and

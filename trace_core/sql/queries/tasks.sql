@@ -195,4 +195,5 @@ SELECT (SELECT count(*) FROM state.tasks
         AND NOT (topic = 'dataset_events' AND payload->>'event' LIKE 'hot\_%')) AS pending
 
 -- name: task_infos
-SELECT task_id, operator, status, attempt, payload FROM state.tasks WHERE task_id = ANY(%(task_ids)s)
+SELECT task_id, operator, status, attempt, payload, org_id FROM state.tasks
+WHERE task_id = ANY(%(task_ids)s)
