@@ -70,7 +70,8 @@ def test_template_passes_cfn_lint(template_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_worker_role_touches_only_staging_and_version_prefixes(template: dict[str, Any]) -> None:
+def test_worker_role_touches_only_its_prefixes(template: dict[str, Any]) -> None:
+    """Staging and versions (read/write, listable), UDF bundles (read) and sink batches."""
     (worker_role,) = [k for k in _resources(template, "AWS::IAM::Role") if "WorkerRole" in k]
     policies = [
         p
@@ -88,7 +89,14 @@ def test_worker_role_touches_only_staging_and_version_prefixes(template: dict[st
         for part in r.get("Fn::Join", ["", []])[1]
         if isinstance(part, str) and part.startswith("/")
     }
-    assert object_paths == {"/trace/staging/*", "/trace/cryo/*"}
+    assert object_paths == {
+        "/trace/staging/*",
+        "/trace/cryo/*",
+        "/trace/udf/bundles/*",
+        "/trace/batches/*",
+    }
+    bundles = [s for s in datasets if "/trace/udf/bundles/*" in json.dumps(s["Resource"])]
+    assert [_list(s["Action"]) for s in bundles] == [["s3:GetObject"]]  # read only
     (listing,) = [s for s in datasets if s["Action"] == "s3:ListBucket"]
     assert listing["Condition"] == {
         "StringLike": {"s3:prefix": ["trace/staging/*", "trace/cryo/*"]}

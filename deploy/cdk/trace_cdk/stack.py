@@ -30,6 +30,8 @@ STORE_PREFIX = "trace"
 STAGING = f"{STORE_PREFIX}/staging/"
 VERSIONS = f"{STORE_PREFIX}/cryo/"
 RESULTS = f"{STORE_PREFIX}/results/"  # trace_core.query.export
+BUNDLES = f"{STORE_PREFIX}/udf/bundles/"  # trace_core.udf.bundles (UDF code, by sha256)
+BATCHES = f"{STORE_PREFIX}/batches/"  # trace_core.sinks.publish (sink batches)
 COMPUTE_LOGS = "dagster-compute-logs/"
 # Logical queue names as trace_core.queue.base spells them (TASK_WAKEUP, BUFFER_QUEUE).
 QUEUES = {"Task": "task_wakeup", "Buffer": "buffer"}
@@ -312,6 +314,19 @@ class TraceStack(cdk.Stack):
                 conditions={"StringLike": {"s3:prefix": [f"{STAGING}*", f"{VERSIONS}*"]}},
             )
         )
+        # Runs also read UDF bundles (transforms, Python alerts) and the sink service runs
+        # stage, read and drop their batches; nothing else.
+        self.worker_role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["s3:GetObject"], resources=[self.datasets.arn_for_objects(f"{BUNDLES}*")]
+            )
+        )
+        self.worker_role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+                resources=[self.datasets.arn_for_objects(f"{BATCHES}*")],
+            )
+        )
         # The Credential Broker (TRACE_WORKER_S3_ROLE_ARN, docs/api.md): each claimed attempt
         # assumes this role with a session policy narrowing it to its own inputs' versions
         # (read) and its own staging prefix (write); the role itself allows no more than that.
@@ -364,6 +379,13 @@ class TraceStack(cdk.Stack):
         self.datasets.grant_read(self.query_role, f"{VERSIONS}*")
         self.datasets.grant_read_write(self.query_role, f"{RESULTS}*")
         self.results.grant_read_write(self.query_role)
+        # POST /v1/jobs stores a job's UDF code as a bundle
+        self.query_role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["s3:GetObject", "s3:PutObject"],
+                resources=[self.datasets.arn_for_objects(f"{BUNDLES}*")],
+            )
+        )
         self.query_role.add_to_policy(
             iam.PolicyStatement(actions=["sqs:GetQueueAttributes"], resources=queue_arns)
         )
