@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-from trace_core.db.connection import Databases, redact_url
+from trace_core.db.connection import Databases, connect, redact_url
 from trace_core.errors import DatabaseUnreachable
 
 log = logging.getLogger(__name__)
@@ -29,10 +29,27 @@ def _yoyo_url(url: str) -> str:
     raise DatabaseUnreachable(f"unsupported database url for migrations: {redact_url(url)}")
 
 
+def _all_applied(url: str, which: str) -> bool:
+    """Whether yoyo has recorded every migration file of ``which``: the common case of every
+    command and service start, answered by one query instead of parsing each file (~1 s)."""
+    import psycopg
+
+    files = {p.stem for p in (MIGRATIONS_ROOT / which).glob("*.sql")}
+    try:
+        with connect(url, autocommit=True) as conn:
+            applied = {r[0] for r in conn.execute("SELECT migration_id FROM _yoyo_migration")}
+    except psycopg.Error:  # no yoyo tables yet, or no right to read them: let yoyo decide
+        return False
+    return files <= applied
+
+
 def migrate_database(url: str, which: str, *, lock_timeout: float = 60.0) -> list[str]:
     """Apply pending migrations of ``which`` ('state' or 'data'); return the ids applied."""
     from yoyo import get_backend, read_migrations
     from yoyo.exceptions import LockTimeout
+
+    if _all_applied(url, which):
+        return []
 
     # yoyo resolves `-- depends:` through one process-wide registry of migration ids, filled
     # as files are read: two threads reading at once could resolve each other's objects and
