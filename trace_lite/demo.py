@@ -211,6 +211,10 @@ def run_demo(
             result.analytics = demo_analytics.show(
                 console, settings, rt, chain, spec.chain_id, mode.to_block, deadline
             )
+            if spec.analytics is not None and spec.analytics.supply is not None:
+                result.analytics["reconciles"] = demo_analytics.show_reconciliation(
+                    console, stack.dagster_url, mode.to_block, deadline
+                )
         else:
             if udf:
                 result.udf = demo_udf.show(

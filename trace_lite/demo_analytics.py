@@ -1,11 +1,15 @@
 """``trace-lite demo --analytics``: the Monad demos 2-4 on a local chain.
 
-The chain is an archive anvil (geth_balance_diffs traces old blocks) with staking events at
-Monad's precompile address from ``trace_lite.devtools.devstaking``; the job is
+The chain is a Monad-shaped archive anvil (``trace_lite.devtools.devmonad``: a reward minted
+by a system transaction every block, 25 MON then 18 MON from block ``MIP12_BLOCK``, base fees
+out of supply, gas charged on limits; geth_balance_diffs traces old blocks) with staking events
+at Monad's precompile address from ``trace_lite.devtools.devstaking``; the job is
 ``examples/chain_sync.demo_analytics.yaml``. After the backfill, the ``trace_analytics``
 sensor materializes the analytics assets under ``dagster dev``; this waits for the roll-ups to
-be committed, then prints the supply series (checked against ``eth_getBalance``), the top-N
-table and the concentration metrics, all read through the Query Service.
+be committed, then prints the supply series (checked against ``eth_getBalance``), the
+``supply_reconciles`` check's verdict as the Dagster UI shows it (each block's supply change
+against reward minted - base fee burned), the top-N table and the concentration metrics, all
+read through the Query Service.
 """
 
 from __future__ import annotations
@@ -22,10 +26,13 @@ from trace_core.runtime import Runtime
 from trace_core.settings import REPO_ROOT, Settings
 from trace_lite.devtools import devstaking
 from trace_lite.devtools.devchain import DevChain
+from trace_lite.devtools.devmonad import BASE_FEE_VAULT, MON, MonadShape
 from trace_lite.render import print_response
 
 DEMO_ANALYTICS_FILE = REPO_ROOT / "examples" / "chain_sync.demo_analytics.yaml"
 DEMO_JOB = "demo_analytics"  # the job's name in DEMO_ANALYTICS_FILE: outputs are per job
+MIP12_BLOCK = 1000  # the demo chain's reward drops from 25 to 18 MON here (as in the YAML)
+DEMO_SHAPE = MonadShape(reward_changes={MIP12_BLOCK: 18 * MON})
 ROLLUPS = ("analytics_native_supply", "analytics_top_accounts", "analytics_staking_concentration")
 
 SUPPLY_SQL = """
@@ -51,7 +58,9 @@ ORDER BY stake DESC
 def start_chain(console: Console, blocks: int, seed: int, genesis: int) -> DevChain:
     """An archive anvil with staking activity, then transfers up to ``blocks`` blocks."""
     with console.status(f"mining a local archive anvil chain ({blocks} blocks, staking events)..."):
-        chain = DevChain.start(3, seed, chain_id=31337, archive=True, genesis_timestamp=genesis)
+        chain = DevChain.start(
+            3, seed, chain_id=31337, archive=True, genesis_timestamp=genesis, monad=DEMO_SHAPE
+        )
         try:
             activity = devstaking.drive(
                 chain, seed=seed, validators=5, actions=40, max_gap_blocks=40
@@ -126,6 +135,7 @@ def show(
             max_rows=100_000,
         )["rows"]
         known = {a[0] for a in accounts} | {a.lower() for a in chain.rpc.call("eth_accounts")}
+        known.discard(BASE_FEE_VAULT)  # base fees: out of supply (burned, on Monad)
         replies = chain.rpc.batch([("eth_getBalance", [a, hex(last)]) for a in sorted(known)])
         chain_sum = sum(hex_int(r) for r in replies)
         out["chain_supply"] = chain_sum
@@ -135,3 +145,44 @@ def show(
             f"{len(known)} accounts ({chain_sum})"
         )
     return out
+
+
+CHECK_EXECUTIONS = """
+query ($key: AssetKeyInput!, $check: String!) {
+  assetCheckExecutions(assetKey: $key, checkName: $check, limit: 1) {
+    status evaluation { success description }
+  }
+}
+"""
+
+
+def show_reconciliation(
+    console: Console, dagster_url: str, to_block: int, deadline: float
+) -> dict[str, Any]:
+    """Wait for the ``supply_reconciles`` check's evaluation over ``[0, to_block)`` and print
+    it as the Dagster UI's check page lists it; return the evaluation."""
+    import httpx
+
+    key = {"path": ["analytics", DEMO_JOB, "native_supply"]}
+    variables = {"key": key, "check": "supply_reconciles"}
+    with console.status("waiting for the supply_reconciles check..."), httpx.Client() as client:
+        while True:
+            r = client.post(
+                f"{dagster_url}/graphql",
+                json={"query": CHECK_EXECUTIONS, "variables": variables},
+                timeout=30,
+            )
+            r.raise_for_status()
+            executions = r.json().get("data", {}).get("assetCheckExecutions") or []
+            evaluation = (executions[0].get("evaluation") or {}) if executions else {}
+            if f" of {to_block} blocks unexplained" in (evaluation.get("description") or ""):
+                break
+            if time.monotonic() > deadline:
+                raise TraceError("the supply_reconciles check was not evaluated in time")
+            time.sleep(1.0)
+    verdict = "[green]passed[/green]" if evaluation["success"] else "[red]failed[/red]"
+    console.print(
+        f"Dagster check supply_reconciles {verdict}: {evaluation['description']} (reward 25 MON, "
+        f"18 MON from block {MIP12_BLOCK}; base fee charged on gas limits, burned)"
+    )
+    return dict(evaluation)

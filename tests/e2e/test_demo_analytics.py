@@ -1,4 +1,5 @@
-"""``trace-lite demo --analytics --exit`` for real: an archive anvil chain with staking events,
+"""``trace-lite demo --analytics --exit`` for real: a Monad-shaped archive anvil chain (a reward
+minted every block, base fees out of supply) with staking events,
 ``dagster dev`` launching the sync and the analytics runs, and the three demos printed through
 the Query Service, the supply checked against ``eth_getBalance`` over every account."""
 
@@ -46,4 +47,8 @@ def test_demo_analytics_prints_the_three_demos_and_the_supply_matches_the_chain(
     verdict = re.search(r"supply at block (\d+): (\d+) wei (matches|differs from) the sum", text)
     assert verdict is not None, text[-4000:]
     assert verdict.group(3) == "matches", verdict.group(0)
+    # the chain is Monad-shaped: every block's supply change is reward minted - base fee burned
+    assert re.search(
+        r"Dagster check supply_reconciles passed: 0 of 2000 blocks unexplained", text
+    ), text[-4000:]
     assert _processes_of(home) == []
