@@ -146,6 +146,11 @@ class Settings(BaseSettings):
         ge=0,
         description="An endpoint whose head trails the pool's best by more blocks is stale: skipped for ranges it cannot serve and reported",
     )
+    rpc_probe_ttl_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="How long a pool's health probe (chain id, heads) holds for the next ranges of a process, while the heads seen cover them (0: probe every range)",
+    )
     rpc_capability_ttl_seconds: int = Field(
         3600,
         gt=0,

@@ -1,28 +1,32 @@
 """A worker run: execute a batch, then keep taking the work its commits made due.
 
-``run_worker`` is what one ``trace_worker`` run does (the Dagster op only reports): execute the
-batch (claim all, run ``TRACE_WORKER_CONCURRENCY`` at a time), then, until
-``TRACE_WORKER_CONTINUE_SECONDS`` have passed, plan the ranges the batch freed, publish their
-wake-ups and take up to ``TRACE_WORKER_BATCH_SIZE`` woken tasks as the next batch, instead of
-ending and waiting for the dispatcher and worker sensors to launch the next run. A batch with a
-failure (``retry``/``dead``) ends the run: its retries run (and show) as runs of their own.
+``run_worker`` is what one ``trace_worker`` run does (the Dagster op only reports): claim the
+batch, run ``TRACE_WORKER_CONCURRENCY`` tasks at a time, and as each task ends, until
+``TRACE_WORKER_CONTINUE_SECONDS`` have passed, plan the ranges the commits freed, publish their
+wake-ups and take as many woken tasks as there are idle threads, instead of ending and waiting
+for the dispatcher and worker sensors to launch the next run. The run is a pipeline, not a
+series of waves: no task waits for the slowest of a batch. A failure (``retry``/``dead``) ends
+the run once its running tasks have: its retries run (and show) as runs of their own.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from trace_core import outbox
+from trace_core import outbox, profile
 from trace_core.chain_sync import planner
 from trace_core.engine import registry as operator_registry
-from trace_core.engine.execute import TaskOutcome, execute_batch
+from trace_core.engine.execute import TaskOutcome, claim_tasks, run_claimed, start_heartbeat
 from trace_core.engine.intake import Wakeup, ack_wakeups, receive_wakeups, task_infos
 from trace_core.operators.base import OperatorRegistry
 from trace_core.runtime import Runtime
+from trace_core.tasks.keepalive import LeaseHeartbeat
+from trace_core.tasks.lifecycle import Lease
 
 # A range a run planned: (job, stream, range start, range end).
 PlannedRange = tuple[str, str, int, int]
@@ -93,35 +97,89 @@ def run_worker(
     on_more: Callable[[int], None] | None = None,
     registry: OperatorRegistry | None = None,
 ) -> WorkerRunReport:
-    """Execute ``task_ids``, then continue with the next waves until the deadline or a failure.
+    """Execute ``task_ids``, then keep ``TRACE_WORKER_CONCURRENCY`` tasks running with the work
+    the commits free, until the deadline, a failure, or no work is left.
 
-    ``on_outcome`` sees every outcome as it completes, ``on_planned`` the ranges each wave
-    planned (before their tasks run), ``on_more`` the size of each further batch taken.
+    Every task is claimed before it is handed to a thread and runs under its own lease,
+    heartbeat and fencing, as in ``execute_batch``. As each one ends, the run plans the ranges
+    the commits freed and takes as many woken tasks as it has idle threads (a pipeline, not
+    waves: a slow range never holds the others' successors back). After a failure
+    (``retry``/``dead``) or past ``TRACE_WORKER_CONTINUE_SECONDS`` it takes nothing more and
+    ends once the running tasks have. ``on_outcome`` sees every outcome as it completes,
+    ``on_planned`` the ranges each take planned (before their tasks run), ``on_more`` the number
+    of tasks of each further take.
     """
-    deadline = time.monotonic() + rt.settings.worker_continue_seconds
+    s = rt.settings
+    deadline = time.monotonic() + s.worker_continue_seconds
     registry = registry or operator_registry.default_registry()  # once per run
+    _ = rt.dbs, rt.store  # built once, before threads share the runtime
     report = WorkerRunReport()
-    on_claimed: Callable[[], None] | None = None
-    while task_ids:
+    concurrency = max(1, s.worker_concurrency)
+    running: set[concurrent.futures.Future[TaskOutcome]] = set()
+
+    unreported: list[TaskOutcome] = []
+
+    def handle(outcome: TaskOutcome) -> None:
+        line = failure_line(outcome)
+        if line is not None:
+            report.failures.append(line)
+        unreported.append(outcome)
+
+    def report_all() -> None:
+        # after the next tasks started: reporting (Dagster events) overlaps their work
+        with profile.run_phase("report", outcomes=len(unreported)):
+            while unreported:
+                on_outcome(unreported.pop(0))
+
+    def start(ids: list[uuid.UUID], on_claimed: Callable[[], None] | None) -> None:
         report.batches += 1
-        report.touched += task_ids
-        for outcome in execute_batch(
-            rt,
-            task_ids,
-            concurrency=rt.settings.worker_concurrency,
-            registry=registry,
-            on_claimed=on_claimed,
-        ):
-            on_outcome(outcome)
-            line = failure_line(outcome)
-            if line is not None:
-                report.failures.append(line)
-        if report.failures or time.monotonic() >= deadline:
-            break
-        more = take_more_work(rt, rt.settings.worker_batch_size)
-        on_planned(more.planned)
-        task_ids = more.task_ids
-        on_claimed = functools.partial(more.ack, rt)
-        if task_ids and on_more is not None:
-            on_more(len(task_ids))
+        report.touched += ids
+        claimed: list[tuple[Lease, LeaseHeartbeat]] = []
+        try:
+            for got in claim_tasks(rt, ids):
+                if isinstance(got, TaskOutcome):
+                    handle(got)
+                else:
+                    claimed.append((got, start_heartbeat(rt, got)))
+            if on_claimed is not None:
+                on_claimed()
+        except BaseException:
+            for _lease, hb in claimed:
+                hb.stop()
+            raise
+        for lease, hb in claimed:
+            running.add(threads.submit(run_claimed, rt, lease, registry, hb))
+
+    with concurrent.futures.ThreadPoolExecutor(
+        max_workers=concurrency, thread_name_prefix="trace-task"
+    ) as threads:
+        start(task_ids, None)
+        taking = True  # until a failure or the deadline
+        fresh = True  # something ended since the last take found nothing
+        while True:
+            if taking and (report.failures or time.monotonic() >= deadline):
+                taking = False
+            if taking and fresh and len(running) < concurrency:
+                with profile.run_phase("take more work"):
+                    more = take_more_work(rt, concurrency - len(running))
+                if more.planned:
+                    on_planned(more.planned)
+                if more.task_ids:
+                    if on_more is not None:
+                        on_more(len(more.task_ids))
+                    start(more.task_ids, functools.partial(more.ack, rt))
+                    continue
+                fresh = False
+            if unreported:
+                report_all()
+                continue
+            if not running:
+                break
+            done, _ = concurrent.futures.wait(
+                running, return_when=concurrent.futures.FIRST_COMPLETED
+            )
+            for future in done:
+                running.discard(future)
+                handle(future.result())
+            fresh = True
     return report
