@@ -67,6 +67,7 @@ from trace_lite.stack import free_port
 
 DATASETS = ("blocks", "transactions", "logs")
 CONDITIONS = ("direct", "proxied")
+REFERENCE_ROWS = True  # bare cryo's two reference rows (--baseline-only drops them)
 TARGETS = {"run --until-idle": 1.3, "up (launched runs)": 1.5}
 RECOVERY_SLACK_SECONDS = 10.0
 SEED = 11
@@ -414,6 +415,8 @@ def bench_cryo(
         "cryo, 3 datasets, 1 call": ([list(DATASETS)], whole),
         "cryo, 1 call per range": ([[d] for d in DATASETS], per_range),
     }
+    if not REFERENCE_ROWS:
+        variants = {k: v for k, v in variants.items() if k == "bare cryo (baseline)"}
     rows = []
     for name, (datasets, blocks) in variants.items():
         before = proxy.stats() if proxy else None
@@ -713,8 +716,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rewake-seconds", type=int, help="recovery: TRACE_REWAKE_AFTER_SECONDS (quick: 20)"
     )
+    parser.add_argument(
+        "--conditions",
+        default=",".join(CONDITIONS),
+        help="which conditions to run (direct, proxied); the targets are read behind the proxy",
+    )
+    parser.add_argument(
+        "--baseline-only",
+        action="store_true",
+        help="bare cryo: only the baseline row (skip the two reference rows)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep homes and logs (printed)")
     args = parser.parse_args(argv)
+    global CONDITIONS, REFERENCE_ROWS
+    CONDITIONS = tuple(c for c in CONDITIONS if c in args.conditions.split(","))
+    REFERENCE_ROWS = not args.baseline_only
     blocks = args.blocks or (2000 if args.quick else 4000)
     if args.ranges:
         blocks = math.ceil(args.ranges / len(DATASETS)) * args.chunk_size

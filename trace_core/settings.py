@@ -177,9 +177,9 @@ class Settings(BaseSettings):
         description="Tasks of one run executed at once (a bounded pool; each task keeps its own lease and fencing)",
     )
     worker_continue_seconds: float = Field(
-        60.0,
+        300.0,
         ge=0,
-        description="A worker run that finished its batch plans the next ranges and takes more woken tasks itself, until this many seconds after it started or no work is left (0: one batch per run)",
+        description="A worker run keeps its threads busy: as each task ends it plans the next ranges and takes more woken tasks itself, until this many seconds after it started or no work is left (0: one batch per run)",
     )
     service_run_seconds: int = Field(
         600,

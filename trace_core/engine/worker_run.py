@@ -41,6 +41,7 @@ class MoreWork:
     planned: list[PlannedRange]
     task_ids: list[uuid.UUID]
     wakeups: list[Wakeup]
+    received: int = 0  # wake-ups received, runnable or not (stale ones are acked and dropped)
 
     def ack(self, rt: Runtime) -> None:
         ack_wakeups(rt, self.wakeups)
@@ -66,7 +67,9 @@ def take_more_work(rt: Runtime, max_tasks: int) -> MoreWork:
     }
     done = [w for w in wakeups if w.task_id not in runnable]
     ack_wakeups(rt, done)
-    return MoreWork(planned, sorted(runnable), [w for w in wakeups if w.task_id in runnable])
+    return MoreWork(
+        planned, sorted(runnable), [w for w in wakeups if w.task_id in runnable], len(wakeups)
+    )
 
 
 @dataclass
@@ -168,6 +171,8 @@ def run_worker(
                     if on_more is not None:
                         on_more(len(more.task_ids))
                     start(more.task_ids, functools.partial(more.ack, rt))
+                    continue
+                if more.received:  # only stale wake-ups this time: there may be more behind
                     continue
                 fresh = False
             if unreported:
