@@ -690,6 +690,7 @@ def print_profile(rows: list[Row], latency_ms: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global CONDITIONS, REFERENCE_ROWS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, short recovery knobs")
     parser.add_argument("--blocks", type=int, help="chain length = job range (default 4000)")
@@ -728,7 +729,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--keep", action="store_true", help="keep homes and logs (printed)")
     args = parser.parse_args(argv)
-    global CONDITIONS, REFERENCE_ROWS
     CONDITIONS = tuple(c for c in CONDITIONS if c in args.conditions.split(","))
     REFERENCE_ROWS = not args.baseline_only
     blocks = args.blocks or (2000 if args.quick else 4000)

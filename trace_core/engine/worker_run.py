@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
+import queue
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -72,6 +74,39 @@ def take_more_work(rt: Runtime, max_tasks: int) -> MoreWork:
     )
 
 
+class _Reporter:
+    """Calls ``on_outcome`` for each outcome put, in order, on one thread of its own. Leaving
+    the block waits for every outcome to be reported and raises the first error (the later
+    outcomes are still reported)."""
+
+    def __init__(self, on_outcome: Callable[[TaskOutcome], None]) -> None:
+        self._on_outcome = on_outcome
+        self._queue: queue.SimpleQueue[TaskOutcome | None] = queue.SimpleQueue()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="trace-report", daemon=True)
+
+    def put(self, outcome: TaskOutcome) -> None:
+        self._queue.put(outcome)
+
+    def _run(self) -> None:
+        while (outcome := self._queue.get()) is not None:
+            try:
+                with profile.run_phase("report"):
+                    self._on_outcome(outcome)
+            except BaseException as exc:  # raised on the run's thread once all are reported
+                self._error = self._error or exc
+
+    def __enter__(self) -> _Reporter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None and exc_info[0] is None:
+            raise self._error
+
+
 @dataclass
 class WorkerRunReport:
     """What one worker run did: batches executed, every task it was handed (all waves: a
@@ -108,9 +143,11 @@ def run_worker(
     the commits freed and takes as many woken tasks as it has idle threads (a pipeline, not
     waves: a slow range never holds the others' successors back). After a failure
     (``retry``/``dead``) or past ``TRACE_WORKER_CONTINUE_SECONDS`` it takes nothing more and
-    ends once the running tasks have. ``on_outcome`` sees every outcome as it completes,
-    ``on_planned`` the ranges each take planned (before their tasks run), ``on_more`` the number
-    of tasks of each further take.
+    ends once the running tasks have. ``on_outcome`` sees every outcome, in completion order,
+    on the run's one reporter thread (what it reports, Dagster events, never delays the next
+    takes); the run returns once every outcome was reported, and an error ``on_outcome`` raised
+    is raised then. ``on_planned`` sees the ranges each take planned (before their tasks run),
+    ``on_more`` the number of tasks of each further take (both on the calling thread).
     """
     s = rt.settings
     deadline = time.monotonic() + s.worker_continue_seconds
@@ -120,19 +157,13 @@ def run_worker(
     concurrency = max(1, s.worker_concurrency)
     running: set[concurrent.futures.Future[TaskOutcome]] = set()
 
-    unreported: list[TaskOutcome] = []
+    reporter = _Reporter(on_outcome)
 
     def handle(outcome: TaskOutcome) -> None:
         line = failure_line(outcome)
         if line is not None:
             report.failures.append(line)
-        unreported.append(outcome)
-
-    def report_all() -> None:
-        # after the next tasks started: reporting (Dagster events) overlaps their work
-        with profile.run_phase("report", outcomes=len(unreported)):
-            while unreported:
-                on_outcome(unreported.pop(0))
+        reporter.put(outcome)
 
     def start(ids: list[uuid.UUID], on_claimed: Callable[[], None] | None) -> None:
         report.batches += 1
@@ -153,9 +184,12 @@ def run_worker(
         for lease, hb in claimed:
             running.add(threads.submit(run_claimed, rt, lease, registry, hb))
 
-    with concurrent.futures.ThreadPoolExecutor(
-        max_workers=concurrency, thread_name_prefix="trace-task"
-    ) as threads:
+    with (
+        reporter,
+        concurrent.futures.ThreadPoolExecutor(
+            max_workers=concurrency, thread_name_prefix="trace-task"
+        ) as threads,
+    ):
         start(task_ids, None)
         taking = True  # until a failure or the deadline
         fresh = True  # something ended since the last take found nothing
@@ -175,9 +209,6 @@ def run_worker(
                 if more.received:  # only stale wake-ups this time: there may be more behind
                     continue
                 fresh = False
-            if unreported:
-                report_all()
-                continue
             if not running:
                 break
             done, _ = concurrent.futures.wait(
