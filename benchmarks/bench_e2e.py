@@ -666,7 +666,7 @@ def print_profile(rows: list[Row], latency_ms: float) -> None:
     print("-" * len(header))
     for r in profiled:
         prof = r.extra["profile"]
-        steps = sum((r.extra.get("run steps") or {}).values())
+        steps = sum(v for k, v in (r.extra.get("run steps") or {}).items() if ": " not in k)
         cond = r.condition if r.condition == "direct" else f"+{latency_ms:g}ms"
         line = f"{r.path:<26}{cond:<11}" + "".join(
             f"{prof.get(c, 0.0) * 1000:>11.1f}" for c in cols
@@ -679,7 +679,8 @@ def print_profile(rows: list[Row], latency_ms: float) -> None:
         print(line)
     print(
         "around cryo = claim + attempt - cryo (target <= 50 ms); run steps = worker-run steps "
-        "outside attempts (take more work, report), per range, overlapping the attempts;\n"
+        "outside attempts (take more work on the run's thread, report on its reporter thread), "
+        "per range, overlapping the attempts;\n"
         "1st/last 10th = ranges/s over the first and last tenth of the commits (target: last "
         ">= 0.8 x first)"
     )

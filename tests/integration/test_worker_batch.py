@@ -186,7 +186,7 @@ def test_production_registers_only_the_operators_it_schedules() -> None:
 
 
 def test_a_run_keeps_its_threads_busy_past_a_slow_task(trace_env: Runtime) -> None:
-    """A pipeline, not waves: while the first task of the batch is still running, its idle
+    """A pipeline, not waves: while the first task of the batch is still running, the other
     thread takes the woken tasks one by one. The slow task waits (up to 30 s, then fails) for
     the other five to finish, which waves of two would never let happen."""
     from trace_core.engine.worker_run import run_worker
@@ -208,7 +208,7 @@ def test_a_run_keeps_its_threads_busy_past_a_slow_task(trace_env: Runtime) -> No
     registry = OperatorRegistry()
     registry.register("probe", probe)
     settings = trace_env.settings.model_copy(
-        update={"worker_concurrency": 2, "worker_continue_seconds": 60.0}
+        update={"worker_concurrency": 2, "worker_batch_size": 2, "worker_continue_seconds": 60.0}
     )
     rt = Runtime(settings, trace_env.dbs)
     try:

@@ -55,13 +55,19 @@ def take_more_work(rt: Runtime, max_tasks: int) -> MoreWork:
     dropped). What a run does instead of ending and waiting for the next sensor ticks."""
     s = rt.settings
     with rt.state() as conn:
-        result = planner.plan_tick(
-            conn, org_id=s.org_id, limit=s.dispatch_batch_size, pool_check=planner.pool_url_check(s)
-        )
-        outbox.drain_all(conn, rt.queue, batch_size=s.outbox_batch_size)
+        with profile.run_phase("take: plan"):
+            result = planner.plan_tick(
+                conn,
+                org_id=s.org_id,
+                limit=s.dispatch_batch_size,
+                pool_check=planner.pool_url_check(s),
+            )
+        with profile.run_phase("take: publish"):
+            outbox.drain_all(conn, rt.queue, batch_size=s.outbox_batch_size)
     planned = [(p.job_name, p.dataset_key, p.range_start, p.range_end) for p in result.planned]
-    wakeups = receive_wakeups(rt, max_tasks)
-    infos = task_infos(rt, list({w.task_id for w in wakeups}))
+    with profile.run_phase("take: receive"):
+        wakeups = receive_wakeups(rt, max_tasks)
+        infos = task_infos(rt, list({w.task_id for w in wakeups}))
     runnable = {
         w.task_id
         for w in wakeups
@@ -139,9 +145,10 @@ def run_worker(
     the commits free, until the deadline, a failure, or no work is left.
 
     Every task is claimed before it is handed to a thread and runs under its own lease,
-    heartbeat and fencing, as in ``execute_batch``. As each one ends, the run plans the ranges
-    the commits freed and takes as many woken tasks as it has idle threads (a pipeline, not
-    waves: a slow range never holds the others' successors back). After a failure
+    heartbeat and fencing, as in ``execute_batch``. As tasks end, the run plans the ranges the
+    commits freed and takes woken tasks until it holds ``TRACE_WORKER_BATCH_SIZE`` again (at
+    least ``TRACE_WORKER_CONCURRENCY``), so a thread that ends finds its next task claimed: a
+    pipeline, not waves (a slow range never holds the others' successors back). After a failure
     (``retry``/``dead``) or past ``TRACE_WORKER_CONTINUE_SECONDS`` it takes nothing more and
     ends once the running tasks have. ``on_outcome`` sees every outcome, in completion order,
     on the run's one reporter thread (what it reports, Dagster events, never delays the next
@@ -155,6 +162,10 @@ def run_worker(
     _ = rt.dbs, rt.store  # built once, before threads share the runtime
     report = WorkerRunReport()
     concurrency = max(1, s.worker_concurrency)
+    # Tasks held (claimed, running or next in line): a thread that ends finds its next task
+    # claimed already, so the takes (planning, receiving, claiming) never leave one idle.
+    hold = max(concurrency, s.worker_batch_size)
+    min_take = max(1, concurrency // 2)  # a take per two tasks ended, not per task
     running: set[concurrent.futures.Future[TaskOutcome]] = set()
 
     reporter = _Reporter(on_outcome)
@@ -196,9 +207,9 @@ def run_worker(
         while True:
             if taking and (report.failures or time.monotonic() >= deadline):
                 taking = False
-            if taking and fresh and len(running) < concurrency:
+            if taking and fresh and len(running) <= hold - min_take:
                 with profile.run_phase("take more work"):
-                    more = take_more_work(rt, concurrency - len(running))
+                    more = take_more_work(rt, hold - len(running))
                 if more.planned:
                     on_planned(more.planned)
                 if more.task_ids:
