@@ -165,7 +165,9 @@ def run_worker(
     # Tasks held (claimed, running or next in line): a thread that ends finds its next task
     # claimed already, so the takes (planning, receiving, claiming) never leave one idle.
     hold = max(concurrency, s.worker_batch_size)
-    min_take = max(1, concurrency // 2)  # a take per two tasks ended, not per task
+    # take once no claimed task waits for a thread: a take (planning above all) per
+    # ``hold - concurrency`` tasks ended, not per task
+    min_take = max(1, hold - concurrency)
     running: set[concurrent.futures.Future[TaskOutcome]] = set()
 
     reporter = _Reporter(on_outcome)
