@@ -276,6 +276,10 @@ class Settings(BaseSettings):
         ge=0,
         description="Stack limit (RLIMIT_STACK) of each query worker's query thread; recursion past it kills only that worker (HTTP 500 engine_crashed); 0 = inherited",
     )
+    query_audit_durable: bool = Field(
+        True,
+        description="Wait for the query audit row's WAL flush before answering (synchronous_commit on, the default: an answered query's audit row survives a crash); false saves a disk flush (2-10 ms) per query, but a crash of Postgres itself in the next ~0.6 s can lose the row",
+    )
     query_max_sql_bytes: int = Field(
         100 * 1024, gt=0, description="Largest SQL text accepted, checked before parsing (HTTP 413)"
     )

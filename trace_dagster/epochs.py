@@ -8,7 +8,9 @@ with the version of every range. A dead range is an observation carrying its las
 of a fixed_target job up front (a follow_head job's up to its head), deletes keys that are
 not epochs of the job's current ``epoch_blocks`` (after an edit) and materializes complete
 epochs that never were (an existing job's history, or a run that died between its commit and
-its report). The fine-range partitions of a Trace before epochs live under another
+its report). An epoch is materialized once per set of range versions: each reporter first
+claims it in Trace state (``streams.claim_epoch``), so two runs finishing its last ranges at
+once record it once. The fine-range partitions of a Trace before epochs live under another
 definition name (``job__stream``) and are left as they are.
 """
 
@@ -30,6 +32,9 @@ from trace_dagster.keys import partitions_def_name, stream_asset_key
 
 # Complete epochs materialized per sync at most (each reads its ranges); the rest next tick.
 MAX_BACKFILLED_PER_SYNC = 200
+# An epoch claimed this long ago yet absent from the instance: its claimer died before its
+# report reached Dagster, so the partition sync takes the claim over and reports it.
+CLAIM_TAKEOVER_SECONDS = 120.0
 
 
 def epoch_metadata(p: EpochProgress) -> dict[str, Any]:
@@ -77,7 +82,8 @@ def range_events(
                 metadata={**meta, **epoch_metadata(p)},
             )
         )
-        if p.complete:
+        if p.complete and streams.claim_epoch(rt, p, "range"):
+            # once per epoch and range versions, however many finishers saw it complete;
             # a fake range makes its epoch's materialization say so too
             extra = {"fake": meta["fake"]} if meta.get("fake") else {}
             out.append(epoch_materialization(p, **extra))
@@ -128,6 +134,8 @@ def partition_sync(rt: Runtime, instance: DagsterInstance | None) -> PartitionSy
         if not complete:
             out.done = False
         for p in progress:
+            if not streams.claim_epoch(rt, p, "partition sync", CLAIM_TAKEOVER_SECONDS):
+                continue  # reported (or about to be) by the run that completed it
             out.materializations.append(
                 epoch_materialization(p, reported_by=MetadataValue.text("partition sync"))
             )

@@ -77,6 +77,7 @@ def materialize_epoch(
             description=f"{where} is not complete ({len(after.committed)}/{after.ranges_total} "
             f"ranges committed): " + "; ".join(problems or ["ranges still running"])
         )
+    streams.claim_epoch(rt, after, "materialize")  # this run reports it: no finisher again
     mat = epoch_materialization(after)
     return MaterializeResult(
         metadata={**(mat.metadata or {}), "ranges_run": ran, "ranges_revived": revived}

@@ -464,3 +464,77 @@ def test_supply_reconciles_block_by_block_with_base_fee_burns(synced: Synced) ->
             compute.Result(end=BLOCKS),
         )
         assert none.skipped and not none.passed and none.description.startswith("skipped:")
+
+
+def _rows(con: duckdb.DuckDBPyConnection, sql: str) -> list[tuple[Any, ...]]:
+    return con.execute(sql).fetchall()
+
+
+def test_top_accounts_and_staking_fold_new_ranges_and_equal_a_full_recompute(
+    synced: Synced, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both roll-ups over [0, 200) are computed from scratch; [0, 400) and [0, 600) fold the
+    new range into the previous roll-up (reading only its events/changes); the committed rows
+    equal a full recompute's, with at most 2 points so the stable thinning drops one."""
+    import dataclasses
+
+    from trace_core.analytics import balances, fold, staking
+    from trace_core.analytics.genesis import load_genesis
+    from trace_core.db.queries import q
+
+    rt = synced.rt
+    monkeypatch.setattr(balances, "MAX_HISTORY_POINTS", 2)
+    monkeypatch.setattr(staking, "MAX_CONCENTRATION_POINTS", 2)
+    with rt.state() as state, duckdb.connect() as con:
+        ctx = compute.Context(rt.settings, rt.store, state)
+        job = get_analytics_job(state, rt.settings.org_id, "ana")
+        # other parameters than the sensor's, so nothing is registered yet
+        assert job.spec.staking is not None
+        spec = job.spec.model_copy(
+            update={
+                "top_n": 4,
+                "staking": job.spec.staking.model_copy(update={"top_k": [2]}),
+            }
+        )
+        job = dataclasses.replace(job, spec=spec)
+        steps = []
+        for end in (200, 400, BLOCKS):
+            monkeypatch.setattr(compute, "synced_end", lambda c, j, n, e=end: e)
+            top = balances.top_accounts(ctx, con, job)
+            stake = staking.staking_concentration(ctx, con, job)
+            steps.append((top.summary["folded_from"], stake.summary["folded_from"]))
+            if end > CHUNK:  # a fold reads the new range's events only
+                new = compute.output_input(ctx, job, "staking_events", end - CHUNK, end).rows
+                assert stake.input_rows == new
+        assert steps == [(None, None), (200, 200), (400, 400)]
+
+        folded = {
+            name: _rows(con, f"SELECT * FROM ({fold.files(ctx, v.record)})")
+            for name, v in {**top.outputs, **stake.outputs}.items()
+        }
+        alloc = load_genesis(job, ctx.settings, ctx.environ)
+        _, points = balances.links_and_points(ctx, job, BLOCKS, alloc)
+        assert points == [199, BLOCKS - 1]
+        balances.build(ctx, con, job, BLOCKS, points, None, 0)
+        full_top = {
+            "account_balances": con.execute(
+                q("analytics_duckdb", "account_balances"), {"as_of": BLOCKS - 1}
+            ).fetchall(),
+            "top_accounts": _rows(con, "SELECT * FROM top_accounts ORDER BY rank"),
+            "top_account_history": _rows(con, "SELECT * FROM history ORDER BY block_number, rank"),
+        }
+        _, spoints = staking.links_and_points(ctx, job, BLOCKS)
+        _, stakes = staking.build(ctx, con, job, BLOCKS, spoints, None, 0)
+        full_stake = {
+            "delegator_stake": _rows(
+                con, "SELECT * FROM delegators ORDER BY validator_id, delegator"
+            ),
+            "validator_stake": _rows(
+                con, "SELECT * FROM validator_stake ORDER BY block_number, validator_id"
+            ),
+        }
+        for name, rows in {**full_top, **full_stake}.items():
+            assert rows and folded[name] == rows, name
+        assert len({r[0] for r in folded["top_account_history"]}) == 2
+        assert folded["staking_concentration"][-1][0] == BLOCKS - 1
+        assert stake.summary["validators"] == stakes[BLOCKS - 1]

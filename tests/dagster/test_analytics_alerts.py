@@ -56,9 +56,11 @@ OUTPUTS = {
         "native_supply",
         "top_accounts",
         "top_account_history",
+        "account_balances",
         "staking_events",
         "validator_stake",
         "staking_concentration",
+        "delegator_stake",
     )
 }
 OTHER_JOB = """kind: chain_sync
@@ -318,7 +320,7 @@ def test_an_alert_may_read_only_outputs_its_job_produces(alerted: Alerted, tmp_p
                 "reads: [analytics_native_supply, analytics_nope]",
             ),
             "job 'demo_analytics' produces no analytics output 'analytics_nope' (its analytics "
-            "outputs: analytics_balance_changes,",
+            "outputs: analytics_account_balances, analytics_balance_changes,",
         ),
     )
     with s.rt.state() as conn:
@@ -343,7 +345,7 @@ def test_two_analytics_jobs_on_one_chain_keep_their_own_outputs(alerted: Alerted
     Kept last: it adds a (paused) job the module's Dagster definitions do not know."""
     import duckdb
 
-    from trace_core.analytics import compute, supply
+    from trace_core.analytics import balances, compute, supply
     from trace_core.analytics.jobs import get_analytics_job
     from trace_core.analytics.output import OutputTarget, commit_query
     from trace_core.analytics.plan import plan
@@ -398,7 +400,7 @@ def test_two_analytics_jobs_on_one_chain_keep_their_own_outputs(alerted: Alerted
         for a in (0, 200):
             compute.balance_range(ctx, con, job, a, a + 200)
         supply.native_supply(ctx, con, job)
-        compute.top_accounts(ctx, con, job)
+        balances.top_accounts(ctx, con, job)
 
     cfg = settings.model_copy(update={"query_url": s.query_url})
     sql = (

@@ -6,6 +6,7 @@ an ``epoch_blocks`` edit. Ranges are committed in state only (no runs): the sync
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from dagster import AssetMaterialization, DagsterInstance, SensorResult
@@ -133,3 +134,53 @@ def test_sync_backfills_complete_epochs_in_capped_batches(
     second = epochs_shell.partition_sync(rt, dagster_instance)
     assert [m.partition for m in second.materializations] == [key(200, 300)]
     assert second.done is True
+
+
+def test_two_finishers_of_one_epoch_record_it_once(
+    trace_env: Runtime, dagster_instance: DagsterInstance, tmp_path: Path
+) -> None:
+    """Two runs commit the last two ranges of an epoch at once: both see it complete, and
+    both report; the epoch is materialized once (the claim in Trace state picks one). The
+    partition sync does not add another; it takes over a claim whose report was lost (aged
+    past the takeover), and a repaired range (new versions) is materialized once more."""
+    import threading
+
+    rt = trace_env
+    _apply(rt, tmp_path / "mig.yaml", 100)
+    with rt.state() as conn:
+        planned = planner.plan_tick(conn, org_id=rt.settings.org_id).planned
+        for p in planned[:2]:  # [0, 50) and [50, 100): both committed before either reports
+            complete(conn, p.task_id)
+    barrier = threading.Barrier(2)
+    events: dict[int, list[Any]] = {}
+
+    def finisher(start: int) -> None:
+        barrier.wait()
+        events[start] = epochs_shell.range_events(rt, "mig", "blocks", start, start + 50, {})
+
+    threads = [threading.Thread(target=finisher, args=(a,)) for a in (0, 50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    mats = [e for evs in events.values() for e in evs if isinstance(e, AssetMaterialization)]
+    observations = [e for evs in events.values() for e in evs if e not in mats]
+    assert len(observations) == 2 and [m.partition for m in mats] == [key(0, 100)]
+
+    # the sync sees [0, 100) complete and absent from the instance (the report is in flight)
+    assert epochs_shell.partition_sync(rt, dagster_instance).materializations == []
+    with rt.state() as conn:  # the finisher died before its report reached Dagster
+        conn.execute(
+            "UPDATE state.epoch_materializations SET claimed_at = now() - interval '1 hour'"
+        )
+    healed = epochs_shell.partition_sync(rt, dagster_instance).materializations
+    assert [m.partition for m in healed] == [key(0, 100)]
+    assert epochs_shell.partition_sync(rt, dagster_instance).materializations == []
+
+    with rt.state() as conn:  # a repaired range: the epoch's versions change
+        conn.execute(
+            "UPDATE state.chain_sync_scheduled_ranges SET dataset_version = gen_random_uuid() "
+            "WHERE range_start = 0 AND dataset_key = 'blocks'"
+        )
+    again = [epochs_shell.range_events(rt, "mig", "blocks", 0, 50, {}) for _ in range(2)]
+    assert [len([e for e in evs if isinstance(e, AssetMaterialization)]) for evs in again] == [1, 0]

@@ -364,6 +364,33 @@ def test_claim_refuses_leased_finished_and_paused(conn: Connection[Any]) -> None
     assert _status(conn, paused) == ("queued", 0)
 
 
+def test_claim_outside_a_transaction_decides_as_inside(conn: Connection[Any]) -> None:
+    """On an autocommit connection with no transaction open, the common claim is one statement
+    and the other cases run in a transaction of claim's own: same leases, same refusals, and
+    a refusal leaves nothing half-written or open."""
+    from psycopg.pq import TransactionStatus
+
+    task_id = _new_task(conn, max_attempts=2)
+    first = claim(conn, task_id, lease_seconds=0)  # fast path, expires at once
+    assert conn.info.transaction_status == TransactionStatus.IDLE
+    assert (first.attempt, first.operator, first.payload) == (1, "noop", {"n": 1})
+    assert _outcomes(conn, task_id) == [(1, None)]
+    second = claim(conn, task_id, lease_seconds=30)  # takeover: the locked-row path
+    assert (second.attempt, _status(conn, task_id)) == (2, ("running", 2))
+    assert _outcomes(conn, task_id) == [(1, "expired"), (2, None)]
+    before = _snapshot(conn, task_id)
+    with pytest.raises(LeaseConflict, match="leased"):
+        claim(conn, task_id, lease_seconds=30)
+    assert conn.info.transaction_status == TransactionStatus.IDLE
+    assert _snapshot(conn, task_id) == before
+    complete_success(conn, second)  # one statement, committed on its own
+    assert _status(conn, task_id) == ("succeeded", 2)
+    assert _outcomes(conn, task_id) == [(1, "expired"), (2, "succeeded")]
+    with pytest.raises(StaleAttempt):
+        complete_success(conn, second)
+    assert conn.info.transaction_status == TransactionStatus.IDLE
+
+
 def test_lease_times_come_from_the_database_clock(conn: Connection[Any]) -> None:
     task_id = _new_task(conn)
     with conn.transaction():

@@ -913,3 +913,64 @@ def test_fake_versions_are_refused_unless_allowed(
     with serving(create_app(allowed, dbs, store, hot_sources=None)) as c:
         answer = post(c, token, {"sql": "SELECT count(*) FROM blocks"})
     assert answer.status_code == 200 and answer.json()["rows"] == [[150]]
+
+
+def test_phases_are_observed_and_audit_commit_mode(
+    settings: Settings, dbs: Databases, store: RecordingStore, blocks: VersionRecord
+) -> None:
+    """Each query reports where its time went (the benchmark's breakdown), through the worker
+    too; the audit's commit waits for the WAL flush unless ``query_audit_durable`` is off."""
+    from trace_core.query.service import QueryRequest, QueryService
+
+    seen: list[dict[str, float]] = []
+    service = QueryService(
+        settings.model_copy(update={"query_workers": 1, "query_audit_durable": False}),
+        dbs,
+        store,
+        hot_sources=None,
+    )
+    service.observer = seen.append
+    service.open()
+    try:
+        started = time.perf_counter()
+        body = service.query(
+            "user", local_user_token(settings), QueryRequest(sql="SELECT count(*) FROM blocks")
+        )
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        with service.data.connection() as conn:
+            assert conn.execute("SHOW synchronous_commit").fetchone() == ("off",)
+    finally:
+        service.close()
+    assert body["rows"] == [[100]] and len(audit_rows(dbs)) == 1
+    (phases,) = seen
+    expected = {
+        "token",
+        "registry",
+        "gate",
+        "attach",
+        "engine",
+        "sandbox",
+        "duckdb",
+        "render",
+        "audit",
+    }
+    assert set(phases) == expected
+    assert all(ms >= 0 for ms in phases.values())
+    assert phases["sandbox"] + phases["duckdb"] <= phases["engine"]
+    wall = sum(ms for name, ms in phases.items() if name not in ("sandbox", "duckdb"))
+    assert wall <= elapsed_ms
+
+    durable = QueryService(
+        settings.model_copy(update={"query_workers": 0, "query_audit_durable": True}),
+        dbs,
+        store,
+        hot_sources=None,
+    )
+    durable.open()
+    try:
+        with psycopg.connect(dbs.data_url) as plain:
+            server_default = plain.execute("SHOW synchronous_commit").fetchone()
+        with durable.data.connection() as conn:  # the server's own setting, untouched
+            assert conn.execute("SHOW synchronous_commit").fetchone() == server_default
+    finally:
+        durable.close()

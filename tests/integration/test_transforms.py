@@ -40,6 +40,7 @@ from trace_core.sinks.consumer import sink_once
 from trace_core.tasks import lifecycle
 from trace_core.transforms.operator import udf_transform_operator
 from trace_core.transforms.spec import load_transform_file, parse_transform
+from trace_core.transforms.status import transform_status
 from trace_core.transforms.store import apply_transform
 from trace_core.transforms.tasks import OPERATOR
 from trace_core.udf.bundles import put_bundle
@@ -216,6 +217,19 @@ def test_transform_commits_one_version_per_range_even_when_retried(
         sql(rt, "SELECT sum(n) FROM per_token_out")[0][0]
         == sql(rt, "SELECT sum(transfers) FROM erc20_volume")[0][0]
     )
+    # `trace-lite status` shows each transform's runs by state and the dead runs' error
+    with rt.state() as conn:
+        status = {t["name"]: t for t in transform_status(conn, rt.settings.org_id)}
+    assert {n: t["runs"]["succeeded"] for n, t in status.items()} == {
+        "broken": 0,
+        "by_address": 2,
+        "erc20_volume": 2,
+        "per_token": 2,
+    }
+    assert (
+        status["broken"]["runs"]["dead"] == 2 and "pyarrow.Table" in status["broken"]["last_error"]
+    )
+    assert status["per_token"]["last_error"] is None and status["per_token"]["last_finished_at"]
 
 
 def test_python_alert_over_a_transform_fires_and_asset_is_downstream(rt: Runtime) -> None:

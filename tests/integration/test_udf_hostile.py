@@ -30,6 +30,7 @@ def _call(
     kind: str = "function",
     input: Any = None,
     tables: dict[str, bytes] | None = None,
+    scope: str | None = None,
     **limits: Any,
 ) -> Any:
     payload = UdfInvocationPayload(
@@ -38,6 +39,7 @@ def _call(
         input=input,
         tables=tables or {},
         limits=UdfLimits(**{**ROOMY, **limits}),
+        reuse_scope=scope,
     )
     return inv.invoke(payload)
 
@@ -193,6 +195,17 @@ def test_hostile_udf_fails_with_its_cause(
     if cause == "raised":
         assert err.exc_type and err.user_traceback
         assert "trace_core" not in err.user_traceback  # the user's frames only
+
+
+@pytest.mark.parametrize("name,cause,source", SIMPLE, ids=[s[0] for s in SIMPLE])
+def test_hostile_udf_fails_the_same_in_a_warm_process(
+    invoker: LocalSandboxInvoker, name: str, cause: str, source: str
+) -> None:
+    """Twice in one reuse scope: where the first call's process survives its failure, the
+    second runs in it (test_udf_reuse.py) and must fail the same way."""
+    extra: dict[str, Any] = {"max_output_bytes": 1024 * 1024} if name == "huge_output" else {}
+    for _ in range(2):
+        _fails(invoker, source, cause, scope=f"hostile-{name}", **extra)
 
 
 def test_cpu_burner_is_killed_at_its_cpu_limit(invoker: LocalSandboxInvoker) -> None:

@@ -135,7 +135,7 @@ def test_concurrent_calls_share_the_pool(invoker: LocalSandboxInvoker) -> None:
 def test_a_dead_worker_is_a_retryable_runtime_error_and_is_replaced() -> None:
     with LocalSandboxInvoker(pool_size=1) as inv:
         inv.start()
-        worker = inv._idle.queue[0]
+        worker = inv._idle[0]
         errors: list[BaseException] = []
 
         def slow() -> None:
@@ -201,8 +201,8 @@ def test_workers_outlive_the_thread_that_started_them() -> None:
         t = threading.Thread(target=lambda: inv.invoke(UdfInvocationPayload(source=src, input=1)))
         t.start()
         t.join()
-        worker = inv._idle.queue[0]
+        worker = inv._idle[0]
         with pytest.raises(subprocess.TimeoutExpired):
             worker.proc.wait(timeout=0.5)  # with the starting thread gone, bwrap got SIGKILL
         assert inv.invoke(UdfInvocationPayload(source=src, input=2)).value == 2
-        assert inv._idle.queue[0] is worker
+        assert inv._idle[0] is worker

@@ -140,3 +140,73 @@ def test_each_job_has_its_own_output_datasets_and_old_shared_ones_are_not_served
     mine = job_dataset_key("a-b", "analytics_native_supply")
     relations = default_relations([rec("analytics_native_supply"), rec(mine), rec("logs")])
     assert sorted(relations) == sorted(["logs", mine])
+
+
+def test_supply_block_validates_monad_rules() -> None:
+    """``charge: gas_limit`` needs a transactions stream of cryo transactions; reward changes
+    are in block order; the schedule starts at block 1."""
+    head = BASE + (
+        "  blocks: {cryo_dataset_name: blocks, rpc_pool: p, chunk_size: 10, max_inflight: 1}\n"
+        "  txs: {cryo_dataset_name: transactions, rpc_pool: p, chunk_size: 10, max_inflight: 1}\n"
+        "analytics:\n  balance_diffs: diffs\n  genesis: {zero: true}\n  supply: "
+    )
+    ok = "{blocks: blocks, transactions: txs, charge: gas_limit}"
+    parsed = parse_job((head + ok + "\n").encode(), source="job.yaml").spec
+    assert parsed.analytics.supply.charge == "gas_limit"  # type: ignore[union-attr]
+    cases = {
+        "{blocks: logs}": "is cryo 'logs', needs one of blocks",
+        "{blocks: blocks, charge: gas_limit}": "charge: gas_limit needs transactions",
+        "{blocks: blocks, transactions: logs}": "needs one of transactions",
+        "{blocks: blocks, reward_changes: [{from_block: 9, block_reward_wei: 1},"
+        " {from_block: 5, block_reward_wei: 2}]}": "increasing from_block",
+        "{blocks: blocks, burn_addresses: ['0x12']}": "20-byte hex address",
+    }
+    for supply, message in cases.items():
+        with pytest.raises(InvalidJobFile) as err:
+            parse_job((head + supply + "\n").encode(), source="job.yaml")
+        assert message in str(err.value), (supply, str(err.value))
+    from trace_core.chain_sync.analytics_spec import SupplySpec
+
+    spec = SupplySpec.model_validate(
+        {
+            "blocks": "b",
+            "block_reward_wei": 25,
+            "reward_changes": [{"from_block": 7, "block_reward_wei": 18}],
+        },
+        strict=False,
+    )
+    assert spec.reward_schedule() == [(1, 25), (7, 18)]
+
+
+def test_stable_points_keep_earlier_picks_as_ranges_are_added() -> None:
+    """Thinned points of a longer history, before any earlier end, are a subset of the points
+    of that shorter history (what the folding roll-ups reuse); the last end is always kept."""
+    from trace_core.analytics.fold import stable_points
+
+    ends = list(range(99, 100 * 300, 100))
+    for limit in (2, 3, 7, 50):
+        for n in range(1, len(ends)):
+            short, long = stable_points(ends[:n], limit), stable_points(ends[: n + 37], limit)
+            assert len(long) <= limit and long[-1] == ends[min(n + 36, len(ends) - 1)]
+            assert {p for p in long if p <= ends[n - 1]} <= set(short), (limit, n)
+    assert stable_points([5, 9], 4) == [5, 9]
+
+
+def test_monad_shape_rewards() -> None:
+    from trace_core.analytics.compute import STAKING_TOPICS
+    from trace_lite.devtools.devmonad import MON, MonadShape, reward_transaction
+
+    shape = MonadShape(reward_changes={10: 18 * MON}, mint_overrides={12: 1})
+    assert [shape.reward_at(b) for b in (0, 1, 9, 10, 12)] == [
+        0,
+        25 * MON,
+        25 * MON,
+        18 * MON,
+        18 * MON,
+    ]
+    assert shape.minted_at(12) == 1 and shape.minted_at(11) == 18 * MON
+    tx = reward_transaction(shape, 10)
+    assert tx["mint"] == tx["value"] == hex(18 * MON)
+    data = bytes.fromhex(str(tx["data"])[2:])
+    assert data[:32].hex() == STAKING_TOPICS["validator_rewarded"]
+    assert int.from_bytes(data[96:128], "big") == 18 * MON

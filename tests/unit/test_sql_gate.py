@@ -14,6 +14,7 @@ from trace_core.query.gate import (
     nesting_depth,
     sql_fingerprint,
     validate_sql,
+    validate_sql_cached,
 )
 
 ALLOWED = {"blocks", "transactions", "logs", "t"}
@@ -219,6 +220,24 @@ def test_hostile_sql_is_rejected(sql: str) -> None:
         validate_sql(sql, ALLOWED)
     assert info.value.code.startswith("sql_")
     assert sql.strip() == "" or sql not in info.value.message
+
+
+def test_cached_gate_decides_as_the_gate() -> None:
+    """The service's remembered decisions: the same acceptances, keyed by the allowed set too,
+    and a refusal raises again on every call (hostile SQL twice in a row, each time)."""
+    for sql in LEGIT:
+        assert validate_sql_cached(sql, ALLOWED) == validate_sql(sql, ALLOWED)
+        assert validate_sql_cached(sql, ALLOWED) == validate_sql(sql, ALLOWED)
+    for sql in HOSTILE:
+        for _ in range(2):
+            with pytest.raises(SqlRejected):
+                validate_sql_cached(sql, ALLOWED)
+    sql = "SELECT count(*) FROM logs"
+    assert validate_sql_cached(sql, {"logs"}).relations == {"logs"}
+    with pytest.raises(SqlRejected):
+        validate_sql_cached(sql, {"blocks"})
+    with pytest.raises(SqlRejected):
+        validate_sql_cached(sql, {"logs"}, max_bytes=10)
 
 
 def test_corpus_is_large() -> None:

@@ -235,6 +235,7 @@ def evaluate_udf(ctx: OperatorContext, p: EvaluationPayload) -> list[dict[str, A
             tables={"rows": to_ipc(rows)},
             task_id=str(lease.task_id),
             attempt=lease.attempt,
+            reuse_scope=f"{ctx.runtime.settings.org_id}/alert/{p.alert_name}",
         )
     )
     return events_from_records(p, result.events, evaluated_at=datetime.now(UTC))

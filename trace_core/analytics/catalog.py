@@ -13,7 +13,7 @@ from typing import Literal
 
 import duckdb
 
-from trace_core.analytics import checks, compute, supply
+from trace_core.analytics import balances, checks, compute, staking, supply
 from trace_core.analytics.jobs import AnalyticsJob
 from trace_core.analytics.plan import Kind
 
@@ -107,8 +107,12 @@ CATALOG: tuple[Computation, ...] = (
         (
             ("top_accounts", "current top N accounts by native balance"),
             ("top_account_history", "each top account's balance at every synced range end"),
+            (
+                "account_balances",
+                "every account's native balance at the synced end (the state new ranges fold into)",
+            ),
         ),
-        compute.top_accounts,
+        balances.top_accounts,
         reads="balance_changes",
         checks=(
             Check(
@@ -133,8 +137,13 @@ CATALOG: tuple[Computation, ...] = (
         (
             ("validator_stake", "per validator stake and delegator count over time"),
             ("staking_concentration", "HHI, Nakamoto coefficient and top-k share over time"),
+            (
+                "delegator_stake",
+                "net stake per validator and delegator at the synced end (the state new ranges"
+                " fold into)",
+            ),
         ),
-        compute.staking_concentration,
+        staking.staking_concentration,
         reads="staking_events",
         checks=(
             Check(

@@ -83,7 +83,7 @@ def supply_matches_chain(
                 "SELECT DISTINCT address FROM balance_changes WHERE block_number <= $b",
                 {"b": block},
             ).fetchall()
-            accounts = sorted(set(alloc) | {r[0] for r in seen})
+            accounts = sorted((set(alloc) | {r[0] for r in seen}) - set(job.burn_addresses))
             if len(accounts) > MAX_CHECK_ACCOUNTS:
                 return CheckOutcome(
                     "supply_matches_chain",
@@ -112,38 +112,59 @@ def supply_reconciles(
     ctx: Context, con: duckdb.DuckDBPyConnection, job: AnalyticsJob, result: Result
 ) -> CheckOutcome:
     """Every block of ``[0, end)``: the net supply change from the balance diffs equals the
-    protocol's (``supply.block_reward_wei`` minted after genesis, minus ``base_fee_per_gas *
-    gas_used`` burned, from the job's blocks stream). Ledger data only, no old state: it works
-    where ``eth_getBalance`` at old blocks does not (Monad). Skipped (and says so) without a
-    ``supply:`` block or while the blocks stream is not synced that far."""
+    protocol's: the block reward in force minted (none at genesis), minus ``base_fee_per_gas``
+    times the gas charged burned (the block's ``gas_used``, or with ``supply.transactions`` the
+    sum of each non-system transaction's ``supply.charge``). Ledger data only, no old state:
+    it works where ``eth_getBalance`` at old blocks does not (Monad). Skipped (and says so)
+    without a ``supply:`` block or while its streams are not synced that far."""
     name = "supply_reconciles"
     spec = job.spec.supply
     end = result.end
     if spec is None:
         why = "skipped: the job's analytics block sets no supply: {blocks: <stream>}"
         return CheckOutcome(name, False, why, {"skipped": True}, skipped=True)
+    inputs = {}
     try:
-        blocks = stream_input(
-            ctx.state,
-            ctx.store,
-            org_id=ctx.org_id,
-            job=job.job,
-            stream=spec.blocks,
-            chain_id=job.chain_id,
-            start=0,
-            end=end,
-        )
+        for view_name, stream in (
+            ("chain_blocks", spec.blocks),
+            ("chain_transactions", spec.transactions),
+        ):
+            if stream is not None:
+                inputs[view_name] = stream_input(
+                    ctx.state,
+                    ctx.store,
+                    org_id=ctx.org_id,
+                    job=job.job,
+                    stream=stream,
+                    chain_id=job.chain_id,
+                    start=0,
+                    end=end,
+                )
     except DatasetNotSynced as exc:
         return CheckOutcome(name, False, f"skipped: {exc.message}", {"skipped": True}, skipped=True)
     deltas = output_input(ctx, job, "supply_deltas", 0, end)
-    ready(ctx, con, blocks, deltas)
-    view(con, "chain_blocks", blocks.select_sql())
+    ready(ctx, con, *inputs.values(), deltas)
+    for view_name, inp in inputs.items():
+        view(con, view_name, inp.select_sql())
     view(con, "supply_deltas", deltas.select_sql())
-    row = con.execute(
-        q("analytics_duckdb", "supply_reconcile"), {"reward": str(spec.block_reward_wei)}
-    ).fetchone()
+    if spec.transactions is None:
+        view(con, "charged_gas", q("analytics_duckdb", "charged_gas_blocks"))
+    else:
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE charged_gas AS "
+            + q("analytics_duckdb", "charged_gas_transactions"),
+            {"charge": spec.charge, "system": spec.system_address[2:]},
+        )
+    steps = spec.reward_schedule()
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE reward_schedule AS SELECT CAST(b AS BIGINT) AS from_block, "
+        "CAST(CAST(w AS HUGEINT) AS DECIMAL(38,0)) AS wei FROM (SELECT unnest($b) AS b, "
+        "unnest($w) AS w)",
+        {"b": [b for b, _ in steps], "w": [str(w) for _, w in steps]},
+    )
+    row = con.execute(q("analytics_duckdb", "supply_reconcile")).fetchone()
     assert row is not None
-    checked, unexplained, first, minted, burned = row
+    checked, unexplained, first, minted, burned, first_pair = row
     return CheckOutcome(
         name,
         unexplained == 0 and checked == end,
@@ -153,8 +174,10 @@ def supply_reconciles(
             "blocks": checked,
             "unexplained_blocks": unexplained,
             "first_unexplained": first,
+            "first_observed_expected": first_pair,
             "minted": minted,
             "burned": burned,
+            "charge": spec.charge if spec.transactions else "block gas_used",
         },
     )
 

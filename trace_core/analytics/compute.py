@@ -11,9 +11,11 @@ per-range outputs):
   ``native_supply``: ``analytics_native_supply`` (supply at each block of the window), lives in
   ``supply`` (it folds new ranges into the last valid roll-up); the others recompute when a
   range is added.
-  ``top_accounts``: ``analytics_top_accounts`` and ``analytics_top_account_history``.
-  ``staking_concentration``: ``analytics_validator_stake`` and
-  ``analytics_staking_concentration`` (HHI, Nakamoto coefficient, top-k shares).
+  ``top_accounts``: ``analytics_account_balances``, ``analytics_top_accounts`` and
+  ``analytics_top_account_history``, lives in ``balances`` (it folds too).
+  ``staking_concentration``: ``analytics_delegator_stake``, ``analytics_validator_stake`` and
+  ``analytics_staking_concentration`` (HHI, Nakamoto coefficient, top-k shares), lives in
+  ``staking`` (it folds too).
 
 Every function takes a DuckDB connection (the Dagster asset passes dagster-duckdb's) and a
 state connection; it raises ``DatasetNotSynced`` naming the stream when an input is missing.
@@ -21,7 +23,7 @@ state connection; it raises ``DatasetNotSynced`` naming the stream when an input
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +32,6 @@ import pyarrow as pa
 from psycopg import Connection
 
 from trace_core.analytics import output
-from trace_core.analytics.genesis import load_genesis
 from trace_core.analytics.inputs import (
     StreamInput,
     committed_versions,
@@ -38,7 +39,6 @@ from trace_core.analytics.inputs import (
     stream_input,
 )
 from trace_core.analytics.jobs import AnalyticsJob
-from trace_core.analytics.metrics import concentration_rows
 from trace_core.analytics.output import OutputTarget, commit_query, fingerprint
 from trace_core.datasets.commit import CommittedVersion
 from trace_core.db.queries import q
@@ -53,6 +53,7 @@ STAKING_TOPICS: Mapping[str, str] = {
     "withdraw": "63030e4238e1146c63f38f4ac81b2b23c8be28882e68b03f0887e50d0e9bb18f",
     "claim_rewards": "cb607e6b63c89c95f6ae24ece9fe0e38a7971aa5ed956254f1df47490921727b",
     "validator_created": "6f8045cd38e512b8f12f6f02947c632e5f25af03aad132890ecf50015d97c1b2",
+    "validator_rewarded": "3a420a01486b6b28d6ae89c51f5c3bde3e0e74eecbb646a0c481ccba3aae3754",
 }
 STAKING_SIGNATURES: Mapping[str, str] = {
     "delegate": "Delegate(uint64,address,uint256,uint64)",
@@ -60,10 +61,8 @@ STAKING_SIGNATURES: Mapping[str, str] = {
     "withdraw": "Withdraw(uint64,address,uint8,uint256,uint64)",
     "claim_rewards": "ClaimRewards(uint64,address,uint256,uint64)",
     "validator_created": "ValidatorCreated(uint64,address,uint256)",
+    "validator_rewarded": "ValidatorRewarded(uint64,address,uint256,uint64)",
 }
-# Most points in time the staking roll-up evaluates (evenly thinned range ends, last kept).
-MAX_CONCENTRATION_POINTS = 500
-MAX_HISTORY_POINTS = 2000
 
 
 @dataclass(frozen=True)
@@ -149,8 +148,16 @@ def balance_range(
     changes = OutputTarget(
         ctx.org_id, job.job, job.chain_id, "balance_changes", start, end, fp, fake=inp.fake
     )
+    salt = job.deltas_salt()
     deltas = OutputTarget(
-        ctx.org_id, job.job, job.chain_id, "supply_deltas", start, end, fp, fake=inp.fake
+        ctx.org_id,
+        job.job,
+        job.chain_id,
+        "supply_deltas",
+        start,
+        end,
+        fingerprint(fp, *salt) if salt else fp,
+        fake=inp.fake,
     )
     result = Result(input_rows=inp.rows, start=start, end=end)
     have_changes = output.registered(ctx.state, changes)
@@ -168,7 +175,12 @@ def balance_range(
             ctx.state, ctx.store, con, changes, "SELECT * FROM balance_changes"
         )
         result.outputs["supply_deltas"] = commit_query(
-            ctx.state, ctx.store, con, deltas, q("analytics_duckdb", "supply_deltas")
+            ctx.state,
+            ctx.store,
+            con,
+            deltas,
+            q("analytics_duckdb", "supply_deltas"),
+            {"burn": job.burn_addresses},
         )
     finally:
         con.execute("DROP TABLE IF EXISTS balance_changes")
@@ -198,7 +210,7 @@ def staking_range(
         "staking_events",
         start,
         end,
-        fingerprint(inp.fingerprint(), address),
+        fingerprint(inp.fingerprint(), *job.events_salt()),
         fake=inp.fake,
     )
     result = Result(input_rows=inp.rows, start=start, end=end)
@@ -230,22 +242,7 @@ def synced_end(ctx: Context, job: AnalyticsJob, name: str) -> int:
     return end
 
 
-def _range_ends(inp: StreamInput) -> list[int]:
-    """The last block of every committed input part (the per-range points in time)."""
-    return sorted({p.end - 1 for p in inp.parts})
-
-
-def _thin(points: Sequence[int], limit: int) -> list[int]:
-    """At most ``limit`` points, evenly spaced, always keeping the last."""
-    if len(points) <= limit:
-        return list(points)
-    step = len(points) / limit
-    picked = {points[min(len(points) - 1, int(i * step))] for i in range(limit - 1)}
-    picked.add(points[-1])
-    return sorted(picked)
-
-
-def _genesis_table(con: duckdb.DuckDBPyConnection, alloc: Mapping[str, int]) -> None:
+def genesis_table(con: duckdb.DuckDBPyConnection, alloc: Mapping[str, int]) -> None:
     table = pa.table(
         {
             "address": pa.array(list(alloc), pa.string()),
@@ -260,99 +257,6 @@ def _genesis_table(con: duckdb.DuckDBPyConnection, alloc: Mapping[str, int]) -> 
         )
     finally:
         con.unregister("genesis_alloc_arrow")
-
-
-def top_accounts(ctx: Context, con: duckdb.DuckDBPyConnection, job: AnalyticsJob) -> Result:
-    """Commit the current top N accounts and each one's balance at every range end."""
-    end = synced_end(ctx, job, "balance_changes")
-    inp = output_input(ctx, job, "balance_changes", 0, end)
-    alloc = load_genesis(job, ctx.settings, ctx.environ)
-    ready(ctx, con, inp)
-    fp = fingerprint(inp.fingerprint(), output.fingerprint(*sorted(alloc.items())), job.spec.top_n)
-    top_t = OutputTarget(
-        ctx.org_id, job.job, job.chain_id, "top_accounts", 0, end, fp, fake=inp.fake
-    )
-    hist_t = OutputTarget(
-        ctx.org_id, job.job, job.chain_id, "top_account_history", 0, end, fp, fake=inp.fake
-    )
-    view(con, "balance_changes", inp.select_sql())
-    _genesis_table(con, alloc)
-    con.execute(
-        "CREATE OR REPLACE TEMP VIEW latest_balances AS " + q("analytics_duckdb", "latest_balances")
-    )
-    con.execute(
-        "CREATE OR REPLACE TEMP TABLE top_accounts AS " + q("analytics_duckdb", "top_accounts"),
-        {"as_of": end - 1, "top_n": job.spec.top_n},
-    )
-    points = _thin(_range_ends(inp), MAX_HISTORY_POINTS)
-    con.execute(
-        "CREATE OR REPLACE TEMP TABLE points AS SELECT CAST(unnest($p) AS UBIGINT) AS block_number",
-        {"p": points},
-    )
-    result = Result(input_rows=inp.rows, start=0, end=end)
-    result.outputs["top_accounts"] = commit_query(
-        ctx.state, ctx.store, con, top_t, "SELECT * FROM top_accounts ORDER BY rank"
-    )
-    result.outputs["top_account_history"] = commit_query(
-        ctx.state, ctx.store, con, hist_t, q("analytics_duckdb", "top_account_history")
-    )
-    rows = con.execute(
-        "SELECT rank, address, CAST(balance AS VARCHAR) FROM top_accounts ORDER BY rank"
-    ).fetchall()
-    result.summary = {"top": [(r, a, int(b)) for r, a, b in rows], "as_of_block": end - 1}
-    return result
-
-
-def staking_concentration(
-    ctx: Context, con: duckdb.DuckDBPyConnection, job: AnalyticsJob
-) -> Result:
-    """Commit per-validator stake and the concentration metrics at every (thinned) range end."""
-    _, address = job.require_staking()
-    end = synced_end(ctx, job, "staking_events")
-    inp = output_input(ctx, job, "staking_events", 0, end)
-    top_k = list(job.spec.staking.top_k) if job.spec.staking else [1]
-    points = _thin(_range_ends(inp), MAX_CONCENTRATION_POINTS)
-    ready(ctx, con, inp)
-    fp = fingerprint(inp.fingerprint(), address, top_k, points)
-    stake_t = OutputTarget(
-        ctx.org_id, job.job, job.chain_id, "validator_stake", 0, end, fp, fake=inp.fake
-    )
-    conc_t = OutputTarget(
-        ctx.org_id, job.job, job.chain_id, "staking_concentration", 0, end, fp, fake=inp.fake
-    )
-    view(con, "staking_events", inp.select_sql())
-    con.execute(
-        "CREATE OR REPLACE TEMP TABLE points AS SELECT CAST(unnest($p) AS UBIGINT) AS block_number",
-        {"p": points},
-    )
-    con.execute(
-        "CREATE OR REPLACE TEMP TABLE validator_stake AS "
-        + q("analytics_duckdb", "validator_stake")
-    )
-    stakes: dict[int, dict[int, int]] = {p: {} for p in points}
-    for block, validator, stake in con.execute(
-        "SELECT block_number, validator_id, CAST(stake AS VARCHAR) FROM validator_stake"
-    ).fetchall():
-        stakes[int(block)][int(validator)] = int(stake)
-    table = concentration_rows(stakes, top_k)
-    con.register("concentration_arrow", table)
-    result = Result(input_rows=inp.rows, start=0, end=end)
-    try:
-        result.outputs["validator_stake"] = commit_query(
-            ctx.state, ctx.store, con, stake_t, "SELECT * FROM validator_stake"
-        )
-        result.outputs["staking_concentration"] = commit_query(
-            ctx.state,
-            ctx.store,
-            con,
-            conc_t,
-            "SELECT * FROM concentration_arrow ORDER BY block_number",
-        )
-    finally:
-        con.unregister("concentration_arrow")
-    last = table.slice(table.num_rows - 1).to_pylist()[0] if table.num_rows else {}
-    result.summary = {"latest": last, "validators": stakes[points[-1]] if points else {}}
-    return result
 
 
 def enable_object_store(con: duckdb.DuckDBPyConnection, settings: Settings, uri: str) -> None:

@@ -13,6 +13,10 @@ from trace_core.chain_sync.analytics_spec import AnalyticsSpec
 from trace_core.db.queries import q
 from trace_core.errors import ConfigError
 
+# Bumped when ``staking_events`` decodes more (2: ValidatorRewarded), so committed versions
+# of the per-range output are recomputed rather than served without the new rows.
+STAKING_EVENTS_REVISION = 2
+
 
 @dataclass(frozen=True)
 class AnalyticsJob:
@@ -34,6 +38,22 @@ class AnalyticsJob:
         if p.is_absolute() or not self.source_file:
             return p
         return Path(self.source_file).parent / p
+
+    @property
+    def burn_addresses(self) -> list[str]:
+        """Addresses whose balances are out of circulation (``supply.burn_addresses``)."""
+        return sorted(self.spec.supply.burn_addresses) if self.spec.supply else []
+
+    def deltas_salt(self) -> tuple[object, ...]:
+        """What besides its input identifies a ``supply_deltas`` version (the burn addresses;
+        nothing without them, so versions from before the setting keep their ids)."""
+        return (tuple(self.burn_addresses),) if self.burn_addresses else ()
+
+    def events_salt(self) -> tuple[object, ...]:
+        """What besides its input identifies a ``staking_events`` version: the staking address
+        and, from revision 2 on (ValidatorRewarded decoded), the revision."""
+        address = self.spec.staking.address if self.spec.staking else ""
+        return (address, STAKING_EVENTS_REVISION)
 
     def require_balances(self) -> str:
         """The balance-diffs stream key; ``ConfigError`` naming the field if unset."""

@@ -24,6 +24,9 @@ from trace_core.analytics.output import OutputTarget, fingerprint
 from trace_core.datasets.registry import get_version
 
 Kind = Literal["balance_range", "staking_range", "balance_rollups", "staking_rollups"]
+# Bumped when the roll-ups' outputs change (2: folding, with account_balances and
+# delegator_stake), so a reused Dagster instance asks for them once more over the same input.
+ROLLUP_REVISION = 2
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,8 @@ def _rollup(
         return []
     fp = registry_fingerprint(records, 0, end)
     stamp = int(max(r.created_at for r in records).timestamp() * 1e6)
-    return [PlannedRun(job.job, kind, f"{job.job}:{kind}:0-{end}:{fp}:{stamp}", 0, end)]
+    key = f"{job.job}:{kind}:r{ROLLUP_REVISION}:0-{end}:{fp}:{stamp}"
+    return [PlannedRun(job.job, kind, key, 0, end)]
 
 
 def plan(conn: Connection[Any], org_id: str, job: AnalyticsJob) -> list[PlannedRun]:
@@ -81,7 +85,13 @@ def plan(conn: Connection[Any], org_id: str, job: AnalyticsJob) -> list[PlannedR
     runs: list[PlannedRun] = []
     if job.spec.balance_diffs is not None:
         work = _range_work(
-            conn, org_id, job, "balance_range", job.spec.balance_diffs, "supply_deltas"
+            conn,
+            org_id,
+            job,
+            "balance_range",
+            job.spec.balance_diffs,
+            "supply_deltas",
+            job.deltas_salt(),
         )
         runs += work or _rollup(conn, org_id, job, "balance_rollups", "supply_deltas")
     if job.spec.staking is not None:
@@ -92,7 +102,7 @@ def plan(conn: Connection[Any], org_id: str, job: AnalyticsJob) -> list[PlannedR
             "staking_range",
             job.spec.staking.logs,
             "staking_events",
-            (job.spec.staking.address,),
+            job.events_salt(),
         )
         runs += work or _rollup(conn, org_id, job, "staking_rollups", "staking_events")
     return runs

@@ -16,66 +16,36 @@ rows (``tests/dagster/test_analytics.py``: incremental equals a full recompute).
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Sequence
 from typing import Any
 
 import duckdb
 
-from trace_core.analytics import compute, output
+from trace_core.analytics import compute, fold, output
 from trace_core.analytics.compute import Context, Result, output_input, ready, view
+from trace_core.analytics.fold import Link
 from trace_core.analytics.genesis import load_genesis
 from trace_core.analytics.inputs import committed_versions
 from trace_core.analytics.jobs import AnalyticsJob
 from trace_core.analytics.output import OutputTarget, commit_query, fingerprint
-from trace_core.datasets.duckdb_sql import parquet_select
-from trace_core.datasets.manifest import load_manifest
-from trace_core.datasets.registry import VersionRecord, get_version, visible_parts
+from trace_core.datasets.registry import VersionRecord
 from trace_core.db.queries import q
 
-CHECKPOINTS = 64  # earlier roll-ups looked for (newest first) before recomputing from genesis
 
-
-def chain(
-    parts: Sequence[tuple[uuid.UUID, int, int, bool]], genesis_supply: int
-) -> list[tuple[int, str, bool]]:
-    """``[(end, chain fingerprint, fake so far)]`` for genesis (end 0) and each part end."""
-    out = [(0, fingerprint("native_supply", genesis_supply), False)]
-    for version, start, end, fake in parts:
-        _, prev, was_fake = out[-1]
-        out.append((end, fingerprint(prev, version, start, end), was_fake or fake))
-    return out
-
-
-def _target(ctx: Any, job: AnalyticsJob, link: tuple[int, str, bool], lo: int) -> OutputTarget:
-    end, fp, fake = link
+def _target(ctx: Any, job: AnalyticsJob, link: Link, lo: int) -> OutputTarget:
     return OutputTarget(
-        ctx.org_id, job.job, job.chain_id, "native_supply", 0, end, fingerprint(fp, lo), fake=fake
+        ctx.org_id,
+        job.job,
+        job.chain_id,
+        "native_supply",
+        0,
+        link.end,
+        fingerprint(link.fp, lo),
+        fake=link.fake,
     )
 
 
 def _files(ctx: Any, rec: VersionRecord) -> str:
-    manifest = load_manifest(ctx.store, rec.manifest_key, prefix=rec.storage_prefix)
-    return parquet_select([ctx.store.duckdb_uri(k) for k in manifest.parquet_keys])
-
-
-def _previous(
-    ctx: Any, job: AnalyticsJob, links: list[tuple[int, str, bool]], lo_of: Any
-) -> tuple[int, VersionRecord] | None:
-    """The newest still-valid earlier roll-up among the last ``CHECKPOINTS`` part ends."""
-    tried = {
-        _target(ctx, job, links[k], lo_of(links[k][0])).dataset_version: k
-        for k in range(max(1, len(links) - 1 - CHECKPOINTS), len(links) - 1)
-    }
-    if not tried:
-        return None
-    found = ctx.state.execute(q("datasets", "live_version_ids"), {"versions": list(tried)})
-    ks = [tried[row[0]] for row in found.fetchall()]
-    if not ks:
-        return None
-    k = max(ks)
-    rec = get_version(ctx.state, _target(ctx, job, links[k], lo_of(links[k][0])).dataset_version)
-    return (links[k][0], rec) if rec is not None else None
+    return fold.files(ctx, rec)
 
 
 def native_supply(ctx: Context, con: duckdb.DuckDBPyConnection, job: AnalyticsJob) -> Result:
@@ -93,20 +63,17 @@ def native_supply(ctx: Context, con: duckdb.DuckDBPyConnection, job: AnalyticsJo
 
     key = output.dataset_key(job.job, "supply_deltas")
     records = committed_versions(ctx.state, ctx.org_id, job.chain_id, key)
-    parts = [
-        (p.record.dataset_version, p.start, p.end, p.record.fake)
-        for p in visible_parts(records)
-        if p.start < end
-    ]
-    links = chain(parts, genesis_supply)
+    links = fold.input_links(records, end, fingerprint("native_supply", genesis_supply))
     lo = lo_of(end)
     final = _target(ctx, job, links[-1], lo)
     result = Result(start=lo, end=end)
-    prev: tuple[int, VersionRecord] | None = None
+    prev: tuple[Link, VersionRecord] | None = None
     committed = output.registered(ctx.state, final)
     if committed is None:
-        prev = _previous(ctx, job, links, lo_of)
-        start = prev[0] if prev else 0
+        prev = fold.previous(
+            ctx.state, links, lambda link: _target(ctx, job, link, lo_of(link.end))
+        )
+        start = prev[0].end if prev else 0
         inp = output_input(ctx, job, "supply_deltas", start, end)
         ready(ctx, con, inp)
         view(con, "supply_deltas", inp.select_sql())
@@ -128,6 +95,6 @@ def native_supply(ctx: Context, con: duckdb.DuckDBPyConnection, job: AnalyticsJo
         "genesis_supply": genesis_supply,
         "supply": int(last[0]) if last else genesis_supply,
         "window": [lo, end],
-        "folded_from": prev[0] if prev is not None else None,
+        "folded_from": prev[0].end if prev is not None else None,
     }
     return result

@@ -26,13 +26,16 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 # Monad's staking precompile (docs.monad.xyz, staking precompile page).
 MONAD_STAKING_ADDRESS = "0x0000000000000000000000000000000000001000"
+# The sender of Monad's system transactions (the per-block syscallReward, epoch changes): they
+# are free, so the base fee burned is charged on every other transaction only.
+MONAD_SYSTEM_ADDRESS = "0x6f49a8f621353f12378d0046e7d7e4b9b249dc9e"
 # cryo datasets whose rows carry per-transaction balance changes (from_value / to_value).
 BALANCE_DIFF_DATASETS = frozenset({"geth_balance_diffs", "balance_diffs"})
 LOG_DATASETS = frozenset({"logs"})
@@ -46,8 +49,9 @@ BALANCE_OUTPUTS = (
     "native_supply",
     "top_accounts",
     "top_account_history",
+    "account_balances",
 )
-STAKING_OUTPUTS = ("staking_events", "validator_stake", "staking_concentration")
+STAKING_OUTPUTS = ("staking_events", "validator_stake", "staking_concentration", "delegator_stake")
 
 # Separates an output's relation name from the job tag in its dataset key (no output name
 # contains a double underscore).
@@ -124,13 +128,51 @@ class StakingSpec(_Model):
     ]
 
 
+class RewardChange(_Model):
+    """From ``from_block`` on, each block mints ``block_reward_wei`` (Monad's MIP-12: 25 -> 18 MON)."""
+
+    from_block: Annotated[int, Field(gt=0)]
+    block_reward_wei: Annotated[int, Field(ge=0, lt=10**38)]
+
+
 class SupplySpec(_Model):
     """Supply by block reconciles with the protocol: each block's net supply change (from the
-    balance diffs) must equal ``block_reward_wei`` minted (every block after genesis) minus the
-    base fee burned (``base_fee_per_gas * gas_used``, from the cryo ``blocks`` stream)."""
+    balance diffs) must equal the block reward minted (every block after genesis:
+    ``block_reward_wei``, then each of ``reward_changes`` from its block) minus the base fee
+    burned: ``base_fee_per_gas`` times the gas charged. Without ``transactions`` the gas
+    charged is the block's ``gas_used`` (Ethereum); with a cryo ``transactions`` stream it is
+    the sum over the block's transactions of ``charge`` (``gas_limit``: Monad charges the
+    whole limit, no refund), system transactions (from ``system_address``) being free.
+    ``burn_addresses``: balances sent there are out of circulation (a dead address, or a dev
+    chain's base-fee vault): supply excludes them."""
 
     blocks: StreamKey
     block_reward_wei: Annotated[int, Field(ge=0, lt=10**38)] = 0
+    reward_changes: list[RewardChange] = []
+    transactions: StreamKey | None = None
+    charge: Literal["gas_used", "gas_limit"] = "gas_used"
+    system_address: Address = MONAD_SYSTEM_ADDRESS
+    burn_addresses: Annotated[list[Address], Field(max_length=100)] = []
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SupplySpec:
+        if self.charge == "gas_limit" and self.transactions is None:
+            raise PydanticCustomError(
+                "supply_charge", "charge: gas_limit needs transactions (a cryo transactions stream)"
+            )
+        starts = [c.from_block for c in self.reward_changes]
+        if starts != sorted(set(starts)):
+            raise PydanticCustomError(
+                "supply_rewards", "reward_changes must be in increasing from_block order"
+            )
+        return self
+
+    def reward_schedule(self) -> list[tuple[int, int]]:
+        """``[(from_block, wei)]``: the reward from block 1 on, then each change."""
+        steps = {1: self.block_reward_wei} | {
+            c.from_block: c.block_reward_wei for c in self.reward_changes
+        }
+        return sorted(steps.items())
 
 
 class AnalyticsSpec(_Model):

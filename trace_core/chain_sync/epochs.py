@@ -14,6 +14,8 @@ the Dagster shell needs (``stream_targets``, ``epoch_progress``, ``complete_epoc
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -277,3 +279,35 @@ def complete_epochs(conn: Connection[Any], target: StreamTarget) -> list[tuple[i
 def sizes(targets: Iterable[StreamTarget]) -> dict[tuple[str, str], int]:
     """``{(job, stream): epoch_blocks}``."""
     return {(t.job_name, t.dataset_key): t.epoch_blocks for t in targets}
+
+
+def versions_digest(progress: EpochProgress) -> str:
+    """sha256 of the epoch's ``{range key: dataset version}``: a repaired range is a new one."""
+    return hashlib.sha256(json.dumps(progress.versions(), sort_keys=True).encode()).hexdigest()
+
+
+@translates_db_errors("chain_sync claim_materialization")
+def claim_materialization(
+    conn: Connection[Any],
+    org_id: str | uuid.UUID,
+    progress: EpochProgress,
+    by: str,
+    takeover_seconds: float | None = None,
+) -> bool:
+    """True for exactly one caller per (epoch, range versions): the one to report the epoch's
+    materialization. With ``takeover_seconds`` a claim older than that is taken over (its
+    claimer died before its report reached Dagster). Caller holds: ``progress.complete``."""
+    row = conn.execute(
+        q("epochs", "claim_materialization"),
+        {
+            "org_id": org_id,
+            "job_name": progress.job_name,
+            "dataset_key": progress.dataset_key,
+            "start": progress.start,
+            "end": progress.end,
+            "versions": versions_digest(progress),
+            "by": by,
+            "takeover_seconds": takeover_seconds,
+        },
+    ).fetchone()
+    return row is not None

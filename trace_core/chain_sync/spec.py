@@ -344,6 +344,9 @@ class ChainSyncSpec(_Model):
             wanted.append(("staking.logs", value.staking.logs, LOG_DATASETS))
         if value.supply is not None:
             wanted.append(("supply.blocks", value.supply.blocks, frozenset({"blocks"})))
+            wanted.append(
+                ("supply.transactions", value.supply.transactions, frozenset({"transactions"}))
+            )
         for name, key, datasets in wanted:
             if key is None:
                 continue

@@ -212,18 +212,58 @@ def queue_overview(rt: Runtime) -> dict[str, Any]:
 def status(job: str | None, as_json: bool) -> None:
     """Per-stream progress, throughput, ETA and blocked reasons, plus queue health."""
     from trace_core.chain_sync import status as status_mod
+    from trace_core.transforms.status import transform_status
 
     rt = runtime()
     _ensure_migrated(rt)
     with rt.state() as conn:
         jobs = status_mod.job_status(conn, rt.settings.org_id, job)
+        transforms = [
+            t
+            for t in transform_status(conn, rt.settings.org_id)
+            if job is None or job in (t["job"], t["name"])
+        ]
     queue = queue_overview(rt)
     if as_json:
-        click.echo(json.dumps({"jobs": jobs, "queue": queue}, indent=2, default=str))
+        out = {"jobs": jobs, "transforms": transforms, "queue": queue}
+        click.echo(json.dumps(out, indent=2, default=str))
     else:
         if not jobs:
             console.print("no chain_sync jobs applied yet (trace-lite apply --file ...)")
         _render_status(jobs, queue)
+        _render_transforms(transforms)
+
+
+def _render_transforms(transforms: list[dict[str, Any]]) -> None:
+    """Transform jobs: triggers, runs by state and the last dead run's error."""
+    if not transforms:
+        return
+    table = Table(show_header=True, header_style="bold", title="transforms")
+    for col in ("transform", "job", "output", "triggers", "queued", "run", "done", "dead", "last"):
+        table.add_column(col)
+    for t in transforms:
+        trig = [k if v is True else f"{k} {v}" for k, v in t["trigger"].items() if v]
+        runs = t["runs"]
+        table.add_row(
+            t["name"] + ("" if t["enabled"] else " (paused)"),
+            t["job"],
+            t["output"],
+            ", ".join(trig),
+            str(runs["queued"]),
+            str(runs["running"]),
+            str(runs["succeeded"]),
+            str(runs["dead"]),
+            t["last_finished_at"] or "",
+        )
+    console.print(table)
+    for t in transforms:
+        if t["runs"]["dead"]:
+            console.print(
+                f"dead runs of transform {t['name']} ({t['runs']['dead']}): {t['last_error']}",
+                highlight=False,
+                markup=False,
+                soft_wrap=True,
+            )
 
 
 def _set_enabled(job: str, enabled: bool) -> None:

@@ -101,3 +101,14 @@ def complete_epochs_not_in(
                 return out, False
             out.append(epochs.progress_of(conn, target, a, b))
     return out, True
+
+
+def claim_epoch(
+    rt: Runtime, progress: EpochProgress, by: str, takeover_seconds: float | None = None
+) -> bool:
+    """Whether this caller reports ``progress``'s (complete) epoch materialization: True once
+    per epoch and set of range versions (``epochs.claim_materialization``)."""
+    with rt.state() as conn:
+        return epochs.claim_materialization(
+            conn, rt.settings.org_id, progress, by, takeover_seconds
+        )

@@ -143,6 +143,8 @@ class QueryResult:
     bytes: int
     truncated: bool
     spool: Path | None = None
+    # milliseconds: "sandbox" (views, limits, lock) and "duckdb" (the query and its batches)
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 class Workdir:
@@ -211,6 +213,9 @@ def new_instance(config: EngineConfig) -> duckdb.DuckDBPyConnection:
     )
     if config.s3 is not None:
         con.execute("LOAD httpfs")
+    # an instance's first statement pays one-time set-up (a few ms); pay it here, off the
+    # request path, since pooled instances are made ahead of time
+    con.execute("SELECT 1").fetchall()
     return con
 
 
@@ -296,6 +301,7 @@ def open_sandbox(
         ensure_extension("postgres_scanner", config.extension_dir)
         con.execute("LOAD postgres_scanner")
         hot_tables = _copy_hot_rows(con, relations)
+    statements = []
     for rel in relations:
         if not _shaped(rel):
             continue
@@ -305,11 +311,16 @@ def open_sandbox(
         if not parts:  # no files and no hot rows yet: an empty relation of the right shape
             cols = ", ".join(f"CAST(NULL AS {t}) AS {_ident(n)}" for n, t in rel.columns)
             parts = [f"SELECT {cols} WHERE false"]
-        con.execute(f"CREATE TEMP VIEW {_ident(rel.name)} AS " + " UNION ALL ".join(parts))
-    con.execute(f"SET temp_directory = {sql_literal(str(workdir.spill))}")
-    con.execute(f"SET allowed_paths = {sql_list(files)}")
-    con.execute("SET enable_external_access = false")
-    con.execute("SET lock_configuration = true")
+        statements.append(f"CREATE TEMP VIEW {_ident(rel.name)} AS " + " UNION ALL ".join(parts))
+    statements += [
+        f"SET temp_directory = {sql_literal(str(workdir.spill))}",
+        f"SET allowed_paths = {sql_list(files)}",
+        "SET enable_external_access = false",
+        "SET lock_configuration = true",
+    ]
+    # one call (all trusted text): DuckDB runs them in order and stops at the first error,
+    # which fails the query before any user SQL runs
+    con.execute(";\n".join(statements))
 
 
 def _shaped(rel: Relation) -> bool:
@@ -442,26 +453,49 @@ def execute(
     workdir: Workdir,
     pool: SandboxPool | None = None,
 ) -> QueryResult:
-    """Run already-gated SQL over ``relations`` in a fresh sandbox.
+    """Run already-gated SQL over ``relations`` in a fresh sandbox (``execute_on``), then
+    close it (off the request path when ``pool`` is given). Raises as ``execute_on``."""
+    con = pool.take() if pool else new_instance(config)
+    try:
+        return execute_on(con, sql, relations, config, limits, workdir)
+    finally:
+        if pool:
+            pool.discard(con)
+        else:
+            con.close()
+
+
+def execute_on(
+    con: duckdb.DuckDBPyConnection,
+    sql: str,
+    relations: Sequence[Relation],
+    config: EngineConfig,
+    limits: ResultLimits,
+    workdir: Workdir,
+) -> QueryResult:
+    """Run already-gated SQL over ``relations`` in ``con``, a fresh never-used instance that
+    this call locks into a sandbox; the caller closes it and never reuses it.
 
     Raises ``QueryTimeout`` (wall clock), ``TooLarge`` (memory limit), ``AccessDenied`` (the
     sandbox refused a read) or ``QueryFailed`` (the SQL is wrong for the data).
     """
-    con = pool.take() if pool else new_instance(config)
+    started = time.perf_counter()
     watch = _watchdog.watch(con, config.timeout_seconds)
     try:
         open_sandbox(con, relations, config, workdir)
-        return _collect(con, sql, limits, workdir)
+        opened = time.perf_counter()
+        result = _collect(con, sql, limits, workdir)
+        result.timings = {
+            "sandbox": (opened - started) * 1000,
+            "duckdb": (time.perf_counter() - opened) * 1000,
+        }
+        return result
     except duckdb.InterruptException as exc:
         raise QueryTimeout(f"query exceeded {config.timeout_seconds:g} s") from exc
     except duckdb.Error as exc:
         raise _translate(exc) from exc
     finally:
         _watchdog.cancel(watch)
-        if pool:
-            pool.discard(con)
-        else:
-            con.close()
 
 
 def _collect(

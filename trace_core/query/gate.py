@@ -24,6 +24,7 @@ fails closed. It is pure (no I/O besides the private in-memory DuckDB) and never
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -202,6 +203,31 @@ def validate_sql(
     relations: set[str] = set()
     _Walker(allowed, relations).walk(statements[0].get("node"), frozenset())
     return GateDecision(sql_fingerprint(sql), frozenset(relations))
+
+
+_CACHED_SQL_CHARS = 16 * 1024
+
+
+def validate_sql_cached(
+    sql: str,
+    allowed_relations: Iterable[str],
+    *,
+    max_bytes: int = MAX_SQL_BYTES,
+    max_depth: int = MAX_NESTING_DEPTH,
+) -> GateDecision:
+    """``validate_sql`` remembering its last 256 acceptances of SQL up to 16k characters: the
+    decision is a pure function of its arguments, and a service sees the same text again and
+    again (dashboards, alerts, retries). Refusals are never remembered: each one re-runs every
+    check and raises. Raises as ``validate_sql``."""
+    allowed = frozenset(name.lower() for name in allowed_relations)
+    if len(sql) > _CACHED_SQL_CHARS:
+        return validate_sql(sql, allowed, max_bytes=max_bytes, max_depth=max_depth)
+    return _remembered(sql, allowed, max_bytes, max_depth)
+
+
+@functools.lru_cache(maxsize=256)
+def _remembered(sql: str, allowed: frozenset[str], max_bytes: int, max_depth: int) -> GateDecision:
+    return validate_sql(sql, allowed, max_bytes=max_bytes, max_depth=max_depth)
 
 
 def check_limits(

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -67,7 +68,7 @@ from trace_core.query.engine import (
     result_table,
 )
 from trace_core.query.export import export_result, json_rows
-from trace_core.query.gate import check_limits, sql_fingerprint, validate_sql
+from trace_core.query.gate import check_limits, sql_fingerprint, validate_sql_cached
 from trace_core.query.tokens import (
     UserClaims,
     verify_task_token,
@@ -150,6 +151,26 @@ class _Run:
     error_code: str | None = None
 
 
+class Phases:
+    """Wall-clock milliseconds per pipeline phase of one query (for the log line and
+    ``QueryService.observer``): token, registry, gate, attach, engine (of which the worker
+    reports sandbox and duckdb), render, audit."""
+
+    def __init__(self) -> None:
+        self.ms: dict[str, float] = {}
+        self._mark = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        """Bill the time since the previous lap to ``name``."""
+        now = time.perf_counter()
+        self.ms[name] = self.ms.get(name, 0.0) + (now - self._mark) * 1000
+        self._mark = now
+
+    def add(self, timings: dict[str, float]) -> None:
+        for name, ms in timings.items():
+            self.ms[name] = self.ms.get(name, 0.0) + ms
+
+
 @dataclass
 class _Caller:
     org_id: uuid.UUID
@@ -175,11 +196,17 @@ class QueryService:
         self.settings = settings
         self.store = store
         self.gate = gate
+        # called with each query's Phases.ms after its audit (benchmarks, profiling)
+        self.observer: Callable[[dict[str, float]], None] | None = None
         self.state = ConnectionPool(
             dbs.state_url, min_size=1, max_size=8, open=False, kwargs={"autocommit": True}
         )
+        # the audit insert is this pool's only write (see Settings.query_audit_durable)
+        data_kwargs: dict[str, Any] = {"autocommit": True}
+        if not settings.query_audit_durable:
+            data_kwargs["options"] = "-c synchronous_commit=off"
         self.data = ConnectionPool(
-            dbs.data_url, min_size=1, max_size=8, open=False, kwargs={"autocommit": True}
+            dbs.data_url, min_size=1, max_size=8, open=False, kwargs=data_kwargs
         )
         # "data": the follower's hot tables, including chains the org follows that have no
         # cold version yet (resolved per request, see _hot_for)
@@ -242,9 +269,11 @@ class QueryService:
         self, kind: Literal["user", "task"], authorization: str | None, body: bytes
     ) -> dict[str, Any]:
         """Answer one HTTP request or raise a ``TraceError`` (see ``status_of``)."""
-        started = time.monotonic()
+        started, phases = time.monotonic(), Phases()
         caller = self._caller(kind, _bearer(authorization))
-        return self._respond(caller, _parse(body), started)
+        request = _parse(body)
+        phases.lap("token")
+        return self._respond(caller, request, started, phases)
 
     def query(
         self, kind: Literal["user", "task"], token: str, request: QueryRequest
@@ -252,8 +281,10 @@ class QueryService:
         """Answer one request without HTTP (the embedded path of ``trace-lite query``): the
         same token check, grants, gate, sandbox, limits and audit as ``handle``. Raises a
         ``TraceError`` (see ``status_of``)."""
-        started = time.monotonic()
-        return self._respond(self._caller(kind, token), request, started)
+        started, phases = time.monotonic(), Phases()
+        caller = self._caller(kind, token)
+        phases.lap("token")
+        return self._respond(caller, request, started, phases)
 
     def query_table(
         self, kind: Literal["user", "task"], token: str, request: QueryRequest
@@ -261,8 +292,10 @@ class QueryService:
         """``query`` answering the whole result as one Arrow table (never truncated by the
         inline caps, never exported): how a transform's UDF reads its inputs. Same checks,
         sandbox and audit; raises as ``query`` does."""
-        started = time.monotonic()
-        response = self._respond(self._caller(kind, token), request, started, as_table=True)
+        started, phases = time.monotonic(), Phases()
+        caller = self._caller(kind, token)
+        phases.lap("token")
+        response = self._respond(caller, request, started, phases, as_table=True)
         table: pa.Table = response["table"]
         return table
 
@@ -270,32 +303,47 @@ class QueryService:
         return self._user(token) if kind == "user" else self._task(token)
 
     def _respond(
-        self, caller: _Caller, request: QueryRequest, started: float, *, as_table: bool = False
+        self,
+        caller: _Caller,
+        request: QueryRequest,
+        started: float,
+        phases: Phases,
+        *,
+        as_table: bool = False,
     ) -> dict[str, Any]:
         caller.versions = self._resolve(caller, request)
+        phases.lap("registry")
         run = _Run(uuid.uuid4(), sql_fingerprint(request.sql))
         try:
-            response = self._run(caller, request, run, as_table=as_table)
+            response = self._run(caller, request, run, phases, as_table=as_table)
         except BaseException as exc:
             run.error_code = exc.code if isinstance(exc, TraceError) else "internal"
-            self._finish(caller, run, started)
+            phases.lap("failed")
+            self._finish(caller, run, started, phases)
             raise
-        self._finish(caller, run, started)
+        self._finish(caller, run, started, phases)
         return response
 
     def _run(
-        self, caller: _Caller, request: QueryRequest, run: _Run, *, as_table: bool = False
+        self,
+        caller: _Caller,
+        request: QueryRequest,
+        run: _Run,
+        phases: Phases,
+        *,
+        as_table: bool = False,
     ) -> dict[str, Any]:
         caps = {
             "max_bytes": self.settings.query_max_sql_bytes,
             "max_depth": self.settings.query_max_nesting_depth,
         }
         if self.gate:
-            relations = validate_sql(request.sql, caller.versions, **caps).relations
+            relations = validate_sql_cached(request.sql, caller.versions, **caps).relations
         else:
             check_limits(request.sql, **caps)
             relations = frozenset(caller.versions)
         refuse_fake(caller.versions, relations, allow=self.settings.query_allow_fake)
+        phases.lap("gate")
         run.relations = attach(
             self.store,
             caller.versions,
@@ -305,6 +353,7 @@ class QueryService:
             cache=self.cache,
             hot=self._hot_for(caller),
         )
+        phases.lap("attach")
         limits = ResultLimits(
             self.settings.query_inline_max_rows,
             self.settings.query_inline_max_bytes,
@@ -320,6 +369,8 @@ class QueryService:
                     request.sql, run.relations, self.engine, limits, workdir, self.sandboxes
                 )
             run.rows, run.bytes = result.row_count, result.bytes
+            phases.lap("engine")
+            phases.add(result.timings)
             if as_table:
                 return {"table": result_table(result)}
             export = None
@@ -334,7 +385,7 @@ class QueryService:
                 run.export_key = export.key
         finally:
             workdir.cleanup()
-        return {
+        response = {
             "columns": result.columns,
             "rows": [] if export else json_rows(result.batches, result.columns),
             "row_count": result.row_count,
@@ -342,6 +393,8 @@ class QueryService:
             "export": export.as_json() if export else None,
             "query_id": str(run.query_id),
         }
+        phases.lap("render")
+        return response
 
     def _hot_for(self, caller: _Caller) -> HotSourceResolver | None:
         """Hot rows serve user queries only (a task reads exactly its pinned versions)."""
@@ -351,7 +404,7 @@ class QueryService:
             return data_hot_sources(self.data, self._hot_url, caller.hot_chains)
         return self.hot
 
-    def _finish(self, caller: _Caller, run: _Run, started: float) -> None:
+    def _finish(self, caller: _Caller, run: _Run, started: float, phases: Phases) -> None:
         outcome: Outcome = "ok"
         if run.error_code is not None:
             outcome = "failed" if run.executed else "rejected"
@@ -373,6 +426,9 @@ class QueryService:
                 export_key=run.export_key,
             )
         )
+        phases.lap("audit")
+        if self.observer is not None:
+            self.observer(phases.ms)
         log.info(
             "query %s",
             outcome,
@@ -384,6 +440,7 @@ class QueryService:
                 "rows": run.rows,
                 "exported": run.export_key is not None,
                 "duration_ms": duration_ms,
+                "phases_ms": {name: round(ms, 2) for name, ms in phases.ms.items()},
             },
         )
 

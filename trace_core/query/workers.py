@@ -17,9 +17,9 @@ The parent waits for the reply or the worker's end of the socket closing, and pa
 wall-clock limit plus a grace period (the worker's own watchdog should have interrupted DuckDB
 by then) it kills the worker. A dead worker is classified by its signal into a clear
 ``QueryError`` for that query only and replaced in the background; other queries run in other
-workers meanwhile. Jobs go to a worker pickled (trusted direction); replies come back as a
-JSON header plus an Arrow IPC stream, never a pickle, so a subverted engine process cannot
-make the service unpickle anything.
+workers meanwhile. Jobs go to a worker pickled (trusted direction); replies come back as one
+message, a JSON header plus an Arrow IPC stream, never a pickle, so a subverted engine process
+cannot make the service unpickle anything.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 
 from trace_core.errors import (
@@ -58,7 +59,7 @@ from trace_core.query.engine import (
     ResultLimits,
     SandboxPool,
     Workdir,
-    execute,
+    execute_on,
 )
 from trace_core.query.relations import Relation
 
@@ -145,16 +146,23 @@ def serve_worker(conn: Connection) -> None:
                 return
             if job is None:
                 return
-            for part in _encode(_run(job, sandboxes, limits)):
-                conn.send_bytes(part)
+            con = sandboxes.take()
+            try:
+                conn.send_bytes(_encode(_run(job, con, limits)))
+            finally:
+                # only once the reply is out: closing the used instance and preparing the
+                # next one (the pool's thread) would otherwise hold the GIL while it is sent
+                sandboxes.discard(con)
     finally:
         sandboxes.stop()
 
 
-def _run(job: _Job, sandboxes: SandboxPool, limits: WorkerLimits) -> QueryResult | QueryError:
+def _run(
+    job: _Job, con: duckdb.DuckDBPyConnection, limits: WorkerLimits
+) -> QueryResult | QueryError:
     _arm_cpu(limits.cpu_seconds)
     try:
-        return execute(job.sql, job.relations, job.config, job.limits, job.workdir, sandboxes)
+        return execute_on(con, job.sql, job.relations, job.config, job.limits, job.workdir)
     except QueryError as exc:
         return exc
     except MemoryError:
@@ -164,8 +172,9 @@ def _run(job: _Job, sandboxes: SandboxPool, limits: WorkerLimits) -> QueryResult
         return QueryFailed("query execution failed", code="execution_failed")
 
 
-def _encode(outcome: QueryResult | QueryError) -> tuple[bytes, bytes]:
-    """A reply as (JSON header, Arrow IPC stream of the inline batches or b"")."""
+def _encode(outcome: QueryResult | QueryError) -> bytes:
+    """A reply as one message (one wake-up of the parent): the JSON header's length (4 bytes,
+    big-endian), the header, then the Arrow IPC stream of the inline batches, if any."""
     if isinstance(outcome, QueryError):
         error = {
             "status": "error",
@@ -173,7 +182,7 @@ def _encode(outcome: QueryResult | QueryError) -> tuple[bytes, bytes]:
             "code": outcome.code,
             "message": outcome.message,
         }
-        return json.dumps(error).encode(), b""
+        return _framed(json.dumps(error).encode())
     header: dict[str, Any] = {
         "status": "ok",
         "columns": outcome.columns,
@@ -181,24 +190,35 @@ def _encode(outcome: QueryResult | QueryError) -> tuple[bytes, bytes]:
         "bytes": outcome.bytes,
         "truncated": outcome.truncated,
         "spooled": outcome.spool is not None,
+        "timings": outcome.timings,
     }
-    body = b""
-    if outcome.batches:
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, outcome.batches[0].schema) as writer:
-            for batch in outcome.batches:
-                writer.write_batch(batch)
-        body = sink.getvalue().to_pybytes()
-    return json.dumps(header).encode(), body
+    head = _framed(json.dumps(header).encode())
+    if not outcome.batches:
+        return head
+    sink = pa.BufferOutputStream()
+    sink.write(head)
+    with pa.ipc.new_stream(sink, outcome.batches[0].schema) as writer:
+        for batch in outcome.batches:
+            writer.write_batch(batch)
+    return sink.getvalue().to_pybytes()
 
 
-def _decode(header_bytes: bytes, body: bytes, workdir: Workdir) -> QueryResult:
+def _framed(header: bytes) -> bytes:
+    return len(header).to_bytes(4, "big") + header
+
+
+def _decode(reply: bytes, workdir: Workdir) -> QueryResult:
     """The parent's side of ``_encode``: a result, or raise the error it carries."""
-    header = json.loads(header_bytes)
+    size = int.from_bytes(reply[:4], "big")
+    if len(reply) < 4 or size > len(reply) - 4:
+        raise QueryFailed("the query engine sent a malformed reply", code="execution_failed")
+    view = memoryview(reply)
+    header = json.loads(view[4 : 4 + size].tobytes())
+    body = view[4 + size :]
     if header["status"] != "ok":
         cls = _ERRORS.get(str(header["error"]), QueryFailed)
         raise cls(str(header["message"]), code=str(header["code"]))
-    batches = list(pa.ipc.open_stream(body)) if body else []
+    batches = list(pa.ipc.open_stream(pa.py_buffer(body))) if len(body) else []
     return QueryResult(
         columns=[{"name": str(c["name"]), "type": str(c["type"])} for c in header["columns"]],
         batches=batches,
@@ -206,6 +226,7 @@ def _decode(header_bytes: bytes, body: bytes, workdir: Workdir) -> QueryResult:
         bytes=int(header["bytes"]),
         truncated=bool(header["truncated"]),
         spool=workdir.spool if header["spooled"] else None,
+        timings={str(k): float(v) for k, v in header.get("timings", {}).items()},
     )
 
 
@@ -353,12 +374,12 @@ class EngineWorkers:
         worker = self._take()
         try:
             worker.conn.send_bytes(payload)
-            header, body = self._await(worker)
+            reply = self._await(worker)
         except BaseException:
             self._retire(worker)
             raise
         self._idle.put(worker)
-        return _decode(header, body, workdir)
+        return _decode(reply, workdir)
 
     def _job_config(self, relations: Sequence[Relation]) -> EngineConfig:
         if self._scoper is None:
@@ -376,7 +397,7 @@ class EngineWorkers:
                 "every query engine is busy; try again shortly", code="engine_busy"
             ) from None
 
-    def _await(self, worker: _Worker) -> tuple[bytes, bytes]:
+    def _await(self, worker: _Worker) -> bytes:
         """The worker's reply; raises a ``QueryError`` if it dies or overruns the deadline."""
         deadline = self.config.timeout_seconds + self.kill_grace_seconds
         if not worker.conn.poll(deadline):
@@ -387,7 +408,7 @@ class EngineWorkers:
                 code="query_timeout",
             )
         try:
-            return worker.conn.recv_bytes(), worker.conn.recv_bytes()
+            return worker.conn.recv_bytes()
         except (EOFError, OSError):
             pass  # the worker's end closed: it died; classified below
         worker.process.wait(timeout=5)

@@ -8,9 +8,14 @@ gone, raises ``StaleReceipt`` and changes nothing, from any process. A message a
 ``max_receive_count`` times is moved to ``state.queue_dead`` (reason ``max_receive_count``,
 last error from its nacks) when it becomes due again, or at once when nacked at the limit.
 
-Durability: publishes and dead-letter admin commit durably. Consumer-side changes (receipts,
-acks, extends, nacks) commit with ``synchronous_commit=off``: a server crash may forget the
-last few, which only redelivers messages (at-least-once holds) and halves their cost.
+Durability: every change commits with ``synchronous_commit=off`` (no wait for the WAL flush,
+which costs most of a batch-1 round trip). A server crash may forget the last few: a forgotten
+ack, receipt or nack only redelivers a message (at-least-once holds); a forgotten dead-letter
+replay or purge leaves the messages dead, to be replayed or purged again. A forgotten publish
+loses nothing either: messages are wake-ups published only by the outbox (DESIGN invariant 4),
+whose rows live in this same database and are marked sent by a later commit. WAL is flushed
+in order, so once that mark is durable the publish before it is too; if the mark is lost as
+well, the row is still pending and is published again.
 """
 
 from __future__ import annotations
@@ -38,8 +43,7 @@ log = logging.getLogger(__name__)
 # generic plan made when the table was small: a sequential or bitmap scan that then sorts the
 # whole backlog on every receive. Queue statements always have an index path; force it.
 _PLANNER_OPTIONS = "-c enable_seqscan=off -c enable_bitmapscan=off"
-_DURABLE_OPTIONS = _PLANNER_OPTIONS
-_CONSUME_OPTIONS = f"{_PLANNER_OPTIONS} -c synchronous_commit=off"
+_OPTIONS = f"{_PLANNER_OPTIONS} -c synchronous_commit=off"
 _POLL_FIRST_SECONDS = 0.01
 _POLL_MAX_SECONDS = 0.2
 _CONNECT_TIMEOUT_SECONDS = 10.0
@@ -48,8 +52,8 @@ _CONNECT_TIMEOUT_SECONDS = 10.0
 class PgQueue:
     """QueueDriver on the state database.
 
-    Two connection pools of up to ``pool_size`` each (publishing/admin, and consuming with
-    asynchronous commit). ``open()`` (called by the first operation, or explicitly) opens
+    Two connection pools of up to ``pool_size`` each (publishing/admin, and consuming), both
+    with asynchronous commit. ``open()`` (called by the first operation, or explicitly) opens
     them; ``close()`` closes them for good. Thread-safe: every call borrows one pooled
     autocommit connection.
     """
@@ -61,10 +65,10 @@ class PgQueue:
             raise ValueError("pool_size must be >= 1")
         self.max_receive_count = max_receive_count
         self._where = redact_url(state_url)
-        # Publishes commit durably; consumer-side changes (receipts, acks, visibility) commit
-        # with synchronous_commit=off: losing one in a crash only causes a redelivery.
-        self._pool = _make_pool(state_url, "pgqueue-publish", pool_size, _DURABLE_OPTIONS)
-        self._consume_pool = _make_pool(state_url, "pgqueue-consume", pool_size, _CONSUME_OPTIONS)
+        # Two pools so publishers and consumers never wait for each other's connections; both
+        # commit with synchronous_commit=off (see the module docstring for why nothing is lost).
+        self._pool = _make_pool(state_url, "pgqueue-publish", pool_size, _OPTIONS)
+        self._consume_pool = _make_pool(state_url, "pgqueue-consume", pool_size, _OPTIONS)
         self._opened = False
         self._open_lock = threading.Lock()
 

@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from psycopg import Connection
+from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
@@ -87,11 +88,29 @@ def create_task(
 
 @translates_db_errors("task claim")
 def claim(conn: Connection[Any], task_id: uuid.UUID, *, lease_seconds: float) -> Lease:
-    """Grant a lease to a new attempt (attempt + 1).
+    """Grant a lease to a new attempt (attempt + 1), in the caller's transaction, or on an
+    autocommit connection outside one: the common case (queued, due, attempts left) is one
+    statement, committed on its own; the other cases then run in a transaction of their own.
 
     Raises ``UnknownTask``, or ``LeaseConflict`` when the task is leased and unexpired,
     finished, paused, waiting out a retry backoff, or out of attempts.
     """
+    token = uuid.uuid4()
+    params = {"task_id": task_id, "lease_token": token, "lease_seconds": float(lease_seconds)}
+    with conn.cursor(row_factory=dict_row) as cur:
+        fast = cur.execute(q("tasks", "claim_queued"), params).fetchone()
+    if fast is not None:
+        return Lease(task_id=task_id, lease_token=token, **fast)
+    if conn.autocommit and conn.info.transaction_status == TransactionStatus.IDLE:
+        with conn.transaction():
+            return _claim_locked(conn, task_id, token, params)
+    return _claim_locked(conn, task_id, token, params)
+
+
+def _claim_locked(
+    conn: Connection[Any], task_id: uuid.UUID, token: uuid.UUID, params: dict[str, Any]
+) -> Lease:
+    """``claim`` decided on the locked row (caller is inside a transaction)."""
     with conn.cursor(row_factory=dict_row) as cur:
         row = cur.execute(q("tasks", "lock_task"), {"task_id": task_id}).fetchone()
         if row is None:
@@ -120,11 +139,7 @@ def claim(conn: Connection[Any], task_id: uuid.UUID, *, lease_seconds: float) ->
             raise LeaseConflict(task_id, "attempts exhausted")
         if status == "running":
             _mark_expired(conn, task_id, row["attempt"])
-        token = uuid.uuid4()
-        granted = cur.execute(
-            q("tasks", "grant_lease"),
-            {"task_id": task_id, "lease_token": token, "lease_seconds": float(lease_seconds)},
-        ).fetchone()
+        granted = cur.execute(q("tasks", "grant_lease"), params).fetchone()
         assert granted is not None
         cur.execute(
             q("tasks", "insert_attempt"), {"task_id": task_id, "attempt": granted["attempt"]}
@@ -213,9 +228,21 @@ def finish_succeeded(
 def complete_success(
     conn: Connection[Any], lease: Lease, outputs: dict[str, Any] | None = None
 ) -> None:
-    """Fence and complete in the caller's transaction. Raises ``StaleAttempt`` if stale."""
-    fence(conn, lease)
-    finish_succeeded(conn, lease, outputs)
+    """Fence and complete in the caller's transaction (one statement when the lease is
+    current). Raises ``UnknownTask``, or ``StaleAttempt`` if stale."""
+    row = conn.execute(
+        q("tasks", "complete_success"),
+        {
+            "task_id": lease.task_id,
+            "attempt": lease.attempt,
+            "lease_token": lease.lease_token,
+            "outputs": Jsonb(outputs) if outputs is not None else None,
+        },
+    ).fetchone()
+    if row is not None and row[0] == 1:
+        return
+    fence(conn, lease)  # raises, naming the task's state
+    raise StaleAttempt(lease.task_id, lease.attempt, "completion rejected")
 
 
 @translates_db_errors("task complete_failure")

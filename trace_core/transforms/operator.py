@@ -73,6 +73,8 @@ def compute(ctx: OperatorContext, p: TransformPayload) -> pa.Table:
             limits=udf_limits(p.limits),
             task_id=str(lease.task_id),
             attempt=lease.attempt,
+            # a job's ranges run one after another in one warm process (docs/udf.md)
+            reuse_scope=f"{ctx.runtime.settings.org_id}/transform/{p.job_name}/{p.transform_name}",
         )
     )
     if result.table is None:

@@ -11,11 +11,11 @@ development only, and logs a warning on every call.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
 import logging
 import os
-import queue
 import select
 import shutil
 import signal
@@ -75,6 +75,7 @@ class _Worker:
             shutil.rmtree(self.inbox, ignore_errors=True)
             raise
         self._pending = False
+        self.kept_key: str | None = None  # the reuse key of the call process the worker keeps
         self._writer: threading.Thread | None = None
         self._deadline = 0.0
         self._cap = FRAME_OVERHEAD
@@ -174,6 +175,7 @@ class _Worker:
             "input": payload.input,
             "tables": tables,
             "limits": limits.model_dump(),
+            "keep": payload.reuse_scope is not None,
         }
         parts = wire.encode(header, inline)
         head = len(parts[1])  # source and input, as JSON
@@ -183,7 +185,13 @@ class _Worker:
                 "input_too_large", f"the request is {head} bytes of JSON, past the cap of {cap}"
             )
         try:
-            os.write(self.ctl_w, f"S {int(limits.wall_seconds * 1000)}\n".encode())
+            key = payload.reuse_key() or "-"
+            self.kept_key = None if key == "-" else key  # kept if the call answers
+            line = (
+                f"S {int(limits.wall_seconds * 1000)} {limits.cpu_seconds} {limits.memory_mb}"
+                f" {payload.input_bytes()} {key}\n"
+            )
+            os.write(self.ctl_w, line.encode())
             if sum(len(p) for p in parts) < _INLINE_WRITE:  # fits the empty pipe: no blocking
                 wire.write_all(self.in_fd, parts)
                 self._writer = None
@@ -301,9 +309,10 @@ class LocalSandboxInvoker:
         self.pool_size = max(1, pool_size)
         self._bwrap = bwrap
         self._tmp_mb = tmp_mb
-        self._idle: queue.Queue[_Worker] = (
-            queue.Queue()
-        )  # FIFO: a worker settles while the others serve
+        # idle workers, oldest first (a worker settles while the others serve); a call takes
+        # the one whose kept process matches its reuse key, else the oldest
+        self._idle: collections.deque[_Worker] = collections.deque()
+        self._idle_cv = threading.Condition()
         self._started = 0
         self._lock = threading.Lock()
         self._bwrap_path: str | None = None
@@ -327,7 +336,7 @@ class LocalSandboxInvoker:
         for _ in range(min(workers or self.pool_size, self.pool_size)):
             w = self._new_worker()
             if w is not None:
-                self._idle.put(w)
+                self._put_idle(w)
 
     def _new_worker(self) -> _Worker | None:
         with self._lock:
@@ -345,25 +354,39 @@ class LocalSandboxInvoker:
                 self._started -= 1
             raise
 
-    def _take(self) -> _Worker:
+    def _put_idle(self, w: _Worker) -> None:
+        with self._idle_cv:
+            self._idle.append(w)
+            self._idle_cv.notify()
+
+    def _pick_idle(self, key: str | None, wait: float) -> _Worker | None:
+        with self._idle_cv:
+            if not self._idle and wait > 0:
+                self._idle_cv.wait(wait)
+            if not self._idle:
+                return None
+            match = next((w for w in self._idle if key is not None and w.kept_key == key), None)
+            if match is None:  # prefer one keeping nothing: its kept process may serve later
+                match = next((w for w in self._idle if w.kept_key is None), self._idle[0])
+            self._idle.remove(match)
+            return match
+
+    def _take(self, key: str | None = None) -> _Worker:
         while True:
-            try:
-                w = self._idle.get_nowait()
-            except queue.Empty:
-                maybe = self._new_worker()
-                if maybe is None:  # all busy: wait for one back (or a slot freed by a discard)
-                    try:
-                        maybe = self._idle.get(timeout=0.05)
-                    except queue.Empty:
+            w = self._pick_idle(key, 0)
+            if w is None:
+                w = self._new_worker()
+                if w is None:  # all busy: wait for one back (or a slot freed by a discard)
+                    w = self._pick_idle(key, 0.05)
+                    if w is None:
                         continue
-                w = maybe
             if w.settle():
                 return w
             self._discard(w)
 
     def _give_back(self, w: _Worker, ok: bool) -> None:
         if ok and not self._closed:
-            self._idle.put(w)
+            self._put_idle(w)
         else:
             self._discard(w)
 
@@ -386,7 +409,7 @@ class LocalSandboxInvoker:
                 "UDF runs UNSANDBOXED (TRACE_UDF_RUNTIME=unsandboxed): trusted code only",
                 extra=payload.log_fields(),
             )
-        w = self._take()
+        w = self._take(payload.reuse_key())
         ok = False
         try:
             status, out = w.call(payload)
@@ -400,11 +423,10 @@ class LocalSandboxInvoker:
 
     def close(self) -> None:
         self._closed = True
-        while True:
-            try:
-                w = self._idle.get_nowait()
-            except queue.Empty:
-                break
+        with self._idle_cv:
+            idle = list(self._idle)
+            self._idle.clear()
+        for w in idle:
             w.kill()
         self._spawner.shutdown(wait=False)
 

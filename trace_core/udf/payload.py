@@ -86,6 +86,13 @@ class UdfInvocationPayload(BaseModel):
     limits: UdfLimits = Field(default_factory=UdfLimits)
     task_id: str | None = None
     attempt: int | None = None
+    reuse_scope: str | None = Field(
+        default=None,
+        max_length=512,
+        description="Calls with the same scope, code, entry and limits may run one after "
+        "another in the same warm process (module globals persist between them, as in a warm "
+        "Lambda); None: a fresh process per call. Never share a scope across orgs or jobs.",
+    )
 
     @model_validator(mode="after")
     def _check_shape(self) -> UdfInvocationPayload:
@@ -94,6 +101,15 @@ class UdfInvocationPayload(BaseModel):
         if self.bundle_sha256 is not None and self.bundle_sha256 != source_sha256(self.source):
             raise ValueError("bundle_sha256 does not match the source")
         return self
+
+    def reuse_key(self) -> str | None:
+        """The warm process this call may share (None: a fresh one): a digest of the scope,
+        the code, the entry point and the limits."""
+        if self.reuse_scope is None:
+            return None
+        parts = [self.reuse_scope, self.kind, self.entry, self.filename, self.source]
+        parts.append(self.limits.model_dump_json())
+        return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
 
     def input_bytes(self) -> int:
         return len(self.source.encode()) + sum(len(b) for b in self.tables.values())

@@ -10,6 +10,10 @@ history contract and per-block state snapshots make ``anvil_mine`` superlinear (
 5,000 blocks), while this setting mines 5,000 blocks in about half a second. Pruned history
 means no state at old blocks (traces of old blocks fail); pass ``archive=True`` for that.
 
+With ``monad=MonadShape(...)`` the chain is Monad-shaped (``devmonad``): anvil runs with OP-stack
+rules, every block after genesis carries a system transaction minting its reward, every
+transaction's gas limit is its exact gas, and automine stays off (``mine`` adds the reward).
+
 The anvil process dies with its parent (PR_SET_PDEATHSIG) and on ``stop()``.
 """
 
@@ -34,6 +38,7 @@ from typing import IO, Any
 from trace_core.errors import ConfigError, RpcError
 from trace_core.rpc.client import RpcClient, hex_int
 from trace_core.settings import REPO_ROOT
+from trace_lite.devtools.devmonad import MonadShape, reward_transaction
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +126,12 @@ class DevChain:
     """A running anvil. Use ``DevChain.start(...)``, as a context manager or with ``stop()``."""
 
     def __init__(
-        self, process: subprocess.Popen[bytes], port: int, chain_id: int, stderr: IO[bytes]
+        self,
+        process: subprocess.Popen[bytes],
+        port: int,
+        chain_id: int,
+        stderr: IO[bytes],
+        monad: MonadShape | None = None,
     ) -> None:
         self.process = process
         self._stderr = stderr
@@ -130,6 +140,7 @@ class DevChain:
         self.rpc_url = f"http://127.0.0.1:{port}"
         self.rpc = RpcClient(self.rpc_url, label="devchain", timeout=60.0)
         self.seed_summary = SeedSummary()
+        self.monad = monad
 
     def __repr__(self) -> str:
         return f"DevChain(port={self.port}, chain_id={self.chain_id})"
@@ -145,16 +156,17 @@ class DevChain:
         max_txs_per_block: int = 6,
         archive: bool = False,
         genesis_timestamp: int | None = None,
+        monad: MonadShape | None = None,
     ) -> DevChain:
         """Start anvil and mine ``blocks`` blocks (block numbers ``0 .. blocks-1``).
 
         Every ``activity_every`` blocks on average a block carries 1..``max_txs_per_block``
         transactions (transfers and emitter calls). With ``genesis_timestamp`` every block is
         one second after its parent, so the same arguments give the same chain, hashes
-        included (the demo relies on it to resume). Raises ``ConfigError`` without anvil,
-        ``RpcError`` if it does not come up.
+        included (the demo relies on it to resume). ``monad``: a Monad-shaped chain (module
+        docstring). Raises ``ConfigError`` without anvil, ``RpcError`` if it does not come up.
         """
-        chain = cls._launch(chain_id, archive, genesis_timestamp)
+        chain = cls._launch(chain_id, archive, genesis_timestamp, monad)
         try:
             if genesis_timestamp is not None:
                 chain.rpc.call("anvil_setBlockTimestampInterval", [1])
@@ -168,7 +180,11 @@ class DevChain:
 
     @classmethod
     def _launch(
-        cls, chain_id: int, archive: bool, genesis_timestamp: int | None = None
+        cls,
+        chain_id: int,
+        archive: bool,
+        genesis_timestamp: int | None = None,
+        monad: MonadShape | None = None,
     ) -> DevChain:
         binary = anvil_binary()
         last_error: Exception | None = None
@@ -179,9 +195,10 @@ class DevChain:
                 "--host", "127.0.0.1",
                 "--port", str(port),
                 "--chain-id", str(chain_id),
-                "--hardfork", "cancun",
                 "--silent",
             ]  # fmt: skip
+            # OP-stack rules for the minting deposit (devmonad); else cancun (see the top)
+            argv += ["--network", "optimism"] if monad else ["--hardfork", "cancun"]
             if not archive:
                 argv.append("--prune-history")
             if genesis_timestamp is not None:
@@ -194,9 +211,11 @@ class DevChain:
                 stderr=stderr,
                 preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads fork here before exec
             )
-            chain = cls(process, port, chain_id, stderr)
+            chain = cls(process, port, chain_id, stderr, monad)
             try:
                 chain._wait_ready()
+                if monad:
+                    chain.rpc.call("evm_setAutomine", [False])
                 log.info("anvil started", extra={"port": port, "pid": process.pid})
                 return chain
             except RpcError as exc:
@@ -225,9 +244,34 @@ class DevChain:
         return self.rpc.block_number()
 
     def mine(self, n: int) -> None:
-        """Mine ``n`` blocks (including any pending transactions)."""
-        if n > 0:
+        """Mine ``n`` blocks (including any pending transactions); on a Monad-shaped chain each
+        with its reward's system transaction."""
+        if n <= 0:
+            return
+        if self.monad is None:
             self.rpc.call("anvil_mine", [hex(n)])
+            return
+        head = self.head()
+        for block in range(head + 1, head + n + 1):
+            self.rpc.call("eth_sendTransaction", [reward_transaction(self.monad, block)])
+            self.rpc.call("anvil_mine", ["0x1"])
+            counts = self.seed_summary.txs_per_block
+            counts[block] = counts.get(block, 0) + 1
+
+    def gas_limit(self, tx: dict[str, str], default: int) -> str:
+        """``default`` as the gas limit, or on a Monad-shaped chain the exact gas ``tx`` uses
+        (so charging the limit, as Monad does, charges what anvil charges)."""
+        if self.monad is None:
+            return hex(default)
+        probe = {k: v for k, v in tx.items() if k not in ("nonce", "gas")}
+        return str(self.rpc.call("eth_estimateGas", [probe]))
+
+    def send(self, tx: dict[str, str]) -> dict[str, Any]:
+        """Send ``tx`` and return its receipt (on a Monad-shaped chain: mine its block)."""
+        tx_hash = self.rpc.call("eth_sendTransaction", [tx])
+        if self.monad is not None:
+            self.mine(1)
+        return self.wait_receipt(tx_hash)
 
     def wait_receipt(self, tx_hash: str, timeout: float = 10.0) -> dict[str, Any]:
         """The receipt of ``tx_hash``, polled until mined. Raises ``RpcError`` on timeout."""
@@ -249,17 +293,14 @@ class DevChain:
         rng = random.Random(seed)
         accounts: list[str] = self.rpc.call("eth_accounts")
         summary = self.seed_summary
-        deploy = self.rpc.call(
-            "eth_sendTransaction",
-            [{"from": accounts[0], "data": "0x" + EMITTER_INITCODE.hex(), "gas": hex(300_000)}],
-        )
-        receipt = self.wait_receipt(deploy)
+        create = {"from": accounts[0], "data": "0x" + EMITTER_INITCODE.hex()}
+        receipt = self.send({**create, "gas": self.gas_limit(create, 300_000)})
         if hex_int(receipt["status"]) != 1:
             raise RpcError("devchain: emitter deployment failed")
         emitter = receipt["contractAddress"]
         summary.emitter = emitter
         deploy_block = hex_int(receipt["blockNumber"])
-        summary.txs_per_block[deploy_block] = 1
+        summary.txs_per_block[deploy_block] = summary.txs_per_block.get(deploy_block, 0) + 1
         summary.logs_per_block[deploy_block] = 0
         nonces = {
             a: hex_int(self.rpc.call("eth_getTransactionCount", [a, "pending"])) for a in accounts
@@ -274,10 +315,10 @@ class DevChain:
                 txs, logs = self._busy_block(rng, accounts, nonces, emitter, max_txs_per_block)
                 self.mine(1)
                 head += 1
-                summary.txs_per_block[head] = txs
+                summary.txs_per_block[head] = summary.txs_per_block.get(head, 0) + txs
                 summary.logs_per_block[head] = logs
         finally:
-            self.rpc.call("evm_setAutomine", [True])
+            self.rpc.call("evm_setAutomine", [self.monad is None])
         summary.blocks = self.head() + 1
         if summary.blocks != blocks:
             raise RpcError(f"devchain: expected {blocks} blocks, chain has {summary.blocks}")
@@ -299,12 +340,13 @@ class DevChain:
             tx: dict[str, str] = {"from": sender, "nonce": hex(nonces[sender])}
             nonces[sender] += 1
             if rng.random() < 0.5:
-                tx.update(to=to, value=hex(rng.randint(1, 10**15)), gas=hex(21_000))
+                tx.update(to=to, value=hex(rng.randint(1, 10**15)), gas=hex(21_000))  # exact
             else:
                 flag = rng.randint(1, 2**32) if rng.random() < 0.3 else 0
                 data = rng.randint(1, 10**18).to_bytes(32, "big")
                 data += bytes.fromhex(to[2:]).rjust(32, b"\0") + flag.to_bytes(32, "big")
-                tx.update(to=emitter, data="0x" + data.hex(), gas=hex(100_000))
+                tx.update(to=emitter, data="0x" + data.hex())
+                tx["gas"] = self.gas_limit(tx, 100_000)
                 logs += 2 if flag else 1
             calls.append(("eth_sendTransaction", [tx]))
         self.rpc.batch(calls)

@@ -26,8 +26,12 @@ from trace_core.errors import RpcError
 from trace_core.rpc.client import hex_int
 from trace_lite.devtools.devchain import DevChain
 
-# calldata = topic0 | topic1 | topic2 | data...: LOG3(data, topic0, topic1, topic2).
+# calldata = topic0 | topic1 | topic2 | data...: LOG3(data, topic0, topic1, topic2). Shorter
+# calldata logs nothing (the value is kept either way).
 LOG3_EMITTER_RUNTIME = bytes.fromhex(
+    "6060361060"
+    "1e"
+    "57"  # PUSH1 0x60 CALLDATASIZE LT PUSH1 0x1e JUMPI   (size < 96 -> 0x1e)
     "604035"  # PUSH1 0x40 CALLDATALOAD           topic2
     "602035"  # PUSH1 0x20 CALLDATALOAD           topic1
     "600035"  # PUSH1 0x00 CALLDATALOAD           topic0
@@ -36,6 +40,7 @@ LOG3_EMITTER_RUNTIME = bytes.fromhex(
     "6060600037"  # PUSH1 0x60 PUSH1 0 CALLDATACOPY   memory[0:len] = calldata[96:]
     "6000a3"  # PUSH1 0 LOG3
     "00"  # STOP
+    "5b00"  # 0x1e: JUMPDEST STOP
 )
 WEI = 10**18
 
@@ -74,10 +79,10 @@ def _emit(
     value: int = 0,
 ) -> int:
     calldata = bytes.fromhex(STAKING_TOPICS[event]) + _word(validator) + _address_word(who) + data
-    tx = {"from": sender, "to": address, "data": "0x" + calldata.hex(), "gas": hex(100_000)}
+    tx = {"from": sender, "to": address, "data": "0x" + calldata.hex()}
     if value:
         tx["value"] = hex(value)
-    receipt = chain.wait_receipt(chain.rpc.call("eth_sendTransaction", [tx]))
+    receipt = chain.send({**tx, "gas": chain.gas_limit(tx, 100_000)})
     if hex_int(receipt["status"]) != 1:
         raise RpcError(f"devstaking: {event} call reverted")
     return hex_int(receipt["blockNumber"])
@@ -94,8 +99,9 @@ def drive(
 ) -> StakingActivity:
     """Install the emitter, create ``validators`` validators (self-stake from dev accounts),
     then ``actions`` deterministic delegations/undelegations, one transaction per block
-    (anvil automines), with up to ``max_gap_blocks`` empty blocks mined before each action so
-    the stake moves over a longer span. Returns what was emitted; needs automine on."""
+    (``DevChain.send``), with up to ``max_gap_blocks`` empty blocks mined before each action
+    so the stake moves over a longer span. Returns what was emitted; needs automine on, or a
+    Monad-shaped chain (whose ``send`` mines the block)."""
     install(chain, address)
     rng = random.Random(seed)
     accounts: list[str] = [str(a).lower() for a in chain.rpc.call("eth_accounts")]

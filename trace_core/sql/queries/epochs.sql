@@ -67,3 +67,18 @@ LEFT JOIN LATERAL (
     LIMIT 1
 ) v ON true
 ORDER BY r.range_start
+
+-- Claim the report of an epoch's materialization for one set of range versions: a row is
+-- returned to the one caller that inserted it, or (with a takeover age) that found a claim
+-- older than that age (its claimer died before reporting). Everyone else gets no row.
+-- name: claim_materialization
+INSERT INTO state.epoch_materializations AS m
+    (org_id, job_id, dataset_key, epoch_start, epoch_end, versions, claimed_by)
+SELECT j.org_id, j.job_id, %(dataset_key)s, %(start)s, %(end)s, %(versions)s, %(by)s
+FROM state.chain_sync_jobs j
+WHERE j.org_id = %(org_id)s AND j.name = %(job_name)s
+ON CONFLICT (job_id, dataset_key, epoch_start, epoch_end, versions) DO UPDATE
+    SET claimed_by = EXCLUDED.claimed_by, claimed_at = now()
+    WHERE %(takeover_seconds)s::double precision IS NOT NULL
+      AND m.claimed_at < now() - make_interval(secs => %(takeover_seconds)s::double precision)
+RETURNING m.claimed_by

@@ -13,6 +13,42 @@ SELECT task_id, operator, status, attempt, attempt_base, max_attempts, paused, l
        next_run_at <= now() AS due, payload
 FROM state.tasks WHERE task_id = %(task_id)s FOR UPDATE
 
+-- name: claim_queued
+-- The common claim in one statement: a queued, due, unpaused task with attempts left gets a new
+-- attempt and its lease (the UPDATE locks the row; a concurrent claimer re-checks the WHERE on
+-- the winner's row version and gets no row). No row: claim() decides on the locked row.
+WITH granted AS (
+    UPDATE state.tasks
+    SET status = 'running', attempt = attempt + 1, lease_token = %(lease_token)s,
+        lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
+        started_at = COALESCE(started_at, now()), updated_at = now()
+    WHERE task_id = %(task_id)s AND status = 'queued' AND NOT paused AND next_run_at <= now()
+      AND attempt - attempt_base < max_attempts
+    RETURNING task_id, attempt, lease_expires_at, operator, payload, max_attempts, attempt_base
+), recorded AS (
+    INSERT INTO state.task_attempts (task_id, attempt)
+    SELECT task_id, attempt FROM granted
+    ON CONFLICT DO NOTHING
+)
+SELECT attempt, lease_expires_at, operator, payload, max_attempts, attempt_base FROM granted
+
+-- name: complete_success
+-- Fence and finish in one statement: only the current attempt's running lease matches (the
+-- UPDATE locks the row and re-checks the WHERE after a concurrent change). No row: the caller
+-- runs the full fence to name why.
+WITH done AS (
+    UPDATE state.tasks
+    SET status = 'succeeded', lease_token = NULL, lease_expires_at = NULL, outputs = %(outputs)s,
+        last_error = NULL, last_error_kind = NULL, finished_at = now(), updated_at = now()
+    WHERE task_id = %(task_id)s AND attempt = %(attempt)s AND lease_token = %(lease_token)s
+      AND status = 'running'
+    RETURNING task_id, attempt
+), recorded AS (
+    UPDATE state.task_attempts a SET finished_at = now(), outcome = 'succeeded', error = NULL
+    FROM done WHERE a.task_id = done.task_id AND a.attempt = done.attempt
+)
+SELECT count(*) FROM done
+
 -- name: grant_lease
 UPDATE state.tasks
 SET status = 'running', attempt = attempt + 1, lease_token = %(lease_token)s,

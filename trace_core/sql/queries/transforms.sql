@@ -74,3 +74,19 @@ WHERE org_id = %(org_id)s AND job_name = %(job_name)s AND kind = %(kind)s
 SELECT kind, count(*) FROM state.source_events
 WHERE org_id = %(org_id)s AND job_name = %(job_name)s
 GROUP BY kind ORDER BY kind
+
+-- name: run_counts
+-- Runs of the org's transforms by state, the last finish and the last dead run's error.
+SELECT d.name,
+       count(t.task_id) FILTER (WHERE t.status = 'queued') AS queued,
+       count(t.task_id) FILTER (WHERE t.status = 'running') AS running,
+       count(t.task_id) FILTER (WHERE t.status = 'succeeded') AS succeeded,
+       count(t.task_id) FILTER (WHERE t.status = 'dead') AS dead,
+       max(t.finished_at) AS last_finished_at,
+       (array_agg(t.last_error ORDER BY t.updated_at DESC)
+            FILTER (WHERE t.status = 'dead'))[1] AS last_error
+FROM state.transform_definitions d
+LEFT JOIN state.tasks t
+       ON t.operator = %(operator)s AND t.payload ->> 'transform_id' = d.transform_id::text
+WHERE d.org_id = %(org_id)s
+GROUP BY d.name
