@@ -48,6 +48,18 @@ class MoreWork:
     def ack(self, rt: Runtime) -> None:
         ack_wakeups(rt, self.wakeups)
 
+    def leave(self, rt: Runtime, task_ids: set[uuid.UUID], nacked: set[uuid.UUID]) -> MoreWork:
+        """This work without ``task_ids`` (tasks this run already executed: a retry runs as a
+        run of its own). Their wake-ups go back to the queue at once, the first time; a task
+        in ``nacked`` (updated here) is left to the visibility timeout instead."""
+        for w in self.wakeups:
+            if w.task_id in task_ids and w.task_id not in nacked:
+                nacked.add(w.task_id)
+                rt.queue.nack(w.message)
+        keep = [t for t in self.task_ids if t not in task_ids]
+        wakeups = [w for w in self.wakeups if w.task_id not in task_ids]
+        return MoreWork(self.planned, keep, wakeups, self.received)
+
 
 def take_more_work(rt: Runtime, max_tasks: int) -> MoreWork:
     """Plan the ranges the batch just freed (``max_inflight``), publish their wake-ups, and
@@ -171,6 +183,7 @@ def run_worker(
     running: set[concurrent.futures.Future[TaskOutcome]] = set()
 
     reporter = _Reporter(on_outcome)
+    nacked: set[uuid.UUID] = set()
 
     def handle(outcome: TaskOutcome) -> None:
         line = failure_line(outcome)
@@ -212,6 +225,7 @@ def run_worker(
             if taking and fresh and len(running) <= hold - min_take:
                 with profile.run_phase("take more work"):
                     more = take_more_work(rt, hold - len(running))
+                    more = more.leave(rt, set(report.touched), nacked)
                 if more.planned:
                     on_planned(more.planned)
                 if more.task_ids:
