@@ -37,6 +37,7 @@ import logging
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -61,6 +62,7 @@ from trace_core.settings import load_settings
 from trace_dagster.driver import drive_until_idle
 from trace_dagster.epochs import MAX_BACKFILLED_PER_SYNC, partition_sync
 from trace_dagster.partitions import partitions_def_name, stream_asset_key
+from trace_lite.stack import free_port
 
 JOB, STREAM, CHAIN_ID = "monad_year", "blocks", 143
 DEFS_FILE = Path(__file__).with_name("_scale_defs.py")
@@ -118,7 +120,7 @@ def setup_env(prefix: str = "trace-bench-scale-") -> Runtime:
     return Runtime(load_settings(), dbs)
 
 
-def apply_stream(rt: Runtime, scale: Scale) -> None:
+def apply_stream(rt: Runtime, scale: Scale, apply: bool = True) -> Path:
     """A fixed_target job over the simulated year: one ``blocks`` stream."""
     path = rt.settings.home / "monad_year.yaml"
     path.write_text(
@@ -131,8 +133,10 @@ streams:
   {STREAM}: {{cryo_dataset_name: blocks, rpc_pool: standard, chunk_size: {scale.chunk}, max_inflight: 8}}
 """
     )
-    with rt.state() as conn:
-        store.apply_job_file(conn, rt.settings.org_id, path)
+    if apply:
+        with rt.state() as conn:
+            store.apply_job_file(conn, rt.settings.org_id, path)
+    return path
 
 
 BULK_SQL = """
@@ -309,9 +313,240 @@ def partitions_page(instance: DagsterInstance, repeat: int) -> tuple[list[float]
     return times, len(keys), len(done)
 
 
+def growth(args: argparse.Namespace) -> None:
+    """``--growth``: one stream grown stage by stage through ``trace-lite up`` (see
+    ``_scale_growth``); a table per stage and the ratio of time per range against the first."""
+    import _scale_growth as g
+    from dagster import DagsterInstance
+
+    stages = [int(n) for n in args.growth.split(",")]
+    rt = setup_env("trace-bench-growth-")
+    home = rt.settings.resolved_home()
+    os.environ.update(
+        DAGSTER_HOME=str(home / "dagster"),
+        TRACE_QUERY_PORT=str(free_port("127.0.0.1")),
+        TRACE_WORKER_BATCH_SIZE=str(args.batch),
+    )
+    (home / "dagster").mkdir()
+    env = dict(os.environ)
+    log_path = home / "cli.log"
+    print(
+        f"growth: stages {stages} ranges of {args.chunk:,} blocks, {args.tail} tail ranges per "
+        f"stage through `trace-lite up` (TRACE_CRYO_MODE=fake), the rest bulk-committed; "
+        f"worker batch {args.batch}; epochs of {args.epoch:,} blocks"
+    )
+    with log_path.open("ab") as out:
+        subprocess.run(
+            [g.TRACE_LITE, "up", "--port", str(free_port("127.0.0.1"))],
+            env=env, stdout=out, stderr=subprocess.STDOUT, check=True, timeout=600,
+        )  # fmt: skip
+    results: list[g.Stage] = []
+    try:
+        pgids = g.stack_pgids(home)
+        for n in stages:
+            st = g.Stage(n, min(args.tail, n))
+            scale = Scale(n * args.chunk, args.chunk, args.epoch, st.tail)
+            if scale.bulk_end > 0:
+                # the history first, as a finished job (to_block at its end): the daemon has
+                # nothing to plan while its epochs are synced into Dagster here (in steady
+                # state they complete one at a time; a bulk would make the daemon's periodic
+                # sync backfill them during the tail, which is not the per-range cost)
+                done = Scale(scale.bulk_end, args.chunk, args.epoch, 0)
+                path = apply_stream(rt, done, apply=False)
+                st.bulk_s = g.bulk(rt, path, JOB, STREAM, args.chunk, CHAIN_ID, scale.bulk_end)
+                with DagsterInstance.get() as inst:
+                    st.sync_s = epoch_instance(rt, inst)
+            apply_stream(rt, scale)  # the tail: planned and run by the daemon
+            with g.MemorySampler(pgids) as mem:
+                g.wait_ranges(rt.dbs.state_url, JOB, STREAM, n, timeout=3600)
+            st.phases, st.tail_s = g.phases(rt.dbs.state_url, JOB, scale.bulk_end)
+            st.memory = mem.by_role()
+            st.status_cli_s = [g.status_cli(env, JOB) for _ in range(3)]
+            st.status_query_s = [g.status_query(rt, JOB) for _ in range(3)]
+            st.db_bytes, st.rows = g.db_size(rt.dbs.state_url)
+            with DagsterInstance.get() as inst:
+                st.partitions = len(inst.get_dynamic_partitions(partitions_def_name(JOB, STREAM)))
+            results.append(st)
+            print_stage(st)
+    finally:
+        with log_path.open("ab") as out:
+            subprocess.run([g.TRACE_LITE, "down"], env=env, stdout=out, stderr=subprocess.STDOUT)
+    print_growth(results)
+
+
+def queries(args: argparse.Namespace) -> None:
+    """``--queries``: a count over N committed versions before and after compaction (see
+    ``_scale_queries``); planning steps in process and ``trace-lite query`` end to end."""
+    import _scale_queries as qb
+
+    from trace_core.datasets.compaction import compact_levels
+    from trace_core.datasets.ids import dataset_uuid
+    from trace_core.datasets.retention import gc_versions
+
+    stages = [int(n) for n in args.queries.split(",")]
+    rt = setup_env("trace-bench-queries-")
+    port = free_port("127.0.0.1")
+    os.environ.update(
+        TRACE_QUERY_ALLOW_FAKE="true",
+        TRACE_QUERY_PORT=str(port),
+        TRACE_QUERY_URL=f"http://127.0.0.1:{port}",
+    )
+    env = dict(os.environ)
+    service = qb.start_service(env, rt.settings.resolved_home() / "query-service.log")
+    atexit.register(service.terminate)
+    window = args.window_ranges * args.qchunk
+    tmpl = qb.template(rt.settings.resolved_home(), args.qchunk)
+    duid = dataset_uuid(rt.settings.org_id, qb.CHAIN, qb.KEY)
+    print(
+        f"queries: stages {stages} versions of {args.qchunk} blocks (made-up rows, hard links of "
+        f"one {args.qchunk}-row file, marked fake); compaction windows of {window:,} blocks "
+        f"({args.window_ranges} ranges), {args.levels} tier(s) of 10x; `{qb.COUNT_SQL}`"
+    )
+    rows: list[qb.Measure] = []
+    done = 0
+    for n in stages:
+        grown = qb.grow(rt, done, n, args.qchunk, tmpl)
+        print(f"\n[{n:,} versions] registered {n - done:,} more in {grown:.1f}s")
+        done = n
+        before = qb.Measure(f"{n:,} ranges", n, n, extra={"n": n})
+        if n <= args.max_uncompacted:
+            measure(rt, env, before, qb)
+            rows.append(before)
+        if args.no_compact:
+            continue
+        t0 = time.perf_counter()
+        with rt.state() as conn:
+            report = compact_levels(
+                conn, rt.store, duid, window, levels=args.levels, org_id=rt.settings.org_id
+            )
+        took = time.perf_counter() - t0
+        print(f"  compaction: {report.line()} in {took:.1f}s "
+              f"({report.versions_replaced / took if took else 0:,.0f} versions/s)")  # fmt: skip
+        after = qb.Measure(f"{n:,} ranges, compacted", 0, 0, extra={"n": n, "compact_s": took})
+        measure(rt, env, after, qb)
+        rows.append(after)
+        with rt.state() as conn:  # past the grace period: what a day later looks like
+            gone = gc_versions(conn, rt.store, rt.settings.org_id, grace_seconds=0)
+        print(f"  retention: {gone.lines()[0]}")
+    print(
+        f"\n{'history':<26} {'versions':>8} {'files':>7} {'resolve ms':>10} {'manifests ms':>12} "
+        f"{'planning ms':>11} {'execute ms':>10} {'embedded s':>10} {'CPU s':>5} "
+        f"{'HTTP cold s':>11} {'HTTP warm s':>11} {'POST s':>6}"
+    )
+    for m in rows:
+        print(
+            f"{m.label:<26} {m.versions:>8,} {m.files:>7,} {m.resolve * 1000:>10.0f} "
+            f"{m.manifests * 1000:>12.0f} {m.planning * 1000:>11.0f} {m.execute * 1000:>10.0f} "
+            f"{m.cli_wall:>10.2f} {m.cli_cpu:>5.2f} {m.http_cold:>11.2f} {m.http_warm:>11.2f} "
+            f"{m.post_warm:>6.2f}"
+        )
+    compacted = [m for m in rows if "compacted" in m.label]
+    if len(compacted) > 1:
+        a, b = compacted[0], compacted[-1]
+        print(
+            f"\nratio {b.label} / {a.label}: planning {b.planning / a.planning:.2f}x, "
+            f"POST /v1/query (warm) {b.post_warm / a.post_warm:.2f}x"
+        )
+
+
+def measure(rt: Runtime, env: dict[str, str], m: object, qb: object) -> None:  # noqa: ARG001
+    import _scale_queries as q
+
+    assert isinstance(m, q.Measure)
+    q.in_process(rt, m)
+    m.cli_wall, m.cli_cpu, _ = q.cli_query(env)
+    m.http_cold = q.cli_query(env, "--http")[0]
+    m.http_warm = q.cli_query(env, "--http")[0]
+    m.post_warm, posted = q.post_query(rt.settings, env["TRACE_QUERY_URL"])
+    if posted != m.count:
+        raise SystemExit(f"the service counted {posted}, in process {m.count}")
+    expected = (
+        m.extra["n"] * rt.settings.resolved_home().joinpath("template.parquet").stat().st_size
+    )
+    del expected  # the count is checked against the rows registered instead
+    print(
+        f"  {m.label}: {m.versions:,} versions, {m.files:,} files; resolve {m.resolve * 1000:.0f} "
+        f"ms, manifests {m.manifests * 1000:.0f} ms, execute {m.execute * 1000:.0f} ms; "
+        f"trace-lite query embedded {m.cli_wall:.2f}s wall / {m.cli_cpu:.2f}s CPU, through the "
+        f"service {m.http_cold:.2f}s cold, {m.http_warm:.2f}s warm; POST /v1/query warm "
+        f"{m.post_warm:.2f}s; count {m.count:,}"
+    )
+    if m.count != m.extra["n"] * int(os.environ.get("BENCH_QCHUNK", "10")):
+        raise SystemExit(f"count {m.count} != {m.extra['n']} ranges x rows per range")
+
+
+def print_stage(st: object) -> None:
+    import _scale_growth as g
+
+    assert isinstance(st, g.Stage)
+    ph = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in st.phases.items())
+    mem = ", ".join(
+        f"{k} {h / 1024:.0f}/{r / 1024:.0f} MB" for k, (h, r) in sorted(st.memory.items())
+    )
+    print(
+        f"\n[{st.ranges:,} ranges] bulk {st.bulk_s:.1f}s, epochs synced {st.sync_s:.1f}s; tail {st.tail} ranges in {st.tail_s:.1f}s "
+        f"= {st.tail / st.tail_s if st.tail_s else 0:.2f} ranges/s, {st.per_range_s * 1000:.0f} ms/range "
+        f"(mean per range: {ph}); status CLI {statistics.median(st.status_cli_s):.2f}s, query "
+        f"{statistics.median(st.status_query_s) * 1000:.0f} ms; state DB {st.db_bytes / 2**20:.0f} MB "
+        f"{st.rows}; Dagster partitions {st.partitions:,}\n  memory peak/current: {mem}"
+    )
+
+
+def print_growth(results: list[object]) -> None:
+    import _scale_growth as g
+
+    rows = [r for r in results if isinstance(r, g.Stage)]
+    if not rows:
+        return
+    base = rows[0]
+    print(
+        f"\n{'ranges':>8} {'ranges/s':>8} {'ms/range':>8} {'vs first':>8} {'status CLI s':>12} "
+        f"{'status q ms':>11} {'state MB':>8} {'partitions':>10}"
+    )
+    for r in rows:
+        print(
+            f"{r.ranges:>8,} {r.tail / r.tail_s:>8.2f} {r.per_range_s * 1000:>8.0f} "
+            f"{r.per_range_s / base.per_range_s:>7.2f}x {statistics.median(r.status_cli_s):>12.2f} "
+            f"{statistics.median(r.status_query_s) * 1000:>11.0f} {r.db_bytes / 2**20:>8.0f} "
+            f"{r.partitions:>10,}"
+        )
+    roles = sorted({k for r in rows for k in r.memory})
+    print(f"\n{'process (peak MB)':<28}" + "".join(f"{r.ranges:>10,}" for r in rows))
+    for role in roles:
+        vals = "".join(
+            f"{r.memory[role][0] / 1024:>10.0f}" if role in r.memory else f"{'-':>10}" for r in rows
+        )
+        print(f"{role[:28]:<28}{vals}")
+
+
 def main() -> None:
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # progress as it goes
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--growth",
+        default=None,
+        help="comma-separated stage sizes in ranges (e.g. 1000,10000,100000): the growth mode",
+    )
+    parser.add_argument("--batch", type=int, default=8, help="growth: tasks per worker run")
+    parser.add_argument(
+        "--queries",
+        default=None,
+        help="comma-separated history sizes in versions (e.g. 1000,10000,100000): query mode",
+    )
+    parser.add_argument("--qchunk", type=int, default=10, help="queries: blocks per version")
+    parser.add_argument(
+        "--window-ranges", type=int, default=100, help="queries: versions per compaction window"
+    )
+    parser.add_argument(
+        "--no-compact", action="store_true", help="queries: the uncompacted baseline only"
+    )
+    parser.add_argument("--levels", type=int, default=3, help="queries: compaction tiers")
+    parser.add_argument(
+        "--max-uncompacted",
+        type=int,
+        default=20_000,
+        help="queries: measure the uncompacted baseline up to this many versions",
+    )
     parser.add_argument("--blocks", type=int, default=104_000_000)
     parser.add_argument("--chunk", type=int, default=1_000)
     parser.add_argument("--epoch", type=int, default=100_000)
@@ -329,6 +564,13 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
+    if args.growth:
+        growth(args)
+        return
+    if args.queries:
+        os.environ["BENCH_QCHUNK"] = str(args.qchunk)
+        queries(args)
+        return
     scale = Scale(args.blocks, args.chunk, args.epoch, args.tail)
     rt = setup_env()
     apply_stream(rt, scale)

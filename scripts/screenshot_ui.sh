@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Screenshot of the Dagster UI showing the demo job's epochs as materialized partitions.
+# Screenshot check of the Dagster UI's partitions view of the demo job's stream asset.
 #
 # Usage: scripts/screenshot_ui.sh [OUT.png]        (default ./ui-screenshot.png)
 # Env:   SCREENSHOT_TRACE_HOME   Trace home of the demo run (default /tmp/trace-screenshot)
@@ -7,10 +7,15 @@
 #
 # Runs `trace-lite demo` (not --exit) in the background on its own Trace home and in its own
 # session (a Ctrl-C here reaches it once, through the trap), waits for it to finish the sync and
-# for Dagster to report every partition of chain_sync/demo/blocks materialized, screenshots the
-# asset's partitions page (the last range's details open) with headless Chromium (installed from Debian's packages when
-# missing), then stops the demo with SIGINT and waits for it to exit. A trap does the same on
-# every exit path, so nothing is left running.
+# for Dagster to report every partition of chain_sync/demo/blocks materialized and checks, through
+# the GraphQL the pages load, what the view must show beside them (scripts/dagster_partitions.py
+# --check: no failed partition, the integrity check's Partitions tab with passes, the
+# dispatcher's tick message with the job's progress, the trace/sensors health checks passing).
+# Then it screenshots the asset's partitions page (the last epoch's details open) and the
+# integrity check's page with headless Chromium (installed from Debian's packages when
+# missing), checks each is a PNG of the window's size and not blank, then stops the demo with
+# SIGINT and waits for it to exit. A trap does the same on every exit path, so nothing is left
+# running. The check's screenshot is written beside OUT.png as OUT-integrity.png.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -91,17 +96,44 @@ ui=$(grep -o 'Dagster UI: http://[0-9.]*:[0-9]*' "$log" | tail -n 1 | cut -d' ' 
 [[ -n $ui ]] || { echo "no Dagster UI URL in $log" >&2; log_tail; exit 1; }
 echo "demo synced; Dagster UI at $ui"
 
-partition=$("$repo/.venv/bin/python" "$repo/scripts/dagster_partitions.py" "$ui" "$asset_key" --timeout 120)
+partition=$("$repo/.venv/bin/python" "$repo/scripts/dagster_partitions.py" "$ui" "$asset_key" \
+  --timeout 300 --check)
 
-url="$ui/assets/$asset_key?view=partitions&partition=$partition"
-rm -f "$out"
-timeout 180 "$chromium_bin" --headless=new --no-sandbox --disable-gpu --hide-scrollbars \
-  --user-data-dir="$trace_home/chromium" --window-size=1600,1000 \
-  --virtual-time-budget=15000 --screenshot="$out" "$url" 2>"$trace_home/chromium.log" || {
-  echo "chromium failed; see $trace_home/chromium.log" >&2
-  exit 1
+# shot URL OUT: a screenshot of URL, checked to be a PNG of the window's size that is not blank
+shot() {
+  local url=$1 png=$2
+  rm -f "$png"
+  timeout 180 "$chromium_bin" --headless=new --no-sandbox --disable-gpu --hide-scrollbars \
+    --user-data-dir="$trace_home/chromium" --window-size=1600,1000 \
+    --virtual-time-budget=15000 --screenshot="$png" "$url" 2>>"$trace_home/chromium.log" || {
+    echo "chromium failed; see $trace_home/chromium.log" >&2
+    return 1
+  }
+  "$repo/.venv/bin/python" - "$png" <<'PY' || return 1
+import struct, sys, zlib
+path = sys.argv[1]
+data = open(path, "rb").read()
+if data[:8] != b"\x89PNG\r\n\x1a\n":
+    sys.exit(f"{path}: not a PNG")
+width, height = struct.unpack(">II", data[16:24])
+if (width, height) != (1600, 1000):
+    sys.exit(f"{path}: {width}x{height}, expected 1600x1000")
+# a blank page compresses to almost nothing: the page must carry some detail
+i, idat = 8, []
+while i < len(data):
+    (n,) = struct.unpack(">I", data[i : i + 4])
+    if data[i + 4 : i + 8] == b"IDAT":
+        idat.append(data[i + 8 : i + 8 + n])
+    i += 12 + n
+pixels = zlib.decompress(b"".join(idat))
+if len(set(pixels[:: max(1, len(pixels) // 20000)])) < 8:
+    sys.exit(f"{path}: the page looks blank")
+print(f"{path}: {width}x{height}, {len(data)} bytes")
+PY
 }
-[[ -s $out ]] || { echo "chromium wrote no screenshot to $out" >&2; exit 1; }
+
+shot "$ui/assets/$asset_key?view=partitions&partition=$partition" "$out" || exit 1
+shot "$ui/assets/$asset_key?view=checks&checkDetail=integrity" "${out%.png}-integrity.png" || exit 1
 
 echo "stopping the demo..."
 stop_demo

@@ -66,7 +66,9 @@ class Settings(BaseSettings):
     )
     sqs_queue_prefix: str = Field("trace-", description="Prefix of SQS queue names")
     visibility_timeout_seconds: int = Field(
-        60, gt=0, description="Queue visibility timeout for received messages"
+        60,
+        gt=0,
+        description="Queue visibility timeout for received messages (task wake-ups: at most TRACE_LEASE_SECONDS)",
     )
     max_receive_count: int = Field(
         5, gt=0, description="Receives before a message is dead-lettered"
@@ -221,6 +223,16 @@ class Settings(BaseSettings):
         20,
         ge=0,
         description="Integrity: already verified ranges a scheduled pass re-verifies, stalest first (after every new or changed one)",
+    )
+    compact_windows_per_pass: int = Field(
+        0,
+        ge=0,
+        description="Compaction: windows per stream and tier the scheduled maintenance run rewrites as one version each (0 = off: trace-lite compact on demand)",
+    )
+    compact_levels: int = Field(
+        3,
+        ge=1,
+        description="Compaction: tiers of windows, each 10x the previous (an epoch, 10 epochs, 100 epochs): a year ends as ~10 versions per stream",
     )
     integrity_rpc_calls_per_pass: int = Field(
         20000,

@@ -41,6 +41,7 @@ from dagster import (
     MaterializeResult,
     MetadataValue,
     define_asset_job,
+    in_process_executor,
     multi_asset,
 )
 from dagster_duckdb import DuckDBResource
@@ -235,6 +236,8 @@ def analytics_jobs(jobs: Sequence[AnalyticsJob]) -> list[AssetJob]:
             job_name(job.job, kind),
             selection=AssetSelection.assets(*(analytics_asset_key(job.job, n) for n in names)),
             description=f"analytics {kind} of job {job.job}",
+            # one small DuckDB step per run: a subprocess per step cost ~5 s for <1 s of work
+            executor_def=in_process_executor,
         )
         for job in jobs
         for kind, names in kind_outputs(job).items()

@@ -7,7 +7,7 @@ unreachable state the definitions still load, with no stream assets and a log li
 
 from __future__ import annotations
 
-from dagster import Definitions
+from dagster import Definitions, in_process_executor
 
 from trace_core.runtime import Runtime
 from trace_core.settings import load_settings
@@ -20,6 +20,7 @@ from trace_dagster.resources import TraceResource
 from trace_dagster.sensors import service_sensors
 from trace_dagster.sensors.analytics import analytics_sensor
 from trace_dagster.sensors.dispatcher import dispatcher_sensor
+from trace_dagster.sensors.health import sensor_health_checks, sensor_health_sensor, sensors_spec
 from trace_dagster.sensors.integrity import integrity_sensor
 from trace_dagster.sensors.worker import worker_sensor
 from trace_dagster.service_runs import SERVICE_JOBS, alert_events_spec
@@ -32,18 +33,22 @@ def build_definitions(runtime: Runtime | None = None) -> Definitions:
     analytics, analytics_jobs = analytics_definitions(rt)
     transforms, schedules = transform_definitions(rt)
     return Definitions(
-        assets=[*stream_assets(rt), alert_events_spec, *analytics, *transforms],
+        assets=[*stream_assets(rt), alert_events_spec, sensors_spec, *analytics, *transforms],
         jobs=[trace_worker, *SERVICE_JOBS, integrity_job, *analytics_jobs, trace_trigger],
         schedules=schedules,
-        asset_checks=stream_integrity_checks(rt),
+        asset_checks=[*stream_integrity_checks(rt), sensor_health_checks],
         sensors=[
             dispatcher_sensor,
             worker_sensor,
+            sensor_health_sensor,
             *service_sensors,
             integrity_sensor(),
             analytics_sensor(analytics_jobs),
         ],
         resources={"trace": TraceResource(), "duckdb": duckdb_resource(rt)},
+        # partition materializations from the UI (the implicit asset job) and every job
+        # without its own executor run in the run's process: no subprocess start-up per step
+        executor=in_process_executor,
         loggers=LOGGERS,  # an error as one console line; the event log keeps the stack
     )
 

@@ -1,9 +1,10 @@
 """Drive the Dagster definitions in the foreground until the work is done.
 
 ``trace-lite run --until-idle`` and the tests use this: it evaluates the same sensors the
-daemon would, applies their dynamic-partition requests, and executes the requested runs in
+daemon would (but the scheduled maintenance ones, ``NOT_DRIVEN``), applies their dynamic-partition requests, and executes the requested runs in
 process against a real Dagster instance, so runs and materializations land in Dagster's
-storage exactly as they do under ``dagster dev``.
+storage exactly as they do under ``dagster dev``. While runs execute, a thread keeps the
+sensors' recovery going (``trace_dagster.recovery``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 from dagster import (
@@ -26,12 +28,16 @@ from dagster import (
 from trace_core.engine.idle import OutstandingWork, outstanding_work
 from trace_core.errors import DatabaseUnreachable, TraceError
 from trace_core.runtime import Runtime
+from trace_dagster.recovery import recovering
 from trace_dagster.sensors.worker import RUN_KEY_TAG
 from trace_dagster.service_runs import KIND_TAG, one_step
 
 log = logging.getLogger(__name__)
 
 DISPATCHER_SENSOR = "trace_dispatcher"
+# Not ticked by the driver: scheduled maintenance (integrity passes) is no work owed, and the
+# sensor-health watchdog reads the daemon's tick history, which a driven run has none of.
+NOT_DRIVEN = frozenset({"trace_integrity", "trace_sensor_health"})
 
 
 @dataclass
@@ -121,7 +127,7 @@ def drive_until_idle(
         if state_gone is not None and _unreachable(exc) and (why := state_gone()) is not None:
             raise DatabaseUnreachable(why) from exc
 
-    names = [s.name for s in defs.get_repository_def().sensor_defs]
+    names = [s.name for s in defs.get_repository_def().sensor_defs if s.name not in NOT_DRIVEN]
     names.sort(key=lambda n: (n != DISPATCHER_SENSOR, n))
     deadline = time.monotonic() + timeout
     cursors: dict[str, str | None] = {}
@@ -140,23 +146,27 @@ def drive_until_idle(
             if isinstance(result, SensorResult):
                 job_name = _job_name(defs, name)
                 requests += [(req.job_name or job_name, req) for req in result.run_requests or []]
-        for job_name, req in requests:
-            tags = dict(req.tags)
-            if req.run_key:
-                tags[RUN_KEY_TAG] = req.run_key  # as the daemon stamps it (recovery reads it)
-            run = defs.resolve_job_def(job_name).execute_in_process(
-                run_config=(
-                    one_step(req.run_config) if tags.get(KIND_TAG) == "service" else req.run_config
-                ),
-                instance=instance,
-                tags=tags,
-                partition_key=req.partition_key,
-                raise_on_error=False,
-            )
-            report.runs += 1
-            report.run_ids.append(run.run_id)
-            if not run.success:
-                report.failed_runs += 1
+        pending = {req.run_key for _, req in requests if req.run_key}
+        with recovering(rt, instance, pending) if requests else nullcontext():
+            for job_name, req in requests:
+                tags = dict(req.tags)
+                if req.run_key:
+                    tags[RUN_KEY_TAG] = req.run_key  # as the daemon stamps it (recovery reads it)
+                run = defs.resolve_job_def(job_name).execute_in_process(
+                    run_config=(
+                        one_step(req.run_config)
+                        if tags.get(KIND_TAG) == "service"
+                        else req.run_config
+                    ),
+                    instance=instance,
+                    tags=tags,
+                    partition_key=req.partition_key,
+                    raise_on_error=False,
+                )
+                report.runs += 1
+                report.run_ids.append(run.run_id)
+                if not run.success:
+                    report.failed_runs += 1
         if on_tick:
             on_tick(report)
         try:

@@ -14,6 +14,8 @@ from dagster import (
     AssetChecksDefinition,
     AssetCheckSeverity,
     AssetCheckSpec,
+    AssetKey,
+    AssetRecordsFilter,
     DagsterInstance,
     DynamicPartitionsDefinition,
     Failure,
@@ -22,9 +24,13 @@ from dagster import (
     multi_asset_check,
     op,
 )
+from dagster._core.definitions.asset_checks.asset_check_evaluation import (  # not exported
+    AssetCheckEvaluationTargetMaterializationData,
+)
 
 from trace_core.engine.integrity import (
     RangeResult,
+    compact_streams,
     pass_reports,
     scheduled_retention,
     select_streams,
@@ -46,10 +52,16 @@ MAX_FINDINGS_SHOWN = 20
 
 
 def check_evaluation(
-    job_name: str, dataset_key: str, epoch_key: str, results: list[RangeResult]
+    job_name: str,
+    dataset_key: str,
+    epoch_key: str,
+    results: list[RangeResult],
+    target: AssetCheckEvaluationTargetMaterializationData | None = None,
 ) -> AssetCheckEvaluation:
     """The verdicts on an epoch's ranges as one evaluation of its partition: it passes when
-    every range checked in this pass passed."""
+    every range checked in this pass passed. ``target`` is the partition's latest
+    materialization: Dagster shows a partition's check status only while the evaluation
+    targets it (without it, a materialized epoch's check stays "missing")."""
     lines = [f.line() for r in results for f in r.findings]
     failed = [r for r in results if not r.passed]
     return AssetCheckEvaluation(
@@ -66,6 +78,22 @@ def check_evaluation(
             "details": "\n".join(lines[:MAX_FINDINGS_SHOWN]) or "ok",
         },
         description=lines[0] if lines else None,
+        target_materialization_data=target,
+    )
+
+
+def latest_materialization(
+    instance: DagsterInstance, asset_key: AssetKey, partition: str
+) -> AssetCheckEvaluationTargetMaterializationData | None:
+    """A pointer to the partition's latest materialization (None: never materialized)."""
+    records = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=asset_key, asset_partitions=[partition]), limit=1
+    ).records
+    if not records:
+        return None
+    r = records[0]
+    return AssetCheckEvaluationTargetMaterializationData(
+        storage_id=r.storage_id, run_id=r.run_id, timestamp=r.timestamp
     )
 
 
@@ -108,7 +136,8 @@ def run_pass(
         if name not in known:
             known[name] = set(instance.get_dynamic_partitions(name))
         if key in known[name]:
-            emit(check_evaluation(job_name, dataset_key, key, results))
+            target = latest_materialization(instance, stream_asset_key(job_name, dataset_key), key)
+            emit(check_evaluation(job_name, dataset_key, key, results, target))
     return summary
 
 
@@ -132,7 +161,12 @@ def integrity_pass(context: OpExecutionContext, trace: TraceResource) -> None:
     for note in summary.notes:
         context.log.warning(note)
     context.log.info(f"integrity: {summary.ranges} ranges, {len(summary.findings)} findings")
-    # retention rides on the same maintenance run: superseded versions past the grace period
+    # compaction and retention ride on the same maintenance run: finished epochs become one
+    # version each, superseded versions past the grace period go
+    if rt.settings.compact_windows_per_pass:
+        for stream, report in compact_streams(rt, limit=rt.settings.compact_windows_per_pass):
+            if report.windows:
+                context.log.info(f"{stream.job_name}/{stream.dataset_key}: {report.line()}")
     collected = scheduled_retention(rt)
     context.log.info(collected.lines()[0])
     _fail_on_findings(summary, "trace-lite verify --repair")
@@ -155,7 +189,10 @@ def _stream_check(job_name: str, dataset_key: str) -> AssetChecksDefinition:
         asset=key,
         partitions_def=DynamicPartitionsDefinition(name=partitions),
         description="Files match the manifest (sha256, rows); blocks contiguous; hashes and "
-        "tx/log counts match the chain. `trace-lite verify --repair` re-syncs a failing range.",
+        "tx/log counts match the chain. `trace-lite verify --repair` re-syncs a failing range. "
+        "Passes run soon after ranges commit (the trace_integrity sensor). Dagster disables "
+        "this check's own Execute on partitioned assets: use Execute all, which verifies every "
+        "committed range of the stream now.",
     )
 
     # can_subset: the run yields no whole-check result. A partitioned check of these assets

@@ -3,6 +3,7 @@ then keeps taking the work its commits made due (``TRACE_WORKER_CONTINUE_SECONDS
 ending and waiting for the dispatcher and worker sensors to launch the next run."""
 
 # No `from __future__ import annotations` here: Dagster resolves op/sensor annotations at runtime.
+import logging
 import uuid
 from typing import Any
 
@@ -11,15 +12,24 @@ from dagster import (
     AssetObservation,
     Config,
     Failure,
+    HookContext,
     MetadataValue,
     OpExecutionContext,
+    failure_hook,
     in_process_executor,
     job,
     op,
 )
+from dagster._core.definitions.events import (  # not public API: see report_failed_partition
+    AssetMaterializationFailure,
+    AssetMaterializationFailureReason,
+    AssetMaterializationFailureType,
+)
+from dagster._core.events import AssetMaterializationPlannedData, DagsterEvent
 from pydantic import Field
 
 from trace_core.engine.execute import TaskOutcome
+from trace_core.engine.intake import task_tags
 from trace_core.engine.streams import RangeLabel, range_partition_key
 from trace_core.engine.worker_run import PlannedRange, run_worker
 from trace_core.runtime import Runtime
@@ -101,6 +111,56 @@ def dead_range_observations(rt: Runtime, outcome: TaskOutcome) -> list[AssetObse
     ]
 
 
+def dead_range_failures(rt: Runtime, outcome: TaskOutcome) -> list[AssetMaterializationFailure]:
+    """A dead chain_sync range as a failed materialization of each epoch it belongs to, the
+    last error as its description: the partition shows as failed (not missing) in the UI."""
+    label = RangeLabel.of(outcome.payload)
+    if outcome.status != "dead" or not label.is_chain_sync_range or not label.block_range:
+        return []
+    start, end = label.block_range
+    job, stream = str(label.job_name), str(label.dataset_key)
+    return [
+        AssetMaterializationFailure(
+            asset_key=stream_asset_key(job, stream),
+            partition=key,
+            failure_type=AssetMaterializationFailureType.FAILED,
+            reason=AssetMaterializationFailureReason.FAILED_TO_MATERIALIZE,
+            description=f"range {range_partition_key(start, end)} is dead: {outcome.error or ''}",
+            metadata={
+                "range": range_partition_key(start, end),
+                "task_id": str(outcome.task_id),
+                "attempt": outcome.attempt or 0,
+                "last_error": MetadataValue.text(outcome.error or ""),
+                "revive": MetadataValue.text(
+                    "materialize this partition, re-execute this run, or "
+                    f"trace-lite retry --task {outcome.task_id}"
+                ),
+            },
+        )
+        for key in epoch_keys_of(rt, job, stream, start, end)
+    ]
+
+
+def report_failed_partition(
+    context: OpExecutionContext, failure: AssetMaterializationFailure
+) -> None:
+    """Record ``failure`` in this run's event log as Dagster records an asset that failed in a
+    run: a planned materialization of the partition, then its failure. Dagster marks a
+    partition failed when its latest planned materialization belongs to a failed run (this run
+    fails: the range is dead) and has no materialization after it; the epoch's later
+    materialization clears it. Dagster offers no public API for either event, so this builds
+    them as its step execution does."""
+    step = context.get_step_execution_context().step.key
+    planned = DagsterEvent.build_asset_materialization_planned_event(
+        context.job_name,
+        step,
+        AssetMaterializationPlannedData(failure.asset_key, partition=failure.partition),
+    )
+    context.log.log_dagster_event(logging.DEBUG, planned.message or "", planned)
+    failed = DagsterEvent.build_asset_failed_to_materialize_event(context.job_name, step, failure)
+    context.log.log_dagster_event(logging.ERROR, failure.description or "", failed)
+
+
 @op(
     description="Claim every task of the batch, execute them TRACE_WORKER_CONCURRENCY at a time; "
     "then plan the next ranges and take more woken tasks until TRACE_WORKER_CONTINUE_SECONDS; "
@@ -128,12 +188,42 @@ def execute_tasks(
         )
 
 
+def outcome_line(outcome: TaskOutcome) -> str:
+    """One line per task: ``range 0-50 of demo/blocks: succeeded, 50 rows, 1.20 s, attempt 1,
+    task <id>``; a failure ends in Trace's error (``Kind: message``)."""
+    label = RangeLabel.of(outcome.payload)
+    if label.block_range is not None:
+        what = (
+            f"range {label.range_start}-{label.range_end} of {label.job_name}/{label.dataset_key}"
+        )
+    else:
+        what = f"{outcome.operator or 'task'}" + (f" of {label.job_name}" if label.job_name else "")
+    facts = [str(outcome.status)]
+    rows = outcome.outputs.get("row_count")
+    if rows is not None:
+        facts.append(f"{int(rows)} rows")
+    if outcome.seconds is not None:
+        facts.append(f"{outcome.seconds:.2f} s")
+    facts.append(f"attempt {outcome.attempt}, task {outcome.task_id}")
+    done = f"{what}: " + ", ".join(facts)
+    if outcome.error:
+        done += f": {outcome.error}"
+    return done
+
+
 def _report(context: OpExecutionContext, rt: Runtime, outcome: TaskOutcome) -> None:
-    """Log an outcome and report it on its epoch partition."""
-    context.log.info(
-        f"task {outcome.task_id} attempt {outcome.attempt}: {outcome.status}"
-        + (f" ({outcome.error})" if outcome.error else "")
-    )
+    """Log an outcome (one line), tag the run with its range, and report it on its epoch
+    partition: committed ranges as observations (and the epoch's materialization), a dead
+    range as a failed materialization of its epoch carrying the last error."""
+    line = outcome_line(outcome)
+    if outcome.status in ("retry", "dead"):
+        context.log.error(line)
+    else:
+        context.log.info(line)
+    tags = task_tags(outcome.task_id, outcome.attempt or 0, outcome.payload)
+    run_tags = context.dagster_run.tags
+    if any(k not in run_tags for k in tags):  # a later wave's task: the sensor did not tag it
+        context.instance.add_run_tags(context.run_id, tags)
     events: list[Any] = [
         *committed_range_events(rt, outcome),
         *dead_range_observations(rt, outcome),
@@ -142,6 +232,8 @@ def _report(context: OpExecutionContext, rt: Runtime, outcome: TaskOutcome) -> N
     for event in events:
         if event is not None:
             context.log_event(event)
+    for failure in dead_range_failures(rt, outcome):
+        report_failed_partition(context, failure)
 
 
 def _add_partitions(context: OpExecutionContext, rt: Runtime, planned: list[PlannedRange]) -> None:
@@ -158,12 +250,24 @@ def _add_partitions(context: OpExecutionContext, rt: Runtime, planned: list[Plan
             context.instance.add_dynamic_partitions(name, new)
 
 
+@failure_hook
+def trace_error_lines(context: HookContext) -> None:
+    """After a failed batch, end the run's log with Trace's error lines (one per failed task):
+    Dagster prints its own frames under the step failure, and they should not be the last
+    thing a reader sees."""
+    exc = context.op_exception
+    description = getattr(exc, "description", None) or (str(exc) if exc else "")
+    for line in [part for part in description.split("; ") if part] or ["unknown error"]:
+        context.log.error(f"failed: {line}")
+
+
 # One op per job: the in-process executor runs it in the run's own process instead of starting
 # a second one (about 3 s per launched run, measured by benchmarks/bench_e2e.py).
 @job(
     name=WORKER_JOB,
     executor_def=in_process_executor,
     description="Executes Trace tasks woken by the queue (see the trace_worker sensor)",
+    hooks={trace_error_lines},
 )
 def trace_worker() -> None:
     execute_tasks()

@@ -27,6 +27,7 @@ from trace_core.errors import TraceError
 from trace_core.runtime import Runtime
 from trace_dagster.epochs import epoch_materialization
 from trace_dagster.keys import _UNSAFE, partitions_def_name, stream_asset_key
+from trace_dagster.pools import STREAM_BACKFILL_POLICY, dagster_pool
 from trace_dagster.resources import TraceResource
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,9 @@ def stream_asset(s: StreamRow) -> AssetsDefinition:
         ),
         kinds={"parquet", "cryo"},
         metadata={"chain_id": s.chain_id, "rpc_pool": s.rpc_pool},
+        # a backfill is one run per epoch, each holding a slot of its RPC pool's Dagster pool
+        pool=dagster_pool(s.rpc_pool),
+        backfill_policy=STREAM_BACKFILL_POLICY,
     )
     def _stream(context: AssetExecutionContext, trace: TraceResource) -> MaterializeResult:
         return materialize_epoch(context, trace.get_client(), s.job_name, s.dataset_key)

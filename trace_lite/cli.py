@@ -5,6 +5,7 @@ Dagster is imported inside the commands that need it, so ``trace-lite status`` s
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
@@ -29,6 +30,29 @@ def ensure_dagster_home() -> Path:
     if not config.exists():
         shutil.copyfile(DEFAULT_DAGSTER_HOME / "dagster.yaml", config)
     return home
+
+
+def _apply_then_reload() -> None:
+    """``trace-lite apply`` is trace_core's ``apply`` followed by a reload of the running local
+    Dagster webserver's definitions (``trace_lite.reload``), so the new job's assets are
+    materializable in the UI at once; without a running stack it prints how to reload."""
+    command = cli.commands["apply"]
+    core = command.callback
+    assert core is not None
+
+    @functools.wraps(core)
+    def callback(**kwargs: object) -> None:
+        core(**kwargs)
+        from trace_core.settings import load_settings
+        from trace_lite.reload import reload_definitions
+
+        for line in reload_definitions(load_settings()):
+            console.print(line, highlight=False, markup=False)
+
+    command.callback = callback
+
+
+_apply_then_reload()
 
 
 def _interrupt(signum: int, frame: object) -> None:

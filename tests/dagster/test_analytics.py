@@ -284,6 +284,11 @@ def test_rematerializing_is_idempotent_and_lineage_points_at_streams(synced: Syn
     assert [k.path for k in deps] == [["chain_sync", "ana", "geth_balance_diffs"]]
     deps = graph.get(analytics_asset_key("ana", "staking_events")).parent_keys
     assert [k.path for k in deps] == [["chain_sync", "ana", "logs"]]
+    # every analytics job runs in the run's process (no subprocess per step)
+    analytics = [j for j in s.defs.jobs or [] if j.name.startswith("analytics__")]
+    assert analytics and all(
+        s.defs.resolve_job_def(j.name).executor_def.name == "in_process" for j in analytics
+    )
 
 
 def test_a_range_that_is_not_synced_is_named(synced: Synced) -> None:

@@ -35,6 +35,7 @@ from trace_dagster import ChainSyncComponent
 from trace_dagster.components.chain_sync import TRACE_RESOURCE
 from trace_dagster.driver import _apply_partitions
 from trace_dagster.sensors.dispatcher import dispatcher_result
+from trace_dagster.sensors.health import SENSORS_ASSET
 from trace_lite.devtools.devchain import DevChain
 
 E = TypeVar("E", bound=ConfigError)
@@ -99,7 +100,8 @@ def test_scaffold_writes_the_job_and_cryo_args_and_builds_stream_assets() -> Non
             assert isinstance(component, ChainSyncComponent)
             graph = defs.resolve_asset_graph()
             keys = {AssetKey(["chain_sync", "my_chain", k]) for k in ("blocks", "logs")}
-            assert set(graph.get_all_asset_keys()) == keys
+            # the stream assets, and the external asset of the sensors' health checks
+            assert set(graph.get_all_asset_keys()) == keys | {SENSORS_ASSET}
             node = graph.get(AssetKey(["chain_sync", "my_chain", "logs"]))
             assert node.group_name == "chain_31337"
             assert node.tags["team"] == "data" and node.tags["trace/stream"] == "logs"
@@ -255,4 +257,4 @@ def test_two_components_share_one_trace_runtime() -> None:
             keys = defs.resolve_asset_graph().get_all_asset_keys()
         assert sensors.count("trace_dispatcher") == 1
         assert {"trace_apply__chain_a", "trace_apply__chain_b"} <= set(sensors)
-        assert {k.path[1] for k in keys} == {"chain_a", "chain_b"}
+        assert {k.path[1] for k in keys if k != SENSORS_ASSET} == {"chain_a", "chain_b"}

@@ -5,6 +5,7 @@ and the check run from the UI."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from dagster import (
     define_asset_job,
 )
 
+from tests.dagster.ui_graphql import check_partitions, ui_context
 from trace_core.chain_sync import store
 from trace_core.chain_sync.yamlload import load_job_file
 from trace_core.datasets import registry
@@ -27,7 +29,7 @@ from trace_dagster.definitions import build_definitions
 from trace_dagster.driver import drive_until_idle
 from trace_dagster.integrity import CHECK_NAME, INTEGRITY_JOB, SENSOR_NAME
 from trace_dagster.partitions import stream_asset_key
-from trace_dagster.sensors.integrity import integrity_request
+from trace_dagster.sensors.integrity import NEW_RANGES_GAP_SECONDS, integrity_request
 
 JOB = """kind: chain_sync
 name: chk
@@ -87,7 +89,7 @@ def _tamper(rt: Runtime, start: int) -> None:
 
 
 def test_scheduled_sensor_runs_passes_that_check_every_partition(
-    synced: Runtime, dagster_instance: DagsterInstance
+    synced: Runtime, dagster_instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     rt = synced
     defs = build_definitions(rt)
@@ -97,12 +99,20 @@ def test_scheduled_sensor_runs_passes_that_check_every_partition(
         for c in defs.asset_checks or []
         for k in c.check_keys  # type: ignore[union-attr]
     }
-    # a fresh sensor waits one interval before its first pass
-    first = integrity_request(rt, None, dagster_instance, now=1000.0)
-    assert first.cursor is not None and "next integrity pass" in str(first.skip_reason)
-    assert (
-        json.loads(first.cursor)["next_pass_at"] == 1000.0 + rt.settings.integrity_interval_seconds
-    )
+    # committed ranges no pass has seen: a fresh sensor requests its first pass at once
+    now = time.time()
+    first = integrity_request(rt, None, dagster_instance, now=now)
+    (request,) = first.run_requests or []
+    assert "committed_since_the_last_pass" in request.tags["trace/integrity_reason"]
+    assert json.loads(str(first.cursor)) == {
+        "next_pass_at": now + rt.settings.integrity_interval_seconds,
+        "last_pass_at": now,
+    }
+    soon = integrity_request(rt, first.cursor, dagster_instance, now=now + 1)
+    assert not soon.run_requests and "next integrity pass" in str(soon.skip_reason)
+    # nothing committed since: no pass before the interval, however long the gap
+    later = integrity_request(rt, first.cursor, dagster_instance, now=now + NEW_RANGES_GAP_SECONDS)
+    assert not later.run_requests
 
     _tamper(rt, 20)
     job = defs.resolve_job_def(INTEGRITY_JOB)
@@ -135,6 +145,11 @@ def test_scheduled_sensor_runs_passes_that_check_every_partition(
         statuses = _statuses(dagster_instance)
         assert {k for k, v in statuses.items() if v == "FAILED"} == {KEYS[1]}
         assert {k for k, v in statuses.items() if v == "SUCCEEDED"} == set(KEYS) - {KEYS[1]}
+        # the check's Partitions tab (what the UI loads) shows the same verdicts
+        with ui_context(dagster_instance, rt, monkeypatch) as ui:
+            tab = check_partitions(ui, stream_asset_key("chk", "blocks"), CHECK_NAME)
+        assert tab["failedPartitions"] == {KEYS[1]}
+        assert tab["succeededPartitions"] == set(KEYS) - {KEYS[1]}
 
 
 def test_check_run_from_the_ui_updates_every_partition(

@@ -24,6 +24,7 @@ from dagster import (
     execute_job,
 )
 
+from tests.dagster.ui_graphql import partition_events, partition_statuses, runs_tagged, ui_context
 from trace_core.chain_sync import status, store
 from trace_core.chain_sync.planner import range_partition_key
 from trace_core.datasets import registry
@@ -145,6 +146,16 @@ def test_dead_ranges_revive_from_a_partition_launch_and_a_reexecuted_run(
     tx_obs = dagster_instance.fetch_observations(stream_asset_key("rv", "transactions"), 100)
     assert {r.partition_key for r in tx_obs.records} == EPOCHS  # [150, 300) on both epochs
     assert dagster_instance.get_materialized_partitions(asset_key) == set()
+    # what the UI loads: both epochs are Failed (not Missing), each with its dead range's error
+    with ui_context(dagster_instance, rt, monkeypatch) as ui:
+        parts = partition_statuses(ui, asset_key)
+        assert parts["failedPartitions"] == EPOCHS and not parts["materializedPartitions"]
+        (latest, *_) = partition_events(ui, asset_key, range_partition_key(200, 400))
+        assert latest["status"] == "dead" and "rpc" in str(latest["last_error"]).lower()
+        assert "trace-lite retry" in str(latest["revive"])
+        # filtering runs by any range a batch touched finds both attempts' runs
+        touched = runs_tagged(ui, f"trace/range.transactions.{range_partition_key(150, 300)}", "rv")
+        assert len(touched) == 2 and {r["status"] for r in touched} == {"FAILURE"}
     (failed_run,) = [
         r
         for r in dagster_instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.FAILURE]))
@@ -195,6 +206,11 @@ def test_dead_ranges_revive_from_a_partition_launch_and_a_reexecuted_run(
     assert mat2.metadata["ranges_run"].value == 0
     assert mat2.metadata["dataset_versions"].value == versions
     assert len(_attempts(rt, launched_task)) == 3
+
+    with ui_context(dagster_instance, rt, monkeypatch) as ui:  # materialized clears failed
+        parts = partition_statuses(ui, asset_key)
+        assert parts["materializedPartitions"] == {key}
+        assert parts["failedPartitions"] == EPOCHS - {key}
 
     # 4. re-executing the failed worker run (as the UI's "Re-execute" does) revives its
     # remaining dead tasks, with a fresh budget, and runs them to success

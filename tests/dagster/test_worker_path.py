@@ -43,6 +43,8 @@ def _statuses(rt: Runtime, ids: list[uuid.UUID]) -> dict[str, int]:
 def test_definitions_load(trace_env: Runtime) -> None:
     defs = build_definitions(trace_env)
     assert defs.resolve_job_def("trace_worker") is not None
+    # partition runs from the UI (the implicit asset job) execute in the run's own process
+    assert defs.resolve_implicit_global_asset_job_def().executor_def.name == "in_process"
     assert {s.name for s in defs.sensors} == {
         "trace_dispatcher",
         "trace_worker_wakeups",
@@ -52,6 +54,7 @@ def test_definitions_load(trace_env: Runtime) -> None:
         "trace_alert_delivery",
         "trace_integrity",
         "trace_analytics",
+        "trace_sensor_health",
     }
 
 
@@ -85,6 +88,21 @@ def test_failing_task_shows_failed_runs_and_ends_dead(
     assert _statuses(trace_env, ids) == {"dead": 1}
     failed = dagster_instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.FAILURE]))
     assert len(failed) == 2
+    # each task's line names its attempt, time and Trace's error; the run's log ends in Trace's
+    # error line (after the step failure that Dagster follows with its own frames)
+    (tid,) = ids
+    for run in failed:
+        attempt = run.tags["trace/attempt"]
+        assert run.tags[f"trace/task.{tid}"] == attempt
+        logs = dagster_instance.all_logs(run.run_id)
+        lines = [e.user_message for e in logs if e.dagster_event is None]
+        (task_line,) = [m for m in lines if m.startswith("fail: ")]
+        assert f"attempt {attempt}, task {tid}: " in task_line and "boom" in task_line
+        kinds = [e.dagster_event.event_type_value if e.dagster_event else "log" for e in logs]
+        last = max(i for i, k in enumerate(kinds) if k == "STEP_FAILURE")
+        after = [e.user_message for e in logs[last + 1 :] if e.dagster_event is None]
+        assert after and after[-1].startswith(f"failed: task {tid} attempt {attempt} -> ")
+        assert "boom" in after[-1]
 
 
 def test_duplicate_wakeups_yield_one_run_and_one_execution(

@@ -4,12 +4,20 @@ own; tasks of a run that never claims them are re-woken at once (trace_core.task
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 
 import pytest
 
 from trace_core.engine.execute import TaskOutcome, execute_batch
-from trace_core.engine.intake import receive_wakeups, record_runs, recover_stranded
+from trace_core.engine.intake import (
+    GONE,
+    WAITING,
+    LaunchState,
+    receive_wakeups,
+    record_runs,
+    recover_stranded,
+)
 from trace_core.operators.base import Completion, OperatorContext, OperatorRegistry
 from trace_core.queue.base import TASK_WAKEUP
 from trace_core.runtime import Runtime
@@ -112,15 +120,16 @@ def test_tasks_of_a_run_that_never_started_are_rewoken_at_once(trace_env: Runtim
     ids = _strand(trace_env, 3, "lost-run")
     assert trace_env.queue.stats(TASK_WAKEUP).depth == 0
     # the run is alive (queued behind others): nothing to do
-    assert recover_stranded(trace_env, lambda key: True, grace_seconds=0) == 0
+    assert recover_stranded(trace_env, lambda key: WAITING, grace_seconds=0) == 0
     assert trace_env.queue.stats(TASK_WAKEUP).depth == 0
     # the run is gone: every waiting task gets a new wake-up, published now
-    assert recover_stranded(trace_env, lambda key: key != "lost-run", grace_seconds=0) == 3
+    gone = {"lost-run": GONE}
+    assert recover_stranded(trace_env, lambda key: gone.get(key, WAITING), grace_seconds=0) == 3
     woken = receive_wakeups(trace_env, 100)
     assert sorted(w.task_id for w in woken) == sorted(ids)
     assert {w.generation for w in woken} == {2}
     # settled: asking again re-wakes nothing
-    assert recover_stranded(trace_env, lambda key: False, grace_seconds=0) == 0
+    assert recover_stranded(trace_env, lambda key: GONE, grace_seconds=0) == 0
 
 
 def test_claimed_tasks_and_young_runs_are_left_alone(trace_env: Runtime) -> None:
@@ -128,11 +137,82 @@ def test_claimed_tasks_and_young_runs_are_left_alone(trace_env: Runtime) -> None
     outcomes = list(execute_batch(trace_env, ids[:1], concurrency=1))
     assert outcomes[0].status == "succeeded"
     # the young run is not judged yet
-    assert recover_stranded(trace_env, lambda key: False, grace_seconds=3600) == 0
+    assert recover_stranded(trace_env, lambda key: GONE, grace_seconds=3600) == 0
     # only the task nobody claimed is re-woken
-    assert recover_stranded(trace_env, lambda key: False, grace_seconds=0) == 1
+    assert recover_stranded(trace_env, lambda key: GONE, grace_seconds=0) == 1
     (woken,) = receive_wakeups(trace_env, 100)
     assert woken.task_id == ids[1]
+
+
+def test_a_launched_run_that_has_not_claimed_within_one_lease_is_stranded(
+    trace_env: Runtime,
+) -> None:
+    """Dagster may show a run whose process died while starting as starting or started
+    forever: one lease after its launch (database-free clock, injected) its batch is re-woken."""
+    lease = trace_env.settings.lease_seconds
+    ids = _strand(trace_env, 2, "died-starting")
+    launched_at = 1_000_000.0
+
+    def recover(now: float) -> int:
+        return recover_stranded(
+            trace_env,
+            lambda key: LaunchState(launched_at=launched_at),
+            grace_seconds=0,
+            now=lambda: now,
+        )
+
+    assert recover(launched_at + lease - 0.5) == 0  # still starting: left alone
+    assert trace_env.queue.stats(TASK_WAKEUP).depth == 0
+    assert recover(launched_at + lease) == 2
+    assert sorted(w.task_id for w in receive_wakeups(trace_env, 100)) == sorted(ids)
+    assert recover(launched_at + 10 * lease) == 0  # settled
+
+
+def test_a_stranded_task_in_backoff_is_rewoken_when_due(trace_env: Runtime) -> None:
+    """A run that never claimed a task waiting out a retry backoff would only skip it if woken
+    now: its re-wake waits in the outbox until the task is due."""
+    (tid,) = _strand(trace_env, 1, "backoff-run")
+    with trace_env.state() as conn:  # as a failed attempt's requeue leaves it, minus the wake-up
+        conn.execute(
+            "UPDATE state.tasks SET next_run_at = now() + interval '1 hour' WHERE task_id = %s",
+            (tid,),
+        )
+        conn.execute(
+            "UPDATE state.worker_runs SET requested_at = now() WHERE run_key = %s", ("backoff-run",)
+        )
+    assert recover_stranded(trace_env, lambda key: GONE, grace_seconds=0) == 1
+    assert receive_wakeups(trace_env, 10) == []
+    with trace_env.state() as conn:
+        row = conn.execute(
+            "SELECT o.available_at = t.next_run_at FROM state.outbox o, state.tasks t"
+            " WHERE t.task_id = %s AND o.status = 'pending' AND o.payload->>'task_id' = %s",
+            (tid, str(tid)),
+        ).fetchone()
+    assert row == (True,)
+
+
+def test_received_wakeups_are_hidden_for_one_lease_at_most(
+    trace_env: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A receiver that dies before it records or claims its wake-ups loses them for one lease
+    (here 1 s), not the queue's visibility timeout (60 s): they are delivered again."""
+    from trace_core import outbox
+    from trace_core.settings import load_settings
+
+    monkeypatch.setenv("TRACE_LEASE_SECONDS", "1")
+    rt = Runtime(load_settings())
+    assert rt.settings.visibility_timeout_seconds == 60
+    (tid,) = _create(rt, 1, "noop")
+    with rt.state() as conn:
+        outbox.drain_all(conn, rt.queue)
+    (first,) = receive_wakeups(rt, 10)  # and the receiver dies: never acked
+    assert first.task_id == tid
+    deadline = time.monotonic() + 1 + 5  # one lease, and a loaded box
+    while not (again := receive_wakeups(rt, 10)):
+        assert time.monotonic() < deadline, "the wake-up stayed hidden longer than a lease"
+        time.sleep(0.05)
+    assert [w.task_id for w in again] == [tid]
+    assert again[0].message.message_id == first.message.message_id
 
 
 def test_only_operators_that_query_get_a_capability_token(trace_env: Runtime) -> None:

@@ -15,6 +15,7 @@ from rich.text import Text
 
 from trace_core.cli.alerts import alerts
 from trace_core.cli.common import console, err_console, handle_errors, runtime
+from trace_core.cli.compact import compact
 from trace_core.cli.dlq import dlq
 from trace_core.cli.retry import retry
 from trace_core.cli.transforms import apply_transform_file, transforms, trigger
@@ -38,6 +39,7 @@ cli.add_command(dlq)
 cli.add_command(alerts)
 cli.add_command(retry)
 cli.add_command(verify)
+cli.add_command(compact)
 cli.add_command(transforms)
 cli.add_command(trigger)
 cli.add_command(udf)

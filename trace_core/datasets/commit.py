@@ -209,6 +209,13 @@ def lock_version(conn: Connection[Any], dataset_version: uuid.UUID) -> None:
     conn.execute(q("datasets", "lock_version"), {"dataset_version": dataset_version})
 
 
+def lock_dataset_shared(conn: Connection[Any], dataset_uuid: uuid.UUID) -> None:
+    """Hold the dataset's shared lock until the transaction ends: a compaction of the dataset
+    (exclusive lock, ``datasets.compaction``) waits for this registration, or it for the
+    compaction, so ``created_at`` (stamped at the insert) orders them as they committed."""
+    conn.execute(q("datasets", "lock_dataset_shared"), {"dataset_uuid": dataset_uuid})
+
+
 def _ensure_dataset(conn: Connection[Any], manifest: DatasetManifest, org_id: str) -> None:
     params = {
         "dataset_uuid": manifest.dataset_uuid,
@@ -253,6 +260,7 @@ def register_version(
     transaction must roll back. Call inside the transaction that also completes the task.
     """
     lock_version(conn, manifest.dataset_version)
+    lock_dataset_shared(conn, manifest.dataset_uuid)
     _ensure_dataset(conn, manifest, org_id)
     params = {
         "dataset_version": manifest.dataset_version,
@@ -324,6 +332,7 @@ def commit_version(
     announce: bool = False,
     job_name: str | None = None,
     on_registered: Callable[[Connection[Any], CommittedVersion], None] | None = None,
+    guard: Callable[[Connection[Any]], None] | None = None,
 ) -> CommittedVersion:
     """The commit protocol, in one transaction on ``conn``: (fence) -> lock the version ->
     publish the staged objects unless the version is registered -> register -> (finish).
@@ -331,7 +340,8 @@ def commit_version(
     With ``lease`` (a task's output) the attempt is fenced first, the version names the task,
     and the task is finished succeeded; without (the hot compactor) no task is involved.
     ``announce`` writes the version's ``dataset_version_committed`` event (naming ``job_name``
-    when given; once per version); ``on_registered`` runs last in the transaction.
+    when given; once per version); ``on_registered`` runs last in the transaction; ``guard``
+    runs right after the version lock, before anything is published (it raises to abort).
     A version already registered keeps its objects; this attempt's staging is deleted.
 
     Raises ``StaleAttempt`` (nothing promoted) when ``lease`` is not the current attempt or
@@ -351,6 +361,9 @@ def commit_version(
                 fence(conn, lease)
         with profile.phase("commit: lock"):
             lock_version(conn, manifest.dataset_version)
+            if guard is not None:
+                guard(conn)
+            lock_dataset_shared(conn, manifest.dataset_uuid)
             existing = get_version(conn, manifest.dataset_version)
         if existing is not None and existing.collected:
             # garbage-collected earlier: its objects are gone; publish again, serve as newest

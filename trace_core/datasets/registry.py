@@ -6,6 +6,7 @@ that rolled back) is invisible here, whatever its contents.
 
 from __future__ import annotations
 
+import bisect
 import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -91,13 +92,40 @@ def visible_parts(records: list[VersionRecord]) -> list[VisiblePart]:
         key=lambda r: (r.created_at, r.range_end - r.range_start, str(r.dataset_version)),
         reverse=True,
     )
-    taken: list[tuple[int, int]] = []
+    taken = Coverage()
     parts: list[VisiblePart] = []
     for rec in ordered:
-        for a, b in gaps(taken, rec.range_start, rec.range_end):
+        for a, b in taken.add(rec.range_start, rec.range_end):
             parts.append(VisiblePart(rec, a, b))
-        taken.append((rec.range_start, rec.range_end))
     return sorted(parts, key=lambda p: (p.start, p.end))
+
+
+class Coverage:
+    """A set of blocks as sorted, disjoint, merged end-exclusive intervals. ``add`` costs
+    O(log n) plus the intervals it merges (consecutive ranges collapse into one interval), so
+    resolving a history of n versions is O(n log n), not O(n^2)."""
+
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+
+    def add(self, start: int, end: int) -> list[tuple[int, int]]:
+        """Cover ``[start, end)``; returns the sub-ranges that were not covered before."""
+        starts, ends = self.starts, self.ends
+        out: list[tuple[int, int]] = []
+        cursor = start
+        for k in range(bisect.bisect_right(ends, start), bisect.bisect_left(starts, end)):
+            if starts[k] > cursor:
+                out.append((cursor, starts[k]))
+            cursor = max(cursor, ends[k])
+        if cursor < end:
+            out.append((cursor, end))
+        lo, hi = bisect.bisect_left(ends, start), bisect.bisect_right(starts, end)
+        if lo < hi:
+            start, end = min(start, starts[lo]), max(end, ends[hi - 1])
+        starts[lo:hi] = [start]
+        ends[lo:hi] = [end]
+        return out
 
 
 def latest_covering(records: list[VersionRecord]) -> list[VersionRecord]:

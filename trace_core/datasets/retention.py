@@ -19,12 +19,14 @@ same deterministic id) is published anew and serves as the newest (``commit.comm
 
 from __future__ import annotations
 
+import bisect
+import heapq
 import logging
 import uuid
 from collections import defaultdict
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from psycopg import Connection
@@ -92,19 +94,50 @@ def superseded(records: Sequence[VersionRecord]) -> list[Superseded]:
     out: list[Superseded] = []
     for group in by_dataset.values():
         serving = {p.record.dataset_version for p in visible_parts(group)}
-        for rec in group:
-            if rec.dataset_version in serving:
-                continue
-            newer = [
-                o.created_at
-                for o in group
-                if o.dataset_version != rec.dataset_version
-                and o.range_start < rec.range_end
-                and rec.range_start < o.range_end
-                and o.created_at >= rec.created_at
-            ]
-            out.append(Superseded(rec, max(newer, default=rec.created_at)))
+        gone = [r for r in group if r.dataset_version not in serving]
+        if gone:
+            newest = _newest_overlapping(group, gone)
+            out += [Superseded(r, max(r.created_at, newest[r.dataset_version])) for r in gone]
     return sorted(out, key=lambda s: (s.record.dataset_key, s.record.range_start, s.since))
+
+
+def _newest_overlapping(
+    group: Sequence[VersionRecord], targets: Sequence[VersionRecord]
+) -> dict[uuid.UUID, datetime]:
+    """Per target, the newest ``created_at`` among the versions of ``group`` overlapping it
+    (itself included). A sweep by range start: versions starting inside the target are scanned
+    (few: a compaction's inputs start inside it, nothing else does), versions starting before
+    it come from a max-heap of those still open at its start. O(n log n) for a history whose
+    versions do not nest deeply, where comparing every pair cost O(n^2) at 100k versions."""
+    by_start = sorted(group, key=lambda r: r.range_start)
+    starts = [r.range_start for r in by_start]
+    heap: list[tuple[int, int, int]] = []  # (-created_at in us, range_end, index), started
+    out: dict[uuid.UUID, datetime] = {}
+    i = 0
+    for t in sorted(targets, key=lambda r: r.range_start):
+        while i < len(by_start) and by_start[i].range_start < t.range_start:
+            rec = by_start[i]
+            heapq.heappush(heap, (-_micros(rec.created_at), rec.range_end, i))
+            i += 1
+        while heap and heap[0][1] <= t.range_start:
+            heapq.heappop(heap)  # ended before this target (and every later one) starts
+        newest = t.created_at
+        if heap:
+            newest = max(newest, by_start[heap[0][2]].created_at)
+        for k in range(bisect.bisect_left(starts, t.range_start), len(starts)):
+            other = by_start[k]
+            if other.range_start >= t.range_end:
+                break
+            newest = max(newest, other.created_at)
+        out[t.dataset_version] = newest
+    return out
+
+
+def _micros(when: datetime) -> int:
+    return (when - _EPOCH) // timedelta(microseconds=1)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def plan_collection(

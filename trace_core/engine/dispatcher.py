@@ -90,3 +90,18 @@ def dispatch_tick(rt: Runtime) -> TickReport:
     if report.did_work:
         log.info("dispatcher tick", extra={"summary": report.summary()})
     return report
+
+
+def reap_expired(rt: Runtime) -> lifecycle.ReapResult:
+    """The recovery part of a tick alone: expired leases back to the queue (re-woken at once),
+    queued tasks nobody claimed re-woken, and their wake-ups published. ``trace-lite run`` does
+    this while it executes a run in process, when no tick can."""
+    s = rt.settings
+    with rt.state() as conn:
+        with conn.transaction():
+            reaped = lifecycle.reap(
+                conn, policy=rt.retry_policy, rewake_after_seconds=s.rewake_after_seconds
+            )
+        if reaped.retried or reaped.rewoken:
+            outbox.drain_all(conn, rt.queue, batch_size=s.outbox_batch_size)
+    return reaped

@@ -7,7 +7,9 @@ A duplicate wake-up or a duplicate run finds the task leased or finished and ret
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import logging
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -43,6 +45,7 @@ class TaskOutcome:
     payload: dict[str, Any] = field(default_factory=dict)
     outputs: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    seconds: float | None = None  # the attempt's run time (claim to completion), if it ran
 
 
 def capability_token_for(rt: Runtime, lease: Lease) -> str:
@@ -154,9 +157,18 @@ def execute_batch(
     with concurrent.futures.ThreadPoolExecutor(
         max_workers=max(1, min(concurrency, len(claimed))), thread_name_prefix="trace-task"
     ) as pool:
-        futures = [pool.submit(run_claimed, rt, lease, registry, hb) for lease, hb in claimed]
+        futures = [pool.submit(_timed, rt, lease, registry, hb) for lease, hb in claimed]
         for future in concurrent.futures.as_completed(futures):
             yield future.result()
+
+
+def _timed(
+    rt: Runtime, lease: Lease, registry: OperatorRegistry, hb: LeaseHeartbeat
+) -> TaskOutcome:
+    """``run_claimed`` with the attempt's run time in the outcome (the worker's log line)."""
+    started = time.monotonic()
+    outcome = run_claimed(rt, lease, registry, hb)
+    return dataclasses.replace(outcome, seconds=time.monotonic() - started)
 
 
 def run_claimed(

@@ -1,13 +1,21 @@
 """Wake-up intake: receive task wake-ups, turn them into worker runs (recorded before the ack),
-and re-wake the tasks of requested runs that never started (stranded runs).
+and re-wake the tasks of requested runs that will never claim them (stranded runs).
 
-Wake-ups are hints; the claim in Postgres state is the authority (``engine.execute``).
+Wake-ups are hints; the claim in Postgres state is the authority (``engine.execute``). Both
+ways a received wake-up can be lost come back within one lease (``TRACE_LEASE_SECONDS``):
+
+- a wake-up received and neither acked nor claimed (its receiver died) is hidden for one lease
+  only (``wakeup_visibility_seconds``), then delivered again;
+- a run requested and launched that has not claimed its batch one lease after its launch died
+  while starting (``recover_stranded``), whatever Dagster still says of it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import re
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +24,7 @@ from typing import Any
 from psycopg.rows import dict_row
 
 from trace_core import outbox
+from trace_core.chain_sync.planner import range_partition_key
 from trace_core.db.queries import q
 from trace_core.operators.payload import RangeLabel
 from trace_core.queue.base import TASK_WAKEUP, Message
@@ -43,10 +52,19 @@ class TaskInfo:
     payload: dict[str, Any]
 
 
+def wakeup_visibility_seconds(rt: Runtime) -> float:
+    """How long a received wake-up stays hidden: one lease at most. Its receiver records or
+    claims it at once (milliseconds), so a longer hiding only delays recovery when the receiver
+    dies; a wake-up redelivered to a live receiver is harmless (the claim decides)."""
+    s = rt.settings
+    return float(min(s.visibility_timeout_seconds, s.lease_seconds))
+
+
 def receive_wakeups(rt: Runtime, max_messages: int) -> list[Wakeup]:
-    """Receive up to ``max_messages`` wake-ups; malformed ones are acked and dropped."""
+    """Receive up to ``max_messages`` wake-ups, hidden for ``wakeup_visibility_seconds``;
+    malformed ones are acked and dropped."""
     messages = rt.queue.receive(
-        TASK_WAKEUP, max_messages, visibility_timeout=rt.settings.visibility_timeout_seconds
+        TASK_WAKEUP, max_messages, visibility_timeout=wakeup_visibility_seconds(rt)
     )
     wakeups: list[Wakeup] = []
     bad: list[Message] = []
@@ -77,20 +95,45 @@ def record_runs(rt: Runtime, runs: list[tuple[str, list[uuid.UUID]]]) -> None:
             task_retry.record_worker_runs(conn, runs)
 
 
-def recover_stranded(rt: Runtime, is_alive: Callable[[str], bool], grace_seconds: float) -> int:
+@dataclass(frozen=True)
+class LaunchState:
+    """What the run launcher (Dagster) knows of a requested run: ``gone`` (no such run, or it
+    ended), else when it was launched (epoch seconds; ``None`` while it waits for a slot)."""
+
+    gone: bool = False
+    launched_at: float | None = None
+
+
+GONE = LaunchState(gone=True)
+WAITING = LaunchState()
+
+
+def recover_stranded(
+    rt: Runtime,
+    launch_state: Callable[[str], LaunchState],
+    grace_seconds: float,
+    *,
+    now: Callable[[], float] = time.time,
+) -> int:
     """Re-wake the tasks of requested runs that will never claim them, and publish now.
 
-    ``is_alive(run_key)`` asks the run launcher whether that run exists and has not ended.
-    Runs younger than ``min(grace_seconds, TRACE_LEASE_SECONDS)`` are left alone (their run
-    may not be recorded yet). Returns the number of tasks re-woken.
+    A requested run whose tasks still wait (queued, untouched since the request) is stranded
+    when ``launch_state(run_key)`` says it is gone (and it was requested at least
+    ``min(grace_seconds, TRACE_LEASE_SECONDS)`` ago: it may not be recorded yet), or when it
+    was launched at least one lease ago: a live run claims its whole batch as soon as its code
+    runs, so one that has not claimed by then died while starting (its process killed while
+    importing, or before its first claim; Dagster may show it started forever). A run still waiting for a
+    launch slot is left alone. Returns the number of tasks re-woken.
     """
-    grace = min(float(rt.settings.lease_seconds), grace_seconds)
+    lease = float(rt.settings.lease_seconds)
+    grace = min(lease, grace_seconds)
     with rt.state() as conn:
-        stranded = [
-            run
-            for run in task_retry.open_worker_runs(conn, grace_seconds=grace)
-            if not is_alive(run.run_key)
-        ]
+        stranded = []
+        for run in task_retry.open_worker_runs(conn, grace_seconds=grace):
+            state = launch_state(run.run_key)
+            launched = state.launched_at
+            if state.gone or (launched is not None and now() - launched >= lease):
+                stranded.append(run)
         if not stranded:
             return 0
         with conn.transaction():
@@ -116,8 +159,31 @@ class WorkerRun:
     tags: dict[str, str]
 
 
+_TAG_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+# Dagster's tag limits: a key is ``prefix/name`` with name <= 63 of [A-Za-z0-9_.-]; a value
+# <= 63 of the same characters to be filterable in the UI.
+_TAG_MAX = 63
+
+
+def task_tags(task_id: uuid.UUID | str, attempt: int, payload: dict[str, Any]) -> dict[str, str]:
+    """The run tags one task of a batch contributes, so runs can be filtered by any range or
+    task they touched: ``trace/range.<stream>.<range key>`` = job (a chain_sync range, keyed
+    as its partition: ``000000000100-000000000200``) and
+    ``trace/task.<task_id>`` = attempt."""
+    tags = {f"trace/task.{task_id}": str(attempt)}
+    label = RangeLabel.of(payload)
+    if label.block_range is not None and label.dataset_key and label.job_name:
+        stream = _TAG_UNSAFE.sub("_", label.dataset_key)
+        start, end = label.block_range
+        name = f"range.{stream}.{range_partition_key(start, end)}"[:_TAG_MAX]
+        tags[f"trace/{name}"] = _TAG_UNSAFE.sub("_", label.job_name)[:_TAG_MAX]
+    return tags
+
+
 def run_labels(infos: list[TaskInfo]) -> dict[str, str]:
-    """Run labels naming job, stream, range, task and attempt (first task's, plus a count)."""
+    """Run labels: job, stream, operator and batch size; the first task's id, attempt and range
+    (``trace/task_id``, ``trace/attempt``, ``trace/range``); and ``task_tags`` of every task of
+    the batch (filter runs by ``trace/range.<stream>.<range key>``)."""
     first = infos[0]
     label = RangeLabel.of(first.payload)
     tags = {
@@ -132,6 +198,8 @@ def run_labels(infos: list[TaskInfo]) -> dict[str, str]:
         tags["trace/stream"] = label.dataset_key
     if label.block_range is not None:
         tags["trace/range"] = f"{label.range_start}-{label.range_end}"
+    for info in infos:
+        tags.update(task_tags(info.task_id, info.attempt + 1, info.payload))
     return tags
 
 

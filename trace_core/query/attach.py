@@ -283,20 +283,24 @@ def _local_prefix_dir(store: ObjectReader, rec: VersionRecord) -> Path:
 
 
 def _check_local_file(path: Path, prefix_dir: Path, where: str) -> None:
-    real = path.resolve()
-    if not real.is_relative_to(prefix_dir):
-        raise ManifestInvalid(f"{where} lists a file that resolves outside its prefix")
+    """``path`` must be a regular file (not a symlink) directly in the version's prefix
+    directory. ``prefix_dir`` is resolved once per version; the manifest parser already
+    keeps every key directly under the prefix, so an ``lstat`` per file is enough (a full
+    ``resolve`` per file walked every path component: half the cost of attaching at 100k
+    versions)."""
     try:
-        st = real.stat()
+        st = os.lstat(path)
     except FileNotFoundError as exc:
         raise ManifestInvalid(f"{where} lists a file that does not exist") from exc
     if not stat.S_ISREG(st.st_mode):
         raise ManifestInvalid(f"{where} lists something that is not a regular file")
+    if path.parent != prefix_dir and Path(os.path.realpath(path.parent)) != prefix_dir:
+        raise ManifestInvalid(f"{where} lists a file that resolves outside its prefix")
     if st.st_mode & 0o222:
         try:
-            os.chmod(real, stat.S_IMODE(st.st_mode) & ~0o222)
+            os.chmod(path, stat.S_IMODE(st.st_mode) & ~0o222)
         except PermissionError:
-            log.debug("cannot make dataset file read-only", extra={"path": str(real)})
+            log.debug("cannot make dataset file read-only", extra={"path": str(path)})
 
 
 def attach(

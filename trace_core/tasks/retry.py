@@ -5,10 +5,10 @@ The worker sensor acks wake-ups when it requests a run, and records the run key 
 tasks (``record_worker_runs``). A run that starts claims its whole batch at once
 (``engine.execute.execute_batch``), so if it dies its tasks come back when their leases expire.
 What leases cannot cover is a run that never claimed: the request was lost with the process
-that ticked, or Dagster failed or canceled the run before it started. ``open_worker_runs``
-lists requested runs whose tasks still wait on them; the caller asks its run launcher whether
-each run is alive and passes the ones that are not to ``rewake_stranded``, which re-wakes their
-waiting tasks through the outbox at once. Reviving dead tasks is ``chain_sync.revive``.
+that ticked, Dagster failed or canceled the run before it started, or its process died while
+starting. ``open_worker_runs`` lists requested runs whose tasks still wait on them; the caller
+asks its run launcher about each (``engine.intake.recover_stranded``) and passes the stranded
+ones to ``rewake_stranded``, which re-wakes their waiting tasks through the outbox at once. Reviving dead tasks is ``chain_sync.revive``.
 """
 
 from __future__ import annotations
@@ -103,7 +103,8 @@ def rewake_stranded(conn: Connection[Any], runs: Iterable[OpenRun]) -> int:
                 continue
             gen = conn.execute(q("tasks", "bump_wakeups"), {"task_id": task_id}).fetchone()
             assert gen is not None
-            enqueue_wakeup(conn, task_id=task_id, generation=gen[0])
+            # a task in backoff is woken when due: a run woken now would only skip it
+            enqueue_wakeup(conn, task_id=task_id, generation=gen[0], available_at=locked[1])
             rewoken += 1
         conn.execute(q("tasks", "settle_worker_run"), {"run_key": run.run_key, "rewoken": rewoken})
         if rewoken:

@@ -27,7 +27,6 @@ from dagster import (
     AssetExecutionContext,
     AssetsDefinition,
     AssetSpec,
-    BackfillPolicy,
     DefaultSensorStatus,
     Definitions,
     DynamicPartitionsDefinition,
@@ -47,7 +46,6 @@ from trace_core.engine.apply import (
     LoadedYaml,
     apply_job,
     load_yaml,
-    pool_limits,
     validate_job,
 )
 from trace_core.errors import ConfigError, InvalidJobFile
@@ -56,9 +54,11 @@ from trace_dagster.components.scaffolder import ChainSyncScaffolder
 from trace_dagster.integrity import _stream_check
 from trace_dagster.jobs import trace_worker
 from trace_dagster.partitions import materialize_epoch, partitions_def_name, stream_asset_key
+from trace_dagster.pools import STREAM_BACKFILL_POLICY, dagster_pool, set_pool_limits
 from trace_dagster.resources import TraceResource
 from trace_dagster.sensors import service_sensors
 from trace_dagster.sensors.dispatcher import dispatcher_sensor
+from trace_dagster.sensors.health import sensor_health_checks, sensor_health_sensor, sensors_spec
 from trace_dagster.sensors.worker import worker_sensor
 from trace_dagster.service_runs import SERVICE_JOBS
 
@@ -120,23 +120,6 @@ def spec_from_attributes(attributes: dict[str, Any], defs_yaml: Path | None) -> 
         ) from None
 
 
-def dagster_pool(rpc_pool: str) -> str:
-    """The Dagster pool of an RPC pool: every epoch run of its streams takes one slot."""
-    return f"trace_rpc_{_UNSAFE.sub('_', rpc_pool)}"
-
-
-def set_pool_limits(instance: Any, spec: ChainSyncSpec) -> dict[str, int]:
-    """Set each stream pool's Dagster slots to ``TRACE_RPC_POOL_<P>_MAX_CONCURRENT`` (pools
-    without one keep the instance's default); returns what was set."""
-    out: dict[str, int] = {}
-    for pool in spec.pools:
-        limit = pool_limits(pool).max_concurrent
-        if limit is not None:
-            instance.event_log_storage.set_concurrency_slots(dagster_pool(pool), limit)
-            out[dagster_pool(pool)] = limit
-    return out
-
-
 def job_yaml(spec: ChainSyncSpec) -> bytes:
     """The job as Trace job-file bytes (what ``trace_apply__<job>`` applies and hashes)."""
     return yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True), sort_keys=True).encode()
@@ -156,7 +139,7 @@ def apply_sensor(spec: ChainSyncSpec, source: str) -> SensorDefinition:
     def _apply(context: SensorEvaluationContext, trace: TraceResource) -> SkipReason:
         result = apply_job(trace.get_client(), spec, raw, source)
         verb = "created" if result.created else ("updated" if result.changed else "unchanged")
-        pools = set_pool_limits(context.instance, spec)
+        pools = set_pool_limits(context.instance, spec.pools)
         limits = ", ".join(f"{k}={v}" for k, v in sorted(pools.items())) or "defaults"
         return SkipReason(f"job {spec.name} {verb} (job_id {result.job_id}); pools: {limits}")
 
@@ -270,7 +253,7 @@ class ChainSyncComponent(Component, Resolvable):
             name=_UNSAFE.sub("_", f"chain_sync__{job_name}__{dataset_key}"),
             specs=[asset_spec],
             pool=dagster_pool(spec.streams[dataset_key].rpc_pool),
-            backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=1),
+            backfill_policy=STREAM_BACKFILL_POLICY,
         )
         def _stream(context: AssetExecutionContext, trace: TraceResource) -> MaterializeResult:
             return self.execute(context, trace.get_client(), job_name, dataset_key)
@@ -281,12 +264,22 @@ class ChainSyncComponent(Component, Resolvable):
         spec = self.job_spec(context)
         shared = self.include_runtime
         return Definitions(
-            assets=[self.build_asset(spec, key) for key in spec.streams],
-            asset_checks=[_stream_check(spec.name, key) for key in spec.streams],
+            assets=[
+                *(self.build_asset(spec, key) for key in spec.streams),
+                *([sensors_spec] if shared else []),
+            ],
+            asset_checks=[
+                *(_stream_check(spec.name, key) for key in spec.streams),
+                *([sensor_health_checks] if shared else []),
+            ],
             jobs=[trace_worker, *SERVICE_JOBS] if shared else [],
             sensors=[
                 apply_sensor(spec, str(context.path / "defs.yaml")),
-                *([dispatcher_sensor, worker_sensor, *service_sensors] if shared else []),
+                *(
+                    [dispatcher_sensor, worker_sensor, sensor_health_sensor, *service_sensors]
+                    if shared
+                    else []
+                ),
             ],
             resources={"trace": TRACE_RESOURCE},
         )

@@ -1,5 +1,5 @@
 """Sensors: each body maps one trace_core report to a ``SensorResult`` (``dispatcher``,
-``worker``, ``services``, ``integrity``, ``analytics``)."""
+``worker``, ``services``, ``integrity``, ``analytics``, ``health``: the watchdog of the first two)."""
 
 from trace_dagster.sensors.services import (
     alert_delivery_sensor,

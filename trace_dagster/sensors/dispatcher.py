@@ -6,19 +6,23 @@ import time
 
 from dagster import (
     AddDynamicPartitionsRequest,
+    AssetKey,
     DagsterInstance,
     DefaultSensorStatus,
     DeleteDynamicPartitionsRequest,
     SensorEvaluationContext,
     SensorResult,
-    SkipReason,
     sensor,
 )
 
-from trace_core.engine.dispatcher import dispatch_tick
+from trace_core.engine import streams
+from trace_core.engine.dispatcher import TickReport, dispatch_tick
+from trace_core.engine.progress import progress_lines, stream_progress
+from trace_core.errors import TraceError
 from trace_core.runtime import Runtime
 from trace_dagster.epochs import PartitionSync, partition_sync
-from trace_dagster.partitions import partitions_def_name
+from trace_dagster.partitions import partitions_def_name, stream_asset_key
+from trace_dagster.pools import set_pool_limits
 from trace_dagster.resources import TraceResource
 from trace_dagster.sensors.common import instance_of
 
@@ -38,26 +42,85 @@ def _synced_at(cursor: str | None) -> float | None:
         return None
 
 
+def tick_message(
+    report: TickReport,
+    added: int,
+    deleted: int,
+    materialized: int,
+    progress: list[str],
+    notes: list[str],
+) -> str:
+    """What a tick did, in words (the UI shows it as the tick's message instead of "0 runs
+    requested": the dispatcher requests no runs, the worker sensor does), then each job's
+    progress, ETA and blocked reason."""
+    did: list[str] = []
+    if report.planned:
+        did.append(f"planned ranges in {len(report.planned)} epoch(s)")
+    if report.published:
+        did.append(f"published {report.published} wake-up(s)")
+    if report.retried or report.dead or report.rewoken:
+        did.append(
+            f"reaped expired leases: {report.retried} retried, {report.dead} dead, "
+            f"{report.rewoken} re-woken"
+        )
+    if report.evaluations:
+        did.append(f"queued {report.evaluations} alert evaluation(s)")
+    if report.invalidations:
+        did.append(f"consumed {report.invalidations} invalidation(s)")
+    if added or deleted:
+        did.append(f"partitions +{added} -{deleted}")
+    if materialized:
+        did.append(f"materialized {materialized} complete epoch(s)")
+    head = "; ".join(did) if did else "nothing to plan, reap or publish"
+    return "\n".join([head, *progress, *notes])
+
+
+def stale_definitions(rows: list[streams.StreamRow], loaded: set[AssetKey]) -> list[str]:
+    """A note naming applied streams whose assets the loaded definitions lack."""
+    missing = sorted(
+        f"{r.job_name}/{r.dataset_key}"
+        for r in rows
+        if stream_asset_key(r.job_name, r.dataset_key) not in loaded
+    )
+    if not missing:
+        return []
+    return [
+        f"definitions are stale: {', '.join(missing)} applied after they loaded; reload them "
+        "(Deployment > Code locations > Reload, or `trace-lite apply` with the stack running)"
+    ]
+
+
 def dispatcher_result(
     rt: Runtime,
     cursor: str | None,
     instance: DagsterInstance | None = None,
     now: float | None = None,
-) -> SensorResult | SkipReason:
-    """One dispatcher tick as a sensor result: the epoch partitions of the ranges it planned.
+    loaded: set[AssetKey] | None = None,
+) -> SensorResult:
+    """One dispatcher tick as a sensor result: the epoch partitions of the ranges it planned,
+    and a message saying what it did and how far each job is (``tick_message``).
 
     On the first tick and then every ``PARTITIONS_RESYNC_SECONDS`` it also syncs every
     stream's epochs with ``instance`` (``trace_dagster.epochs.partition_sync``: every epoch of a
-    fixed_target job, keys that are no epoch deleted, complete epochs materialized). A tick
-    whose result never reached the daemon (the process died, or the sensor raised after
-    planning, e.g. while the queue was down) leaves the cursor as it was, so the daemon's
-    persisted cursor alone cannot heal it; the periodic sync does.
+    fixed_target job, keys that are no epoch deleted, complete epochs materialized) and sets
+    the Dagster pools' limits (``trace_dagster.pools``). A tick whose result never reached the
+    daemon (the process died, or the sensor raised after planning, e.g. while the queue was
+    down) leaves the cursor as it was, so the daemon's persisted cursor alone cannot heal it;
+    the periodic sync does. ``loaded``: the asset keys of the definitions the sensor runs in;
+    an applied stream missing from them (applied after they loaded) is named in the message
+    with how to reload, instead of its asset sitting greyed out unexplained.
     """
     now = time.time() if now is None else now
     report = dispatch_tick(rt)
     synced_at = _synced_at(cursor)
     resync = synced_at is None or now - synced_at >= PARTITIONS_RESYNC_SECONDS
     sync = partition_sync(rt, instance) if resync else PartitionSync()
+    notes: list[str] = []
+    if resync and instance is not None:
+        try:
+            set_pool_limits(instance, {s.rpc_pool for s in streams.list_streams(rt)})
+        except TraceError as exc:  # a malformed TRACE_RPC_POOL_*_MAX_CONCURRENT
+            notes.append(f"pool limits not set: {exc}")
     by_def = sync.add
     for p in report.planned:
         name = partitions_def_name(p.job_name, p.dataset_key)
@@ -67,10 +130,20 @@ def dispatcher_result(
             continue
         by_def.setdefault(name, []).append(p.partition_key)
     next_cursor = f"{PARTITIONS_SYNCED}:{now:.0f}" if resync and sync.done else cursor
-    if not report.did_work and not by_def and not sync.delete and not sync.materializations:
-        if next_cursor == cursor:
-            return SkipReason("nothing to plan, reap or publish")
-        return SensorResult(skip_reason="partitions in sync; nothing to plan", cursor=next_cursor)
+    try:
+        progress = progress_lines(stream_progress(rt))
+        if loaded is not None:
+            notes += stale_definitions(streams.list_streams(rt), loaded)
+    except TraceError as exc:
+        progress = [f"progress unavailable: {exc}"]
+    message = tick_message(
+        report,
+        added=sum(len(keys) for keys in by_def.values()),
+        deleted=sum(len(keys) for keys in sync.delete.values()),
+        materialized=len(sync.materializations),
+        progress=progress,
+        notes=notes,
+    )
     return SensorResult(
         dynamic_partitions_requests=[
             *(
@@ -85,6 +158,8 @@ def dispatcher_result(
         ],
         asset_events=list(sync.materializations),
         cursor=next_cursor,
+        # no run requests ever: the skip message is what the UI shows for the tick
+        skip_reason=message,
     )
 
 
@@ -94,7 +169,9 @@ def dispatcher_result(
     default_status=DefaultSensorStatus.RUNNING,
     description="Plans chain_sync ranges, reaps expired leases and publishes the outbox",
 )
-def dispatcher_sensor(
-    context: SensorEvaluationContext, trace: TraceResource
-) -> SensorResult | SkipReason:
-    return dispatcher_result(trace.get_client(), context.cursor, instance_of(context))
+def dispatcher_sensor(context: SensorEvaluationContext, trace: TraceResource) -> SensorResult:
+    repo = context.repository_def
+    loaded = set(repo.asset_graph.get_all_asset_keys()) if repo is not None else None
+    return dispatcher_result(
+        trace.get_client(), context.cursor, instance_of(context), loaded=loaded
+    )

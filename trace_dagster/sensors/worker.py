@@ -14,7 +14,13 @@ from dagster import (
     sensor,
 )
 
-from trace_core.engine.intake import plan_worker_runs, recover_stranded
+from trace_core.engine.intake import (
+    GONE,
+    WAITING,
+    LaunchState,
+    plan_worker_runs,
+    recover_stranded,
+)
 from trace_core.runtime import Runtime
 from trace_dagster.console import with_console
 from trace_dagster.jobs import trace_worker
@@ -82,10 +88,21 @@ def worker_runs_full(rt: Runtime, instance: DagsterInstance | None) -> int | Non
     return active if active >= limit else None
 
 
-def _run_alive(instance: DagsterInstance, run_key: str) -> bool:
-    """Whether Dagster holds a run for ``run_key`` that may still claim its tasks."""
-    runs = instance.get_runs(filters=RunsFilter(tags={RUN_KEY_TAG: run_key}), limit=1)
-    return bool(runs) and runs[0].status not in FINISHED_STATUSES
+def launch_state(instance: DagsterInstance, run_key: str) -> LaunchState:
+    """What Dagster holds for ``run_key``: gone (none, or finished), waiting for a slot (not
+    started, queued, canceling), or launched at its launch time (starting) or start time."""
+    records = instance.get_run_records(filters=RunsFilter(tags={RUN_KEY_TAG: run_key}), limit=1)
+    if not records or records[0].dagster_run.status in FINISHED_STATUSES:
+        return GONE
+    record = records[0]
+    status = record.dagster_run.status
+    if status == DagsterRunStatus.STARTED:
+        started = record.start_time or instance.get_run_stats(record.dagster_run.run_id).start_time
+        return LaunchState(launched_at=started or record.update_timestamp.timestamp())
+    if status == DagsterRunStatus.STARTING:
+        launched = instance.get_run_stats(record.dagster_run.run_id).launch_time
+        return LaunchState(launched_at=launched or record.update_timestamp.timestamp())
+    return WAITING
 
 
 @sensor(
@@ -101,7 +118,9 @@ def worker_sensor(
     rt = trace.get_client()
     instance = instance_of(context)
     rewoken = recover_stranded(
-        rt, lambda key: instance is None or _run_alive(instance, key), RECOVERY_GRACE_SECONDS
+        rt,
+        lambda key: WAITING if instance is None else launch_state(instance, key),
+        RECOVERY_GRACE_SECONDS,
     )
     if rewoken:
         context.log.warning(f"re-woke {rewoken} task(s) of worker runs that never claimed them")

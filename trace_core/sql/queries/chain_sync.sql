@@ -145,7 +145,7 @@ WHERE org_id = %(org_id)s AND chain_id = %(chain_id)s AND rpc_pool = %(rpc_pool)
 SELECT count(*) FILTER (WHERE status = 'scheduled') AS inflight,
        count(*) FILTER (WHERE status = 'dead') AS dead
 FROM state.chain_sync_scheduled_ranges
-WHERE job_id = %(job_id)s AND dataset_key = %(dataset_key)s
+WHERE job_id = %(job_id)s AND dataset_key = %(dataset_key)s AND status IN ('scheduled', 'dead')
 
 -- name: insert_range
 INSERT INTO state.chain_sync_scheduled_ranges (job_id, dataset_key, range_start, range_end, task_id)
@@ -181,7 +181,9 @@ WHERE r.task_id = %(task_id)s
 -- name: complete_range
 UPDATE state.chain_sync_scheduled_ranges
 SET status = 'completed', dataset_version = %(dataset_version)s, completed_at = now(),
-    updated_at = now()
+    updated_at = now(),
+    fake = COALESCE((SELECT v.fake FROM state.dataset_versions v
+                     WHERE v.dataset_version = %(dataset_version)s), false)
 WHERE task_id = %(task_id)s AND status <> 'completed'
 RETURNING task_id
 
@@ -274,46 +276,56 @@ SET checked_at = now(), last_error_kind = EXCLUDED.last_error_kind,
 -- name: status_streams
 SELECT s.dataset_key, s.cryo_dataset_name, s.rpc_pool, s.chunk_size, s.max_inflight,
        s.dataset_uuid, s.config_hash, s.active, c.next_block,
-       COALESCE(r.scheduled, 0) AS scheduled, COALESCE(r.running, 0) AS running,
-       COALESCE(r.retrying, 0) AS retrying, COALESCE(r.completed, 0) AS completed,
-       COALESCE(r.dead, 0) AS dead, COALESCE(r.completed_blocks, 0) AS completed_blocks,
-       COALESCE(r.recent_blocks, 0) AS recent_blocks,
-       EXTRACT(EPOCH FROM now() - GREATEST(r.recent_first_planned,
+       COALESCE(sr.scheduled, 0) AS scheduled, COALESCE(sr.running, 0) AS running,
+       COALESCE(sr.retrying, 0) AS retrying, COALESCE(cr.completed, 0) AS completed,
+       COALESCE(dr.dead, 0) AS dead, COALESCE(cr.completed_blocks, 0) AS completed_blocks,
+       COALESCE(rr.recent_blocks, 0) AS recent_blocks,
+       EXTRACT(EPOCH FROM now() - GREATEST(rr.recent_first_planned,
                now() - make_interval(secs => %(window_seconds)s)))::float8 AS recent_span_seconds,
-       r.first_dead_start, r.first_dead_end, r.first_dead_task,
-       COALESCE(r.fake_ranges, 0) AS fake_ranges,
+       dr.first_dead_start, dr.first_dead_end, dr.first_dead_task,
+       COALESCE(cr.fake_ranges, 0) AS fake_ranges,
        o.head_block, EXTRACT(EPOCH FROM now() - o.observed_at)::float8 AS head_age_seconds,
        o.last_error_kind AS head_error_kind, o.last_error_message AS head_error_message
 FROM state.chain_sync_streams s
 JOIN state.chain_sync_jobs j ON j.job_id = s.job_id
 JOIN state.chain_sync_cursor c ON c.job_id = s.job_id AND c.dataset_key = s.dataset_key
+-- One aggregate per status, each over its own rows (the status indexes): completed rows are
+-- ~all of a long history and are only counted, summed and checked for fake versions; tasks
+-- are joined for the few scheduled rows only (issue 25: 100k ranges).
 LEFT JOIN LATERAL (
-    SELECT count(*) FILTER (WHERE r.status = 'scheduled' AND NOT COALESCE(t.leased, false)) AS scheduled,
-           count(*) FILTER (WHERE r.status = 'scheduled' AND COALESCE(t.leased, false)) AS running,
-           count(*) FILTER (WHERE r.status = 'scheduled' AND t.status = 'queued' AND t.attempt > 0) AS retrying,
-           count(*) FILTER (WHERE r.status = 'completed') AS completed,
-           count(*) FILTER (WHERE r.status = 'dead') AS dead,
-           sum(GREATEST(0, LEAST(r.range_end, j.to_block) - GREATEST(r.range_start, j.from_block)))
-               FILTER (WHERE r.status = 'completed') AS completed_blocks,
-           sum(r.range_end - r.range_start) FILTER (
-               WHERE r.status = 'completed'
-                 AND r.completed_at >= now() - make_interval(secs => %(window_seconds)s)) AS recent_blocks,
-           min(r.created_at) FILTER (
-               WHERE r.status = 'completed'
-                 AND r.completed_at >= now() - make_interval(secs => %(window_seconds)s)) AS recent_first_planned,
-           min(r.range_start) FILTER (WHERE r.status = 'dead') AS first_dead_start,
-           (array_agg(r.range_end ORDER BY r.range_start) FILTER (WHERE r.status = 'dead'))[1] AS first_dead_end,
-           (array_agg(r.task_id ORDER BY r.range_start) FILTER (WHERE r.status = 'dead'))[1] AS first_dead_task,
-           count(*) FILTER (WHERE r.status = 'completed' AND fv.fake) AS fake_ranges
+    SELECT count(*) FILTER (WHERE NOT COALESCE(t.leased, false)) AS scheduled,
+           count(*) FILTER (WHERE COALESCE(t.leased, false)) AS running,
+           count(*) FILTER (WHERE t.status = 'queued' AND t.attempt > 0) AS retrying
     FROM state.chain_sync_scheduled_ranges r
-    LEFT JOIN state.dataset_versions fv ON fv.dataset_version = r.dataset_version
     LEFT JOIN LATERAL (
         SELECT t.status, t.attempt,
                (t.status = 'running' AND t.lease_expires_at > now()) AS leased
         FROM state.tasks t WHERE t.task_id = r.task_id
     ) t ON true
-    WHERE r.job_id = s.job_id AND r.dataset_key = s.dataset_key
-) r ON true
+    WHERE r.job_id = s.job_id AND r.dataset_key = s.dataset_key AND r.status = 'scheduled'
+) sr ON true
+LEFT JOIN LATERAL (
+    SELECT count(*) AS completed,
+           sum(GREATEST(0, LEAST(r.range_end, j.to_block) - GREATEST(r.range_start, j.from_block)))
+               AS completed_blocks,
+           count(*) FILTER (WHERE r.fake) AS fake_ranges
+    FROM state.chain_sync_scheduled_ranges r
+    WHERE r.job_id = s.job_id AND r.dataset_key = s.dataset_key AND r.status = 'completed'
+) cr ON true
+LEFT JOIN LATERAL (
+    SELECT sum(r.range_end - r.range_start) AS recent_blocks,
+           min(r.created_at) AS recent_first_planned
+    FROM state.chain_sync_scheduled_ranges r
+    WHERE r.job_id = s.job_id AND r.dataset_key = s.dataset_key AND r.status = 'completed'
+      AND r.completed_at >= now() - make_interval(secs => %(window_seconds)s)
+) rr ON true
+LEFT JOIN LATERAL (
+    SELECT count(*) AS dead, min(r.range_start) AS first_dead_start,
+           (array_agg(r.range_end ORDER BY r.range_start))[1] AS first_dead_end,
+           (array_agg(r.task_id ORDER BY r.range_start))[1] AS first_dead_task
+    FROM state.chain_sync_scheduled_ranges r
+    WHERE r.job_id = s.job_id AND r.dataset_key = s.dataset_key AND r.status = 'dead'
+) dr ON true
 LEFT JOIN state.chain_head_observations o
        ON o.org_id = j.org_id AND o.chain_id = j.chain_id AND o.rpc_pool = s.rpc_pool
 WHERE s.job_id = %(job_id)s AND s.active
@@ -335,3 +347,9 @@ WHERE j.org_id = %(org_id)s AND jsonb_typeof(j.spec -> 'hot') = 'object'
   AND (%(job_id)s::uuid IS NULL OR j.job_id = %(job_id)s)
   AND (j.enabled OR NOT %(enabled_only)s)
 ORDER BY j.chain_id, j.name
+
+-- name: jobs_with_analytics
+-- Names of the org's jobs with an `analytics:` block (scheduled compaction leaves their streams
+-- alone: their analytics are keyed by the input versions compaction replaces).
+SELECT name FROM state.chain_sync_jobs
+WHERE org_id = %(org_id)s AND jsonb_typeof(spec -> 'analytics') = 'object'

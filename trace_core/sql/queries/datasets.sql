@@ -4,6 +4,14 @@
 -- Serialises writers of one dataset version for the rest of the transaction.
 SELECT pg_advisory_xact_lock(hashtextextended(%(dataset_version)s::text, 0))
 
+-- name: lock_dataset_shared
+-- Every registration holds this until its transaction ends; compaction takes it exclusively
+-- (``lock_dataset``) to check and register a window with no commit of the dataset in flight.
+SELECT pg_advisory_xact_lock_shared(hashtextextended('dataset:' || %(dataset_uuid)s::text, 0))
+
+-- name: lock_dataset
+SELECT pg_advisory_xact_lock(hashtextextended('dataset:' || %(dataset_uuid)s::text, 0))
+
 -- name: insert_dataset
 INSERT INTO state.datasets (dataset_uuid, org_id, chain_id, dataset_key)
 VALUES (%(dataset_uuid)s, %(org_id)s, %(chain_id)s, %(dataset_key)s)
@@ -38,7 +46,7 @@ SELECT v.dataset_version, v.dataset_uuid, d.org_id, d.dataset_key, v.chain_id, v
        v.bytes, v.file_count, v.task_id, v.attempt, v.created_at, v.fake
 FROM state.dataset_versions v JOIN state.datasets d USING (dataset_uuid)
 WHERE v.dataset_uuid = %(dataset_uuid)s
-  AND v.collected_at IS NULL
+  AND v.collected_at IS NULL AND v.compacted_into IS NULL
 ORDER BY v.range_start, v.range_end, v.created_at DESC, v.dataset_version
 
 -- name: versions_for_stream
@@ -47,7 +55,7 @@ SELECT v.dataset_version, v.dataset_uuid, d.org_id, d.dataset_key, v.chain_id, v
        v.bytes, v.file_count, v.task_id, v.attempt, v.created_at, v.fake
 FROM state.dataset_versions v JOIN state.datasets d USING (dataset_uuid)
 WHERE d.org_id = %(org_id)s AND d.chain_id = %(chain_id)s AND d.dataset_key = %(dataset_key)s
-  AND v.collected_at IS NULL
+  AND v.collected_at IS NULL AND v.compacted_into IS NULL
 ORDER BY v.range_start, v.range_end, v.created_at DESC, v.dataset_version
 
 -- name: running_attempts
@@ -99,10 +107,41 @@ WHERE dataset_version = %(dataset_version)s AND collected_at IS NOT NULL
 
 -- name: revive_collected_version
 -- A collected version committed again (same deterministic id): it serves again, as the newest.
-UPDATE state.dataset_versions SET collected_at = NULL, purged_at = NULL, created_at = now()
+UPDATE state.dataset_versions
+SET collected_at = NULL, purged_at = NULL, compacted_into = NULL, created_at = clock_timestamp()
 WHERE dataset_version = %(dataset_version)s AND collected_at IS NOT NULL
 
 -- name: live_version_ids
 -- Which of the given version ids are registered and not collected.
 SELECT dataset_version FROM state.dataset_versions
 WHERE dataset_version = ANY(%(versions)s) AND collected_at IS NULL
+
+-- ---------------------------------------------------------------- compaction (datasets/compaction.py)
+
+-- name: window_versions
+-- Live versions overlapping a window, read again under the dataset's exclusive lock.
+SELECT dataset_version FROM state.dataset_versions
+WHERE dataset_uuid = %(dataset_uuid)s AND collected_at IS NULL AND compacted_into IS NULL
+  AND range_start < %(end)s AND range_end > %(start)s
+
+-- name: mark_compacted
+-- The window's versions lying inside it leave readers' resolution (retention collects them);
+-- the compacted version carries their verification when every one of them was verified.
+WITH marked AS (
+    UPDATE state.dataset_versions SET compacted_into = %(compacted)s
+    WHERE dataset_uuid = %(dataset_uuid)s AND collected_at IS NULL AND compacted_into IS NULL
+      AND range_start >= %(start)s AND range_end <= %(end)s
+      AND dataset_version <> %(compacted)s
+    RETURNING verified_at, verified_passed
+)
+UPDATE state.dataset_versions c
+SET verified_at = i.first, verified_passed = i.passed
+FROM (SELECT min(verified_at) AS first, bool_and(verified_passed) AS passed,
+             count(*) FILTER (WHERE verified_at IS NULL) AS never, count(*) AS n
+      FROM marked) i
+WHERE c.dataset_version = %(compacted)s AND i.n > 0 AND i.never = 0 AND c.verified_at IS NULL
+
+-- name: failed_versions
+-- Live versions of a dataset whose last verification failed (compaction leaves their windows).
+SELECT dataset_version FROM state.dataset_versions
+WHERE dataset_uuid = %(dataset_uuid)s AND collected_at IS NULL AND verified_passed = false

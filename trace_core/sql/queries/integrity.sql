@@ -65,3 +65,11 @@ WHERE dataset_uuid = ANY(%(dataset_uuids)s) AND collected_at IS NULL
 -- name: record_verification
 UPDATE state.dataset_versions SET verified_at = now(), verified_passed = %(passed)s
 WHERE dataset_version = %(dataset_version)s
+
+-- name: versions_committed_since
+-- Live versions of the org's datasets registered after a time (epoch seconds): whether
+-- there is anything new for an integrity pass to verify.
+SELECT count(*)
+FROM state.dataset_versions v JOIN state.datasets d USING (dataset_uuid)
+WHERE d.org_id = %(org_id)s AND v.collected_at IS NULL
+  AND v.created_at > to_timestamp(%(since)s)

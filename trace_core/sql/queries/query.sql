@@ -9,7 +9,7 @@ SELECT v.dataset_version, v.dataset_uuid, d.org_id, d.dataset_key, v.chain_id, v
 FROM state.datasets d
 JOIN state.dataset_versions v ON v.dataset_uuid = d.dataset_uuid
 WHERE d.org_id = %(org_id)s
-  AND v.collected_at IS NULL
+  AND v.collected_at IS NULL AND v.compacted_into IS NULL
 
 -- name: job_exists
 -- The job, its chain and its `analytics:` block (NULL without one).
@@ -26,7 +26,7 @@ JOIN state.chain_sync_streams s ON s.job_id = j.job_id
 JOIN state.datasets d ON d.dataset_uuid = s.dataset_uuid AND d.org_id = j.org_id
 JOIN state.dataset_versions v ON v.dataset_uuid = d.dataset_uuid
 WHERE j.org_id = %(org_id)s AND j.name = %(job)s
-  AND v.collected_at IS NULL
+  AND v.collected_at IS NULL AND v.compacted_into IS NULL
 
 -- name: job_analytics_versions
 -- Committed versions of the analytics outputs a job produces (its own datasets
@@ -37,7 +37,7 @@ SELECT v.dataset_version, v.dataset_uuid, d.org_id, d.dataset_key, v.chain_id, v
 FROM state.datasets d
 JOIN state.dataset_versions v ON v.dataset_uuid = d.dataset_uuid
 WHERE d.org_id = %(org_id)s AND v.chain_id = %(chain_id)s
-  AND v.collected_at IS NULL
+  AND v.collected_at IS NULL AND v.compacted_into IS NULL
   AND d.dataset_key = ANY(%(keys)s::text[])
 
 -- name: pinned_versions

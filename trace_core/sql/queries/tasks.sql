@@ -143,7 +143,8 @@ UPDATE state.worker_runs SET settled_at = now(), rewoken = %(rewoken)s
 WHERE run_key = %(run_key)s AND settled_at IS NULL
 
 -- name: lock_waiting_task
-SELECT task_id FROM state.tasks
+-- wake_at: when a task waiting out a retry backoff is due (its re-wake arrives then), else NULL
+SELECT task_id, CASE WHEN next_run_at > now() THEN next_run_at END AS wake_at FROM state.tasks
 WHERE task_id = %(task_id)s AND status = 'queued' AND NOT paused
   AND updated_at <= (SELECT requested_at FROM state.worker_runs WHERE run_key = %(run_key)s)
 FOR UPDATE SKIP LOCKED
