@@ -29,6 +29,7 @@ import cryo
 import psycopg
 from psycopg import sql
 
+from trace_core import profile
 from trace_core.db.connection import Databases, ensure_database, with_database
 from trace_core.db.migrate import migrate
 from trace_core.operators.cryo_ingest import run_cryo_ingest
@@ -99,9 +100,36 @@ def trace_path(
         create_task(conn, task_id=task_id, operator="cryo_ingest", payload=payload)
         lease = claim(conn, task_id, lease_seconds=settings.lease_seconds)
     t1 = time.perf_counter()
-    result = run_cryo_ingest(settings, store, lease, state=state, environ=env)
+    profile.add(task_id, "claim", t1 - t0)
+    with profile.attempt(task_id, lease.attempt, dataset=payload["cryo_dataset_name"]):
+        result = run_cryo_ingest(settings, store, lease, state=state, environ=env)
     elapsed = time.perf_counter() - t0
     return elapsed, {"claim": t1 - t0, **result.seconds}, result.rows
+
+
+PHASES = ("claim", "pool", "probe", "cryo", "checks", "bloom", "stage", "commit")
+
+
+def print_profile(records: list[dict[str, Any]]) -> None:
+    """Mean ms per task of each phase (``trace_core.profile``), per dataset; around cryo =
+    claim + the attempt - cryo."""
+    print("\nper task, ms (means over every repetition, warm-up included):")
+    header = f"{'dataset':<13}" + "".join(f"{p:>9}" for p in PHASES) + f"{'around cryo':>13}"
+    print(header)
+    subs = sorted({k for r in records for k in r["phases"] if k.startswith("commit: ")})
+    for dataset in DATASETS:
+        mine = [r for r in records if r.get("dataset") == dataset]
+        if not mine:
+            continue
+        mean = {p: sum(r["phases"].get(p, 0.0) for r in mine) / len(mine) for p in PHASES}
+        around = sum(r["total"] for r in mine) / len(mine) + mean["claim"] - mean["cryo"]
+        print(
+            f"{dataset:<13}"
+            + "".join(f"{mean[p] * 1000:>9.1f}" for p in PHASES)
+            + f"{around * 1000:>13.1f}"
+        )
+        parts = {k: sum(r["phases"].get(k, 0.0) for r in mine) / len(mine) for k in subs}
+        print("  " + ", ".join(f"{k} {v * 1000:.1f}" for k, v in parts.items()))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         databases(Path(tmp) / "pg") as dbs,
     ):
         home = Path(tmp) / "home"
+        os.environ[profile.ENV] = str(Path(tmp) / "profile")
         t0 = time.perf_counter()
         chain = DevChain.start(blocks=args.blocks, seed=args.seed)
         seeded = time.perf_counter() - t0
@@ -179,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                         trace[dataset].append(total)
                         parts[dataset].append(breakdown)
                     rows[dataset] = n
+        records = [r for r in profile.read(Path(os.environ[profile.ENV])) if r["kind"] == "attempt"]
 
     print()
     header = f"{'dataset':<13}{'rows':>7}{'bare cryo s':>13}{'trace s':>10}{'ratio':>8}   trace breakdown (median s)"
@@ -196,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{dataset:<13}{rows[dataset]:>7}{b:>13.3f}{t:>10.3f}{t / b:>8.2f}   {split_text}")
     print("-" * len(header))
     ratio = all_trace / all_bare
+    print_profile(records)
     print(
         f"{'all three':<13}{'':>7}{all_bare:>13.3f}{all_trace:>10.3f}{ratio:>8.2f}   target <= 1.30"
     )

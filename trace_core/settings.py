@@ -153,6 +153,11 @@ class Settings(BaseSettings):
         ge=0,
         description="An endpoint whose head trails the pool's best by more blocks is stale: skipped for ranges it cannot serve and reported",
     )
+    rpc_probe_ttl_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="How long a pool's health probe (chain id, heads) holds for the next ranges of a process, while the heads seen cover them (0: probe every range)",
+    )
     rpc_capability_ttl_seconds: int = Field(
         3600,
         gt=0,
@@ -179,9 +184,9 @@ class Settings(BaseSettings):
         description="Tasks of one run executed at once (a bounded pool; each task keeps its own lease and fencing)",
     )
     worker_continue_seconds: float = Field(
-        60.0,
+        300.0,
         ge=0,
-        description="A worker run that finished its batch plans the next ranges and takes more woken tasks itself, until this many seconds after it started or no work is left (0: one batch per run)",
+        description="A worker run keeps its threads busy: as each task ends it plans the next ranges and takes more woken tasks itself, until this many seconds after it started or no work is left (0: one batch per run)",
     )
     service_run_seconds: int = Field(
         600,

@@ -183,3 +183,53 @@ def test_sensor_rewakes_the_tasks_of_a_requested_run_that_never_appeared(
     )
     assert _statuses(rt, ids) == {"succeeded": 3}
     assert tick() == []  # that run exists and claimed its batch: nothing more to recover
+
+
+def test_sensor_leaves_wakeups_to_worker_runs_that_fill_the_queue(trace_env: Runtime) -> None:
+    """With the run queue's worker limit reached by active runs, which take woken tasks
+    themselves, the sensor requests no run (one would wait queued, holding its tasks); once
+    a slot frees, the wake-ups it left become a run."""
+    from dagster import SkipReason, instance_for_test
+
+    from trace_core import outbox
+    from trace_core.queue.base import TASK_WAKEUP
+
+    ids = _create(trace_env, "noop", 2)
+    with trace_env.state() as conn:
+        outbox.drain_all(conn, trace_env.queue)
+    defs = build_definitions(trace_env)
+    sensor = defs.resolve_sensor_def("trace_worker_wakeups")
+    job = defs.resolve_job_def("trace_worker")
+    limits = [{"key": "trace/kind", "value": "worker", "limit": 1}]
+    overrides = {
+        "run_coordinator": {
+            "module": "dagster._core.run_coordinator",
+            "class": "QueuedRunCoordinator",
+            "config": {"tag_concurrency_limits": limits},
+        }
+    }
+    with instance_for_test(overrides=overrides) as instance:
+
+        def tick() -> SensorResult | SkipReason:
+            with build_sensor_context(
+                instance=instance, definitions=defs, resources=dict(defs.resources or {})
+            ) as ctx:
+                return sensor(ctx)
+
+        active = instance.create_run_for_job(
+            job,
+            run_config={"ops": {"execute_tasks": {"config": {"task_ids": []}}}},
+            tags={"trace/kind": "worker"},
+            status=DagsterRunStatus.STARTED,
+        )
+        skipped = tick()
+        assert isinstance(skipped, SkipReason) and "1 worker runs active" in str(
+            skipped.skip_message
+        )
+        assert trace_env.queue.stats(TASK_WAKEUP).depth == 2  # left for the active run
+        instance.report_run_failed(active)
+        result = tick()
+        assert isinstance(result, SensorResult)
+        (request,) = result.run_requests
+        task_ids = request.run_config["ops"]["execute_tasks"]["config"]["task_ids"]
+        assert sorted(task_ids) == sorted(str(t) for t in ids)

@@ -313,3 +313,25 @@ def test_a_stream_needing_a_method_the_pool_lacks_is_blocked_with_the_reason(
         assert {p.dataset_key for p in planned} == {"geth_calls"}
         (job,) = status.job_status(conn, ORG, "job", environ=env)
         assert all(s["blocked"] == [] for s in job["streams"])
+
+
+def test_pool_probe_is_cached_while_the_heads_seen_cover_the_range(
+    settings: Settings, proxies: tuple[FaultProxy, FaultProxy], anvil_chain: DevChain
+) -> None:
+    """One probe serves every range below the heads it saw, until ``max_age``; a range past
+    them, or an expired answer, probes again (and a changed chain is then caught)."""
+    a, _ = proxies
+    head = anvil_chain.head()
+    with _pool(settings, a.url) as pool:
+        for need in (0, head // 2, head):
+            usable = pool.check_cached(31337, need_block=need, max_age=60)
+            assert [e.label for e in usable.endpoints] == ["pool anvil"]
+        assert (a.methods["eth_chainId"], a.methods["eth_blockNumber"]) == (1, 1)
+        with pytest.raises(CoverageError, match="past the head"):
+            pool.check_cached(31337, need_block=head + 1, max_age=60)
+        assert a.methods["eth_chainId"] == 2
+        a.faults.chain_id = 1
+        pool.check_cached(31337, need_block=0, max_age=60)  # still the cached answer
+        assert a.methods["eth_chainId"] == 2
+        with pytest.raises(ChainMismatch, match="serves chain 1"):
+            pool.check_cached(31337, need_block=0, max_age=0)

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from trace_core.engine.execute import execute_batch
+from trace_core.engine.execute import TaskOutcome, execute_batch
 from trace_core.engine.intake import (
     GONE,
     WAITING,
@@ -263,3 +263,43 @@ def test_production_registers_only_the_operators_it_schedules() -> None:
         "alert_evaluate",
         "udf_transform",
     ]
+
+
+def test_a_run_keeps_its_threads_busy_past_a_slow_task(trace_env: Runtime) -> None:
+    """A pipeline, not waves: while the first task of the batch is still running, the other
+    thread takes the woken tasks one by one. The slow task waits (up to 30 s, then fails) for
+    the other five to finish, which waves of two would never let happen."""
+    from trace_core.engine.worker_run import run_worker
+
+    rest_done = threading.Event()
+    succeeded: list[uuid.UUID] = []
+
+    def probe(ctx: OperatorContext) -> Completion:
+        if ctx.lease.task_id == ids[0] and not rest_done.wait(30):
+            raise RuntimeError("the others never ran while this task was running")
+        return Completion()
+
+    def on_outcome(outcome: TaskOutcome) -> None:
+        if outcome.status == "succeeded":
+            succeeded.append(outcome.task_id)
+        if set(ids[1:]) <= set(succeeded):
+            rest_done.set()
+
+    registry = OperatorRegistry()
+    registry.register("probe", probe)
+    settings = trace_env.settings.model_copy(
+        update={"worker_concurrency": 2, "worker_batch_size": 2, "worker_continue_seconds": 60.0}
+    )
+    rt = Runtime(settings, trace_env.dbs)
+    try:
+        ids = _create(rt, 6)
+        report = run_worker(
+            rt, ids[:2], on_outcome=on_outcome, on_planned=lambda _: None, registry=registry
+        )
+    finally:
+        rt.close()
+    assert sorted(succeeded) == sorted(ids) and succeeded[-1] == ids[0]
+    assert not report.failures
+    # one take per idle thread: more takes than the two a wave-by-wave run would make
+    assert report.batches >= 3
+    assert set(_statuses(trace_env, ids).values()) == {("succeeded", 1)}

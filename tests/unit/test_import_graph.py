@@ -9,7 +9,7 @@ trace_core.chain_sync import planner`` is an arrow to ``trace_core.chain_sync.pl
 The tiers, lowest first; a package imports its own tier's peers only along the arrows
 ``PEER_IMPORTS`` lists (each with its reason), and any lower tier:
 
-- vocabulary: ``errors``, ``settings``, ``logs``, ``yamlfile``.
+- vocabulary: ``errors``, ``settings``, ``logs``, ``profile``, ``yamlfile``.
 - adapters: ``db``, ``queue``, ``storage``, ``rpc`` (client, pools, limits).
 - state: ``outbox``, ``tasks``, ``runtime``, ``datasets``, ``tenancy``.
 - domains: ``udf``, ``hot``, ``operators``, ``chain_sync``, ``query``, ``sinks``,
@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("trace_core", "trace_dagster", "trace_lite")
 
 TIERS: list[tuple[str, list[str]]] = [
-    ("vocabulary", ["errors", "settings", "logs", "yamlfile"]),
+    ("vocabulary", ["errors", "settings", "logs", "profile", "yamlfile"]),
     ("adapters", ["db", "queue", "storage", "rpc"]),
     ("state", ["outbox", "tasks", "runtime", "datasets", "tenancy"]),
     (

@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from psycopg import Connection
 
+from trace_core import profile
 from trace_core.datasets import events, ids
 from trace_core.datasets.manifest import Column, DatasetManifest, ManifestFile
 from trace_core.datasets.registry import VersionRecord, get_version
@@ -356,12 +357,14 @@ def commit_version(
     prefix = staged.prefix
     with conn.transaction():
         if lease is not None:
-            fence(conn, lease)
-        lock_version(conn, manifest.dataset_version)
-        if guard is not None:
-            guard(conn)
-        lock_dataset_shared(conn, manifest.dataset_uuid)
-        existing = get_version(conn, manifest.dataset_version)
+            with profile.phase("commit: fence"):
+                fence(conn, lease)
+        with profile.phase("commit: lock"):
+            lock_version(conn, manifest.dataset_version)
+            if guard is not None:
+                guard(conn)
+            lock_dataset_shared(conn, manifest.dataset_uuid)
+            existing = get_version(conn, manifest.dataset_version)
         if existing is not None and existing.collected:
             # garbage-collected earlier: its objects are gone; publish again, serve as newest
             conn.execute(
@@ -370,25 +373,31 @@ def commit_version(
             )
             existing = None
         if existing is None:
-            publish_objects(store, staged, manifest)
-        committed = register_version(
-            conn,
-            manifest,
-            org_id=staged.org_id,
-            storage_prefix=prefix,
-            manifest_key=ids.manifest_key(prefix),
-            task_id=None if lease is None else lease.task_id,
-            attempt=None if lease is None else lease.attempt,
-        )
+            with profile.phase("commit: publish"):
+                publish_objects(store, staged, manifest)
+        with profile.phase("commit: register"):
+            committed = register_version(
+                conn,
+                manifest,
+                org_id=staged.org_id,
+                storage_prefix=prefix,
+                manifest_key=ids.manifest_key(prefix),
+                task_id=None if lease is None else lease.task_id,
+                attempt=None if lease is None else lease.attempt,
+            )
         if existing is not None:
             # an earlier commit registered this range: its objects stay untouched
             store.delete_prefix(ids.staging_prefix(staged.task_id, staged.attempt))
         if announce:  # idempotent: the event's outbox id derives from the version
-            events.announce_version_committed(conn, committed.record.as_json(), job_name=job_name)
+            with profile.phase("commit: announce"):
+                events.announce_version_committed(
+                    conn, committed.record.as_json(), job_name=job_name
+                )
         if on_registered is not None:
             on_registered(conn, committed)
         if lease is not None:
-            finish_succeeded(conn, lease, committed.outputs())
+            with profile.phase("commit: finish"):
+                finish_succeeded(conn, lease, committed.outputs())
     log.info(
         "dataset version committed",
         extra={

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from trace_core import profile
 from trace_core.engine import registry as operator_registry
 from trace_core.engine.credentials import attempt_credentials
 from trace_core.errors import (
@@ -66,16 +67,34 @@ def capability_token_for(rt: Runtime, lease: Lease) -> str:
 
 def claim_task(rt: Runtime, task_id: uuid.UUID) -> Lease | TaskOutcome:
     """Claim ``task_id`` for a new attempt; a task that is not claimable yields ``skipped``."""
-    try:
-        with rt.state() as conn, conn.transaction():
-            lease = lifecycle.claim(conn, task_id, lease_seconds=rt.settings.lease_seconds)
-    except (LeaseConflict, UnknownTask) as exc:
-        return TaskOutcome(task_id, "skipped", error=str(exc))
-    log.info(
-        "task claimed",
-        extra={"task_id": str(task_id), "attempt": lease.attempt, "operator": lease.operator},
-    )
-    return lease
+    return claim_tasks(rt, [task_id])[0]
+
+
+def claim_tasks(rt: Runtime, task_ids: list[uuid.UUID]) -> list[Lease | TaskOutcome]:
+    """Claim each of ``task_ids`` (in order) for a new attempt, each in its own transaction on
+    one connection; a task that is not claimable yields ``skipped``."""
+    out: list[Lease | TaskOutcome] = []
+    if not task_ids:
+        return out
+    with rt.state() as conn:
+        for task_id in task_ids:
+            try:
+                with profile.phase("claim", task_id), conn.transaction():
+                    lease = lifecycle.claim(conn, task_id, lease_seconds=rt.settings.lease_seconds)
+            except (LeaseConflict, UnknownTask) as exc:
+                profile.finish(task_id, -1, outcome="skipped")
+                out.append(TaskOutcome(task_id, "skipped", error=str(exc)))
+                continue
+            log.info(
+                "task claimed",
+                extra={
+                    "task_id": str(task_id),
+                    "attempt": lease.attempt,
+                    "operator": lease.operator,
+                },
+            )
+            out.append(lease)
+    return out
 
 
 def start_heartbeat(rt: Runtime, lease: Lease) -> LeaseHeartbeat:
@@ -123,8 +142,7 @@ def execute_batch(
     _ = rt.dbs, rt.store  # built once, before threads share the runtime
     claimed: list[tuple[Lease, LeaseHeartbeat]] = []
     try:
-        for task_id in task_ids:
-            got = claim_task(rt, task_id)
+        for got in claim_tasks(rt, task_ids):
             if isinstance(got, TaskOutcome):
                 yield got
             else:
@@ -161,21 +179,32 @@ def run_claimed(
 
     Never raises for task-level failures (see ``execute_task``).
     """
+    with profile.attempt(lease.task_id, lease.attempt, operator=lease.operator):
+        return _run_claimed(rt, lease, registry, hb)
+
+
+def _run_claimed(
+    rt: Runtime, lease: Lease, registry: OperatorRegistry, hb: LeaseHeartbeat
+) -> TaskOutcome:
     task_id = lease.task_id
     fields = {"task_id": str(task_id), "attempt": lease.attempt, "operator": lease.operator}
     try:
         try:
             hb.check()
-            token = capability_token_for(rt, lease) if registry.queries(lease.operator) else ""
-            creds = attempt_credentials(rt, lease)  # None unless the Credential Broker is on
-            completion = registry.get(lease.operator)(
-                OperatorContext(rt, lease, hb.lost, token, credentials=creds)
-            )
+            with profile.phase("token"):
+                queries = registry.queries(lease.operator)
+                token = capability_token_for(rt, lease) if queries else ""
+            with profile.phase("credentials"):
+                creds = attempt_credentials(rt, lease)  # None unless the Credential Broker is on
+            with profile.phase("operator"):
+                op = registry.get(lease.operator)
+                completion = op(OperatorContext(rt, lease, hb.lost, token, credentials=creds))
         finally:
-            hb.stop()
+            with profile.phase("heartbeat stop"):
+                hb.stop()
         if hb.lost.is_set():
             raise StaleAttempt(task_id, lease.attempt, "lease lost during execution")
-        with rt.state() as conn, conn.transaction():
+        with profile.phase("commit"), rt.state() as conn, conn.transaction():
             if completion.commit is not None:
                 outputs = completion.commit(conn)
             else:

@@ -1,28 +1,34 @@
 """A worker run: execute a batch, then keep taking the work its commits made due.
 
-``run_worker`` is what one ``trace_worker`` run does (the Dagster op only reports): execute the
-batch (claim all, run ``TRACE_WORKER_CONCURRENCY`` at a time), then, until
-``TRACE_WORKER_CONTINUE_SECONDS`` have passed, plan the ranges the batch freed, publish their
-wake-ups and take up to ``TRACE_WORKER_BATCH_SIZE`` woken tasks as the next batch, instead of
-ending and waiting for the dispatcher and worker sensors to launch the next run. A batch with a
-failure (``retry``/``dead``) ends the run: its retries run (and show) as runs of their own.
+``run_worker`` is what one ``trace_worker`` run does (the Dagster op only reports): claim the
+batch, run ``TRACE_WORKER_CONCURRENCY`` tasks at a time, and as each task ends, until
+``TRACE_WORKER_CONTINUE_SECONDS`` have passed, plan the ranges the commits freed, publish their
+wake-ups and take as many woken tasks as there are idle threads, instead of ending and waiting
+for the dispatcher and worker sensors to launch the next run. The run is a pipeline, not a
+series of waves: no task waits for the slowest of a batch. A failure (``retry``/``dead``) ends
+the run once its running tasks have: its retries run (and show) as runs of their own.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
+import queue
+import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from trace_core import outbox
+from trace_core import outbox, profile
 from trace_core.chain_sync import planner
 from trace_core.engine import registry as operator_registry
-from trace_core.engine.execute import TaskOutcome, execute_batch
+from trace_core.engine.execute import TaskOutcome, claim_tasks, run_claimed, start_heartbeat
 from trace_core.engine.intake import Wakeup, ack_wakeups, receive_wakeups, task_infos
 from trace_core.operators.base import OperatorRegistry
 from trace_core.runtime import Runtime
+from trace_core.tasks.keepalive import LeaseHeartbeat
+from trace_core.tasks.lifecycle import Lease
 
 # A range a run planned: (job, stream, range start, range end).
 PlannedRange = tuple[str, str, int, int]
@@ -37,9 +43,22 @@ class MoreWork:
     planned: list[PlannedRange]
     task_ids: list[uuid.UUID]
     wakeups: list[Wakeup]
+    received: int = 0  # wake-ups received, runnable or not (stale ones are acked and dropped)
 
     def ack(self, rt: Runtime) -> None:
         ack_wakeups(rt, self.wakeups)
+
+    def leave(self, rt: Runtime, task_ids: set[uuid.UUID], nacked: set[uuid.UUID]) -> MoreWork:
+        """This work without ``task_ids`` (tasks this run already executed: a retry runs as a
+        run of its own). Their wake-ups go back to the queue at once, the first time; a task
+        in ``nacked`` (updated here) is left to the visibility timeout instead."""
+        for w in self.wakeups:
+            if w.task_id in task_ids and w.task_id not in nacked:
+                nacked.add(w.task_id)
+                rt.queue.nack(w.message)
+        keep = [t for t in self.task_ids if t not in task_ids]
+        wakeups = [w for w in self.wakeups if w.task_id not in task_ids]
+        return MoreWork(self.planned, keep, wakeups, self.received)
 
 
 def take_more_work(rt: Runtime, max_tasks: int) -> MoreWork:
@@ -48,13 +67,19 @@ def take_more_work(rt: Runtime, max_tasks: int) -> MoreWork:
     dropped). What a run does instead of ending and waiting for the next sensor ticks."""
     s = rt.settings
     with rt.state() as conn:
-        result = planner.plan_tick(
-            conn, org_id=s.org_id, limit=s.dispatch_batch_size, pool_check=planner.pool_url_check(s)
-        )
-        outbox.drain_all(conn, rt.queue, batch_size=s.outbox_batch_size)
+        with profile.run_phase("take: plan"):
+            result = planner.plan_tick(
+                conn,
+                org_id=s.org_id,
+                limit=s.dispatch_batch_size,
+                pool_check=planner.pool_url_check(s),
+            )
+        with profile.run_phase("take: publish"):
+            outbox.drain_all(conn, rt.queue, batch_size=s.outbox_batch_size)
     planned = [(p.job_name, p.dataset_key, p.range_start, p.range_end) for p in result.planned]
-    wakeups = receive_wakeups(rt, max_tasks)
-    infos = task_infos(rt, list({w.task_id for w in wakeups}))
+    with profile.run_phase("take: receive"):
+        wakeups = receive_wakeups(rt, max_tasks)
+        infos = task_infos(rt, list({w.task_id for w in wakeups}))
     runnable = {
         w.task_id
         for w in wakeups
@@ -62,7 +87,42 @@ def take_more_work(rt: Runtime, max_tasks: int) -> MoreWork:
     }
     done = [w for w in wakeups if w.task_id not in runnable]
     ack_wakeups(rt, done)
-    return MoreWork(planned, sorted(runnable), [w for w in wakeups if w.task_id in runnable])
+    return MoreWork(
+        planned, sorted(runnable), [w for w in wakeups if w.task_id in runnable], len(wakeups)
+    )
+
+
+class _Reporter:
+    """Calls ``on_outcome`` for each outcome put, in order, on one thread of its own. Leaving
+    the block waits for every outcome to be reported and raises the first error (the later
+    outcomes are still reported)."""
+
+    def __init__(self, on_outcome: Callable[[TaskOutcome], None]) -> None:
+        self._on_outcome = on_outcome
+        self._queue: queue.SimpleQueue[TaskOutcome | None] = queue.SimpleQueue()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="trace-report", daemon=True)
+
+    def put(self, outcome: TaskOutcome) -> None:
+        self._queue.put(outcome)
+
+    def _run(self) -> None:
+        while (outcome := self._queue.get()) is not None:
+            try:
+                with profile.run_phase("report"):
+                    self._on_outcome(outcome)
+            except BaseException as exc:  # raised on the run's thread once all are reported
+                self._error = self._error or exc
+
+    def __enter__(self) -> _Reporter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None and exc_info[0] is None:
+            raise self._error
 
 
 @dataclass
@@ -93,35 +153,96 @@ def run_worker(
     on_more: Callable[[int], None] | None = None,
     registry: OperatorRegistry | None = None,
 ) -> WorkerRunReport:
-    """Execute ``task_ids``, then continue with the next waves until the deadline or a failure.
+    """Execute ``task_ids``, then keep ``TRACE_WORKER_CONCURRENCY`` tasks running with the work
+    the commits free, until the deadline, a failure, or no work is left.
 
-    ``on_outcome`` sees every outcome as it completes, ``on_planned`` the ranges each wave
-    planned (before their tasks run), ``on_more`` the size of each further batch taken.
+    Every task is claimed before it is handed to a thread and runs under its own lease,
+    heartbeat and fencing, as in ``execute_batch``. As tasks end, the run plans the ranges the
+    commits freed and takes woken tasks until it holds ``TRACE_WORKER_BATCH_SIZE`` again (at
+    least ``TRACE_WORKER_CONCURRENCY``), so a thread that ends finds its next task claimed: a
+    pipeline, not waves (a slow range never holds the others' successors back). After a failure
+    (``retry``/``dead``) or past ``TRACE_WORKER_CONTINUE_SECONDS`` it takes nothing more and
+    ends once the running tasks have. ``on_outcome`` sees every outcome, in completion order,
+    on the run's one reporter thread (what it reports, Dagster events, never delays the next
+    takes); the run returns once every outcome was reported, and an error ``on_outcome`` raised
+    is raised then. ``on_planned`` sees the ranges each take planned (before their tasks run),
+    ``on_more`` the number of tasks of each further take (both on the calling thread).
     """
-    deadline = time.monotonic() + rt.settings.worker_continue_seconds
+    s = rt.settings
+    deadline = time.monotonic() + s.worker_continue_seconds
     registry = registry or operator_registry.default_registry()  # once per run
+    _ = rt.dbs, rt.store  # built once, before threads share the runtime
     report = WorkerRunReport()
-    on_claimed: Callable[[], None] | None = None
-    while task_ids:
+    concurrency = max(1, s.worker_concurrency)
+    # Tasks held (claimed, running or next in line): a thread that ends finds its next task
+    # claimed already, so the takes (planning, receiving, claiming) never leave one idle.
+    hold = max(concurrency, s.worker_batch_size)
+    # take once no claimed task waits for a thread: a take (planning above all) per
+    # ``hold - concurrency`` tasks ended, not per task
+    min_take = max(1, hold - concurrency)
+    running: set[concurrent.futures.Future[TaskOutcome]] = set()
+
+    reporter = _Reporter(on_outcome)
+    nacked: set[uuid.UUID] = set()
+
+    def handle(outcome: TaskOutcome) -> None:
+        line = failure_line(outcome)
+        if line is not None:
+            report.failures.append(line)
+        reporter.put(outcome)
+
+    def start(ids: list[uuid.UUID], on_claimed: Callable[[], None] | None) -> None:
         report.batches += 1
-        report.touched += task_ids
-        for outcome in execute_batch(
-            rt,
-            task_ids,
-            concurrency=rt.settings.worker_concurrency,
-            registry=registry,
-            on_claimed=on_claimed,
-        ):
-            on_outcome(outcome)
-            line = failure_line(outcome)
-            if line is not None:
-                report.failures.append(line)
-        if report.failures or time.monotonic() >= deadline:
-            break
-        more = take_more_work(rt, rt.settings.worker_batch_size)
-        on_planned(more.planned)
-        task_ids = more.task_ids
-        on_claimed = functools.partial(more.ack, rt)
-        if task_ids and on_more is not None:
-            on_more(len(task_ids))
+        report.touched += ids
+        claimed: list[tuple[Lease, LeaseHeartbeat]] = []
+        try:
+            for got in claim_tasks(rt, ids):
+                if isinstance(got, TaskOutcome):
+                    handle(got)
+                else:
+                    claimed.append((got, start_heartbeat(rt, got)))
+            if on_claimed is not None:
+                on_claimed()
+        except BaseException:
+            for _lease, hb in claimed:
+                hb.stop()
+            raise
+        for lease, hb in claimed:
+            running.add(threads.submit(run_claimed, rt, lease, registry, hb))
+
+    with (
+        reporter,
+        concurrent.futures.ThreadPoolExecutor(
+            max_workers=concurrency, thread_name_prefix="trace-task"
+        ) as threads,
+    ):
+        start(task_ids, None)
+        taking = True  # until a failure or the deadline
+        fresh = True  # something ended since the last take found nothing
+        while True:
+            if taking and (report.failures or time.monotonic() >= deadline):
+                taking = False
+            if taking and fresh and len(running) <= hold - min_take:
+                with profile.run_phase("take more work"):
+                    more = take_more_work(rt, hold - len(running))
+                    more = more.leave(rt, set(report.touched), nacked)
+                if more.planned:
+                    on_planned(more.planned)
+                if more.task_ids:
+                    if on_more is not None:
+                        on_more(len(more.task_ids))
+                    start(more.task_ids, functools.partial(more.ack, rt))
+                    continue
+                if more.received:  # only stale wake-ups this time: there may be more behind
+                    continue
+                fresh = False
+            if not running:
+                break
+            done, _ = concurrent.futures.wait(
+                running, return_when=concurrent.futures.FIRST_COMPLETED
+            )
+            for future in done:
+                running.discard(future)
+                handle(future.result())
+            fresh = True
     return report

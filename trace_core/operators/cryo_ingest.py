@@ -12,6 +12,7 @@ StaleAttempt (nothing committed).
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import re
 import shutil
@@ -27,6 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from psycopg import Connection
 
+from trace_core import profile
 from trace_core.datasets.commit import (
     CommittedVersion,
     StagedOutput,
@@ -49,7 +51,7 @@ from trace_core.operators.payload import (
 )
 from trace_core.rpc.client import JsonRpc
 from trace_core.rpc.limits import PoolLimits, extraction_slot, pool_limits
-from trace_core.rpc.pool import RpcPool
+from trace_core.rpc.pool import RpcPool, shared_pool
 from trace_core.settings import Settings, rpc_pool_env_var, rpc_pool_url
 from trace_core.storage.base import ObjectStore
 from trace_core.tasks.keepalive import LeaseHeartbeat, StateConnect, lease_heartbeat
@@ -92,10 +94,27 @@ def choose_mode(
 
 
 def open_pool(p: CryoIngestTask, settings: Settings, environ: Mapping[str, str] | None) -> RpcPool:
-    """The task's RPC pool from the environment. Raises ``ConfigError`` naming the variable."""
+    """The task's RPC pool from the environment, shared by the process's attempts (never
+    closed here: ``shared_pool``). Raises ``ConfigError`` naming the variable."""
     if p.rpc_pool is None:
         raise ConfigError("real cryo mode needs the payload's rpc_pool", field="rpc_pool")
-    return RpcPool.from_env(p.rpc_pool, settings, environ)
+    return shared_pool(p.rpc_pool, settings, environ)
+
+
+class _Prefetch:
+    """The logs check's header blooms, fetched on a thread while cryo extracts the range."""
+
+    def __init__(self) -> None:
+        self._future: concurrent.futures.Future[dict[int, bytes]] | None = None
+
+    def start(self, rpc: JsonRpc, start: int, end: int) -> None:
+        executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="trace-headers")
+        self._future = executor.submit(cryo_logcheck.header_blooms, rpc, start, end)
+        executor.shutdown(wait=False)
+
+    def result(self) -> dict[int, bytes] | None:
+        """The fetched blooms (raising what the fetch raised), or None if never started."""
+        return None if self._future is None else self._future.result()
 
 
 # --- verification --------------------------------------------------------------------------
@@ -257,18 +276,36 @@ def extract_and_stage(
     with hb.running() if heartbeat else nullcontext(hb):
         checkpoint = check or hb.check
         t0 = time.perf_counter()
-        pool = open_pool(p, settings, environ) if mode == "real" else None
-        try:
-            if pool is not None:
-                limits = pool_limits(p.rpc_pool, environ) if p.rpc_pool else PoolLimits()
-                slot: AbstractContextManager[int | None] = (
-                    extraction_slot(state, p.rpc_pool, lease, limits, check=checkpoint)
-                    if state is not None and p.rpc_pool
-                    else nullcontext(None)
+        with profile.phase("pool"):
+            pool = open_pool(p, settings, environ) if mode == "real" else None
+        bloom = (
+            settings.verify_logs_bloom
+            and pool is not None
+            and cryo_logcheck.applies(p.cryo_name, p.cryo_options)
+        )
+        headers = _Prefetch()
+        if pool is not None:
+            limits = pool_limits(p.rpc_pool, environ) if p.rpc_pool else PoolLimits()
+            slot: AbstractContextManager[int | None] = (
+                extraction_slot(state, p.rpc_pool, lease, limits, check=checkpoint)
+                if state is not None and p.rpc_pool
+                else nullcontext(None)
+            )
+            with slot:
+                extract_real(
+                    p,
+                    pool,
+                    out_dir,
+                    settings,
+                    limits.share_per_extraction,
+                    on_checked=(
+                        (lambda usable: headers.start(usable, p.range_start, p.range_end))
+                        if bloom
+                        else None
+                    ),
                 )
-                with slot:
-                    extract_real(p, pool, out_dir, settings, limits.share_per_extraction)
-            else:
+        else:
+            with profile.phase("cryo"):
                 extract_fake(
                     chain_id=p.chain_id,
                     cryo_dataset_name=p.cryo_name,
@@ -277,23 +314,25 @@ def extract_and_stage(
                     chunk_size=p.chunk_size,
                     out_dir=out_dir,
                 )
-            checkpoint()
-            t1 = time.perf_counter()
+        checkpoint()
+        t1 = time.perf_counter()
+        with profile.phase("checks"):
             files = collect_files(out_dir)
             check_caps(files, settings)
             rows = check_coverage(p, files)
-            bloom = settings.verify_logs_bloom and pool is not None
-            if bloom and cryo_logcheck.applies(p.cryo_name, p.cryo_options):
-                assert pool is not None
-                cryo_logcheck.check_logs_bloom(pool, p.range_start, p.range_end, files)
-            if pool is not None and p.cryo_dataset_name == "logs" and settings.verify_log_receipts:
+        if bloom:
+            assert pool is not None
+            with profile.phase("bloom"):
+                cryo_logcheck.check_logs_bloom(
+                    pool, p.range_start, p.range_end, files, headers=headers.result()
+                )
+        if pool is not None and p.cryo_dataset_name == "logs" and settings.verify_log_receipts:
+            with profile.phase("receipts"):
                 check_log_receipts(p, pool, rows)
-        finally:
-            if pool is not None:
-                pool.close()
         checkpoint()
         t2 = time.perf_counter()
-        schema, staged_files = stage_parquet_files(store, lease.task_id, lease.attempt, files)
+        with profile.phase("stage"):
+            schema, staged_files = stage_parquet_files(store, lease.task_id, lease.attempt, files)
         checkpoint()
         t3 = time.perf_counter()
     timings.update(extract=t1 - t0, verify=t2 - t1, stage=t3 - t2)
@@ -345,7 +384,7 @@ def run_cryo_ingest(
         state=state,
     )
     t0 = time.perf_counter()
-    with state() as conn:
+    with profile.phase("commit"), state() as conn:
         committed = commit_staged(conn, store, staged, lease)
     timings["commit"] = time.perf_counter() - t0
     rows = committed.record.row_count

@@ -87,11 +87,19 @@ def header_blooms(rpc: JsonRpc, start: int, end: int) -> dict[int, bytes]:
     return out
 
 
-def check_logs_bloom(rpc: JsonRpc, start: int, end: int, files: Sequence[Path]) -> int:
+def check_logs_bloom(
+    rpc: JsonRpc,
+    start: int,
+    end: int,
+    files: Sequence[Path],
+    headers: Mapping[int, bytes] | None = None,
+) -> int:
     """Compare each block's header bloom with the bloom of its extracted logs; return the
-    number of blocks with logs. Raises ``CoverageError`` naming the first blocks that differ."""
+    number of blocks with logs. ``headers``: ``header_blooms`` fetched ahead (while cryo ran),
+    else fetched here. Raises ``CoverageError`` naming the first blocks that differ."""
     extracted = extracted_blooms(files)
-    headers = header_blooms(rpc, start, end)
+    if headers is None:
+        headers = header_blooms(rpc, start, end)
     differing = [n for n in range(start, end) if headers[n] != extracted.get(n, _EMPTY)]
     if differing:
         shown = ", ".join(str(n) for n in differing[:5])

@@ -18,10 +18,12 @@ import asyncio
 import concurrent.futures
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from trace_core import profile
 from trace_core.errors import CryoFailed, RpcError, StagingFull
 from trace_core.rpc.pool import Endpoint, RpcPool
 from trace_core.settings import Settings
@@ -67,8 +69,11 @@ def extract_real(
     out_dir: Path,
     settings: Settings,
     rate_share: float | None = None,
+    on_checked: Callable[[RpcPool], None] | None = None,
 ) -> ExtractReport:
-    """Check the pool, then extract ``[range_start, range_end)`` into ``out_dir``, at most
+    """Check the pool (``RpcPool.check_cached``: at most once per
+    ``rpc_probe_ttl_seconds`` while the heads seen cover the range), call ``on_checked`` with
+    the usable pool (work to overlap with cryo, the logs check's headers), then extract ``[range_start, range_end)`` into ``out_dir``, at most
     ``rate_share`` requests per second (this extraction's share of the pool's rate,
     ``rpc_limits``) and at most the endpoint's own rate limit.
 
@@ -76,7 +81,12 @@ def extract_real(
     another chain), ``CoverageError`` (no endpoint has the range's last block yet) or
     ``CryoFailed`` (every usable endpoint refused a part even at the smallest size).
     """
-    usable, _checks = pool.check(p.chain_id, need_block=p.range_end - 1)
+    with profile.phase("probe"):
+        usable = pool.check_cached(
+            p.chain_id, need_block=p.range_end - 1, max_age=settings.rpc_probe_ttl_seconds
+        )
+    if on_checked is not None:
+        on_checked(usable)
     inner: int | None = None
     if p.cryo_dataset_name in LOG_DATASETS:
         inner = int(p.cryo_options.get("inner_request_size") or 1)
@@ -181,14 +191,15 @@ class _Run:
             kwargs["inner_request_size"] = inner
             self.smallest_inner = min(inner, self.smallest_inner or inner)
         try:
-            summary = freeze(
-                self.p.cryo_name,
-                blocks=[f"{start}:{end}"],
-                rpc=self.endpoint.url,
-                output_dir=str(part),
-                verbose=False,  # cryo's parse_cli_args turns verbose into no_verbose
-                **kwargs,
-            )
+            with profile.phase("cryo"):
+                summary = freeze(
+                    self.p.cryo_name,
+                    blocks=[f"{start}:{end}"],
+                    rpc=self.endpoint.url,
+                    output_dir=str(part),
+                    verbose=False,  # cryo's parse_cli_args turns verbose into no_verbose
+                    **kwargs,
+                )
         except Exception as exc:  # the binding raises a bare TypeError('failed'); never the URL
             log.info(
                 "cryo part failed",

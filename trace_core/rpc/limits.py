@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
+from trace_core import profile
 from trace_core.db.connection import StateConnect
 from trace_core.db.queries import q
 from trace_core.errors import ConfigError
@@ -113,14 +114,15 @@ def extraction_slot(
     with state() as conn:
         conn.execute(q("rpc_limits", "ensure_slots"), params)
     waited = time.monotonic()
-    while True:
-        with state() as conn:
-            row = conn.execute(q("rpc_limits", "acquire_slot"), params).fetchone()
-        if row is not None:
-            slot = int(row[0])
-            break
-        check()
-        time.sleep(poll_seconds)
+    with profile.phase("slot"):
+        while True:
+            with state() as conn:
+                row = conn.execute(q("rpc_limits", "acquire_slot"), params).fetchone()
+            if row is not None:
+                slot = int(row[0])
+                break
+            check()
+            time.sleep(poll_seconds)
     waited = time.monotonic() - waited
     if waited > poll_seconds:
         log.info(

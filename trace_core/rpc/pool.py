@@ -92,6 +92,15 @@ class EndpointCheck:
     problem: str | None = None
 
 
+@dataclass(frozen=True)
+class _Probed:
+    """A successful ``check``: when, the lowest head among its usable endpoints, the view."""
+
+    at: float
+    head: int
+    usable: RpcPool
+
+
 class RpcPool(JsonRpc):
     """Failover JSON-RPC over a pool's endpoints (see the module docstring). Thread-safe."""
 
@@ -119,6 +128,7 @@ class RpcPool(JsonRpc):
         self._clock = clock
         self._sleep = sleep
         self._lock = threading.Lock()
+        self._probed: dict[int, _Probed] = {}
 
     @classmethod
     def from_env(
@@ -299,6 +309,32 @@ class RpcPool(JsonRpc):
                 self._sleep(float(wait))
                 attempt += 1
 
+    def check_cached(
+        self, chain_id: int, *, need_block: int | None = None, max_age: float
+    ) -> RpcPool:
+        """``check``'s usable pool, probed again only when the last successful check of
+        ``chain_id`` is older than ``max_age`` seconds or no usable endpoint's head seen then
+        reached ``need_block``. Raises as ``check`` does (failures are never cached).
+
+        What a cached answer can miss, for at most ``max_age``: an endpoint that went stale or
+        changed chains (cryo's own failover still catches one that stops answering).
+        """
+        now = self._clock()
+        with self._lock:
+            hit = self._probed.get(chain_id)
+        if (
+            hit is not None
+            and now - hit.at <= max_age
+            and (need_block is None or need_block <= hit.head)
+        ):
+            return hit.usable
+        usable, checks = self.check(chain_id, need_block=need_block)
+        heads = [c.head for c in checks if c.problem is None and c.head is not None]
+        if heads:
+            with self._lock:
+                self._probed[chain_id] = _Probed(now, min(heads), usable)
+        return usable
+
     def check(
         self, chain_id: int, *, need_block: int | None = None
     ) -> tuple[RpcPool, list[EndpointCheck]]:
@@ -356,3 +392,31 @@ class RpcPool(JsonRpc):
             f"{self.label}: no endpoint answered: "
             + "; ".join(f"{c.label}: {c.problem}" for c in checked)
         )
+
+
+_shared: dict[tuple[Any, ...], RpcPool] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_pool(pool: str, settings: Settings, environ: Mapping[str, str] | None = None) -> RpcPool:
+    """The process's one ``RpcPool`` for ``pool`` as the environment configures it now (a
+    changed URL or option list makes another). Shared by every attempt of the process, so its
+    HTTP connections, cool-downs and ``check_cached`` probes carry from one range to the next.
+    Callers must not close it. Raises ``ConfigError`` as ``from_env``."""
+    urls = rpc_pool_urls(pool, environ)
+    if not urls:
+        raise ConfigError("the rpc pool has no endpoint URL", field=rpc_pool_env_var(pool))
+    key = (
+        pool,
+        tuple(urls),
+        tuple(rpc_pool_rps(pool, environ) or [settings.rpc_endpoint_requests_per_second]),
+        settings.rpc_timeout_seconds,
+        settings.rpc_max_attempts,
+        settings.rpc_max_retry_after_seconds,
+        settings.rpc_max_head_lag_blocks,
+    )
+    with _shared_lock:
+        found = _shared.get(key)
+        if found is None:
+            found = _shared[key] = RpcPool.from_env(pool, settings, environ)
+        return found

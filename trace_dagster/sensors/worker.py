@@ -53,6 +53,41 @@ def worker_requests(rt: Runtime, max_runs: int = MAX_RUNS_PER_TICK) -> list[RunR
     ]
 
 
+ACTIVE_STATUSES = [
+    DagsterRunStatus.QUEUED,
+    DagsterRunStatus.NOT_STARTED,
+    DagsterRunStatus.STARTING,
+    DagsterRunStatus.STARTED,
+]
+
+
+def worker_run_limit(instance: DagsterInstance) -> int | None:
+    """How many ``trace_worker`` runs the instance's run queue lets run at once (its
+    ``tag_concurrency_limits`` entry for ``trace/kind=worker``); None without one."""
+    get_config = getattr(instance.run_coordinator, "get_run_queue_config", None)
+    if get_config is None:
+        return None
+    for entry in get_config().tag_concurrency_limits or []:
+        if entry.get("key") == KIND_TAG and entry.get("value") == "worker":
+            return int(entry["limit"])
+    return None
+
+
+def worker_runs_full(rt: Runtime, instance: DagsterInstance | None) -> int | None:
+    """The number of active worker runs when they fill the queue's worker limit and take woken
+    tasks themselves (``TRACE_WORKER_CONTINUE_SECONDS`` > 0), else None. A run requested then
+    would wait in the queue holding its tasks, which the running runs would have taken."""
+    if instance is None or rt.settings.worker_continue_seconds <= 0:
+        return None
+    limit = worker_run_limit(instance)
+    if limit is None:
+        return None
+    active = instance.get_runs_count(
+        RunsFilter(tags={KIND_TAG: "worker"}, statuses=ACTIVE_STATUSES)
+    )
+    return active if active >= limit else None
+
+
 def launch_state(instance: DagsterInstance, run_key: str) -> LaunchState:
     """What Dagster holds for ``run_key``: gone (none, or finished), waiting for a slot (not
     started, queued, canceling), or launched at its launch time (starting) or start time."""
@@ -89,6 +124,8 @@ def worker_sensor(
     )
     if rewoken:
         context.log.warning(f"re-woke {rewoken} task(s) of worker runs that never claimed them")
+    if (active := worker_runs_full(rt, instance)) is not None:
+        return SkipReason(f"{active} worker runs active: they take the woken tasks themselves")
     requests = worker_requests(rt)
     if not requests:
         return SkipReason("no wake-ups")
