@@ -82,8 +82,17 @@ def demo_job_text() -> str:
     ):
         assert old in text
         text = text.replace(old, new)
-    # this chain is plain anvil, not Monad-shaped: no supply-by-protocol block
-    return text[: text.index("  # Supply reconciles")]
+    # this chain is plain anvil, not Monad-shaped: no supply-by-protocol block, and none of
+    # the blocks and transactions streams it reads
+    text = text[: text.index("  # Supply reconciles")]
+    for stream in ("blocks", "transactions"):
+        stanza = (
+            f"  {stream}:\n    cryo_dataset_name: {stream}\n    rpc_pool: demo\n"
+            "    chunk_size: 200\n    max_inflight: 4\n"
+        )
+        assert stanza in text
+        text = text.replace(stanza, "")
+    return text
 
 
 @dataclass
