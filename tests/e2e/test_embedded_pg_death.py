@@ -78,7 +78,7 @@ def test_embedded_postgres_dying_mid_run_stops_the_run_at_once(
         last = " ".join(" ".join(after[errors[-1] :]).split())  # rich wraps at 80 columns
         assert "the embedded Postgres in" in last and "stopped" in last
         assert "Traceback" not in "\n".join(after) and '  File "' not in "\n".join(after)
-        assert len(after) <= 12, "\n".join(after)  # a few lines, not hundreds
+        assert len(after) <= 20, "\n".join(after)  # a few lines (the run's events), not hundreds
         assert took < 30, took  # seconds, not a minute of retries
 
         # Postgres back (the rerun starts it): the rerun finishes the job, every range once
