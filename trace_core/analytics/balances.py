@@ -14,8 +14,6 @@ earlier roll-up) reads every change; both give the same rows
 
 from __future__ import annotations
 
-from typing import Any
-
 import duckdb
 
 from trace_core.analytics import compute, fold, output
@@ -24,21 +22,12 @@ from trace_core.analytics.fold import Link
 from trace_core.analytics.genesis import load_genesis
 from trace_core.analytics.inputs import committed_versions
 from trace_core.analytics.jobs import AnalyticsJob
-from trace_core.analytics.output import OutputTarget, commit_query, fingerprint
+from trace_core.analytics.output import commit_query, fingerprint
 from trace_core.datasets.registry import VersionRecord
 from trace_core.db.queries import q
 
 MAX_HISTORY_POINTS = 2000
 OUTPUTS = ("account_balances", "top_accounts", "top_account_history")
-
-
-def _targets(ctx: Any, job: AnalyticsJob, link: Link) -> dict[str, OutputTarget]:
-    return {
-        name: OutputTarget(
-            ctx.org_id, job.job, job.chain_id, name, 0, link.end, link.fp, fake=link.fake
-        )
-        for name in OUTPUTS
-    }
 
 
 def links_and_points(
@@ -128,7 +117,7 @@ def top_accounts(ctx: Context, con: duckdb.DuckDBPyConnection, job: AnalyticsJob
     end = compute.synced_end(ctx, job, "balance_changes")
     alloc = load_genesis(job, ctx.settings, ctx.environ)
     links, points = links_and_points(ctx, job, end, alloc)
-    final = _targets(ctx, job, links[-1])
+    final = fold.targets(ctx, job, links[-1], OUTPUTS)
     result = Result(start=0, end=end)
     have = {name: output.registered(ctx.state, t) for name, t in final.items()}
     prev_link: Link | None = None
@@ -136,17 +125,10 @@ def top_accounts(ctx: Context, con: duckdb.DuckDBPyConnection, job: AnalyticsJob
         result.outputs = {name: v for name, v in have.items() if v is not None}
         view(con, "top_accounts", fold.files(ctx, result.outputs["top_accounts"].record))
     else:
-        found = fold.previous(
-            ctx.state, links, lambda link: _targets(ctx, job, link)["account_balances"]
-        )
+        found = fold.previous_rollup(ctx, job, links, OUTPUTS, "account_balances")
         prev: dict[str, VersionRecord] | None = None
         if found is not None:
-            got = {
-                n: output.registered(ctx.state, t) for n, t in _targets(ctx, job, found[0]).items()
-            }
-            if all(got.values()):
-                prev_link = found[0]
-                prev = {n: v.record for n, v in got.items() if v is not None}
+            prev_link, prev = found
         result.input_rows = build(
             ctx, con, job, end, points, prev, prev_link.end if prev_link else 0
         )

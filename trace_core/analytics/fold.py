@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from trace_core.analytics import output
 from trace_core.analytics.output import OutputTarget, fingerprint
 from trace_core.datasets.duckdb_sql import parquet_select
 from trace_core.datasets.manifest import load_manifest
@@ -91,3 +92,29 @@ def stable_points(ends: Sequence[int], limit: int) -> list[int]:
     picked = {ends[i] for i in range(0, len(ends), stride)}
     picked.add(ends[-1])
     return sorted(picked)
+
+
+def targets(ctx: Any, job: Any, link: Link, names: Sequence[str]) -> dict[str, OutputTarget]:
+    """The outputs ``names`` of a multi-output roll-up over ``[0, link.end)``."""
+    return {
+        name: OutputTarget(
+            ctx.org_id, job.job, job.chain_id, name, 0, link.end, link.fp, fake=link.fake
+        )
+        for name in names
+    }
+
+
+def previous_rollup(
+    ctx: Any, job: Any, links: list[Link], names: Sequence[str], carry: str
+) -> tuple[Link, dict[str, VersionRecord]] | None:
+    """The newest earlier roll-up to fold from (``previous`` over its ``carry`` output) when
+    every one of its outputs ``names`` is still registered; None: recompute from scratch."""
+    found = previous(ctx.state, links, lambda link: targets(ctx, job, link, names)[carry])
+    if found is None:
+        return None
+    got = {
+        n: output.registered(ctx.state, t) for n, t in targets(ctx, job, found[0], names).items()
+    }
+    if not all(got.values()):
+        return None
+    return found[0], {n: v.record for n, v in got.items() if v is not None}

@@ -14,8 +14,6 @@ earlier roll-up) reads every event; both give the same rows
 
 from __future__ import annotations
 
-from typing import Any
-
 import duckdb
 
 from trace_core.analytics import compute, fold, output
@@ -24,22 +22,13 @@ from trace_core.analytics.fold import Link
 from trace_core.analytics.inputs import committed_versions
 from trace_core.analytics.jobs import AnalyticsJob
 from trace_core.analytics.metrics import concentration_rows
-from trace_core.analytics.output import OutputTarget, commit_query, fingerprint
+from trace_core.analytics.output import commit_query, fingerprint
 from trace_core.datasets.registry import VersionRecord
 from trace_core.db.queries import q
 
 # Most points in time the staking roll-up evaluates (stable thinning of range ends, last kept).
 MAX_CONCENTRATION_POINTS = 500
 OUTPUTS = ("delegator_stake", "validator_stake", "staking_concentration")
-
-
-def _targets(ctx: Any, job: AnalyticsJob, link: Link) -> dict[str, OutputTarget]:
-    return {
-        name: OutputTarget(
-            ctx.org_id, job.job, job.chain_id, name, 0, link.end, link.fp, fake=link.fake
-        )
-        for name in OUTPUTS
-    }
 
 
 def links_and_points(ctx: Context, job: AnalyticsJob, end: int) -> tuple[list[Link], list[int]]:
@@ -98,12 +87,17 @@ def build(
             "WHERE block_number < $from AND list_contains($p, block_number)",
             {"from": start, "p": points},
         )
+    return inp.rows, _stakes(con, points)
+
+
+def _stakes(con: duckdb.DuckDBPyConnection, points: list[int]) -> dict[int, dict[int, int]]:
+    """``{block: {validator: stake}}`` of the ``validator_stake`` relation at ``points``."""
     stakes: dict[int, dict[int, int]] = {p: {} for p in points}
     for block, validator, stake in con.execute(
         "SELECT block_number, validator_id, CAST(stake AS VARCHAR) FROM validator_stake"
     ).fetchall():
-        stakes[int(block)][int(validator)] = int(stake)
-    return inp.rows, stakes
+        stakes.setdefault(int(block), {})[int(validator)] = int(stake)
+    return stakes
 
 
 def staking_concentration(
@@ -115,31 +109,20 @@ def staking_concentration(
     end = compute.synced_end(ctx, job, "staking_events")
     top_k = list(job.spec.staking.top_k) if job.spec.staking else [1]
     links, points = links_and_points(ctx, job, end)
-    final = _targets(ctx, job, links[-1])
+    final = fold.targets(ctx, job, links[-1], OUTPUTS)
     result = Result(start=0, end=end)
     prev_link: Link | None = None
     have = {name: output.registered(ctx.state, t) for name, t in final.items()}
     if all(have.values()):
         result.outputs = {name: v for name, v in have.items() if v is not None}
         view(con, "validator_stake", fold.files(ctx, result.outputs["validator_stake"].record))
-        stakes: dict[int, dict[int, int]] = {p: {} for p in points}
-        for block, validator, stake in con.execute(
-            "SELECT block_number, validator_id, CAST(stake AS VARCHAR) FROM validator_stake"
-        ).fetchall():
-            stakes.setdefault(int(block), {})[int(validator)] = int(stake)
+        stakes = _stakes(con, points)
         table = concentration_rows(stakes, top_k)
     else:
-        found = fold.previous(
-            ctx.state, links, lambda link: _targets(ctx, job, link)["delegator_stake"]
-        )
+        found = fold.previous_rollup(ctx, job, links, OUTPUTS, "delegator_stake")
         prev: dict[str, VersionRecord] | None = None
         if found is not None:
-            got = {
-                n: output.registered(ctx.state, t) for n, t in _targets(ctx, job, found[0]).items()
-            }
-            if all(got.values()):
-                prev_link = found[0]
-                prev = {n: v.record for n, v in got.items() if v is not None}
+            prev_link, prev = found
         result.input_rows, stakes = build(
             ctx, con, job, end, points, prev, prev_link.end if prev_link else 0
         )
