@@ -163,17 +163,18 @@ def show_reconciliation(
     it as the Dagster UI's check page lists it; return the evaluation."""
     import httpx
 
+    from trace_lite.reload import graphql
+
     key = {"path": ["analytics", DEMO_JOB, "native_supply"]}
-    variables = {"key": key, "check": "supply_reconciles"}
-    with console.status("waiting for the supply_reconciles check..."), httpx.Client() as client:
+    with (
+        console.status("waiting for the supply_reconciles check..."),
+        httpx.Client(timeout=30) as client,
+    ):
         while True:
-            r = client.post(
-                f"{dagster_url}/graphql",
-                json={"query": CHECK_EXECUTIONS, "variables": variables},
-                timeout=30,
+            data = graphql(
+                client, dagster_url, CHECK_EXECUTIONS, key=key, check="supply_reconciles"
             )
-            r.raise_for_status()
-            executions = r.json().get("data", {}).get("assetCheckExecutions") or []
+            executions = data.get("assetCheckExecutions") or []
             evaluation = (executions[0].get("evaluation") or {}) if executions else {}
             if f" of {to_block} blocks unexplained" in (evaluation.get("description") or ""):
                 break

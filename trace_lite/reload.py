@@ -49,7 +49,7 @@ def webserver_url(settings: Settings) -> str | None:
     return None
 
 
-def _graphql(client: httpx.Client, url: str, query: str, **variables: Any) -> dict[str, Any]:
+def graphql(client: httpx.Client, url: str, query: str, **variables: Any) -> dict[str, Any]:
     response = client.post(f"{url}/graphql", json={"query": query, "variables": variables})
     response.raise_for_status()
     body = response.json()
@@ -64,11 +64,11 @@ def reload_locations(url: str, client: httpx.Client | None = None) -> list[str]:
     Raises ``httpx.HTTPError`` (or ``RuntimeError`` for a GraphQL error) when it cannot ask.
     """
     with client or httpx.Client(timeout=TIMEOUT_SECONDS) as client:
-        workspace = _graphql(client, url, LOCATIONS)["workspaceOrError"]
+        workspace = graphql(client, url, LOCATIONS)["workspaceOrError"]
         names = [e["name"] for e in workspace.get("locationEntries", [])]
         lines = []
         for name in names:
-            got = _graphql(client, url, RELOAD, name=name)["reloadRepositoryLocation"]
+            got = graphql(client, url, RELOAD, name=name)["reloadRepositoryLocation"]
             error = got.get("message") or (got.get("locationOrLoadError") or {}).get("message")
             if got["__typename"] == "WorkspaceLocationEntry" and not error:
                 lines.append(f"reloaded Dagster definitions of code location {name} at {url}")

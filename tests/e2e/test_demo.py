@@ -31,21 +31,29 @@ from trace_lite.stack import free_port
 TO_BLOCK = 300
 CHUNK = 100
 STREAMS = ("blocks", "transactions", "logs")
-JOB_YAML = f"""
+
+
+def job_yaml(to_block: int, chunk: int) -> str:
+    """The demo job over ``[0, to_block)``: the streams the demo prints and alerts on."""
+    head = f"""
 kind: chain_sync
 name: demo
 chain_id: 31337
-mode: {{kind: fixed_target, from_block: 0, to_block: {TO_BLOCK}}}
+mode: {{kind: fixed_target, from_block: 0, to_block: {to_block}}}
 streams:
-""" + "".join(
-    f"""  {s}:
+"""
+    return head + "".join(
+        f"""  {s}:
     cryo_dataset_name: {s}
     rpc_pool: demo
-    chunk_size: {CHUNK}
+    chunk_size: {chunk}
     max_inflight: 2
 """
-    for s in STREAMS
-)
+        for s in STREAMS
+    )
+
+
+JOB_YAML = job_yaml(TO_BLOCK, CHUNK)
 
 
 def _processes_of(home: Path) -> list[str]:

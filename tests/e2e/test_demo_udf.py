@@ -14,7 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.e2e.test_demo import _processes_of
+from tests.e2e.test_demo import _processes_of, job_yaml
 from trace_core.db.connection import resolve_databases
 from trace_core.db.embedded import stop_embedded
 from trace_core.settings import Settings
@@ -22,21 +22,7 @@ from trace_lite.stack import free_port
 
 TO_BLOCK = 200
 CHUNK = 100
-JOB_YAML = f"""
-kind: chain_sync
-name: demo
-chain_id: 31337
-mode: {{kind: fixed_target, from_block: 0, to_block: {TO_BLOCK}}}
-streams:
-""" + "".join(
-    f"""  {s}:
-    cryo_dataset_name: {s}
-    rpc_pool: demo
-    chunk_size: {CHUNK}
-    max_inflight: 2
-"""
-    for s in ("blocks", "transactions", "logs")  # what the demo itself prints and alerts on
-)
+JOB_YAML = job_yaml(TO_BLOCK, CHUNK)
 
 
 @pytest.mark.timeout(600)
