@@ -1,22 +1,33 @@
 """``trace-lite``: trace_core's commands plus those that drive Dagster (run, up, down, demo).
 
-Dagster is imported inside the commands that need it, so ``trace-lite status`` stays quick.
+Dagster is imported inside the commands that need it, so ``trace-lite status`` stays quick
+(trace_core.cli.main loads the other modules' commands on first use). No collections while
+the modules load (they allocate long-lived objects only), and ``main`` freezes what they
+left: neither later collections nor the interpreter's exit walk them again.
 """
 
 from __future__ import annotations
 
-import functools
-import os
-import shutil
-import signal
-import sys
-from pathlib import Path
+import gc
 
-import click
+_GC_WAS_ENABLED = gc.isenabled()
+gc.disable()
 
-from trace_core.cli.common import console, handle_errors, runtime
-from trace_core.cli.main import cli
-from trace_core.settings import REPO_ROOT
+import functools  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import click  # noqa: E402
+
+from trace_core.cli.common import console, handle_errors, runtime  # noqa: E402
+from trace_core.cli.main import cli  # noqa: E402
+from trace_core.settings import REPO_ROOT  # noqa: E402
+
+if _GC_WAS_ENABLED:
+    gc.enable()
 
 DEFAULT_DAGSTER_HOME = REPO_ROOT / "dagster_home"
 
@@ -201,6 +212,7 @@ def down() -> None:
 
 
 def main() -> None:
+    gc.freeze()  # what the imports built lives as long as the process
     cli(prog_name="trace-lite")
 
 

@@ -16,15 +16,17 @@ import re
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from psycopg import Connection
 
 from trace_core.db.queries import q
 from trace_core.errors import RpcError, TraceError
-from trace_core.rpc.client import JsonRpc
-from trace_core.rpc.pool import RpcPool
 from trace_core.settings import Settings, rpc_pool_urls
+
+if TYPE_CHECKING:  # the RPC client (httpx) loads when a probe runs, not for status reads
+    from trace_core.rpc.client import JsonRpc
+    from trace_core.rpc.pool import RpcPool
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +144,8 @@ def probe_due(
         if not rpc_pool_urls(pool_name, environ):
             continue
         try:
+            from trace_core.rpc.pool import RpcPool
+
             with RpcPool.from_env(
                 pool_name, settings, environ, timeout=PROBE_TIMEOUT_SECONDS
             ) as pool:

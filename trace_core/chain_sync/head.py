@@ -21,7 +21,6 @@ from psycopg import Connection
 
 from trace_core.db.queries import q
 from trace_core.errors import ChainMismatch, RpcError
-from trace_core.rpc.pool import RpcPool
 from trace_core.settings import rpc_pool_env_var, rpc_pool_urls
 
 log = logging.getLogger(__name__)
@@ -107,6 +106,8 @@ def _poll(chain_id: int, pool: str, urls: str | Sequence[str] | None, timeout: f
             chain_id, pool, None, MISSING_RPC_URL, f"{rpc_pool_env_var(pool)} is not set"
         )
     try:
+        from trace_core.rpc.pool import RpcPool  # httpx: loaded when a head is polled
+
         with RpcPool.from_urls(pool, listed, timeout=timeout, max_attempts=1) as rpc:
             _usable, checks = rpc.check(chain_id)
     except ChainMismatch as exc:

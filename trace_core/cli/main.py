@@ -1,5 +1,9 @@
 """``trace-lite`` commands that need no Dagster: migrate, apply, status, pause/resume, retry,
-query, token, query-service, gc, dlq. Errors print one clear line and exit non-zero."""
+query, token, query-service, gc, dlq. Errors print one clear line and exit non-zero.
+
+Each command imports what it needs inside its body and the other modules' commands load on
+first use (``LazyGroup``): ``trace-lite status`` stays a short process (see
+tests/unit/test_cli_imports.py for what it must not import)."""
 
 from __future__ import annotations
 
@@ -7,26 +11,37 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import click
-from rich.table import Table
-from rich.text import Text
 
-from trace_core.cli.alerts import alerts
 from trace_core.cli.common import ORG, console, err_console, handle_errors, org_option, runtime
-from trace_core.cli.compact import compact
-from trace_core.cli.dlq import dlq
-from trace_core.cli.retry import retry
-from trace_core.cli.tenancy import key, org, user
-from trace_core.cli.transforms import apply_transform_file, transforms, trigger
-from trace_core.cli.udf import udf
-from trace_core.cli.verify import verify
-from trace_core.runtime import Runtime
+from trace_core.cli.lazy import LazyGroup
 from trace_core.settings import load_settings
 
+if TYPE_CHECKING:
+    from psycopg import Connection
 
-@click.group()
+    from trace_core.queue.base import QueueStats
+    from trace_core.runtime import Runtime
+
+# command name -> "module:attribute", imported when the command runs (or for --help)
+LAZY_COMMANDS = {
+    "dlq": "trace_core.cli.dlq:dlq",
+    "alerts": "trace_core.cli.alerts:alerts",
+    "retry": "trace_core.cli.retry:retry",
+    "verify": "trace_core.cli.verify:verify",
+    "compact": "trace_core.cli.compact:compact",
+    "transforms": "trace_core.cli.transforms:transforms",
+    "trigger": "trace_core.cli.transforms:trigger",
+    "udf": "trace_core.cli.udf:udf",
+    "org": "trace_core.cli.tenancy:org",
+    "user": "trace_core.cli.tenancy:user",
+    "key": "trace_core.cli.tenancy:key",
+}
+
+
+@click.group(cls=LazyGroup, lazy_subcommands=LAZY_COMMANDS)
 @click.option("-v", "--verbose", is_flag=True, help="Log at INFO level to stderr")
 @click.option(
     "--org",
@@ -41,19 +56,6 @@ def cli(verbose: bool, org_name: str | None) -> None:
     ORG.set(org_name)
     json_logs = os.environ.get("TRACE_LOG_FORMAT", "").lower() == "json"
     configure_logging(logging.INFO if verbose else logging.WARNING, "json" if json_logs else "text")
-
-
-cli.add_command(dlq)
-cli.add_command(alerts)
-cli.add_command(retry)
-cli.add_command(verify)
-cli.add_command(compact)
-cli.add_command(transforms)
-cli.add_command(trigger)
-cli.add_command(udf)
-cli.add_command(org)
-cli.add_command(user)
-cli.add_command(key)
 
 
 @cli.command()
@@ -88,6 +90,7 @@ def apply(file_: Path, strict: bool) -> None:
     paused flag)."""
     from trace_core.chain_sync import store
     from trace_core.chain_sync.yamlload import load_job_file, read_capped
+    from trace_core.cli.transforms import apply_transform_file
     from trace_core.transforms.spec import is_transform_document
 
     if is_transform_document(read_capped(file_)):
@@ -103,6 +106,9 @@ def apply(file_: Path, strict: bool) -> None:
 
 
 def _render_status(jobs: list[dict[str, Any]], queue: dict[str, Any] | None) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
     for job in jobs:
         state = "paused" if not job.get("enabled", True) else "enabled"
         console.print(
@@ -201,22 +207,46 @@ def _render_dead_ranges(job: dict[str, Any]) -> None:
             )
 
 
-def queue_overview(rt: Runtime) -> dict[str, Any]:
+def queue_overview(rt: Runtime, conn: Connection[Any] | None = None) -> dict[str, Any]:
+    """Wake-up and buffer queue health plus pending outbox rows. With pgqueue (Lite) and an
+    open system connection ``conn``: read on it (pgqueue's own ``stats`` statement per queue,
+    the outbox count), not through a queue driver, whose two connection pools cost a status
+    process more than the reads."""
     from dataclasses import asdict
 
     from trace_core import outbox
     from trace_core.queue.base import BUFFER_QUEUE, TASK_WAKEUP
 
-    wake = asdict(rt.queue.stats(TASK_WAKEUP))
-    buf = rt.queue.stats(BUFFER_QUEUE)
-    with rt.state() as conn:
+    if conn is None or rt.settings.queue_driver != "pgqueue":
+        wake_stats, buf = rt.queue.stats(TASK_WAKEUP), rt.queue.stats(BUFFER_QUEUE)
+        with rt.state() as own:
+            _, pending = outbox.pending_counts(own)
+    else:
+        wake_stats, buf = _pgqueue_stats(conn, TASK_WAKEUP), _pgqueue_stats(conn, BUFFER_QUEUE)
         _, pending = outbox.pending_counts(conn)
+    wake = asdict(wake_stats)
     wake["dead"] = int(wake["dead"]) + buf.dead
     wake["outbox_pending"] = pending
     wake["buffer"] = {"depth": buf.depth, "in_flight": buf.in_flight, "dead": buf.dead}
     if wake.get("oldest_age_seconds") is not None:
         wake["oldest_age_seconds"] = round(float(wake["oldest_age_seconds"]), 1)
     return wake
+
+
+def _pgqueue_stats(conn: Connection[Any], queue: str) -> QueueStats:
+    """``PgQueue.stats`` on a given connection (the same statement and reading)."""
+    from trace_core.db.queries import q
+    from trace_core.queue.base import QueueStats
+
+    row = conn.execute(q("pgqueue", "stats"), {"queue": queue}).fetchone()
+    assert row is not None
+    depth, in_flight, oldest, dead = row
+    return QueueStats(
+        depth=int(depth),
+        in_flight=int(in_flight),
+        oldest_age_seconds=None if oldest is None else max(0.0, float(oldest)),
+        dead=int(dead),
+    )
 
 
 @cli.command()
@@ -238,8 +268,8 @@ def status(job: str | None, as_json: bool) -> None:
             for t in transform_status(conn, rt.settings.org_id)
             if job is None or job in (t["job"], t["name"])
         ]
-    # the queues and outbox are shared by every org: the operator's view, not a tenant's
-    queue = None if rt.tenant else queue_overview(rt)
+        # the queues and outbox are shared by every org: the operator's view, not a tenant's
+        queue = None if rt.tenant else queue_overview(rt, conn)
     if as_json:
         out = {"jobs": jobs, "transforms": transforms, "queue": queue}
         click.echo(json.dumps(out, indent=2, default=str))
@@ -254,6 +284,8 @@ def _render_transforms(transforms: list[dict[str, Any]]) -> None:
     """Transform jobs: triggers, runs by state and the last dead run's error."""
     if not transforms:
         return
+    from rich.table import Table
+
     table = Table(show_header=True, header_style="bold", title="transforms")
     for col in ("transform", "job", "output", "triggers", "queued", "run", "done", "dead", "last"):
         table.add_column(col)
@@ -353,6 +385,8 @@ def query(sql: str, job: str | None, as_json: bool, mode: str | None, api_key: s
     if as_json:
         click.echo(json.dumps(resp, indent=2, default=str))
         return
+    from rich.table import Table
+
     table = Table(show_header=True, header_style="bold")
     for col in resp["columns"]:
         table.add_column(str(col["name"] if isinstance(col, dict) else col))
@@ -419,6 +453,8 @@ def gc(older_than: float, versions: bool, grace_seconds: float | None, dry_run: 
             console.print(str(report), highlight=False)
         if versions:
             grace = rt.settings.version_grace_seconds if grace_seconds is None else grace_seconds
+            from rich.text import Text
+
             vreport = gc_versions(
                 conn, rt.store, rt.settings.org_id, grace_seconds=grace, dry_run=dry_run
             )

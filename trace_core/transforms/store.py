@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from psycopg import Connection
 from psycopg.rows import dict_row
@@ -24,7 +24,9 @@ from trace_core.chain_sync import store as chain_sync_store
 from trace_core.db.queries import q
 from trace_core.errors import ChainSyncJobNotFound, ConfigError, InvalidJobFile, TransformNotFound
 from trace_core.runtime import Runtime
-from trace_core.transforms.spec import LoadedTransform, TransformSpec
+
+if TYPE_CHECKING:  # the spec's validators load DuckDB's SQL parser: not for status reads
+    from trace_core.transforms.spec import LoadedTransform, TransformSpec
 
 TRANSFORM_NAMESPACE = uuid.UUID("8c1f4a9e-2b3d-4e6f-9a7b-1c2d3e4f5a6b")
 
@@ -64,6 +66,8 @@ class TransformRow:
     updated_at: datetime | None = None
 
     def model(self) -> TransformSpec:
+        from trace_core.transforms.spec import TransformSpec
+
         return TransformSpec.model_validate(self.spec, strict=False)
 
     @property
