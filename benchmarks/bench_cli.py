@@ -79,6 +79,14 @@ def main() -> int:
     ap.add_argument("--queued", type=int, default=1_000, help="wake-ups queued, outbox rows")
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--target", type=float, default=1.0, help="seconds, median status")
+    ap.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        metavar="TRACE_LITE",
+        help="another checkout's trace-lite (e.g. /work/main/.venv/bin/trace-lite) timed on the "
+        "same state, for a before/after in one run",
+    )
     args = ap.parse_args()
 
     sys.path.insert(0, str(Path(__file__).parent))
@@ -124,6 +132,8 @@ def main() -> int:
         ("trace-lite status (all jobs)", [TRACE_LITE, "status"], env),
         ("trace-lite status --job, URLs set", [TRACE_LITE, "status", "--job", JOB], urls),
     ]
+    for i, other in enumerate(args.also, 1):
+        cases.append((f"[also {i}] status --job", [other, "status", "--job", JOB], env))
     for _, argv, case_env in cases:  # warm the page cache once
         timed(argv, case_env)
     times: dict[str, list[float]] = {name: [] for name, _, _ in cases}
@@ -163,6 +173,8 @@ def main() -> int:
             f"{name:36} {med:>9.3f} {min(times[name]):>7.3f} {med / base:>8.1f}x "
             f"{med - base:>10.3f} {statistics.median(cpu[name]):>6.2f}"
         )
+    for i, other in enumerate(args.also, 1):
+        print(f"[also {i}] = {other}")
     print(
         f"\nin process: status query {statistics.median(query_s) * 1000:.0f} ms, queue overview "
         f"{statistics.median(queue_s) * 1000:.1f} ms (median of {args.repeat})"

@@ -2,8 +2,9 @@
 
 Dagster is imported inside the commands that need it, so ``trace-lite status`` stays quick
 (trace_core.cli.main loads the other modules' commands on first use). No collections while
-the modules load (they allocate long-lived objects only), and ``main`` freezes what they
-left: neither later collections nor the interpreter's exit walk them again.
+the modules load (they allocate long-lived objects only), which are then frozen (later
+collections skip them), and so is everything at exit: the interpreter's last collections
+walked every module's objects (0.1 s of CPU, seconds of wall time on a busy box).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import gc
 _GC_WAS_ENABLED = gc.isenabled()
 gc.disable()
 
+import atexit  # noqa: E402
 import functools  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
@@ -26,6 +28,7 @@ from trace_core.cli.common import console, handle_errors, runtime  # noqa: E402
 from trace_core.cli.main import cli  # noqa: E402
 from trace_core.settings import REPO_ROOT  # noqa: E402
 
+gc.freeze()  # the modules' objects live as long as the process: later collections skip them
 if _GC_WAS_ENABLED:
     gc.enable()
 
@@ -212,7 +215,8 @@ def down() -> None:
 
 
 def main() -> None:
-    gc.freeze()  # what the imports built lives as long as the process
+    # at exit, skip the interpreter's last collections over what the command imported
+    atexit.register(gc.freeze)
     cli(prog_name="trace-lite")
 
 
