@@ -22,6 +22,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -62,7 +63,13 @@ from trace_core.query.attach import (
     task_versions,
     user_versions,
 )
-from trace_core.query.audit import AuditRecord, Outcome, write_audit
+from trace_core.query.audit import (
+    AuditRecord,
+    Outcome,
+    write_audit,
+    write_finished,
+    write_started,
+)
 from trace_core.query.engine import (
     EngineConfig,
     ResultLimits,
@@ -160,6 +167,7 @@ class _Run:
     bytes: int | None = None
     export_key: str | None = None
     error_code: str | None = None
+    started_audit: Future[None] | None = None  # the durable 'started' row, being written
 
 
 class Phases:
@@ -223,17 +231,31 @@ class QueryService:
         self.state = ConnectionPool(
             dbs.state_url, min_size=1, max_size=8, open=False, kwargs=state_kwargs
         )
-        # the audit insert is this pool's only write (see Settings.query_audit_durable)
+        # the audit is this pool's only write (see Settings.query_audit_durable)
         data_kwargs: dict[str, Any] = {
             "autocommit": True,
             **session_options(dbs.data_url, **system_session(settings)),
         }
-        if not settings.query_audit_durable:
-            given = data_kwargs.get("options", "")
-            data_kwargs["options"] = f"{given} -c synchronous_commit=off".strip()
+        given = data_kwargs.get("options", "")
+        async_kwargs = {**data_kwargs, "options": f"{given} -c synchronous_commit=off".strip()}
+        durable = settings.query_audit_durable
         self.data = ConnectionPool(
-            dbs.data_url, min_size=1, max_size=8, open=False, kwargs=data_kwargs
+            dbs.data_url,
+            min_size=1,
+            max_size=8,
+            open=False,
+            kwargs=data_kwargs if durable else async_kwargs,
         )
+        # durable: an executed query's audit row is written as 'started' (durable commit) on
+        # a thread while the engine runs, and its outcome afterwards on this pool
+        # (asynchronous commit): the answer never precedes a durable row, and the query no
+        # longer waits for a WAL flush of its own (docs/benchmarks.md, issue 25)
+        self._outcomes: ConnectionPool[Any] | None = None
+        self._auditor: ThreadPoolExecutor | None = None
+        if durable:
+            self._outcomes = ConnectionPool(
+                dbs.data_url, min_size=1, max_size=8, open=False, kwargs=async_kwargs
+            )
         # "data": the follower's hot tables, including chains the org follows that have no
         # cold version yet (resolved per request, see _hot_for)
         self._hot_url = dbs.data_url if hot_sources == "data" else None
@@ -272,6 +294,9 @@ class QueryService:
     def open(self) -> None:
         self.state.open(wait=True)
         self.data.open(wait=True)
+        if self._outcomes is not None:
+            self._outcomes.open(wait=True)
+            self._auditor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="query-audit")
         if self.workers is not None:
             self.workers.start()
         if self.sandboxes is not None:
@@ -282,6 +307,11 @@ class QueryService:
             self.workers.stop()
         if self.sandboxes is not None:
             self.sandboxes.stop()
+        if self._auditor is not None:
+            self._auditor.shutdown(wait=True)
+            self._auditor = None
+        if self._outcomes is not None:
+            self._outcomes.close()
         self.state.close()
         self.data.close()
 
@@ -391,6 +421,10 @@ class QueryService:
             hot=self._hot_for(caller),
         )
         phases.lap("attach")
+        if self._auditor is not None:
+            run.started_audit = self._auditor.submit(
+                self._audit, self._record(caller, run, "ok", 0), started=True
+            )
         limits = ResultLimits(
             self.settings.query_inline_max_rows,
             self.settings.query_inline_max_bytes,
@@ -450,23 +484,14 @@ class QueryService:
         if run.error_code is not None:
             outcome = "failed" if run.executed else "rejected"
         duration_ms = int((time.monotonic() - started) * 1000)
-        self._audit(
-            AuditRecord(
-                query_id=run.query_id,
-                org_id=caller.org_id,
-                sql_sha256=run.sql_sha256,
-                duration_ms=duration_ms,
-                outcome=outcome,
-                user_sub=caller.user.sub if caller.user else None,
-                task_id=caller.task_id,
-                attempt=caller.attempt,
-                datasets=audit_datasets(run.relations),
-                rows=run.rows,
-                bytes=run.bytes,
-                error_code=run.error_code,
-                export_key=run.export_key,
-            )
-        )
+        record = self._record(caller, run, outcome, duration_ms)
+        if run.started_audit is None:
+            self._audit(record)
+        else:
+            run.started_audit.result()  # its failure fails the query, as a failed insert does
+            assert self._outcomes is not None
+            with self._outcomes.connection() as conn:
+                write_finished(conn, record)
         phases.lap("audit")
         if self.observer is not None:
             self.observer(phases.ms)
@@ -483,6 +508,24 @@ class QueryService:
                 "duration_ms": duration_ms,
                 "phases_ms": {name: round(ms, 2) for name, ms in phases.ms.items()},
             },
+        )
+
+    @staticmethod
+    def _record(caller: _Caller, run: _Run, outcome: Outcome, duration_ms: int) -> AuditRecord:
+        return AuditRecord(
+            query_id=run.query_id,
+            org_id=caller.org_id,
+            sql_sha256=run.sql_sha256,
+            duration_ms=duration_ms,
+            outcome=outcome,
+            user_sub=caller.user.sub if caller.user else None,
+            task_id=caller.task_id,
+            attempt=caller.attempt,
+            datasets=audit_datasets(run.relations),
+            rows=run.rows,
+            bytes=run.bytes,
+            error_code=run.error_code,
+            export_key=run.export_key,
         )
 
     def _user(self, token: str) -> _Caller:
@@ -527,11 +570,12 @@ class QueryService:
             return contextlib.nullcontext()
         return tenant_scope(conn, org_id)
 
-    def _audit(self, record: AuditRecord) -> None:
+    def _audit(self, record: AuditRecord, *, started: bool = False) -> None:
         """The system records what a caller did, under the caller's org (given, not taken
-        from the session): no tenant scope, one statement."""
+        from the session): no tenant scope, one statement (``started``: the row of a query
+        about to execute, see ``_outcomes``)."""
         with self.data.connection() as conn:
-            write_audit(conn, record)
+            (write_started if started else write_audit)(conn, record)
 
 
 def _bearer(authorization: str | None) -> str:
