@@ -131,7 +131,17 @@ def user_versions(
     grant or that neither the registry nor ``hot_relations`` holds, and
     ``QueryError(code='job_not_found')`` for an unknown job.
     """
-    params = {"org_id": claims.org_id, "job": job}
+    registered = registered_relations(conn, claims.org_id, job)
+    return granted_relations(registered, claims, requested=requested, hot_relations=hot_relations)
+
+
+def registered_relations(
+    conn: Connection[Any], org_id: uuid.UUID | str, job: str | None = None
+) -> Versions:
+    """The registry's part of ``user_versions``: every relation of the org (or of ``job``)
+    by name, before grants (what ``QueryService`` caches per registry generation). Raises
+    ``QueryError(code='job_not_found')``."""
+    params = {"org_id": org_id, "job": job}
     if job is not None:
         found = conn.execute(q("query", "job_exists"), params).fetchone()
         if found is None:
@@ -142,12 +152,23 @@ def user_versions(
             records += _records(
                 conn,
                 "job_analytics_versions",
-                {"org_id": claims.org_id, "chain_id": found[1], "keys": keys},
+                {"org_id": org_id, "chain_id": found[1], "keys": keys},
             )
         # the job's own outputs, under their relation names (analytics_<name>)
-        registered = {output_relation(k): v for k, v in default_relations(records).items()}
-    else:
-        registered = default_relations(_records(conn, "org_versions", params))
+        return {output_relation(k): v for k, v in default_relations(records).items()}
+    return default_relations(_records(conn, "org_versions", params))
+
+
+def granted_relations(
+    registered: Versions,
+    claims: UserClaims,
+    *,
+    requested: Sequence[str] | None = None,
+    hot_relations: Iterable[str] = (),
+) -> Versions:
+    """The part of ``registered`` that ``claims`` grants (see ``user_versions``); a new
+    dict, ``registered`` is left as it is."""
+    registered = dict(registered)
     for name in hot_relations:
         registered.setdefault(name, [])
     if requested is None:

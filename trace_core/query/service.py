@@ -32,6 +32,7 @@ from psycopg_pool import ConnectionPool
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from trace_core.db.connection import Databases, session_options, system_session
+from trace_core.db.errors import db_errors
 from trace_core.db.queries import q
 from trace_core.errors import (
     AccessDenied,
@@ -59,9 +60,10 @@ from trace_core.query.attach import (
     audit_datasets,
     data_hot_sources,
     followed_chains,
+    granted_relations,
     refuse_fake,
+    registered_relations,
     task_versions,
-    user_versions,
 )
 from trace_core.query.audit import (
     AuditRecord,
@@ -81,6 +83,7 @@ from trace_core.query.engine import (
 )
 from trace_core.query.export import export_result, json_rows
 from trace_core.query.gate import check_limits, sql_fingerprint, validate_sql_cached
+from trace_core.query.registry_cache import Entry, RegistryCache, registry_generation
 from trace_core.query.tokens import (
     UserClaims,
     verify_task_token,
@@ -263,6 +266,7 @@ class QueryService:
             data_hot_sources(self.data, dbs.data_url) if hot_sources == "data" else hot_sources
         )
         self.cache = ManifestCache()
+        self.registry = RegistryCache()
         s3 = (
             S3Access.from_settings(settings)
             if str(getattr(store, "url", "")).startswith("s3://")
@@ -490,7 +494,7 @@ class QueryService:
         else:
             run.started_audit.result()  # its failure fails the query, as a failed insert does
             assert self._outcomes is not None
-            with self._outcomes.connection() as conn:
+            with self._outcomes.connection() as conn, db_errors("query audit"):
                 write_finished(conn, record)
         phases.lap("audit")
         if self.observer is not None:
@@ -545,16 +549,15 @@ class QueryService:
     def _resolve(self, caller: _Caller, request: QueryRequest) -> Versions:
         """Relations the request may read (403 for names outside the grant)."""
         if caller.user is not None:
-            with self.state.connection() as conn, self._scope(conn, caller.org_id):
-                if self._hot_url is not None:
-                    caller.hot_chains = followed_chains(conn, caller.org_id, request.job)
-                return user_versions(
-                    conn,
-                    caller.user,
-                    requested=request.datasets,
-                    job=request.job,
-                    hot_relations=HOT_TABLES if caller.hot_chains else (),
-                )
+            with self.state.connection() as conn:
+                chains, registered = self._registered(conn, caller.org_id, request.job)
+            caller.hot_chains = list(chains)
+            return granted_relations(
+                registered,
+                caller.user,
+                requested=request.datasets,
+                hot_relations=HOT_TABLES if chains else (),
+            )
         if request.job is not None:
             raise QueryError("job is not valid for task queries", code="bad_request")
         if request.datasets is None:
@@ -563,6 +566,23 @@ class QueryService:
         if missing:
             raise AccessDenied(f"dataset {sorted(missing)[0]!r} is not granted")
         return {name: caller.versions[name] for name in request.datasets}
+
+    def _registered(self, conn: Any, org_id: uuid.UUID, job: str | None) -> Entry:
+        """The org's (or job's) relations before grants, and the chains it follows into the
+        hot tables: from ``self.registry`` while the org's registry generation holds, else
+        read as the org (``trace_tenant``) and remembered."""
+        generation = registry_generation(conn, org_id)
+        key = (org_id, job, self._hot_url is not None)
+        if generation is not None:
+            hit = self.registry.get(key, generation)
+            if hit is not None:
+                return hit
+        with self._scope(conn, org_id):
+            chains = tuple(followed_chains(conn, org_id, job)) if key[2] else ()
+            entry = (chains, registered_relations(conn, org_id, job))
+        if generation is not None:
+            self.registry.put(key, generation, entry)
+        return entry
 
     def _scope(self, conn: Any, org_id: uuid.UUID) -> AbstractContextManager[Any]:
         """The caller's org for this transaction, as ``trace_tenant`` (row-level security)."""
@@ -574,7 +594,7 @@ class QueryService:
         """The system records what a caller did, under the caller's org (given, not taken
         from the session): no tenant scope, one statement (``started``: the row of a query
         about to execute, see ``_outcomes``)."""
-        with self.data.connection() as conn:
+        with self.data.connection() as conn, db_errors("query audit"):
             (write_started if started else write_audit)(conn, record)
 
 

@@ -11,6 +11,10 @@ JOIN state.dataset_versions v ON v.dataset_uuid = d.dataset_uuid
 WHERE d.org_id = %(org_id)s
   AND v.collected_at IS NULL AND v.compacted_into IS NULL
 
+-- name: registry_generation
+-- Bumped with every committed change to the org's registry (state migration 0085).
+SELECT registry_generation FROM state.orgs WHERE org_id = %(org_id)s
+
 -- name: job_exists
 -- The job, its chain and its `analytics:` block (NULL without one).
 SELECT job_id, chain_id, spec -> 'analytics' AS analytics
