@@ -40,7 +40,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import duckdb
@@ -48,6 +48,7 @@ import httpx
 import psycopg
 import uvicorn
 from _scratch import scratch_databases
+from starlette.routing import BaseRoute
 
 from trace_core.datasets import ids
 from trace_core.datasets.commit import describe_parquet, register_version
@@ -180,10 +181,16 @@ def phase_medians(
 class Http:
     """The app under uvicorn on a free loopback port."""
 
-    def __init__(self, settings: Settings, dbs: Databases, store: LocalStore) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        dbs: Databases,
+        store: LocalStore,
+        routes: Sequence[BaseRoute] = (),
+    ) -> None:
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
-        app = create_app(settings, dbs, store, hot_sources=None)
+        app = create_app(settings, dbs, store, hot_sources=None, routes=routes)
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
         self.thread = threading.Thread(
             target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
