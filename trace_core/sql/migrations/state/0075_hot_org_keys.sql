@@ -1,17 +1,11 @@
 -- depends: 0033_rls
 -- The follower's cursors and the compacted hot ranges are keyed by org (issue 22): one
 -- follower and one compaction per (org, chain), since each org's job has its own RPC and its
--- own hot rows. A cursor that existed before belongs to the org of the chain's hot jobs (only
--- the deployment's org was followed), else the default org.
+-- own hot rows. Existing cursors belong to the default org, like the hot rows data 0010
+-- stamped. (A deployment that had set another TRACE_ORG_ID: its follower finds no cursor of
+-- its org and adopts the hot rows it stamped since, or starts afresh at the job's start.)
 ALTER TABLE state.hot_follower_cursors ADD COLUMN org_id uuid NOT NULL
     DEFAULT '00000000-0000-0000-0000-000000000001';
-UPDATE state.hot_follower_cursors c SET org_id = j.org_id
-FROM (
-    SELECT DISTINCT ON (chain_id) chain_id, org_id FROM state.chain_sync_jobs
-    WHERE jsonb_typeof(spec -> 'hot') = 'object'
-    ORDER BY chain_id, enabled DESC, created_at
-) j
-WHERE j.chain_id = c.chain_id AND c.org_id <> j.org_id;
 ALTER TABLE state.hot_follower_cursors ALTER COLUMN org_id DROP DEFAULT;
 ALTER TABLE state.hot_follower_cursors DROP CONSTRAINT hot_follower_cursors_pkey,
     ADD PRIMARY KEY (org_id, chain_id);
