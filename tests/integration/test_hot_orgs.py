@@ -174,12 +174,19 @@ def test_two_orgs_follow_reorg_compact_and_query_one_chain_apart(
             with tenant_scope(conn, org):
                 seen = conn.execute("SELECT DISTINCT org_id FROM data.hot_blocks").fetchall()
                 assert seen == [(org,)]
-    service = QueryService(settings.model_copy(update={"query_workers": 0}), dbs, rt.store)
-    service.open()
-    try:
-        sql = "SELECT count(*), count(DISTINCT block_number), min(block_number) FROM blocks"
-        for org in (a, b):
-            reply: dict[str, Any] = service.query("user", keys[org], QueryRequest(sql=sql))
-            assert reply["rows"] == [[head, head, 1]]  # cold [1, cut) + the org's hot rows
-    finally:
-        service.close()
+    # with row-level security (as trace_tenant), and without it (the org filter alone)
+    sql = "SELECT count(*), count(DISTINCT block_number), min(block_number) FROM blocks"
+    for row_security in (True, False):
+        service = QueryService(
+            settings.model_copy(update={"query_workers": 0}),
+            dbs,
+            rt.store,
+            row_security=row_security,
+        )
+        service.open()
+        try:
+            for org in (a, b):
+                reply: dict[str, Any] = service.query("user", keys[org], QueryRequest(sql=sql))
+                assert reply["rows"] == [[head, head, 1]], (row_security, org)  # cold + own hot
+        finally:
+            service.close()
