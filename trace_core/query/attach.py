@@ -411,17 +411,21 @@ def data_hot_sources(
     followed: Collection[int] = (),
     *,
     org_id: uuid.UUID | str | None = None,
+    as_tenant: bool = True,
 ) -> HotSourceResolver:
     """Resolver over the block follower's ``data.hot_*`` tables: per chain, the hot rows at or
     beyond the end of the newest cold range, plus those in ranges below it that no cold
     version covers, offered only when there are any. A ``followed`` chain without cold
     versions contributes all its hot rows (boundary 0).
 
-    With ``org_id``, both the probe here and the engine's reads (through the returned
-    sources' URL) run as ``trace_tenant`` with that org set: row-level security serves the
-    org's own hot rows only."""
-    if org_id is not None:
-        url = with_session(url, org_id=str(org_id), role=TENANT_ROLE)
+    With ``org_id``, the sources select the org's rows only (hot rows are keyed by org), and
+    (``as_tenant``) both the probe here and the engine's reads (through the returned sources'
+    URL) run as ``trace_tenant`` with that org set: row-level security serves the org's own
+    hot rows only, a second line behind the filter."""
+    scope = org_id if as_tenant else None
+    org = None if org_id is None else str(uuid.UUID(str(org_id)))
+    if scope is not None:
+        url = with_session(url, org_id=str(scope), role=TENANT_ROLE)
 
     def resolve(relation: str, recs: Sequence[VersionRecord]) -> list[HotSource]:
         table = HOT_TABLES.get(relation)
@@ -431,7 +435,7 @@ def data_hot_sources(
         for rec in recs:
             by_chain.setdefault(rec.chain_id, []).append(rec)
         sources = []
-        with pool.connection() as conn, _scoped(conn, org_id):
+        with pool.connection() as conn, _scoped(conn, scope):
             for chain_id, chain_recs in sorted(by_chain.items()):
                 end = max((r.range_end for r in chain_recs), default=0)
                 src = HotSource(
@@ -440,6 +444,7 @@ def data_hot_sources(
                     end,
                     chain_id,
                     tuple(missing_ranges(chain_recs, 0, end)),
+                    org,
                 )
                 query = sql.SQL("SELECT EXISTS (SELECT 1 FROM data.{} WHERE {})").format(
                     sql.Identifier(table), sql.SQL(src.block_predicate())

@@ -491,8 +491,13 @@ class QueryService:
         if caller.user is None:
             return None
         if self._hot_url is not None:
-            org = caller.org_id if self.row_security else None
-            return data_hot_sources(self.data, self._hot_url, caller.hot_chains, org_id=org)
+            return data_hot_sources(
+                self.data,
+                self._hot_url,
+                caller.hot_chains,
+                org_id=caller.org_id,
+                as_tenant=self.row_security,
+            )
         return self.hot
 
     def _finish(self, caller: _Caller, run: _Run, started: float, phases: Phases) -> None:
