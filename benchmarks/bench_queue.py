@@ -357,12 +357,15 @@ def compare(ref: str, args: argparse.Namespace, home: Path) -> None:
         for arm, root in arms.items():
             env = {**os.environ, "PYTHONPATH": str(root), "TRACE_DATABASE_URL": server}
             probe = [sys.executable, "-c", "import trace_core; print(trace_core.__file__)"]
-            where = subprocess.run(probe, env=env, check=True, capture_output=True, text=True)
+            where = subprocess.run(
+                probe, env=env, cwd=root, check=True, capture_output=True, text=True
+            )
             assert where.stdout.startswith(str(root)), f"{arm} imports {where.stdout}"
             load = os.getloadavg()[0]
             run = subprocess.run(
                 [sys.executable, str(root / "benchmarks" / "bench_queue.py"), *flags],
                 env=env,
+                cwd=root,
                 check=True,
                 capture_output=True,
                 text=True,
