@@ -278,6 +278,33 @@ def bench_lifecycle(state_url: str, tasks: int, workers: int, batch: int) -> Res
     return Result("lifecycle", batch, workers, tasks, seconds)
 
 
+def bench_completion(state_url: str, tasks: int, workers: int, *, durable: bool) -> Result:
+    """claim + no-op + complete_success per task on ``workers`` threads (no queue): the
+    completion as this tree commits it (asynchronously), or forced durable as before."""
+    with connect(state_url, autocommit=True) as conn, conn.transaction():
+        ids = [uuid.uuid4() for _ in range(tasks)]
+        for task_id in ids:
+            create_task(conn, task_id=task_id, operator="noop", payload={})
+        conn.execute("UPDATE state.outbox SET status = 'sent' WHERE status = 'pending'")
+    lock = threading.Lock()
+
+    def work(_: int) -> None:
+        with connect(state_url, autocommit=True) as conn:
+            while True:
+                with lock:
+                    if not ids:
+                        return
+                    task_id = ids.pop()
+                lease = claim(conn, task_id, lease_seconds=30)
+                with conn.transaction():
+                    complete_success(conn, lease)
+                    if durable:
+                        conn.execute("SET LOCAL synchronous_commit = on")
+
+    phase = "claim+complete durable" if durable else "claim+complete"
+    return Result(phase, 1, workers, tasks, _threads(workers, work))
+
+
 def _vacuum(state_url: str) -> None:
     with psycopg.connect(state_url, autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE state.queue_messages")
@@ -305,6 +332,9 @@ def _ratio(r: Result, base: dict[tuple[str, int], float]) -> str:
     raw = base.get((r.phase, r.batch))
     if raw:
         parts.append(f"{r.rate / raw:5.2f}x raw")
+    durable = base.get((f"durable {r.phase}", r.workers))
+    if durable:
+        parts.append(f"{r.rate / durable:5.2f}x durable")
     return "; ".join(parts)
 
 
@@ -380,7 +410,7 @@ def compare(ref: str, args: argparse.Namespace, home: Path) -> None:
         f"{min(loads):.2f}-{max(loads):.2f} (2 cores, shared)"
     )
     names = list(arms)
-    print(f"{'phase':<18}{'batch':>6}{'workers':>8}{names[0]:>22}{names[1]:>12}  ratio")
+    print(f"{'phase':<23}{'batch':>6}{'workers':>8}{names[0]:>22}{names[1]:>12}  ratio")
     for key in mine:
         phase, batch, workers = key
         b, m = base.get(key), mine[key]
@@ -389,7 +419,7 @@ def compare(ref: str, args: argparse.Namespace, home: Path) -> None:
         if target:
             ratio += f"; {m / target:5.2f}x target {target:,}"
         b_text = f"{b:,.0f}" if b else "-"
-        print(f"{phase:<18}{batch:>6}{workers:>8}{b_text:>22}{m:>12,.0f}  {ratio}")
+        print(f"{phase:<23}{batch:>6}{workers:>8}{b_text:>22}{m:>12,.0f}  {ratio}")
 
 
 def main() -> None:
@@ -399,6 +429,12 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=2_000)
     parser.add_argument("--repeat", type=int, default=3, help="runs per scenario; best is shown")
     parser.add_argument("--baseline-ref", help="git ref to run side by side (e.g. main)")
+    parser.add_argument(
+        "--completion-rounds",
+        type=int,
+        default=0,
+        help="also time claim + complete_success, durable vs asynchronous, in N rounds",
+    )
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="trace-bench-queue-"))
@@ -419,21 +455,38 @@ def main() -> None:
         for batch in (1, 10):
             for workers in (1, 4):
                 runs.append(bench_lifecycle(dbs.state_url, args.tasks, workers, batch))
+    # the completion's commit alone, both ways interleaved in small rounds; summed per way
+    done: dict[tuple[bool, int], list[Result]] = {}
+    for _ in range(args.completion_rounds):
+        for workers in (1, 4):
+            for durable in (True, False):
+                r = bench_completion(dbs.state_url, 200, workers, durable=durable)
+                done.setdefault((durable, workers), []).append(r)
     results = _best(runs)
+    for rs in done.values():
+        total = sum(r.messages for r in rs), sum(r.seconds for r in rs)
+        results.append(Result(rs[0].phase, 1, rs[0].workers, *total))
     base = {
         (r.phase.split()[1].replace("recv", "receive"), r.batch): r.rate
         for r in results
         if r.phase.startswith("baseline")
     }
+    base.update(
+        {
+            (f"durable {r.phase.removesuffix(' durable')}", r.workers): r.rate
+            for r in results
+            if r.phase.endswith(" durable")
+        }
+    )
 
     print(
         f"best of {args.repeat}; load average {load_before:.2f} before, "
         f"{os.getloadavg()[0]:.2f} after (2 cores, shared)"
     )
-    print(f"{'phase':<16}{'batch':>6}{'workers':>8}{'msgs':>8}{'seconds':>9}{'per s':>10}  ratio")
+    print(f"{'phase':<23}{'batch':>6}{'workers':>8}{'msgs':>8}{'seconds':>9}{'per s':>10}  ratio")
     for r in results:
         print(
-            f"{r.phase:<16}{r.batch:>6}{r.workers:>8}{r.messages:>8}{r.seconds:>9.2f}"
+            f"{r.phase:<23}{r.batch:>6}{r.workers:>8}{r.messages:>8}{r.seconds:>9.2f}"
             f"{r.rate:>10,.0f}  {_ratio(r, base)}"
         )
 
