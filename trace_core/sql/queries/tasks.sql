@@ -36,6 +36,10 @@ SELECT attempt, lease_expires_at, operator, payload, max_attempts, attempt_base 
 -- Fence and finish in one statement: only the current attempt's running lease matches (the
 -- UPDATE locks the row and re-checks the WHERE after a concurrent change). No row: the caller
 -- runs the full fence to name why.
+-- A completion commits asynchronously (synchronous_commit off for the rest of this transaction,
+-- its commit included; the setting it replaces is kept in trace.completion_sync) unless the
+-- transaction wrote an outbox row (trace.wakes, set by outbox.insert_outbox, which also undoes
+-- this): a transaction that wakes anything stays durable. Why a lost one is safe: lifecycle.py.
 WITH done AS (
     UPDATE state.tasks
     SET status = 'succeeded', lease_token = NULL, lease_expires_at = NULL, outputs = %(outputs)s,
@@ -47,7 +51,13 @@ WITH done AS (
     UPDATE state.task_attempts a SET finished_at = now(), outcome = 'succeeded', error = NULL
     FROM done WHERE a.task_id = done.task_id AND a.attempt = done.attempt
 )
-SELECT count(*) FROM done
+SELECT count(*),
+       CASE WHEN count(*) = 1 AND current_setting('trace.wakes', true) IS DISTINCT FROM 'on'
+       THEN set_config('trace.completion_sync',
+                       COALESCE(NULLIF(current_setting('trace.completion_sync', true), ''),
+                                current_setting('synchronous_commit')), true)
+            || set_config('synchronous_commit', 'off', true) END
+FROM done
 
 -- name: grant_lease
 UPDATE state.tasks
