@@ -41,6 +41,7 @@ from dagster import (
 from pydantic import Field
 
 from trace_core.engine.execute import TaskOutcome, execute_task
+from trace_core.engine.intake import ORG_TAG
 from trace_core.engine.streams import epoch_key, parse_partition_key, range_partition_key
 from trace_core.engine.transforms import (
     OPERATOR,
@@ -202,7 +203,11 @@ def cron_schedule(t: TransformRow) -> ScheduleDefinition:
             run_config={
                 "ops": {"trigger_source": {"config": {"job": t.name, "kind": "cron", "key": key}}}
             },
-            tags={"trace/job": t.name, "trace/source": "cron"},
+            tags={
+                "trace/job": t.name,
+                "trace/source": "cron",
+                **({ORG_TAG: str(t.org_id)} if t.org_id else {}),
+            },
         )
 
     return _tick

@@ -41,6 +41,7 @@ from trace_core.chain_sync import store
 from trace_core.db.queries import q
 from trace_core.integrity.repair import PlannedRepair, plan_repair
 from trace_core.runtime import Runtime
+from trace_core.tenancy.acting import orgs_with_work
 
 log = logging.getLogger(__name__)
 
@@ -107,13 +108,19 @@ def _plan_replacements(rt: Runtime, inv: dict[str, Any]) -> list[PlannedRepair]:
 def consume_invalidations(rt: Runtime, *, limit: int = DEFAULT_LIMIT) -> ConsumeReport:
     """Consume up to ``limit`` pending invalidations (see the module docstring)."""
     report = ConsumeReport()
+    with rt.state() as conn:  # every org with chain_sync jobs re-plans its own versions
+        orgs = [o.org_id for o in orgs_with_work(conn, enabled_only=False)]
     with rt.data() as data, data.transaction():
         with data.cursor(row_factory=dict_row) as cur:
             pending = cur.execute(
                 q("integrity", "pending_invalidations"), {"limit": limit}
             ).fetchall()
         for inv in pending:
-            repairs = _plan_replacements(rt, inv) if inv["reason"] in REPLAN_REASONS else []
+            repairs = (
+                [r for o in orgs for r in _plan_replacements(rt.for_org(o), inv)]
+                if inv["reason"] in REPLAN_REASONS
+                else []
+            )
             end = _affected_end(inv)
             reason = (
                 f"{inv['reason']} (invalidation {inv['invalidation_id']}): blocks "

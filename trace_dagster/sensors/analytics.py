@@ -17,6 +17,7 @@ from dagster import (
 )
 
 from trace_core.engine.analytics import due_runs
+from trace_core.engine.intake import ORG_TAG
 from trace_core.engine.streams import epoch_key, range_partition_key
 from trace_core.errors import TraceError
 from trace_core.runtime import Runtime
@@ -41,7 +42,7 @@ def due_requests(
         if run.run_key in seen or len(requests) >= MAX_REQUESTS_PER_TICK:
             continue
         partition = None
-        tags = {"trace/job": job.job, "trace/analytics": run.kind}
+        tags = {"trace/job": job.job, "trace/analytics": run.kind, ORG_TAG: str(rt.settings.org_id)}
         if run.kind.endswith("_range"):
             assert run.start is not None and run.end is not None
             stream = str(
