@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from dagster import AssetKey, DagsterInstance, RunsFilter
+from dagster import AssetCheckKey, AssetKey, DagsterInstance, RunsFilter
 
 from trace_core.chain_sync import store
 from trace_core.chain_sync.yamlload import load_job_file
@@ -28,7 +28,9 @@ from trace_core.settings import load_settings
 from trace_core.tenancy import create_key, create_org, tenant_scope
 from trace_dagster.definitions import build_definitions
 from trace_dagster.driver import drive_until_idle
+from trace_dagster.integrity import INTEGRITY_JOB
 from trace_dagster.keys import partitions_def_name, stream_asset_key
+from trace_dagster.sensors.integrity import integrity_request
 from trace_lite.devtools.devchain import DevChain
 
 # the same job name in both orgs; each org's blocks are its own dataset
@@ -157,6 +159,20 @@ def test_two_orgs_same_job_name_both_synced_each_as_itself(
         assert dagster_instance.get_dynamic_partitions(name) == [EPOCH]
         key = stream_asset_key("shared", "blocks", prefix)
         assert dagster_instance.get_materialized_partitions(key) == {EPOCH}
+    # the integrity sensor (the driver leaves it to the daemon) starts a pass for every org's
+    # new ranges; the pass verifies both orgs' ranges, each on its own asset's check
+    (request,) = integrity_request(rt, None, dagster_instance).run_requests or []
+    assert request.tags[ORG_TAG] == str(home)  # a system run, as the deployment
+    run = defs.resolve_job_def(INTEGRITY_JOB).execute_in_process(
+        instance=dagster_instance, tags=dict(request.tags)
+    )
+    assert run.success
+    for prefix in (None, "org_beta"):
+        check = AssetCheckKey(stream_asset_key("shared", "blocks", prefix), "integrity")
+        assert check in {k for c in defs.asset_checks or [] for k in c.check_keys}
+        record = dagster_instance.get_latest_asset_check_evaluation_record(check)
+        assert record is not None and record.event is not None
+        assert record.event.dagster_event.event_specific_data.passed  # type: ignore[union-attr]
     runs = dagster_instance.get_runs(RunsFilter(job_name="trace_worker"))
     run_orgs = [set(r.tags[ORG_TAG].split(",")) for r in runs]
     assert set().union(*run_orgs) == {str(home), str(beta)}
