@@ -236,7 +236,9 @@ def _report(context: OpExecutionContext, rt: Runtime, outcome: TaskOutcome) -> N
     events: list[Any] = [
         *committed_range_events(rt, outcome),
         *dead_range_observations(rt, outcome),
-        transform_materialization(outcome, lambda job: epoch_size(rt, job)),
+        transform_materialization(
+            outcome, lambda job: epoch_size(rt, job), orgs.runtime_prefix(rt)
+        ),
     ]
     for event in events:
         if event is not None:

@@ -9,10 +9,17 @@ Real Postgres (roles and row-level security), real anvil and cryo, Dagster's own
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from dagster import AssetCheckKey, AssetKey, DagsterInstance, RunsFilter
+from dagster import (
+    AssetCheckKey,
+    AssetKey,
+    DagsterInstance,
+    RunsFilter,
+    build_schedule_context,
+)
 
 from trace_core.chain_sync import store
 from trace_core.chain_sync.yamlload import load_job_file
@@ -26,11 +33,14 @@ from trace_core.query.service import QueryRequest, QueryService
 from trace_core.runtime import Runtime
 from trace_core.settings import load_settings
 from trace_core.tenancy import create_key, create_org, tenant_scope
+from trace_core.transforms.spec import parse_transform
+from trace_core.transforms.store import apply_transform
 from trace_dagster.definitions import build_definitions
 from trace_dagster.driver import drive_until_idle
 from trace_dagster.integrity import INTEGRITY_JOB
 from trace_dagster.keys import partitions_def_name, stream_asset_key
 from trace_dagster.sensors.integrity import integrity_request
+from trace_dagster.transforms import transform_asset_key
 from trace_lite.devtools.devchain import DevChain
 
 # the same job name in both orgs; each org's blocks are its own dataset
@@ -145,9 +155,32 @@ def test_two_orgs_same_job_name_both_synced_each_as_itself(
     finally:
         service.close()
 
+    # a cron transform of the same name in both orgs (applied now: it never runs here)
+    text = (
+        "kind: transform\nname: per_block\njob: shared\ninputs: [blocks]\noutput: per_block\n"
+        "code: {sql: 'SELECT count(*) AS n FROM blocks'}\ntrigger: {cron: '0 * * * *'}\n"
+    )
+    for org in (home, beta):
+        apply_transform(rt.for_org(org), parse_transform(text, source="t.yaml", base=tmp_path))
+
     # Dagster: each org's assets under its own keys (the deployment's unprefixed), tagged with
     # its org; each epoch materialized; every worker run tagged with the org it worked for
     defs = build_definitions(rt)
+    for prefix, org in ((None, home), ("org_beta", beta)):
+        spec = defs.resolve_assets_def(transform_asset_key("shared", "per_block", prefix))
+        assert spec.specs_by_key[spec.key].tags[ORG_TAG] == str(org)
+        assert set(spec.dependency_keys) == {stream_asset_key("shared", "blocks", prefix)}
+        cron = defs.resolve_schedule_def(
+            "transform_per_block_cron" if prefix is None else "transform_org_beta__per_block_cron"
+        )
+        (request,) = list(
+            cron.evaluate_tick(
+                build_schedule_context(scheduled_execution_time=datetime(2026, 1, 1, tzinfo=UTC))
+            ).run_requests
+            or []
+        )
+        assert request.tags[ORG_TAG] == str(org)
+        assert request.run_config["ops"]["trigger_source"]["config"]["org"] == str(org)
     tags = {s.key: s.tags.get(ORG_TAG) for s in defs.resolve_all_asset_specs()}
     assert tags[stream_asset_key("shared", "blocks")] == str(home)
     assert tags[stream_asset_key("shared", "blocks", "org_beta")] == str(beta)
