@@ -35,6 +35,7 @@ from trace_core.settings import load_settings
 from trace_core.tenancy import create_key, create_org, tenant_scope
 from trace_core.transforms.spec import parse_transform
 from trace_core.transforms.store import apply_transform
+from trace_dagster.analytics import analytics_asset_key, job_name
 from trace_dagster.definitions import build_definitions
 from trace_dagster.driver import drive_until_idle
 from trace_dagster.integrity import INTEGRITY_JOB
@@ -58,6 +59,15 @@ chain_id: {chain_id}
 mode: {{kind: follow_head, from_block: 0, tail_lag: 0, head_poll_interval_seconds: 1, max_head_age_seconds: 30}}
 streams:
   blocks: {{cryo_dataset_name: blocks, rpc_pool: broken, chunk_size: 400, max_inflight: 2}}
+"""
+ANALYTICS = """kind: chain_sync
+name: ana
+chain_id: {chain_id}
+mode: {{kind: fixed_target, from_block: 0, to_block: 400}}
+streams:
+  geth_balance_diffs: {{cryo_dataset_name: geth_balance_diffs, rpc_pool: e2e, chunk_size: 400}}
+analytics:
+  balance_diffs: geth_balance_diffs
 """
 EPOCH = "000000000000-000000100000"
 
@@ -163,6 +173,11 @@ def test_two_orgs_same_job_name_both_synced_each_as_itself(
     for org in (home, beta):
         apply_transform(rt.for_org(org), parse_transform(text, source="t.yaml", base=tmp_path))
 
+    # and a job with analytics of the same name in both orgs (applied now: never planned here)
+    ana = ANALYTICS.format(chain_id=chain)
+    for org in (home, beta):
+        _apply(rt, org, ana, tmp_path / "ana.yaml")
+
     # Dagster: each org's assets under its own keys (the deployment's unprefixed), tagged with
     # its org; each epoch materialized; every worker run tagged with the org it worked for
     defs = build_definitions(rt)
@@ -206,6 +221,10 @@ def test_two_orgs_same_job_name_both_synced_each_as_itself(
         record = dagster_instance.get_latest_asset_check_evaluation_record(check)
         assert record is not None and record.event is not None
         assert record.event.dagster_event.event_specific_data.passed  # type: ignore[union-attr]
+    for prefix, org in ((None, home), ("org_beta", beta)):
+        key = analytics_asset_key("ana", "balance_changes", prefix)
+        assert tags[key] == str(org)
+        assert defs.resolve_job_def(job_name("ana", "balance_range", prefix))
     runs = dagster_instance.get_runs(RunsFilter(job_name="trace_worker"))
     run_orgs = [set(r.tags[ORG_TAG].split(",")) for r in runs]
     assert set().union(*run_orgs) == {str(home), str(beta)}
