@@ -65,9 +65,9 @@ name: ana
 chain_id: {chain_id}
 mode: {{kind: fixed_target, from_block: 0, to_block: 400}}
 streams:
-  geth_balance_diffs: {{cryo_dataset_name: geth_balance_diffs, rpc_pool: e2e, chunk_size: 400}}
-analytics:
-  balance_diffs: geth_balance_diffs
+  geth_balance_diffs:
+    {{cryo_dataset_name: geth_balance_diffs, rpc_pool: e2e, chunk_size: 400, max_inflight: 1}}
+analytics: {{balance_diffs: geth_balance_diffs, genesis: {{zero: true}}}}
 """
 EPOCH = "000000000000-000000100000"
 
