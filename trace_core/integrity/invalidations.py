@@ -41,7 +41,6 @@ from trace_core.chain_sync import store
 from trace_core.db.queries import q
 from trace_core.integrity.repair import PlannedRepair, plan_repair
 from trace_core.runtime import Runtime
-from trace_core.tenancy.acting import orgs_with_work
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +66,9 @@ def _affected_end(inv: dict[str, Any]) -> int | None:
 
 
 def _plan_replacements(rt: Runtime, inv: dict[str, Any]) -> list[PlannedRepair]:
-    """Repair tasks for the versions over an invalidated range (one state transaction)."""
-    org = rt.settings.org_id
+    """Repair tasks for the versions of the invalidation's org over its range (one state
+    transaction)."""
+    org = str(inv["org_id"])
     with rt.state() as conn, conn.transaction():
         with conn.cursor(row_factory=dict_row) as cur:
             versions = cur.execute(
@@ -108,16 +108,15 @@ def _plan_replacements(rt: Runtime, inv: dict[str, Any]) -> list[PlannedRepair]:
 def consume_invalidations(rt: Runtime, *, limit: int = DEFAULT_LIMIT) -> ConsumeReport:
     """Consume up to ``limit`` pending invalidations (see the module docstring)."""
     report = ConsumeReport()
-    with rt.state() as conn:  # every org with chain_sync jobs re-plans its own versions
-        orgs = [o.org_id for o in orgs_with_work(conn, enabled_only=False)]
     with rt.data() as data, data.transaction():
         with data.cursor(row_factory=dict_row) as cur:
             pending = cur.execute(
                 q("integrity", "pending_invalidations"), {"limit": limit}
             ).fetchall()
         for inv in pending:
+            # planned as the invalidation's org (its repair tasks' outbox rows are its own)
             repairs = (
-                [r for o in orgs for r in _plan_replacements(rt.for_org(o), inv)]
+                _plan_replacements(rt.for_org(inv["org_id"]), inv)
                 if inv["reason"] in REPLAN_REASONS
                 else []
             )
@@ -129,6 +128,7 @@ def consume_invalidations(rt: Runtime, *, limit: int = DEFAULT_LIMIT) -> Consume
             staled = data.execute(
                 q("integrity", "stale_alert_events"),
                 {
+                    "org_id": inv["org_id"],
                     "chain_id": inv["chain_id"],
                     "range_start": inv["range_start"],
                     "range_end": end,
