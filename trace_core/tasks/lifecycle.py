@@ -60,6 +60,7 @@ class Lease:
     payload: dict[str, Any] = field(default_factory=dict)
     max_attempts: int = 3
     attempt_base: int = 0
+    org_id: uuid.UUID | None = None  # the task's org: its attempt runs as that org
 
     @property
     def budget_attempt(self) -> int:
@@ -168,6 +169,7 @@ def _claim_locked(
         payload=row["payload"],
         max_attempts=row["max_attempts"],
         attempt_base=row["attempt_base"],
+        org_id=row["org_id"],
     )
 
 

@@ -10,7 +10,7 @@ SELECT operator, payload FROM state.tasks WHERE task_id = %(task_id)s
 -- name: lock_task
 SELECT task_id, operator, status, attempt, attempt_base, max_attempts, paused, lease_token,
        lease_expires_at, lease_expires_at <= now() AS lease_expired,
-       next_run_at <= now() AS due, payload
+       next_run_at <= now() AS due, payload, org_id
 FROM state.tasks WHERE task_id = %(task_id)s FOR UPDATE
 
 -- name: claim_queued
@@ -24,13 +24,15 @@ WITH granted AS (
         started_at = COALESCE(started_at, now()), updated_at = now()
     WHERE task_id = %(task_id)s AND status = 'queued' AND NOT paused AND next_run_at <= now()
       AND attempt - attempt_base < max_attempts
-    RETURNING task_id, attempt, lease_expires_at, operator, payload, max_attempts, attempt_base
+    RETURNING task_id, attempt, lease_expires_at, operator, payload, max_attempts, attempt_base,
+              org_id
 ), recorded AS (
     INSERT INTO state.task_attempts (task_id, attempt)
     SELECT task_id, attempt FROM granted
     ON CONFLICT DO NOTHING
 )
-SELECT attempt, lease_expires_at, operator, payload, max_attempts, attempt_base FROM granted
+SELECT attempt, lease_expires_at, operator, payload, max_attempts, attempt_base, org_id
+FROM granted
 
 -- name: complete_success
 -- Fence and finish in one statement: only the current attempt's running lease matches (the
