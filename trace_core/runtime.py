@@ -38,6 +38,7 @@ class Runtime:
         self._root: Runtime = self  # for_org's runtimes share the root's adapters
         self._orgs: dict[str, Runtime] = {}
         self._orgs_lock = threading.Lock()
+        self._org_names: dict[str, str] = {}
 
     def for_org(self, org_id: str | uuid.UUID | None) -> Runtime:
         """This runtime acting for ``org_id``: the same databases, queue driver and object
@@ -63,6 +64,12 @@ class Runtime:
         """The deployment's org (``TRACE_ORG_ID``): the org of the runtime ``for_org`` was
         called on, whichever org this one acts for."""
         return str(self._root.settings.org_id)
+
+    @property
+    def org_names(self) -> dict[str, str]:
+        """Org names by id as the engine has learnt them (an org's name never changes), shared
+        by every runtime of one ``for_org`` family."""
+        return self._root._org_names
 
     @property
     def _session(self) -> dict[str, str | None]:

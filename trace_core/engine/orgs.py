@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -125,23 +124,16 @@ def key_prefix(rt: Runtime, org: OrgRef | None) -> str | None:
     return "org_" + _UNSAFE.sub("_", org.name)
 
 
-_names: dict[str, str] = {}
-_names_lock = threading.Lock()
-
-
 def runtime_prefix(rt: Runtime) -> str | None:
-    """``key_prefix`` of the org ``rt`` acts for (``Runtime.for_org``); names cached (an org's
-    name never changes)."""
+    """``key_prefix`` of the org ``rt`` acts for (``Runtime.for_org``); names cached on the
+    runtime (``Runtime.org_names``)."""
     org = str(rt.settings.org_id)
     if org == rt.home_org_id:
         return None
-    with _names_lock:
-        name = _names.get(org)
+    name = rt.org_names.get(org)
     if name is None:
         with rt.state() as conn:
-            name = org_by_id(conn, org).name
-        with _names_lock:
-            _names[org] = name
+            name = rt.org_names[org] = org_by_id(conn, org).name
     return key_prefix(rt, OrgRef(uuid.UUID(org), name))
 
 
@@ -151,7 +143,6 @@ def work_runtimes(rt: Runtime, *, enabled_only: bool = False) -> list[Runtime]:
     out = [home]
     for org in list_work_orgs(rt, enabled_only=enabled_only):
         if str(org.org_id) != rt.home_org_id:
-            with _names_lock:
-                _names[str(org.org_id)] = org.name
+            rt.org_names[str(org.org_id)] = org.name
             out.append(home.for_org(org.org_id))
     return out
