@@ -47,6 +47,7 @@ class TaskOutcome:
     outputs: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     seconds: float | None = None  # the attempt's run time (claim to completion), if it ran
+    org_id: uuid.UUID | None = None  # the task's org, once claimed
 
 
 def capability_token_for(rt: Runtime, lease: Lease) -> str:
@@ -177,10 +178,12 @@ def run_claimed(
 ) -> TaskOutcome:
     """Run a claimed task's operator to a fenced completion; stops ``hb`` before completing.
 
-    Never raises for task-level failures (see ``execute_task``).
+    Never raises for task-level failures (see ``execute_task``). The attempt runs as its
+    task's org (``Runtime.for_org``): its rows, objects and tokens are that org's.
     """
     with profile.attempt(lease.task_id, lease.attempt, operator=lease.operator):
-        return _run_claimed(rt, lease, registry, hb)
+        outcome = _run_claimed(rt.for_org(lease.org_id), lease, registry, hb)
+    return dataclasses.replace(outcome, org_id=lease.org_id)
 
 
 def _run_claimed(
