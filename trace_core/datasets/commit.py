@@ -16,6 +16,7 @@ registered its objects are never written again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import uuid
@@ -27,6 +28,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 from psycopg import Connection
+from psycopg.pq import TransactionStatus
+from psycopg.rows import dict_row
 
 from trace_core import profile
 from trace_core.datasets import events, ids
@@ -223,10 +226,7 @@ def _ensure_dataset(conn: Connection[Any], manifest: DatasetManifest, org_id: st
         "chain_id": manifest.chain_id,
         "dataset_key": manifest.dataset_key,
     }
-    conn.execute(q("datasets", "insert_dataset"), params)
-    row = conn.execute(
-        q("datasets", "get_dataset"), {"dataset_uuid": manifest.dataset_uuid}
-    ).fetchone()
+    row = conn.execute(q("datasets", "ensure_dataset"), params).fetchone()
     if row is None:
         raise DatasetConflict(
             f"dataset {manifest.dataset_key!r} on chain {manifest.chain_id} is registered under "
@@ -252,15 +252,18 @@ def register_version(
     manifest_key: str,
     task_id: uuid.UUID | None = None,
     attempt: int | None = None,
+    locked: bool = False,
 ) -> CommittedVersion:
     """Register a version whose objects (manifest last) are already in the store.
 
     Idempotent: a second registration with identical fields returns the existing row
     (``newly_registered=False``); any difference raises ``DatasetConflict`` and the caller's
-    transaction must roll back. Call inside the transaction that also completes the task.
+    transaction must roll back. Call inside the transaction that also completes the task;
+    ``locked``: that transaction holds the version's and the dataset's locks already.
     """
-    lock_version(conn, manifest.dataset_version)
-    lock_dataset_shared(conn, manifest.dataset_uuid)
+    if not locked:
+        lock_version(conn, manifest.dataset_version)
+        lock_dataset_shared(conn, manifest.dataset_uuid)
     _ensure_dataset(conn, manifest, org_id)
     params = {
         "dataset_version": manifest.dataset_version,
@@ -279,7 +282,10 @@ def register_version(
         "attempt": attempt,
         "fake": manifest.fake,
     }
-    inserted = conn.execute(q("datasets", "insert_version"), params).fetchone()
+    with conn.cursor(row_factory=dict_row) as cur:
+        inserted = cur.execute(q("datasets", "insert_version"), params).fetchone()
+    if inserted is not None:
+        return CommittedVersion(VersionRecord(**inserted), newly_registered=True)
     record = get_version(conn, manifest.dataset_version)
     if record is None:
         raise DatasetConflict(
@@ -288,9 +294,8 @@ def register_version(
             f"another version than {manifest.dataset_version}",
             dataset_version=str(manifest.dataset_version),
         )
-    if inserted is None:
-        _require_identical(record, params)
-    return CommittedVersion(record, newly_registered=inserted is not None)
+    _require_identical(record, params)
+    return CommittedVersion(record, newly_registered=False)
 
 
 def _require_identical(record: VersionRecord, params: dict[str, Any]) -> None:
@@ -355,7 +360,7 @@ def commit_version(
         )
     manifest = staged.manifest()
     prefix = staged.prefix
-    with conn.transaction():
+    with _transaction(conn):
         if lease is not None:
             with profile.phase("commit: fence"):
                 fence(conn, lease)
@@ -384,6 +389,7 @@ def commit_version(
                 manifest_key=ids.manifest_key(prefix),
                 task_id=None if lease is None else lease.task_id,
                 attempt=None if lease is None else lease.attempt,
+                locked=True,
             )
         if existing is not None:
             # an earlier commit registered this range: its objects stay untouched
@@ -409,6 +415,14 @@ def commit_version(
         },
     )
     return committed
+
+
+def _transaction(conn: Connection[Any]) -> contextlib.AbstractContextManager[Any]:
+    """A transaction, unless ``conn`` is in one already: then no savepoint (two round trips)
+    either, and an error must roll the caller's transaction back (every caller lets it out)."""
+    if conn.info.transaction_status == TransactionStatus.INTRANS:
+        return contextlib.nullcontext()
+    return conn.transaction()
 
 
 def commit_dataset_version(

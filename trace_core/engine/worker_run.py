@@ -196,7 +196,7 @@ def run_worker(
         report.touched += ids
         claimed: list[tuple[Lease, LeaseHeartbeat]] = []
         try:
-            for got in claim_tasks(rt, ids):
+            for got in claim_tasks(rt, ids, state=state):
                 if isinstance(got, TaskOutcome):
                     handle(got)
                 else:
@@ -208,9 +208,10 @@ def run_worker(
                 hb.stop()
             raise
         for lease, hb in claimed:
-            running.add(threads.submit(run_claimed, rt, lease, registry, hb))
+            running.add(threads.submit(run_claimed, rt, lease, registry, hb, state=state))
 
     with (
+        rt.reused_state() as state,  # the run's claims and commits reuse their connections
         reporter,
         concurrent.futures.ThreadPoolExecutor(
             max_workers=concurrency, thread_name_prefix="trace-task"
