@@ -39,7 +39,7 @@ from trace_core.db.errors import translates_db_errors
 from trace_core.db.queries import q
 from trace_core.errors import ArtifactInvalid, DatasetConflict, StaleAttempt
 from trace_core.storage.base import JSON, ObjectStore
-from trace_core.tasks.lifecycle import Lease, fence, finish_succeeded
+from trace_core.tasks.lifecycle import Lease, check_fence, fence, finish_succeeded
 
 log = logging.getLogger(__name__)
 
@@ -361,15 +361,8 @@ def commit_version(
     manifest = staged.manifest()
     prefix = staged.prefix
     with _transaction(conn):
-        if lease is not None:
-            with profile.phase("commit: fence"):
-                fence(conn, lease)
         with profile.phase("commit: lock"):
-            lock_version(conn, manifest.dataset_version)
-            if guard is not None:
-                guard(conn)
-            lock_dataset_shared(conn, manifest.dataset_uuid)
-            existing = get_version(conn, manifest.dataset_version)
+            existing = _fence_and_lock(conn, manifest, lease, guard)
         if existing is not None and existing.collected:
             # garbage-collected earlier: its objects are gone; publish again, serve as newest
             conn.execute(
@@ -415,6 +408,42 @@ def commit_version(
         },
     )
     return committed
+
+
+def _fence_and_lock(
+    conn: Connection[Any],
+    manifest: DatasetManifest,
+    lease: Lease | None,
+    guard: Callable[[Connection[Any]], None] | None,
+) -> VersionRecord | None:
+    """Fence (``lease``), lock the version (then ``guard``) and the dataset (shared), then read
+    the version as registered: four statements in one round trip (pipelined) unless a guard
+    runs in between. Each statement still runs on its own snapshot (read committed), so the
+    read sees any registration that committed while this waited for the version lock."""
+    version = {"dataset_version": manifest.dataset_version}
+    if guard is not None:
+        if lease is not None:
+            fence(conn, lease)
+        lock_version(conn, manifest.dataset_version)
+        guard(conn)
+        lock_dataset_shared(conn, manifest.dataset_uuid)
+        return get_version(conn, manifest.dataset_version)
+    with (
+        conn.cursor(row_factory=dict_row) as task,
+        conn.cursor(row_factory=dict_row) as registered,
+    ):
+        with conn.pipeline():
+            if lease is not None:
+                task.execute(q("tasks", "lock_task"), {"task_id": lease.task_id})
+            conn.execute(q("datasets", "lock_version"), version)
+            conn.execute(
+                q("datasets", "lock_dataset_shared"), {"dataset_uuid": manifest.dataset_uuid}
+            )
+            registered.execute(q("datasets", "get_version"), version)
+        if lease is not None:
+            check_fence(task.fetchone(), lease)
+        row = registered.fetchone()
+    return None if row is None else VersionRecord(**row)
 
 
 def _transaction(conn: Connection[Any]) -> contextlib.AbstractContextManager[Any]:
