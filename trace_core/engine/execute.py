@@ -77,15 +77,16 @@ def claim_task(rt: Runtime, task_id: uuid.UUID) -> Lease | TaskOutcome:
 def claim_tasks(
     rt: Runtime, task_ids: list[uuid.UUID], *, state: StateConn | None = None
 ) -> list[Lease | TaskOutcome]:
-    """Claim each of ``task_ids`` (in order) for a new attempt, each in its own transaction on
-    one connection; a task that is not claimable yields ``skipped``."""
+    """Claim each of ``task_ids`` (in order) for a new attempt, each committed on its own on
+    one connection (a queued task's claim is one autocommitted statement: no BEGIN/COMMIT
+    round trips); a task that is not claimable yields ``skipped``."""
     out: list[Lease | TaskOutcome] = []
     if not task_ids:
         return out
     with (state or rt.state)() as conn:
         for task_id in task_ids:
             try:
-                with profile.phase("claim", task_id), conn.transaction():
+                with profile.phase("claim", task_id):
                     lease = lifecycle.claim(conn, task_id, lease_seconds=rt.settings.lease_seconds)
             except (LeaseConflict, UnknownTask) as exc:
                 profile.finish(task_id, -1, outcome="skipped")
