@@ -13,6 +13,7 @@ Retry-After, a 503), as the real services do under load.
 
 from __future__ import annotations
 
+import abc
 import datetime as dt
 import ipaddress
 import json
@@ -42,7 +43,7 @@ class Seen:
     body: dict[str, Any]
 
 
-class LocalService:
+class LocalService(abc.ABC):
     """A threaded HTTP server on 127.0.0.1; ``answer`` is the service's behaviour."""
 
     def __init__(self) -> None:
@@ -85,8 +86,9 @@ class LocalService:
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
 
+    @abc.abstractmethod
     def answer(self, req: Seen) -> Answer:
-        raise NotImplementedError
+        """The answer to ``req`` when no scripted one is queued for its path."""
 
     def stop(self) -> None:
         self.server.shutdown()

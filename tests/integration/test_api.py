@@ -313,6 +313,8 @@ def test_query_and_trigger_in_the_callers_org(
     r = client.post("/v1/query", json=sql, headers=acme.h("viewer"))
     assert r.status_code == 200, r.text
     assert r.json()["rows"] == [[100]]
+    # an accepted query is audited in data.query_audit only (no audit_events row: no change)
+    assert not [row for row in audit(dbs) if row[2] == "POST /v1/query"]
     # beta has no such relation: refused, no rows, audited
     r = client.post("/v1/query", json=sql, headers=beta.h("owner"))
     assert r.status_code in (400, 403) and "rows" not in r.json()

@@ -219,7 +219,7 @@ def test_follower_ingests_consecutive_blocks_while_anvil_mines(
     assert chain.head() >= 120
     assert_hot_equals_chain(dbs, chain)
     with connect(dbs.state_url) as conn:
-        cur = load_cursor(conn, CHAIN_ID)
+        cur = load_cursor(conn, settings.org_id, CHAIN_ID)
     assert cur is not None and cur.number == chain.head() and cur.first_block == 0
     assert "0x" + (cur.hash or b"").hex() == chain.block(cur.number)["hash"]
     # events tile [0, head + 1) exactly: no gap, no overlap
@@ -366,18 +366,18 @@ def _hot_block(chain: Chain, n: int) -> Any:
 
 
 def test_redelivered_block_changes_nothing_and_other_block_replaces(
-    dbs: Databases, chain: Chain
+    settings: Settings, dbs: Databases, chain: Chain
 ) -> None:
     chain.busy_block(0)
     n = chain.head()
     hb = _hot_block(chain, n)
     assert len(hb.txs) == 3 and len(hb.logs) == 1
     with connect(dbs.data_url, autocommit=True) as conn:
-        assert write_block(conn, CHAIN_ID, hb.block, hb.txs, hb.logs) is True
+        assert write_block(conn, settings.org_id, CHAIN_ID, hb.block, hb.txs, hb.logs) is True
         xmins = conn.execute(
             "SELECT (SELECT array_agg(xmin::text) FROM data.hot_blocks), (SELECT array_agg(xmin::text) FROM data.hot_transactions), (SELECT array_agg(xmin::text) FROM data.hot_logs)"
         ).fetchone()
-        assert write_block(conn, CHAIN_ID, hb.block, hb.txs, hb.logs) is False
+        assert write_block(conn, settings.org_id, CHAIN_ID, hb.block, hb.txs, hb.logs) is False
         assert (
             conn.execute(
                 "SELECT (SELECT array_agg(xmin::text) FROM data.hot_blocks), (SELECT array_agg(xmin::text) FROM data.hot_transactions), (SELECT array_agg(xmin::text) FROM data.hot_logs)"
@@ -388,11 +388,18 @@ def test_redelivered_block_changes_nothing_and_other_block_replaces(
         other = dict(hb.block, block_hash=b"\x01" * 32)
         assert (
             write_block(
-                conn, CHAIN_ID, other, [dict(hb.txs[1], block_hash=other["block_hash"])], []
+                conn,
+                settings.org_id,
+                CHAIN_ID,
+                other,
+                [dict(hb.txs[1], block_hash=other["block_hash"])],
+                [],
             )
             is True
         )
-        assert [count_rows(conn, CHAIN_ID, ds, n, n + 1) for ds in HOT_DATASETS] == [1, 1, 0]
+        assert [
+            count_rows(conn, settings.org_id, CHAIN_ID, ds, n, n + 1) for ds in HOT_DATASETS
+        ] == [1, 1, 0]
 
 
 def test_hot_rows_match_cryo_parquet_exactly(
@@ -419,7 +426,7 @@ def test_hot_rows_match_cryo_parquet_exactly(
             run_cryo(ds, 0, end, chain.url, tmp_path)
             (path,) = tmp_path.glob(f"*__{ds}__*.parquet")
             expected = pq.read_table(path)
-            ours = read_range(conn, CHAIN_ID, ds, 0, end)
+            ours = read_range(conn, settings.org_id, CHAIN_ID, ds, 0, end)
             assert ours.schema == expected.schema, ds
             assert ours.num_rows > 0 and ours.equals(expected), ds
 
@@ -490,7 +497,7 @@ def test_compaction_commits_final_ranges_and_federation_counts_each_block_once(
     with connect(dbs.data_url) as data, connect(dbs.state_url) as state:
         for c in result.committed:  # cold row counts equal the hot rows they replace
             assert c.row_count == count_rows(
-                data, CHAIN_ID, c.dataset_key, c.range_start, c.range_end
+                data, settings.org_id, CHAIN_ID, c.dataset_key, c.range_start, c.range_end
             )
         for ds in HOT_DATASETS:
             assert hot_boundary(state, CHAIN_ID, ds) == 80
@@ -617,7 +624,7 @@ def test_rows_written_before_a_crash_are_adopted_once(
     with connect(dbs.data_url, autocommit=True) as conn:
         for n in range(cursor_before + 1, chain.head() + 1):
             hb = _hot_block(chain, n)
-            write_block(conn, CHAIN_ID, hb.block, hb.txs, hb.logs)
+            write_block(conn, settings.org_id, CHAIN_ID, hb.block, hb.txs, hb.logs)
     r = follow_once(settings, dbs, CHAIN_ID, chain.url)
     assert (r.ingested, r.cursor) == (0, chain.head())
     assert event_ranges(dbs)[-1] == (cursor_before + 1, chain.head() + 1)
@@ -638,6 +645,7 @@ def test_rollback_without_cursor_rewind_is_announced_after_restart(
     # the crashed step rolled the data back, then died before rewinding the cursor
     reorg.rollback_to(
         connect(dbs.data_url, autocommit=True),
+        org_id=settings.org_id,
         chain_id=CHAIN_ID,
         ancestor=base,
         old_tip=base + 2,
@@ -761,7 +769,10 @@ def test_concurrent_follower_step_is_skipped(
 ) -> None:
     from trace_core.hot.follower import follower_lock
 
-    with connect(dbs.state_url, autocommit=True) as other, follower_lock(other, CHAIN_ID) as got:
+    with (
+        connect(dbs.state_url, autocommit=True) as other,
+        follower_lock(other, settings.org_id, CHAIN_ID) as got,
+    ):
         assert got
         r = follow_once(settings, dbs, CHAIN_ID, chain.url, start_block=0)
         assert r.skipped and r.ingested == 0

@@ -82,6 +82,7 @@ def test_a_reorg_invalidation_is_consumed_once_and_replays_change_nothing(
         conn.execute(
             q("hot", "insert_invalidation"),
             {
+                "org_id": rt.settings.org_id,
                 "chain_id": 31337,
                 "range_start": 12,
                 "range_end": 31,
@@ -93,7 +94,20 @@ def test_a_reorg_invalidation_is_consumed_once_and_replays_change_nothing(
         conn.execute(
             q("hot", "insert_invalidation"),
             {
+                "org_id": rt.settings.org_id,
                 "chain_id": 7,
+                "range_start": 0,
+                "range_end": 99,
+                "reason": "reorg",
+                "details": Jsonb({}),
+            },
+        )
+        # nor does another org's reorg of this chain (its follower, its hot rows)
+        conn.execute(
+            q("hot", "insert_invalidation"),
+            {
+                "org_id": uuid.UUID("00000000-0000-0000-0000-0000000000bb"),
+                "chain_id": 31337,
                 "range_start": 0,
                 "range_end": 99,
                 "reason": "reorg",
@@ -103,7 +117,7 @@ def test_a_reorg_invalidation_is_consumed_once_and_replays_change_nothing(
 
     report = consume_invalidations(rt)
     # a reorg orphans every block above its fork: block 40 too, beyond the follower's old tip
-    assert report.consumed == 2 and report.stale_events == 3
+    assert report.consumed == 3 and report.stale_events == 3
     assert sorted((r.range_start, r.range_end) for r in report.repairs) == [(10, 20), (20, 30)]
     stale = _stale(rt)
     assert stale["whale:5"] is None
@@ -118,7 +132,7 @@ def test_a_reorg_invalidation_is_consumed_once_and_replays_change_nothing(
     with rt.data() as conn:
         conn.execute("UPDATE data.data_invalidations SET consumed_at = NULL")
     replay = consume_invalidations(rt)
-    assert replay.consumed == 2 and not any(r.created for r in replay.repairs)
+    assert replay.consumed == 3 and not any(r.created for r in replay.repairs)
     assert _repair_tasks(rt) == tasks
 
     # the repairs re-sync exactly those ranges as new versions

@@ -71,6 +71,10 @@ def test_existing_rows_move_to_their_orgs(old_dbs: Databases) -> None:
             " 0, 0, 0)",
             (version, dataset),
         )
+        conn.execute(
+            "INSERT INTO state.hot_follower_cursors (chain_id, first_block, block_number)"
+            " VALUES (1, 5, 5)"
+        )
     with connect(old_dbs.data_url, autocommit=True) as conn:
         conn.execute(
             "INSERT INTO data.hot_blocks (chain_id, block_number, block_hash, parent_hash)"
@@ -86,5 +90,9 @@ def test_existing_rows_move_to_their_orgs(old_dbs: Databases) -> None:
         assert conn.execute(
             "SELECT org_id FROM state.dataset_versions WHERE dataset_version = %s", (version,)
         ).fetchone() == (OTHER,)
+        # the follower's cursor, like the hot rows, is the default org's (keyed by org: 0075)
+        assert conn.execute(
+            "SELECT org_id, chain_id, block_number FROM state.hot_follower_cursors"
+        ).fetchall() == [(DEFAULT, 1, 5)]
     with connect(old_dbs.data_url) as conn:
         assert conn.execute("SELECT org_id FROM data.hot_blocks").fetchone() == (DEFAULT,)

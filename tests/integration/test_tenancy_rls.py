@@ -32,10 +32,9 @@ GLOBAL_TABLES: dict[str, str] = {
     "state.worker_runs": "Dagster run bookkeeping of the worker sensor",
     "state.service_leases": "leases of long-lived system services",
     "state.rpc_pool_slots": "extraction slots per RPC pool, shared capacity",
-    "state.hot_follower_cursors": "the follower's per-chain cursor (system bookkeeping)",
     "state.org_roles": "the role catalogue (read-only to tenants)",
 }
-TENANT_READABLE_GLOBALS = {"state.org_roles", "state.hot_follower_cursors"}
+TENANT_READABLE_GLOBALS = {"state.org_roles"}
 
 A_ORG = uuid.UUID("00000000-0000-0000-0000-0000000000aa")
 B_ORG = uuid.UUID("00000000-0000-0000-0000-0000000000bb")
@@ -167,13 +166,21 @@ POLICIES: dict[str, Fixture] = {
             " VALUES ('{org}', 1, 'p_{tag}')"
         ),
     ),
+    # both orgs' rows share chain, dataset key and range: the keys hold the org (issue 22)
     "state.partition_versions_org": Fixture(
         "state",
         _sql(
             _DATASET,
             "INSERT INTO state.partition_versions (dataset_uuid, dataset_version, partition_key,"
             " chain_id, dataset_key, range_start, range_end, row_count) VALUES ('{uid}', '{uid}',"
-            " '0-10', 1, 'ds_{tag}', 0, 10, 0)",
+            " '0-10', 1, 'blocks', 0, 10, 0)",
+        ),
+    ),
+    "state.hot_follower_cursors_org": Fixture(
+        "state",
+        _sql(
+            "INSERT INTO state.hot_follower_cursors (org_id, chain_id, first_block, block_number)"
+            " VALUES ('{org}', 1, 0, 7)"
         ),
     ),
     "state.alert_definitions_org": Fixture(
@@ -266,22 +273,21 @@ POLICIES: dict[str, Fixture] = {
         "data",
         _sql(
             "INSERT INTO data.hot_blocks (chain_id, block_number, block_hash, parent_hash,"
-            " org_id) VALUES (1, ('x' || left('{uid}', 6))::bit(24)::int, '\\x00', '\\x00', '{org}')"
+            " org_id) VALUES (1, 7, '\\x00', '\\x00', '{org}')"
         ),
     ),
     "data.hot_transactions_org": Fixture(
         "data",
         _sql(
             "INSERT INTO data.hot_transactions (chain_id, block_number, transaction_index,"
-            " block_hash, transaction_hash, org_id) VALUES (1, ('x' || left('{uid}', 6))::bit(24)"
-            "::int, 0, '\\x00', '\\x00', '{org}')"
+            " block_hash, transaction_hash, org_id) VALUES (1, 7, 0, '\\x00', '\\x00', '{org}')"
         ),
     ),
     "data.hot_logs_org": Fixture(
         "data",
         _sql(
             "INSERT INTO data.hot_logs (chain_id, block_number, log_index, block_hash, org_id)"
-            " VALUES (1, ('x' || left('{uid}', 6))::bit(24)::int, 0, '\\x00', '{org}')"
+            " VALUES (1, 7, 0, '\\x00', '{org}')"
         ),
     ),
     "data.data_invalidations_org": Fixture(

@@ -68,6 +68,9 @@ class Endpoint:
     refusals: tuple[int, ...] = ()
     # POST /v1/query also takes the Query Service's own user tokens (a JWT, not an API key)
     legacy_token: bool = False
+    # a POST that changes nothing (a query: audited in data.query_audit): no audit_events
+    # row when accepted (refusals still get theirs)
+    read_only: bool = False
 
     @property
     def operation_id(self) -> str:
@@ -308,7 +311,7 @@ def starlette_route(settings: Settings, limiter: RateLimiter, ep: Endpoint) -> R
         status, model = reply if isinstance(reply, tuple) else (ep.status, reply)
         if call.audit_target:
             target = ",".join(filter(None, [target, *call.audit_target]))
-        if ep.method != "GET":
+        if ep.method != "GET" and not ep.read_only:
             await run_in_threadpool(audit, api, principal, action, target, status, None)
         return JSONResponse(model.model_dump(mode="json"), status_code=status)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from trace_core.api import models as m
-from trace_core.api.http import Call, Reply, bearer
+from trace_core.api.http import Call, Reply
 from trace_core.query.service import QueryRequest, QueryService
 
 
@@ -15,6 +15,6 @@ def run_query(call: Call) -> Reply:
     """Run one read-only SELECT/WITH over the caller's org's datasets and hot rows."""
     request = call.model(QueryRequest)
     service: QueryService = call.api.service
-    secret = bearer(call.headers.get("authorization"))
-    answer: dict[str, Any] = service.query("user", secret, request)
+    # the key was authenticated by the API (once: no second lookup of the same key)
+    answer: dict[str, Any] = service.query_as(call.principal, request)
     return m.QueryAnswer.model_validate(answer)

@@ -56,6 +56,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         body=QueryRequest,
         refusals=(400, 401, 403, 404, 408, 409, 413, 422, 429),
         legacy_token=True,
+        read_only=True,
     ),
     Endpoint(
         "POST",

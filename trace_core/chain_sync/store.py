@@ -404,8 +404,8 @@ class HotJob:
     """A job with a ``hot:`` block, as the hot sensors and ``status`` see it.
 
     ``observed_head``: newest head any pool reported for the chain (head observer or
-    follower); ``hot_cursor``/``hot_first_block``: the chain's follower cursor (shared by every
-    job on the chain), None before the first committed step.
+    follower); ``hot_cursor``/``hot_first_block``: the org's follower cursor on the chain
+    (shared by every job of the org on the chain), None before the first committed step.
     """
 
     job_id: uuid.UUID
@@ -420,6 +420,7 @@ class HotJob:
     observed_head: int | None
     hot_first_block: int | None
     hot_cursor: int | None
+    org_id: uuid.UUID
 
     @property
     def compact(self) -> bool:
@@ -447,16 +448,19 @@ class HotJob:
 
 def list_hot_jobs(
     conn: Connection[Any],
-    org_id: str | uuid.UUID,
+    org_id: str | uuid.UUID | None,
     job: str | uuid.UUID | None = None,
     *,
     enabled_only: bool = False,
 ) -> list[HotJob]:
-    """Jobs of the org (or one job) that have a ``hot:`` block, by chain then name.
+    """Jobs of the org (or one job) that have a ``hot:`` block, by chain, org, then name.
+    ``org_id`` None: every org's (the hot services, which run per (org, chain)).
 
     Raises ``ChainSyncJobNotFound`` for an unknown ``job``.
     """
-    job_id = resolve_job(conn, org_id, job) if job is not None else None
+    if org_id is None and job is not None:
+        raise ValueError("list_hot_jobs: a job is named within an org")
+    job_id = resolve_job(conn, org_id, job) if job is not None and org_id is not None else None
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(
             q("chain_sync", "hot_jobs"),

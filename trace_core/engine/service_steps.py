@@ -2,13 +2,14 @@
 delivery) and their ``ServiceSpec``s; ``services.serve`` loops one under its lease and
 trace_dagster runs that loop as a Dagster run (docs/hot_path.md, docs/architecture.md).
 
-``follower_step`` runs one bounded ``follow_pool`` step per chain an enabled chain_sync job
-follows (its ``hot:`` block) and records the head it saw; ``compactor_step`` runs
-``compact_chain`` for the chains whose jobs compact, deleting compacted hot rows only after
-their cold versions are committed, and reports committed ranges as an observation of asset
-``hot/chain_<id>``. A retryable failure of one chain is reported and retried next step; a
-fatal one fails the step (and the run, which Dagster retries) after the other chains had
-their turn.
+``follower_step`` runs one bounded ``follow_pool`` step per (org, chain) an enabled
+chain_sync job follows (its ``hot:`` block), for every org, and records the head it saw;
+``compactor_step`` runs ``compact_chain`` for the (org, chain) pairs whose jobs compact,
+deleting compacted hot rows only after their cold versions are committed, and reports
+committed ranges as an observation of asset ``hot/chain_<id>`` (metadata names the org).
+Each org's hot rows are its own (its job's RPC), so two orgs on one chain are two followers.
+A retryable failure of one pair is reported and retried next step; a fatal one fails the
+step (and the run, which Dagster retries) after the other pairs had their turn.
 """
 
 from __future__ import annotations
@@ -45,22 +46,41 @@ def hot_asset_path(chain_id: int) -> tuple[str, ...]:
     return ("hot", f"chain_{chain_id}")
 
 
-def _hot_jobs(rt: Runtime) -> dict[int, list[HotJob]]:
-    """Enabled jobs with a ``hot:`` block, by chain (jobs on one chain share its follower)."""
+HotKey = tuple[int, str]  # (chain_id, org_id): one follower and one compaction each
+
+
+def _hot_jobs(rt: Runtime) -> dict[HotKey, list[HotJob]]:
+    """Every org's enabled jobs with a ``hot:`` block, by (chain, org): an org's jobs on one
+    chain share its follower; another org's jobs on that chain have their own."""
     with rt.state() as conn:
-        jobs = list_hot_jobs(conn, rt.settings.org_id, enabled_only=True)
-    by_chain: dict[int, list[HotJob]] = {}
+        jobs = list_hot_jobs(conn, None, enabled_only=True)
+    by_key: dict[HotKey, list[HotJob]] = {}
     for job in jobs:
-        by_chain.setdefault(job.chain_id, []).append(job)
-    return by_chain
+        by_key.setdefault((job.chain_id, str(job.org_id)), []).append(job)
+    return by_key
 
 
-def _rotated(chains: list[int], cursor: str | None) -> list[int]:
-    """``chains`` (sorted) starting after the chain the previous tick handled last."""
-    last = int(cursor) if cursor and cursor.isdigit() else None
-    if last is None:
-        return chains
-    return [c for c in chains if c > last] + [c for c in chains if c <= last]
+def _cursor(key: HotKey) -> str:
+    return f"{key[0]}:{key[1]}"
+
+
+def _rotated(keys: list[HotKey], cursor: str | None) -> list[HotKey]:
+    """``keys`` (sorted) starting after the (chain, org) the previous tick handled last."""
+    chain, _, org = (cursor or "").partition(":")
+    if not chain.isdigit():
+        return keys
+    last = (int(chain), org)
+    return [k for k in keys if k > last] + [k for k in keys if k <= last]
+
+
+def _where(key: HotKey, rt: Runtime) -> str:
+    """``chain 1`` for the deployment's org, ``chain 1 (org 0000abcd)`` for another."""
+    chain_id, org = key
+    return (
+        f"chain {chain_id}"
+        if org == str(rt.settings.org_id)
+        else f"chain {chain_id} (org {org[:8]})"
+    )
 
 
 class _Failures:
@@ -72,15 +92,15 @@ class _Failures:
         self.fatal: TraceError | None = None
 
     @contextmanager
-    def guard(self, chain_id: int, what: str) -> Iterator[None]:
+    def guard(self, where: str, what: str) -> Iterator[None]:
         try:
             yield
         except RetryableError as exc:
-            self.log.warning(f"{what} on chain {chain_id}: {exc.code}: {exc.message}")
-            self.lines.append(f"chain {chain_id}: {exc.code}: {exc.message} (next tick retries)")
+            self.log.warning(f"{what} on {where}: {exc.code}: {exc.message}")
+            self.lines.append(f"{where}: {exc.code}: {exc.message} (next tick retries)")
         except TraceError as exc:
-            self.log.error(f"{what} on chain {chain_id} failed: {exc.code}: {exc.message}")
-            self.lines.append(f"chain {chain_id}: {exc.code}: {exc.message}")
+            self.log.error(f"{what} on {where} failed: {exc.code}: {exc.message}")
+            self.lines.append(f"{where}: {exc.code}: {exc.message}")
             self.fatal = self.fatal or exc
 
     def raise_fatal(self) -> None:
@@ -88,19 +108,18 @@ class _Failures:
             raise self.fatal
 
 
-def _follow_line(chain_id: int, job: HotJob, r: FollowResult) -> str:
+def _follow_line(where: str, job: HotJob, r: FollowResult) -> str:
     if r.skipped:
-        return f"chain {chain_id}: another follower step holds the chain"
-    line = (
-        f"chain {chain_id} (job {job.name}): +{r.ingested} blocks, cursor {r.cursor}, head {r.head}"
-    )
+        return f"{where}: another follower step holds the chain"
+    line = f"{where} (job {job.name}): +{r.ingested} blocks, cursor {r.cursor}, head {r.head}"
     if r.reorged_depth:
         line += f", repaired a reorg of depth {r.reorged_depth}"
     return line
 
 
 def follower_step(rt: Runtime, cursor: str | None, log: logging.Logger) -> StepReport:
-    """One follower step per followed chain, each bounded by its job's ``max_blocks_per_tick``.
+    """One follower step per followed (org, chain), each bounded by its job's
+    ``max_blocks_per_tick``.
 
     A chain whose jobs are all blocked (paused, ``TRACE_RPC_POOL_<POOL>_URL`` unset, no head
     observed yet for follow_head) is skipped with the reason; ``trace-lite status`` shows the
@@ -108,95 +127,106 @@ def follower_step(rt: Runtime, cursor: str | None, log: logging.Logger) -> StepR
     did work when a chain was followed, and its cursor rotates the starting chain. Raises the
     first fatal error (``ChainMismatch``, ``ReorgTooDeep``) after every chain had its turn.
     """
-    by_chain = _hot_jobs(rt)
-    if not by_chain:
+    by_key = _hot_jobs(rt)
+    if not by_key:
         return StepReport(False, "no enabled chain_sync job has a hot: block")
     deadline = time.monotonic() + HOT_STEP_BUDGET_SECONDS
     failures = _Failures(log)
     lines: list[str] = []
-    last: int | None = None
+    last: HotKey | None = None
     followed = 0
-    for chain_id in _rotated(sorted(by_chain), cursor):
+    for key in _rotated(sorted(by_key), cursor):
+        chain_id, org = key
+        where = _where(key, rt)
         if time.monotonic() > deadline:
-            lines.append(f"chain {chain_id}: deferred to the next tick")
+            lines.append(f"{where}: deferred to the next tick")
             continue
-        last = chain_id
-        jobs = by_chain[chain_id]
+        last = key
+        jobs = by_key[key]
         runnable = [j for j in jobs if not hot_blocked(j)]
         if not runnable:
             reasons = "; ".join(f"{b.kind}: {b.message}" for b in hot_blocked(jobs[0]))
-            lines.append(f"chain {chain_id} (job {jobs[0].name}): blocked: {reasons}")
+            lines.append(f"{where} (job {jobs[0].name}): blocked: {reasons}")
             continue
         job = runnable[0]
         followed += 1
-        with failures.guard(chain_id, "hot follower"):
+        with failures.guard(where, "hot follower"):
             result = follow_pool(
                 rt,
                 chain_id,
                 job.hot.rpc_pool,
                 max_blocks=job.hot.max_blocks_per_tick,
                 start_block=job.start_block,
+                org_id=org,
             )
             if result.head is not None and not result.skipped:
                 with rt.state() as conn:
                     record_head_observation(
                         conn,
-                        org_id=rt.settings.org_id,
+                        org_id=org,
                         chain_id=chain_id,
                         rpc_pool=job.hot.rpc_pool,
                         head_block=result.head,
                         source=HEAD_SOURCE,
                     )
-            lines.append(_follow_line(chain_id, job, result))
+            lines.append(_follow_line(where, job, result))
     failures.raise_fatal()
     summary = " | ".join(lines + failures.lines)
-    return StepReport(followed > 0, summary, cursor=None if last is None else str(last))
+    return StepReport(followed > 0, summary, cursor=None if last is None else _cursor(last))
 
 
 def compactor_step(rt: Runtime, cursor: str | None, log: logging.Logger) -> StepReport:
-    """``compact_chain(..., delete_hot=True)`` for every hot chain whose enabled jobs all compact;
-    ``prune_served`` for the other hot chains (follow_head: chain_sync's ranges go cold).
+    """``compact_chain(..., delete_hot=True)`` for every hot (org, chain) whose enabled jobs all
+    compact; ``prune_served`` for the other hot (org, chain) pairs (follow_head: chain_sync's
+    ranges go cold). Each org's hot rows become its own datasets' versions.
 
-    Reports an observation of ``hot/chain_<id>`` for each chain where ranges were
-    committed or hot rows deleted. Raises the first fatal error after every chain had its turn.
+    Reports an observation of ``hot/chain_<id>`` for each pair where ranges were committed
+    or hot rows deleted. Raises the first fatal error after every pair had its turn.
     """
     hot_jobs = _hot_jobs(rt)
-    chains = sorted(c for c, jobs in hot_jobs.items() if all(j.compact for j in jobs))
-    pruned = sorted(set(hot_jobs) - set(chains))
+    compacted = sorted(k for k, jobs in hot_jobs.items() if all(j.compact for j in jobs))
+    pruned = sorted(set(hot_jobs) - set(compacted))
     if not hot_jobs:
         return StepReport(False, "no enabled chain_sync job follows a hot chain")
     deadline = time.monotonic() + HOT_STEP_BUDGET_SECONDS
     failures = _Failures(log)
     events: list[Observation] = []
     lines: list[str] = []
-    for chain_id in pruned:
+    for key in pruned:
+        chain_id, org = key
+        where = _where(key, rt)
         # chain_sync's own ranges become cold behind the tip: drop the hot rows they serve
-        with failures.guard(chain_id, "hot pruning"):
-            deleted_rows = prune_served(rt.settings, rt.dbs, chain_id)
-            lines.append(
-                f"chain {chain_id}: {sum(deleted_rows.values())} hot rows served by cold pruned"
-            )
+        with failures.guard(where, "hot pruning"):
+            deleted_rows = prune_served(rt.settings, rt.dbs, chain_id, org_id=org)
+            lines.append(f"{where}: {sum(deleted_rows.values())} hot rows served by cold pruned")
             if any(deleted_rows.values()):
                 events.append(
                     Observation(
                         hot_asset_path(chain_id),
-                        {"chain_id": chain_id, "pruned_hot_rows": dict(deleted_rows)},
+                        {
+                            "chain_id": chain_id,
+                            "org_id": org,
+                            "pruned_hot_rows": dict(deleted_rows),
+                        },
                     )
                 )
-    for chain_id in chains:
+    for key in compacted:
+        chain_id, org = key
+        where = _where(key, rt)
         if time.monotonic() > deadline:
             break
-        with failures.guard(chain_id, "hot compaction"):
-            result = compact_chain(rt, chain_id, delete_hot=True)
+        with failures.guard(where, "hot compaction"):
+            result = compact_chain(rt, chain_id, delete_hot=True, org_id=org)
             new = [c for c in result.committed if c.newly_registered]
             deleted = sum(result.deleted_rows.values())
             lines.append(
-                f"chain {chain_id}: {len(new)} range(s) committed, {deleted} hot rows deleted, "
+                f"{where}: {len(new)} range(s) committed, {deleted} hot rows deleted, "
                 f"final below {result.final_end}"
             )
             if new or deleted:
                 metadata: dict[str, Any] = {
                     "chain_id": chain_id,
+                    "org_id": org,
                     "final_end": result.final_end,
                     "committed": [
                         f"{c.dataset_key} [{c.range_start}, {c.range_end}) rows={c.row_count}"

@@ -66,7 +66,7 @@ def has_work(rt: Runtime, service: ServiceName) -> bool:
     """Whether ``service`` has anything to do now (cheap: one query or queue stat)."""
     if service in ("hot_follower", "hot_compactor"):
         with rt.state() as conn:
-            return bool(list_hot_jobs(conn, rt.settings.org_id, enabled_only=True))
+            return bool(list_hot_jobs(conn, None, enabled_only=True))  # every org's
     if service == "sink":
         stats = rt.queue.stats(BUFFER_QUEUE)
         return stats.depth + stats.in_flight > 0

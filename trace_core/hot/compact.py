@@ -12,6 +12,10 @@ for ranges the current cold selection covers.
 Readers (``federated_sources``) take as cold, per block, the newest version covering it,
 ``boundary`` = the end of the highest one, and hot rows with ``block_number >= boundary`` plus
 any hot rows in ranges no cold version covers: every block counted exactly once.
+
+Everything runs per (org, chain): an org's hot rows become versions of that org's datasets,
+under a lock of its own, and only its rows are read and deleted (``org_id``, default the
+settings' org; the connections bypass row-level security, so every query names the org).
 """
 
 from __future__ import annotations
@@ -44,14 +48,15 @@ from trace_core.datasets.registry import (
     versions_for_stream,
     visible_parts,
 )
-from trace_core.db.connection import Databases, connect, system_session
+from trace_core.db.connection import Databases, connect
 from trace_core.db.queries import q
 from trace_core.errors import CoverageError
 from trace_core.hot.finality import final_end, finality_depth, plan_ranges
-from trace_core.hot.follower import load_cursor
+from trace_core.hot.follower import load_cursor, org_session
 from trace_core.hot.tables import (
     HOT_DATASETS,
     HOT_SCHEMA,
+    RANGE_FILTER,
     check_dataset,
     count_rows,
     hot_rows_predicate,
@@ -111,7 +116,7 @@ class FederatedSources:
     (``duckdb_cold_select`` does both); ``hot_table``: ``data.hot_{dataset}`` in the data database;
     ``boundary``: hot rows with ``block_number >= boundary`` belong to the result, and so do
     hot rows inside ``hot_gaps`` (ranges below the boundary no cold version covers, usually
-    none). Always filter the hot table on ``chain_id``.
+    none). Always filter the hot table on ``org_id`` and ``chain_id`` (``hot_predicate``).
     """
 
     cold_version_files: list[str]
@@ -122,6 +127,7 @@ class FederatedSources:
     hot_gaps: list[tuple[int, int]] = field(default_factory=list)
     cold_versions: list[VersionRecord] = field(default_factory=list)
     cold_clipped: list[tuple[list[str], int, int]] = field(default_factory=list)
+    org_id: str | None = None
 
     def duckdb_cold_select(self) -> str | None:
         """DuckDB SELECT of every cold row, each block once; None without cold files."""
@@ -136,7 +142,7 @@ class FederatedSources:
 
     def hot_predicate(self) -> str:
         """SQL condition (Postgres or DuckDB) selecting exactly the hot rows to union."""
-        return hot_rows_predicate(self.boundary, self.hot_gaps, self.chain_id)
+        return hot_rows_predicate(self.boundary, self.hot_gaps, self.chain_id, self.org_id)
 
     def duckdb_hot_select(self, catalog: str) -> str:
         """DuckDB SELECT over an attached Postgres catalog, cast to cryo's Parquet types."""
@@ -154,16 +160,19 @@ def federated_sources(
     dataset_key: str,
     *,
     store: ObjectStore | None = None,
+    org_id: str | None = None,
 ) -> FederatedSources:
-    """Cold files, hot table and boundary for a federated read of ``dataset_key`` on a chain.
+    """Cold files, hot table and boundary for a federated read of ``dataset_key`` on a chain,
+    of org ``org_id`` (default ``settings.org_id``).
 
     Manifests are read from the store and validated against the version prefix. Raises
     ``ManifestInvalid`` / ``ObjectNotFound`` for a broken committed version.
     """
     check_dataset(dataset_key)
     store = store or _store(settings)
-    with connect(dbs.state_url, **system_session(settings)) as conn:
-        selection = cold_selection(conn, chain_id, dataset_key, org_id=settings.org_id)
+    org = org_id or settings.org_id
+    with connect(dbs.state_url, **org_session(settings, org)) as conn:
+        selection = cold_selection(conn, chain_id, dataset_key, org_id=org)
     files: list[str] = []
     clipped: list[tuple[list[str], int, int]] = []
     parts: dict[uuid.UUID, list[VisiblePart]] = {}
@@ -187,6 +196,7 @@ def federated_sources(
         hot_gaps=missing_ranges(selection, 0, boundary),
         cold_versions=selection,
         cold_clipped=clipped,
+        org_id=str(uuid.UUID(str(org))),
     )
 
 
@@ -212,17 +222,18 @@ class CompactedRange:
 @dataclass
 class CompactResult:
     """``committed``: versions this call registered or found registered; ``deleted_rows``:
-    hot rows removed per dataset; ``skipped``: another compaction held the chain's lock."""
+    hot rows removed per dataset; ``skipped``: another compaction held the (org, chain) lock."""
 
     chain_id: int
     committed: list[CompactedRange] = field(default_factory=list)
     deleted_rows: dict[str, int] = field(default_factory=dict)
     final_end: int | None = None
     skipped: bool = False
+    org_id: str | None = None
 
 
-def _lock_key(chain_id: int) -> int:
-    digest = hashlib.sha256(f"trace.hot_compact:{chain_id}".encode()).digest()
+def _lock_key(org_id: str, chain_id: int) -> int:
+    digest = hashlib.sha256(f"trace.hot_compact:{org_id}:{chain_id}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
@@ -237,8 +248,10 @@ def compact_once(
     finality_depth_override: int | None = None,
     delete_hot: bool = False,
     max_ranges: int = 10,
+    org_id: str | None = None,
 ) -> CompactResult:
-    """Commit up to ``max_ranges`` final hot ranges per dataset as cold versions.
+    """Commit up to ``max_ranges`` final hot ranges per dataset of org ``org_id`` (default
+    ``settings.org_id``) as cold versions of the org's datasets.
 
     Ranges start at ``max(hot_boundary, follower's first block)`` and align to multiples of
     ``range_size`` (default ``settings.hot_compact_range_size``); only complete ranges that
@@ -250,36 +263,42 @@ def compact_once(
         check_dataset(ds)
     size = range_size or settings.hot_compact_range_size
     store = store or _store(settings)
-    result = CompactResult(chain_id)
+    org = _org(settings, org_id)
+    result = CompactResult(chain_id, org_id=org)
+    lock = {"key": _lock_key(org, chain_id)}
     with (
-        connect(dbs.state_url, autocommit=True, **system_session(settings)) as state,
-        connect(dbs.data_url, autocommit=True, **system_session(settings)) as data,
+        connect(dbs.state_url, autocommit=True, **org_session(settings, org)) as state,
+        connect(dbs.data_url, autocommit=True, **org_session(settings, org)) as data,
     ):
-        row = state.execute(q("hot", "try_advisory_lock"), {"key": _lock_key(chain_id)}).fetchone()
+        row = state.execute(q("hot", "try_advisory_lock"), lock).fetchone()
         if not (row and row[0]):
             result.skipped = True
             return result
         try:
-            cursor = load_cursor(state, chain_id)
+            cursor = load_cursor(state, org, chain_id)
             if cursor is None:
                 return result
             depth = finality_depth(
-                settings, chain_id, state_conn=state, override=finality_depth_override
+                settings, chain_id, state_conn=state, override=finality_depth_override, org_id=org
             )
             end = final_end(cursor.number, depth)
             result.final_end = end
             for ds in datasets:
-                boundary = hot_boundary(state, chain_id, ds, org_id=settings.org_id)
+                boundary = hot_boundary(state, chain_id, ds, org_id=org)
                 start = max(boundary, cursor.first_block)
                 for a, b in plan_ranges(start, end, size, limit=max_ranges):
                     result.committed.append(
-                        _compact_range(settings, state, data, store, chain_id, ds, a, b)
+                        _compact_range(settings, state, data, store, org, chain_id, ds, a, b)
                     )
             if delete_hot:
-                result.deleted_rows = _delete_compacted(settings, state, data, chain_id, datasets)
+                result.deleted_rows = _delete_compacted(state, data, org, chain_id, datasets)
         finally:
-            state.execute(q("hot", "release_advisory_lock"), {"key": _lock_key(chain_id)})
+            state.execute(q("hot", "release_advisory_lock"), lock)
     return result
+
+
+def _org(settings: Settings, org_id: str | None) -> str:
+    return str(uuid.UUID(str(org_id or settings.org_id)))
 
 
 def compact_range(
@@ -291,8 +310,10 @@ def compact_range(
     range_end: int,
     *,
     store: ObjectStore | None = None,
+    org_id: str | None = None,
 ) -> CompactedRange:
-    """Commit hot ``[range_start, range_end)`` of one dataset as a cold version (idempotent).
+    """Commit the org's hot ``[range_start, range_end)`` of one dataset as a cold version of
+    the org's dataset (idempotent; ``org_id`` default ``settings.org_id``).
 
     The caller vouches that the range is final; a registered version is returned as is
     (``newly_registered=False``) without reading hot rows. Raises ``CoverageError`` when the
@@ -300,12 +321,13 @@ def compact_range(
     """
     check_dataset(dataset_key)
     store = store or _store(settings)
+    org = _org(settings, org_id)
     with (
-        connect(dbs.state_url, autocommit=True, **system_session(settings)) as state,
-        connect(dbs.data_url, autocommit=True, **system_session(settings)) as data,
+        connect(dbs.state_url, autocommit=True, **org_session(settings, org)) as state,
+        connect(dbs.data_url, autocommit=True, **org_session(settings, org)) as data,
     ):
         return _compact_range(
-            settings, state, data, store, chain_id, dataset_key, range_start, range_end
+            settings, state, data, store, org, chain_id, dataset_key, range_start, range_end
         )
 
 
@@ -314,19 +336,20 @@ def _compact_range(
     state: Connection[Any],
     data: Connection[Any],
     store: ObjectStore,
+    org_id: str,
     chain_id: int,
     dataset_key: str,
     a: int,
     b: int,
 ) -> CompactedRange:
-    dataset_uuid = ids.dataset_uuid(settings.org_id, chain_id, dataset_key)
+    dataset_uuid = ids.dataset_uuid(org_id, chain_id, dataset_key)
     config = compact_config_hash(dataset_key)
     version = ids.dataset_version(dataset_uuid, config, chain_id, a, b)
     existing = get_version(state, version)
     if existing is not None:
         _record_partition(state, existing)
         return CompactedRange(dataset_key, a, b, version, existing.row_count, False)
-    blocks = count_rows(data, chain_id, "blocks", a, b)
+    blocks = count_rows(data, org_id, chain_id, "blocks", a, b)
     if dataset_key == "blocks" and blocks != b - a:
         raise CoverageError(
             f"chain {chain_id}: hot blocks [{a}, {b}) hold {blocks} of {b - a} blocks",
@@ -338,13 +361,13 @@ def _compact_range(
     with tempfile.TemporaryDirectory(prefix="hot_compact_") as tmp:
         path = Path(tmp) / parquet_name(chain_id, dataset_key, a, b)
         with data.transaction():
-            table = read_range(data, chain_id, dataset_key, a, b)
+            table = read_range(data, org_id, chain_id, dataset_key, a, b)
         pq.write_table(table, path, compression="lz4")
         schema, files = stage_parquet_files(store, staging_task, 1, [path])
     staged = StagedOutput(
         task_id=staging_task,
         attempt=1,
-        org_id=settings.org_id,
+        org_id=org_id,
         dataset_uuid=dataset_uuid,
         dataset_key=dataset_key,
         chain_id=chain_id,
@@ -366,6 +389,7 @@ def _compact_range(
     log.info(
         "hot range compacted",
         extra={
+            "org_id": org_id,
             "chain_id": chain_id,
             "dataset": dataset_key,
             "range": f"{a}:{b}",
@@ -382,6 +406,7 @@ def _record_partition(state: Connection[Any], rec: VersionRecord) -> None:
     state.execute(
         q("hot", "insert_partition_version"),
         {
+            "org_id": rec.org_id,
             "dataset_uuid": rec.dataset_uuid,
             "dataset_version": rec.dataset_version,
             "partition_key": f"{rec.range_start}-{rec.range_end}",
@@ -400,8 +425,10 @@ def delete_compacted(
     chain_id: int,
     *,
     datasets: tuple[str, ...] = HOT_DATASETS,
+    org_id: str | None = None,
 ) -> dict[str, int]:
-    """Delete hot rows of compacted ranges that the cold selection now serves.
+    """Delete the org's hot rows of its compacted ranges that its cold selection now serves
+    (``org_id`` default ``settings.org_id``).
 
     A range's rows go only when its range is fully covered by the registry's current cold
     selection and lies below ``hot_boundary``; it is then marked ``hot_deleted_at``. A crash
@@ -410,39 +437,36 @@ def delete_compacted(
     """
     for ds in datasets:
         check_dataset(ds)
+    org = _org(settings, org_id)
     with (
-        connect(dbs.state_url, autocommit=True, **system_session(settings)) as state,
-        connect(dbs.data_url, autocommit=True, **system_session(settings)) as data,
+        connect(dbs.state_url, autocommit=True, **org_session(settings, org)) as state,
+        connect(dbs.data_url, autocommit=True, **org_session(settings, org)) as data,
     ):
-        return _delete_compacted(settings, state, data, chain_id, datasets)
+        return _delete_compacted(state, data, org, chain_id, datasets)
 
 
 def _delete_compacted(
-    settings: Settings,
     state: Connection[Any],
     data: Connection[Any],
+    org_id: str,
     chain_id: int,
     datasets: tuple[str, ...],
 ) -> dict[str, int]:
     deleted: dict[str, int] = {}
-    cursor = load_cursor(state, chain_id)
+    cursor = load_cursor(state, org_id, chain_id)
     for ds in datasets:
-        selection = cold_selection(state, chain_id, ds, org_id=settings.org_id)
+        selection = cold_selection(state, chain_id, ds, org_id=org_id)
         boundary = max((v.range_end for v in selection), default=0)
-        pending = state.execute(
-            q("hot", "pending_hot_deletes"), {"chain_id": chain_id, "dataset_key": ds}
-        ).fetchall()
+        key = {"org_id": uuid.UUID(org_id), "chain_id": chain_id, "dataset_key": ds}
+        pending = state.execute(q("hot", "pending_hot_deletes"), key).fetchall()
         total = 0
         for _version, a, b in pending:
             if b > boundary or missing_ranges(selection, a, b):
                 continue
             if cursor is not None and b > cursor.number:
                 continue  # the follower's tip always stays hot
-            total += _delete_range(data, chain_id, ds, a, b)
-            state.execute(
-                q("hot", "mark_hot_deleted"),
-                {"chain_id": chain_id, "dataset_key": ds, "range_start": a, "range_end": b},
-            )
+            total += _delete_range(data, org_id, chain_id, ds, a, b)
+            state.execute(q("hot", "mark_hot_deleted"), {**key, "range_start": a, "range_end": b})
         deleted[ds] = total
     return deleted
 
@@ -454,9 +478,11 @@ def prune_served(
     *,
     datasets: tuple[str, ...] = HOT_DATASETS,
     finality_depth_override: int | None = None,
+    org_id: str | None = None,
 ) -> dict[str, int]:
-    """Delete hot rows that cold versions serve, for chains that do not compact (follow_head:
-    chain_sync's own ranges become cold behind the tip).
+    """Delete the org's hot rows that its cold versions serve, for chains it does not compact
+    (follow_head: chain_sync's own ranges become cold behind the tip); ``org_id`` default
+    ``settings.org_id``.
 
     A hot row goes when its block is below the dataset's ``hot_boundary``, inside a range the
     cold selection covers (rows in ``hot_gaps`` stay: readers take them from hot), final
@@ -467,29 +493,31 @@ def prune_served(
     for ds in datasets:
         check_dataset(ds)
     deleted: dict[str, int] = {}
+    org = _org(settings, org_id)
     with (
-        connect(dbs.state_url, autocommit=True, **system_session(settings)) as state,
-        connect(dbs.data_url, autocommit=True, **system_session(settings)) as data,
+        connect(dbs.state_url, autocommit=True, **org_session(settings, org)) as state,
+        connect(dbs.data_url, autocommit=True, **org_session(settings, org)) as data,
     ):
-        cursor = load_cursor(state, chain_id)
+        cursor = load_cursor(state, org, chain_id)
         if cursor is None:
             return {ds: 0 for ds in datasets}
         depth = finality_depth(
-            settings, chain_id, state_conn=state, override=finality_depth_override
+            settings, chain_id, state_conn=state, override=finality_depth_override, org_id=org
         )
         limit = min(final_end(cursor.number, depth), cursor.number)
         for ds in datasets:
-            selection = cold_selection(state, chain_id, ds, org_id=settings.org_id)
+            selection = cold_selection(state, chain_id, ds, org_id=org)
             boundary = min(max((v.range_end for v in selection), default=0), limit)
             keep = missing_ranges(selection, 0, boundary)
             if boundary <= 0:
                 deleted[ds] = 0
                 continue
             condition = sql.SQL(" AND ").join(
-                [sql.SQL("chain_id = %s"), sql.SQL("block_number < %s")]
+                [sql.SQL("org_id = %s"), sql.SQL("chain_id = %s"), sql.SQL("block_number < %s")]
                 + [sql.SQL("NOT (block_number >= %s AND block_number < %s)") for _ in keep]
             )
-            params: list[int] = [chain_id, boundary] + [x for a, b in keep for x in (a, b)]
+            params: list[Any] = [uuid.UUID(org), chain_id, boundary]
+            params += [x for a, b in keep for x in (a, b)]
             with data.transaction():
                 cur = data.execute(
                     sql.SQL("DELETE FROM {}.{} WHERE ").format(
@@ -502,14 +530,15 @@ def prune_served(
     return deleted
 
 
-def _delete_range(data: Connection[Any], chain_id: int, dataset_key: str, a: int, b: int) -> int:
+def _delete_range(
+    data: Connection[Any], org_id: str, chain_id: int, dataset_key: str, a: int, b: int
+) -> int:
     with data.transaction():
         cur = data.execute(
-            sql.SQL(
-                "DELETE FROM {}.{} WHERE chain_id = %(chain_id)s"
-                " AND block_number >= %(range_start)s AND block_number < %(range_end)s"
-            ).format(sql.Identifier(HOT_SCHEMA), sql.Identifier(hot_table(dataset_key))),
-            {"chain_id": chain_id, "range_start": a, "range_end": b},
+            sql.SQL("DELETE FROM {}.{} WHERE " + RANGE_FILTER).format(
+                sql.Identifier(HOT_SCHEMA), sql.Identifier(hot_table(dataset_key))
+            ),
+            {"org_id": uuid.UUID(org_id), "chain_id": chain_id, "range_start": a, "range_end": b},
         )
     return cur.rowcount
 
@@ -523,8 +552,10 @@ def compact_chain(
     finality_depth: int | None = None,
     delete_hot: bool = False,
     max_ranges: int = 10,
+    org_id: str | None = None,
 ) -> CompactResult:
-    """``compact_once`` with the runtime's settings, databases and object store."""
+    """``compact_once`` with the runtime's settings, databases and object store, for org
+    ``org_id`` (default the runtime's)."""
     return compact_once(
         rt.settings,
         rt.dbs,
@@ -535,4 +566,5 @@ def compact_chain(
         finality_depth_override=finality_depth,
         delete_hot=delete_hot,
         max_ranges=max_ranges,
+        org_id=org_id,
     )

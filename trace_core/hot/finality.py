@@ -21,12 +21,13 @@ def finality_depth(
     *,
     state_conn: Connection[Any] | None = None,
     override: int | None = None,
+    org_id: str | None = None,
 ) -> int:
     """Finality depth of ``chain_id``, first found of:
 
-    ``override``; the largest ``finality_depth`` of the org's enabled chain_sync jobs on the
-    chain (when ``state_conn`` is given); ``settings.finality_depths[chain_id]``;
-    ``settings.finality_depth`` (64 by default).
+    ``override``; the largest ``finality_depth`` of the org's (``org_id``, default
+    ``settings.org_id``) enabled chain_sync jobs on the chain (when ``state_conn`` is given);
+    ``settings.finality_depths[chain_id]``; ``settings.finality_depth`` (64 by default).
     """
     if override is not None:
         if override < 0:
@@ -34,7 +35,8 @@ def finality_depth(
         return override
     if state_conn is not None:
         row = state_conn.execute(
-            q("hot", "chain_sync_finality_depth"), {"org_id": settings.org_id, "chain_id": chain_id}
+            q("hot", "chain_sync_finality_depth"),
+            {"org_id": org_id or settings.org_id, "chain_id": chain_id},
         ).fetchone()
         if row is not None and row[0] is not None:
             return int(row[0])

@@ -1,7 +1,9 @@
 """The block follower: keep ``data.hot_*`` equal to the canonical chain near its head.
 
 ``follow_once`` is one bounded step (a Dagster sensor tick or a loop iteration calls it
-repeatedly). Per step, under a per-chain advisory lock:
+repeatedly) for one org's follower of one chain: hot rows, cursor, invalidations and events
+are the org's (two orgs following one chain each follow it through their own RPC and keep
+their own rows). Per step, under a per-(org, chain) advisory lock:
 
 1. the tip to continue from is the highest stored hot block (else the state cursor);
 2. if the chain no longer has that tip's hash, walk back to the common ancestor, delete the
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -164,7 +167,8 @@ class FollowResult:
 
     ``ingested``: blocks written; ``reorged_depth``: depth of the deepest reorg repaired
     (0 = none); ``head``: the chain head last observed; ``cursor``: last committed block;
-    ``skipped``: another follower held the chain's lock, nothing was done.
+    ``skipped``: another follower held the (org, chain) lock, nothing was done; ``org_id``:
+    whose hot rows.
     """
 
     chain_id: int
@@ -173,24 +177,36 @@ class FollowResult:
     head: int | None
     cursor: int | None
     skipped: bool = False
+    org_id: str | None = None
 
 
-def load_cursor(conn: Connection[Any], chain_id: int) -> Cursor | None:
-    row = conn.execute(q("hot", "get_cursor"), {"chain_id": chain_id}).fetchone()
+def org_session(settings: Settings, org_id: str | uuid.UUID) -> dict[str, Any]:
+    """``connect`` keywords of the hot path's system connections for one org's work: the
+    system role (row-level security bypassed: every query names the org), rows stamped
+    with ``org_id``."""
+    return {**system_session(settings), "org_id": str(org_id)}
+
+
+def load_cursor(conn: Connection[Any], org_id: str | uuid.UUID, chain_id: int) -> Cursor | None:
+    """The org's follower cursor on ``chain_id`` (None before its first committed step)."""
+    row = conn.execute(
+        q("hot", "get_cursor"), {"org_id": uuid.UUID(str(org_id)), "chain_id": chain_id}
+    ).fetchone()
     if row is None:
         return None
     return Cursor(int(row[0]), int(row[1]), None if row[2] is None else bytes(row[2]))
 
 
-def _lock_key(chain_id: int) -> int:
-    digest = hashlib.sha256(f"trace.hot_follower:{chain_id}".encode()).digest()
+def _lock_key(org_id: str | uuid.UUID, chain_id: int) -> int:
+    digest = hashlib.sha256(f"trace.hot_follower:{org_id}:{chain_id}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
 @contextmanager
-def follower_lock(conn: Connection[Any], chain_id: int) -> Iterator[bool]:
-    """Session advisory lock for one chain's follower; yields False if another holds it."""
-    key = _lock_key(chain_id)
+def follower_lock(conn: Connection[Any], org_id: str | uuid.UUID, chain_id: int) -> Iterator[bool]:
+    """Session advisory lock for one org's follower of one chain; yields False if another
+    holds it."""
+    key = _lock_key(uuid.UUID(str(org_id)), chain_id)
     row = conn.execute(q("hot", "try_advisory_lock"), {"key": key}).fetchone()
     got = bool(row and row[0])
     try:
@@ -203,6 +219,7 @@ def follower_lock(conn: Connection[Any], chain_id: int) -> Iterator[bool]:
 def commit_cursor(
     conn: Connection[Any],
     *,
+    org_id: str | uuid.UUID,
     chain_id: int,
     old: Cursor | None,
     first_block: int,
@@ -214,10 +231,12 @@ def commit_cursor(
 
     Forward: a ``hot_range_committed`` event for the new blocks. Backward (a reorg rolled
     back blocks the cursor had announced): a ``hot_range_invalidated`` event. Event rows
-    are deduplicated by chain, range and block hash, so a repeated commit adds none.
+    are deduplicated by org, chain, range and block hash, so a repeated commit adds none
+    (and two orgs following one chain announce their own ranges).
     """
+    org = uuid.UUID(str(org_id))
     events: list[tuple[str, dict[str, Any]]] = []
-    base = {"chain_id": chain_id, "datasets": list(HOT_DATASETS)}
+    base = {"org_id": str(org), "chain_id": chain_id, "datasets": list(HOT_DATASETS)}
     old_number = first_block - 1 if old is None else old.number
     if old is not None and (
         number < old.number or (number == old.number and block_hash != old.hash)
@@ -232,7 +251,7 @@ def commit_cursor(
             "depth": reorg_depth or old.number - number,
         }
         events.append(
-            (f"hot_invalidated:{chain_id}:{start}:{old.number + 1}:{_hex(old.hash)}", payload)
+            (f"hot_invalidated:{org}:{chain_id}:{start}:{old.number + 1}:{_hex(old.hash)}", payload)
         )
         old_number = start - 1
     if number > old_number:
@@ -244,12 +263,16 @@ def commit_cursor(
             "block_hash": _hex(block_hash),
         }
         events.append(
-            (f"hot_committed:{chain_id}:{old_number + 1}:{number + 1}:{_hex(block_hash)}", payload)
+            (
+                f"hot_committed:{org}:{chain_id}:{old_number + 1}:{number + 1}:{_hex(block_hash)}",
+                payload,
+            )
         )
     with conn.transaction():
         conn.execute(
             q("hot", "upsert_cursor"),
             {
+                "org_id": org,
                 "chain_id": chain_id,
                 "first_block": first_block,
                 "block_number": number,
@@ -282,12 +305,13 @@ class _Follower:
         state: Connection[Any],
         data: Connection[Any],
         source: BlockSource,
+        org_id: str,
         chain_id: int,
         batch_size: int,
         max_reorg_depth: int,
     ) -> None:
         self.state, self.data, self.source = state, data, source
-        self.chain_id = chain_id
+        self.org_id, self.chain_id = org_id, chain_id
         self.batch_size = batch_size
         self.max_reorg_depth = max_reorg_depth
 
@@ -297,7 +321,7 @@ class _Follower:
             raise ChainMismatch(
                 f"RPC serves chain {served}, expected chain {self.chain_id}", chain_id=self.chain_id
             )
-        cursor = load_cursor(self.state, self.chain_id)
+        cursor = load_cursor(self.state, self.org_id, self.chain_id)
         tip = self._stored_tip(cursor)
         ingested = depth = reorg_rounds = stalls = 0
         head = self.source.block_number()
@@ -306,7 +330,7 @@ class _Follower:
                 if reorg_rounds >= MAX_REORG_ROUNDS:
                     log.warning(
                         "chain keeps reorganising; ending this step",
-                        extra={"chain_id": self.chain_id},
+                        extra={"org_id": self.org_id, "chain_id": self.chain_id},
                     )
                     break
                 reorg_rounds += 1
@@ -329,7 +353,7 @@ class _Follower:
             last = min(head, next_block + min(self.batch_size, max_blocks - ingested) - 1)
             blocks, complete = self._fetch(next_block, last, None if tip is None else tip.hash)
             if blocks:
-                write_blocks(self.data, self.chain_id, blocks)
+                write_blocks(self.data, self.org_id, self.chain_id, blocks)
                 tip = _Tip(blocks[-1].number, blocks[-1].hash)
                 cursor = self._commit(cursor, tip, first=blocks[0].number)
                 ingested += len(blocks)
@@ -338,11 +362,16 @@ class _Follower:
                 continue
             head = self.source.block_number()  # caught up, or the chain changed under the batch
         return FollowResult(
-            self.chain_id, ingested, depth, head, None if cursor is None else cursor.number
+            self.chain_id,
+            ingested,
+            depth,
+            head,
+            None if cursor is None else cursor.number,
+            org_id=self.org_id,
         )
 
     def _stored_tip(self, cursor: Cursor | None) -> _Tip | None:
-        stored = hot_tip(self.data, self.chain_id)
+        stored = hot_tip(self.data, self.org_id, self.chain_id)
         if stored is not None:
             return _Tip(stored.number, stored.hash)
         return None if cursor is None else _Tip(cursor.number, cursor.hash)
@@ -357,12 +386,14 @@ class _Follower:
     def _repair(self, tip: _Tip, cursor: Cursor | None) -> tuple[_Tip, int]:
         """Roll the hot tables back to the common ancestor; returns (new tip, depth)."""
         lo = max(0, tip.number - self.max_reorg_depth - 1)
-        stored = stored_hashes(self.data, self.chain_id, lo, tip.number + 1)
+        stored = stored_hashes(self.data, self.org_id, self.chain_id, lo, tip.number + 1)
         if tip.hash is not None:
             stored.setdefault(tip.number, tip.hash)
-        low = hot_low(self.data, self.chain_id)
+        low = hot_low(self.data, self.org_id, self.chain_id)
         lowest = min(low if low is not None else tip.number, tip.number)
-        row = self.state.execute(q("hot", "compacted_end"), {"chain_id": self.chain_id}).fetchone()
+        row = self.state.execute(
+            q("hot", "compacted_end"), {"org_id": self.org_id, "chain_id": self.chain_id}
+        ).fetchone()
         finalized_below = int(row[0]) if row and row[0] is not None else 0
         ancestor = reorg.find_common_ancestor(
             tip=tip.number,
@@ -376,6 +407,7 @@ class _Follower:
         depth = tip.number - ancestor.number
         reorg.rollback_to(
             self.data,
+            org_id=self.org_id,
             chain_id=self.chain_id,
             ancestor=ancestor.number,
             old_tip=tip.number,
@@ -417,10 +449,11 @@ class _Follower:
         if cursor is not None:
             first_block = cursor.first_block
         else:
-            low = hot_low(self.data, self.chain_id) if first is None else first
+            low = hot_low(self.data, self.org_id, self.chain_id) if first is None else first
             first_block = tip.number + 1 if low is None else low
         return commit_cursor(
             self.state,
+            org_id=self.org_id,
             chain_id=self.chain_id,
             old=cursor,
             first_block=min(first_block, tip.number + 1),
@@ -441,15 +474,18 @@ def follow_once(
     batch_size: int = DEFAULT_BATCH_SIZE,
     max_reorg_depth: int | None = None,
     source: BlockSource | None = None,
+    org_id: str | None = None,
 ) -> FollowResult:
-    """One bounded follower step for ``chain_id``: repair reorgs, ingest up to ``max_blocks``.
+    """One bounded follower step of org ``org_id`` (default ``settings.org_id``) on
+    ``chain_id``: repair reorgs, ingest up to ``max_blocks`` into the org's hot rows.
 
     ``start_block`` is where a chain with no cursor and no hot rows starts (default: the
     current head; history below it is cryo_ingest's job). ``source`` replaces the HTTP
     client (``rpc_url`` may then be None). Raises ``RpcError`` (retryable), ``ChainMismatch``
     and ``ReorgTooDeep`` (fatal); committed progress is kept either way. Concurrent calls for
-    one chain are safe: all but one return ``skipped=True``.
+    one (org, chain) are safe: all but one return ``skipped=True``.
     """
+    org = str(uuid.UUID(str(org_id or settings.org_id)))
     if max_blocks <= 0 or batch_size <= 0:
         raise ValueError("max_blocks and batch_size must be > 0")
     if source is None and not rpc_url:
@@ -458,17 +494,17 @@ def follow_once(
     src: BlockSource = source if source is not None else RpcBlockSource(rpc_url or [])
     try:
         with (
-            connect(dbs.state_url, autocommit=True, **system_session(settings)) as state,
-            # as the system role; new hot rows belong to the deployment's org
-            connect(dbs.data_url, autocommit=True, **system_session(settings)) as data,
-            follower_lock(state, chain_id) as got,
+            connect(dbs.state_url, autocommit=True, **org_session(settings, org)) as state,
+            connect(dbs.data_url, autocommit=True, **org_session(settings, org)) as data,
+            follower_lock(state, org, chain_id) as got,
         ):
             if not got:
-                return FollowResult(chain_id, 0, 0, None, None, skipped=True)
+                return FollowResult(chain_id, 0, 0, None, None, skipped=True, org_id=org)
             follower = _Follower(
                 state=state,
                 data=data,
                 source=src,
+                org_id=org,
                 chain_id=chain_id,
                 batch_size=batch_size,
                 max_reorg_depth=max_reorg_depth or settings.hot_max_reorg_depth,
@@ -481,6 +517,7 @@ def follow_once(
         log.info(
             "block follower step",
             extra={
+                "org_id": org,
                 "chain_id": chain_id,
                 "ingested": result.ingested,
                 "reorged_depth": result.reorged_depth,
@@ -503,13 +540,14 @@ def follow_pool(
     start_block: int | None = None,
     batch_size: int | None = None,
     environ: Mapping[str, str] | None = None,
+    org_id: str | None = None,
 ) -> FollowResult:
-    """``follow_once`` against the pool's URLs (failing over between them). Raises
-    ``ConfigError`` when the pool is unset."""
+    """``follow_once`` of org ``org_id`` (default the runtime's) against the pool's URLs
+    (failing over between them). Raises ``ConfigError`` when the pool is unset."""
     urls = rpc_pool_urls(rpc_pool, environ)
     if not urls:
         raise ConfigError(f"rpc pool {rpc_pool!r} has no URL", field=rpc_pool_env_var(rpc_pool))
-    kwargs: dict[str, Any] = {"start_block": start_block}
+    kwargs: dict[str, Any] = {"start_block": start_block, "org_id": org_id}
     if batch_size is not None:
         kwargs["batch_size"] = batch_size
     return follow_once(rt.settings, rt.dbs, chain_id, urls, max_blocks, **kwargs)

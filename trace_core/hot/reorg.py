@@ -9,6 +9,7 @@ orphaned rows without the invalidation that explains their disappearance.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -72,16 +73,20 @@ def find_common_ancestor(
 def rollback_to(
     conn: Connection[Any],
     *,
+    org_id: str | uuid.UUID,
     chain_id: int,
     ancestor: int,
     old_tip: int,
     details: dict[str, Any],
 ) -> int:
-    """Delete hot rows above ``ancestor`` and record ``[ancestor + 1, old_tip + 1)`` as invalid.
+    """Delete the org's hot rows above ``ancestor`` and record ``[ancestor + 1, old_tip + 1)``
+    as invalid for the org (another org following the chain repairs its own rows).
 
-    One data-DB transaction. Returns the invalidation id. Caller holds the chain's follower lock.
+    One data-DB transaction. Returns the invalidation id. Caller holds the (org, chain)
+    follower lock.
     """
-    params = {"chain_id": chain_id, "block_number": ancestor}
+    org = uuid.UUID(str(org_id))
+    params = {"org_id": org, "chain_id": chain_id, "block_number": ancestor}
     with conn.transaction():
         deleted = {
             ds: conn.execute(q("hot", f"delete_{ds}_above"), params).rowcount for ds in HOT_DATASETS
@@ -89,6 +94,7 @@ def rollback_to(
         row = conn.execute(
             q("hot", "insert_invalidation"),
             {
+                "org_id": org,
                 "chain_id": chain_id,
                 "range_start": ancestor + 1,
                 "range_end": old_tip + 1,
@@ -99,6 +105,12 @@ def rollback_to(
     assert row is not None
     log.warning(
         "reorg rolled back",
-        extra={"chain_id": chain_id, "ancestor": ancestor, "old_tip": old_tip, "deleted": deleted},
+        extra={
+            "org_id": str(org),
+            "chain_id": chain_id,
+            "ancestor": ancestor,
+            "old_tip": old_tip,
+            "deleted": deleted,
+        },
     )
     return int(row[0])

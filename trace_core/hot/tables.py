@@ -4,10 +4,16 @@
 columns (pure, no I/O). ``write_block`` stores one block's rows in one data-DB transaction,
 keyed by natural keys: a re-delivered block changes nothing, and a different block at the same
 height (a reorg) replaces the old rows rather than mixing with them.
+
+Hot rows belong to an org (keys start with ``org_id``): each org's job follows a chain through
+its own RPC, so two orgs following one chain keep their own rows. Every read and write here
+takes the org explicitly, because the follower connects as ``trace_system`` (row-level
+security bypassed).
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -52,15 +58,23 @@ def check_dataset(dataset: str) -> None:
 
 
 def hot_rows_predicate(
-    min_block: int, gaps: Sequence[tuple[int, int]] = (), chain_id: int | None = None
+    min_block: int,
+    gaps: Sequence[tuple[int, int]] = (),
+    chain_id: int | None = None,
+    org_id: str | uuid.UUID | None = None,
 ) -> str:
     """SQL (Postgres or DuckDB) for the hot rows a federated read takes: blocks at or beyond
     ``min_block`` (the cold boundary) or inside ``gaps`` (end-exclusive ranges below it that
-    no cold version covers), of ``chain_id`` when given. Integers only."""
+    no cold version covers), of ``chain_id`` and ``org_id`` when given. Integers and a
+    validated uuid only."""
     parts = [f"block_number >= {int(min_block)}"]
     parts += [f"(block_number >= {int(a)} AND block_number < {int(b)})" for a, b in gaps]
     where = "(" + " OR ".join(parts) + ")"
-    return where if chain_id is None else f"chain_id = {int(chain_id)} AND {where}"
+    if chain_id is not None:
+        where = f"chain_id = {int(chain_id)} AND {where}"
+    if org_id is not None:
+        where = f"org_id = '{uuid.UUID(str(org_id))}' AND {where}"
+    return where
 
 
 def arrow_schema(dataset: str) -> pa.Schema:
@@ -227,7 +241,7 @@ def _log_row(
 
 
 def _insert_sql(dataset: str) -> sql.Composed:
-    cols = [c.name for c in CRYO_COLUMNS[dataset]] + list(_EXTRA_COLUMNS[dataset])
+    cols = [c.name for c in CRYO_COLUMNS[dataset]] + list(_EXTRA_COLUMNS[dataset]) + ["org_id"]
     return sql.SQL("INSERT INTO {}.{} ({}) VALUES ({}) ON CONFLICT DO NOTHING").format(
         sql.Identifier(HOT_SCHEMA),
         sql.Identifier(hot_table(dataset)),
@@ -241,6 +255,7 @@ _INSERTS = {ds: _insert_sql(ds) for ds in HOT_DATASETS}
 
 def write_block(
     conn: Connection[Any],
+    org_id: str | uuid.UUID,
     chain_id: int,
     block: Mapping[str, Any],
     txs: Sequence[Mapping[str, Any]],
@@ -253,18 +268,23 @@ def write_block(
     by a reorg) are deleted first. Returns True when rows were inserted or replaced.
     """
     hb = HotBlock(dict(block), [dict(t) for t in txs], [dict(lg) for lg in logs])
-    return write_blocks(conn, chain_id, [hb]) > 0
+    return write_blocks(conn, org_id, chain_id, [hb]) > 0
 
 
-def write_blocks(conn: Connection[Any], chain_id: int, blocks: Sequence[HotBlock]) -> int:
-    """``write_block`` for many blocks in one transaction with a few statements.
+def write_blocks(
+    conn: Connection[Any], org_id: str | uuid.UUID, chain_id: int, blocks: Sequence[HotBlock]
+) -> int:
+    """``write_block`` for many blocks of the org's hot rows in one transaction with a few
+    statements.
 
     Returns the number of rows deleted (replaced) plus block rows inserted; 0 means nothing
     changed.
     """
     if not blocks:
         return 0
+    org = uuid.UUID(str(org_id))
     heights = {
+        "org_id": org,
         "chain_id": chain_id,
         "numbers": [hb.number for hb in blocks],
         "hashes": [hb.hash for hb in blocks],
@@ -282,16 +302,20 @@ def write_blocks(conn: Connection[Any], chain_id: int, blocks: Sequence[HotBlock
             if not rows:
                 continue
             cur.executemany(
-                _INSERTS[dataset], [{**r, "chain_id": chain_id} for r in rows], returning=False
+                _INSERTS[dataset],
+                [{**r, "chain_id": chain_id, "org_id": org} for r in rows],
+                returning=False,
             )
             if dataset == "blocks":
                 changed += max(cur.rowcount, 0)
     return changed
 
 
-def write_hot_block(conn: Connection[Any], chain_id: int, hb: HotBlock) -> bool:
+def write_hot_block(
+    conn: Connection[Any], org_id: str | uuid.UUID, chain_id: int, hb: HotBlock
+) -> bool:
     """``write_block`` for a ``HotBlock``."""
-    return write_blocks(conn, chain_id, [hb]) > 0
+    return write_blocks(conn, org_id, chain_id, [hb]) > 0
 
 
 # --- reads -------------------------------------------------------------------------------
@@ -303,55 +327,76 @@ class StoredBlock:
     hash: bytes
 
 
-def hot_tip(conn: Connection[Any], chain_id: int) -> StoredBlock | None:
-    """The highest stored block of ``chain_id``, or None when the hot table has none."""
-    row = conn.execute(q("hot", "hot_tip"), {"chain_id": chain_id}).fetchone()
+def _key(org_id: str | uuid.UUID, chain_id: int, **more: Any) -> dict[str, Any]:
+    return {"org_id": uuid.UUID(str(org_id)), "chain_id": chain_id, **more}
+
+
+def hot_tip(conn: Connection[Any], org_id: str | uuid.UUID, chain_id: int) -> StoredBlock | None:
+    """The org's highest stored block of ``chain_id``, or None when it has none."""
+    row = conn.execute(q("hot", "hot_tip"), _key(org_id, chain_id)).fetchone()
     return None if row is None else StoredBlock(int(row[0]), bytes(row[1]))
 
 
-def hot_low(conn: Connection[Any], chain_id: int) -> int | None:
-    """The lowest stored block number of ``chain_id``, or None."""
-    row = conn.execute(q("hot", "hot_low"), {"chain_id": chain_id}).fetchone()
+def hot_low(conn: Connection[Any], org_id: str | uuid.UUID, chain_id: int) -> int | None:
+    """The org's lowest stored block number of ``chain_id``, or None."""
+    row = conn.execute(q("hot", "hot_low"), _key(org_id, chain_id)).fetchone()
     return None if row is None or row[0] is None else int(row[0])
 
 
-def stored_hashes(conn: Connection[Any], chain_id: int, start: int, end: int) -> dict[int, bytes]:
-    """``{block_number: block_hash}`` stored for ``[start, end)``."""
+def stored_hashes(
+    conn: Connection[Any], org_id: str | uuid.UUID, chain_id: int, start: int, end: int
+) -> dict[int, bytes]:
+    """``{block_number: block_hash}`` the org stores for ``[start, end)``."""
     rows = conn.execute(
-        q("hot", "stored_hashes"), {"chain_id": chain_id, "range_start": start, "range_end": end}
+        q("hot", "stored_hashes"), _key(org_id, chain_id, range_start=start, range_end=end)
     ).fetchall()
     return {int(n): bytes(h) for n, h in rows}
 
 
-def count_rows(conn: Connection[Any], chain_id: int, dataset: str, start: int, end: int) -> int:
-    """Hot rows of ``dataset`` with block_number in ``[start, end)``."""
+RANGE_FILTER = (
+    "org_id = %(org_id)s AND chain_id = %(chain_id)s"
+    " AND block_number >= %(range_start)s AND block_number < %(range_end)s"
+)
+
+
+def count_rows(
+    conn: Connection[Any],
+    org_id: str | uuid.UUID,
+    chain_id: int,
+    dataset: str,
+    start: int,
+    end: int,
+) -> int:
+    """The org's hot rows of ``dataset`` with block_number in ``[start, end)``."""
     row = conn.execute(
-        sql.SQL(
-            "SELECT count(*) FROM {}.{} WHERE chain_id = %(chain_id)s"
-            " AND block_number >= %(range_start)s AND block_number < %(range_end)s"
-        ).format(sql.Identifier(HOT_SCHEMA), sql.Identifier(hot_table(dataset))),
-        {"chain_id": chain_id, "range_start": start, "range_end": end},
+        sql.SQL("SELECT count(*) FROM {}.{} WHERE " + RANGE_FILTER).format(
+            sql.Identifier(HOT_SCHEMA), sql.Identifier(hot_table(dataset))
+        ),
+        _key(org_id, chain_id, range_start=start, range_end=end),
     ).fetchone()
     assert row is not None
     return int(row[0])
 
 
 def read_range(
-    conn: Connection[Any], chain_id: int, dataset: str, start: int, end: int
+    conn: Connection[Any],
+    org_id: str | uuid.UUID,
+    chain_id: int,
+    dataset: str,
+    start: int,
+    end: int,
 ) -> pa.Table:
-    """Hot rows of ``[start, end)`` as an Arrow table with cryo's exact schema, sorted as cryo."""
+    """The org's hot rows of ``[start, end)`` as an Arrow table with cryo's exact schema,
+    sorted as cryo."""
     schema = arrow_schema(dataset)
-    query = sql.SQL(
-        "SELECT {} FROM {}.{} WHERE chain_id = %(chain_id)s"
-        " AND block_number >= %(range_start)s AND block_number < %(range_end)s ORDER BY {}"
-    ).format(
+    query = sql.SQL("SELECT {} FROM {}.{} WHERE " + RANGE_FILTER + " ORDER BY {}").format(
         sql.SQL(", ").join(sql.Identifier(n) for n in schema.names),
         sql.Identifier(HOT_SCHEMA),
         sql.Identifier(hot_table(dataset)),
         sql.SQL(", ").join(sql.Identifier(k) for k in SORT_KEYS[dataset]),
     )
     with conn.cursor() as cur:
-        cur.execute(query, {"chain_id": chain_id, "range_start": start, "range_end": end})
+        cur.execute(query, _key(org_id, chain_id, range_start=start, range_end=end))
         rows = cur.fetchall()
     columns = list(zip(*rows, strict=True)) if rows else [() for _ in schema.names]
     arrays = [

@@ -66,8 +66,9 @@ def _affected_end(inv: dict[str, Any]) -> int | None:
 
 
 def _plan_replacements(rt: Runtime, inv: dict[str, Any]) -> list[PlannedRepair]:
-    """Repair tasks for the versions over an invalidated range (one state transaction)."""
-    org = rt.settings.org_id
+    """Repair tasks for the versions of the invalidation's org over its range (one state
+    transaction)."""
+    org = str(inv["org_id"])
     with rt.state() as conn, conn.transaction():
         with conn.cursor(row_factory=dict_row) as cur:
             versions = cur.execute(
@@ -122,6 +123,7 @@ def consume_invalidations(rt: Runtime, *, limit: int = DEFAULT_LIMIT) -> Consume
             staled = data.execute(
                 q("integrity", "stale_alert_events"),
                 {
+                    "org_id": inv["org_id"],
                     "chain_id": inv["chain_id"],
                     "range_start": inv["range_start"],
                     "range_end": end,

@@ -131,7 +131,17 @@ def user_versions(
     grant or that neither the registry nor ``hot_relations`` holds, and
     ``QueryError(code='job_not_found')`` for an unknown job.
     """
-    params = {"org_id": claims.org_id, "job": job}
+    registered = registered_relations(conn, claims.org_id, job)
+    return granted_relations(registered, claims, requested=requested, hot_relations=hot_relations)
+
+
+def registered_relations(
+    conn: Connection[Any], org_id: uuid.UUID | str, job: str | None = None
+) -> Versions:
+    """The registry's part of ``user_versions``: every relation of the org (or of ``job``)
+    by name, before grants (what ``QueryService`` caches per registry generation). Raises
+    ``QueryError(code='job_not_found')``."""
+    params = {"org_id": org_id, "job": job}
     if job is not None:
         found = conn.execute(q("query", "job_exists"), params).fetchone()
         if found is None:
@@ -142,12 +152,23 @@ def user_versions(
             records += _records(
                 conn,
                 "job_analytics_versions",
-                {"org_id": claims.org_id, "chain_id": found[1], "keys": keys},
+                {"org_id": org_id, "chain_id": found[1], "keys": keys},
             )
         # the job's own outputs, under their relation names (analytics_<name>)
-        registered = {output_relation(k): v for k, v in default_relations(records).items()}
-    else:
-        registered = default_relations(_records(conn, "org_versions", params))
+        return {output_relation(k): v for k, v in default_relations(records).items()}
+    return default_relations(_records(conn, "org_versions", params))
+
+
+def granted_relations(
+    registered: Versions,
+    claims: UserClaims,
+    *,
+    requested: Sequence[str] | None = None,
+    hot_relations: Iterable[str] = (),
+) -> Versions:
+    """The part of ``registered`` that ``claims`` grants (see ``user_versions``); a new
+    dict, ``registered`` is left as it is."""
+    registered = dict(registered)
     for name in hot_relations:
         registered.setdefault(name, [])
     if requested is None:
@@ -390,17 +411,21 @@ def data_hot_sources(
     followed: Collection[int] = (),
     *,
     org_id: uuid.UUID | str | None = None,
+    as_tenant: bool = True,
 ) -> HotSourceResolver:
     """Resolver over the block follower's ``data.hot_*`` tables: per chain, the hot rows at or
     beyond the end of the newest cold range, plus those in ranges below it that no cold
     version covers, offered only when there are any. A ``followed`` chain without cold
     versions contributes all its hot rows (boundary 0).
 
-    With ``org_id``, both the probe here and the engine's reads (through the returned
-    sources' URL) run as ``trace_tenant`` with that org set: row-level security serves the
-    org's own hot rows only."""
-    if org_id is not None:
-        url = with_session(url, org_id=str(org_id), role=TENANT_ROLE)
+    With ``org_id``, the sources select the org's rows only (hot rows are keyed by org), and
+    (``as_tenant``) both the probe here and the engine's reads (through the returned sources'
+    URL) run as ``trace_tenant`` with that org set: row-level security serves the org's own
+    hot rows only, a second line behind the filter."""
+    scope = org_id if as_tenant else None
+    org = None if org_id is None else str(uuid.UUID(str(org_id)))
+    if scope is not None:
+        url = with_session(url, org_id=str(scope), role=TENANT_ROLE)
 
     def resolve(relation: str, recs: Sequence[VersionRecord]) -> list[HotSource]:
         table = HOT_TABLES.get(relation)
@@ -410,7 +435,7 @@ def data_hot_sources(
         for rec in recs:
             by_chain.setdefault(rec.chain_id, []).append(rec)
         sources = []
-        with pool.connection() as conn, _scoped(conn, org_id):
+        with pool.connection() as conn, _scoped(conn, scope):
             for chain_id, chain_recs in sorted(by_chain.items()):
                 end = max((r.range_end for r in chain_recs), default=0)
                 src = HotSource(
@@ -419,6 +444,7 @@ def data_hot_sources(
                     end,
                     chain_id,
                     tuple(missing_ranges(chain_recs, 0, end)),
+                    org,
                 )
                 query = sql.SQL("SELECT EXISTS (SELECT 1 FROM data.{} WHERE {})").format(
                     sql.Identifier(table), sql.SQL(src.block_predicate())

@@ -17,19 +17,23 @@ if TYPE_CHECKING:
 class HotSource:
     """Rows of the Postgres table ``schema.table`` with ``block_number >= min_block`` or inside
     one of ``gaps`` (end-exclusive ranges below it that no cold version covers), and
-    ``chain_id`` equal, when set. ``url`` is a libpq URL: a secret, kept out of repr/logs."""
+    ``chain_id`` and ``org_id`` equal, when set (the follower's tables hold every org's rows;
+    row-level security filters them too). ``url`` is a libpq URL: a secret, kept out of
+    repr/logs."""
 
     url: str = field(repr=False)
     table: str
     min_block: int
     chain_id: int | None = None
     gaps: tuple[tuple[int, int], ...] = ()
+    org_id: str | None = None
 
     def block_predicate(self) -> str:
-        """SQL (Postgres or DuckDB) selecting the rows this source serves; integers only."""
+        """SQL (Postgres or DuckDB) selecting the rows this source serves; integers and a
+        validated uuid only."""
         from trace_core.hot.tables import hot_rows_predicate  # only queries with hot rows
 
-        return hot_rows_predicate(self.min_block, self.gaps, self.chain_id)
+        return hot_rows_predicate(self.min_block, self.gaps, self.chain_id, self.org_id)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -31,6 +32,7 @@ from psycopg_pool import ConnectionPool
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from trace_core.db.connection import Databases, session_options, system_session
+from trace_core.db.errors import db_errors
 from trace_core.db.queries import q
 from trace_core.errors import (
     AccessDenied,
@@ -58,11 +60,18 @@ from trace_core.query.attach import (
     audit_datasets,
     data_hot_sources,
     followed_chains,
+    granted_relations,
     refuse_fake,
+    registered_relations,
     task_versions,
-    user_versions,
 )
-from trace_core.query.audit import AuditRecord, Outcome, write_audit
+from trace_core.query.audit import (
+    AuditRecord,
+    Outcome,
+    write_audit,
+    write_finished,
+    write_started,
+)
 from trace_core.query.engine import (
     EngineConfig,
     ResultLimits,
@@ -74,6 +83,7 @@ from trace_core.query.engine import (
 )
 from trace_core.query.export import export_result, json_rows
 from trace_core.query.gate import check_limits, sql_fingerprint, validate_sql_cached
+from trace_core.query.registry_cache import Entry, RegistryCache, registry_generation
 from trace_core.query.tokens import (
     UserClaims,
     verify_task_token,
@@ -160,6 +170,7 @@ class _Run:
     bytes: int | None = None
     export_key: str | None = None
     error_code: str | None = None
+    started_audit: Future[None] | None = None  # the durable 'started' row, being written
 
 
 class Phases:
@@ -223,17 +234,31 @@ class QueryService:
         self.state = ConnectionPool(
             dbs.state_url, min_size=1, max_size=8, open=False, kwargs=state_kwargs
         )
-        # the audit insert is this pool's only write (see Settings.query_audit_durable)
+        # the audit is this pool's only write (see Settings.query_audit_durable)
         data_kwargs: dict[str, Any] = {
             "autocommit": True,
             **session_options(dbs.data_url, **system_session(settings)),
         }
-        if not settings.query_audit_durable:
-            given = data_kwargs.get("options", "")
-            data_kwargs["options"] = f"{given} -c synchronous_commit=off".strip()
+        given = data_kwargs.get("options", "")
+        async_kwargs = {**data_kwargs, "options": f"{given} -c synchronous_commit=off".strip()}
+        durable = settings.query_audit_durable
         self.data = ConnectionPool(
-            dbs.data_url, min_size=1, max_size=8, open=False, kwargs=data_kwargs
+            dbs.data_url,
+            min_size=1,
+            max_size=8,
+            open=False,
+            kwargs=data_kwargs if durable else async_kwargs,
         )
+        # durable: an executed query's audit row is written as 'started' (durable commit) on
+        # a thread while the engine runs, and its outcome afterwards on this pool
+        # (asynchronous commit): the answer never precedes a durable row, and the query no
+        # longer waits for a WAL flush of its own (docs/benchmarks.md, issue 25)
+        self._outcomes: ConnectionPool[Any] | None = None
+        self._auditor: ThreadPoolExecutor | None = None
+        if durable:
+            self._outcomes = ConnectionPool(
+                dbs.data_url, min_size=1, max_size=8, open=False, kwargs=async_kwargs
+            )
         # "data": the follower's hot tables, including chains the org follows that have no
         # cold version yet (resolved per request, see _hot_for)
         self._hot_url = dbs.data_url if hot_sources == "data" else None
@@ -241,6 +266,7 @@ class QueryService:
             data_hot_sources(self.data, dbs.data_url) if hot_sources == "data" else hot_sources
         )
         self.cache = ManifestCache()
+        self.registry = RegistryCache()
         s3 = (
             S3Access.from_settings(settings)
             if str(getattr(store, "url", "")).startswith("s3://")
@@ -272,6 +298,9 @@ class QueryService:
     def open(self) -> None:
         self.state.open(wait=True)
         self.data.open(wait=True)
+        if self._outcomes is not None:
+            self._outcomes.open(wait=True)
+            self._auditor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="query-audit")
         if self.workers is not None:
             self.workers.start()
         if self.sandboxes is not None:
@@ -282,6 +311,11 @@ class QueryService:
             self.workers.stop()
         if self.sandboxes is not None:
             self.sandboxes.stop()
+        if self._auditor is not None:
+            self._auditor.shutdown(wait=True)
+            self._auditor = None
+        if self._outcomes is not None:
+            self._outcomes.close()
         self.state.close()
         self.data.close()
 
@@ -312,6 +346,14 @@ class QueryService:
         phases.lap("token")
         return self._respond(caller, request, started, phases)
 
+    def query_as(self, principal: Principal, request: QueryRequest) -> dict[str, Any]:
+        """``query`` for the caller of an API key the HTTP API has already authenticated
+        (``trace_core.api.query``): the key is not looked up a second time."""
+        started, phases = time.monotonic(), Phases()
+        caller = self._principal(principal)
+        phases.lap("token")
+        return self._respond(caller, request, started, phases)
+
     def query_table(
         self, kind: Literal["user", "task"], token: str, request: QueryRequest
     ) -> pa.Table:
@@ -336,6 +378,10 @@ class QueryService:
         are audited by ``authenticate_key``."""
         with self.state.connection() as conn:
             who = authenticate_key(conn, secret)
+        return self._principal(who)
+
+    @staticmethod
+    def _principal(who: Principal) -> _Caller:
         claims = UserClaims(sub=who.actor, org_id=who.org_id, datasets="all", expires_at=0)
         return _Caller(who.org_id, {}, user=claims, principal=who)
 
@@ -391,6 +437,10 @@ class QueryService:
             hot=self._hot_for(caller),
         )
         phases.lap("attach")
+        if self._auditor is not None:
+            run.started_audit = self._auditor.submit(
+                self._audit, self._record(caller, run, "ok", 0), started=True
+            )
         limits = ResultLimits(
             self.settings.query_inline_max_rows,
             self.settings.query_inline_max_bytes,
@@ -441,8 +491,13 @@ class QueryService:
         if caller.user is None:
             return None
         if self._hot_url is not None:
-            org = caller.org_id if self.row_security else None
-            return data_hot_sources(self.data, self._hot_url, caller.hot_chains, org_id=org)
+            return data_hot_sources(
+                self.data,
+                self._hot_url,
+                caller.hot_chains,
+                org_id=caller.org_id,
+                as_tenant=self.row_security,
+            )
         return self.hot
 
     def _finish(self, caller: _Caller, run: _Run, started: float, phases: Phases) -> None:
@@ -450,23 +505,14 @@ class QueryService:
         if run.error_code is not None:
             outcome = "failed" if run.executed else "rejected"
         duration_ms = int((time.monotonic() - started) * 1000)
-        self._audit(
-            AuditRecord(
-                query_id=run.query_id,
-                org_id=caller.org_id,
-                sql_sha256=run.sql_sha256,
-                duration_ms=duration_ms,
-                outcome=outcome,
-                user_sub=caller.user.sub if caller.user else None,
-                task_id=caller.task_id,
-                attempt=caller.attempt,
-                datasets=audit_datasets(run.relations),
-                rows=run.rows,
-                bytes=run.bytes,
-                error_code=run.error_code,
-                export_key=run.export_key,
-            )
-        )
+        record = self._record(caller, run, outcome, duration_ms)
+        if run.started_audit is None:
+            self._audit(record)
+        else:
+            run.started_audit.result()  # its failure fails the query, as a failed insert does
+            assert self._outcomes is not None
+            with self._outcomes.connection() as conn, db_errors("query audit"):
+                write_finished(conn, record)
         phases.lap("audit")
         if self.observer is not None:
             self.observer(phases.ms)
@@ -483,6 +529,24 @@ class QueryService:
                 "duration_ms": duration_ms,
                 "phases_ms": {name: round(ms, 2) for name, ms in phases.ms.items()},
             },
+        )
+
+    @staticmethod
+    def _record(caller: _Caller, run: _Run, outcome: Outcome, duration_ms: int) -> AuditRecord:
+        return AuditRecord(
+            query_id=run.query_id,
+            org_id=caller.org_id,
+            sql_sha256=run.sql_sha256,
+            duration_ms=duration_ms,
+            outcome=outcome,
+            user_sub=caller.user.sub if caller.user else None,
+            task_id=caller.task_id,
+            attempt=caller.attempt,
+            datasets=audit_datasets(run.relations),
+            rows=run.rows,
+            bytes=run.bytes,
+            error_code=run.error_code,
+            export_key=run.export_key,
         )
 
     def _user(self, token: str) -> _Caller:
@@ -502,16 +566,15 @@ class QueryService:
     def _resolve(self, caller: _Caller, request: QueryRequest) -> Versions:
         """Relations the request may read (403 for names outside the grant)."""
         if caller.user is not None:
-            with self.state.connection() as conn, self._scope(conn, caller.org_id):
-                if self._hot_url is not None:
-                    caller.hot_chains = followed_chains(conn, caller.org_id, request.job)
-                return user_versions(
-                    conn,
-                    caller.user,
-                    requested=request.datasets,
-                    job=request.job,
-                    hot_relations=HOT_TABLES if caller.hot_chains else (),
-                )
+            with self.state.connection() as conn:
+                chains, registered = self._registered(conn, caller.org_id, request.job)
+            caller.hot_chains = list(chains)
+            return granted_relations(
+                registered,
+                caller.user,
+                requested=request.datasets,
+                hot_relations=HOT_TABLES if chains else (),
+            )
         if request.job is not None:
             raise QueryError("job is not valid for task queries", code="bad_request")
         if request.datasets is None:
@@ -521,17 +584,35 @@ class QueryService:
             raise AccessDenied(f"dataset {sorted(missing)[0]!r} is not granted")
         return {name: caller.versions[name] for name in request.datasets}
 
+    def _registered(self, conn: Any, org_id: uuid.UUID, job: str | None) -> Entry:
+        """The org's (or job's) relations before grants, and the chains it follows into the
+        hot tables: from ``self.registry`` while the org's registry generation holds, else
+        read as the org (``trace_tenant``) and remembered."""
+        generation = registry_generation(conn, org_id)
+        key = (org_id, job, self._hot_url is not None)
+        if generation is not None:
+            hit = self.registry.get(key, generation)
+            if hit is not None:
+                return hit
+        with self._scope(conn, org_id):
+            chains = tuple(followed_chains(conn, org_id, job)) if key[2] else ()
+            entry = (chains, registered_relations(conn, org_id, job))
+        if generation is not None:
+            self.registry.put(key, generation, entry)
+        return entry
+
     def _scope(self, conn: Any, org_id: uuid.UUID) -> AbstractContextManager[Any]:
         """The caller's org for this transaction, as ``trace_tenant`` (row-level security)."""
         if not self.row_security:
             return contextlib.nullcontext()
         return tenant_scope(conn, org_id)
 
-    def _audit(self, record: AuditRecord) -> None:
+    def _audit(self, record: AuditRecord, *, started: bool = False) -> None:
         """The system records what a caller did, under the caller's org (given, not taken
-        from the session): no tenant scope, one statement."""
-        with self.data.connection() as conn:
-            write_audit(conn, record)
+        from the session): no tenant scope, one statement (``started``: the row of a query
+        about to execute, see ``_outcomes``)."""
+        with self.data.connection() as conn, db_errors("query audit"):
+            (write_started if started else write_audit)(conn, record)
 
 
 def _bearer(authorization: str | None) -> str:

@@ -22,40 +22,52 @@ from aws_cdk import aws_secretsmanager as sm
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
+from trace_cdk import roles
 from trace_cdk.config import StackConfig
-
-# Prefixes under the datasets bucket's TRACE_OBJECT_STORE_URL (s3://bucket/trace): see
-# trace_core.datasets.ids (staging_prefix, version_prefix).
-STORE_PREFIX = "trace"
-STAGING = f"{STORE_PREFIX}/staging/"
-VERSIONS = f"{STORE_PREFIX}/cryo/"
-RESULTS = f"{STORE_PREFIX}/results/"  # trace_core.query.export
-BUNDLES = f"{STORE_PREFIX}/udf/bundles/"  # trace_core.udf.bundles (UDF code, by sha256)
-BATCHES = f"{STORE_PREFIX}/batches/"  # trace_core.sinks.publish (sink batches)
-COMPUTE_LOGS = "dagster-compute-logs/"
-# Logical queue names as trace_core.queue.base spells them (TASK_WAKEUP, BUFFER_QUEUE).
-QUEUES = {"Task": "task_wakeup", "Buffer": "buffer"}
-QUERY_PORT = 8090
-WEB_PORT = 3000
-PG_PORT = 5432
-_SECRET_NAMES = {
-    "TRACE_DATABASE_URL": "database-url",
-    "DAGSTER_PG_URL": "dagster-pg-url",
-    "TRACE_JWT_KEYS": "jwt-keys",
-    "TRACE_RPC_POOL_STANDARD_URL": "rpc-standard",
-}
-# Characters that would need escaping inside a postgresql:// URL.
-_URL_UNSAFE = " %+~`#$&*()|[]{}:;<>?!'/@\"\\=,.^"
+from trace_cdk.names import (
+    PG_PORT,
+    QUERY_PORT,
+    QUEUES,
+    RESULTS,
+    SECRET_NAMES,
+    STAGING,
+    URL_UNSAFE,
+    WEB_PORT,
+)
 
 
 class TraceStack(cdk.Stack):
+    """Network, database, secrets, buckets, queues and logs here; roles and task definitions in
+    ``trace_cdk.roles``; each part one method, built in the order the template needs."""
+
+    # set by trace_cdk.roles
+    cluster: ecs.Cluster
+    alb: elbv2.ApplicationLoadBalancer
+    execution_role: iam.Role
+    worker_role: iam.Role
+    daemon_role: iam.Role
+    web_role: iam.Role
+    query_role: iam.Role
+    attempt_role: iam.Role
+    task_definitions: dict[str, ecs.FargateTaskDefinition]
+
     def __init__(self, scope: Construct, construct_id: str, config: StackConfig, **kwargs: Any):
         super().__init__(scope, construct_id, **kwargs)
         self.config = config
-        name = config.name
-        removal = cdk.RemovalPolicy.RETAIN
+        self._network()
+        self._database()
+        self._secrets()
+        self._buckets()
+        self._queues()
+        self._log_groups()
+        roles.add_roles(self)
+        roles.add_task_definitions(self)
+        self._services()
+        self._outputs()
 
-        # --- network: public subnets for the NAT only, everything else private.
+    def _network(self) -> None:
+        """Public subnets for the NAT only, everything else private."""
+        config = self.config
         self.vpc = ec2.Vpc(
             self,
             "Vpc",
@@ -73,18 +85,20 @@ class TraceStack(cdk.Stack):
                 ec2.SubnetConfiguration(name="db", subnet_type=ec2.SubnetType.PRIVATE_ISOLATED),
             ],
         )
-        app_subnets = ec2.SubnetSelection(subnet_group_name="app")
+        self.app_subnets = ec2.SubnetSelection(subnet_group_name="app")
         self.app_sg = ec2.SecurityGroup(
             self, "AppSecurityGroup", vpc=self.vpc, description="Trace ECS tasks"
         )
         self.app_sg.add_ingress_rule(self.app_sg, ec2.Port.tcp(QUERY_PORT), "Query Service")
         self.app_sg.add_ingress_rule(self.app_sg, ec2.Port.tcp(WEB_PORT), "Dagster webserver")
-        db_sg = ec2.SecurityGroup(
+        self.db_sg = ec2.SecurityGroup(
             self, "DbSecurityGroup", vpc=self.vpc, description="Trace RDS Postgres"
         )
-        db_sg.add_ingress_rule(self.app_sg, ec2.Port.tcp(PG_PORT), "Postgres from ECS tasks")
+        self.db_sg.add_ingress_rule(self.app_sg, ec2.Port.tcp(PG_PORT), "Postgres from ECS tasks")
 
-        # --- RDS Postgres: Trace state + data and Dagster's storage (three databases).
+    def _database(self) -> None:
+        """RDS Postgres: Trace state + data and Dagster's storage (three databases)."""
+        config, name = self.config, self.config.name
         self.db = rds.DatabaseInstance(
             self,
             "Postgres",
@@ -93,9 +107,9 @@ class TraceStack(cdk.Stack):
             instance_type=ec2.InstanceType(config.db_instance_class),
             vpc=self.vpc,
             vpc_subnets=ec2.SubnetSelection(subnet_group_name="db"),
-            security_groups=[db_sg],
+            security_groups=[self.db_sg],
             credentials=rds.Credentials.from_generated_secret(
-                "trace", secret_name=f"{name}/rds-admin", exclude_characters=_URL_UNSAFE
+                "trace", secret_name=f"{name}/rds-admin", exclude_characters=URL_UNSAFE
             ),
             allocated_storage=config.db_allocated_storage_gb,
             storage_encrypted=True,
@@ -105,6 +119,10 @@ class TraceStack(cdk.Stack):
             removal_policy=cdk.RemovalPolicy.SNAPSHOT,
             port=PG_PORT,
         )
+
+    def _secrets(self) -> None:
+        """Secrets: only ARNs (by name) reach task definitions."""
+        name = self.config.name
         assert self.db.secret is not None
         password = self.db.secret.secret_value_from_json("password").unsafe_unwrap()
         host = self.db.db_instance_endpoint_address
@@ -116,12 +134,11 @@ class TraceStack(cdk.Stack):
                 "", [f"{scheme}://trace:", password, "@", host, f":{PG_PORT}/{database}"]
             )
 
-        # --- secrets: only ARNs reach task definitions.
-        secrets = {
+        self.secrets = secrets = {
             "TRACE_DATABASE_URL": sm.Secret(
                 self,
                 "DatabaseUrl",
-                secret_name=f"{name}/{_SECRET_NAMES['TRACE_DATABASE_URL']}",
+                secret_name=f"{name}/{SECRET_NAMES['TRACE_DATABASE_URL']}",
                 description="TRACE_DATABASE_URL: the RDS server URL (Trace state + data)",
                 secret_string_value=cdk.SecretValue.unsafe_plain_text(
                     pg_url("postgresql", "postgres")
@@ -130,7 +147,7 @@ class TraceStack(cdk.Stack):
             "DAGSTER_PG_URL": sm.Secret(
                 self,
                 "DagsterPgUrl",
-                secret_name=f"{name}/{_SECRET_NAMES['DAGSTER_PG_URL']}",
+                secret_name=f"{name}/{SECRET_NAMES['DAGSTER_PG_URL']}",
                 description="DAGSTER_PG_URL: Dagster's storage (psycopg2 driver named)",
                 secret_string_value=cdk.SecretValue.unsafe_plain_text(
                     pg_url("postgresql+psycopg2", "dagster")
@@ -139,7 +156,7 @@ class TraceStack(cdk.Stack):
             "TRACE_JWT_KEYS": sm.Secret(
                 self,
                 "JwtKeys",
-                secret_name=f"{name}/{_SECRET_NAMES['TRACE_JWT_KEYS']}",
+                secret_name=f"{name}/{SECRET_NAMES['TRACE_JWT_KEYS']}",
                 description="TRACE_JWT_KEYS: capability-token signing keys, shared by all tasks",
                 generate_secret_string=sm.SecretStringGenerator(
                     secret_string_template="{}",
@@ -151,7 +168,7 @@ class TraceStack(cdk.Stack):
             "TRACE_RPC_POOL_STANDARD_URL": sm.Secret(
                 self,
                 "RpcStandardUrl",
-                secret_name=f"{name}/{_SECRET_NAMES['TRACE_RPC_POOL_STANDARD_URL']}",
+                secret_name=f"{name}/{SECRET_NAMES['TRACE_RPC_POOL_STANDARD_URL']}",
                 description="TRACE_RPC_POOL_STANDARD_URL: set with put-secret-value after deploy",
                 generate_secret_string=sm.SecretStringGenerator(password_length=32),
             ),
@@ -159,21 +176,23 @@ class TraceStack(cdk.Stack):
         # Tasks name each secret by its literal name (ECS accepts a same-region name; grants get
         # the name's "-??????" ARN suffix) rather than by a reference to the resource, so the
         # policies also resolve on moto's CloudFormation, which skips Secrets Manager resources.
-        ecs_secrets = {
+        self.ecs_secrets = {
             k: ecs.Secret.from_secrets_manager(
                 sm.Secret.from_secret_name_v2(
-                    self, f"{v.node.id}ByName", f"{name}/{_SECRET_NAMES[k]}"
+                    self, f"{v.node.id}ByName", f"{name}/{SECRET_NAMES[k]}"
                 )
             )
             for k, v in secrets.items()
         }
 
-        # --- buckets.
+    def _buckets(self) -> None:
+        """The datasets, results and scratch buckets."""
+        config = self.config
         common: dict[str, Any] = {
             "block_public_access": s3.BlockPublicAccess.BLOCK_ALL,
             "encryption": s3.BucketEncryption.S3_MANAGED,
             "enforce_ssl": True,
-            "removal_policy": removal,
+            "removal_policy": cdk.RemovalPolicy.RETAIN,
         }
         abort_uploads = s3.LifecycleRule(
             id="abort-incomplete-uploads",
@@ -226,10 +245,12 @@ class TraceStack(cdk.Stack):
             **common,
         )
 
-        # --- queues: names match what trace_core.queue.sqs would create on first use.
+    def _queues(self) -> None:
+        """Queues named as trace_core.queue.sqs would create them on first use, with DLQs."""
+        config, name = self.config, self.config.name
         self.queues: dict[str, sqs.Queue] = {}
         self.dlqs: dict[str, sqs.Queue] = {}
-        queue_prefix = f"{name}-"  # TRACE_SQS_QUEUE_PREFIX
+        self.queue_prefix = queue_prefix = f"{name}-"  # TRACE_SQS_QUEUE_PREFIX
         for label, logical in QUEUES.items():
             queue_name = f"{queue_prefix}{logical}"
             dlq = sqs.Queue(
@@ -254,7 +275,9 @@ class TraceStack(cdk.Stack):
                 ),
             )
 
-        # --- logs: one group per process kind.
+    def _log_groups(self) -> None:
+        """One log group per process kind."""
+        config, name = self.config, self.config.name
         self.log_groups: dict[str, logs.LogGroup] = {}
         for kind in ("webserver", "daemon", "run", "query"):
             group = logs.LogGroup(
@@ -269,275 +292,13 @@ class TraceStack(cdk.Stack):
             cfn_group.retention_in_days = config.log_retention_days
             self.log_groups[kind] = group
 
-        # --- roles.
-        self.cluster = ecs.Cluster(
-            self,
-            "Cluster",
-            vpc=self.vpc,
-            cluster_name=name,
-            container_insights_v2=ecs.ContainerInsights.ENABLED,
-        )
-        # An internal load balancer in the private subnets: the webserver (3000) for operators
-        # on the VPN/bastion, the Query Service (8090) for clients and the runs' TRACE_QUERY_URL.
-        self.alb = elbv2.ApplicationLoadBalancer(
-            self,
-            "InternalAlb",
-            vpc=self.vpc,
-            internet_facing=False,
-            vpc_subnets=app_subnets,
-            security_group=self.app_sg,
-        )
-        execution_role = iam.Role(
-            self,
-            "ExecutionRole",
-            assumed_by=iam.ServicePrincipal("ecs-tasks.amazonaws.com"),
-            description="Pull the image, read the secrets, write the log groups",
-        )
-        # The role ECS uses to pull and start; grants are added by the secrets/log wiring below.
-        self.worker_role = self._task_role("WorkerRole", "Runs: staging and version prefixes")
-        self.daemon_role = self._task_role("DaemonRole", "Dagster daemon: launches runs")
-        self.web_role = self._task_role("WebRole", "Dagster webserver: reads run logs")
-        self.query_role = self._task_role("QueryRole", "Query Service: reads datasets")
-        queue_arns = [q.queue_arn for q in [*self.queues.values(), *self.dlqs.values()]]
-
-        # Workers: read and write only the dataset bucket's staging and version prefixes.
-        self.worker_role.add_to_policy(
-            iam.PolicyStatement(
-                actions=["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
-                resources=[self.datasets.arn_for_objects(f"{p}*") for p in (STAGING, VERSIONS)],
-            )
-        )
-        self.worker_role.add_to_policy(
-            iam.PolicyStatement(
-                actions=["s3:ListBucket"],
-                resources=[self.datasets.bucket_arn],
-                conditions={"StringLike": {"s3:prefix": [f"{STAGING}*", f"{VERSIONS}*"]}},
-            )
-        )
-        # Runs also read UDF bundles (transforms, Python alerts) and the sink service runs
-        # stage, read and drop their batches; nothing else.
-        self.worker_role.add_to_policy(
-            iam.PolicyStatement(
-                actions=["s3:GetObject"], resources=[self.datasets.arn_for_objects(f"{BUNDLES}*")]
-            )
-        )
-        self.worker_role.add_to_policy(
-            iam.PolicyStatement(
-                actions=["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
-                resources=[self.datasets.arn_for_objects(f"{BATCHES}*")],
-            )
-        )
-        # The Credential Broker (TRACE_WORKER_S3_ROLE_ARN, docs/api.md): each claimed attempt
-        # assumes this role with a session policy narrowing it to its own inputs' versions
-        # (read) and its own staging prefix (write); the role itself allows no more than that.
-        self.attempt_role = iam.Role(
-            self,
-            "AttemptRole",
-            assumed_by=iam.ArnPrincipal(self.worker_role.role_arn),
-            description="Credential Broker: one attempt's inputs (read) and staging (write)",
-            max_session_duration=cdk.Duration.hours(1),
-        )
-        self.attempt_role.add_to_policy(
-            iam.PolicyStatement(
-                actions=["s3:GetObject"], resources=[self.datasets.arn_for_objects(f"{VERSIONS}*")]
-            )
-        )
-        self.attempt_role.add_to_policy(
-            iam.PolicyStatement(
-                actions=["s3:PutObject", "s3:AbortMultipartUpload"],
-                resources=[self.datasets.arn_for_objects(f"{STAGING}*")],
-            )
-        )
-        self.attempt_role.grant_assume_role(self.worker_role)
-        # Every process writes its own Dagster compute logs (stdout/stderr) to scratch.
-        for role in (self.worker_role, self.daemon_role):
-            role.add_to_policy(
-                iam.PolicyStatement(
-                    actions=["s3:PutObject", "s3:GetObject"],
-                    resources=[self.scratch.arn_for_objects(f"{COMPUTE_LOGS}*")],
-                )
-            )
-        self.web_role.add_to_policy(
-            iam.PolicyStatement(
-                actions=["s3:GetObject"],
-                resources=[self.scratch.arn_for_objects(f"{COMPUTE_LOGS}*")],
-            )
-        )
-        queue_actions = [
-            "sqs:SendMessage",
-            "sqs:ReceiveMessage",
-            "sqs:DeleteMessage",
-            "sqs:ChangeMessageVisibility",
-            "sqs:GetQueueAttributes",
-            "sqs:GetQueueUrl",
-        ]
-        for role in (self.worker_role, self.daemon_role):
-            role.add_to_policy(iam.PolicyStatement(actions=queue_actions, resources=queue_arns))
-        # The Query Service reads committed versions and writes query exports: today under
-        # trace/results/ in the one object store (TRACE_OBJECT_STORE_URL); the results bucket
-        # is ready for a separate results store.
-        self.datasets.grant_read(self.query_role, f"{VERSIONS}*")
-        self.datasets.grant_read_write(self.query_role, f"{RESULTS}*")
-        self.results.grant_read_write(self.query_role)
-        # POST /v1/jobs stores a job's UDF code as a bundle
-        self.query_role.add_to_policy(
-            iam.PolicyStatement(
-                actions=["s3:GetObject", "s3:PutObject"],
-                resources=[self.datasets.arn_for_objects(f"{BUNDLES}*")],
-            )
-        )
-        self.query_role.add_to_policy(
-            iam.PolicyStatement(actions=["sqs:GetQueueAttributes"], resources=queue_arns)
-        )
-        # GET /metrics reads the queues' ApproximateAgeOfOldestMessage (no resource-level
-        # permissions exist for this action).
-        self.query_role.add_to_policy(
-            iam.PolicyStatement(actions=["cloudwatch:GetMetricStatistics"], resources=["*"])
-        )
-
-        # --- task definitions (Fargate). Runs: registered here; the daemon's EcsRunLauncher
-        # registers its per-job copies under the trace-run prefix, so it may register and pass
-        # only the run roles.
-        env = {
-            "DAGSTER_HOME": "/opt/dagster/aws",
-            "DAGSTER_CURRENT_IMAGE": config.image,
-            "DAGSTER_MAX_CONCURRENT_RUNS": str(config.max_concurrent_runs),
-            "DAGSTER_COMPUTE_LOGS_BUCKET": self.scratch.bucket_name,
-            "TRACE_HOME": "/tmp/trace",
-            "TRACE_LOG_FORMAT": "json",
-            "TRACE_AWS_REGION": self.region,
-            "TRACE_QUEUE_DRIVER": "sqs",
-            "TRACE_SQS_QUEUE_PREFIX": queue_prefix,
-            "TRACE_OBJECT_STORE_URL": f"s3://{self.datasets.bucket_name}/{STORE_PREFIX}",
-            "TRACE_WORKER_S3_ROLE_ARN": self.attempt_role.role_arn,
-            "TRACE_QUERY_URL": f"http://{self.alb.load_balancer_dns_name}:{QUERY_PORT}",
-            # Runs take the worker role, not the daemon's: the launcher derives each run's task
-            # definition from the daemon's task, and the code server (spawned by the daemon and
-            # the webserver with this environment) reports this ECS container context.
-            "DAGSTER_CONTAINER_CONTEXT": cdk.Stack.of(self).to_json_string(
-                {
-                    "ecs": {
-                        "task_role_arn": self.worker_role.role_arn,
-                        "execution_role_arn": execution_role.role_arn,
-                    }
-                }
-            ),
-        }
-        image = ecs.ContainerImage.from_registry(config.image)
-        self.task_definitions: dict[str, ecs.FargateTaskDefinition] = {}
-
-        def task(
-            kind: str,
-            role: iam.Role,
-            command: list[str],
-            cpu: int,
-            memory: int,
-            port: int | None = None,
-            extra_env: dict[str, str] | None = None,
-            container: str | None = None,
-        ) -> ecs.FargateTaskDefinition:
-            definition = ecs.FargateTaskDefinition(
-                self,
-                f"{kind.capitalize()}Task",
-                family=f"{name}-{kind}",
-                cpu=cpu,
-                memory_limit_mib=memory,
-                task_role=role,
-                execution_role=execution_role,
-                ephemeral_storage_gib=50 if kind == "run" else None,
-            )
-            definition.add_container(
-                container or kind,
-                image=image,
-                command=command,
-                environment={**env, **(extra_env or {})},
-                secrets=ecs_secrets,
-                memory_reservation_mib=memory // 2,
-                port_mappings=[ecs.PortMapping(container_port=port)] if port else None,
-                logging=ecs.LogDrivers.aws_logs(
-                    stream_prefix=name, log_group=self.log_groups[kind]
-                ),
-            )
-            self.task_definitions[kind] = definition
-            return definition
-
-        web = task(
-            "webserver",
-            self.web_role,
-            ["dagster-webserver", "-h", "0.0.0.0", "-p", str(WEB_PORT), "-w", "workspace.yaml"],
-            1024,
-            2048,
-            WEB_PORT,
-            container="dagster-webserver",
-        )
-        daemon = task(
-            "daemon",
-            self.daemon_role,
-            ["dagster-daemon", "run", "-w", "workspace.yaml"],
-            1024,
-            2048,
-            container="dagster-daemon",
-        )
-        run = task(
-            "run",
-            self.worker_role,
-            ["dagster", "api", "execute_run"],
-            config.run_cpu,
-            config.run_memory_mib,
-        )
-        query = task(
-            "query",
-            self.query_role,
-            ["trace-lite", "query-service"],
-            1024,
-            2048,
-            QUERY_PORT,
-            extra_env={"TRACE_QUERY_HOST": "0.0.0.0"},
-            container="query-service",
-        )
-        # The daemon's launcher: start, watch and stop run tasks in this cluster; register the
-        # per-job run task definitions; pass only the run task's roles.
-        self.daemon_role.add_to_policy(
-            iam.PolicyStatement(
-                actions=[
-                    "ecs:RunTask",
-                    "ecs:DescribeTasks",
-                    "ecs:StopTask",
-                    "ecs:TagResource",
-                    "ecs:ListTasks",
-                ],
-                resources=["*"],
-                conditions={"ArnEquals": {"ecs:cluster": self.cluster.cluster_arn}},
-            )
-        )
-        self.daemon_role.add_to_policy(
-            iam.PolicyStatement(
-                actions=[
-                    "ecs:RegisterTaskDefinition",
-                    "ecs:DescribeTaskDefinition",
-                    "ecs:ListTaskDefinitions",
-                    "ec2:DescribeNetworkInterfaces",
-                ],
-                resources=["*"],  # these actions support no resource-level permissions
-            )
-        )
-        self.daemon_role.add_to_policy(
-            iam.PolicyStatement(
-                actions=["iam:PassRole"],
-                resources=[self.worker_role.role_arn, execution_role.role_arn],
-            )
-        )
-        self.daemon_role.add_to_policy(
-            iam.PolicyStatement(
-                actions=["logs:GetLogEvents"], resources=[self.log_groups["run"].log_group_arn]
-            )
-        )
-
-        # --- services: one daemon exactly, the webserver and the Query Service.
+    def _services(self) -> None:
+        """One daemon exactly, the webserver and the Query Service."""
+        name = self.config.name
         for kind, definition, count in (
-            ("daemon", daemon, 1),
-            ("webserver", web, 1),
-            ("query", query, 2),
+            ("daemon", self.task_definitions["daemon"], 1),
+            ("webserver", self.task_definitions["webserver"], 1),
+            ("query", self.task_definitions["query"], 2),
         ):
             service = ecs.FargateService(
                 self,
@@ -547,7 +308,7 @@ class TraceStack(cdk.Stack):
                 desired_count=count,
                 service_name=f"{name}-{kind}",
                 security_groups=[self.app_sg],
-                vpc_subnets=app_subnets,
+                vpc_subnets=self.app_subnets,
                 min_healthy_percent=0 if kind == "daemon" else 50,
                 max_healthy_percent=100 if kind == "daemon" else 200,
             )
@@ -569,9 +330,10 @@ class TraceStack(cdk.Stack):
                     ),
                 )
             # Tasks read the secrets by name at start, so they must exist first.
-            service.node.add_dependency(*secrets.values())
+            service.node.add_dependency(*self.secrets.values())
 
-        # --- outputs: what an operator (and the smoke test) needs by name.
+    def _outputs(self) -> None:
+        """What an operator (and the smoke test) needs by name."""
         outputs = {
             "DatasetsBucketName": self.datasets.bucket_name,
             "ResultsBucketName": self.results.bucket_name,
@@ -581,17 +343,9 @@ class TraceStack(cdk.Stack):
             "BufferQueueUrl": self.queues["Buffer"].queue_url,
             "BufferDlqUrl": self.dlqs["Buffer"].queue_url,
             "ClusterName": self.cluster.cluster_name,
-            "RunTaskDefinitionArn": run.task_definition_arn,
+            "RunTaskDefinitionArn": self.task_definitions["run"].task_definition_arn,
             "WorkerRoleArn": self.worker_role.role_arn,
-            "DbEndpoint": host,
+            "DbEndpoint": self.db.db_instance_endpoint_address,
         }
         for key, value in outputs.items():
             cdk.CfnOutput(self, key, value=value)
-
-    def _task_role(self, construct_id: str, description: str) -> iam.Role:
-        return iam.Role(
-            self,
-            construct_id,
-            assumed_by=iam.ServicePrincipal("ecs-tasks.amazonaws.com"),
-            description=description,
-        )

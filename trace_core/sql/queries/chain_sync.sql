@@ -334,19 +334,21 @@ ORDER BY s.dataset_key
 -- ---------------------------------------------------------------- hot path
 
 -- name: hot_jobs
--- Jobs with a `hot:` block, the newest head any pool saw for their chain, and the chain's
--- follower cursor; by chain, then name.
+-- Jobs with a `hot:` block (of one org, or of every org when org_id is NULL: the hot
+-- services), the newest head any of the org's pools saw for their chain, and the org's
+-- follower cursor on the chain; by chain, then org, then name.
 SELECT j.job_id, j.name, j.chain_id, j.enabled, j.mode, j.from_block, j.to_block, j.tail_lag,
        j.spec -> 'hot' AS hot,
        (SELECT max(o.head_block) FROM state.chain_head_observations o
         WHERE o.org_id = j.org_id AND o.chain_id = j.chain_id) AS observed_head,
-       c.first_block AS hot_first_block, c.block_number AS hot_cursor
+       c.first_block AS hot_first_block, c.block_number AS hot_cursor, j.org_id
 FROM state.chain_sync_jobs j
-LEFT JOIN state.hot_follower_cursors c ON c.chain_id = j.chain_id
-WHERE j.org_id = %(org_id)s AND jsonb_typeof(j.spec -> 'hot') = 'object'
+LEFT JOIN state.hot_follower_cursors c ON c.org_id = j.org_id AND c.chain_id = j.chain_id
+WHERE (%(org_id)s::uuid IS NULL OR j.org_id = %(org_id)s)
+  AND jsonb_typeof(j.spec -> 'hot') = 'object'
   AND (%(job_id)s::uuid IS NULL OR j.job_id = %(job_id)s)
   AND (j.enabled OR NOT %(enabled_only)s)
-ORDER BY j.chain_id, j.name
+ORDER BY j.chain_id, j.org_id, j.name
 
 -- name: jobs_with_analytics
 -- Names of the org's jobs with an `analytics:` block (scheduled compaction leaves their streams

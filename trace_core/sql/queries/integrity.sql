@@ -12,7 +12,8 @@ VALUES (%(chain_id)s, %(range_start)s, %(range_end)s, 'correction', %(details)s)
 ON CONFLICT ((details->>'task_id')) WHERE reason = 'correction' DO NOTHING
 
 -- name: pending_invalidations
-SELECT invalidation_id, chain_id, range_start, range_end, reason, detected_at, details
+-- Every org's (consumed by the system): each row is consumed as its own org's.
+SELECT invalidation_id, org_id, chain_id, range_start, range_end, reason, detected_at, details
 FROM data.data_invalidations
 WHERE consumed_at IS NULL
 ORDER BY invalidation_id
@@ -34,11 +35,11 @@ WHERE d.org_id = %(org_id)s AND v.chain_id = %(chain_id)s
 ORDER BY d.dataset_key, v.range_start
 
 -- name: stale_alert_events
--- Events over invalidated blocks (range_end NULL: from range_start up) that no evaluation has
--- re-produced since the invalidation.
+-- The org's events over invalidated blocks (range_end NULL: from range_start up) that no
+-- evaluation has re-produced since the invalidation (another org's reorg is not this org's).
 UPDATE data.alert_events
 SET stale_at = now(), stale_reason = %(reason)s
-WHERE chain_id = %(chain_id)s AND block_number >= %(range_start)s
+WHERE org_id = %(org_id)s AND chain_id = %(chain_id)s AND block_number >= %(range_start)s
   AND (%(range_end)s::bigint IS NULL OR block_number < %(range_end)s) AND stale_at IS NULL
   AND (revalidated_at IS NULL OR revalidated_at < %(detected_at)s)
   AND created_at < %(detected_at)s

@@ -36,13 +36,16 @@ SELECT count(*) FILTER (WHERE settled_at IS NULL) AS open,
 FROM state.worker_runs
 
 -- name: query_latency
--- Cumulative counts of audited queries at or under each bound (milliseconds), per outcome.
+-- Cumulative counts of audited queries at or under each bound (milliseconds), per outcome
+-- (finished queries: a 'started' row has no duration yet).
 SELECT a.outcome, b.le_ms, count(a.query_id) FILTER (WHERE a.duration_ms <= b.le_ms) AS queries
 FROM unnest(%(bounds_ms)s::integer[]) AS b(le_ms)
 CROSS JOIN data.query_audit a
+WHERE a.outcome <> 'started'
 GROUP BY a.outcome, b.le_ms
 
 -- name: query_totals
 SELECT outcome, count(*) AS queries, coalesce(sum(duration_ms), 0) AS duration_ms
 FROM data.query_audit
+WHERE outcome <> 'started'
 GROUP BY outcome

@@ -11,6 +11,10 @@ JOIN state.dataset_versions v ON v.dataset_uuid = d.dataset_uuid
 WHERE d.org_id = %(org_id)s
   AND v.collected_at IS NULL AND v.compacted_into IS NULL
 
+-- name: registry_generation
+-- Bumped with every committed change to the org's registry (state migration 0085).
+SELECT registry_generation FROM state.orgs WHERE org_id = %(org_id)s
+
 -- name: job_exists
 -- The job, its chain and its `analytics:` block (NULL without one).
 SELECT job_id, chain_id, spec -> 'analytics' AS analytics
@@ -60,6 +64,21 @@ INSERT INTO data.query_audit (query_id, org_id, user_sub, task_id, attempt, data
 VALUES (%(query_id)s, %(org_id)s, %(user_sub)s, %(task_id)s, %(attempt)s, %(datasets)s,
         %(sql_sha256)s, %(rows)s, %(bytes)s, %(duration_ms)s, %(outcome)s, %(error_code)s,
         %(export_key)s)
+
+-- name: insert_audit_started
+-- The durable half of an overlapped audit (Settings.query_audit_durable): written while the
+-- engine runs, before the answer; finish_audit records the outcome.
+INSERT INTO data.query_audit (query_id, org_id, user_sub, task_id, attempt, datasets,
+                              sql_sha256, duration_ms, outcome)
+VALUES (%(query_id)s, %(org_id)s, %(user_sub)s, %(task_id)s, %(attempt)s, %(datasets)s,
+        %(sql_sha256)s, 0, 'started')
+
+-- name: finish_audit
+-- The outcome of a query whose 'started' row is durable; one row or the caller raises.
+UPDATE data.query_audit
+SET rows = %(rows)s, bytes = %(bytes)s, duration_ms = %(duration_ms)s, outcome = %(outcome)s,
+    error_code = %(error_code)s, export_key = %(export_key)s
+WHERE query_id = %(query_id)s AND outcome = 'started'
 
 -- name: hot_followed_chains
 -- Chains the org's chain_sync jobs (or the named job) follow into data.hot_* (a `hot:` block).

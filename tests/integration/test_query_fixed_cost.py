@@ -1,0 +1,160 @@
+"""The Query Service's fixed-cost paths (issue 25 item 6), on real Postgres and DuckDB.
+
+- The registry cache (``QueryService.registry``) serves an org's resolution only while the
+  org's ``registry_generation`` holds: a committed version, job or stream change bumps it in
+  the committing transaction (migration 0085), and one org's entry is never another's, even
+  at the same generation.
+- The durable audit overlaps the engine: the 'started' row commits durably before the answer
+  and the outcome follows; if either write fails, the query fails (no answer without a row).
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.integration.test_query_service import audit_rows, blocks_table, publish
+from tests.integration.test_tenancy_query import Orgs
+from trace_core.db.connection import Databases, connect
+from trace_core.errors import DatabaseError, QueryFailed
+from trace_core.query.client import local_user_token
+from trace_core.query.service import QueryRequest, QueryService
+from trace_core.settings import Settings
+from trace_core.storage.local import LocalStore
+from trace_core.tenancy import tenant_scope
+
+COUNT = "SELECT count(*), max(block_number) FROM blocks"
+
+
+def _generation(dbs: Databases, org: uuid.UUID) -> int:
+    with connect(dbs.state_url) as conn:
+        row = conn.execute(
+            "SELECT registry_generation FROM state.orgs WHERE org_id = %s", (org,)
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_registry_cache_follows_commits_and_never_crosses_orgs(
+    settings: Settings, dbs: Databases, tmp_path: Path
+) -> None:
+    orgs = Orgs(settings, dbs, tmp_path)
+    with connect(dbs.state_url, autocommit=True) as conn:  # both orgs at one generation
+        conn.execute("UPDATE state.orgs SET registry_generation = 7 WHERE org_id = ANY(%s)",
+                     ([orgs.a, orgs.b],))  # fmt: skip
+    service = QueryService(settings.model_copy(update={"query_workers": 0}), dbs, orgs.store)
+    service.open()
+    try:
+        ask = lambda key: service.query("user", key, QueryRequest(sql=COUNT))["rows"]  # noqa: E731
+        assert ask(orgs.a_key) == [[110, 109]]  # cold 0..100 + hot 100..110
+        assert ask(orgs.b_key) == [[60, 209]]  # same generation, B's own entry
+        assert ask(orgs.a_key) == [[110, 109]]
+        held = service.registry._entries
+        assert {key[0] for key in held} == {orgs.a, orgs.b}
+        assert {gen for gen, _ in held.values()} == {7}
+        cached = {key[0]: entry for key, (_, entry) in held.items()}
+        assert [r.dataset_version for r in cached[orgs.a][1]["blocks"]] == [
+            orgs.a_blocks.dataset_version
+        ]
+
+        # a new version of A commits: A's generation moves (B's does not), A sees it at once
+        publish(orgs.sa, orgs.store, tmp_path, blocks_table(100, 150), start=100, end=150)
+        assert (_generation(dbs, orgs.a), _generation(dbs, orgs.b)) == (8, 7)
+        assert ask(orgs.a_key) == [[150, 149]]
+        assert ask(orgs.b_key) == [[60, 209]]
+    finally:
+        service.close()
+
+
+def test_registry_generation_bumps_once_per_committed_change(
+    settings: Settings, dbs: Databases, tmp_path: Path
+) -> None:
+    """Deferred to the commit, once per org per transaction, whoever commits (a tenant-scoped
+    session under row-level security too); a rolled-back change leaves it."""
+    orgs = Orgs(settings, dbs, tmp_path)
+    a0, b0 = _generation(dbs, orgs.a), _generation(dbs, orgs.b)
+    with connect(dbs.state_url, autocommit=True) as conn:
+        with conn.transaction():  # many rows, one bump
+            conn.execute("UPDATE state.dataset_versions SET verified_at = now() WHERE org_id = %s",
+                         (orgs.b,))  # fmt: skip
+            conn.execute("UPDATE state.datasets SET dataset_key = dataset_key WHERE org_id = %s",
+                         (orgs.b,))  # fmt: skip
+        assert (_generation(dbs, orgs.a), _generation(dbs, orgs.b)) == (a0, b0 + 1)
+        with pytest.raises(psycopg.errors.RaiseException), conn.transaction():
+            conn.execute("DELETE FROM state.dataset_versions WHERE org_id = %s", (orgs.a,))
+            conn.execute("DO $$ BEGIN RAISE EXCEPTION 'abandon'; END $$")
+        assert _generation(dbs, orgs.a) == a0
+        with tenant_scope(conn, orgs.a):  # as trace_tenant, org A
+            conn.execute(
+                "INSERT INTO state.chain_sync_jobs (job_id, org_id, name, chain_id, mode,"
+                " from_block, to_block, yaml_hash, spec) VALUES (%s, %s, 'j', 1,"
+                " 'fixed_target', 0, 10, 'h', '{}')",
+                (uuid.uuid4(), orgs.a),
+            )
+        assert (_generation(dbs, orgs.a), _generation(dbs, orgs.b)) == (a0 + 1, b0 + 1)
+
+
+def _service(settings: Settings, dbs: Databases, store: LocalStore) -> QueryService:
+    service = QueryService(
+        settings.model_copy(update={"query_workers": 0, "query_audit_durable": True}),
+        dbs,
+        store,
+        hot_sources=None,
+    )
+    service.open()
+    return service
+
+
+def test_durable_audit_row_is_there_once_answered(
+    settings: Settings, dbs: Databases, tmp_path: Path
+) -> None:
+    store = LocalStore(settings.resolved_home() / "objects")
+    publish(settings, store, tmp_path, blocks_table(0, 100))
+    service = _service(settings, dbs, store)
+    try:
+        with psycopg.connect(dbs.data_url) as plain:
+            server_default = plain.execute("SHOW synchronous_commit").fetchone()
+        with service.data.connection() as conn:  # the 'started' row: the server's commit
+            assert conn.execute("SHOW synchronous_commit").fetchone() == server_default
+        body = service.query("user", local_user_token(settings), QueryRequest(sql=COUNT))
+        (row,) = audit_rows(dbs)  # committed before the answer, with its outcome
+        assert body["rows"] == [[100, 99]] and str(row["query_id"]) == body["query_id"]
+        assert (row["outcome"], row["rows"], row["error_code"]) == ("ok", 1, None)
+        assert row["datasets"][0]["relation"] == "blocks"
+        failing = QueryRequest(sql="SELECT not_there FROM blocks")
+        with pytest.raises(QueryFailed):  # a failing query: its row says so
+            service.query("user", local_user_token(settings), failing)
+        assert [r["outcome"] for r in audit_rows(dbs)] == ["ok", "failed"]
+    finally:
+        service.close()
+
+
+@pytest.mark.parametrize("refused", ["started", "outcome"])
+def test_a_failing_audit_fails_the_query(
+    settings: Settings, dbs: Databases, tmp_path: Path, refused: str
+) -> None:
+    """Either write of the overlapped audit failing fails the query: no answer goes out
+    without its audit row."""
+    store = LocalStore(settings.resolved_home() / "objects")
+    publish(settings, store, tmp_path, blocks_table(0, 100))
+    event = "INSERT" if refused == "started" else "UPDATE"
+    with connect(dbs.data_url, autocommit=True) as conn:
+        conn.execute(
+            "CREATE FUNCTION data.refuse_audit() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN RAISE EXCEPTION 'audit refused'; END $$"
+        )
+        conn.execute(
+            f"CREATE TRIGGER refuse BEFORE {event} ON data.query_audit"
+            " FOR EACH ROW EXECUTE FUNCTION data.refuse_audit()"
+        )
+    service = _service(settings, dbs, store)
+    try:
+        with pytest.raises(DatabaseError, match="audit refused"):
+            service.query("user", local_user_token(settings), QueryRequest(sql=COUNT))
+    finally:
+        service.close()
+    outcomes = [r["outcome"] for r in audit_rows(dbs)]
+    assert outcomes == ([] if refused == "started" else ["started"])
