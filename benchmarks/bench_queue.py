@@ -19,6 +19,11 @@ Targets (issue 25): full >= 4,000 msg/s at batch 1 and >= 20,000 at batch 100; l
 slow RPC) and ten at a time.
 
 Run: .venv/bin/python benchmarks/bench_queue.py [--messages N] [--tasks N] [--repeat N]
+
+``--baseline-ref main`` runs two arms on one Postgres server, each repetition in turn: REF's
+bench_queue.py on REF's trace_core (``git archive`` into a temporary directory) and this
+tree's, both as subprocesses with the same arguments, and prints each arm's best and the
+ratio this tree / REF, so that a loaded box affects both arms alike.
 """
 
 from __future__ import annotations
@@ -27,7 +32,10 @@ import argparse
 import atexit
 import json
 import os
+import re
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -270,6 +278,33 @@ def bench_lifecycle(state_url: str, tasks: int, workers: int, batch: int) -> Res
     return Result("lifecycle", batch, workers, tasks, seconds)
 
 
+def bench_completion(state_url: str, tasks: int, workers: int, *, durable: bool) -> Result:
+    """claim + no-op + complete_success per task on ``workers`` threads (no queue): the
+    completion as this tree commits it (asynchronously), or forced durable as before."""
+    with connect(state_url, autocommit=True) as conn, conn.transaction():
+        ids = [uuid.uuid4() for _ in range(tasks)]
+        for task_id in ids:
+            create_task(conn, task_id=task_id, operator="noop", payload={})
+        conn.execute("UPDATE state.outbox SET status = 'sent' WHERE status = 'pending'")
+    lock = threading.Lock()
+
+    def work(_: int) -> None:
+        with connect(state_url, autocommit=True) as conn:
+            while True:
+                with lock:
+                    if not ids:
+                        return
+                    task_id = ids.pop()
+                lease = claim(conn, task_id, lease_seconds=30)
+                with conn.transaction():
+                    complete_success(conn, lease)
+                    if durable:
+                        conn.execute("SET LOCAL synchronous_commit = on")
+
+    phase = "claim+complete durable" if durable else "claim+complete"
+    return Result(phase, 1, workers, tasks, _threads(workers, work))
+
+
 def _vacuum(state_url: str) -> None:
     with psycopg.connect(state_url, autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE state.queue_messages")
@@ -297,7 +332,94 @@ def _ratio(r: Result, base: dict[tuple[str, int], float]) -> str:
     raw = base.get((r.phase, r.batch))
     if raw:
         parts.append(f"{r.rate / raw:5.2f}x raw")
+    durable = base.get((f"durable {r.phase}", r.workers))
+    if durable:
+        parts.append(f"{r.rate / durable:5.2f}x durable")
     return "; ".join(parts)
+
+
+ROW = re.compile(r"^(?P<phase>\S.{0,30}?)\s+(\d+)\s+(\d+)\s+(\d+)\s+([\d.]+)\s+([\d,]+)")
+
+
+def _parse_table(out: str) -> dict[tuple[str, int, int], float]:
+    """``(phase, batch, workers) -> per second`` from a run's printed table."""
+    rates = {}
+    for line in out.splitlines():
+        m = ROW.match(line)
+        if m and m["phase"].strip() != "phase":
+            key = (m["phase"].strip(), int(m[2]), int(m[3]))
+            rates[key] = float(m[6].replace(",", ""))
+    return rates
+
+
+def compare(ref: str, args: argparse.Namespace, home: Path) -> None:
+    """Interleave REF's bench and this tree's, one repetition each in turn, on one server."""
+    repo = Path(__file__).resolve().parent.parent
+    old = home / "baseline"
+    old.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(repo), "archive", ref, "trace_core", "benchmarks"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
+    commit = subprocess.run(
+        ["git", "-C", str(repo), "rev-parse", "--short", ref],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    server = os.environ.get("TRACE_DATABASE_URL")
+    if not server:
+        from trace_core.db.embedded import embedded_server_uri
+
+        server = embedded_server_uri(home / "pg", persistent=False)
+    arms = {f"{ref} ({commit})": old, "this tree": repo}
+    best: dict[str, dict[tuple[str, int, int], float]] = {a: {} for a in arms}
+    loads = []
+    flags = [
+        f"--messages={args.messages}",
+        f"--messages-single={args.messages_single}",
+        f"--tasks={args.tasks}",
+        "--repeat=1",
+    ]
+    for i in range(args.repeat):
+        for arm, root in arms.items():
+            env = {**os.environ, "PYTHONPATH": str(root), "TRACE_DATABASE_URL": server}
+            probe = [sys.executable, "-c", "import trace_core; print(trace_core.__file__)"]
+            where = subprocess.run(
+                probe, env=env, cwd=root, check=True, capture_output=True, text=True
+            )
+            assert where.stdout.startswith(str(root)), f"{arm} imports {where.stdout}"
+            load = os.getloadavg()[0]
+            run = subprocess.run(
+                [sys.executable, str(root / "benchmarks" / "bench_queue.py"), *flags],
+                env=env,
+                cwd=root,
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            loads.append(load)
+            print(f"# run {i + 1} {arm}: load {load:.2f}", flush=True)
+            for key, rate in _parse_table(run.stdout).items():
+                best[arm][key] = max(rate, best[arm].get(key, 0.0))
+    base, mine = best.values()
+    print(
+        f"best of {args.repeat} per arm, arms interleaved; load average "
+        f"{min(loads):.2f}-{max(loads):.2f} (2 cores, shared)"
+    )
+    names = list(arms)
+    print(f"{'phase':<23}{'batch':>6}{'workers':>8}{names[0]:>22}{names[1]:>12}  ratio")
+    for key in mine:
+        phase, batch, workers = key
+        b, m = base.get(key), mine[key]
+        ratio = f"{m / b:5.2f}x" if b else ""
+        target = TARGETS.get((phase, batch))
+        if target:
+            ratio += f"; {m / target:5.2f}x target {target:,}"
+        b_text = f"{b:,.0f}" if b else "-"
+        print(f"{phase:<23}{batch:>6}{workers:>8}{b_text:>22}{m:>12,.0f}  {ratio}")
 
 
 def main() -> None:
@@ -306,11 +428,21 @@ def main() -> None:
     parser.add_argument("--messages-single", type=int, default=3_000, help="messages at batch 1")
     parser.add_argument("--tasks", type=int, default=2_000)
     parser.add_argument("--repeat", type=int, default=3, help="runs per scenario; best is shown")
+    parser.add_argument("--baseline-ref", help="git ref to run side by side (e.g. main)")
+    parser.add_argument(
+        "--completion-rounds",
+        type=int,
+        default=0,
+        help="also time claim + complete_success, durable vs asynchronous, in N rounds",
+    )
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="trace-bench-queue-"))
     # atexit runs last-in first-out: the server (registered next) stops before this removal
     atexit.register(shutil.rmtree, home, ignore_errors=True)
+    if args.baseline_ref:
+        compare(args.baseline_ref, args, home)
+        return
     dbs = scratch_databases(home, "bench_queue")
 
     load_before = os.getloadavg()[0]
@@ -323,21 +455,38 @@ def main() -> None:
         for batch in (1, 10):
             for workers in (1, 4):
                 runs.append(bench_lifecycle(dbs.state_url, args.tasks, workers, batch))
+    # the completion's commit alone, both ways interleaved in small rounds; summed per way
+    done: dict[tuple[bool, int], list[Result]] = {}
+    for _ in range(args.completion_rounds):
+        for workers in (1, 4):
+            for durable in (True, False):
+                r = bench_completion(dbs.state_url, 200, workers, durable=durable)
+                done.setdefault((durable, workers), []).append(r)
     results = _best(runs)
+    for rs in done.values():
+        total = sum(r.messages for r in rs), sum(r.seconds for r in rs)
+        results.append(Result(rs[0].phase, 1, rs[0].workers, *total))
     base = {
         (r.phase.split()[1].replace("recv", "receive"), r.batch): r.rate
         for r in results
         if r.phase.startswith("baseline")
     }
+    base.update(
+        {
+            (f"durable {r.phase.removesuffix(' durable')}", r.workers): r.rate
+            for r in results
+            if r.phase.endswith(" durable")
+        }
+    )
 
     print(
         f"best of {args.repeat}; load average {load_before:.2f} before, "
         f"{os.getloadavg()[0]:.2f} after (2 cores, shared)"
     )
-    print(f"{'phase':<16}{'batch':>6}{'workers':>8}{'msgs':>8}{'seconds':>9}{'per s':>10}  ratio")
+    print(f"{'phase':<23}{'batch':>6}{'workers':>8}{'msgs':>8}{'seconds':>9}{'per s':>10}  ratio")
     for r in results:
         print(
-            f"{r.phase:<16}{r.batch:>6}{r.workers:>8}{r.messages:>8}{r.seconds:>9.2f}"
+            f"{r.phase:<23}{r.batch:>6}{r.workers:>8}{r.messages:>8}{r.seconds:>9.2f}"
             f"{r.rate:>10,.0f}  {_ratio(r, base)}"
         )
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
+import uuid
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +36,41 @@ class Runtime:
         self.settings = settings
         self._dbs = dbs
         self.tenant = tenant
+        self._root: Runtime = self  # for_org's runtimes share the root's adapters
+        self._orgs: dict[str, Runtime] = {}
+        self._orgs_lock = threading.Lock()
+        self._org_names: dict[str, str] = {}
+
+    def for_org(self, org_id: str | uuid.UUID | None) -> Runtime:
+        """This runtime acting for ``org_id``: the same databases, queue driver and object
+        store, its connections stamping (and, if tenant, seeing) that org. ``None`` or this
+        runtime's own org: this runtime. Cached per org; closing one closes nothing shared."""
+        org = str(org_id) if org_id is not None else str(self.settings.org_id)
+        if org == str(self.settings.org_id):
+            return self
+        root = self._root
+        if org == str(root.settings.org_id):
+            return root
+        with root._orgs_lock:
+            child = root._orgs.get(org)
+            if child is None:
+                settings = root.settings.model_copy(update={"org_id": org})
+                child = Runtime(settings, root._dbs, tenant=root.tenant)
+                child._root = root
+                root._orgs[org] = child
+        return child
+
+    @property
+    def home_org_id(self) -> str:
+        """The deployment's org (``TRACE_ORG_ID``): the org of the runtime ``for_org`` was
+        called on, whichever org this one acts for."""
+        return str(self._root.settings.org_id)
+
+    @property
+    def org_names(self) -> dict[str, str]:
+        """Org names by id as the engine has learnt them (an org's name never changes), shared
+        by every runtime of one ``for_org`` family."""
+        return self._root._org_names
 
     @property
     def _session(self) -> dict[str, str | None]:
@@ -43,16 +80,22 @@ class Runtime:
 
     @functools.cached_property
     def dbs(self) -> Databases:
+        if self._root is not self:
+            return self._root.dbs
         return self._dbs or resolve_databases(self.settings)
 
     @functools.cached_property
     def queue(self) -> QueueDriver:
+        if self._root is not self:
+            return self._root.queue
         from trace_core.queue.factory import make_queue_driver
 
         return make_queue_driver(self.settings, self.dbs.state_url)
 
     @functools.cached_property
     def store(self) -> ObjectStore:
+        if self._root is not self:
+            return self._root.store
         from trace_core.storage.factory import make_object_store
 
         return make_object_store(self.settings)
@@ -88,5 +131,5 @@ class Runtime:
             yield conn
 
     def close(self) -> None:
-        if "queue" in self.__dict__:
+        if self._root is self and "queue" in self.__dict__:
             self.queue.close()

@@ -201,6 +201,13 @@ class Settings(BaseSettings):
     dispatch_batch_size: int = Field(
         200, gt=0, description="Max ranges planned per stream per tick"
     )
+    dispatch_tick_ranges: int = Field(
+        5000,
+        gt=0,
+        description="Max ranges planned per dispatcher tick (or worker-run take) over every "
+        "org, shared fairly: each org with work gets an equal share, unused shares go to the "
+        "orgs that used theirs up",
+    )
 
     finality_depth: int = Field(
         64,

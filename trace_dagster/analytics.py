@@ -46,6 +46,7 @@ from dagster import (
 )
 from dagster_duckdb import DuckDBResource
 
+from trace_core.engine import orgs
 from trace_core.engine.analytics import (
     AnalyticsJob,
     Checker,
@@ -58,6 +59,7 @@ from trace_core.engine.analytics import (
     kind_outputs,
     run_computation,
 )
+from trace_core.engine.intake import ORG_TAG
 from trace_core.engine.streams import parse_partition_key, range_partition_key
 from trace_core.errors import TraceError
 from trace_core.runtime import Runtime
@@ -74,9 +76,11 @@ RANGE_TAG = "trace/range"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_]")
 
 
-def analytics_asset_key(job: str, name: str) -> AssetKey:
-    """``analytics/<job>/<name>`` (job name made key-safe as for the stream assets)."""
-    return AssetKey(["analytics", _UNSAFE.sub("_", job), name])
+def analytics_asset_key(job: str, name: str, prefix: str | None = None) -> AssetKey:
+    """``analytics/<job>/<name>`` (job name made key-safe as for the stream assets); another
+    org's under its key prefix (``engine.orgs.key_prefix``)."""
+    path = ["analytics", _UNSAFE.sub("_", job), name]
+    return AssetKey([prefix, *path] if prefix else path)
 
 
 def duckdb_resource(rt: Runtime) -> DuckDBResource:
@@ -98,11 +102,13 @@ def _metadata(result: Result, name: str) -> dict[str, Any]:
     }
 
 
-def _check_result(job: str, asset: str, outcome: CheckOutcome) -> AssetCheckResult:
+def _check_result(
+    job: str, asset: str, outcome: CheckOutcome, prefix: str | None = None
+) -> AssetCheckResult:
     """A skipped check (nothing compared) is not a pass: it shows as a WARN-severity failure
     whose description starts with ``skipped:`` and whose metadata says ``skipped: true``."""
     return AssetCheckResult(
-        asset_key=analytics_asset_key(job, asset),
+        asset_key=analytics_asset_key(job, asset, prefix),
         check_name=outcome.name,
         passed=outcome.passed and not outcome.skipped,
         severity=AssetCheckSeverity.WARN if outcome.skipped else AssetCheckSeverity.ERROR,
@@ -123,8 +129,10 @@ def _run(
     fn: Callable[..., Result],
     names: Sequence[str],
     checkers: Sequence[tuple[str, Checker]] = (),
+    org: str | None = None,
 ) -> Iterator[MaterializeResult | AssetCheckResult]:
-    rt = trace.get_client()
+    rt = trace.get_client().for_org(org)
+    prefix = orgs.runtime_prefix(rt)
     ranges: list[tuple[int, int]] = []
     try:
         if context.has_partition_key:
@@ -144,9 +152,9 @@ def _run(
             meta["ranges"] = MetadataValue.text(
                 ", ".join(range_partition_key(a, b) for a, b in ranges)
             )
-        yield MaterializeResult(asset_key=analytics_asset_key(job.job, name), metadata=meta)
+        yield MaterializeResult(asset_key=analytics_asset_key(job.job, name, prefix), metadata=meta)
     for asset, outcome in outcomes:
-        yield _check_result(job.job, asset, outcome)
+        yield _check_result(job.job, asset, outcome, prefix)
 
 
 def _ranges_to_run(
@@ -161,9 +169,17 @@ def _ranges_to_run(
     return committed_ranges(rt, job.job, stream, start, end)
 
 
-def _spec(job: AnalyticsJob, name: str, description: str, deps: Sequence[AssetKey]) -> AssetSpec:
+def _spec(
+    job: AnalyticsJob,
+    name: str,
+    description: str,
+    deps: Sequence[AssetKey],
+    prefix: str | None = None,
+    org: str | None = None,
+) -> AssetSpec:
     return AssetSpec(
-        key=analytics_asset_key(job.job, name),
+        key=analytics_asset_key(job.job, name, prefix),
+        tags={ORG_TAG: org} if org else None,
         deps=list(deps),
         description=description,
         group_name=GROUP,
@@ -172,25 +188,35 @@ def _spec(job: AnalyticsJob, name: str, description: str, deps: Sequence[AssetKe
     )
 
 
-def _asset(job: AnalyticsJob, c: Computation, stream: str) -> AssetsDefinition:
-    """One multi-asset for one catalog row: its outputs, deps, partitions and checks."""
+def _asset(
+    job: AnalyticsJob,
+    c: Computation,
+    stream: str,
+    prefix: str | None = None,
+    org: str | None = None,
+) -> AssetsDefinition:
+    """One multi-asset for one catalog row: its outputs, deps, partitions and checks (another
+    org's under its key ``prefix``, run as ``org``)."""
     if c.reads is None:
-        deps = [stream_asset_key(job.job, stream)]
+        deps = [stream_asset_key(job.job, stream, prefix)]
     else:
-        deps = [analytics_asset_key(job.job, c.reads)]
+        deps = [analytics_asset_key(job.job, c.reads, prefix)]
     checkers = [chk for chk in c.checks if chk.applies(job)]
+    op_name = f"{prefix}__{job.job}" if prefix else job.job
 
     @multi_asset(
-        name=f"{_UNSAFE.sub('_', job.job)}__{c.op}",
-        specs=[_spec(job, name, description, deps) for name, description in c.outputs],
+        name=f"{_UNSAFE.sub('_', op_name)}__{c.op}",
+        specs=[_spec(job, name, description, deps, prefix, org) for name, description in c.outputs],
         check_specs=[
             AssetCheckSpec(
-                chk.name, asset=analytics_asset_key(job.job, chk.asset), description=chk.description
+                chk.name,
+                asset=analytics_asset_key(job.job, chk.asset, prefix),
+                description=chk.description,
             )
             for chk in checkers
         ],
         partitions_def=(
-            DynamicPartitionsDefinition(name=partitions_def_name(job.job, stream))
+            DynamicPartitionsDefinition(name=partitions_def_name(job.job, stream, prefix))
             if c.partitioned
             else None
         ),
@@ -208,15 +234,18 @@ def _asset(job: AnalyticsJob, c: Computation, stream: str) -> AssetsDefinition:
             c.fn,
             c.names,
             [(chk.asset, chk.fn) for chk in checkers],
+            org,
         )
 
     return _compute
 
 
-def job_assets(job: AnalyticsJob) -> list[AssetsDefinition]:
+def job_assets(
+    job: AnalyticsJob, prefix: str | None = None, org: str | None = None
+) -> list[AssetsDefinition]:
     """The analytics assets of one job (balances and supply, staking: whichever it sets), one
     per row of ``trace_core.analytics.CATALOG``."""
-    return [_asset(job, c, stream) for c, stream in computations(job)]
+    return [_asset(job, c, stream, prefix, org) for c, stream in computations(job)]
 
 
 # --- automation: a sensor requests due work (trace_core.analytics.plan) ---------------------
@@ -225,16 +254,19 @@ def job_assets(job: AnalyticsJob) -> list[AssetsDefinition]:
 AssetJob = Any
 
 
-def job_name(job: str, kind: str) -> str:
-    return f"analytics__{_UNSAFE.sub('_', job)}__{kind}"
+def job_name(job: str, kind: str, prefix: str | None = None) -> str:
+    return f"analytics__{_UNSAFE.sub('_', f'{prefix}__{job}' if prefix else job)}__{kind}"
 
 
-def analytics_jobs(jobs: Sequence[AnalyticsJob]) -> list[AssetJob]:
-    """One asset job per (analytics job, kind) the sensor can request."""
+def analytics_jobs(jobs: Sequence[AnalyticsJob], prefix: str | None = None) -> list[AssetJob]:
+    """One asset job per (analytics job, kind) the sensor can request (of the org whose key
+    prefix is ``prefix``)."""
     return [
         define_asset_job(
-            job_name(job.job, kind),
-            selection=AssetSelection.assets(*(analytics_asset_key(job.job, n) for n in names)),
+            job_name(job.job, kind, prefix),
+            selection=AssetSelection.assets(
+                *(analytics_asset_key(job.job, n, prefix) for n in names)
+            ),
             description=f"analytics {kind} of job {job.job}",
             # one small DuckDB step per run: a subprocess per step cost ~5 s for <1 s of work
             executor_def=in_process_executor,
@@ -247,10 +279,15 @@ def analytics_jobs(jobs: Sequence[AnalyticsJob]) -> list[AssetJob]:
 def analytics_definitions(
     rt: Runtime,
 ) -> tuple[list[AssetsDefinition], list[AssetJob]]:
-    """Assets and asset jobs for every applied job with analytics (none if state is down)."""
+    """Assets and asset jobs for every applied job with analytics of every org (none if state
+    is down)."""
     try:
-        jobs = applied_jobs(rt)
+        applied = [
+            (orgs.runtime_prefix(o), str(o.settings.org_id), applied_jobs(o))
+            for o in orgs.work_runtimes(rt)
+        ]
     except TraceError as exc:
         log.warning("no analytics assets: state unavailable (%s)", exc)
-        jobs = []
-    return [a for job in jobs for a in job_assets(job)], analytics_jobs(jobs)
+        applied = []
+    assets = [a for p, org, jobs in applied for job in jobs for a in job_assets(job, p, org)]
+    return assets, [j for p, _org, jobs in applied for j in analytics_jobs(jobs, p)]

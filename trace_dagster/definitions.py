@@ -52,10 +52,13 @@ def build_definitions(runtime: Runtime | None = None) -> Definitions:
         executor=in_process_executor,
         loggers=LOGGERS,  # an error as one console line; the event log keeps the stack
     )
-    # every asset names its org (worker runs do too, from their tasks: engine.intake)
+    # every asset names its org (worker runs do too, from their tasks: engine.intake); the
+    # deployment's own unless it names another (another org's stream assets)
     org = str(rt.settings.org_id)
     return defs.map_resolved_asset_specs(
-        func=lambda spec: spec.merge_attributes(tags={ORG_TAG: org})
+        func=lambda spec: (
+            spec if ORG_TAG in spec.tags else spec.merge_attributes(tags={ORG_TAG: org})
+        )
     )
 
 

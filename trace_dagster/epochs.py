@@ -25,7 +25,7 @@ from dagster import (
     MetadataValue,
 )
 
-from trace_core.engine import streams
+from trace_core.engine import orgs, streams
 from trace_core.engine.streams import EpochProgress
 from trace_core.runtime import Runtime
 from trace_dagster.keys import partitions_def_name, stream_asset_key
@@ -54,10 +54,13 @@ def epoch_metadata(p: EpochProgress) -> dict[str, Any]:
     }
 
 
-def epoch_materialization(p: EpochProgress, **extra: Any) -> AssetMaterialization:
-    """A complete epoch, recording the dataset version of each of its ranges."""
+def epoch_materialization(
+    p: EpochProgress, *, prefix: str | None = None, **extra: Any
+) -> AssetMaterialization:
+    """A complete epoch, recording the dataset version of each of its ranges; ``prefix``: its
+    org's key prefix (``engine.orgs.runtime_prefix``)."""
     return AssetMaterialization(
-        asset_key=stream_asset_key(p.job_name, p.dataset_key),
+        asset_key=stream_asset_key(p.job_name, p.dataset_key, prefix),
         partition=p.key,
         metadata={
             **epoch_metadata(p),
@@ -71,13 +74,15 @@ def range_events(
     rt: Runtime, job_name: str, dataset_key: str, start: int, end: int, meta: dict[str, Any]
 ) -> list[AssetObservation | AssetMaterialization]:
     """A range just committed: an observation of each epoch it belongs to with ``meta`` and
-    the epoch's progress, plus the epoch's materialization when that range completed it."""
+    the epoch's progress, plus the epoch's materialization when that range completed it.
+    ``rt`` acts for the range's org (``Runtime.for_org``): its keys carry the org's prefix."""
     progress = streams.epoch_progress(rt, job_name, dataset_key, start, end)
+    prefix = orgs.runtime_prefix(rt)
     out: list[AssetObservation | AssetMaterialization] = []
     for p in progress:
         out.append(
             AssetObservation(
-                asset_key=stream_asset_key(job_name, dataset_key),
+                asset_key=stream_asset_key(job_name, dataset_key, prefix),
                 partition=p.key,
                 metadata={**meta, **epoch_metadata(p)},
             )
@@ -86,7 +91,7 @@ def range_events(
             # once per epoch and range versions, however many finishers saw it complete;
             # a fake range makes its epoch's materialization say so too
             extra = {"fake": meta["fake"]} if meta.get("fake") else {}
-            out.append(epoch_materialization(p, **extra))
+            out.append(epoch_materialization(p, prefix=prefix, **extra))
     return out
 
 
@@ -113,10 +118,18 @@ class PartitionSync:
 
 
 def partition_sync(rt: Runtime, instance: DagsterInstance | None) -> PartitionSync:
-    """Compare every stream's epochs with ``instance`` (without one: add them all)."""
+    """Compare every stream's epochs (every org's) with ``instance`` (without one: add them
+    all)."""
     out = PartitionSync()
+    for org_rt in orgs.work_runtimes(rt):
+        _sync_org(org_rt, instance, out)
+    return out
+
+
+def _sync_org(rt: Runtime, instance: DagsterInstance | None, out: PartitionSync) -> None:
+    prefix = orgs.runtime_prefix(rt)
     for t in streams.stream_targets(rt):
-        name = partitions_def_name(t.job_name, t.dataset_key)
+        name = partitions_def_name(t.job_name, t.dataset_key, prefix)
         want = t.epoch_keys()
         if instance is None:
             out.add[name] = want
@@ -127,7 +140,7 @@ def partition_sync(rt: Runtime, instance: DagsterInstance | None) -> PartitionSy
             out.add[name] = missing
         if stale := [k for k in have if not streams.is_epoch_key(k, t.epoch_blocks)]:
             out.delete[name] = stale
-        asset = stream_asset_key(t.job_name, t.dataset_key)
+        asset = stream_asset_key(t.job_name, t.dataset_key, prefix)
         done = set(instance.get_materialized_partitions(asset))
         left = MAX_BACKFILLED_PER_SYNC - len(out.materializations)
         progress, complete = streams.complete_epochs_not_in(rt, t, done, left)
@@ -137,6 +150,7 @@ def partition_sync(rt: Runtime, instance: DagsterInstance | None) -> PartitionSy
             if not streams.claim_epoch(rt, p, "partition sync", CLAIM_TAKEOVER_SECONDS):
                 continue  # reported (or about to be) by the run that completed it
             out.materializations.append(
-                epoch_materialization(p, reported_by=MetadataValue.text("partition sync"))
+                epoch_materialization(
+                    p, prefix=prefix, reported_by=MetadataValue.text("partition sync")
+                )
             )
-    return out

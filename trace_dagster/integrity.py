@@ -28,6 +28,7 @@ from dagster._core.definitions.asset_checks.asset_check_evaluation import (  # n
     AssetCheckEvaluationTargetMaterializationData,
 )
 
+from trace_core.engine import orgs
 from trace_core.engine.integrity import (
     RangeResult,
     compact_streams,
@@ -57,6 +58,7 @@ def check_evaluation(
     epoch_key: str,
     results: list[RangeResult],
     target: AssetCheckEvaluationTargetMaterializationData | None = None,
+    prefix: str | None = None,
 ) -> AssetCheckEvaluation:
     """The verdicts on an epoch's ranges as one evaluation of its partition: it passes when
     every range checked in this pass passed. ``target`` is the partition's latest
@@ -65,7 +67,7 @@ def check_evaluation(
     lines = [f.line() for r in results for f in r.findings]
     failed = [r for r in results if not r.passed]
     return AssetCheckEvaluation(
-        asset_key=stream_asset_key(job_name, dataset_key),
+        asset_key=stream_asset_key(job_name, dataset_key, prefix),
         check_name=CHECK_NAME,
         passed=not failed,
         partition=epoch_key,
@@ -117,9 +119,11 @@ def run_pass(
     (epochs that are not partitions in ``instance`` are skipped).
 
     Evaluations are emitted inside a run: Dagster stores one run-less evaluation per
-    partition at most, so a second pass could not report run-less ones again.
+    partition at most, so a second pass could not report run-less ones again. ``rt`` acts for
+    one org (``Runtime.for_org``): its checks are on that org's (prefixed) assets.
     """
     summary = PassSummary()
+    prefix = orgs.runtime_prefix(rt)
     known: dict[str, set[str]] = {}
     sizes = {(s.job_name, s.dataset_key): s.epoch_blocks for s in select_streams(rt)}
     by_epoch: dict[tuple[str, str, str], list[RangeResult]] = {}
@@ -132,12 +136,13 @@ def run_pass(
         summary.findings += [f.line() for f in report.findings]
         summary.notes += list(report.notes)
     for (job_name, dataset_key, key), results in sorted(by_epoch.items()):
-        name = partitions_def_name(job_name, dataset_key)
+        name = partitions_def_name(job_name, dataset_key, prefix)
         if name not in known:
             known[name] = set(instance.get_dynamic_partitions(name))
         if key in known[name]:
-            target = latest_materialization(instance, stream_asset_key(job_name, dataset_key), key)
-            emit(check_evaluation(job_name, dataset_key, key, results, target))
+            asset = stream_asset_key(job_name, dataset_key, prefix)
+            target = latest_materialization(instance, asset, key)
+            emit(check_evaluation(job_name, dataset_key, key, results, target, prefix))
     return summary
 
 
@@ -156,19 +161,23 @@ def _fail_on_findings(summary: PassSummary, repair: str) -> None:
     "range is broken",
 )
 def integrity_pass(context: OpExecutionContext, trace: TraceResource) -> None:
-    rt = trace.get_client()
-    summary = run_pass(rt, context.instance, context.log_event)  # type: ignore[arg-type]  # log_event takes check evaluations too
+    summary = PassSummary()
+    for rt in orgs.work_runtimes(trace.get_client()):  # every org's streams, as that org
+        got = run_pass(rt, context.instance, context.log_event)  # type: ignore[arg-type]  # log_event takes check evaluations too
+        summary.ranges += got.ranges
+        summary.findings += got.findings
+        summary.notes += got.notes
+        # compaction and retention ride on the same maintenance run: finished epochs become
+        # one version each, superseded versions past the grace period go
+        if rt.settings.compact_windows_per_pass:
+            for stream, report in compact_streams(rt, limit=rt.settings.compact_windows_per_pass):
+                if report.windows:
+                    context.log.info(f"{stream.job_name}/{stream.dataset_key}: {report.line()}")
+        collected = scheduled_retention(rt)
+        context.log.info(collected.lines()[0])
     for note in summary.notes:
         context.log.warning(note)
     context.log.info(f"integrity: {summary.ranges} ranges, {len(summary.findings)} findings")
-    # compaction and retention ride on the same maintenance run: finished epochs become one
-    # version each, superseded versions past the grace period go
-    if rt.settings.compact_windows_per_pass:
-        for stream, report in compact_streams(rt, limit=rt.settings.compact_windows_per_pass):
-            if report.windows:
-                context.log.info(f"{stream.job_name}/{stream.dataset_key}: {report.line()}")
-    collected = scheduled_retention(rt)
-    context.log.info(collected.lines()[0])
     _fail_on_findings(summary, "trace-lite verify --repair")
 
 
@@ -181,9 +190,11 @@ def integrity_job() -> None:
     integrity_pass()
 
 
-def _stream_check(job_name: str, dataset_key: str) -> AssetChecksDefinition:
-    key = stream_asset_key(job_name, dataset_key)
-    partitions = partitions_def_name(job_name, dataset_key)
+def _stream_check(
+    job_name: str, dataset_key: str, prefix: str | None = None, org_id: str | None = None
+) -> AssetChecksDefinition:
+    key = stream_asset_key(job_name, dataset_key, prefix)
+    partitions = partitions_def_name(job_name, dataset_key, prefix)
     spec = AssetCheckSpec(
         CHECK_NAME,
         asset=key,
@@ -202,7 +213,7 @@ def _stream_check(job_name: str, dataset_key: str) -> AssetChecksDefinition:
     def _check(context: AssetCheckExecutionContext, trace: TraceResource):  # type: ignore[no-untyped-def]
         """Run from the UI: verify every committed range of the stream now; the verdicts land
         on their epoch partitions; the run fails when any range is broken."""
-        rt = trace.get_client()
+        rt = trace.get_client().for_org(org_id)
         streams = [s for s in select_streams(rt, job_name) if s.dataset_key == dataset_key]
         emit = context.op_execution_context.log_event  # it takes check evaluations too
         summary = run_pass(rt, context.instance, emit, streams)  # type: ignore[arg-type]
@@ -218,9 +229,14 @@ def _stream_check(job_name: str, dataset_key: str) -> AssetChecksDefinition:
 
 
 def stream_integrity_checks(rt: Runtime) -> list[AssetChecksDefinition]:
-    """One partitioned ``integrity`` check per applied stream (empty if state is unreachable)."""
+    """One partitioned ``integrity`` check per applied stream of every org (empty if state is
+    unreachable)."""
     try:
-        streams = select_streams(rt)
+        streams = [
+            (s, orgs.runtime_prefix(o), str(o.settings.org_id))
+            for o in orgs.work_runtimes(rt)
+            for s in select_streams(o)
+        ]
     except TraceError:
         return []
-    return [_stream_check(s.job_name, s.dataset_key) for s in streams]
+    return [_stream_check(s.job_name, s.dataset_key, p, org) for s, p, org in streams]

@@ -28,8 +28,9 @@ from dagster._core.definitions.events import (  # not public API: see report_fai
 from dagster._core.events import AssetMaterializationPlannedData, DagsterEvent
 from pydantic import Field
 
+from trace_core.engine import orgs
 from trace_core.engine.execute import TaskOutcome
-from trace_core.engine.intake import task_tags
+from trace_core.engine.intake import ORG_TAG, task_tags
 from trace_core.engine.streams import RangeLabel, range_partition_key
 from trace_core.engine.worker_run import PlannedRange, run_worker
 from trace_core.runtime import Runtime
@@ -90,9 +91,10 @@ def dead_range_observations(rt: Runtime, outcome: TaskOutcome) -> list[AssetObse
         return []
     start, end = label.block_range
     job, stream = str(label.job_name), str(label.dataset_key)
+    prefix = orgs.runtime_prefix(rt)
     return [
         AssetObservation(
-            asset_key=stream_asset_key(job, stream),
+            asset_key=stream_asset_key(job, stream, prefix),
             partition=key,
             metadata={
                 "status": "dead",
@@ -119,9 +121,10 @@ def dead_range_failures(rt: Runtime, outcome: TaskOutcome) -> list[AssetMaterial
         return []
     start, end = label.block_range
     job, stream = str(label.job_name), str(label.dataset_key)
+    prefix = orgs.runtime_prefix(rt)
     return [
         AssetMaterializationFailure(
-            asset_key=stream_asset_key(job, stream),
+            asset_key=stream_asset_key(job, stream, prefix),
             partition=key,
             failure_type=AssetMaterializationFailureType.FAILED,
             reason=AssetMaterializationFailureReason.FAILED_TO_MATERIALIZE,
@@ -214,7 +217,9 @@ def outcome_line(outcome: TaskOutcome) -> str:
 def _report(context: OpExecutionContext, rt: Runtime, outcome: TaskOutcome) -> None:
     """Log an outcome (one line), tag the run with its range, and report it on its epoch
     partition: committed ranges as observations (and the epoch's materialization), a dead
-    range as a failed materialization of its epoch carrying the last error."""
+    range as a failed materialization of its epoch carrying the last error. The events name
+    the task's org's assets (``rt.for_org``: another org's keys carry its prefix)."""
+    rt = rt.for_org(outcome.org_id)
     line = outcome_line(outcome)
     if outcome.status in ("retry", "dead"):
         context.log.error(line)
@@ -222,12 +227,18 @@ def _report(context: OpExecutionContext, rt: Runtime, outcome: TaskOutcome) -> N
         context.log.info(line)
     tags = task_tags(outcome.task_id, outcome.attempt or 0, outcome.payload)
     run_tags = context.dagster_run.tags
-    if any(k not in run_tags for k in tags):  # a later wave's task: the sensor did not tag it
+    ran_for = set(filter(None, run_tags.get(ORG_TAG, "").split(",")))
+    if outcome.org_id is not None and str(outcome.org_id) not in ran_for:
+        # a later wave's task of another org: the run names every org it worked for
+        tags[ORG_TAG] = ",".join(sorted({*ran_for, str(outcome.org_id)}))
+    if any(run_tags.get(k) != v for k, v in tags.items()):  # a later wave's task: untagged
         context.instance.add_run_tags(context.run_id, tags)
     events: list[Any] = [
         *committed_range_events(rt, outcome),
         *dead_range_observations(rt, outcome),
-        transform_materialization(outcome, lambda job: epoch_size(rt, job)),
+        transform_materialization(
+            outcome, lambda job: epoch_size(rt, job), orgs.runtime_prefix(rt)
+        ),
     ]
     for event in events:
         if event is not None:
@@ -240,9 +251,11 @@ def _add_partitions(context: OpExecutionContext, rt: Runtime, planned: list[Plan
     """Epochs of the ranges this run planned become partitions now (the dispatcher sensor adds
     only those it planned itself; its periodic sync would add these later)."""
     by_def: dict[str, set[str]] = {}
-    for job_name, dataset_key, start, end in planned:
-        by_def.setdefault(partitions_def_name(job_name, dataset_key), set()).update(
-            epoch_keys_of(rt, job_name, dataset_key, start, end)
+    for job_name, dataset_key, start, end, org_id in planned:
+        org_rt = rt.for_org(org_id)
+        name = partitions_def_name(job_name, dataset_key, orgs.runtime_prefix(org_rt))
+        by_def.setdefault(name, set()).update(
+            epoch_keys_of(org_rt, job_name, dataset_key, start, end)
         )
     for name, keys in by_def.items():
         new = [k for k in sorted(keys) if not context.instance.has_dynamic_partition(name, k)]

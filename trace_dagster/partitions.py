@@ -20,7 +20,8 @@ from dagster import (
     asset,
 )
 
-from trace_core.engine import streams
+from trace_core.engine import orgs, streams
+from trace_core.engine.intake import ORG_TAG
 from trace_core.engine.revive import run_range
 from trace_core.engine.streams import StreamRow, parse_partition_key
 from trace_core.errors import TraceError
@@ -85,15 +86,18 @@ def materialize_epoch(
     )
 
 
-def stream_asset(s: StreamRow) -> AssetsDefinition:
-    """The materializable asset of one stream."""
+def stream_asset(
+    s: StreamRow, prefix: str | None = None, org_id: str | None = None
+) -> AssetsDefinition:
+    """The materializable asset of one stream; of another org than the deployment's, under
+    its key ``prefix`` (``engine.orgs.key_prefix``), its runs acting for ``org_id``."""
 
     @asset(
-        key=stream_asset_key(s.job_name, s.dataset_key),
+        key=stream_asset_key(s.job_name, s.dataset_key, prefix),
         partitions_def=DynamicPartitionsDefinition(
-            name=partitions_def_name(s.job_name, s.dataset_key)
+            name=partitions_def_name(s.job_name, s.dataset_key, prefix)
         ),
-        group_name=_UNSAFE.sub("_", s.job_name),
+        group_name=_UNSAFE.sub("_", f"{prefix}__{s.job_name}" if prefix else s.job_name),
         description=(
             f"cryo dataset `{s.cryo_dataset_name}` of chain {s.chain_id} "
             f"(job {s.job_name}); each partition is an epoch of {s.epoch_blocks} blocks "
@@ -103,22 +107,29 @@ def stream_asset(s: StreamRow) -> AssetsDefinition:
         ),
         kinds={"parquet", "cryo"},
         metadata={"chain_id": s.chain_id, "rpc_pool": s.rpc_pool},
+        tags={ORG_TAG: org_id} if org_id else None,
         # a backfill is one run per epoch, each holding a slot of its RPC pool's Dagster pool
         pool=dagster_pool(s.rpc_pool),
         backfill_policy=STREAM_BACKFILL_POLICY,
     )
     def _stream(context: AssetExecutionContext, trace: TraceResource) -> MaterializeResult:
-        return materialize_epoch(context, trace.get_client(), s.job_name, s.dataset_key)
+        rt = trace.get_client().for_org(org_id)
+        return materialize_epoch(context, rt, s.job_name, s.dataset_key)
 
     return _stream
 
 
 def stream_assets(rt: Runtime) -> list[AssetsDefinition]:
-    """Assets for every applied stream; empty (with a log line naming the cause) if state is
-    unreachable or not migrated (``trace-lite up`` and ``trace-lite migrate`` migrate it)."""
+    """Assets for every applied stream of every org (``engine.orgs.work_runtimes``); empty
+    (with a log line naming the cause) if state is unreachable or not migrated
+    (``trace-lite up`` and ``trace-lite migrate`` migrate it)."""
     try:
-        rows = streams.list_streams(rt)
+        rows = [
+            (orgs.runtime_prefix(o), str(o.settings.org_id), s)
+            for o in orgs.work_runtimes(rt)
+            for s in streams.list_streams(o)
+        ]
     except TraceError as exc:
         log.warning("no stream assets: state unavailable (%s)", exc)
         return []
-    return [stream_asset(s) for s in rows]
+    return [stream_asset(s, prefix, org) for prefix, org, s in rows]

@@ -40,7 +40,9 @@ from dagster import (
 )
 from pydantic import Field
 
+from trace_core.engine import orgs
 from trace_core.engine.execute import TaskOutcome, execute_task
+from trace_core.engine.intake import ORG_TAG
 from trace_core.engine.streams import epoch_key, parse_partition_key, range_partition_key
 from trace_core.engine.transforms import (
     OPERATOR,
@@ -60,8 +62,10 @@ log = logging.getLogger(__name__)
 TRIGGER_JOB = "trace_trigger"
 
 
-def transform_asset_key(job_name: str, name: str) -> AssetKey:
-    return AssetKey(["transform", _UNSAFE.sub("_", job_name), name])
+def transform_asset_key(job_name: str, name: str, prefix: str | None = None) -> AssetKey:
+    """``transform/<job>/<name>``; another org's under its prefix (``engine.orgs.key_prefix``)."""
+    path = ["transform", _UNSAFE.sub("_", job_name), name]
+    return AssetKey([prefix, *path] if prefix else path)
 
 
 class TriggerConfig(Config):
@@ -70,13 +74,14 @@ class TriggerConfig(Config):
     key: str | None = Field(
         None, description="Idempotency key (default: a fingerprint of the pinned input versions)"
     )
+    org: str | None = Field(None, description="The transform's org id (default: TRACE_ORG_ID)")
 
 
 @op(description="Record one trigger of a transform job: source event + task + outbox row")
 def trigger_source(
     context: OpExecutionContext, config: TriggerConfig, trace: TraceResource
 ) -> None:
-    rt = trace.get_client()
+    rt = trace.get_client().for_org(config.org)
     try:
         got = trigger_run(rt, config.job, config.kind, config.key)  # type: ignore[arg-type]
     except TraceError as exc:
@@ -93,11 +98,12 @@ def trace_trigger() -> None:
 
 
 def transform_materialization(
-    outcome: TaskOutcome, epoch_blocks: Callable[[str], int]
+    outcome: TaskOutcome, epoch_blocks: Callable[[str], int], prefix: str | None = None
 ) -> AssetMaterialization | None:
     """A committed transform run as a materialization of its output asset (of the epoch
     partition holding its range when the run is an on-input run; ``epoch_blocks`` gives a
-    chain_sync job's epoch size, ``trace_dagster.epochs.epoch_size``)."""
+    chain_sync job's epoch size, ``trace_dagster.epochs.epoch_size``); ``prefix``: the
+    task's org's key prefix."""
     if outcome.status != "succeeded" or outcome.operator != OPERATOR:
         return None
     try:
@@ -115,7 +121,7 @@ def transform_materialization(
         "rows": int(out.get("row_count", 0)),
     }
     return AssetMaterialization(
-        asset_key=transform_asset_key(p.job_name, p.transform_name),
+        asset_key=transform_asset_key(p.job_name, p.transform_name, prefix),
         partition=epoch_key(p.range_start, epoch_blocks(p.job_name)) if p.partitioned else None,
         metadata={k: MetadataValue.text(v) if isinstance(v, str) else v for k, v in meta.items()},
     )
@@ -145,7 +151,7 @@ def _run_now(context: AssetExecutionContext, rt: Runtime, t: TransformRow) -> Ma
             meta.setdefault("skipped", 0)
             meta["skipped"] += 1
             continue
-        mat = transform_materialization(o, lambda job: epoch_size(rt, job))
+        mat = transform_materialization(o, lambda job: epoch_size(rt, job), orgs.runtime_prefix(rt))
         if mat is None:
             raise Failure(description=f"transform {t.name} task {task_id}: {o.status}: {o.error}")
         meta.update(mat.metadata)
@@ -153,25 +159,34 @@ def _run_now(context: AssetExecutionContext, rt: Runtime, t: TransformRow) -> Ma
     return MaterializeResult(metadata=meta)
 
 
-def _dep_key(t: TransformRow, key: str, outputs: dict[str, TransformRow]) -> AssetKey:
+def _dep_key(
+    t: TransformRow, key: str, outputs: dict[str, TransformRow], prefix: str | None = None
+) -> AssetKey:
     up = outputs.get(key)
-    return transform_asset_key(up.job_name, up.name) if up else stream_asset_key(t.job_name, key)
+    if up:
+        return transform_asset_key(up.job_name, up.name, prefix)
+    return stream_asset_key(t.job_name, key, prefix)
 
 
-def transform_asset(t: TransformRow, outputs: dict[str, TransformRow]) -> AssetsDefinition:
-    """The output asset of one transform, downstream of its inputs."""
+def transform_asset(
+    t: TransformRow, outputs: dict[str, TransformRow], prefix: str | None = None
+) -> AssetsDefinition:
+    """The output asset of one transform, downstream of its inputs (another org's under its
+    key ``prefix``, run as its org)."""
     partitioned = t.on_input and t.inputs[0] not in outputs
     parts = (
-        DynamicPartitionsDefinition(name=partitions_def_name(t.job_name, t.inputs[0]))
+        DynamicPartitionsDefinition(name=partitions_def_name(t.job_name, t.inputs[0], prefix))
         if partitioned
         else None
     )
+    org = str(t.org_id) if t.org_id else None
 
     @asset(
-        key=transform_asset_key(t.job_name, t.name),
-        deps=[_dep_key(t, key, outputs) for key in t.inputs],
+        key=transform_asset_key(t.job_name, t.name, prefix),
+        deps=[_dep_key(t, key, outputs, prefix) for key in t.inputs],
         partitions_def=parts,
-        group_name=_UNSAFE.sub("_", t.job_name),
+        group_name=_UNSAFE.sub("_", f"{prefix}__{t.job_name}" if prefix else t.job_name),
+        tags={ORG_TAG: org} if org else None,
         description=(
             f"transform `{t.name}` ({t.code_kind}) of job {t.job_name}: dataset `{t.output_key}` "
             f"from {', '.join(t.inputs)}. Materializing runs it now."
@@ -180,29 +195,35 @@ def transform_asset(t: TransformRow, outputs: dict[str, TransformRow]) -> Assets
         metadata={"chain_id": t.chain_id, "output": t.output_key, "bundle": t.bundle_sha256 or ""},
     )
     def _transform(context: AssetExecutionContext, trace: TraceResource) -> MaterializeResult:
-        return _run_now(context, trace.get_client(), t)
+        return _run_now(context, trace.get_client().for_org(org), t)
 
     return _transform
 
 
-def cron_schedule(t: TransformRow) -> ScheduleDefinition:
-    """A schedule launching ``trace_trigger`` for ``t`` at each cron tick (key: the tick time)."""
+def cron_schedule(t: TransformRow, prefix: str | None = None) -> ScheduleDefinition:
+    """A schedule launching ``trace_trigger`` for ``t`` at each cron tick (key: the tick time);
+    another org's named with its key ``prefix``."""
     assert t.cron is not None
+    org = str(t.org_id) if t.org_id else None
+    name = f"{prefix}__{t.name}" if prefix else t.name
 
     @schedule(
-        name=f"transform_{_UNSAFE.sub('_', t.name)}_cron",
+        name=f"transform_{_UNSAFE.sub('_', name)}_cron",
         cron_schedule=t.cron,
         job=trace_trigger,
         description=f"cron trigger of transform {t.name} ({t.cron})",
     )
     def _tick(context: ScheduleEvaluationContext) -> RunRequest:
         key = f"cron:{context.scheduled_execution_time.isoformat()}"
+        config = {"job": t.name, "kind": "cron", "key": key, **({"org": org} if org else {})}
         return RunRequest(
-            run_key=f"{t.name}:{key}",
-            run_config={
-                "ops": {"trigger_source": {"config": {"job": t.name, "kind": "cron", "key": key}}}
+            run_key=f"{name}:{key}",
+            run_config={"ops": {"trigger_source": {"config": config}}},
+            tags={
+                "trace/job": t.name,
+                "trace/source": "cron",
+                **({ORG_TAG: org} if org else {}),
             },
-            tags={"trace/job": t.name, "trace/source": "cron"},
         )
 
     return _tick
@@ -211,16 +232,21 @@ def cron_schedule(t: TransformRow) -> ScheduleDefinition:
 def transform_definitions(
     rt: Runtime,
 ) -> tuple[list[AssetsDefinition], list[ScheduleDefinition]]:
-    """Assets and schedules of every applied transform (none if state is unavailable)."""
+    """Assets and schedules of every applied transform of every org (none if state is
+    unavailable)."""
+    assets: list[AssetsDefinition] = []
+    schedules: list[ScheduleDefinition] = []
     try:
-        rows, streams = applied_transforms(rt)
+        applied = [(orgs.runtime_prefix(o), *applied_transforms(o)) for o in orgs.work_runtimes(rt)]
     except TraceError as exc:
         log.warning("no transform assets: state unavailable (%s)", exc)
         return [], []
-    outputs = {t.output_key: t for t in rows}
-    assets = [
-        transform_asset(t, outputs)
-        for t in rows
-        if all((t.job_name, k) in streams or k in outputs for k in t.inputs)
-    ]
-    return assets, [cron_schedule(t) for t in rows if t.cron and t.enabled]
+    for prefix, rows, streams in applied:
+        outputs = {t.output_key: t for t in rows}
+        assets += [
+            transform_asset(t, outputs, prefix)
+            for t in rows
+            if all((t.job_name, k) in streams or k in outputs for k in t.inputs)
+        ]
+        schedules += [cron_schedule(t, prefix) for t in rows if t.cron and t.enabled]
+    return assets, schedules

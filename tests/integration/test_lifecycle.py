@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from psycopg import Connection
+from psycopg import Connection, Rollback
 
 from trace_core import outbox
 from trace_core.db.connection import Databases, connect
@@ -403,3 +403,82 @@ def test_lease_times_come_from_the_database_clock(conn: Connection[Any]) -> None
         expires = heartbeat(conn, lease, lease_seconds=40)
     assert db_now is not None
     assert (expires - db_now[0]).total_seconds() == 40
+
+
+def _sync_commit(conn: Connection[Any]) -> str:
+    row = conn.execute("SHOW synchronous_commit").fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def test_a_completion_commits_asynchronously_unless_it_wakes_something(
+    conn: Connection[Any],
+) -> None:
+    """complete_success turns synchronous_commit off for its transaction (commit included);
+    a transaction that also writes an outbox row, before or after, keeps the session's setting
+    (the drain must only see durable wake-ups); claims and everything after stay as they were.
+    The session runs with `local` so that putting the setting back is distinguishable from `on`.
+    """
+    conn.execute("SET synchronous_commit = local")
+    plain, wakes_after, wakes_before, autocommit, claimed = (_new_task(conn) for _ in range(5))
+    leases = {t: _claim(conn, t) for t in (plain, wakes_after, wakes_before, autocommit)}
+    with conn.transaction():
+        claim(conn, claimed, lease_seconds=30)
+        assert _sync_commit(conn) == "local"  # a claim stays durable
+        complete_success(conn, leases[plain], {"k": 1})
+        assert _sync_commit(conn) == "off"  # the setting this transaction commits with
+    assert _sync_commit(conn) == "local"
+    with conn.transaction():
+        complete_success(conn, leases[wakes_after])
+        outbox.enqueue(conn, topic="t", payload={"a": 1}, dedupe_name=f"x:{wakes_after}")
+        assert _sync_commit(conn) == "local"
+    with conn.transaction():
+        outbox.enqueue(conn, topic="t", payload={"a": 2}, dedupe_name=f"x:{wakes_before}")
+        complete_success(conn, leases[wakes_before])
+        assert _sync_commit(conn) == "local"
+    complete_success(conn, leases[autocommit])  # one statement, its own transaction
+    assert _sync_commit(conn) == "local"
+    for t in (plain, wakes_after, wakes_before, autocommit):
+        assert _status(conn, t) == ("succeeded", 1)
+        assert _outcomes(conn, t) == [(1, "succeeded")]
+    assert outbox.pending_counts(conn)[1] == 2 + 5  # two wake-ups above, five tasks' first
+
+
+def test_a_lost_completion_and_ack_rerun_once_to_the_same_end(
+    dbs: Databases, conn: Connection[Any], driver: PgQueue
+) -> None:
+    """A Postgres crash may forget an asynchronous completion and the ack after it. What is
+    left is the state before them (WAL is replayed as a prefix): a running attempt and an
+    unacked wake-up. The lease expires, the reaper requeues, and the task runs once more and
+    ends as a single success with the same outputs; the redelivered wake-up finds it done."""
+    task_id = _new_task(conn)
+    assert outbox.drain_all(conn, driver) == 1
+    [wake] = driver.receive(TASK_WAKEUP, 1, visibility_timeout=0)
+    lease = claim(conn, task_id, lease_seconds=0)  # durable; expires at once (database clock)
+    with conn.transaction():  # the completion the crash forgot: as if never committed
+        complete_success(conn, lease, {"rows": 10})
+        raise Rollback()
+    assert _status(conn, task_id) == ("running", 1)  # no ack either: the wake-up is due again
+    with conn.transaction():
+        assert reap(conn, policy=NO_BACKOFF, rewake_after_seconds=600).retried == 1
+    assert outbox.drain_all(conn, driver) == 1
+    runs = []
+    for _ in range(4):
+        for m in driver.receive(TASK_WAKEUP, 10, visibility_timeout=30):
+            assert m.payload["task_id"] == str(task_id)
+            try:
+                again = claim(conn, task_id, lease_seconds=30)
+            except LeaseConflict:
+                driver.ack(m)
+                continue
+            runs.append(again.attempt)
+            with conn.transaction():
+                complete_success(conn, again, {"rows": 10})
+            driver.ack(m)
+    assert runs == [2]
+    assert wake.receive_count == 1
+    assert _status(conn, task_id) == ("succeeded", 2)
+    assert _outcomes(conn, task_id) == [(1, "expired"), (2, "succeeded")]
+    outputs = conn.execute("SELECT outputs FROM state.tasks WHERE task_id = %s", (task_id,))
+    assert outputs.fetchone() == ({"rows": 10},)
+    assert driver.stats(TASK_WAKEUP).depth == 0 and driver.stats(TASK_WAKEUP).in_flight == 0

@@ -101,6 +101,7 @@ BAD_INPUT = [
     (["key", "revoke", "00000000-0000-0000-0000-000000000009", "--org", "acme"], "no api key"),
     (["org", "create", "Bad Name"], "invalid org name"),
     (["org", "create", "acme"], "already exists"),
+    (["org", "create", "ac-me"], "already exists"),  # ac_me: one Dagster key prefix
     (["user", "add", "nobody", "--org", "acme"], "invalid email"),
     (["user", "add", "ann@example.com", "--org", "nope"], "no org named 'nope'"),
 ]
@@ -109,6 +110,7 @@ BAD_INPUT = [
 def test_bad_input_is_refused_audited_and_changes_nothing(trace_env: Runtime) -> None:
     rt = trace_env
     assert run("org", "create", "acme").exit_code == 0
+    assert run("org", "create", "ac_me").exit_code == 0
     tables = ("orgs", "users", "api_keys", "org_role_memberships")
 
     def counts() -> list[int]:

@@ -30,6 +30,7 @@ addresses are refused; loopback/private ones only when ``alert_webhook_allow_pri
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import logging
 import time
 import uuid
@@ -48,9 +49,11 @@ from trace_core.alerts.send import Senders
 from trace_core.alerts.spec import AlertSpec
 from trace_core.alerts.store import list_alerts
 from trace_core.db.queries import q
+from trace_core.errors import TraceError
 from trace_core.queue.base import BUFFER_QUEUE
 from trace_core.runtime import Runtime
 from trace_core.tasks.retry import RetryPolicy
+from trace_core.tenancy.acting import orgs_with_work
 
 log = logging.getLogger(__name__)
 
@@ -137,19 +140,26 @@ def plan_deliveries(
     conn: Connection[Any],
     specs: Mapping[str, AlertSpec],
     *,
+    org_id: str | uuid.UUID,
     max_attempts: int,
     max_age_seconds: int,
     limit: int,
 ) -> int:
-    """Create the delivery rows of up to ``limit`` unplanned events (one per channel), in one
-    transaction on the data database. Returns the rows created."""
+    """Create the delivery rows of up to ``limit`` unplanned events of ``org_id`` (whose alerts
+    ``specs`` are; one per channel), in one transaction on the data database. Returns the rows
+    created."""
     if not specs:
         return 0
     created = 0
     with conn.transaction():
         events = conn.execute(
             q("alerts", "events_to_plan"),
-            {"names": sorted(specs), "max_age_seconds": max_age_seconds, "limit": limit},
+            {
+                "names": sorted(specs),
+                "org_id": str(org_id),
+                "max_age_seconds": max_age_seconds,
+                "limit": limit,
+            },
         ).fetchall()
         for dedupe_key, alert_name in events:
             for channel in specs[alert_name].channels:
@@ -202,12 +212,19 @@ def _record(
 
 
 def _claim(
-    conn: Connection[Any], specs: Mapping[str, AlertSpec], *, limit: int, report: DeliveryReport
+    conn: Connection[Any],
+    specs: Mapping[str, AlertSpec],
+    *,
+    org_id: str | uuid.UUID,
+    limit: int,
+    report: DeliveryReport,
 ) -> list[_Job]:
-    """Lease up to ``limit`` due deliveries within each channel's rate limit."""
+    """Lease up to ``limit`` due deliveries of ``org_id`` within each channel's rate limit."""
     jobs: list[_Job] = []
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-        due = cur.execute(q("alerts", "lock_due_deliveries"), {"limit": limit * 4}).fetchall()
+        due = cur.execute(
+            q("alerts", "lock_due_deliveries"), {"org_id": str(org_id), "limit": limit * 4}
+        ).fetchall()
         if not due:
             return []
         keys = sorted({r["channel_key"] for r in due})
@@ -286,7 +303,33 @@ def _send(job: _Job, senders: Senders) -> None:
 
 
 def deliver_once(rt: Runtime, *, max_events: int = 50) -> DeliveryReport:
-    """Plan new deliveries, then send up to ``max_events`` due ones (see the module doc)."""
+    """Plan new deliveries, then send up to ``max_events`` due ones (see the module doc), of
+    every org with alerts, ``max_events`` shared between them; an org whose step fails is
+    logged and the next served."""
+    report = DeliveryReport()
+    work = _alert_orgs(rt)
+    share = max(1, max_events // max(1, len(work)))
+    for org in work:
+        try:
+            got = _deliver_org(rt.for_org(org), max_events=share)
+        except TraceError as exc:
+            log.warning("alert delivery failed for org %s: %s", org, exc, extra={"org_id": org})
+            continue
+        for f in dataclasses.fields(DeliveryReport):
+            setattr(report, f.name, getattr(report, f.name) + getattr(got, f.name))
+    return report
+
+
+def _alert_orgs(rt: Runtime) -> list[str]:
+    """Orgs with alerts (the runtime's own first, always)."""
+    with rt.state() as conn:
+        others = [str(o.org_id) for o in orgs_with_work(conn, enabled_only=False)]
+    own = str(rt.settings.org_id)
+    return [own, *(o for o in others if o != own)]
+
+
+def _deliver_org(rt: Runtime, *, max_events: int) -> DeliveryReport:
+    """``deliver_once`` for the org ``rt`` acts for."""
     s = rt.settings
     report = DeliveryReport()
     specs = _definitions(rt)
@@ -297,11 +340,12 @@ def deliver_once(rt: Runtime, *, max_events: int = 50) -> DeliveryReport:
         report.planned = plan_deliveries(
             conn,
             specs,
+            org_id=s.org_id,
             max_attempts=s.alert_delivery_max_attempts,
             max_age_seconds=s.alert_delivery_max_age_seconds,
             limit=max_events * 4,
         )
-        jobs = _claim(conn, specs, limit=max_events, report=report)
+        jobs = _claim(conn, specs, org_id=s.org_id, limit=max_events, report=report)
         if not jobs:
             return report
         with conn.cursor(row_factory=dict_row) as cur:
@@ -356,23 +400,25 @@ def deliver_once(rt: Runtime, *, max_events: int = 50) -> DeliveryReport:
 def delivery_backlog(rt: Runtime) -> int:
     """Deliveries due now or in flight, plus recent events with none planned yet (what a
     foreground driver should wait for before calling the system idle)."""
-    specs = _definitions(rt)
     with rt.data() as conn:
         row = conn.execute(q("alerts", "delivery_backlog")).fetchone()
-        unplanned = (
-            conn.execute(
-                q("alerts", "events_to_plan"),
-                {
-                    "names": sorted(specs),
-                    "max_age_seconds": rt.settings.alert_delivery_max_age_seconds,
-                    "limit": 1000,
-                },
-            ).fetchall()
-            if specs
-            else []
-        )
+        unplanned = 0
+        for org in _alert_orgs(rt):
+            specs = _definitions(rt.for_org(org))
+            if specs:
+                unplanned += len(
+                    conn.execute(
+                        q("alerts", "events_to_plan"),
+                        {
+                            "names": sorted(specs),
+                            "org_id": org,
+                            "max_age_seconds": rt.settings.alert_delivery_max_age_seconds,
+                            "limit": 1000,
+                        },
+                    ).fetchall()
+                )
     assert row is not None
-    return int(row[0]) + len(unplanned)
+    return int(row[0]) + unplanned
 
 
 def list_deliveries(

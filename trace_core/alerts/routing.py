@@ -46,6 +46,7 @@ from trace_core.errors import InvalidPayload, TraceError
 from trace_core.queue.base import Message
 from trace_core.runtime import Runtime
 from trace_core.tasks.lifecycle import create_task
+from trace_core.tenancy.acting import act_in_transaction, dataset_org
 from trace_core.transforms import routing as transform_routing
 
 log = logging.getLogger(__name__)
@@ -250,8 +251,11 @@ def route_dataset_events(rt: Runtime, *, max_messages: int = ROUTE_BATCH) -> int
     for msg in messages:
         try:
             with rt.state() as conn, conn.transaction():
+                # routed as the org of the event's dataset (every org's events share the topic)
+                org = _event_org(conn, msg.payload) or rt.settings.org_id
+                act_in_transaction(conn, org)
                 created += route_event(
-                    conn, rt.settings.org_id, msg.payload, max_attempts=rt.settings.max_attempts
+                    conn, org, msg.payload, max_attempts=rt.settings.max_attempts
                 )
         except InvalidPayload as exc:
             log.warning(
@@ -268,6 +272,15 @@ def route_dataset_events(rt: Runtime, *, max_messages: int = ROUTE_BATCH) -> int
     if done:
         rt.queue.ack_batch(done)
     return created
+
+
+def _event_org(conn: Connection[Any], payload: Mapping[str, Any]) -> uuid.UUID | None:
+    """The org of an event's dataset (None: no dataset named, or none such)."""
+    dataset = payload.get("dataset_uuid")
+    try:
+        return dataset_org(conn, uuid.UUID(str(dataset))) if dataset else None
+    except ValueError:
+        return None  # malformed: route_event names the problem
 
 
 # --- schedules -----------------------------------------------------------------------------

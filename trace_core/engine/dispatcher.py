@@ -10,10 +10,13 @@ import logging
 from dataclasses import dataclass, field
 
 from trace_core import outbox
+from trace_core.engine import orgs
 from trace_core.runtime import Runtime
 from trace_core.tasks import lifecycle
 
 log = logging.getLogger(__name__)
+
+ALERT_SCHEDULES_PER_TICK = 50  # due alert schedules turned into evaluations per tick, all orgs
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,7 @@ class PlannedPartition:
     job_name: str
     dataset_key: str
     partition_key: str
+    prefix: str | None = None  # the org's asset-key prefix (None: the deployment's org)
 
 
 @dataclass
@@ -57,20 +61,34 @@ class TickReport:
 
 
 def dispatch_tick(rt: Runtime) -> TickReport:
+    """One tick for every org with enabled work (``engine.orgs``): each org's heads,
+    capabilities, planning and alert schedules run with the session acting for that org, the
+    tick's planning budget (``TRACE_DISPATCH_TICK_RANGES``) shared between them
+    (``plan_orgs``); one org's failure is logged and the others still served. Reaping, the
+    invalidations, the outbox and event routing are cross-org by nature."""
     from trace_core.alerts import routing
-    from trace_core.chain_sync import capabilities, head, planner
+    from trace_core.chain_sync import capabilities, head
     from trace_core.integrity.invalidations import consume_invalidations
 
     report = TickReport()
     s = rt.settings
     with rt.state() as conn:
-        report.heads_observed = len(head.observe_heads(conn, s.org_id))
-        capabilities.probe_due(conn, s.org_id, s)  # once per pool and TTL: what it serves
-        result = planner.plan_tick(
-            conn, org_id=s.org_id, limit=s.dispatch_batch_size, pool_check=planner.pool_url_check(s)
-        )
-        epochs = {(p.job_name, p.dataset_key, k) for p in result.planned for k in p.epoch_keys}
-        report.planned = [PlannedPartition(*e) for e in sorted(epochs)]
+        work = orgs.orgs_with_work(conn)
+
+        def observe(org: orgs.OrgRef) -> int:
+            with orgs.acting_for(conn, org.org_id, s.org_id):
+                polls = len(head.observe_heads(conn, org.org_id))
+                capabilities.probe_due(conn, org.org_id, s)  # once per pool and TTL
+            return polls
+
+        report.heads_observed = sum(n for _, n in orgs.each_org(work, "observe heads", observe))
+        planned = orgs.plan_orgs(rt, conn, work)
+        epochs = {
+            (p.job_name, p.dataset_key, k, orgs.key_prefix(rt, org))
+            for org, p in planned
+            for k in p.epoch_keys
+        }
+        report.planned = [PlannedPartition(*e) for e in sorted(epochs, key=str)]
         with conn.transaction():
             reaped = lifecycle.reap(
                 conn, policy=rt.retry_policy, rewake_after_seconds=s.rewake_after_seconds
@@ -82,9 +100,15 @@ def dispatch_tick(rt: Runtime) -> TickReport:
         # downstream wake-ups: route the dataset events just published, then publish the
         # evaluation tasks they (and due alert schedules) created
         report.evaluations = routing.route_dataset_events(rt)
-        report.evaluations += routing.schedule_due_alerts(
-            conn, s.org_id, max_attempts=s.max_attempts
-        )
+        share = orgs.fair_shares(ALERT_SCHEDULES_PER_TICK, len(work))
+
+        def schedule(org: orgs.OrgRef) -> int:
+            with orgs.acting_for(conn, org.org_id, s.org_id):
+                return routing.schedule_due_alerts(
+                    conn, org.org_id, max_attempts=s.max_attempts, limit=share
+                )
+
+        report.evaluations += sum(n for _, n in orgs.each_org(work, "alert schedules", schedule))
         if report.evaluations:
             report.published += outbox.drain_all(conn, rt.queue, batch_size=s.outbox_batch_size)
     if report.did_work:

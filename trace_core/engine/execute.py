@@ -51,6 +51,7 @@ class TaskOutcome:
     outputs: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     seconds: float | None = None  # the attempt's run time (claim to completion), if it ran
+    org_id: uuid.UUID | None = None  # the task's org, once claimed
 
 
 def capability_token_for(rt: Runtime, lease: Lease) -> str:
@@ -200,12 +201,18 @@ def run_claimed(
     state: StateConn | None = None,
 ) -> TaskOutcome:
     """Run a claimed task's operator to a fenced completion; stops ``hb`` before completing.
-    The completion's connection comes from ``state`` (default ``rt.state``).
+    The completion's connection comes from ``state`` (``rt``'s reused connections; default
+    ``rt.state``), for an attempt of ``rt``'s org.
 
-    Never raises for task-level failures (see ``execute_task``).
+    Never raises for task-level failures (see ``execute_task``). The attempt runs as its
+    task's org (``Runtime.for_org``): its rows, objects and tokens are that org's.
     """
     with profile.attempt(lease.task_id, lease.attempt, operator=lease.operator):
-        return _run_claimed(rt, lease, registry, hb, state or rt.state)
+        org_rt = rt.for_org(lease.org_id)
+        # ``state`` stamps ``rt``'s org: an attempt of another org opens its own connections
+        conn = state if state is not None and org_rt is rt else org_rt.state
+        outcome = _run_claimed(org_rt, lease, registry, hb, conn)
+    return dataclasses.replace(outcome, org_id=lease.org_id)
 
 
 def _run_claimed(

@@ -214,7 +214,8 @@ def plan_worker_runs(rt: Runtime, max_runs: int) -> list[WorkerRun]:
     """Turn wake-ups into worker runs of ``worker_batch_size`` tasks each, then ack them.
 
     Tasks already succeeded or dead are dropped; a task woken twice runs once, keyed by its
-    newest wake-up generation (so a re-wake gets a new run key). Each run key is recorded with
+    newest wake-up generation (so a re-wake gets a new run key); a run's tasks are one org's.
+    Each run key is recorded with
     its tasks before the ack, so a run that never claims them is noticed (``recover_stranded``)
     instead of waiting for the re-wake.
     """
@@ -228,10 +229,17 @@ def plan_worker_runs(rt: Runtime, max_runs: int) -> list[WorkerRun]:
             continue
         previous = runnable.get(str(w.task_id), (info, 0))[1]
         runnable[str(w.task_id)] = (info, max(w.generation, previous))
-    items = sorted(runnable.items())
+    # one org per run (its ``trace/org`` tag names it): batches never mix orgs' tasks
+    by_org: dict[str, list[tuple[str, tuple[TaskInfo, int]]]] = {}
+    for tid, item in sorted(runnable.items()):
+        by_org.setdefault(str(item[0].org_id), []).append((tid, item))
+    chunks = [
+        items[i : i + batch]
+        for _, items in sorted(by_org.items())
+        for i in range(0, len(items), batch)
+    ]
     runs: list[WorkerRun] = []
-    for i in range(0, len(items), batch):
-        chunk = items[i : i + batch]
+    for chunk in chunks:
         key_src = ",".join(f"{tid}:{gen}" for tid, (_, gen) in chunk)
         runs.append(
             WorkerRun(

@@ -14,6 +14,7 @@ from trace_core.db.queries import q
 from trace_core.integrity import incremental
 from trace_core.integrity.verify import RangeResult, StreamReport, select_streams
 from trace_core.runtime import Runtime
+from trace_core.tenancy.acting import orgs_with_work
 
 __all__ = [
     "CompactionReport",
@@ -79,10 +80,13 @@ def compact_streams(
 
 def versions_committed_since(rt: Runtime, since: float) -> int:
     """Live dataset versions registered after ``since`` (epoch seconds): new ranges that no
-    integrity pass has seen yet (the scheduled sensor starts a pass soon after them)."""
+    integrity pass has seen yet (the scheduled sensor starts a pass soon after them), of
+    every org with chain_sync jobs."""
+    total = 0
     with rt.state() as conn:
-        row = conn.execute(
-            q("integrity", "versions_committed_since"),
-            {"org_id": rt.settings.org_id, "since": float(since)},
-        ).fetchone()
-    return int(row[0]) if row else 0
+        for org in {str(rt.settings.org_id), *(str(o.org_id) for o in orgs_with_work(conn))}:
+            row = conn.execute(
+                q("integrity", "versions_committed_since"), {"org_id": org, "since": float(since)}
+            ).fetchone()
+            total += int(row[0]) if row else 0
+    return total

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from trace_core import outbox, profile
-from trace_core.chain_sync import planner
+from trace_core.engine import orgs
 from trace_core.engine import registry as operator_registry
 from trace_core.engine.execute import TaskOutcome, claim_tasks, run_claimed, start_heartbeat
 from trace_core.engine.intake import Wakeup, ack_wakeups, receive_wakeups, task_infos
@@ -30,8 +30,8 @@ from trace_core.runtime import Runtime
 from trace_core.tasks.keepalive import LeaseHeartbeat
 from trace_core.tasks.lifecycle import Lease
 
-# A range a run planned: (job, stream, range start, range end).
-PlannedRange = tuple[str, str, int, int]
+# A range a run planned: (job, stream, range start, range end, the job's org id).
+PlannedRange = tuple[str, str, int, int, str]
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class MoreWork:
     start, range end) and the woken tasks it will claim. ``wakeups`` are acked only once the
     tasks are claimed (``ack``), so a run that dies first leaves them to be redelivered."""
 
-    planned: list[PlannedRange]
+    planned: list[PlannedRange]  # (job, stream, start, end, org id)
     task_ids: list[uuid.UUID]
     wakeups: list[Wakeup]
     received: int = 0  # wake-ups received, runnable or not (stale ones are acked and dropped)
@@ -67,16 +67,14 @@ def take_more_work(rt: Runtime, max_tasks: int) -> MoreWork:
     dropped). What a run does instead of ending and waiting for the next sensor ticks."""
     s = rt.settings
     with rt.state() as conn:
-        with profile.run_phase("take: plan"):
-            result = planner.plan_tick(
-                conn,
-                org_id=s.org_id,
-                limit=s.dispatch_batch_size,
-                pool_check=planner.pool_url_check(s),
-            )
+        with profile.run_phase("take: plan"):  # every org's, as the dispatcher tick
+            result = orgs.plan_orgs(rt, conn, orgs.orgs_with_work(conn))
         with profile.run_phase("take: publish"):
             outbox.drain_all(conn, rt.queue, batch_size=s.outbox_batch_size)
-    planned = [(p.job_name, p.dataset_key, p.range_start, p.range_end) for p in result.planned]
+    planned = [
+        (p.job_name, p.dataset_key, p.range_start, p.range_end, str(org.org_id))
+        for org, p in result
+    ]
     with profile.run_phase("take: receive"):
         wakeups = receive_wakeups(rt, max_tasks)
         infos = task_infos(rt, list({w.task_id for w in wakeups}))

@@ -114,7 +114,12 @@ def consume_invalidations(rt: Runtime, *, limit: int = DEFAULT_LIMIT) -> Consume
                 q("integrity", "pending_invalidations"), {"limit": limit}
             ).fetchall()
         for inv in pending:
-            repairs = _plan_replacements(rt, inv) if inv["reason"] in REPLAN_REASONS else []
+            # planned as the invalidation's org (its repair tasks' outbox rows are its own)
+            repairs = (
+                _plan_replacements(rt.for_org(inv["org_id"]), inv)
+                if inv["reason"] in REPLAN_REASONS
+                else []
+            )
             end = _affected_end(inv)
             reason = (
                 f"{inv['reason']} (invalidation {inv['invalidation_id']}): blocks "

@@ -9,6 +9,21 @@ States: ``queued -> running -> succeeded | dead``; a failed or expired attempt g
 (``trace_core.chain_sync.revive``) turns ``dead`` back into ``queued`` with a fresh budget: attempt
 numbers keep counting up, and ``attempt_base`` (attempts spent before the latest revive) is
 subtracted wherever the budget and the backoff are decided.
+
+Durability: ``create_task``, ``claim``, failures, the reaper and every transaction that writes
+an outbox row commit durably (the session's ``synchronous_commit``). A claim must: a claim a
+crash forgot could hand the same attempt number to a second worker. ``complete_success``
+commits asynchronously (``synchronous_commit=off`` for its transaction, unless that
+transaction wrote, or later writes, an outbox row: see ``tasks.complete_success`` and
+``outbox.insert_outbox``). A Postgres crash before the WAL writer flushes it (at most
+~3 x ``wal_writer_delay``) may forget such a completion, and with it only what was committed
+after it asynchronously too: WAL is flushed in order, so the next durable commit on the server
+(any claim, any outbox write) makes it durable. What is left is the running attempt, the same
+state as a worker killed just before completing, which recovery already handles: its lease
+expires, ``reap`` requeues it and it runs again to the same end (operators are idempotent per
+task; what an operator commits itself, e.g. parquet_compact, is durable on its own).
+Completions that commit a dataset version (``commit``, ``finish_succeeded``) stay durable:
+readers act on them at once.
 """
 
 from __future__ import annotations
@@ -45,6 +60,7 @@ class Lease:
     payload: dict[str, Any] = field(default_factory=dict)
     max_attempts: int = 3
     attempt_base: int = 0
+    org_id: uuid.UUID | None = None  # the task's org: its attempt runs as that org
 
     @property
     def budget_attempt(self) -> int:
@@ -153,6 +169,7 @@ def _claim_locked(
         payload=row["payload"],
         max_attempts=row["max_attempts"],
         attempt_base=row["attempt_base"],
+        org_id=row["org_id"],
     )
 
 
@@ -234,7 +251,8 @@ def complete_success(
     conn: Connection[Any], lease: Lease, outputs: dict[str, Any] | None = None
 ) -> None:
     """Fence and complete in the caller's transaction (one statement when the lease is
-    current). Raises ``UnknownTask``, or ``StaleAttempt`` if stale."""
+    current), committed asynchronously unless the transaction writes an outbox row (module
+    docstring). Raises ``UnknownTask``, or ``StaleAttempt`` if stale."""
     row = conn.execute(
         q("tasks", "complete_success"),
         {

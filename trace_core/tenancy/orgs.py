@@ -70,7 +70,11 @@ def create_org(conn: Connection[Any], name: str, *, org_id: uuid.UUID | None = N
     with system_scope(conn), db_errors("create org"), conn.cursor(row_factory=dict_row) as cur:
         row = cur.execute(q("tenancy", "insert_org"), params).fetchone()
     if row is None:
-        raise Conflict(f"org {name!r} already exists", org=name)
+        raise Conflict(
+            f"org {name!r} already exists, or one whose name differs only in '-' and '_' "
+            "(both would have the same Dagster key prefix)",
+            org=name,
+        )
     return Org(**row)
 
 

@@ -16,7 +16,9 @@ from dagster import (
     sensor,
 )
 
+from trace_core.engine import orgs
 from trace_core.engine.analytics import due_runs
+from trace_core.engine.intake import ORG_TAG
 from trace_core.engine.streams import epoch_key, range_partition_key
 from trace_core.errors import TraceError
 from trace_core.runtime import Runtime
@@ -33,35 +35,41 @@ CURSOR_KEYS = 1000
 def due_requests(
     rt: Runtime, instance: DagsterInstance | None, done: Sequence[str]
 ) -> tuple[list[RunRequest], list[str]]:
-    """Run requests for due analytics work not requested before (``done`` run keys)."""
+    """Run requests for due analytics work of every org not requested before (``done`` run
+    keys; another org's keys and job names carry its key prefix), ``MAX_REQUESTS_PER_TICK``
+    over all orgs."""
     seen = set(done)
     requests: list[RunRequest] = []
-    sizes, due = due_runs(rt)
-    for job, run in due:
-        if run.run_key in seen or len(requests) >= MAX_REQUESTS_PER_TICK:
-            continue
-        partition = None
-        tags = {"trace/job": job.job, "trace/analytics": run.kind}
-        if run.kind.endswith("_range"):
-            assert run.start is not None and run.end is not None
-            stream = str(
-                job.spec.balance_diffs if run.kind == "balance_range" else job.spec.staking.logs  # type: ignore[union-attr]
+    for org_rt in orgs.work_runtimes(rt):
+        prefix = orgs.runtime_prefix(org_rt)
+        org = str(org_rt.settings.org_id)
+        sizes, due = due_runs(org_rt)
+        for job, run in due:
+            run_key = f"{prefix}/{run.run_key}" if prefix else run.run_key
+            if run_key in seen or len(requests) >= MAX_REQUESTS_PER_TICK:
+                continue
+            partition = None
+            tags = {"trace/job": job.job, "trace/analytics": run.kind, ORG_TAG: org}
+            if run.kind.endswith("_range"):
+                assert run.start is not None and run.end is not None
+                stream = str(
+                    job.spec.balance_diffs if run.kind == "balance_range" else job.spec.staking.logs  # type: ignore[union-attr]
+                )
+                # the range's epoch is the partition; the run computes just this range
+                partition = epoch_key(run.start, sizes[(job.job, stream)])
+                tags[RANGE_TAG] = range_partition_key(run.start, run.end)
+                name = partitions_def_name(job.job, stream, prefix)
+                if instance is not None and not instance.has_dynamic_partition(name, partition):
+                    continue  # not a chain_sync epoch yet
+            requests.append(
+                RunRequest(
+                    run_key=run_key,
+                    job_name=job_name(job.job, run.kind, prefix),
+                    partition_key=partition,
+                    tags=tags,
+                )
             )
-            # the range's epoch is the partition; the run computes just this range
-            partition = epoch_key(run.start, sizes[(job.job, stream)])
-            tags[RANGE_TAG] = range_partition_key(run.start, run.end)
-            name = partitions_def_name(job.job, stream)
-            if instance is not None and not instance.has_dynamic_partition(name, partition):
-                continue  # not a chain_sync epoch yet
-        requests.append(
-            RunRequest(
-                run_key=run.run_key,
-                job_name=job_name(job.job, run.kind),
-                partition_key=partition,
-                tags=tags,
-            )
-        )
-        seen.add(run.run_key)
+            seen.add(run_key)
     return requests, [*done, *(r.run_key for r in requests if r.run_key)][-CURSOR_KEYS:]
 
 

@@ -15,7 +15,7 @@ from dagster import (
     sensor,
 )
 
-from trace_core.engine import streams
+from trace_core.engine import orgs, streams
 from trace_core.engine.dispatcher import TickReport, dispatch_tick
 from trace_core.engine.progress import progress_lines, stream_progress
 from trace_core.errors import TraceError
@@ -75,12 +75,15 @@ def tick_message(
     return "\n".join([head, *progress, *notes])
 
 
-def stale_definitions(rows: list[streams.StreamRow], loaded: set[AssetKey]) -> list[str]:
-    """A note naming applied streams whose assets the loaded definitions lack."""
+def stale_definitions(
+    rows: list[streams.StreamRow], loaded: set[AssetKey], prefix: str | None = None
+) -> list[str]:
+    """A note naming applied streams (of the org whose key prefix is ``prefix``) whose assets
+    the loaded definitions lack."""
     missing = sorted(
-        f"{r.job_name}/{r.dataset_key}"
+        f"{prefix + '/' if prefix else ''}{r.job_name}/{r.dataset_key}"
         for r in rows
-        if stream_asset_key(r.job_name, r.dataset_key) not in loaded
+        if stream_asset_key(r.job_name, r.dataset_key, prefix) not in loaded
     )
     if not missing:
         return []
@@ -118,12 +121,13 @@ def dispatcher_result(
     notes: list[str] = []
     if resync and instance is not None:
         try:
-            set_pool_limits(instance, {s.rpc_pool for s in streams.list_streams(rt)})
+            pools = {s.rpc_pool for o in orgs.work_runtimes(rt) for s in streams.list_streams(o)}
+            set_pool_limits(instance, pools)
         except TraceError as exc:  # a malformed TRACE_RPC_POOL_*_MAX_CONCURRENT
             notes.append(f"pool limits not set: {exc}")
     by_def = sync.add
     for p in report.planned:
-        name = partitions_def_name(p.job_name, p.dataset_key)
+        name = partitions_def_name(p.job_name, p.dataset_key, p.prefix)
         if p.partition_key in by_def.get(name, ()):
             continue
         if instance is not None and instance.has_dynamic_partition(name, p.partition_key):
@@ -133,7 +137,8 @@ def dispatcher_result(
     try:
         progress = progress_lines(stream_progress(rt))
         if loaded is not None:
-            notes += stale_definitions(streams.list_streams(rt), loaded)
+            for o in orgs.work_runtimes(rt):
+                notes += stale_definitions(streams.list_streams(o), loaded, orgs.runtime_prefix(o))
     except TraceError as exc:
         progress = [f"progress unavailable: {exc}"]
     message = tick_message(

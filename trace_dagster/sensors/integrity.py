@@ -17,6 +17,7 @@ from dagster import (
     sensor,
 )
 
+from trace_core.engine.intake import ORG_TAG
 from trace_core.engine.integrity import versions_committed_since
 from trace_core.runtime import Runtime
 from trace_dagster.integrity import INTEGRITY_JOB, SENSOR_NAME, TICK_SECONDS, integrity_job
@@ -64,7 +65,11 @@ def integrity_request(
         run_requests=[
             RunRequest(
                 run_key=f"integrity:{now:.0f}",
-                tags={KIND_TAG: "maintenance", "trace/integrity_reason": _tag_value(why)},
+                tags={
+                    KIND_TAG: "maintenance",
+                    "trace/integrity_reason": _tag_value(why),
+                    ORG_TAG: str(rt.settings.org_id),
+                },
             )
         ],
         cursor=json.dumps({"next_pass_at": now + interval, "last_pass_at": now}),

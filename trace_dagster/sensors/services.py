@@ -21,6 +21,7 @@ from dagster import (
 )
 
 from trace_core.engine import services
+from trace_core.engine.intake import ORG_TAG
 from trace_core.engine.service_steps import ALERT_DELIVERY, COMPACTOR, FOLLOWER, SINK
 from trace_core.engine.services import ServiceSpec
 from trace_core.runtime import Runtime
@@ -84,7 +85,12 @@ def keeper_result(
                         }
                     }
                 ),
-                tags={KIND_TAG: "service", SERVICE_TAG: spec.name, "dagster/max_retries": "2"},
+                tags={
+                    KIND_TAG: "service",
+                    SERVICE_TAG: spec.name,
+                    "dagster/max_retries": "2",
+                    ORG_TAG: rt.home_org_id,  # a system service: every org's, as the deployment
+                },
             )
         ]
     )

@@ -74,7 +74,7 @@ WHERE alert_id = %(alert_id)s
 -- name: events_to_plan
 SELECT e.dedupe_key, e.alert_name
 FROM data.alert_events e
-WHERE e.alert_name = ANY (%(names)s::text[])
+WHERE e.alert_name = ANY (%(names)s::text[]) AND e.org_id = %(org_id)s
   AND e.created_at >= now() - make_interval(secs => %(max_age_seconds)s)
   AND e.stale_at IS NULL
   AND NOT EXISTS (SELECT 1 FROM data.alert_deliveries d WHERE d.dedupe_key = e.dedupe_key)
@@ -92,8 +92,9 @@ ON CONFLICT (dedupe_key, channel_key) DO NOTHING
 SELECT delivery_id, dedupe_key, alert_name, channel_key, channel_kind, status, attempts,
        max_attempts, last_attempt_at
 FROM data.alert_deliveries
-WHERE (status = 'pending' AND next_attempt_at <= now())
-   OR (status = 'sending' AND leased_until <= now())
+WHERE org_id = %(org_id)s
+  AND ((status = 'pending' AND next_attempt_at <= now())
+       OR (status = 'sending' AND leased_until <= now()))
 ORDER BY next_attempt_at, created_at
 LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED

@@ -1,6 +1,14 @@
 -- name: insert_outbox
+-- A transaction that writes an outbox row commits durably, so a drain (which may publish to an
+-- external queue) only ever sees rows that survive a crash: it marks itself (trace.wakes) so a
+-- later tasks.complete_success keeps the commit synchronous, and puts back the setting an
+-- earlier complete_success turned off (trace.completion_sync).
 INSERT INTO state.outbox (outbox_id, topic, payload, available_at)
-VALUES (%(outbox_id)s, %(topic)s, %(payload)s, COALESCE(%(available_at)s, now()))
+SELECT %(outbox_id)s, %(topic)s, %(payload)s, COALESCE(%(available_at)s, now())
+FROM (SELECT set_config('trace.wakes', 'on', true) AS wakes,
+             CASE WHEN current_setting('trace.completion_sync', true) > ''
+             THEN set_config('synchronous_commit', current_setting('trace.completion_sync'), true)
+             END AS durable) AS marked
 ON CONFLICT (outbox_id) DO NOTHING
 
 -- name: claim_pending

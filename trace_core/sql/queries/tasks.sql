@@ -10,7 +10,7 @@ SELECT operator, payload FROM state.tasks WHERE task_id = %(task_id)s
 -- name: lock_task
 SELECT task_id, operator, status, attempt, attempt_base, max_attempts, paused, lease_token,
        lease_expires_at, lease_expires_at <= now() AS lease_expired,
-       next_run_at <= now() AS due, payload
+       next_run_at <= now() AS due, payload, org_id
 FROM state.tasks WHERE task_id = %(task_id)s FOR UPDATE
 
 -- name: claim_queued
@@ -24,18 +24,24 @@ WITH granted AS (
         started_at = COALESCE(started_at, now()), updated_at = now()
     WHERE task_id = %(task_id)s AND status = 'queued' AND NOT paused AND next_run_at <= now()
       AND attempt - attempt_base < max_attempts
-    RETURNING task_id, attempt, lease_expires_at, operator, payload, max_attempts, attempt_base
+    RETURNING task_id, attempt, lease_expires_at, operator, payload, max_attempts, attempt_base,
+              org_id
 ), recorded AS (
     INSERT INTO state.task_attempts (task_id, attempt)
     SELECT task_id, attempt FROM granted
     ON CONFLICT DO NOTHING
 )
-SELECT attempt, lease_expires_at, operator, payload, max_attempts, attempt_base FROM granted
+SELECT attempt, lease_expires_at, operator, payload, max_attempts, attempt_base, org_id
+FROM granted
 
 -- name: complete_success
 -- Fence and finish in one statement: only the current attempt's running lease matches (the
 -- UPDATE locks the row and re-checks the WHERE after a concurrent change). No row: the caller
 -- runs the full fence to name why.
+-- A completion commits asynchronously (synchronous_commit off for the rest of this transaction,
+-- its commit included; the setting it replaces is kept in trace.completion_sync) unless the
+-- transaction wrote an outbox row (trace.wakes, set by outbox.insert_outbox, which also undoes
+-- this): a transaction that wakes anything stays durable. Why a lost one is safe: lifecycle.py.
 WITH done AS (
     UPDATE state.tasks
     SET status = 'succeeded', lease_token = NULL, lease_expires_at = NULL, outputs = %(outputs)s,
@@ -47,7 +53,13 @@ WITH done AS (
     UPDATE state.task_attempts a SET finished_at = now(), outcome = 'succeeded', error = NULL
     FROM done WHERE a.task_id = done.task_id AND a.attempt = done.attempt
 )
-SELECT count(*) FROM done
+SELECT count(*),
+       CASE WHEN count(*) = 1 AND current_setting('trace.wakes', true) IS DISTINCT FROM 'on'
+       THEN set_config('trace.completion_sync',
+                       COALESCE(NULLIF(current_setting('trace.completion_sync', true), ''),
+                                current_setting('synchronous_commit')), true)
+            || set_config('synchronous_commit', 'off', true) END
+FROM done
 
 -- name: grant_lease
 UPDATE state.tasks
