@@ -135,6 +135,12 @@ SELECT extract(epoch FROM r.completed_at)::float8
 FROM state.chain_sync_scheduled_ranges r JOIN state.chain_sync_jobs j USING (job_id)
 WHERE j.name = %s AND r.status = 'completed' ORDER BY 1
 """
+# When each stream of one job committed its last range (does the tail run one stream alone?).
+STREAM_ENDS_SQL = """
+SELECT r.dataset_key, extract(epoch FROM max(r.completed_at))::float8
+FROM state.chain_sync_scheduled_ranges r JOIN state.chain_sync_jobs j USING (job_id)
+WHERE j.name = %s AND r.status = 'completed' GROUP BY 1 ORDER BY 2
+"""
 # Leaves of an attempt's profile: what an attempt does around cryo (cryo itself excluded).
 PROFILE_PHASES = (
     "claim", "token", "pool", "slot", "probe", "cryo", "checks", "bloom", "stage", "commit",
@@ -305,6 +311,8 @@ def profile_breakdown(
         tasks = {r[0] for r in conn.execute(JOB_TASKS_SQL, (job,)).fetchall()}
         commits = [float(r[0]) for r in conn.execute(COMMITS_SQL, (job,)).fetchall()]
         first_claim = (conn.execute(ATTEMPTS_SQL, (job,)).fetchone() or (None,))[0]
+        stream_ends = conn.execute(STREAM_ENDS_SQL, (job,)).fetchall()
+        intervals = conn.execute(INTERVALS_SQL, (job,)).fetchall()
     records = profile.read(directory) if directory.exists() else []
     attempts = [
         r for r in records if r["kind"] == "attempt" and r["task_id"] in tasks and r["attempt"] >= 0
@@ -334,6 +342,13 @@ def profile_breakdown(
         first = k / (commits[k - 1] - first_claim)
         last = k / (commits[-1] - commits[-k - 1])
         row.extra["tenths"] = (first, last)
+        # attempts in flight (mean) over the first and the last tenth's windows
+        windows = ((first_claim, commits[k - 1]), (commits[-k - 1], commits[-1]))
+        row.extra["tenths_inflight"] = tuple(
+            sum(max(0.0, min(z, b) - max(a0, a)) for a0, z in intervals) / (b - a)
+            for a, b in windows
+        )
+        row.extra["stream_ends"] = [(key, end - first_claim) for key, end in stream_ends]
 
 
 def check_exact(dbs: Databases, settings: Settings, chain: DevChain, suffix: str = "") -> None:
@@ -688,6 +703,13 @@ def print_profile(rows: list[Row], latency_ms: float) -> None:
         ">= 0.8 x first)"
     )
     for r in profiled:
+        if r.extra.get("stream_ends"):
+            ends = ", ".join(f"{key} {t:.1f}s" for key, t in r.extra["stream_ends"])
+            first_par, last_par = r.extra["tenths_inflight"]
+            print(
+                f"  tail ({r.path}, {r.condition}): streams done after the first claim: {ends}; "
+                f"attempts in flight: 1st 10th {first_par:.1f}, last 10th {last_par:.1f}"
+            )
         if r.extra.get("run steps"):
             parts = ", ".join(f"{k} {v * 1000:.1f}" for k, v in r.extra["run steps"].items())
             print(f"  run steps ({r.path}, {r.condition}), ms per range: {parts}")

@@ -21,6 +21,7 @@ from trace_core.settings import Settings
 from trace_core.tasks.retry import RetryPolicy
 
 if TYPE_CHECKING:
+    from trace_core.db.reuse import Reused
     from trace_core.queue.base import QueueDriver
     from trace_core.storage.base import ObjectStore
 
@@ -112,6 +113,13 @@ class Runtime:
             connect(self.dbs.state_url, autocommit=True, **self._session) as conn,
         ):
             yield conn
+
+    def reused_state(self) -> Reused:
+        """State connections kept for reuse (a worker run's claims and commits); the caller
+        closes it. Only transaction-scoped state may be used on them (``db.reuse``)."""
+        from trace_core.db.reuse import Reused
+
+        return Reused(lambda: connect(self.dbs.state_url, autocommit=True, **self._session))
 
     @contextlib.contextmanager
     def data(self) -> Iterator[psycopg.Connection[Any]]:

@@ -303,3 +303,50 @@ def test_a_run_keeps_its_threads_busy_past_a_slow_task(trace_env: Runtime) -> No
     # one take per idle thread: more takes than the two a wave-by-wave run would make
     assert report.batches >= 3
     assert set(_statuses(trace_env, ids).values()) == {("succeeded", 1)}
+
+
+def test_a_run_reuses_its_state_connections_only_when_idle(trace_env: Runtime) -> None:
+    """``Runtime.reused_state``: a connection handed back idle serves the next block (no new
+    backend per claim or commit); one handed back inside a transaction or after an error is
+    closed, never reused half-done; ``close`` closes the kept ones."""
+    with trace_env.reused_state() as state:
+        with state() as conn:
+            first = conn
+        with state() as conn, conn.transaction():
+            assert conn is first and not conn.closed
+        with state() as conn:
+            conn.execute("BEGIN")  # left open: must not be handed out again
+        assert first.closed
+        with pytest.raises(ZeroDivisionError), state() as conn:
+            assert conn is not first
+            second = conn
+            raise ZeroDivisionError
+        assert second.closed
+        with state() as conn:
+            assert conn is not second
+            kept = conn
+        assert not kept.closed
+    assert kept.closed
+
+
+def test_a_worker_run_runs_the_range_furthest_behind_first(trace_env: Runtime) -> None:
+    """One thread, a batch claimed in the order blocks 2000, 2250, 0, 250 (a stream that ran
+    ahead, then one that lags): the lagging ranges run first, so the streams finish together."""
+    from trace_core.engine.worker_run import run_worker
+
+    rt = Runtime(trace_env.settings.model_copy(update={"worker_concurrency": 1}))
+    starts = [2000, 2250, 0, 250]
+    ids = [uuid.uuid4() for _ in starts]
+    with rt.state() as conn, conn.transaction():
+        for tid, start in zip(ids, starts, strict=True):
+            payload = {"job_id": "j", "range_start": start}
+            create_task(conn, task_id=tid, operator="probe", payload=payload, max_attempts=1)
+    ran: list[int] = []
+    registry = OperatorRegistry()
+    registry.register(
+        "probe", lambda ctx: ran.append(ctx.lease.payload["range_start"]) or Completion()
+    )
+    outcomes: list[TaskOutcome] = []
+    run_worker(rt, ids, on_outcome=outcomes.append, on_planned=lambda _: None, registry=registry)
+    assert ran == [0, 250, 2000, 2250]
+    assert [o.status for o in outcomes] == ["succeeded"] * 4

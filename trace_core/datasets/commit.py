@@ -16,6 +16,7 @@ registered its objects are never written again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import uuid
@@ -27,6 +28,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 from psycopg import Connection
+from psycopg.pq import TransactionStatus
+from psycopg.rows import dict_row
 
 from trace_core import profile
 from trace_core.datasets import events, ids
@@ -36,7 +39,7 @@ from trace_core.db.errors import translates_db_errors
 from trace_core.db.queries import q
 from trace_core.errors import ArtifactInvalid, DatasetConflict, StaleAttempt
 from trace_core.storage.base import JSON, ObjectStore
-from trace_core.tasks.lifecycle import Lease, fence, finish_succeeded
+from trace_core.tasks.lifecycle import Lease, check_fence, fence, finish_succeeded
 
 log = logging.getLogger(__name__)
 
@@ -223,10 +226,7 @@ def _ensure_dataset(conn: Connection[Any], manifest: DatasetManifest, org_id: st
         "chain_id": manifest.chain_id,
         "dataset_key": manifest.dataset_key,
     }
-    conn.execute(q("datasets", "insert_dataset"), params)
-    row = conn.execute(
-        q("datasets", "get_dataset"), {"dataset_uuid": manifest.dataset_uuid}
-    ).fetchone()
+    row = conn.execute(q("datasets", "ensure_dataset"), params).fetchone()
     if row is None:
         raise DatasetConflict(
             f"dataset {manifest.dataset_key!r} on chain {manifest.chain_id} is registered under "
@@ -252,15 +252,18 @@ def register_version(
     manifest_key: str,
     task_id: uuid.UUID | None = None,
     attempt: int | None = None,
+    locked: bool = False,
 ) -> CommittedVersion:
     """Register a version whose objects (manifest last) are already in the store.
 
     Idempotent: a second registration with identical fields returns the existing row
     (``newly_registered=False``); any difference raises ``DatasetConflict`` and the caller's
-    transaction must roll back. Call inside the transaction that also completes the task.
+    transaction must roll back. Call inside the transaction that also completes the task;
+    ``locked``: that transaction holds the version's and the dataset's locks already.
     """
-    lock_version(conn, manifest.dataset_version)
-    lock_dataset_shared(conn, manifest.dataset_uuid)
+    if not locked:
+        lock_version(conn, manifest.dataset_version)
+        lock_dataset_shared(conn, manifest.dataset_uuid)
     _ensure_dataset(conn, manifest, org_id)
     params = {
         "dataset_version": manifest.dataset_version,
@@ -279,7 +282,10 @@ def register_version(
         "attempt": attempt,
         "fake": manifest.fake,
     }
-    inserted = conn.execute(q("datasets", "insert_version"), params).fetchone()
+    with conn.cursor(row_factory=dict_row) as cur:
+        inserted = cur.execute(q("datasets", "insert_version"), params).fetchone()
+    if inserted is not None:
+        return CommittedVersion(VersionRecord(**inserted), newly_registered=True)
     record = get_version(conn, manifest.dataset_version)
     if record is None:
         raise DatasetConflict(
@@ -288,9 +294,8 @@ def register_version(
             f"another version than {manifest.dataset_version}",
             dataset_version=str(manifest.dataset_version),
         )
-    if inserted is None:
-        _require_identical(record, params)
-    return CommittedVersion(record, newly_registered=inserted is not None)
+    _require_identical(record, params)
+    return CommittedVersion(record, newly_registered=False)
 
 
 def _require_identical(record: VersionRecord, params: dict[str, Any]) -> None:
@@ -355,16 +360,9 @@ def commit_version(
         )
     manifest = staged.manifest()
     prefix = staged.prefix
-    with conn.transaction():
-        if lease is not None:
-            with profile.phase("commit: fence"):
-                fence(conn, lease)
+    with _transaction(conn):
         with profile.phase("commit: lock"):
-            lock_version(conn, manifest.dataset_version)
-            if guard is not None:
-                guard(conn)
-            lock_dataset_shared(conn, manifest.dataset_uuid)
-            existing = get_version(conn, manifest.dataset_version)
+            existing = _fence_and_lock(conn, manifest, lease, guard)
         if existing is not None and existing.collected:
             # garbage-collected earlier: its objects are gone; publish again, serve as newest
             conn.execute(
@@ -384,6 +382,7 @@ def commit_version(
                 manifest_key=ids.manifest_key(prefix),
                 task_id=None if lease is None else lease.task_id,
                 attempt=None if lease is None else lease.attempt,
+                locked=True,
             )
         if existing is not None:
             # an earlier commit registered this range: its objects stay untouched
@@ -409,6 +408,50 @@ def commit_version(
         },
     )
     return committed
+
+
+def _fence_and_lock(
+    conn: Connection[Any],
+    manifest: DatasetManifest,
+    lease: Lease | None,
+    guard: Callable[[Connection[Any]], None] | None,
+) -> VersionRecord | None:
+    """Fence (``lease``), lock the version (then ``guard``) and the dataset (shared), then read
+    the version as registered: four statements in one round trip (pipelined) unless a guard
+    runs in between. Each statement still runs on its own snapshot (read committed), so the
+    read sees any registration that committed while this waited for the version lock."""
+    version = {"dataset_version": manifest.dataset_version}
+    if guard is not None:
+        if lease is not None:
+            fence(conn, lease)
+        lock_version(conn, manifest.dataset_version)
+        guard(conn)
+        lock_dataset_shared(conn, manifest.dataset_uuid)
+        return get_version(conn, manifest.dataset_version)
+    with (
+        conn.cursor(row_factory=dict_row) as task,
+        conn.cursor(row_factory=dict_row) as registered,
+    ):
+        with conn.pipeline():
+            if lease is not None:
+                task.execute(q("tasks", "lock_task"), {"task_id": lease.task_id})
+            conn.execute(q("datasets", "lock_version"), version)
+            conn.execute(
+                q("datasets", "lock_dataset_shared"), {"dataset_uuid": manifest.dataset_uuid}
+            )
+            registered.execute(q("datasets", "get_version"), version)
+        if lease is not None:
+            check_fence(task.fetchone(), lease)
+        row = registered.fetchone()
+    return None if row is None else VersionRecord(**row)
+
+
+def _transaction(conn: Connection[Any]) -> contextlib.AbstractContextManager[Any]:
+    """A transaction, unless ``conn`` is in one already: then no savepoint (two round trips)
+    either, and an error must roll the caller's transaction back (every caller lets it out)."""
+    if conn.info.transaction_status == TransactionStatus.INTRANS:
+        return contextlib.nullcontext()
+    return conn.transaction()
 
 
 def commit_dataset_version(

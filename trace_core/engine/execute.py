@@ -12,6 +12,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -35,6 +36,9 @@ from trace_core.tasks.lifecycle import Lease
 log = logging.getLogger(__name__)
 
 OutcomeStatus = Literal["succeeded", "retry", "dead", "skipped", "stale"]
+# Where claims and completions get their state connection: ``rt.state`` (a new connection
+# each time) unless a run passes its ``rt.reused_state()``.
+StateConn = Callable[[], AbstractContextManager[Any]]
 
 
 @dataclass(frozen=True)
@@ -71,16 +75,19 @@ def claim_task(rt: Runtime, task_id: uuid.UUID) -> Lease | TaskOutcome:
     return claim_tasks(rt, [task_id])[0]
 
 
-def claim_tasks(rt: Runtime, task_ids: list[uuid.UUID]) -> list[Lease | TaskOutcome]:
-    """Claim each of ``task_ids`` (in order) for a new attempt, each in its own transaction on
-    one connection; a task that is not claimable yields ``skipped``."""
+def claim_tasks(
+    rt: Runtime, task_ids: list[uuid.UUID], *, state: StateConn | None = None
+) -> list[Lease | TaskOutcome]:
+    """Claim each of ``task_ids`` (in order) for a new attempt, each committed on its own on
+    one connection (a queued task's claim is one autocommitted statement: no BEGIN/COMMIT
+    round trips); a task that is not claimable yields ``skipped``."""
     out: list[Lease | TaskOutcome] = []
     if not task_ids:
         return out
-    with rt.state() as conn:
+    with (state or rt.state)() as conn:
         for task_id in task_ids:
             try:
-                with profile.phase("claim", task_id), conn.transaction():
+                with profile.phase("claim", task_id):
                     lease = lifecycle.claim(conn, task_id, lease_seconds=rt.settings.lease_seconds)
             except (LeaseConflict, UnknownTask) as exc:
                 profile.finish(task_id, -1, outcome="skipped")
@@ -141,9 +148,21 @@ def execute_batch(
     """
     registry = registry or operator_registry.default_registry()
     _ = rt.dbs, rt.store  # built once, before threads share the runtime
+    with rt.reused_state() as state:
+        yield from _execute_batch(rt, task_ids, concurrency, registry, on_claimed, state)
+
+
+def _execute_batch(
+    rt: Runtime,
+    task_ids: list[uuid.UUID],
+    concurrency: int,
+    registry: OperatorRegistry,
+    on_claimed: Callable[[], None] | None,
+    state: StateConn,
+) -> Iterator[TaskOutcome]:
     claimed: list[tuple[Lease, LeaseHeartbeat]] = []
     try:
-        for got in claim_tasks(rt, task_ids):
+        for got in claim_tasks(rt, task_ids, state=state):
             if isinstance(got, TaskOutcome):
                 yield got
             else:
@@ -159,35 +178,45 @@ def execute_batch(
     with concurrent.futures.ThreadPoolExecutor(
         max_workers=max(1, min(concurrency, len(claimed))), thread_name_prefix="trace-task"
     ) as pool:
-        futures = [pool.submit(_timed, rt, lease, registry, hb) for lease, hb in claimed]
+        futures = [pool.submit(_timed, rt, lease, registry, hb, state) for lease, hb in claimed]
         for future in concurrent.futures.as_completed(futures):
             yield future.result()
 
 
 def _timed(
-    rt: Runtime, lease: Lease, registry: OperatorRegistry, hb: LeaseHeartbeat
+    rt: Runtime, lease: Lease, registry: OperatorRegistry, hb: LeaseHeartbeat, state: StateConn
 ) -> TaskOutcome:
     """``run_claimed`` with the attempt's run time in the outcome (the worker's log line)."""
     started = time.monotonic()
-    outcome = run_claimed(rt, lease, registry, hb)
+    outcome = run_claimed(rt, lease, registry, hb, state=state)
     return dataclasses.replace(outcome, seconds=time.monotonic() - started)
 
 
 def run_claimed(
-    rt: Runtime, lease: Lease, registry: OperatorRegistry, hb: LeaseHeartbeat
+    rt: Runtime,
+    lease: Lease,
+    registry: OperatorRegistry,
+    hb: LeaseHeartbeat,
+    *,
+    state: StateConn | None = None,
 ) -> TaskOutcome:
     """Run a claimed task's operator to a fenced completion; stops ``hb`` before completing.
+    The completion's connection comes from ``state`` (``rt``'s reused connections; default
+    ``rt.state``), for an attempt of ``rt``'s org.
 
     Never raises for task-level failures (see ``execute_task``). The attempt runs as its
     task's org (``Runtime.for_org``): its rows, objects and tokens are that org's.
     """
     with profile.attempt(lease.task_id, lease.attempt, operator=lease.operator):
-        outcome = _run_claimed(rt.for_org(lease.org_id), lease, registry, hb)
+        org_rt = rt.for_org(lease.org_id)
+        # ``state`` stamps ``rt``'s org: an attempt of another org opens its own connections
+        conn = state if state is not None and org_rt is rt else org_rt.state
+        outcome = _run_claimed(org_rt, lease, registry, hb, conn)
     return dataclasses.replace(outcome, org_id=lease.org_id)
 
 
 def _run_claimed(
-    rt: Runtime, lease: Lease, registry: OperatorRegistry, hb: LeaseHeartbeat
+    rt: Runtime, lease: Lease, registry: OperatorRegistry, hb: LeaseHeartbeat, state: StateConn
 ) -> TaskOutcome:
     task_id = lease.task_id
     fields = {"task_id": str(task_id), "attempt": lease.attempt, "operator": lease.operator}
@@ -207,7 +236,7 @@ def _run_claimed(
                 hb.stop()
         if hb.lost.is_set():
             raise StaleAttempt(task_id, lease.attempt, "lease lost during execution")
-        with profile.phase("commit"), rt.state() as conn, conn.transaction():
+        with profile.phase("commit"), state() as conn, conn.transaction():
             if completion.commit is not None:
                 outputs = completion.commit(conn)
             else:
@@ -225,19 +254,21 @@ def _run_claimed(
             task_id, "stale", lease.attempt, lease.operator, lease.payload, error=str(exc)
         )
     except TraceError as exc:
-        return _fail(rt, registry, lease, exc)
+        return _fail(state, rt, registry, lease, exc)
     except (
         Exception
     ) as exc:  # an operator bug: recorded as a retryable failure, never swallowed silently
         log.exception("operator crashed", extra=fields)
-        return _fail(rt, registry, lease, exc)
+        return _fail(state, rt, registry, lease, exc)
 
 
-def _fail(rt: Runtime, registry: OperatorRegistry, lease: Lease, exc: BaseException) -> TaskOutcome:
+def _fail(
+    state: StateConn, rt: Runtime, registry: OperatorRegistry, lease: Lease, exc: BaseException
+) -> TaskOutcome:
     fatal = isinstance(exc, FatalError)
     message = f"{type(exc).__name__}: {exc}"
     try:
-        with rt.state() as conn, conn.transaction():
+        with state() as conn, conn.transaction():
             decision = lifecycle.complete_failure(
                 conn,
                 lease,

@@ -152,7 +152,8 @@ def run_worker(
     registry: OperatorRegistry | None = None,
 ) -> WorkerRunReport:
     """Execute ``task_ids``, then keep ``TRACE_WORKER_CONCURRENCY`` tasks running with the work
-    the commits free, until the deadline, a failure, or no work is left.
+    the commits free, until the deadline, a failure, or no work is left. A free thread runs the
+    claimed range furthest behind in its job first (``furthest_behind``).
 
     Every task is claimed before it is handed to a thread and runs under its own lease,
     heartbeat and fencing, as in ``execute_batch``. As tasks end, the run plans the ranges the
@@ -178,7 +179,13 @@ def run_worker(
     # take once no claimed task waits for a thread: a take (planning above all) per
     # ``hold - concurrency`` tasks ended, not per task
     min_take = max(1, hold - concurrency)
-    running: set[concurrent.futures.Future[TaskOutcome]] = set()
+    running: set[concurrent.futures.Future[TaskOutcome]] = set()  # handed to a thread
+    waiting: list[tuple[Lease, LeaseHeartbeat]] = []  # claimed, for the next free thread
+
+    def submit_waiting() -> None:
+        while waiting and len(running) < concurrency:
+            lease, hb = waiting.pop(furthest_behind([lease for lease, _ in waiting]))
+            running.add(threads.submit(run_claimed, rt, lease, registry, hb, state=state))
 
     reporter = _Reporter(on_outcome)
     nacked: set[uuid.UUID] = set()
@@ -194,7 +201,7 @@ def run_worker(
         report.touched += ids
         claimed: list[tuple[Lease, LeaseHeartbeat]] = []
         try:
-            for got in claim_tasks(rt, ids):
+            for got in claim_tasks(rt, ids, state=state):
                 if isinstance(got, TaskOutcome):
                     handle(got)
                 else:
@@ -205,42 +212,72 @@ def run_worker(
             for _lease, hb in claimed:
                 hb.stop()
             raise
-        for lease, hb in claimed:
-            running.add(threads.submit(run_claimed, rt, lease, registry, hb))
+        waiting.extend(claimed)
+        submit_waiting()
 
     with (
+        rt.reused_state() as state,  # the run's claims and commits reuse their connections
         reporter,
         concurrent.futures.ThreadPoolExecutor(
             max_workers=concurrency, thread_name_prefix="trace-task"
         ) as threads,
     ):
-        start(task_ids, None)
-        taking = True  # until a failure or the deadline
-        fresh = True  # something ended since the last take found nothing
-        while True:
-            if taking and (report.failures or time.monotonic() >= deadline):
-                taking = False
-            if taking and fresh and len(running) <= hold - min_take:
-                with profile.run_phase("take more work"):
-                    more = take_more_work(rt, hold - len(running))
-                    more = more.leave(rt, set(report.touched), nacked)
-                if more.planned:
-                    on_planned(more.planned)
-                if more.task_ids:
-                    if on_more is not None:
-                        on_more(len(more.task_ids))
-                    start(more.task_ids, functools.partial(more.ack, rt))
-                    continue
-                if more.received:  # only stale wake-ups this time: there may be more behind
-                    continue
-                fresh = False
-            if not running:
-                break
-            done, _ = concurrent.futures.wait(
-                running, return_when=concurrent.futures.FIRST_COMPLETED
-            )
-            for future in done:
-                running.discard(future)
-                handle(future.result())
-            fresh = True
+        try:
+            start(task_ids, None)
+            taking = True  # until a failure or the deadline
+            fresh = True  # something ended since the last take found nothing
+            while True:
+                if taking and (report.failures or time.monotonic() >= deadline):
+                    taking = False
+                held = len(running) + len(waiting)
+                if taking and fresh and held <= hold - min_take:
+                    with profile.run_phase("take more work"):
+                        more = take_more_work(rt, hold - held)
+                        more = more.leave(rt, set(report.touched), nacked)
+                    if more.planned:
+                        on_planned(more.planned)
+                    if more.task_ids:
+                        if on_more is not None:
+                            on_more(len(more.task_ids))
+                        start(more.task_ids, functools.partial(more.ack, rt))
+                        continue
+                    if more.received:  # only stale wake-ups: there may be more behind
+                        continue
+                    fresh = False
+                if not running:
+                    break
+                done, _ = concurrent.futures.wait(
+                    running, return_when=concurrent.futures.FIRST_COMPLETED
+                )
+                for future in done:
+                    running.discard(future)
+                    handle(future.result())
+                submit_waiting()
+                fresh = True
+        finally:  # an error leaves: what is claimed still runs (the pool waits for it)
+            for lease, hb in waiting:
+                threads.submit(run_claimed, rt, lease, registry, hb, state=state)
+            waiting.clear()
     return report
+
+
+def furthest_behind(leases: list[Lease]) -> int:
+    """Which claimed task a free thread runs next (an index into ``leases``): the range
+    furthest behind in its job, i.e. with the lowest ``range_start`` above the job's lowest
+    claimed one; the earliest claimed among equals and tasks that are not a job's ranges.
+
+    A backfill's streams differ in cost per range (transactions fetch receipts, blocks do
+    not): taken first come first served, the cheap streams finish early and the job's tail
+    runs only the costly one, with fewer tasks left than threads. Behind first, the streams
+    advance block by block together and finish together, every thread busy to the end."""
+    lowest: dict[str, int] = {}
+    keys: list[tuple[str, int] | None] = []
+    for lease in leases:
+        job, start = lease.payload.get("job_id"), lease.payload.get("range_start")
+        if isinstance(job, str) and isinstance(start, int):
+            keys.append((job, start))
+            lowest[job] = min(lowest.get(job, start), start)
+        else:
+            keys.append(None)
+    ahead = [0 if k is None else k[1] - lowest[k[0]] for k in keys]
+    return min(range(len(leases)), key=lambda i: (ahead[i], i))

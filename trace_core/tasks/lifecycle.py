@@ -207,6 +207,11 @@ def fence(conn: Connection[Any], lease: Lease) -> None:
     """
     with conn.cursor(row_factory=dict_row) as cur:
         row = cur.execute(q("tasks", "lock_task"), {"task_id": lease.task_id}).fetchone()
+    check_fence(row, lease)
+
+
+def check_fence(row: dict[str, Any] | None, lease: Lease) -> None:
+    """``fence``'s check of the locked task row (``lock_task``, as a dict; None: no task)."""
     if row is None:
         raise UnknownTask(lease.task_id)
     if (

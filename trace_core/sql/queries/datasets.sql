@@ -12,25 +12,41 @@ SELECT pg_advisory_xact_lock_shared(hashtextextended('dataset:' || %(dataset_uui
 -- name: lock_dataset
 SELECT pg_advisory_xact_lock(hashtextextended('dataset:' || %(dataset_uuid)s::text, 0))
 
--- name: insert_dataset
-INSERT INTO state.datasets (dataset_uuid, org_id, chain_id, dataset_key)
-VALUES (%(dataset_uuid)s, %(org_id)s, %(chain_id)s, %(dataset_key)s)
-ON CONFLICT DO NOTHING
-
--- name: get_dataset
-SELECT dataset_uuid, org_id, chain_id, dataset_key, created_at
-FROM state.datasets WHERE dataset_uuid = %(dataset_uuid)s
+-- name: ensure_dataset
+-- Insert the dataset unless present, and return its row either way (one round trip; the
+-- statement's snapshot does not see its own insert, hence the UNION with ``ins``). No row:
+-- the (org, chain, key) is registered under another dataset_uuid.
+WITH ins AS (
+    INSERT INTO state.datasets (dataset_uuid, org_id, chain_id, dataset_key)
+    VALUES (%(dataset_uuid)s, %(org_id)s, %(chain_id)s, %(dataset_key)s)
+    ON CONFLICT DO NOTHING
+    RETURNING dataset_uuid, org_id, chain_id, dataset_key
+)
+SELECT dataset_uuid, org_id, chain_id, dataset_key FROM ins
+UNION ALL
+SELECT dataset_uuid, org_id, chain_id, dataset_key
+FROM state.datasets WHERE dataset_uuid = %(dataset_uuid)s AND NOT EXISTS (SELECT FROM ins)
 
 -- name: insert_version
-INSERT INTO state.dataset_versions (
-    dataset_version, dataset_uuid, chain_id, range_start, range_end, config_hash, schema_hash,
-    storage_prefix, manifest_key, row_count, bytes, file_count, task_id, attempt, fake)
-VALUES (
-    %(dataset_version)s, %(dataset_uuid)s, %(chain_id)s, %(range_start)s, %(range_end)s,
-    %(config_hash)s, %(schema_hash)s, %(storage_prefix)s, %(manifest_key)s, %(row_count)s,
-    %(bytes)s, %(file_count)s, %(task_id)s, %(attempt)s, %(fake)s)
-ON CONFLICT DO NOTHING
-RETURNING dataset_version
+-- The new version's registry record (the columns of ``get_version``), or no row when the
+-- version is registered already.
+WITH ins AS (
+    INSERT INTO state.dataset_versions (
+        dataset_version, dataset_uuid, chain_id, range_start, range_end, config_hash,
+        schema_hash, storage_prefix, manifest_key, row_count, bytes, file_count, task_id,
+        attempt, fake)
+    VALUES (
+        %(dataset_version)s, %(dataset_uuid)s, %(chain_id)s, %(range_start)s, %(range_end)s,
+        %(config_hash)s, %(schema_hash)s, %(storage_prefix)s, %(manifest_key)s, %(row_count)s,
+        %(bytes)s, %(file_count)s, %(task_id)s, %(attempt)s, %(fake)s)
+    ON CONFLICT DO NOTHING
+    RETURNING *
+)
+SELECT v.dataset_version, v.dataset_uuid, d.org_id, d.dataset_key, v.chain_id, v.range_start,
+       v.range_end, v.config_hash, v.schema_hash, v.storage_prefix, v.manifest_key, v.row_count,
+       v.bytes, v.file_count, v.task_id, v.attempt, v.created_at, v.fake,
+       v.collected_at IS NOT NULL AS collected
+FROM ins v JOIN state.datasets d USING (dataset_uuid)
 
 -- name: get_version
 SELECT v.dataset_version, v.dataset_uuid, d.org_id, d.dataset_key, v.chain_id, v.range_start,
