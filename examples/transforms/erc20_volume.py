@@ -22,6 +22,7 @@ def main(tables):
         logs.column("topic0").to_pylist(),
         logs.column("data").to_pylist(),
         logs.column("block_number").to_pylist(),
+        strict=True,
     ):
         if topic0 != TRANSFER or data is None or len(data) != 32:
             continue
