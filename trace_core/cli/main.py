@@ -22,7 +22,6 @@ from trace_core.settings import load_settings
 if TYPE_CHECKING:
     from psycopg import Connection
 
-    from trace_core.queue.base import QueueStats
     from trace_core.runtime import Runtime
 
 # command name -> "module:attribute", imported when the command runs (or for --help)
@@ -222,7 +221,9 @@ def queue_overview(rt: Runtime, conn: Connection[Any] | None = None) -> dict[str
         with rt.state() as own:
             _, pending = outbox.pending_counts(own)
     else:
-        wake_stats, buf = _pgqueue_stats(conn, TASK_WAKEUP), _pgqueue_stats(conn, BUFFER_QUEUE)
+        from trace_core.queue.pgstats import queue_stats
+
+        wake_stats, buf = queue_stats(conn, TASK_WAKEUP), queue_stats(conn, BUFFER_QUEUE)
         _, pending = outbox.pending_counts(conn)
     wake = asdict(wake_stats)
     wake["dead"] = int(wake["dead"]) + buf.dead
@@ -231,22 +232,6 @@ def queue_overview(rt: Runtime, conn: Connection[Any] | None = None) -> dict[str
     if wake.get("oldest_age_seconds") is not None:
         wake["oldest_age_seconds"] = round(float(wake["oldest_age_seconds"]), 1)
     return wake
-
-
-def _pgqueue_stats(conn: Connection[Any], queue: str) -> QueueStats:
-    """``PgQueue.stats`` on a given connection (the same statement and reading)."""
-    from trace_core.db.queries import q
-    from trace_core.queue.base import QueueStats
-
-    row = conn.execute(q("pgqueue", "stats"), {"queue": queue}).fetchone()
-    assert row is not None
-    depth, in_flight, oldest, dead = row
-    return QueueStats(
-        depth=int(depth),
-        in_flight=int(in_flight),
-        oldest_age_seconds=None if oldest is None else max(0.0, float(oldest)),
-        dead=int(dead),
-    )
 
 
 @cli.command()

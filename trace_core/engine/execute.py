@@ -152,6 +152,32 @@ def execute_batch(
         yield from _execute_batch(rt, task_ids, concurrency, registry, on_claimed, state)
 
 
+def claim_and_beat(
+    rt: Runtime,
+    task_ids: list[uuid.UUID],
+    state: StateConn,
+    on_skipped: Callable[[TaskOutcome], None],
+    on_claimed: Callable[[], None] | None,
+) -> list[tuple[Lease, LeaseHeartbeat]]:
+    """Claim ``task_ids`` and start each lease's heartbeat; a task not claimable goes to
+    ``on_skipped``; ``on_claimed`` runs once all are claimed (a run acks its wake-ups there).
+    If anything raises, the heartbeats started stop (their leases then expire)."""
+    claimed: list[tuple[Lease, LeaseHeartbeat]] = []
+    try:
+        for got in claim_tasks(rt, task_ids, state=state):
+            if isinstance(got, TaskOutcome):
+                on_skipped(got)
+            else:
+                claimed.append((got, start_heartbeat(rt, got)))
+        if on_claimed is not None:
+            on_claimed()
+    except BaseException:
+        for _lease, hb in claimed:
+            hb.stop()
+        raise
+    return claimed
+
+
 def _execute_batch(
     rt: Runtime,
     task_ids: list[uuid.UUID],
@@ -160,16 +186,11 @@ def _execute_batch(
     on_claimed: Callable[[], None] | None,
     state: StateConn,
 ) -> Iterator[TaskOutcome]:
-    claimed: list[tuple[Lease, LeaseHeartbeat]] = []
+    skipped: list[TaskOutcome] = []
+    claimed = claim_and_beat(rt, task_ids, state, skipped.append, on_claimed)
     try:
-        for got in claim_tasks(rt, task_ids, state=state):
-            if isinstance(got, TaskOutcome):
-                yield got
-            else:
-                claimed.append((got, start_heartbeat(rt, got)))
-        if on_claimed is not None:
-            on_claimed()
-    except BaseException:
+        yield from skipped
+    except BaseException:  # the consumer stopped: the claimed leases stop being extended
         for _lease, hb in claimed:
             hb.stop()
         raise

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from trace_core import outbox, profile
 from trace_core.engine import orgs
 from trace_core.engine import registry as operator_registry
-from trace_core.engine.execute import TaskOutcome, claim_tasks, run_claimed, start_heartbeat
+from trace_core.engine.execute import TaskOutcome, claim_and_beat, run_claimed
 from trace_core.engine.intake import Wakeup, ack_wakeups, receive_wakeups, task_infos
 from trace_core.operators.base import OperatorRegistry
 from trace_core.runtime import Runtime
@@ -199,20 +199,7 @@ def run_worker(
     def start(ids: list[uuid.UUID], on_claimed: Callable[[], None] | None) -> None:
         report.batches += 1
         report.touched += ids
-        claimed: list[tuple[Lease, LeaseHeartbeat]] = []
-        try:
-            for got in claim_tasks(rt, ids, state=state):
-                if isinstance(got, TaskOutcome):
-                    handle(got)
-                else:
-                    claimed.append((got, start_heartbeat(rt, got)))
-            if on_claimed is not None:
-                on_claimed()
-        except BaseException:
-            for _lease, hb in claimed:
-                hb.stop()
-            raise
-        waiting.extend(claimed)
+        waiting.extend(claim_and_beat(rt, ids, state, handle, on_claimed))
         submit_waiting()
 
     with (

@@ -36,6 +36,7 @@ from trace_core.db.connection import redact_url
 from trace_core.db.queries import q
 from trace_core.errors import InvalidPayload, QueueError, StaleReceipt
 from trace_core.queue.base import DeadMessage, Message, QueueStats, check_publisher
+from trace_core.queue.pgstats import queue_stats
 
 log = logging.getLogger(__name__)
 
@@ -282,15 +283,7 @@ class PgQueue:
 
     def stats(self, queue: str) -> QueueStats:
         with self._conn() as conn:
-            row = conn.execute(q("pgqueue", "stats"), {"queue": queue}).fetchone()
-        assert row is not None
-        depth, in_flight, oldest, dead = row
-        return QueueStats(
-            depth=int(depth),
-            in_flight=int(in_flight),
-            oldest_age_seconds=None if oldest is None else max(0.0, float(oldest)),
-            dead=int(dead),
-        )
+            return queue_stats(conn, queue)
 
     def list_dead(self, queue: str, limit: int = 100) -> list[DeadMessage]:
         with self._conn() as conn:
