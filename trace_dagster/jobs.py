@@ -8,6 +8,7 @@ import uuid
 from typing import Any
 
 from dagster import (
+    AssetKey,
     AssetMaterialization,
     AssetObservation,
     Config,
@@ -83,18 +84,28 @@ def committed_range_events(
     )
 
 
+def _dead_range(rt: Runtime, outcome: TaskOutcome) -> tuple[AssetKey, list[str], int, int] | None:
+    """A dead chain_sync range's stream asset, the epoch partitions it belongs to, and its
+    block range; None for any other outcome."""
+    label = RangeLabel.of(outcome.payload)
+    if outcome.status != "dead" or not label.is_chain_sync_range or not label.block_range:
+        return None
+    start, end = label.block_range
+    job, stream = str(label.job_name), str(label.dataset_key)
+    asset_key = stream_asset_key(job, stream, orgs.runtime_prefix(rt))
+    return asset_key, epoch_keys_of(rt, job, stream, start, end), start, end
+
+
 def dead_range_observations(rt: Runtime, outcome: TaskOutcome) -> list[AssetObservation]:
     """A chain_sync range that ended dead, as an observation of its epoch partition carrying
     the range, the last error and how to revive it (the UI shows it in the asset's events)."""
-    label = RangeLabel.of(outcome.payload)
-    if outcome.status != "dead" or not label.is_chain_sync_range or not label.block_range:
+    dead = _dead_range(rt, outcome)
+    if dead is None:
         return []
-    start, end = label.block_range
-    job, stream = str(label.job_name), str(label.dataset_key)
-    prefix = orgs.runtime_prefix(rt)
+    asset_key, keys, start, end = dead
     return [
         AssetObservation(
-            asset_key=stream_asset_key(job, stream, prefix),
+            asset_key=asset_key,
             partition=key,
             metadata={
                 "status": "dead",
@@ -109,22 +120,20 @@ def dead_range_observations(rt: Runtime, outcome: TaskOutcome) -> list[AssetObse
                 ),
             },
         )
-        for key in epoch_keys_of(rt, job, stream, start, end)
+        for key in keys
     ]
 
 
 def dead_range_failures(rt: Runtime, outcome: TaskOutcome) -> list[AssetMaterializationFailure]:
     """A dead chain_sync range as a failed materialization of each epoch it belongs to, the
     last error as its description: the partition shows as failed (not missing) in the UI."""
-    label = RangeLabel.of(outcome.payload)
-    if outcome.status != "dead" or not label.is_chain_sync_range or not label.block_range:
+    dead = _dead_range(rt, outcome)
+    if dead is None:
         return []
-    start, end = label.block_range
-    job, stream = str(label.job_name), str(label.dataset_key)
-    prefix = orgs.runtime_prefix(rt)
+    asset_key, keys, start, end = dead
     return [
         AssetMaterializationFailure(
-            asset_key=stream_asset_key(job, stream, prefix),
+            asset_key=asset_key,
             partition=key,
             failure_type=AssetMaterializationFailureType.FAILED,
             reason=AssetMaterializationFailureReason.FAILED_TO_MATERIALIZE,
@@ -140,7 +149,7 @@ def dead_range_failures(rt: Runtime, outcome: TaskOutcome) -> list[AssetMaterial
                 ),
             },
         )
-        for key in epoch_keys_of(rt, job, stream, start, end)
+        for key in keys
     ]
 
 
