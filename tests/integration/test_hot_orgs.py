@@ -21,7 +21,7 @@ from trace_core.chain_sync.yamlload import parse_job
 from trace_core.datasets import ids, registry
 from trace_core.db.connection import Databases, connect
 from trace_core.engine.service_steps import compactor_step, follower_step
-from trace_core.hot.compact import federated_sources
+from trace_core.hot.federation import federated_sources
 from trace_core.hot.follower import DATASET_EVENTS, follow_once, load_cursor
 from trace_core.query.service import QueryRequest, QueryService
 from trace_core.runtime import Runtime

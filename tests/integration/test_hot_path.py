@@ -448,7 +448,7 @@ def federated_count(settings: Settings, dbs: Databases, dataset: str) -> tuple[i
     """(total, cold, hot): DuckDB over the committed Parquet + a SQL count on the hot table."""
     import duckdb
 
-    from trace_core.hot.compact import federated_sources
+    from trace_core.hot.federation import federated_sources
 
     fs = federated_sources(settings, dbs, CHAIN_ID, dataset)
     cold = 0
@@ -469,13 +469,9 @@ def test_compaction_commits_final_ranges_and_federation_counts_each_block_once(
 ) -> None:
     import pyarrow.parquet as pq
 
-    from trace_core.hot.compact import (
-        compact_once,
-        compact_range,
-        delete_compacted,
-        federated_sources,
-        hot_boundary,
-    )
+    from trace_core.hot.compact import compact_once, compact_range
+    from trace_core.hot.federation import federated_sources, hot_boundary
+    from trace_core.hot.prune import delete_compacted
 
     for i in range(12):
         chain.busy_block(i)
@@ -567,7 +563,8 @@ def test_duckdb_union_of_cold_parquet_and_hot_postgres_rows(
     import duckdb
     import duckdb_extensions
 
-    from trace_core.hot.compact import compact_once, federated_sources
+    from trace_core.hot.compact import compact_once
+    from trace_core.hot.federation import federated_sources
 
     for i in range(6):
         chain.busy_block(i)

@@ -26,8 +26,9 @@ from trace_core.chain_sync.status import hot_blocked
 from trace_core.chain_sync.store import HotJob, list_hot_jobs
 from trace_core.engine.services import Observation, ServiceSpec, StepReport
 from trace_core.errors import RetryableError, TraceError
-from trace_core.hot.compact import compact_chain, prune_served
+from trace_core.hot.compact import compact_chain
 from trace_core.hot.follower import FollowResult, follow_pool
+from trace_core.hot.prune import prune_served
 from trace_core.runtime import Runtime
 from trace_core.sinks.consumer import SinkReport, sink_once
 

@@ -6,18 +6,11 @@ See docs/hot_path.md. Public entry points: ``follow_once`` (one bounded follower
 federated read unions), ``finality_depth``.
 """
 
-from trace_core.hot.compact import (
-    CompactedRange,
-    CompactResult,
-    FederatedSources,
-    compact_once,
-    compact_range,
-    delete_compacted,
-    federated_sources,
-    hot_boundary,
-)
+from trace_core.hot.compact import CompactedRange, CompactResult, compact_once, compact_range
+from trace_core.hot.federation import FederatedSources, federated_sources, hot_boundary
 from trace_core.hot.finality import final_end, finality_depth
 from trace_core.hot.follower import DATASET_EVENTS, FollowResult, follow_once
+from trace_core.hot.prune import delete_compacted
 from trace_core.hot.tables import HOT_DATASETS, write_block, write_blocks
 
 __all__ = [

@@ -180,6 +180,11 @@ class FollowResult:
     org_id: str | None = None
 
 
+def acting_org(settings: Settings, org_id: str | uuid.UUID | None) -> str:
+    """``org_id`` (default the settings' org) in canonical form."""
+    return str(uuid.UUID(str(org_id or settings.org_id)))
+
+
 def org_session(settings: Settings, org_id: str | uuid.UUID) -> dict[str, Any]:
     """``connect`` keywords of the hot path's system connections for one org's work: the
     system role (row-level security bypassed: every query names the org), rows stamped
