@@ -21,7 +21,7 @@ from tests.integration.test_planner import (
     fixed_job,
     follow_job,
 )
-from trace_core.chain_sync import head, planner, status, store
+from trace_core.chain_sync import head, planner, range_outcomes, status, store
 from trace_core.db.connection import Databases, connect
 from trace_core.errors import ChainSyncJobNotFound
 from trace_core.settings import REPO_ROOT
@@ -149,7 +149,7 @@ def test_counts_percent_throughput_and_eta(conn: psycopg.Connection[Any]) -> Non
         lease = claim(conn, first[3].task_id, lease_seconds=30)
     with conn.transaction():
         complete_failure(conn, lease, error="x", fatal=True, policy=RetryPolicy(0, 0))
-        planner.on_task_dead(conn, lease)
+        range_outcomes.on_task_dead(conn, lease)
 
     (js,) = status.job_status(conn, ORG, "job", environ=DEMO_ENV, queue={"depth": 7})
     s = js["streams"][0]

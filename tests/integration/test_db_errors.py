@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from psycopg import Connection
 
-from trace_core.chain_sync import planner
+from trace_core.chain_sync import range_outcomes
 from trace_core.db.connection import Databases, connect
 from trace_core.db.errors import translate
 from trace_core.errors import DatabaseError, DatabaseUnreachable, RetryableError
@@ -58,7 +58,7 @@ def test_a_closed_connection_is_unreachable(dbs: Databases) -> None:
     c = connect(dbs.state_url, autocommit=True)
     c.close()
     with pytest.raises(DatabaseUnreachable) as info:
-        planner.range_for_task(c, uuid.uuid4())
+        range_outcomes.range_for_task(c, uuid.uuid4())
     assert isinstance(info.value.__cause__, psycopg.OperationalError)
     with pytest.raises(DatabaseUnreachable):
         lifecycle.claim(c, uuid.uuid4(), lease_seconds=30)

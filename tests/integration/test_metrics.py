@@ -16,7 +16,7 @@ from psycopg_pool import ConnectionPool
 from tests.integration.test_planner import ORG, apply, complete, follow_job
 from tests.integration.test_query_service import audit_rows, serving
 from trace_core import outbox
-from trace_core.chain_sync import planner
+from trace_core.chain_sync import planner, range_outcomes
 from trace_core.chain_sync.head import record_head_observation
 from trace_core.db.connection import Databases, connect
 from trace_core.query.app import create_app
@@ -69,7 +69,7 @@ def test_metrics_report_ranges_lag_tasks_queues_and_query_latency(
             lease = claim(conn, second.task_id, lease_seconds=30)
         with conn.transaction():
             complete_failure(conn, lease, error="boom", fatal=True, policy=RetryPolicy(0, 0))
-            planner.on_task_dead(conn, lease)
+            range_outcomes.on_task_dead(conn, lease)
     queue = PgQueue(dbs.state_url, max_receive_count=3, pool_size=1)
     try:
         with connect(dbs.state_url, autocommit=True) as conn:

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from tests.unit.test_chain_sync_spec import MALFORMED
-from trace_core.chain_sync import planner, store
+from trace_core.chain_sync import planner, range_outcomes, store
 from trace_core.chain_sync.head import record_head_observation
 from trace_core.chain_sync.yamlload import parse_job
 from trace_core.db.connection import Databases, connect
@@ -106,7 +106,7 @@ def complete(conn: psycopg.Connection[Any], task_id: uuid.UUID) -> uuid.UUID:
         lease = claim(conn, task_id, lease_seconds=30)
     with conn.transaction():
         complete_success(conn, lease, {"dataset_version": str(version)})
-        assert planner.mark_range_completed(conn, task_id, version) is True
+        assert range_outcomes.mark_range_completed(conn, task_id, version) is True
     return version
 
 
@@ -236,7 +236,7 @@ def test_planner_is_idempotent_under_restarts(conn: psycopg.Connection[Any]) -> 
         "cryo_options": {},
     }
     assert row[1] == job_id
-    assert planner.range_for_task(conn, p.task_id) == planner.ScheduledRange(
+    assert range_outcomes.range_for_task(conn, p.task_id) == range_outcomes.ScheduledRange(
         job_id=job_id,
         org_id=uuid.UUID(ORG),
         job_name="job",
@@ -250,7 +250,7 @@ def test_planner_is_idempotent_under_restarts(conn: psycopg.Connection[Any]) -> 
         dataset_uuid=store.stream_dataset_uuid(ORG, 31337, "blocks"),
         config_hash="cryo_ingest.blocks:v1",
     )
-    assert planner.range_for_task(conn, uuid.uuid4()) is None
+    assert range_outcomes.range_for_task(conn, uuid.uuid4()) is None
 
 
 def test_max_inflight_is_never_exceeded(conn: psycopg.Connection[Any]) -> None:
@@ -352,13 +352,13 @@ def test_dead_range_stops_the_stream_until_revived(conn: psycopg.Connection[Any]
             complete_failure(conn, lease, error="boom", fatal=True, policy=RetryPolicy(0, 0))
             == "dead"
         )
-        planner.on_task_dead(conn, lease)
+        range_outcomes.on_task_dead(conn, lease)
     complete(conn, first[1].task_id)
     result = planner.plan_tick(conn, org_id=ORG)
     assert result.planned == [] and result.streams[0].blocked_kind == planner.DEAD_RANGES
-    assert planner.mark_range_dead(conn, first[0].task_id) is False  # already dead
+    assert range_outcomes.mark_range_dead(conn, first[0].task_id) is False  # already dead
     with conn.transaction():
-        assert planner.revive_range(conn, first[0].task_id) is True
+        assert range_outcomes.revive_range(conn, first[0].task_id) is True
     assert (
         len(planner.plan_tick(conn, org_id=ORG).planned) == 1
     )  # one slot: the revived range holds the other
@@ -368,13 +368,13 @@ def test_completion_is_idempotent_and_fenced_by_version(conn: psycopg.Connection
     apply(conn, fixed_job(inflight=1))
     (p,) = planner.plan_tick(conn, org_id=ORG).planned
     version = complete(conn, p.task_id)
-    assert planner.mark_range_completed(conn, p.task_id, version) is False
+    assert range_outcomes.mark_range_completed(conn, p.task_id, version) is False
     with pytest.raises(DatasetConflict):
-        planner.mark_range_completed(conn, p.task_id, uuid.uuid4())
+        range_outcomes.mark_range_completed(conn, p.task_id, uuid.uuid4())
     with pytest.raises(UnknownTask):
-        planner.mark_range_completed(conn, uuid.uuid4(), version)
+        range_outcomes.mark_range_completed(conn, uuid.uuid4(), version)
     with pytest.raises(UnknownTask):
-        planner.mark_range_dead(conn, uuid.uuid4())
+        range_outcomes.mark_range_dead(conn, uuid.uuid4())
     ranges = store.list_ranges(conn, p.job_id, "blocks")
     assert [(r.range_start, r.status, r.dataset_version) for r in ranges] == [
         (0, "completed", version)

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from tests.integration.test_planner import ORG, apply, complete, fixed_job
 from trace_core import outbox
-from trace_core.chain_sync import planner, status
+from trace_core.chain_sync import planner, range_outcomes, status
 from trace_core.chain_sync import revive as chain_retry
 from trace_core.chain_sync.revive import SOURCE_CLI, prepare_rerun, revive_tasks
 from trace_core.chain_sync.store import set_enabled
@@ -65,7 +65,7 @@ def fail_attempt(
     with conn.transaction():
         decision = complete_failure(conn, lease, error=error, fatal=fatal, policy=policy)
         if decision == "dead":
-            planner.on_task_dead(conn, lease)
+            range_outcomes.on_task_dead(conn, lease)
     return lease.attempt, decision
 
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from psycopg import Connection
 from psycopg.rows import dict_row
 
-from trace_core.chain_sync import planner, store
+from trace_core.chain_sync import range_outcomes, store
 from trace_core.chain_sync.planner import parse_partition_key
 from trace_core.db.queries import q
 from trace_core.errors import ConfigError, UnknownRange, UnknownStream, UnknownTask
@@ -155,8 +155,8 @@ def revive_tasks(
                 "detail": detail,
             },
         )
-        if planner.range_for_task(conn, task_id) is not None:
-            planner.revive_range(conn, task_id)
+        if range_outcomes.range_for_task(conn, task_id) is not None:
+            range_outcomes.revive_range(conn, task_id)
         if not paused:
             enqueue_wakeup(conn, task_id=task_id, generation=generation, available_at=wake_at)
         log.info(

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from trace_core.alerts import evaluate
-from trace_core.chain_sync import planner
+from trace_core.chain_sync import range_outcomes
 from trace_core.operators import cryo_ingest, cryo_payload
 from trace_core.operators.base import OperatorRegistry
 from trace_core.transforms import operator as transform_operator
@@ -29,8 +29,8 @@ def register_builtin(registry: OperatorRegistry) -> None:
         cryo_payload.OPERATOR,
         cryo_ingest.cryo_ingest_operator,
         # its commit announces the version (``datasets.commit.commit_version``)
-        on_success=[planner.on_task_succeeded],
-        on_dead=[planner.on_task_dead],
+        on_success=[range_outcomes.on_task_succeeded],
+        on_dead=[range_outcomes.on_task_dead],
     )
     registry.register(evaluate.OPERATOR, evaluate.alert_evaluate_operator, queries=True)
     transform_operator.register(registry)
