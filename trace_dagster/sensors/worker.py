@@ -29,6 +29,7 @@ from trace_dagster.sensors.common import instance_of
 from trace_dagster.service_runs import KIND_TAG
 
 MAX_RUNS_PER_TICK = 10
+WORKER_OP = "execute_tasks"  # the trace_worker op whose config names a run's tasks
 # The run key Dagster stamps on sensor runs (recovery looks runs up by it).
 RUN_KEY_TAG = "dagster/run_key"
 FINISHED_STATUSES = frozenset(
@@ -44,9 +45,7 @@ def worker_requests(rt: Runtime, max_runs: int = MAX_RUNS_PER_TICK) -> list[RunR
     return [
         RunRequest(
             run_key=run.run_key,
-            run_config=with_console(
-                {"ops": {"execute_tasks": {"config": {"task_ids": run.task_ids}}}}
-            ),
+            run_config=with_console({"ops": {WORKER_OP: {"config": {"task_ids": run.task_ids}}}}),
             tags={**run.tags, KIND_TAG: "worker"},
         )
         for run in plan_worker_runs(rt, max_runs)
