@@ -204,10 +204,14 @@ def test_sensor_rewakes_the_tasks_of_a_requested_run_that_never_appeared(
     assert tick() == []  # that run exists and claimed its batch: nothing more to recover
 
 
-def test_sensor_leaves_wakeups_to_worker_runs_that_fill_the_queue(trace_env: Runtime) -> None:
+@pytest.mark.parametrize("where", ["run_coordinator", "concurrency"])
+def test_sensor_leaves_wakeups_to_worker_runs_that_fill_the_queue(
+    trace_env: Runtime, where: str
+) -> None:
     """With the run queue's worker limit reached by active runs, which take woken tasks
     themselves, the sensor requests no run (one would wait queued, holding its tasks); once
-    a slot frees, the wake-ups it left become a run."""
+    a slot frees, the wake-ups it left become a run. The limit is read where dagster.yaml
+    sets it: the run coordinator's config, or the ``concurrency: runs:`` block (Lite's)."""
     from dagster import SkipReason, instance_for_test
 
     from trace_core import outbox
@@ -220,13 +224,12 @@ def test_sensor_leaves_wakeups_to_worker_runs_that_fill_the_queue(trace_env: Run
     sensor = defs.resolve_sensor_def("trace_worker_wakeups")
     job = defs.resolve_job_def("trace_worker")
     limits = [{"key": "trace/kind", "value": "worker", "limit": 1}]
-    overrides = {
-        "run_coordinator": {
-            "module": "dagster._core.run_coordinator",
-            "class": "QueuedRunCoordinator",
-            "config": {"tag_concurrency_limits": limits},
-        }
-    }
+    coordinator = {"module": "dagster._core.run_coordinator", "class": "QueuedRunCoordinator"}
+    overrides: dict = {"run_coordinator": coordinator}
+    if where == "run_coordinator":
+        coordinator["config"] = {"tag_concurrency_limits": limits}
+    else:
+        overrides["concurrency"] = {"runs": {"tag_concurrency_limits": limits}}
     with instance_for_test(overrides=overrides) as instance:
 
         def tick() -> SensorResult | SkipReason:

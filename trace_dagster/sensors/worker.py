@@ -62,11 +62,17 @@ ACTIVE_STATUSES = [
 
 def worker_run_limit(instance: DagsterInstance) -> int | None:
     """How many ``trace_worker`` runs the instance's run queue lets run at once (its
-    ``tag_concurrency_limits`` entry for ``trace/kind=worker``); None without one."""
-    get_config = getattr(instance.run_coordinator, "get_run_queue_config", None)
-    if get_config is None:
-        return None
-    for entry in get_config().tag_concurrency_limits or []:
+    ``tag_concurrency_limits`` entry for ``trace/kind=worker``); None without one. Read from
+    the instance's concurrency config, which holds dagster.yaml's ``concurrency: runs:`` block
+    (Lite's) as well as the run coordinator's own config: the coordinator alone knows only
+    the latter."""
+    get_concurrency = getattr(instance, "get_concurrency_config", None)
+    if get_concurrency is not None:
+        config = get_concurrency().run_queue_config
+    else:
+        get_config = getattr(instance.run_coordinator, "get_run_queue_config", None)
+        config = get_config() if get_config is not None else None
+    for entry in (config.tag_concurrency_limits if config is not None else None) or []:
         if entry.get("key") == KIND_TAG and entry.get("value") == "worker":
             return int(entry["limit"])
     return None
