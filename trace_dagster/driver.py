@@ -36,7 +36,7 @@ from trace_core.engine.intake import ORG_TAG
 from trace_core.errors import DatabaseUnreachable, TraceError
 from trace_core.runtime import Runtime
 from trace_dagster.recovery import recovering
-from trace_dagster.sensors.worker import RUN_KEY_TAG, WORKER_OP
+from trace_dagster.sensors.worker import IN_PROCESS_TAG, RUN_KEY_TAG, WORKER_OP
 from trace_dagster.service_runs import KIND_TAG, one_step
 
 log = logging.getLogger(__name__)
@@ -163,6 +163,8 @@ def drive_until_idle(
                 tags = dict(req.tags)
                 if req.run_key:
                     tags[RUN_KEY_TAG] = req.run_key  # as the daemon stamps it (recovery reads it)
+                if tags.get(KIND_TAG) == "worker":
+                    tags[IN_PROCESS_TAG] = "1"  # not a run of the queue's (worker_runs_full)
                 run = defs.resolve_job_def(job_name).execute_in_process(
                     run_config=(
                         one_step(req.run_config)

@@ -85,6 +85,7 @@ def test_noop_tasks_complete_through_runs(
     assert all(r.status == DagsterRunStatus.SUCCESS for r in runs)
     assert all("trace/task_id" in r.tags and "trace/attempt" in r.tags for r in runs)
     assert {r.tags.get("trace/org") for r in runs} == {str(rt.settings.org_id)}
+    assert all(r.tags.get("trace/in_process") == "1" for r in runs)  # not the run queue's
     with rt.state() as conn:
         claimed_last, first_done = conn.execute(
             "SELECT max(started_at), min(finished_at) FROM state.task_attempts"
@@ -216,6 +217,7 @@ def test_sensor_leaves_wakeups_to_worker_runs_that_fill_the_queue(
 
     from trace_core import outbox
     from trace_core.queue.base import TASK_WAKEUP
+    from trace_dagster.sensors.worker import worker_runs_full
 
     ids = _create(trace_env, "noop", 2)
     with trace_env.state() as conn:
@@ -238,12 +240,18 @@ def test_sensor_leaves_wakeups_to_worker_runs_that_fill_the_queue(
             ) as ctx:
                 return sensor(ctx)
 
-        active = instance.create_run_for_job(
-            job,
-            run_config={"ops": {"execute_tasks": {"config": {"task_ids": []}}}},
-            tags={"trace/kind": "worker"},
-            status=DagsterRunStatus.STARTED,
-        )
+        def started(**tags: str):  # noqa: ANN202 - a DagsterRun
+            return instance.create_run_for_job(
+                job,
+                run_config={"ops": {"execute_tasks": {"config": {"task_ids": []}}}},
+                tags={"trace/kind": "worker", **tags},
+                status=DagsterRunStatus.STARTED,
+            )
+
+        # a run `trace-lite run` executed in its process and died with it: never the queue's
+        started(**{"trace/in_process": "1"})
+        assert worker_runs_full(trace_env, instance) is None
+        active = started()
         skipped = tick()
         assert isinstance(skipped, SkipReason) and "1 worker runs active" in str(
             skipped.skip_message

@@ -30,6 +30,9 @@ from trace_dagster.service_runs import KIND_TAG
 
 MAX_RUNS_PER_TICK = 10
 WORKER_OP = "execute_tasks"  # the trace_worker op whose config names a run's tasks
+# On the worker runs ``trace-lite run`` executes in its own process (trace_dagster.driver):
+# they never pass the run queue, and one killed with its process stays "started" forever.
+IN_PROCESS_TAG = "trace/in_process"
 # The run key Dagster stamps on sensor runs (recovery looks runs up by it).
 RUN_KEY_TAG = "dagster/run_key"
 FINISHED_STATUSES = frozenset(
@@ -81,7 +84,9 @@ def worker_run_limit(instance: DagsterInstance) -> int | None:
 def worker_runs_full(rt: Runtime, instance: DagsterInstance | None) -> int | None:
     """The number of active worker runs when they fill the queue's worker limit and take woken
     tasks themselves (``TRACE_WORKER_CONTINUE_SECONDS`` > 0), else None. A run requested then
-    would wait in the queue holding its tasks, which the running runs would have taken."""
+    would wait in the queue holding its tasks, which the running runs would have taken. Runs
+    executed in process (``IN_PROCESS_TAG``) do not count: the driver runs one at a time and
+    never ticks while one runs, so one active then is a dead process's."""
     if instance is None or rt.settings.worker_continue_seconds <= 0:
         return None
     limit = worker_run_limit(instance)
@@ -89,6 +94,8 @@ def worker_runs_full(rt: Runtime, instance: DagsterInstance | None) -> int | Non
         return None
     active = instance.get_runs_count(
         RunsFilter(tags={KIND_TAG: "worker"}, statuses=ACTIVE_STATUSES)
+    ) - instance.get_runs_count(
+        RunsFilter(tags={KIND_TAG: "worker", IN_PROCESS_TAG: "1"}, statuses=ACTIVE_STATUSES)
     )
     return active if active >= limit else None
 
