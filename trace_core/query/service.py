@@ -76,9 +76,7 @@ from trace_core.query.engine import (
     EngineConfig,
     ResultLimits,
     S3Access,
-    SandboxPool,
     Workdir,
-    execute,
     result_table,
 )
 from trace_core.query.export import export_result, json_rows
@@ -89,6 +87,7 @@ from trace_core.query.tokens import (
     verify_task_token,
     verify_user_token,
 )
+from trace_core.query.warm import Sandboxes
 from trace_core.query.workers import EngineWorkers, WorkerLimits
 from trace_core.settings import Settings
 from trace_core.storage.base import ObjectStore
@@ -281,7 +280,7 @@ class QueryService:
         # DuckDB runs in worker processes (a crash or hang costs one query), or in process
         # with query_workers=0 (no isolation; kept to measure what isolation costs)
         self.workers: EngineWorkers | None = None
-        self.sandboxes: SandboxPool | None = None
+        self.sandboxes: Sandboxes | None = None
         if settings.query_workers:
             self.workers = EngineWorkers(
                 self.engine,
@@ -290,10 +289,13 @@ class QueryService:
                     address_space_bytes=settings.query_worker_address_space_bytes,
                     cpu_seconds=settings.query_cpu_seconds,
                     stack_bytes=settings.query_worker_stack_bytes,
+                    warm_sandboxes=settings.query_warm_sandboxes,
                 ),
             )
         else:
-            self.sandboxes = SandboxPool(self.engine)
+            self.sandboxes = Sandboxes(
+                self.engine, spare=2, warm_capacity=settings.query_warm_sandboxes
+            )
 
     def open(self) -> None:
         self.state.open(wait=True)
@@ -449,12 +451,18 @@ class QueryService:
         workdir = Workdir(self.engine.work_root)
         try:
             run.executed = True
+            tenant = str(caller.org_id)
             if self.workers is not None:
-                result = self.workers.execute(request.sql, run.relations, limits, workdir)
+                result = self.workers.execute(request.sql, run.relations, limits, workdir, tenant)
             else:
-                result = execute(
-                    request.sql, run.relations, self.engine, limits, workdir, self.sandboxes
-                )
+                assert self.sandboxes is not None
+                lease = self.sandboxes.take(tenant, run.relations)
+                ok = False
+                try:
+                    result = self.sandboxes.execute(lease, request.sql, limits, workdir)
+                    ok = True
+                finally:
+                    self.sandboxes.give_back(lease, ok)
             run.rows, run.bytes = result.row_count, result.bytes
             phases.lap("engine")
             phases.add(result.timings)

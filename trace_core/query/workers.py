@@ -43,7 +43,6 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-import duckdb
 import pyarrow as pa
 
 from trace_core.errors import (
@@ -57,11 +56,10 @@ from trace_core.query.engine import (
     EngineConfig,
     QueryResult,
     ResultLimits,
-    SandboxPool,
     Workdir,
-    execute_on,
 )
 from trace_core.query.relations import Relation
+from trace_core.query.warm import Lease, Sandboxes
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +83,7 @@ class WorkerLimits:
     address_space_bytes: int
     cpu_seconds: int
     stack_bytes: int
+    warm_sandboxes: int = 0  # per worker (``query.warm``); 0: a fresh instance per query
 
 
 @dataclass(frozen=True)
@@ -94,6 +93,7 @@ class _Job:
     config: EngineConfig
     limits: ResultLimits
     workdir: Workdir
+    tenant: str | None = None  # the caller's org: a warm sandbox serves one org only
 
 
 # --- the worker process ------------------------------------------------------------------
@@ -135,7 +135,7 @@ def serve_worker(conn: Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops workers, not Ctrl-C
     config, limits = pickle.loads(conn.recv_bytes())
     _apply_limits(limits)
-    sandboxes = SandboxPool(config, spare=1)
+    sandboxes = Sandboxes(config, spare=1, warm_capacity=limits.warm_sandboxes)
     sandboxes.start()
     conn.send_bytes(json.dumps({"status": "ready", "pid": os.getpid()}).encode())
     try:
@@ -146,23 +146,26 @@ def serve_worker(conn: Connection) -> None:
                 return
             if job is None:
                 return
-            con = sandboxes.take()
+            lease = sandboxes.take(job.tenant, job.relations)
+            ok = False
             try:
-                conn.send_bytes(_encode(_run(job, con, limits)))
+                outcome = _run(job, sandboxes, lease, limits)
+                ok = not isinstance(outcome, QueryError)
+                conn.send_bytes(_encode(outcome))
             finally:
-                # only once the reply is out: closing the used instance and preparing the
-                # next one (the pool's thread) would otherwise hold the GIL while it is sent
-                sandboxes.discard(con)
+                # only once the reply is out: checking or closing the used sandbox and
+                # preparing the next one would otherwise hold the GIL while it is sent
+                sandboxes.give_back(lease, ok)
     finally:
         sandboxes.stop()
 
 
 def _run(
-    job: _Job, con: duckdb.DuckDBPyConnection, limits: WorkerLimits
+    job: _Job, sandboxes: Sandboxes, lease: Lease, limits: WorkerLimits
 ) -> QueryResult | QueryError:
     _arm_cpu(limits.cpu_seconds)
     try:
-        return execute_on(con, job.sql, job.relations, job.config, job.limits, job.workdir)
+        return sandboxes.execute(lease, job.sql, job.limits, job.workdir, job.config)
     except QueryError as exc:
         return exc
     except MemoryError:
@@ -362,14 +365,16 @@ class EngineWorkers:
         relations: Sequence[Relation],
         limits: ResultLimits,
         workdir: Workdir,
+        tenant: str | None = None,
     ) -> QueryResult:
-        """Run already-gated SQL in a worker; same errors as ``engine.execute`` plus
+        """Run already-gated SQL in a worker (``tenant``: the caller's org, which may be
+        served by a warm sandbox of that org's, ``query.warm``); same errors as ``engine.execute`` plus
         ``QueryTimeout`` (code ``cpu_limit``) and ``EngineCrashed`` when the worker dies, and
         ``QueryError(code='engine_busy')`` when no worker frees up within the time limit."""
         # versions stay here: the engine reads files and hot sources, and the worker then
         # needs no registry (nor Postgres driver) to unpickle the job
         shipped = tuple(dataclasses.replace(rel, versions=()) for rel in relations)
-        job = _Job(sql, shipped, self._job_config(relations), limits, workdir)
+        job = _Job(sql, shipped, self._job_config(relations), limits, workdir, tenant)
         payload = pickle.dumps(job)
         worker = self._take()
         try:
