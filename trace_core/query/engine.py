@@ -145,6 +145,7 @@ class QueryResult:
     spool: Path | None = None
     # milliseconds: "sandbox" (views, limits, lock) and "duckdb" (the query and its batches)
     timings: dict[str, float] = field(default_factory=dict)
+    warm: bool = False  # ran in a warm sandbox (``query.warm``), not a fresh instance
 
 
 class Workdir:

@@ -169,6 +169,7 @@ class _Run:
     bytes: int | None = None
     export_key: str | None = None
     error_code: str | None = None
+    warm: bool = False  # the engine ran it in a warm sandbox
     started_audit: Future[None] | None = None  # the durable 'started' row, being written
 
 
@@ -453,17 +454,24 @@ class QueryService:
             run.executed = True
             tenant = str(caller.org_id)
             if self.workers is not None:
-                result = self.workers.execute(request.sql, run.relations, limits, workdir, tenant)
+                try:
+                    result = self.workers.execute(
+                        request.sql, run.relations, limits, workdir, tenant
+                    )
+                except QueryError as exc:
+                    run.warm = bool(exc.fields.get("warm"))
+                    raise
             else:
                 assert self.sandboxes is not None
                 lease = self.sandboxes.take(tenant, run.relations)
+                run.warm = lease.warm is not None
                 ok = False
                 try:
                     result = self.sandboxes.execute(lease, request.sql, limits, workdir)
                     ok = True
                 finally:
-                    self.sandboxes.give_back(lease, ok)
-            run.rows, run.bytes = result.row_count, result.bytes
+                    self.sandboxes.give_back(lease, ok, later=True)
+            run.rows, run.bytes, run.warm = result.row_count, result.bytes, result.warm
             phases.lap("engine")
             phases.add(result.timings)
             if as_table:
@@ -534,6 +542,7 @@ class QueryService:
                 "error_code": run.error_code,
                 "rows": run.rows,
                 "exported": run.export_key is not None,
+                "sandbox": "warm" if run.warm else "fresh",
                 "duration_ms": duration_ms,
                 "phases_ms": {name: round(ms, 2) for name, ms in phases.ms.items()},
             },

@@ -159,9 +159,10 @@ class WarmSandboxes:
         self._lock = threading.Lock()
         self._idle: collections.OrderedDict[str, WarmSandbox] = collections.OrderedDict()
         self._live: set[str] = set()  # keys with a sandbox: idle, in use or being built
-        self._jobs: queue.Queue[tuple[str, tuple[Relation, ...]] | WarmSandbox | None] = (
-            queue.Queue()
-        )
+        # work for the background thread: a key to build, a sandbox to check, one to close
+        self._jobs: queue.Queue[
+            tuple[str, tuple[Relation, ...]] | tuple[str, WarmSandbox] | WarmSandbox | None
+        ] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._stopped = False
         self.built = 0
@@ -195,10 +196,18 @@ class WarmSandboxes:
             return None
         return box
 
-    def give_back(self, box: WarmSandbox, ok: bool) -> None:
+    def give_back(self, box: WarmSandbox, ok: bool, *, later: bool = False) -> None:
         """After a query: keep ``box`` for the next one if the query succeeded and the
-        sandbox is as it was built, else discard it."""
+        sandbox is as it was built, else discard it. ``later``: check it on the background
+        thread (in process, so the answer does not wait for the check; until then the key's
+        next query takes a fresh instance)."""
         box.uses += 1
+        if later and ok and self._thread is not None:
+            self._jobs.put(("check", box))
+            return
+        self._check(box, ok)
+
+    def _check(self, box: WarmSandbox, ok: bool) -> None:
         keep = ok and box.uses < self.max_uses
         if keep:
             try:
@@ -215,9 +224,8 @@ class WarmSandboxes:
             if not self._stopped:
                 self._idle[box.key] = box
                 self._idle.move_to_end(box.key)
-                box = None  # type: ignore[assignment]
-        if box is not None:
-            self._discard(box)
+                return
+        self._discard(box)
 
     def prepare(self, key: str, relations: Sequence[Relation]) -> None:
         """Build the key's sandbox in the background unless it has one (or is building)."""
@@ -247,6 +255,9 @@ class WarmSandboxes:
                 return
             if isinstance(job, WarmSandbox):
                 job.close()
+                continue
+            if isinstance(job[1], WarmSandbox):
+                self._check(job[1], True)
                 continue
             key, relations = job
             try:
@@ -337,14 +348,17 @@ class Sandboxes:
         carries per-query credentials). Raises as ``engine.execute_on``."""
         config = config or self.config
         if lease.warm is not None:
-            return execute_in(lease.warm.con, sql, config, limits, workdir)
+            result = execute_in(lease.warm.con, sql, config, limits, workdir)
+            result.warm = True
+            return result
         assert lease.fresh is not None
         return execute_on(lease.fresh, sql, lease.relations, config, limits, workdir)
 
-    def give_back(self, lease: Lease, ok: bool) -> None:
-        """After the query (and its answer, where that can go first)."""
+    def give_back(self, lease: Lease, ok: bool, *, later: bool = False) -> None:
+        """After the query (and its answer, where that can go first; ``later``: where it
+        cannot, check a warm sandbox on the background thread)."""
         if lease.warm is not None and self.warm is not None:
-            self.warm.give_back(lease.warm, ok)
+            self.warm.give_back(lease.warm, ok, later=later)
             return
         if lease.fresh is not None:
             self.fresh.discard(lease.fresh)

@@ -151,7 +151,7 @@ def serve_worker(conn: Connection) -> None:
             try:
                 outcome = _run(job, sandboxes, lease, limits)
                 ok = not isinstance(outcome, QueryError)
-                conn.send_bytes(_encode(outcome))
+                conn.send_bytes(_encode(outcome, warm=lease.warm is not None))
             finally:
                 # only once the reply is out: checking or closing the used sandbox and
                 # preparing the next one would otherwise hold the GIL while it is sent
@@ -175,7 +175,7 @@ def _run(
         return QueryFailed("query execution failed", code="execution_failed")
 
 
-def _encode(outcome: QueryResult | QueryError) -> bytes:
+def _encode(outcome: QueryResult | QueryError, *, warm: bool = False) -> bytes:
     """A reply as one message (one wake-up of the parent): the JSON header's length (4 bytes,
     big-endian), the header, then the Arrow IPC stream of the inline batches, if any."""
     if isinstance(outcome, QueryError):
@@ -184,6 +184,7 @@ def _encode(outcome: QueryResult | QueryError) -> bytes:
             "error": type(outcome).__name__,
             "code": outcome.code,
             "message": outcome.message,
+            "warm": warm,
         }
         return _framed(json.dumps(error).encode())
     header: dict[str, Any] = {
@@ -194,6 +195,7 @@ def _encode(outcome: QueryResult | QueryError) -> bytes:
         "truncated": outcome.truncated,
         "spooled": outcome.spool is not None,
         "timings": outcome.timings,
+        "warm": warm or outcome.warm,
     }
     head = _framed(json.dumps(header).encode())
     if not outcome.batches:
@@ -220,7 +222,8 @@ def _decode(reply: bytes, workdir: Workdir) -> QueryResult:
     body = view[4 + size :]
     if header["status"] != "ok":
         cls = _ERRORS.get(str(header["error"]), QueryFailed)
-        raise cls(str(header["message"]), code=str(header["code"]))
+        # ``warm``: where it failed, for the service's log line
+        raise cls(str(header["message"]), code=str(header["code"]), warm=bool(header.get("warm")))
     batches = list(pa.ipc.open_stream(pa.py_buffer(body))) if len(body) else []
     return QueryResult(
         columns=[{"name": str(c["name"]), "type": str(c["type"])} for c in header["columns"]],
@@ -230,6 +233,7 @@ def _decode(reply: bytes, workdir: Workdir) -> QueryResult:
         truncated=bool(header["truncated"]),
         spool=workdir.spool if header["spooled"] else None,
         timings={str(k): float(v) for k, v in header.get("timings", {}).items()},
+        warm=bool(header.get("warm")),
     )
 
 
