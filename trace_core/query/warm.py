@@ -31,6 +31,7 @@ import collections
 import hashlib
 import json
 import logging
+import os
 import queue
 import shutil
 import threading
@@ -91,9 +92,15 @@ class WarmSandbox:
             shutil.rmtree(self.root, ignore_errors=True)
 
 
+def warm_root(config: EngineConfig) -> Path:
+    """Where warm sandboxes keep their files: ``<pid>-<id>/`` each, so the parent can remove
+    a killed worker's (``EngineWorkers``)."""
+    return config.work_root / "warm"
+
+
 def build_warm(key: str, relations: Sequence[Relation], config: EngineConfig) -> WarmSandbox:
     """Write the views into a private database file, open it READ_ONLY and lock it."""
-    root = config.work_root / "warm" / uuid.uuid4().hex
+    root = warm_root(config) / f"{os.getpid()}-{uuid.uuid4().hex}"
     root.mkdir(mode=0o700, parents=True)
     path = root / "views.duckdb"
     views = view_statements(relations, {}, temp=False)

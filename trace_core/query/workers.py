@@ -32,6 +32,7 @@ import os
 import pickle
 import queue
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -59,7 +60,7 @@ from trace_core.query.engine import (
     Workdir,
 )
 from trace_core.query.relations import Relation
-from trace_core.query.warm import Lease, Sandboxes
+from trace_core.query.warm import Lease, Sandboxes, warm_root
 
 log = logging.getLogger(__name__)
 
@@ -346,6 +347,8 @@ class EngineWorkers:
         worker.conn.close()
         with self._lock:
             self._all.pop(worker.pid, None)
+        for leftover in warm_root(self.config).glob(f"{worker.pid}-*"):  # a killed worker's
+            shutil.rmtree(leftover, ignore_errors=True)
         if replace and not self._closed.is_set():
             threading.Thread(target=self._replace, name="query-engine-respawn", daemon=True).start()
 
