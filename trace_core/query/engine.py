@@ -1,4 +1,5 @@
-"""The sandboxed DuckDB engine: one fresh in-memory database per query.
+"""The sandboxed DuckDB engine: a fresh in-memory database per query (or a warm, equally
+locked one reused per org and exact files, ``query.warm``, which builds on the pieces here).
 
 Trusted code builds everything before untrusted SQL runs:
 

@@ -2,9 +2,10 @@
 
 ``EngineWorkers`` keeps ``size`` pre-started worker processes (``python -m
 trace_core.query.workers``, talking over a socketpair). Each worker runs one query at a time
-on its main thread, through the same ``engine.execute`` the service used in process (same
-sandbox: exact ``allowed_paths``, ``enable_external_access=false``, ``lock_configuration``),
-under OS limits set once at start:
+on its main thread, in the same sandbox the service uses in process (``query.warm.Sandboxes``:
+its org's warm sandbox for exactly those files when one is ready, else a fresh instance; exact
+``allowed_paths``, ``enable_external_access=false``, ``lock_configuration`` either way), under
+OS limits set once at start:
 
 - ``RLIMIT_AS`` (address space): allocations past it fail, which DuckDB reports as out of
   memory (HTTP 413) instead of growing until the kernel's OOM killer picks a victim;
