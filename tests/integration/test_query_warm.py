@@ -90,6 +90,7 @@ def test_a_warm_sandbox_keeps_nothing_of_a_query_and_refuses_what_a_fresh_one_do
             "CREATE OR REPLACE VIEW blocks AS SELECT 1 AS gas_used",
             "DROP VIEW blocks",
             "ATTACH ':memory:' AS kept",
+            f"ATTACH '{box.root / 'views.duckdb'}' AS kept (READ_ONLY)",  # its own, unlinked
             f"ATTACH '{tmp_path / 'kept.duckdb'}' AS kept",
             "SET threads = 4",
             "SET GLOBAL enable_external_access = true",
@@ -112,7 +113,8 @@ def test_a_warm_sandbox_keeps_nothing_of_a_query_and_refuses_what_a_fresh_one_do
 
 def test_warm_keys_and_checkout(tmp_path: Path) -> None:
     """One org's warm sandbox is never another's, even over the same files; hot rows and
-    non-local files get none; a sandbox is one caller's at a time and a changed one goes."""
+    non-local files get none; a sandbox is one caller's at a time, and one a query changed
+    (an attached database) is discarded."""
     config = _config(tmp_path)
     mine = _file(tmp_path, "mine", blocks_table(0, 10))
     relations = (Relation("blocks", (mine,), ()),)
@@ -142,7 +144,7 @@ def test_warm_keys_and_checkout(tmp_path: Path) -> None:
         sandboxes.give_back(lease, ok=True)
         again = sandboxes.take("a", relations)
         assert again.warm is lease.warm
-        again.warm.databases = ("changed",)  # as if a query had attached something
+        again.warm.databases = ("changed",)  # as if a query had attached a database
         sandboxes.give_back(again, ok=True)
         assert warm.take(key_a) is None and warm.discarded == 1
         assert not again.warm.root.exists()

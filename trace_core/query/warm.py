@@ -8,10 +8,10 @@ clips and shapes) with the same lock-down as a fresh one (``allowed_paths`` = ex
 files, ``enable_external_access=false``, ``lock_configuration``), and every query runs in a
 new connection to it (``engine.execute_in``):
 
-- its database is a file holding only the views, opened READ_ONLY: user SQL can create,
-  replace or drop nothing that outlives its connection, and cannot attach an in-memory
-  database; temp objects, variables, prepared statements and session state belong to the
-  query's connection and are closed with it;
+- its database is a file holding only the views, opened READ_ONLY and then unlinked: user
+  SQL can create, replace or drop nothing that outlives its connection, and can attach
+  neither an in-memory database nor that file; temp objects, variables, prepared statements
+  and session state belong to the query's connection and are closed with it;
 - it serves one org and one set of files (the key), so what its caches hold is what every
   query it serves may read anyway; another org or another grant gets another instance;
 - one query at a time (checked out exclusively); after each, its attached databases are
@@ -125,6 +125,9 @@ def build_warm(key: str, relations: Sequence[Relation], config: EngineConfig) ->
         raise
     box = WarmSandbox(key, con, root, ())
     try:
+        # the open instance keeps reading it; gone from the directory, no query can ATTACH
+        # it a second time under another name
+        path.unlink()
         files = [uri for rel in relations for uri in rel.all_files]
         con.execute(";\n".join(lock_statements(files)))
         box.databases = _databases(con)
