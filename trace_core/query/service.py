@@ -456,7 +456,7 @@ class QueryService:
             if self.workers is not None:
                 try:
                     result = self.workers.execute(
-                        request.sql, run.relations, limits, workdir, tenant
+                        request.sql, run.relations, limits, workdir, tenant, gated=self.gate
                     )
                 except QueryError as exc:
                     run.warm = bool(exc.fields.get("warm"))
@@ -470,7 +470,7 @@ class QueryService:
                     result = self.sandboxes.execute(lease, request.sql, limits, workdir)
                     ok = True
                 finally:
-                    self.sandboxes.give_back(lease, ok, later=True)
+                    self.sandboxes.give_back(lease, ok, gated=self.gate, later=True)
             run.rows, run.bytes, run.warm = result.row_count, result.bytes, result.warm
             phases.lap("engine")
             phases.add(result.timings)

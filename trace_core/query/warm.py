@@ -14,8 +14,9 @@ new connection to it (``engine.execute_in``):
   and session state belong to the query's connection and are closed with it;
 - it serves one org and one set of files (the key), so what its caches hold is what every
   query it serves may read anyway; another org or another grant gets another instance;
-- one query at a time (checked out exclusively); after each, its attached databases are
-  checked against those it was built with, and it is discarded after any error, after
+- one query at a time (checked out exclusively); after each query the gate did not check,
+  its attached databases are compared with those it was built with (nothing found a way to
+  attach one, but the gate can be switched off), and it is discarded after any error, after
   ``max_uses`` queries or ``idle_seconds`` unused, and the least recently used goes past
   ``capacity``.
 
@@ -206,25 +207,29 @@ class WarmSandboxes:
             return None
         return box
 
-    def give_back(self, box: WarmSandbox, ok: bool, *, later: bool = False) -> None:
+    def give_back(
+        self, box: WarmSandbox, ok: bool, *, gated: bool = False, later: bool = False
+    ) -> None:
         """After a query: keep ``box`` for the next one if the query succeeded and the
-        sandbox is as it was built, else discard it. ``later``: check it on the background
-        thread (in process, so the answer does not wait for the check; until then the key's
-        next query takes a fresh instance)."""
+        sandbox is as it was built, else discard it. ``gated``: the SQL passed the gate (one
+        read-only SELECT: it cannot have attached anything), so the check is skipped, as is
+        its CPU next to the answer on its way. ``later``: check on the background thread
+        (in process, so the answer does not wait; until then the key's next query takes a
+        fresh instance)."""
         box.uses += 1
-        if later and ok and self._thread is not None:
+        if later and ok and not gated and self._thread is not None:
             self._jobs.put(("check", box))
             return
-        self._check(box, ok)
+        self._check(box, ok, gated)
 
-    def _check(self, box: WarmSandbox, ok: bool) -> None:
+    def _check(self, box: WarmSandbox, ok: bool, gated: bool = False) -> None:
         keep = ok and box.uses < self.max_uses
-        if keep:
+        if keep and not gated:
             try:
                 keep = _databases(box.con) == box.databases
             except duckdb.Error:
                 keep = False
-            if not keep and ok:
+            if not keep:
                 log.warning("a warm query sandbox changed; discarded")
         if not keep:
             self._discard(box)
@@ -364,11 +369,14 @@ class Sandboxes:
         assert lease.fresh is not None
         return execute_on(lease.fresh, sql, lease.relations, config, limits, workdir)
 
-    def give_back(self, lease: Lease, ok: bool, *, later: bool = False) -> None:
+    def give_back(
+        self, lease: Lease, ok: bool, *, gated: bool = False, later: bool = False
+    ) -> None:
         """After the query (and its answer, where that can go first; ``later``: where it
-        cannot, check a warm sandbox on the background thread)."""
+        cannot, check a warm sandbox on the background thread; ``gated``: the SQL passed the
+        gate, see ``WarmSandboxes.give_back``)."""
         if lease.warm is not None and self.warm is not None:
-            self.warm.give_back(lease.warm, ok, later=later)
+            self.warm.give_back(lease.warm, ok, gated=gated, later=later)
             return
         if lease.fresh is not None:
             self.fresh.discard(lease.fresh)

@@ -96,6 +96,7 @@ class _Job:
     limits: ResultLimits
     workdir: Workdir
     tenant: str | None = None  # the caller's org: a warm sandbox serves one org only
+    gated: bool = False  # the SQL passed the gate (``WarmSandboxes.give_back``)
 
 
 # --- the worker process ------------------------------------------------------------------
@@ -157,7 +158,7 @@ def serve_worker(conn: Connection) -> None:
             finally:
                 # only once the reply is out: checking or closing the used sandbox and
                 # preparing the next one would otherwise hold the GIL while it is sent
-                sandboxes.give_back(lease, ok)
+                sandboxes.give_back(lease, ok, gated=job.gated)
     finally:
         sandboxes.stop()
 
@@ -374,6 +375,8 @@ class EngineWorkers:
         limits: ResultLimits,
         workdir: Workdir,
         tenant: str | None = None,
+        *,
+        gated: bool = False,
     ) -> QueryResult:
         """Run already-gated SQL in a worker (``tenant``: the caller's org, which may be
         served by a warm sandbox of that org's, ``query.warm``); same errors as ``engine.execute`` plus
@@ -382,7 +385,7 @@ class EngineWorkers:
         # versions stay here: the engine reads files and hot sources, and the worker then
         # needs no registry (nor Postgres driver) to unpickle the job
         shipped = tuple(dataclasses.replace(rel, versions=()) for rel in relations)
-        job = _Job(sql, shipped, self._job_config(relations), limits, workdir, tenant)
+        job = _Job(sql, shipped, self._job_config(relations), limits, workdir, tenant, gated)
         payload = pickle.dumps(job)
         worker = self._take()
         try:
