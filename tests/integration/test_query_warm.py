@@ -175,7 +175,7 @@ def test_workers_serve_each_org_its_own_warm_sandbox(
     a_count = [[100, str(sum(21_000 + n for n in range(100)))]]
     try:
         assert ask(orgs.a_key, COUNT) == (a_count, "fresh")
-        # the warm sandbox is built in the background after a fresh query succeeded
+        # the warm sandbox is built in the background once a second fresh query succeeded
         for _ in range(200):
             rows, sandbox = ask(orgs.a_key, COUNT)
             assert rows == a_count

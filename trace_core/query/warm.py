@@ -22,8 +22,8 @@ new connection to it (``engine.execute_in``):
 
 Relations with hot rows (copied from Postgres per query) or S3 objects (per-query scoped
 credentials) never get one: those queries use a fresh instance, as does every query until
-its key's warm sandbox is ready (built on a background thread after a fresh query
-succeeded).
+its key's warm sandbox is ready (built on a background thread once a second fresh query of
+that key succeeded).
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 MAX_USES = 1000
 IDLE_SECONDS = 600.0
 _SWEEP_SECONDS = 30.0
+_SEEN_KEYS = 1024
 
 
 def warm_key(tenant: str | None, relations: Sequence[Relation]) -> str | None:
@@ -170,6 +171,7 @@ class WarmSandboxes:
         self._lock = threading.Lock()
         self._idle: collections.OrderedDict[str, WarmSandbox] = collections.OrderedDict()
         self._live: set[str] = set()  # keys with a sandbox: idle, in use or being built
+        self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()  # one miss
         # work for the background thread: a key to build, a sandbox to check, one to close
         self._jobs: queue.Queue[
             tuple[str, tuple[Relation, ...]] | tuple[str, WarmSandbox] | WarmSandbox | None
@@ -243,10 +245,18 @@ class WarmSandboxes:
         self._discard(box)
 
     def prepare(self, key: str, relations: Sequence[Relation]) -> None:
-        """Build the key's sandbox in the background unless it has one (or is building)."""
+        """Build the key's sandbox in the background unless it has one (or is building),
+        from the key's second fresh query on: a one-off query (or a one-query service, such
+        as the CLI's) does not pay for a build nobody uses."""
         with self._lock:
             if self._stopped or self.capacity < 1 or key in self._live:
                 return
+            if key not in self._seen:
+                self._seen[key] = None
+                while len(self._seen) > _SEEN_KEYS:
+                    self._seen.popitem(last=False)
+                return
+            del self._seen[key]
             self._live.add(key)
         self._jobs.put((key, tuple(relations)))
 
