@@ -84,6 +84,7 @@ from trace_core.query.gate import check_limits, sql_fingerprint, validate_sql_ca
 from trace_core.query.registry_cache import Entry, RegistryCache, registry_generation
 from trace_core.query.tokens import (
     UserClaims,
+    VerifiedTokens,
     verify_task_token,
     verify_user_token,
 )
@@ -225,6 +226,8 @@ class QueryService:
         self.row_security = row_security
         # called with each query's Phases.ms after its audit (benchmarks, profiling)
         self.observer: Callable[[dict[str, float]], None] | None = None
+        # bearer tokens this service verified (each query presents its caller's again)
+        self._verified = VerifiedTokens()
         # sessions are the system's (trace_system); each tenant read takes the caller's org
         # and trace_tenant for its transaction (tenant_scope)
         state_kwargs: dict[str, Any] = {
@@ -567,11 +570,11 @@ class QueryService:
         )
 
     def _user(self, token: str) -> _Caller:
-        claims = verify_user_token(self.settings, token)
+        claims = verify_user_token(self.settings, token, self._verified)
         return _Caller(claims.org_id, {}, user=claims)
 
     def _task(self, token: str) -> _Caller:
-        claims = verify_task_token(self.settings, token)
+        claims = verify_task_token(self.settings, token, self._verified)
         # as the token's org: a task or version of another org is simply not there
         with self.state.connection() as conn, self._scope(conn, claims.org_id):
             row = conn.execute(q("query", "task_attempt"), {"task_id": claims.task_id}).fetchone()

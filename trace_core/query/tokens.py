@@ -275,9 +275,12 @@ def _sign(
 # --- verify ------------------------------------------------------------------------------
 
 
-def verify_user_token(settings: Settings, token: str) -> UserClaims:
-    """Claims of a valid user token. Raises ``TokenInvalid``."""
-    payload = _decode(settings, token, USER_AUDIENCE)
+def verify_user_token(
+    settings: Settings, token: str, verified: VerifiedTokens | None = None
+) -> UserClaims:
+    """Claims of a valid user token (remembered in ``verified`` if given). Raises
+    ``TokenInvalid``."""
+    payload = _decode(settings, token, USER_AUDIENCE, verified)
     try:
         body = _UserBody.model_validate(payload)
     except ValidationError as exc:
@@ -288,9 +291,12 @@ def verify_user_token(settings: Settings, token: str) -> UserClaims:
     return UserClaims(sub=body.sub, org_id=body.org_id, datasets=datasets, expires_at=body.exp)
 
 
-def verify_task_token(settings: Settings, token: str) -> TaskClaims:
-    """Claims of a valid task capability token. Raises ``TokenInvalid``."""
-    payload = _decode(settings, token, TASK_AUDIENCE)
+def verify_task_token(
+    settings: Settings, token: str, verified: VerifiedTokens | None = None
+) -> TaskClaims:
+    """Claims of a valid task capability token (remembered in ``verified`` if given). Raises
+    ``TokenInvalid``."""
+    payload = _decode(settings, token, TASK_AUDIENCE, verified)
     try:
         body = _TaskBody.model_validate(payload)
     except ValidationError as exc:
@@ -306,27 +312,50 @@ def verify_task_token(settings: Settings, token: str) -> TaskClaims:
     )
 
 
-# tokens already verified: (token, audience, issuer) -> (kid, secret, payload). A hit still
-# checks that its key is accepted as it was (rotation, a changed secret) and the expiry; the
-# signature, header and claims it was verified with cannot have changed (the token is the key)
-_verified: collections.OrderedDict[tuple[str, str, str], tuple[str, str, dict[str, Any]]] = (
-    collections.OrderedDict()
-)
-_verified_lock = threading.Lock()
-VERIFIED_CACHE_SIZE = 4096
+class VerifiedTokens:
+    """Tokens already verified: (token, audience, issuer) -> (kid, secret, payload), the
+    least recently used dropped past ``size``. A hit still checks that its kid's secret is
+    accepted as it was (rotation, a changed secret) and the expiry; the signature, header and
+    claims it was verified with cannot have changed (the token is the key). A service owns
+    one (``QueryService``); thread-safe."""
 
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._lock = threading.Lock()
+        self._seen: collections.OrderedDict[
+            tuple[str, str, str], tuple[str, str, dict[str, Any]]
+        ] = collections.OrderedDict()
 
-def _decode(settings: Settings, token: str, audience: str) -> dict[str, Any]:
-    keys = load_keys(settings)
-    cache_key = (token, audience, settings.jwt_issuer)
-    with _verified_lock:
-        hit = _verified.get(cache_key)
-        if hit is not None:
-            _verified.move_to_end(cache_key)
-    if hit is not None and keys.get(hit[0]) == hit[1]:
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def get(self, key: tuple[str, str, str], keys: Mapping[str, str]) -> dict[str, Any] | None:
+        with self._lock:
+            hit = self._seen.get(key)
+            if hit is not None:
+                self._seen.move_to_end(key)
+        if hit is None or keys.get(hit[0]) != hit[1]:
+            return None
         if int(hit[2]["exp"]) <= time.time() - LEEWAY_SECONDS:
             raise TokenInvalid("token has expired")
         return hit[2]
+
+    def put(
+        self, key: tuple[str, str, str], kid: str, secret: str, payload: dict[str, Any]
+    ) -> None:
+        with self._lock:
+            self._seen[key] = (kid, secret, payload)
+            while len(self._seen) > self.size:
+                self._seen.popitem(last=False)
+
+
+def _decode(
+    settings: Settings, token: str, audience: str, verified: VerifiedTokens | None
+) -> dict[str, Any]:
+    keys = load_keys(settings)
+    cache_key = (token, audience, settings.jwt_issuer)
+    if verified is not None and (hit := verified.get(cache_key, keys)) is not None:
+        return hit
     try:
         header = jwt.get_unverified_header(token)
     except jwt.PyJWTError as exc:
@@ -348,8 +377,6 @@ def _decode(settings: Settings, token: str, audience: str) -> dict[str, Any]:
         raise TokenInvalid("token has expired") from exc
     except jwt.PyJWTError as exc:
         raise TokenInvalid("token is invalid") from exc
-    with _verified_lock:
-        _verified[cache_key] = (kid, keys[kid], payload)
-        while len(_verified) > VERIFIED_CACHE_SIZE:
-            _verified.popitem(last=False)
+    if verified is not None:
+        verified.put(cache_key, kid, keys[kid], payload)
     return payload
