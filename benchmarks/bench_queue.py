@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import json
+import multiprocessing as mp
 import os
 import re
 import shutil
@@ -43,6 +45,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from _scratch import scratch_databases
@@ -82,20 +85,34 @@ class Result:
         return self.messages / self.seconds
 
 
-def _threads(n: int, target: Callable[[int], None]) -> float:
-    """Run ``target(i)`` on n threads; wall seconds. Re-raises the first worker error."""
+def _run(n: int, prepare: Callable[[int], Callable[[], None]], processes: bool) -> float:
+    """Run ``prepare(i)()`` for i < n on n threads or forked processes; wall seconds of the
+    work alone (each ``prepare`` opens its connections before the clock starts). Re-raises
+    the first thread error; a process that fails makes this raise."""
+    if processes:
+        return _processes(n, prepare)
     errors: list[BaseException] = []
+    ready = threading.Barrier(n + 1)
 
     def run(i: int) -> None:
         try:
-            target(i)
+            work = prepare(i)
         except BaseException as exc:  # surfaced after join
+            errors.append(exc)
+            ready.abort()
+            return
+        try:
+            ready.wait()
+            work()
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-    t0 = time.perf_counter()
     for t in threads:
         t.start()
+    with contextlib.suppress(threading.BrokenBarrierError):
+        ready.wait()
+    t0 = time.perf_counter()
     for t in threads:
         t.join()
     if errors:
@@ -103,71 +120,130 @@ def _threads(n: int, target: Callable[[int], None]) -> float:
     return time.perf_counter() - t0
 
 
+def _processes(n: int, prepare: Callable[[int], Callable[[], None]]) -> float:
+    """``_run`` on forked processes (the parent holds no pool threads or connections then):
+    the work's span from the first start to the last end, each taken in its process."""
+    ctx = mp.get_context("fork")
+    ready = ctx.Barrier(n + 1)
+    spans = ctx.Array("d", 2 * n)
+
+    def run(i: int) -> None:
+        work = prepare(i)
+        ready.wait()
+        spans[2 * i] = time.monotonic()
+        work()
+        spans[2 * i + 1] = time.monotonic()
+
+    procs = [ctx.Process(target=run, args=(i,), daemon=True) for i in range(n)]
+    for p in procs:
+        p.start()
+    ready.wait(timeout=120)
+    for p in procs:
+        p.join()
+    failed = [p.exitcode for p in procs if p.exitcode]
+    if failed:
+        raise RuntimeError(f"{len(failed)} worker process(es) failed: exit codes {failed}")
+    return max(spans[1::2]) - min(spans[0::2])
+
+
 def _split(total: int, parts: int, i: int) -> int:
     return total // parts + (1 if i < total % parts else 0)
 
 
-def publish(driver: PgQueue, queue: str, n: int, batch: int, workers: int) -> float:
-    def work(i: int) -> None:
-        todo = _split(n, workers, i)
-        while todo > 0:
-            if batch == 1:
-                driver.publish(queue, PAYLOAD)
-                todo -= 1
-            else:
-                k = min(batch, todo)
-                driver.publish_batch(queue, [PAYLOAD] * k)
-                todo -= k
-
-    return _threads(workers, work)
+def _driver(state_url: str, pool_size: int = 1) -> PgQueue:
+    driver = PgQueue(state_url, max_receive_count=5, pool_size=pool_size)
+    driver.open()
+    return driver
 
 
-def consume(driver: PgQueue, queue: str, n: int, batch: int, workers: int) -> Callable[[int], None]:
-    """A consumer body for ``_threads``: stops once ``n`` messages were acked in total."""
-    lock = threading.Lock()
-    done = [0]
+def publisher(state_url: str, queue: str, todo: int, batch: int) -> Callable[[], None]:
+    """A publisher's work: ``todo`` messages, one or ``batch`` per call, on its own driver."""
+    driver = _driver(state_url)
 
-    def work(_: int) -> None:
-        while True:
-            with lock:
-                if done[0] >= n:
-                    return
-            got = driver.receive(queue, batch, visibility_timeout=60, wait_seconds=0.05)
-            if not got:
-                continue
-            if batch == 1:
-                for m in got:
-                    driver.ack(m)
-            else:
-                assert driver.ack_batch(got) == []
-            with lock:
-                done[0] += len(got)
+    def work() -> None:
+        left = todo
+        try:
+            while left > 0:
+                if batch == 1:
+                    driver.publish(queue, PAYLOAD)
+                    left -= 1
+                else:
+                    k = min(batch, left)
+                    driver.publish_batch(queue, [PAYLOAD] * k)
+                    left -= k
+        finally:
+            driver.close()
 
     return work
 
 
-def bench_queue(state_url: str, n: int, batch: int, workers: int) -> list[Result]:
-    driver = PgQueue(state_url, max_receive_count=5, pool_size=2 * workers)
-    driver.open()
-    try:
-        q = f"bench-{uuid.uuid4().hex[:8]}"
-        pub = publish(driver, q, n, batch, workers)
-        con = _threads(workers, consume(driver, q, n, batch, workers))
-        _vacuum(state_url)
-        q = f"bench-{uuid.uuid4().hex[:8]}"
-        consumer = consume(driver, q, n, batch, workers)
-        publisher_done: list[float] = []
+def consumer(state_url: str, queue: str, n: int, batch: int, done: Any) -> Callable[[], None]:
+    """A consumer's work on its own driver: receive + fenced ack until ``done`` (a shared
+    counter) reaches ``n``. At batch 1 the ack of a message rides with the next receive when
+    the driver offers it (``PgQueue.ack_receive``)."""
+    driver = _driver(state_url)
+    combined = batch == 1 and hasattr(driver, "ack_receive")
 
-        def both(i: int) -> None:
-            if i < workers:
-                consumer(i)
-            else:
-                publisher_done.append(publish(driver, q, _split(n, workers, i - workers), batch, 1))
+    def work() -> None:
+        held: list[Any] = []
+        try:
+            while True:
+                with done.get_lock():
+                    if done.value >= n:
+                        break
+                if combined:
+                    stale, got = driver.ack_receive(held, queue, 1, visibility_timeout=60)
+                    assert stale == []
+                    _count(done, len(held))
+                    held = got
+                    if not got:
+                        time.sleep(0.001)
+                    continue
+                got = driver.receive(queue, batch, visibility_timeout=60, wait_seconds=0.05)
+                if not got:
+                    continue
+                if batch == 1:
+                    for m in got:
+                        driver.ack(m)
+                else:
+                    assert driver.ack_batch(got) == []
+                _count(done, len(got))
+            if held:
+                assert driver.ack_batch(held) == []
+        finally:
+            driver.close()
 
-        full = _threads(2 * workers, both)
+    return work
+
+
+def _count(done: Any, k: int) -> None:
+    if k:
+        with done.get_lock():
+            done.value += k
+
+
+def bench_queue(state_url: str, n: int, batch: int, workers: int, processes: bool) -> list[Result]:
+    ctx = mp.get_context("fork")
+    q = f"bench-{uuid.uuid4().hex[:8]}"
+    pub = _run(
+        workers,
+        lambda i: publisher(state_url, q, _split(n, workers, i), batch),
+        processes,
+    )
+    done = ctx.Value("q", 0)
+    con = _run(workers, lambda i: consumer(state_url, q, n, batch, done), processes)
+    _vacuum(state_url)
+    q = f"bench-{uuid.uuid4().hex[:8]}"
+    done = ctx.Value("q", 0)
+
+    def role(i: int) -> Callable[[], None]:
+        if i < workers:
+            return consumer(state_url, q, n, batch, done)
+        return publisher(state_url, q, _split(n, workers, i - workers), batch)
+
+    full = _run(2 * workers, role, processes)
+    with _driver(state_url) as driver:
         assert driver.stats(q).depth == 0
-    finally:
-        driver.close()
     _vacuum(state_url)
     return [
         Result("publish", batch, workers, n, pub),
@@ -230,51 +306,82 @@ def baseline(state_url: str, n_single: int, n: int) -> list[Result]:
     return out
 
 
-def bench_lifecycle(state_url: str, tasks: int, workers: int, batch: int) -> Result:
-    """Tasks per second through the whole lifecycle with a no-op operator; each worker
-    receives up to ``batch`` wake-ups at a time."""
-    driver = PgQueue(state_url, max_receive_count=5, pool_size=workers + 1)
-    driver.open()
-    lock = threading.Lock()
-    succeeded = [0]
-    created = threading.Event()
+def dispatcher(state_url: str, tasks: int, succeeded: Any) -> Callable[[], None]:
+    """The lifecycle's dispatcher: creates the tasks (+ outbox rows, 100 per transaction),
+    drains the outbox, and keeps draining until every task succeeded."""
+    conn = connect(state_url, autocommit=True)
+    driver = _driver(state_url)
 
-    def dispatcher() -> None:
-        with connect(state_url, autocommit=True) as conn:
+    def work() -> None:
+        try:
             for start in range(0, tasks, 100):
                 with conn.transaction():
                     for _ in range(min(100, tasks - start)):
                         create_task(conn, task_id=uuid.uuid4(), operator="noop", payload={})
                 outbox.drain_all(conn, driver)
-            created.set()
-            while succeeded[0] < tasks:
+            while succeeded.value < tasks:
                 outbox.drain_all(conn, driver)
                 time.sleep(0.01)
+        finally:
+            driver.close()
+            conn.close()
 
-    def worker() -> None:
-        with connect(state_url, autocommit=True) as conn:
-            while succeeded[0] < tasks:
-                got = driver.receive(TASK_WAKEUP, batch, visibility_timeout=60, wait_seconds=0.05)
+    return work
+
+
+def lifecycle_worker(state_url: str, tasks: int, batch: int, succeeded: Any) -> Callable[[], None]:
+    """A worker: receive up to ``batch`` wake-ups, claim each (one statement, durable), run
+    the no-op operator, complete (one statement, asynchronous: no transaction of its own),
+    ack. At batch 1 the ack rides with the next receive when the driver offers it."""
+    conn = connect(state_url, autocommit=True)
+    driver = _driver(state_url)
+    combined = batch == 1 and hasattr(driver, "ack_receive")
+
+    def work() -> None:
+        held: list[Any] = []
+        try:
+            while succeeded.value < tasks:
+                if combined:
+                    _stale, got = driver.ack_receive(held, TASK_WAKEUP, 1, visibility_timeout=60)
+                    held = got
+                    if not got:
+                        time.sleep(0.001)
+                else:
+                    got = driver.receive(
+                        TASK_WAKEUP, batch, visibility_timeout=60, wait_seconds=0.05
+                    )
                 for m in got:
-                    try:  # one statement on the common path: no transaction of its own
+                    try:
                         lease = claim(conn, uuid.UUID(m.payload["task_id"]), lease_seconds=30)
                     except LeaseConflict:
                         continue
                     # the no-op operator runs here
-                    with conn.transaction():
-                        complete_success(conn, lease)
-                    with lock:
-                        succeeded[0] += 1
-                if got:
+                    complete_success(conn, lease)
+                    _count(succeeded, 1)
+                if got and not combined:
                     driver.ack_batch(got)
+            if held:
+                driver.ack_batch(held)
+        finally:
+            driver.close()
+            conn.close()
 
-    def role(i: int) -> None:
-        dispatcher() if i == 0 else worker()
+    return work
 
-    try:
-        seconds = _threads(workers + 1, role)
-    finally:
-        driver.close()
+
+def bench_lifecycle(
+    state_url: str, tasks: int, workers: int, batch: int, processes: bool
+) -> Result:
+    """Tasks per second through the whole lifecycle with a no-op operator; each worker
+    receives up to ``batch`` wake-ups at a time."""
+    succeeded = mp.get_context("fork").Value("q", 0)
+
+    def role(i: int) -> Callable[[], None]:
+        if i == 0:
+            return dispatcher(state_url, tasks, succeeded)
+        return lifecycle_worker(state_url, tasks, batch, succeeded)
+
+    seconds = _run(workers + 1, role, processes)
     return Result("lifecycle", batch, workers, tasks, seconds)
 
 
@@ -288,21 +395,24 @@ def bench_completion(state_url: str, tasks: int, workers: int, *, durable: bool)
         conn.execute("UPDATE state.outbox SET status = 'sent' WHERE status = 'pending'")
     lock = threading.Lock()
 
-    def work(_: int) -> None:
-        with connect(state_url, autocommit=True) as conn:
-            while True:
-                with lock:
-                    if not ids:
-                        return
-                    task_id = ids.pop()
-                lease = claim(conn, task_id, lease_seconds=30)
-                with conn.transaction():
-                    complete_success(conn, lease)
-                    if durable:
-                        conn.execute("SET LOCAL synchronous_commit = on")
+    def prepare(_: int) -> Callable[[], None]:
+        def work() -> None:
+            with connect(state_url, autocommit=True) as conn:
+                while True:
+                    with lock:
+                        if not ids:
+                            return
+                        task_id = ids.pop()
+                    lease = claim(conn, task_id, lease_seconds=30)
+                    with conn.transaction():
+                        complete_success(conn, lease)
+                        if durable:
+                            conn.execute("SET LOCAL synchronous_commit = on")
+
+        return work
 
     phase = "claim+complete durable" if durable else "claim+complete"
-    return Result(phase, 1, workers, tasks, _threads(workers, work))
+    return Result(phase, 1, workers, tasks, _run(workers, prepare, processes=False))
 
 
 def _vacuum(state_url: str) -> None:
@@ -382,7 +492,9 @@ def compare(ref: str, args: argparse.Namespace, home: Path) -> None:
         f"--messages-single={args.messages_single}",
         f"--tasks={args.tasks}",
         "--repeat=1",
+        f"--workers-as={args.workers_as}",
     ]
+    this_script = Path(__file__).resolve()
     for i in range(args.repeat):
         for arm, root in arms.items():
             env = {**os.environ, "PYTHONPATH": str(root), "TRACE_DATABASE_URL": server}
@@ -392,8 +504,12 @@ def compare(ref: str, args: argparse.Namespace, home: Path) -> None:
             )
             assert where.stdout.startswith(str(root)), f"{arm} imports {where.stdout}"
             load = os.getloadavg()[0]
+            # the same harness for both arms unless asked (REF's own script may lack flags)
+            script = root / "benchmarks" / "bench_queue.py"
+            if args.baseline_harness == "this":
+                script = this_script
             run = subprocess.run(
-                [sys.executable, str(root / "benchmarks" / "bench_queue.py"), *flags],
+                [sys.executable, str(script), *(flags if script == this_script else flags[:4])],
                 env=env,
                 cwd=root,
                 check=True,
@@ -406,7 +522,8 @@ def compare(ref: str, args: argparse.Namespace, home: Path) -> None:
                 best[arm][key] = max(rate, best[arm].get(key, 0.0))
     base, mine = best.values()
     print(
-        f"best of {args.repeat} per arm, arms interleaved; load average "
+        f"best of {args.repeat} per arm, arms interleaved, workers as {args.workers_as}, "
+        f"{args.baseline_harness} tree's harness for {ref}; load average "
         f"{min(loads):.2f}-{max(loads):.2f} (2 cores, shared)"
     )
     names = list(arms)
@@ -435,7 +552,22 @@ def main() -> None:
         default=0,
         help="also time claim + complete_success, durable vs asynchronous, in N rounds",
     )
+    parser.add_argument(
+        "--workers-as",
+        choices=("processes", "threads"),
+        default="processes",
+        help="workers (publishers, consumers, task workers, the dispatcher) as forked "
+        "processes, as Trace runs them (Dagster runs), or as threads of one process (one GIL)",
+    )
+    parser.add_argument(
+        "--baseline-harness",
+        choices=("this", "ref"),
+        default="this",
+        help="with --baseline-ref: run REF's code under this bench script (same harness), or "
+        "REF's own bench script",
+    )
     args = parser.parse_args()
+    processes = args.workers_as == "processes"
 
     home = Path(tempfile.mkdtemp(prefix="trace-bench-queue-"))
     # atexit runs last-in first-out: the server (registered next) stops before this removal
@@ -451,10 +583,10 @@ def main() -> None:
         runs += baseline(dbs.state_url, args.messages_single, args.messages)
         for batch, n in ((1, args.messages_single), (100, args.messages)):
             for workers in (1, 4):
-                runs += bench_queue(dbs.state_url, n, batch, workers)
+                runs += bench_queue(dbs.state_url, n, batch, workers, processes)
         for batch in (1, 10):
             for workers in (1, 4):
-                runs.append(bench_lifecycle(dbs.state_url, args.tasks, workers, batch))
+                runs.append(bench_lifecycle(dbs.state_url, args.tasks, workers, batch, processes))
     # the completion's commit alone, both ways interleaved in small rounds; summed per way
     done: dict[tuple[bool, int], list[Result]] = {}
     for _ in range(args.completion_rounds):
@@ -480,7 +612,7 @@ def main() -> None:
     )
 
     print(
-        f"best of {args.repeat}; load average {load_before:.2f} before, "
+        f"best of {args.repeat}, workers as {args.workers_as}; load average {load_before:.2f} before, "
         f"{os.getloadavg()[0]:.2f} after (2 cores, shared)"
     )
     print(f"{'phase':<23}{'batch':>6}{'workers':>8}{'msgs':>8}{'seconds':>9}{'per s':>10}  ratio")
