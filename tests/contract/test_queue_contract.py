@@ -246,6 +246,25 @@ def test_ack_batch_skips_and_reports_stale(qh: Harness) -> None:
     assert d.stats("q").in_flight == 0
 
 
+def test_ack_receive_acks_what_was_done_and_receives_the_next(qh: Harness) -> None:
+    d = qh.driver
+    d.publish_batch("q", [{"n": 0}, {"n": 1}])
+    stale, (a,) = d.ack_receive([], "q", 1, visibility_timeout=VIS)
+    assert stale == [] and a.receive_count == 1
+    stale, (b,) = d.ack_receive([a], "q", 1, visibility_timeout=VIS)
+    assert stale == [] and b.message_id != a.message_id
+    c = _redeliver(qh, b)  # b's receipt is stale now
+    x = d.publish("q", {"n": 2})
+    qh.settle()
+    stale, got = d.ack_receive([b], "q", 1, visibility_timeout=VIS)
+    assert stale == [b] and [m.message_id for m in got] == [x]  # c stays in flight
+    assert (d.stats("q").depth, d.stats("q").in_flight) == (0, 2)
+    stale, nothing = d.ack_receive([c, *got], "q", 1, visibility_timeout=VIS)
+    assert (stale, nothing) == ([], [])
+    stats = d.stats("q")
+    assert (stats.depth, stats.in_flight, stats.dead) == (0, 0, 0)
+
+
 def test_nack_makes_message_receivable_again(qh: Harness) -> None:
     d = qh.driver
     d.publish("q", {"k": 1})
