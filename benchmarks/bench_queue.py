@@ -11,7 +11,12 @@ Measures, on a fresh embedded server (temporary home):
 - lifecycle: create_task (+ outbox row) -> outbox drain -> publish -> receive -> claim ->
   no-op operator -> complete_success -> ack, with 4 workers.
 
-Each runs with 1 and 4 workers (publisher threads, consumer threads). Ratios are against the
+Each runs with 1 and 4 workers (publishers, consumers, task workers), each worker a forked
+process with its own driver and connections, as Trace runs them (workers are Dagster runs);
+``--workers-as threads`` runs them as threads of one process instead (one GIL: then the client
+side of one Python process is what is measured, not the queue). At batch 1 a consumer acks
+what it finished as it receives the next (``QueueDriver.ack_receive``) when the code measured
+has it, and a task worker completes outside a transaction (one statement). Ratios are against the
 issue's anchors (publish 3.5k/s one row per tx, 77k/s COPY batches; receive+fenced ack 2k/s
 at batch 1, 35k/s at batch 100) and against the raw baseline of this run.
 Targets (issue 25): full >= 4,000 msg/s at batch 1 and >= 20,000 at batch 100; lifecycle
@@ -21,9 +26,10 @@ slow RPC) and ten at a time.
 Run: .venv/bin/python benchmarks/bench_queue.py [--messages N] [--tasks N] [--repeat N]
 
 ``--baseline-ref main`` runs two arms on one Postgres server, each repetition in turn: REF's
-bench_queue.py on REF's trace_core (``git archive`` into a temporary directory) and this
-tree's, both as subprocesses with the same arguments, and prints each arm's best and the
-ratio this tree / REF, so that a loaded box affects both arms alike.
+trace_core (``git archive`` into a temporary directory) and this tree's, both under this
+bench script (``--baseline-harness ref``: REF's own script) as subprocesses with the same
+arguments, and prints each arm's best and the ratio this tree / REF, so that a loaded box
+affects both arms alike.
 """
 
 from __future__ import annotations

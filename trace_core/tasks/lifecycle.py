@@ -252,7 +252,9 @@ def complete_success(
 ) -> None:
     """Fence and complete in the caller's transaction (one statement when the lease is
     current), committed asynchronously unless the transaction writes an outbox row (module
-    docstring). Raises ``UnknownTask``, or ``StaleAttempt`` if stale."""
+    docstring); on an autocommit connection outside a transaction, that one statement is the
+    whole transaction (one round trip; a completion with nothing else to commit, e.g. a no-op
+    operator's). Raises ``UnknownTask``, or ``StaleAttempt`` if stale."""
     row = conn.execute(
         q("tasks", "complete_success"),
         {
