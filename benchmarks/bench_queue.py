@@ -40,10 +40,7 @@ import contextlib
 import json
 import multiprocessing as mp
 import os
-import re
 import shutil
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -54,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from _queue_arms import compare
 from _scratch import scratch_databases
 
 from trace_core import outbox
@@ -464,97 +462,6 @@ def _ratio(r: Result, base: dict[tuple[str, int], float]) -> str:
     return "; ".join(parts)
 
 
-ROW = re.compile(r"^(?P<phase>\S.{0,30}?)\s+(\d+)\s+(\d+)\s+(\d+)\s+([\d.]+)\s+([\d,]+)")
-
-
-def _parse_table(out: str) -> dict[tuple[str, int, int], float]:
-    """``(phase, batch, workers) -> per second`` from a run's printed table."""
-    rates = {}
-    for line in out.splitlines():
-        m = ROW.match(line)
-        if m and m["phase"].strip() != "phase":
-            key = (m["phase"].strip(), int(m[2]), int(m[3]))
-            rates[key] = float(m[6].replace(",", ""))
-    return rates
-
-
-def compare(ref: str, args: argparse.Namespace, home: Path) -> None:
-    """Interleave REF's bench and this tree's, one repetition each in turn, on one server."""
-    repo = Path(__file__).resolve().parent.parent
-    old = home / "baseline"
-    old.mkdir()
-    archive = subprocess.run(
-        ["git", "-C", str(repo), "archive", ref, "trace_core", "benchmarks"],
-        check=True,
-        capture_output=True,
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
-    commit = subprocess.run(
-        ["git", "-C", str(repo), "rev-parse", "--short", ref],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    server = os.environ.get("TRACE_DATABASE_URL")
-    if not server:
-        from trace_core.db.embedded import embedded_server_uri
-
-        server = embedded_server_uri(home / "pg", persistent=False)
-    arms = {f"{ref} ({commit})": old, "this tree": repo}
-    best: dict[str, dict[tuple[str, int, int], float]] = {a: {} for a in arms}
-    loads = []
-    flags = [
-        f"--messages={args.messages}",
-        f"--messages-single={args.messages_single}",
-        f"--tasks={args.tasks}",
-        "--repeat=1",
-        f"--workers-as={args.workers_as}",
-    ]
-    this_script = Path(__file__).resolve()
-    for i in range(args.repeat):
-        for arm, root in arms.items():
-            env = {**os.environ, "PYTHONPATH": str(root), "TRACE_DATABASE_URL": server}
-            probe = [sys.executable, "-c", "import trace_core; print(trace_core.__file__)"]
-            where = subprocess.run(
-                probe, env=env, cwd=root, check=True, capture_output=True, text=True
-            )
-            assert where.stdout.startswith(str(root)), f"{arm} imports {where.stdout}"
-            load = os.getloadavg()[0]
-            # the same harness for both arms unless asked (REF's own script may lack flags)
-            script = root / "benchmarks" / "bench_queue.py"
-            if args.baseline_harness == "this":
-                script = this_script
-            run = subprocess.run(
-                [sys.executable, str(script), *(flags if script == this_script else flags[:4])],
-                env=env,
-                cwd=root,
-                check=True,
-                capture_output=True,
-                text=True,
-            )
-            loads.append(load)
-            print(f"# run {i + 1} {arm}: load {load:.2f}", flush=True)
-            for key, rate in _parse_table(run.stdout).items():
-                best[arm][key] = max(rate, best[arm].get(key, 0.0))
-    base, mine = best.values()
-    print(
-        f"best of {args.repeat} per arm, arms interleaved, workers as {args.workers_as}, "
-        f"{args.baseline_harness} tree's harness for {ref}; load average "
-        f"{min(loads):.2f}-{max(loads):.2f} (2 cores, shared)"
-    )
-    names = list(arms)
-    print(f"{'phase':<23}{'batch':>6}{'workers':>8}{names[0]:>22}{names[1]:>12}  ratio")
-    for key in mine:
-        phase, batch, workers = key
-        b, m = base.get(key), mine[key]
-        ratio = f"{m / b:5.2f}x" if b else ""
-        target = TARGETS.get((phase, batch))
-        if target:
-            ratio += f"; {m / target:5.2f}x target {target:,}"
-        b_text = f"{b:,.0f}" if b else "-"
-        print(f"{phase:<23}{batch:>6}{workers:>8}{b_text:>22}{m:>12,.0f}  {ratio}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--messages", type=int, default=20_000, help="messages at batch 100")
@@ -589,7 +496,7 @@ def main() -> None:
     # atexit runs last-in first-out: the server (registered next) stops before this removal
     atexit.register(shutil.rmtree, home, ignore_errors=True)
     if args.baseline_ref:
-        compare(args.baseline_ref, args, home)
+        compare(args.baseline_ref, args, home, Path(__file__).resolve(), TARGETS)
         return
     dbs = scratch_databases(home, "bench_queue")
 
