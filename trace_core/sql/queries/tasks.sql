@@ -35,8 +35,9 @@ WITH granted AS (
     RETURNING task_id, attempt, lease_expires_at, operator, payload, max_attempts, attempt_base,
               org_id
 ), recorded AS (
-    INSERT INTO state.task_attempts (task_id, attempt)
-    SELECT task_id, attempt FROM granted
+    -- the task's org given, so the org trigger skips its lookup of the task
+    INSERT INTO state.task_attempts (task_id, attempt, org_id)
+    SELECT task_id, attempt, org_id FROM granted
     ON CONFLICT DO NOTHING
 )
 SELECT attempt, lease_expires_at, operator, payload, max_attempts, attempt_base, org_id
