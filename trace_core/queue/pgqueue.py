@@ -56,10 +56,11 @@ _POLL_MAX_SECONDS = 0.2
 class PgQueue:
     """QueueDriver on the state database.
 
-    Two connection pools of up to ``pool_size`` each (publishing/admin, and consuming), both
-    with asynchronous commit. ``open()`` (called by the first operation, or explicitly) opens
-    them; ``close()`` closes them for good. Thread-safe: every call borrows one pooled
-    autocommit connection.
+    Two connection pools of up to ``pool_size`` each (publishing/admin, and consuming; pgqueue's
+    own ``PgConns``), both with asynchronous commit. ``open()`` (called by the first
+    operation, or explicitly) opens them; ``close()`` closes their connections (a later
+    operation opens them again). Thread-safe: every call borrows one pooled autocommit
+    connection.
     """
 
     def __init__(self, state_url: str, *, max_receive_count: int, pool_size: int = 4) -> None:
