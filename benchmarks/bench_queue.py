@@ -74,6 +74,7 @@ TARGETS = {
     ("lifecycle", 1): 1_000,
     ("lifecycle", 10): 1_000,
 }
+WAIT = 0.05  # a consumer with nothing due polls for up to this long (backing off from 10 ms)
 PAYLOAD = {"task_id": "00000000-0000-0000-0000-000000000000", "wakeup": 1}
 
 
@@ -200,11 +201,11 @@ def consumer(state_url: str, queue: str, n: int, batch: int, done: Any) -> Calla
                     stale, got = driver.ack_receive(held, queue, 1, visibility_timeout=60)
                     assert stale == []
                     _count(done, len(held))
+                    if not got:  # nothing due: wait for one as the plain consumer does
+                        got = driver.receive(queue, 1, visibility_timeout=60, wait_seconds=WAIT)
                     held = got
-                    if not got:
-                        time.sleep(0.001)
                     continue
-                got = driver.receive(queue, batch, visibility_timeout=60, wait_seconds=0.05)
+                got = driver.receive(queue, batch, visibility_timeout=60, wait_seconds=WAIT)
                 if not got:
                     continue
                 if batch == 1:
@@ -357,12 +358,14 @@ def lifecycle_worker(state_url: str, tasks: int, batch: int, succeeded: Any) -> 
             while succeeded.value < tasks:
                 if combined:
                     _stale, got = driver.ack_receive(held, TASK_WAKEUP, 1, visibility_timeout=60)
+                    if not got:  # nothing due: wait for one as the plain worker does
+                        got = driver.receive(
+                            TASK_WAKEUP, 1, visibility_timeout=60, wait_seconds=WAIT
+                        )
                     held = got
-                    if not got:
-                        time.sleep(0.001)
                 else:
                     got = driver.receive(
-                        TASK_WAKEUP, batch, visibility_timeout=60, wait_seconds=0.05
+                        TASK_WAKEUP, batch, visibility_timeout=60, wait_seconds=WAIT
                     )
                 for m in got:
                     try:
