@@ -18,11 +18,13 @@ Verification failures raise ``TokenInvalid`` and never echo the token.
 
 from __future__ import annotations
 
+import collections
 import fcntl
 import json
 import logging
 import os
 import secrets
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -304,13 +306,32 @@ def verify_task_token(settings: Settings, token: str) -> TaskClaims:
     )
 
 
+# tokens already verified: (token, audience, issuer) -> (kid, secret, payload). A hit still
+# checks that its key is accepted as it was (rotation, a changed secret) and the expiry; the
+# signature, header and claims it was verified with cannot have changed (the token is the key)
+_verified: collections.OrderedDict[tuple[str, str, str], tuple[str, str, dict[str, Any]]] = (
+    collections.OrderedDict()
+)
+_verified_lock = threading.Lock()
+VERIFIED_CACHE_SIZE = 4096
+
+
 def _decode(settings: Settings, token: str, audience: str) -> dict[str, Any]:
+    keys = load_keys(settings)
+    cache_key = (token, audience, settings.jwt_issuer)
+    with _verified_lock:
+        hit = _verified.get(cache_key)
+        if hit is not None:
+            _verified.move_to_end(cache_key)
+    if hit is not None and keys.get(hit[0]) == hit[1]:
+        if int(hit[2]["exp"]) <= time.time() - LEEWAY_SECONDS:
+            raise TokenInvalid("token has expired")
+        return hit[2]
     try:
         header = jwt.get_unverified_header(token)
     except jwt.PyJWTError as exc:
         raise TokenInvalid("token is malformed") from exc
     kid = header.get("kid")
-    keys = load_keys(settings)
     if header.get("alg") != ALGORITHM or not isinstance(kid, str) or kid not in keys:
         raise TokenInvalid("token is signed with an unknown key")
     try:
@@ -327,4 +348,8 @@ def _decode(settings: Settings, token: str, audience: str) -> dict[str, Any]:
         raise TokenInvalid("token has expired") from exc
     except jwt.PyJWTError as exc:
         raise TokenInvalid("token is invalid") from exc
+    with _verified_lock:
+        _verified[cache_key] = (kid, keys[kid], payload)
+        while len(_verified) > VERIFIED_CACHE_SIZE:
+            _verified.popitem(last=False)
     return payload
