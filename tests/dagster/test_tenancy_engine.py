@@ -28,6 +28,7 @@ from trace_core.db.connection import connect
 from trace_core.db.migrate import migrate
 from trace_core.engine import orgs
 from trace_core.engine.intake import ORG_TAG
+from trace_core.engine.progress import every_org_progress_lines
 from trace_core.errors import DatabaseError, TraceError
 from trace_core.query.service import QueryRequest, QueryService
 from trace_core.runtime import Runtime
@@ -105,6 +106,14 @@ def test_two_orgs_same_job_name_both_synced_each_as_itself(
 
     report = drive_until_idle(rt, build_definitions(rt), dagster_instance, timeout=300)
     assert report.idle and report.dead_tasks == 0 and report.failed_runs == 0
+    # the dispatcher tick's message shows every org's progress, each job named as its keys are
+    lines = every_org_progress_lines(rt)
+    assert [line.split(":")[0] for line in lines] == [
+        "shared",
+        "org_aaa_broken/shared",
+        "org_beta/shared",
+    ]
+    assert "blocks done (2 ranges done" in lines[0] and "blocks done (1 ranges done" in lines[2]
 
     ends = {home: 800, beta: 400}
     with rt.state() as conn:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from trace_core.chain_sync.status import collect_status
+from trace_core.engine import orgs
 from trace_core.runtime import Runtime
 
 
@@ -90,3 +91,14 @@ def progress_lines(progress: list[StreamProgress]) -> list[str]:
     for p in progress:
         by_job.setdefault(p.job_name, []).append(p.line())
     return [f"{job}: " + "; ".join(lines) for job, lines in by_job.items()]
+
+
+def every_org_progress_lines(rt: Runtime) -> list[str]:
+    """``progress_lines`` of every org with work, the deployment's own first and unprefixed,
+    each other org's jobs named as its Dagster keys are (``org_beta/demo: ...``)."""
+    lines: list[str] = []
+    for org_rt in orgs.work_runtimes(rt):
+        prefix = orgs.runtime_prefix(org_rt)
+        for line in progress_lines(stream_progress(org_rt)):
+            lines.append(f"{prefix}/{line}" if prefix else line)
+    return lines

@@ -17,7 +17,7 @@ from dagster import (
 
 from trace_core.engine import orgs, streams
 from trace_core.engine.dispatcher import TickReport, dispatch_tick
-from trace_core.engine.progress import progress_lines, stream_progress
+from trace_core.engine.progress import every_org_progress_lines
 from trace_core.errors import TraceError
 from trace_core.runtime import Runtime
 from trace_dagster.epochs import PartitionSync, partition_sync
@@ -135,7 +135,7 @@ def dispatcher_result(
         by_def.setdefault(name, []).append(p.partition_key)
     next_cursor = f"{PARTITIONS_SYNCED}:{now:.0f}" if resync and sync.done else cursor
     try:
-        progress = progress_lines(stream_progress(rt))
+        progress = every_org_progress_lines(rt)
         if loaded is not None:
             for o in orgs.work_runtimes(rt):
                 notes += stale_definitions(streams.list_streams(o), loaded, orgs.runtime_prefix(o))
