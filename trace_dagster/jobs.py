@@ -217,9 +217,9 @@ def execute_tasks(
 class RunTagger:
     """The run tags of the tasks a continuing run takes on after its first batch (whose tags
     the run was created with), added to the run in batches: at most one ``add_run_tags`` per
-    ``every`` seconds while the run goes on (a run storage write, a sqlite commit in Lite,
-    per range was a third of the reporting's cost), and the rest when the run ends
-    (``flush``). The run's tags are what this run knows it has: each key is written once."""
+    ``every`` seconds while the run goes on (one per range, a read and a sqlite commit of the
+    run in Lite, was a quarter of the reporting's CPU and half its wall time), and the rest
+    when the run ends (``flush``). Each key is written once."""
 
     def __init__(
         self,
