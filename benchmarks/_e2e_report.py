@@ -134,6 +134,15 @@ def print_profile(rows: list[Row], latency_ms: float) -> None:
         ">= 0.8 x first)"
     )
     for r in profiled:
+        split = r.extra.get("around cryo split")
+        if split:
+            wall = r.extra["profile"]["around cryo"]
+            other = wall - split["cpu"] - split["runq"]
+            print(
+                f"  around cryo ({r.path}, {r.condition}): {wall * 1000:.1f} ms = CPU "
+                f"{split['cpu'] * 1000:.1f} + waiting for a core {split['runq'] * 1000:.1f} + "
+                f"waiting on I/O or the GIL {other * 1000:.1f}"
+            )
         if r.extra.get("stream_ends"):
             ends = ", ".join(f"{key} {t:.1f}s" for key, t in r.extra["stream_ends"])
             first_par, last_par = r.extra["tenths_inflight"]

@@ -311,6 +311,13 @@ def profile_breakdown(
         mean["attempt"] = total + mean.get("claim", 0.0)
         mean["around cryo"] = mean["attempt"] - mean.get("cryo", 0.0)
         row.extra["profile"] = mean
+        # the same around cryo as this thread's CPU and its wait for a core (profile.py)
+        split = {}
+        for kind in ("cpu", "runq"):
+            part = {k: sum(r.get(kind, {}).get(k, 0.0) for r in attempts) / n for k in phases}
+            whole = sum(r.get(f"total_{kind}", 0.0) for r in attempts) / n
+            split[kind] = whole + part.get("claim", 0.0) - part.get("cryo", 0.0)
+        row.extra["around cryo split"] = split
         row.extra["profiled"] = n
     lo = since if since is not None else -math.inf
     hi = until if until is not None else math.inf

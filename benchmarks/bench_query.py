@@ -9,7 +9,10 @@ LocalStore, registers it in an embedded Postgres, then times the same SQL three 
            isolation; what the service did before worker processes);
 - service: the same with DuckDB in a worker process (the default: a crash or hang costs only
            that query); ``isolation`` = service - inproc is what the process boundary costs;
-- http:    the service through uvicorn on loopback.
+- http:    the service through uvicorn on loopback;
+- fresh:   (``--fresh``) the service with ``query_warm_sandboxes=0``: a fresh DuckDB per query,
+           as before warm sandboxes (``query.warm``); ``warm`` counts how many of the
+           service's timed queries ran in a warm sandbox.
 
 A second table breaks the service's median query down by phase (``QueryService.observer``):
 token (and body parse), registry (grants and versions from Postgres), gate (SQL parse and
@@ -33,6 +36,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import os
 import socket
 import statistics
@@ -180,6 +184,31 @@ def phase_medians(
     return {name: pick([r.get(name, 0.0) for r in rows]) for name in names}
 
 
+class SandboxLog(logging.Handler):
+    """Counts the service's queries that ran in a warm sandbox (its ``query ...`` log line)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.calls: list[bool] = []  # per noted call: ran warm
+        self._counting = False
+        logger = logging.getLogger("trace_core.query.service")
+        logger.addHandler(self)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+    def note(self, fn: Callable[[], object]) -> object:
+        self._counting = True
+        self.calls.append(False)
+        try:
+            return fn()
+        finally:
+            self._counting = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._counting and getattr(record, "sandbox", None) == "warm":
+            self.calls[-1] = True
+
+
 class Http:
     """The app under uvicorn on a free loopback port."""
 
@@ -219,6 +248,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--tenancy-only", action="store_true", help="Only the tenancy table")
+    parser.add_argument(
+        "--fresh", action="store_true", help="Also time the service without warm sandboxes"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-query-") as tmp_dir:
@@ -243,6 +275,12 @@ def main() -> None:
         inproc = QueryService(inproc_settings, dbs, store, hot_sources=None)
         inproc.open()
         http = Http(settings, dbs, store)
+        fresh = None
+        if args.fresh:
+            fresh_settings = settings.model_copy(update={"query_warm_sandboxes": 0})
+            fresh = QueryService(fresh_settings, dbs, store, hot_sources=None)
+            fresh.open()
+        sandboxes = SandboxLog()
         observed: dict[str, dict[str, list[dict[str, float]]]] = {}
         token = local_user_token(settings)
         auth = f"Bearer {token}"
@@ -253,6 +291,7 @@ def main() -> None:
         header = (
             f"{'query':<10} {'raw':>9} {'inproc':>9} {'service':>9} {'http':>9} {'ratio':>7}"
             f" {'added':>8} {'isolation':>10} {'raw min':>8} {'svc min':>8} {'add min':>8}"
+            f" {'warm':>6}" + (f" {'fresh':>9} {'fr min':>8}" if fresh else "")
         )
         print(header)
         print("-" * len(header))
@@ -264,20 +303,21 @@ def main() -> None:
                 inproc.observer = lambda ms, seen=seen: seen["inproc"].append(dict(ms))
                 service.observer = lambda ms, seen=seen: seen["service"].append(dict(ms))
                 lows: dict[str, float] = {}
-                medians, results = timed(
-                    {
-                        "raw": lambda sql=sql: raw.execute(
-                            sql.replace("transactions", source)
-                        ).fetchall(),
-                        "inproc": lambda body=body: inproc.handle("user", auth, body),
-                        "service": lambda body=body: service.handle("user", auth, body),
-                        "http": lambda sql=sql: http.client.post(
-                            "/v1/query", json={"sql": sql}, headers={"Authorization": auth}
-                        ).raise_for_status(),
-                    },
-                    args.repeat,
-                    lows,
-                )
+                variants: dict[str, Callable[[], object]] = {
+                    "raw": lambda sql=sql: raw.execute(
+                        sql.replace("transactions", source)
+                    ).fetchall(),
+                    "inproc": lambda body=body: inproc.handle("user", auth, body),
+                    "service": lambda body=body: sandboxes.note(
+                        lambda: service.handle("user", auth, body)
+                    ),
+                    "http": lambda sql=sql: http.client.post(
+                        "/v1/query", json={"sql": sql}, headers={"Authorization": auth}
+                    ).raise_for_status(),
+                }
+                if fresh is not None:
+                    variants["fresh"] = lambda body=body: fresh.handle("user", auth, body)
+                medians, results = timed(variants, args.repeat, lows)
                 raw_ms, svc_ms, http_ms = medians["raw"], medians["service"], medians["http"]
                 inproc_ms = medians["inproc"]
                 svc_result, raw_result = results["service"], results["raw"]
@@ -290,14 +330,19 @@ def main() -> None:
                     if name in SCANS
                     else ("<10ms" if added < 10 else "OVER 10ms")
                 )
+                warm = f"{sum(sandboxes.calls[-args.repeat :])}/{args.repeat}"  # timed calls
+                extra = f" {medians['fresh']:>9.1f} {lows['fresh']:>8.1f}" if fresh else ""
                 print(
                     f"{name:<10} {raw_ms:>9.1f} {inproc_ms:>9.1f} {svc_ms:>9.1f} {http_ms:>9.1f} "
                     f"{ratio:>6.2f}x {added:>7.1f} {svc_ms - inproc_ms:>+9.1f}  {lows['raw']:>8.1f}"
-                    f" {lows['service']:>8.1f} {lows['service'] - lows['raw']:>8.1f}  {target}"
+                    f" {lows['service']:>8.1f} {lows['service'] - lows['raw']:>8.1f} {warm:>6}"
+                    f"{extra}  {target}"
                 )
             print_phases(observed)
         finally:
             http.close()
+            if fresh is not None:
+                fresh.close()
             service.close()
             inproc.close()
             raw.close()

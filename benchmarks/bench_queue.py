@@ -11,7 +11,12 @@ Measures, on a fresh embedded server (temporary home):
 - lifecycle: create_task (+ outbox row) -> outbox drain -> publish -> receive -> claim ->
   no-op operator -> complete_success -> ack, with 4 workers.
 
-Each runs with 1 and 4 workers (publisher threads, consumer threads). Ratios are against the
+Each runs with 1 and 4 workers (publishers, consumers, task workers), each worker a forked
+process with its own driver and connections, as Trace runs them (workers are Dagster runs);
+``--workers-as threads`` runs them as threads of one process instead (one GIL: then the client
+side of one Python process is what is measured, not the queue). At batch 1 a consumer acks
+what it finished as it receives the next (``QueueDriver.ack_receive``) when the code measured
+has it, and a task worker completes outside a transaction (one statement). Ratios are against the
 issue's anchors (publish 3.5k/s one row per tx, 77k/s COPY batches; receive+fenced ack 2k/s
 at batch 1, 35k/s at batch 100) and against the raw baseline of this run.
 Targets (issue 25): full >= 4,000 msg/s at batch 1 and >= 20,000 at batch 100; lifecycle
@@ -21,21 +26,21 @@ slow RPC) and ten at a time.
 Run: .venv/bin/python benchmarks/bench_queue.py [--messages N] [--tasks N] [--repeat N]
 
 ``--baseline-ref main`` runs two arms on one Postgres server, each repetition in turn: REF's
-bench_queue.py on REF's trace_core (``git archive`` into a temporary directory) and this
-tree's, both as subprocesses with the same arguments, and prints each arm's best and the
-ratio this tree / REF, so that a loaded box affects both arms alike.
+trace_core (``git archive`` into a temporary directory) and this tree's, both under this
+bench script (``--baseline-harness ref``: REF's own script) as subprocesses with the same
+arguments, and prints each arm's best and the ratio this tree / REF, so that a loaded box
+affects both arms alike.
 """
 
 from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import json
+import multiprocessing as mp
 import os
-import re
 import shutil
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -43,11 +48,14 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
+from _queue_arms import compare
 from _scratch import scratch_databases
 
 from trace_core import outbox
+from trace_core import tasks as trace_tasks
 from trace_core.db.connection import connect
 from trace_core.errors import LeaseConflict
 from trace_core.queue.base import TASK_WAKEUP
@@ -66,6 +74,7 @@ TARGETS = {
     ("lifecycle", 1): 1_000,
     ("lifecycle", 10): 1_000,
 }
+WAIT = 0.05  # a consumer with nothing due polls for up to this long (backing off from 10 ms)
 PAYLOAD = {"task_id": "00000000-0000-0000-0000-000000000000", "wakeup": 1}
 
 
@@ -82,20 +91,34 @@ class Result:
         return self.messages / self.seconds
 
 
-def _threads(n: int, target: Callable[[int], None]) -> float:
-    """Run ``target(i)`` on n threads; wall seconds. Re-raises the first worker error."""
+def _run(n: int, prepare: Callable[[int], Callable[[], None]], processes: bool) -> float:
+    """Run ``prepare(i)()`` for i < n on n threads or forked processes; wall seconds of the
+    work alone (each ``prepare`` opens its connections before the clock starts). Re-raises
+    the first thread error; a process that fails makes this raise."""
+    if processes:
+        return _processes(n, prepare)
     errors: list[BaseException] = []
+    ready = threading.Barrier(n + 1)
 
     def run(i: int) -> None:
         try:
-            target(i)
+            work = prepare(i)
         except BaseException as exc:  # surfaced after join
+            errors.append(exc)
+            ready.abort()
+            return
+        try:
+            ready.wait()
+            work()
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-    t0 = time.perf_counter()
     for t in threads:
         t.start()
+    with contextlib.suppress(threading.BrokenBarrierError):
+        ready.wait()
+    t0 = time.perf_counter()
     for t in threads:
         t.join()
     if errors:
@@ -103,71 +126,130 @@ def _threads(n: int, target: Callable[[int], None]) -> float:
     return time.perf_counter() - t0
 
 
+def _processes(n: int, prepare: Callable[[int], Callable[[], None]]) -> float:
+    """``_run`` on forked processes (the parent holds no pool threads or connections then):
+    the work's span from the first start to the last end, each taken in its process."""
+    ctx = mp.get_context("fork")
+    ready = ctx.Barrier(n + 1)
+    spans = ctx.Array("d", 2 * n)
+
+    def run(i: int) -> None:
+        work = prepare(i)
+        ready.wait()
+        spans[2 * i] = time.monotonic()
+        work()
+        spans[2 * i + 1] = time.monotonic()
+
+    procs = [ctx.Process(target=run, args=(i,), daemon=True) for i in range(n)]
+    for p in procs:
+        p.start()
+    ready.wait(timeout=120)
+    for p in procs:
+        p.join()
+    failed = [p.exitcode for p in procs if p.exitcode]
+    if failed:
+        raise RuntimeError(f"{len(failed)} worker process(es) failed: exit codes {failed}")
+    return max(spans[1::2]) - min(spans[0::2])
+
+
 def _split(total: int, parts: int, i: int) -> int:
     return total // parts + (1 if i < total % parts else 0)
 
 
-def publish(driver: PgQueue, queue: str, n: int, batch: int, workers: int) -> float:
-    def work(i: int) -> None:
-        todo = _split(n, workers, i)
-        while todo > 0:
-            if batch == 1:
-                driver.publish(queue, PAYLOAD)
-                todo -= 1
-            else:
-                k = min(batch, todo)
-                driver.publish_batch(queue, [PAYLOAD] * k)
-                todo -= k
-
-    return _threads(workers, work)
+def _driver(state_url: str, pool_size: int = 1) -> PgQueue:
+    driver = PgQueue(state_url, max_receive_count=5, pool_size=pool_size)
+    driver.open()
+    return driver
 
 
-def consume(driver: PgQueue, queue: str, n: int, batch: int, workers: int) -> Callable[[int], None]:
-    """A consumer body for ``_threads``: stops once ``n`` messages were acked in total."""
-    lock = threading.Lock()
-    done = [0]
+def publisher(state_url: str, queue: str, todo: int, batch: int) -> Callable[[], None]:
+    """A publisher's work: ``todo`` messages, one or ``batch`` per call, on its own driver."""
+    driver = _driver(state_url)
 
-    def work(_: int) -> None:
-        while True:
-            with lock:
-                if done[0] >= n:
-                    return
-            got = driver.receive(queue, batch, visibility_timeout=60, wait_seconds=0.05)
-            if not got:
-                continue
-            if batch == 1:
-                for m in got:
-                    driver.ack(m)
-            else:
-                assert driver.ack_batch(got) == []
-            with lock:
-                done[0] += len(got)
+    def work() -> None:
+        left = todo
+        try:
+            while left > 0:
+                if batch == 1:
+                    driver.publish(queue, PAYLOAD)
+                    left -= 1
+                else:
+                    k = min(batch, left)
+                    driver.publish_batch(queue, [PAYLOAD] * k)
+                    left -= k
+        finally:
+            driver.close()
 
     return work
 
 
-def bench_queue(state_url: str, n: int, batch: int, workers: int) -> list[Result]:
-    driver = PgQueue(state_url, max_receive_count=5, pool_size=2 * workers)
-    driver.open()
-    try:
-        q = f"bench-{uuid.uuid4().hex[:8]}"
-        pub = publish(driver, q, n, batch, workers)
-        con = _threads(workers, consume(driver, q, n, batch, workers))
-        _vacuum(state_url)
-        q = f"bench-{uuid.uuid4().hex[:8]}"
-        consumer = consume(driver, q, n, batch, workers)
-        publisher_done: list[float] = []
+def consumer(state_url: str, queue: str, n: int, batch: int, done: Any) -> Callable[[], None]:
+    """A consumer's work on its own driver: receive + fenced ack until ``done`` (a shared
+    counter) reaches ``n``. At batch 1 the ack of a message rides with the next receive when
+    the driver offers it (``PgQueue.ack_receive``)."""
+    driver = _driver(state_url)
+    combined = batch == 1 and hasattr(driver, "ack_receive")
 
-        def both(i: int) -> None:
-            if i < workers:
-                consumer(i)
-            else:
-                publisher_done.append(publish(driver, q, _split(n, workers, i - workers), batch, 1))
+    def work() -> None:
+        held: list[Any] = []
+        try:
+            while True:
+                with done.get_lock():
+                    if done.value >= n:
+                        break
+                if combined:
+                    stale, got = driver.ack_receive(held, queue, 1, visibility_timeout=60)
+                    assert stale == []
+                    _count(done, len(held))
+                    if not got:  # nothing due: wait for one as the plain consumer does
+                        got = driver.receive(queue, 1, visibility_timeout=60, wait_seconds=WAIT)
+                    held = got
+                    continue
+                got = driver.receive(queue, batch, visibility_timeout=60, wait_seconds=WAIT)
+                if not got:
+                    continue
+                if batch == 1:
+                    for m in got:
+                        driver.ack(m)
+                else:
+                    assert driver.ack_batch(got) == []
+                _count(done, len(got))
+            if held:
+                assert driver.ack_batch(held) == []
+        finally:
+            driver.close()
 
-        full = _threads(2 * workers, both)
+    return work
+
+
+def _count(done: Any, k: int) -> None:
+    if k:
+        with done.get_lock():
+            done.value += k
+
+
+def bench_queue(state_url: str, n: int, batch: int, workers: int, processes: bool) -> list[Result]:
+    ctx = mp.get_context("fork")
+    q = f"bench-{uuid.uuid4().hex[:8]}"
+    pub = _run(
+        workers,
+        lambda i: publisher(state_url, q, _split(n, workers, i), batch),
+        processes,
+    )
+    done = ctx.Value("q", 0)
+    con = _run(workers, lambda i: consumer(state_url, q, n, batch, done), processes)
+    _vacuum(state_url)
+    q = f"bench-{uuid.uuid4().hex[:8]}"
+    done = ctx.Value("q", 0)
+
+    def role(i: int) -> Callable[[], None]:
+        if i < workers:
+            return consumer(state_url, q, n, batch, done)
+        return publisher(state_url, q, _split(n, workers, i - workers), batch)
+
+    full = _run(2 * workers, role, processes)
+    with _driver(state_url) as driver:
         assert driver.stats(q).depth == 0
-    finally:
-        driver.close()
     _vacuum(state_url)
     return [
         Result("publish", batch, workers, n, pub),
@@ -230,51 +312,93 @@ def baseline(state_url: str, n_single: int, n: int) -> list[Result]:
     return out
 
 
-def bench_lifecycle(state_url: str, tasks: int, workers: int, batch: int) -> Result:
-    """Tasks per second through the whole lifecycle with a no-op operator; each worker
-    receives up to ``batch`` wake-ups at a time."""
-    driver = PgQueue(state_url, max_receive_count=5, pool_size=workers + 1)
-    driver.open()
-    lock = threading.Lock()
-    succeeded = [0]
-    created = threading.Event()
+def dispatcher(state_url: str, tasks: int, succeeded: Any) -> Callable[[], None]:
+    """The lifecycle's dispatcher: creates the tasks (+ outbox rows, 100 per transaction, with
+    ``create_tasks`` when the code measured has it), drains the outbox, and keeps draining
+    until every task succeeded."""
+    conn = connect(state_url, autocommit=True)
+    driver = _driver(state_url)
 
-    def dispatcher() -> None:
-        with connect(state_url, autocommit=True) as conn:
+    bulk = getattr(trace_tasks, "create_tasks", None)
+
+    def work() -> None:
+        try:
             for start in range(0, tasks, 100):
+                k = min(100, tasks - start)
                 with conn.transaction():
-                    for _ in range(min(100, tasks - start)):
-                        create_task(conn, task_id=uuid.uuid4(), operator="noop", payload={})
+                    if bulk is not None:  # two statements per 100 tasks
+                        bulk(
+                            conn, [trace_tasks.NewTask(uuid.uuid4(), "noop", {}) for _ in range(k)]
+                        )
+                    else:
+                        for _ in range(k):
+                            create_task(conn, task_id=uuid.uuid4(), operator="noop", payload={})
                 outbox.drain_all(conn, driver)
-            created.set()
-            while succeeded[0] < tasks:
+            while succeeded.value < tasks:
                 outbox.drain_all(conn, driver)
                 time.sleep(0.01)
+        finally:
+            driver.close()
+            conn.close()
 
-    def worker() -> None:
-        with connect(state_url, autocommit=True) as conn:
-            while succeeded[0] < tasks:
-                got = driver.receive(TASK_WAKEUP, batch, visibility_timeout=60, wait_seconds=0.05)
+    return work
+
+
+def lifecycle_worker(state_url: str, tasks: int, batch: int, succeeded: Any) -> Callable[[], None]:
+    """A worker: receive up to ``batch`` wake-ups, claim each (one statement, durable), run
+    the no-op operator, complete (one statement, asynchronous: no transaction of its own),
+    ack. At batch 1 the ack rides with the next receive when the driver offers it."""
+    conn = connect(state_url, autocommit=True)
+    driver = _driver(state_url)
+    combined = batch == 1 and hasattr(driver, "ack_receive")
+
+    def work() -> None:
+        held: list[Any] = []
+        try:
+            while succeeded.value < tasks:
+                if combined:
+                    _stale, got = driver.ack_receive(held, TASK_WAKEUP, 1, visibility_timeout=60)
+                    if not got:  # nothing due: wait for one as the plain worker does
+                        got = driver.receive(
+                            TASK_WAKEUP, 1, visibility_timeout=60, wait_seconds=WAIT
+                        )
+                    held = got
+                else:
+                    got = driver.receive(
+                        TASK_WAKEUP, batch, visibility_timeout=60, wait_seconds=WAIT
+                    )
                 for m in got:
-                    try:  # one statement on the common path: no transaction of its own
+                    try:
                         lease = claim(conn, uuid.UUID(m.payload["task_id"]), lease_seconds=30)
                     except LeaseConflict:
                         continue
                     # the no-op operator runs here
-                    with conn.transaction():
-                        complete_success(conn, lease)
-                    with lock:
-                        succeeded[0] += 1
-                if got:
+                    complete_success(conn, lease)
+                    _count(succeeded, 1)
+                if got and not combined:
                     driver.ack_batch(got)
+            if held:
+                driver.ack_batch(held)
+        finally:
+            driver.close()
+            conn.close()
 
-    def role(i: int) -> None:
-        dispatcher() if i == 0 else worker()
+    return work
 
-    try:
-        seconds = _threads(workers + 1, role)
-    finally:
-        driver.close()
+
+def bench_lifecycle(
+    state_url: str, tasks: int, workers: int, batch: int, processes: bool
+) -> Result:
+    """Tasks per second through the whole lifecycle with a no-op operator; each worker
+    receives up to ``batch`` wake-ups at a time."""
+    succeeded = mp.get_context("fork").Value("q", 0)
+
+    def role(i: int) -> Callable[[], None]:
+        if i == 0:
+            return dispatcher(state_url, tasks, succeeded)
+        return lifecycle_worker(state_url, tasks, batch, succeeded)
+
+    seconds = _run(workers + 1, role, processes)
     return Result("lifecycle", batch, workers, tasks, seconds)
 
 
@@ -288,21 +412,24 @@ def bench_completion(state_url: str, tasks: int, workers: int, *, durable: bool)
         conn.execute("UPDATE state.outbox SET status = 'sent' WHERE status = 'pending'")
     lock = threading.Lock()
 
-    def work(_: int) -> None:
-        with connect(state_url, autocommit=True) as conn:
-            while True:
-                with lock:
-                    if not ids:
-                        return
-                    task_id = ids.pop()
-                lease = claim(conn, task_id, lease_seconds=30)
-                with conn.transaction():
-                    complete_success(conn, lease)
-                    if durable:
-                        conn.execute("SET LOCAL synchronous_commit = on")
+    def prepare(_: int) -> Callable[[], None]:
+        def work() -> None:
+            with connect(state_url, autocommit=True) as conn:
+                while True:
+                    with lock:
+                        if not ids:
+                            return
+                        task_id = ids.pop()
+                    lease = claim(conn, task_id, lease_seconds=30)
+                    with conn.transaction():
+                        complete_success(conn, lease)
+                        if durable:
+                            conn.execute("SET LOCAL synchronous_commit = on")
+
+        return work
 
     phase = "claim+complete durable" if durable else "claim+complete"
-    return Result(phase, 1, workers, tasks, _threads(workers, work))
+    return Result(phase, 1, workers, tasks, _run(workers, prepare, processes=False))
 
 
 def _vacuum(state_url: str) -> None:
@@ -338,90 +465,6 @@ def _ratio(r: Result, base: dict[tuple[str, int], float]) -> str:
     return "; ".join(parts)
 
 
-ROW = re.compile(r"^(?P<phase>\S.{0,30}?)\s+(\d+)\s+(\d+)\s+(\d+)\s+([\d.]+)\s+([\d,]+)")
-
-
-def _parse_table(out: str) -> dict[tuple[str, int, int], float]:
-    """``(phase, batch, workers) -> per second`` from a run's printed table."""
-    rates = {}
-    for line in out.splitlines():
-        m = ROW.match(line)
-        if m and m["phase"].strip() != "phase":
-            key = (m["phase"].strip(), int(m[2]), int(m[3]))
-            rates[key] = float(m[6].replace(",", ""))
-    return rates
-
-
-def compare(ref: str, args: argparse.Namespace, home: Path) -> None:
-    """Interleave REF's bench and this tree's, one repetition each in turn, on one server."""
-    repo = Path(__file__).resolve().parent.parent
-    old = home / "baseline"
-    old.mkdir()
-    archive = subprocess.run(
-        ["git", "-C", str(repo), "archive", ref, "trace_core", "benchmarks"],
-        check=True,
-        capture_output=True,
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
-    commit = subprocess.run(
-        ["git", "-C", str(repo), "rev-parse", "--short", ref],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    server = os.environ.get("TRACE_DATABASE_URL")
-    if not server:
-        from trace_core.db.embedded import embedded_server_uri
-
-        server = embedded_server_uri(home / "pg", persistent=False)
-    arms = {f"{ref} ({commit})": old, "this tree": repo}
-    best: dict[str, dict[tuple[str, int, int], float]] = {a: {} for a in arms}
-    loads = []
-    flags = [
-        f"--messages={args.messages}",
-        f"--messages-single={args.messages_single}",
-        f"--tasks={args.tasks}",
-        "--repeat=1",
-    ]
-    for i in range(args.repeat):
-        for arm, root in arms.items():
-            env = {**os.environ, "PYTHONPATH": str(root), "TRACE_DATABASE_URL": server}
-            probe = [sys.executable, "-c", "import trace_core; print(trace_core.__file__)"]
-            where = subprocess.run(
-                probe, env=env, cwd=root, check=True, capture_output=True, text=True
-            )
-            assert where.stdout.startswith(str(root)), f"{arm} imports {where.stdout}"
-            load = os.getloadavg()[0]
-            run = subprocess.run(
-                [sys.executable, str(root / "benchmarks" / "bench_queue.py"), *flags],
-                env=env,
-                cwd=root,
-                check=True,
-                capture_output=True,
-                text=True,
-            )
-            loads.append(load)
-            print(f"# run {i + 1} {arm}: load {load:.2f}", flush=True)
-            for key, rate in _parse_table(run.stdout).items():
-                best[arm][key] = max(rate, best[arm].get(key, 0.0))
-    base, mine = best.values()
-    print(
-        f"best of {args.repeat} per arm, arms interleaved; load average "
-        f"{min(loads):.2f}-{max(loads):.2f} (2 cores, shared)"
-    )
-    names = list(arms)
-    print(f"{'phase':<23}{'batch':>6}{'workers':>8}{names[0]:>22}{names[1]:>12}  ratio")
-    for key in mine:
-        phase, batch, workers = key
-        b, m = base.get(key), mine[key]
-        ratio = f"{m / b:5.2f}x" if b else ""
-        target = TARGETS.get((phase, batch))
-        if target:
-            ratio += f"; {m / target:5.2f}x target {target:,}"
-        b_text = f"{b:,.0f}" if b else "-"
-        print(f"{phase:<23}{batch:>6}{workers:>8}{b_text:>22}{m:>12,.0f}  {ratio}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--messages", type=int, default=20_000, help="messages at batch 100")
@@ -435,13 +478,28 @@ def main() -> None:
         default=0,
         help="also time claim + complete_success, durable vs asynchronous, in N rounds",
     )
+    parser.add_argument(
+        "--workers-as",
+        choices=("processes", "threads"),
+        default="processes",
+        help="workers (publishers, consumers, task workers, the dispatcher) as forked "
+        "processes, as Trace runs them (Dagster runs), or as threads of one process (one GIL)",
+    )
+    parser.add_argument(
+        "--baseline-harness",
+        choices=("this", "ref"),
+        default="this",
+        help="with --baseline-ref: run REF's code under this bench script (same harness), or "
+        "REF's own bench script",
+    )
     args = parser.parse_args()
+    processes = args.workers_as == "processes"
 
     home = Path(tempfile.mkdtemp(prefix="trace-bench-queue-"))
     # atexit runs last-in first-out: the server (registered next) stops before this removal
     atexit.register(shutil.rmtree, home, ignore_errors=True)
     if args.baseline_ref:
-        compare(args.baseline_ref, args, home)
+        compare(args.baseline_ref, args, home, Path(__file__).resolve(), TARGETS)
         return
     dbs = scratch_databases(home, "bench_queue")
 
@@ -451,10 +509,10 @@ def main() -> None:
         runs += baseline(dbs.state_url, args.messages_single, args.messages)
         for batch, n in ((1, args.messages_single), (100, args.messages)):
             for workers in (1, 4):
-                runs += bench_queue(dbs.state_url, n, batch, workers)
+                runs += bench_queue(dbs.state_url, n, batch, workers, processes)
         for batch in (1, 10):
             for workers in (1, 4):
-                runs.append(bench_lifecycle(dbs.state_url, args.tasks, workers, batch))
+                runs.append(bench_lifecycle(dbs.state_url, args.tasks, workers, batch, processes))
     # the completion's commit alone, both ways interleaved in small rounds; summed per way
     done: dict[tuple[bool, int], list[Result]] = {}
     for _ in range(args.completion_rounds):
@@ -480,7 +538,7 @@ def main() -> None:
     )
 
     print(
-        f"best of {args.repeat}; load average {load_before:.2f} before, "
+        f"best of {args.repeat}, workers as {args.workers_as}; load average {load_before:.2f} before, "
         f"{os.getloadavg()[0]:.2f} after (2 cores, shared)"
     )
     print(f"{'phase':<23}{'batch':>6}{'workers':>8}{'msgs':>8}{'seconds':>9}{'per s':>10}  ratio")

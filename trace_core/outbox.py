@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import defaultdict
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -65,6 +66,20 @@ def enqueue_wakeup(
         payload={"task_id": str(task_id), "wakeup": generation},
         dedupe_name=f"task_wakeup:{task_id}:{generation}",
         available_at=available_at,
+    )
+
+
+def enqueue_wakeups(conn: Connection[Any], wakeups: Sequence[tuple[uuid.UUID, int]]) -> None:
+    """``enqueue_wakeup`` for many ``(task_id, generation)`` pairs, due now, in one statement."""
+    if not wakeups:
+        return
+    conn.execute(
+        q("outbox", "insert_outbox_batch"),
+        {
+            "topic": TASK_WAKEUP,
+            "outbox_ids": [outbox_id(f"task_wakeup:{t}:{g}") for t, g in wakeups],
+            "payloads": [Jsonb({"task_id": str(t), "wakeup": g}) for t, g in wakeups],
+        },
     )
 
 

@@ -3,11 +3,16 @@
 Off by default, and then every call here is a dictionary lookup at most. When the variable
 names a directory, each process appends JSON lines to ``{dir}/profile-{pid}.jsonl``:
 
-- one ``{"kind": "attempt", "task_id", "attempt", "phases": {name: seconds}, ...}`` per
-  attempt a worker ran (claim, token, pool, probe, slot, cryo, checks, bloom, stage, commit,
-  report ...), written when the attempt ends;
-- one ``{"kind": "run", "phase", "seconds", ...}`` per step a worker run takes outside any
-  attempt (taking more work: plan, receive, ack; the wait for a free thread ...).
+- one ``{"kind": "attempt", "task_id", "attempt", "phases": {name: seconds}, "cpu": {...},
+  "runq": {...}, ...}`` per attempt a worker ran (claim, token, pool, probe, slot, cryo,
+  checks, bloom, stage, commit, report ...), written when the attempt ends;
+- one ``{"kind": "run", "phase", "seconds", "cpu", "runq", ...}`` per step a worker run takes
+  outside any attempt (taking more work: plan, receive, ack; the wait for a free thread ...).
+
+What a phase's wall seconds were: ``cpu``, the timing thread's own CPU time
+(``time.thread_time``: a subprocess's, cryo's, is not in it), and ``runq``, the time that
+thread was runnable but waited for a core (Linux ``/proc/self/task/<tid>/schedstat``; 0
+elsewhere). The rest is waiting: on I/O (Postgres, fsync, a subprocess) or for the GIL.
 
 Phases nest by name only: a phase timed inside another is counted in both (``cryo`` inside
 ``extract``), so a reader sums the leaves it chooses. The benchmarks read these files
@@ -50,17 +55,44 @@ def _write(record: dict[str, Any]) -> None:
             fh.write(line)
 
 
-def add(task_id: uuid.UUID | None, phase: str, seconds: float) -> None:
-    """Add ``seconds`` to ``phase`` of ``task_id``'s open attempt (or the current thread's)."""
+def _runq() -> float:
+    """Seconds this thread has waited for a core, runnable (0.0 where Linux does not say)."""
+    try:
+        with open(f"/proc/self/task/{threading.get_native_id()}/schedstat") as fh:
+            return int(fh.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def _now() -> tuple[float, float, float]:
+    """(wall, this thread's CPU, its run-queue wait) in seconds, to subtract later."""
+    return time.perf_counter(), time.thread_time(), _runq()
+
+
+def _since(t0: tuple[float, float, float]) -> tuple[float, float, float]:
+    return tuple(b - a for a, b in zip(t0, _now(), strict=True))  # type: ignore[return-value]
+
+
+def add(
+    task_id: uuid.UUID | None,
+    phase: str,
+    seconds: float,
+    cpu: float | None = None,
+    runq: float | None = None,
+) -> None:
+    """Add ``seconds`` (of which ``cpu`` on a core, ``runq`` waiting for one) to ``phase`` of
+    ``task_id``'s open attempt (or the current thread's)."""
     if not enabled():
         return
     task_id = task_id or getattr(_local, "task_id", None)
     if task_id is None:
         return
     with _lock:
-        record = _open.setdefault(task_id, {"phases": {}})
-        phases = record["phases"]
-        phases[phase] = phases.get(phase, 0.0) + seconds
+        record = _open.setdefault(task_id, {"phases": {}, "cpu": {}, "runq": {}})
+        for key, value in (("phases", seconds), ("cpu", cpu), ("runq", runq)):
+            if value is not None:
+                sums = record[key]
+                sums[phase] = sums.get(phase, 0.0) + value
 
 
 @contextlib.contextmanager
@@ -69,11 +101,11 @@ def phase(name: str, task_id: uuid.UUID | None = None) -> Iterator[None]:
     if not enabled():
         yield
         return
-    t0 = time.perf_counter()
+    t0 = _now()
     try:
         yield
     finally:
-        add(task_id, name, time.perf_counter() - t0)
+        add(task_id, name, *_since(t0))
 
 
 @contextlib.contextmanager
@@ -84,12 +116,13 @@ def attempt(task_id: uuid.UUID, attempt_no: int, **fields: Any) -> Iterator[None
         return
     previous = getattr(_local, "task_id", None)
     _local.task_id = task_id
-    t0 = time.perf_counter()
+    t0 = _now()
     try:
         yield
     finally:
         _local.task_id = previous
-        finish(task_id, attempt_no, total=time.perf_counter() - t0, **fields)
+        total, cpu, runq = _since(t0)
+        finish(task_id, attempt_no, total=total, total_cpu=cpu, total_runq=runq, **fields)
 
 
 def finish(task_id: uuid.UUID, attempt_no: int, **fields: Any) -> None:
@@ -97,7 +130,7 @@ def finish(task_id: uuid.UUID, attempt_no: int, **fields: Any) -> None:
     if not enabled():
         return
     with _lock:
-        record = _open.pop(task_id, {"phases": {}})
+        record = _open.pop(task_id, {"phases": {}, "cpu": {}, "runq": {}})
     _write(
         {
             "kind": "attempt",
@@ -117,15 +150,18 @@ def run_phase(name: str, **fields: Any) -> Iterator[None]:
     if not enabled():
         yield
         return
-    t0 = time.perf_counter()
+    t0 = _now()
     try:
         yield
     finally:
+        seconds, cpu, runq = _since(t0)
         _write(
             {
                 "kind": "run",
                 "phase": name,
-                "seconds": time.perf_counter() - t0,
+                "seconds": seconds,
+                "cpu": cpu,
+                "runq": runq,
                 "pid": os.getpid(),
                 "at": time.time(),
                 **fields,

@@ -7,6 +7,7 @@ created on first use and closed by ``close()``. Dagster resources and the CLI ea
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import threading
 import uuid
@@ -40,6 +41,7 @@ class Runtime:
         self._orgs: dict[str, Runtime] = {}
         self._orgs_lock = threading.Lock()
         self._org_names: dict[str, str] = {}
+        self._reused: Reused | None = None  # where ``state()`` gets connections (``reusing``)
 
     def for_org(self, org_id: str | uuid.UUID | None) -> Runtime:
         """This runtime acting for ``org_id``: the same databases, queue driver and object
@@ -108,6 +110,10 @@ class Runtime:
     def state(self) -> Iterator[psycopg.Connection[Any]]:
         """A state-database connection (autocommit; use ``conn.transaction()``). A driver error
         that escapes the block leaves as a ``DatabaseError``/``DatabaseUnreachable``."""
+        if self._reused is not None:
+            with self._reused() as conn:
+                yield conn
+            return
         with (
             db_errors("state database"),
             connect(self.dbs.state_url, autocommit=True, **self._session) as conn,
@@ -120,6 +126,15 @@ class Runtime:
         from trace_core.db.reuse import Reused
 
         return Reused(lambda: connect(self.dbs.state_url, autocommit=True, **self._session))
+
+    def reusing(self, reused: Reused) -> Runtime:
+        """This runtime (same org, settings and adapters) whose ``state()`` hands out
+        ``reused``'s connections (``reused_state()`` of this runtime: same org stamp) instead
+        of opening one per call: a worker run's reporting reads a few rows per range. Another
+        org's runtime (``for_org``) opens its own."""
+        view = copy.copy(self)
+        view._reused = reused
+        return view
 
     @contextlib.contextmanager
     def data(self) -> Iterator[psycopg.Connection[Any]]:

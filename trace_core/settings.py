@@ -300,6 +300,11 @@ class Settings(BaseSettings):
         ge=0,
         description="Stack limit (RLIMIT_STACK) of each query worker's query thread; recursion past it kills only that worker (HTTP 500 engine_crashed); 0 = inherited",
     )
+    query_warm_sandboxes: int = Field(
+        4,
+        ge=0,
+        description="Warm DuckDB sandboxes kept per query worker (or in process), each for one org and one exact set of local files, reused by that org's next queries over the same files (read-only views, locked configuration, a new connection per query); 0 = a fresh instance for every query",
+    )
     query_audit_durable: bool = Field(
         True,
         description="An answered query's audit row survives a crash (the default): the row is committed durably as 'started' while the engine runs, the answer waits for that commit, and the outcome follows with an asynchronous commit; false commits the row asynchronously only (no WAL flush at all), so a crash of Postgres itself in the next ~0.6 s can lose it",

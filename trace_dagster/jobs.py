@@ -4,7 +4,9 @@ ending and waiting for the dispatcher and worker sensors to launch the next run.
 
 # No `from __future__ import annotations` here: Dagster resolves op/sensor annotations at runtime.
 import logging
+import time
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from dagster import (
@@ -12,6 +14,7 @@ from dagster import (
     AssetMaterialization,
     AssetObservation,
     Config,
+    DagsterInstance,
     Failure,
     HookContext,
     MetadataValue,
@@ -29,6 +32,7 @@ from dagster._core.definitions.events import (  # not public API: see report_fai
 from dagster._core.events import AssetMaterializationPlannedData, DagsterEvent
 from pydantic import Field
 
+from trace_core import profile
 from trace_core.engine import orgs
 from trace_core.engine.execute import TaskOutcome
 from trace_core.engine.intake import ORG_TAG, task_tags
@@ -42,6 +46,8 @@ from trace_dagster.retry import is_manual_reexecution, revive_for_reexecution, t
 from trace_dagster.transforms import transform_materialization
 
 WORKER_JOB = "trace_worker"
+# A continuing run adds the tags of the tasks it took on at most this often (and at its end).
+RUN_TAGS_EVERY_SECONDS = 2.0
 
 
 class TaskBatchConfig(Config):
@@ -185,19 +191,68 @@ def execute_tasks(
     batch = config.task_ids
     if is_manual_reexecution(context.dagster_run):  # e.g. from the UI: revive its dead tasks
         batch = revive_for_reexecution(context, rt, batch)
-    report = run_worker(
-        rt,
-        [uuid.UUID(raw) for raw in batch],
-        on_outcome=lambda outcome: _report(context, rt, outcome),
-        on_planned=lambda planned: _add_partitions(context, rt, planned),
-        on_more=lambda n: context.log.info(f"taking {n} more woken task(s)"),
-    )
+    tags = RunTagger(context.instance, context.run_id, context.dagster_run.tags)
+    known: set[tuple[str, str]] = set()  # (partitions def, key) known to exist
+    # reporting reads a few state rows per range: on the run's connections, not a new one each
+    with rt.reused_state() as reused:
+        report_rt = rt.reusing(reused)
+        try:
+            report = run_worker(
+                rt,
+                [uuid.UUID(raw) for raw in batch],
+                on_outcome=lambda outcome: _report(context, report_rt, outcome, tags),
+                on_planned=lambda planned: _add_partitions(context, report_rt, planned, known),
+                on_more=lambda n: context.log.info(f"taking {n} more woken task(s)"),
+            )
+        finally:
+            tags.flush()
     if report.batches > 1:
         context.log.info(f"{report.batches} batches in this run")
     if report.failures:
         raise Failure(
             description="; ".join(report.failures), metadata=touched_metadata(report.touched)
         )
+
+
+class RunTagger:
+    """The run tags of the tasks a continuing run takes on after its first batch (whose tags
+    the run was created with), added to the run in batches: at most one ``add_run_tags`` per
+    ``every`` seconds while the run goes on (one per range, a read and a sqlite commit of the
+    run in Lite, was a quarter of the reporting's CPU and half its wall time), and the rest
+    when the run ends (``flush``). Each key is written once."""
+
+    def __init__(
+        self,
+        instance: DagsterInstance,
+        run_id: str,
+        tags: Mapping[str, str],
+        every: float = RUN_TAGS_EVERY_SECONDS,
+    ):
+        self._instance = instance
+        self._run_id = run_id
+        self._every = every
+        self._have = dict(tags)
+        self._pending: dict[str, str] = {}
+        self._last = time.monotonic()
+
+    @property
+    def have(self) -> dict[str, str]:
+        """The run's tags, with those not yet written."""
+        return {**self._have, **self._pending}
+
+    def add(self, tags: dict[str, str]) -> None:
+        have = self.have
+        self._pending.update({k: v for k, v in tags.items() if have.get(k) != v})
+        if self._pending and time.monotonic() - self._last >= self._every:
+            self.flush()
+
+    def flush(self) -> None:
+        self._last = time.monotonic()
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, {}
+        self._instance.add_run_tags(self._run_id, pending)
+        self._have.update(pending)
 
 
 def outcome_line(outcome: TaskOutcome) -> str:
@@ -223,42 +278,53 @@ def outcome_line(outcome: TaskOutcome) -> str:
     return done
 
 
-def _report(context: OpExecutionContext, rt: Runtime, outcome: TaskOutcome) -> None:
-    """Log an outcome (one line), tag the run with its range, and report it on its epoch
-    partition: committed ranges as observations (and the epoch's materialization), a dead
-    range as a failed materialization of its epoch carrying the last error. The events name
-    the task's org's assets (``rt.for_org``: another org's keys carry its prefix)."""
+def _report(
+    context: OpExecutionContext, rt: Runtime, outcome: TaskOutcome, run_tags: RunTagger
+) -> None:
+    """Log an outcome (one line), tag the run with its range (``run_tags``: in batches), and
+    report it on its epoch partition: committed ranges as observations (and the epoch's
+    materialization), a dead range as a failed materialization of its epoch carrying the last
+    error. The events name the task's org's assets (``rt.for_org``: another org's keys carry
+    its prefix)."""
     rt = rt.for_org(outcome.org_id)
     line = outcome_line(outcome)
-    if outcome.status in ("retry", "dead"):
-        context.log.error(line)
-    else:
-        context.log.info(line)
+    with profile.run_phase("report: log"):
+        if outcome.status in ("retry", "dead"):
+            context.log.error(line)
+        else:
+            context.log.info(line)
     tags = task_tags(outcome.task_id, outcome.attempt or 0, outcome.payload)
-    run_tags = context.dagster_run.tags
-    ran_for = set(filter(None, run_tags.get(ORG_TAG, "").split(",")))
+    ran_for = set(filter(None, run_tags.have.get(ORG_TAG, "").split(",")))
     if outcome.org_id is not None and str(outcome.org_id) not in ran_for:
         # a later wave's task of another org: the run names every org it worked for
         tags[ORG_TAG] = ",".join(sorted({*ran_for, str(outcome.org_id)}))
-    if any(run_tags.get(k) != v for k, v in tags.items()):  # a later wave's task: untagged
-        context.instance.add_run_tags(context.run_id, tags)
-    events: list[Any] = [
-        *committed_range_events(rt, outcome),
-        *dead_range_observations(rt, outcome),
-        transform_materialization(
-            outcome, lambda job: epoch_size(rt, job), orgs.runtime_prefix(rt)
-        ),
-    ]
-    for event in events:
-        if event is not None:
-            context.log_event(event)
+    with profile.run_phase("report: tags"):
+        run_tags.add(tags)  # a later wave's task: untagged so far
+    with profile.run_phase("report: events"):
+        events: list[Any] = [
+            *committed_range_events(rt, outcome),
+            *dead_range_observations(rt, outcome),
+            transform_materialization(
+                outcome, lambda job: epoch_size(rt, job), orgs.runtime_prefix(rt)
+            ),
+        ]
+    with profile.run_phase("report: write"):
+        for event in events:
+            if event is not None:
+                context.log_event(event)
     for failure in dead_range_failures(rt, outcome):
         report_failed_partition(context, failure)
 
 
-def _add_partitions(context: OpExecutionContext, rt: Runtime, planned: list[PlannedRange]) -> None:
+def _add_partitions(
+    context: OpExecutionContext,
+    rt: Runtime,
+    planned: list[PlannedRange],
+    known: set[tuple[str, str]],
+) -> None:
     """Epochs of the ranges this run planned become partitions now (the dispatcher sensor adds
-    only those it planned itself; its periodic sync would add these later)."""
+    only those it planned itself; its periodic sync would add these later). ``known``: the
+    (definition, key) pairs this run saw exist or added (a read each, not one per take)."""
     by_def: dict[str, set[str]] = {}
     for job_name, dataset_key, start, end, org_id in planned:
         org_rt = rt.for_org(org_id)
@@ -267,9 +333,14 @@ def _add_partitions(context: OpExecutionContext, rt: Runtime, planned: list[Plan
             epoch_keys_of(org_rt, job_name, dataset_key, start, end)
         )
     for name, keys in by_def.items():
-        new = [k for k in sorted(keys) if not context.instance.has_dynamic_partition(name, k)]
+        new = [
+            k
+            for k in sorted(keys)
+            if (name, k) not in known and not context.instance.has_dynamic_partition(name, k)
+        ]
         if new:
             context.instance.add_dynamic_partitions(name, new)
+        known.update((name, k) for k in keys)
 
 
 @failure_hook

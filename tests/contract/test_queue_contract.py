@@ -246,6 +246,25 @@ def test_ack_batch_skips_and_reports_stale(qh: Harness) -> None:
     assert d.stats("q").in_flight == 0
 
 
+def test_ack_receive_acks_what_was_done_and_receives_the_next(qh: Harness) -> None:
+    d = qh.driver
+    d.publish_batch("q", [{"n": 0}, {"n": 1}])
+    stale, (a,) = d.ack_receive([], "q", 1, visibility_timeout=VIS)
+    assert stale == [] and a.receive_count == 1
+    stale, (b,) = d.ack_receive([a], "q", 1, visibility_timeout=VIS)
+    assert stale == [] and b.message_id != a.message_id
+    c = _redeliver(qh, b)  # b's receipt is stale now
+    x = d.publish("q", {"n": 2})
+    qh.settle()
+    stale, got = d.ack_receive([b], "q", 1, visibility_timeout=VIS)
+    assert stale == [b] and [m.message_id for m in got] == [x]  # c stays in flight
+    assert (d.stats("q").depth, d.stats("q").in_flight) == (0, 2)
+    stale, nothing = d.ack_receive([c, *got], "q", 1, visibility_timeout=VIS)
+    assert (stale, nothing) == ([], [])
+    stats = d.stats("q")
+    assert (stats.depth, stats.in_flight, stats.dead) == (0, 0, 0)
+
+
 def test_nack_makes_message_receivable_again(qh: Harness) -> None:
     d = qh.driver
     d.publish("q", {"k": 1})
@@ -432,3 +451,58 @@ def test_factory_picks_the_configured_driver(
         assert sqs.stats("factory").depth == 1
     finally:
         sqs.close()
+
+
+def test_pgqueue_pool_reuses_idle_connections_and_drops_broken_ones(queue_state_url: str) -> None:
+    """pgqueue's own pool (``PgConns``): a LIFO of idle connections up to ``max_size``; one
+    that comes back inside a transaction, or whose server session died, is closed and
+    replaced; every caller waits at most ``timeout`` for a free one."""
+    from trace_core.errors import QueueError
+    from trace_core.queue.pgconns import PgConns, PoolTimeout
+
+    pool = PgConns(queue_state_url, max_size=2, options="", timeout=0.05)
+    pool.open()
+
+    def pid() -> int:
+        with pool.borrow() as cur:
+            row = cur.execute("SELECT pg_backend_pid()").fetchone()
+        assert row is not None
+        return int(row[0])
+
+    first = pid()
+    assert pid() == first  # reused, not reconnected
+    with pool.borrow() as a, pool.borrow() as b:
+        assert a.connection is not b.connection  # a second one within max_size
+        with pytest.raises(PoolTimeout), pool.borrow():
+            pass  # both out: the third caller times out
+    with pool.borrow() as cur:
+        cur.execute("BEGIN")  # comes back inside a transaction: closed, not reused
+        left_open = cur.connection
+    assert left_open.closed
+    killed = {first, pid()}
+    with psycopg.connect(queue_state_url, autocommit=True) as admin:
+        for p in killed:
+            admin.execute("SELECT pg_terminate_backend(%s)", (p,))
+    failures, fresh = 0, None
+    for _ in range(3):  # each idle connection fails once and is dropped; then a fresh one
+        try:
+            fresh = pid()
+            break
+        except psycopg.OperationalError:
+            failures += 1
+    assert 1 <= failures <= 2 and fresh is not None and fresh not in killed
+    pool.close()
+    with pytest.raises(PoolTimeout):
+        pid()
+
+    # through the driver: a dead connection is one QueueError, and the next call reconnects
+    driver = PgQueue(queue_state_url, max_receive_count=MAX_RECEIVES, pool_size=1)
+    with driver:
+        driver.publish_batch("pool", [{"n": 1}])
+        with driver._consume_pool.borrow() as cur, psycopg.connect(queue_state_url) as admin:
+            backend = cur.execute("SELECT pg_backend_pid()").fetchone()
+            admin.execute("SELECT pg_terminate_backend(%s)", (backend[0] if backend else 0,))
+        with pytest.raises(QueueError):
+            driver.receive("pool", 1, visibility_timeout=VIS)
+        (m,) = driver.receive("pool", 1, visibility_timeout=VIS)
+        driver.ack(m)

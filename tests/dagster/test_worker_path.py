@@ -300,3 +300,38 @@ def test_driver_merges_a_ticks_worker_requests_per_job_and_org() -> None:
     assert {"trace/task.t1", "trace/task.t2", "trace/task.t4"} <= set(a.tags)
     assert "trace/task.t3" not in a.tags
     assert merged[1][1] is service and merged[2][1] is requests[2][1]
+
+
+def test_a_continuing_run_adds_its_later_tasks_tags_in_batches(
+    dagster_instance: DagsterInstance,
+) -> None:
+    """``RunTagger``: the tags of tasks a run took on after its first batch reach the run at
+    most once per interval, and all of them by the end of the run (``flush``); tags the run
+    already has are never written again."""
+    from dagster._core.test_utils import create_run_for_test
+
+    from trace_dagster.jobs import RunTagger
+
+    run = create_run_for_test(dagster_instance, job_name="trace_worker", tags={"trace/task.a": "1"})
+
+    def tags() -> dict[str, str]:
+        found = dagster_instance.get_run_by_id(run.run_id)
+        assert found is not None
+        return dict(found.tags)
+
+    tagger = RunTagger(dagster_instance, run.run_id, run.tags, every=3600)
+    tagger.add({"trace/task.a": "1"})  # the run's own: nothing to write
+    tagger.add({"trace/task.b": "1", "trace/range.blocks.000-250": "demo"})
+    tagger.add({"trace/task.c": "2"})
+    assert "trace/task.b" not in tags()  # within the interval: not written yet
+    assert tagger.have["trace/task.c"] == "2"
+    tagger.flush()
+    assert {k: tags()[k] for k in tagger.have} == {
+        "trace/task.a": "1",
+        "trace/task.b": "1",
+        "trace/range.blocks.000-250": "demo",
+        "trace/task.c": "2",
+    }
+    every_time = RunTagger(dagster_instance, run.run_id, tags(), every=0)
+    every_time.add({"trace/task.d": "1"})
+    assert tags()["trace/task.d"] == "1"

@@ -25,11 +25,13 @@ from trace_core.queue.base import TASK_WAKEUP, Message, outbox_publishing
 from trace_core.queue.pgqueue import PgQueue
 from trace_core.tasks import (
     Lease,
+    NewTask,
     RetryPolicy,
     claim,
     complete_failure,
     complete_success,
     create_task,
+    create_tasks,
     heartbeat,
     reap,
 )
@@ -362,6 +364,49 @@ def test_claim_refuses_leased_finished_and_paused(conn: Connection[Any]) -> None
     with pytest.raises(LeaseConflict, match="paused"):
         _claim(conn, paused)
     assert _status(conn, paused) == ("queued", 0)
+
+
+def test_create_tasks_is_create_task_for_each_row(conn: Connection[Any]) -> None:
+    """Bulk creation gives the rows and wake-ups create_task gives, one by one: the same
+    columns, the same outbox ids and payloads (a repeat is a no-op either way), no wake-up for
+    a paused task, and the transaction stays durable (it wrote outbox rows)."""
+    job = uuid.uuid4()
+    one, bulk = [uuid.uuid4() for _ in range(3)], [uuid.uuid4() for _ in range(3)]
+    specs = [
+        dict(operator="noop", payload={"n": 1}),
+        dict(operator="op2", payload={"n": [2]}, max_attempts=5, job_id=job),
+        dict(operator="noop", payload={}, paused=True, job_id=job),
+    ]
+    conn.execute("SET synchronous_commit = local")
+    with conn.transaction():
+        for task_id, spec in zip(one, specs, strict=True):
+            assert create_task(conn, task_id=task_id, **spec)  # type: ignore[arg-type]
+    with conn.transaction():
+        conn.execute("SELECT set_config('trace.completion_sync', 'local', true)")
+        conn.execute("SET LOCAL synchronous_commit = off")  # as a completion before it would
+        new = [NewTask(t, **spec) for t, spec in zip(bulk, specs, strict=True)]  # type: ignore[arg-type]
+        assert create_tasks(conn, [new[0], NewTask(one[0], "noop", {}), *new[1:]]) == bulk
+        assert _sync_commit(conn) == "local"  # outbox rows written: durable again
+    with conn.transaction():
+        assert create_tasks(conn, new) == []  # repeats change nothing
+
+    def rows(ids: list[uuid.UUID]) -> list[tuple[Any, ...]]:
+        got = []
+        for task_id in ids:
+            task = conn.execute(
+                "SELECT operator, status, attempt, max_attempts, paused, payload, job_id, org_id,"
+                " wakeups FROM state.tasks WHERE task_id = %s",
+                (task_id,),
+            ).fetchone()
+            wake = conn.execute(
+                "SELECT topic, payload - 'task_id', status FROM state.outbox WHERE outbox_id = %s",
+                (outbox.outbox_id(f"task_wakeup:{task_id}:1"),),
+            ).fetchone()
+            got.append((task, wake))
+        return got
+
+    assert rows(bulk) == rows(one)
+    assert [w for _, w in rows(bulk)] == [(TASK_WAKEUP, {"wakeup": 1}, "pending")] * 2 + [None]
 
 
 def test_claim_outside_a_transaction_decides_as_inside(conn: Connection[Any]) -> None:

@@ -25,6 +25,7 @@ from tests.integration.test_query_service import (
 from trace_core.db.connection import Databases
 from trace_core.query.app import create_app
 from trace_core.query.client import local_user_token
+from trace_core.query.warm import warm_root
 from trace_core.query.workers import EngineWorkers
 from trace_core.settings import Settings
 from trace_core.storage.local import LocalStore
@@ -118,6 +119,14 @@ def test_a_hung_engine_is_killed_and_replaced(
     app.state.service.workers.kill_grace_seconds = 1.0
     with serving(app) as client:
         workers = app.state.service.workers
+        (pid,) = workers.pids()
+        # good queries first: the worker builds a warm sandbox for them in the background
+        for _ in range(2):
+            assert post(client, token, {"sql": "SELECT count(*) FROM blocks"}).status_code == 200
+        deadline = time.monotonic() + 30
+        while not list(warm_root(workers.config).glob(f"{pid}-*")):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
         started = time.monotonic()
         response = post(client, token, {"sql": HANG})
         assert time.monotonic() - started < 20
@@ -125,6 +134,7 @@ def test_a_hung_engine_is_killed_and_replaced(
         assert response.json()["error"]["code"] == "query_timeout"
         assert "engine process was replaced" in response.json()["error"]["message"]
         _wait_for_workers(workers, replaced=1)
+        assert not list(warm_root(workers.config).glob(f"{pid}-*"))  # the killed one's files
         ok = post(client, token, {"sql": "SELECT count(*) FROM blocks"})
         assert ok.status_code == 200 and ok.json()["rows"] == [[10]]
 

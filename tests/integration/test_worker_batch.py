@@ -329,6 +329,28 @@ def test_a_run_reuses_its_state_connections_only_when_idle(trace_env: Runtime) -
     assert kept.closed
 
 
+def test_a_reusing_runtime_hands_out_the_runs_connections_for_its_own_org_only(
+    trace_env: Runtime,
+) -> None:
+    """``Runtime.reusing``: ``state()`` of the view serves from the run's kept connections (a
+    worker run's reporting: no new backend per range), the runtime itself still opens a new
+    one per block, and another org's runtime of the view opens its own (its org stamp)."""
+    with trace_env.reused_state() as reused:
+        view = trace_env.reusing(reused)
+        assert view.for_org(None) is view and view.settings is trace_env.settings
+        with view.state() as conn:
+            first = conn.info.backend_pid
+        with view.state() as conn:
+            assert conn.info.backend_pid == first
+        with trace_env.state() as conn:
+            assert conn.info.backend_pid != first
+        other = view.for_org(uuid.uuid4())
+        with other.state() as conn:
+            assert conn.info.backend_pid != first
+    with view.state() as conn:  # the run ended: its connections are closed, a new one opens
+        assert conn.info.backend_pid != first
+
+
 def test_a_worker_run_runs_the_range_furthest_behind_first(trace_env: Runtime) -> None:
     """One thread, a batch claimed in the order blocks 2000, 2250, 0, 250 (a stream that ran
     ahead, then one that lags): the lagging ranges run first, so the streams finish together."""

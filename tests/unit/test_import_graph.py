@@ -106,6 +106,7 @@ SHELL_MAY_IMPORT = (
     "trace_core.runtime",
     "trace_core.errors",
     "trace_core.settings",
+    "trace_core.profile",  # instrumentation only: timing the shell's own steps of a run
 )
 
 

@@ -12,6 +12,7 @@ import jwt
 import pytest
 
 from trace_core.errors import TokenInvalid
+from trace_core.query import tokens
 from trace_core.query.tokens import (
     DatasetPin,
     issue_task_token,
@@ -135,6 +136,28 @@ def test_rotation_overlap(cfg: Settings) -> None:
     assert verify_task_token(retired, new).attempt == 1
     with pytest.raises(TokenInvalid, match="unknown key"):
         verify_user_token(retired, old)
+
+
+def test_a_verified_token_is_remembered_only_while_it_would_verify(
+    cfg: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Verified tokens are remembered (the service verifies the same bearer per query), but a
+    remembered one is refused once it expires or its kid's secret changes."""
+    token = issue_user_token(cfg, sub="user:alice", ttl=60)
+    verified = tokens.VerifiedTokens()
+    assert verify_user_token(cfg, token, verified).sub == "user:alice"
+    assert len(verified) == 1
+    monkeypatch.setattr(tokens.jwt, "decode", None)  # a second verification decodes nothing
+    assert verify_user_token(cfg, token, verified).sub == "user:alice"  # remembered
+    real = time.time
+    monkeypatch.setattr(tokens.time, "time", lambda: real() + 60 + tokens.LEEWAY_SECONDS + 1)
+    with pytest.raises(TokenInvalid, match="expired"):
+        verify_user_token(cfg, token, verified)
+    monkeypatch.undo()
+    path = key_file(cfg)
+    path.write_text(json.dumps({"k1": "another-secret-another-secret-another-secret"}))
+    with pytest.raises(TokenInvalid, match="invalid"):
+        verify_user_token(cfg, token, verified)
 
 
 def test_task_token_with_inconsistent_subject_is_refused(cfg: Settings) -> None:

@@ -1,4 +1,5 @@
-"""The sandboxed DuckDB engine: one fresh in-memory database per query.
+"""The sandboxed DuckDB engine: a fresh in-memory database per query (or a warm, equally
+locked one reused per org and exact files, ``query.warm``, which builds on the pieces here).
 
 Trusted code builds everything before untrusted SQL runs:
 
@@ -145,6 +146,7 @@ class QueryResult:
     spool: Path | None = None
     # milliseconds: "sandbox" (views, limits, lock) and "duckdb" (the query and its batches)
     timings: dict[str, float] = field(default_factory=dict)
+    warm: bool = False  # ran in a warm sandbox (``query.warm``), not a fresh instance
 
 
 class Workdir:
@@ -180,7 +182,7 @@ def ensure_extension(name: str, extension_dir: Path) -> None:
         if (name, extension_dir) in _ext_ready:
             return
         extension_dir.mkdir(parents=True, exist_ok=True)
-        con = duckdb.connect(":memory:", config=_base_config(extension_dir))
+        con = duckdb.connect(":memory:", config=base_config(extension_dir))
         try:
             duckdb_extensions.import_extension(name, con=con)
             con.execute(f"LOAD {name}")
@@ -189,7 +191,7 @@ def ensure_extension(name: str, extension_dir: Path) -> None:
         _ext_ready.add((name, extension_dir))
 
 
-def _base_config(extension_dir: Path) -> dict[str, Any]:
+def base_config(extension_dir: Path) -> dict[str, Any]:
     return {
         "autoinstall_known_extensions": False,
         "autoload_known_extensions": False,
@@ -205,7 +207,7 @@ def new_instance(config: EngineConfig) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(
         ":memory:",
         config={
-            **_base_config(config.extension_dir),
+            **base_config(config.extension_dir),
             "allow_unsigned_extensions": True,
             "memory_limit": config.memory_limit,
             "threads": config.threads,
@@ -301,7 +303,20 @@ def open_sandbox(
         ensure_extension("postgres_scanner", config.extension_dir)
         con.execute("LOAD postgres_scanner")
         hot_tables = _copy_hot_rows(con, relations)
+    statements = view_statements(relations, hot_tables, temp=True)
+    statements += [f"SET temp_directory = {sql_literal(str(workdir.spill))}"]
+    statements += lock_statements(files)
+    # one call (all trusted text): DuckDB runs them in order and stops at the first error,
+    # which fails the query before any user SQL runs
+    con.execute(";\n".join(statements))
+
+
+def view_statements(
+    relations: Sequence[Relation], hot_tables: dict[str, list[str]], *, temp: bool
+) -> list[str]:
+    """``CREATE [TEMP] VIEW`` per shaped relation over exactly its files (and hot tables)."""
     statements = []
+    kind = "TEMP VIEW" if temp else "VIEW"
     for rel in relations:
         if not _shaped(rel):
             continue
@@ -311,16 +326,17 @@ def open_sandbox(
         if not parts:  # no files and no hot rows yet: an empty relation of the right shape
             cols = ", ".join(f"CAST(NULL AS {t}) AS {_ident(n)}" for n, t in rel.columns)
             parts = [f"SELECT {cols} WHERE false"]
-        statements.append(f"CREATE TEMP VIEW {_ident(rel.name)} AS " + " UNION ALL ".join(parts))
-    statements += [
-        f"SET temp_directory = {sql_literal(str(workdir.spill))}",
+        statements.append(f"CREATE {kind} {_ident(rel.name)} AS " + " UNION ALL ".join(parts))
+    return statements
+
+
+def lock_statements(files: Sequence[str]) -> list[str]:
+    """Exactly ``files`` readable, nothing else reachable, no setting changeable after."""
+    return [
         f"SET allowed_paths = {sql_list(files)}",
         "SET enable_external_access = false",
         "SET lock_configuration = true",
     ]
-    # one call (all trusted text): DuckDB runs them in order and stops at the first error,
-    # which fails the query before any user SQL runs
-    con.execute(";\n".join(statements))
 
 
 def _shaped(rel: Relation) -> bool:
@@ -480,9 +496,51 @@ def execute_on(
     sandbox refused a read) or ``QueryFailed`` (the SQL is wrong for the data).
     """
     started = time.perf_counter()
+    return _run(
+        con,
+        sql,
+        config,
+        limits,
+        workdir,
+        started,
+        lambda: open_sandbox(con, relations, config, workdir),
+    )
+
+
+def execute_in(
+    con: duckdb.DuckDBPyConnection,
+    sql: str,
+    config: EngineConfig,
+    limits: ResultLimits,
+    workdir: Workdir,
+) -> QueryResult:
+    """Run already-gated SQL in a new connection to ``con``, an already locked sandbox (a
+    warm one, ``query.warm``); the connection, and whatever the SQL made in it, is closed
+    after. Raises as ``execute_on``."""
+    started = time.perf_counter()
+    try:
+        cursor = con.cursor()
+    except duckdb.Error as exc:
+        raise _translate(exc) from exc
+    try:
+        return _run(cursor, sql, config, limits, workdir, started, None)
+    finally:
+        cursor.close()
+
+
+def _run(
+    con: duckdb.DuckDBPyConnection,
+    sql: str,
+    config: EngineConfig,
+    limits: ResultLimits,
+    workdir: Workdir,
+    started: float,
+    prepare: Callable[[], None] | None,
+) -> QueryResult:
     watch = _watchdog.watch(con, config.timeout_seconds)
     try:
-        open_sandbox(con, relations, config, workdir)
+        if prepare is not None:
+            prepare()
         opened = time.perf_counter()
         result = _collect(con, sql, limits, workdir)
         result.timings = {

@@ -76,9 +76,7 @@ from trace_core.query.engine import (
     EngineConfig,
     ResultLimits,
     S3Access,
-    SandboxPool,
     Workdir,
-    execute,
     result_table,
 )
 from trace_core.query.export import export_result, json_rows
@@ -86,9 +84,11 @@ from trace_core.query.gate import check_limits, sql_fingerprint, validate_sql_ca
 from trace_core.query.registry_cache import Entry, RegistryCache, registry_generation
 from trace_core.query.tokens import (
     UserClaims,
+    VerifiedTokens,
     verify_task_token,
     verify_user_token,
 )
+from trace_core.query.warm import Sandboxes
 from trace_core.query.workers import EngineWorkers, WorkerLimits
 from trace_core.settings import Settings
 from trace_core.storage.base import ObjectStore
@@ -170,6 +170,7 @@ class _Run:
     bytes: int | None = None
     export_key: str | None = None
     error_code: str | None = None
+    warm: bool = False  # the engine ran it in a warm sandbox
     started_audit: Future[None] | None = None  # the durable 'started' row, being written
 
 
@@ -225,6 +226,8 @@ class QueryService:
         self.row_security = row_security
         # called with each query's Phases.ms after its audit (benchmarks, profiling)
         self.observer: Callable[[dict[str, float]], None] | None = None
+        # bearer tokens this service verified (each query presents its caller's again)
+        self._verified = VerifiedTokens()
         # sessions are the system's (trace_system); each tenant read takes the caller's org
         # and trace_tenant for its transaction (tenant_scope)
         state_kwargs: dict[str, Any] = {
@@ -281,7 +284,7 @@ class QueryService:
         # DuckDB runs in worker processes (a crash or hang costs one query), or in process
         # with query_workers=0 (no isolation; kept to measure what isolation costs)
         self.workers: EngineWorkers | None = None
-        self.sandboxes: SandboxPool | None = None
+        self.sandboxes: Sandboxes | None = None
         if settings.query_workers:
             self.workers = EngineWorkers(
                 self.engine,
@@ -290,10 +293,13 @@ class QueryService:
                     address_space_bytes=settings.query_worker_address_space_bytes,
                     cpu_seconds=settings.query_cpu_seconds,
                     stack_bytes=settings.query_worker_stack_bytes,
+                    warm_sandboxes=settings.query_warm_sandboxes,
                 ),
             )
         else:
-            self.sandboxes = SandboxPool(self.engine)
+            self.sandboxes = Sandboxes(
+                self.engine, spare=2, warm_capacity=settings.query_warm_sandboxes
+            )
 
     def open(self) -> None:
         self.state.open(wait=True)
@@ -449,13 +455,26 @@ class QueryService:
         workdir = Workdir(self.engine.work_root)
         try:
             run.executed = True
+            tenant = str(caller.org_id)
             if self.workers is not None:
-                result = self.workers.execute(request.sql, run.relations, limits, workdir)
+                try:
+                    result = self.workers.execute(
+                        request.sql, run.relations, limits, workdir, tenant, gated=self.gate
+                    )
+                except QueryError as exc:
+                    run.warm = bool(exc.fields.get("warm"))
+                    raise
             else:
-                result = execute(
-                    request.sql, run.relations, self.engine, limits, workdir, self.sandboxes
-                )
-            run.rows, run.bytes = result.row_count, result.bytes
+                assert self.sandboxes is not None
+                lease = self.sandboxes.take(tenant, run.relations)
+                run.warm = lease.warm is not None
+                ok = False
+                try:
+                    result = self.sandboxes.execute(lease, request.sql, limits, workdir)
+                    ok = True
+                finally:
+                    self.sandboxes.give_back(lease, ok, gated=self.gate, later=True)
+            run.rows, run.bytes, run.warm = result.row_count, result.bytes, result.warm
             phases.lap("engine")
             phases.add(result.timings)
             if as_table:
@@ -526,6 +545,7 @@ class QueryService:
                 "error_code": run.error_code,
                 "rows": run.rows,
                 "exported": run.export_key is not None,
+                "sandbox": "warm" if run.warm else "fresh",
                 "duration_ms": duration_ms,
                 "phases_ms": {name: round(ms, 2) for name, ms in phases.ms.items()},
             },
@@ -550,11 +570,11 @@ class QueryService:
         )
 
     def _user(self, token: str) -> _Caller:
-        claims = verify_user_token(self.settings, token)
+        claims = verify_user_token(self.settings, token, self._verified)
         return _Caller(claims.org_id, {}, user=claims)
 
     def _task(self, token: str) -> _Caller:
-        claims = verify_task_token(self.settings, token)
+        claims = verify_task_token(self.settings, token, self._verified)
         # as the token's org: a task or version of another org is simply not there
         with self.state.connection() as conn, self._scope(conn, claims.org_id):
             row = conn.execute(q("query", "task_attempt"), {"task_id": claims.task_id}).fetchone()

@@ -18,11 +18,13 @@ Verification failures raise ``TokenInvalid`` and never echo the token.
 
 from __future__ import annotations
 
+import collections
 import fcntl
 import json
 import logging
 import os
 import secrets
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -273,9 +275,12 @@ def _sign(
 # --- verify ------------------------------------------------------------------------------
 
 
-def verify_user_token(settings: Settings, token: str) -> UserClaims:
-    """Claims of a valid user token. Raises ``TokenInvalid``."""
-    payload = _decode(settings, token, USER_AUDIENCE)
+def verify_user_token(
+    settings: Settings, token: str, verified: VerifiedTokens | None = None
+) -> UserClaims:
+    """Claims of a valid user token (remembered in ``verified`` if given). Raises
+    ``TokenInvalid``."""
+    payload = _decode(settings, token, USER_AUDIENCE, verified)
     try:
         body = _UserBody.model_validate(payload)
     except ValidationError as exc:
@@ -286,9 +291,12 @@ def verify_user_token(settings: Settings, token: str) -> UserClaims:
     return UserClaims(sub=body.sub, org_id=body.org_id, datasets=datasets, expires_at=body.exp)
 
 
-def verify_task_token(settings: Settings, token: str) -> TaskClaims:
-    """Claims of a valid task capability token. Raises ``TokenInvalid``."""
-    payload = _decode(settings, token, TASK_AUDIENCE)
+def verify_task_token(
+    settings: Settings, token: str, verified: VerifiedTokens | None = None
+) -> TaskClaims:
+    """Claims of a valid task capability token (remembered in ``verified`` if given). Raises
+    ``TokenInvalid``."""
+    payload = _decode(settings, token, TASK_AUDIENCE, verified)
     try:
         body = _TaskBody.model_validate(payload)
     except ValidationError as exc:
@@ -304,13 +312,55 @@ def verify_task_token(settings: Settings, token: str) -> TaskClaims:
     )
 
 
-def _decode(settings: Settings, token: str, audience: str) -> dict[str, Any]:
+class VerifiedTokens:
+    """Tokens already verified: (token, audience, issuer) -> (kid, secret, payload), the
+    least recently used dropped past ``size``. A hit still checks that its kid's secret is
+    accepted as it was (rotation, a changed secret) and the expiry; the signature, header and
+    claims it was verified with cannot have changed (the token is the key). A service owns
+    one (``QueryService``); thread-safe."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._lock = threading.Lock()
+        self._seen: collections.OrderedDict[
+            tuple[str, str, str], tuple[str, str, dict[str, Any]]
+        ] = collections.OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def get(self, key: tuple[str, str, str], keys: Mapping[str, str]) -> dict[str, Any] | None:
+        with self._lock:
+            hit = self._seen.get(key)
+            if hit is not None:
+                self._seen.move_to_end(key)
+        if hit is None or keys.get(hit[0]) != hit[1]:
+            return None
+        if int(hit[2]["exp"]) <= time.time() - LEEWAY_SECONDS:
+            raise TokenInvalid("token has expired")
+        return hit[2]
+
+    def put(
+        self, key: tuple[str, str, str], kid: str, secret: str, payload: dict[str, Any]
+    ) -> None:
+        with self._lock:
+            self._seen[key] = (kid, secret, payload)
+            while len(self._seen) > self.size:
+                self._seen.popitem(last=False)
+
+
+def _decode(
+    settings: Settings, token: str, audience: str, verified: VerifiedTokens | None
+) -> dict[str, Any]:
+    keys = load_keys(settings)
+    cache_key = (token, audience, settings.jwt_issuer)
+    if verified is not None and (hit := verified.get(cache_key, keys)) is not None:
+        return hit
     try:
         header = jwt.get_unverified_header(token)
     except jwt.PyJWTError as exc:
         raise TokenInvalid("token is malformed") from exc
     kid = header.get("kid")
-    keys = load_keys(settings)
     if header.get("alg") != ALGORITHM or not isinstance(kid, str) or kid not in keys:
         raise TokenInvalid("token is signed with an unknown key")
     try:
@@ -327,4 +377,6 @@ def _decode(settings: Settings, token: str, audience: str) -> dict[str, Any]:
         raise TokenInvalid("token has expired") from exc
     except jwt.PyJWTError as exc:
         raise TokenInvalid("token is invalid") from exc
+    if verified is not None:
+        verified.put(cache_key, kid, keys[kid], payload)
     return payload

@@ -2,9 +2,10 @@
 
 ``EngineWorkers`` keeps ``size`` pre-started worker processes (``python -m
 trace_core.query.workers``, talking over a socketpair). Each worker runs one query at a time
-on its main thread, through the same ``engine.execute`` the service used in process (same
-sandbox: exact ``allowed_paths``, ``enable_external_access=false``, ``lock_configuration``),
-under OS limits set once at start:
+on its main thread, in the same sandbox the service uses in process (``query.warm.Sandboxes``:
+its org's warm sandbox for exactly those files when one is ready, else a fresh instance; exact
+``allowed_paths``, ``enable_external_access=false``, ``lock_configuration`` either way), under
+OS limits set once at start:
 
 - ``RLIMIT_AS`` (address space): allocations past it fail, which DuckDB reports as out of
   memory (HTTP 413) instead of growing until the kernel's OOM killer picks a victim;
@@ -32,6 +33,7 @@ import os
 import pickle
 import queue
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -43,7 +45,6 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-import duckdb
 import pyarrow as pa
 
 from trace_core.errors import (
@@ -57,11 +58,10 @@ from trace_core.query.engine import (
     EngineConfig,
     QueryResult,
     ResultLimits,
-    SandboxPool,
     Workdir,
-    execute_on,
 )
 from trace_core.query.relations import Relation
+from trace_core.query.warm import Lease, Sandboxes, warm_root
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,7 @@ class WorkerLimits:
     address_space_bytes: int
     cpu_seconds: int
     stack_bytes: int
+    warm_sandboxes: int = 0  # per worker (``query.warm``); 0: a fresh instance per query
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,8 @@ class _Job:
     config: EngineConfig
     limits: ResultLimits
     workdir: Workdir
+    tenant: str | None = None  # the caller's org: a warm sandbox serves one org only
+    gated: bool = False  # the SQL passed the gate (``WarmSandboxes.give_back``)
 
 
 # --- the worker process ------------------------------------------------------------------
@@ -135,7 +138,7 @@ def serve_worker(conn: Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops workers, not Ctrl-C
     config, limits = pickle.loads(conn.recv_bytes())
     _apply_limits(limits)
-    sandboxes = SandboxPool(config, spare=1)
+    sandboxes = Sandboxes(config, spare=1, warm_capacity=limits.warm_sandboxes)
     sandboxes.start()
     conn.send_bytes(json.dumps({"status": "ready", "pid": os.getpid()}).encode())
     try:
@@ -146,23 +149,26 @@ def serve_worker(conn: Connection) -> None:
                 return
             if job is None:
                 return
-            con = sandboxes.take()
+            lease = sandboxes.take(job.tenant, job.relations)
+            ok = False
             try:
-                conn.send_bytes(_encode(_run(job, con, limits)))
+                outcome = _run(job, sandboxes, lease, limits)
+                ok = not isinstance(outcome, QueryError)
+                conn.send_bytes(_encode(outcome, warm=lease.warm is not None))
             finally:
-                # only once the reply is out: closing the used instance and preparing the
-                # next one (the pool's thread) would otherwise hold the GIL while it is sent
-                sandboxes.discard(con)
+                # only once the reply is out: checking or closing the used sandbox and
+                # preparing the next one would otherwise hold the GIL while it is sent
+                sandboxes.give_back(lease, ok, gated=job.gated)
     finally:
         sandboxes.stop()
 
 
 def _run(
-    job: _Job, con: duckdb.DuckDBPyConnection, limits: WorkerLimits
+    job: _Job, sandboxes: Sandboxes, lease: Lease, limits: WorkerLimits
 ) -> QueryResult | QueryError:
     _arm_cpu(limits.cpu_seconds)
     try:
-        return execute_on(con, job.sql, job.relations, job.config, job.limits, job.workdir)
+        return sandboxes.execute(lease, job.sql, job.limits, job.workdir, job.config)
     except QueryError as exc:
         return exc
     except MemoryError:
@@ -172,7 +178,7 @@ def _run(
         return QueryFailed("query execution failed", code="execution_failed")
 
 
-def _encode(outcome: QueryResult | QueryError) -> bytes:
+def _encode(outcome: QueryResult | QueryError, *, warm: bool = False) -> bytes:
     """A reply as one message (one wake-up of the parent): the JSON header's length (4 bytes,
     big-endian), the header, then the Arrow IPC stream of the inline batches, if any."""
     if isinstance(outcome, QueryError):
@@ -181,6 +187,7 @@ def _encode(outcome: QueryResult | QueryError) -> bytes:
             "error": type(outcome).__name__,
             "code": outcome.code,
             "message": outcome.message,
+            "warm": warm,
         }
         return _framed(json.dumps(error).encode())
     header: dict[str, Any] = {
@@ -191,6 +198,7 @@ def _encode(outcome: QueryResult | QueryError) -> bytes:
         "truncated": outcome.truncated,
         "spooled": outcome.spool is not None,
         "timings": outcome.timings,
+        "warm": warm or outcome.warm,
     }
     head = _framed(json.dumps(header).encode())
     if not outcome.batches:
@@ -217,7 +225,8 @@ def _decode(reply: bytes, workdir: Workdir) -> QueryResult:
     body = view[4 + size :]
     if header["status"] != "ok":
         cls = _ERRORS.get(str(header["error"]), QueryFailed)
-        raise cls(str(header["message"]), code=str(header["code"]))
+        # ``warm``: where it failed, for the service's log line
+        raise cls(str(header["message"]), code=str(header["code"]), warm=bool(header.get("warm")))
     batches = list(pa.ipc.open_stream(pa.py_buffer(body))) if len(body) else []
     return QueryResult(
         columns=[{"name": str(c["name"]), "type": str(c["type"])} for c in header["columns"]],
@@ -227,6 +236,7 @@ def _decode(reply: bytes, workdir: Workdir) -> QueryResult:
         truncated=bool(header["truncated"]),
         spool=workdir.spool if header["spooled"] else None,
         timings={str(k): float(v) for k, v in header.get("timings", {}).items()},
+        warm=bool(header.get("warm")),
     )
 
 
@@ -339,6 +349,8 @@ class EngineWorkers:
         worker.conn.close()
         with self._lock:
             self._all.pop(worker.pid, None)
+        for leftover in warm_root(self.config).glob(f"{worker.pid}-*"):  # a killed worker's
+            shutil.rmtree(leftover, ignore_errors=True)
         if replace and not self._closed.is_set():
             threading.Thread(target=self._replace, name="query-engine-respawn", daemon=True).start()
 
@@ -362,14 +374,18 @@ class EngineWorkers:
         relations: Sequence[Relation],
         limits: ResultLimits,
         workdir: Workdir,
+        tenant: str | None = None,
+        *,
+        gated: bool = False,
     ) -> QueryResult:
-        """Run already-gated SQL in a worker; same errors as ``engine.execute`` plus
+        """Run already-gated SQL in a worker (``tenant``: the caller's org, which may be
+        served by a warm sandbox of that org's, ``query.warm``); same errors as ``engine.execute`` plus
         ``QueryTimeout`` (code ``cpu_limit``) and ``EngineCrashed`` when the worker dies, and
         ``QueryError(code='engine_busy')`` when no worker frees up within the time limit."""
         # versions stay here: the engine reads files and hot sources, and the worker then
         # needs no registry (nor Postgres driver) to unpickle the job
         shipped = tuple(dataclasses.replace(rel, versions=()) for rel in relations)
-        job = _Job(sql, shipped, self._job_config(relations), limits, workdir)
+        job = _Job(sql, shipped, self._job_config(relations), limits, workdir, tenant, gated)
         payload = pickle.dumps(job)
         worker = self._take()
         try:

@@ -98,6 +98,19 @@ class QueueDriver(Protocol):
         """Ack every message whose receipt is current; return the stale ones, untouched."""
         ...
 
+    def ack_receive(
+        self,
+        done: Sequence[Message],
+        queue: str,
+        max_messages: int = 1,
+        *,
+        visibility_timeout: float,
+    ) -> tuple[list[Message], list[Message]]:
+        """``ack_batch(done)``, then ``receive`` without waiting: ``(stale, received)``. A
+        consumer at batch 1 acks what it finished as it asks for the next (pgqueue: one
+        statement)."""
+        ...
+
     def extend(self, message: Message, visibility_timeout: float) -> None: ...
 
     def nack(

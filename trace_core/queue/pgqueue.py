@@ -30,33 +30,37 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
-from psycopg_pool import ConnectionPool, PoolTimeout
 
 from trace_core.db.connection import redact_url
 from trace_core.db.queries import q
 from trace_core.errors import InvalidPayload, QueueError, StaleReceipt
 from trace_core.queue.base import DeadMessage, Message, QueueStats, check_publisher
+from trace_core.queue.pgconns import PgConns, PoolTimeout
 from trace_core.queue.pgstats import queue_stats
 
 log = logging.getLogger(__name__)
 
 # A queue table's statistics are always stale (it churns), and a prepared statement keeps the
 # generic plan made when the table was small: a sequential or bitmap scan that then sorts the
-# whole backlog on every receive. Queue statements always have an index path; force it.
-_PLANNER_OPTIONS = "-c enable_seqscan=off -c enable_bitmapscan=off"
+# whole backlog on every receive. Queue statements always have an index path; force it. And
+# keep the (index) generic plan: left to choose, Postgres planned a quarter to nine tenths of
+# batch-1 receives as custom plans, paying the planner on the server each time.
+_PLANNER_OPTIONS = (
+    "-c enable_seqscan=off -c enable_bitmapscan=off -c plan_cache_mode=force_generic_plan"
+)
 _OPTIONS = f"{_PLANNER_OPTIONS} -c synchronous_commit=off"
 _POLL_FIRST_SECONDS = 0.01
 _POLL_MAX_SECONDS = 0.2
-_CONNECT_TIMEOUT_SECONDS = 10.0
 
 
 class PgQueue:
     """QueueDriver on the state database.
 
-    Two connection pools of up to ``pool_size`` each (publishing/admin, and consuming), both
-    with asynchronous commit. ``open()`` (called by the first operation, or explicitly) opens
-    them; ``close()`` closes them for good. Thread-safe: every call borrows one pooled
-    autocommit connection.
+    Two connection pools of up to ``pool_size`` each (publishing/admin, and consuming; pgqueue's
+    own ``PgConns``), both with asynchronous commit. ``open()`` (called by the first
+    operation, or explicitly) opens them; ``close()`` closes their connections (a later
+    operation opens them again). Thread-safe: every call borrows one pooled autocommit
+    connection.
     """
 
     def __init__(self, state_url: str, *, max_receive_count: int, pool_size: int = 4) -> None:
@@ -68,22 +72,22 @@ class PgQueue:
         self._where = redact_url(state_url)
         # Two pools so publishers and consumers never wait for each other's connections; both
         # commit with synchronous_commit=off (see the module docstring for why nothing is lost).
-        self._pool = _make_pool(state_url, "pgqueue-publish", pool_size, _OPTIONS)
-        self._consume_pool = _make_pool(state_url, "pgqueue-consume", pool_size, _OPTIONS)
+        self._pool = _make_pool(state_url, pool_size)
+        self._consume_pool = _make_pool(state_url, pool_size)
         self._opened = False
         self._open_lock = threading.Lock()
 
     # --- lifecycle --------------------------------------------------------------------
 
     def open(self) -> None:
-        """Open the pool and wait for its connections. Raises ``QueueError`` if unreachable."""
+        """Open the pools (one connection each). Raises ``QueueError`` if unreachable."""
         with self._open_lock:
             if self._opened:
                 return
             try:
-                self._pool.open(wait=True, timeout=_CONNECT_TIMEOUT_SECONDS)
-                self._consume_pool.open(wait=True, timeout=_CONNECT_TIMEOUT_SECONDS)
-            except (PoolTimeout, psycopg.OperationalError) as exc:
+                self._pool.open()
+                self._consume_pool.open()
+            except psycopg.Error as exc:
                 self._pool.close()
                 self._consume_pool.close()
                 raise QueueError(f"pgqueue cannot connect to {self._where}") from exc
@@ -103,16 +107,17 @@ class PgQueue:
         self.close()
 
     @contextmanager
-    def _conn(self, *, consume: bool = False) -> Iterator[psycopg.Connection[Any]]:
-        """A pooled autocommit connection; psycopg and pool errors become ``QueueError``."""
+    def _conn(self, *, consume: bool = False) -> Iterator[psycopg.Cursor[Any]]:
+        """A cursor of a pooled autocommit connection; psycopg and pool errors become
+        ``QueueError``."""
         if not self._opened:
             self.open()
         pool = self._consume_pool if consume else self._pool
         try:
-            with pool.connection() as conn:
-                yield conn
+            with pool.borrow() as cur:
+                yield cur
         except PoolTimeout as exc:
-            raise QueueError(f"pgqueue: no free connection to {self._where}") from exc
+            raise QueueError(f"pgqueue: no free connection to {self._where}: {exc}") from exc
         except psycopg.Error as exc:
             raise QueueError(f"pgqueue on {self._where}: {type(exc).__name__}: {exc}") from exc
 
@@ -121,8 +126,8 @@ class PgQueue:
     def publish(self, queue: str, payload: Mapping[str, Any], *, delay_seconds: float = 0) -> str:
         """Enqueue one message, receivable after ``delay_seconds``; returns its id."""
         check_publisher(queue)
-        with self._conn() as conn:
-            row = conn.execute(
+        with self._conn() as cur:
+            row = cur.execute(
                 q("pgqueue", "publish"),
                 {"queue": queue, "payload": _dumps(payload), "delay": float(delay_seconds)},
             ).fetchone()
@@ -136,8 +141,8 @@ class PgQueue:
         check_publisher(queue)
         if not payloads:
             return []
-        with self._conn() as conn:
-            rows = conn.execute(
+        with self._conn() as cur:
+            rows = cur.execute(
                 q("pgqueue", "publish_batch"),
                 {
                     "queue": queue,
@@ -185,10 +190,10 @@ class PgQueue:
             "max_receive_count": self.max_receive_count,
         }
         messages: list[Message] = []
-        with self._conn(consume=True) as conn:
+        with self._conn(consume=True) as cur:
             # Rows at the receive limit take slots of the batch; bury them and go again.
             for _ in range(8):
-                rows = conn.execute(q("pgqueue", "receive"), params).fetchall()
+                rows = cur.execute(q("pgqueue", "receive"), params).fetchall()
                 spent = []
                 for message_id, receipt, payload, count in rows:
                     if receipt is None:
@@ -199,22 +204,32 @@ class PgQueue:
                         )
                 if not spent:
                     break
-                buried = conn.execute(
-                    q("pgqueue", "bury_due"),
-                    {"message_ids": spent, "max_receive_count": self.max_receive_count},
-                ).rowcount
-                log.warning("dead-lettered", extra={"queue": queue, "count": buried})
+                self._bury(queue, spent, cur)
                 if len(messages) >= limit:
                     break
                 params["limit"] = limit - len(messages)
         return messages
 
+    def _bury(self, queue: str, spent: list[int], cur: psycopg.Cursor[Any] | None = None) -> None:
+        """Move rows stripped at their receive limit to the dead store (``bury_due``)."""
+        if cur is None:
+            with self._conn(consume=True) as own:
+                return self._bury(queue, spent, own)
+        buried = cur.execute(
+            q("pgqueue", "bury_due"),
+            {"message_ids": spent, "max_receive_count": self.max_receive_count},
+        ).rowcount
+        log.warning("dead-lettered", extra={"queue": queue, "count": buried})
+        return None
+
     def ack(self, message: Message) -> None:
         """Delete the message. Raises ``StaleReceipt`` if ``message.receipt`` is not current."""
         message_id, receipt = _key(message)
-        with self._conn(consume=True) as conn:
-            cur = conn.execute(q("pgqueue", "ack"), {"message_id": message_id, "receipt": receipt})
-        if cur.rowcount != 1:
+        with self._conn(consume=True) as cur:
+            n = cur.execute(
+                q("pgqueue", "ack"), {"message_id": message_id, "receipt": receipt}
+            ).rowcount
+        if n != 1:
             raise StaleReceipt(
                 f"stale receipt for message {message.message_id} on {message.queue}",
                 message_id=message.message_id,
@@ -226,8 +241,8 @@ class PgQueue:
         valid = [(m, k) for m, k in keyed if k is not None]
         stale = [m for m, k in keyed if k is None]
         if valid:
-            with self._conn(consume=True) as conn:
-                rows = conn.execute(
+            with self._conn(consume=True) as cur:
+                rows = cur.execute(
                     q("pgqueue", "ack_batch"),
                     {
                         "message_ids": [k[0] for _, k in valid],
@@ -240,19 +255,68 @@ class PgQueue:
             log.info("ack_batch skipped stale receipts", extra={"count": len(stale)})
         return stale
 
+    def ack_receive(
+        self,
+        done: Sequence[Message],
+        queue: str,
+        max_messages: int = 1,
+        *,
+        visibility_timeout: float,
+    ) -> tuple[list[Message], list[Message]]:
+        """``ack_batch(done)`` then ``receive(queue, max_messages)`` (no wait) in one statement:
+        returns ``(stale, received)``, the stale ones of ``done`` left untouched. A consumer
+        at batch 1 acks what it finished as it asks for the next."""
+        if max_messages < 1 or visibility_timeout < 0:
+            raise ValueError("max_messages must be >= 1 and visibility_timeout >= 0")
+        keyed = [(m, _try_key(m)) for m in done]
+        valid = [(m, k) for m, k in keyed if k is not None]
+        if not valid:
+            return [m for m, _ in keyed], self._receive_once(
+                queue, max_messages, visibility_timeout
+            )
+        params = {
+            "message_ids": [k[0] for _, k in valid],
+            "receipts": [k[1] for _, k in valid],
+            "queue": queue,
+            "limit": max_messages,
+            "visibility": float(visibility_timeout),
+            "max_receive_count": self.max_receive_count,
+        }
+        with self._conn(consume=True) as cur:
+            rows = cur.execute(q("pgqueue", "ack_receive"), params).fetchall()
+        deleted = set()
+        received: list[Message] = []
+        spent = []
+        for acked, message_id, receipt, payload, count in rows:
+            if acked:
+                deleted.add((message_id, receipt))
+            elif receipt is None:
+                spent.append(message_id)
+            else:
+                received.append(Message(queue, str(message_id), str(receipt), payload, count))
+        stale = [m for m, k in keyed if k is None or k not in deleted]
+        if stale:
+            log.info("ack_receive skipped stale receipts", extra={"count": len(stale)})
+        if spent:  # rows at their receive limit were stripped, not delivered: as in receive
+            self._bury(queue, spent)
+            if len(received) < max_messages:
+                left = max_messages - len(received)
+                received += self._receive_once(queue, left, visibility_timeout)
+        return stale, received
+
     def extend(self, message: Message, visibility_timeout: float) -> None:
         """Hide the message for ``visibility_timeout`` from now. Raises ``StaleReceipt``."""
         message_id, receipt = _key(message)
-        with self._conn(consume=True) as conn:
-            cur = conn.execute(
+        with self._conn(consume=True) as cur:
+            n = cur.execute(
                 q("pgqueue", "extend"),
                 {
                     "message_id": message_id,
                     "receipt": receipt,
                     "visibility": float(visibility_timeout),
                 },
-            )
-        if cur.rowcount != 1:
+            ).rowcount
+        if n != 1:
             raise StaleReceipt(
                 f"stale receipt for message {message.message_id} on {message.queue}",
                 message_id=message.message_id,
@@ -262,8 +326,8 @@ class PgQueue:
         """Give the message back: receivable again after ``delay_seconds``, or dead-lettered
         at once when it has used its ``max_receive_count`` receives. Raises ``StaleReceipt``."""
         message_id, receipt = _key(message)
-        with self._conn(consume=True) as conn:
-            row = conn.execute(
+        with self._conn(consume=True) as cur:
+            row = cur.execute(
                 q("pgqueue", "nack"),
                 {
                     "message_id": message_id,
@@ -282,12 +346,12 @@ class PgQueue:
     # --- inspection and dead letters --------------------------------------------------
 
     def stats(self, queue: str) -> QueueStats:
-        with self._conn() as conn:
-            return queue_stats(conn, queue)
+        with self._conn() as cur:
+            return queue_stats(cur.connection, queue)
 
     def list_dead(self, queue: str, limit: int = 100) -> list[DeadMessage]:
-        with self._conn() as conn:
-            rows = conn.execute(
+        with self._conn() as cur:
+            rows = cur.execute(
                 q("pgqueue", "list_dead"), {"queue": queue, "limit": limit}
             ).fetchall()
         return [
@@ -297,31 +361,21 @@ class PgQueue:
 
     def replay_dead(self, queue: str, message_ids: Sequence[str] | None = None) -> int:
         """Move dead messages (all, or the given ids) back to the live queue, receive count 0."""
-        with self._conn() as conn:
-            cur = conn.execute(
+        with self._conn() as cur:
+            return cur.execute(
                 q("pgqueue", "replay_dead"), {"queue": queue, "message_ids": _ids(message_ids)}
-            )
-        return cur.rowcount
+            ).rowcount
 
     def purge_dead(self, queue: str, message_ids: Sequence[str] | None = None) -> int:
         """Delete dead messages (all, or the given ids); returns how many."""
-        with self._conn() as conn:
-            cur = conn.execute(
+        with self._conn() as cur:
+            return cur.execute(
                 q("pgqueue", "purge_dead"), {"queue": queue, "message_ids": _ids(message_ids)}
-            )
-        return cur.rowcount
+            ).rowcount
 
 
-def _make_pool(url: str, name: str, size: int, options: str) -> ConnectionPool[Any]:
-    return ConnectionPool(
-        url,
-        min_size=1,
-        max_size=size,
-        kwargs={"autocommit": True, "prepare_threshold": 0, "options": options},
-        open=False,
-        name=name,
-        timeout=30.0,
-    )
+def _make_pool(url: str, size: int) -> PgConns:
+    return PgConns(url, max_size=size, options=_OPTIONS, timeout=30.0)
 
 
 def _dumps(payload: Mapping[str, Any]) -> str:

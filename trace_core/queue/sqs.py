@@ -345,6 +345,18 @@ class SqsQueue:
             raise QueueError(f"SQS DeleteMessageBatch failed for {', '.join(errors)}")
         return stale
 
+    def ack_receive(
+        self,
+        done: Sequence[Message],
+        queue: str,
+        max_messages: int = 1,
+        *,
+        visibility_timeout: float,
+    ) -> tuple[list[Message], list[Message]]:
+        """``ack_batch(done)`` then ``receive`` (no wait): two requests on SQS."""
+        stale = self.ack_batch(done) if done else []
+        return stale, self.receive(queue, max_messages, visibility_timeout=visibility_timeout)
+
     def extend(self, message: Message, visibility_timeout: float) -> None:
         """ChangeMessageVisibility from now. Raises ``StaleReceipt`` (see module docstring)."""
         self._check(message)

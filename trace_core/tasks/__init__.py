@@ -2,10 +2,12 @@
 
 from trace_core.tasks.lifecycle import (
     Lease,
+    NewTask,
     claim,
     complete_failure,
     complete_success,
     create_task,
+    create_tasks,
     fence,
     finish_succeeded,
     heartbeat,
@@ -15,11 +17,13 @@ from trace_core.tasks.retry import RetryPolicy
 
 __all__ = [
     "Lease",
+    "NewTask",
     "RetryPolicy",
     "claim",
     "complete_failure",
     "complete_success",
     "create_task",
+    "create_tasks",
     "fence",
     "finish_succeeded",
     "heartbeat",

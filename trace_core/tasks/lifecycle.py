@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -42,7 +43,7 @@ from psycopg.types.json import Jsonb
 from trace_core.db.errors import translates_db_errors
 from trace_core.db.queries import q
 from trace_core.errors import LeaseConflict, StaleAttempt, UnknownTask
-from trace_core.outbox import enqueue_wakeup
+from trace_core.outbox import enqueue_wakeup, enqueue_wakeups
 from trace_core.tasks.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,40 @@ def create_task(
     if not paused:
         enqueue_wakeup(conn, task_id=task_id, generation=1)
     return True
+
+
+@dataclass(frozen=True)
+class NewTask:
+    """One task for ``create_tasks`` (the arguments of ``create_task``)."""
+
+    task_id: uuid.UUID
+    operator: str
+    payload: dict[str, Any]
+    max_attempts: int = 3
+    job_id: uuid.UUID | None = None
+    paused: bool = False
+
+
+@translates_db_errors("task create_tasks")
+def create_tasks(conn: Connection[Any], tasks: Sequence[NewTask]) -> list[uuid.UUID]:
+    """``create_task`` for many tasks in two statements (tasks, then the new unpaused ones'
+    wake-ups), in the caller's transaction; returns the ids that were new, in input order."""
+    if not tasks:
+        return []
+    rows = conn.execute(
+        q("tasks", "insert_tasks"),
+        {
+            "task_ids": [t.task_id for t in tasks],
+            "operators": [t.operator for t in tasks],
+            "payloads": [Jsonb(t.payload) for t in tasks],
+            "max_attempts": [t.max_attempts for t in tasks],
+            "job_ids": [t.job_id for t in tasks],
+            "paused": [t.paused for t in tasks],
+        },
+    ).fetchall()
+    new = {task_id: paused for task_id, paused in rows}
+    enqueue_wakeups(conn, [(t, 1) for t, paused in new.items() if not paused])
+    return [t.task_id for t in tasks if t.task_id in new]
 
 
 @translates_db_errors("task claim")
@@ -252,7 +287,9 @@ def complete_success(
 ) -> None:
     """Fence and complete in the caller's transaction (one statement when the lease is
     current), committed asynchronously unless the transaction writes an outbox row (module
-    docstring). Raises ``UnknownTask``, or ``StaleAttempt`` if stale."""
+    docstring); on an autocommit connection outside a transaction, that one statement is the
+    whole transaction (one round trip; a completion with nothing else to commit, e.g. a no-op
+    operator's). Raises ``UnknownTask``, or ``StaleAttempt`` if stale."""
     row = conn.execute(
         q("tasks", "complete_success"),
         {

@@ -11,6 +11,17 @@ FROM (SELECT set_config('trace.wakes', 'on', true) AS wakes,
              END AS durable) AS marked
 ON CONFLICT (outbox_id) DO NOTHING
 
+-- name: insert_outbox_batch
+-- insert_outbox for many rows of one topic, due now, in one statement (the same marks).
+INSERT INTO state.outbox (outbox_id, topic, payload, available_at)
+SELECT o.outbox_id, %(topic)s, o.payload, now()
+FROM unnest(%(outbox_ids)s::uuid[], %(payloads)s::jsonb[]) AS o (outbox_id, payload),
+     (SELECT set_config('trace.wakes', 'on', true) AS wakes,
+             CASE WHEN current_setting('trace.completion_sync', true) > ''
+             THEN set_config('synchronous_commit', current_setting('trace.completion_sync'), true)
+             END AS durable) AS marked
+ON CONFLICT (outbox_id) DO NOTHING
+
 -- name: claim_pending
 SELECT outbox_id, topic, payload FROM state.outbox
 WHERE status = 'pending' AND available_at <= now()

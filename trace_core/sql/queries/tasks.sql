@@ -4,6 +4,14 @@ VALUES (%(task_id)s, %(operator)s, %(payload)s, %(max_attempts)s, %(job_id)s, %(
 ON CONFLICT (task_id) DO NOTHING
 RETURNING task_id
 
+-- name: insert_tasks
+-- insert_task for many rows in one statement (create_tasks); returns the new ones.
+INSERT INTO state.tasks (task_id, operator, payload, max_attempts, job_id, paused)
+SELECT * FROM unnest(%(task_ids)s::uuid[], %(operators)s::text[], %(payloads)s::jsonb[],
+                     %(max_attempts)s::integer[], %(job_ids)s::uuid[], %(paused)s::boolean[])
+ON CONFLICT (task_id) DO NOTHING
+RETURNING task_id, paused
+
 -- name: task_payload
 SELECT operator, payload FROM state.tasks WHERE task_id = %(task_id)s
 
@@ -27,8 +35,9 @@ WITH granted AS (
     RETURNING task_id, attempt, lease_expires_at, operator, payload, max_attempts, attempt_base,
               org_id
 ), recorded AS (
-    INSERT INTO state.task_attempts (task_id, attempt)
-    SELECT task_id, attempt FROM granted
+    -- the task's org given, so the org trigger skips its lookup of the task
+    INSERT INTO state.task_attempts (task_id, attempt, org_id)
+    SELECT task_id, attempt, org_id FROM granted
     ON CONFLICT DO NOTHING
 )
 SELECT attempt, lease_expires_at, operator, payload, max_attempts, attempt_base, org_id
