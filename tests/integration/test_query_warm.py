@@ -18,8 +18,9 @@ from tests.integration.test_query_service import blocks_table
 from tests.integration.test_tenancy_query import Orgs
 from trace_core.db.connection import Databases
 from trace_core.errors import AccessDenied, QueryError, QueryFailed
-from trace_core.query.engine import EngineConfig, ResultLimits, Workdir, execute_in
+from trace_core.query.engine import ResultLimits, execute_in
 from trace_core.query.relations import HotSource, Relation
+from trace_core.query.sandbox import EngineConfig, Workdir
 from trace_core.query.service import QueryRequest, QueryService
 from trace_core.query.warm import Sandboxes, build_warm, warm_key
 from trace_core.settings import Settings
