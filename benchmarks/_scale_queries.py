@@ -168,7 +168,8 @@ def in_process(rt: Any, m: Measure) -> None:
     """Time the planning steps of the count and run it in process (a cold manifest cache)."""
     from trace_core.query.attach import ManifestCache, attach, user_versions
     from trace_core.query.client import local_user_token
-    from trace_core.query.engine import EngineConfig, ResultLimits, Workdir, execute
+    from trace_core.query.engine import ResultLimits, execute
+    from trace_core.query.sandbox import EngineConfig, Workdir
     from trace_core.query.tokens import verify_user_token
 
     s = rt.settings

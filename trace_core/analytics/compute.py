@@ -266,8 +266,8 @@ def enable_object_store(con: duckdb.DuckDBPyConnection, settings: Settings, uri:
         return
     import duckdb_extensions
 
-    from trace_core.query.engine import S3Access, _create_s3_secret
+    from trace_core.query.sandbox import S3Access, create_s3_secret
 
     duckdb_extensions.import_extension("httpfs", con=con)
     con.execute("LOAD httpfs")
-    _create_s3_secret(con, S3Access.from_settings(settings))
+    create_s3_secret(con, S3Access.from_settings(settings))

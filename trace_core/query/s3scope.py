@@ -23,7 +23,7 @@ from dataclasses import replace
 from typing import Any
 
 from trace_core.errors import QueryError
-from trace_core.query.engine import S3Access
+from trace_core.query.sandbox import S3Access
 from trace_core.settings import Settings
 
 log = logging.getLogger(__name__)

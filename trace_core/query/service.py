@@ -72,16 +72,11 @@ from trace_core.query.audit import (
     write_finished,
     write_started,
 )
-from trace_core.query.engine import (
-    EngineConfig,
-    ResultLimits,
-    S3Access,
-    Workdir,
-    result_table,
-)
+from trace_core.query.engine import ResultLimits, result_table
 from trace_core.query.export import export_result, json_rows
 from trace_core.query.gate import check_limits, sql_fingerprint, validate_sql_cached
 from trace_core.query.registry_cache import Entry, RegistryCache, registry_generation
+from trace_core.query.sandbox import EngineConfig, S3Access, Workdir
 from trace_core.query.tokens import (
     UserClaims,
     VerifiedTokens,

@@ -44,19 +44,16 @@ from pathlib import Path
 
 import duckdb
 
-from trace_core.query.engine import (
+from trace_core.query.engine import QueryResult, ResultLimits, execute_in, execute_on
+from trace_core.query.relations import Relation
+from trace_core.query.sandbox import (
     EngineConfig,
-    QueryResult,
-    ResultLimits,
     SandboxPool,
     Workdir,
     base_config,
-    execute_in,
-    execute_on,
     lock_statements,
     view_statements,
 )
-from trace_core.query.relations import Relation
 
 log = logging.getLogger(__name__)
 

@@ -54,13 +54,9 @@ from trace_core.errors import (
     QueryTimeout,
     TooLarge,
 )
-from trace_core.query.engine import (
-    EngineConfig,
-    QueryResult,
-    ResultLimits,
-    Workdir,
-)
+from trace_core.query.engine import QueryResult, ResultLimits
 from trace_core.query.relations import Relation
+from trace_core.query.sandbox import EngineConfig, Workdir
 from trace_core.query.warm import Lease, Sandboxes, warm_root
 
 log = logging.getLogger(__name__)
