@@ -5,6 +5,12 @@ daemon would (but the scheduled maintenance ones, ``NOT_DRIVEN``), applies their
 process against a real Dagster instance, so runs and materializations land in Dagster's
 storage exactly as they do under ``dagster dev``. While runs execute, a thread keeps the
 sensors' recovery going (``trace_dagster.recovery``).
+
+The daemon launches a tick's runs side by side; this driver executes them one after another.
+When worker runs continue (``TRACE_WORKER_CONTINUE_SECONDS`` > 0) a run may last the whole
+backfill, so a tick's worker requests of one job and org are executed as one run
+(``merge_worker_requests``): a second run's tasks would otherwise wait, claimed by nobody and
+counting against their streams' ``max_inflight``, until the first run ends.
 """
 
 from __future__ import annotations
@@ -26,10 +32,11 @@ from dagster import (
 )
 
 from trace_core.engine.idle import OutstandingWork, outstanding_work
+from trace_core.engine.intake import ORG_TAG
 from trace_core.errors import DatabaseUnreachable, TraceError
 from trace_core.runtime import Runtime
 from trace_dagster.recovery import recovering
-from trace_dagster.sensors.worker import RUN_KEY_TAG
+from trace_dagster.sensors.worker import IN_PROCESS_TAG, RUN_KEY_TAG, WORKER_OP
 from trace_dagster.service_runs import KIND_TAG, one_step
 
 log = logging.getLogger(__name__)
@@ -43,6 +50,7 @@ NOT_DRIVEN = frozenset({"trace_integrity", "trace_sensor_health"})
 @dataclass
 class DriveReport:
     ticks: int = 0
+    requested: int = 0  # run requests the sensors made (a tick's worker requests may merge)
     runs: int = 0
     failed_runs: int = 0
     planned: int = 0
@@ -146,12 +154,17 @@ def drive_until_idle(
             if isinstance(result, SensorResult):
                 job_name = _job_name(defs, name)
                 requests += [(req.job_name or job_name, req) for req in result.run_requests or []]
+        report.requested += len(requests)
         pending = {req.run_key for _, req in requests if req.run_key}
+        if rt.settings.worker_continue_seconds > 0:
+            requests = merge_worker_requests(requests)
         with recovering(rt, instance, pending) if requests else nullcontext():
             for job_name, req in requests:
                 tags = dict(req.tags)
                 if req.run_key:
                     tags[RUN_KEY_TAG] = req.run_key  # as the daemon stamps it (recovery reads it)
+                if tags.get(KIND_TAG) == "worker":
+                    tags[IN_PROCESS_TAG] = "1"  # not a run of the queue's (worker_runs_full)
                 run = defs.resolve_job_def(job_name).execute_in_process(
                     run_config=(
                         one_step(req.run_config)
@@ -191,6 +204,46 @@ def drive_until_idle(
             return report
         if not requests:
             time.sleep(poll_seconds)
+
+
+def merge_worker_requests(requests: list[tuple[str, RunRequest]]) -> list[tuple[str, RunRequest]]:
+    """A tick's worker run requests of one job and org as one request, in the first one's
+    place; other requests unchanged and in order.
+
+    The merged run claims every task of the tick at once and keeps running the one furthest
+    behind (``worker_run.furthest_behind``), as the runs would side by side under the daemon.
+    It carries the first request's run key; the others are in the driver's ``pending`` keys
+    while it executes, and their tasks are claimed by it (a driver killed before that claim
+    leaves them to ``recover_stranded``: no run with their key, so gone)."""
+    out: list[tuple[str, RunRequest]] = []
+    slot: dict[tuple[str, str], int] = {}
+    for job_name, req in requests:
+        if req.tags.get(KIND_TAG) != "worker" or req.partition_key is not None:
+            out.append((job_name, req))
+            continue
+        key = (job_name, req.tags.get(ORG_TAG, ""))
+        if key in slot:
+            out[slot[key]] = (job_name, _merged(out[slot[key]][1], req))
+        else:
+            slot[key] = len(out)
+            out.append((job_name, req))
+    return out
+
+
+def _task_ids(req: RunRequest) -> list[str]:
+    return list(req.run_config["ops"][WORKER_OP]["config"]["task_ids"])
+
+
+def _merged(first: RunRequest, other: RunRequest) -> RunRequest:
+    """``first`` carrying ``other``'s tasks too: its run key and labels (trace/task_id, ...),
+    every task's and range's tag of both, and the batch size of both."""
+    task_ids = _task_ids(first) + _task_ids(other)
+    ops = {**first.run_config["ops"], WORKER_OP: {"config": {"task_ids": task_ids}}}
+    return RunRequest(
+        run_key=first.run_key,
+        run_config={**first.run_config, "ops": ops},
+        tags={**other.tags, **first.tags, "trace/batch_size": str(len(task_ids))},
+    )
 
 
 def _unreachable(exc: BaseException | None) -> bool:

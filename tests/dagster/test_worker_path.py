@@ -61,24 +61,44 @@ def test_definitions_load(trace_env: Runtime) -> None:
     assert specs and {s.tags.get("trace/org") for s in specs} == {str(trace_env.settings.org_id)}
 
 
-@pytest.mark.parametrize("batch", [1, 4])
+@pytest.mark.parametrize(("batch", "continue_seconds"), [(1, 300), (4, 0)])
 def test_noop_tasks_complete_through_runs(
     trace_env: Runtime,
     dagster_instance: DagsterInstance,
     monkeypatch: pytest.MonkeyPatch,
     batch: int,
+    continue_seconds: int,
 ) -> None:
+    """The sensor requests a run per batch. Runs that continue (they may last the whole
+    backfill) are executed by the driver as one run per tick, job and org, so no task waits,
+    claimed by nobody, behind a running run; runs of one batch each stay one per request."""
     monkeypatch.setenv("TRACE_WORKER_BATCH_SIZE", str(batch))
-    rt = Runtime(trace_env.settings.model_copy(update={"worker_batch_size": batch}))
+    monkeypatch.setenv("TRACE_WORKER_CONTINUE_SECONDS", str(continue_seconds))
+    rt = Runtime(load_settings())
     ids = _create(rt, "noop", 6)
     report = drive_until_idle(rt, build_definitions(rt), dagster_instance, timeout=120)
     assert report.idle and report.dead_tasks == 0
     assert _statuses(rt, ids) == {"succeeded": 6}
+    assert report.requested == -(-6 // batch)  # what the sensor requested (the daemon's runs)
     runs = dagster_instance.get_runs(RunsFilter(job_name="trace_worker"))
-    assert len(runs) == report.runs == -(-6 // batch)
+    assert len(runs) == report.runs == (1 if continue_seconds else report.requested)
     assert all(r.status == DagsterRunStatus.SUCCESS for r in runs)
     assert all("trace/task_id" in r.tags and "trace/attempt" in r.tags for r in runs)
     assert {r.tags.get("trace/org") for r in runs} == {str(rt.settings.org_id)}
+    assert all(r.tags.get("trace/in_process") == "1" for r in runs)  # not the run queue's
+    with rt.state() as conn:
+        claimed_last, first_done = conn.execute(
+            "SELECT max(started_at), min(finished_at) FROM state.task_attempts"
+            " WHERE task_id = ANY(%s)",
+            (ids,),
+        ).fetchone()
+    if continue_seconds:  # the one run named and claimed every task before any ran
+        (run,) = runs
+        assert run.tags["trace/batch_size"] == "6"
+        assert {f"trace/task.{t}" for t in ids} <= set(run.tags)
+        assert claimed_last <= first_done
+    else:  # one batch per run, one run after another
+        assert claimed_last > first_done
 
 
 def test_failing_task_shows_failed_runs_and_ends_dead(
@@ -185,14 +205,19 @@ def test_sensor_rewakes_the_tasks_of_a_requested_run_that_never_appeared(
     assert tick() == []  # that run exists and claimed its batch: nothing more to recover
 
 
-def test_sensor_leaves_wakeups_to_worker_runs_that_fill_the_queue(trace_env: Runtime) -> None:
+@pytest.mark.parametrize("where", ["run_coordinator", "concurrency"])
+def test_sensor_leaves_wakeups_to_worker_runs_that_fill_the_queue(
+    trace_env: Runtime, where: str
+) -> None:
     """With the run queue's worker limit reached by active runs, which take woken tasks
     themselves, the sensor requests no run (one would wait queued, holding its tasks); once
-    a slot frees, the wake-ups it left become a run."""
+    a slot frees, the wake-ups it left become a run. The limit is read where dagster.yaml
+    sets it: the run coordinator's config, or the ``concurrency: runs:`` block (Lite's)."""
     from dagster import SkipReason, instance_for_test
 
     from trace_core import outbox
     from trace_core.queue.base import TASK_WAKEUP
+    from trace_dagster.sensors.worker import worker_runs_full
 
     ids = _create(trace_env, "noop", 2)
     with trace_env.state() as conn:
@@ -201,13 +226,12 @@ def test_sensor_leaves_wakeups_to_worker_runs_that_fill_the_queue(trace_env: Run
     sensor = defs.resolve_sensor_def("trace_worker_wakeups")
     job = defs.resolve_job_def("trace_worker")
     limits = [{"key": "trace/kind", "value": "worker", "limit": 1}]
-    overrides = {
-        "run_coordinator": {
-            "module": "dagster._core.run_coordinator",
-            "class": "QueuedRunCoordinator",
-            "config": {"tag_concurrency_limits": limits},
-        }
-    }
+    coordinator = {"module": "dagster._core.run_coordinator", "class": "QueuedRunCoordinator"}
+    overrides: dict = {"run_coordinator": coordinator}
+    if where == "run_coordinator":
+        coordinator["config"] = {"tag_concurrency_limits": limits}
+    else:
+        overrides["concurrency"] = {"runs": {"tag_concurrency_limits": limits}}
     with instance_for_test(overrides=overrides) as instance:
 
         def tick() -> SensorResult | SkipReason:
@@ -216,12 +240,18 @@ def test_sensor_leaves_wakeups_to_worker_runs_that_fill_the_queue(trace_env: Run
             ) as ctx:
                 return sensor(ctx)
 
-        active = instance.create_run_for_job(
-            job,
-            run_config={"ops": {"execute_tasks": {"config": {"task_ids": []}}}},
-            tags={"trace/kind": "worker"},
-            status=DagsterRunStatus.STARTED,
-        )
+        def started(**tags: str):  # noqa: ANN202 - a DagsterRun
+            return instance.create_run_for_job(
+                job,
+                run_config={"ops": {"execute_tasks": {"config": {"task_ids": []}}}},
+                tags={"trace/kind": "worker", **tags},
+                status=DagsterRunStatus.STARTED,
+            )
+
+        # a run `trace-lite run` executed in its process and died with it: never the queue's
+        started(**{"trace/in_process": "1"})
+        assert worker_runs_full(trace_env, instance) is None
+        active = started()
         skipped = tick()
         assert isinstance(skipped, SkipReason) and "1 worker runs active" in str(
             skipped.skip_message
@@ -233,6 +263,43 @@ def test_sensor_leaves_wakeups_to_worker_runs_that_fill_the_queue(trace_env: Run
         (request,) = result.run_requests
         task_ids = request.run_config["ops"]["execute_tasks"]["config"]["task_ids"]
         assert sorted(task_ids) == sorted(str(t) for t in ids)
+
+
+def test_driver_merges_a_ticks_worker_requests_per_job_and_org() -> None:
+    """Worker requests of one job and org become the first one's run carrying every task;
+    another org's, a service run's and a partition run's requests are left as they are."""
+    from trace_dagster.driver import merge_worker_requests
+
+    def worker(key: str, org: str, tasks: list[str]) -> RunRequest:
+        return RunRequest(
+            run_key=key,
+            run_config={"ops": {"execute_tasks": {"config": {"task_ids": tasks}}}},
+            tags={"trace/kind": "worker", "trace/org": org, "trace/task_id": tasks[0]}
+            | {f"trace/task.{t}": "1" for t in tasks},
+        )
+
+    service = RunRequest(run_key="s", tags={"trace/kind": "service"})
+    partition = RunRequest(run_key="p", tags={"trace/kind": "worker"}, partition_key="0-100")
+    requests = [
+        ("trace_worker", worker("a1", "A", ["t1", "t2"])),
+        ("trace_sink", service),
+        ("trace_worker", worker("b1", "B", ["t3"])),
+        ("trace_worker", worker("a2", "A", ["t4"])),
+        ("trace_worker", partition),
+    ]
+    merged = merge_worker_requests(requests)
+    assert [(job, req.run_key) for job, req in merged] == [
+        ("trace_worker", "a1"),
+        ("trace_sink", "s"),
+        ("trace_worker", "b1"),
+        ("trace_worker", "p"),
+    ]
+    a = merged[0][1]
+    assert a.run_config["ops"]["execute_tasks"]["config"]["task_ids"] == ["t1", "t2", "t4"]
+    assert a.tags["trace/task_id"] == "t1" and a.tags["trace/batch_size"] == "3"
+    assert {"trace/task.t1", "trace/task.t2", "trace/task.t4"} <= set(a.tags)
+    assert "trace/task.t3" not in a.tags
+    assert merged[1][1] is service and merged[2][1] is requests[2][1]
 
 
 def test_a_continuing_run_adds_its_later_tasks_tags_in_batches(

@@ -29,6 +29,10 @@ from trace_dagster.sensors.common import instance_of
 from trace_dagster.service_runs import KIND_TAG
 
 MAX_RUNS_PER_TICK = 10
+WORKER_OP = "execute_tasks"  # the trace_worker op whose config names a run's tasks
+# On the worker runs ``trace-lite run`` executes in its own process (trace_dagster.driver):
+# they never pass the run queue, and one killed with its process stays "started" forever.
+IN_PROCESS_TAG = "trace/in_process"
 # The run key Dagster stamps on sensor runs (recovery looks runs up by it).
 RUN_KEY_TAG = "dagster/run_key"
 FINISHED_STATUSES = frozenset(
@@ -44,9 +48,7 @@ def worker_requests(rt: Runtime, max_runs: int = MAX_RUNS_PER_TICK) -> list[RunR
     return [
         RunRequest(
             run_key=run.run_key,
-            run_config=with_console(
-                {"ops": {"execute_tasks": {"config": {"task_ids": run.task_ids}}}}
-            ),
+            run_config=with_console({"ops": {WORKER_OP: {"config": {"task_ids": run.task_ids}}}}),
             tags={**run.tags, KIND_TAG: "worker"},
         )
         for run in plan_worker_runs(rt, max_runs)
@@ -63,11 +65,17 @@ ACTIVE_STATUSES = [
 
 def worker_run_limit(instance: DagsterInstance) -> int | None:
     """How many ``trace_worker`` runs the instance's run queue lets run at once (its
-    ``tag_concurrency_limits`` entry for ``trace/kind=worker``); None without one."""
-    get_config = getattr(instance.run_coordinator, "get_run_queue_config", None)
-    if get_config is None:
-        return None
-    for entry in get_config().tag_concurrency_limits or []:
+    ``tag_concurrency_limits`` entry for ``trace/kind=worker``); None without one. Read from
+    the instance's concurrency config, which holds dagster.yaml's ``concurrency: runs:`` block
+    (Lite's) as well as the run coordinator's own config: the coordinator alone knows only
+    the latter."""
+    get_concurrency = getattr(instance, "get_concurrency_config", None)
+    if get_concurrency is not None:
+        config = get_concurrency().run_queue_config
+    else:
+        get_config = getattr(instance.run_coordinator, "get_run_queue_config", None)
+        config = get_config() if get_config is not None else None
+    for entry in (config.tag_concurrency_limits if config is not None else None) or []:
         if entry.get("key") == KIND_TAG and entry.get("value") == "worker":
             return int(entry["limit"])
     return None
@@ -76,7 +84,9 @@ def worker_run_limit(instance: DagsterInstance) -> int | None:
 def worker_runs_full(rt: Runtime, instance: DagsterInstance | None) -> int | None:
     """The number of active worker runs when they fill the queue's worker limit and take woken
     tasks themselves (``TRACE_WORKER_CONTINUE_SECONDS`` > 0), else None. A run requested then
-    would wait in the queue holding its tasks, which the running runs would have taken."""
+    would wait in the queue holding its tasks, which the running runs would have taken. Runs
+    executed in process (``IN_PROCESS_TAG``) do not count: the driver runs one at a time and
+    never ticks while one runs, so one active then is a dead process's."""
     if instance is None or rt.settings.worker_continue_seconds <= 0:
         return None
     limit = worker_run_limit(instance)
@@ -84,6 +94,8 @@ def worker_runs_full(rt: Runtime, instance: DagsterInstance | None) -> int | Non
         return None
     active = instance.get_runs_count(
         RunsFilter(tags={KIND_TAG: "worker"}, statuses=ACTIVE_STATUSES)
+    ) - instance.get_runs_count(
+        RunsFilter(tags={KIND_TAG: "worker", IN_PROCESS_TAG: "1"}, statuses=ACTIVE_STATUSES)
     )
     return active if active >= limit else None
 
