@@ -317,6 +317,10 @@ class _App:
                     break
         except (ConnectionError, asyncio.IncompleteReadError):
             pass  # the client went away
+        except asyncio.CancelledError:
+            # the proxy is stopping (its open connections are cancelled): end quietly, since
+            # Python 3.11's start_server callback logs a cancelled handler as an error
+            pass
         finally:
             writer.close()
 
