@@ -120,12 +120,18 @@ class Runtime:
         ):
             yield conn
 
+    def private_state(self) -> psycopg.Connection[Any]:
+        """A new state connection (autocommit) that the caller owns and closes: for
+        session-scoped state, such as a worker run's session advisory lock."""
+        with db_errors("state database"):
+            return connect(self.dbs.state_url, autocommit=True, **self._session)
+
     def reused_state(self) -> Reused:
         """State connections kept for reuse (a worker run's claims and commits); the caller
         closes it. Only transaction-scoped state may be used on them (``db.reuse``)."""
         from trace_core.db.reuse import Reused
 
-        return Reused(lambda: connect(self.dbs.state_url, autocommit=True, **self._session))
+        return Reused(self.private_state)
 
     def reusing(self, reused: Reused) -> Runtime:
         """This runtime (same org, settings and adapters) whose ``state()`` hands out

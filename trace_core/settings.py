@@ -183,6 +183,11 @@ class Settings(BaseSettings):
         gt=0,
         description="Tasks of one run executed at once (a bounded pool; each task keeps its own lease and fencing)",
     )
+    worker_host_concurrency: int = Field(
+        0,
+        ge=0,
+        description="Tasks executed at once by all worker runs on one host, shared through the state database: each run executes this divided by the worker runs on its host, at most TRACE_WORKER_CONCURRENCY (0: TRACE_WORKER_CONCURRENCY, so two runs side by side on a laptop run as many tasks as one)",
+    )
     worker_continue_seconds: float = Field(
         300.0,
         ge=0,

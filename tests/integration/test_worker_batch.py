@@ -7,6 +7,7 @@ import threading
 import time
 import uuid
 
+import psycopg
 import pytest
 
 from trace_core.engine.execute import TaskOutcome, execute_batch
@@ -372,3 +373,74 @@ def test_a_worker_run_runs_the_range_furthest_behind_first(trace_env: Runtime) -
     run_worker(rt, ids, on_outcome=outcomes.append, on_planned=lambda _: None, registry=registry)
     assert ran == [0, 250, 2000, 2250]
     assert [o.status for o in outcomes] == ["succeeded"] * 4
+
+
+def test_worker_runs_on_one_host_split_its_budget(trace_env: Runtime) -> None:
+    """Two worker runs side by side on a host run ``TRACE_WORKER_CONCURRENCY`` tasks between
+    them, not each; the share is counted through Postgres, so it also holds across
+    processes. A run alone runs them all; one whose connection dies stops counting; another
+    host's runs never count."""
+    from trace_core.engine.host_share import HostShare
+
+    with HostShare.join(trace_env) as first:
+        assert first.share() == trace_env.settings.worker_concurrency == 4
+        with HostShare.join(trace_env) as second, HostShare.join(trace_env, "elsewhere"):
+            assert (first.runs(), first.share(), second.share()) == (2, 2, 2)
+            # a run killed outright: its backend goes (as the server's owner)
+            with psycopg.connect(trace_env.dbs.state_url, autocommit=True) as conn:
+                conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = %s",
+                    (second._conn.info.backend_pid,),
+                )
+            assert first.share() == 4
+        settings = trace_env.settings.model_copy(update={"worker_host_concurrency": 6})
+        with HostShare.join(Runtime(settings, trace_env.dbs)) as third:
+            assert third.share() == 3  # 6 over two runs; alone, at most the run's own 4
+
+
+def test_a_run_beside_another_on_its_host_runs_its_share(trace_env: Runtime) -> None:
+    """A run that starts beside another runs two of its four threads' tasks at once (the
+    high-water mark never passes two) and takes the whole budget back at its next take once
+    the other has gone."""
+    from trace_core.engine.host_share import HostShare
+    from trace_core.engine.worker_run import run_worker
+
+    barrier = threading.Barrier(2, timeout=30)
+    lock = threading.Lock()
+    active = [0, 0]  # now, most while the other run is there
+    other = HostShare.join(trace_env)
+
+    def probe(ctx: OperatorContext) -> Completion:
+        with lock:
+            active[0] += 1
+            if not other._conn.closed:
+                active[1] = max(active[1], active[0])
+        try:
+            barrier.wait()
+        finally:
+            with lock:
+                active[0] -= 1
+        return Completion()
+
+    registry = OperatorRegistry()
+    registry.register("probe", probe)
+    settings = trace_env.settings.model_copy(
+        update={"worker_concurrency": 4, "worker_batch_size": 4, "worker_continue_seconds": 60.0}
+    )
+    rt = Runtime(settings, trace_env.dbs)
+    try:
+        ids = _create(rt, 8)
+        report = run_worker(
+            rt,
+            ids[:2],
+            on_outcome=lambda _: other.close(),
+            on_planned=lambda _: None,
+            registry=registry,
+        )
+    finally:
+        other.close()
+        rt.close()
+    assert not report.failures
+    assert active[1] == 2
+    assert report.shares[0] == 2 and report.shares[-1] == 4
+    assert set(_statuses(trace_env, ids).values()) == {("succeeded", 1)}

@@ -24,6 +24,7 @@ from trace_core import outbox, profile
 from trace_core.engine import orgs
 from trace_core.engine import registry as operator_registry
 from trace_core.engine.execute import TaskOutcome, claim_and_beat, run_claimed
+from trace_core.engine.host_share import HostShare
 from trace_core.engine.intake import Wakeup, ack_wakeups, receive_wakeups, task_infos
 from trace_core.operators.base import OperatorRegistry
 from trace_core.runtime import Runtime
@@ -131,6 +132,7 @@ class WorkerRunReport:
     batches: int = 0
     touched: list[uuid.UUID] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    shares: list[int] = field(default_factory=list)  # tasks at once, as each take re-read it
 
 
 def failure_line(outcome: TaskOutcome) -> str | None:
@@ -173,17 +175,20 @@ def run_worker(
     _ = rt.dbs, rt.store  # built once, before threads share the runtime
     report = WorkerRunReport()
     concurrency = max(1, s.worker_concurrency)
-    # Tasks held (claimed, running or next in line): a thread that ends finds its next task
-    # claimed already, so the takes (planning, receiving, claiming) never leave one idle.
-    hold = max(concurrency, s.worker_batch_size)
-    # take once no claimed task waits for a thread: a take (planning above all) per
-    # ``hold - concurrency`` tasks ended, not per task
-    min_take = max(1, hold - concurrency)
+
+    def hold_for(share: int) -> int:
+        """Tasks held (claimed, running or next in line) while executing ``share`` at once: a
+        thread that ends finds its next task claimed already, so the takes (planning,
+        receiving, claiming) never leave one idle; no more, since a held task counts against
+        its stream's ``max_inflight`` while it waits."""
+        return max(share, s.worker_batch_size * share // concurrency)
+
     running: set[concurrent.futures.Future[TaskOutcome]] = set()  # handed to a thread
     waiting: list[tuple[Lease, LeaseHeartbeat]] = []  # claimed, for the next free thread
+    share = concurrency  # of the host's budget (host_share), re-read at every take
 
     def submit_waiting() -> None:
-        while waiting and len(running) < concurrency:
+        while waiting and len(running) < share:
             lease, hb = waiting.pop(furthest_behind([lease for lease, _ in waiting]))
             running.add(threads.submit(run_claimed, rt, lease, registry, hb, state=state))
 
@@ -203,6 +208,7 @@ def run_worker(
         submit_waiting()
 
     with (
+        HostShare.join(rt) as host,
         rt.reused_state() as state,  # the run's claims and commits reuse their connections
         reporter,
         concurrent.futures.ThreadPoolExecutor(
@@ -210,6 +216,9 @@ def run_worker(
         ) as threads,
     ):
         try:
+            share = host.share()
+            hold = hold_for(share)
+            report.shares.append(share)
             start(task_ids, None)
             taking = True  # until a failure or the deadline
             fresh = True  # something ended since the last take found nothing
@@ -217,7 +226,16 @@ def run_worker(
                 if taking and (report.failures or time.monotonic() >= deadline):
                     taking = False
                 held = len(running) + len(waiting)
-                if taking and fresh and held <= hold - min_take:
+                # take once no claimed task waits for a thread: a take (planning above all)
+                # per ``hold - share`` tasks ended, not per task
+                if taking and fresh and held <= min(share, hold - 1):
+                    share = host.share()
+                    hold = hold_for(share)
+                    if share != report.shares[-1]:
+                        report.shares.append(share)
+                    if held >= hold:  # the host's runs grew: run what is held first
+                        fresh = False
+                        continue
                     with profile.run_phase("take more work"):
                         more = take_more_work(rt, hold - held)
                         more = more.leave(rt, set(report.touched), nacked)
