@@ -25,6 +25,7 @@ from trace_core.errors import (
     LeaseConflict,
     UnknownTask,
 )
+from trace_core.runtime import Runtime
 from trace_core.tasks import RetryPolicy, claim, complete_failure, complete_success
 
 ORG = "00000000-0000-0000-0000-000000000001"
@@ -479,3 +480,26 @@ def test_a_pool_without_url_blocks_the_stream_unless_fake_is_explicit(
     assert store.get_job(conn, ORG, job_id).last_error_kind is None  # cleared once resolved
     fake = planner.pool_url_check(Settings(cryo_mode="fake"), {})
     assert fake("demo") is None
+
+
+def test_a_worker_runs_take_plans_only_the_streams_whose_ranges_ended(
+    conn: psycopg.Connection[Any], trace_env: Runtime
+) -> None:
+    """Both streams have room after their ranges complete, but a take scoped to the blocks
+    stream (whose range its run saw end) plans blocks only; the dispatcher's tick
+    (``plan_orgs``) plans the other stream."""
+    from trace_core.engine import orgs
+
+    settings = trace_env.settings.model_copy(update={"cryo_mode": "fake"})
+    rt = Runtime(settings, trace_env.dbs).for_org(ORG)
+    job_id = apply(conn, fixed_job(inflight=1, streams=("blocks", "logs"))).job_id
+    first = planner.plan_tick(conn, org_id=ORG).planned
+    assert sorted(p.dataset_key for p in first) == ["blocks", "logs"]
+    for p in first:
+        complete(conn, p.task_id)
+    with rt.state() as state:
+        scoped = orgs.plan_streams(rt, state, [(ORG, str(job_id), "blocks")])
+        assert [(p.dataset_key, p.range_start) for _, p in scoped] == [("blocks", 1000)]
+        assert cursor_of(conn, job_id, "logs") == 1000
+        every = orgs.plan_orgs(rt, state, orgs.orgs_with_work(state))
+    assert [(p.dataset_key, p.range_start) for _, p in every] == [("logs", 1000)]

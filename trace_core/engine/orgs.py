@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, TypeVar
 
 from psycopg import Connection
@@ -43,6 +43,7 @@ __all__ = [
     "list_work_orgs",
     "orgs_with_work",
     "plan_orgs",
+    "plan_streams",
     "runtime_prefix",
     "work_runtimes",
 ]
@@ -113,6 +114,38 @@ def plan_orgs(
             budget -= len(got)
         hungry = [org for org, got in done if len(got) >= share]
     return planned
+
+
+def plan_streams(
+    rt: Runtime, conn: Connection[Any], streams: Collection[tuple[str, str, str]]
+) -> list[tuple[OrgRef, planner.PlannedRange]]:
+    """Plan only ``streams`` (org id, job id, dataset key): those whose ranges just ended, the
+    only ones a worker run's take can have freed room in (``max_inflight``). Everything else
+    that makes room (a new job, a head that moved, a resumed stream) reaches the dispatcher's
+    tick, which plans every stream (``plan_orgs``) and records blocked jobs."""
+    s = rt.settings
+    pool_check = planner.pool_url_check(s)
+    by_org: dict[str, list[tuple[str, str]]] = {}
+    for org_id, job_id, dataset_key in sorted(set(streams)):
+        by_org.setdefault(org_id, []).append((job_id, dataset_key))
+    work = [org for org in orgs_with_work(conn) if str(org.org_id) in by_org]
+
+    def plan(org: OrgRef) -> list[planner.PlannedRange]:
+        plans = []
+        with acting_for(conn, org.org_id, s.org_id):
+            for job_id, dataset_key in by_org[str(org.org_id)]:
+                plan = planner.plan_stream(
+                    conn,
+                    uuid.UUID(job_id),
+                    dataset_key,
+                    limit=s.dispatch_batch_size,
+                    pool_check=pool_check,
+                )
+                if plan is not None:
+                    plans.append(plan)
+        return planner.PlanResult(tuple(plans)).planned
+
+    return [(org, p) for org, got in each_org(work, "plan", plan) for p in got]
 
 
 def key_prefix(rt: Runtime, org: OrgRef | None) -> str | None:

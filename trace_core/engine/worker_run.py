@@ -17,7 +17,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from trace_core import outbox, profile
@@ -62,14 +62,21 @@ class MoreWork:
         return MoreWork(self.planned, keep, wakeups, self.received)
 
 
-def take_more_work(rt: Runtime, max_tasks: int) -> MoreWork:
-    """Plan the ranges the batch just freed (``max_inflight``), publish their wake-ups, and
-    receive up to ``max_tasks`` runnable woken tasks (succeeded or dead ones are acked and
-    dropped). What a run does instead of ending and waiting for the next sensor ticks."""
+def take_more_work(
+    rt: Runtime, max_tasks: int, ended: Collection[tuple[str, str, str]] | None = None
+) -> MoreWork:
+    """Plan the ranges the batch just freed (``max_inflight``): of the streams in ``ended``
+    (org id, job id, dataset key: whose ranges ended since the last take), or of every
+    stream when None, as the dispatcher tick does; publish their wake-ups, and receive up to
+    ``max_tasks`` runnable woken tasks (succeeded or dead ones are acked and dropped). What a
+    run does instead of ending and waiting for the next sensor ticks."""
     s = rt.settings
     with rt.state() as conn:
-        with profile.run_phase("take: plan"):  # every org's, as the dispatcher tick
-            result = orgs.plan_orgs(rt, conn, orgs.orgs_with_work(conn))
+        with profile.run_phase("take: plan"):
+            if ended is None:
+                result = orgs.plan_orgs(rt, conn, orgs.orgs_with_work(conn))
+            else:
+                result = orgs.plan_streams(rt, conn, ended)
         with profile.run_phase("take: publish"):
             outbox.drain_all(conn, rt.queue, batch_size=s.outbox_batch_size)
     planned = [
@@ -194,8 +201,19 @@ def run_worker(
 
     reporter = _Reporter(on_outcome)
     nacked: set[uuid.UUID] = set()
+    # streams whose ranges ended since the last take: the only ones a take plans (after the
+    # run's first take, which plans every stream as the dispatcher tick does)
+    ended: set[tuple[str, str, str]] | None = None
 
     def handle(outcome: TaskOutcome) -> None:
+        job, dataset = outcome.payload.get("job_id"), outcome.payload.get("dataset_key")
+        if (
+            ended is not None
+            and outcome.org_id
+            and isinstance(job, str)
+            and isinstance(dataset, str)
+        ):
+            ended.add((str(outcome.org_id), job, dataset))
         line = failure_line(outcome)
         if line is not None:
             report.failures.append(line)
@@ -237,7 +255,8 @@ def run_worker(
                         fresh = False
                         continue
                     with profile.run_phase("take more work"):
-                        more = take_more_work(rt, hold - held)
+                        more = take_more_work(rt, hold - held, ended)
+                        ended = set()
                         more = more.leave(rt, set(report.touched), nacked)
                     if more.planned:
                         on_planned(more.planned)
