@@ -6,7 +6,7 @@ ending and waiting for the dispatcher and worker sensors to launch the next run.
 import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from dagster import (
@@ -46,7 +46,8 @@ from trace_dagster.retry import is_manual_reexecution, revive_for_reexecution, t
 from trace_dagster.transforms import transform_materialization
 
 WORKER_JOB = "trace_worker"
-# A continuing run adds the tags of the tasks it took on at most this often (and at its end).
+# A continuing run adds the tags of the tasks it took on, and logs the lines of its succeeded
+# tasks, at most this often (and at its end).
 RUN_TAGS_EVERY_SECONDS = 2.0
 
 
@@ -192,6 +193,7 @@ def execute_tasks(
     if is_manual_reexecution(context.dagster_run):  # e.g. from the UI: revive its dead tasks
         batch = revive_for_reexecution(context, rt, batch)
     tags = RunTagger(context.instance, context.run_id, context.dagster_run.tags)
+    lines = LineBatcher(context.log.info)
     known: set[tuple[str, str]] = set()  # (partitions def, key) known to exist
     # reporting reads a few state rows per range: on the run's connections, not a new one each
     with rt.reused_state() as reused:
@@ -200,11 +202,12 @@ def execute_tasks(
             report = run_worker(
                 rt,
                 [uuid.UUID(raw) for raw in batch],
-                on_outcome=lambda outcome: _report(context, report_rt, outcome, tags),
+                on_outcome=lambda outcome: _report(context, report_rt, outcome, tags, lines),
                 on_planned=lambda planned: _add_partitions(context, report_rt, planned, known),
                 on_more=lambda n: context.log.info(f"taking {n} more woken task(s)"),
             )
         finally:
+            lines.flush()
             tags.flush()
     if report.batches > 1:
         context.log.info(f"{report.batches} batches in this run")
@@ -214,7 +217,42 @@ def execute_tasks(
         )
 
 
-class RunTagger:
+class _Periodic:
+    """Written at most once per ``every`` seconds (``due``), and when ``flush`` says so."""
+
+    def __init__(self, every: float) -> None:
+        self._every = every
+        self._last = time.monotonic()
+
+    def due(self) -> bool:
+        return time.monotonic() - self._last >= self._every
+
+
+class LineBatcher(_Periodic):
+    """The log lines of a run's succeeded tasks, logged together as one event at most once
+    per ``every`` seconds while the run goes on, and the rest when it ends (``flush``): a
+    Dagster event per range (a sqlite commit in Lite, on the reporter thread whose CPU shares
+    the run's GIL with its attempts) was a third of a range's reporting. A failure's line is
+    logged at once (``error``), after the lines waiting, so the log keeps their order."""
+
+    def __init__(self, log: Callable[[str], object], every: float = RUN_TAGS_EVERY_SECONDS):
+        super().__init__(every)
+        self._log = log
+        self._pending: list[str] = []
+
+    def add(self, line: str) -> None:
+        self._pending.append(line)
+        if self.due():
+            self.flush()
+
+    def flush(self) -> None:
+        self._last = time.monotonic()
+        if self._pending:
+            pending, self._pending = self._pending, []
+            self._log("\n".join(pending))
+
+
+class RunTagger(_Periodic):
     """The run tags of the tasks a continuing run takes on after its first batch (whose tags
     the run was created with), added to the run in batches: at most one ``add_run_tags`` per
     ``every`` seconds while the run goes on (one per range, a read and a sqlite commit of the
@@ -228,12 +266,11 @@ class RunTagger:
         tags: Mapping[str, str],
         every: float = RUN_TAGS_EVERY_SECONDS,
     ):
+        super().__init__(every)
         self._instance = instance
         self._run_id = run_id
-        self._every = every
         self._have = dict(tags)
         self._pending: dict[str, str] = {}
-        self._last = time.monotonic()
 
     @property
     def have(self) -> dict[str, str]:
@@ -243,7 +280,7 @@ class RunTagger:
     def add(self, tags: dict[str, str]) -> None:
         have = self.have
         self._pending.update({k: v for k, v in tags.items() if have.get(k) != v})
-        if self._pending and time.monotonic() - self._last >= self._every:
+        if self._pending and self.due():
             self.flush()
 
     def flush(self) -> None:
@@ -279,9 +316,14 @@ def outcome_line(outcome: TaskOutcome) -> str:
 
 
 def _report(
-    context: OpExecutionContext, rt: Runtime, outcome: TaskOutcome, run_tags: RunTagger
+    context: OpExecutionContext,
+    rt: Runtime,
+    outcome: TaskOutcome,
+    run_tags: RunTagger,
+    lines: LineBatcher,
 ) -> None:
-    """Log an outcome (one line), tag the run with its range (``run_tags``: in batches), and
+    """Log an outcome (one line; a success's in ``lines``' batches), tag the run with its
+    range (``run_tags``: in batches), and
     report it on its epoch partition: committed ranges as observations (and the epoch's
     materialization), a dead range as a failed materialization of its epoch carrying the last
     error. The events name the task's org's assets (``rt.for_org``: another org's keys carry
@@ -290,9 +332,10 @@ def _report(
     line = outcome_line(outcome)
     with profile.run_phase("report: log"):
         if outcome.status in ("retry", "dead"):
+            lines.flush()
             context.log.error(line)
         else:
-            context.log.info(line)
+            lines.add(line)
     tags = task_tags(outcome.task_id, outcome.attempt or 0, outcome.payload)
     ran_for = set(filter(None, run_tags.have.get(ORG_TAG, "").split(",")))
     if outcome.org_id is not None and str(outcome.org_id) not in ran_for:

@@ -302,6 +302,24 @@ def test_driver_merges_a_ticks_worker_requests_per_job_and_org() -> None:
     assert merged[1][1] is service and merged[2][1] is requests[2][1]
 
 
+def test_a_run_logs_its_succeeded_ranges_in_batches_and_failures_at_once() -> None:
+    """``LineBatcher``: success lines wait for the interval (or the run's end) and go out as
+    one event; a failure's line goes out at once, after the successes before it."""
+    from trace_dagster.jobs import LineBatcher
+
+    logged: list[str] = []
+    lines = LineBatcher(logged.append, every=3600)
+    lines.add("range 0-250: succeeded")
+    lines.add("range 250-500: succeeded")
+    assert logged == []
+    lines.flush()  # a failure's turn (or the run's end)
+    lines.flush()
+    assert logged == ["range 0-250: succeeded\nrange 250-500: succeeded"]
+    every_time = LineBatcher(logged.append, every=0)
+    every_time.add("range 500-750: succeeded")
+    assert logged[-1] == "range 500-750: succeeded"
+
+
 def test_a_continuing_run_adds_its_later_tasks_tags_in_batches(
     dagster_instance: DagsterInstance,
 ) -> None:

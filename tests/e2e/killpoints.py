@@ -58,8 +58,8 @@ def install(point: str, after: int) -> None:
 
         real_take: Callable[..., Any] = worker_run.take_more_work
 
-        def take_more_work(rt: Runtime, max_tasks: int) -> Any:
-            more = real_take(rt, max_tasks)
+        def take_more_work(rt: Runtime, max_tasks: int, *args: Any) -> Any:
+            more = real_take(rt, max_tasks, *args)
             if more.task_ids and _committed(rt) >= after:
                 _die_holding(more.task_ids)
             return more
