@@ -5,11 +5,13 @@
   the committing transaction (migration 0085), and one org's entry is never another's, even
   at the same generation.
 - The durable audit overlaps the engine: the 'started' row commits durably before the answer
-  and the outcome follows; if either write fails, the query fails (no answer without a row).
+  (if it fails, the query fails: no answer without a row) and the outcome follows off the
+  answer's path (if it fails, the row stays 'started' and the error is logged).
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
 from pathlib import Path
 
@@ -120,7 +122,7 @@ def test_durable_audit_row_is_there_once_answered(
         with service.data.connection() as conn:  # the 'started' row: the server's commit
             assert conn.execute("SHOW synchronous_commit").fetchone() == server_default
         body = service.query("user", local_user_token(settings), QueryRequest(sql=COUNT))
-        (row,) = audit_rows(dbs)  # committed before the answer, with its outcome
+        (row,) = audit_rows(dbs)  # 'started' before the answer, its outcome right after
         assert body["rows"] == [[100, 99]] and str(row["query_id"]) == body["query_id"]
         assert (row["outcome"], row["rows"], row["error_code"]) == ("ok", 1, None)
         assert row["datasets"][0]["relation"] == "blocks"
@@ -132,15 +134,74 @@ def test_durable_audit_row_is_there_once_answered(
         service.close()
 
 
-@pytest.mark.parametrize("refused", ["started", "outcome"])
-def test_a_failing_audit_fails_the_query(
-    settings: Settings, dbs: Databases, tmp_path: Path, refused: str
+def test_a_failing_started_row_fails_the_query(
+    settings: Settings, dbs: Databases, tmp_path: Path
 ) -> None:
-    """Either write of the overlapped audit failing fails the query: no answer goes out
-    without its audit row."""
+    """No answer goes out without its durable 'started' row."""
     store = LocalStore(settings.resolved_home() / "objects")
     publish(settings, store, tmp_path, blocks_table(0, 100))
-    event = "INSERT" if refused == "started" else "UPDATE"
+    _refuse_audit(dbs, "INSERT")
+    service = _service(settings, dbs, store)
+    try:
+        with pytest.raises(DatabaseError, match="audit refused"):
+            service.query("user", local_user_token(settings), QueryRequest(sql=COUNT))
+    finally:
+        service.close()
+    assert audit_rows(dbs) == []
+
+
+def test_the_outcome_is_written_off_the_answers_path(
+    settings: Settings, dbs: Databases, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The answer does not wait for the outcome: while the outcome's UPDATE is held up (its
+    trigger waits on an advisory lock this test holds), the query has already answered and
+    its row is durable as 'started'; once the lock goes the outcome lands. An outcome that
+    cannot be written is logged and leaves the row 'started' (as a crash mid-query does); the
+    answer stands."""
+    store = LocalStore(settings.resolved_home() / "objects")
+    publish(settings, store, tmp_path, blocks_table(0, 100))
+    with connect(dbs.data_url, autocommit=True) as conn:
+        conn.execute(
+            "CREATE FUNCTION data.hold_outcome() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+            " PERFORM set_config('lock_timeout', '10s', true);"  # a waiting answer fails, not hangs
+            " PERFORM pg_advisory_lock_shared(4242); PERFORM pg_advisory_unlock_shared(4242);"
+            " RETURN NEW; END $$"
+        )
+        conn.execute(
+            "CREATE TRIGGER hold BEFORE UPDATE ON data.query_audit"
+            " FOR EACH ROW EXECUTE FUNCTION data.hold_outcome()"
+        )
+    service = _service(settings, dbs, store)
+    token = local_user_token(settings)
+    try:
+        with connect(dbs.data_url, autocommit=True) as holder:
+            holder.execute("SELECT pg_advisory_lock(4242)")
+            body = service.query("user", token, QueryRequest(sql=COUNT))
+            assert body["rows"] == [[100, 99]]
+            assert service.settle_audit(timeout=0.2) is False  # the outcome waits on the lock
+            with connect(dbs.data_url) as reader:
+                outcome = reader.execute(
+                    "SELECT outcome FROM data.query_audit WHERE query_id = %s",
+                    (body["query_id"],),
+                ).fetchone()
+            assert outcome == ("started",)
+            holder.execute("SELECT pg_advisory_unlock(4242)")
+        assert service.settle_audit(timeout=30)
+        (row,) = audit_rows(dbs)
+        assert (str(row["query_id"]), row["outcome"], row["rows"]) == (body["query_id"], "ok", 1)
+
+        _refuse_audit(dbs, "UPDATE")
+        with caplog.at_level(logging.ERROR, logger="trace_core.query.service"):
+            second = service.query("user", token, QueryRequest(sql=COUNT))
+            assert service.settle_audit(timeout=30)
+        assert second["rows"] == [[100, 99]]
+        assert "outcome not recorded" in caplog.text
+    finally:
+        service.close()
+    assert [r["outcome"] for r in audit_rows(dbs)] == ["ok", "started"]
+
+
+def _refuse_audit(dbs: Databases, event: str) -> None:
     with connect(dbs.data_url, autocommit=True) as conn:
         conn.execute(
             "CREATE FUNCTION data.refuse_audit() RETURNS trigger LANGUAGE plpgsql AS"
@@ -150,11 +211,3 @@ def test_a_failing_audit_fails_the_query(
             f"CREATE TRIGGER refuse BEFORE {event} ON data.query_audit"
             " FOR EACH ROW EXECUTE FUNCTION data.refuse_audit()"
         )
-    service = _service(settings, dbs, store)
-    try:
-        with pytest.raises(DatabaseError, match="audit refused"):
-            service.query("user", local_user_token(settings), QueryRequest(sql=COUNT))
-    finally:
-        service.close()
-    outcomes = [r["outcome"] for r in audit_rows(dbs)]
-    assert outcomes == ([] if refused == "started" else ["started"])

@@ -17,15 +17,19 @@ audited in ``data.query_audit`` whatever its outcome; refused tokens and grants 
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import functools
 import logging
+import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import pyarrow as pa
 from psycopg_pool import ConnectionPool
@@ -203,6 +207,9 @@ class _Caller:
 class QueryService:
     """The request pipeline, independent of HTTP. Call ``open()`` before use."""
 
+    # open services of this process, for ``settle_audits``
+    _open: ClassVar[weakref.WeakSet[QueryService]] = weakref.WeakSet()
+
     def __init__(
         self,
         settings: Settings,
@@ -251,8 +258,11 @@ class QueryService:
         # a thread while the engine runs, and its outcome afterwards on this pool
         # (asynchronous commit): the answer never precedes a durable row, and the query no
         # longer waits for a WAL flush of its own (docs/benchmarks.md, issue 25)
+        # the outcome is written off the caller's path: the answer does not wait for it
         self._outcomes: ConnectionPool[Any] | None = None
         self._auditor: ThreadPoolExecutor | None = None
+        self._pending: set[Future[None]] = set()  # outcome writes not yet landed
+        self._pending_lock = threading.Lock()
         if durable:
             self._outcomes = ConnectionPool(
                 dbs.data_url, min_size=1, max_size=8, open=False, kwargs=async_kwargs
@@ -306,8 +316,11 @@ class QueryService:
             self.workers.start()
         if self.sandboxes is not None:
             self.sandboxes.start()
+        QueryService._open.add(self)
 
     def close(self) -> None:
+        """Stop the engines and wait for every outcome audit write still on its way."""
+        QueryService._open.discard(self)
         if self.workers is not None:
             self.workers.stop()
         if self.sandboxes is not None:
@@ -319,6 +332,19 @@ class QueryService:
             self._outcomes.close()
         self.state.close()
         self.data.close()
+
+    def settle_audit(self, timeout: float | None = None) -> bool:
+        """Wait until the outcome audit rows of the queries answered so far have landed (or
+        failed, which is logged); False if ``timeout`` ran out first."""
+        with self._pending_lock:
+            pending = list(self._pending)
+        return not concurrent.futures.wait(pending, timeout=timeout).not_done
+
+    @classmethod
+    def settle_audits(cls, timeout: float | None = 30.0) -> bool:
+        """``settle_audit`` for every open service of this process (tests read the audit
+        table right after an answer)."""
+        return all(service.settle_audit(timeout) for service in list(cls._open))
 
     def healthy(self) -> bool:
         with self.state.connection(timeout=5) as conn:
@@ -524,9 +550,7 @@ class QueryService:
             self._audit(record)
         else:
             run.started_audit.result()  # its failure fails the query, as a failed insert does
-            assert self._outcomes is not None
-            with self._outcomes.connection() as conn, db_errors("query audit"):
-                write_finished(conn, record)
+            self._finish_later(record)
         phases.lap("audit")
         if self.observer is not None:
             self.observer(phases.ms)
@@ -622,12 +646,45 @@ class QueryService:
             return contextlib.nullcontext()
         return tenant_scope(conn, org_id)
 
+    def _finish_later(self, record: AuditRecord) -> None:
+        """Record the outcome of a query whose durable 'started' row is committed, off the
+        caller's path: the row already survives a crash, and the outcome's commit is
+        asynchronous anyway. If it fails (logged), the row stays 'started', as after a crash
+        mid-query."""
+        assert self._auditor is not None
+        future = self._auditor.submit(self._write_outcome, record)
+        with self._pending_lock:
+            self._pending.add(future)
+        future.add_done_callback(functools.partial(self._outcome_landed, record.query_id))
+
+    def _write_outcome(self, record: AuditRecord) -> None:
+        assert self._outcomes is not None
+        try:
+            with self._outcomes.connection() as conn, db_errors("query audit"):
+                write_finished(conn, record)
+        except TraceError:
+            _outcome_lost(record.query_id)
+
+    def _outcome_landed(self, query_id: uuid.UUID, future: Future[None]) -> None:
+        with self._pending_lock:
+            self._pending.discard(future)
+        if future.exception() is not None:  # not a database error: a bug, still logged
+            _outcome_lost(query_id, future.exception())
+
     def _audit(self, record: AuditRecord, *, started: bool = False) -> None:
         """The system records what a caller did, under the caller's org (given, not taken
         from the session): no tenant scope, one statement (``started``: the row of a query
         about to execute, see ``_outcomes``)."""
         with self.data.connection() as conn, db_errors("query audit"):
             (write_started if started else write_audit)(conn, record)
+
+
+def _outcome_lost(query_id: uuid.UUID, error: BaseException | None = None) -> None:
+    log.error(
+        "query audit outcome not recorded; its row stays 'started'",
+        exc_info=error or True,
+        extra={"query_id": str(query_id)},
+    )
 
 
 def _bearer(authorization: str | None) -> str:
