@@ -211,3 +211,48 @@ def _refuse_audit(dbs: Databases, event: str) -> None:
             f"CREATE TRIGGER refuse BEFORE {event} ON data.query_audit"
             " FOR EACH ROW EXECUTE FUNCTION data.refuse_audit()"
         )
+
+
+def test_a_cached_resolution_answers_only_if_its_generation_still_holds(
+    settings: Settings, dbs: Databases, tmp_path: Path
+) -> None:
+    """A user query runs on the org's cached resolution while its generation is read beside
+    it (through a worker, durable audit). A commit between two queries is seen by the very
+    next one: that query's first run (on the entry the commit outdated) is thrown away and it
+    runs again on the new version; one audit row, naming what answered. A relation that did
+    not exist in the cached entry (the gate would refuse it) is found the same way."""
+    store = LocalStore(settings.resolved_home() / "objects")
+    first = publish(settings, store, tmp_path, blocks_table(0, 100))
+    service = QueryService(
+        settings.model_copy(update={"query_workers": 1, "query_audit_durable": True}),
+        dbs,
+        store,
+        hot_sources=None,
+    )
+    service.open()
+    token = local_user_token(settings)
+    ask = lambda sql: service.query("user", token, QueryRequest(sql=sql))  # noqa: E731
+    try:
+        assert ask(COUNT)["rows"] == [[100, 99]]  # resolved and cached
+        assert ask(COUNT)["rows"] == [[100, 99]]  # from the cache, generation unchanged
+        assert service.reruns == 0
+
+        second = publish(settings, store, tmp_path, blocks_table(100, 150), start=100, end=150)
+        body = ask(COUNT)
+        assert body["rows"] == [[150, 149]] and service.reruns == 1
+        assert ask(COUNT)["rows"] == [[150, 149]] and service.reruns == 1  # cached again
+
+        publish(
+            settings, store, tmp_path, blocks_table(0, 7), key="logs", end=7,
+            config="cryo_ingest.logs:v1",
+        )  # fmt: skip
+        assert ask("SELECT count(*) FROM logs")["rows"] == [[7]] and service.reruns == 2
+    finally:
+        service.close()
+    rows = audit_rows(dbs)
+    assert [r["outcome"] for r in rows] == ["ok"] * 5
+    (answered,) = [r for r in rows if str(r["query_id"]) == body["query_id"]]
+    assert {d["dataset_version"] for d in answered["datasets"]} == {
+        str(first.dataset_version),
+        str(second.dataset_version),
+    }

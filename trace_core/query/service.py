@@ -171,6 +171,25 @@ class _Run:
     error_code: str | None = None
     warm: bool = False  # the engine ran it in a warm sandbox
     started_audit: Future[None] | None = None  # the durable 'started' row, being written
+    reran: bool = False  # the registry moved under its first run (see _Check)
+
+
+@dataclass(frozen=True)
+class _Check:
+    """A user query resolved from the registry cache before the org's generation was read:
+    the read runs on a thread while the query does, and the query answers only if it shows
+    the generation the entry was read at (else it runs again, resolved afresh)."""
+
+    generation: int
+    current: Future[int | None]
+
+    def holds(self) -> bool:
+        """Whether the entry was current when read (waits for the read; raises its error)."""
+        return self.current.result() == self.generation
+
+
+class _RegistryMoved(Exception):
+    """The registry changed under a query run from the cache: run it again."""
 
 
 class Phases:
@@ -261,6 +280,7 @@ class QueryService:
         # the outcome is written off the caller's path: the answer does not wait for it
         self._outcomes: ConnectionPool[Any] | None = None
         self._auditor: ThreadPoolExecutor | None = None
+        self._finisher: ThreadPoolExecutor | None = None  # outcomes, never ahead of 'started'
         self._pending: set[Future[None]] = set()  # outcome writes not yet landed
         self._pending_lock = threading.Lock()
         if durable:
@@ -275,6 +295,8 @@ class QueryService:
         )
         self.cache = ManifestCache()
         self.registry = RegistryCache()
+        self._checker: ThreadPoolExecutor | None = None  # registry generation reads (_Check)
+        self.reruns = 0  # queries run again because the registry moved under them
         s3 = (
             S3Access.from_settings(settings)
             if str(getattr(store, "url", "")).startswith("s3://")
@@ -312,10 +334,12 @@ class QueryService:
         if self._outcomes is not None:
             self._outcomes.open(wait=True)
             self._auditor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="query-audit")
+            self._finisher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="query-outcome")
         if self.workers is not None:
             self.workers.start()
         if self.sandboxes is not None:
             self.sandboxes.start()
+        self._checker = ThreadPoolExecutor(max_workers=4, thread_name_prefix="query-registry")
         QueryService._open.add(self)
 
     def close(self) -> None:
@@ -325,9 +349,10 @@ class QueryService:
             self.workers.stop()
         if self.sandboxes is not None:
             self.sandboxes.stop()
-        if self._auditor is not None:
-            self._auditor.shutdown(wait=True)
-            self._auditor = None
+        for executor in (self._auditor, self._finisher, self._checker):
+            if executor is not None:
+                executor.shutdown(wait=True)
+        self._auditor = self._finisher = self._checker = None
         if self._outcomes is not None:
             self._outcomes.close()
         self.state.close()
@@ -421,11 +446,24 @@ class QueryService:
         *,
         as_table: bool = False,
     ) -> dict[str, Any]:
-        caller.versions = self._resolve(caller, request)
+        check = self._resolve(caller, request, speculate=True)
         phases.lap("registry")
         run = _Run(uuid.uuid4(), sql_fingerprint(request.sql))
         try:
-            response = self._run(caller, request, run, phases, as_table=as_table)
+            try:
+                response = self._run(caller, request, run, phases, as_table=as_table, check=check)
+            except Exception:
+                if check is None or check.holds():
+                    raise
+                # its answer (or error) came from a registry entry that no longer held: run
+                # again on what holds now, as the same query (one audit row)
+                self.reruns += 1
+                run.reran = True
+                log.info("registry moved under a query; running it again",
+                         extra={"query_id": str(run.query_id)})  # fmt: skip
+                self._resolve(caller, request)
+                phases.lap("registry")
+                response = self._run(caller, request, run, phases, as_table=as_table)
         except BaseException as exc:
             run.error_code = exc.code if isinstance(exc, TraceError) else "internal"
             phases.lap("failed")
@@ -442,6 +480,7 @@ class QueryService:
         phases: Phases,
         *,
         as_table: bool = False,
+        check: _Check | None = None,
     ) -> dict[str, Any]:
         caps = {
             "max_bytes": self.settings.query_max_sql_bytes,
@@ -464,7 +503,7 @@ class QueryService:
             hot=self._hot_for(caller),
         )
         phases.lap("attach")
-        if self._auditor is not None:
+        if self._auditor is not None and run.started_audit is None:
             run.started_audit = self._auditor.submit(
                 self._audit, self._record(caller, run, "ok", 0), started=True
             )
@@ -498,6 +537,10 @@ class QueryService:
             run.rows, run.bytes, run.warm = result.row_count, result.bytes, result.warm
             phases.lap("engine")
             phases.add(result.timings)
+            if check is not None:
+                if not check.holds():
+                    raise _RegistryMoved
+                phases.lap("registry")
             if as_table:
                 return {"table": result_table(result)}
             export = None
@@ -548,6 +591,12 @@ class QueryService:
         record = self._record(caller, run, outcome, duration_ms)
         if run.started_audit is None:
             self._audit(record)
+        elif run.reran:
+            # its 'started' row names what the first run read: the row of what answered is
+            # durable before the answer
+            run.started_audit.result()
+            with self.data.connection() as conn, db_errors("query audit"):
+                write_finished(conn, record)
         else:
             run.started_audit.result()  # its failure fails the query, as a failed insert does
             self._finish_later(record)
@@ -602,33 +651,64 @@ class QueryService:
             versions = task_versions(conn, claims)
         return _Caller(claims.org_id, versions, task_id=claims.task_id, attempt=claims.attempt)
 
-    def _resolve(self, caller: _Caller, request: QueryRequest) -> Versions:
-        """Relations the request may read (403 for names outside the grant)."""
+    def _resolve(
+        self, caller: _Caller, request: QueryRequest, *, speculate: bool = False
+    ) -> _Check | None:
+        """Set the relations the request may read (403 for names outside the grant).
+        ``speculate``: a user query may take the org's cached resolution before its
+        generation is read; the returned ``_Check`` must hold before the query answers."""
         if caller.user is not None:
-            with self.state.connection() as conn:
-                chains, registered = self._registered(conn, caller.org_id, request.job)
-            caller.hot_chains = list(chains)
-            return granted_relations(
-                registered,
-                caller.user,
-                requested=request.datasets,
-                hot_relations=HOT_TABLES if chains else (),
-            )
+            check = None
+            held = self.registry.latest(self._registry_key(caller.org_id, request.job))
+            if speculate and held is not None and self._checker is not None:
+                generation, entry = held
+                check = _Check(generation, self._checker.submit(self._generation, caller.org_id))
+            else:
+                with self.state.connection() as conn:
+                    entry = self._registered(conn, caller.org_id, request.job)
+            try:
+                caller.versions = self._granted(caller, request, entry)
+            except AccessDenied:
+                if check is None:
+                    raise
+                return self._resolve(caller, request)  # refused by an entry that may be stale
+            return check
         if request.job is not None:
             raise QueryError("job is not valid for task queries", code="bad_request")
-        if request.datasets is None:
-            return caller.versions
-        missing = set(request.datasets) - set(caller.versions)
-        if missing:
-            raise AccessDenied(f"dataset {sorted(missing)[0]!r} is not granted")
-        return {name: caller.versions[name] for name in request.datasets}
+        if request.datasets is not None:
+            missing = set(request.datasets) - set(caller.versions)
+            if missing:
+                raise AccessDenied(f"dataset {sorted(missing)[0]!r} is not granted")
+            caller.versions = {name: caller.versions[name] for name in request.datasets}
+        return None
+
+    @staticmethod
+    def _granted(caller: _Caller, request: QueryRequest, entry: Entry) -> Versions:
+        assert caller.user is not None
+        chains, registered = entry
+        caller.hot_chains = list(chains)
+        return granted_relations(
+            registered,
+            caller.user,
+            requested=request.datasets,
+            hot_relations=HOT_TABLES if chains else (),
+        )
+
+    def _registry_key(
+        self, org_id: uuid.UUID, job: str | None
+    ) -> tuple[uuid.UUID, str | None, bool]:
+        return (org_id, job, self._hot_url is not None)
+
+    def _generation(self, org_id: uuid.UUID) -> int | None:
+        with self.state.connection() as conn:
+            return registry_generation(conn, org_id)
 
     def _registered(self, conn: Any, org_id: uuid.UUID, job: str | None) -> Entry:
         """The org's (or job's) relations before grants, and the chains it follows into the
         hot tables: from ``self.registry`` while the org's registry generation holds, else
         read as the org (``trace_tenant``) and remembered."""
         generation = registry_generation(conn, org_id)
-        key = (org_id, job, self._hot_url is not None)
+        key = self._registry_key(org_id, job)
         if generation is not None:
             hit = self.registry.get(key, generation)
             if hit is not None:
@@ -651,8 +731,8 @@ class QueryService:
         caller's path: the row already survives a crash, and the outcome's commit is
         asynchronous anyway. If it fails (logged), the row stays 'started', as after a crash
         mid-query."""
-        assert self._auditor is not None
-        future = self._auditor.submit(self._write_outcome, record)
+        assert self._finisher is not None
+        future = self._finisher.submit(self._write_outcome, record)
         with self._pending_lock:
             self._pending.add(future)
         future.add_done_callback(functools.partial(self._outcome_landed, record.query_id))
