@@ -23,6 +23,8 @@ from tests.integration.test_tenancy_query import Orgs
 from trace_core.db.connection import Databases, connect
 from trace_core.errors import DatabaseError, QueryFailed
 from trace_core.query.client import local_user_token
+from trace_core.query.engine import ResultLimits
+from trace_core.query.sandbox import Workdir
 from trace_core.query.service import QueryRequest, QueryService
 from trace_core.settings import Settings
 from trace_core.storage.local import LocalStore
@@ -256,3 +258,46 @@ def test_a_cached_resolution_answers_only_if_its_generation_still_holds(
         str(first.dataset_version),
         str(second.dataset_version),
     }
+
+
+def test_a_worker_renders_rows_as_the_service_does(
+    settings: Settings, dbs: Databases, tmp_path: Path
+) -> None:
+    """A worker sends inline rows already rendered as JSON values (no Arrow to decode and
+    render on the answer's path): the same values as rendering in process, for every kind of
+    value; a UDF's table (``query_table``) still comes back as Arrow."""
+    store = LocalStore(settings.resolved_home() / "objects")
+    publish(settings, store, tmp_path, blocks_table(0, 100))
+    sql = (
+        "SELECT block_number, block_hash, gas_used::UBIGINT AS g, 1.5::DECIMAL(9,2) AS d,"
+        " 'nan'::DOUBLE AS f, DATE '2026-12-07' AS day, [1, 2] AS l, {'a': 'x'} AS s,"
+        " NULL AS nothing FROM blocks ORDER BY block_number LIMIT 3"
+    )
+    token = local_user_token(settings)
+    answers = []
+    for workers in (1, 0):
+        service = QueryService(
+            settings.model_copy(update={"query_workers": workers}), dbs, store, hot_sources=None
+        )
+        service.open()
+        try:
+            answers.append(service.query("user", token, QueryRequest(sql=sql)))
+            if workers:
+                table = service.query_table("user", token, QueryRequest(sql=sql))
+                assert service.workers is not None
+                workdir = Workdir(service.engine.work_root)
+                limits = ResultLimits(10, 1 << 20)
+                sent = service.workers.execute(
+                    "SELECT 1 AS one", [], limits, workdir, json_rows=True
+                )
+                assert (sent.rows, sent.batches) == ([[1]], [])
+                workdir.cleanup()
+        finally:
+            service.close()
+    in_worker, in_process = answers
+    assert in_worker["rows"] == in_process["rows"] and len(in_worker["rows"]) == 3
+    assert in_worker["rows"][0][1:] == [
+        "0x" + "00" * 32, "21000", "1.50", None, "2026-12-07", [1, 2], {"a": "x"}, None,
+    ]  # fmt: skip
+    assert in_worker["columns"] == in_process["columns"]
+    assert table.num_rows == 3 and table.column("g").to_pylist()[0] == 21000

@@ -76,7 +76,7 @@ from trace_core.query.audit import (
     write_finished,
     write_started,
 )
-from trace_core.query.engine import ResultLimits, result_table
+from trace_core.query.engine import QueryResult, ResultLimits, result_table
 from trace_core.query.export import export_result, json_rows
 from trace_core.query.gate import check_limits, sql_fingerprint, validate_sql_cached
 from trace_core.query.registry_cache import Entry, RegistryCache, registry_generation
@@ -519,7 +519,13 @@ class QueryService:
             if self.workers is not None:
                 try:
                     result = self.workers.execute(
-                        request.sql, run.relations, limits, workdir, tenant, gated=self.gate
+                        request.sql,
+                        run.relations,
+                        limits,
+                        workdir,
+                        tenant,
+                        gated=self.gate,
+                        json_rows=not as_table,
                     )
                 except QueryError as exc:
                     run.warm = bool(exc.fields.get("warm"))
@@ -558,7 +564,7 @@ class QueryService:
             workdir.cleanup()
         response = {
             "columns": result.columns,
-            "rows": [] if export else json_rows(result.batches, result.columns),
+            "rows": [] if export else _rendered(result),
             "row_count": result.row_count,
             "truncated": result.truncated,
             "export": export.as_json() if export else None,
@@ -757,6 +763,13 @@ class QueryService:
         about to execute, see ``_outcomes``)."""
         with self.data.connection() as conn, db_errors("query audit"):
             (write_started if started else write_audit)(conn, record)
+
+
+def _rendered(result: QueryResult) -> list[list[Any]]:
+    """The inline rows as JSON values (rendered by the worker, or here)."""
+    if result.rows is not None:
+        return result.rows
+    return json_rows(result.batches, result.columns)
 
 
 def _outcome_lost(query_id: uuid.UUID, error: BaseException | None = None) -> None:

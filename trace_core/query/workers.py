@@ -55,6 +55,7 @@ from trace_core.errors import (
     TooLarge,
 )
 from trace_core.query.engine import QueryResult, ResultLimits
+from trace_core.query.export import json_rows
 from trace_core.query.relations import Relation
 from trace_core.query.sandbox import EngineConfig, Workdir
 from trace_core.query.warm import Lease, Sandboxes, warm_root
@@ -93,6 +94,7 @@ class _Job:
     workdir: Workdir
     tenant: str | None = None  # the caller's org: a warm sandbox serves one org only
     gated: bool = False  # the SQL passed the gate (``WarmSandboxes.give_back``)
+    json_rows: bool = False  # answer inline rows rendered as JSON values, not Arrow
 
 
 # --- the worker process ------------------------------------------------------------------
@@ -150,7 +152,9 @@ def serve_worker(conn: Connection) -> None:
             try:
                 outcome = _run(job, sandboxes, lease, limits)
                 ok = not isinstance(outcome, QueryError)
-                conn.send_bytes(_encode(outcome, warm=lease.warm is not None))
+                conn.send_bytes(
+                    _encode(outcome, warm=lease.warm is not None, rows_json=job.json_rows)
+                )
             finally:
                 # only once the reply is out: checking or closing the used sandbox and
                 # preparing the next one would otherwise hold the GIL while it is sent
@@ -174,9 +178,13 @@ def _run(
         return QueryFailed("query execution failed", code="execution_failed")
 
 
-def _encode(outcome: QueryResult | QueryError, *, warm: bool = False) -> bytes:
+def _encode(
+    outcome: QueryResult | QueryError, *, warm: bool = False, rows_json: bool = False
+) -> bytes:
     """A reply as one message (one wake-up of the parent): the JSON header's length (4 bytes,
-    big-endian), the header, then the Arrow IPC stream of the inline batches, if any."""
+    big-endian), the header, then the Arrow IPC stream of the inline batches, if any.
+    ``rows_json``: inline rows go in the header as JSON values (``export.json_rows``) instead,
+    rendered here rather than decoded and rendered on the service's side of the answer."""
     if isinstance(outcome, QueryError):
         error = {
             "status": "error",
@@ -196,8 +204,10 @@ def _encode(outcome: QueryResult | QueryError, *, warm: bool = False) -> bytes:
         "timings": outcome.timings,
         "warm": warm or outcome.warm,
     }
+    if rows_json and outcome.batches:
+        header["rows"] = json_rows(outcome.batches, outcome.columns)
     head = _framed(json.dumps(header).encode())
-    if not outcome.batches:
+    if not outcome.batches or rows_json:
         return head
     sink = pa.BufferOutputStream()
     sink.write(head)
@@ -224,6 +234,7 @@ def _decode(reply: bytes, workdir: Workdir) -> QueryResult:
         # ``warm``: where it failed, for the service's log line
         raise cls(str(header["message"]), code=str(header["code"]), warm=bool(header.get("warm")))
     batches = list(pa.ipc.open_stream(pa.py_buffer(body))) if len(body) else []
+    rows = header.get("rows")
     return QueryResult(
         columns=[{"name": str(c["name"]), "type": str(c["type"])} for c in header["columns"]],
         batches=batches,
@@ -233,6 +244,7 @@ def _decode(reply: bytes, workdir: Workdir) -> QueryResult:
         spool=workdir.spool if header["spooled"] else None,
         timings={str(k): float(v) for k, v in header.get("timings", {}).items()},
         warm=bool(header.get("warm")),
+        rows=rows if isinstance(rows, list) else None,
     )
 
 
@@ -373,15 +385,19 @@ class EngineWorkers:
         tenant: str | None = None,
         *,
         gated: bool = False,
+        json_rows: bool = False,
     ) -> QueryResult:
         """Run already-gated SQL in a worker (``tenant``: the caller's org, which may be
         served by a warm sandbox of that org's, ``query.warm``); same errors as ``engine.execute`` plus
         ``QueryTimeout`` (code ``cpu_limit``) and ``EngineCrashed`` when the worker dies, and
-        ``QueryError(code='engine_busy')`` when no worker frees up within the time limit."""
+        ``QueryError(code='engine_busy')`` when no worker frees up within the time limit.
+        ``json_rows``: inline rows come back rendered (``QueryResult.rows``), not as batches."""
         # versions stay here: the engine reads files and hot sources, and the worker then
         # needs no registry (nor Postgres driver) to unpickle the job
         shipped = tuple(dataclasses.replace(rel, versions=()) for rel in relations)
-        job = _Job(sql, shipped, self._job_config(relations), limits, workdir, tenant, gated)
+        job = _Job(
+            sql, shipped, self._job_config(relations), limits, workdir, tenant, gated, json_rows
+        )
         payload = pickle.dumps(job)
         worker = self._take()
         try:
