@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -58,7 +59,7 @@ from trace_core.query.engine import QueryResult, ResultLimits
 from trace_core.query.export import json_rows
 from trace_core.query.relations import Relation
 from trace_core.query.sandbox import EngineConfig, Workdir
-from trace_core.query.warm import Lease, Sandboxes, warm_root
+from trace_core.query.warm import Lease, Sandboxes, warm_key, warm_root
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +90,13 @@ class WorkerLimits:
 class _Job:
     sql: str
     relations: tuple[Relation, ...]
-    config: EngineConfig
+    config: EngineConfig | None  # None: the worker's own (no per-query S3 credentials)
     limits: ResultLimits
     workdir: Workdir
     tenant: str | None = None  # the caller's org: a warm sandbox serves one org only
     gated: bool = False  # the SQL passed the gate (``WarmSandboxes.give_back``)
     json_rows: bool = False  # answer inline rows rendered as JSON values, not Arrow
+    warm_key: str | None = None  # ``warm.warm_key(tenant, relations)``, computed by the parent
 
 
 # --- the worker process ------------------------------------------------------------------
@@ -147,7 +149,7 @@ def serve_worker(conn: Connection) -> None:
                 return
             if job is None:
                 return
-            lease = sandboxes.take(job.tenant, job.relations)
+            lease = sandboxes.take_keyed(job.warm_key, job.relations)
             ok = False
             try:
                 outcome = _run(job, sandboxes, lease, limits)
@@ -395,8 +397,17 @@ class EngineWorkers:
         # versions stay here: the engine reads files and hot sources, and the worker then
         # needs no registry (nor Postgres driver) to unpickle the job
         shipped = tuple(dataclasses.replace(rel, versions=()) for rel in relations)
+        key = _warm_key(tenant, shipped) if self.limits.warm_sandboxes else None
         job = _Job(
-            sql, shipped, self._job_config(relations), limits, workdir, tenant, gated, json_rows
+            sql,
+            shipped,
+            self._job_config(relations),
+            limits,
+            workdir,
+            tenant,
+            gated,
+            json_rows,
+            key,
         )
         payload = pickle.dumps(job)
         worker = self._take()
@@ -409,12 +420,14 @@ class EngineWorkers:
         self._idle.put(worker)
         return _decode(reply, workdir)
 
-    def _job_config(self, relations: Sequence[Relation]) -> EngineConfig:
+    def _job_config(self, relations: Sequence[Relation]) -> EngineConfig | None:
+        """The job's engine config when it differs from the one each worker started with
+        (per-query S3 credentials), else None (less to unpickle on the worker's side)."""
         if self._scoper is None:
-            return self.config
+            return None
         s3_files = [uri for rel in relations for uri in rel.all_files if uri.startswith("s3://")]
         if not s3_files:
-            return self.config
+            return None
         return dataclasses.replace(self.config, s3=self._scoper(s3_files))
 
     def _take(self) -> _Worker:
@@ -456,6 +469,13 @@ class EngineWorkers:
             f"the query engine process died running this query ({name}), for example from"
             " recursion too deep for its stack; other queries were not affected"
         )
+
+
+@functools.lru_cache(maxsize=256)
+def _warm_key(tenant: str | None, relations: tuple[Relation, ...]) -> str | None:
+    """``warm_key``, remembered per (org, exact relations): the same files are queried
+    again and again, and the key hashes every file name."""
+    return warm_key(tenant, relations)
 
 
 def _pid(worker: _Worker) -> dict[str, Any]:
