@@ -312,7 +312,7 @@ class Settings(BaseSettings):
     )
     query_audit_durable: bool = Field(
         True,
-        description="An answered query's audit row survives a crash (the default): the row is committed durably as 'started' while the engine runs, the answer waits for that commit, and the outcome follows with an asynchronous commit; false commits the row asynchronously only (no WAL flush at all), so a crash of Postgres itself in the next ~0.6 s can lose it",
+        description="An answered query's audit row survives a crash (the default): the row is committed durably as 'started' while the engine runs, the answer waits for that commit, and the outcome follows off the answer's path with an asynchronous commit (if it cannot be written, the row stays 'started' and the error is logged); false commits the row asynchronously only (no WAL flush at all), so a crash of Postgres itself in the next ~0.6 s can lose it",
     )
     query_max_sql_bytes: int = Field(
         100 * 1024, gt=0, description="Largest SQL text accepted, checked before parsing (HTTP 413)"

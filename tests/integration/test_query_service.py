@@ -35,6 +35,7 @@ from trace_core.errors import QueryError, RetryableError
 from trace_core.query.app import create_app
 from trace_core.query.attach import HotSource
 from trace_core.query.client import local_user_token, query_http
+from trace_core.query.service import QueryService
 from trace_core.query.tokens import DatasetPin, issue_task_token, issue_user_token
 from trace_core.settings import Settings
 from trace_core.storage.local import LocalStore
@@ -112,6 +113,8 @@ def pin(rec: VersionRecord) -> DatasetPin:
 
 
 def audit_rows(dbs: Databases) -> list[dict[str, Any]]:
+    """The audit table, once every open service's outcome writes have landed."""
+    assert QueryService.settle_audits()
     with psycopg.connect(dbs.data_url, row_factory=psycopg.rows.dict_row) as conn:
         return conn.execute("SELECT * FROM data.query_audit ORDER BY created_at").fetchall()
 

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -69,6 +70,9 @@ class QueryResult:
     # milliseconds: "sandbox" (views, limits, lock) and "duckdb" (the query and its batches)
     timings: dict[str, float] = field(default_factory=dict)
     warm: bool = False  # ran in a warm sandbox (``query.warm``), not a fresh instance
+    # the inline rows already rendered as JSON values (``export.json_rows``), in place of
+    # ``batches``: how a worker answers a caller that wants JSON (``workers._Job.json_rows``)
+    rows: list[list[Any]] | None = None
 
 
 # --- running -----------------------------------------------------------------------------

@@ -46,6 +46,15 @@ class RegistryCache:
             self._entries.move_to_end(key)
             return found[1]
 
+    def latest(self, key: Key) -> tuple[int, Entry] | None:
+        """The key's entry and the generation it was read at, whatever the generation is
+        now: for a caller that checks that generation before it answers (``QueryService``)."""
+        with self._lock:
+            found = self._entries.get(key)
+            if found is not None:
+                self._entries.move_to_end(key)
+            return found
+
     def put(self, key: Key, generation: int, entry: Entry) -> None:
         """Remember ``entry``, read at or after ``generation`` (read the generation first)."""
         with self._lock:

@@ -17,15 +17,19 @@ audited in ``data.query_audit`` whatever its outcome; refused tokens and grants 
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import functools
 import logging
+import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import pyarrow as pa
 from psycopg_pool import ConnectionPool
@@ -72,7 +76,7 @@ from trace_core.query.audit import (
     write_finished,
     write_started,
 )
-from trace_core.query.engine import ResultLimits, result_table
+from trace_core.query.engine import QueryResult, ResultLimits, result_table
 from trace_core.query.export import export_result, json_rows
 from trace_core.query.gate import check_limits, sql_fingerprint, validate_sql_cached
 from trace_core.query.registry_cache import Entry, RegistryCache, registry_generation
@@ -167,6 +171,25 @@ class _Run:
     error_code: str | None = None
     warm: bool = False  # the engine ran it in a warm sandbox
     started_audit: Future[None] | None = None  # the durable 'started' row, being written
+    reran: bool = False  # the registry moved under its first run (see _Check)
+
+
+@dataclass(frozen=True)
+class _Check:
+    """A user query resolved from the registry cache before the org's generation was read:
+    the read runs on a thread while the query does, and the query answers only if it shows
+    the generation the entry was read at (else it runs again, resolved afresh)."""
+
+    generation: int
+    current: Future[int | None]
+
+    def holds(self) -> bool:
+        """Whether the entry was current when read (waits for the read; raises its error)."""
+        return self.current.result() == self.generation
+
+
+class _RegistryMoved(Exception):
+    """The registry changed under a query run from the cache: run it again."""
 
 
 class Phases:
@@ -202,6 +225,9 @@ class _Caller:
 
 class QueryService:
     """The request pipeline, independent of HTTP. Call ``open()`` before use."""
+
+    # open services of this process, for ``settle_audits``
+    _open: ClassVar[weakref.WeakSet[QueryService]] = weakref.WeakSet()
 
     def __init__(
         self,
@@ -251,8 +277,12 @@ class QueryService:
         # a thread while the engine runs, and its outcome afterwards on this pool
         # (asynchronous commit): the answer never precedes a durable row, and the query no
         # longer waits for a WAL flush of its own (docs/benchmarks.md, issue 25)
+        # the outcome is written off the caller's path: the answer does not wait for it
         self._outcomes: ConnectionPool[Any] | None = None
         self._auditor: ThreadPoolExecutor | None = None
+        self._finisher: ThreadPoolExecutor | None = None  # outcomes, never ahead of 'started'
+        self._pending: set[Future[None]] = set()  # outcome writes not yet landed
+        self._pending_lock = threading.Lock()
         if durable:
             self._outcomes = ConnectionPool(
                 dbs.data_url, min_size=1, max_size=8, open=False, kwargs=async_kwargs
@@ -265,6 +295,8 @@ class QueryService:
         )
         self.cache = ManifestCache()
         self.registry = RegistryCache()
+        self._checker: ThreadPoolExecutor | None = None  # registry generation reads (_Check)
+        self.reruns = 0  # queries run again because the registry moved under them
         s3 = (
             S3Access.from_settings(settings)
             if str(getattr(store, "url", "")).startswith("s3://")
@@ -302,23 +334,42 @@ class QueryService:
         if self._outcomes is not None:
             self._outcomes.open(wait=True)
             self._auditor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="query-audit")
+            self._finisher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="query-outcome")
         if self.workers is not None:
             self.workers.start()
         if self.sandboxes is not None:
             self.sandboxes.start()
+        self._checker = ThreadPoolExecutor(max_workers=4, thread_name_prefix="query-registry")
+        QueryService._open.add(self)
 
     def close(self) -> None:
+        """Stop the engines and wait for every outcome audit write still on its way."""
+        QueryService._open.discard(self)
         if self.workers is not None:
             self.workers.stop()
         if self.sandboxes is not None:
             self.sandboxes.stop()
-        if self._auditor is not None:
-            self._auditor.shutdown(wait=True)
-            self._auditor = None
+        for executor in (self._auditor, self._finisher, self._checker):
+            if executor is not None:
+                executor.shutdown(wait=True)
+        self._auditor = self._finisher = self._checker = None
         if self._outcomes is not None:
             self._outcomes.close()
         self.state.close()
         self.data.close()
+
+    def settle_audit(self, timeout: float | None = None) -> bool:
+        """Wait until the outcome audit rows of the queries answered so far have landed (or
+        failed, which is logged); False if ``timeout`` ran out first."""
+        with self._pending_lock:
+            pending = list(self._pending)
+        return not concurrent.futures.wait(pending, timeout=timeout).not_done
+
+    @classmethod
+    def settle_audits(cls, timeout: float | None = 30.0) -> bool:
+        """``settle_audit`` for every open service of this process (tests read the audit
+        table right after an answer)."""
+        return all(service.settle_audit(timeout) for service in list(cls._open))
 
     def healthy(self) -> bool:
         with self.state.connection(timeout=5) as conn:
@@ -395,11 +446,24 @@ class QueryService:
         *,
         as_table: bool = False,
     ) -> dict[str, Any]:
-        caller.versions = self._resolve(caller, request)
+        check = self._resolve(caller, request, speculate=True)
         phases.lap("registry")
         run = _Run(uuid.uuid4(), sql_fingerprint(request.sql))
         try:
-            response = self._run(caller, request, run, phases, as_table=as_table)
+            try:
+                response = self._run(caller, request, run, phases, as_table=as_table, check=check)
+            except Exception:
+                if check is None or check.holds():
+                    raise
+                # its answer (or error) came from a registry entry that no longer held: run
+                # again on what holds now, as the same query (one audit row)
+                self.reruns += 1
+                run.reran = True
+                log.info("registry moved under a query; running it again",
+                         extra={"query_id": str(run.query_id)})  # fmt: skip
+                self._resolve(caller, request)
+                phases.lap("registry")
+                response = self._run(caller, request, run, phases, as_table=as_table)
         except BaseException as exc:
             run.error_code = exc.code if isinstance(exc, TraceError) else "internal"
             phases.lap("failed")
@@ -416,6 +480,7 @@ class QueryService:
         phases: Phases,
         *,
         as_table: bool = False,
+        check: _Check | None = None,
     ) -> dict[str, Any]:
         caps = {
             "max_bytes": self.settings.query_max_sql_bytes,
@@ -438,7 +503,7 @@ class QueryService:
             hot=self._hot_for(caller),
         )
         phases.lap("attach")
-        if self._auditor is not None:
+        if self._auditor is not None and run.started_audit is None:
             run.started_audit = self._auditor.submit(
                 self._audit, self._record(caller, run, "ok", 0), started=True
             )
@@ -454,7 +519,13 @@ class QueryService:
             if self.workers is not None:
                 try:
                     result = self.workers.execute(
-                        request.sql, run.relations, limits, workdir, tenant, gated=self.gate
+                        request.sql,
+                        run.relations,
+                        limits,
+                        workdir,
+                        tenant,
+                        gated=self.gate,
+                        json_rows=not as_table,
                     )
                 except QueryError as exc:
                     run.warm = bool(exc.fields.get("warm"))
@@ -472,6 +543,10 @@ class QueryService:
             run.rows, run.bytes, run.warm = result.row_count, result.bytes, result.warm
             phases.lap("engine")
             phases.add(result.timings)
+            if check is not None:
+                if not check.holds():
+                    raise _RegistryMoved
+                phases.lap("registry")
             if as_table:
                 return {"table": result_table(result)}
             export = None
@@ -489,7 +564,7 @@ class QueryService:
             workdir.cleanup()
         response = {
             "columns": result.columns,
-            "rows": [] if export else json_rows(result.batches, result.columns),
+            "rows": [] if export else _rendered(result),
             "row_count": result.row_count,
             "truncated": result.truncated,
             "export": export.as_json() if export else None,
@@ -522,11 +597,15 @@ class QueryService:
         record = self._record(caller, run, outcome, duration_ms)
         if run.started_audit is None:
             self._audit(record)
+        elif run.reran:
+            # its 'started' row names what the first run read: the row of what answered is
+            # durable before the answer
+            run.started_audit.result()
+            with self.data.connection() as conn, db_errors("query audit"):
+                write_finished(conn, record)
         else:
             run.started_audit.result()  # its failure fails the query, as a failed insert does
-            assert self._outcomes is not None
-            with self._outcomes.connection() as conn, db_errors("query audit"):
-                write_finished(conn, record)
+            self._finish_later(record)
         phases.lap("audit")
         if self.observer is not None:
             self.observer(phases.ms)
@@ -578,33 +657,64 @@ class QueryService:
             versions = task_versions(conn, claims)
         return _Caller(claims.org_id, versions, task_id=claims.task_id, attempt=claims.attempt)
 
-    def _resolve(self, caller: _Caller, request: QueryRequest) -> Versions:
-        """Relations the request may read (403 for names outside the grant)."""
+    def _resolve(
+        self, caller: _Caller, request: QueryRequest, *, speculate: bool = False
+    ) -> _Check | None:
+        """Set the relations the request may read (403 for names outside the grant).
+        ``speculate``: a user query may take the org's cached resolution before its
+        generation is read; the returned ``_Check`` must hold before the query answers."""
         if caller.user is not None:
-            with self.state.connection() as conn:
-                chains, registered = self._registered(conn, caller.org_id, request.job)
-            caller.hot_chains = list(chains)
-            return granted_relations(
-                registered,
-                caller.user,
-                requested=request.datasets,
-                hot_relations=HOT_TABLES if chains else (),
-            )
+            check = None
+            held = self.registry.latest(self._registry_key(caller.org_id, request.job))
+            if speculate and held is not None and self._checker is not None:
+                generation, entry = held
+                check = _Check(generation, self._checker.submit(self._generation, caller.org_id))
+            else:
+                with self.state.connection() as conn:
+                    entry = self._registered(conn, caller.org_id, request.job)
+            try:
+                caller.versions = self._granted(caller, request, entry)
+            except AccessDenied:
+                if check is None:
+                    raise
+                return self._resolve(caller, request)  # refused by an entry that may be stale
+            return check
         if request.job is not None:
             raise QueryError("job is not valid for task queries", code="bad_request")
-        if request.datasets is None:
-            return caller.versions
-        missing = set(request.datasets) - set(caller.versions)
-        if missing:
-            raise AccessDenied(f"dataset {sorted(missing)[0]!r} is not granted")
-        return {name: caller.versions[name] for name in request.datasets}
+        if request.datasets is not None:
+            missing = set(request.datasets) - set(caller.versions)
+            if missing:
+                raise AccessDenied(f"dataset {sorted(missing)[0]!r} is not granted")
+            caller.versions = {name: caller.versions[name] for name in request.datasets}
+        return None
+
+    @staticmethod
+    def _granted(caller: _Caller, request: QueryRequest, entry: Entry) -> Versions:
+        assert caller.user is not None
+        chains, registered = entry
+        caller.hot_chains = list(chains)
+        return granted_relations(
+            registered,
+            caller.user,
+            requested=request.datasets,
+            hot_relations=HOT_TABLES if chains else (),
+        )
+
+    def _registry_key(
+        self, org_id: uuid.UUID, job: str | None
+    ) -> tuple[uuid.UUID, str | None, bool]:
+        return (org_id, job, self._hot_url is not None)
+
+    def _generation(self, org_id: uuid.UUID) -> int | None:
+        with self.state.connection() as conn:
+            return registry_generation(conn, org_id)
 
     def _registered(self, conn: Any, org_id: uuid.UUID, job: str | None) -> Entry:
         """The org's (or job's) relations before grants, and the chains it follows into the
         hot tables: from ``self.registry`` while the org's registry generation holds, else
         read as the org (``trace_tenant``) and remembered."""
         generation = registry_generation(conn, org_id)
-        key = (org_id, job, self._hot_url is not None)
+        key = self._registry_key(org_id, job)
         if generation is not None:
             hit = self.registry.get(key, generation)
             if hit is not None:
@@ -622,12 +732,52 @@ class QueryService:
             return contextlib.nullcontext()
         return tenant_scope(conn, org_id)
 
+    def _finish_later(self, record: AuditRecord) -> None:
+        """Record the outcome of a query whose durable 'started' row is committed, off the
+        caller's path: the row already survives a crash, and the outcome's commit is
+        asynchronous anyway. If it fails (logged), the row stays 'started', as after a crash
+        mid-query."""
+        assert self._finisher is not None
+        future = self._finisher.submit(self._write_outcome, record)
+        with self._pending_lock:
+            self._pending.add(future)
+        future.add_done_callback(functools.partial(self._outcome_landed, record.query_id))
+
+    def _write_outcome(self, record: AuditRecord) -> None:
+        assert self._outcomes is not None
+        try:
+            with self._outcomes.connection() as conn, db_errors("query audit"):
+                write_finished(conn, record)
+        except TraceError:
+            _outcome_lost(record.query_id)
+
+    def _outcome_landed(self, query_id: uuid.UUID, future: Future[None]) -> None:
+        with self._pending_lock:
+            self._pending.discard(future)
+        if future.exception() is not None:  # not a database error: a bug, still logged
+            _outcome_lost(query_id, future.exception())
+
     def _audit(self, record: AuditRecord, *, started: bool = False) -> None:
         """The system records what a caller did, under the caller's org (given, not taken
         from the session): no tenant scope, one statement (``started``: the row of a query
         about to execute, see ``_outcomes``)."""
         with self.data.connection() as conn, db_errors("query audit"):
             (write_started if started else write_audit)(conn, record)
+
+
+def _rendered(result: QueryResult) -> list[list[Any]]:
+    """The inline rows as JSON values (rendered by the worker, or here)."""
+    if result.rows is not None:
+        return result.rows
+    return json_rows(result.batches, result.columns)
+
+
+def _outcome_lost(query_id: uuid.UUID, error: BaseException | None = None) -> None:
+    log.error(
+        "query audit outcome not recorded; its row stays 'started'",
+        exc_info=error or True,
+        extra={"query_id": str(query_id)},
+    )
 
 
 def _bearer(authorization: str | None) -> str:

@@ -350,7 +350,12 @@ class Sandboxes:
         self.fresh.stop()
 
     def take(self, tenant: str | None, relations: Sequence[Relation]) -> Lease:
-        key = warm_key(tenant, relations) if self.warm is not None else None
+        return self.take_keyed(warm_key(tenant, relations), relations)
+
+    def take_keyed(self, key: str | None, relations: Sequence[Relation]) -> Lease:
+        """``take`` with ``warm_key(tenant, relations)`` already computed by the caller (the
+        service, for its worker: not on the worker's side of the round trip)."""
+        key = key if self.warm is not None else None
         lease = Lease(tuple(relations), key)
         if key is not None and self.warm is not None:
             lease.warm = self.warm.take(key)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -55,9 +56,10 @@ from trace_core.errors import (
     TooLarge,
 )
 from trace_core.query.engine import QueryResult, ResultLimits
+from trace_core.query.export import json_rows
 from trace_core.query.relations import Relation
 from trace_core.query.sandbox import EngineConfig, Workdir
-from trace_core.query.warm import Lease, Sandboxes, warm_root
+from trace_core.query.warm import Lease, Sandboxes, warm_key, warm_root
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +90,13 @@ class WorkerLimits:
 class _Job:
     sql: str
     relations: tuple[Relation, ...]
-    config: EngineConfig
+    config: EngineConfig | None  # None: the worker's own (no per-query S3 credentials)
     limits: ResultLimits
     workdir: Workdir
     tenant: str | None = None  # the caller's org: a warm sandbox serves one org only
     gated: bool = False  # the SQL passed the gate (``WarmSandboxes.give_back``)
+    json_rows: bool = False  # answer inline rows rendered as JSON values, not Arrow
+    warm_key: str | None = None  # ``warm.warm_key(tenant, relations)``, computed by the parent
 
 
 # --- the worker process ------------------------------------------------------------------
@@ -145,12 +149,14 @@ def serve_worker(conn: Connection) -> None:
                 return
             if job is None:
                 return
-            lease = sandboxes.take(job.tenant, job.relations)
+            lease = sandboxes.take_keyed(job.warm_key, job.relations)
             ok = False
             try:
                 outcome = _run(job, sandboxes, lease, limits)
                 ok = not isinstance(outcome, QueryError)
-                conn.send_bytes(_encode(outcome, warm=lease.warm is not None))
+                conn.send_bytes(
+                    _encode(outcome, warm=lease.warm is not None, rows_json=job.json_rows)
+                )
             finally:
                 # only once the reply is out: checking or closing the used sandbox and
                 # preparing the next one would otherwise hold the GIL while it is sent
@@ -174,9 +180,13 @@ def _run(
         return QueryFailed("query execution failed", code="execution_failed")
 
 
-def _encode(outcome: QueryResult | QueryError, *, warm: bool = False) -> bytes:
+def _encode(
+    outcome: QueryResult | QueryError, *, warm: bool = False, rows_json: bool = False
+) -> bytes:
     """A reply as one message (one wake-up of the parent): the JSON header's length (4 bytes,
-    big-endian), the header, then the Arrow IPC stream of the inline batches, if any."""
+    big-endian), the header, then the Arrow IPC stream of the inline batches, if any.
+    ``rows_json``: inline rows go in the header as JSON values (``export.json_rows``) instead,
+    rendered here rather than decoded and rendered on the service's side of the answer."""
     if isinstance(outcome, QueryError):
         error = {
             "status": "error",
@@ -196,8 +206,10 @@ def _encode(outcome: QueryResult | QueryError, *, warm: bool = False) -> bytes:
         "timings": outcome.timings,
         "warm": warm or outcome.warm,
     }
+    if rows_json and outcome.batches:
+        header["rows"] = json_rows(outcome.batches, outcome.columns)
     head = _framed(json.dumps(header).encode())
-    if not outcome.batches:
+    if not outcome.batches or rows_json:
         return head
     sink = pa.BufferOutputStream()
     sink.write(head)
@@ -224,6 +236,7 @@ def _decode(reply: bytes, workdir: Workdir) -> QueryResult:
         # ``warm``: where it failed, for the service's log line
         raise cls(str(header["message"]), code=str(header["code"]), warm=bool(header.get("warm")))
     batches = list(pa.ipc.open_stream(pa.py_buffer(body))) if len(body) else []
+    rows = header.get("rows")
     return QueryResult(
         columns=[{"name": str(c["name"]), "type": str(c["type"])} for c in header["columns"]],
         batches=batches,
@@ -233,6 +246,7 @@ def _decode(reply: bytes, workdir: Workdir) -> QueryResult:
         spool=workdir.spool if header["spooled"] else None,
         timings={str(k): float(v) for k, v in header.get("timings", {}).items()},
         warm=bool(header.get("warm")),
+        rows=rows if isinstance(rows, list) else None,
     )
 
 
@@ -373,15 +387,28 @@ class EngineWorkers:
         tenant: str | None = None,
         *,
         gated: bool = False,
+        json_rows: bool = False,
     ) -> QueryResult:
         """Run already-gated SQL in a worker (``tenant``: the caller's org, which may be
         served by a warm sandbox of that org's, ``query.warm``); same errors as ``engine.execute`` plus
         ``QueryTimeout`` (code ``cpu_limit``) and ``EngineCrashed`` when the worker dies, and
-        ``QueryError(code='engine_busy')`` when no worker frees up within the time limit."""
+        ``QueryError(code='engine_busy')`` when no worker frees up within the time limit.
+        ``json_rows``: inline rows come back rendered (``QueryResult.rows``), not as batches."""
         # versions stay here: the engine reads files and hot sources, and the worker then
         # needs no registry (nor Postgres driver) to unpickle the job
         shipped = tuple(dataclasses.replace(rel, versions=()) for rel in relations)
-        job = _Job(sql, shipped, self._job_config(relations), limits, workdir, tenant, gated)
+        key = _warm_key(tenant, shipped) if self.limits.warm_sandboxes else None
+        job = _Job(
+            sql,
+            shipped,
+            self._job_config(relations),
+            limits,
+            workdir,
+            tenant,
+            gated,
+            json_rows,
+            key,
+        )
         payload = pickle.dumps(job)
         worker = self._take()
         try:
@@ -393,12 +420,14 @@ class EngineWorkers:
         self._idle.put(worker)
         return _decode(reply, workdir)
 
-    def _job_config(self, relations: Sequence[Relation]) -> EngineConfig:
+    def _job_config(self, relations: Sequence[Relation]) -> EngineConfig | None:
+        """The job's engine config when it differs from the one each worker started with
+        (per-query S3 credentials), else None (less to unpickle on the worker's side)."""
         if self._scoper is None:
-            return self.config
+            return None
         s3_files = [uri for rel in relations for uri in rel.all_files if uri.startswith("s3://")]
         if not s3_files:
-            return self.config
+            return None
         return dataclasses.replace(self.config, s3=self._scoper(s3_files))
 
     def _take(self) -> _Worker:
@@ -440,6 +469,13 @@ class EngineWorkers:
             f"the query engine process died running this query ({name}), for example from"
             " recursion too deep for its stack; other queries were not affected"
         )
+
+
+@functools.lru_cache(maxsize=256)
+def _warm_key(tenant: str | None, relations: tuple[Relation, ...]) -> str | None:
+    """``warm_key``, remembered per (org, exact relations): the same files are queried
+    again and again, and the key hashes every file name."""
+    return warm_key(tenant, relations)
 
 
 def _pid(worker: _Worker) -> dict[str, Any]:

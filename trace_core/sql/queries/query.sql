@@ -74,10 +74,11 @@ VALUES (%(query_id)s, %(org_id)s, %(user_sub)s, %(task_id)s, %(attempt)s, %(data
         %(sql_sha256)s, 0, 'started')
 
 -- name: finish_audit
--- The outcome of a query whose 'started' row is durable; one row or the caller raises.
+-- The outcome of a query whose 'started' row is durable; one row or the caller raises. The
+-- datasets too: a query run again (the registry moved under it) answers from others.
 UPDATE data.query_audit
 SET rows = %(rows)s, bytes = %(bytes)s, duration_ms = %(duration_ms)s, outcome = %(outcome)s,
-    error_code = %(error_code)s, export_key = %(export_key)s
+    error_code = %(error_code)s, export_key = %(export_key)s, datasets = %(datasets)s
 WHERE query_id = %(query_id)s AND outcome = 'started'
 
 -- name: hot_followed_chains
