@@ -406,6 +406,15 @@ def _try_key(message: Message) -> tuple[int, uuid.UUID] | None:
         return None
 
 
+def message_keys(
+    messages: Sequence[Message],
+) -> tuple[list[tuple[Message, tuple[int, uuid.UUID]]], list[Message]]:
+    """``(message, (id, receipt))`` of each well-formed message, and the malformed ones
+    (stale by definition): what a statement matching receipts takes (``tasks.take``)."""
+    keyed = [(m, _try_key(m)) for m in messages]
+    return [(m, k) for m, k in keyed if k is not None], [m for m, k in keyed if k is None]
+
+
 def _key(message: Message) -> tuple[int, uuid.UUID]:
     key = _try_key(message)
     if key is None:
