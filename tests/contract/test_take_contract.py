@@ -11,11 +11,7 @@ import psycopg
 import pytest
 from psycopg import Connection
 
-from tests.contract.test_queue_contract import (  # the module-scoped state database
-    Harness,
-    open_harness,
-    queue_state_url,  # noqa: F401
-)
+from tests.contract.test_queue_contract import Harness, open_harness
 from trace_core import outbox
 from trace_core.db.connection import connect
 from trace_core.errors import DatabaseError, LeaseConflict
