@@ -372,3 +372,24 @@ def test_a_worker_run_runs_the_range_furthest_behind_first(trace_env: Runtime) -
     run_worker(rt, ids, on_outcome=outcomes.append, on_planned=lambda _: None, registry=registry)
     assert ran == [0, 250, 2000, 2250]
     assert [o.status for o in outcomes] == ["succeeded"] * 4
+
+
+def test_a_runs_take_claims_the_woken_tasks_with_their_wakeups(trace_env: Runtime) -> None:
+    """A continuing run's take (``tasks.take``) claims the queued tasks it receives and acks
+    their wake-ups in the same commit; a task the run already ran (``skip``) is only received,
+    for the run to hand back (``MoreWork.leave``)."""
+    from trace_core.engine.worker_run import take_more_work
+
+    ids = _create(trace_env, 3)
+    more = take_more_work(trace_env, 2)
+    claimed = {lease.task_id for lease in more.leases}
+    assert len(claimed) == 2 and more.task_ids == [] and more.received == 2
+    assert {_statuses(trace_env, ids)[t] for t in claimed} == {("running", 1)}
+    stats = trace_env.queue.stats(TASK_WAKEUP)
+    assert (stats.depth, stats.in_flight) == (1, 0)  # the taken wake-ups are gone
+    (rest,) = set(ids) - claimed
+    more = take_more_work(trace_env, 5, skip={rest})
+    assert more.leases == [] and more.task_ids == [rest]
+    assert _statuses(trace_env, [rest])[rest] == ("queued", 0)
+    more.leave(trace_env, {rest}, set())  # handed back: due again at once
+    assert trace_env.queue.stats(TASK_WAKEUP).depth == 1
