@@ -9,10 +9,14 @@
 -- wake-up is settled if and only if its claim commits. A claim must be durable, so a statement
 -- that claims sets synchronous_commit on for its own commit (the connection may run with it
 -- off). Rows: (kind, message id, receipt, payload, receive count, the lease's columns).
+-- Every row it touches is reached by key (`= ANY (ARRAY(...))`, a correlated lookup): the
+-- caller's state connection has no planner options, and a generic plan made on a parameter
+-- LIMIT otherwise hash-joins a sequential scan of the whole queue (or tasks) table.
 WITH acked AS (
     DELETE FROM state.queue_messages m
-    USING unnest(%(message_ids)b::bigint[], %(receipts)b::uuid[]) AS a (message_id, receipt)
-    WHERE m.message_id = a.message_id AND m.receipt = a.receipt
+    WHERE m.message_id = ANY (%(message_ids)b::bigint[])
+      AND (m.message_id, m.receipt) IN (
+          SELECT * FROM unnest(%(message_ids)b::bigint[], %(receipts)b::uuid[]))
     RETURNING m.message_id, m.receipt
 ), picked AS MATERIALIZED (
     SELECT message_id,
@@ -30,9 +34,10 @@ WITH acked AS (
     SET status = 'running', attempt = t.attempt + 1, lease_token = gen_random_uuid(),
         lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
         started_at = COALESCE(t.started_at, now()), updated_at = now()
-    FROM (SELECT DISTINCT task_id FROM picked WHERE task_id IS NOT NULL) p
-    WHERE t.task_id = p.task_id AND t.status = 'queued' AND NOT t.paused
-      AND t.next_run_at <= now() AND t.attempt - t.attempt_base < t.max_attempts
+    WHERE t.task_id = ANY (ARRAY(SELECT task_id FROM picked WHERE task_id IS NOT NULL))
+      -- IS TRUE: neither an index condition nor the queued index's predicate (by key only)
+      AND (t.status = 'queued' AND t.next_run_at <= now()) IS TRUE AND NOT t.paused
+      AND t.attempt - t.attempt_base < t.max_attempts
       AND t.task_id <> ALL (%(skip)b::uuid[])
     RETURNING t.task_id, t.attempt, t.lease_token, t.lease_expires_at, t.operator, t.payload,
               t.max_attempts, t.attempt_base, t.org_id
@@ -43,10 +48,13 @@ WITH acked AS (
     ON CONFLICT DO NOTHING
 ), settled AS (
     DELETE FROM state.queue_messages m
-    USING picked p LEFT JOIN state.tasks t ON t.task_id = p.task_id
-    WHERE m.message_id = p.message_id
-      AND (p.task_id IS NULL OR t.task_id IS NULL OR t.status IN ('succeeded', 'dead')
-           OR p.task_id IN (SELECT task_id FROM granted))
+    WHERE m.message_id = ANY (ARRAY(
+        SELECT p.message_id FROM picked p
+        WHERE p.task_id IS NULL
+           OR p.task_id IN (SELECT task_id FROM granted)
+           OR COALESCE((SELECT t.status FROM state.tasks t WHERE t.task_id = p.task_id),
+                       'dead') IN ('succeeded', 'dead')
+    ))
     RETURNING m.message_id
 ), received AS (
     UPDATE state.queue_messages m
@@ -54,8 +62,9 @@ WITH acked AS (
         available_at = now() + make_interval(secs => %(visibility)s),
         invisible_until = now() + make_interval(secs => %(visibility)s),
         first_received_at = COALESCE(m.first_received_at, now())
-    FROM picked p
-    WHERE m.message_id = p.message_id AND p.message_id NOT IN (SELECT message_id FROM settled)
+    WHERE m.message_id = ANY (ARRAY(
+        SELECT message_id FROM picked WHERE message_id NOT IN (SELECT message_id FROM settled)
+    ))
     RETURNING m.message_id, m.receipt, m.payload, m.receive_count
 )
 SELECT 'acked', message_id, receipt, NULL::jsonb, NULL::integer, NULL::uuid, NULL::integer,
