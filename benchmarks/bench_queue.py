@@ -363,6 +363,8 @@ def lifecycle_worker(state_url: str, tasks: int, batch: int, succeeded: Any) -> 
     driver = _driver(state_url)
     combined = batch == 1 and hasattr(driver, "ack_receive")
     take = _take_fn() if batch == 1 else None
+    # a worker run's takes have connections of their own, with pgqueue's planner options
+    take_conn = _take_conn(state_url) if take is not None else None
 
     def work() -> None:
         held: list[Any] = []
@@ -370,7 +372,7 @@ def lifecycle_worker(state_url: str, tasks: int, batch: int, succeeded: Any) -> 
             while succeeded.value < tasks:
                 if take is not None:
                     got = take(
-                        conn,
+                        take_conn,
                         driver,
                         TASK_WAKEUP,
                         1,
@@ -422,8 +424,17 @@ def lifecycle_worker(state_url: str, tasks: int, batch: int, succeeded: Any) -> 
         finally:
             driver.close()
             conn.close()
+            if take_conn is not None:
+                take_conn.close()
 
     return work
+
+
+def _take_conn(state_url: str) -> Any:
+    """A take's connection as ``Runtime.reused_state(queue=True)`` opens it."""
+    from trace_core.queue.pgqueue import PLANNER_OPTIONS
+
+    return connect(state_url, autocommit=True, options=PLANNER_OPTIONS, prepare_threshold=0)
 
 
 def bench_lifecycle(

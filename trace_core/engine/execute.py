@@ -269,14 +269,22 @@ def _run_claimed(
                 hb.stop()
         if hb.lost.is_set():
             raise StaleAttempt(task_id, lease.attempt, "lease lost during execution")
-        with profile.phase("commit"), state() as conn, conn.transaction():
-            if completion.commit is not None:
-                outputs = completion.commit(conn)
-            else:
+        hooks = registry.success_hooks(lease.operator)
+        if completion.commit is None and not hooks:
+            # nothing else to commit: the completion's one statement is its own transaction
+            # (one round trip, not BEGIN + statement + COMMIT)
+            with profile.phase("commit"), state() as conn:
                 lifecycle.complete_success(conn, lease, completion.outputs)
-                outputs = completion.outputs
-            for hook in registry.success_hooks(lease.operator):
-                hook(conn, lease, outputs)
+            outputs = completion.outputs
+        else:
+            with profile.phase("commit"), state() as conn, conn.transaction():
+                if completion.commit is not None:
+                    outputs = completion.commit(conn)
+                else:
+                    lifecycle.complete_success(conn, lease, completion.outputs)
+                    outputs = completion.outputs
+                for hook in hooks:
+                    hook(conn, lease, outputs)
         log.info("task succeeded", extra=fields)
         return TaskOutcome(
             task_id, "succeeded", lease.attempt, lease.operator, lease.payload, outputs

@@ -12,6 +12,7 @@ the run once its running tasks have: its retries run (and show) as runs of their
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import functools
 import queue
 import threading
@@ -78,7 +79,8 @@ def take_more_work(
     take up to ``max_tasks`` woken tasks (``tasks.take``: on pgqueue one statement receives
     them and claims the queued ones, not those in ``skip``; wake-ups of succeeded or dead
     tasks are acked and dropped). What a run does instead of ending and waiting for the next
-    sensor ticks. ``state``: the run's state connections (default ``rt.state``)."""
+    sensor ticks. ``state``: the run's connections for takes (``rt.reused_state(queue=True)``:
+    the take scans pgqueue's table, so it wants pgqueue's planner options); default a new one."""
     s = rt.settings
     with rt.state() as conn:
         with profile.run_phase("take: plan"):  # every org's, as the dispatcher tick
@@ -89,7 +91,9 @@ def take_more_work(
         (p.job_name, p.dataset_key, p.range_start, p.range_end, str(org.org_id))
         for org, p in result
     ]
-    with profile.run_phase("take: receive"), (state or rt.state)() as conn:
+    with profile.run_phase("take: receive"), contextlib.ExitStack() as stack:
+        takes = state or stack.enter_context(rt.reused_state(queue=True))
+        conn = stack.enter_context(takes())
         taken = take(
             conn,
             rt.queue,
@@ -236,6 +240,7 @@ def run_worker(
 
     with (
         rt.reused_state() as state,  # the run's claims and commits reuse their connections
+        rt.reused_state(queue=True) as takes,  # and its takes theirs
         reporter,
         concurrent.futures.ThreadPoolExecutor(
             max_workers=concurrency, thread_name_prefix="trace-task"
@@ -252,7 +257,7 @@ def run_worker(
                 if taking and fresh and held <= hold - min_take:
                     with profile.run_phase("take more work"):
                         touched = set(report.touched)
-                        more = take_more_work(rt, hold - held, skip=touched, state=state)
+                        more = take_more_work(rt, hold - held, skip=touched, state=takes)
                         more = more.leave(rt, touched, nacked)
                     if more.planned:
                         on_planned(more.planned)

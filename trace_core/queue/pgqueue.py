@@ -45,10 +45,10 @@ log = logging.getLogger(__name__)
 # whole backlog on every receive. Queue statements always have an index path; force it. And
 # keep the (index) generic plan: left to choose, Postgres planned a quarter to nine tenths of
 # batch-1 receives as custom plans, paying the planner on the server each time.
-_PLANNER_OPTIONS = (
+PLANNER_OPTIONS = (
     "-c enable_seqscan=off -c enable_bitmapscan=off -c plan_cache_mode=force_generic_plan"
 )
-_OPTIONS = f"{_PLANNER_OPTIONS} -c synchronous_commit=off"
+_OPTIONS = f"{PLANNER_OPTIONS} -c synchronous_commit=off"
 _POLL_FIRST_SECONDS = 0.01
 _POLL_MAX_SECONDS = 0.2
 

@@ -1,4 +1,3 @@
--- name: take
 -- A worker's take at pgqueue (state.queue_messages lives in the state database): ack the
 -- wake-ups it finished (stale receipts match nothing), lock up to `limit` due wake-ups below
 -- their receive limit (SKIP LOCKED), claim every task they name that is queued, due, unpaused,
@@ -12,6 +11,9 @@
 -- Every row it touches is reached by key (`= ANY (ARRAY(...))`, a correlated lookup): the
 -- caller's state connection has no planner options, and a generic plan made on a parameter
 -- LIMIT otherwise hash-joins a sequential scan of the whole queue (or tasks) table.
+-- (This note sits above the block: psycopg caches a query's conversion only up to 4 kB.)
+
+-- name: take
 WITH acked AS (
     DELETE FROM state.queue_messages m
     WHERE m.message_id = ANY (%(message_ids)b::bigint[])
