@@ -15,7 +15,7 @@ from tests.contract.test_queue_contract import Harness, open_harness
 from trace_core import outbox
 from trace_core.db.connection import connect
 from trace_core.errors import DatabaseError, LeaseConflict
-from trace_core.queue.base import TASK_WAKEUP, Message, outbox_publishing
+from trace_core.queue.base import TASK_WAKEUP, Message, QueueDriver, outbox_publishing
 from trace_core.tasks.lifecycle import claim, complete_success, create_task
 from trace_core.tasks.take import take
 
@@ -42,9 +42,9 @@ def _task(conn: Connection[Any], h: Harness, *, paused: bool = False) -> uuid.UU
     return task_id
 
 
-def _wake(h: Harness, payload: dict[str, Any]) -> None:
+def _wake(driver: QueueDriver, payload: dict[str, Any]) -> None:
     with outbox_publishing():
-        h.driver.publish(TASK_WAKEUP, payload)
+        driver.publish(TASK_WAKEUP, payload)
 
 
 def _state(conn: Connection[Any], task_id: uuid.UUID) -> tuple[str, int, int]:
@@ -72,9 +72,9 @@ def test_take_claims_queued_settles_spent_and_leaves_the_rest_pending(
     running = _task(conn, h)
     held = claim(conn, running, lease_seconds=LEASE)
     paused = _task(conn, h, paused=True)
-    _wake(h, {"task_id": str(paused), "wakeup": 2})  # a paused task's wake-up (a resume's)
-    _wake(h, {"task_id": str(uuid.uuid4()), "wakeup": 1})  # no such task
-    _wake(h, {"wakeup": 1})  # malformed
+    _wake(h.driver, {"task_id": str(paused), "wakeup": 2})  # a paused task's wake-up (a resume's)
+    _wake(h.driver, {"task_id": str(uuid.uuid4()), "wakeup": 1})  # no such task
+    _wake(h.driver, {"wakeup": 1})  # malformed
     skipped = _task(conn, h)
 
     got = _take(conn, h, skip={skipped})
@@ -134,4 +134,29 @@ def test_failed_take_claims_nothing_and_settles_nothing(queue_state_url: str) ->
         assert driver.stats(TASK_WAKEUP).depth == 1
         got = take(conn, driver, TASK_WAKEUP, 1, lease_seconds=LEASE, visibility_timeout=VIS)
         assert [lease.task_id for lease in got.leases] == [task_id]
+    driver.close()
+
+
+def test_a_take_that_claims_commits_durably(queue_state_url: str) -> None:
+    """On a connection committing asynchronously (as pgqueue's do), a take that claims turns
+    ``synchronous_commit`` on for its own commit; one that only receives leaves it off."""
+    from trace_core.queue.pgqueue import PgQueue
+
+    driver = PgQueue(queue_state_url, max_receive_count=5, pool_size=1)
+    with connect(queue_state_url, autocommit=True, options="-c synchronous_commit=off") as conn:
+        conn.execute("TRUNCATE state.tasks, state.task_attempts, state.outbox CASCADE")
+        conn.execute("TRUNCATE state.queue_messages, state.queue_dead")
+        task_id = uuid.uuid4()
+        with conn.transaction():
+            create_task(conn, task_id=task_id, operator="noop", payload={})
+        outbox.drain_all(conn, driver)
+        _wake(driver, {"task_id": str(task_id), "wakeup": 2})  # a second wake-up
+        with conn.transaction():
+            got = take(conn, driver, TASK_WAKEUP, 1, lease_seconds=LEASE, visibility_timeout=VIS)
+            assert [lease.task_id for lease in got.leases] == [task_id]
+            assert conn.execute("SHOW synchronous_commit").fetchone() == ("on",)
+        with conn.transaction():  # the second wake-up finds its task running: received only
+            got = take(conn, driver, TASK_WAKEUP, 1, lease_seconds=LEASE, visibility_timeout=VIS)
+            assert got.leases == [] and len(got.pending) == 1
+            assert conn.execute("SHOW synchronous_commit").fetchone() == ("off",)
     driver.close()
