@@ -64,8 +64,8 @@ class MoreWork:
                 rt.queue.nack(w.message)
         keep = [t for t in self.task_ids if t not in task_ids]
         wakeups = [w for w in self.wakeups if w.task_id not in task_ids]
-        leases = [lease for lease in self.leases if lease.task_id not in task_ids]
-        return MoreWork(self.planned, keep, wakeups, self.received, leases)
+        # the take's leases stay: it skipped ``task_ids`` (a lease dropped here would only lapse)
+        return MoreWork(self.planned, keep, wakeups, self.received, self.leases)
 
 
 def take_more_work(
