@@ -1,7 +1,8 @@
 """A worker's take: ack the wake-ups it finished, receive the next ones and claim their tasks.
 
 On pgqueue (whose table lives in the state database) a take is one statement on the caller's
-state connection (``take.sql``): the acks, the receive and the claims commit together, durably
+state connection (``take.sql``; best one with pgqueue's planner options,
+``Runtime.reused_state(queue=True)``, as a worker run's takes have): the acks, the receive and the claims commit together, durably
 when anything was claimed (a claim a crash forgot could hand one attempt number to two
 workers: docs/reliability.md). On any other driver (SQS) the same take is several calls:
 ``ack_receive``, the tasks' states, one claim statement per queued task, then the ack of the

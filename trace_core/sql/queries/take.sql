@@ -8,9 +8,10 @@
 -- wake-up is settled if and only if its claim commits. A claim must be durable, so a statement
 -- that claims sets synchronous_commit on for its own commit (the connection may run with it
 -- off). Rows: (kind, message id, receipt, payload, receive count, the lease's columns).
--- Every row it touches is reached by key (`= ANY (ARRAY(...))`, a correlated lookup): the
--- caller's state connection has no planner options, and a generic plan made on a parameter
--- LIMIT otherwise hash-joins a sequential scan of the whole queue (or tasks) table.
+-- Every row it touches is reached by key (`= ANY (ARRAY(...))`, a correlated lookup), so
+-- even on a state connection without pgqueue's planner options a generic plan made on a
+-- parameter LIMIT does not hash-join a sequential scan of the whole queue (or tasks) table
+-- (the due scan still wants them: a worker run's takes have them, Runtime.reused_state).
 -- (This note sits above the block: psycopg caches a query's conversion only up to 4 kB.)
 
 -- name: take
