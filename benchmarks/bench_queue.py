@@ -344,18 +344,60 @@ def dispatcher(state_url: str, tasks: int, succeeded: Any) -> Callable[[], None]
     return work
 
 
+def _take_fn() -> Callable[..., Any] | None:
+    """``tasks.take`` when the code measured has it (the engine's take since queue9)."""
+    try:
+        from trace_core.tasks.take import take
+    except ImportError:
+        return None
+    return take
+
+
 def lifecycle_worker(state_url: str, tasks: int, batch: int, succeeded: Any) -> Callable[[], None]:
     """A worker: receive up to ``batch`` wake-ups, claim each (one statement, durable), run
     the no-op operator, complete (one statement, asynchronous: no transaction of its own),
-    ack. At batch 1 the ack rides with the next receive when the driver offers it."""
+    ack. At batch 1, as a worker run takes its next task: ``tasks.take`` (ack the wake-ups
+    finished, receive the next and claim its task in one durable statement) when the code
+    measured has it, else the ack rides with the next receive when the driver offers it."""
     conn = connect(state_url, autocommit=True)
     driver = _driver(state_url)
     combined = batch == 1 and hasattr(driver, "ack_receive")
+    take = _take_fn() if batch == 1 else None
+    # a worker run's takes have connections of their own, with pgqueue's planner options
+    take_conn = _take_conn(state_url) if take is not None else None
 
     def work() -> None:
         held: list[Any] = []
         try:
             while succeeded.value < tasks:
+                if take is not None:
+                    got = take(
+                        take_conn,
+                        driver,
+                        TASK_WAKEUP,
+                        1,
+                        lease_seconds=30,
+                        visibility_timeout=60,
+                        done=held,
+                    )
+                    held = got.pending  # acked with the next take, claimed or not
+                    leases = list(got.leases)
+                    if not got.received:  # nothing due: wait for one as the plain worker does
+                        held = driver.receive(
+                            TASK_WAKEUP, 1, visibility_timeout=60, wait_seconds=WAIT
+                        )
+                    for m in held:  # what the take could not claim: the full claim decides
+                        try:
+                            leases.append(
+                                claim(conn, uuid.UUID(m.payload["task_id"]), lease_seconds=30)
+                            )
+                        except LeaseConflict:
+                            continue
+                    for lease in leases:
+                        # the no-op operator runs here
+                        complete_success(conn, lease)
+                        _count(succeeded, 1)
+                    continue
                 if combined:
                     _stale, got = driver.ack_receive(held, TASK_WAKEUP, 1, visibility_timeout=60)
                     if not got:  # nothing due: wait for one as the plain worker does
@@ -382,8 +424,17 @@ def lifecycle_worker(state_url: str, tasks: int, batch: int, succeeded: Any) -> 
         finally:
             driver.close()
             conn.close()
+            if take_conn is not None:
+                take_conn.close()
 
     return work
+
+
+def _take_conn(state_url: str) -> Any:
+    """A take's connection as ``Runtime.reused_state(queue=True)`` opens it."""
+    from trace_core.queue.pgqueue import PLANNER_OPTIONS
+
+    return connect(state_url, autocommit=True, options=PLANNER_OPTIONS, prepare_threshold=0)
 
 
 def bench_lifecycle(

@@ -126,12 +126,26 @@ class Runtime:
         with db_errors("state database"):
             return connect(self.dbs.state_url, autocommit=True, **self._session)
 
-    def reused_state(self) -> Reused:
+    def reused_state(self, *, queue: bool = False) -> Reused:
         """State connections kept for reuse (a worker run's claims and commits); the caller
-        closes it. Only transaction-scoped state may be used on them (``db.reuse``)."""
+        closes it. Only transaction-scoped state may be used on them (``db.reuse``). With
+        ``queue``: for statements that scan pgqueue's table (``tasks.take``), with pgqueue's
+        planner options (index paths, generic plans: ``queue.pgqueue.PLANNER_OPTIONS``)."""
         from trace_core.db.reuse import Reused
 
-        return Reused(self.private_state)
+        if not queue:
+            return Reused(self.private_state)
+        from trace_core.queue.pgqueue import PLANNER_OPTIONS
+
+        return Reused(
+            lambda: connect(
+                self.dbs.state_url,
+                autocommit=True,
+                options=PLANNER_OPTIONS,
+                prepare_threshold=0,
+                **self._session,
+            )
+        )
 
     def reusing(self, reused: Reused) -> Runtime:
         """This runtime (same org, settings and adapters) whose ``state()`` hands out

@@ -21,8 +21,6 @@ import boto3
 import psycopg
 import pytest
 
-from tests.conftest import clone_databases, drop_databases
-from trace_core.db.connection import Databases
 from trace_core.errors import StaleReceipt
 from trace_core.queue.base import Message, QueueDriver
 from trace_core.queue.factory import make_queue_driver
@@ -117,14 +115,6 @@ def open_harness(
     finally:
         for driver in made:
             driver.close()
-
-
-@pytest.fixture(scope="module")
-def queue_state_url(pg_server_url: str, template_dbs: Databases) -> Iterator[str]:
-    """One migrated state database per module; harnesses truncate the queue tables."""
-    dbs = clone_databases(pg_server_url)
-    yield dbs.state_url
-    drop_databases(pg_server_url, dbs)
 
 
 @pytest.fixture(params=KINDS)

@@ -26,13 +26,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from tests.contract.test_queue_contract import (
-    KINDS,
-    VIS,
-    Harness,
-    open_harness,
-    queue_state_url,  # noqa: F401  (module-scoped fixture used through the harness)
-)
+from tests.contract.test_queue_contract import KINDS, VIS, Harness, open_harness
 from trace_core.errors import StaleReceipt
 from trace_core.queue.base import Message
 

@@ -2,13 +2,14 @@
 
 ``python -m tests.e2e.killpoints run --until-idle`` is ``trace-lite run --until-idle`` with one
 function wrapped: once ``KILL_AFTER`` ranges have committed, the process writes the ids of the
-tasks it holds unclaimed to ``KILL_NOTE`` and sends itself SIGKILL (no cleanup, no ``finally``,
-as the OOM killer or a lost host would) at ``KILL_AT``:
+tasks it holds (unclaimed, or claimed with no heartbeat yet) to ``KILL_NOTE`` and sends itself
+SIGKILL (no cleanup, no ``finally``, as the OOM killer or a lost host would) at ``KILL_AT``:
 
 - ``before_claim``: a worker run has started (Dagster shows it started) and has not claimed its
   batch: the worker sensor recorded the run and acked its wake-ups;
-- ``between_waves``: a continuing run received the wake-ups of its next wave and has not
-  claimed them (nor acked the wake-ups).
+- ``between_waves``: a continuing run took its next wave (``tasks.take`` claimed the queued
+  tasks and acked their wake-ups in one transaction) and has not started their heartbeats
+  (nor claimed the others, nor acked their wake-ups).
 
 With ``STANDBY_UNTIL`` set it is the restart instead: it imports what ``trace-lite run`` imports
 (Dagster, the definitions), then waits until that file exists before it runs, so a recovery
@@ -58,10 +59,11 @@ def install(point: str, after: int) -> None:
 
         real_take: Callable[..., Any] = worker_run.take_more_work
 
-        def take_more_work(rt: Runtime, max_tasks: int, *args: Any) -> Any:
-            more = real_take(rt, max_tasks, *args)
-            if more.task_ids and _committed(rt) >= after:
-                _die_holding(more.task_ids)
+        def take_more_work(rt: Runtime, max_tasks: int, *args: Any, **kw: Any) -> Any:
+            more = real_take(rt, max_tasks, *args, **kw)
+            taken = [lease.task_id for lease in more.leases] + more.task_ids
+            if taken and _committed(rt) >= after:
+                _die_holding(taken)
             return more
 
         worker_run.take_more_work = take_more_work  # type: ignore[assignment]

@@ -444,3 +444,24 @@ def test_a_run_beside_another_on_its_host_runs_its_share(trace_env: Runtime) -> 
     assert active[1] == 2
     assert report.shares[0] == 2 and report.shares[-1] == 4
     assert set(_statuses(trace_env, ids).values()) == {("succeeded", 1)}
+
+
+def test_a_runs_take_claims_the_woken_tasks_with_their_wakeups(trace_env: Runtime) -> None:
+    """A continuing run's take (``tasks.take``) claims the queued tasks it receives and acks
+    their wake-ups in the same commit; a task the run already ran (``skip``) is only received,
+    for the run to hand back (``MoreWork.leave``)."""
+    from trace_core.engine.worker_run import take_more_work
+
+    ids = _create(trace_env, 3)
+    more = take_more_work(trace_env, 2)
+    claimed = {lease.task_id for lease in more.leases}
+    assert len(claimed) == 2 and more.task_ids == [] and more.received == 2
+    assert {_statuses(trace_env, ids)[t] for t in claimed} == {("running", 1)}
+    stats = trace_env.queue.stats(TASK_WAKEUP)
+    assert (stats.depth, stats.in_flight) == (1, 0)  # the taken wake-ups are gone
+    (rest,) = set(ids) - claimed
+    more = take_more_work(trace_env, 5, skip={rest})
+    assert more.leases == [] and more.task_ids == [rest]
+    assert _statuses(trace_env, [rest])[rest] == ("queued", 0)
+    more.leave(trace_env, {rest}, set())  # handed back: due again at once
+    assert trace_env.queue.stats(TASK_WAKEUP).depth == 1

@@ -33,7 +33,7 @@ from trace_core.db.queries import q
 from trace_core.errors import InvalidPayload
 from trace_core.operators.cryo_payload import OPERATOR, CryoIngestTask
 from trace_core.settings import Settings, rpc_pool_env_var, rpc_pool_urls
-from trace_core.tasks.lifecycle import create_task
+from trace_core.tasks.lifecycle import NewTask, create_tasks
 
 log = logging.getLogger(__name__)
 
@@ -335,14 +335,14 @@ def plan_stream(
             slots=stream["max_inflight"] - inflight,
             limit=limit,
         )
-        planned = [_schedule(conn, job, stream, start, end) for start, end in ranges]
+        planned = _schedule(conn, job, stream, ranges)
         if ranges:
             conn.execute(
                 q("chain_sync", "advance_cursor"),
                 {"job_id": job_id, "dataset_key": dataset_key, "next_block": ranges[-1][1]},
             )
             cursor = ranges[-1][1]
-    done = tuple(p for p in planned if p is not None)
+    done = tuple(planned)
     if done:
         log.info(
             "planned ranges",
@@ -391,46 +391,60 @@ def task_payload(
 
 
 def _schedule(
-    conn: Connection[Any], job: dict[str, Any], stream: dict[str, Any], start: int, end: int
-) -> PlannedRange | None:
-    task_id = range_task_id(job["job_id"], stream["dataset_key"], start, end)
-    inserted = conn.execute(
-        q("chain_sync", "insert_range"),
-        {
-            "job_id": job["job_id"],
-            "dataset_key": stream["dataset_key"],
-            "range_start": start,
-            "range_end": end,
-            "task_id": task_id,
-        },
-    ).fetchone()
-    if inserted is None:
-        return None  # already planned by an earlier tick; the cursor still moves past it
-    payload = task_payload(job, stream, start, end)
-    created = create_task(
-        conn,
-        task_id=task_id,
-        operator=OPERATOR,
-        payload=payload,
-        max_attempts=job["max_attempts"] or DEFAULT_MAX_ATTEMPTS,
-        job_id=job["job_id"],
+    conn: Connection[Any],
+    job: dict[str, Any],
+    stream: dict[str, Any],
+    ranges: list[tuple[int, int]],
+) -> list[PlannedRange]:
+    """Record the ranges of one planning pass and create their tasks (+ wake-ups) together
+    (``create_tasks``: two statements for the pass, not two per range). A range an earlier
+    tick already planned is skipped; a task that exists already must carry the same payload."""
+    new: list[tuple[int, int, uuid.UUID, dict[str, Any]]] = []
+    for start, end in ranges:
+        task_id = range_task_id(job["job_id"], stream["dataset_key"], start, end)
+        inserted = conn.execute(
+            q("chain_sync", "insert_range"),
+            {
+                "job_id": job["job_id"],
+                "dataset_key": stream["dataset_key"],
+                "range_start": start,
+                "range_end": end,
+                "task_id": task_id,
+            },
+        ).fetchone()
+        if inserted is not None:  # else planned by an earlier tick; the cursor still moves on
+            new.append((start, end, task_id, task_payload(job, stream, start, end)))
+    max_attempts = job["max_attempts"] or DEFAULT_MAX_ATTEMPTS
+    created = set(
+        create_tasks(
+            conn,
+            [
+                NewTask(task_id, OPERATOR, payload, max_attempts, job_id=job["job_id"])
+                for _, _, task_id, payload in new
+            ],
+        )
     )
-    if not created:
+    for _, _, task_id, payload in new:
+        if task_id in created:
+            continue
         row = conn.execute(q("tasks", "task_payload"), {"task_id": task_id}).fetchone()
         if row is None or row[0] != OPERATOR or row[1] != payload:
             raise InvalidPayload(
                 f"task payload mismatch for existing task {task_id}", task_id=str(task_id)
             )
-    return PlannedRange(
-        job_id=job["job_id"],
-        job_name=job["name"],
-        dataset_key=stream["dataset_key"],
-        dataset_uuid=stream["dataset_uuid"],
-        range_start=start,
-        range_end=end,
-        task_id=task_id,
-        epoch_blocks=job["epoch_blocks"],
-    )
+    return [
+        PlannedRange(
+            job_id=job["job_id"],
+            job_name=job["name"],
+            dataset_key=stream["dataset_key"],
+            dataset_uuid=stream["dataset_uuid"],
+            range_start=start,
+            range_end=end,
+            task_id=task_id,
+            epoch_blocks=job["epoch_blocks"],
+        )
+        for start, end, task_id, _ in new
+    ]
 
 
 def _record_job_error(conn: Connection[Any], job_id: uuid.UUID, blocked: StreamPlan | None) -> None:

@@ -105,8 +105,14 @@ def connect(
     """Open a connection, translating failures into ``DatabaseUnreachable`` (password redacted).
 
     ``org_id``/``role``: see ``session_options`` (a private, unpooled connection only; pooled
-    connections set both per transaction with ``tenancy.tenant_scope``)."""
-    kwargs.update(session_options(url, org_id=org_id, role=role))
+    connections set both per transaction with ``tenancy.tenant_scope``). An ``options``
+    keyword is appended to the URL's and the session's, not put in their place."""
+    extra = kwargs.pop("options", None)
+    opts = session_options(url, org_id=org_id, role=role)
+    if extra:
+        base = opts.get("options") or conninfo_to_dict(url).get("options")
+        opts = {"options": f"{base} {extra}" if base else extra}
+    kwargs.update(opts)
     try:
         return psycopg.connect(url, autocommit=autocommit, connect_timeout=10, **kwargs)
     except psycopg.OperationalError as exc:

@@ -11,7 +11,7 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -158,12 +158,24 @@ def claim_and_beat(
     state: StateConn,
     on_skipped: Callable[[TaskOutcome], None],
     on_claimed: Callable[[], None] | None,
+    leases: Sequence[Lease] = (),
 ) -> list[tuple[Lease, LeaseHeartbeat]]:
-    """Claim ``task_ids`` and start each lease's heartbeat; a task not claimable goes to
-    ``on_skipped``; ``on_claimed`` runs once all are claimed (a run acks its wake-ups there).
-    If anything raises, the heartbeats started stop (their leases then expire)."""
+    """Claim ``task_ids`` and start the heartbeat of each lease, those of ``leases`` (claimed
+    already, by a take) first; a task not claimable goes to ``on_skipped``; ``on_claimed``
+    runs once all are claimed (a run acks its wake-ups there). If anything raises, the
+    heartbeats started stop (their leases then expire)."""
     claimed: list[tuple[Lease, LeaseHeartbeat]] = []
     try:
+        for lease in leases:
+            log.info(
+                "task claimed",
+                extra={
+                    "task_id": str(lease.task_id),
+                    "attempt": lease.attempt,
+                    "operator": lease.operator,
+                },
+            )
+            claimed.append((lease, start_heartbeat(rt, lease)))
         for got in claim_tasks(rt, task_ids, state=state):
             if isinstance(got, TaskOutcome):
                 on_skipped(got)
@@ -257,14 +269,22 @@ def _run_claimed(
                 hb.stop()
         if hb.lost.is_set():
             raise StaleAttempt(task_id, lease.attempt, "lease lost during execution")
-        with profile.phase("commit"), state() as conn, conn.transaction():
-            if completion.commit is not None:
-                outputs = completion.commit(conn)
-            else:
+        hooks = registry.success_hooks(lease.operator)
+        if completion.commit is None and not hooks:
+            # nothing else to commit: the completion's one statement is its own transaction
+            # (one round trip, not BEGIN + statement + COMMIT)
+            with profile.phase("commit"), state() as conn:
                 lifecycle.complete_success(conn, lease, completion.outputs)
-                outputs = completion.outputs
-            for hook in registry.success_hooks(lease.operator):
-                hook(conn, lease, outputs)
+            outputs = completion.outputs
+        else:
+            with profile.phase("commit"), state() as conn, conn.transaction():
+                if completion.commit is not None:
+                    outputs = completion.commit(conn)
+                else:
+                    lifecycle.complete_success(conn, lease, completion.outputs)
+                    outputs = completion.outputs
+                for hook in hooks:
+                    hook(conn, lease, outputs)
         log.info("task succeeded", extra=fields)
         return TaskOutcome(
             task_id, "succeeded", lease.attempt, lease.operator, lease.payload, outputs

@@ -12,24 +12,27 @@ the run once its running tasks have: its retries run (and show) as runs of their
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import functools
 import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 from trace_core import outbox, profile
 from trace_core.engine import orgs
 from trace_core.engine import registry as operator_registry
-from trace_core.engine.execute import TaskOutcome, claim_and_beat, run_claimed
+from trace_core.engine.execute import StateConn, TaskOutcome, claim_and_beat, run_claimed
 from trace_core.engine.host_share import HostShare
-from trace_core.engine.intake import Wakeup, ack_wakeups, receive_wakeups, task_infos
+from trace_core.engine.intake import Wakeup, ack_wakeups, wakeup_visibility_seconds
 from trace_core.operators.base import OperatorRegistry
+from trace_core.queue.base import TASK_WAKEUP, Message
 from trace_core.runtime import Runtime
 from trace_core.tasks.keepalive import LeaseHeartbeat
 from trace_core.tasks.lifecycle import Lease
+from trace_core.tasks.take import take, task_id_of
 
 # A range a run planned: (job, stream, range start, range end, the job's org id).
 PlannedRange = tuple[str, str, int, int, str]
@@ -38,13 +41,16 @@ PlannedRange = tuple[str, str, int, int, str]
 @dataclass(frozen=True)
 class MoreWork:
     """Work a worker run takes on after its batch: the ranges it planned (job, stream, range
-    start, range end) and the woken tasks it will claim. ``wakeups`` are acked only once the
+    start, range end), the leases its take granted (``tasks.take``: those wake-ups are acked
+    with the claims) and the woken tasks it will claim itself (a lease to take over, a
+    backoff, a task this run ran). ``wakeups`` (of ``task_ids``) are acked only once those
     tasks are claimed (``ack``), so a run that dies first leaves them to be redelivered."""
 
     planned: list[PlannedRange]  # (job, stream, start, end, org id)
     task_ids: list[uuid.UUID]
     wakeups: list[Wakeup]
-    received: int = 0  # wake-ups received, runnable or not (stale ones are acked and dropped)
+    received: int = 0  # wake-ups received, runnable or not (spent ones are acked and dropped)
+    leases: list[Lease] = field(default_factory=list)
 
     def ack(self, rt: Runtime) -> None:
         ack_wakeups(rt, self.wakeups)
@@ -59,17 +65,26 @@ class MoreWork:
                 rt.queue.nack(w.message)
         keep = [t for t in self.task_ids if t not in task_ids]
         wakeups = [w for w in self.wakeups if w.task_id not in task_ids]
-        return MoreWork(self.planned, keep, wakeups, self.received)
+        # the take's leases stay: it skipped ``task_ids`` (a lease dropped here would only lapse)
+        return MoreWork(self.planned, keep, wakeups, self.received, self.leases)
 
 
 def take_more_work(
-    rt: Runtime, max_tasks: int, ended: Collection[tuple[str, str, str]] | None = None
+    rt: Runtime,
+    max_tasks: int,
+    ended: Collection[tuple[str, str, str]] | None = None,
+    *,
+    skip: Collection[uuid.UUID] = (),
+    state: StateConn | None = None,
 ) -> MoreWork:
     """Plan the ranges the batch just freed (``max_inflight``): of the streams in ``ended``
     (org id, job id, dataset key: whose ranges ended since the last take), or of every
-    stream when None, as the dispatcher tick does; publish their wake-ups, and receive up to
-    ``max_tasks`` runnable woken tasks (succeeded or dead ones are acked and dropped). What a
-    run does instead of ending and waiting for the next sensor ticks."""
+    stream when None, as the dispatcher tick does; publish their wake-ups, and take up to
+    ``max_tasks`` woken tasks (``tasks.take``: on pgqueue one statement receives them and
+    claims the queued ones, not those in ``skip``; wake-ups of succeeded or dead tasks are
+    acked and dropped). What a run does instead of ending and waiting for the next sensor
+    ticks. ``state``: the run's connections for takes (``rt.reused_state(queue=True)``: the
+    take scans pgqueue's table, so it wants pgqueue's planner options); default a new one."""
     s = rt.settings
     with rt.state() as conn:
         with profile.run_phase("take: plan"):
@@ -83,19 +98,37 @@ def take_more_work(
         (p.job_name, p.dataset_key, p.range_start, p.range_end, str(org.org_id))
         for org, p in result
     ]
-    with profile.run_phase("take: receive"):
-        wakeups = receive_wakeups(rt, max_tasks)
-        infos = task_infos(rt, list({w.task_id for w in wakeups}))
-    runnable = {
-        w.task_id
-        for w in wakeups
-        if w.task_id in infos and infos[w.task_id].status not in ("succeeded", "dead")
-    }
-    done = [w for w in wakeups if w.task_id not in runnable]
-    ack_wakeups(rt, done)
+    with profile.run_phase("take: receive"), contextlib.ExitStack() as stack:
+        takes = state or stack.enter_context(rt.reused_state(queue=True))
+        conn = stack.enter_context(takes())
+        taken = take(
+            conn,
+            rt.queue,
+            TASK_WAKEUP,
+            max_tasks,
+            lease_seconds=s.lease_seconds,
+            visibility_timeout=wakeup_visibility_seconds(rt),
+            skip=skip,
+        )
+    wakeups = [
+        Wakeup(task_id, _generation(m), m)
+        for m in taken.pending
+        if (task_id := task_id_of(m)) is not None
+    ]
     return MoreWork(
-        planned, sorted(runnable), [w for w in wakeups if w.task_id in runnable], len(wakeups)
+        planned,
+        sorted({w.task_id for w in wakeups}),
+        wakeups,
+        taken.received,
+        taken.leases,
     )
+
+
+def _generation(message: Message) -> int:
+    try:
+        return int(message.payload.get("wakeup", 0))
+    except (TypeError, ValueError):
+        return 0
 
 
 class _Reporter:
@@ -219,15 +252,18 @@ def run_worker(
             report.failures.append(line)
         reporter.put(outcome)
 
-    def start(ids: list[uuid.UUID], on_claimed: Callable[[], None] | None) -> None:
+    def start(
+        ids: list[uuid.UUID], on_claimed: Callable[[], None] | None, leases: Sequence[Lease] = ()
+    ) -> None:
         report.batches += 1
-        report.touched += ids
-        waiting.extend(claim_and_beat(rt, ids, state, handle, on_claimed))
+        report.touched += [lease.task_id for lease in leases] + ids
+        waiting.extend(claim_and_beat(rt, ids, state, handle, on_claimed, leases))
         submit_waiting()
 
     with (
         HostShare.join(rt) as host,
         rt.reused_state() as state,  # the run's claims and commits reuse their connections
+        rt.reused_state(queue=True) as takes,  # and its takes theirs
         reporter,
         concurrent.futures.ThreadPoolExecutor(
             max_workers=concurrency, thread_name_prefix="trace-task"
@@ -255,15 +291,16 @@ def run_worker(
                         fresh = False
                         continue
                     with profile.run_phase("take more work"):
-                        more = take_more_work(rt, hold - held, ended)
+                        touched = set(report.touched)
+                        more = take_more_work(rt, hold - held, ended, skip=touched, state=takes)
                         ended = set()
-                        more = more.leave(rt, set(report.touched), nacked)
+                        more = more.leave(rt, touched, nacked)
                     if more.planned:
                         on_planned(more.planned)
-                    if more.task_ids:
+                    if more.task_ids or more.leases:
                         if on_more is not None:
-                            on_more(len(more.task_ids))
-                        start(more.task_ids, functools.partial(more.ack, rt))
+                            on_more(len(more.task_ids) + len(more.leases))
+                        start(more.task_ids, functools.partial(more.ack, rt), more.leases)
                         continue
                     if more.received:  # only stale wake-ups: there may be more behind
                         continue

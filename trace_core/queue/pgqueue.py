@@ -45,10 +45,10 @@ log = logging.getLogger(__name__)
 # whole backlog on every receive. Queue statements always have an index path; force it. And
 # keep the (index) generic plan: left to choose, Postgres planned a quarter to nine tenths of
 # batch-1 receives as custom plans, paying the planner on the server each time.
-_PLANNER_OPTIONS = (
+PLANNER_OPTIONS = (
     "-c enable_seqscan=off -c enable_bitmapscan=off -c plan_cache_mode=force_generic_plan"
 )
-_OPTIONS = f"{_PLANNER_OPTIONS} -c synchronous_commit=off"
+_OPTIONS = f"{PLANNER_OPTIONS} -c synchronous_commit=off"
 _POLL_FIRST_SECONDS = 0.01
 _POLL_MAX_SECONDS = 0.2
 
@@ -404,6 +404,15 @@ def _try_key(message: Message) -> tuple[int, uuid.UUID] | None:
         return int(message.message_id), uuid.UUID(message.receipt)
     except ValueError:
         return None
+
+
+def message_keys(
+    messages: Sequence[Message],
+) -> tuple[list[tuple[Message, tuple[int, uuid.UUID]]], list[Message]]:
+    """``(message, (id, receipt))`` of each well-formed message, and the malformed ones
+    (stale by definition): what a statement matching receipts takes (``tasks.take``)."""
+    keyed = [(m, _try_key(m)) for m in messages]
+    return [(m, k) for m, k in keyed if k is not None], [m for m, k in keyed if k is None]
 
 
 def _key(message: Message) -> tuple[int, uuid.UUID]:

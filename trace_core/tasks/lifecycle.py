@@ -146,16 +146,27 @@ def claim(conn: Connection[Any], task_id: uuid.UUID, *, lease_seconds: float) ->
     Raises ``UnknownTask``, or ``LeaseConflict`` when the task is leased and unexpired,
     finished, paused, waiting out a retry backoff, or out of attempts.
     """
+    fast = claim_queued(conn, task_id, lease_seconds=lease_seconds)
+    if fast is not None:
+        return fast
     token = uuid.uuid4()
     params = {"task_id": task_id, "lease_token": token, "lease_seconds": float(lease_seconds)}
-    with conn.cursor(row_factory=dict_row) as cur:
-        fast = cur.execute(q("tasks", "claim_queued"), params).fetchone()
-    if fast is not None:
-        return Lease(task_id=task_id, lease_token=token, **fast)
     if conn.autocommit and conn.info.transaction_status == TransactionStatus.IDLE:
         with conn.transaction():
             return _claim_locked(conn, task_id, token, params)
     return _claim_locked(conn, task_id, token, params)
+
+
+def claim_queued(
+    conn: Connection[Any], task_id: uuid.UUID, *, lease_seconds: float
+) -> Lease | None:
+    """``claim``'s common case alone, one statement: the lease when the task is queued, due,
+    unpaused, with attempts left; else None (nothing changed)."""
+    token = uuid.uuid4()
+    params = {"task_id": task_id, "lease_token": token, "lease_seconds": float(lease_seconds)}
+    with conn.cursor(row_factory=dict_row) as cur:
+        fast = cur.execute(q("tasks", "claim_queued"), params).fetchone()
+    return None if fast is None else Lease(task_id=task_id, lease_token=token, **fast)
 
 
 def _claim_locked(

@@ -218,3 +218,6 @@ SELECT (SELECT count(*) FROM state.tasks
 -- name: task_infos
 SELECT task_id, operator, status, attempt, payload, org_id FROM state.tasks
 WHERE task_id = ANY(%(task_ids)s)
+
+-- name: task_states
+SELECT task_id, status FROM state.tasks WHERE task_id = ANY(%(task_ids)s)
