@@ -35,7 +35,6 @@ from trace_core.errors import QueryError, RetryableError
 from trace_core.query.app import create_app
 from trace_core.query.attach import HotSource
 from trace_core.query.client import local_user_token, query_http
-from trace_core.query.service import QueryService
 from trace_core.query.tokens import DatasetPin, issue_task_token, issue_user_token
 from trace_core.settings import Settings
 from trace_core.storage.local import LocalStore
@@ -112,11 +111,17 @@ def pin(rec: VersionRecord) -> DatasetPin:
     return DatasetPin.of(rec)
 
 
-def audit_rows(dbs: Databases) -> list[dict[str, Any]]:
-    """The audit table, once every open service's outcome writes have landed."""
-    assert QueryService.settle_audits()
+def audit_rows(dbs: Databases, *, settled: bool = True) -> list[dict[str, Any]]:
+    """The audit table; ``settled``: once no row is 'started' any more (a durable query's
+    outcome lands just after its answer, off the answer's path), within 30 s."""
+    deadline = time.monotonic() + 30
     with psycopg.connect(dbs.data_url, row_factory=psycopg.rows.dict_row) as conn:
-        return conn.execute("SELECT * FROM data.query_audit ORDER BY created_at").fetchall()
+        while True:
+            rows = conn.execute("SELECT * FROM data.query_audit ORDER BY created_at").fetchall()
+            if not settled or all(r["outcome"] != "started" for r in rows):
+                return rows
+            assert time.monotonic() < deadline, "query audit outcomes never landed"
+            time.sleep(0.01)
 
 
 def post(

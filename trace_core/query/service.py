@@ -24,12 +24,11 @@ import logging
 import threading
 import time
 import uuid
-import weakref
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import pyarrow as pa
 from psycopg_pool import ConnectionPool
@@ -226,9 +225,6 @@ class _Caller:
 class QueryService:
     """The request pipeline, independent of HTTP. Call ``open()`` before use."""
 
-    # open services of this process, for ``settle_audits``
-    _open: ClassVar[weakref.WeakSet[QueryService]] = weakref.WeakSet()
-
     def __init__(
         self,
         settings: Settings,
@@ -340,11 +336,9 @@ class QueryService:
         if self.sandboxes is not None:
             self.sandboxes.start()
         self._checker = ThreadPoolExecutor(max_workers=4, thread_name_prefix="query-registry")
-        QueryService._open.add(self)
 
     def close(self) -> None:
         """Stop the engines and wait for every outcome audit write still on its way."""
-        QueryService._open.discard(self)
         if self.workers is not None:
             self.workers.stop()
         if self.sandboxes is not None:
@@ -364,12 +358,6 @@ class QueryService:
         with self._pending_lock:
             pending = list(self._pending)
         return not concurrent.futures.wait(pending, timeout=timeout).not_done
-
-    @classmethod
-    def settle_audits(cls, timeout: float | None = 30.0) -> bool:
-        """``settle_audit`` for every open service of this process (tests read the audit
-        table right after an answer)."""
-        return all(service.settle_audit(timeout) for service in list(cls._open))
 
     def healthy(self) -> bool:
         with self.state.connection(timeout=5) as conn:
