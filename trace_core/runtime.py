@@ -120,11 +120,12 @@ class Runtime:
         ):
             yield conn
 
-    def private_state(self) -> psycopg.Connection[Any]:
+    def private_state(self, **options: Any) -> psycopg.Connection[Any]:
         """A new state connection (autocommit) that the caller owns and closes: for
-        session-scoped state, such as a worker run's session advisory lock."""
+        session-scoped state, such as a worker run's session advisory lock. ``options``: more
+        connection keywords (``db.connection.connect``)."""
         with db_errors("state database"):
-            return connect(self.dbs.state_url, autocommit=True, **self._session)
+            return connect(self.dbs.state_url, autocommit=True, **options, **self._session)
 
     def reused_state(self, *, queue: bool = False) -> Reused:
         """State connections kept for reuse (a worker run's claims and commits); the caller
@@ -138,13 +139,7 @@ class Runtime:
         from trace_core.queue.pgqueue import PLANNER_OPTIONS
 
         return Reused(
-            lambda: connect(
-                self.dbs.state_url,
-                autocommit=True,
-                options=PLANNER_OPTIONS,
-                prepare_threshold=0,
-                **self._session,
-            )
+            functools.partial(self.private_state, options=PLANNER_OPTIONS, prepare_threshold=0)
         )
 
     def reusing(self, reused: Reused) -> Runtime:

@@ -115,6 +115,17 @@ def test_take_reports_stale_done_and_leaves_them_untouched(
     assert _state(conn, task_id) == ("queued", 0, 0)
 
 
+def _only_task(conn: Connection[Any], driver: QueueDriver) -> uuid.UUID:
+    """Empty tasks and queue, then one new task, its wake-up published (pgqueue's tests)."""
+    conn.execute("TRUNCATE state.tasks, state.task_attempts, state.outbox CASCADE")
+    conn.execute("TRUNCATE state.queue_messages, state.queue_dead")
+    task_id = uuid.uuid4()
+    with conn.transaction():
+        create_task(conn, task_id=task_id, operator="noop", payload={})
+    outbox.drain_all(conn, driver)
+    return task_id
+
+
 def test_failed_take_claims_nothing_and_settles_nothing(queue_state_url: str) -> None:
     """pgqueue's take is one transaction: a statement that fails after its claim leaves the
     task queued and its wake-up due (here the lease's interval is out of range)."""
@@ -122,12 +133,7 @@ def test_failed_take_claims_nothing_and_settles_nothing(queue_state_url: str) ->
 
     driver = PgQueue(queue_state_url, max_receive_count=5, pool_size=1)
     with connect(queue_state_url, autocommit=True) as conn:
-        conn.execute("TRUNCATE state.tasks, state.task_attempts, state.outbox CASCADE")
-        conn.execute("TRUNCATE state.queue_messages, state.queue_dead")
-        task_id = uuid.uuid4()
-        with conn.transaction():
-            create_task(conn, task_id=task_id, operator="noop", payload={})
-        outbox.drain_all(conn, driver)
+        task_id = _only_task(conn, driver)
         with pytest.raises((DatabaseError, psycopg.Error)):
             take(conn, driver, TASK_WAKEUP, 1, lease_seconds=1e300, visibility_timeout=VIS)
         assert _state(conn, task_id) == ("queued", 0, 0)
@@ -144,12 +150,7 @@ def test_a_take_that_claims_commits_durably(queue_state_url: str) -> None:
 
     driver = PgQueue(queue_state_url, max_receive_count=5, pool_size=1)
     with connect(queue_state_url, autocommit=True, options="-c synchronous_commit=off") as conn:
-        conn.execute("TRUNCATE state.tasks, state.task_attempts, state.outbox CASCADE")
-        conn.execute("TRUNCATE state.queue_messages, state.queue_dead")
-        task_id = uuid.uuid4()
-        with conn.transaction():
-            create_task(conn, task_id=task_id, operator="noop", payload={})
-        outbox.drain_all(conn, driver)
+        task_id = _only_task(conn, driver)
         _wake(driver, {"task_id": str(task_id), "wakeup": 2})  # a second wake-up
         with conn.transaction():
             got = take(conn, driver, TASK_WAKEUP, 1, lease_seconds=LEASE, visibility_timeout=VIS)

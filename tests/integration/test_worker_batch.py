@@ -33,6 +33,14 @@ def _create(rt: Runtime, n: int, operator: str = "probe") -> list[uuid.UUID]:
     return ids
 
 
+def _continuing(rt: Runtime, *, threads: int) -> Runtime:
+    """A runtime (closed by the caller) whose worker runs continue for up to 60 s, ``threads``
+    tasks at once and as many held."""
+    update = {"worker_concurrency": threads, "worker_batch_size": threads}
+    settings = rt.settings.model_copy(update={**update, "worker_continue_seconds": 60.0})
+    return Runtime(settings, rt.dbs)
+
+
 def _statuses(rt: Runtime, ids: list[uuid.UUID]) -> dict[uuid.UUID, tuple[str, int]]:
     with rt.state() as conn:
         rows = conn.execute(
@@ -288,10 +296,7 @@ def test_a_run_keeps_its_threads_busy_past_a_slow_task(trace_env: Runtime) -> No
 
     registry = OperatorRegistry()
     registry.register("probe", probe)
-    settings = trace_env.settings.model_copy(
-        update={"worker_concurrency": 2, "worker_batch_size": 2, "worker_continue_seconds": 60.0}
-    )
-    rt = Runtime(settings, trace_env.dbs)
+    rt = _continuing(trace_env, threads=2)
     try:
         ids = _create(rt, 6)
         report = run_worker(
@@ -424,10 +429,7 @@ def test_a_run_beside_another_on_its_host_runs_its_share(trace_env: Runtime) -> 
 
     registry = OperatorRegistry()
     registry.register("probe", probe)
-    settings = trace_env.settings.model_copy(
-        update={"worker_concurrency": 4, "worker_batch_size": 4, "worker_continue_seconds": 60.0}
-    )
-    rt = Runtime(settings, trace_env.dbs)
+    rt = _continuing(trace_env, threads=4)
     try:
         ids = _create(rt, 8)
         report = run_worker(
